@@ -1,0 +1,165 @@
+"""The daemon's configuration: typed, validated before anything starts, defaults defined once here.
+
+Every key is documented in ``config.example.yaml`` and the README; ``tests/test_docs.py`` fails
+when one is missing. Relative paths resolve against the folder of the config file.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .errors import ConfigError
+from .schema import build, opt
+
+FORMATS = ("jpeg", "png", "webp", "tiff")
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "tiff": "tif"}
+_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+
+
+def check_colour(value: str) -> str | None:
+    return None if _COLOUR.match(value) else f"expected a colour like '#ffffff', got {value!r}"
+
+
+def check_device(value: str) -> str | None:
+    ok = value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)
+    return None if ok else f"expected auto, cpu, cuda or cuda:N, got {value!r}"
+
+
+@dataclass
+class InboxConfig:
+    path: Path = opt(None, required=True, doc="folder to watch (created if missing)")
+    recursive: bool = opt(True, doc="watch sub-folders too")
+    polling: bool = opt(False, doc="poll instead of OS events: use for SMB/NFS shares where inotify never fires")
+    poll_interval_seconds: float = opt(5.0, min=0.1, doc="how often the polling observer looks (polling: true)")
+    settle_seconds: float = opt(2.0, min=0.0, doc="size and mtime unchanged this long before a file is taken")
+
+
+@dataclass
+class ChannelConfig:
+    name: str = field(default="", metadata={"internal": True})
+    path: Path = opt(None, required=True, doc="output folder of this channel")
+    format: str = opt("png", choices=FORMATS, doc="jpeg | png | webp | tiff")
+    quality: int = opt(90, min=1, max=100, doc="encoder quality for jpeg and webp")
+    long_edge: int | None = opt(None, min=16, doc="shrink outputs so the long edge is at most this (never enlarges)")
+    background: str | None = opt(
+        None, check=check_colour, doc="flatten transparency onto this colour; formats without alpha default to white"
+    )
+    filename: str = opt("{stem}_{ratio}.{ext}", doc="file name template: {stem} {ratio} {step} {rule} {channel} {ext} {hash8}")
+    bits: int = opt(8, choices=(8, 16), doc="8 or 16 bits per channel (16 only for png and tiff)")
+    metadata: str = opt("default", choices=("default", "keep", "strip"),
+                        doc="default keeps copyright/artist/date/camera and drops GPS; keep; strip")
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+@dataclass
+class NotifyConfig:
+    urls: list[str] = opt([], doc="apprise URLs (mailto://, slack://, json://, ...); empty: no notifications")
+    digest_after_idle_seconds: float = opt(60.0, min=0.0, doc="send the batch digest once the queue was idle this long")
+    timeout_seconds: float = opt(10.0, min=0.1, doc="give up on one delivery attempt after this long")
+    retry_seconds: float = opt(60.0, min=0.1, doc="wait this long before retrying an undelivered message")
+    title: str = opt("assetd", doc="prefix of every notification title")
+
+
+@dataclass
+class InputConfig:
+    max_pixels: int = opt(250_000_000, min=1, doc="refuse images larger than this (checked from the header)")
+    raw_half_size: bool = opt(False, doc="decode camera RAW at half size (fast previews)")
+    raw_memory_mb: int = opt(4096, min=256, doc="memory limit of the RAW decoding subprocess")
+    colour_intent: str = opt("perceptual", choices=("perceptual", "relative"),
+                             doc="ICC rendering intent when converting to sRGB: perceptual | relative")
+
+
+@dataclass
+class ModelsConfig:
+    cache_dir: Path | None = opt(None, doc="where model weights live (default: the Hugging Face / rembg caches)")
+    rembg: str = opt("birefnet-general", doc="default model of remove_background backend rembg")
+    diffusers: str = opt("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+                         doc="default pipeline of place_in_scene backend diffusers and fill: generate")
+    spandrel: str | None = opt(None, doc="default weights file of upscale backend spandrel")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = opt("auto", doc="auto: bf16/fp16 on GPU, fp32 on CPU")
+    cpu_offload: bool = opt(False, doc="move diffusers sub-models to the GPU only while they run (small cards)")
+    unload_after_seconds: float = opt(900.0, min=0.0, doc="free a model unused this long (0: never)")
+
+
+@dataclass
+class Config:
+    source: Path = field(default=Path("config.yaml"), metadata={"internal": True})
+    database: Path = opt(Path("state/assetd.sqlite3"), doc="SQLite job store")
+    device: str = opt("auto", check=check_device, doc="auto | cpu | cuda | cuda:N")
+    workers: int = opt(1, min=1, max=64, doc="jobs run at the same time")
+    rules_dir: Path = opt(Path("rules"), doc="folder of rule files (*.yaml), tried in file-name order")
+    max_attempts: int = opt(3, min=1, doc="a job failing transiently this often is failed for good")
+    retry_delay_seconds: float = opt(30.0, min=0.0, doc="first retry delay; doubles on each attempt")
+    lease_seconds: float = opt(900.0, min=1.0, doc="a running job not finished by then is taken back (crash)")
+    rescan_seconds: float = opt(300.0, min=1.0, doc="full rescan of the inboxes for events the OS dropped")
+    log_level: str = opt("info", choices=("debug", "info", "warning", "error"), doc="daemon log level")
+    inboxes: list[InboxConfig] = opt([], doc="watched folders")
+    channels: dict[str, ChannelConfig] = opt({}, doc="named output destinations")
+    notify: NotifyConfig = opt(NotifyConfig(), doc="notifications")
+    input: InputConfig = opt(InputConfig(), doc="how inputs are read")
+    models: ModelsConfig = opt(ModelsConfig(), doc="model-backed backends (GPU)")
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent
+
+    def resolve(self, path: Path | str) -> Path:
+        """A path from the config or a rule, made absolute against the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: object, source: Path) -> Config:
+    errors: list[str] = []
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    data = dict(data or {})
+    raw_channels = data.pop("channels", None)
+    cfg: Config = build(Config, data, "", errors, source=source)
+    # channels are keyed by name; give each its name
+    if raw_channels is not None and not isinstance(raw_channels, dict):
+        errors.append(f"channels: expected a mapping of channel names to settings, got {raw_channels!r}")
+    if isinstance(raw_channels, dict):
+        for name, body in raw_channels.items():
+            cfg.channels[str(name)] = build(ChannelConfig, body, f"channels.{name}", errors, name=str(name))
+    for name, ch in cfg.channels.items():
+        if ch.bits == 16 and ch.format not in ("png", "tiff"):
+            errors.append(f"channels.{name}.bits: 16 bits needs format png or tiff, not {ch.format}")
+        if ch.filename and ("/" in ch.filename or "\\" in ch.filename or "{ext}" not in ch.filename):
+            errors.append(f"channels.{name}.filename: expected a file name with {{ext}} and no folders, "
+                          f"got {ch.filename!r}")
+    for inbox in cfg.inboxes:
+        if inbox.path is None:
+            continue
+        inbox.path = cfg.resolve(inbox.path)
+    for ch in cfg.channels.values():
+        if ch.path is not None:
+            ch.path = cfg.resolve(ch.path)
+    cfg.database = cfg.resolve(cfg.database)
+    cfg.rules_dir = cfg.resolve(cfg.rules_dir)
+    if cfg.models.cache_dir is not None:
+        cfg.models.cache_dir = cfg.resolve(cfg.models.cache_dir)
+    if errors:
+        raise ConfigError([f"{source}: {e}" for e in errors])
+    return cfg

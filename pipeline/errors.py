@@ -1,0 +1,39 @@
+"""One exception family for everything assetd reports to a person.
+
+The worker decides what to do with a failure by its class alone:
+``TransientError`` is retried with back-off, ``PermanentError`` fails the job at once,
+``ConfigError`` stops the program before anything starts.
+"""
+from __future__ import annotations
+
+
+class AssetdError(Exception):
+    """Base class: the message is written for the studio, one line, naming the file."""
+
+
+class ConfigError(AssetdError):
+    """A config or rule file is wrong. ``problems`` lists every problem found, each self-contained."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class PermanentError(AssetdError):
+    """Retrying cannot help (undecodable file, bomb, bad permissions): fail the job now."""
+
+
+class InputError(PermanentError):
+    """The input file itself is bad. The message names the file and what is wrong with it."""
+
+
+class TransientError(AssetdError):
+    """Might work later (file still changing, GPU out of memory, disk full): retry with back-off."""
+
+    def __init__(self, message: str, delay: float | None = None):
+        super().__init__(message)
+        self.delay = delay
+
+
+class StopRequested(AssetdError):
+    """Raised between steps when the daemon is stopping; the job goes back to the queue untouched."""

@@ -1,0 +1,268 @@
+"""Rules: which files a rule takes, which steps it runs, where its outputs go.
+
+One YAML file per rule in ``rules_dir``; rules are tried in file-name order and the first match
+wins. Loading validates everything (steps, backends, their options, channels, ratios) so that
+``assetd check`` catches a mistake before the daemon starts. Matching is pure: no I/O.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from fnmatch import fnmatchcase
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from .config import Config
+from .errors import ConfigError
+from .schema import build
+from .stages.base import STEP_ORDER, stage_class
+
+DEFAULT_EXTENSIONS = ["jpg", "jpeg", "png", "tif", "tiff", "webp", "heic", "heif", "avif",
+                     "dng", "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2"]
+_RATIO = re.compile(r"^(\d{1,3}):(\d{1,3})$")
+
+
+def parse_ratio(text: str) -> tuple[int, int] | None:
+    m = _RATIO.match(str(text))
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
+def folder_matches(pattern: str, folder: str) -> bool:
+    """Does a folder (relative to its inbox, "" for the root) match a glob?
+
+    ``*`` and ``?`` stay inside one folder name, ``**`` spans any number of folders, so
+    ``products/**`` takes ``products`` itself and everything below it, and ``**`` takes all.
+    """
+    pat = [p for p in pattern.strip("/").split("/") if p]
+    parts = [p for p in folder.split("/") if p]
+
+    def rec(i: int, j: int) -> bool:
+        if i == len(pat):
+            return j == len(parts)
+        if pat[i] == "**":
+            return any(rec(i + 1, k) for k in range(j, len(parts) + 1))
+        return j < len(parts) and fnmatchcase(parts[j], pat[i]) and rec(i + 1, j + 1)
+
+    return rec(0, 0)
+
+
+@dataclass
+class MatchSpec:
+    folder: str = "**"
+    extensions: list[str] = field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    name: str = "*"
+
+    def __post_init__(self) -> None:
+        self.extensions = [e.lower().lstrip(".") for e in (self.extensions or [])]
+
+
+@dataclass
+class StepSpec:
+    step: str
+    backend: str
+    options: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        opts = asdict(self.options) if is_dataclass(self.options) else dict(self.options or {})
+        return {"step": self.step, "backend": self.backend, "options": opts}
+
+
+@dataclass
+class OutputSpec:
+    channel: str
+    source: str  # "from" in YAML: a step name or "input"
+    ratios: list[str] | None = None
+
+
+@dataclass
+class Rule:
+    name: str
+    path: Path
+    match: MatchSpec
+    steps: list[StepSpec]
+    outputs: list[OutputSpec]
+    description: str = ""
+    version: str = ""
+
+    def step(self, name: str) -> StepSpec | None:
+        return next((s for s in self.steps if s.step == name), None)
+
+    def why_not(self, rel_path: PurePosixPath) -> str | None:
+        """None when this rule takes ``rel_path`` (relative to its inbox); else the reason."""
+        ext = rel_path.suffix.lower().lstrip(".")
+        if ext not in self.match.extensions:
+            return f"extension .{ext} is not one of {', '.join(self.match.extensions)}"
+        folder = str(rel_path.parent) if str(rel_path.parent) != "." else ""
+        if not folder_matches(self.match.folder, folder):
+            return f"folder {folder or '(inbox root)'!r} does not match {self.match.folder!r}"
+        if not fnmatchcase(rel_path.name.lower(), self.match.name.lower()):
+            return f"name {rel_path.name!r} does not match {self.match.name!r}"
+        return None
+
+
+def match_rule(rules: list[Rule], rel_path: PurePosixPath) -> Rule | None:
+    """The first rule (in file-name order) that takes the file, or None."""
+    return next((r for r in rules if r.why_not(rel_path) is None), None)
+
+
+def load_rules(config: Config, only: str | None = None) -> list[Rule]:
+    """All rules of ``config.rules_dir`` in file-name order; ConfigError lists every problem."""
+    rules_dir = config.rules_dir
+    if not rules_dir.is_dir():
+        raise ConfigError(f"{config.source}: rules_dir: folder {rules_dir} does not exist")
+    errors: list[str] = []
+    rules: list[Rule] = []
+    files = sorted(p for p in rules_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            errors.append(f"{path}: cannot read rule: {exc}")
+            continue
+        rule = parse_rule(data, path, config, errors)
+        if rule is not None:
+            rules.append(rule)
+    seen: dict[str, Path] = {}
+    for rule in rules:
+        if rule.name in seen:
+            errors.append(f"{rule.path}: name: {rule.name!r} is already used by {seen[rule.name]}")
+        seen[rule.name] = rule.path
+    if not files:
+        errors.append(f"{rules_dir}: no rule files (*.yaml)")
+    if errors:
+        raise ConfigError(errors)
+    if only is not None:
+        rules = [r for r in rules if r.name == only]
+        if not rules:
+            raise ConfigError(f"no rule named {only!r} (known: {', '.join(seen)})")
+    return rules
+
+
+def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule | None:
+    before = len(errors)
+    if not isinstance(data, dict):
+        errors.append(f"{path}: expected a mapping with name, match, steps, outputs")
+        return None
+    for key in data:
+        if key not in ("name", "description", "match", "steps", "outputs"):
+            errors.append(f"{path}: {key}: unknown key (known keys: name, description, match, steps, outputs)")
+    name = data.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        errors.append(f"{path}: name: expected letters, digits, '_', '.', '-', got {name!r}")
+        name = path.stem
+    match_errors: list[str] = []
+    match = build(MatchSpec, data.get("match"), "match", match_errors)
+    errors.extend(f"{path}: {e}" for e in match_errors)
+    steps = _parse_steps(data.get("steps"), path, config, errors)
+    step_names = {s.step for s in steps}
+    crops = next((s for s in steps if s.step == "crops"), None)
+    crop_ratios = list(getattr(crops.options, "ratios", []) or []) if crops else []
+    outputs = _parse_outputs(data.get("outputs"), path, config, step_names, crop_ratios, errors)
+    if len(errors) != before:
+        return None
+    rule = Rule(name=name, path=path, match=match, steps=steps, outputs=outputs,
+                description=str(data.get("description") or ""))
+    rule.version = rule_version(rule, config)
+    return rule
+
+
+def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> list[StepSpec]:
+    if not isinstance(raw, list) or not raw:
+        errors.append(f"{path}: steps: expected a list of steps ({', '.join(STEP_ORDER)})")
+        return []
+    steps: list[StepSpec] = []
+    for i, item in enumerate(raw):
+        where = f"steps[{i}]"
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            errors.append(f"{path}: {where}: expected one step name mapped to its options, got {item!r}")
+            continue
+        (step, opts), = item.items()
+        if step not in STEP_ORDER:
+            errors.append(f"{path}: {where}: unknown step {step!r} (known: {', '.join(STEP_ORDER)})")
+            continue
+        opts = dict(opts or {}) if isinstance(opts, dict) or opts is None else opts
+        if not isinstance(opts, dict):
+            errors.append(f"{path}: {where}.{step}: expected a mapping of options, got {opts!r}")
+            continue
+        backend = opts.pop("backend", None)
+        try:
+            cls = stage_class(step, backend)
+        except KeyError as exc:
+            errors.append(f"{path}: {where}.{step}.backend: {exc.args[0]}")
+            continue
+        opt_errors: list[str] = []
+        options = build(cls.Options, opts, f"{where}.{step}", opt_errors)
+        if not opt_errors:
+            opt_errors.extend(cls.validate(options, f"{where}.{step}", config))
+        errors.extend(f"{path}: {e}" for e in opt_errors)
+        steps.append(StepSpec(step=step, backend=cls.backend, options=options))
+    names = [s.step for s in steps]
+    if len(set(names)) != len(names):
+        errors.append(f"{path}: steps: each step may appear once, got {names}")
+    elif names != sorted(names, key=STEP_ORDER.index):
+        errors.append(f"{path}: steps: must run in the order {' → '.join(STEP_ORDER)}, got {' → '.join(names)}")
+    return steps
+
+
+def _parse_outputs(raw: Any, path: Path, config: Config, step_names: set[str], crop_ratios: list[str],
+                   errors: list[str]) -> list[OutputSpec]:
+    if not isinstance(raw, list) or not raw:
+        errors.append(f"{path}: outputs: expected a list like [{{channel: webshop, from: crops}}]")
+        return []
+    outputs: list[OutputSpec] = []
+    for i, item in enumerate(raw):
+        where = f"{path}: outputs[{i}]"
+        if not isinstance(item, dict):
+            errors.append(f"{where}: expected a mapping with channel, from and optional ratios, got {item!r}")
+            continue
+        unknown = set(item) - {"channel", "from", "ratios"}
+        if unknown:
+            errors.append(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: channel, from, ratios)")
+        channel = item.get("channel")
+        if channel not in config.channels:
+            errors.append(f"{where}.channel: {channel!r} is not a configured channel "
+                          f"(configured: {', '.join(config.channels) or 'none'})")
+        source = item.get("from")
+        if source is None:
+            source = [s for s in STEP_ORDER if s in step_names][-1] if step_names else "input"
+        if source != "input" and source not in step_names:
+            errors.append(f"{where}.from: {source!r} is not a step of this rule "
+                          f"(steps: {', '.join(sorted(step_names, key=STEP_ORDER.index)) or 'none'}, or input)")
+        ratios = item.get("ratios")
+        if ratios is not None:
+            if isinstance(ratios, str):
+                ratios = [ratios]
+            if not isinstance(ratios, list) or not all(isinstance(r, str) for r in ratios):
+                errors.append(f"{where}.ratios: expected a list of ratios like ['1:1'], got {ratios!r}")
+                ratios = None
+            else:
+                steps_with_crops = ("crops", "upscale") if "crops" in step_names else ()
+                if source not in steps_with_crops:
+                    errors.append(f"{where}.ratios: only outputs from crops (or a later step) have ratios")
+                for r in ratios:
+                    if r not in crop_ratios:
+                        errors.append(f"{where}.ratios: {r!r} is not one of the crops step's ratios "
+                                      f"({', '.join(crop_ratios) or 'none'})")
+        outputs.append(OutputSpec(channel=str(channel), source=str(source), ratios=ratios))
+    return outputs
+
+
+def rule_version(rule: Rule, config: Config) -> str:
+    """A short hash of everything that decides a rule's outputs; a changed rule reprocesses."""
+    channels = {o.channel: {k: str(v) for k, v in asdict(config.channels[o.channel]).items() if k != "path"}
+                for o in rule.outputs}
+    doc = {
+        "steps": [s.as_dict() for s in rule.steps],
+        "outputs": [asdict(o) for o in rule.outputs],
+        "channels": channels,
+    }
+    blob = json.dumps(doc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,214 @@
+"""Build typed dataclasses from parsed YAML, collecting every problem with its key path.
+
+Config, rules and every stage's options are plain dataclasses; this module is the one place that
+turns a YAML mapping into them, so an unknown key or a bad value is reported the same way
+everywhere: ``<file>: <key.path>: expected <what>, got <value>``.
+
+Field metadata understood here:
+  ``choices``  allowed values;  ``min`` / ``max``  numeric bounds;
+  ``check``    a callable(value) -> str | None returning a problem description;
+  ``doc``      one line for the manual (README / config.example.yaml stay in sync by a test).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+_MISSING = dataclasses.MISSING
+
+
+def describe(tp: Any) -> str:
+    """A human name for a type annotation."""
+    origin = get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(describe(a) for a in args) + (" or null" if len(args) < len(get_args(tp)) else "")
+    if origin is list:
+        return f"a list of {describe(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
+    origin = get_origin(tp)
+    bad = f"{where}: expected {describe(tp)}, got {value!r}"
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _convert(arg, value, where, trial)
+            if not trial:
+                return out
+        errors.append(bad)
+        return None
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        errors.append(bad)
+        return None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        errors.append(bad)
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        errors.append(bad)
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        errors.append(bad)
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        errors.append(bad)
+        return None
+    if tp is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        errors.append(bad)
+        return None
+    if origin is list:
+        (item,) = get_args(tp)
+        if isinstance(value, str) and item is str:
+            value = [value]
+        if not isinstance(value, list):
+            errors.append(bad)
+            return None
+        return [_convert(item, v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        key_t, val_t = get_args(tp)
+        if not isinstance(value, dict):
+            errors.append(bad)
+            return None
+        return {str(k): _convert(val_t, v, f"{where}.{k}", errors) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where, errors)
+    raise TypeError(f"schema cannot convert {tp!r}")  # a programming error, not a user one
+
+
+def build(cls: type, data: Any, where: str, errors: list[str], **extra: Any) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``; append problems to ``errors``.
+
+    ``extra`` supplies fields that do not come from the YAML (e.g. a channel's name).
+    Returns an instance built from defaults where values were bad, so callers can keep
+    checking and report everything at once.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{where}: expected a mapping, got {data!r}")
+        data = {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields or key in extra:
+            known = ", ".join(k for k in fields if k not in extra)
+            errors.append(f"{_join(where, key)}: unknown key (known keys: {known})")
+    kwargs: dict[str, Any] = dict(extra)
+    for name, field in fields.items():
+        if name in extra:
+            continue
+        key_where = _join(where, name)
+        if name in data:
+            before = len(errors)
+            value = _convert(hints[name], data[name], key_where, errors)
+            if len(errors) == before:
+                problem = _check_meta(field, value)
+                if problem:
+                    errors.append(f"{key_where}: {problem}")
+            if len(errors) == before:
+                kwargs[name] = value
+                continue
+        if field.metadata.get("required") and name not in data:
+            errors.append(f"{key_where}: required, expected {describe(hints[name])}")
+            kwargs[name] = None
+        elif field.default is not _MISSING:
+            kwargs[name] = field.default
+        elif field.default_factory is not _MISSING:  # type: ignore[misc]
+            kwargs[name] = field.default_factory()  # type: ignore[misc]
+        else:
+            if name not in data:
+                errors.append(f"{key_where}: required, expected {describe(hints[name])}")
+            kwargs[name] = None
+    return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _check_meta(field: dataclasses.Field, value: Any) -> str | None:
+    meta = field.metadata
+    if value is None:
+        return None
+    if "choices" in meta and value not in meta["choices"]:
+        return f"expected one of {', '.join(map(repr, meta['choices']))}, got {value!r}"
+    if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
+        return f"expected at least {meta['min']}, got {value!r}"
+    if "max" in meta and isinstance(value, (int, float)) and value > meta["max"]:
+        return f"expected at most {meta['max']}, got {value!r}"
+    if "check" in meta:
+        return meta["check"](value)
+    return None
+
+
+def opt(default: Any = _MISSING, doc: str = "", **meta: Any) -> Any:
+    """A dataclass field with a default (or factory for lists/dicts) and manual metadata."""
+    meta["doc"] = doc
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    if dataclasses.is_dataclass(default):
+        template = default
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(template), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def documented_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every key path of a schema, for the tests that keep the manual in sync."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("internal"):
+            continue
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        tp = hints[f.name]
+        inner = [a for a in get_args(tp) if dataclasses.is_dataclass(a)] or (
+            [tp] if dataclasses.is_dataclass(tp) else []
+        )
+        if get_origin(tp) is dict and dataclasses.is_dataclass(get_args(tp)[1]):
+            inner = [get_args(tp)[1]]
+        if get_origin(tp) is list and dataclasses.is_dataclass(get_args(tp)[0]):
+            inner = [get_args(tp)[0]]
+        for sub in inner:
+            keys.extend(documented_keys(sub, path + "."))
+    return keys

@@ -1,0 +1,1 @@
+"""One module per stage; backends register themselves in base.py's registry."""

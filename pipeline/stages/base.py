@@ -1,0 +1,149 @@
+"""The stage interface every backend implements, and the registry that finds backends by name.
+
+A *step* is one of the four things a rule can ask for (``STEP_ORDER``); a *backend* is one way
+of doing it (``studio`` or ``rembg`` for ``remove_background``...). A backend is a ``Stage``
+subclass decorated with ``@register``; its options are a dataclass (``Options``) validated by
+``pipeline.schema`` when rules load, so a typo fails ``assetd check`` rather than a job at 2 a.m.
+
+What flows between stages is an ``Asset``: the pixels plus the subject's matte in the same
+coordinates. Stages never change the subject's opaque pixels except ``upscale`` (which records
+its factor in ``Asset.scale``): that is the product's promise, and the tests check it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+STEP_ORDER = ("remove_background", "place_in_scene", "crops", "upscale")
+DEFAULT_BACKENDS = {
+    "remove_background": "studio",
+    "place_in_scene": "composite",
+    "crops": "geometry",
+    "upscale": "lanczos",
+}
+# Modules that register backends; model-backed ones import their heavy libraries lazily.
+STAGE_MODULES = [
+    "pipeline.stages.remove_background",
+    "pipeline.stages.place_in_scene",
+    "pipeline.stages.crops",
+    "pipeline.stages.upscale",
+]
+
+
+@dataclass
+class Asset:
+    """One image travelling through the chain.
+
+    pixels:  H×W×3 (RGB) or H×W×4 (RGBA, straight alpha), uint8 or uint16, sRGB working space.
+    matte:   H×W uint8 coverage of the subject (255 = subject) in the same coordinates, or None
+             when nothing has told us where the subject is yet.
+    ratio:   the crop ratio this asset was framed for ("4:5"), None before ``crops``.
+    scale:   resampling factor applied to the input's pixels so far (1.0: untouched).
+    notes:   what each step did, for the manifest ({"crops": {"fill": "outpaint", ...}}).
+    """
+
+    pixels: np.ndarray
+    matte: np.ndarray | None = None
+    ratio: str | None = None
+    scale: float = 1.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.ndim == 3 and self.pixels.shape[2] == 4
+
+    def derive(self, pixels: np.ndarray, matte: np.ndarray | None, **changes: Any) -> "Asset":
+        """A new asset from this one: notes are copied, other fields overridable."""
+        return dataclasses.replace(self, pixels=pixels, matte=matte, notes=dict(self.notes), **changes)
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides its options. One per worker; shared by its stages."""
+
+    config: "Config"
+    models: Any = None  # pipeline.models.ModelManager (per worker), created lazily by model-backed stages
+    stop: threading.Event = field(default_factory=threading.Event)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("assetd.stage"))
+
+    def resolve(self, path: str) -> Any:
+        return self.config.resolve(path)
+
+
+class Stage:
+    """Base class of every backend. Subclasses set ``step``, ``backend`` and ``Options``."""
+
+    step: ClassVar[str]
+    backend: ClassVar[str]
+    Options: ClassVar[type]
+    needs_models: ClassVar[bool] = False  # True: `assetd models check` loads it
+
+    def __init__(self, options: Any, ctx: StageContext):
+        self.options = options
+        self.ctx = ctx
+
+    @classmethod
+    def validate(cls, options: Any, where: str, ctx_config: "Config") -> list[str]:
+        """Extra checks needing the config (files exist...). Problems, each prefixed by ``where``."""
+        return []
+
+    def prepare(self) -> None:
+        """Load heavy resources (models). Called once per worker before the first job."""
+
+    def run(self, asset: Asset) -> list[Asset]:
+        """Transform one asset into one or more (``crops`` yields one per ratio)."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[tuple[str, str], type[Stage]] = {}
+_loaded = False
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a backend findable by (step, backend)."""
+    if cls.step not in STEP_ORDER:
+        raise ValueError(f"unknown step {cls.step!r}")
+    _REGISTRY[(cls.step, cls.backend)] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        for name in STAGE_MODULES:
+            importlib.import_module(name)
+        _loaded = True
+
+
+def backends(step: str) -> list[str]:
+    _load_all()
+    return sorted(b for (s, b) in _REGISTRY if s == step)
+
+
+def stage_class(step: str, backend: str | None) -> type[Stage]:
+    """The backend class for a step; KeyError with the valid names when unknown."""
+    _load_all()
+    backend = backend or DEFAULT_BACKENDS[step]
+    try:
+        return _REGISTRY[(step, backend)]
+    except KeyError:
+        raise KeyError(f"unknown backend {backend!r} for {step} (known: {', '.join(backends(step))})") from None
+
+

@@ -1,0 +1,1 @@
+"""Stage place_in_scene (being written)."""

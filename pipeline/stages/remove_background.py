@@ -1,0 +1,1 @@
+"""Stage remove_background (being written)."""

@@ -1,0 +1,1 @@
+"""Stage upscale (being written)."""
