@@ -1,1 +1,485 @@
-"""Stage remove_background (being written)."""
+"""Stage remove_background, backend ``studio``: cut a product out of a plain studio backdrop.
+
+No model: a studio shot is a subject on seamless paper, so the backdrop can be *modelled*.
+
+1. Segmentation at a reduced size (``work_size`` long edge). A smooth backdrop (a low-order
+   polynomial per channel, so sweeps and vignettes fit) is fitted to the image border, robustly,
+   then refitted to every pixel found to be backdrop. A pixel is backdrop-like when it matches the
+   model, or when it is the model darkened with the same chroma (a shadow). Backdrop-like pixels
+   reached from the border without crossing a sharp edge are backdrop: shadows are soft, a
+   light-grey box on white paper has a sharp outline, so the flood stops there. What is left is
+   the subject: small specks are dropped, enclosed holes filled unless they show plain backdrop
+   (the inside of a mug handle).
+2. Edge refinement at full resolution, only in a band a few pixels wide around the outline:
+   alpha from I = aF + (1 - a)B, with F and B the local subject and backdrop colours (normalised
+   convolution of the known pixels on each side), falling back to the smoothed mask where F and B
+   are too alike to tell apart.
+3. Decontamination of the partially transparent pixels: F = (I - (1 - a)B) / a, clamped.
+
+The promise: wherever the output alpha is opaque the RGB is the input's, bit for bit; only the
+partially transparent edge (and, with ``keep_shadow``, the shadow, stored as black at low alpha)
+is changed. RGBA input whose alpha already has transparent pixels is taken as cut out already:
+its alpha is kept as the matte and nothing is re-estimated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import PermanentError
+from ..pixels import max_value
+from ..schema import opt
+from .base import Asset, Stage, register
+
+
+# --- backdrop model ----------------------------------------------------------------------------
+
+def _poly_terms(xn: np.ndarray, yn: np.ndarray, degree: int) -> np.ndarray:
+    """Monomials x^i y^j (i + j <= degree) of normalised coordinates, one column each."""
+    cols = [xn**i * yn**j for i in range(degree + 1) for j in range(degree + 1 - i)]
+    return np.stack(cols, axis=-1).astype(np.float32)
+
+
+@dataclass
+class BackdropModel:
+    """Per-channel polynomial over normalised coordinates (x, y in [-1, 1]); values 0..1."""
+
+    coeffs: np.ndarray  # terms × 3
+    degree: int
+    noise: float  # robust residual sigma of the fit (0..1 units), at the size it was fitted
+    inliers: float  # fraction of samples the fit explains
+
+    def render(self, width: int, height: int) -> np.ndarray:
+        """The backdrop at (width, height), H×W×3 float32."""
+        xn = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
+        yn = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
+        xg, yg = np.meshgrid(xn, yn)
+        return np.clip(_poly_terms(xg, yg, self.degree) @ self.coeffs, 0.0, 1.0).astype(np.float32)
+
+    def mean_colour(self) -> tuple[float, float, float]:
+        img = self.render(16, 16)
+        return tuple(float(c) for c in img.reshape(-1, 3).mean(axis=0))  # type: ignore[return-value]
+
+
+def fit_backdrop(img: np.ndarray, samples: np.ndarray, degree: int, max_samples: int = 20000) -> BackdropModel | None:
+    """Robust least-squares fit of a smooth backdrop to the pixels where ``samples`` is true.
+
+    ``img`` is H×W×3 float32 in 0..1. Trimmed refits drop outliers (a subject touching the border,
+    a shadow); None when too few samples remain or the survivors are not a smooth surface.
+    """
+    h, w = samples.shape
+    ys, xs = np.nonzero(samples)
+    if len(ys) < 6 * (degree + 1) ** 2:
+        return None
+    if len(ys) > max_samples:
+        pick = np.linspace(0, len(ys) - 1, max_samples).astype(np.int64)
+        ys, xs = ys[pick], xs[pick]
+    terms = _poly_terms((xs + 0.5) / w * 2 - 1, (ys + 0.5) / h * 2 - 1, degree)
+    values = img[ys, xs]
+    keep = np.ones(len(ys), bool)
+    coeffs = np.zeros((terms.shape[1], 3), np.float32)
+    sigma = 1.0
+    for _ in range(4):
+        if keep.sum() < 3 * terms.shape[1]:
+            return None
+        coeffs = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0].astype(np.float32)
+        resid = np.sqrt(((terms @ coeffs - values) ** 2).mean(axis=1))
+        sigma = max(float(np.median(resid[keep])) * 1.4826, 0.002)
+        keep = resid < max(3.0 * sigma, 0.015)
+    inliers = float(keep.mean())
+    if inliers < 0.5 or sigma > 0.05:
+        return None
+    return BackdropModel(coeffs=coeffs, degree=degree, noise=sigma, inliers=inliers)
+
+
+# --- segmentation at working size ----------------------------------------------------------------
+
+@dataclass
+class _Segmentation:
+    mask: np.ndarray  # bool, subject
+    backdrop: np.ndarray  # bool, backdrop incl. shadow
+    model: BackdropModel
+    model_img: np.ndarray  # H×W×3 float32
+    darkening: np.ndarray  # H×W float32, 1 - k where the backdrop is shadowed, else 0
+    image: np.ndarray  # H×W×3 float32, the working-size image (unblurred)
+
+
+def _working_image(pixels: np.ndarray, long_edge: int) -> np.ndarray:
+    """The RGB channels shrunk (area averaging) so the long edge is at most ``long_edge``; float32 0..1."""
+    h, w = pixels.shape[:2]
+    rgb = pixels[..., :3]
+    f = min(1.0, long_edge / max(h, w))
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if f < 1.0 else rgb
+    return small.astype(np.float32) / float(max_value(pixels))
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _classify(blur: np.ndarray, model_img: np.ndarray, noise: float, tolerance: float,
+              max_shadow: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plain, candidate, k): matches the backdrop; backdrop or shadow; brightness ratio to the model."""
+    bb = (model_img * model_img).sum(axis=2) + 1e-6
+    k = (blur * model_img).sum(axis=2) / bb
+    t = max(0.02, 4.0 * noise) * tolerance
+    diff = np.sqrt(((blur - model_img) ** 2).mean(axis=2))
+    chroma = np.sqrt(((blur - k[..., None] * model_img) ** 2).mean(axis=2))
+    plain = diff < t
+    shadow = (chroma < t) & (k >= 1.0 - max_shadow) & (k < 1.0)
+    return plain, plain | shadow, k
+
+
+def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segmentation | None:
+    """Find backdrop and subject in the working-size image; None when there is no plain backdrop."""
+    h, w = small.shape[:2]
+    blur = cv2.GaussianBlur(small, (0, 0), 0.8)
+    band = max(2, round(0.03 * min(h, w)))
+    border = np.zeros((h, w), bool)
+    border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
+    model = fit_backdrop(blur, border, degree=2)
+    if model is None:
+        return None
+    gx = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    grad = np.sqrt((gx * gx + gy * gy).max(axis=2))
+    frame = np.zeros((h, w), bool)
+    frame[0], frame[-1], frame[:, 0], frame[:, -1] = True, True, True, True
+
+    backdrop = np.zeros((h, w), bool)
+    model_img = model.render(w, h)
+    k = np.ones((h, w), np.float32)
+    for refit in range(2):
+        model_img = model.render(w, h)
+        plain, candidate, k = _classify(blur, model_img, model.noise, tolerance, max_shadow)
+        barrier = grad > max(0.03, 3.0 * model.noise) * tolerance
+        free = (candidate & ~barrier).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(free, connectivity=8)
+        outside = np.zeros(n, bool)
+        outside[np.unique(labels[frame & (free > 0)])] = True
+        # enclosed regions showing plain backdrop (a mug handle's inside) are holes, not subject
+        plain_frac = np.bincount(labels.ravel(), weights=plain.ravel(), minlength=n) / np.maximum(stats[:, 4], 1)
+        min_hole = max(12, int(0.0015 * h * w))
+        outside |= (stats[:, 4] >= min_hole) & (plain_frac > 0.9)
+        outside[0] = False
+        backdrop = outside[labels] & (free > 0)
+        # edge pixels on the barrier that still look like backdrop or shadow join the backdrop
+        grow = cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate
+        backdrop |= grow
+        if refit == 0:
+            better = fit_backdrop(blur, backdrop & plain & (k > 1.0 - 2 * model.noise), degree=3)
+            if better is None:
+                break
+            model = BackdropModel(better.coeffs, better.degree, model.noise, better.inliers)
+
+    subject = ~backdrop
+    subject = cv2.morphologyEx(subject.astype(np.uint8), cv2.MORPH_OPEN, _disk(1))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(subject, connectivity=8)
+    if n <= 1:
+        return _Segmentation(np.zeros((h, w), bool), ~np.zeros((h, w), bool), model, model_img,
+                             np.zeros((h, w), np.float32), small)
+    areas = stats[1:, 4]
+    keep = np.zeros(n, bool)
+    keep[1:] = (areas >= 0.1 * areas.max()) & (areas >= max(16, 0.0005 * h * w))
+    mask = keep[labels]
+    darkening = np.where(~mask & (k < 1.0), np.clip(1.0 - k, 0.0, 1.0), 0.0).astype(np.float32)
+    return _Segmentation(mask, ~mask, model, model_img, darkening, small)
+
+
+# --- local colours and full-resolution edge ------------------------------------------------------
+
+def _normalised_blur(img: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted local mean of ``img`` (H×W×3) and the local weight, for colour propagation."""
+    wf = weight.astype(np.float32)
+    num = cv2.GaussianBlur(img * wf[..., None], (0, 0), sigma)
+    den = cv2.GaussianBlur(wf, (0, 0), sigma)
+    return num / np.maximum(den, 1e-6)[..., None], den
+
+
+def _sample(small: np.ndarray, ys: np.ndarray, xs: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """Bilinear samples of a working-size array at full-resolution pixel centres (N or N×C)."""
+    mx = ((xs.astype(np.float32) + 0.5) * scale[0] - 0.5).reshape(1, -1)
+    my = ((ys.astype(np.float32) + 0.5) * scale[1] - 0.5).reshape(1, -1)
+    n = mx.shape[1]
+    cols = 4096  # remap takes 2-D maps; lay the points out in rows
+    rows = max(1, math.ceil(n / cols))
+    pad = rows * cols - n
+    mxs = np.pad(mx[0], (0, pad)).reshape(rows, cols)
+    mys = np.pad(my[0], (0, pad)).reshape(rows, cols)
+    res = cv2.remap(small, mxs, mys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = res.reshape((rows * cols,) + small.shape[2:])[:n]
+    return out
+
+
+def _noise_sigma(pixels: np.ndarray) -> float:
+    """Per-pixel sensor noise (0..1 units) from horizontal differences along the image border."""
+    top = float(max_value(pixels))
+    strips = [pixels[:8, :, :3], pixels[-8:, :, :3]]
+    vals = []
+    for s in strips:
+        d = np.diff(s.astype(np.float32), axis=1) / top
+        vals.append(float(np.median(np.abs(d))) * 1.4826 / math.sqrt(2))
+    return max(min(vals), 0.5 / top)
+
+
+def _edge_alpha(I: np.ndarray, F: np.ndarray, B: np.ndarray, soft: np.ndarray, noise: float) -> np.ndarray:
+    """Alpha of edge pixels from I = aF + (1 - a)B, blended towards ``soft`` where F ≈ B."""
+    d = F - B
+    dd = (d * d).sum(axis=1)
+    a = ((I - B) * d).sum(axis=1) / np.maximum(dd, 1e-6)
+    contrast = np.sqrt(dd)
+    lo = np.clip(2.5 * noise * math.sqrt(3) / np.maximum(contrast, 1e-3), 0.02, 0.3)
+    a = np.clip((a - lo) / (1.0 - 2.0 * lo), 0.0, 1.0)
+    trust = np.clip((contrast - 0.06) / 0.06, 0.0, 1.0)
+    return (trust * a + (1.0 - trust) * soft).astype(np.float32)
+
+
+def _unmix(I: np.ndarray, a: np.ndarray, B: np.ndarray, F_local: np.ndarray) -> np.ndarray:
+    """Foreground colour of partially transparent pixels: solve I = aF + (1 - a)B, clamp, and lean on
+    the local subject colour where a is small (the solution amplifies noise by 1/a)."""
+    ac = np.maximum(a, 1e-3)[:, None]
+    F = np.clip(B + (I - B) / ac, 0.0, 1.0)
+    w = np.clip((a - 0.05) / 0.45, 0.0, 1.0)[:, None]
+    return (w * F + (1.0 - w) * F_local).astype(np.float32)
+
+
+@dataclass
+class Cutout:
+    """Result of ``cut_out``: RGBA pixels (input dtype), the subject matte (uint8) and what was found."""
+
+    pixels: np.ndarray
+    matte: np.ndarray
+    notes: dict[str, Any]
+
+
+def _hex(colour: tuple[float, ...]) -> str:
+    return "#" + "".join(f"{int(round(min(max(c, 0.0), 1.0) * 255)):02x}" for c in colour[:3])
+
+
+def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0, max_shadow: float = 0.6,
+            keep_shadow: bool = False, decontaminate: bool = True) -> Cutout | None:
+    """Cut the subject out of a plain backdrop; None when no plain backdrop can be found.
+
+    ``pixels``: H×W×3 (or ×4, alpha ignored) uint8/uint16. Output is RGBA of the same size and dtype.
+    """
+    H, W = pixels.shape[:2]
+    top = max_value(pixels)
+    small = _working_image(pixels, work_size)
+    seg = _segment(small, tolerance, max_shadow)
+    if seg is None:
+        return None
+    h, w = seg.mask.shape
+    scale = (w / W, h / H)
+    r = 2
+    mask8 = seg.mask.astype(np.uint8)
+    inner = cv2.erode(mask8, _disk(r))
+    outer = cv2.dilate(mask8, _disk(r))
+    band_small = (outer > 0) & (inner == 0)
+
+    alpha = cv2.resize(inner, (W, H), interpolation=cv2.INTER_NEAREST)  # 0/1, uint8
+    band = cv2.resize(band_small.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
+    ys, xs = np.nonzero(band)
+    del band
+    rgb_out = np.array(pixels[..., :3], copy=True)
+
+    # local subject / backdrop colours next to the outline, from pixels known to be one or the other
+    sigma = 2.0
+    fg_known = cv2.erode(mask8, _disk(1)) > 0
+    bg_known = cv2.erode(1 - mask8, _disk(1)) > 0
+    F_s, _ = _normalised_blur(seg.image, fg_known, sigma)
+    B_s, bden = _normalised_blur(seg.image, bg_known, sigma)
+    B_s = np.where((bden > 1e-3)[..., None], B_s, seg.model_img)
+    soft_s = cv2.GaussianBlur(mask8.astype(np.float32), (0, 0), 0.7)
+
+    I = pixels[ys, xs, :3].astype(np.float32) / top
+    F = _sample(F_s, ys, xs, scale)
+    B = _sample(B_s, ys, xs, scale)
+    soft = _sample(soft_s, ys, xs, scale)
+    a = _edge_alpha(I, F, B, soft, _noise_sigma(pixels))
+    aq = np.rint(a * top).astype(np.int64)
+    partial = (aq > 0) & (aq < top)
+
+    shadow_alpha: np.ndarray | None = None
+    if keep_shadow:
+        t = max(0.02, 4.0 * seg.model.noise)
+        near = cv2.dilate(mask8, _disk(max(3, round(0.15 * max(h, w) / 4)))) > 0
+        dark = np.where(near & ~seg.mask, np.clip((seg.darkening - t) / (1.0 - t), 0.0, 1.0), 0.0)
+        dark = cv2.GaussianBlur(dark.astype(np.float32), (0, 0), 0.7)
+        shadow_alpha = dark if float(dark.max()) * top >= 1.0 else None
+
+    # assemble: opaque interior keeps the input's RGB untouched
+    out_alpha = alpha.astype(pixels.dtype) * np.asarray(top, pixels.dtype)
+    if decontaminate and partial.any():
+        p = partial
+        Fp = _unmix(I[p], a[p], B[p], F[p])
+        rgb_out[ys[p], xs[p]] = np.clip(np.rint(Fp * top), 0, top).astype(pixels.dtype)
+    out_alpha[ys, xs] = aq.astype(pixels.dtype)
+    matte = _matte_from_alpha(out_alpha)
+
+    shadow_note: dict[str, Any] | None = None
+    if shadow_alpha is not None:
+        s_full = cv2.resize(shadow_alpha, (W, H), interpolation=cv2.INTER_LINEAR)
+        s_q = np.rint(s_full * top).astype(pixels.dtype)
+        del s_full
+        where = (s_q > 0) & (out_alpha < top)
+        sa = s_q[where].astype(np.float32) / top
+        fa = out_alpha[where].astype(np.float32) / top
+        combined = fa + (1.0 - fa) * sa
+        keep_rgb = rgb_out[where].astype(np.float32) * (fa / np.maximum(combined, 1e-6))[:, None]
+        rgb_out[where] = np.clip(np.rint(keep_rgb), 0, top).astype(pixels.dtype)
+        out_alpha[where] = np.clip(np.rint(combined * top), 0, top - 1).astype(pixels.dtype)
+        shadow_note = {"pixels": int(where.sum()), "max_alpha": round(float(sa.max()) if sa.size else 0.0, 3)}
+
+    out = np.dstack([rgb_out, out_alpha])
+    notes = {
+        "backend": "studio",
+        "backdrop": {"colour": _hex(seg.model.mean_colour()), "model": f"polynomial degree {seg.model.degree}",
+                     "noise": round(seg.model.noise, 4), "inliers": round(seg.model.inliers, 3)},
+        "work_size": [w, h],
+        "edge_pixels": int(len(ys)),
+        "decontaminated": int(partial.sum()) if decontaminate else 0,
+        "shadow": shadow_note if keep_shadow else "removed",
+    }
+    return Cutout(pixels=out, matte=matte, notes=notes)
+
+
+def _matte_from_alpha(alpha: np.ndarray) -> np.ndarray:
+    """uint8 matte with 255 exactly where ``alpha`` is fully opaque (so 255 always means 'exact pixels')."""
+    if alpha.dtype == np.uint8:
+        return alpha.copy()
+    m = ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    m[(m == 255) & (alpha < 65535)] = 254
+    return m
+
+
+# --- helpers other stages use --------------------------------------------------------------------
+
+def estimate_subject_matte(pixels: np.ndarray) -> np.ndarray | None:
+    """A cheap subject mask (uint8 H×W, full size) of an uncut studio photo, or None without a plain backdrop.
+
+    Segmentation only (no edge refinement): good for framing crops, not for compositing.
+    """
+    H, W = pixels.shape[:2]
+    small = _working_image(pixels, 512)
+    seg = _segment(small, 1.0, 0.6)
+    if seg is None or not seg.mask.any():
+        return None
+    soft = cv2.GaussianBlur(seg.mask.astype(np.float32), (0, 0), 0.7)
+    return np.clip(np.rint(cv2.resize(soft, (W, H), interpolation=cv2.INTER_LINEAR) * 255), 0, 255).astype(np.uint8)
+
+
+def decontaminate_edges(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray | None = None) -> np.ndarray:
+    """Remove backdrop colour spill from partially transparent pixels; other pixels are returned unchanged.
+
+    ``rgb``: H×W×3 uint8/uint16. ``alpha``: H×W, uint8, uint16 or float in [0, 1]. ``backdrop``: what was
+    behind the subject, as one colour (3 values in ``rgb``'s units) or an H×W×3 image; None: estimate it
+    locally from the fully transparent pixels near the edge (works on any background, not only paper).
+    """
+    top = float(max_value(rgb))
+    if np.issubdtype(alpha.dtype, np.floating):
+        a_full = alpha
+        amax = 1.0
+    else:
+        a_full = alpha
+        amax = float(np.iinfo(alpha.dtype).max)
+    partial = (a_full > 0) & (a_full < amax)
+    ys, xs = np.nonzero(partial)
+    out = np.array(rgb[..., :3], copy=True)
+    if len(ys) == 0:
+        return out
+    H, W = rgb.shape[:2]
+    f = min(1.0, 1024 / max(H, W))
+    size = (max(1, round(W * f)), max(1, round(H * f)))
+    small = _working_image(rgb, 1024)
+    opaque = (a_full >= amax).astype(np.uint8)
+    clear = (a_full <= 0).astype(np.uint8)
+    if f < 1.0:
+        opaque = cv2.resize(opaque * 255, size, interpolation=cv2.INTER_AREA) > 250
+        clear = cv2.resize(clear * 255, size, interpolation=cv2.INTER_AREA) > 250
+    else:
+        opaque, clear = opaque > 0, clear > 0
+    scale = (size[0] / W, size[1] / H)
+    F_s, _ = _normalised_blur(small, opaque, 3.0)
+    I = rgb[ys, xs, :3].astype(np.float32) / top
+    a = a_full[ys, xs].astype(np.float32) / amax
+    F = _sample(F_s, ys, xs, scale)
+    if backdrop is None:
+        B_s, den = _normalised_blur(small, clear, 3.0)
+        B_s = np.where((den > 1e-4)[..., None], B_s, small.reshape(-1, 3).mean(axis=0))
+        B = _sample(B_s, ys, xs, scale)
+    elif backdrop.ndim == 1:
+        B = np.broadcast_to(np.asarray(backdrop, np.float32)[:3] / top, I.shape)
+    else:
+        B = backdrop[ys, xs, :3].astype(np.float32) / (top if not np.issubdtype(backdrop.dtype, np.floating) else 1.0)
+    Fp = _unmix(I, a, B, F)
+    out[ys, xs] = np.clip(np.rint(Fp * top), 0, top).astype(rgb.dtype)
+    return out
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+@register
+class StudioBackground(Stage):
+    """Cut the subject out of a plain studio backdrop (white, grey, coloured paper, sweeps, vignettes)."""
+
+    step = "remove_background"
+    backend = "studio"
+
+    @dataclass
+    class Options:
+        keep_shadow: bool = opt(False, doc="keep the contact shadow as semi-transparent black under the subject")
+        trim: bool = opt(False, doc="crop the cut-out to the subject (and kept shadow) plus trim_margin")
+        trim_margin: int = opt(0, min=0, max=10000, doc="pixels kept around the subject when trim is on")
+        decontaminate: bool = opt(True, doc="remove backdrop colour spill from semi-transparent edge pixels")
+        tolerance: float = opt(1.0, min=0.25, max=4.0,
+                               doc="how far from the backdrop colour a pixel may be and still count as backdrop "
+                                   "(x the measured noise; raise for uneven paper, lower for subjects close to it)")
+        max_shadow: float = opt(0.6, min=0.0, max=0.95,
+                                doc="darkest shadow treated as backdrop (0.6: down to 40% of the paper's "
+                                    "brightness); darker neutral areas count as subject")
+        work_size: int = opt(1024, min=256, max=4096,
+                             doc="long edge at which the subject is found; edges are refined at full size")
+
+    def run(self, asset: Asset) -> list[Asset]:
+        px = asset.pixels
+        top = max_value(px)
+        notes: dict[str, Any]
+        if asset.has_alpha and int(px[..., 3].min()) < top:
+            out = px
+            matte = _matte_from_alpha(px[..., 3])
+            notes = {"backend": "studio", "kept_input_alpha": True}
+        else:
+            o = self.options
+            cut = cut_out(px, work_size=o.work_size, tolerance=o.tolerance, max_shadow=o.max_shadow,
+                          keep_shadow=o.keep_shadow, decontaminate=o.decontaminate)
+            if cut is None:
+                raise PermanentError("no plain studio backdrop found along the image border; "
+                                     "use remove_background backend rembg for shots on other backgrounds")
+            if not cut.matte.any():
+                raise PermanentError("no subject found: the image looks like empty backdrop")
+            out, matte, notes = cut.pixels, cut.matte, cut.notes
+        if self.options.trim:
+            box = trim_box(out[..., 3], self.options.trim_margin)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                out, matte = out[y0:y1, x0:x1].copy(), matte[y0:y1, x0:x1].copy()
+                notes["trim"] = [x0, y0, x1, y1]
+        result = asset.derive(out, matte)
+        result.notes["remove_background"] = notes
+        return [result]
+
+
+def trim_box(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), end-exclusive, of the non-transparent pixels grown by ``margin``, clamped; None if empty."""
+    rows = np.flatnonzero(alpha.any(axis=1))
+    cols = np.flatnonzero(alpha.any(axis=0))
+    if len(rows) == 0:
+        return None
+    h, w = alpha.shape
+    return (max(0, int(cols[0]) - margin), max(0, int(rows[0]) - margin),
+            min(w, int(cols[-1]) + 1 + margin), min(h, int(rows[-1]) + 1 + margin))

@@ -1,0 +1,4 @@
+"""``python -m pipeline`` is the same as ``assetd``."""
+from .cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The chain of one rule: its stages built once per worker, run in order on each job's image.
+
+This is the one place that decides what happens between stages: whether to go on (the daemon is
+stopping?), what is kept for the outputs, and how a stage's unexpected exception is reported.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .errors import AssetdError, StopRequested, TransientError
+from .rules import Rule
+from .stages.base import Asset, Stage, StageContext, stage_class
+
+
+class StepError(AssetdError):
+    """A stage raised something unexpected; the message names the step."""
+
+
+class Chain:
+    """The stages of one rule. Build once per worker and reuse: models load in ``prepare``."""
+
+    def __init__(self, rule: Rule, ctx: StageContext):
+        self.rule = rule
+        self.ctx = ctx
+        self.stages: list[Stage] = [stage_class(s.step, s.backend)(s.options, ctx) for s in rule.steps]
+        self._needed = {o.source for o in rule.outputs}
+        self._prepared = False
+
+    def prepare(self) -> None:
+        if not self._prepared:
+            for stage in self.stages:
+                stage.prepare()
+            self._prepared = True
+
+    def run(self, asset: Asset, on_step: Callable[[Stage, float], None] | None = None) -> dict[str, list[Asset]]:
+        """Run every stage; returns the assets of each step an output asks for ("input" too)."""
+        self.prepare()
+        kept: dict[str, list[Asset]] = {"input": [asset]} if "input" in self._needed else {}
+        current = [asset]
+        for stage in self.stages:
+            if self.ctx.stop.is_set():
+                raise StopRequested("stopping: job goes back to the queue")
+            started = time.perf_counter()
+            try:
+                current = [out for item in current for out in stage.run(item)]
+            except AssetdError:
+                raise
+            except MemoryError:
+                raise TransientError(f"{stage.step}: out of memory") from None
+            except Exception as exc:
+                raise StepError(f"{stage.step} ({stage.backend}) failed: {type(exc).__name__}: {exc}") from exc
+            if on_step is not None:
+                on_step(stage, time.perf_counter() - started)
+            if stage.step in self._needed:
+                kept[stage.step] = current
+        return kept

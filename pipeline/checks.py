@@ -1,0 +1,61 @@
+"""``assetd check``: everything that can be known wrong before the daemon starts."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import Config
+from .errors import ConfigError
+from .rules import load_rules
+from .stages.base import stage_class
+
+
+def _writable(folder: Path) -> bool:
+    """Can ``folder`` be written, or created under its nearest existing parent?"""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """Returns (problems, warnings, info lines)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    info: list[str] = [f"config {config.source} is valid"]
+    try:
+        rules = load_rules(config)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        rules = []
+    else:
+        info.append(f"{len(rules)} rule(s): " + ", ".join(r.name for r in rules))
+    if not config.inboxes:
+        warnings.append(f"{config.source}: inboxes: none configured; only `assetd process` will do anything")
+    for i, inbox in enumerate(config.inboxes):
+        if not _writable(inbox.path) and not inbox.path.is_dir():
+            problems.append(f"{config.source}: inboxes[{i}].path: {inbox.path} does not exist and cannot be created")
+    for name, channel in config.channels.items():
+        if not _writable(channel.path):
+            problems.append(f"{config.source}: channels.{name}.path: {channel.path} is not writable")
+    if not _writable(config.database.parent):
+        problems.append(f"{config.source}: database: folder {config.database.parent} is not writable")
+    if config.notify.urls:
+        import apprise
+
+        for i, url in enumerate(config.notify.urls):
+            if not apprise.Apprise().add(url):
+                problems.append(f"{config.source}: notify.urls[{i}]: apprise does not understand {url!r}")
+    model_steps = [s for r in rules for s in r.steps if stage_class(s.step, s.backend).needs_models]
+    if model_steps:
+        from .models import check_models, resolve_device
+
+        device = resolve_device(config.device)
+        if device == "cpu":
+            warnings.append(f"device {config.device!r} resolves to the CPU: model-backed steps will be slow")
+        problems.extend(check_models(config, rules))
+        if not problems:
+            info.append(f"{len(model_steps)} model-backed step(s) load offline on {device}")
+    return problems, warnings, info

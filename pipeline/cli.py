@@ -1,0 +1,280 @@
+"""The ``assetd`` command line: a thin click group over config, rules, store, worker and daemon.
+
+Exit codes: 0 success; 1 a file (or check) failed; 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError
+from .rules import Rule, load_rules
+
+CONFIG_HELP = "config file (YAML); relative paths in it resolve against its folder"
+
+
+def _load(config_path: str, rule: str | None = None) -> tuple[Config, list[Rule]]:
+    try:
+        config = load_config(config_path)
+        rules = load_rules(config, only=rule)
+    except ConfigError as exc:
+        raise click.UsageError("configuration problems:\n  " + "\n  ".join(exc.problems)) from None
+    return config, rules
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def _config_option(f: Any) -> Any:
+    return click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+                        help=CONFIG_HELP)(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="assetd")
+def cli() -> None:
+    """assetd: watched-folder asset pipeline for photo studios.
+
+    Drop shots into an inbox; each is matched against the YAML rules and run through
+    remove_background → place_in_scene → crops → upscale; outputs land in channel folders.
+    """
+
+
+@cli.command()
+@_config_option
+def run(config_path: str) -> None:
+    """Run the daemon: watch the inboxes and process files until SIGINT/SIGTERM.
+
+    Example: assetd run --config studio.yaml
+    """
+    from .daemon import Daemon
+
+    config, rules = _load(config_path)
+    _setup_logging(config.log_level)
+    try:
+        code = Daemon(config, rules).run()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@_config_option
+@click.option("--rule", "rule_name", help="use this rule for every file instead of matching")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document with every result to stdout")
+@click.option("--force", is_flag=True, help="process again even when this content was already done")
+def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_json: bool, force: bool) -> None:
+    """Process files and folders once, with the daemon's rules, chain and channels.
+
+    Exit 0 when every input succeeded, 1 when any failed, 2 for usage or configuration errors.
+
+    Example: assetd process shots/ --config studio.yaml --json
+    """
+    from .oneshot import run_once
+
+    config, rules = _load(config_path, rule_name)
+    _setup_logging("warning" if as_json else config.log_level)
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
+    show_progress = not as_json and sys.stderr.isatty()
+    results = run_once(config, rules, [Path(p) for p in paths], rule_name=rule_name, force=force,
+                       progress=show_progress)
+    if as_json:
+        click.echo(json.dumps({"results": results}, indent=2))
+    else:
+        for r in results:
+            mark = {"done": "✓", "failed": "✗", "skipped": "·"}[r["status"]]
+            click.echo(f"{mark} {r['status']:7s} {r['input']}" + (f"  ({r['error']})" if r["error"] else ""))
+            for o in r["outputs"]:
+                click.echo(f"      {o['channel']:>10s} → {o['path']}  {o['width']}×{o['height']}")
+    sys.exit(1 if any(r["status"] == "failed" for r in results) else 0)
+
+
+@cli.command()
+@_config_option
+def check(config_path: str) -> None:
+    """Validate the config and the rules (and that configured models load offline).
+
+    Prints every problem found; exits 1 when there are any.
+
+    Example: assetd check --config studio.yaml
+    """
+    from .checks import run_checks
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo("✗ " + "\n✗ ".join(exc.problems), err=True)
+        sys.exit(1)
+    problems, warnings, info = run_checks(config)
+    for line in info:
+        click.echo(f"✓ {line}")
+    for line in warnings:
+        click.echo(f"! {line}", err=True)
+    for line in problems:
+        click.echo(f"✗ {line}", err=True)
+    sys.exit(1 if problems else 0)
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@_config_option
+def explain(file: str, config_path: str) -> None:
+    """Say which rule takes FILE and why each other rule does not.
+
+    Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
+    """
+    from .intake import Intake
+    from .watcher import is_ignored
+
+    config, rules = _load(config_path)
+    path = Path(os.path.abspath(file))
+    rel = Intake(config, rules, store=None).relative(path, None)  # type: ignore[arg-type]
+    click.echo(f"{path}  (matched as {str(rel)!r})")
+    if is_ignored(path):
+        click.echo("  the watcher ignores this name (temporary or system file)")
+    chosen = None
+    for rule in rules:
+        reason = rule.why_not(rel)
+        if reason is None and chosen is None:
+            chosen = rule
+            click.echo(f"  ✓ {rule.name} ({rule.path.name}): takes it")
+        elif reason is None:
+            click.echo(f"  · {rule.name} ({rule.path.name}): would match, but {chosen.name} comes first")
+        else:
+            click.echo(f"  ✗ {rule.name} ({rule.path.name}): {reason}")
+    if chosen is None:
+        click.echo("→ no rule takes this file; it would be left alone")
+        sys.exit(1)
+    steps = " → ".join(f"{s.step}[{s.backend}]" for s in chosen.steps)
+    click.echo(f"→ {chosen.name}: {steps}; outputs to {', '.join(sorted({o.channel for o in chosen.outputs}))}")
+
+
+@cli.command()
+@_config_option
+@click.option("--status", type=click.Choice(["queued", "running", "done", "failed"]), help="only jobs in this state")
+@click.option("--limit", type=int, default=None, help="at most this many jobs")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool) -> None:
+    """List jobs with their state, attempts and errors.
+
+    Example: assetd jobs --config studio.yaml --status failed
+    """
+    from .store import Store
+
+    config = _load(config_path)[0]
+    store = Store(config.database)
+    rows = store.jobs(status, limit)
+    if as_json:
+        docs = []
+        for j in rows:
+            d = {k: (v.value if hasattr(v, "value") else v) for k, v in j.__dict__.items()}
+            d["outputs"] = [o.as_dict() for o in store.outputs(j.id)]
+            docs.append(d)
+        click.echo(json.dumps({"jobs": docs}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "status", "tries", "rule", "input", "seconds", "error")
+    for j in rows:
+        table.add_row(str(j.id), j.status.value, str(j.attempts), j.rule, j.rel_path or j.input_path,
+                      f"{j.seconds:.2f}" if j.seconds else "", j.error or "")
+    Console().print(table)
+    counts = store.counts()
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, type=int)
+@_config_option
+@click.option("--failed", is_flag=True, help="retry every failed job")
+def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
+    """Queue failed (or done) jobs again; a running daemon picks them up.
+
+    Example: assetd retry --failed --config studio.yaml
+    """
+    from .store import Store
+
+    if not job_ids and not failed:
+        raise click.UsageError("give JOB_ID... or --failed")
+    config = _load(config_path)[0]
+    ids = Store(config.database).requeue(list(job_ids) or None, failed=failed)
+    missing = sorted(set(job_ids) - set(ids))
+    click.echo(f"queued again: {', '.join(map(str, ids)) or 'none'}")
+    if missing:
+        click.echo(f"not failed or done (or unknown): {', '.join(map(str, missing))}", err=True)
+        sys.exit(1)
+
+
+@cli.group()
+def models() -> None:
+    """Fetch and check the weights of model-backed backends."""
+
+
+@models.command("pull")
+@_config_option
+def models_pull(config_path: str) -> None:
+    """Download every configured model into the cache (run while online).
+
+    Example: assetd models pull --config studio.yaml
+    """
+    from .models import pull_models
+
+    config, rules = _load(config_path)
+    problems = pull_models(config, rules, click.echo)
+    for p in problems:
+        click.echo(f"✗ {p}", err=True)
+    sys.exit(1 if problems else 0)
+
+
+@models.command("check")
+@_config_option
+def models_check(config_path: str) -> None:
+    """Load every configured model offline; name the missing ones and how to fetch them.
+
+    Example: assetd models check --config studio.yaml
+    """
+    from .models import check_models
+
+    config, rules = _load(config_path)
+    problems = check_models(config, rules)
+    for p in problems:
+        click.echo(f"✗ {p}", err=True)
+    if not problems:
+        click.echo("✓ every configured model loads offline")
+    sys.exit(1 if problems else 0)
+
+
+@cli.command()
+@click.argument("directory", default="demo", type=click.Path(file_okay=False))
+@click.option("--shots", type=int, default=6, help="how many synthetic shots to drop")
+@click.option("--setup-only", is_flag=True, help="only write the workspace; do not run the daemon")
+def demo(directory: str, shots: int, setup_only: bool) -> None:
+    """Make a demo workspace, run the daemon on it, drop shots in, wait, report outputs.
+
+    Example: assetd demo ./demo
+    """
+    from .demo import run_demo
+
+    sys.exit(run_demo(Path(directory), shots=shots, setup_only=setup_only, echo=click.echo))
+
+
+def main() -> None:
+    cli(prog_name="assetd")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The daemon wires the watcher, the workers and the notifier together, and stops them gracefully.
+
+Signal handlers only set a flag. On stop: the watcher stops taking files, each worker finishes or
+hands back its current job (outputs are written atomically, so nothing half-written remains), the
+notifier gets a moment to deliver, and the store is closed. A second signal exits at once.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+from .intake import Intake
+from .notify import Notifier
+from .rules import Rule
+from .store import Store
+from .watcher import InboxWatcher
+from .worker import Worker
+
+log = logging.getLogger("assetd.daemon")
+
+
+class InstanceLock:
+    """One daemon per database: a second one would fight over the same jobs."""
+
+    def __init__(self, database: Path):
+        self.path = database.with_name(database.name + ".lock")
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            raise ConfigError(f"{self.path}: another assetd daemon is already running on this database") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class Daemon:
+    def __init__(self, config: Config, rules: list[Rule]):
+        self.config = config
+        self.rules = rules
+        self.stop_event = threading.Event()
+        self.lock = InstanceLock(config.database)
+        self.store: Store | None = None
+        self.watcher: InboxWatcher | None = None
+        self.notifier: Notifier | None = None
+        self.workers: list[Worker] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.lock.acquire()
+        store = self.store = Store(self.config.database)
+        recovered = store.recover_orphans()
+        if recovered:
+            log.warning("%d job(s) were running when assetd last stopped; they are queued again", len(recovered))
+        intake = Intake(self.config, self.rules, store)
+        self._requeue_changed_rules(store, intake)
+        self.notifier = Notifier(self.config, store)
+        self.notifier.start()
+        for i in range(self.config.workers):
+            worker = Worker(f"worker-{i + 1}", self.config, store, self.rules, stop=self.stop_event,
+                            on_failed=self.notifier.job_failed)
+            thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{i + 1}", daemon=True)
+            self.workers.append(worker)
+            self._threads.append(thread)
+            thread.start()
+        self.watcher = InboxWatcher(self.config.inboxes, intake.on_settled, rescan_seconds=self.config.rescan_seconds,
+                                    logger=logging.getLogger("assetd.watcher"))
+        self.watcher.start()
+        log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
+                 len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
+        """Queued jobs made under an older version of a rule are re-made under the current one."""
+        current = {r.name: r.version for r in self.rules}
+        for job in store.stale_queued(current):
+            store.fail(job.id, f"{job.input_path}: rule {job.rule!r} changed before this job ran; "
+                               "superseded by a job under the current rule")
+            path = Path(job.input_path)
+            if path.exists():
+                intake.submit(path)
+            log.info("job %d was queued under an older rule %r; re-queued under the current rule", job.id, job.rule)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.stop_event.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if self.notifier is not None:
+            self.notifier.maybe_digest()
+            self.notifier.deliver_due()
+            self.notifier.stop()
+        if self.store is not None:
+            self.store.close()
+        self.lock.release()
+        log.info("assetd stopped")
+
+    def idle(self) -> bool:
+        """No file waiting to settle and no job queued or running (used by the demo and tests)."""
+        return (self.watcher is not None and self.watcher.pending() == 0
+                and self.store is not None and not self.store.busy())
+
+    def run(self) -> int:
+        """Run until SIGINT/SIGTERM. Returns the exit code."""
+        def on_signal(signum: int, frame: Any) -> None:
+            if self.stop_event.is_set():
+                log.error("second signal: exiting now")
+                os._exit(130)
+            log.info("received %s: stopping after the current step", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return 0

@@ -1,0 +1,180 @@
+"""``assetd demo`` / ``make demo``: a complete studio workspace, run for real.
+
+Writes synthetic studio shots (objects on seamless backdrops), a scene, a config and rules;
+starts ``assetd run`` as a separate process; drops the shots into the inbox while it runs (slowly,
+in chunks, and by write-then-rename, as a copy over a network share would); waits until the queue
+drains; stops the daemon with SIGTERM; prints where every output went.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from .store import Store
+from .synth import BACKDROPS, SUBJECTS, scene_image, studio_shot
+
+CONFIG = """\
+# assetd demo workspace (see config.example.yaml for every key)
+database: state/assetd.sqlite3
+device: auto
+workers: 2
+rules_dir: rules
+inboxes:
+  - path: inbox
+    recursive: true
+    polling: false
+    settle_seconds: 1.0
+channels:
+  cutouts:   {path: out/cutouts,   format: png}
+  webshop:   {path: out/webshop,   format: jpeg, quality: 90, long_edge: 2000, background: "#ffffff"}
+  instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 1350}
+  banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 1920}
+notify:
+  urls: []
+  digest_after_idle_seconds: 5
+"""
+
+PRODUCTS_RULE = """\
+# Products on a seamless: cut out, place on the marble scene, four crops, upscale.
+name: products
+match:
+  folder: "products/**"
+  extensions: [jpg, jpeg, png, tif, tiff, webp]
+steps:
+  - remove_background: {}
+  - place_in_scene: {scene: scenes/marble.jpg, anchor: bottom, scale: 0.6, shadow: soft}
+  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint}
+  - upscale: {long_edge: 2000}
+outputs:
+  - {channel: cutouts,   from: remove_background}
+  - {channel: webshop,   from: crops, ratios: ["1:1"]}
+  - {channel: instagram, from: crops, ratios: ["4:5", "9:16"]}
+  - {channel: banners,   from: crops, ratios: ["16:9"]}
+"""
+
+CUTOUTS_RULE = """\
+# Anything else: just the cut-out.
+name: cutouts
+match:
+  extensions: [jpg, jpeg, png, tif, tiff, webp]
+steps:
+  - remove_background: {keep_shadow: true}
+outputs:
+  - {channel: cutouts, from: remove_background}
+"""
+
+
+def write_workspace(root: Path, shots: int = 6, size: tuple[int, int] = (1600, 1200)) -> list[Path]:
+    """Create the workspace; returns the staged shots (not yet in the inbox)."""
+    for sub in ("rules", "scenes", "inbox/products", "staging", "state"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(CONFIG)
+    (root / "rules" / "10-products.yaml").write_text(PRODUCTS_RULE)
+    (root / "rules" / "20-cutouts.yaml").write_text(CUTOUTS_RULE)
+    Image.fromarray(scene_image((2400, 1600), seed=1)).save(root / "scenes" / "marble.jpg", quality=92)
+    staged: list[Path] = []
+    for i in range(shots):
+        backdrop = BACKDROPS[i % len(BACKDROPS)]
+        subject = SUBJECTS[i % len(SUBJECTS)]
+        shot = studio_shot(backdrop, size=size, seed=i, subject=subject)
+        path = root / "staging" / f"shot{i + 1:02d}_{subject}_{backdrop}.jpg"
+        Image.fromarray(shot.rgb).save(path, quality=93)
+        staged.append(path)
+    # One damaged file, to show how a failure is reported while the rest finishes.
+    broken = root / "staging" / "shot99_damaged.jpg"
+    broken.write_bytes(staged[0].read_bytes()[: staged[0].stat().st_size // 3])
+    staged.append(broken)
+    return staged
+
+
+def drop(files: list[Path], inbox: Path, chunk: int = 64 * 1024, pause: float = 0.02) -> None:
+    """Copy files into the inbox the way a slow share does: in chunks; every other one via a .part name."""
+    for i, src in enumerate(files):
+        data = src.read_bytes()
+        final = inbox / src.name
+        target = final.with_name(final.name + ".part") if i % 2 else final
+        with open(target, "wb") as fh:
+            for start in range(0, len(data), chunk):
+                fh.write(data[start:start + chunk])
+                fh.flush()
+                time.sleep(pause)
+        if target != final:
+            os.replace(target, final)
+
+
+def wait_until_drained(database: Path, expected: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    """True once ``expected`` jobs exist and none is queued or running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        if database.exists():
+            store = Store(database)
+            try:
+                counts = store.counts()
+            finally:
+                store.close()
+            if sum(counts.values()) >= expected and counts["queued"] == counts["running"] == 0:
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def run_demo(root: Path, shots: int = 6, setup_only: bool = False, echo: Callable[[str], None] = print,
+             timeout: float = 900.0) -> int:
+    root = root.absolute()
+    staged = write_workspace(root, shots)
+    echo(f"workspace: {root}  ({len(staged)} files staged, config {root / 'config.yaml'})")
+    if setup_only:
+        echo(f"start it with: assetd run --config {root / 'config.yaml'}")
+        return 0
+    log_path = root / "daemon.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(root / "config.yaml")],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1.5)
+        if proc.poll() is not None:
+            echo(f"the daemon exited at once; see {log_path}")
+            return 1
+        echo(f"daemon running (pid {proc.pid}, log {log_path}); dropping shots into {root / 'inbox/products'}")
+        drop(staged, root / "inbox" / "products")
+        started = time.monotonic()
+        drained = wait_until_drained(root / "state" / "assetd.sqlite3", len(staged), timeout, proc)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if not drained:
+        echo(f"the queue did not drain in time; see {log_path}")
+        return 1
+    return report(root / "state" / "assetd.sqlite3", echo, elapsed)
+
+
+def report(database: Path, echo: Callable[[str], None], elapsed: float) -> int:
+    store = Store(database)
+    try:
+        jobs = store.jobs()
+        echo(f"\nqueue drained in {elapsed:.1f}s after the last drop finished: "
+             + ", ".join(f"{n} {s}" for s, n in store.counts().items() if n))
+        for job in jobs:
+            if job.error and job.status.value == "failed":
+                echo(f"✗ {job.rel_path}: {job.error}")
+                continue
+            echo(f"✓ {job.rel_path}  ({job.rule}, {job.seconds or 0:.1f}s)")
+            for o in store.outputs(job.id):
+                echo(f"    {o.channel:>9s}  {o.ratio or '-':>5s}  {o.width:>5d}×{o.height:<5d} {o.path}")
+    finally:
+        store.close()
+    return 0

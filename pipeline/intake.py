@@ -1,0 +1,108 @@
+"""Turning a settled file into a job: match a rule, hash the content, enqueue once.
+
+Called by the watcher's settle loop (daemon) and by ``assetd process``. Nothing here decodes an
+image; the worker does that. A file no rule takes is remembered and logged, never touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .config import Config, InboxConfig
+from .rules import Rule, match_rule
+from .store import Job, Store
+
+log = logging.getLogger("assetd.intake")
+
+
+@dataclass
+class Submitted:
+    path: Path
+    rule: Rule | None
+    job: Job | None = None
+    created: bool = False
+    reason: str | None = None  # why no job was made, or why the job already existed
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of the file's content, read in chunks (never following a symlink)."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Intake:
+    def __init__(self, config: Config, rules: list[Rule], store: Store):
+        self.config = config
+        self.rules = rules
+        self.store = store
+
+    def relative(self, path: Path, root: Path | None) -> PurePosixPath:
+        """The path relative to its inbox (or to the folder given to ``process``), for rule matching."""
+        if root is not None:
+            try:
+                return PurePosixPath(path.relative_to(root).as_posix())
+            except ValueError:
+                pass
+        for inbox in self.config.inboxes:
+            try:
+                return PurePosixPath(path.relative_to(inbox.path).as_posix())
+            except ValueError:
+                continue
+        return PurePosixPath(path.name)
+
+    def submit(self, path: Path, root: Path | None = None, rule_name: str | None = None) -> Submitted:
+        """Enqueue ``path`` under the first matching rule (or ``rule_name``)."""
+        path = Path(os.path.abspath(path))
+        rel = self.relative(path, root)
+        if rule_name is not None:
+            rule = next((r for r in self.rules if r.name == rule_name), None)
+        else:
+            rule = match_rule(self.rules, rel)
+        if rule is None:
+            reason = f"{path}: no rule matches {str(rel)!r} (see `assetd explain`)"
+            return Submitted(path=path, rule=None, reason=reason)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return Submitted(path=path, rule=rule, reason=f"{path}: file disappeared before it was queued")
+        if stat.S_ISREG(st.st_mode):
+            digest = self.store.known_hash(str(path), st.st_size, st.st_mtime_ns)
+            if digest is None:
+                try:
+                    digest = file_hash(path)
+                except FileNotFoundError:
+                    return Submitted(path=path, rule=rule, reason=f"{path}: file disappeared before it was queued")
+                except OSError:
+                    digest = None
+                if digest is not None:
+                    self.store.remember_file(str(path), st.st_size, st.st_mtime_ns, digest)
+        else:
+            digest = None
+        if digest is None:
+            # Unreadable, a link, a device...: still a job, so the failure is recorded and reported.
+            token = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}".encode()
+            digest = "unreadable:" + hashlib.sha256(token).hexdigest()
+        job, created = self.store.enqueue(
+            input_hash=digest, rule=rule.name, rule_version=rule.version, input_path=str(path),
+            rel_path=str(rel), max_attempts=self.config.max_attempts,
+        )
+        reason = None if created else f"same content as job {job.id} ({job.input_path}), {job.status.value}"
+        return Submitted(path=path, rule=rule, job=job, created=created, reason=reason)
+
+    def on_settled(self, path: Path, inbox: InboxConfig) -> None:
+        """The watcher's callback: enqueue and log. Must be quick and must not raise for bad files."""
+        result = self.submit(path, inbox.path)
+        if result.job is None:
+            log.info("%s", result.reason)
+        elif result.created:
+            log.info("queued job %d: %s (rule %s)", result.job.id, path, result.rule.name if result.rule else "-")
+        else:
+            log.info("not reprocessed: %s: %s", path, result.reason)

@@ -1,0 +1,154 @@
+"""Notifications: events go to the outbox table, a separate thread delivers them through apprise.
+
+A failed job is announced at once; when the queue has been idle for
+``digest_after_idle_seconds`` after some activity, one digest says how many were done and failed,
+lists the failures with their reasons, and the time the batch took. A slow or unreachable target
+only ever delays this thread: jobs never wait for it, and undelivered messages stay in the outbox
+and are retried with back-off (also after a restart).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .config import Config
+from .store import Job, JobStatus, Store
+
+log = logging.getLogger("assetd.notify")
+DIGEST_CUTOFF = "digest_cutoff"
+
+
+def with_timeouts(url: str, seconds: float) -> str:
+    """Add apprise's connect/read timeouts (cto/rto) to a URL unless it sets its own."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.setdefault("cto", f"{seconds:g}")
+    query.setdefault("rto", f"{seconds:g}")
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def digest_text(jobs: list[Job], max_listed: int = 50) -> tuple[str, str]:
+    """Title and body of a batch digest."""
+    done = [j for j in jobs if j.status is JobStatus.DONE]
+    failed = [j for j in jobs if j.status is JobStatus.FAILED]
+    first = min((j.created_at or j.started_at or 0.0) for j in jobs)
+    last = max(j.finished_at or 0.0 for j in jobs)
+    busy = sum(j.seconds or 0.0 for j in done)
+    title = f"batch finished: {len(done)} done, {len(failed)} failed"
+    lines = [f"{len(done)} done, {len(failed)} failed in {format_duration(last - first)} "
+             f"({format_duration(busy)} of processing)."]
+    if failed:
+        lines.append("")
+        lines.append("Failed:")
+        lines.extend(f"- {j.error or j.input_path}" for j in failed[:max_listed])
+        if len(failed) > max_listed:
+            lines.append(f"- ... and {len(failed) - max_listed} more (assetd jobs --status failed)")
+    return title, "\n".join(lines)
+
+
+class Notifier:
+    """Owns the outbox delivery thread. ``job_failed`` is safe to call from any worker thread."""
+
+    def __init__(self, config: Config, store: Store, tick_seconds: float = 0.5):
+        self.config = config
+        self.notify = config.notify
+        self.store = store
+        self.tick = tick_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._apprise = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.notify.urls)
+
+    # -- events (called from workers) -------------------------------------------------------------
+    def job_failed(self, job: Job, message: str) -> None:
+        if self.enabled:
+            self.store.add_message("failure", f"{self.notify.title}: failed: {job.rel_path or job.input_path}",
+                                   message)
+
+    # -- delivery thread ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="assetd-notify", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.maybe_digest()
+                self.deliver_due()
+            except Exception:  # never let a notification problem end the thread
+                log.exception("notification loop error")
+            self._stop.wait(self.tick)
+
+    def maybe_digest(self, now: float | None = None) -> bool:
+        """Queue one digest when the queue is idle long enough after activity. Returns True if queued."""
+        now = time.time() if now is None else now
+        cutoff = float(self.store.get_state(DIGEST_CUTOFF, 0.0))
+        if self.store.busy():
+            return False
+        jobs = self.store.finished_between(cutoff, now)
+        if not jobs:
+            return False
+        last = max(j.finished_at or 0.0 for j in jobs)
+        if now - last < self.notify.digest_after_idle_seconds:
+            return False
+        title, body = digest_text(jobs)
+        log.info("digest: %s", title)
+        if self.enabled:
+            self.store.add_message("digest", f"{self.notify.title}: {title}", body)
+        self.store.set_state(DIGEST_CUTOFF, last)
+        return True
+
+    def deliver_due(self) -> int:
+        """Try every message that is due; returns how many were delivered."""
+        if not self.enabled:
+            return 0
+        delivered = 0
+        for message in self.store.due_messages():
+            if self._stop.is_set():
+                break
+            ok, error = self._send(message.title, message.body)
+            if ok:
+                self.store.mark_delivered(message.id)
+                delivered += 1
+            else:
+                delay = min(self.notify.retry_seconds * 2 ** message.attempts, 3600.0)
+                self.store.mark_undelivered(message.id, error, time.time() + delay)
+                log.warning("notification %d not delivered (%s); retrying in %.0fs", message.id, error, delay)
+        return delivered
+
+    def _send(self, title: str, body: str) -> tuple[bool, str]:
+        import apprise  # imported here: only the delivery thread needs it
+
+        if self._apprise is None:
+            self._apprise = apprise.Apprise()
+            for url in self.notify.urls:
+                if not self._apprise.add(with_timeouts(url, self.notify.timeout_seconds)):
+                    log.error("notify.urls: apprise does not understand %r", url)
+        if not len(self._apprise):
+            return False, "no usable notification URL"
+        try:
+            with apprise.LogCapture(level=apprise.logging.WARNING) as logs:
+                ok = bool(self._apprise.notify(title=title, body=body))
+                detail = " ".join(logs.getvalue().split())[-300:]
+        except Exception as exc:  # a plugin bug must not end delivery
+            return False, f"{type(exc).__name__}: {exc}"
+        return ok, "" if ok else (detail or "delivery failed")

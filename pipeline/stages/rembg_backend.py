@@ -1,0 +1,127 @@
+"""remove_background backend ``rembg``: a segmentation model (BiRefNet, ISNet, BRIA RMBG, U²-Net...)
+finds the subject; its mask becomes the alpha channel of the untouched input pixels.
+
+The rembg session is created once per worker through the model manager and reused for every job
+(``remove()`` is always given ``session=``: without it rembg creates a session that downloads).
+Only the mask comes from the model: pixels it calls fully opaque keep the input RGB exactly, and
+colour decontamination (the studio backend's ``decontaminate_edges``) only touches the soft edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import PermanentError
+from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_model_file
+from ..pixels import max_value, to_dtype
+from ..schema import opt
+from .base import Asset, Stage, register
+
+
+@dataclass
+class RembgOptions:
+    model: str | None = opt(None, doc="rembg model name (birefnet-general, birefnet-portrait, isnet-general-use, "
+                                      "bria-rmbg, u2net, ...) or a path to a custom .onnx segmentation model; "
+                                      "default: models.rembg")
+    alpha_matting: bool = opt(False, doc="refine the soft edge with closed-form alpha matting (slower; hair, fur)")
+    alpha_matting_erode: int = opt(10, min=1, max=100,
+                                   doc="alpha matting: pixels around the mask edge treated as unknown")
+    post_process_mask: bool = opt(False, doc="smooth the model's mask (morphological clean-up) before use")
+    decontaminate: bool = opt(True, doc="remove the backdrop's colour from semi-transparent edge pixels")
+    trim: bool = opt(False, doc="crop the canvas to the subject's bounding box (default: keep the input canvas)")
+
+
+@register
+class RembgBackground(Stage):
+    step = "remove_background"
+    backend = "rembg"
+    Options = RembgOptions
+    needs_models = True
+
+    @classmethod
+    def validate(cls, options: RembgOptions, where: str, ctx_config: Any) -> list[str]:
+        model = options.model or ctx_config.models.rembg
+        if is_onnx_path(model) and not ctx_config.resolve(model).is_file():
+            return [f"{where}.model: file {ctx_config.resolve(model)} not found"]
+        return []
+
+    @property
+    def model_name(self) -> str:
+        return self.options.model or self.ctx.config.models.rembg
+
+    def _session(self) -> Any:
+        manager = manager_for(self.ctx)
+        name = self.model_name
+        return manager.get(("rembg", name), lambda: load_rembg(manager, name))
+
+    def prepare(self) -> None:
+        rembg_model_file(self.ctx.config, self.model_name)  # fail fast, before loading anything
+        self._session()
+
+    def run(self, asset: Asset) -> list[Asset]:
+        from PIL import Image
+
+        rgb = asset.pixels[..., :3]
+        rgb8 = to_dtype(rgb, np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(rgb8), "RGB")
+        session = self._session()
+        with gpu_errors(f"rembg {self.model_name}"):
+            mask8 = self._mask(image, session)
+        if mask8.shape != rgb.shape[:2]:
+            raise PermanentError(f"rembg model {self.model_name} returned a {mask8.shape} mask for a "
+                                 f"{rgb.shape[:2]} image")
+        if not mask8.any():
+            raise PermanentError(f"rembg model {self.model_name} found no subject in the image")
+        alpha = to_dtype(mask8, rgb.dtype)
+        out_rgb = rgb
+        if self.options.decontaminate:
+            out_rgb = _decontaminated(rgb, alpha)
+        rgba = np.dstack([out_rgb, alpha])
+        matte = mask8
+        notes = {"backend": "rembg", "model": self.model_name, "alpha_matting": self.options.alpha_matting}
+        if self.options.trim:
+            box = subject_box(mask8)
+            assert box is not None  # mask8.any() above
+            x0, y0, x1, y1 = box
+            rgba, matte = rgba[y0:y1, x0:x1], matte[y0:y1, x0:x1]
+            notes["trim"] = [x0, y0, x1, y1]
+        result = asset.derive(np.ascontiguousarray(rgba), np.ascontiguousarray(matte))
+        result.notes["remove_background"] = notes
+        return [result]
+
+    def _mask(self, image: Any, session: Any) -> np.ndarray:
+        """The model's coverage at full resolution, uint8; alpha matting refines its soft edge."""
+        from rembg import remove
+
+        mask = remove(image, session=session, only_mask=True, post_process_mask=self.options.post_process_mask)
+        if self.options.alpha_matting:
+            from rembg.bg import alpha_matting_cutout
+
+            try:
+                cut = alpha_matting_cutout(image, mask, 240, 10, self.options.alpha_matting_erode)
+                return np.asarray(cut)[..., 3].copy()
+            except ValueError:  # pymatting fails on masks without a clear fore/background: keep the model's
+                pass
+        return np.asarray(mask.convert("L")).copy()
+
+
+def _decontaminated(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The studio backend's edge decontamination, with opaque pixels forced back to the input."""
+    from .remove_background import decontaminate_edges
+
+    out = decontaminate_edges(rgb, alpha)
+    opaque = alpha == max_value(alpha)
+    out = np.array(out, dtype=rgb.dtype, copy=True)
+    out[opaque] = rgb[opaque]
+    return out
+
+
+def subject_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the non-zero mask pixels, exclusive end; None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -1,0 +1,418 @@
+"""The job store: SQLite through sqlite-utils, WAL, numbered migrations. The only module with SQL.
+
+A job is one (input content hash, rule name, rule version): the same bytes dropped again under
+another name are not reprocessed, a changed rule reprocesses. Workers claim jobs atomically
+(``BEGIN IMMEDIATE``) under a lease; a job left ``running`` by a crash is taken back when its
+lease expires, and fails for good once it has used ``max_attempts``.
+
+Each thread gets its own connection (SQLite connections are not shared across threads).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("assetd")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["files"].create(
+        {"path": str, "size": int, "mtime_ns": int, "sha256": str, "seen_at": float, "note": str},
+        pk="path",
+    )
+    db["jobs"].create(
+        {
+            "id": int, "input_hash": str, "rule": str, "rule_version": str, "input_path": str,
+            "rel_path": str, "status": str, "attempts": int, "max_attempts": int,
+            "next_attempt_at": float, "lease_expires": float, "worker": str, "error": str,
+            "created_at": float, "started_at": float, "finished_at": float, "seconds": float,
+        },
+        pk="id",
+        not_null={"input_hash", "rule", "rule_version", "input_path", "status"},
+        defaults={"attempts": 0, "max_attempts": 3, "next_attempt_at": 0.0},
+    )
+    db["jobs"].create_index(["input_hash", "rule", "rule_version"], unique=True)
+    db["jobs"].create_index(["status", "next_attempt_at"])
+    db["steps"].create(
+        {"id": int, "job_id": int, "attempt": int, "step": str, "backend": str, "seconds": float,
+         "finished_at": float},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["steps"].create_index(["job_id"])
+    db["outputs"].create(
+        {"id": int, "job_id": int, "channel": str, "path": str, "step": str, "ratio": str,
+         "width": int, "height": int, "bytes": int, "sha256": str, "scale": float, "created_at": float},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["outputs"].create_index(["job_id"])
+    db["outputs"].create_index(["path"])
+    db["outbox"].create(
+        {"id": int, "kind": str, "title": str, "body": str, "created_at": float, "attempts": int,
+         "next_attempt_at": float, "delivered_at": float, "last_error": str},
+        pk="id", defaults={"attempts": 0, "next_attempt_at": 0.0},
+    )
+    db["outbox"].create_index(["delivered_at", "next_attempt_at"])
+    db["state"].create({"key": str, "value": str}, pk="key")
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Job:
+    id: int
+    input_hash: str
+    rule: str
+    rule_version: str
+    input_path: str
+    rel_path: str
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    error: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None
+    next_attempt_at: float = 0.0
+    lease_expires: float | None = None
+    worker: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Job":
+        known = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
+        known["status"] = JobStatus(row["status"])
+        return cls(**known)
+
+
+@dataclass
+class OutputRecord:
+    channel: str
+    path: str
+    step: str
+    ratio: str | None
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    scale: float = 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Message:
+    id: int
+    kind: str
+    title: str
+    body: str
+    attempts: int = 0
+
+
+class _Local(threading.local):
+    db: Database | None = None
+
+
+class Store:
+    """Job store over one SQLite file. Thread-safe: one connection per thread."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = _Local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        migrations.apply(self.db)
+
+    # -- connections -------------------------------------------------------------------------
+    @property
+    def db(self) -> Database:
+        if self._local.db is None:
+            conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            db = Database(conn)
+            if db.journal_mode != "wal":
+                db.enable_wal()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.db = db
+            with self._lock:
+                self._all.append(conn)
+        return self._local.db
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = _Local()
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[Database]:
+        """A write transaction taken up front, so two workers never race on the same row."""
+        db = self.db
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        else:
+            db.conn.execute("COMMIT")
+
+    # -- files seen by the watcher (hash cache) ---------------------------------------------
+    def known_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
+        rows = self.db.execute(
+            "SELECT sha256 FROM files WHERE path = ? AND size = ? AND mtime_ns = ?", [path, size, mtime_ns]
+        ).fetchall()
+        return rows[0][0] if rows else None
+
+    def remember_file(self, path: str, size: int, mtime_ns: int, sha256: str, note: str | None = None) -> None:
+        self.db["files"].upsert(
+            {"path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha256, "seen_at": time.time(),
+             "note": note}, pk="path",
+        )
+
+    # -- jobs --------------------------------------------------------------------------------
+    def enqueue(self, *, input_hash: str, rule: str, rule_version: str, input_path: str, rel_path: str,
+                max_attempts: int) -> tuple[Job, bool]:
+        """Create the job for this content and rule unless it exists. Returns (job, created)."""
+        with self._immediate() as db:
+            cur = db.conn.execute(
+                "INSERT OR IGNORE INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status,"
+                " attempts, max_attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?)",
+                [input_hash, rule, rule_version, input_path, rel_path, JobStatus.QUEUED.value, max_attempts,
+                 time.time()],
+            )
+            created = cur.rowcount == 1
+            row = db.execute_returning_dicts(
+                "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ?",
+                [input_hash, rule, rule_version],
+            )[0]
+        return Job.from_row(row), created
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self.db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return Job.from_row(rows[0]) if rows else None
+
+    def _reap_expired(self, db: Database, now: float) -> None:
+        """Jobs whose lease ran out (their worker died) go back to the queue, or fail when out of attempts."""
+        db.conn.execute(
+            "UPDATE jobs SET status = 'failed', finished_at = ?, lease_expires = NULL,"
+            " error = 'the worker stopped while processing it ' || attempts || ' time(s) (crash or kill); '"
+            " || 'gave up after max_attempts' WHERE status = 'running' AND lease_expires < ?"
+            " AND attempts >= max_attempts",
+            [now, now],
+        )
+        db.conn.execute(
+            "UPDATE jobs SET status = 'queued', lease_expires = NULL, worker = NULL,"
+            " error = 'interrupted (worker stopped); redoing' WHERE status = 'running' AND lease_expires < ?",
+            [now],
+        )
+
+    def recover_orphans(self) -> list[int]:
+        """At daemon start (single instance): jobs still marked running were cut off; queue them again."""
+        with self._immediate() as db:
+            ids = [r[0] for r in db.conn.execute("SELECT id FROM jobs WHERE status = 'running'")]
+            self._reap_expired(db, float("inf"))
+        return ids
+
+    def stale_queued(self, current_versions: dict[str, str]) -> list[Job]:
+        """Queued jobs whose rule is gone or has another version now."""
+        return [j for j in self.jobs(JobStatus.QUEUED.value) if current_versions.get(j.rule) != j.rule_version]
+
+    def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None) -> Job | None:
+        """Atomically take the oldest due job (optionally among ``only``) and mark it running."""
+        now = time.time()
+        with self._immediate() as db:
+            self._reap_expired(db, now)
+            sql = "SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= ?"
+            params: list[Any] = [now]
+            if only is not None:
+                if not only:
+                    return None
+                sql += f" AND id IN ({','.join('?' * len(only))})"
+                params += list(only)
+            row = db.conn.execute(sql + " ORDER BY next_attempt_at, id LIMIT 1", params).fetchone()
+            if row is None:
+                return None
+            db.conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_expires = ?, worker = ?,"
+                " started_at = ? WHERE id = ?",
+                [now + lease_seconds, worker, now, row[0]],
+            )
+            out = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [row[0]])[0]
+        return Job.from_row(out)
+
+    def heartbeat(self, job_id: int, lease_seconds: float) -> None:
+        self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = 'running'",
+                             [time.time() + lease_seconds, job_id])
+
+    def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float) -> None:
+        self.db["steps"].insert({"job_id": job_id, "attempt": attempt, "step": step, "backend": backend,
+                                 "seconds": seconds, "finished_at": time.time()})
+
+    def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float) -> None:
+        now = time.time()
+        with self._immediate() as db:
+            db.conn.execute("DELETE FROM outputs WHERE job_id = ?", [job_id])
+            if outputs:
+                db["outputs"].insert_all(
+                    [dict(o.as_dict(), job_id=job_id, created_at=now) for o in outputs]
+                )
+            db.conn.execute(
+                "UPDATE jobs SET status = 'done', finished_at = ?, seconds = ?, error = NULL,"
+                " lease_expires = NULL WHERE id = ?",
+                [now, seconds, job_id],
+            )
+
+    def fail(self, job_id: int, error: str) -> None:
+        self.db.conn.execute(
+            "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
+            [error, time.time(), job_id],
+        )
+
+    def retry_later(self, job_id: int, error: str, delay: float) -> JobStatus:
+        """A transient failure: queue again after ``delay``, or fail when attempts are used up."""
+        with self._immediate() as db:
+            row = db.conn.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", [job_id]).fetchone()
+            if row and row[0] >= row[1]:
+                db.conn.execute(
+                    "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL"
+                    " WHERE id = ?",
+                    [f"{error} (gave up after {row[0]} attempts)", time.time(), job_id],
+                )
+                return JobStatus.FAILED
+            db.conn.execute(
+                "UPDATE jobs SET status = 'queued', error = ?, next_attempt_at = ?, lease_expires = NULL,"
+                " worker = NULL WHERE id = ?",
+                [error, time.time() + delay, job_id],
+            )
+            return JobStatus.QUEUED
+
+    def release(self, job_id: int) -> None:
+        """Put a job we were asked to stop back in the queue; the interrupted attempt does not count."""
+        self.db.conn.execute(
+            "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+            " worker = NULL WHERE id = ? AND status = 'running'",
+            [job_id],
+        )
+
+    def requeue(self, job_ids: list[int] | None = None, *, failed: bool = False) -> list[int]:
+        """``assetd retry``: failed (or given) jobs go back to the queue with fresh attempts."""
+        with self._immediate() as db:
+            if failed:
+                ids = [r[0] for r in db.conn.execute("SELECT id FROM jobs WHERE status = 'failed'")]
+            else:
+                ids = [r[0] for r in db.conn.execute(
+                    f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(job_ids or []))})"
+                    " AND status IN ('failed', 'done')", list(job_ids or []))]
+            for job_id in ids:
+                db.conn.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = 0, next_attempt_at = 0, error = NULL,"
+                    " finished_at = NULL, lease_expires = NULL WHERE id = ?", [job_id],
+                )
+        return ids
+
+    def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
+        sql = "SELECT * FROM jobs"
+        params: list[Any] = []
+        if status:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += " ORDER BY id"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [Job.from_row(r) for r in self.db.execute_returning_dicts(sql, params)]
+
+    def outputs(self, job_id: int) -> list[OutputRecord]:
+        rows = self.db.execute_returning_dicts("SELECT * FROM outputs WHERE job_id = ? AND step != 'manifest' ORDER BY id", [job_id])
+        return [OutputRecord(**{k: r[k] for k in OutputRecord.__dataclass_fields__}) for r in rows]
+
+    def output_owner(self, path: str) -> dict[str, Any] | None:
+        """The job that wrote (or is writing) ``path`` last: its id, input hash and input path."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT jobs.id AS job_id, jobs.input_hash, jobs.input_path FROM outputs"
+            " JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.path = ? ORDER BY outputs.id DESC LIMIT 1",
+            [path])
+        return rows[0] if rows else None
+
+    def reserve_output(self, job_id: int, path: str, channel: str, step: str) -> None:
+        """Claim an output path before writing it, so a redo after a crash recognises its own file."""
+        self.db["outputs"].insert({"job_id": job_id, "path": path, "channel": channel, "step": step,
+                                   "created_at": time.time()})
+
+    def steps(self, job_id: int) -> list[dict[str, Any]]:
+        return self.db.execute_returning_dicts("SELECT * FROM steps WHERE job_id = ? ORDER BY id", [job_id])
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobStatus}
+        for status, n in self.db.conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            out[status] = n
+        return out
+
+    def next_due(self) -> float | None:
+        """When the earliest queued job becomes due (None: nothing queued)."""
+        row = self.db.conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE status = 'queued'").fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    def busy(self) -> bool:
+        row = self.db.conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+        return bool(row[0])
+
+    def finished_between(self, start: float, end: float) -> list[Job]:
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM jobs WHERE status IN ('done', 'failed') AND finished_at > ? AND finished_at <= ?"
+            " ORDER BY id", [start, end])
+        return [Job.from_row(r) for r in rows]
+
+    # -- notifications outbox ------------------------------------------------------------------
+    def add_message(self, kind: str, title: str, body: str) -> int:
+        return int(self.db["outbox"].insert(
+            {"kind": kind, "title": title, "body": body, "created_at": time.time(), "attempts": 0,
+             "next_attempt_at": 0.0}).last_pk)
+
+    def due_messages(self, limit: int = 20) -> list[Message]:
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            [time.time(), limit])
+        return [Message(id=r["id"], kind=r["kind"], title=r["title"], body=r["body"], attempts=r["attempts"])
+                for r in rows]
+
+    def undelivered(self) -> int:
+        return self.db.conn.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
+
+    def mark_delivered(self, message_id: int) -> None:
+        self.db.conn.execute("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?",
+                             [time.time(), message_id])
+
+    def mark_undelivered(self, message_id: int, error: str, retry_at: float) -> None:
+        self.db.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+            [error, retry_at, message_id])
+
+    # -- small key/value state -----------------------------------------------------------------
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.db.conn.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        self.db.conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", [key, json.dumps(value)])

@@ -1,0 +1,287 @@
+"""Deterministic synthetic studio shots with known ground-truth alpha, and scene backgrounds.
+
+Used by the tests, the demo workspace and the matting benchmark: a product shot on seamless paper
+(white, grey, coloured, a light-to-dark sweep or a vignetted backdrop), a subject drawn from signed
+distance functions (so edges are anti-aliased analytically), a soft contact shadow and sensor noise.
+The composite is physical: ``rgb = alpha * fg + (1 - alpha) * backdrop_with_shadow``, then noise.
+
+Pure arrays only: nothing here reads or writes files.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+BACKDROPS = ("white", "grey", "coloured", "gradient", "vignette")
+SUBJECTS = ("bottle", "box", "mug", "shoe")
+SCENES = ("marble", "wood")
+
+# Subject base colours (linear-ish sRGB in 0..1). Light grey and off-white are the hard cases on white.
+_PALETTE = (
+    (0.72, 0.10, 0.09),  # red
+    (0.12, 0.18, 0.45),  # navy
+    (0.16, 0.48, 0.26),  # green
+    (0.55, 0.34, 0.10),  # amber
+    (0.07, 0.07, 0.08),  # black
+    (0.80, 0.80, 0.81),  # light grey
+    (0.90, 0.89, 0.86),  # off-white
+    (0.88, 0.72, 0.14),  # yellow
+    (0.10, 0.45, 0.50),  # teal
+)
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One synthetic studio shot.
+
+    rgb:      H×W×3 uint8, what the camera saw.
+    alpha:    H×W float32 in [0, 1], coverage of the subject only (the shadow is not subject).
+    shadow:   H×W float32 in [0, 1), how much the contact shadow darkens the backdrop (0: none).
+    backdrop: backdrop kind; subject: subject kind.
+    subject_colour / backdrop_colour: the main colours (0..1), for colour-spill checks.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray
+    shadow: np.ndarray
+    backdrop: str
+    subject: str
+    subject_colour: tuple[float, float, float]
+    backdrop_colour: tuple[float, float, float]
+
+
+def _rng(seed: int, *names: str) -> np.random.Generator:
+    """A generator that depends on the seed and the names, stable across runs and platforms."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, *(zlib.crc32(n.encode()) for n in names)])
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs + 0.5, ys + 0.5
+
+
+def _fbm(h: int, w: int, rng: np.random.Generator, base: int = 4, octaves: int = 4) -> np.ndarray:
+    """Smooth fractal value noise in about [-1, 1] (sum of upscaled random grids)."""
+    out = np.zeros((h, w), np.float32)
+    amp, total = 1.0, 0.0
+    for i in range(octaves):
+        cells = base * 2**i
+        gh, gw = max(2, round(cells * h / max(h, w))) + 1, max(2, round(cells * w / max(h, w))) + 1
+        grid = rng.uniform(-1, 1, (gh, gw)).astype(np.float32)
+        out += amp * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        total += amp
+        amp *= 0.5
+    return out / total
+
+
+# --- signed distance functions (pixels; negative inside) ---------------------------------------
+
+def _sd_box(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, hw: float, hh: float, r: float = 0.0) -> np.ndarray:
+    qx = np.abs(xs - cx) - (hw - r)
+    qy = np.abs(ys - cy) - (hh - r)
+    outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
+    return outside + np.minimum(np.maximum(qx, qy), 0) - r
+
+
+def _sd_ellipse(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    # Scaled-circle approximation: exact on the axes, good enough within a pixel of the outline.
+    k = np.hypot((xs - cx) / rx, (ys - cy) / ry)
+    grad = np.hypot((xs - cx) / rx**2, (ys - cy) / ry**2) / np.maximum(k, 1e-6)
+    return (k - 1.0) / np.maximum(grad, 1e-6)
+
+
+def _sd_polygon(xs: np.ndarray, ys: np.ndarray, pts: list[tuple[float, float]]) -> np.ndarray:
+    """Convex polygon, either winding (distance to the nearest edge line: exact except past corners)."""
+    mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+    d = np.full(xs.shape, -np.inf, np.float32)
+    for i in range(len(pts)):
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+        nx, ny = (y1 - y0), -(x1 - x0)
+        n = np.hypot(nx, ny)
+        sign = -1.0 if (mx - x0) * nx + (my - y0) * ny > 0 else 1.0  # normals point away from the centre
+        d = np.maximum(d, sign * ((xs - x0) * nx + (ys - y0) * ny) / n)
+    return d
+
+
+def _coverage(sd: np.ndarray) -> np.ndarray:
+    """Analytic anti-aliasing: a one-pixel ramp across the outline."""
+    return np.clip(0.5 - sd, 0.0, 1.0).astype(np.float32)
+
+
+# --- subjects ---------------------------------------------------------------------------------
+
+def _subject(kind: str, xs: np.ndarray, ys: np.ndarray, cx: float, base: float, h: float,
+             colour: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """(alpha, foreground rgb, half width) of one subject standing on ``base``."""
+    H, W = xs.shape
+    fg = np.empty((H, W, 3), np.float32)
+    fg[:] = colour
+    tex = 1.0 + 0.05 * _fbm(H, W, rng, base=12, octaves=3)
+    label = np.clip(1.0 - colour * 0.9 + rng.uniform(-0.1, 0.1, 3), 0.05, 0.95).astype(np.float32)
+
+    if kind == "bottle":
+        hw = 0.18 * h
+        body = _sd_box(xs, ys, cx, base - 0.31 * h, hw, 0.31 * h, r=0.07 * h)
+        neck = _sd_box(xs, ys, cx, base - 0.78 * h, 0.065 * h, 0.16 * h, r=0.02 * h)
+        cap = _sd_box(xs, ys, cx, base - 0.95 * h, 0.08 * h, 0.05 * h, r=0.01 * h)
+        alpha = _coverage(np.minimum(np.minimum(body, neck), cap))
+        u = np.clip((xs - cx) / hw, -1, 1)
+        shade = 0.62 + 0.45 * np.sqrt(1 - u * u)  # cylinder
+        in_label = (np.abs(ys - (base - 0.3 * h)) < 0.13 * h)[..., None]
+        fg = np.where(in_label, label, fg)
+        text = (np.abs(ys - (base - 0.3 * h)) < 0.02 * h) & (np.abs(xs - cx) < 0.1 * h)
+        fg[text] *= 0.3
+        fg[cap < 0] = colour * 0.4 + 0.1
+        fg *= (shade * tex)[..., None]
+    elif kind == "box":
+        hw = 0.42 * h
+        d = 0.16 * h  # depth offset of the top/side faces
+        x0, x1, y1, y0 = cx - hw, cx + hw - d, base, base - h + d
+        front = _sd_polygon(xs, ys, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+        top = _sd_polygon(xs, ys, [(x0, y0), (x0 + d, y0 - d), (x1 + d, y0 - d), (x1, y0)])
+        side = _sd_polygon(xs, ys, [(x1, y0), (x1 + d, y0 - d), (x1 + d, y1 - d), (x1, y1)])
+        alpha = _coverage(np.minimum(np.minimum(front, top), side))
+        fg[top < 0] = np.clip(colour * 1.1 + 0.03, 0, 1)
+        fg[side < 0] = colour * 0.72
+        logo = _sd_box(xs, ys, (x0 + x1) / 2, (y0 + y1) / 2, 0.18 * h, 0.1 * h, r=0.03 * h) < 0
+        fg[logo] = label
+        fg *= tex[..., None]
+    elif kind == "mug":
+        hw = 0.34 * h
+        body = _sd_box(xs, ys, cx, base - 0.4 * h, hw, 0.4 * h, r=0.04 * h)
+        ring = np.abs(np.hypot(xs - (cx + hw), ys - (base - 0.42 * h)) - 0.2 * h) - 0.055 * h
+        alpha = _coverage(np.minimum(body, np.where(xs > cx, ring, np.inf)))
+        u = np.clip((xs - cx) / hw, -1, 1)
+        shade = np.where(body < 0, 0.65 + 0.4 * np.sqrt(1 - u * u), 0.85)
+        band = (np.abs(ys - (base - 0.5 * h)) < 0.06 * h) & (body < 0)
+        fg[band] = label
+        fg *= (shade * tex)[..., None]
+        hw = hw + 0.3 * h
+    elif kind == "shoe":
+        hw = 1.0 * h
+        sole = _sd_box(xs, ys, cx, base - 0.07 * h, hw, 0.07 * h, r=0.05 * h)
+        upper = _sd_ellipse(xs, ys, cx + 0.15 * h, base - 0.2 * h, 0.85 * h, 0.3 * h)
+        heel = _sd_ellipse(xs, ys, cx - 0.55 * h, base - 0.45 * h, 0.42 * h, 0.5 * h)
+        ankle = _sd_ellipse(xs, ys, cx - 0.3 * h, base - 0.6 * h, 0.45 * h, 0.35 * h)
+        upper_sd = np.minimum(np.minimum(upper, heel), ankle)
+        alpha = _coverage(np.minimum(sole, np.maximum(upper_sd, ys - base)))
+        fg[sole < 0] = np.clip(1.0 - colour * 0.5, 0.1, 0.95)
+        collar = _sd_ellipse(xs, ys, cx - 0.45 * h, base - 0.95 * h, 0.3 * h, 0.08 * h) < 0
+        fg[collar] = colour * 0.25
+        laces = (np.abs(((xs - cx) / (0.09 * h)) % 1.0 - 0.5) < 0.12) & (np.abs(ys - (base - 0.45 * h)) < 0.07 * h) \
+            & (np.abs(xs - (cx + 0.1 * h)) < 0.35 * h)
+        fg[laces] = label
+        fg *= (tex * (1.0 - 0.15 * np.clip((ys - (base - h)) / h, 0, 1)))[..., None]
+    else:
+        raise ValueError(f"unknown subject {kind!r} (known: {', '.join(SUBJECTS)})")
+    return alpha, np.clip(fg, 0.0, 1.0), hw
+
+
+def _backdrop(kind: str, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    H, W = xs.shape
+    u, v = xs / W, ys / H  # 0..1
+    if kind == "white":
+        colour = np.array([0.95, 0.95, 0.94]) + rng.uniform(-0.02, 0.02, 3)
+        light = 1.0 - 0.04 * (u - 0.4) ** 2 - 0.03 * v
+    elif kind == "grey":
+        colour = np.full(3, rng.uniform(0.5, 0.68)) + rng.uniform(-0.015, 0.015, 3)
+        light = 1.0 - 0.06 * (u - 0.5) ** 2 - 0.05 * v
+    elif kind == "coloured":
+        hue = rng.uniform(0, 180)
+        hsv = np.uint8([[[hue, rng.uniform(150, 200), rng.uniform(170, 215)]]])
+        colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
+        light = 1.0 - 0.05 * (u - 0.5) ** 2 - 0.06 * v
+    elif kind == "gradient":
+        colour = np.full(3, rng.uniform(0.9, 0.96)) * (1 + rng.uniform(-0.03, 0.03, 3))
+        light = 1.0 - rng.uniform(0.25, 0.35) * np.clip(v - 0.1, 0, None) ** 1.3 - 0.03 * (u - 0.5) ** 2
+    elif kind == "vignette":
+        colour = np.full(3, rng.uniform(0.78, 0.9)) * (1 + rng.uniform(-0.04, 0.04, 3))
+        r2 = ((u - 0.5) / 0.7) ** 2 + ((v - 0.45) / 0.7) ** 2
+        light = 1.0 - rng.uniform(0.25, 0.4) * r2
+    else:
+        raise ValueError(f"unknown backdrop {kind!r} (known: {', '.join(BACKDROPS)})")
+    return (np.clip(colour, 0, 1).astype(np.float32) * light[..., None].astype(np.float32)).astype(np.float32)
+
+
+def studio_shot(backdrop: str, size: tuple[int, int] = (640, 480), seed: int = 0, subject: str | None = None,
+                shadow: bool = True, noise: bool = True) -> Shot:
+    """A product on seamless paper. ``size`` is (width, height); the same arguments give the same shot."""
+    if backdrop not in BACKDROPS:
+        raise ValueError(f"unknown backdrop {backdrop!r} (known: {', '.join(BACKDROPS)})")
+    rng = _rng(seed, backdrop, subject or "")
+    if subject is None:
+        subject = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
+    W, H = size
+    xs, ys = _grid(H, W)
+    bg = _backdrop(backdrop, xs, ys, rng)
+
+    h = H * rng.uniform(0.42, 0.6)
+    if subject == "shoe":
+        h = min(h, 0.36 * W)
+    cx = W * (0.5 + rng.uniform(-0.06, 0.06))
+    base = H * rng.uniform(0.8, 0.88)
+    bg_mean = bg[int(base) - 1, int(cx)]
+    colours = [np.array(c, np.float32) for c in _PALETTE if np.linalg.norm(np.array(c) - bg_mean) > 0.2]
+    colour = colours[int(rng.integers(len(colours)))]
+    alpha, fg, hw = _subject(subject, xs, ys, cx, base, h, colour, rng)
+
+    dark = np.zeros((H, W), np.float32)
+    if shadow:
+        depth = rng.uniform(0.35, 0.55)
+        ell = (((xs - cx - 0.08 * hw) / (1.15 * hw)) ** 2 + ((ys - base) / (0.05 * h)) ** 2) <= 1.0
+        sigma = max(1.0, 0.045 * h)
+        dark = cv2.GaussianBlur(ell.astype(np.float32), (0, 0), sigma) * depth
+        dark = np.clip(dark, 0.0, 0.95).astype(np.float32)
+    bg_shadow = bg * (1.0 - dark)[..., None]
+    a = alpha[..., None]
+    img = a * fg + (1.0 - a) * bg_shadow
+    if noise:
+        sd = (0.8 + 1.6 * img) / 255.0
+        img = img + rng.standard_normal(img.shape).astype(np.float32) * sd
+    rgb = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    bgc = tuple(float(c) for c in bg[H // 2, W // 2])
+    return Shot(rgb=rgb, alpha=alpha, shadow=dark, backdrop=backdrop, subject=subject,
+                subject_colour=tuple(float(c) for c in colour), backdrop_colour=bgc)  # type: ignore[arg-type]
+
+
+def scene_image(size: tuple[int, int] = (1200, 800), seed: int = 0, kind: str = "marble") -> np.ndarray:
+    """A plausible scene for place_in_scene demos: a table top under a softly lit wall (H×W×3 uint8)."""
+    if kind not in SCENES:
+        raise ValueError(f"unknown scene {kind!r} (known: {', '.join(SCENES)})")
+    W, H = size
+    rng = _rng(seed, "scene", kind)
+    xs, ys = _grid(H, W)
+    u, v = xs / W, ys / H
+    horizon = rng.uniform(0.5, 0.6)
+    # wall: warm, lit from upper left, falling off to the right and down
+    wall_colour = np.array([0.86, 0.83, 0.78], np.float32) * (1 + rng.uniform(-0.04, 0.04, 3)).astype(np.float32)
+    wall_light = 1.0 - 0.25 * np.hypot(u - 0.25, v - 0.1) + 0.02 * _fbm(H, W, rng, base=3, octaves=3)
+    wall = wall_colour * wall_light[..., None]
+    # table: perspective depth t in (0, 1]: 0 at the horizon, 1 at the bottom edge
+    t = np.clip((v - horizon) / (1 - horizon), 1e-3, 1)
+    depth = 1.0 / np.maximum(t, 0.12)  # farther: larger (capped: no aliasing at the horizon)
+    tx = (u - 0.5) * depth
+    if kind == "marble":
+        turb = _fbm(H, W, rng, base=6, octaves=5)
+        veins = np.abs(np.sin(6.0 * tx + 3.0 * depth * 0.4 + 4.0 * turb))
+        vein = np.exp(-veins * 5.0) * np.sqrt(t)
+        base = np.array([0.93, 0.92, 0.9], np.float32)
+        table = base * (1.0 - 0.35 * vein - 0.04 * turb)[..., None]
+        table *= (0.85 + 0.15 * t)[..., None]
+    else:
+        grain = _fbm(H, W, rng, base=8, octaves=4)
+        plank = np.floor(tx * 4.0)
+        rings = np.sin(40.0 * depth * 0.2 + 25.0 * grain + plank * 1.7)
+        wood = np.array([0.55, 0.36, 0.2], np.float32)
+        table = wood * (0.85 + np.sqrt(t) * (0.1 * rings + 0.1 * grain))[..., None]
+        seam = np.abs((tx * 4.0) - np.rint(tx * 4.0)) < 0.01 * depth
+        table[seam] *= 0.6
+        table *= (0.8 + 0.2 * t)[..., None]
+    edge = np.clip((v - horizon) * H / 2.0, 0, 1)[..., None]  # a two-pixel soft table edge
+    img = wall * (1 - edge) + table * edge
+    # the table's front edge catches a soft shadow from the wall light
+    img *= (1.0 - 0.12 * np.exp(-np.abs(v - horizon) * H / (0.02 * H)))[..., None]
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,490 @@
+"""Watch the inbox folders and hand over files once they have stopped changing.
+
+This module only *finds* files; it never processes them. The flow:
+
+1. A watchdog observer per inbox (inotify, or polling for SMB/NFS shares where inotify never fires)
+   feeds ``_InboxEventHandler``, which only records the path as a *candidate* with a monotonic
+   stamp. Nothing slow runs in the observer's thread.
+2. The settle thread re-stats every candidate each tick. A candidate is *settled* once it is a
+   regular file (``lstat``; symlinks are never followed) whose ``(size, mtime_ns)`` has not changed
+   for ``settle_seconds``; any change, or any new event for it, restarts the clock. Settled files
+   are handed to ``on_settled(path, inbox)`` exactly once per ``(path, size, mtime_ns)``.
+3. A reconciliation scan at start, and a rescan every ``rescan_seconds``, add files the events
+   missed (files that arrived while the daemon was down, events the OS dropped).
+4. The settle thread also supervises the observers: an observer whose thread ended, or whose inbox
+   folder vanished or was replaced, is restarted with a capped back-off and the inbox is rescanned.
+
+A zero-byte file is handed over like any other once it has stayed zero bytes for
+``settle_seconds``: a copy that is still at zero bytes after that long is not going to grow, and the
+daemon reports it as a bad file rather than letting it sit in the inbox unexplained.
+
+``on_settled`` runs on the settle thread, so it must be quick (record a job, no image work).
+If it raises, the error is logged and the file is offered again at the next rescan.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .config import InboxConfig
+
+__all__ = ["InboxWatcher", "is_ignored"]
+
+log = logging.getLogger(__name__)
+
+#: First delay before an observer that died (or could not start) is started again; doubles per failure.
+RESTART_BACKOFF_FIRST = 0.5
+#: Longest delay between restart attempts; an observer healthy this long gets the short delay back.
+RESTART_BACKOFF_MAX = 60.0
+#: How often the settle thread checks that every observer is still alive.
+SUPERVISE_SECONDS = 1.0
+
+_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+# Windows shell files, and NAS housekeeping folders (Synology thumbnails and recycle bins, Windows bins).
+_IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "@eadir", "#recycle", "$recycle.bin",
+                            "system volume information"})
+# Errors that mean "inotify ran out of watches or descriptors": polling still works then.
+_INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
+
+Signature = tuple[int, int]  # (size, mtime_ns)
+
+
+def _ignored_name(name: str) -> bool:
+    lower = name.lower()
+    return (
+        lower.startswith(".")  # dotfiles, .DS_Store, ._AppleDouble, .~lock.* (LibreOffice)
+        or lower.startswith("~$")  # Office owner files
+        or lower.endswith("~")  # editor backups
+        or lower.endswith(_IGNORED_SUFFIXES)  # downloads and copies in progress
+        or lower in _IGNORED_NAMES
+    )
+
+
+def is_ignored(path: Path, root: Path | None = None) -> bool:
+    """True for temporary, hidden and system files that must never be taken from an inbox.
+
+    Every component of ``path`` is checked (so a file inside a dot-folder is ignored), which is why
+    the path should be relative to the inbox; pass ``root`` to have it made relative here. Ignored:
+    names starting with '.' (dotfiles, dot-folders, ``.DS_Store``, ``._*``, ``.~lock*``), ``~$*``,
+    names ending in '~', ``*.tmp``, ``*.part``, ``*.partial``, ``*.crdownload``, ``Thumbs.db``,
+    ``desktop.ini`` and the NAS/Windows housekeeping folders ``@eaDir``, ``#recycle``,
+    ``$RECYCLE.BIN`` and ``System Volume Information``. Case-insensitive.
+    """
+    rel = PurePath(path)
+    if root is not None:
+        rel = rel.relative_to(root)
+    return any(_ignored_name(part) for part in rel.parts if part not in ("/", "\\", rel.anchor))
+
+
+@dataclass
+class _Candidate:
+    """A path that may be a new file: waiting for its size and mtime to stop changing."""
+
+    inbox: InboxConfig
+    changed_at: float  # monotonic time of the last change seen (event or different signature)
+    signature: Signature | None = None
+
+
+@dataclass
+class _Watch:
+    """One inbox and the observer currently watching it (None while down)."""
+
+    inbox: InboxConfig
+    root: Path  # the configured folder; paths handed over are under it
+    observer: BaseObserver | None = None
+    watched: Path | None = None  # the real folder the observer watches (root with symlinks resolved)
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder when it was scheduled
+    backoff: float = RESTART_BACKOFF_FIRST
+    next_attempt: float = 0.0
+    started_at: float = 0.0
+    use_polling: bool = False  # inotify ran out of watches: this inbox falls back to polling
+
+
+class _InboxEventHandler(FileSystemEventHandler):
+    """Runs in the observer's thread: records candidate paths and nothing else."""
+
+    _FILE_EVENTS = (FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent, FileDeletedEvent)
+
+    def __init__(self, watcher: InboxWatcher, watch: _Watch, watched: Path):
+        self._watcher = watcher
+        self._watch = watch
+        self._watched = watched
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileMovedEvent):
+            # write-then-rename: the destination is the new file; the source is gone
+            self._record(event.src_path)
+            self._record(event.dest_path)
+        elif isinstance(event, self._FILE_EVENTS):
+            self._record(event.src_path)
+        elif isinstance(event, (DirCreatedEvent, DirMovedEvent)) and self._watch.inbox.recursive:
+            # a folder moved or copied in: its files may predate the new folder watch
+            target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
+            path = self._map(target)
+            if path is not None:
+                self._watcher._request_scan(self._watch, path)
+
+    def _map(self, raw: bytes | str) -> Path | None:
+        """The event's path under the configured inbox path, or None when outside it."""
+        if not raw:
+            return None
+        try:
+            rel = Path(os.fsdecode(raw)).relative_to(self._watched)
+        except ValueError:
+            return None
+        if not rel.parts or (not self._watch.inbox.recursive and len(rel.parts) > 1):
+            return None
+        return self._watch.root / rel
+
+    def _record(self, raw: bytes | str) -> None:
+        path = self._map(raw)
+        if path is not None and not is_ignored(path, self._watch.root):
+            self._watcher._add_candidate(path, self._watch.inbox, time.monotonic())
+
+
+class InboxWatcher:
+    """Watches inbox folders and calls ``on_settled(path, inbox)`` once per settled new file.
+
+    ``start()`` creates missing inbox folders, starts the observers and the settle thread and runs the
+    reconciliation scan; ``stop()`` ends and joins every thread it started. See the module docstring
+    for the settle rule and the supervision of observers.
+    """
+
+    def __init__(
+        self,
+        inboxes: list[InboxConfig],
+        on_settled: Callable[[Path, InboxConfig], None],
+        *,
+        rescan_seconds: float = 300.0,
+        tick_seconds: float = 0.25,
+        logger: logging.Logger | None = None,
+    ):
+        self._on_settled = on_settled
+        self._rescan_seconds = rescan_seconds
+        self._tick = tick_seconds
+        self._log = logger or log
+        self._watches = [_Watch(inbox, Path(os.path.abspath(inbox.path))) for inbox in inboxes]
+        self._lock = threading.Lock()
+        self._candidates: dict[Path, _Candidate] = {}
+        self._scan_requests: dict[Path, _Watch] = {}
+        self._announced: dict[Path, Signature] = {}  # handed over, with the signature it had then
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- public -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching: folders created, observers and settle thread started, inboxes scanned."""
+        if self._thread is not None:
+            raise RuntimeError("InboxWatcher.start() called twice")
+        now = time.monotonic()
+        for watch in self._watches:
+            self._start_watch(watch, now)
+        self.rescan()
+        self._thread = threading.Thread(target=self._run, name="assetd-watcher-settle", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the observers and the settle thread and wait for them (at most ``timeout`` each)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._log.warning("inbox watcher: settle thread did not stop within %.1f s", timeout)
+        for watch in self._watches:
+            self._discard_observer(watch, timeout)
+
+    def pending(self) -> int:
+        """How many candidates are still waiting to settle (0: the inboxes are quiet)."""
+        with self._lock:
+            return len(self._candidates) + len(self._scan_requests)
+
+    def rescan(self) -> None:
+        """Walk every inbox now: files that are new or changed since they were handed over become
+        candidates; the memory of handed-over files that no longer exist is dropped."""
+        for watch in self._watches:
+            self._scan(watch, watch.root)
+        with self._lock:
+            announced = list(self._announced)
+        gone = [path for path in announced if not _is_regular(path)]
+        with self._lock:
+            for path in gone:
+                self._announced.pop(path, None)
+
+    # -- recording (any thread) ---------------------------------------------------------------
+
+    def _add_candidate(self, path: Path, inbox: InboxConfig, now: float,
+                       signature: Signature | None = None) -> None:
+        with self._lock:
+            cand = self._candidates.get(path)
+            if cand is None:
+                self._candidates[path] = _Candidate(inbox, now, signature)
+                return
+            cand.changed_at = now  # a fresh event restarts the settle clock
+            if len(Path(os.path.abspath(inbox.path)).parts) > len(Path(os.path.abspath(cand.inbox.path)).parts):
+                cand.inbox = inbox  # nested inboxes: the innermost one owns the file
+
+    def _request_scan(self, watch: _Watch, folder: Path) -> None:
+        with self._lock:
+            self._scan_requests[folder] = watch
+
+    def _scan(self, watch: _Watch, folder: Path) -> None:
+        """Add the files under ``folder`` (inside ``watch``'s inbox) as candidates, without following
+        symlinked folders or descending into ignored ones. Unchanged handed-over files are skipped."""
+        now = time.monotonic()
+        stack = [folder]
+        while stack:
+            current = stack.pop()
+            try:
+                with os.scandir(current) as entries:
+                    found = list(entries)
+            except FileNotFoundError:
+                continue  # gone (the supervisor notices when it is the inbox itself)
+            except OSError as exc:
+                self._log.warning("inbox %s: cannot list %s: %s", watch.root, current, exc.strerror or exc)
+                continue
+            for entry in found:
+                path = Path(entry.path)
+                if _ignored_name(entry.name):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if watch.inbox.recursive:
+                            stack.append(path)
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue  # symlinks, sockets, fifos
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                signature = (st.st_size, st.st_mtime_ns)
+                with self._lock:
+                    if self._announced.get(path) == signature:
+                        continue
+                self._add_candidate(path, watch.inbox, now, signature)
+
+    # -- the settle thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_rescan = time.monotonic() + self._rescan_seconds
+        next_supervise = 0.0
+        while not self._stop.wait(self._tick):
+            try:
+                now = time.monotonic()
+                if now >= next_supervise:
+                    self._supervise(now)
+                    next_supervise = now + SUPERVISE_SECONDS
+                if now >= next_rescan:
+                    self.rescan()
+                    next_rescan = time.monotonic() + self._rescan_seconds
+                self._run_scan_requests()
+                self._settle_pass()
+            except Exception:  # the watcher must outlive any single bug or I/O surprise
+                self._log.exception("inbox watcher: unexpected error; carrying on")
+
+    def _run_scan_requests(self) -> None:
+        with self._lock:
+            requests = list(self._scan_requests.items())
+            self._scan_requests.clear()
+        for folder, watch in requests:
+            self._scan(watch, folder)
+
+    def _settle_pass(self) -> None:
+        with self._lock:
+            candidates = list(self._candidates.items())
+        for path, cand in candidates:
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            root = Path(os.path.abspath(cand.inbox.path))
+            try:
+                ignored = is_ignored(path, root)
+            except ValueError:  # not under its inbox
+                ignored = True
+            try:
+                st = None if ignored else os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            except OSError as exc:  # share briefly unreachable: keep the candidate, try next tick
+                self._log.debug("inbox: cannot stat %s: %s", path, exc)
+                continue
+            if st is None or not stat.S_ISREG(st.st_mode):
+                with self._lock:  # gone, ignored, a symlink or a folder: not a file to take
+                    if self._candidates.get(path) is cand:
+                        del self._candidates[path]
+                    if st is None and not ignored:
+                        self._announced.pop(path, None)
+                continue
+            signature = (st.st_size, st.st_mtime_ns)
+            with self._lock:
+                if self._candidates.get(path) is not cand:
+                    continue
+                if signature != cand.signature:
+                    cand.signature = signature
+                    cand.changed_at = now
+                    continue
+                if now - cand.changed_at < cand.inbox.settle_seconds:
+                    continue
+                del self._candidates[path]
+                if self._announced.get(path) == signature:
+                    continue
+            if not _no_symlinked_folders(root, path):
+                continue
+            self._hand_over(path, cand.inbox, signature)
+
+    def _hand_over(self, path: Path, inbox: InboxConfig, signature: Signature) -> None:
+        try:
+            self._on_settled(path, inbox)
+        except Exception:
+            self._log.exception("inbox %s: handing over %s failed; it is offered again at the next rescan",
+                                inbox.path, path)
+            return
+        with self._lock:
+            self._announced[path] = signature
+
+    # -- supervision --------------------------------------------------------------------------
+
+    def _supervise(self, now: float) -> None:
+        for watch in self._watches:
+            if watch.observer is not None:
+                problem = self._problem(watch)
+                if problem is None:
+                    if now - watch.started_at >= RESTART_BACKOFF_MAX:
+                        watch.backoff = RESTART_BACKOFF_FIRST
+                    continue
+                self._log.warning("inbox %s: %s; restarting the watch in %.1f s", watch.root, problem, watch.backoff)
+                self._discard_observer(watch, timeout=2.0)
+                watch.next_attempt = now + watch.backoff
+                watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX)
+            elif now >= watch.next_attempt and self._start_watch(watch, now):
+                self._log.warning("inbox %s: watching again", watch.root)
+                self._scan(watch, watch.root)
+
+    def _problem(self, watch: _Watch) -> str | None:
+        """Why ``watch``'s observer no longer works, or None when it is fine."""
+        observer = watch.observer
+        assert observer is not None
+        if not observer.is_alive():
+            return "the observer thread ended"
+        try:
+            emitters = list(observer.emitters)
+        except RuntimeError:  # the set changed while copying: look again next time
+            return None
+        if not emitters or not all(emitter.is_alive() for emitter in emitters):
+            return "the event emitter ended"
+        try:
+            st = os.stat(watch.root)
+        except FileNotFoundError:
+            return "the folder disappeared"
+        except OSError as exc:
+            return f"the folder cannot be reached ({exc.strerror or exc})"
+        if (st.st_dev, st.st_ino) != watch.identity:
+            return "the folder was replaced"
+        return None
+
+    def _start_watch(self, watch: _Watch, now: float) -> bool:
+        """Create the folder if needed and start an observer on it; on failure log and schedule a retry."""
+        try:
+            watch.root.mkdir(parents=True, exist_ok=True)
+            st = os.stat(watch.root)
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+            watched = Path(os.path.realpath(watch.root))
+            try:
+                observer = self._observe(watch, watched)
+            except OSError as exc:
+                if watch.use_polling or exc.errno not in _INOTIFY_LIMIT_ERRNOS:
+                    raise
+                self._log.warning("inbox %s: inotify limit reached (%s); polling every %.1f s instead "
+                                  "(raise fs.inotify.max_user_watches to get events back)",
+                                  watch.root, exc.strerror or exc, watch.inbox.poll_interval_seconds)
+                watch.use_polling = True
+                observer = self._observe(watch, watched)
+        except OSError as exc:
+            self._log.error("inbox %s: cannot watch the folder (%s); trying again in %.1f s",
+                            watch.root, exc.strerror or exc, watch.backoff)
+            watch.next_attempt = now + watch.backoff
+            watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX)
+            return False
+        watch.observer, watch.watched = observer, watched
+        watch.identity = (st.st_dev, st.st_ino)
+        watch.started_at = now
+        return True
+
+    def _observe(self, watch: _Watch, watched: Path) -> BaseObserver:
+        if watch.inbox.polling or watch.use_polling:
+            observer: BaseObserver = PollingObserver(timeout=watch.inbox.poll_interval_seconds)
+        else:
+            observer = Observer()
+        try:
+            handler = _InboxEventHandler(self, watch, watched)
+            observer.schedule(handler, str(watched), recursive=watch.inbox.recursive)
+            observer.start()
+        except BaseException:
+            _stop_observer(observer, timeout=2.0)
+            raise
+        return observer
+
+    def _discard_observer(self, watch: _Watch, timeout: float) -> None:
+        observer, watch.observer = watch.observer, None
+        if observer is not None:
+            _stop_observer(observer, timeout)
+            if observer.is_alive():
+                self._log.warning("inbox %s: observer did not stop within %.1f s", watch.root, timeout)
+
+
+def _stop_observer(observer: BaseObserver, timeout: float) -> None:
+    """Stop an observer, started or not, and wait for its threads (its emitters are joined by stop)."""
+    try:
+        observer.stop()
+    except Exception:  # a half-dead observer may fail to unschedule; its threads still end
+        log.debug("stopping observer failed", exc_info=True)
+    if observer.ident is not None:
+        observer.join(timeout)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _no_symlinked_folders(root: Path, path: Path) -> bool:
+    """True when every folder between ``root`` and ``path`` is a real folder, not a symlink."""
+    folder = path.parent
+    while folder != root and len(folder.parts) > len(root.parts):
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return False
+        except OSError:
+            return False
+        folder = folder.parent
+    return True

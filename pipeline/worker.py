@@ -1,0 +1,246 @@
+"""The worker owns the chain: claim a job, read and decode the input, run the rule's stages,
+write every output atomically, record the result. Retries are exceptions (huey's way):
+``TransientError`` → back to the queue with back-off; ``PermanentError`` → failed at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .chain import Chain, StepError
+from .config import Config
+from .errors import AssetdError, ConfigError, PermanentError, StopRequested, TransientError
+from .imageio import decode, encode, read_input
+from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, ratio_label, render_for_channel, render_name,
+                      safe_stem, sha256)
+from .rules import Rule
+from .stages.base import Asset, StageContext
+from .store import Job, JobStatus, OutputRecord, Store
+
+log = logging.getLogger("assetd.worker")
+
+
+@dataclass
+class JobResult:
+    job_id: int
+    input: str
+    rule: str
+    status: str  # done | failed | queued (will retry) | skipped
+    error: str | None = None
+    outputs: list[OutputRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def one_line(text: str) -> str:
+    """Errors are stored and notified as one line."""
+    return " ".join(str(text).split())
+
+
+class Worker:
+    """Runs jobs one at a time. One per thread; each has its own stages and model cache."""
+
+    def __init__(self, name: str, config: Config, store: Store, rules: list[Rule], *,
+                 stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None,
+                 on_requeue: Callable[[Job], None] | None = None):
+        self.name = name
+        self.config = config
+        self.store = store
+        self.rules = {r.name: r for r in rules}
+        self.stop = stop or threading.Event()
+        self.on_failed = on_failed
+        self.on_requeue = on_requeue
+        self.ctx = StageContext(config=config, stop=self.stop)
+        self._chains: dict[str, Chain] = {}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run_forever(self, idle_max: float = 1.0) -> None:
+        """Claim and run jobs until ``stop`` is set; sleeps with capped back-off when idle."""
+        idle = 0.05
+        while not self.stop.is_set():
+            try:
+                result = self.run_next()
+            except Exception:  # the loop must survive anything (a broken database file, a bug)
+                log.exception("%s: unexpected error in the worker loop", self.name)
+                result = None
+                self.stop.wait(idle_max)
+            if result is None:
+                self._release_idle_models()
+                self.stop.wait(idle)
+                idle = min(idle * 2, idle_max)
+            else:
+                idle = 0.05
+        self.close()
+
+    def run_next(self, only: list[int] | None = None) -> JobResult | None:
+        job = self.store.claim_next(self.name, self.config.lease_seconds, only=only)
+        if job is None:
+            return None
+        return self.process(job)
+
+    def close(self) -> None:
+        models = self.ctx.models
+        if models is not None and hasattr(models, "close"):
+            models.close()
+
+    def _release_idle_models(self) -> None:
+        models = self.ctx.models
+        if models is not None and hasattr(models, "release_idle"):
+            models.release_idle()
+
+    # -- one job ------------------------------------------------------------------------------
+    def chain_for(self, rule: Rule) -> Chain:
+        chain = self._chains.get(rule.name)
+        if chain is None or chain.rule.version != rule.version:
+            chain = self._chains[rule.name] = Chain(rule, self.ctx)
+        return chain
+
+    def process(self, job: Job) -> JobResult:
+        """Run a claimed job to its end state and record it; never raises for a job's own failure."""
+        started = time.perf_counter()
+        result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status="running")
+        self._manifests: list[OutputRecord] = []
+        try:
+            result.outputs = self._execute(job)
+        except StopRequested:
+            self.store.release(job.id)
+            result.status = JobStatus.QUEUED.value
+            log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
+            return result
+        except TransientError as exc:
+            delay = exc.delay if exc.delay is not None else (
+                self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
+            message = one_line(exc)
+            status = self.store.retry_later(job.id, message, delay)
+            result.status, result.error = status.value, message
+            if status is JobStatus.FAILED:
+                self._report_failure(job, f"{message} (gave up after {job.attempts} attempts)")
+            else:
+                log.warning("%s: job %d will retry in %.0fs: %s", self.name, job.id, delay, message)
+                if self.on_requeue:
+                    self.on_requeue(job)
+            return result
+        except (PermanentError, ConfigError, StepError) as exc:
+            message = one_line(exc)
+            if not message.startswith(job.input_path):
+                message = f"{job.input_path}: {message}"
+            self.store.fail(job.id, message)
+            result.status, result.error = JobStatus.FAILED.value, message
+            self._report_failure(job, message)
+            return result
+        except OSError as exc:  # disk full, output folder not writable, share gone: worth retrying
+            message = one_line(f"{job.input_path}: {exc.strerror or exc}: {exc.filename or ''}")
+            status = self.store.retry_later(
+                job.id, message, self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
+            result.status, result.error = status.value, message
+            if status is JobStatus.FAILED:
+                self._report_failure(job, message)
+            return result
+        except Exception as exc:  # a bug: record it, fail the job, keep the daemon alive
+            log.exception("%s: job %d crashed", self.name, job.id)
+            message = one_line(f"{job.input_path}: internal error: {type(exc).__name__}: {exc}")
+            self.store.fail(job.id, message)
+            result.status, result.error = JobStatus.FAILED.value, message
+            self._report_failure(job, message)
+            return result
+        result.seconds = time.perf_counter() - started
+        self.store.finish(job.id, result.outputs + self._manifests, result.seconds)
+        result.status = JobStatus.DONE.value
+        log.info("%s: job %d done in %.2fs: %s → %d outputs", self.name, job.id, result.seconds,
+                 job.input_path, len(result.outputs))
+        return result
+
+    def _report_failure(self, job: Job, message: str) -> None:
+        log.error("%s: job %d failed: %s", self.name, job.id, message)
+        if self.on_failed:
+            self.on_failed(job, message)
+
+    def _execute(self, job: Job) -> list[OutputRecord]:
+        rule = self.rules.get(job.rule)
+        if rule is None:
+            raise PermanentError(f"rule {job.rule!r} no longer exists")
+        if rule.version != job.rule_version:
+            raise PermanentError(f"rule {job.rule!r} changed since this job was queued "
+                                 f"(version {job.rule_version} → {rule.version}); drop the file again or "
+                                 "restart the daemon to requeue it")
+        path = Path(job.input_path)
+        data = read_input(path)
+        if not job.input_hash.startswith("unreadable:") and hashlib.sha256(data).hexdigest() != job.input_hash:
+            raise PermanentError(f"{path}: content changed after it was queued; the new version is queued "
+                                 "as its own job")
+        self.store.heartbeat(job.id, self.config.lease_seconds)
+        decoded = decode(data, str(path), self.config.input)
+        del data
+        asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)})
+
+        def on_step(stage: Any, seconds: float) -> None:
+            self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds)
+            self.store.heartbeat(job.id, self.config.lease_seconds)
+
+        results = self.chain_for(rule).run(asset, on_step=on_step)
+        if self.stop.is_set():
+            raise StopRequested("stopping before writing outputs")
+        return self._write_outputs(job, rule, results, decoded)
+
+    def _write_outputs(self, job: Job, rule: Rule, results: dict[str, list[Asset]], decoded: Any) -> list[OutputRecord]:
+        stem = safe_stem(Path(job.input_path).stem)
+        records: list[OutputRecord] = []
+        used: set[Path] = set()
+        folders: set[Path] = set()
+        started = time.perf_counter()
+        for spec in rule.outputs:
+            channel = self.config.channels[spec.channel]
+            for asset in results.get(spec.source, []):
+                if spec.ratios is not None and asset.ratio not in spec.ratios:
+                    continue
+                pixels = render_for_channel(asset, channel)
+                data = encode(pixels, channel, decoded)
+                name = render_name(channel.filename, stem=stem, ratio=ratio_label(asset.ratio), step=spec.source,
+                                   rule=rule.name, channel=channel.name, ext=channel.extension,
+                                   hash8=job.input_hash.split(":")[-1][:8])
+                target = self._free_path(channel.path, name, job, used)
+                self.store.reserve_output(job.id, str(target), channel.name, spec.source)
+                atomic_write(target, data)
+                used.add(target)
+                folders.add(channel.path)
+                records.append(OutputRecord(
+                    channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
+                    width=int(pixels.shape[1]), height=int(pixels.shape[0]), bytes=len(data), sha256=sha256(data),
+                    scale=round(asset.scale * pixels.shape[1] / asset.width, 4)))
+        self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
+        manifest = {
+            "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
+            "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "outputs": [r.as_dict() for r in records],
+            "steps": {k: v for a in results.values() for x in a for k, v in x.notes.items()},
+        }
+        body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+        for folder in sorted(folders):
+            target = self._free_path(folder, stem + MANIFEST_SUFFIX, job, used)
+            self.store.reserve_output(job.id, str(target), "", "manifest")
+            atomic_write(target, body)
+            self._manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
+                                                height=0, bytes=len(body), sha256=sha256(body)))
+        return records
+
+    def _free_path(self, folder: Path, name: str, job: Job, used: set[Path]) -> Path:
+        """The output path. A file from another input, or one assetd did not write, is never overwritten:
+        the name gets the input's short hash instead. The same input's earlier outputs are replaced."""
+        target = inside(folder, name)
+        stem, dot, ext = name.rpartition(".")
+        short = job.input_hash.split(":")[-1][:8]
+        n = 1
+        while True:
+            if target not in used:
+                owner = self.store.output_owner(str(target))
+                ours = owner is not None and (owner["input_hash"] == job.input_hash
+                                              or owner["input_path"] == job.input_path)
+                if ours or (owner is None and not target.exists()):
+                    return target
+            n += 1
+            target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
