@@ -34,8 +34,7 @@ def safe_stem(name: str, limit: int = 120) -> str:
     """A file-name-safe version of an input's stem: no separators, control characters or leading dots."""
     text = unicodedata.normalize("NFC", name)
     text = _UNSAFE.sub("_", text)
-    text = text.replace("..", "_").strip(" .")
-    text = re.sub(r"_+", "_", text)
+    text = re.sub(r"_+", "_", text.replace("..", "_")).strip(" ._")
     if len(text.encode("utf-8")) > limit:
         text = text.encode("utf-8")[:limit].decode("utf-8", "ignore").rstrip(" ._")
     return text or "image"

@@ -1,0 +1,137 @@
+"""Shared fixtures: a temporary studio workspace (config, rules, scene, inbox) and shot factories."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import Config, load_config
+from pipeline.rules import Rule, load_rules
+from pipeline.synth import scene_image, studio_shot
+
+CONFIG = """\
+database: state/assetd.sqlite3
+workers: {workers}
+rules_dir: rules
+max_attempts: 2
+retry_delay_seconds: 0.2
+rescan_seconds: 30
+inboxes:
+  - path: inbox
+    settle_seconds: {settle}
+channels:
+  cutouts:   {{path: out/cutouts,   format: png}}
+  webshop:   {{path: out/webshop,   format: jpeg, quality: 90, long_edge: 600, background: "#ffffff"}}
+  instagram: {{path: out/instagram, format: jpeg, quality: 88, long_edge: 500}}
+  banners:   {{path: out/banners,   format: webp, quality: 85, long_edge: 640}}
+notify:
+  urls: {urls}
+  digest_after_idle_seconds: {digest}
+  timeout_seconds: 2
+  retry_seconds: 0.5
+"""
+
+PRODUCTS = """\
+name: products
+match:
+  folder: "products/**"
+steps:
+  - remove_background: {}
+  - place_in_scene: {scene: scenes/marble.jpg, anchor: bottom, scale: 0.6, shadow: soft}
+  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint}
+  - upscale: {long_edge: 800}
+outputs:
+  - {channel: cutouts,   from: remove_background}
+  - {channel: webshop,   from: crops, ratios: ["1:1"]}
+  - {channel: instagram, from: crops, ratios: ["4:5", "9:16"]}
+  - {channel: banners,   from: crops, ratios: ["16:9"]}
+"""
+
+CUTOUTS = """\
+name: cutouts
+steps:
+  - remove_background: {}
+outputs:
+  - {channel: cutouts, from: remove_background}
+"""
+
+
+@dataclass
+class Workspace:
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    def out(self, channel: str) -> Path:
+        return self.root / "out" / channel
+
+    def write_config(self, *, workers: int = 1, settle: float = 0.3, urls: list[str] | None = None,
+                     digest: float = 60.0, extra: str = "") -> Path:
+        text = CONFIG.format(workers=workers, settle=settle, urls=urls or [], digest=digest) + extra
+        self.config_path.write_text(text)
+        return self.config_path
+
+    def add_rule(self, filename: str, text: str) -> None:
+        (self.root / "rules" / filename).write_text(text)
+
+    def load(self) -> tuple[Config, list[Rule]]:
+        config = load_config(self.config_path)
+        return config, load_rules(config)
+
+    def shot(self, path: Path | str, backdrop: str = "white", size: tuple[int, int] = (480, 360), seed: int = 0,
+             subject: str | None = None) -> Path:
+        """Write a synthetic studio shot (JPEG) at ``path`` (relative to the workspace root)."""
+        path = self.root / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(studio_shot(backdrop, size=size, seed=seed, subject=subject).rgb).save(path, quality=92)
+        return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    ws = Workspace(tmp_path / "studio")
+    (ws.root / "rules").mkdir(parents=True)
+    (ws.root / "scenes").mkdir()
+    ws.inbox.mkdir()
+    Image.fromarray(scene_image((900, 600), seed=1)).save(ws.root / "scenes" / "marble.jpg", quality=90)
+    ws.write_config()
+    ws.add_rule("10-products.yaml", PRODUCTS)
+    ws.add_rule("20-cutouts.yaml", CUTOUTS)
+    return ws
+
+
+@pytest.fixture
+def no_leaked_threads() -> Callable[[], None]:
+    """Fails the test if it leaves threads running (as watchdog's own suite does)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"threads left running: {[t.name for t in leaked]}")
+
+
+def ratio_of(path: Path) -> float:
+    with Image.open(path) as im:
+        return im.width / im.height
+
+
+def decode(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(im)

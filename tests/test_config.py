@@ -1,0 +1,79 @@
+"""Config loading: defaults, relative paths, and errors that name the file, the key and what was expected."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "assetd.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_example_config_loads_and_resolves_paths_against_its_folder():
+    config = load_config(ROOT / "config.example.yaml")
+    assert config.database == ROOT / "state" / "assetd.sqlite3"
+    assert config.inboxes[0].path == ROOT / "inbox"
+    assert config.channels["webshop"].path == ROOT / "out" / "webshop"
+    assert config.channels["webshop"].long_edge == 2000
+    assert config.channels["print"].bits == 16
+
+
+def test_empty_config_gives_the_documented_defaults(tmp_path):
+    config = load_config(write(tmp_path, ""))
+    assert config.workers == 1 and config.device == "auto"
+    assert config.notify.digest_after_idle_seconds == 60
+    assert config.input.max_pixels == 250_000_000
+    assert config.rules_dir == tmp_path / "rules"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("workerz: 2", "workerz: unknown key"),
+    ("workers: 0", "workers: expected at least 1, got 0"),
+    ("workers: two", "workers: expected an integer, got 'two'"),
+    ("device: gpu", "device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("inboxes: [{path: in, settle_seconds: soon}]", "inboxes[0].settle_seconds: expected a number, got 'soon'"),
+    ("inboxes: [{recursive: true}]", "inboxes[0].path: required"),
+    ("channels: {web: {path: out, format: gif}}", "channels.web.format: expected one of 'jpeg', 'png', 'webp', 'tiff'"),
+    ("channels: {web: {path: out, format: jpeg, bits: 16}}", "channels.web.bits: 16 bits needs format png or tiff"),
+    ("channels: {web: {path: out, background: white}}", "channels.web.background: expected a colour like '#ffffff'"),
+    ("channels: {web: {path: out, filename: '../{stem}.{ext}'}}", "channels.web.filename: expected a file name"),
+    ("channels: {web: {path: out, quality: 101}}", "channels.web.quality: expected at most 100"),
+    ("notify: {urls: 5}", "notify.urls: expected a list of strings, got 5"),
+    ("input: {colour_intent: saturation}", "input.colour_intent: expected one of 'perceptual', 'relative'"),
+])
+def test_bad_values_name_file_key_and_expectation(tmp_path, text, expected):
+    found = problems(tmp_path, text)
+    assert any(expected in p for p in found), found
+    assert all(p.startswith(str(tmp_path / "assetd.yaml")) for p in found)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    found = problems(tmp_path, "workers: 0\ndevice: tpu\nbogus: 1\n")
+    assert len(found) == 3
+
+
+def test_unreadable_and_invalid_yaml_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    assert "not valid YAML" in problems(tmp_path, "workers: [1,\n")[0]
+    assert "expected a mapping" in problems(tmp_path, "- just\n- a list\n")[0]
+
+
+def test_absolute_paths_stay_absolute(tmp_path):
+    config = load_config(write(tmp_path, f"database: {tmp_path}/db/x.sqlite3\n"))
+    assert config.database == tmp_path / "db" / "x.sqlite3"
+    assert isinstance(config, Config)
