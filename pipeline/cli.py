@@ -143,7 +143,8 @@ def explain(file: str, config_path: str) -> None:
     path = Path(os.path.abspath(file))
     rel = Intake(config, rules, store=None).relative(path, None)  # type: ignore[arg-type]
     click.echo(f"{path}  (matched as {str(rel)!r})")
-    if is_ignored(path):
+    inbox = next((i.path for i in config.inboxes if path.is_relative_to(i.path)), None)
+    if is_ignored(path, inbox):
         click.echo("  the watcher ignores this name (temporary or system file)")
     chosen = None
     for rule in rules:
@@ -192,7 +193,7 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     for j in rows:
         table.add_row(str(j.id), j.status.value, str(j.attempts), j.rule, j.rel_path or j.input_path,
                       f"{j.seconds:.2f}" if j.seconds else "", j.error or "")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
     counts = store.counts()
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
 

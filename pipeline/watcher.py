@@ -86,17 +86,18 @@ def _ignored_name(name: str) -> bool:
 def is_ignored(path: Path, root: Path | None = None) -> bool:
     """True for temporary, hidden and system files that must never be taken from an inbox.
 
-    Every component of ``path`` is checked (so a file inside a dot-folder is ignored), which is why
-    the path should be relative to the inbox; pass ``root`` to have it made relative here. Ignored:
-    names starting with '.' (dotfiles, dot-folders, ``.DS_Store``, ``._*``, ``.~lock*``), ``~$*``,
-    names ending in '~', ``*.tmp``, ``*.part``, ``*.partial``, ``*.crdownload``, ``Thumbs.db``,
-    ``desktop.ini`` and the NAS/Windows housekeeping folders ``@eaDir``, ``#recycle``,
-    ``$RECYCLE.BIN`` and ``System Volume Information``. Case-insensitive.
+    Without ``root`` only the name of ``path`` is checked, so absolute paths are safe to pass (a
+    ``~/.assetd/inbox`` does not hide everything in it). With ``root`` (the inbox), every component
+    of ``path`` below it is checked too, so a file inside a dot-folder is ignored. Ignored, case-
+    insensitively: names starting with '.' (dotfiles, dot-folders, ``.DS_Store``, ``._*``,
+    ``.~lock*``), ``~$*``, names ending in '~', ``*.tmp``, ``*.part``, ``*.partial``,
+    ``*.crdownload``, ``Thumbs.db``, ``desktop.ini`` and the NAS/Windows housekeeping folders
+    ``@eaDir``, ``#recycle``, ``$RECYCLE.BIN`` and ``System Volume Information``.
     """
-    rel = PurePath(path)
-    if root is not None:
-        rel = rel.relative_to(root)
-    return any(_ignored_name(part) for part in rel.parts if part not in ("/", "\\", rel.anchor))
+    path = PurePath(path)
+    if root is None:
+        return _ignored_name(path.name)
+    return any(_ignored_name(part) for part in path.relative_to(root).parts)
 
 
 @dataclass
@@ -144,7 +145,7 @@ class _InboxEventHandler(FileSystemEventHandler):
             # a folder moved or copied in: its files may predate the new folder watch
             target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
             path = self._map(target)
-            if path is not None:
+            if path is not None and not is_ignored(path, self._watch.root):
                 self._watcher._request_scan(self._watch, path)
 
     def _map(self, raw: bytes | str) -> Path | None:
@@ -247,7 +248,8 @@ class InboxWatcher:
             if cand is None:
                 self._candidates[path] = _Candidate(inbox, now, signature)
                 return
-            cand.changed_at = now  # a fresh event restarts the settle clock
+            if signature is None:
+                cand.changed_at = now  # a fresh event restarts the settle clock (a scan only finds it again)
             if len(Path(os.path.abspath(inbox.path)).parts) > len(Path(os.path.abspath(cand.inbox.path)).parts):
                 cand.inbox = inbox  # nested inboxes: the innermost one owns the file
 

@@ -1,0 +1,133 @@
+"""The command line as a studio uses it: process --json, check, explain, jobs, retry, exit codes."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+
+RATIOS = {"1:1": 1.0, "4:5": 0.8, "9:16": 9 / 16, "16:9": 16 / 9}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def batch(workspace):
+    folder = workspace.root / "batch"
+    workspace.shot("batch/products/good.jpg", "grey", seed=4, subject="box")
+    workspace.shot("batch/other/cut.jpg", "white", seed=5, subject="mug")
+    (folder / "products" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (folder / "products" / "readme.txt").write_text("hello")
+    return folder
+
+
+def test_process_json_reports_every_input(workspace, batch):
+    result = invoke("process", batch, "--config", workspace.config_path, "--json")
+    assert result.exit_code == 1  # one input failed
+    doc = json.loads(result.stdout)
+    by_name = {Path(r["input"]).name: r for r in doc["results"]}
+    assert set(by_name) == {"good.jpg", "cut.jpg", "broken.png", "readme.txt"}
+    good = by_name["good.jpg"]
+    assert good["status"] == "done" and good["rule"] == "products" and good["error"] is None
+    assert {o["channel"] for o in good["outputs"]} == {"cutouts", "webshop", "instagram", "banners"}
+    for o in good["outputs"]:
+        assert set(o) == {"channel", "path", "step", "ratio", "width", "height"}
+        with Image.open(o["path"]) as im:
+            assert im.size == (o["width"], o["height"])
+        if o["ratio"]:
+            assert abs(o["width"] / o["height"] - RATIOS[o["ratio"]]) < 0.01
+    assert by_name["cut.jpg"]["rule"] == "cutouts" and by_name["cut.jpg"]["status"] == "done"
+    broken = by_name["broken.png"]
+    assert broken["status"] == "failed" and "broken.png" in broken["error"] and broken["outputs"] == []
+    assert by_name["readme.txt"]["status"] == "skipped" and "no rule matches" in by_name["readme.txt"]["error"]
+    assert not list(workspace.out("cutouts").glob("broken*"))
+
+    # a single file outside the inboxes is matched by its name alone, so name the rule
+    again = json.loads(invoke("process", batch / "products" / "good.jpg", "--config", workspace.config_path,
+                              "--rule", "products", "--json").stdout)["results"][0]
+    assert again["status"] == "skipped" and "already done" in again["error"] and again["outputs"]
+    forced = json.loads(invoke("process", batch / "products" / "good.jpg", "--config", workspace.config_path,
+                               "--rule", "products", "--json", "--force").stdout)["results"][0]
+    assert forced["status"] == "done"
+    assert sorted(o["path"] for o in forced["outputs"]) == sorted(o["path"] for o in good["outputs"])
+
+
+def test_process_with_a_named_rule_and_exit_zero(workspace, batch):
+    result = invoke("process", batch / "other" / "cut.jpg", "--config", workspace.config_path, "--rule", "products")
+    assert result.exit_code == 0, result.output
+    assert (workspace.out("webshop") / "cut_1x1.jpg").exists()
+
+
+def test_usage_and_config_errors_exit_2(workspace, tmp_path):
+    assert invoke("process", tmp_path / "nope.jpg", "--config", workspace.config_path).exit_code == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers: none\n")
+    result = invoke("process", tmp_path, "--config", bad)
+    assert result.exit_code == 2 and "workers: expected an integer" in result.output
+    assert invoke("process", tmp_path, "--config", workspace.config_path, "--rule", "nope").exit_code == 2
+
+
+def test_check_passes_on_a_good_workspace_and_lists_problems(workspace, tmp_path):
+    result = invoke("check", "--config", workspace.config_path)
+    assert result.exit_code == 0, result.output
+    assert "2 rule(s): products, cutouts" in result.output
+    (workspace.root / "scenes" / "marble.jpg").unlink()
+    workspace.add_rule("30-bad.yaml", "name: bad\nsteps: [{upscale: {factor: -1}}]\noutputs: [{channel: nowhere}]\n")
+    result = invoke("check", "--config", workspace.config_path)
+    assert result.exit_code == 1
+    assert "marble.jpg" in result.output and "'nowhere' is not a configured channel" in result.output
+
+
+def test_check_of_the_shipped_example_config():
+    root = Path(__file__).resolve().parents[1]
+    result = invoke("check", "--config", root / "config.example.yaml")
+    assert result.exit_code == 0, result.output
+
+
+def test_explain_says_why(workspace):
+    result = invoke("explain", workspace.inbox / "misc" / "a.jpg", "--config", workspace.config_path)
+    assert result.exit_code == 0
+    assert "✗ products" in result.output and "does not match 'products/**'" in result.output
+    assert "✓ cutouts" in result.output
+    result = invoke("explain", workspace.inbox / "a.gif", "--config", workspace.config_path)
+    assert result.exit_code == 1 and "no rule takes this file" in result.output
+    assert "ignores this name" in invoke("explain", workspace.inbox / "x.jpg.part", "--config",
+                                         workspace.config_path).output
+
+
+def test_jobs_and_retry(workspace, batch):
+    invoke("process", batch, "--config", workspace.config_path)
+    listing = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
+    assert {j["status"] for j in listing} == {"done", "failed"}
+    failed = [j for j in listing if j["status"] == "failed"]
+    assert len(failed) == 1 and "broken.png" in failed[0]["error"]
+    table = invoke("jobs", "--config", workspace.config_path, "--status", "failed")
+    assert "broken.png" in table.output and "1 failed" in table.output
+    result = invoke("retry", "--config", workspace.config_path, "--failed")
+    assert result.exit_code == 0 and f"queued again: {failed[0]['id']}" in result.output
+    assert invoke("retry", "--config", workspace.config_path, "999").exit_code == 1
+    assert invoke("retry", "--config", workspace.config_path).exit_code == 2
+
+
+def test_console_script_and_module_entry_points():
+    exe = shutil.which("assetd", path=str(Path(sys.executable).parent))
+    assert exe, "the assetd console script is not installed"
+    for cmd in ([exe, "--help"], [sys.executable, "-m", "pipeline", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "process" in out.stdout and "run" in out.stdout
+
+
+def test_demo_setup_only_writes_a_valid_workspace(tmp_path):
+    result = invoke("demo", tmp_path / "demo", "--setup-only", "--shots", "2")
+    assert result.exit_code == 0, result.output
+    assert invoke("check", "--config", tmp_path / "demo" / "config.yaml").exit_code == 0
+    assert len(list((tmp_path / "demo" / "staging").glob("*.jpg"))) == 3
