@@ -110,6 +110,7 @@ def decode_raw(data: bytes, *, half_size: bool, memory_mb: int, timeout_s: float
             status = proc.wait()
         finally:
             timer.cancel()
+            timer.join()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -175,7 +176,8 @@ def _child_main(argv: list[str]) -> int:
                     "raw_size": [int(raw.sizes.raw_width), int(raw.sizes.raw_height)],
                     "camera_wb": [round(float(v), 4) for v in raw.camera_whitebalance],
                 }
-        except (rawpy.LibRawUnsufficientMemoryError, rawpy.LibRawTooBigError, MemoryError):
+        except (rawpy.LibRawUnsufficientMemoryError, rawpy.LibRawMemPoolOverflowError, rawpy.LibRawTooBigError,
+                MemoryError):
             return answer(EXIT_NO_MEMORY, error="out of memory")
         except rawpy.LibRawFileUnsupportedError:
             return answer(EXIT_REFUSED, error="not a RAW format LibRaw knows (unsupported or not a RAW file)")
