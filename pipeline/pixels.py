@@ -48,23 +48,33 @@ def resize(arr: np.ndarray, size: tuple[int, int], *, sharpen: float = 0.0) -> n
     shrinking = w < arr.shape[1] and h < arr.shape[0]
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
     top = float(max_value(arr))
-    work = arr.astype(np.float32)
     has_alpha = arr.ndim == 3 and arr.shape[2] == 4
-    if has_alpha:
-        a = work[..., 3:4] / top
-        work[..., :3] *= a
+    if not has_alpha:
+        # OpenCV resamples uint8/uint16 directly (saturating), with no float copy of the whole image.
+        out = cv2.resize(arr, (w, h), interpolation=interp)
+        if out.ndim == 2:
+            out = out[..., None]
+        if sharpen > 0:
+            soft = cv2.GaussianBlur(out, (0, 0), sigmaX=1.0)
+            out = cv2.addWeighted(out, 1.0 + sharpen, soft, -sharpen, 0)  # saturates to the dtype's range
+        return out
+    work = arr.astype(np.float32)
+    alpha = work[..., 3:4] / top
+    work[..., :3] *= alpha
+    del alpha
     out = cv2.resize(work, (w, h), interpolation=interp)
-    if out.ndim == 2:
-        out = out[..., None]
+    del work
     if sharpen > 0:
-        blur = cv2.GaussianBlur(out, (0, 0), sigmaX=1.0)
-        out = cv2.addWeighted(out, 1.0 + sharpen, blur, -sharpen, 0)
-    if has_alpha:
-        alpha = np.clip(out[..., 3:4], 0, top)
-        safe = np.where(alpha > 0, alpha / top, 1.0)
-        out[..., :3] = out[..., :3] / safe
-        out[..., 3:4] = alpha
-    return np.clip(np.rint(out), 0, top).astype(arr.dtype)
+        soft = cv2.GaussianBlur(out, (0, 0), sigmaX=1.0)
+        out = cv2.addWeighted(out, 1.0 + sharpen, soft, -sharpen, 0)
+        del soft
+    np.clip(out, 0, top, out=out)
+    a = out[..., 3:4]
+    rgb = out[..., :3]
+    np.divide(rgb, np.where(a > 0, a / top, 1.0), out=rgb)
+    np.clip(out, 0, top, out=out)
+    np.rint(out, out=out)
+    return out.astype(arr.dtype)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

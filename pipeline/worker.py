@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +18,7 @@ from typing import Any, Callable
 from .chain import Chain, StepError
 from .config import Config
 from .errors import AssetdError, ConfigError, PermanentError, StopRequested, TransientError
-from .imageio import decode, encode, read_input
+from .imageio import Decoded, decode, encode, read_input
 from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, ratio_label, render_for_channel, render_name,
                       safe_stem, sha256)
 from .rules import Rule
@@ -57,24 +59,42 @@ class Worker:
         self.on_requeue = on_requeue
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[str, Chain] = {}
+        # codec work (read + decode of the next job, encodes of this one's outputs) runs here
+        self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
+                                        thread_name_prefix=f"assetd-{name}-codec")
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self, idle_max: float = 1.0) -> None:
-        """Claim and run jobs until ``stop`` is set; sleeps with capped back-off when idle."""
+        """Claim and run jobs until ``stop`` is set; sleeps with capped back-off when idle.
+
+        While one job runs its chain, the next one is already claimed and read + decoded on a
+        background thread, so the GPU (or the CPU stages) never wait for the codec.
+        """
         idle = 0.05
+        ahead: tuple[Job, Future] | None = None
         while not self.stop.is_set():
             try:
-                result = self.run_next()
+                if ahead is None:
+                    job = self.store.claim_next(self.name, self.config.lease_seconds)
+                    loaded = self._pool.submit(self._load, job) if job is not None else None
+                else:
+                    (job, loaded), ahead = ahead, None
+                if job is None:
+                    self._release_idle_models()
+                    self.stop.wait(idle)
+                    idle = min(idle * 2, idle_max)
+                    continue
+                idle = 0.05
+                following = self.store.claim_next(self.name, self.config.lease_seconds)
+                if following is not None:
+                    ahead = (following, self._pool.submit(self._load, following))
+                self.process(job, loaded)
             except Exception:  # the loop must survive anything (a broken database file, a bug)
                 log.exception("%s: unexpected error in the worker loop", self.name)
-                result = None
                 self.stop.wait(idle_max)
-            if result is None:
-                self._release_idle_models()
-                self.stop.wait(idle)
-                idle = min(idle * 2, idle_max)
-            else:
-                idle = 0.05
+        if ahead is not None:  # claimed but not started: back to the queue untouched
+            ahead[1].cancel()
+            self.store.release(ahead[0].id)
         self.close()
 
     def run_next(self, only: list[int] | None = None) -> JobResult | None:
@@ -84,6 +104,7 @@ class Worker:
         return self.process(job)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         models = self.ctx.models
         if models is not None and hasattr(models, "close"):
             models.close()
@@ -100,13 +121,15 @@ class Worker:
             chain = self._chains[rule.name] = Chain(rule, self.ctx)
         return chain
 
-    def process(self, job: Job) -> JobResult:
-        """Run a claimed job to its end state and record it; never raises for a job's own failure."""
+    def process(self, job: Job, loaded: Future | None = None) -> JobResult:
+        """Run a claimed job to its end state and record it; never raises for a job's own failure.
+
+        ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status="running")
         self._manifests: list[OutputRecord] = []
         try:
-            result.outputs = self._execute(job)
+            result.outputs = self._execute(job, loaded)
         except StopRequested:
             self.store.release(job.id)
             result.status = JobStatus.QUEUED.value
@@ -160,7 +183,16 @@ class Worker:
         if self.on_failed:
             self.on_failed(job, message)
 
-    def _execute(self, job: Job) -> list[OutputRecord]:
+    def _load(self, job: Job) -> Decoded:
+        """Read and decode a job's input, checking it is still the content that was queued."""
+        path = Path(job.input_path)
+        data = read_input(path)
+        if not job.input_hash.startswith("unreadable:") and hashlib.sha256(data).hexdigest() != job.input_hash:
+            raise PermanentError(f"{path}: content changed after it was queued; the new version is queued "
+                                 "as its own job")
+        return decode(data, str(path), self.config.input)
+
+    def _execute(self, job: Job, loaded: Future | None) -> list[OutputRecord]:
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
@@ -168,14 +200,8 @@ class Worker:
             raise PermanentError(f"rule {job.rule!r} changed since this job was queued "
                                  f"(version {job.rule_version} → {rule.version}); drop the file again or "
                                  "restart the daemon to requeue it")
-        path = Path(job.input_path)
-        data = read_input(path)
-        if not job.input_hash.startswith("unreadable:") and hashlib.sha256(data).hexdigest() != job.input_hash:
-            raise PermanentError(f"{path}: content changed after it was queued; the new version is queued "
-                                 "as its own job")
+        decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
-        decoded = decode(data, str(path), self.config.input)
-        del data
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)})
 
         def on_step(stage: Any, seconds: float) -> None:
@@ -193,25 +219,27 @@ class Worker:
         used: set[Path] = set()
         folders: set[Path] = set()
         started = time.perf_counter()
+        work = []
         for spec in rule.outputs:
             channel = self.config.channels[spec.channel]
             for asset in results.get(spec.source, []):
-                if spec.ratios is not None and asset.ratio not in spec.ratios:
-                    continue
-                pixels = render_for_channel(asset, channel)
-                data = encode(pixels, channel, decoded)
-                name = render_name(channel.filename, stem=stem, ratio=ratio_label(asset.ratio), step=spec.source,
-                                   rule=rule.name, channel=channel.name, ext=channel.extension,
-                                   hash8=job.input_hash.split(":")[-1][:8])
-                target = self._free_path(channel.path, name, job, used)
-                self.store.reserve_output(job.id, str(target), channel.name, spec.source)
-                atomic_write(target, data)
-                used.add(target)
-                folders.add(channel.path)
-                records.append(OutputRecord(
-                    channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
-                    width=int(pixels.shape[1]), height=int(pixels.shape[0]), bytes=len(data), sha256=sha256(data),
-                    scale=round(asset.scale * pixels.shape[1] / asset.width, 4)))
+                if spec.ratios is None or asset.ratio in spec.ratios:
+                    work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
+        for spec, channel, asset, future in work:
+            pixels_shape, data = future.result()
+            name = render_name(channel.filename, stem=stem, ratio=ratio_label(asset.ratio), step=spec.source,
+                               rule=rule.name, channel=channel.name, ext=channel.extension,
+                               hash8=job.input_hash.split(":")[-1][:8])
+            target = self._free_path(channel.path, name, job, used)
+            self.store.reserve_output(job.id, str(target), channel.name, spec.source)
+            atomic_write(target, data)
+            used.add(target)
+            folders.add(channel.path)
+            height, width = pixels_shape[:2]
+            records.append(OutputRecord(
+                channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
+                width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
+                scale=round(asset.scale * width / asset.width, 4)))
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
         manifest = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
@@ -227,6 +255,11 @@ class Worker:
             self._manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
                                                 height=0, bytes=len(body), sha256=sha256(body)))
         return records
+
+    @staticmethod
+    def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:
+        pixels = render_for_channel(asset, channel)
+        return pixels.shape, encode(pixels, channel, decoded)
 
     def _free_path(self, folder: Path, name: str, job: Job, used: set[Path]) -> Path:
         """The output path. A file from another input, or one assetd did not write, is never overwritten:

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 
 from ..config import check_colour
-from ..pixels import colour_tuple, max_value
+from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import opt
-from .base import Asset, Stage, StageContext, register
+from .base import Asset, Stage, register
 from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio, subject_box
 
 FILL_NAMES = ("outpaint", "pad", "crop", "generate")
@@ -85,8 +85,10 @@ class CropsOptions:
 # --- pixel helpers (no Stage needed; tested directly) ---------------------------------------
 
 WORK_LONG_EDGE = 640  # outpaint computes its smooth extension at this size, then upsamples
+EDGE_SMOOTHING = 0.012  # blur of the continued border, as a fraction of the work canvas's long edge
 NOISE_CAP = 0.03  # added grain never exceeds this fraction of the value range (textured borders)
 _CHUNK_ROWS = 256
+SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
 
 
 def _slices(box: Box) -> tuple[slice, slice]:
@@ -114,7 +116,7 @@ def build_canvas(pixels: np.ndarray, frame: Frame, fill: str, *, pad_colour: str
     if not frame.extended:
         return original.copy(), known
     if fill == "crop":
-        raise ValueError("fill 'crop' never extends the canvas; the frame should stay inside the image")
+        fill = "pad"  # only reached for images smaller than the ratio's 1-pixel short side
     shape = (frame.box.height, frame.box.width) + pixels.shape[2:]
     canvas = np.zeros(shape, dtype=pixels.dtype)
     canvas[_slices(known)] = original
@@ -193,7 +195,9 @@ def _extend_low_res(small: np.ndarray, k: Box, ws: int, hs: int) -> np.ndarray:
     """
     borders = (k.y0, hs - k.y1, k.x0, ws - k.x1)
     channels = small.shape[2]
-    edge = cv2.GaussianBlur(small, (0, 0), 1.0) if min(small.shape[:2]) > 2 else small
+    # smoothing the border before continuing it keeps only its broad structure: fine detail
+    # (veins, grain) repeated row after row would read as streaks
+    edge = cv2.GaussianBlur(small, (0, 0), max(1.0, EDGE_SMOOTHING * max(ws, hs)), borderType=cv2.BORDER_REPLICATE)
     extended = cv2.copyMakeBorder(edge, *borders, cv2.BORDER_REPLICATE).reshape(hs, ws, channels)
     outside = np.ones((hs, ws), dtype=np.float32)
     outside[k.y0:k.y1, k.x0:k.x1] = 0.0
@@ -229,8 +233,7 @@ def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0) -> None:
         for band in _unknown_bands(canvas.shape[1], canvas.shape[0], known):
             canvas[_slices(band)] = 0
         return
-    was_2d = canvas.ndim == 2
-    img = canvas[..., None] if was_2d else canvas
+    img = canvas
     h, w, channels = img.shape
     top = max_value(img)
     r = max(1.0, max(w, h) / WORK_LONG_EDGE)
@@ -273,17 +276,17 @@ def find_subject(asset: Asset) -> tuple[Box | None, np.ndarray | None, str]:
     backdrop photos) → None, meaning the whole image is framed.
     """
     if asset.matte is not None:
-        return subject_box(asset.matte, 0), asset.matte, "matte"
+        return subject_box(asset.matte, SUBJECT_THRESHOLD), asset.matte, "matte"
     if asset.has_alpha:
         alpha = asset.pixels[..., 3]
-        matte = alpha if alpha.dtype == np.uint8 else ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return subject_box(matte, 0), matte, "alpha"
+        matte = to_dtype(alpha, np.uint8)
+        return subject_box(matte, SUBJECT_THRESHOLD), matte, "alpha"
     from .remove_background import estimate_subject_matte
 
     matte = estimate_subject_matte(asset.pixels)
     if matte is None:
         return None, None, "whole image"
-    box = subject_box(matte, 0)
+    box = subject_box(matte, SUBJECT_THRESHOLD)
     return (box, matte, "estimated") if box is not None else (None, None, "whole image")
 
 

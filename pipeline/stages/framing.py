@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
 
 DEFAULT_MARGIN = 0.08
 """Crop margin around the subject, as a fraction of the subject's larger side."""
-
-Fill = Literal["outpaint", "pad", "crop", "generate"]
-Anchor = Literal["center", "bottom", "top"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +105,10 @@ def _size_from_short(short: int, ratio: tuple[int, int]) -> tuple[int, int]:
 
 
 def largest_size(max_w: int, max_h: int, ratio: tuple[int, int]) -> tuple[int, int]:
-    """The largest size of ``ratio`` fitting in max_w × max_h (at least 1×1)."""
+    """The largest size of ``ratio`` fitting in max_w × max_h.
+
+    The short side is at least 1 px, so an image under 2 px may be exceeded (16:9 of 1×1 is 2×1).
+    """
     rw, rh = ratio
     short = max(1, math.floor(min(max_h, max_w * rh / rw) if rw >= rh else min(max_w, max_h * rw / rh)))
     w, h = _size_from_short(short, ratio)

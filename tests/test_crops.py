@@ -1,0 +1,239 @@
+"""Stage crops (backend geometry): exact ratios, untouched originals, seamless outpainting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config import Config
+from pipeline.schema import build
+from pipeline.stages.base import Asset, StageContext, stage_class
+from pipeline.stages.crops import FILLS, CropsOptions, GeometryCrops, build_canvas, frame_matte, outpaint
+from pipeline.stages.framing import Box, frame_for_ratio, ratio_error, subject_box
+
+RATIOS = ["1:1", "4:5", "9:16", "16:9"]
+
+
+def studio_shot(w: int = 600, h: int = 400, *, noise: float = 3.0, seed: int = 0,
+                dtype: type = np.uint8) -> tuple[np.ndarray, np.ndarray]:
+    """A tall red ellipse (bottle) on a noisy grey gradient backdrop, and its matte."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    backdrop = 210.0 - 50.0 * y + np.zeros((1, w, 3), np.float32) + rng.normal(0, noise, (h, w, 3))
+    img = np.clip(np.rint(backdrop), 0, 255).astype(np.uint8)
+    matte = np.zeros((h, w), np.uint8)
+    cv2.ellipse(matte, (w // 2, h // 2), (w // 12, int(h * 0.42)), 0, 0, 360, 255, -1)
+    subject = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)  # textured, so copies are checkable
+    subject[..., 0] = 200
+    img[matte > 0] = subject[matte > 0]
+    if dtype == np.uint16:
+        img = img.astype(np.uint16) * 257 + rng.integers(0, 200, img.shape, dtype=np.uint16)
+    return img, matte
+
+
+def make_stage(tmp_path: Path, **options: object) -> GeometryCrops:
+    errors: list[str] = []
+    opts = build(CropsOptions, options, "crops", errors)
+    assert errors == []
+    return GeometryCrops(opts, StageContext(config=Config(source=tmp_path / "config.yaml")))
+
+
+def test_registered_as_default_backend() -> None:
+    assert stage_class("crops", None) is GeometryCrops
+
+
+@pytest.mark.parametrize("fill", ["outpaint", "pad", "crop"])
+def test_every_ratio_is_exact_and_the_original_is_untouched(tmp_path: Path, fill: str) -> None:
+    img, matte = studio_shot()
+    stage = make_stage(tmp_path, fill=fill)
+    outs = stage.run(Asset(img, matte))
+    assert [o.ratio for o in outs] == RATIOS
+    box = subject_box(matte)
+    for out in outs:
+        note = out.notes["crops"]
+        frame_box = Box(*note["box"])
+        assert out.pixels.dtype == np.uint8 and out.pixels.shape == (frame_box.height, frame_box.width, 3)
+        assert out.matte is not None and out.matte.shape == out.pixels.shape[:2]
+        rw, rh = map(int, out.ratio.split(":"))
+        assert ratio_error(out.width, out.height, (rw, rh)) < 1
+        inside = frame_box.intersect(Box(0, 0, img.shape[1], img.shape[0]))
+        known = inside.shift(-frame_box.x0, -frame_box.y0)
+        assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                              img[inside.y0:inside.y1, inside.x0:inside.x1]), "original pixels altered"
+        # the matte follows the pixels: same subject, moved into frame coordinates
+        assert np.array_equal(out.matte[known.y0:known.y1, known.x0:known.x1],
+                              matte[inside.y0:inside.y1, inside.x0:inside.x1])
+        if fill == "crop":
+            assert note["extended"] is None and out.width <= img.shape[1] and out.height <= img.shape[0]
+        else:
+            assert frame_box.contains(box), "the subject is never cut when canvas can be added"
+            assert subject_box(out.matte) == box.shift(-frame_box.x0, -frame_box.y0)
+            assert out.matte.sum(dtype=np.int64) == matte.sum(dtype=np.int64)
+    # the bottle (tall) into 16:9 with margins needs more canvas than the 600×400 image has
+    wide = outs[3].notes["crops"]
+    if fill == "crop":
+        assert wide["cut_margin"] is True and wide["fill"] == "none"
+    else:
+        assert wide["extended"]["left"] > 0 and wide["extended"]["right"] > 0 and wide["fill"] == fill
+
+
+def test_crop_mode_cuts_and_says_so(tmp_path: Path) -> None:
+    img, matte = studio_shot(400, 600)  # portrait: the tall bottle cannot fit 16:9 without cutting
+    out = make_stage(tmp_path, fill="crop", ratios=["16:9"]).run(Asset(img, matte))[0]
+    note = out.notes["crops"]
+    assert note["cut_subject"] is True and note["extended"] is None
+    assert out.width == 400 and out.height == 225
+    assert np.array_equal(out.pixels, img[note["box"][1]:note["box"][3], :])
+
+
+def _seam_stats(canvas: np.ndarray, x: int) -> tuple[float, float, float]:
+    """Mean |difference| between neighbouring columns across the seam at x, and well on each side."""
+    def step(a: int) -> float:
+        return float(np.abs(canvas[:, a].astype(np.int32) - canvas[:, a - 1].astype(np.int32)).mean())
+    return step(x), step(x + 10), step(x - 10)
+
+
+def test_outpaint_seam_is_invisible(tmp_path: Path) -> None:
+    img, matte = studio_shot(600, 400, noise=3.0)
+    out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, matte))[0]
+    left = out.notes["crops"]["extended"]["left"]
+    right = out.notes["crops"]["extended"]["right"]
+    assert left > 20 and right > 20
+    canvas = out.pixels
+    for seam in (left, canvas.shape[1] - right):
+        across, inside, outside = _seam_stats(canvas, seam)
+        within = max(inside, outside)
+        assert across < 1.5 * within, f"hard edge at x={seam}: {across:.2f} vs {within:.2f} within"
+        # no step in level: the bands each side of the seam average the same
+        a = canvas[:, seam - 8:seam].astype(np.float32).mean(axis=(1, 2))
+        b = canvas[:, seam:seam + 8].astype(np.float32).mean(axis=(1, 2))
+        assert np.abs(a - b).mean() < 2.5
+    # the extension carries grain like the backdrop's, not a suspiciously smooth fill
+    band = canvas[20:120, left - 20:left].astype(np.float32)
+    real = canvas[20:120, left:left + 20].astype(np.float32)
+    grain = (band - cv2.GaussianBlur(band, (0, 0), 2)).std()
+    real_grain = (real - cv2.GaussianBlur(real, (0, 0), 2)).std()
+    assert 0.6 * real_grain < grain < 1.5 * real_grain
+    # far from the image the fill keeps the backdrop's vertical gradient (its low frequencies)
+    far = canvas[:, :5].astype(np.float32).mean(axis=(1, 2))
+    assert far[:40].mean() - far[-40:].mean() > 25
+
+
+def test_outpaint_on_a_flat_noiseless_backdrop_stays_flat() -> None:
+    canvas = np.zeros((100, 300, 3), np.uint8)
+    canvas[:, 100:200] = (30, 120, 240)
+    outpaint(canvas, Box(100, 0, 200, 100))
+    assert np.array_equal(np.unique(canvas.reshape(-1, 3), axis=0), [[30, 120, 240]])
+
+
+def test_pad_colour(tmp_path: Path) -> None:
+    img, matte = studio_shot()
+    out = make_stage(tmp_path, fill="pad", pad_colour="#102030", ratios=["16:9"]).run(Asset(img, matte))[0]
+    left = out.notes["crops"]["extended"]["left"]
+    assert (out.pixels[:, :left] == (16, 32, 48)).all()
+    white = make_stage(tmp_path, fill="pad", ratios=["16:9"]).run(Asset(img, matte))[0]
+    assert (white.pixels[:, :left] == 255).all()
+
+
+def rgba_cutout(w: int = 600, h: int = 400) -> np.ndarray:
+    img, matte = studio_shot(w, h)
+    return np.dstack([img, matte])
+
+
+@pytest.mark.parametrize("fill", ["outpaint", "pad"])
+def test_rgba_extension_is_transparent(tmp_path: Path, fill: str) -> None:
+    rgba = rgba_cutout()
+    out = make_stage(tmp_path, fill=fill, ratios=["16:9"]).run(Asset(rgba, None))[0]
+    note = out.notes["crops"]
+    assert note["subject"] == "alpha"
+    left, right = note["extended"]["left"], note["extended"]["right"]
+    assert out.pixels.shape[2] == 4
+    assert (out.pixels[:, :left, 3] == 0).all() and (out.pixels[:, out.width - right:, 3] == 0).all()
+    assert np.array_equal(out.pixels[:, left:out.width - right], rgba[note["box"][1]:note["box"][3]])
+    assert np.array_equal(out.matte, out.pixels[..., 3]), "alpha of a cut-out is its matte"
+    opaque = make_stage(tmp_path, fill="pad", pad_colour="#ff000080", ratios=["16:9"]).run(Asset(rgba, None))[0]
+    assert (opaque.pixels[:, :left] == (255, 0, 0, 128)).all()
+
+
+def test_sixteen_bit_input_keeps_dtype_and_exact_pixels(tmp_path: Path) -> None:
+    img, matte = studio_shot(dtype=np.uint16)
+    outs = make_stage(tmp_path, ratios=["16:9", "1:1"]).run(Asset(img, matte))
+    out = outs[0]
+    assert out.pixels.dtype == np.uint16
+    box = Box(*out.notes["crops"]["box"])
+    known = frame_for_ratio(600, 400, subject_box(matte), (16, 9)).known
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[box.y0:box.y1, 0:600])
+    ext = out.pixels[:, :known.x0].astype(np.float32)
+    assert abs(ext.mean() - img[:, :20].astype(np.float32).mean()) < 3 * 257
+
+
+def test_generate_fill_result_never_overwrites_the_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def scribble(canvas: np.ndarray, known: np.ndarray, options: object, ctx: object) -> np.ndarray:
+        seen["known"] = known.copy()
+        seen["prompt"] = options.prompt
+        return np.full_like(canvas, 7)  # a careless model repaints everything
+
+    monkeypatch.setitem(FILLS, "generate", scribble)
+    img, matte = studio_shot()
+    stage = make_stage(tmp_path, fill="generate", prompt="marble table", ratios=["16:9"])
+    assert GeometryCrops.validate(stage.options, "crops", stage.ctx.config) == []
+    out = stage.run(Asset(img, matte))[0]
+    box = Box(*out.notes["crops"]["box"])
+    known = seen["known"]
+    assert seen["prompt"] == "marble table"
+    assert known.sum() == 600 * box.height
+    assert np.array_equal(out.pixels[known].reshape(box.height, 600, 3), img[box.y0:box.y1])
+    assert (out.pixels[~known] == 7).all()
+
+
+def test_validate_reports_missing_generate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(FILLS, "generate", raising=False)
+    problems = GeometryCrops.validate(CropsOptions(fill="generate"), "steps[2].crops", Config())
+    assert len(problems) == 1 and problems[0].startswith("steps[2].crops.fill: 'generate' needs")
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"ratios": ["16x9"]}, "expected a ratio like '4:5'"),
+    ({"ratios": ["0:1"]}, "expected a ratio like '4:5'"),
+    ({"ratios": []}, "at least one ratio"),
+    ({"ratios": ["1:1", "1:1"]}, "may appear once"),
+    ({"fill": "stretch"}, "expected one of"),
+    ({"pad_colour": "white"}, "expected a colour"),
+    ({"margin": -0.1}, "at least 0.0"),
+])
+def test_option_problems(options: dict, problem: str) -> None:
+    errors: list[str] = []
+    build(CropsOptions, options, "crops", errors)
+    assert len(errors) == 1 and problem in errors[0]
+
+
+def test_build_canvas_and_frame_matte_helpers() -> None:
+    img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    frame = frame_for_ratio(6, 4, None, (1, 1))  # whole image → 6×6, one row above and below
+    canvas, known = build_canvas(img, frame, "pad", pad_colour="#000000")
+    assert canvas.shape == (6, 6, 3) and known == Box(0, 1, 6, 5)
+    assert np.array_equal(canvas[1:5], img) and (canvas[0] == 0).all() and (canvas[5] == 0).all()
+    matte = np.full((4, 6), 9, np.uint8)
+    assert np.array_equal(frame_matte(matte, frame)[:, 0], [0, 9, 9, 9, 9, 0])
+    inside = frame_for_ratio(6, 4, Box(1, 1, 3, 3), (1, 1), margin=0.0)
+    cut, _ = build_canvas(img, inside, "outpaint")
+    assert np.array_equal(cut, img[inside.box.y0:inside.box.y1, inside.box.x0:inside.box.x1])
+    assert not np.shares_memory(cut, img)
+
+
+def test_rgb_without_matte_uses_the_estimate(tmp_path: Path) -> None:
+    rb = pytest.importorskip("pipeline.stages.remove_background")
+    if not hasattr(rb, "estimate_subject_matte"):
+        pytest.skip("remove_background.estimate_subject_matte is not written yet")
+    img, matte = studio_shot()
+    out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, None))[0]
+    note = out.notes["crops"]
+    assert note["subject"] in ("estimated", "whole image")
+    if note["subject"] == "estimated":
+        found = subject_box(out.matte)
+        true = subject_box(matte).shift(-note["box"][0], -note["box"][1])
+        assert found is not None and abs(found.x0 - true.x0) < 15 and abs(found.x1 - true.x1) < 15

@@ -1,0 +1,186 @@
+"""Stage place_in_scene (backend composite): the scene moves around the subject, never the reverse."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import Config
+from pipeline.errors import PermanentError
+from pipeline.pixels import to_dtype
+from pipeline.schema import build
+from pipeline.stages.base import Asset, StageContext, stage_class
+from pipeline.stages.framing import subject_box
+from pipeline.stages.place_in_scene import CompositePlace, PlaceOptions, light_gains
+
+
+def cutout(w: int = 300, h: int = 400, dtype: type = np.uint8) -> np.ndarray:
+    """RGBA: a textured bottle (antialiased edge) on transparency, with a little room around it."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    big = np.zeros((h * 4, w * 4), np.uint8)
+    cv2.ellipse(big, (w * 2, h * 2), (int(w * 1.2), int(h * 1.6)), 0, 0, 360, 255, -1)
+    alpha = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
+    rgba = np.dstack([rgb, alpha])
+    rgba[alpha == 0, :3] = 0
+    if dtype == np.uint16:
+        rgba = rgba.astype(np.uint16) * 257
+        rgba[..., :3] += rng.integers(0, 200, (h, w, 3), dtype=np.uint16)
+    return rgba
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(5)
+    scene = np.clip(rng.normal(150, 12, (480, 640, 3)), 0, 255).astype(np.uint8)
+    scene[:, :, 2] = 90
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    return tmp_path
+
+
+def make_stage(root: Path, **options: object) -> CompositePlace:
+    errors: list[str] = []
+    opts = build(PlaceOptions, options, "place_in_scene", errors)
+    assert errors == []
+    config = Config(source=root / "config.yaml")
+    assert CompositePlace.validate(opts, "place_in_scene", config) == []
+    return CompositePlace(opts, StageContext(config=config))
+
+
+def placed(out: Asset, rgba: np.ndarray) -> tuple[int, int]:
+    """Offset (dx, dy) from cut-out coordinates to output coordinates."""
+    x0, y0, _, _ = out.notes["place_in_scene"]["subject_box"]
+    box = subject_box(rgba[..., 3], int(0.1 * (65535 if rgba.dtype == np.uint16 else 255)))
+    return x0 - box.x0, y0 - box.y0
+
+
+def test_registered_as_default_backend() -> None:
+    assert stage_class("place_in_scene", None) is CompositePlace
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_opaque_subject_pixels_are_bit_identical(workspace: Path, dtype: type) -> None:
+    rgba = cutout(dtype=dtype)
+    out = make_stage(workspace, scene="scene.png").run(Asset(rgba))[0]
+    assert out.pixels.shape[2] == 3 and out.pixels.dtype == dtype
+    dx, dy = placed(out, rgba)
+    top = 65535 if dtype == np.uint16 else 255
+    ys, xs = np.nonzero(rgba[..., 3] == top)
+    assert len(ys) > 10000
+    assert np.array_equal(out.pixels[ys + dy, xs + dx], rgba[ys, xs, :3])
+    # the matte is the cut-out's alpha, moved to where the subject landed
+    assert out.matte.dtype == np.uint8 and out.matte.shape == out.pixels.shape[:2]
+    assert (out.matte[ys + dy, xs + dx] == 255).all()
+    alpha8 = to_dtype(rgba[..., 3], np.uint8)
+    ys, xs = np.nonzero(alpha8)
+    assert np.array_equal(out.matte[ys + dy, xs + dx], alpha8[ys, xs])
+    assert out.matte.sum(dtype=np.int64) == alpha8.sum(dtype=np.int64)
+
+
+def test_output_takes_the_scenes_aspect_and_subject_fills_scale(workspace: Path) -> None:
+    rgba = cutout()
+    out = make_stage(workspace, scene="scene.png", scale=0.5).run(Asset(rgba))[0]
+    assert abs(out.width / out.height - 640 / 480) < 1 / out.height + 1e-9
+    note = out.notes["place_in_scene"]
+    box = subject_box(rgba[..., 3], 25)
+    assert abs(box.height / out.height - 0.5) < 0.01  # tall subject: height is the limiting side
+    assert note["scene"] == "scene.png" and note["scene_scale"] == pytest.approx(out.width / 640, rel=1e-3)
+
+
+def test_anchor_bottom_puts_the_base_on_the_bottom_margin(workspace: Path) -> None:
+    rgba = cutout()
+    out = make_stage(workspace, scene="scene.png", anchor="bottom", margin=0.05).run(Asset(rgba))[0]
+    base = subject_box(out.matte, 25).y1
+    assert abs(base - (out.height - 0.05 * out.height)) <= 2
+    centre = make_stage(workspace, scene="scene.png", anchor="center").run(Asset(rgba))[0]
+    box = subject_box(centre.matte, 25)
+    assert abs((box.y0 + box.y1) / 2 - centre.height / 2) <= 2
+    assert abs((box.x0 + box.x1) / 2 - centre.width / 2) <= 2
+
+
+def test_soft_shadow_darkens_below_the_subject_only(workspace: Path) -> None:
+    rgba = cutout()
+    lit = make_stage(workspace, colour="#c8c8c8", shadow="none").run(Asset(rgba))[0].pixels.astype(np.int32)
+    shaded_asset = make_stage(workspace, colour="#c8c8c8", shadow="soft", shadow_opacity=0.5).run(Asset(rgba))[0]
+    shaded = shaded_asset.pixels.astype(np.int32)
+    box = subject_box(shaded_asset.matte, 25)
+    below = (slice(box.y1 + 1, box.y1 + 4), slice((box.x0 + box.x1) // 2 - 5, (box.x0 + box.x1) // 2 + 5))
+    assert (shaded[below] < lit[below] - 10).all(), "no contact shadow under the base"
+    diff = np.abs(shaded - lit).sum(axis=2) > 0
+    assert not diff[: (box.y0 + box.y1) // 2].any(), "the shadow reaches the upper half of the picture"
+    assert not diff[:, : box.x0].any() and not diff[:, box.x1:].any(), "the shadow spreads beyond the subject"
+    assert (shaded <= lit).all(), "a shadow only darkens"
+
+
+def test_colour_and_gradient_backgrounds(workspace: Path) -> None:
+    rgba = cutout()
+    flat = make_stage(workspace, colour="#336699", shadow="none").run(Asset(rgba))[0]
+    assert (flat.pixels[0, 0] == (0x33, 0x66, 0x99)).all() and (flat.pixels[-1, -1] == (0x33, 0x66, 0x99)).all()
+    assert abs(flat.width / flat.height - 300 / 400) < 1 / flat.height + 1e-9  # the cut-out's aspect
+    grad = make_stage(workspace, gradient=["#000000", "#ffffff"], shadow="none").run(Asset(rgba))[0]
+    column = grad.pixels[:, 0, 0].astype(np.int32)
+    assert column[0] == 0 and column[-1] == 255 and (np.diff(column) >= 0).all()
+    assert grad.notes["place_in_scene"]["gradient"] == ["#000000", "#ffffff"]
+
+
+def test_match_light_is_opt_in_and_recorded(workspace: Path) -> None:
+    rgba = cutout()
+    out = make_stage(workspace, scene="scene.png", match_light=1.0).run(Asset(rgba))[0]
+    note = out.notes["place_in_scene"]["match_light"]
+    gains = np.array(note["gains"])
+    assert gains[2] < 0.9 < 1.0 < gains[0], "the scene is yellowish (blue at 90): the subject warms up"
+    assert float(gains @ [0.2126, 0.7152, 0.0722]) == pytest.approx(1.0, abs=1e-3)
+    dx, dy = placed(out, rgba)
+    ys, xs = np.nonzero(rgba[..., 3] == 255)
+    assert not np.array_equal(out.pixels[ys + dy, xs + dx], rgba[ys, xs, :3])
+    assert np.allclose(light_gains(np.full((10, 10, 3), 80, np.uint8), 1.0), 1.0)
+
+
+def test_scene_is_decoded_once_with_exif_orientation(workspace: Path) -> None:
+    img = Image.fromarray(np.full((200, 400, 3), 120, np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display: 400×200 becomes 200×400
+    img.save(workspace / "rotated.jpg", exif=exif)
+    stage = make_stage(workspace, scene="rotated.jpg")
+    out = stage.run(Asset(cutout()))[0]
+    assert out.height > out.width and abs(out.width / out.height - 0.5) < 0.01
+    first = stage.scene_pixels()
+    stage.run(Asset(cutout()))
+    assert stage.scene_pixels() is first
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"scene": "missing.jpg"}, "place_in_scene.scene: file "),
+    ({}, "set exactly one of scene, colour or gradient, got none"),
+    ({"colour": "#ffffff", "gradient": ["#000000", "#ffffff"]}, "got colour, gradient"),
+])
+def test_validate_problems(workspace: Path, options: dict, problem: str) -> None:
+    opts = build(PlaceOptions, options, "place_in_scene", [])
+    problems = CompositePlace.validate(opts, "place_in_scene", Config(source=workspace / "config.yaml"))
+    assert len(problems) == 1 and problem in problems[0]
+    if "scene" in options:
+        assert str(workspace / "missing.jpg") in problems[0]
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"scale": 0}, "0 < scale ≤ 1"),
+    ({"scale": 1.5}, "0 < scale ≤ 1"),
+    ({"gradient": ["#000000"]}, "two colours"),
+    ({"gradient": ["#000000", "red"]}, "expected a colour"),
+    ({"anchor": "left"}, "expected one of"),
+])
+def test_option_problems(options: dict, problem: str) -> None:
+    errors: list[str] = []
+    build(PlaceOptions, options, "place_in_scene", errors)
+    assert len(errors) == 1 and problem in errors[0]
+
+
+def test_rgb_input_is_a_permanent_error(workspace: Path) -> None:
+    stage = make_stage(workspace, colour="#ffffff")
+    with pytest.raises(PermanentError, match="needs a cut-out: add remove_background"):
+        stage.run(Asset(np.zeros((50, 50, 3), np.uint8)))
+    with pytest.raises(PermanentError, match="fully transparent"):
+        stage.run(Asset(np.zeros((50, 50, 4), np.uint8)))
