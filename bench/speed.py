@@ -84,9 +84,9 @@ def child(work: Path, shot: Path) -> dict:
         shutil.rmtree(work / sub, ignore_errors=True)
     config = load_config(work / "config.yaml")
     rules = load_rules(config)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     (result,) = run_once(config, rules, [shot])
-    chain_seconds = time.perf_counter() - t0
+    chain_seconds, chain_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert result["status"] == "done", result
     rss_chain = peak_rss_mb()
     store = Store(config.database)
@@ -101,14 +101,16 @@ def child(work: Path, shot: Path) -> dict:
         with Image.open(o["path"]) as im:
             outputs.append((config.channels[o["channel"]], __import__("numpy").asarray(im.convert(
                 "RGBA" if im.mode == "RGBA" else "RGB"))))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     decode(read_input(shot), str(shot), config.input)
     decode_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     for channel, pixels in outputs:
         encode(pixels, channel, None)
-    encode_seconds = time.perf_counter() - t0
+    encode_seconds = time.perf_counter() - t1
+    codec_cpu = time.process_time() - c0
     return {"chain_seconds": chain_seconds, "decode_seconds": decode_seconds, "encode_seconds": encode_seconds,
+            "chain_cpu": chain_cpu, "codec_cpu": codec_cpu,
             "steps": steps, "peak_rss_mb": rss_chain, "outputs": len(outputs)}
 
 
@@ -143,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| whole job (read, decode, chain, encode, atomic writes, bookkeeping) | {best['chain_seconds']:.2f} s | |",
         f"| codec baseline: decode input + encode the same outputs | {codec:.2f} s "
         f"({best['decode_seconds']:.2f} + {best['encode_seconds']:.2f}) | |",
-        f"| ratio job / codec | **{ratio:.2f}×** | ≤ 4× ({'met' if ratio <= 4 else 'missed'}) |",
+        f"| ratio job / codec, wall clock | **{ratio:.2f}×** | ≤ 4× ({'met' if ratio <= 4 else 'missed'}) |",
+        f"| ratio job / codec, CPU time (the job encodes its outputs in parallel, the baseline one by one) | "
+        f"{best['chain_cpu'] / best['codec_cpu']:.2f}× ({best['chain_cpu']:.1f} s / {best['codec_cpu']:.1f} s) | |",
         f"| peak RSS of the process | **{rss:.0f} MB** | ≤ 2048 MB ({'met' if rss <= 2048 else 'missed'}) |",
         "",
         "Per step (seconds): " + ", ".join(f"{k} {v:.2f}" for k, v in best["steps"].items()),
