@@ -245,12 +245,11 @@ def _key_name(key: Any) -> str:
 
 
 def _free(value: Any) -> None:
-    """Drop a model's GPU memory promptly (pipelines hold their modules in several places)."""
-    for name in ("maybe_free_model_hooks",):
-        fn = getattr(value, name, None)
-        if callable(fn):
-            with contextlib.suppress(Exception):
-                fn()
+    """Detach a diffusers pipeline's offload hooks so its modules can be garbage-collected."""
+    fn = getattr(value, "maybe_free_model_hooks", None)
+    if callable(fn):
+        with contextlib.suppress(Exception):
+            fn()
 
 
 def apply_cache_dir(config: "Config") -> None:
@@ -335,7 +334,7 @@ def load_diffusers(manager: ModelManager, model: str) -> Any:
     folder = diffusers_folder(config, model)
     diffusers = require("diffusers", "the diffusers backend")
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    kwargs: dict[str, Any] = {"torch_dtype": manager.dtype, "local_files_only": True}
+    kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)  # studio product shots, no NSFW filter
     try:
@@ -355,6 +354,15 @@ def load_diffusers(manager: ModelManager, model: str) -> Any:
         else:
             pipe.to(manager.device)
     return pipe
+
+
+def _dtype_keyword() -> str:
+    """diffusers ≥ 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older versions only ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
 
 
 def _call_params(pipe: Any) -> set[str]:

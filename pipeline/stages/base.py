@@ -36,6 +36,9 @@ STAGE_MODULES = [
     "pipeline.stages.place_in_scene",
     "pipeline.stages.crops",
     "pipeline.stages.upscale",
+    "pipeline.stages.rembg_backend",
+    "pipeline.stages.diffusion",
+    "pipeline.stages.spandrel_upscale",
 ]
 
 

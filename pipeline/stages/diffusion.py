@@ -24,9 +24,10 @@ from ..models import gpu_errors, load_diffusers, manager_for
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, StageContext, register
+from .crops import register_fill
+from .framing import Box, place_subject, subject_box
+from .place_in_scene import SUBJECT_ALPHA, composite
 
-ANCHORS = ("keep", "center", "top", "bottom", "left", "right", "top-left", "top-right", "bottom-left",
-           "bottom-right")
 FILL_PROMPT = "the same background, continued seamlessly, same lighting and texture, photograph"
 FILL_NEGATIVE = "text, watermark, logo, frame, border, people, new objects, blurry"
 _NEUTRAL = 128  # grey under areas the model must invent (with strength 1 it only seeds the noise)
@@ -41,44 +42,6 @@ def generation_size(width: int, height: int, native: int, multiple: int) -> tupl
     gw = max(multiple, int(round(width * s / multiple)) * multiple)
     gh = max(multiple, int(round(height * s / multiple)) * multiple)
     return gw, gh
-
-
-def scene_layout(canvas: tuple[int, int], box: tuple[int, int, int, int], scale: float | None, anchor: str,
-                 margin: float) -> tuple[int, int, int, int]:
-    """Where the subject goes: (scene width, scene height, x, y of the subject box's top-left).
-
-    The subject is never resampled: with ``scale`` the scene is sized around it (the box spans
-    ``scale`` of the scene's width or height, whichever binds, at the input canvas's aspect);
-    without, the scene is the input canvas. ``anchor`` keep leaves the subject where it was
-    (centred when the scene was resized); others push it to that side, ``margin`` (a fraction of
-    the scene) away from the edge.
-    """
-    cw, ch = canvas
-    x0, y0, x1, y1 = box
-    bw, bh = x1 - x0, y1 - y0
-    if scale is None:
-        w, h = cw, ch
-    else:
-        aspect = cw / ch
-        w = max(bw / scale, bh / scale * aspect)
-        w, h = int(math.ceil(w)), int(math.ceil(w / aspect))
-        w, h = max(w, bw), max(h, bh)
-    if anchor == "keep":
-        x, y = (x0, y0) if scale is None else ((w - bw) // 2, (h - bh) // 2)
-    else:
-        x, y = (w - bw) // 2, (h - bh) // 2
-        mx, my = int(round(margin * w)), int(round(margin * h))
-        if "top" in anchor:
-            y = my
-        if "bottom" in anchor:
-            y = h - bh - my
-        if "left" in anchor:
-            x = mx
-        if "right" in anchor:
-            x = w - bw - mx
-    x = min(max(x, 0), w - bw)
-    y = min(max(y, 0), h - bh)
-    return w, h, x, y
 
 
 # ------------------------------------------------------------------------------- the pipeline
@@ -156,21 +119,23 @@ class DiffusersSceneOptions:
     seed: int | None = opt(None, min=0, doc="noise seed: the same seed gives the same scene; null: random "
                                             "(recorded in the manifest)")
     steps: int = opt(30, min=1, max=200, doc="denoising steps")
-    guidance: float | None = opt(None, min=0.0, doc="prompt guidance scale; null: the pipeline's default")
+    guidance: float | None = opt(None, min=0.0, max=100.0,
+                                 doc="prompt guidance scale; null: the pipeline's default (7.5 SD, 30 FLUX Fill)")
     variations: int = opt(1, min=1, max=4, doc="scenes generated per input (seeds seed, seed+1, ...)")
     strength: float = opt(1.0, min=0.01, max=1.0,
                           doc="1: a new background; lower keeps more of the input's original backdrop")
-    scale: float | None = opt(None, min=0.05, max=1.0,
-                              doc="the subject spans this fraction of the scene (width or height, whichever "
-                                  "binds); the scene is sized around it; null: the input canvas")
-    anchor: str = opt("keep", choices=ANCHORS, doc="where the subject sits: keep (where it was) | center | top | "
-                                                   "bottom | left | right | top-left | ... | bottom-right")
-    margin: float = opt(0.05, min=0.0, max=0.45, doc="gap between the subject and the anchored edge(s), as a "
-                                                     "fraction of the scene")
+    anchor: str = opt("bottom", choices=("bottom", "center", "top"),
+                      doc="where the subject sits: bottom (standing on the bottom margin) | center | top")
+    scale: float = opt(0.6, min=0.01, max=1.0,
+                       doc="subject box size as a fraction of the output, along its limiting side (0 < s ≤ 1)")
+    margin: float = opt(0.05, min=0.0, max=0.45, doc="space kept between the subject and the edges, "
+                                                     "as a fraction of the output's side")
 
 
 @register
 class DiffusersScene(Stage):
+    """Generate the scene around the subject; the subject itself is composited back 1:1."""
+
     step = "place_in_scene"
     backend = "diffusers"
     Options = DiffusersSceneOptions
@@ -182,102 +147,82 @@ class DiffusersScene(Stage):
     def run(self, asset: Asset) -> list[Asset]:
         o = self.options
         if not asset.has_alpha:
-            raise PermanentError("place_in_scene backend diffusers needs a cut-out (RGBA) image: run "
-                                 "remove_background first")
-        alpha = asset.pixels[..., 3]
-        ys, xs = np.nonzero(alpha)
-        if ys.size == 0:
-            raise PermanentError("place_in_scene: the cut-out is fully transparent (no subject)")
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        w, h, x, y = scene_layout((asset.width, asset.height), box, o.scale, o.anchor, o.margin)
-        x0, y0, x1, y1 = box
-        subject = asset.pixels[y0:y1, x0:x1]
-        bw, bh = x1 - x0, y1 - y0
+            raise PermanentError("place_in_scene backend diffusers needs a cut-out (RGBA image): add "
+                                 "remove_background before it or drop a PNG with transparency")
+        pixels = asset.pixels
+        top = max_value(pixels)
+        alpha = pixels[..., 3]
+        subject = subject_box(alpha, int(SUBJECT_ALPHA * top))
+        if subject is None:
+            raise PermanentError("place_in_scene: the cut-out is fully transparent: no subject to place")
+        place = place_subject(subject.width, subject.height, asset.width / asset.height, o.scale, o.margin, o.anchor)
+        w, h = place.out_w, place.out_h
+        ox, oy = place.x - subject.x0, place.y - subject.y0
 
         pipe = diffusion_pipeline(self.ctx, o.model)
         native, multiple = native_geometry(pipe)
         gw, gh = generation_size(w, h, native, multiple)
-        init, mask = self._model_inputs(asset, subject, (w, h), (x, y), box, (gw, gh))
+        init, mask = model_inputs(pixels, (w, h), (ox, oy), (gw, gh))
         model_name = o.model or self.ctx.config.models.diffusers
+        matte = np.zeros((h, w), np.uint8)
+        inside = Box(0, 0, asset.width, asset.height).shift(ox, oy).intersect(Box(0, 0, w, h))
+        if inside is not None:
+            src = inside.shift(-ox, -oy)
+            matte[inside.y0:inside.y1, inside.x0:inside.x1] = to_dtype(alpha[src.y0:src.y1, src.x0:src.x1], np.uint8)
 
         results = []
         for i, seed in enumerate(_seeds(o.seed, o.variations)):
             with gpu_errors(f"place_in_scene {model_name}"):
                 gen = inpaint(pipe, init, mask, prompt=o.prompt, negative_prompt=o.negative_prompt, seed=seed,
                               steps=o.steps, guidance=o.guidance, strength=o.strength)
-            scene = resize(to_dtype(gen, asset.pixels.dtype), (w, h))
-            composite_subject(scene, subject, x, y)
-            matte = np.zeros((h, w), np.uint8)
-            matte[y:y + bh, x:x + bw] = to_dtype(subject[..., 3], np.uint8)
-            result = asset.derive(scene, matte)
+            scene = resize(to_dtype(gen, pixels.dtype), (w, h))
+            composite(scene, pixels, ox, oy)
+            result = asset.derive(scene, matte.copy())
             result.notes["place_in_scene"] = {
                 "backend": "diffusers", "model": model_name, "pipeline": type(pipe).__name__, "seed": seed,
                 "variation": i + 1, "variations": o.variations, "steps": o.steps, "guidance": o.guidance,
-                "strength": o.strength, "prompt": o.prompt, "generated_at": [gw, gh],
-                "subject_at": [x, y, x + bw, y + bh],
+                "strength": o.strength, "prompt": o.prompt, "generated_at": [gw, gh], "size": [w, h],
+                "scale": round(place.scale, 4),
+                "subject_box": [place.x, place.y, place.x + subject.width, place.y + subject.height],
             }
             results.append(result)
         return results
 
-    @staticmethod
-    def _model_inputs(asset: Asset, subject: np.ndarray, size: tuple[int, int], at: tuple[int, int],
-                      box: tuple[int, int, int, int], gsize: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """The model-resolution init image and mask (255 = generate, 0 = the subject's opaque core)."""
-        w, h = size
-        x, y = at
-        gw, gh = gsize
-        sx, sy = gw / w, gh / h
-        # init: the input's own pixels (its original backdrop survives under alpha 0) when the
-        # canvas is unchanged, neutral grey elsewhere; built at model resolution only.
-        init = np.full((gh, gw, 3), _NEUTRAL, np.uint8)
-        x0, y0, x1, y1 = box
-        dx, dy = x - x0, y - y0
-        # the input canvas placed in the scene, clipped to it
-        cx0, cy0 = max(0, dx), max(0, dy)
-        cx1, cy1 = min(w, dx + asset.width), min(h, dy + asset.height)
-        gx0, gy0 = int(round(cx0 * sx)), int(round(cy0 * sy))
-        gx1, gy1 = max(gx0 + 1, int(round(cx1 * sx))), max(gy0 + 1, int(round(cy1 * sy)))
-        part = asset.pixels[cy0 - dy:cy1 - dy, cx0 - dx:cx1 - dx, :3]
-        init[gy0:gy1, gx0:gx1] = to_dtype(resize(part, (gx1 - gx0, gy1 - gy0)), np.uint8)
-        coverage = np.zeros((gh, gw), np.float32)
-        sub_a = subject[..., 3].astype(np.float32) / max_value(subject)
-        bx0, by0 = int(round(x * sx)), int(round(y * sy))
-        bx1 = max(bx0 + 1, int(round((x + subject.shape[1]) * sx)))
-        by1 = max(by0 + 1, int(round((y + subject.shape[0]) * sy)))
-        coverage[by0:by1, bx0:bx1] = cv2.resize(sub_a, (bx1 - bx0, by1 - by0), interpolation=cv2.INTER_AREA)
-        # the model keeps only pixels that are solidly subject; soft edges are regenerated and
-        # then covered again by the full-resolution composite
-        mask = np.where(coverage >= 0.98, 0, 255).astype(np.uint8)
-        subj_small = to_dtype(resize(subject, (bx1 - bx0, by1 - by0)), np.uint8)
-        a = coverage[by0:by1, bx0:bx1, None]
-        region = init[by0:by1, bx0:bx1].astype(np.float32)
-        init[by0:by1, bx0:bx1] = np.rint(region * (1 - a) + subj_small[..., :3].astype(np.float32) * a).astype(
-            np.uint8)
-        return init, mask
 
+def model_inputs(pixels: np.ndarray, size: tuple[int, int], offset: tuple[int, int],
+                 gsize: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The model-resolution init image and mask (255 = generate) for a cut-out placed at ``offset``.
 
-def composite_subject(scene: np.ndarray, subject: np.ndarray, x: int, y: int, band: int = 512) -> None:
-    """Alpha-composite a straight-alpha RGBA ``subject`` onto opaque RGB ``scene`` in place.
-
-    Works in row bands (bounded float32 memory). Pixels with full alpha are copied exactly.
+    The init is the cut-out's own RGB where its canvas lands (its original backdrop often survives
+    under alpha 0, which ``strength`` < 1 keeps), neutral grey elsewhere. The mask keeps only
+    pixels that are solidly subject: soft edges are regenerated, then covered again by the
+    full-resolution composite. Everything is resized straight from the integer arrays.
     """
-    top = float(max_value(subject))
-    h, w = subject.shape[:2]
-    for r0 in range(0, h, band):
-        r1 = min(h, r0 + band)
-        sub = subject[r0:r1]
-        dst = scene[y + r0:y + r1, x:x + w]
-        a = sub[..., 3:4].astype(np.float32) / top
-        mixed = dst.astype(np.float32) * (1.0 - a) + sub[..., :3].astype(np.float32) * a
-        out = np.clip(np.rint(mixed), 0, top).astype(scene.dtype)
-        opaque = sub[..., 3] == max_value(subject)
-        out[opaque] = sub[..., :3][opaque]
-        dst[...] = out
+    w, h = size
+    ox, oy = offset
+    gw, gh = gsize
+    sx, sy = gw / w, gh / h
+    init = np.full((gh, gw, 3), _NEUTRAL, np.uint8)
+    coverage = np.zeros((gh, gw), np.float32)
+    ph, pw = pixels.shape[:2]
+    inside = Box(0, 0, pw, ph).shift(ox, oy).intersect(Box(0, 0, w, h))
+    if inside is not None:
+        src = inside.shift(-ox, -oy)
+        gx0, gy0 = int(round(inside.x0 * sx)), int(round(inside.y0 * sy))
+        gx1 = min(gw, max(gx0 + 1, int(round(inside.x1 * sx))))
+        gy1 = min(gh, max(gy0 + 1, int(round(inside.y1 * sy))))
+        part = pixels[src.y0:src.y1, src.x0:src.x1]
+        small = cv2.resize(np.ascontiguousarray(part), (gx1 - gx0, gy1 - gy0), interpolation=cv2.INTER_AREA)
+        init[gy0:gy1, gx0:gx1] = to_dtype(small[..., :3], np.uint8)
+        coverage[gy0:gy1, gx0:gx1] = small[..., 3].astype(np.float32) / max_value(pixels)
+    mask = np.where(coverage >= 0.98, 0, 255).astype(np.uint8)
+    return init, mask
 
 
 # ------------------------------------------------------------------------------- crops fill
 
 
+@register_fill("generate")
 def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: StageContext) -> np.ndarray:
     """``crops`` fill ``generate``: invent the canvas outside ``known`` with the inpainting model.
 
@@ -306,7 +251,7 @@ def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: Stag
     mask = np.maximum(mask, unknown_small)
 
     model_name = getattr(options, "model", None) or ctx.config.models.diffusers
-    seed = _seeds(getattr(options, "seed", None), 1)[0]
+    seed = getattr(options, "seed", None) or 0  # the crops step's documented default
     with gpu_errors(f"crops fill generate {model_name}"):
         gen = inpaint(pipe, init, mask, prompt=getattr(options, "prompt", None) or FILL_PROMPT,
                       negative_prompt=getattr(options, "negative_prompt", None) or FILL_NEGATIVE, seed=seed,
@@ -337,14 +282,3 @@ def seam_corrected(gen: np.ndarray, original: np.ndarray, known: np.ndarray, fea
     dist = cv2.distanceTransform((~known).astype(np.uint8), cv2.DIST_L2, 3)
     fade = np.exp(-dist / feather)[..., None]
     return np.clip(gen + corr * fade, 0.0, 1.0)
-
-
-def _register_fill() -> None:
-    from . import crops
-
-    register_fill = getattr(crops, "register_fill", None)
-    if register_fill is not None:
-        register_fill("generate")(generate_fill)
-
-
-_register_fill()

@@ -18,6 +18,7 @@ from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_mo
 from ..pixels import max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
+from .remove_background import decontaminate_edges, trim_box
 
 
 @dataclass
@@ -30,7 +31,8 @@ class RembgOptions:
                                    doc="alpha matting: pixels around the mask edge treated as unknown")
     post_process_mask: bool = opt(False, doc="smooth the model's mask (morphological clean-up) before use")
     decontaminate: bool = opt(True, doc="remove the backdrop's colour from semi-transparent edge pixels")
-    trim: bool = opt(False, doc="crop the canvas to the subject's bounding box (default: keep the input canvas)")
+    trim: bool = opt(False, doc="crop the cut-out to the subject plus trim_margin (default: keep the input canvas)")
+    trim_margin: int = opt(0, min=0, max=10000, doc="pixels kept around the subject when trim is on")
 
 
 @register
@@ -82,11 +84,11 @@ class RembgBackground(Stage):
         matte = mask8
         notes = {"backend": "rembg", "model": self.model_name, "alpha_matting": self.options.alpha_matting}
         if self.options.trim:
-            box = subject_box(mask8)
-            assert box is not None  # mask8.any() above
-            x0, y0, x1, y1 = box
-            rgba, matte = rgba[y0:y1, x0:x1], matte[y0:y1, x0:x1]
-            notes["trim"] = [x0, y0, x1, y1]
+            box = trim_box(mask8, self.options.trim_margin)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                rgba, matte = rgba[y0:y1, x0:x1], matte[y0:y1, x0:x1]
+                notes["trim"] = [x0, y0, x1, y1]
         result = asset.derive(np.ascontiguousarray(rgba), np.ascontiguousarray(matte))
         result.notes["remove_background"] = notes
         return [result]
@@ -109,19 +111,9 @@ class RembgBackground(Stage):
 
 def _decontaminated(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The studio backend's edge decontamination, with opaque pixels forced back to the input."""
-    from .remove_background import decontaminate_edges
-
     out = decontaminate_edges(rgb, alpha)
     opaque = alpha == max_value(alpha)
     out = np.array(out, dtype=rgb.dtype, copy=True)
     out[opaque] = rgb[opaque]
     return out
 
-
-def subject_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of the non-zero mask pixels, exclusive end; None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -1,0 +1,222 @@
+"""upscale backend ``spandrel``: a super-resolution network (Real-ESRGAN, SwinIR, HAT, SPAN, ...),
+architecture auto-detected from the weights file by spandrel's ModelLoader.
+
+The image is processed in overlapping tiles blended with linear feathers, and the output is built
+one row of tiles at a time, so any image size runs in bounded memory: only the final image and
+one tile row of float accumulators exist at once. When the requested size is not the model's
+fixed scale, each tile's output is resampled into place (the feathered overlaps hide the tile
+borders of that resampling). On a CUDA out-of-memory the tile size halves and the image is redone.
+Alpha and matte are resized separately (Lanczos / linear). The subject is necessarily resampled
+here: ``Asset.scale`` records the factor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from ..errors import TransientError
+from ..models import empty_cuda_cache, gpu_errors, is_cuda_oom, load_spandrel, manager_for
+from ..pixels import max_value, resize_mask
+from ..schema import opt
+from .base import Asset, Stage, register
+
+MIN_TILE = 64
+
+
+# ------------------------------------------------------------------------------ pure geometry
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering [0, length) with at least ``overlap`` shared."""
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, length - tile + 1, step))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def target_size(width: int, height: int, long_edge: int | None, factor: float | None,
+                model_scale: int) -> tuple[int, int]:
+    """The output size: ``long_edge`` wins, then ``factor``, else the model's own scale."""
+    if long_edge is not None:
+        f = long_edge / max(width, height)
+    elif factor is not None:
+        f = factor
+    else:
+        f = float(model_scale)
+    return max(1, int(round(width * f))), max(1, int(round(height * f)))
+
+
+def feather(n: int, ramp: float, start: bool, end: bool) -> np.ndarray:
+    """1-D blend weights of length ``n``: linear ramps of ``ramp`` px at the sides that have a neighbour."""
+    i = np.arange(n, dtype=np.float32) + 0.5
+    w = np.ones(n, np.float32)
+    if ramp > 0:
+        if start:
+            w = np.minimum(w, i / ramp)
+        if end:
+            w = np.minimum(w, (n - i) / ramp)
+    return np.maximum(w, 1e-3)
+
+
+# ----------------------------------------------------------------------------------- tiling
+
+
+class TileOutOfMemory(Exception):
+    """A tile did not fit on the GPU; the caller retries with smaller tiles."""
+
+
+def tiled_upscale(rgb: np.ndarray, run: Callable[[np.ndarray], np.ndarray], model_scale: int,
+                  size: tuple[int, int], tile: int, overlap: int) -> np.ndarray:
+    """Upscale H×W×3 ``rgb`` (uint8/uint16) to ``size`` (w, h) through ``run`` tile by tile.
+
+    ``run`` maps a float32 h×w×3 tile in 0..1 to a (h·s)×(w·s)×3 float32 array (s = model_scale).
+    Output has the input's dtype. Memory: the output plus one row of tiles in float32.
+    """
+    h, w = rgb.shape[:2]
+    tw_out, th_out = size
+    fx, fy = tw_out / w, th_out / h
+    top = float(max_value(rgb))
+    overlap = min(overlap, tile // 4)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    out = np.empty((th_out, tw_out, 3), rgb.dtype)
+    carry: tuple[np.ndarray, np.ndarray] | None = None
+
+    def ty(v: int) -> int:
+        return int(round(v * fy))
+
+    def tx(v: int) -> int:
+        return int(round(v * fx))
+
+    for r, y in enumerate(ys):
+        y1 = min(h, y + tile)
+        Y0, Y1 = ty(y), ty(y1)
+        acc = np.zeros((Y1 - Y0, tw_out, 3), np.float32)
+        wsum = np.zeros((Y1 - Y0, tw_out, 1), np.float32)
+        if carry is not None:
+            n = carry[0].shape[0]
+            acc[:n] += carry[0]
+            wsum[:n] += carry[1]
+        wy = feather(Y1 - Y0, overlap * fy, start=r > 0, end=r < len(ys) - 1)
+        for c, x in enumerate(xs):
+            x1 = min(w, x + tile)
+            X0, X1 = tx(x), tx(x1)
+            piece = rgb[y:y1, x:x1].astype(np.float32) / top
+            up = run(piece)
+            if up.shape[:2] != (Y1 - Y0, X1 - X0):
+                shrink = up.shape[0] > Y1 - Y0
+                up = cv2.resize(up, (X1 - X0, Y1 - Y0), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+            wx = feather(X1 - X0, overlap * fx, start=c > 0, end=c < len(xs) - 1)
+            weight = wy[:, None, None] * wx[None, :, None]
+            acc[:, X0:X1] += up * weight
+            wsum[:, X0:X1] += weight
+        done = ty(ys[r + 1]) - Y0 if r + 1 < len(ys) else Y1 - Y0
+        final = acc[:done] / wsum[:done]
+        out[Y0:Y0 + done] = np.clip(np.rint(final * top), 0, top).astype(rgb.dtype)
+        carry = (acc[done:], wsum[done:])
+    return out
+
+
+# ------------------------------------------------------------------------------------ stage
+
+
+@dataclass
+class SpandrelOptions:
+    model: str | None = opt(None, doc="super-resolution weights (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, "
+                                      "...), architecture auto-detected; default: models.spandrel")
+    long_edge: int | None = opt(None, min=16, doc="make the long edge this many pixels (wins over factor)")
+    factor: float | None = opt(None, min=1.0, max=16.0, doc="enlarge by this factor; neither set: the model's scale")
+    tile: int = opt(512, min=MIN_TILE, max=4096, doc="tile size in input pixels (halved automatically on GPU "
+                                                     "out-of-memory)")
+    overlap: int = opt(32, min=0, max=512, doc="pixels shared by neighbouring tiles, blended with a feather")
+
+
+@register
+class SpandrelUpscale(Stage):
+    step = "upscale"
+    backend = "spandrel"
+    Options = SpandrelOptions
+    needs_models = True
+
+    def __init__(self, options: Any, ctx: Any):
+        super().__init__(options, ctx)
+        self._tile = options.tile
+
+    @classmethod
+    def validate(cls, options: SpandrelOptions, where: str, ctx_config: Any) -> list[str]:
+        path = options.model or ctx_config.models.spandrel
+        if not path:
+            return [f"{where}.model: required (or set models.spandrel in the config): a .pth/.safetensors file"]
+        if not ctx_config.resolve(path).is_file():
+            return [f"{where}.model: file {ctx_config.resolve(path)} not found"]
+        if options.long_edge is not None and options.factor is not None:
+            return [f"{where}: set long_edge or factor, not both"]
+        return []
+
+    @property
+    def model_path(self) -> str:
+        path = self.options.model or self.ctx.config.models.spandrel
+        return str(self.ctx.config.resolve(path))
+
+    def _model(self) -> Any:
+        manager = manager_for(self.ctx)
+        path = self.model_path
+        return manager.get(("spandrel", path), lambda: load_spandrel(manager, path))
+
+    def prepare(self) -> None:
+        self._model()
+
+    def run(self, asset: Asset) -> list[Asset]:
+        model = self._model()
+        o = self.options
+        size = target_size(asset.width, asset.height, o.long_edge, o.factor, model.scale)
+        factor = size[0] / asset.width
+        if size[0] <= asset.width and size[1] <= asset.height:
+            result = asset.derive(asset.pixels, asset.matte)
+            result.notes["upscale"] = {"backend": "spandrel", "skipped": "already at or above the requested size"}
+            return [result]
+        run = self._runner(model)
+        rgb = asset.pixels[..., :3]
+        while True:
+            try:
+                with gpu_errors(f"upscale {model.architecture.id}"):
+                    up = tiled_upscale(rgb, run, model.scale, size, self._tile, o.overlap)
+                break
+            except TileOutOfMemory:
+                empty_cuda_cache()
+                if self._tile // 2 < MIN_TILE:
+                    raise TransientError(f"upscale: GPU out of memory even with {self._tile}px tiles; will retry")
+                self._tile //= 2
+                self.ctx.log.warning("upscale: GPU out of memory; retrying with %dpx tiles", self._tile)
+        if asset.has_alpha:
+            alpha = cv2.resize(asset.pixels[..., 3], size, interpolation=cv2.INTER_LANCZOS4)
+            up = np.dstack([up, alpha])
+        matte = resize_mask(asset.matte, size) if asset.matte is not None else None
+        result = asset.derive(up, matte, scale=asset.scale * factor)
+        result.notes["upscale"] = {
+            "backend": "spandrel", "model": self.model_path, "architecture": model.architecture.id,
+            "model_scale": model.scale, "factor": round(factor, 6), "size": list(size), "tile": self._tile,
+        }
+        return [result]
+
+    def _runner(self, model: Any) -> Callable[[np.ndarray], np.ndarray]:
+        import torch
+
+        def run(piece: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(piece.transpose(2, 0, 1)))[None]
+            try:
+                with torch.inference_mode():
+                    y = model(t.to(model.device, model.dtype))
+                    return y[0].float().clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
+            except Exception as exc:
+                if is_cuda_oom(exc):
+                    raise TileOutOfMemory() from exc
+                raise
+
+        return run
+

@@ -1,0 +1,142 @@
+"""place_in_scene backend diffusers and the crops fill generate, on tiny saved pipelines (CPU, offline)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PermanentError
+from pipeline.stages.base import Asset, StageContext
+from pipeline.stages.crops import FILLS
+from pipeline.stages.diffusion import (DiffusersScene, DiffusersSceneOptions, generate_fill, generation_size,
+                                       seam_corrected)
+from pipeline.stages.framing import place_subject
+from tinymodels import make_config, netguard, tiny_flux_fill, tiny_sd_inpaint  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("netguard")
+
+
+def cutout(h: int = 96, w: int = 80, dtype: type = np.uint8) -> np.ndarray:
+    """A dark product with a soft edge on a transparent canvas (the backdrop RGB kept under alpha 0)."""
+    img = np.zeros((h, w, 4), np.uint8)
+    img[..., :3] = 240
+    yy, xx = np.mgrid[0:h, 0:w]
+    img[30:62, 20:52, :3] = np.stack([(xx * 3) % 90, (yy * 5) % 70, (xx + yy) % 50], -1)[30:62, 20:52]
+    img[30:62, 20:52, 3] = 255
+    img[29, 20:52, 3] = 128  # a soft edge row
+    img[29, 20:52, :3] = 60
+    return img.astype(np.uint16) * 257 if dtype == np.uint16 else img
+
+
+def scene_stage(tmp_path, model, **opts) -> DiffusersScene:
+    config = make_config(tmp_path, diffusers=str(model))
+    options = DiffusersSceneOptions(**{"prompt": "on the sand", "steps": 2, "seed": 7, **opts})
+    return DiffusersScene(options, StageContext(config))
+
+
+def test_generation_size_keeps_aspect_at_native_area():
+    assert generation_size(6000, 4000, 1024, 64) == (1280, 832)
+    assert generation_size(1000, 1000, 512, 64) == (512, 512)
+    w, h = generation_size(1080, 1920, 1024, 16)
+    assert w % 16 == 0 and h % 16 == 0 and abs(w / h - 1080 / 1920) < 0.03
+
+
+def placed(out: Asset, src: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The output's subject box, the cut-out's pixels in its own subject box, and their opaque mask."""
+    x0, y0, x1, y1 = out.notes["place_in_scene"]["subject_box"]
+    top = 65535 if src.dtype == np.uint16 else 255
+    ys, xs = np.nonzero(src[..., 3] > 0.1 * top)
+    box = src[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return out.pixels[y0:y1, x0:x1], box[..., :3], box[..., 3] == top
+
+
+def test_scene_keeps_subject_pixels_exactly(tmp_path):
+    stage = scene_stage(tmp_path, tiny_sd_inpaint(), scale=0.9, anchor="center", margin=0.0)
+    stage.prepare()
+    src = cutout()
+    (out,) = stage.run(Asset(src))
+    expected = place_subject(32, 33, 80 / 96, 0.9, 0.0, "center")
+    assert out.pixels.shape == (expected.out_h, expected.out_w, 3)
+    region, subject, opaque = placed(out, src)
+    np.testing.assert_array_equal(region[opaque], subject[opaque])
+    assert not np.array_equal(region[~opaque], subject[~opaque])  # the soft edge is composited
+    assert out.matte.max() == 255 and (out.matte > 0).sum() == (src[..., 3] > 0).sum()
+    note = out.notes["place_in_scene"]
+    assert note["seed"] == 7 and note["pipeline"] == "StableDiffusionInpaintPipeline"
+
+
+def test_fill_is_registered_with_crops():
+    assert FILLS["generate"] is generate_fill
+
+
+def test_scene_same_seed_same_output_and_variations_differ(tmp_path):
+    stage = scene_stage(tmp_path, tiny_sd_inpaint(), variations=2)
+    first = stage.run(Asset(cutout()))
+    again = stage.run(Asset(cutout()))
+    assert len(first) == 2
+    np.testing.assert_array_equal(first[0].pixels, again[0].pixels)
+    assert not np.array_equal(first[0].pixels, first[1].pixels)
+    assert [a.notes["place_in_scene"]["seed"] for a in first] == [7, 8]
+
+
+def test_scene_16bit_subject_exact(tmp_path):
+    stage = scene_stage(tmp_path, tiny_sd_inpaint(), scale=0.5, anchor="bottom", margin=0.0)
+    src = cutout(dtype=np.uint16)
+    (out,) = stage.run(Asset(src))
+    assert out.pixels.dtype == np.uint16
+    region, subject, opaque = placed(out, src)
+    np.testing.assert_array_equal(region[opaque], subject[opaque])
+
+
+def test_scene_needs_a_cutout(tmp_path):
+    stage = scene_stage(tmp_path, tiny_sd_inpaint())
+    with pytest.raises(PermanentError, match="RGBA"):
+        stage.run(Asset(np.zeros((32, 32, 3), np.uint8)))
+
+
+def test_flux_fill_pipeline_loads_and_keeps_subject(tmp_path):
+    stage = scene_stage(tmp_path, tiny_flux_fill(), negative_prompt="ignored by flux", scale=0.8)
+    src = cutout(64, 64)
+    (out,) = stage.run(Asset(src))
+    assert out.notes["place_in_scene"]["pipeline"] == "FluxFillPipeline"
+    region, subject, opaque = placed(out, src)
+    np.testing.assert_array_equal(region[opaque], subject[opaque])
+
+
+class FillOptions:
+    """The generation fields the crops step's options carry."""
+
+    def __init__(self, model, **kw):
+        self.model = str(model)
+        self.prompt = kw.get("prompt")
+        self.negative_prompt = None
+        self.seed = kw.get("seed", 3)
+        self.steps = 2
+        self.guidance = None
+
+
+def test_generate_fill_keeps_known_pixels_and_is_deterministic(tmp_path):
+    ctx = StageContext(make_config(tmp_path))
+    rng = np.random.default_rng(0)
+    canvas = np.zeros((72, 128, 3), np.uint8)
+    canvas[:, 32:96] = rng.integers(90, 160, (72, 64, 3), dtype=np.uint8)
+    known = np.zeros((72, 128), bool)
+    known[:, 32:96] = True
+    opts = FillOptions(tiny_sd_inpaint())
+    out = generate_fill(canvas, known, opts, ctx)
+    assert out.shape == canvas.shape and out.dtype == canvas.dtype
+    np.testing.assert_array_equal(out[known], canvas[known])
+    assert out[~known].std() > 0  # something was generated
+    np.testing.assert_array_equal(generate_fill(canvas, known, opts, ctx), out)
+    rgba = np.dstack([canvas, np.where(known, 255, 0).astype(np.uint8)])
+    out4 = generate_fill(rgba, known, opts, ctx)
+    assert (out4[..., 3] == 255).all()
+
+
+def test_seam_correction_meets_the_original_at_the_seam():
+    known = np.zeros((32, 64), bool)
+    known[:, :32] = True
+    original = np.full((32, 64, 3), 0.6, np.float32)
+    gen = np.full((32, 64, 3), 0.2, np.float32)  # the model got the brightness wrong
+    out = seam_corrected(gen, original, known, feather=8.0)
+    assert abs(out[16, 32, 0] - 0.6) < 0.12  # next to the seam: close to the original
+    assert abs(out[16, 63, 0] - 0.2) < 0.05  # far away: the model's own colour

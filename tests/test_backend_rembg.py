@@ -1,0 +1,80 @@
+"""remove_background backend rembg: a tiny ONNX segmentation model through rembg's custom session."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.stages.base import Asset, StageContext
+from pipeline.stages.rembg_backend import RembgBackground, RembgOptions
+from tinymodels import make_config, netguard, tiny_dark_subject_onnx  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("netguard")
+
+
+@pytest.fixture
+def rembg_home(tmp_path, monkeypatch):
+    home = tmp_path / "rembg-home"
+    home.mkdir()
+    monkeypatch.setenv("REMBG_HOME", str(home))
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    return home
+
+
+def product_shot(h: int = 120, w: int = 160) -> np.ndarray:
+    """A dark, textured product on a white backdrop."""
+    img = np.full((h, w, 3), 250, np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = (np.abs(xx - w / 2) < w / 5) & (np.abs(yy - h / 2) < h / 4)
+    img[inside] = np.stack([20 + xx % 30, 30 + yy % 20, 25 + (xx + yy) % 25], -1)[inside]
+    return img
+
+
+def stage_for(tmp_path, **opts) -> RembgBackground:
+    config = make_config(tmp_path)
+    options = RembgOptions(**{"model": str(tiny_dark_subject_onnx()), **opts})
+    return RembgBackground(options, StageContext(config))
+
+
+def test_cutout_keeps_opaque_pixels_and_reuses_the_session(tmp_path, rembg_home):
+    stage = stage_for(tmp_path)
+    stage.prepare()
+    src = product_shot()
+    (out,) = stage.run(Asset(src))
+    (again,) = stage.run(Asset(src))
+    assert stage.ctx.models.loaded() == [("rembg", str(tiny_dark_subject_onnx()))]
+    assert out.pixels.shape == (120, 160, 4) and out.pixels.dtype == np.uint8
+    alpha = out.pixels[..., 3]
+    opaque = alpha == 255
+    assert opaque[50:70, 70:90].all() and (alpha[:10, :10] == 0).all()
+    np.testing.assert_array_equal(out.pixels[..., :3][opaque], src[opaque])
+    np.testing.assert_array_equal(out.matte, alpha)
+    np.testing.assert_array_equal(again.pixels, out.pixels)
+    assert out.notes["remove_background"]["backend"] == "rembg"
+    # rembg refuses model paths outside its home: the file was linked inside it
+    assert list((rembg_home / "models" / "custom").iterdir())
+
+
+def test_uint16_trim_and_matting(tmp_path, rembg_home):
+    stage = stage_for(tmp_path, trim=True, trim_margin=2, alpha_matting=True, alpha_matting_erode=3)
+    src = product_shot().astype(np.uint16) * 257
+    (out,) = stage.run(Asset(src))
+    assert out.pixels.dtype == np.uint16
+    x0, y0, x1, y1 = out.notes["remove_background"]["trim"]
+    assert out.pixels.shape[:2] == (y1 - y0, x1 - x0) < (120, 160)
+    opaque = out.pixels[..., 3] == 65535
+    assert opaque.any()
+    np.testing.assert_array_equal(out.pixels[..., :3][opaque], src[y0:y1, x0:x1][opaque])
+
+
+def test_missing_models_are_config_errors(tmp_path, rembg_home):
+    config = make_config(tmp_path)
+    problems = RembgBackground.validate(RembgOptions(model="models/missing.onnx"), "steps[0].remove_background",
+                                        config)
+    assert "missing.onnx" in problems[0]
+    stage = RembgBackground(RembgOptions(model="isnet-general-use"), StageContext(config))
+    with pytest.raises(ConfigError, match="assetd models pull --config"):
+        stage.prepare()  # not downloaded: fails fast, never downloads
+    bad = RembgBackground(RembgOptions(model="no-such-model"), StageContext(config))
+    with pytest.raises(ConfigError, match="birefnet-general"):
+        bad.prepare()
