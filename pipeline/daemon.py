@@ -68,6 +68,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self._check_models()
         self.lock.acquire()
         store = self.store = Store(self.config.database)
         recovered = store.recover_orphans()
@@ -89,6 +90,18 @@ class Daemon:
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _check_models(self) -> None:
+        """A configured model that does not load offline stops the daemon before it takes any file."""
+        from .stages.base import stage_class
+
+        if any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
+            from .models import check_models, resolve_device
+
+            log.info("model-backed steps will run on %s", resolve_device(self.config.device))
+            problems = check_models(self.config, self.rules)
+            if problems:
+                raise ConfigError(problems)
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
         """Queued jobs made under an older version of a rule are re-made under the current one."""

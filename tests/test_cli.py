@@ -131,3 +131,16 @@ def test_demo_setup_only_writes_a_valid_workspace(tmp_path):
     assert result.exit_code == 0, result.output
     assert invoke("check", "--config", tmp_path / "demo" / "config.yaml").exit_code == 0
     assert len(list((tmp_path / "demo" / "staging").glob("*.jpg"))) == 3
+
+
+def test_run_refuses_to_start_when_a_configured_model_is_missing(workspace, tmp_path):
+    workspace.write_config(extra=f"models: {{cache_dir: {tmp_path / 'empty-cache'}}}\n")
+    workspace.add_rule("05-gpu.yaml", "name: gpu\nmatch: {folder: 'gpu/**'}\n"
+                                      "steps: [{remove_background: {backend: rembg, model: u2net}}]\n"
+                                      "outputs: [{channel: cutouts}]\n")
+    env = dict(__import__("os").environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(workspace.config_path)],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2
+    assert "u2net" in out.stderr and "assetd models pull --config" in out.stderr
+    assert not (workspace.root / "state" / "assetd.sqlite3").exists()
