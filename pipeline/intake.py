@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .config import Config, InboxConfig
+from .imageio import printable
 from .rules import Rule, match_rule
 from .store import Job, Store
 
@@ -67,19 +68,19 @@ class Intake:
         else:
             rule = match_rule(self.rules, rel)
         if rule is None:
-            reason = f"{path}: no rule matches {str(rel)!r} (see `assetd explain`)"
+            reason = f"{printable(str(path))}: no rule matches {printable(str(rel))!r} (see `assetd explain`)"
             return Submitted(path=path, rule=None, reason=reason)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            return Submitted(path=path, rule=rule, reason=f"{path}: file disappeared before it was queued")
+            return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
         if stat.S_ISREG(st.st_mode):
             digest = self.store.known_hash(str(path), st.st_size, st.st_mtime_ns)
             if digest is None:
                 try:
                     digest = file_hash(path)
                 except FileNotFoundError:
-                    return Submitted(path=path, rule=rule, reason=f"{path}: file disappeared before it was queued")
+                    return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
                 except OSError:
                     digest = None
                 if digest is not None:
@@ -94,7 +95,8 @@ class Intake:
             input_hash=digest, rule=rule.name, rule_version=rule.version, input_path=str(path),
             rel_path=str(rel), max_attempts=self.config.max_attempts,
         )
-        reason = None if created else f"same content as job {job.id} ({job.input_path}), {job.status.value}"
+        reason = None if created else (f"same content as job {job.id} ({printable(job.input_path)}), "
+                                       f"{job.status.value}")
         return Submitted(path=path, rule=rule, job=job, created=created, reason=reason)
 
     def on_settled(self, path: Path, inbox: InboxConfig) -> None:
@@ -103,6 +105,6 @@ class Intake:
         if result.job is None:
             log.info("%s", result.reason)
         elif result.created:
-            log.info("queued job %d: %s (rule %s)", result.job.id, path, result.rule.name if result.rule else "-")
+            log.info("queued job %d: %s (rule %s)", result.job.id, printable(str(path)), result.rule.name if result.rule else "-")
         else:
-            log.info("not reprocessed: %s: %s", path, result.reason)
+            log.info("not reprocessed: %s: %s", printable(str(path)), result.reason)

@@ -14,6 +14,7 @@ import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import Config
+from .imageio import printable
 from .store import Job, JobStatus, Store
 
 log = logging.getLogger("assetd.notify")
@@ -74,7 +75,7 @@ class Notifier:
     # -- events (called from workers) -------------------------------------------------------------
     def job_failed(self, job: Job, message: str) -> None:
         if self.enabled:
-            self.store.add_message("failure", f"{self.notify.title}: failed: {job.rel_path or job.input_path}",
+            self.store.add_message("failure", f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}",
                                    message)
 
     # -- delivery thread ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import Config
+from .imageio import printable
 from .intake import Intake
 from .rules import Rule
 from .store import JobStatus, Store
@@ -63,10 +64,10 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
     try:
         mode = os.lstat(file).st_mode
     except OSError as exc:
-        doc.update(status="failed", error=f"{file}: {exc.strerror}")
+        doc.update(status="failed", error=f"{printable(str(file))}: {exc.strerror}")
         return doc
     if stat.S_ISLNK(mode):
-        doc.update(status="failed", error=f"{file}: is a symbolic link; links are never followed")
+        doc.update(status="failed", error=f"{printable(str(file))}: is a symbolic link; links are never followed")
         return doc
     sub = intake.submit(file, root, rule_name=rule_name)
     doc["rule"] = sub.rule.name if sub.rule else None
@@ -77,7 +78,7 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
     job = sub.job
     if not sub.created:
         if job.status is JobStatus.DONE and not force:
-            doc["error"] = f"already done as job {job.id} ({job.input_path})"
+            doc["error"] = f"already done as job {job.id} ({printable(job.input_path)})"
             doc["outputs"] = [_output(o) for o in store.outputs(job.id)]
             return doc
         if job.status is JobStatus.RUNNING:

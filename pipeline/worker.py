@@ -18,7 +18,7 @@ from typing import Any, Callable
 from .chain import Chain, StepError
 from .config import Config
 from .errors import AssetdError, ConfigError, PermanentError, StopRequested, TransientError
-from .imageio import Decoded, decode, encode, read_input
+from .imageio import Decoded, decode, encode, printable, read_input
 from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, ratio_label, render_for_channel, render_name,
                       safe_stem, sha256)
 from .rules import Rule
@@ -150,14 +150,14 @@ class Worker:
             return result
         except (PermanentError, ConfigError, StepError) as exc:
             message = one_line(exc)
-            if not message.startswith(job.input_path):
-                message = f"{job.input_path}: {message}"
+            if not message.startswith(printable(job.input_path)):
+                message = f"{printable(job.input_path)}: {message}"
             self.store.fail(job.id, message)
             result.status, result.error = JobStatus.FAILED.value, message
             self._report_failure(job, message)
             return result
         except OSError as exc:  # disk full, output folder not writable, share gone: worth retrying
-            message = one_line(f"{job.input_path}: {exc.strerror or exc}: {exc.filename or ''}")
+            message = one_line(f"{printable(job.input_path)}: {exc.strerror or exc}: {printable(exc.filename or '')}")
             status = self.store.retry_later(
                 job.id, message, self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
             result.status, result.error = status.value, message
@@ -166,7 +166,7 @@ class Worker:
             return result
         except Exception as exc:  # a bug: record it, fail the job, keep the daemon alive
             log.exception("%s: job %d crashed", self.name, job.id)
-            message = one_line(f"{job.input_path}: internal error: {type(exc).__name__}: {exc}")
+            message = one_line(f"{printable(job.input_path)}: internal error: {type(exc).__name__}: {exc}")
             self.store.fail(job.id, message)
             result.status, result.error = JobStatus.FAILED.value, message
             self._report_failure(job, message)
@@ -188,7 +188,7 @@ class Worker:
         path = Path(job.input_path)
         data = read_input(path)
         if not job.input_hash.startswith("unreadable:") and hashlib.sha256(data).hexdigest() != job.input_hash:
-            raise PermanentError(f"{path}: content changed after it was queued; the new version is queued "
+            raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
                                  "as its own job")
         return decode(data, str(path), self.config.input)
 

@@ -206,3 +206,29 @@ def test_real_process_sigterm_and_crash_recovery(workspace):
     store.close()
     assert no_temp_files(workspace.root / "out") == []
     assert np.asarray(Image.open(workspace.out("webshop") / "big_1x1.jpg")).shape[:2] == (600, 600)
+
+
+def test_daemon_sends_failure_alert_and_batch_digest(workspace, staged):
+    from test_notify import Receiver
+
+    receiver = Receiver()
+    try:
+        workspace.write_config(settle=0.3, urls=[receiver.url], digest=1.0)
+        config, rules = workspace.load()
+        daemon = Daemon(config, rules)
+        daemon.start()
+        try:
+            copy_slowly(staged["a"], workspace.inbox / "misc" / "a.jpg", pause=0.01)
+            (workspace.inbox / "misc" / "broken.jpg").write_bytes(staged["b"].read_bytes()[:3000])
+            wait_for(lambda: len(daemon.store.jobs()) == 2 and daemon.idle(), 90, "jobs to finish")
+            wait_for(lambda: any("batch finished" in m["title"] for m in receiver.messages), 30, "the digest")
+        finally:
+            daemon.stop()
+    finally:
+        receiver.close()
+    titles = [m["title"] for m in receiver.messages]
+    assert "assetd: failed: misc/broken.jpg" in titles
+    digest = next(m for m in receiver.messages if "batch finished" in m["title"])
+    assert digest["title"] == "assetd: batch finished: 1 done, 1 failed"
+    assert "broken.jpg: image data is damaged" in digest["message"]
+    assert len([t for t in titles if "batch finished" in t]) == 1
