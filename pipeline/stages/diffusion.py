@@ -25,8 +25,8 @@ from ..pixels import max_value, resize, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, StageContext, register
 from .crops import register_fill
-from .framing import Box, place_subject, subject_box
-from .place_in_scene import SUBJECT_ALPHA, composite
+from .framing import Box, place_subject
+from .place_in_scene import composite, cutout_subject
 
 FILL_PROMPT = "the same background, continued seamlessly, same lighting and texture, photograph"
 FILL_NEGATIVE = "text, watermark, logo, frame, border, people, new objects, blurry"
@@ -146,15 +146,10 @@ class DiffusersScene(Stage):
 
     def run(self, asset: Asset) -> list[Asset]:
         o = self.options
-        if not asset.has_alpha:
-            raise PermanentError("place_in_scene backend diffusers needs a cut-out (RGBA image): add "
-                                 "remove_background before it or drop a PNG with transparency")
+        subject = cutout_subject(asset, "place_in_scene backend diffusers")
         pixels = asset.pixels
         top = max_value(pixels)
         alpha = pixels[..., 3]
-        subject = subject_box(alpha, int(SUBJECT_ALPHA * top))
-        if subject is None:
-            raise PermanentError("place_in_scene: the cut-out is fully transparent: no subject to place")
         place = place_subject(subject.width, subject.height, asset.width / asset.height, o.scale, o.margin, o.anchor)
         w, h = place.out_w, place.out_h
         ox, oy = place.x - subject.x0, place.y - subject.y0

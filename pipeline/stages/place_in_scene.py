@@ -163,6 +163,17 @@ def composite(canvas: np.ndarray, cutout: np.ndarray, x: int, y: int, gains: np.
 
 # --- the stage -----------------------------------------------------------------------------
 
+def cutout_subject(asset: Asset, who: str) -> Box:
+    """The subject's box in a cut-out; PermanentError when there is no cut-out or nothing in it."""
+    if not asset.has_alpha:
+        raise PermanentError(f"{who} needs a cut-out: add remove_background before it or drop a PNG with "
+                             "transparency (an RGBA image)")
+    subject = subject_box(asset.pixels[..., 3], int(SUBJECT_ALPHA * max_value(asset.pixels)))
+    if subject is None:
+        raise PermanentError(f"{who}: the cut-out is fully transparent: no subject to place")
+    return subject
+
+
 @register
 class CompositePlace(Stage):
     """Classical compositing: resize the scene around the subject, never the subject."""
@@ -195,15 +206,10 @@ class CompositePlace(Stage):
 
     def run(self, asset: Asset) -> list[Asset]:
         o: PlaceOptions = self.options
-        if not asset.has_alpha:
-            raise PermanentError("place_in_scene needs a cut-out: add remove_background before it "
-                                 "or drop a PNG with transparency")
+        subject = cutout_subject(asset, "place_in_scene")
         pixels = asset.pixels
         top = max_value(pixels)
         alpha = pixels[..., 3]
-        subject = subject_box(alpha, int(SUBJECT_ALPHA * top))
-        if subject is None:
-            raise PermanentError("place_in_scene: the cut-out is fully transparent: no subject to place")
         scene = self.scene_pixels() if o.scene is not None else None
         aspect = scene.shape[1] / scene.shape[0] if scene is not None else asset.width / asset.height
         place: Placement = place_subject(subject.width, subject.height, aspect, o.scale, o.margin, o.anchor)
