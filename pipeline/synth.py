@@ -114,7 +114,7 @@ def _coverage(sd: np.ndarray) -> np.ndarray:
 # --- subjects ---------------------------------------------------------------------------------
 
 def _subject(kind: str, xs: np.ndarray, ys: np.ndarray, cx: float, base: float, h: float,
-             colour: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+             colour: np.ndarray, rng: np.random.Generator, midsole: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(alpha, foreground rgb, half width) of one subject standing on ``base``."""
     H, W = xs.shape
     fg = np.empty((H, W, 3), np.float32)
@@ -168,7 +168,8 @@ def _subject(kind: str, xs: np.ndarray, ys: np.ndarray, cx: float, base: float, 
         ankle = _sd_ellipse(xs, ys, cx - 0.3 * h, base - 0.6 * h, 0.45 * h, 0.35 * h)
         upper_sd = np.minimum(np.minimum(upper, heel), ankle)
         alpha = _coverage(np.minimum(sole, np.maximum(upper_sd, ys - base)))
-        fg[sole < 0] = np.clip(1.0 - colour * 0.5, 0.1, 0.95)
+        fg[sole < 0] = midsole
+        fg[(sole < 0) & (ys > base - 0.045 * h)] = (0.45, 0.3, 0.18)  # gum outsole
         collar = _sd_ellipse(xs, ys, cx - 0.45 * h, base - 0.95 * h, 0.3 * h, 0.08 * h) < 0
         fg[collar] = colour * 0.25
         laces = (np.abs(((xs - cx) / (0.09 * h)) % 1.0 - 0.5) < 0.12) & (np.abs(ys - (base - 0.45 * h)) < 0.07 * h) \
@@ -223,10 +224,15 @@ def studio_shot(backdrop: str, size: tuple[int, int] = (640, 480), seed: int = 0
         h = min(h, 0.36 * W)
     cx = W * (0.5 + rng.uniform(-0.06, 0.06))
     base = H * rng.uniform(0.8, 0.88)
-    bg_mean = bg[int(base) - 1, int(cx)]
-    colours = [np.array(c, np.float32) for c in _PALETTE if np.linalg.norm(np.array(c) - bg_mean) > 0.2]
+    # the subject's colour must differ from the paper behind every part of it (a sweep changes with height);
+    # light grey on white stays in: that is the hard case a studio really shoots
+    behind = bg[max(0, int(base - h)):int(base), int(cx)]
+    colours = [np.array(c, np.float32) for c in _PALETTE
+               if np.linalg.norm(behind - np.array(c, np.float32), axis=1).min() > 0.2]
     colour = colours[int(rng.integers(len(colours)))]
-    alpha, fg, hw = _subject(subject, xs, ys, cx, base, h, colour, rng)
+    soles = [np.array(c, np.float32) for c in ((0.8, 0.79, 0.77), (0.93, 0.92, 0.9), (0.16, 0.15, 0.15))]
+    midsole = max(soles, key=lambda c: float(np.linalg.norm(behind[-1] - c)) + (0.3 if c.mean() > 0.5 > colour.mean() else 0))
+    alpha, fg, hw = _subject(subject, xs, ys, cx, base, h, colour, rng, midsole)
 
     dark = np.zeros((H, W), np.float32)
     if shadow:

@@ -5,7 +5,8 @@ No model: a studio shot is a subject on seamless paper, so the backdrop can be *
 1. Segmentation at a reduced size (``work_size`` long edge). A smooth backdrop (a low-order
    polynomial per channel, so sweeps and vignettes fit) is fitted to the image border, robustly,
    then refitted to every pixel found to be backdrop. A pixel is backdrop-like when it matches the
-   model, or when it is the model darkened with the same chroma (a shadow). Backdrop-like pixels
+   model, or when it is the model darkened with the same chroma (a shadow; only in the lower part
+   of the subject's extent and below: contact shadows lie at the base). Backdrop-like pixels
    reached from the border without crossing a sharp edge are backdrop: shadows are soft, a
    light-grey box on white paper has a sharp outline, so the flood stops there. What is left is
    the subject: small specks are dropped, enclosed holes filled unless they show plain backdrop
@@ -55,10 +56,17 @@ class BackdropModel:
 
     def render(self, width: int, height: int) -> np.ndarray:
         """The backdrop at (width, height), H×W×3 float32."""
-        xn = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
-        yn = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
-        xg, yg = np.meshgrid(xn, yn)
-        return np.clip(_poly_terms(xg, yg, self.degree) @ self.coeffs, 0.0, 1.0).astype(np.float32)
+        d = self.degree
+        xn = (np.arange(width, dtype=np.float64) + 0.5) / width * 2 - 1
+        yn = (np.arange(height, dtype=np.float64) + 0.5) / height * 2 - 1
+        xp = np.stack([xn**i for i in range(d + 1)], axis=1)  # W × (d+1)
+        yp = np.stack([yn**j for j in range(d + 1)], axis=1)  # H × (d+1)
+        grid = np.zeros((d + 1, d + 1, 3))  # [i, j, channel], same order as _poly_terms
+        pairs = [(i, j) for i in range(d + 1) for j in range(d + 1 - i)]
+        for t, (i, j) in enumerate(pairs):
+            grid[i, j] = self.coeffs[t]
+        out = np.einsum("yj,ijc,xi->yxc", yp, grid, xp, optimize=True)  # separable: no per-pixel powers
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
 
     def mean_colour(self) -> tuple[float, float, float]:
         img = self.render(16, 16)
@@ -86,12 +94,13 @@ def fit_backdrop(img: np.ndarray, samples: np.ndarray, degree: int, max_samples:
     for _ in range(4):
         if keep.sum() < 3 * terms.shape[1]:
             return None
-        coeffs = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0].astype(np.float32)
+        t64 = terms[keep].astype(np.float64)
+        coeffs = np.linalg.solve(t64.T @ t64 + 1e-9 * np.eye(t64.shape[1]), t64.T @ values[keep]).astype(np.float32)
         resid = np.sqrt(((terms @ coeffs - values) ** 2).mean(axis=1))
         sigma = max(float(np.median(resid[keep])) * 1.4826, 0.002)
         keep = resid < max(3.0 * sigma, 0.015)
     inliers = float(keep.mean())
-    if inliers < 0.5 or sigma > 0.05:
+    if inliers < 0.5 or sigma > 0.015:  # paper is smooth; a textured surface is no backdrop
         return None
     return BackdropModel(coeffs=coeffs, degree=degree, noise=sigma, inliers=inliers)
 
@@ -101,20 +110,29 @@ def fit_backdrop(img: np.ndarray, samples: np.ndarray, degree: int, max_samples:
 @dataclass
 class _Segmentation:
     mask: np.ndarray  # bool, subject
-    backdrop: np.ndarray  # bool, backdrop incl. shadow
     model: BackdropModel
     model_img: np.ndarray  # H×W×3 float32
     darkening: np.ndarray  # H×W float32, 1 - k where the backdrop is shadowed, else 0
     image: np.ndarray  # H×W×3 float32, the working-size image (unblurred)
 
 
-def _working_image(pixels: np.ndarray, long_edge: int) -> np.ndarray:
-    """The RGB channels shrunk (area averaging) so the long edge is at most ``long_edge``; float32 0..1."""
+KNOWN_MARGIN = 2  # working pixels between the outline and the pixels taken as pure subject or backdrop
+MIN_WORK_SIZE = 640  # smaller images are enlarged for segmentation: soft shadows must span several pixels
+LEAK_RADIUS = 2  # gaps in an outline up to about twice this (working pixels) do not let the backdrop in
+
+
+def _working_image(pixels: np.ndarray, long_edge: int, min_edge: int = MIN_WORK_SIZE) -> np.ndarray:
+    """The RGB channels resized so the long edge is ``long_edge`` at most (area averaging) and
+    ``MIN_WORK_SIZE`` at least (bilinear); float32 0..1."""
     h, w = pixels.shape[:2]
-    rgb = pixels[..., :3]
+    rgb = np.ascontiguousarray(pixels[..., :3])
     f = min(1.0, long_edge / max(h, w))
+    f = max(f, min_edge / max(h, w))
     size = (max(1, round(w * f)), max(1, round(h * f)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if f < 1.0 else rgb
+    if size == (w, h):
+        small = rgb
+    else:
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if f < 1.0 else cv2.INTER_LINEAR)
     return small.astype(np.float32) / float(max_value(pixels))
 
 
@@ -127,12 +145,48 @@ def _classify(blur: np.ndarray, model_img: np.ndarray, noise: float, tolerance: 
     """(plain, candidate, k): matches the backdrop; backdrop or shadow; brightness ratio to the model."""
     bb = (model_img * model_img).sum(axis=2) + 1e-6
     k = (blur * model_img).sum(axis=2) / bb
-    t = max(0.02, 4.0 * noise) * tolerance
+    t = max(0.03, 4.0 * noise) * tolerance
     diff = np.sqrt(((blur - model_img) ** 2).mean(axis=2))
     chroma = np.sqrt(((blur - k[..., None] * model_img) ** 2).mean(axis=2))
     plain = diff < t
     shadow = (chroma < t) & (k >= 1.0 - max_shadow) & (k < 1.0)
     return plain, plain | shadow, k
+
+
+def _gradient(img: np.ndarray) -> np.ndarray:
+    """Largest per-channel gradient magnitude, in value per pixel."""
+    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return np.sqrt((gx * gx + gy * gy).max(axis=2))
+
+
+def _sharp_edges(blur: np.ndarray, noise: float, tolerance: float) -> np.ndarray:
+    """Pixels on a sharp edge: strong fine-scale gradient that a coarser scale does not explain.
+
+    A soft shadow has about the same gradient at both scales; an outline is much steeper at the
+    fine one. That ratio, not the gradient's size, lets faint outlines stop the backdrop flood
+    at any image size.
+    """
+    fine = _gradient(blur)
+    coarse = _gradient(cv2.GaussianBlur(blur, (0, 0), 3.0))
+    edges = (fine > max(0.01, 4.0 * noise) * tolerance) & (fine > 1.4 * coarse)
+    return cv2.dilate(edges.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # close one-pixel gaps at corners
+
+
+def _below_subject_top(evidence: np.ndarray) -> np.ndarray:
+    """Rows where a contact shadow may lie: the lower part of the subject's extent and below.
+
+    ``evidence`` marks pixels that are surely subject (unlike the backdrop, or on a sharp edge).
+    Shadows here are contact shadows at the base; darker neutral areas higher up are subject
+    (an off-white mug darkened by its shading would otherwise pass for shadow).
+    """
+    h, w = evidence.shape
+    rows = np.flatnonzero(evidence.sum(axis=1) >= max(2, w // 200))
+    allowed = np.ones((h, w), bool)
+    if len(rows) >= 4:
+        y0, y1 = np.percentile(rows, [2, 98])
+        allowed[: int(y0 + 0.6 * (y1 - y0))] = False
+    return allowed
 
 
 def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segmentation | None:
@@ -145,32 +199,39 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
     model = fit_backdrop(blur, border, degree=2)
     if model is None:
         return None
-    gx = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    grad = np.sqrt((gx * gx + gy * gy).max(axis=2))
+    # plain paper shows along most of the frame: at least three sides mostly explained by the model
+    fits = np.sqrt(((blur - model.render(w, h)) ** 2).mean(axis=2)) < max(4.0 * model.noise, 0.02)
+    sides = [fits[:band].mean(), fits[-band:].mean(), fits[:, :band].mean(), fits[:, -band:].mean()]
+    if sum(side >= 0.6 for side in sides) < 3:
+        return None
+    sharp = _sharp_edges(blur, model.noise, tolerance)
     frame = np.zeros((h, w), bool)
     frame[0], frame[-1], frame[:, 0], frame[:, -1] = True, True, True, True
 
     backdrop = np.zeros((h, w), bool)
-    model_img = model.render(w, h)
-    k = np.ones((h, w), np.float32)
+    model_img, k = model.render(w, h), np.ones((h, w), np.float32)
     for refit in range(2):
         model_img = model.render(w, h)
         plain, candidate, k = _classify(blur, model_img, model.noise, tolerance, max_shadow)
-        barrier = grad > max(0.03, 3.0 * model.noise) * tolerance
+        barrier = sharp
+        candidate &= plain | _below_subject_top(~candidate | barrier)
         free = (candidate & ~barrier).astype(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(free, connectivity=8)
+        # flood on the eroded free space so that a gap of a few pixels in an outline does not leak
+        core = cv2.erode(free, _disk(LEAK_RADIUS)) if LEAK_RADIUS else free
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=4)  # thin edges block
         outside = np.zeros(n, bool)
-        outside[np.unique(labels[frame & (free > 0)])] = True
+        outside[np.unique(labels[frame & (core > 0)])] = True
         # enclosed regions showing plain backdrop (a mug handle's inside) are holes, not subject
         plain_frac = np.bincount(labels.ravel(), weights=plain.ravel(), minlength=n) / np.maximum(stats[:, 4], 1)
         min_hole = max(12, int(0.0015 * h * w))
         outside |= (stats[:, 4] >= min_hole) & (plain_frac > 0.9)
         outside[0] = False
-        backdrop = outside[labels] & (free > 0)
+        backdrop = outside[labels] & (core > 0)
+        if LEAK_RADIUS:
+            backdrop = (cv2.dilate(backdrop.astype(np.uint8), _disk(LEAK_RADIUS)) > 0) & (free > 0)
         # edge pixels on the barrier that still look like backdrop or shadow join the backdrop
-        grow = cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate
-        backdrop |= grow
+        for _ in range(2):
+            backdrop |= cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate
         if refit == 0:
             better = fit_backdrop(blur, backdrop & plain & (k > 1.0 - 2 * model.noise), degree=3)
             if better is None:
@@ -181,14 +242,17 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
     subject = cv2.morphologyEx(subject.astype(np.uint8), cv2.MORPH_OPEN, _disk(1))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(subject, connectivity=8)
     if n <= 1:
-        return _Segmentation(np.zeros((h, w), bool), ~np.zeros((h, w), bool), model, model_img,
-                             np.zeros((h, w), np.float32), small)
+        return _Segmentation(np.zeros((h, w), bool), model, model_img, np.zeros((h, w), np.float32), small)
     areas = stats[1:, 4]
     keep = np.zeros(n, bool)
     keep[1:] = (areas >= 0.1 * areas.max()) & (areas >= max(16, 0.0005 * h * w))
+    # smaller pieces right next to the kept ones are parts of the subject cut off by a misread edge
+    near = cv2.dilate(keep[labels].astype(np.uint8), _disk(max(2, round(0.01 * max(h, w))))) > 0
+    touching = np.unique(labels[near])
+    keep[touching[(touching > 0) & (stats[touching, 4] >= 16)]] = True
     mask = keep[labels]
     darkening = np.where(~mask & (k < 1.0), np.clip(1.0 - k, 0.0, 1.0), 0.0).astype(np.float32)
-    return _Segmentation(mask, ~mask, model, model_img, darkening, small)
+    return _Segmentation(mask, model, model_img, darkening, small)
 
 
 # --- local colours and full-resolution edge ------------------------------------------------------
@@ -281,16 +345,20 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
     outer = cv2.dilate(mask8, _disk(r))
     band_small = (outer > 0) & (inner == 0)
 
-    alpha = cv2.resize(inner, (W, H), interpolation=cv2.INTER_NEAREST)  # 0/1, uint8
+    # the output starts as the input's RGB with the interior opaque; only the band is computed
+    out = np.empty((H, W, 4), pixels.dtype)
+    out[..., :3] = pixels[..., :3]
+    rgb_out, out_alpha = out[..., :3], out[..., 3]
+    out_alpha[...] = cv2.resize(inner, (W, H), interpolation=cv2.INTER_NEAREST)  # 0/1
+    out_alpha *= np.asarray(top, pixels.dtype)
     band = cv2.resize(band_small.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
     ys, xs = np.nonzero(band)
     del band
-    rgb_out = np.array(pixels[..., :3], copy=True)
 
     # local subject / backdrop colours next to the outline, from pixels known to be one or the other
     sigma = 2.0
-    fg_known = cv2.erode(mask8, _disk(1)) > 0
-    bg_known = cv2.erode(1 - mask8, _disk(1)) > 0
+    fg_known = cv2.erode(mask8, _disk(KNOWN_MARGIN)) > 0
+    bg_known = cv2.erode(1 - mask8, _disk(KNOWN_MARGIN)) > 0
     F_s, _ = _normalised_blur(seg.image, fg_known, sigma)
     B_s, bden = _normalised_blur(seg.image, bg_known, sigma)
     B_s = np.where((bden > 1e-3)[..., None], B_s, seg.model_img)
@@ -300,20 +368,24 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
     F = _sample(F_s, ys, xs, scale)
     B = _sample(B_s, ys, xs, scale)
     soft = _sample(soft_s, ys, xs, scale)
-    a = _edge_alpha(I, F, B, soft, _noise_sigma(pixels))
+    # compression ringing near edges is invisible to the border noise estimate: measure it on band
+    # pixels that the segmentation puts clearly on the backdrop side
+    noise = _noise_sigma(pixels)
+    away = soft < 0.02
+    if away.sum() >= 50:
+        noise = max(noise, float(np.percentile(np.sqrt(((I[away] - B[away]) ** 2).mean(axis=1)), 80)))
+    a = _edge_alpha(I, F, B, soft, noise)
     aq = np.rint(a * top).astype(np.int64)
     partial = (aq > 0) & (aq < top)
 
     shadow_alpha: np.ndarray | None = None
     if keep_shadow:
         t = max(0.02, 4.0 * seg.model.noise)
-        near = cv2.dilate(mask8, _disk(max(3, round(0.15 * max(h, w) / 4)))) > 0
+        near = cv2.dilate(mask8, _disk(max(3, round(0.04 * max(h, w))))) > 0  # contact shadows hug the base
         dark = np.where(near & ~seg.mask, np.clip((seg.darkening - t) / (1.0 - t), 0.0, 1.0), 0.0)
         dark = cv2.GaussianBlur(dark.astype(np.float32), (0, 0), 0.7)
         shadow_alpha = dark if float(dark.max()) * top >= 1.0 else None
 
-    # assemble: opaque interior keeps the input's RGB untouched
-    out_alpha = alpha.astype(pixels.dtype) * np.asarray(top, pixels.dtype)
     if decontaminate and partial.any():
         p = partial
         Fp = _unmix(I[p], a[p], B[p], F[p])
@@ -323,19 +395,24 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
 
     shadow_note: dict[str, Any] | None = None
     if shadow_alpha is not None:
-        s_full = cv2.resize(shadow_alpha, (W, H), interpolation=cv2.INTER_LINEAR)
-        s_q = np.rint(s_full * top).astype(pixels.dtype)
-        del s_full
-        where = (s_q > 0) & (out_alpha < top)
+        # only the shadow's bounding box is touched at full size
+        sy, sx = np.nonzero(shadow_alpha > 0)
+        X0, X1 = max(0, int(sx.min() / scale[0]) - 2), min(W, int((sx.max() + 1) / scale[0]) + 2)
+        Y0, Y1 = max(0, int(sy.min() / scale[1]) - 2), min(H, int((sy.max() + 1) / scale[1]) + 2)
+        mx = ((np.arange(X0, X1, dtype=np.float32) + 0.5) * scale[0] - 0.5)[None, :].repeat(Y1 - Y0, 0)
+        my = ((np.arange(Y0, Y1, dtype=np.float32) + 0.5) * scale[1] - 0.5)[:, None].repeat(X1 - X0, 1)
+        s_q = np.rint(cv2.remap(shadow_alpha, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) * top)
+        del mx, my
+        a_win, rgb_win = out_alpha[Y0:Y1, X0:X1], rgb_out[Y0:Y1, X0:X1]
+        where = (s_q > 0) & (a_win < top)
         sa = s_q[where].astype(np.float32) / top
-        fa = out_alpha[where].astype(np.float32) / top
+        fa = a_win[where].astype(np.float32) / top
         combined = fa + (1.0 - fa) * sa
-        keep_rgb = rgb_out[where].astype(np.float32) * (fa / np.maximum(combined, 1e-6))[:, None]
-        rgb_out[where] = np.clip(np.rint(keep_rgb), 0, top).astype(pixels.dtype)
-        out_alpha[where] = np.clip(np.rint(combined * top), 0, top - 1).astype(pixels.dtype)
+        keep_rgb = rgb_win[where].astype(np.float32) * (fa / np.maximum(combined, 1e-6))[:, None]
+        rgb_win[where] = np.clip(np.rint(keep_rgb), 0, top).astype(pixels.dtype)
+        a_win[where] = np.clip(np.rint(combined * top), 0, top - 1).astype(pixels.dtype)
         shadow_note = {"pixels": int(where.sum()), "max_alpha": round(float(sa.max()) if sa.size else 0.0, 3)}
 
-    out = np.dstack([rgb_out, out_alpha])
     notes = {
         "backend": "studio",
         "backdrop": {"colour": _hex(seg.model.mean_colour()), "model": f"polynomial degree {seg.model.degree}",
@@ -393,12 +470,11 @@ def decontaminate_edges(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray
     if len(ys) == 0:
         return out
     H, W = rgb.shape[:2]
-    f = min(1.0, 1024 / max(H, W))
-    size = (max(1, round(W * f)), max(1, round(H * f)))
-    small = _working_image(rgb, 1024)
+    small = _working_image(rgb, 1024, min_edge=0)
+    size = (small.shape[1], small.shape[0])
     opaque = (a_full >= amax).astype(np.uint8)
     clear = (a_full <= 0).astype(np.uint8)
-    if f < 1.0:
+    if size != (W, H):
         opaque = cv2.resize(opaque * 255, size, interpolation=cv2.INTER_AREA) > 250
         clear = cv2.resize(clear * 255, size, interpolation=cv2.INTER_AREA) > 250
     else:
