@@ -35,6 +35,7 @@ bench: $(VENV)/.installed-test
 
 bench-gpu: $(VENV)/.installed-test
 	$(BIN)/python bench/gpu.py --markdown .bench/gpu.md
+	$(BIN)/python bench/run.py --splice gpu .bench/gpu.md
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .bench

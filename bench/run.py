@@ -53,8 +53,17 @@ def splice(text: str, name: str, body: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run; not for BENCHMARKS.md)")
+    parser.add_argument("--splice", nargs=2, metavar=("NAME", "FILE"),
+                        help="only put FILE (a benchmark's Markdown) into the NAME section of BENCHMARKS.md")
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
+    path = ROOT / "BENCHMARKS.md"
+    if args.splice:
+        name, source = args.splice
+        text = path.read_text() if path.exists() else "# Benchmarks\n"
+        path.write_text(splice(text, name, f"Measured {time.strftime('%Y-%m-%d')}.\n\n" + Path(source).read_text()))
+        print(f"updated the {name} section of {path}")
+        return 0
     stamp = f"Measured {time.strftime('%Y-%m-%d')} on: {machine()}.\n\n"
     results = {
         "matting": run("matting", ["bench/matting.py"] + (["--count", "1", "--size", "600x400"] if args.quick else [])),
@@ -64,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print("quick run: BENCHMARKS.md left unchanged")
         return 0
-    path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     for name, body in results.items():
         text = splice(text, name, stamp + body)

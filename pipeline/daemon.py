@@ -122,9 +122,9 @@ class Daemon:
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         if self.notifier is not None:
+            self.notifier.stop()  # the delivery thread first, so the last attempt below is the only one
             self.notifier.maybe_digest()
-            self.notifier.deliver_due()
-            self.notifier.stop()
+            self.notifier.deliver_due(budget_seconds=self.config.notify.timeout_seconds)  # the rest stays queued
         if self.store is not None:
             self.store.close()
         self.lock.release()

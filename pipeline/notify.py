@@ -118,13 +118,16 @@ class Notifier:
         self.store.set_state(DIGEST_CUTOFF, last)
         return True
 
-    def deliver_due(self) -> int:
-        """Try every message that is due; returns how many were delivered."""
+    def deliver_due(self, budget_seconds: float | None = None) -> int:
+        """Try every message that is due (within ``budget_seconds`` if given); returns how many were delivered."""
         if not self.enabled:
             return 0
         delivered = 0
+        deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         for message in self.store.due_messages():
-            if self._stop.is_set():
+            if deadline is None and self._stop.is_set():  # the delivery thread is being stopped
+                break
+            if deadline is not None and time.monotonic() > deadline:
                 break
             ok, error = self._send(message.title, message.body)
             if ok:
