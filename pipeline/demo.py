@@ -50,7 +50,7 @@ match:
 steps:
   - remove_background: {}
   - place_in_scene: {scene: scenes/marble.jpg, anchor: bottom, scale: 0.6, shadow: soft}
-  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint}
+  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint, anchor: bottom}
   - upscale: {long_edge: 2000}
 outputs:
   - {channel: cutouts,   from: remove_background}
