@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import emit  # noqa: E402
 
 from pipeline.config import config_from_dict  # noqa: E402
 from pipeline.intake import Intake  # noqa: E402
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             store.release(job.id)
 
         book_times = []
-        for _ in range(500):
+        for _ in range(min(500, n)):
             t0 = time.perf_counter()
             job = store.claim_next("bench", 900)
             store.heartbeat(job.id, 900)
@@ -125,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "The settle wait itself (`settle_seconds`, default 2 s) and the watcher's tick (0.25 s) come on top of "
         "the settled → claimed figure by design; an idle worker polls the queue with a back-off capped at 1 s.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+    emit("\n".join(lines), args.markdown)
     return 0
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import emit  # noqa: E402
 
 CONFIG = """\
 database: state/assetd.sqlite3
@@ -152,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Per step (seconds): " + ", ".join(f"{k} {v:.2f}" for k, v in best["steps"].items()),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+    emit("\n".join(lines), args.markdown)
     return 0
 
 

@@ -37,6 +37,8 @@ class RembgOptions:
 
 @register
 class RembgBackground(Stage):
+    """A rembg segmentation model (BiRefNet, ISNet, U²-Net, BRIA, or your ONNX); opaque pixels stay the input's."""
+
     step = "remove_background"
     backend = "rembg"
     Options = RembgOptions

@@ -138,6 +138,8 @@ class SpandrelOptions:
 
 @register
 class SpandrelUpscale(Stage):
+    """A super-resolution model spandrel recognises (Real-ESRGAN, SwinIR, HAT, SPAN...), tiled with feathering."""
+
     step = "upscale"
     backend = "spandrel"
     Options = SpandrelOptions
