@@ -88,7 +88,11 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
             store.requeue([job.id])
     claimed = store.claim_next(worker.name, worker.config.lease_seconds, only=[job.id])
     if claimed is None:
-        doc.update(status="failed", error=f"job {job.id} is waiting to be retried later by the daemon")
+        now = store.get(job.id)
+        if now is not None and now.status is JobStatus.RUNNING:
+            doc["error"] = f"being processed by the running daemon (job {job.id})"
+        else:
+            doc.update(status="failed", error=f"job {job.id} is waiting to be retried later by the daemon")
         return doc
     result = worker.process(claimed)
     doc["outputs"] = [_output(o) for o in result.outputs]
