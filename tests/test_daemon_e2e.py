@@ -232,3 +232,47 @@ def test_daemon_sends_failure_alert_and_batch_digest(workspace, staged):
     assert digest["title"] == "assetd: batch finished: 1 done, 1 failed"
     assert "broken.jpg: image data is damaged" in digest["message"]
     assert len([t for t in titles if "batch finished" in t]) == 1
+
+
+def test_sigterm_mid_job_stops_cleanly_and_the_job_is_redone(workspace):
+    """SIGTERM while a job runs: exit 0, nothing half-written; the next start finishes the job."""
+    workspace.write_config(settle=0.3)
+    big = workspace.shot("staging/big.jpg", "grey", size=(3000, 2000), seed=6, subject="box")
+    db = workspace.root / "state" / "assetd.sqlite3"
+
+    def jobs():
+        store = Store(db)
+        try:
+            return store.jobs()
+        finally:
+            store.close()
+
+    proc = _start(workspace.config_path)
+    try:
+        wait_for(lambda: db.exists(), 30, "the database")
+        copy_slowly(big, workspace.inbox / "products" / "big.jpg", pause=0.01)
+        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs()), 60, "the job to start")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+    (job,) = jobs()
+    assert no_temp_files(workspace.root / "out") == []
+    if job.status is JobStatus.QUEUED:  # stopped between steps: handed back, attempt not counted
+        assert job.attempts == 0 and b"interrupted by stop" in out
+        assert not list(workspace.out("webshop").glob("big*"))
+    else:  # SIGTERM came while the outputs were being written: the job completes first
+        assert job.status is JobStatus.DONE
+    proc = _start(workspace.config_path)
+    try:
+        wait_for(lambda: jobs()[0].status is JobStatus.DONE, 120, "the job to be done")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert (workspace.out("webshop") / "big_1x1.jpg").exists()
+    assert len(list(workspace.out("instagram").glob("big_*.jpg"))) == 2
