@@ -1,0 +1,63 @@
+"""Daemon start-up rules: one daemon per database, orphans and stale rule versions handled at start."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.daemon import Daemon
+from pipeline.errors import ConfigError
+from pipeline.intake import Intake
+from pipeline.store import JobStatus, Store
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(workspace, no_leaked_threads):
+    config, rules = workspace.load()
+    first = Daemon(config, rules)
+    first.start()
+    try:
+        with pytest.raises(ConfigError, match="another assetd daemon is already running"):
+            Daemon(config, rules).start()
+    finally:
+        first.stop()
+    again = Daemon(config, rules)  # the lock is released on stop
+    again.start()
+    again.stop()
+
+
+def test_jobs_queued_under_an_older_rule_are_requeued_under_the_current_one(workspace):
+    shot = workspace.shot("inbox/misc/a.jpg", "white", seed=1)
+    config, rules = workspace.load()
+    store = Store(config.database)
+    old, _ = store.enqueue(input_hash="x" * 64, rule="cutouts", rule_version="old-version", input_path=str(shot),
+                           rel_path="misc/a.jpg", max_attempts=3)
+    store.close()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        store = daemon.store
+        assert store.get(old.id).status is JobStatus.FAILED
+        assert "superseded" in store.get(old.id).error
+        current = [j for j in store.jobs() if j.rule_version != "old-version"]
+        assert len(current) == 1 and current[0].input_path == str(shot)
+        assert current[0].rule_version == next(r.version for r in rules if r.name == "cutouts")
+    finally:
+        daemon.stop()
+
+
+def test_jobs_left_running_by_a_crash_are_queued_again_at_start(workspace):
+    shot = workspace.shot("staging/a.jpg", "white", seed=1)
+    config, rules = workspace.load()
+    store = Store(config.database)
+    sub = Intake(config, rules, store).submit(shot)
+    store.claim_next("crashed-worker", lease_seconds=3600)
+    store.close()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while daemon.store.get(sub.job.id).status is not JobStatus.DONE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert daemon.store.get(sub.job.id).status is JobStatus.DONE
+    finally:
+        daemon.stop()
