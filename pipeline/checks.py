@@ -53,7 +53,10 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         from .models import check_models, resolve_device
 
         device = resolve_device(config.device)
-        if device == "cpu":
+        if device == "cpu" and config.device.startswith("cuda"):
+            problems.append(f"{config.source}: device: {config.device!r} asked for, but no CUDA GPU is usable "
+                            "here (use auto to fall back to the CPU)")
+        elif device == "cpu":
             warnings.append(f"device {config.device!r} resolves to the CPU: model-backed steps will be slow")
         problems.extend(check_models(config, rules))
         if not problems:
