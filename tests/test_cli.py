@@ -144,3 +144,14 @@ def test_run_refuses_to_start_when_a_configured_model_is_missing(workspace, tmp_
     assert out.returncode == 2
     assert "u2net" in out.stderr and "assetd models pull --config" in out.stderr
     assert not (workspace.root / "state" / "assetd.sqlite3").exists()
+
+
+def test_check_reports_device_and_missing_models(workspace, tmp_path):
+    workspace.write_config(extra=f"device: cuda\nmodels: {{cache_dir: {tmp_path / 'cache'}}}\n")
+    workspace.add_rule("05-gpu.yaml", "name: gpu\nmatch: {folder: 'gpu/**'}\n"
+                                      "steps: [{remove_background: {backend: rembg, model: isnet-general-use}}]\n"
+                                      "outputs: [{channel: cutouts}]\n")
+    result = invoke("check", "--config", workspace.config_path)
+    assert result.exit_code == 1
+    assert "device: 'cuda' asked for, but no CUDA GPU is usable" in result.output
+    assert "isnet-general-use" in result.output and "assetd models pull --config" in result.output
