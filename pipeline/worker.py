@@ -220,6 +220,7 @@ class Worker:
         folders: set[Path] = set()
         started = time.perf_counter()
         work = []
+        notes: list[dict[str, Any]] = []
         for spec in rule.outputs:
             channel = self.config.channels[spec.channel]
             for asset in results.get(spec.source, []):
@@ -240,12 +241,12 @@ class Worker:
                 channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
                 width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
                 scale=round(asset.scale * width / asset.width, 4)))
+            notes.append(asset.notes)
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
         manifest = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
             "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "outputs": [r.as_dict() for r in records],
-            "steps": {k: v for a in results.values() for x in a for k, v in x.notes.items()},
+            "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
         }
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
         for folder in sorted(folders):
