@@ -61,3 +61,37 @@ def test_jobs_left_running_by_a_crash_are_queued_again_at_start(workspace):
         assert daemon.store.get(sub.job.id).status is JobStatus.DONE
     finally:
         daemon.stop()
+
+
+def _run_until_idle(config, rules, expected_jobs: int) -> list:
+    import time
+
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (len(daemon.store.jobs()) >= expected_jobs and daemon.idle()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [(j.rule_version, j.status) for j in daemon.store.jobs()]
+    finally:
+        daemon.stop()
+
+
+def test_a_changed_rule_reprocesses_and_replaces_the_outputs(workspace):
+    from PIL import Image
+
+    workspace.shot("inbox/misc/a.jpg", "white", seed=1, size=(480, 360))
+    config, rules = workspace.load()
+    first = _run_until_idle(config, rules, 1)
+    assert [s for _, s in first] == [JobStatus.DONE]
+    out = workspace.out("cutouts") / "a.png"
+    assert Image.open(out).size == (480, 360)
+    workspace.add_rule("20-cutouts.yaml", "name: cutouts\nsteps: [{remove_background: {trim: true}}]\n"
+                                          "outputs: [{channel: cutouts}]\n")
+    config, rules = workspace.load()
+    second = _run_until_idle(config, rules, 2)
+    assert len(second) == 2 and second[0][0] != second[1][0] and second[1][1] is JobStatus.DONE
+    assert Image.open(out).size != (480, 360)  # trimmed, same name: the old output was replaced
+    assert sorted(p.name for p in workspace.out("cutouts").glob("*.png")) == ["a.png"]
+    again = _run_until_idle(config, rules, 2)  # unchanged rule: nothing new
+    assert len(again) == 2
