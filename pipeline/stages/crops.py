@@ -85,7 +85,7 @@ class CropsOptions:
 # --- pixel helpers (no Stage needed; tested directly) ---------------------------------------
 
 WORK_LONG_EDGE = 640  # outpaint computes its smooth extension at this size, then upsamples
-EDGE_SMOOTHING = 0.012  # blur of the continued border, as a fraction of the work canvas's long edge
+EDGE_SMOOTHING = 0.03  # scale of the backdrop low frequencies (shading), as a fraction of the work canvas long edge
 NOISE_CAP = 0.03  # added grain never exceeds this fraction of the value range (textured borders)
 _CHUNK_ROWS = 256
 SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
@@ -105,9 +105,12 @@ def frame_matte(matte: np.ndarray, frame: Frame) -> np.ndarray:
 
 
 def build_canvas(pixels: np.ndarray, frame: Frame, fill: str, *, pad_colour: str | None = None,
-                 seed: int = 0, options: Any = None, ctx: Any = None) -> tuple[np.ndarray, Box]:
+                 seed: int = 0, options: Any = None, ctx: Any = None,
+                 matte: np.ndarray | None = None) -> tuple[np.ndarray, Box]:
     """Cut ``frame`` out of ``pixels``, filling any canvas past the image with ``fill``.
 
+    ``matte`` (H×W like ``pixels``, >0 = subject) keeps the subject out of what ``outpaint``
+    copies; None: no subject is known, the whole image may be continued.
     Returns the new array and the rectangle (frame coordinates) holding the original pixels,
     which are bit-identical to the input's.
     """
@@ -124,7 +127,7 @@ def build_canvas(pixels: np.ndarray, frame: Frame, fill: str, *, pad_colour: str
         canvas[...] = pad_value(pixels, pad_colour)
         canvas[_slices(known)] = original
     elif fill == "outpaint":
-        outpaint(canvas, known, seed=seed)
+        outpaint(canvas, known, seed=seed, matte=frame_matte(matte, frame) if matte is not None else None)
     elif fill in FILLS:
         mask = np.zeros(shape[:2], dtype=bool)
         mask[_slices(known)] = True
@@ -185,20 +188,54 @@ def _noise_level(canvas: np.ndarray, known: Box, depth: int = 16) -> np.ndarray:
     return np.minimum(mad, NOISE_CAP * max_value(canvas)).astype(np.float32)
 
 
-def _extend_low_res(small: np.ndarray, k: Box, ws: int, hs: int) -> np.ndarray:
-    """Fill a ws×hs work canvas around ``small`` (placed at ``k``): edge extension fading into a blur.
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (edges replicated); wide ones are done at reduced size, where they cost little."""
+    f = sigma / 3.0
+    if f < 2.0:
+        return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE).reshape(a.shape)
+    h, w = a.shape[:2]
+    small = cv2.resize(a, (max(1, round(w / f)), max(1, round(h / f))), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 3.0, borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(a.shape)
 
-    Near the image the border's rows/columns are continued (lightly smoothed); further out they
-    blend (exponential fall-off) into a heavy blur of that continuation, its low frequencies.
-    The blur is normalised over the new canvas only, so nothing from inside the image (the
-    subject) bleeds into the extension; a mirror would paint ghosts of the subject there.
+
+def _backdrop_low(small: np.ndarray, backdrop: np.ndarray, sigma: float) -> np.ndarray:
+    """The backdrop's low frequencies at work size: a blur normalised over backdrop pixels only.
+
+    ``backdrop`` (H×W float32, 0..1) is how much of each work pixel is not subject. Near a
+    subject the estimate comes from the backdrop around it (a wider blur where a narrow one sees
+    none), so the product's colours never streak into the extension. Only an image with no
+    backdrop at all falls back to blurring everything.
+    """
+    if float(backdrop.max()) <= 0.0:
+        return _blur(small, sigma)
+    out = None
+    weight_left = np.ones(backdrop.shape, np.float32)
+    for s in (sigma, 4 * sigma, 16 * sigma):
+        num = _blur(small * backdrop[..., None], s)
+        den = _blur(backdrop, s)
+        est = num / np.maximum(den, 1e-6)[..., None]
+        trust = np.clip(den / 0.2, 0.0, 1.0) if s < 16 * sigma else (den > 1e-6).astype(np.float32)
+        part = (weight_left * trust)[..., None] * est
+        out = part if out is None else out + part
+        weight_left = weight_left * (1.0 - trust)
+    if float(weight_left.max()) > 0:  # no backdrop within reach: the image's own blur
+        plain = _blur(small, sigma)
+        out = out + weight_left[..., None] * plain
+    return out
+
+
+def _extend_low_res(low: np.ndarray, k: Box, ws: int, hs: int) -> np.ndarray:
+    """Continue the backdrop's low frequencies ``low`` (placed at ``k``) over a ws×hs work canvas.
+
+    Near the image the border's rows/columns are continued; further out they blend (exponential
+    fall-off) into a heavy blur of that continuation. The blur is normalised over the new canvas
+    only. Inside ``k`` the result is ``low`` itself, so the full-size detail of the image is
+    ``image - upsampled(result)`` there and continues seamlessly onto it outside.
     """
     borders = (k.y0, hs - k.y1, k.x0, ws - k.x1)
-    channels = small.shape[2]
-    # smoothing the border before continuing it keeps only its broad structure: fine detail
-    # (veins, grain) repeated row after row would read as streaks
-    edge = cv2.GaussianBlur(small, (0, 0), max(1.0, EDGE_SMOOTHING * max(ws, hs)), borderType=cv2.BORDER_REPLICATE)
-    extended = cv2.copyMakeBorder(edge, *borders, cv2.BORDER_REPLICATE).reshape(hs, ws, channels)
+    channels = low.shape[2]
+    extended = cv2.copyMakeBorder(low, *borders, cv2.BORDER_REPLICATE).reshape(hs, ws, channels)
     outside = np.ones((hs, ws), dtype=np.float32)
     outside[k.y0:k.y1, k.x0:k.x1] = 0.0
     f = max(1, round(max(ws, hs) / 40))
@@ -210,24 +247,287 @@ def _extend_low_res(small: np.ndarray, k: Box, ws: int, hs: int) -> np.ndarray:
 
     num = smooth(extended * outside[..., None]).reshape(hs, ws, channels)
     den = smooth(outside)[..., None]
-    low = np.where(den > 1e-3, num / np.maximum(den, 1e-3), extended)
+    far = np.where(den > 1e-3, num / np.maximum(den, 1e-3), extended)
     xs = np.arange(ws, dtype=np.float32)
     ys = np.arange(hs, dtype=np.float32)
     dx = np.maximum(np.maximum(k.x0 - xs, xs - (k.x1 - 1)), 0)
     dy = np.maximum(np.maximum(k.y0 - ys, ys - (k.y1 - 1)), 0)
     dist = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
     weight = np.exp(-dist / max(2.0, 0.06 * max(ws, hs)))[..., None]
-    out = weight * extended + (1.0 - weight) * low
-    out[k.y0:k.y1, k.x0:k.x1] = small.reshape(k.height, k.width, -1)
-    return out
+    out = weight * extended + (1.0 - weight) * far
+    out[k.y0:k.y1, k.x0:k.x1] = low
+    return out.astype(np.float32)
 
 
-def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0) -> None:
+# Texture: the new canvas gets the border's fine detail (image minus its low frequencies), not
+# just its colour. Right at the seam the detail is mirrored (continuous by construction); that
+# mirror fades within half a patch into a quilt of patches copied from the border strip
+# (translated, chosen to match their neighbours, flat-top windows whose squares sum to one, so
+# the texture keeps its contrast across overlaps). Subject pixels are never a source.
+
+PATCH_FRACTION = 0.1  # texture patch side, as a fraction of the image part's short side
+PATCH_MIN, PATCH_MAX = 12, 384
+PATCH_CANDIDATES = 12  # source windows tried per patch; the best match to its neighbours wins
+MAX_BLOCKED = 0.0  # a source window may overlap the subject's (zeroed) pixels this much
+_SIDES = ("top", "bottom", "left", "right")
+
+
+def _orient(a: np.ndarray, side: str) -> np.ndarray:
+    """A view of ``a`` (canvas layout) whose axis 0 runs away from the image on ``side``, axis 1 along it."""
+    if side == "top":
+        return a[::-1]
+    if side == "bottom":
+        return a
+    t = np.swapaxes(a, 0, 1)
+    return t[::-1] if side == "left" else t
+
+
+def _side_box(side: str, known: Box, lo: int, hi: int, a0: int, a1: int) -> Box:
+    """Canvas box of outward distances [lo, hi) from ``known``'s ``side`` (negative: inside), along [a0, a1)."""
+    if side == "top":
+        return Box(a0, known.y0 - hi, a1, known.y0 - lo)
+    if side == "bottom":
+        return Box(a0, known.y1 + lo, a1, known.y1 + hi)
+    if side == "left":
+        return Box(known.x0 - hi, a0, known.x0 - lo, a1)
+    return Box(known.x1 + lo, a0, known.x1 + hi, a1)
+
+
+def _window(size: int, ramp: int) -> np.ndarray:
+    """Flat-top window whose squares sum to one where neighbours overlap by ``ramp``."""
+    t = np.arange(size, dtype=np.float32)
+    w = np.ones(size, np.float32)
+    w[:ramp] = np.sin(0.5 * np.pi * (t[:ramp] + 0.5) / ramp)
+    w[size - ramp:] = np.cos(0.5 * np.pi * (t[:ramp] + 0.5) / ramp)
+    return w
+
+
+@dataclass
+class _Quilt:
+    """Where each texture patch of one band is copied from: ``src[sy, sx]`` per grid cell (-1: none)."""
+
+    src: np.ndarray
+    size: int
+    ramp: int
+    sy: np.ndarray
+    sx: np.ndarray
+
+    @property
+    def stride(self) -> int:
+        return self.size - self.ramp
+
+    def start(self, index: int) -> int:
+        return -self.ramp + index * self.stride
+
+
+def _open_windows(blocked: np.ndarray, size: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-left corners (on a ``step`` grid, sorted by x) of size×size windows mostly free of blocked
+    pixels (at most MAX_BLOCKED of them), and the blocked fraction of each."""
+    integral = cv2.integral(blocked.view(np.uint8))
+    ys = np.arange(0, blocked.shape[0] - size + 1, step)
+    xs = np.arange(0, blocked.shape[1] - size + 1, step)
+    bad = (integral[ys[:, None] + size, xs[None, :] + size] - integral[ys[:, None], xs[None, :] + size]
+           - integral[ys[:, None] + size, xs[None, :]] + integral[ys[:, None], xs[None, :]])
+    frac = bad.T / float(size * size)  # transposed: x-major order
+    iy, ix = np.nonzero(frac <= MAX_BLOCKED)
+    return ys[ix], xs[iy], frac[iy, ix]
+
+
+def _high_pass(src: np.ndarray, blocked: np.ndarray, sigma: float) -> np.ndarray:
+    """``src`` minus its local mean over unblocked pixels (scale ``sigma``): texture without the shading.
+
+    Shading the image's low frequencies missed (a shadow's edge) would make copied patches
+    show as blocks; the blur is done at reduced size, as it only needs the broad shape.
+    """
+    h, w, channels = src.shape
+    f = max(1.0, sigma / 3.0)
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+    open_ = (~blocked).astype(np.float32)
+    num = cv2.resize(src * open_[..., None], size, interpolation=cv2.INTER_AREA)
+    den = cv2.resize(open_, size, interpolation=cv2.INTER_AREA)
+    num = cv2.GaussianBlur(num, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(den, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+    mean = cv2.resize(num.reshape(size[1], size[0], channels) / np.maximum(den, 1e-3)[..., None], (w, h),
+                      interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
+    return (src - mean) * open_[..., None]
+
+
+def _plan_quilt(src: np.ndarray, blocked: np.ndarray, depth: int, size: int, rng: np.random.Generator) -> _Quilt | None:
+    """Choose a source window for every patch of a band ``depth`` deep, matching its neighbours.
+
+    ``src`` is the border's detail (S×A×C, row 0 the image's edge row), ``blocked`` where it may
+    not be copied from. A patch at outward distance g shows ``src`` rows in reverse (a translated
+    copy, as if the texture went on); candidates are open windows near the patch's own position
+    along the edge, scored by the squared difference with the patch before it (or, for the
+    first row, with the image itself) and the one beside it, on a sparse grid. When the subject
+    leaves no open window of this size, smaller patches are tried; None when none fit.
+    """
+    s_rows, along = src.shape[:2]
+    pos_y, pos_x, pos_bad = _open_windows(blocked, size, max(1, size // 8))
+    if pos_x.size == 0:
+        return None
+    ramp = max(2, size // 4)
+    energy = 1e-6 + 2.0 * float(np.mean(src[::4, ::4] ** 2))  # a typical mismatch between unrelated patches
+    quilt = _Quilt(src, size, ramp, np.empty(0, np.int64), np.empty(0, np.int64))
+    rows = -(-(depth + ramp) // quilt.stride)
+    cols = -(-(along + ramp) // quilt.stride)
+    sy = np.full((rows, cols), -1, np.int64)
+    sx = np.full((rows, cols), -1, np.int64)
+    q = max(1, size // 16)
+    ov = np.arange(0, ramp, q)  # overlap offsets
+    full = np.arange(0, size, q)
+    for g in range(rows):
+        g0 = quilt.start(g)
+        for c in range(cols):
+            a0 = quilt.start(c)
+            for reach in (3 * size, along):  # prefer windows from near this place along the edge
+                lo, hi = np.searchsorted(pos_x, [a0 - reach, a0 + reach + 1])
+                if hi > lo:
+                    break
+            pick = rng.integers(lo, hi, PATCH_CANDIDATES)
+            cy, cx = pos_y[pick], pos_x[pick]
+            score = (0.05 * rng.random(pick.size) + 4.0 * pos_bad[pick]) * energy
+            # above: the previous patch row, or the image itself (outward distance < 0)
+            in_cols = full[(a0 + full >= 0) & (a0 + full < along)]
+            if g == 0:
+                target = src[(ramp - 1 - ov)[:, None], (a0 + in_cols)[None, :]]
+            elif sy[g - 1, c] >= 0:
+                target = src[(sy[g - 1, c] + ramp - 1 - ov)[:, None], (sx[g - 1, c] + in_cols)[None, :]]
+            else:
+                target = None
+            if target is not None and in_cols.size:
+                cand = src[(cy[:, None] + size - 1 - ov[None, :])[:, :, None], (cx[:, None] + in_cols[None, :])[:, None, :]]
+                score += ((cand - target[None]) ** 2).mean(axis=(1, 2, 3))
+            if c > 0 and sy[g, c - 1] >= 0:
+                left = src[(sy[g, c - 1] + size - 1 - full)[:, None], (sx[g, c - 1] + quilt.stride + ov)[None, :]]
+                cand = src[(cy[:, None] + size - 1 - full[None, :])[:, :, None], (cx[:, None] + ov[None, :])[:, None, :]]
+                score += ((cand - left[None]) ** 2).mean(axis=(1, 2, 3))
+            best = int(np.argmin(score))
+            sy[g, c], sx[g, c] = cy[best], cx[best]
+    quilt.sy, quilt.sx = sy, sx
+    return quilt
+
+
+def _quilt_rows(quilt: _Quilt, i0: int, i1: int, along: int) -> tuple[np.ndarray, np.ndarray]:
+    """The quilt's texture and coverage (sum of squared weights, 0..1) for outward rows [i0, i1)."""
+    size, stride, src = quilt.size, quilt.stride, quilt.src
+    channels = src.shape[2]
+    acc = np.zeros((i1 - i0, along, channels), np.float32)
+    cover = np.zeros((i1 - i0, along), np.float32)
+    win = _window(size, quilt.ramp)
+    w2 = win[:, None] * win[None, :]
+    g_first = max(0, (i0 + quilt.ramp - size) // stride)
+    for g in range(g_first, quilt.sy.shape[0]):
+        g0 = quilt.start(g)
+        if g0 >= i1:
+            break
+        r0, r1 = max(g0, i0), min(g0 + size, i1)
+        if r0 >= r1:
+            continue
+        for c in range(quilt.sy.shape[1]):
+            sy = int(quilt.sy[g, c])
+            if sy < 0:
+                continue
+            a0 = quilt.start(c)
+            x0, x1 = max(a0, 0), min(a0 + size, along)
+            if x0 >= x1:
+                continue
+            sx = int(quilt.sx[g, c])
+            t0, t1 = r0 - g0, r1 - g0
+            # outward row t of the patch shows source row sy + size - 1 - t (a translated copy)
+            hi = sy + size - 1 - t0
+            lo = sy + size - 1 - (t1 - 1)
+            patch = src[lo:hi + 1, sx + x0 - a0:sx + x1 - a0][::-1]
+            w = w2[t0:t1, x0 - a0:x1 - a0]
+            acc[r0 - i0:r1 - i0, x0:x1] += patch * w[..., None]
+            cover[r0 - i0:r1 - i0, x0:x1] += w * w
+    return acc, np.minimum(cover, 1.0)
+
+
+def _low_box(work: np.ndarray, box: Box, rx: float, ry: float) -> np.ndarray:
+    """The work canvas upsampled over one canvas ``box`` (float32, box.height × box.width × C)."""
+    m = np.float32([[1 / rx, 0, (box.x0 + 0.5) / rx - 0.5], [0, 1 / ry, (box.y0 + 0.5) / ry - 0.5]])
+    part = cv2.warpAffine(work, m, box.size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return part.reshape(box.height, box.width, work.shape[2])
+
+
+def _blocked(matte: np.ndarray | None, box: Box, radius: int) -> np.ndarray:
+    """Where texture may not be copied from inside canvas ``box``: the subject grown by ``radius``
+    (soft edges, halos and colour fringes stay out too), as uint8 0/255."""
+    if matte is None:
+        return np.zeros((box.height, box.width), np.uint8)
+    h, w = matte.shape
+    grown = Box(max(0, box.x0 - radius), max(0, box.y0 - radius), min(w, box.x1 + radius), min(h, box.y1 + radius))
+    mask = np.where(matte[_slices(grown)] > 0, np.uint8(255), np.uint8(0))
+    if mask.any():
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        mask = cv2.dilate(mask, kernel)
+    return mask[box.y0 - grown.y0:box.y1 - grown.y0, box.x0 - grown.x0:box.x1 - grown.x0]
+
+
+def _fill_side(img: np.ndarray, side: str, known: Box, along: tuple[int, int], depth: int, src_depth: int,
+               work: np.ndarray, scale: tuple[float, float], matte: np.ndarray | None, grain: np.ndarray | None,
+               patch: int, rng: np.random.Generator) -> None:
+    """Fill ``depth`` rows outward from ``known``'s ``side`` over ``along``: low frequencies + texture + grain."""
+    rx, ry = scale
+    a0, a1 = along
+    width = a1 - a0
+    top = max_value(img)
+    s_rows = min(src_depth, 2 * patch)
+    src = None
+    quilt = None
+    if s_rows >= 2 and width >= 2:
+        box = _side_box(side, known, -s_rows, 0, a0, a1)
+        sl = _slices(box)
+        src = _orient(img[sl].astype(np.float32) - _low_box(work, box, rx, ry), side)[::-1]
+        src = np.ascontiguousarray(src)
+        no = np.ascontiguousarray(_orient(_blocked(matte, box, max(2, patch // 16)), side)[::-1]) > 0
+        src[no] = 0.0
+        size = min(patch, s_rows, width)
+        if size >= PATCH_MIN:
+            quilt = _plan_quilt(_high_pass(src, no, size / 4), no, depth, size, rng)
+        mirror = min(s_rows - 1, max(2, (quilt.size if quilt is not None else size) // 2))
+        open_ = (~no).astype(np.float32)
+    for i0 in range(0, depth, _CHUNK_ROWS):
+        i1 = min(depth, i0 + _CHUNK_ROWS)
+        box = _side_box(side, known, i0, i1, a0, a1)
+        out = _orient(_low_box(work, box, rx, ry), side)  # a view: rows outward
+        cover = None
+        if src is not None:
+            if quilt is not None:
+                texture, cover = _quilt_rows(quilt, i0, i1, width)
+            else:
+                texture = np.zeros((i1 - i0,) + src.shape[1:], np.float32)
+                cover = np.zeros((i1 - i0, width), np.float32)
+            # mirror right at the seam: outward row i shows image row i + 1 (reflect-101)
+            m1 = min(i1, mirror)
+            if i0 < m1:
+                i = np.arange(i0, m1)
+                fade = np.cos(0.5 * np.pi * (i + 0.5) / mirror).astype(np.float32)[:, None] * open_[i + 1]
+                rest = np.sqrt(1.0 - fade * fade)
+                n = m1 - i0
+                texture[:n] = fade[..., None] * src[i + 1] + rest[..., None] * texture[:n]
+                cover[:n] = fade * fade + rest * rest * cover[:n]
+            out = out + texture
+        if grain is not None:
+            ox = int(rng.integers(0, grain.shape[1] - width + 1))
+            noise = grain[:i1 - i0, ox:ox + width]
+            if cover is not None:
+                noise = noise * np.sqrt(np.maximum(1.0 - cover, 0.0))[..., None]
+            out = out + noise
+        _orient(img[_slices(box)], side)[...] = np.clip(np.rint(out), 0, top).astype(img.dtype)
+
+
+def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0, matte: np.ndarray | None = None) -> None:
     """Fill ``canvas`` outside ``known`` in place so the seam does not show (classical, CPU).
 
     RGBA: the new area is transparent (alpha 0), since a cut-out's backdrop is transparency.
-    RGB: the smooth extension is computed at ≤ WORK_LONG_EDGE px, upsampled band by band,
-    and grain matching the border's noise is added, so 24 MP frames take a fraction of a second.
+    RGB: the backdrop's low frequencies are continued at ≤ WORK_LONG_EDGE px (subject masked
+    out), and its texture (veins, grain) is carried on at full size: mirrored at the seam,
+    then quilted from border patches. ``matte`` (H×W like ``canvas``, 0 = backdrop) marks the
+    subject, whose pixels are never copied; None means the image is all backdrop. Top and
+    bottom are filled over the image's columns first, then the sides over the full height.
     """
     if canvas.ndim == 3 and canvas.shape[2] == 4:
         for band in _unknown_bands(canvas.shape[1], canvas.shape[0], known):
@@ -235,36 +535,41 @@ def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0) -> None:
         return
     img = canvas
     h, w, channels = img.shape
-    top = max_value(img)
     r = max(1.0, max(w, h) / WORK_LONG_EDGE)
     ws, hs = max(1, round(w / r)), max(1, round(h / r))
     rx, ry = w / ws, h / hs
     kx0, ky0 = min(round(known.x0 / rx), ws - 1), min(round(known.y0 / ry), hs - 1)
     k = Box(kx0, ky0, max(kx0 + 1, min(ws, round(known.x1 / rx))), max(ky0 + 1, min(hs, round(known.y1 / ry))))
+    patch = int(np.clip(round(PATCH_FRACTION * min(known.width, known.height)), PATCH_MIN, PATCH_MAX))
+    subject = np.zeros(k.size[::-1], np.float32)
+    if matte is not None:
+        if matte.shape != (h, w):
+            raise ValueError(f"matte shape {matte.shape} does not match canvas {(h, w)}")
+        inside = np.where(matte[_slices(known)] > 0, np.uint8(255), np.uint8(0))
+        subject = cv2.resize(inside, k.size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        subject = cv2.dilate(subject, np.ones((3, 3), np.uint8)).reshape(subject.shape)  # its fringe too
     small = cv2.resize(img[_slices(known)], k.size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    work = _extend_low_res(small.reshape(k.height, k.width, channels), k, ws, hs)
-    work = np.clip(np.rint(work), 0, top).astype(img.dtype)
+    small = small.reshape(k.height, k.width, channels)
+    backdrop = 1.0 - subject
+    low = _backdrop_low(small, backdrop.reshape(k.height, k.width), max(1.0, EDGE_SMOOTHING * max(ws, hs)))
+    work = _extend_low_res(low, k, ws, hs)
     sigma = _noise_level(img, known)
     rng = np.random.default_rng(seed)
-    bands = _unknown_bands(w, h, known)
     grain = None
-    slack = 512
     if float(sigma.max()) >= 0.25:
-        widest = max(b.width for b in bands)
-        grain = rng.standard_normal((_CHUNK_ROWS, widest + slack, channels), dtype=np.float32) * sigma
-        grain = np.rint(grain).astype(np.int32 if img.dtype == np.uint16 else np.int16)
-    depth = cv2.CV_16U if img.dtype == np.uint16 else cv2.CV_8U
-    for band in bands:
-        for y in range(band.y0, band.y1, _CHUNK_ROWS):
-            rows = min(_CHUNK_ROWS, band.y1 - y)
-            m = np.float32([[1 / rx, 0, (band.x0 + 0.5) / rx - 0.5], [0, 1 / ry, (y + 0.5) / ry - 0.5]])
-            part = cv2.warpAffine(work, m, (band.width, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REPLICATE)
-            part = part.reshape(rows, band.width, channels)
-            if grain is not None:
-                ox = int(rng.integers(0, slack))
-                part = cv2.add(part, grain[:rows, ox:ox + band.width], dtype=depth).reshape(part.shape)
-            img[y:y + rows, band.x0:band.x1] = part
+        slack = 512
+        grain = rng.standard_normal((_CHUNK_ROWS, max(w, h) + slack, channels), dtype=np.float32) * sigma
+    common = dict(work=work, scale=(rx, ry), matte=matte, grain=grain, patch=patch, rng=rng)
+    # top/bottom over the image's columns, then the sides over the full height (corners included):
+    # their source strips then hold the freshly filled rows, which are backdrop by construction
+    if known.y0 > 0:
+        _fill_side(img, "top", known, (known.x0, known.x1), known.y0, known.height, **common)
+    if known.y1 < h:
+        _fill_side(img, "bottom", known, (known.x0, known.x1), h - known.y1, known.height, **common)
+    if known.x0 > 0:
+        _fill_side(img, "left", known, (0, h), known.x0, known.width, **common)
+    if known.x1 < w:
+        _fill_side(img, "right", known, (0, h), w - known.x1, known.width, **common)
 
 
 # --- the stage -----------------------------------------------------------------------------
@@ -309,12 +614,17 @@ class GeometryCrops(Stage):
         o: CropsOptions = self.options
         subject, matte, source = find_subject(asset)
         seed = 0 if o.seed is None else o.seed
+        # outpaint copies backdrop texture; with no idea where the subject is, all of it counts
+        # as subject (a mirrored product is worse than a smooth band), so only colour continues
+        keep_out = matte
+        if keep_out is None and o.fill == "outpaint" and not asset.has_alpha:
+            keep_out = np.full((asset.height, asset.width), 255, np.uint8)
         outputs = []
         for text in o.ratios:
             frame = frame_for_ratio(asset.width, asset.height, subject, parse_ratio(text),
                                     margin=o.margin, fill=o.fill, anchor=o.anchor)
             pixels, _known = build_canvas(asset.pixels, frame, o.fill, pad_colour=o.pad_colour,
-                                          seed=seed, options=o, ctx=self.ctx)
+                                          seed=seed, options=o, ctx=self.ctx, matte=keep_out)
             left, top, right, bottom = frame.outside
             notes = {
                 "ratio": text,
@@ -328,6 +638,8 @@ class GeometryCrops(Stage):
             }
             if frame.extended and o.fill == "outpaint" and asset.has_alpha:
                 notes["fill"] = "outpaint (transparent)"
+            elif frame.extended and o.fill == "outpaint" and matte is None:
+                notes["fill"] = "outpaint (smooth: subject unknown)"
             out = asset.derive(pixels, frame_matte(matte, frame) if matte is not None else None, ratio=text)
             out.notes["crops"] = notes
             outputs.append(out)
