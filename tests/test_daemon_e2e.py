@@ -153,6 +153,15 @@ def test_notification_target_down_does_not_delay_jobs(workspace, staged):
     assert elapsed < 60
 
 
+def jobs_in(db: Path) -> list:
+    """The jobs of a database another process is using (opened and closed each time)."""
+    store = Store(db)
+    try:
+        return store.jobs()
+    finally:
+        store.close()
+
+
 def _start(config_path: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(config_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -168,14 +177,7 @@ def test_real_process_sigterm_and_crash_recovery(workspace):
         wait_for(lambda: db.exists(), 30, "the database")
         copy_slowly(big, workspace.inbox / "products" / "big.jpg", pause=0.01)
 
-        def running() -> bool:
-            store = Store(db)
-            try:
-                return any(j.status is JobStatus.RUNNING for j in store.jobs())
-            finally:
-                store.close()
-
-        wait_for(running, 60, "the job to start")
+        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs_in(db)), 60, "the job to start")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -183,15 +185,7 @@ def test_real_process_sigterm_and_crash_recovery(workspace):
             proc.kill()
     proc = _start(workspace.config_path)
     try:
-        def done() -> bool:
-            store = Store(db)
-            try:
-                jobs = store.jobs()
-                return len(jobs) == 1 and jobs[0].status is JobStatus.DONE
-            finally:
-                store.close()
-
-        wait_for(done, 120, "the interrupted job to be redone")
+        wait_for(lambda: [j.status for j in jobs_in(db)] == [JobStatus.DONE], 120, "the interrupted job to be redone")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -240,25 +234,18 @@ def test_sigterm_mid_job_stops_cleanly_and_the_job_is_redone(workspace):
     big = workspace.shot("staging/big.jpg", "grey", size=(3000, 2000), seed=6, subject="box")
     db = workspace.root / "state" / "assetd.sqlite3"
 
-    def jobs():
-        store = Store(db)
-        try:
-            return store.jobs()
-        finally:
-            store.close()
-
     proc = _start(workspace.config_path)
     try:
         wait_for(lambda: db.exists(), 30, "the database")
         copy_slowly(big, workspace.inbox / "products" / "big.jpg", pause=0.01)
-        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs()), 60, "the job to start")
+        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs_in(db)), 60, "the job to start")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
-    (job,) = jobs()
+    (job,) = jobs_in(db)
     assert no_temp_files(workspace.root / "out") == []
     if job.status is JobStatus.QUEUED:  # stopped between steps: handed back, attempt not counted
         assert job.attempts == 0 and b"interrupted by stop" in out
@@ -267,7 +254,7 @@ def test_sigterm_mid_job_stops_cleanly_and_the_job_is_redone(workspace):
         assert job.status is JobStatus.DONE
     proc = _start(workspace.config_path)
     try:
-        wait_for(lambda: jobs()[0].status is JobStatus.DONE, 120, "the job to be done")
+        wait_for(lambda: jobs_in(db)[0].status is JobStatus.DONE, 120, "the job to be done")
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     finally:
