@@ -156,6 +156,12 @@ def config_from_dict(data: object, source: Path) -> Config:
     for ch in cfg.channels.values():
         if ch.path is not None:
             ch.path = cfg.resolve(ch.path)
+    for name, ch in cfg.channels.items():
+        for i, inbox in enumerate(cfg.inboxes):
+            if ch.path is not None and inbox.path is not None and (
+                    ch.path == inbox.path or (inbox.recursive and ch.path.is_relative_to(inbox.path))):
+                errors.append(f"channels.{name}.path: {ch.path} lies inside inboxes[{i}] ({inbox.path}); "
+                              "its outputs would be taken as new inputs")
     cfg.database = cfg.resolve(cfg.database)
     cfg.rules_dir = cfg.resolve(cfg.rules_dir)
     if cfg.models.cache_dir is not None:

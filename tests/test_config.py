@@ -54,6 +54,7 @@ def test_empty_config_gives_the_documented_defaults(tmp_path):
     ("channels: {web: {path: out, quality: 101}}", "channels.web.quality: expected at most 100"),
     ("notify: {urls: 5}", "notify.urls: expected a list of strings, got 5"),
     ("input: {colour_intent: saturation}", "input.colour_intent: expected one of 'perceptual', 'relative'"),
+    ("inboxes: [{path: in}]\nchannels: {web: {path: in/out}}", "channels.web.path: "),
 ])
 def test_bad_values_name_file_key_and_expectation(tmp_path, text, expected):
     found = problems(tmp_path, text)
