@@ -167,17 +167,26 @@ def _start(config_path: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def start_with_a_running_job(workspace, shot: Path, db: Path) -> subprocess.Popen:
+    """`assetd run` as a process, with ``shot`` copied into the inbox and its job already running."""
+    proc = _start(workspace.config_path)
+    try:
+        wait_for(lambda: db.exists(), 30, "the database")
+        copy_slowly(shot, workspace.inbox / "products" / shot.name, pause=0.01)
+        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs_in(db)), 60, "the job to start")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
 def test_real_process_sigterm_and_crash_recovery(workspace):
     """`assetd run` as a process: a job cut off by SIGKILL is redone on the next start; SIGTERM exits cleanly."""
     workspace.write_config(settle=0.3)
     big = workspace.shot("staging/big.jpg", "white", size=(2400, 1800), seed=5, subject="bottle")
     db = workspace.root / "state" / "assetd.sqlite3"
-    proc = _start(workspace.config_path)
+    proc = start_with_a_running_job(workspace, big, db)
     try:
-        wait_for(lambda: db.exists(), 30, "the database")
-        copy_slowly(big, workspace.inbox / "products" / "big.jpg", pause=0.01)
-
-        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs_in(db)), 60, "the job to start")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -234,11 +243,8 @@ def test_sigterm_mid_job_stops_cleanly_and_the_job_is_redone(workspace):
     big = workspace.shot("staging/big.jpg", "grey", size=(3000, 2000), seed=6, subject="box")
     db = workspace.root / "state" / "assetd.sqlite3"
 
-    proc = _start(workspace.config_path)
+    proc = start_with_a_running_job(workspace, big, db)
     try:
-        wait_for(lambda: db.exists(), 30, "the database")
-        copy_slowly(big, workspace.inbox / "products" / "big.jpg", pause=0.01)
-        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs_in(db)), 60, "the job to start")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
