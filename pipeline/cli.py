@@ -136,12 +136,12 @@ def explain(file: str, config_path: str) -> None:
 
     Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
     """
-    from .intake import Intake
+    from .intake import relative_path
     from .watcher import is_ignored
 
     config, rules = _load(config_path)
     path = Path(os.path.abspath(file))
-    rel = Intake(config, rules, store=None).relative(path, None)  # type: ignore[arg-type]
+    rel = relative_path(config, path, None)
     click.echo(f"{path}  (matched as {str(rel)!r})")
     inbox = next((i.path for i in config.inboxes if path.is_relative_to(i.path)), None)
     if is_ignored(path, inbox):

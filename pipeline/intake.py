@@ -39,30 +39,26 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def relative_path(config: Config, path: Path, root: Path | None) -> PurePosixPath:
+    """The path relative to its inbox (or to the folder given to ``process``), for rule matching."""
+    for base in ([root] if root is not None else []) + [inbox.path for inbox in config.inboxes]:
+        try:
+            return PurePosixPath(path.relative_to(base).as_posix())
+        except ValueError:
+            continue
+    return PurePosixPath(path.name)
+
+
 class Intake:
     def __init__(self, config: Config, rules: list[Rule], store: Store):
         self.config = config
         self.rules = rules
         self.store = store
 
-    def relative(self, path: Path, root: Path | None) -> PurePosixPath:
-        """The path relative to its inbox (or to the folder given to ``process``), for rule matching."""
-        if root is not None:
-            try:
-                return PurePosixPath(path.relative_to(root).as_posix())
-            except ValueError:
-                pass
-        for inbox in self.config.inboxes:
-            try:
-                return PurePosixPath(path.relative_to(inbox.path).as_posix())
-            except ValueError:
-                continue
-        return PurePosixPath(path.name)
-
     def submit(self, path: Path, root: Path | None = None, rule_name: str | None = None) -> Submitted:
         """Enqueue ``path`` under the first matching rule (or ``rule_name``)."""
         path = Path(os.path.abspath(path))
-        rel = self.relative(path, root)
+        rel = relative_path(self.config, path, root)
         if rule_name is not None:
             rule = next((r for r in self.rules if r.name == rule_name), None)
         else:
@@ -74,6 +70,8 @@ class Intake:
             st = os.lstat(path)
         except FileNotFoundError:
             return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
+        except OSError as exc:
+            return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: cannot stat file: {exc.strerror}")
         if stat.S_ISREG(st.st_mode):
             digest = self.store.known_hash(str(path), st.st_size, st.st_mtime_ns)
             if digest is None:

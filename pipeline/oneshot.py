@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,14 +60,6 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
 def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | None, rule_name: str | None,
          force: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {"input": str(file), "status": "skipped", "rule": None, "error": None, "outputs": []}
-    try:
-        mode = os.lstat(file).st_mode
-    except OSError as exc:
-        doc.update(status="failed", error=f"{printable(str(file))}: {exc.strerror}")
-        return doc
-    if stat.S_ISLNK(mode):
-        doc.update(status="failed", error=f"{printable(str(file))}: is a symbolic link; links are never followed")
-        return doc
     sub = intake.submit(file, root, rule_name=rule_name)
     doc["rule"] = sub.rule.name if sub.rule else None
     if sub.job is None:

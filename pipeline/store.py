@@ -368,11 +368,6 @@ class Store:
             out[status] = n
         return out
 
-    def next_due(self) -> float | None:
-        """When the earliest queued job becomes due (None: nothing queued)."""
-        row = self.db.conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE status = 'queued'").fetchone()
-        return row[0] if row and row[0] is not None else None
-
     def busy(self) -> bool:
         row = self.db.conn.execute(
             "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()

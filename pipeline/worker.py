@@ -4,7 +4,6 @@ write every output atomically, record the result. Retries are exceptions (huey's
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -187,7 +186,7 @@ class Worker:
         """Read and decode a job's input, checking it is still the content that was queued."""
         path = Path(job.input_path)
         data = read_input(path)
-        if not job.input_hash.startswith("unreadable:") and hashlib.sha256(data).hexdigest() != job.input_hash:
+        if not job.input_hash.startswith("unreadable:") and sha256(data) != job.input_hash:
             raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
                                  "as its own job")
         return decode(data, str(path), self.config.input)
