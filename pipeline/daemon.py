@@ -68,7 +68,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._check_models()
+        checked_models = self._check_models()
         self.lock.acquire()
         store = self.store = Store(self.config.database)
         recovered = store.recover_orphans()
@@ -82,6 +82,8 @@ class Daemon:
             worker = Worker(f"worker-{i + 1}", self.config, store, self.rules, stop=self.stop_event,
                             on_failed=self.notifier.job_failed)
             thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{i + 1}", daemon=True)
+            if i == 0 and checked_models is not None:
+                worker.ctx.models = checked_models  # already loaded by the start-up check
             self.workers.append(worker)
             self._threads.append(thread)
             thread.start()
@@ -91,17 +93,23 @@ class Daemon:
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
 
-    def _check_models(self) -> None:
-        """A configured model that does not load offline stops the daemon before it takes any file."""
+    def _check_models(self) -> Any:
+        """A configured model that does not load offline stops the daemon before it takes any file.
+
+        Returns the ModelManager holding the checked models (for the first worker), or None."""
         from .stages.base import stage_class
 
-        if any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
-            from .models import check_models, resolve_device
+        if not any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
+            return None
+        from .models import ModelManager, check_models, resolve_device
 
-            log.info("model-backed steps will run on %s", resolve_device(self.config.device))
-            problems = check_models(self.config, self.rules)
-            if problems:
-                raise ConfigError(problems)
+        log.info("model-backed steps will run on %s", resolve_device(self.config.device))
+        manager = ModelManager(self.config)
+        problems = check_models(self.config, self.rules, keep_in=manager)
+        if problems:
+            manager.close()
+            raise ConfigError(problems)
+        return manager
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
         """Queued jobs made under an older version of a rule are re-made under the current one."""

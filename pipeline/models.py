@@ -542,11 +542,15 @@ def pull_models(config: "Config", rules: list["Rule"], echo: Callable[[str], Non
     return problems
 
 
-def check_models(config: "Config", rules: list["Rule"]) -> list[str]:
-    """Load every model the rules use, offline; problems name the model and how to fetch it."""
+def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | None = None) -> list[str]:
+    """Load every model the rules use, offline; problems name the model and how to fetch it.
+
+    With ``keep_in``, the loaded models stay resident there (the daemon hands that manager to its first
+    worker, so start-up does not load every model twice); otherwise each is freed after its check.
+    """
     problems: list[str] = []
     for ref in model_refs(config, rules):
-        manager = ModelManager(config)
+        manager = keep_in or ModelManager(config)
         try:
             manager.get((ref.kind, ref.name), lambda r=ref: _LOADERS[r.kind](manager, r.name))
         except ConfigError as exc:
@@ -554,5 +558,6 @@ def check_models(config: "Config", rules: list["Rule"]) -> list[str]:
         except TransientError as exc:
             problems.append(f"{ref.used_by}: {ref.kind} model {ref.name!r}: {exc}")
         finally:
-            manager.close()
+            if keep_in is None:
+                manager.close()
     return problems

@@ -57,3 +57,42 @@ outputs:
     assert steps["webshop"]["place_in_scene"]["backend"] == "diffusers"
     assert steps["banners"]["crops"]["fill"] == "generate" and steps["banners"]["crops"]["extended"]
     assert "upscale" not in steps["banners"]  # from: crops is the crop as framed
+
+
+def test_daemon_start_check_loads_each_model_once(workspace, tmp_path, monkeypatch, netguard):  # noqa: F811
+    import time
+
+    from pipeline import models
+    from pipeline.daemon import Daemon
+    from pipeline.stages import rembg_backend
+    from pipeline.store import JobStatus
+
+    onnx = tiny_dark_subject_onnx()
+    loads = []
+    real = models.load_rembg
+
+    def counting(manager, name):
+        loads.append(name)
+        return real(manager, name)
+
+    monkeypatch.setitem(models._LOADERS, "rembg", counting)
+    monkeypatch.setattr(rembg_backend, "load_rembg", counting)
+    workspace.write_config(extra=f"device: cpu\nmodels: {{cache_dir: {tmp_path / 'cache'}}}\n")
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("gpu.yaml", f"name: gpu\nsteps: [{{remove_background: {{backend: rembg, model: {onnx}}}}}]\n"
+                                   "outputs: [{channel: cutouts}]\n")
+    shot = np.full((120, 160, 3), 235, np.uint8)
+    shot[30:90, 50:110] = (30, 40, 120)
+    Image.fromarray(shot).save(workspace.inbox / "dark.png")
+    config, rules = workspace.load()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (daemon.store.jobs() and daemon.idle()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [j.status for j in daemon.store.jobs()] == [JobStatus.DONE]
+    finally:
+        daemon.stop()
+    assert loads == [str(onnx)]  # loaded by the start-up check, reused by the first worker
