@@ -126,9 +126,8 @@ class Worker:
         ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status="running")
-        self._manifests: list[OutputRecord] = []
         try:
-            result.outputs = self._execute(job, loaded)
+            result.outputs, manifests = self._execute(job, loaded)
         except StopRequested:
             self.store.release(job.id)
             result.status = JobStatus.QUEUED.value
@@ -171,7 +170,7 @@ class Worker:
             self._report_failure(job, message)
             return result
         result.seconds = time.perf_counter() - started
-        self.store.finish(job.id, result.outputs + self._manifests, result.seconds)
+        self.store.finish(job.id, result.outputs + manifests, result.seconds)
         result.status = JobStatus.DONE.value
         log.info("%s: job %d done in %.2fs: %s → %d outputs", self.name, job.id, result.seconds,
                  job.input_path, len(result.outputs))
@@ -191,7 +190,8 @@ class Worker:
                                  "as its own job")
         return decode(data, str(path), self.config.input)
 
-    def _execute(self, job: Job, loaded: Future | None) -> list[OutputRecord]:
+    def _execute(self, job: Job, loaded: Future | None) -> tuple[list[OutputRecord], list[OutputRecord]]:
+        """Run the job; returns (outputs, manifests written beside them)."""
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
@@ -212,7 +212,8 @@ class Worker:
             raise StopRequested("stopping before writing outputs")
         return self._write_outputs(job, rule, results, decoded)
 
-    def _write_outputs(self, job: Job, rule: Rule, results: dict[str, list[Asset]], decoded: Any) -> list[OutputRecord]:
+    def _write_outputs(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
+                       decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord]]:
         stem = safe_stem(Path(job.input_path).stem)
         records: list[OutputRecord] = []
         used: set[Path] = set()
@@ -247,14 +248,15 @@ class Worker:
             "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
         }
+        manifests: list[OutputRecord] = []
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
         for folder in sorted(folders):
             target = self._free_path(folder, stem + MANIFEST_SUFFIX, job, used)
             self.store.reserve_output(job.id, str(target), "", "manifest")
             atomic_write(target, body)
-            self._manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
-                                                height=0, bytes=len(body), sha256=sha256(body)))
-        return records
+            manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
+                                          height=0, bytes=len(body), sha256=sha256(body)))
+        return records, manifests
 
     @staticmethod
     def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:
