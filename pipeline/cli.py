@@ -165,11 +165,15 @@ def explain(file: str, config_path: str) -> None:
 
 @cli.command()
 @_config_option
-@click.option("--status", type=click.Choice(["queued", "running", "done", "failed"]), help="only jobs in this state")
+@click.option("--status", type=click.Choice(["queued", "running", "done", "failed", "review"]),
+              help="only jobs in this state; review: done jobs marked for review")
 @click.option("--limit", type=int, default=None, help="at most this many jobs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool) -> None:
-    """List jobs with their state, attempts and errors.
+    """List jobs with their state, attempts, errors and review reasons.
+
+    A done job marked for review (a stage doubted its result; the outputs were written) shows ⚑ and
+    its first reason; --json has them all.
 
     Example: assetd jobs --config studio.yaml --status failed
     """
@@ -189,13 +193,23 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "status", "tries", "rule", "input", "seconds", "error")
+    table = Table("id", "status", "tries", "rule", "input", "seconds", "error", "review")
     for j in rows:
         table.add_row(str(j.id), j.status.value, str(j.attempts), j.rule, j.rel_path or j.input_path,
-                      f"{j.seconds:.2f}" if j.seconds else "", j.error or "")
+                      f"{j.seconds:.2f}" if j.seconds else "", j.error or "", _review_cell(j.review))
     Console(width=None if sys.stdout.isatty() else 240).print(table)
     counts = store.counts()
-    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    to_review = store.review_count()
+    click.echo(", ".join(f"{n} {s}" + (f" ({to_review} need review)" if s == "done" and to_review else "")
+                         for s, n in counts.items()))
+
+
+def _review_cell(reasons: list[str]) -> Any:
+    """The jobs table's review column: a marker and the first reason (``--json`` has them all)."""
+    from rich.text import Text  # plain text: a reason's "[...]" is not rich markup
+
+    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return Text(f"⚑ {reasons[0]}{more}" if reasons else "")
 
 
 @cli.command()

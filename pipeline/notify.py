@@ -2,9 +2,9 @@
 
 A failed job is announced at once; when the queue has been idle for
 ``digest_after_idle_seconds`` after some activity, one digest says how many were done and failed,
-lists the failures with their reasons, and the time the batch took. A slow or unreachable target
-only ever delays this thread: jobs never wait for it, and undelivered messages stay in the outbox
-and are retried with back-off (also after a restart).
+lists the failures with their reasons and the done jobs marked for review with theirs, and the time
+the batch took. A slow or unreachable target only ever delays this thread: jobs never wait for it,
+and undelivered messages stay in the outbox and are retried with back-off (also after a restart).
 """
 from __future__ import annotations
 
@@ -38,21 +38,28 @@ def format_duration(seconds: float) -> str:
 
 
 def digest_text(jobs: list[Job], max_listed: int = 50) -> tuple[str, str]:
-    """Title and body of a batch digest."""
+    """Title and body of a batch digest: counts, then the failures and the jobs to review (each list capped)."""
     done = [j for j in jobs if j.status is JobStatus.DONE]
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
+    review = [j for j in done if j.review]
     first = min((j.created_at or j.started_at or 0.0) for j in jobs)
     last = max(j.finished_at or 0.0 for j in jobs)
     busy = sum(j.seconds or 0.0 for j in done)
-    title = f"batch finished: {len(done)} done, {len(failed)} failed"
-    lines = [f"{len(done)} done, {len(failed)} failed in {format_duration(last - first)} "
-             f"({format_duration(busy)} of processing)."]
+    summary = f"{len(done)} done" + (f" ({len(review)} need review)" if review else "") + f", {len(failed)} failed"
+    title = f"batch finished: {summary}"
+    lines = [f"{summary} in {format_duration(last - first)} ({format_duration(busy)} of processing)."]
     if failed:
         lines.append("")
         lines.append("Failed:")
         lines.extend(f"- {j.error or j.input_path}" for j in failed[:max_listed])
         if len(failed) > max_listed:
             lines.append(f"- ... and {len(failed) - max_listed} more (assetd jobs --status failed)")
+    if review:
+        lines.append("")
+        lines.append("Need review (outputs written):")
+        lines.extend(f"- {printable(j.input_path)}: {'; '.join(j.review)}" for j in review[:max_listed])
+        if len(review) > max_listed:
+            lines.append(f"- ... and {len(review) - max_listed} more (assetd jobs --status review)")
     return title, "\n".join(lines)
 
 

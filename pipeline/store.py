@@ -5,6 +5,10 @@ another name are not reprocessed, a changed rule reprocesses. Workers claim jobs
 (``BEGIN IMMEDIATE``) under a lease; a job left ``running`` by a crash is taken back when its
 lease expires, and fails for good once it has used ``max_attempts``.
 
+A done job may be *marked for review*: ``jobs.review`` holds the reasons its stages gave (a JSON
+list of one-line strings), NULL when there are none. Its outputs are written like any other's;
+``jobs(status="review")`` lists such jobs, and ``requeue`` clears the mark.
+
 Each thread gets its own connection (SQLite connections are not shared across threads).
 """
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,12 +69,21 @@ def m001_initial(db: Database) -> None:
     db["state"].create({"key": str, "value": str}, pk="key")
 
 
+@migrations()
+def m002_job_review(db: Database) -> None:
+    """``jobs.review``: why a done job needs a human's look (JSON list of one-line reasons), or NULL."""
+    if "review" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("review", str)
+
+
 class JobStatus(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
 
+
+REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
 
 @dataclass
 class Job:
@@ -91,11 +104,13 @@ class Job:
     next_attempt_at: float = 0.0
     lease_expires: float | None = None
     worker: str | None = None
+    review: list[str] = field(default_factory=list)  # why a human should look at it (done jobs)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
         known = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
         known["status"] = JobStatus(row["status"])
+        known["review"] = json.loads(row["review"]) if row.get("review") else []
         return cls(**known)
 
 
@@ -268,7 +283,9 @@ class Store:
         self.db["steps"].insert({"job_id": job_id, "attempt": attempt, "step": step, "backend": backend,
                                  "seconds": seconds, "finished_at": time.time()})
 
-    def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float) -> None:
+    def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
+               review: list[str] | None = None) -> None:
+        """The job is done; ``review``: reasons a human should look at its outputs (none: NULL)."""
         now = time.time()
         with self._immediate() as db:
             db.conn.execute("DELETE FROM outputs WHERE job_id = ?", [job_id])
@@ -278,8 +295,8 @@ class Store:
                 )
             db.conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = ?, seconds = ?, error = NULL,"
-                " lease_expires = NULL WHERE id = ?",
-                [now, seconds, job_id],
+                " lease_expires = NULL, review = ? WHERE id = ?",
+                [now, seconds, json.dumps(review) if review else None, job_id],
             )
 
     def fail(self, job_id: int, error: str) -> None:
@@ -326,14 +343,17 @@ class Store:
             for job_id in ids:
                 db.conn.execute(
                     "UPDATE jobs SET status = 'queued', attempts = 0, next_attempt_at = 0, error = NULL,"
-                    " finished_at = NULL, lease_expires = NULL WHERE id = ?", [job_id],
+                    " finished_at = NULL, lease_expires = NULL, review = NULL WHERE id = ?", [job_id],
                 )
         return ids
 
     def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs in id order; ``status`` is a ``JobStatus`` value or ``"review"`` (done, marked for review)."""
         sql = "SELECT * FROM jobs"
         params: list[Any] = []
-        if status:
+        if status == REVIEW:
+            sql += " WHERE status = 'done' AND review IS NOT NULL"
+        elif status:
             sql += " WHERE status = ?"
             params.append(status)
         sql += " ORDER BY id"
@@ -363,10 +383,16 @@ class Store:
         return self.db.execute_returning_dicts("SELECT * FROM steps WHERE job_id = ? ORDER BY id", [job_id])
 
     def counts(self) -> dict[str, int]:
+        """Jobs per state (they add up to the number of jobs; see ``review_count`` for the done ones to look at)."""
         out = {s.value: 0 for s in JobStatus}
         for status, n in self.db.conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
             out[status] = n
         return out
+
+    def review_count(self) -> int:
+        """How many done jobs are marked for review."""
+        return self.db.conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'done' AND review IS NOT NULL").fetchone()[0]
 
     def busy(self) -> bool:
         row = self.db.conn.execute(

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .chain import Chain, StepError
 from .config import Config
@@ -36,11 +36,18 @@ class JobResult:
     error: str | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
     seconds: float = 0.0
+    review: list[str] = field(default_factory=list)  # why a human should look at the outputs (done jobs)
 
 
 def one_line(text: str) -> str:
     """Errors are stored and notified as one line."""
     return " ".join(str(text).split())
+
+
+def review_reasons(assets: Iterable[Asset]) -> list[str]:
+    """The review reasons of the written assets, one line each, each once, in order of first appearance."""
+    reasons = (one_line(r) for asset in assets for r in asset.review)
+    return list(dict.fromkeys(r for r in reasons if r))
 
 
 class Worker:
@@ -127,7 +134,7 @@ class Worker:
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status="running")
         try:
-            result.outputs, manifests = self._execute(job, loaded)
+            result.outputs, manifests, result.review = self._execute(job, loaded)
         except StopRequested:
             self.store.release(job.id)
             result.status = JobStatus.QUEUED.value
@@ -170,10 +177,13 @@ class Worker:
             self._report_failure(job, message)
             return result
         result.seconds = time.perf_counter() - started
-        self.store.finish(job.id, result.outputs + manifests, result.seconds)
+        self.store.finish(job.id, result.outputs + manifests, result.seconds, result.review)
         result.status = JobStatus.DONE.value
         log.info("%s: job %d done in %.2fs: %s → %d outputs", self.name, job.id, result.seconds,
                  job.input_path, len(result.outputs))
+        if result.review:
+            log.warning("%s: job %d needs review: %s: %s", self.name, job.id, printable(job.input_path),
+                        "; ".join(result.review))
         return result
 
     def _report_failure(self, job: Job, message: str) -> None:
@@ -190,8 +200,8 @@ class Worker:
                                  "as its own job")
         return decode(data, str(path), self.config.input)
 
-    def _execute(self, job: Job, loaded: Future | None) -> tuple[list[OutputRecord], list[OutputRecord]]:
-        """Run the job; returns (outputs, manifests written beside them)."""
+    def _execute(self, job: Job, loaded: Future | None) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
+        """Run the job; returns (outputs, manifests written beside them, review reasons of the outputs)."""
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
@@ -213,7 +223,7 @@ class Worker:
         return self._write_outputs(job, rule, results, decoded)
 
     def _write_outputs(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
-                       decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord]]:
+                       decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
         stem = safe_stem(Path(job.input_path).stem)
         records: list[OutputRecord] = []
         used: set[Path] = set()
@@ -242,11 +252,13 @@ class Worker:
                 width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
                 scale=round(asset.scale * width / asset.width, 4)))
             notes.append(asset.notes)
+        review = review_reasons(asset for _, _, asset, _ in work)
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
         manifest = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
             "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
+            "review": review,
         }
         manifests: list[OutputRecord] = []
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
@@ -256,7 +268,7 @@ class Worker:
             atomic_write(target, body)
             manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
                                           height=0, bytes=len(body), sha256=sha256(body)))
-        return records, manifests
+        return records, manifests, review
 
     @staticmethod
     def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:

@@ -52,6 +52,11 @@ class Asset:
     ratio:   the crop ratio this asset was framed for ("4:5"), None before ``crops``.
     scale:   resampling factor applied to the input's pixels so far (1.0: untouched).
     notes:   what each step did, for the manifest ({"crops": {"fill": "outpaint", ...}}).
+    review:  reasons a human should look at this asset before it is used, one line each, naming the
+             step ("remove_background: matte uncertain on 14% of the outline (review_above 10%)").
+             A stage appends to it instead of failing when its result is usable but doubtful; the
+             outputs are still written, and the job is marked for review (``assetd jobs --status
+             review``, the manifest, the digest). Empty: nothing to look at.
     """
 
     pixels: np.ndarray
@@ -59,6 +64,7 @@ class Asset:
     ratio: str | None = None
     scale: float = 1.0
     notes: dict[str, Any] = field(default_factory=dict)
+    review: list[str] = field(default_factory=list)
 
     @property
     def height(self) -> int:
@@ -73,8 +79,10 @@ class Asset:
         return self.pixels.ndim == 3 and self.pixels.shape[2] == 4
 
     def derive(self, pixels: np.ndarray, matte: np.ndarray | None, **changes: Any) -> "Asset":
-        """A new asset from this one: notes are copied, other fields overridable."""
-        return dataclasses.replace(self, pixels=pixels, matte=matte, notes=dict(self.notes), **changes)
+        """A new asset from this one: notes and review reasons are copied (not shared), other fields
+        overridable."""
+        return dataclasses.replace(self, pixels=pixels, matte=matte, notes=dict(self.notes),
+                                   review=list(self.review), **changes)
 
 
 @dataclass
