@@ -49,16 +49,23 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
             if not apprise.Apprise().add(url):
                 problems.append(f"{config.source}: notify.urls[{i}]: apprise does not understand {url!r}")
     model_steps = [s for r in rules for s in r.steps if stage_class(s.step, s.backend).needs_models]
-    if model_steps:
-        from .models import check_models, resolve_device
+    from .models import check_models, model_refs, resolve_device
 
-        device = resolve_device(config.device)
-        if device == "cpu" and config.device.startswith("cuda"):
-            problems.append(f"{config.source}: device: {config.device!r} asked for, but no CUDA GPU is usable "
-                            "here (use auto to fall back to the CPU)")
-        elif device == "cpu":
-            warnings.append(f"device {config.device!r} resolves to the CPU: model-backed steps will be slow")
-        problems.extend(check_models(config, rules))
-        if not problems:
+    device = resolve_device(config.device) if model_steps else "cpu"
+    if model_steps and device == "cpu" and config.device.startswith("cuda"):
+        problems.append(f"{config.source}: device: {config.device!r} asked for, but no CUDA GPU is usable "
+                        "here (use auto to fall back to the CPU)")
+    elif model_steps and device == "cpu":
+        warnings.append(f"device {config.device!r} resolves to the CPU: model-backed steps will be slow")
+    if model_refs(config, rules):  # the model-backed steps' models and the studio backend's subject prior
+        checked = check_models(config, rules)
+        problems.extend(checked.problems)
+        warnings.extend(checked.warnings)
+        if model_steps and not problems:
             info.append(f"{len(model_steps)} model-backed step(s) load offline on {device}")
+        for ref in checked.loaded:
+            if ref.kind == "prior":
+                from .prior import prior_file
+
+                info.append(f"{ref.used_by}: studio's subject prior {ref.name} loads ({prior_file(config)})")
     return problems, warnings, info

@@ -239,16 +239,40 @@ def models() -> None:
     """Fetch and check the weights of model-backed backends."""
 
 
+def _optional_config_option(f: Any) -> Any:
+    return click.option("--config", "-c", "config_path", default=None, type=click.Path(dir_okay=False),
+                        help=CONFIG_HELP + "; without it: the built-in defaults")(f)
+
+
+def _load_or_defaults(config_path: str | None) -> tuple[Config, list[Rule]]:
+    """The config and rules, or without a config the built-in defaults: the default settings (so the
+    default model cache) and one rule with the default step, a ``remove_background`` with its default
+    backend (``studio``, whose model is the subject prior)."""
+    if config_path is not None:
+        return _load(config_path)
+    from .config import config_from_dict
+    from .rules import MatchSpec, StepSpec
+    from .stages.base import stage_class
+
+    config = config_from_dict({}, Path("(built-in defaults)").absolute())
+    cls = stage_class("remove_background", None)
+    step = StepSpec("remove_background", cls.backend, cls.Options())
+    return config, [Rule(name="default", path=Path("(built-in)"), match=MatchSpec(), steps=[step], outputs=[])]
+
+
 @models.command("pull")
-@_config_option
-def models_pull(config_path: str) -> None:
-    """Download every configured model into the cache (run while online).
+@_optional_config_option
+def models_pull(config_path: str | None) -> None:
+    """Download every model the rules use into the cache (run while online); what is there is kept.
+
+    Without --config: the built-in defaults, that is the studio backend's subject prior (U²-Netp,
+    4.6 MB) into the default cache ($XDG_CACHE_HOME or ~/.cache, folder assetd).
 
     Example: assetd models pull --config studio.yaml
     """
     from .models import pull_models
 
-    config, rules = _load(config_path)
+    config, rules = _load_or_defaults(config_path)
     problems = pull_models(config, rules, click.echo)
     for p in problems:
         click.echo(f"✗ {p}", err=True)
@@ -256,21 +280,27 @@ def models_pull(config_path: str) -> None:
 
 
 @models.command("check")
-@_config_option
-def models_check(config_path: str) -> None:
-    """Load every configured model offline; name the missing ones and how to fetch them.
+@_optional_config_option
+def models_check(config_path: str | None) -> None:
+    """Load every model the rules use, offline; name the missing ones and how to fetch them.
+
+    A missing optional model (the subject prior with prior: auto) is a warning, not a failure.
+    Without --config: the built-in defaults (the subject prior in the default cache).
 
     Example: assetd models check --config studio.yaml
     """
     from .models import check_models
 
-    config, rules = _load(config_path)
-    problems = check_models(config, rules)
-    for p in problems:
+    config, rules = _load_or_defaults(config_path)
+    checked = check_models(config, rules)
+    for w in checked.warnings:
+        click.echo(f"! {w}", err=True)
+    for p in checked.problems:
         click.echo(f"✗ {p}", err=True)
-    if not problems:
-        click.echo("✓ every configured model loads offline")
-    sys.exit(1 if problems else 0)
+    if not checked.problems:
+        click.echo("✓ every configured model loads offline" if not checked.warnings
+                   else "✓ every required model loads offline")
+    sys.exit(1 if checked.problems else 0)
 
 
 @cli.command()

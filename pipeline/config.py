@@ -78,7 +78,9 @@ class InputConfig:
 
 @dataclass
 class ModelsConfig:
-    cache_dir: Path | None = opt(None, doc="where model weights live (default: the Hugging Face / rembg caches)")
+    cache_dir: Path | None = opt(None, doc="where model weights live: <cache_dir>/assetd/u2netp.onnx (the studio "
+                                 "subject prior), <cache_dir>/huggingface, <cache_dir>/rembg; default: "
+                                 "${XDG_CACHE_HOME:-~/.cache}/assetd/u2netp.onnx and the Hugging Face / rembg caches")
     rembg: str = opt("birefnet-general", doc="default model of remove_background backend rembg")
     diffusers: str = opt("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                          doc="default pipeline of place_in_scene backend diffusers and fill: generate")

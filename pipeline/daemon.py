@@ -96,19 +96,23 @@ class Daemon:
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.
 
+        An optional one (the studio backend's subject prior, ``prior: auto``) that is not in the cache
+        is logged as a warning; the daemon starts and that step runs without it.
         Returns the ModelManager holding the checked models (for the first worker), or None."""
+        from .models import ModelManager, check_models, model_refs, resolve_device
         from .stages.base import stage_class
 
-        if not any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
+        if not model_refs(self.config, self.rules):
             return None
-        from .models import ModelManager, check_models, resolve_device
-
-        log.info("model-backed steps will run on %s", resolve_device(self.config.device))
+        if any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
+            log.info("model-backed steps will run on %s", resolve_device(self.config.device))
         manager = ModelManager(self.config)
-        problems = check_models(self.config, self.rules, keep_in=manager)
-        if problems:
+        checked = check_models(self.config, self.rules, keep_in=manager)
+        for warning in checked.warnings:
+            log.warning("%s", warning)
+        if checked.problems:
             manager.close()
-            raise ConfigError(problems)
+            raise ConfigError(checked.problems)
         return manager
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:

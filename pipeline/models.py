@@ -11,21 +11,27 @@ that fetches it (``assetd models pull --config FILE``), which is the one place t
 (``pull_models``). ``check_models`` loads every model the rules use, offline, before the daemon
 starts. A CUDA out-of-memory or a lost GPU during a job is a ``TransientError`` (``gpu_errors``).
 
+The ``studio`` backend's subject prior (U²-Netp, ``pipeline/prior.py``) is a model like the others
+here (kind ``prior``), but an optional one by default (``prior: auto``): when it is missing, checks
+warn and the backend runs without it.
+
 Heavy libraries (torch, diffusers, rembg, spandrel) are imported inside functions, so importing
 this module and the stages stays cheap and works without the ``models`` extra installed.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import importlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -142,11 +148,8 @@ def gpu_errors(what: str) -> Iterator[None]:
 
 def empty_cuda_cache() -> None:
     gc.collect()
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # not imported yet: torch holds no GPU memory (and importing costs seconds)
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
@@ -170,12 +173,20 @@ class ModelManager:
 
     def __init__(self, config: "Config", clock: Callable[[], float] = time.monotonic):
         self.config = config
-        self.device = resolve_device(config.device)
+        self._device: str | None = None
         self.clock = clock
         self._entries: dict[Any, _Entry] = {}
         self._lock = threading.RLock()
         self._dtype: Any = None
         apply_cache_dir(config)
+
+    @property
+    def device(self) -> str:
+        """The resolved device, decided on first use: a manager that only loads the subject prior on a
+        CPU-only onnxruntime never asks (which would import torch when it is installed)."""
+        if self._device is None:
+            self._device = resolve_device(self.config.device)
+        return self._device
 
     @property
     def dtype(self) -> Any:
@@ -195,7 +206,7 @@ class ModelManager:
                 value = loader()
                 entry = _Entry(value, self.clock(), time.perf_counter() - started)
                 self._entries[key] = entry
-                log.info("loaded model %s on %s in %.1f s", _key_name(key), self.device, entry.loaded_in)
+                log.info("loaded model %s on %s in %.1f s", _key_name(key), self._device or "cpu", entry.loaded_in)
             entry.last_used = self.clock()
             return entry.value
 
@@ -267,35 +278,51 @@ def hf_cache_dir(config: "Config") -> str | None:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model some rule needs: kind is ``diffusers``, ``rembg`` or ``spandrel``."""
+    """A model some rule needs: kind is ``diffusers``, ``rembg``, ``spandrel`` or ``prior``.
+
+    ``optional``: the step runs without it (the studio backend's subject prior with ``prior: auto``),
+    so a missing file is a warning, not a problem.
+    """
 
     kind: str
     name: str
     used_by: str = ""
+    optional: bool = False
 
 
 def model_refs(config: "Config", rules: list["Rule"]) -> list[ModelRef]:
-    """Every model the rules use (deduplicated, first user named), resolving config defaults."""
+    """Every model the rules use (deduplicated, first user named), resolving config defaults.
+
+    A model some step requires is required, even when an earlier step could do without it.
+    """
     refs: dict[tuple[str, str], ModelRef] = {}
     for rule in rules:
         for spec in rule.steps:
             ref = _ref_for_step(config, spec.step, spec.backend, spec.options)
-            if ref is not None and (ref[0], ref[1]) not in refs:
-                refs[(ref[0], ref[1])] = ModelRef(ref[0], ref[1], f"rule {rule.name}, step {spec.step}")
+            if ref is None:
+                continue
+            known = refs.get((ref.kind, ref.name))
+            if known is None or (known.optional and not ref.optional):
+                refs[(ref.kind, ref.name)] = dataclasses.replace(ref, used_by=f"rule {rule.name}, step {spec.step}")
     return list(refs.values())
 
 
-def _ref_for_step(config: "Config", step: str, backend: str, options: Any) -> tuple[str, str] | None:
+def _ref_for_step(config: "Config", step: str, backend: str, options: Any) -> ModelRef | None:
     model = getattr(options, "model", None) or None
     if step == "remove_background" and backend == "rembg":
-        return "rembg", str(model or config.models.rembg)
+        return ModelRef("rembg", str(model or config.models.rembg))
+    if step == "remove_background" and backend == "studio":
+        from .prior import NAME
+
+        mode = getattr(options, "prior", "auto")  # auto | on | off
+        return None if mode == "off" else ModelRef("prior", NAME, optional=mode != "on")
     if step == "place_in_scene" and backend == "diffusers":
-        return "diffusers", str(model or config.models.diffusers)
+        return ModelRef("diffusers", str(model or config.models.diffusers))
     if step == "crops" and getattr(options, "fill", None) == "generate":
-        return "diffusers", str(model or config.models.diffusers)
+        return ModelRef("diffusers", str(model or config.models.diffusers))
     if step == "upscale" and backend == "spandrel":
         path = model or config.models.spandrel
-        return ("spandrel", str(config.resolve(path))) if path else None
+        return ModelRef("spandrel", str(config.resolve(path))) if path else None
     return None
 
 
@@ -510,8 +537,14 @@ def load_spandrel(manager: ModelManager, path: str) -> Any:
 
 # --------------------------------------------------------------------------------- pull / check
 
+def _load_prior(manager: ModelManager, name: str) -> Any:
+    from .prior import build_prior
+
+    return build_prior(manager)  # the same key as load_prior's, so a worker reuses it
+
+
 _LOADERS: dict[str, Callable[[ModelManager, str], Any]] = {
-    "diffusers": load_diffusers, "rembg": load_rembg, "spandrel": load_spandrel,
+    "diffusers": load_diffusers, "rembg": load_rembg, "spandrel": load_spandrel, "prior": _load_prior,
 }
 
 
@@ -528,6 +561,10 @@ def pull_models(config: "Config", rules: list["Rule"], echo: Callable[[str], Non
                 echo("  " + pull_diffusers(config, ref.name))
             elif ref.kind == "rembg":
                 echo("  " + pull_rembg(config, ref.name))
+            elif ref.kind == "prior":
+                from .prior import pull_prior
+
+                echo("  " + pull_prior(config))
             else:
                 file = config.resolve(ref.name)
                 if not file.is_file():
@@ -542,22 +579,43 @@ def pull_models(config: "Config", rules: list["Rule"], echo: Callable[[str], Non
     return problems
 
 
-def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | None = None) -> list[str]:
+@dataclass
+class ModelCheck:
+    """What ``check_models`` found: problems stop the daemon; warnings (an optional model missing)
+    do not; ``loaded`` are the refs that loaded."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    loaded: list[ModelRef] = field(default_factory=list)
+
+
+def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | None = None) -> ModelCheck:
     """Load every model the rules use, offline; problems name the model and how to fetch it.
 
     With ``keep_in``, the loaded models stay resident there (the daemon hands that manager to its first
-    worker, so start-up does not load every model twice); otherwise each is freed after its check.
+    worker, so start-up does not load every model twice); otherwise each is freed after its check. An
+    optional model that is not in the cache is a warning (its step runs without it); one that is
+    there but broken is still a problem.
     """
-    problems: list[str] = []
+    from .prior import PriorMissingError
+
+    result = ModelCheck()
     for ref in model_refs(config, rules):
         manager = keep_in or ModelManager(config)
         try:
             manager.get((ref.kind, ref.name), lambda r=ref: _LOADERS[r.kind](manager, r.name))
+            result.loaded.append(ref)
+        except PriorMissingError as exc:
+            if ref.optional:
+                result.warnings.append(f"{ref.used_by}: studio runs without its subject prior ({exc.what}); "
+                                       f"{exc.hint}")
+            else:
+                result.problems.append(f"{ref.used_by}: prior: on needs the subject prior ({exc.what}); {exc.hint}")
         except ConfigError as exc:
-            problems.extend(f"{ref.used_by}: {p}" for p in exc.problems)
+            result.problems.extend(f"{ref.used_by}: {p}" for p in exc.problems)
         except TransientError as exc:
-            problems.append(f"{ref.used_by}: {ref.kind} model {ref.name!r}: {exc}")
+            result.problems.append(f"{ref.used_by}: {ref.kind} model {ref.name!r}: {exc}")
         finally:
             if keep_in is None:
                 manager.close()
-    return problems
+    return result

@@ -108,7 +108,7 @@ def test_check_reports_missing_models_with_the_pull_command(tmp_path, monkeypatc
         StepSpec("remove_background", "rembg", RembgOptions(model="u2net")),
         StepSpec("place_in_scene", "diffusers", DiffusersSceneOptions(prompt="x", model="acme/not-pulled")),
         StepSpec("upscale", "spandrel", SpandrelOptions(model="gone.pth")),
-    )])
+    )]).problems
     monkeypatch.delenv("U2NET_HOME", raising=False)  # the manager pointed rembg at cache_dir
     assert len(problems) == 3
     pull = f"assetd models pull --config {config.source}"
@@ -125,7 +125,7 @@ def test_check_and_pull_pass_for_local_models(tmp_path, monkeypatch):
     rules = [rule(StepSpec("remove_background", "rembg", RembgOptions(model=str(tiny_dark_subject_onnx()))),
                   StepSpec("place_in_scene", "diffusers", DiffusersSceneOptions(prompt="x")),
                   StepSpec("upscale", "spandrel", SpandrelOptions()))]
-    assert models.check_models(config, rules) == []
+    assert models.check_models(config, rules).problems == []
     lines: list[str] = []
     assert models.pull_models(config, rules, lines.append) == []
     assert any("nothing to fetch" in line for line in lines)
