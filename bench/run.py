@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = f"Measured {time.strftime('%Y-%m-%d')} on: {machine()}.\n\n"
     results = {
         "matting": run("matting", ["bench/matting.py"] + (["--count", "1", "--size", "600x400"] if args.quick else [])),
+        "cutout": run("cutout", ["bench/cutout.py"] + (["--size", "1200x800", "--runs", "1"] if args.quick else [])),
         "speed": run("speed", ["bench/speed.py"] + (["--size", "2400x1600", "--runs", "1"] if args.quick else [])),
         "overhead": run("overhead", ["bench/overhead.py"] + (["--files", "1000"] if args.quick else [])),
     }

@@ -50,6 +50,9 @@ class ChannelConfig:
     )
     filename: str = opt("{stem}_{ratio}.{ext}", doc="file name template: {stem} {ratio} {step} {rule} {channel} {ext} {hash8}")
     bits: int = opt(8, choices=(8, 16), doc="8 or 16 bits per channel (16 only for png and tiff)")
+    png_compression: int = opt(6, min=1, max=9,
+                               doc="zlib level of png outputs (1-9): 1 writes about 2x faster, files up to 2x larger; "
+                                   "above 6 files are hardly smaller, only slower")
     metadata: str = opt("default", choices=("default", "keep", "strip"),
                         doc="default keeps copyright/artist/date/camera and drops GPS; keep; strip")
 

@@ -2,7 +2,8 @@
 
 ``read_input`` takes a path and returns the file's bytes (never following symlinks);
 ``decode`` turns bytes into a ``Decoded`` (sRGB working space, orientation applied);
-``encode`` turns pixels into the bytes of a channel's format with an sRGB profile embedded.
+``encode`` turns pixels into the bytes of a channel's format with an sRGB profile embedded; in
+every output that keeps alpha, RGB is 0 wherever alpha is 0 (``clear_transparent``).
 
 Decoders, chosen by content (magic bytes), never by the extension alone:
   JPEG, PNG, TIFF, WebP, HEIF/HEIC (pillow-heif), AVIF   Pillow, with an allow-list of formats;
@@ -31,12 +32,12 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageCms, ImageFile, PngImagePlugin
+from PIL import Image, ImageCms, ImageFile
 
 from . import metadata as meta
 from . import rawdecode
@@ -740,18 +741,25 @@ def _raw_exif(data: bytes) -> bytes | None:
 def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = None) -> bytes:
     """Encode pixels for a channel: its format, quality and bit depth, sRGB profile always embedded,
     metadata per ``channel.metadata`` (orientation always 1). Transparency is flattened onto
-    ``channel.background`` when set, and onto white for JPEG. Never resizes."""
+    ``channel.background`` when set, and onto white for JPEG; outputs that keep alpha get RGB 0
+    wherever alpha is 0 (``clear_transparent``). Never resizes."""
     fmt = channel.format
     md = (meta.for_policy(channel.metadata, source.exif, source.xmp, source.iptc)
           if source is not None else meta.OutputMetadata())
     if pixels.ndim == 3 and pixels.shape[2] == 4 and (channel.background or fmt == "jpeg"):
         pixels = flatten(pixels, channel.background or "#ffffff")
     sixteen = channel.bits == 16 and fmt in ("png", "tiff")
-    pixels = to_dtype(pixels, np.uint16 if sixteen else np.uint8)
+    converted = to_dtype(pixels, np.uint16 if sixteen else np.uint8)
+    owned = converted is not pixels  # a fresh array of ours: cleared in place, no second copy
+    pixels = converted
+    if fmt == "png":  # OpenCV takes BGR(A): that copy is ours too
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+        owned = True
+    pixels = clear_transparent(pixels, in_place=owned)
     if fmt == "tiff":  # tifffile for 8 and 16 bits: Pillow's libtiff writer cannot link EXIF sub-IFDs
         return _tiff(pixels, md)
-    if sixteen:
-        return _png16(pixels, md)
+    if fmt == "png":
+        return _png(pixels, md, channel.png_compression)
     mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
     im = Image.fromarray(np.ascontiguousarray(pixels), mode)
     buf = io.BytesIO()
@@ -765,31 +773,72 @@ def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = 
         if md.iptc:
             kwargs["extra"] = meta.photoshop_app13(md.iptc)
         im.save(buf, "JPEG", **kwargs)
-    elif fmt == "png":
-        if md.xmp:
-            info = PngImagePlugin.PngInfo()
-            info.add_itxt("XML:com.adobe.xmp", md.xmp.decode("utf-8", "replace"))
-            kwargs["pnginfo"] = info
-        im.save(buf, "PNG", compress_level=6, **kwargs)
     elif fmt == "webp":
         if md.xmp:
             kwargs["xmp"] = md.xmp
-        im.save(buf, "WEBP", quality=channel.quality, method=4, **kwargs)
+        # exact: keep the cleared RGB; libwebp would otherwise paint the subject's colours under alpha 0
+        im.save(buf, "WEBP", quality=channel.quality, method=4, exact=True, **kwargs)
     else:  # config validation makes this unreachable
         raise ValueError(f"unknown format {fmt!r}")
     return buf.getvalue()
+
+
+def clear_transparent(pixels: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """RGB 0 wherever alpha is 0: what every output that keeps alpha carries (README, Outputs).
+
+    The photo's backdrop under a cut-out is invisible, but left in place it survives in the file
+    (anyone can strip the alpha channel) and it makes a PNG many times larger and slower to write (a
+    24 MP cut-out from a JPEG, same encoder: 13.6 MB in 4.9 s; clean, 0.58 MB in 0.59 s). Pixels with
+    alpha > 0 are never touched. ``in_place`` writes into ``pixels`` (an array the caller owns);
+    otherwise the caller's array is left alone and copied only when a transparent pixel still has
+    colour (an opaque or already clean image costs a scan, not a copy). Works a megapixel at a time,
+    so its masks stay small. RGB(A) only; anything else passes through.
+    """
+    if pixels.ndim != 3 or pixels.shape[2] != 4:
+        return pixels
+    if in_place:
+        pixels = np.ascontiguousarray(pixels)  # OpenCV writes only into contiguous rows
+        for band in _bands(pixels):
+            hidden = band[..., 3] == 0
+            if hidden.any():
+                cv2.bitwise_xor(band, band, dst=band, mask=hidden.view(np.uint8))  # x ^ x = 0 under the mask
+        return pixels
+    if not any(_colour_under(band) for band in _bands(pixels)):
+        return pixels
+    out = np.zeros_like(pixels, order="C")  # calloc'd: a page costs nothing until it is written
+    for band, dst in zip(_bands(pixels), _bands(out)):
+        cv2.bitwise_and(band, band, dst=dst, mask=(band[..., 3] != 0).view(np.uint8))  # copy what is visible
+    return out
+
+
+def _bands(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """Row bands of about a megapixel (views, not copies)."""
+    step = max(1, (1 << 20) // max(arr.shape[1], 1))
+    return (arr[y:y + step] for y in range(0, arr.shape[0], step))
+
+
+def _colour_under(band: np.ndarray) -> bool:
+    """Whether some pixel of ``band`` with alpha 0 has RGB other than 0."""
+    hidden = band[..., 3] == 0
+    return bool(hidden.any()) and any(cv2.mean(band, mask=hidden.view(np.uint8))[:3])
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def _png16(pixels: np.ndarray, md: meta.OutputMetadata) -> bytes:
-    """16-bit PNG: OpenCV encodes (Pillow cannot write 16-bit RGB); we add iCCP/eXIf/iTXt chunks."""
-    bgr = pixels[..., ::-1] if pixels.shape[2] == 3 else pixels[..., [2, 1, 0, 3]]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+# The "Up" filter on every row: on 24 MP cut-outs and photos (measured through JPEG) it gives files a
+# few percent smaller than Pillow's or libpng's adaptive per-row choice, in two thirds to half the time.
+_PNG_FILTER = ([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+               if hasattr(cv2, "IMWRITE_PNG_FILTER") else [])  # OpenCV < 4.11: its default filters
+
+
+def _png(bgr: np.ndarray, md: meta.OutputMetadata, level: int) -> bytes:
+    """8- or 16-bit PNG from BGR(A) pixels: OpenCV's libpng encodes (Pillow cannot write 16-bit RGB,
+    nor choose the row filter) at zlib ``level``; we add the iCCP/eXIf/iTXt chunks after IHDR."""
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level, *_PNG_FILTER])
     if not ok:
-        raise ValueError("OpenCV could not encode the 16-bit PNG")
+        raise ValueError("OpenCV could not encode the PNG")
     png = buf.tobytes()
     ihdr_end = 8 + 8 + 13 + 4
     extra = _png_chunk(b"iCCP", b"sRGB\x00\x00" + zlib.compress(SRGB_ICC))
