@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 
 BACKDROPS = ("white", "grey", "coloured", "gradient", "vignette")
+# backdrops for real subjects composited onto paper (``composite_shot``): the sweeps studios shoot on
+SWEEPS = ("white", "grey", "pastel", "gradient")
 SUBJECTS = ("bottle", "box", "mug", "shoe")
 SCENES = ("marble", "wood")
 
@@ -42,6 +44,7 @@ class Shot:
     shadow:   H×W float32 in [0, 1), how much the contact shadow darkens the backdrop (0: none).
     backdrop: backdrop kind; subject: subject kind.
     subject_colour / backdrop_colour: the main colours (0..1), for colour-spill checks.
+    foreground: H×W×3 float32, the subject's true colour (0..1) wherever alpha > 0, for unmixing checks.
     """
 
     rgb: np.ndarray
@@ -51,6 +54,7 @@ class Shot:
     subject: str
     subject_colour: tuple[float, float, float]
     backdrop_colour: tuple[float, float, float]
+    foreground: np.ndarray | None = None
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
@@ -195,6 +199,10 @@ def _backdrop(kind: str, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generato
         hsv = np.uint8([[[hue, rng.uniform(150, 200), rng.uniform(170, 215)]]])
         colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
         light = 1.0 - 0.05 * (u - 0.5) ** 2 - 0.06 * v
+    elif kind == "pastel":
+        hsv = np.uint8([[[rng.uniform(0, 180), rng.uniform(25, 70), rng.uniform(215, 240)]]])
+        colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
+        light = 1.0 - 0.05 * (u - 0.5) ** 2 - 0.05 * v
     elif kind == "gradient":
         colour = np.full(3, rng.uniform(0.9, 0.96)) * (1 + rng.uniform(-0.03, 0.03, 3))
         light = 1.0 - rng.uniform(0.25, 0.35) * np.clip(v - 0.1, 0, None) ** 1.3 - 0.03 * (u - 0.5) ** 2
@@ -203,8 +211,33 @@ def _backdrop(kind: str, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generato
         r2 = ((u - 0.5) / 0.7) ** 2 + ((v - 0.45) / 0.7) ** 2
         light = 1.0 - rng.uniform(0.25, 0.4) * r2
     else:
-        raise ValueError(f"unknown backdrop {kind!r} (known: {', '.join(BACKDROPS)})")
+        raise ValueError(f"unknown backdrop {kind!r} (known: {', '.join(BACKDROPS + SWEEPS)})")
     return (np.clip(colour, 0, 1).astype(np.float32) * light[..., None].astype(np.float32)).astype(np.float32)
+
+
+def _contact_shadow(xs: np.ndarray, ys: np.ndarray, cx: float, base: float, half_width: float, h: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """How much a soft elliptical contact shadow under a subject standing on ``base`` darkens the paper."""
+    depth = rng.uniform(0.35, 0.55)
+    ell = (((xs - cx) / half_width) ** 2 + ((ys - base) / (0.05 * h)) ** 2) <= 1.0
+    dark = cv2.GaussianBlur(ell.astype(np.float32), (0, 0), max(1.0, 0.045 * h)) * depth
+    return np.clip(dark, 0.0, 0.95).astype(np.float32)
+
+
+def _expose(alpha: np.ndarray, fg: np.ndarray, backdrop: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """The physical composite ``alpha * fg + (1 - alpha) * backdrop``, with sensor noise when ``rng`` is given."""
+    a = alpha[..., None]
+    img = a * fg + (1.0 - a) * backdrop
+    if rng is not None:
+        sd = (0.8 + 1.6 * img) / 255.0
+        img = img + rng.standard_normal(img.shape).astype(np.float32) * sd
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """The shot as a camera JPEG would deliver it (4:2:0 chroma, blocking, ringing)."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def studio_shot(backdrop: str, size: tuple[int, int] = (640, 480), seed: int = 0, subject: str | None = None,
@@ -234,23 +267,12 @@ def studio_shot(backdrop: str, size: tuple[int, int] = (640, 480), seed: int = 0
     midsole = max(soles, key=lambda c: float(np.linalg.norm(behind[-1] - c)) + (0.3 if c.mean() > 0.5 > colour.mean() else 0))
     alpha, fg, hw = _subject(subject, xs, ys, cx, base, h, colour, rng, midsole)
 
-    dark = np.zeros((H, W), np.float32)
-    if shadow:
-        depth = rng.uniform(0.35, 0.55)
-        ell = (((xs - cx - 0.08 * hw) / (1.15 * hw)) ** 2 + ((ys - base) / (0.05 * h)) ** 2) <= 1.0
-        sigma = max(1.0, 0.045 * h)
-        dark = cv2.GaussianBlur(ell.astype(np.float32), (0, 0), sigma) * depth
-        dark = np.clip(dark, 0.0, 0.95).astype(np.float32)
-    bg_shadow = bg * (1.0 - dark)[..., None]
-    a = alpha[..., None]
-    img = a * fg + (1.0 - a) * bg_shadow
-    if noise:
-        sd = (0.8 + 1.6 * img) / 255.0
-        img = img + rng.standard_normal(img.shape).astype(np.float32) * sd
-    rgb = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    dark = _contact_shadow(xs, ys, cx + 0.08 * hw, base, 1.15 * hw, h, rng) if shadow else np.zeros((H, W), np.float32)
+    rgb = _expose(alpha, fg, bg * (1.0 - dark)[..., None], rng if noise else None)
     bgc = tuple(float(c) for c in bg[H // 2, W // 2])
     return Shot(rgb=rgb, alpha=alpha, shadow=dark, backdrop=backdrop, subject=subject,
-                subject_colour=tuple(float(c) for c in colour), backdrop_colour=bgc)  # type: ignore[arg-type]
+                subject_colour=tuple(float(c) for c in colour), backdrop_colour=bgc,  # type: ignore[arg-type]
+                foreground=fg)
 
 
 def scene_image(size: tuple[int, int] = (1200, 800), seed: int = 0, kind: str = "marble") -> np.ndarray:
@@ -291,3 +313,96 @@ def scene_image(size: tuple[int, int] = (1200, 800), seed: int = 0, kind: str = 
     # the table's front edge catches a soft shadow from the wall light
     img *= (1.0 - 0.12 * np.exp(-np.abs(v - horizon) * H / (0.02 * H)))[..., None]
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def composite_shot(photo: np.ndarray, mask: np.ndarray, backdrop: str, size: tuple[int, int] = (2000, 1500),
+                   seed: int = 0, name: str = "", jpeg: int | None = 90) -> Shot:
+    """A real subject (a photo and its mask) placed on seamless paper, with exact ground truth.
+
+    The mask is hardened (opaque object, a 1–3 px soft edge at the output size) and becomes the true alpha;
+    the subject's colour near its outline is continued from its interior, so no trace of the photo's own
+    background is left in the composite. Then a contact shadow under the base, sensor noise and, unless
+    ``jpeg`` is None, a JPEG round trip at that quality. ``size`` is (width, height).
+    """
+    if backdrop not in SWEEPS + BACKDROPS:
+        raise ValueError(f"unknown backdrop {backdrop!r} (known: {', '.join(SWEEPS)})")
+    rng = _rng(seed, "composite", backdrop, name)
+    W, H = size
+    m = mask[..., 0] if mask.ndim == 3 else mask
+    m = m.astype(np.float32) / float(np.iinfo(m.dtype).max if m.dtype.kind in "ui" else 1.0)
+    rows, cols = np.flatnonzero((m > 0.5).any(axis=1)), np.flatnonzero((m > 0.5).any(axis=0))
+    if len(rows) == 0:
+        raise ValueError("the mask has no subject")
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    pad = 2
+    y0, x0 = max(0, y0 - pad), max(0, x0 - pad)
+    y1, x1 = min(m.shape[0], y1 + pad), min(m.shape[1], x1 + pad)
+    photo_f = photo[y0:y1, x0:x1, :3].astype(np.float32) / 255.0
+    m = m[y0:y1, x0:x1]
+    f = min(rng.uniform(0.5, 0.68) * H / (y1 - y0), 0.8 * W / (x1 - x0))
+    sw, sh = max(1, round((x1 - x0) * f)), max(1, round((y1 - y0) * f))
+    big = cv2.resize(photo_f, (sw, sh), interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
+    hard = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_LINEAR) > 0.5
+    alpha_s = cv2.GaussianBlur(hard.astype(np.float32), (0, 0), rng.uniform(0.45, 0.9))
+    # the subject's own colour continued outwards from pixels well inside the outline (the photo's edge
+    # pixels carry its own background, spread over about ``f`` pixels by the enlargement)
+    r = max(2, int(np.ceil(1.5 * f)))
+    inner = cv2.erode(hard.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+    wsum = cv2.GaussianBlur(inner.astype(np.float32), (0, 0), 3.0)
+    spread = cv2.GaussianBlur(big * inner[..., None], (0, 0), 3.0) / np.maximum(wsum, 1e-4)[..., None]
+    fg_s = np.where(inner[..., None], big, np.where((wsum > 1e-3)[..., None], spread, big))
+
+    cx = W * (0.5 + rng.uniform(-0.05, 0.05))
+    base = H * rng.uniform(0.82, 0.88)
+    ox, oy = int(round(cx - sw / 2)), int(round(base - sh))
+    alpha = np.zeros((H, W), np.float32)
+    fg = np.zeros((H, W, 3), np.float32)
+    # clip the placed subject to the canvas (a very wide subject may touch the sides)
+    px0, py0, px1, py1 = max(ox, 0), max(oy, 0), min(ox + sw, W), min(oy + sh, H)
+    alpha[py0:py1, px0:px1] = np.clip(alpha_s[py0 - oy:py1 - oy, px0 - ox:px1 - ox], 0.0, 1.0)
+    fg[py0:py1, px0:px1] = np.clip(fg_s[py0 - oy:py1 - oy, px0 - ox:px1 - ox], 0.0, 1.0)
+
+    xs, ys = _grid(H, W)
+    bg = _backdrop(backdrop, xs, ys, rng)
+    foot = np.flatnonzero(hard[-max(2, sh // 20):].any(axis=0))
+    half = max(8.0, (foot[-1] - foot[0] + 1) / 2 * 1.1) if len(foot) else sw / 4
+    foot_cx = ox + ((foot[0] + foot[-1]) / 2 if len(foot) else sw / 2)
+    dark = _contact_shadow(xs, ys, foot_cx, base, half, sh, rng)
+    rgb = _expose(alpha, fg, bg * (1.0 - dark)[..., None], rng)
+    if jpeg:
+        rgb = jpeg_round_trip(rgb, jpeg)
+    return Shot(rgb=rgb, alpha=alpha, shadow=dark, backdrop=backdrop, subject=name or "photo",
+                subject_colour=tuple(float(c) for c in fg_s[inner].mean(axis=0)) if inner.any() else (0.5, 0.5, 0.5),
+                backdrop_colour=tuple(float(c) for c in bg[H // 2, W // 2]),  # type: ignore[arg-type]
+                foreground=fg)
+
+
+def label_shot(size: tuple[int, int] = (1200, 800), seed: int = 0, lift: float = 7.0) -> tuple[Shot, np.ndarray]:
+    """A dark bottle on white paper with a wrap-around label ``lift`` levels (of 255) brighter than the paper.
+
+    The label runs across the bottle's full width, so it meets the backdrop on both sides: the hard case of a
+    near-white product area touching the paper. Returns the shot and the label's mask (opaque label pixels).
+    """
+    rng = _rng(seed, "label")
+    W, H = size
+    xs, ys = _grid(H, W)
+    u, v = xs / W, ys / H
+    paper = np.float32(236 / 255)
+    bg = np.full((H, W, 3), paper, np.float32) * (1.0 - 0.015 * (u - 0.5) ** 2 - 0.01 * v)[..., None]
+    h = H * rng.uniform(0.5, 0.6)
+    cx, base = W * (0.5 + rng.uniform(-0.05, 0.05)), H * 0.85
+    hw = 0.2 * h
+    body = _sd_box(xs, ys, cx, base - 0.31 * h, hw, 0.31 * h, r=0.05 * h)
+    neck = _sd_box(xs, ys, cx, base - 0.74 * h, 0.07 * h, 0.14 * h, r=0.02 * h)
+    alpha = _coverage(np.minimum(body, neck))
+    colour = np.array(_PALETTE[int(rng.integers(5))], np.float32)  # a dark or saturated glass
+    shade = 0.7 + 0.35 * np.sqrt(1 - np.clip((xs - cx) / hw, -1, 1) ** 2)
+    fg = colour * shade[..., None]
+    label = np.abs(ys - (base - 0.3 * h)) < 0.12 * h
+    fg = np.where(label[..., None], bg + np.float32(lift / 255), fg)  # evenly lit matte paper label
+    dark = _contact_shadow(xs, ys, cx, base, 1.1 * hw, h, rng)
+    rgb = _expose(alpha, np.clip(fg, 0.0, 1.0), bg * (1.0 - dark)[..., None], rng)
+    shot = Shot(rgb=rgb, alpha=alpha, shadow=dark, backdrop="white", subject="bottle",
+                subject_colour=tuple(float(c) for c in colour), backdrop_colour=(float(paper),) * 3,  # type: ignore[arg-type]
+                foreground=fg)
+    return shot, label & (alpha >= 1.0)
