@@ -482,7 +482,7 @@ def _pil_pixels(im: Image.Image, icc: bytes | None, cfg: InputConfig, notes: dic
     elif mode == "CMYK":
         base = im
     else:
-        base = im.convert("RGB")
+        base = im if mode == "RGB" else im.convert("RGB")  # converting RGB to RGB only copies (50 ms at 24 MP)
     if icc:
         base = _icc_8bit(base, icc, cfg, notes)
     elif mode == "CMYK":
