@@ -78,3 +78,35 @@ def test_missing_models_are_config_errors(tmp_path, rembg_home):
     bad = RembgBackground(RembgOptions(model="no-such-model"), StageContext(config))
     with pytest.raises(ConfigError, match="birefnet-general"):
         bad.prepare()
+
+
+def soft_disk_shot(h: int = 900, w: int = 1200) -> tuple[np.ndarray, np.ndarray]:
+    """A dark disk with a 2-px soft edge on a light, slightly graded backdrop, and its true alpha."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    alpha = np.clip((300.0 - np.hypot(xx - w / 2, yy - h / 2)) / 2.0 + 0.5, 0.0, 1.0)
+    backdrop = np.dstack([np.full_like(xx, 235), 232 - yy / h * 10, np.full_like(xx, 228)])
+    fg = np.array([30, 40, 90], np.float32)
+    rgb = alpha[..., None] * fg + (1 - alpha[..., None]) * backdrop
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), alpha
+
+
+def test_edge_is_refined_at_full_resolution(tmp_path, rembg_home):
+    """The model sees 320 px; the cut-out's edge follows the real one at full size."""
+    rgb, alpha = soft_disk_shot()
+    band = (alpha > 0) & (alpha < 1)
+    band = np.asarray(band)
+    near = np.zeros_like(band)
+    ys, xs = np.nonzero(band)
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            near[np.clip(ys + dy, 0, 899), np.clip(xs + dx, 0, 1199)] = True
+    errors = {}
+    for refine in (False, True):
+        (out,) = stage_for(tmp_path, refine_edge=refine).run(Asset(rgb))
+        a = out.pixels[..., 3].astype(np.float32) / 255
+        errors[refine] = float(np.abs(a - alpha)[near].mean())
+        opaque = out.pixels[..., 3] == 255
+        np.testing.assert_array_equal(out.pixels[..., :3][opaque], rgb[opaque])
+        assert not out.pixels[..., :3][out.pixels[..., 3] == 0].any()  # clean transparent pixels
+        assert out.notes["remove_background"]["edge"] == ("full resolution" if refine else "model mask")
+    assert errors[True] < 0.1 and errors[True] < errors[False] / 2, errors

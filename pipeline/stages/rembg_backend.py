@@ -3,14 +3,17 @@ finds the subject; its mask becomes the alpha channel of the untouched input pix
 
 The rembg session is created once per worker through the model manager and reused for every job
 (``remove()`` is always given ``session=``: without it rembg creates a session that downloads).
-Only the mask comes from the model: pixels it calls fully opaque keep the input RGB exactly, and
-colour decontamination (the studio backend's ``decontaminate_edges``) only touches the soft edge.
+Only the mask comes from the model, and only as the answer to "which pixels are subject": the model
+predicts at about 320 px, so its edge is found again at full resolution against the locally estimated
+background (the studio backend's ``refine_edge``): a 24 MP cut-out gets a 24 MP edge. Pixels inside
+the edge band keep the input RGB exactly; decontamination only touches the soft edge.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..errors import PermanentError
@@ -18,7 +21,7 @@ from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_mo
 from ..pixels import max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
-from .remove_background import decontaminate_edges, trim_box
+from .remove_background import decontaminate_edges, matte_from_alpha, refine_edge, trim_box, working_image
 
 
 @dataclass
@@ -30,6 +33,11 @@ class RembgOptions:
     alpha_matting_erode: int = opt(10, min=1, max=100,
                                    doc="alpha matting: pixels around the mask edge treated as unknown")
     post_process_mask: bool = opt(False, doc="smooth the model's mask (morphological clean-up) before use")
+    refine_edge: bool = opt(True, doc="decide the soft edge at full resolution against the locally estimated "
+                                      "background (the model predicts at about 320 px); false: the model's "
+                                      "upsampled mask is the alpha")
+    work_size: int = opt(1024, min=256, max=4096,
+                         doc="long edge at which the model's mask is read before the edge is refined at full size")
     decontaminate: bool = opt(True, doc="remove the backdrop's colour from semi-transparent edge pixels")
     trim: bool = opt(False, doc="crop the cut-out to the subject plus trim_margin (default: keep the input canvas)")
     trim_margin: int = opt(0, min=0, max=10000, doc="pixels kept around the subject when trim is on")
@@ -78,13 +86,24 @@ class RembgBackground(Stage):
                                  f"{rgb.shape[:2]} image")
         if not mask8.any():
             raise PermanentError(f"rembg model {self.model_name} found no subject in the image")
-        alpha = to_dtype(mask8, rgb.dtype)
-        out_rgb = rgb
-        if self.options.decontaminate:
-            out_rgb = _decontaminated(rgb, alpha)
-        rgba = np.dstack([out_rgb, alpha])
-        matte = mask8
         notes = {"backend": "rembg", "model": self.model_name, "alpha_matting": self.options.alpha_matting}
+        if self.options.refine_edge and not self.options.alpha_matting:
+            # the model decides which pixels are subject; the edge is found again at full resolution
+            small = working_image(rgb, self.options.work_size, min_edge=0)
+            subject = cv2.resize(mask8, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) >= 128
+            if not subject.any():
+                raise PermanentError(f"rembg model {self.model_name} found no subject in the image")
+            edge = refine_edge(rgb, subject, small, decontaminate=self.options.decontaminate)
+            rgba = edge.pixels
+            matte = matte_from_alpha(rgba[..., 3])
+            notes.update(edge="full resolution", edge_pixels=int(len(edge.ys)), decontaminated=edge.decontaminated)
+        else:
+            alpha = to_dtype(mask8, rgb.dtype)
+            out_rgb = _decontaminated(rgb, alpha) if self.options.decontaminate else rgb
+            rgba = np.dstack([out_rgb, alpha])
+            rgba[..., :3][alpha == 0] = 0
+            matte = mask8
+            notes["edge"] = "model mask"
         if self.options.trim:
             box = trim_box(mask8, self.options.trim_margin)
             if box is not None:

@@ -1,6 +1,7 @@
 """Stage remove_background, backend ``studio``: cut a product out of a plain studio backdrop.
 
-No model: a studio shot is a subject on seamless paper, so the backdrop can be *modelled*.
+A studio shot is a subject on seamless paper, so the backdrop can be *modelled*; a learned subject
+prior (U²-Netp, ``pipeline/prior.py``, when it is in the model cache) says what the product is.
 
 1. Segmentation at a reduced size (``work_size`` long edge). A smooth backdrop (a low-order
    polynomial per channel, so sweeps and vignettes fit) is fitted to the image border, robustly,
@@ -8,31 +9,43 @@ No model: a studio shot is a subject on seamless paper, so the backdrop can be *
    model, or when it is the model darkened with the same chroma (a shadow; only in the lower part
    of the subject's extent and below: contact shadows lie at the base). Backdrop-like pixels
    reached from the border without crossing a sharp edge are backdrop: shadows are soft, a
-   light-grey box on white paper has a sharp outline, so the flood stops there. What is left is
-   the subject: small specks are dropped, enclosed holes filled unless they show plain backdrop
-   (the inside of a mug handle).
-2. Edge refinement at full resolution, only in a band a few pixels wide around the outline:
-   alpha from I = aF + (1 - a)B, with F and B the local subject and backdrop colours (normalised
-   convolution of the known pixels on each side), falling back to the smoothed mask where F and B
-   are too alike to tell apart.
-3. Decontamination of the partially transparent pixels: F = (I - (1 - a)B) / a, clamped.
+   light-grey box on white paper has a sharp outline, so the flood stops there. Areas brighter than
+   the refitted paper are held back from the flood (paper is never brighter than itself): they are
+   product (a near-white label) when the prior says so or when they lie against the product, else
+   paper. With the prior, regions the flood did not reach (between a lamp's arms, inside a frame)
+   are backdrop when the prior calls them background, or when they are the paper itself (its colour,
+   brightness and evenness) whatever the prior says, since at 320 px it fills small gaps. What is
+   left is the subject: small specks are dropped unless the prior calls them subject.
+2. Edge refinement at full resolution (``refine_edge``, also used by the rembg backend), only in a
+   band a few pixels wide around the outline: alpha from I = aF + (1 - a)B, with F and B the local
+   subject and backdrop colours (normalised convolution of the known pixels on each side), falling
+   back to a smooth outline where F and B are too alike to tell apart.
+3. Decontamination of the partially transparent pixels: F = (I - (1 - a)B) / a, kept within the
+   subject's own colours nearby (no dark rim where alpha was underestimated).
 
 The promise: wherever the output alpha is opaque the RGB is the input's, bit for bit; only the
 partially transparent edge (and, with ``keep_shadow``, the shadow, stored as black at low alpha)
-is changed. RGBA input whose alpha already has transparent pixels is taken as cut out already:
-its alpha is kept as the matte and nothing is re-estimated.
+is changed, and fully transparent pixels are (0, 0, 0). RGBA input whose alpha already has
+transparent pixels is taken as cut out already: its alpha is kept as the matte.
+
+With the prior, the manifest records ``uncertain_outline``: the share of the outline where the prior
+and the backdrop model disagree; above ``review_above`` the job is marked for review.
 """
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
 from ..errors import PermanentError
+from ..models import gpu_errors, manager_for
 from ..pixels import max_value
+from ..prior import NAME as PRIOR_NAME
+from ..prior import PriorMissingError, load_prior
 from ..schema import opt
 from .base import Asset, Stage, register
 
@@ -121,7 +134,7 @@ MIN_WORK_SIZE = 640  # smaller images are enlarged for segmentation: soft shadow
 LEAK_RADIUS = 2  # gaps in an outline up to about twice this (working pixels) do not let the backdrop in
 
 
-def _working_image(pixels: np.ndarray, long_edge: int, min_edge: int = MIN_WORK_SIZE) -> np.ndarray:
+def working_image(pixels: np.ndarray, long_edge: int, min_edge: int = MIN_WORK_SIZE) -> np.ndarray:
     """The RGB channels resized so the long edge is ``long_edge`` at most (area averaging) and
     ``MIN_WORK_SIZE`` at least (bilinear); float32 0..1."""
     h, w = pixels.shape[:2]
@@ -140,14 +153,19 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
+def _channel_sum(img: np.ndarray) -> np.ndarray:
+    """Sum over the three channels of an H×W×3 array (several times faster than ``sum(axis=2)``)."""
+    return img[..., 0] + img[..., 1] + img[..., 2]
+
+
 def _classify(blur: np.ndarray, model_img: np.ndarray, noise: float, tolerance: float,
               max_shadow: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(plain, candidate, k): matches the backdrop; backdrop or shadow; brightness ratio to the model."""
-    bb = (model_img * model_img).sum(axis=2) + 1e-6
-    k = (blur * model_img).sum(axis=2) / bb
+    bb = _channel_sum(model_img * model_img) + 1e-6
+    k = _channel_sum(blur * model_img) / bb
     t = max(0.03, 4.0 * noise) * tolerance
-    diff = np.sqrt(((blur - model_img) ** 2).mean(axis=2))
-    chroma = np.sqrt(((blur - k[..., None] * model_img) ** 2).mean(axis=2))
+    diff = np.sqrt(_channel_sum(np.square(blur - model_img)) / 3.0)
+    chroma = np.sqrt(_channel_sum(np.square(blur - k[..., None] * model_img)) / 3.0)
     plain = diff < t
     shadow = (chroma < t) & (k >= 1.0 - max_shadow) & (k < 1.0)
     return plain, plain | shadow, k
@@ -157,7 +175,8 @@ def _gradient(img: np.ndarray) -> np.ndarray:
     """Largest per-channel gradient magnitude, in value per pixel."""
     gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    return np.sqrt((gx * gx + gy * gy).max(axis=2))
+    g = gx * gx + gy * gy
+    return np.sqrt(np.maximum(np.maximum(g[..., 0], g[..., 1]), g[..., 2]))
 
 
 def _sharp_edges(blur: np.ndarray, noise: float, tolerance: float) -> np.ndarray:
@@ -189,8 +208,13 @@ def _below_subject_top(evidence: np.ndarray) -> np.ndarray:
     return allowed
 
 
-def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segmentation | None:
-    """Find backdrop and subject in the working-size image; None when there is no plain backdrop."""
+def _segment(small: np.ndarray, tolerance: float, max_shadow: float,
+             prior: np.ndarray | Future | None = None) -> _Segmentation | None:
+    """Find backdrop and subject in the working-size image; None when there is no plain backdrop.
+
+    ``prior``: the learned subject probability at working size (or a Future of it: the backdrop fit does
+    not need it, so the network may still be running), or None to rely on the backdrop alone.
+    """
     h, w = small.shape[:2]
     blur = cv2.GaussianBlur(small, (0, 0), 0.8)
     band = max(2, round(0.03 * min(h, w)))
@@ -200,7 +224,7 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
     if model is None:
         return None
     # plain paper shows along most of the frame: at least three sides mostly explained by the model
-    fits = np.sqrt(((blur - model.render(w, h)) ** 2).mean(axis=2)) < max(4.0 * model.noise, 0.02)
+    fits = np.sqrt(_channel_sum(np.square(blur - model.render(w, h))) / 3.0) < max(4.0 * model.noise, 0.02)
     sides = [fits[:band].mean(), fits[-band:].mean(), fits[:, :band].mean(), fits[:, -band:].mean()]
     if sum(side >= 0.6 for side in sides) < 3:
         return None
@@ -210,11 +234,24 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
 
     backdrop = np.zeros((h, w), bool)
     model_img, k = model.render(w, h), np.ones((h, w), np.float32)
+    if isinstance(prior, Future):
+        prior = prior.result()
     for refit in range(2):
         model_img = model.render(w, h)
         plain, candidate, k = _classify(blur, model_img, model.noise, tolerance, max_shadow)
-        barrier = sharp
+        lift = _channel_sum(blur - model_img) / 3.0
+        bright = np.zeros((h, w), bool)
+        if refit == 1:
+            # paper is never brighter than itself (once the model has been refitted to all of it): an area
+            # brighter than the model, however close in colour, is held back from the flood and decided below
+            even = cv2.GaussianBlur(lift, (0, 0), 1.0)
+            bright = (candidate & (even > max(2.5 * model.noise, 0.012))).astype(np.uint8)
+            bright = cv2.morphologyEx(bright, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # no specks
+            bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0  # no pinholes
+        barrier = sharp | bright
         candidate &= plain | _below_subject_top(~candidate | barrier)
+        if prior is not None:  # a darker neutral area the prior is sure is subject is no shadow (grey folds)
+            candidate &= plain | (prior < 0.5)
         free = (candidate & ~barrier).astype(np.uint8)
         # flood on the eroded free space so that a gap of a few pixels in an outline does not leak
         core = cv2.erode(free, _disk(LEAK_RADIUS)) if LEAK_RADIUS else free
@@ -229,9 +266,16 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
         backdrop = outside[labels] & (core > 0)
         if LEAK_RADIUS:
             backdrop = (cv2.dilate(backdrop.astype(np.uint8), _disk(LEAK_RADIUS)) > 0) & (free > 0)
+        product = np.zeros((h, w), bool)
+        if bright.any():
+            paper = _bright_paper(bright, backdrop, ~candidate | sharp, prior)
+            backdrop |= paper
+            product = bright & ~paper
+        if prior is not None:
+            backdrop |= _openings(free > 0, backdrop, plain, prior, lift, model.noise, product)
         # edge pixels on the barrier that still look like backdrop or shadow join the backdrop
         for _ in range(2):
-            backdrop |= cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate
+            backdrop |= cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate & ~product
         if refit == 0:
             better = fit_backdrop(blur, backdrop & plain & (k > 1.0 - 2 * model.noise), degree=3)
             if better is None:
@@ -246,6 +290,9 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
     areas = stats[1:, 4]
     keep = np.zeros(n, bool)
     keep[1:] = (areas >= 0.1 * areas.max()) & (areas >= max(16, 0.0005 * h * w))
+    if prior is not None:  # small separate parts the prior calls subject (a seal beside a signature)
+        p_mean = np.bincount(labels.ravel(), weights=prior.ravel(), minlength=n)[1:] / np.maximum(areas, 1)
+        keep[1:] |= (p_mean > 0.5) & (areas >= 16)
     # smaller pieces right next to the kept ones are parts of the subject cut off by a misread edge
     near = cv2.dilate(keep[labels].astype(np.uint8), _disk(max(2, round(0.01 * max(h, w))))) > 0
     touching = np.unique(labels[near])
@@ -253,6 +300,64 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float) -> _Segment
     mask = keep[labels]
     darkening = np.where(~mask & (k < 1.0), np.clip(1.0 - k, 0.0, 1.0), 0.0).astype(np.float32)
     return _Segmentation(mask, model, model_img, darkening, small)
+
+
+def _bright_paper(bright: np.ndarray, backdrop: np.ndarray, evidence: np.ndarray,
+                  prior: np.ndarray | None) -> np.ndarray:
+    """Which areas brighter than the paper model are paper after all (a hot spot the model misses).
+
+    An area is product (a near-white label, a white sole) when the prior calls it subject, or when much of
+    its border lies against pixels that are surely subject (a label between the dark parts of a bottle);
+    otherwise, mostly surrounded by paper, it is paper, except for its pixels the prior calls subject
+    (white trousers whose bright area runs on into a brighter patch of paper).
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
+    flat = labels.ravel()
+    ring = np.ones((3, 3), np.uint8)
+    border = (bright & (cv2.erode(bright.astype(np.uint8), ring) == 0)).ravel()  # inner border pixels
+    against_subject = (cv2.dilate(evidence.astype(np.uint8), ring) > 0).ravel() & border
+    against_paper = (cv2.dilate(backdrop.astype(np.uint8), ring) > 0).ravel() & border
+    subject_side = np.bincount(flat[against_subject], minlength=n)
+    paper_side = np.bincount(flat[against_paper], minlength=n)
+    product = subject_side > 0.35 * np.maximum(subject_side + paper_side, 1)
+    if prior is not None:
+        product |= np.bincount(flat, weights=prior.ravel(), minlength=n) / np.maximum(stats[:, 4], 1) > 0.5
+    paper = ~product
+    paper[0] = False
+    if prior is None:
+        return paper[labels]
+    return paper[labels] & (prior <= 0.5)  # where the prior calls it subject, a bright area is never paper
+
+
+def _openings(free: np.ndarray, backdrop: np.ndarray, plain: np.ndarray, prior: np.ndarray, lift: np.ndarray,
+              noise: float, product: np.ndarray) -> np.ndarray:
+    """Backdrop seen through openings of the subject (between a lamp's arms, inside a frame, in hair).
+
+    Each region of backdrop-like pixels that the flood from the border did not reach is backdrop when the
+    prior does not call it subject and most of it matches the paper, however small it is; or, whatever
+    the prior says (at 320 px it fills small gaps), when it is the paper itself: all of it matches, with
+    the paper's mean brightness and evenness (a near-white product area is lit and shaded differently).
+    A region that touches a near-white ``product`` area is taken to be part of it.
+    """
+    rest = (free & ~backdrop).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=4)
+    if n <= 1:
+        return np.zeros_like(free)
+    flat = labels.ravel()
+    area = np.maximum(stats[:, 4], 1)
+    p_mean = np.bincount(flat, weights=prior.ravel(), minlength=n) / area
+    plain_frac = np.bincount(flat, weights=plain.ravel(), minlength=n) / area
+    lift_mean = np.bincount(flat, weights=lift.ravel(), minlength=n) / area
+    lift_var = np.bincount(flat, weights=(lift * lift).ravel(), minlength=n) / area - lift_mean**2
+    # the paper's brightness, and as even as the paper: shading or texture is product
+    paper = ((plain_frac > 0.95) & (np.abs(lift_mean) < 1.5 * noise + 0.004)
+             & (np.sqrt(np.maximum(lift_var, 0.0)) < 2.0 * noise + 0.002))
+    # a sliver along a near-white product area (between a label and the dark glass) is part of it
+    beside_product = np.bincount(flat, weights=(cv2.dilate(product.astype(np.uint8), _disk(1)) > 0).ravel(),
+                                 minlength=n) > 0
+    hole = (plain_frac > 0.5) & (stats[:, 4] >= 4) & ((p_mean < 0.5) | paper) & ~beside_product
+    hole[0] = False
+    return hole[labels]
 
 
 # --- local colours and full-resolution edge ------------------------------------------------------
@@ -303,11 +408,34 @@ def _edge_alpha(I: np.ndarray, F: np.ndarray, B: np.ndarray, soft: np.ndarray, n
     return (trust * a + (1.0 - trust) * soft).astype(np.float32)
 
 
-def _unmix(I: np.ndarray, a: np.ndarray, B: np.ndarray, F_local: np.ndarray) -> np.ndarray:
-    """Foreground colour of partially transparent pixels: solve I = aF + (1 - a)B, clamp, and lean on
-    the local subject colour where a is small (the solution amplifies noise by 1/a)."""
-    ac = np.maximum(a, 1e-3)[:, None]
-    F = np.clip(B + (I - B) / ac, 0.0, 1.0)
+def _local_range(img: np.ndarray, known: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel minimum and maximum of the ``known`` pixels within ``radius`` (no known pixel near:
+    the whole 0..1 range)."""
+    kernel = _disk(radius)
+    lo = cv2.erode(np.where(known[..., None], img, np.float32(1.0)), kernel)
+    hi = cv2.dilate(np.where(known[..., None], img, np.float32(0.0)), kernel)
+    none = lo > hi
+    lo[none], hi[none] = 0.0, 1.0
+    return lo, hi
+
+
+def _unmix(I: np.ndarray, a: np.ndarray, B: np.ndarray, F_local: np.ndarray, lo: np.ndarray | None = None,
+           hi: np.ndarray | None = None, margin: float = 0.0) -> np.ndarray:
+    """Foreground colour of partially transparent pixels: solve I = aF + (1 - a)B for F.
+
+    F lies on the line from B through I, at 1/a times the distance. An underestimated alpha would carry
+    it past the subject's real colour (a dark rim on a light backdrop): with ``lo``/``hi``, the subject's
+    own colour range nearby, F goes no further along the line than that range allows, and never less far
+    than I itself (the backdrop's colour is only ever removed). Where a is small the solution amplifies
+    noise by 1/a, so F leans on the local subject colour instead.
+    """
+    d = I - B
+    t = 1.0 / np.maximum(a, 1e-3)
+    if lo is not None and hi is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limit = np.where(d > 1e-6, (hi + margin - B) / d, np.where(d < -1e-6, (lo - margin - B) / d, np.inf))
+        t = np.clip(np.minimum(t, limit.min(axis=1)), 1.0, None)
+    F = np.clip(B + d * t[:, None], 0.0, 1.0)
     w = np.clip((a - 0.05) / 0.45, 0.0, 1.0)[:, None]
     return (w * F + (1.0 - w) * F_local).astype(np.float32)
 
@@ -325,49 +453,74 @@ def _hex(colour: tuple[float, ...]) -> str:
     return "#" + "".join(f"{int(round(min(max(c, 0.0), 1.0) * 255)):02x}" for c in colour[:3])
 
 
-def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0, max_shadow: float = 0.6,
-            keep_shadow: bool = False, decontaminate: bool = True) -> Cutout | None:
-    """Cut the subject out of a plain backdrop; None when no plain backdrop can be found.
+@dataclass
+class Edge:
+    """The full-resolution cut-out from ``refine_edge``: RGBA pixels, and the band that was computed."""
 
-    ``pixels``: H×W×3 (or ×4, alpha ignored) uint8/uint16. Output is RGBA of the same size and dtype.
+    pixels: np.ndarray  # H×W×4, the input's dtype; RGB is 0 wherever alpha is 0
+    ys: np.ndarray  # band pixel coordinates (full resolution)
+    xs: np.ndarray
+    partial: int  # band pixels left partially transparent
+    decontaminated: int
+
+
+def refine_edge(pixels: np.ndarray, mask: np.ndarray, small: np.ndarray, backdrop: np.ndarray | None = None,
+                decontaminate: bool = True) -> Edge:
+    """The cut-out at full resolution from a subject ``mask`` found at working size.
+
+    ``small`` is the image at the mask's size (float32 0..1); ``backdrop`` what is behind the subject
+    there (H×W×3 float32), used where no known backdrop pixel is near; None: the image's mean colour.
+    Only a band a few working pixels wide around the outline is computed at full resolution: alpha from
+    I = aF + (1 - a)B with the local subject and backdrop colours F and B, falling back to a smooth
+    outline where F and B are too alike to tell apart. The interior keeps the input's pixels bit for bit.
     """
     H, W = pixels.shape[:2]
     top = max_value(pixels)
-    small = _working_image(pixels, work_size)
-    seg = _segment(small, tolerance, max_shadow)
-    if seg is None:
-        return None
-    h, w = seg.mask.shape
+    h, w = mask.shape
     scale = (w / W, h / H)
-    r = 2
-    mask8 = seg.mask.astype(np.uint8)
-    inner = cv2.erode(mask8, _disk(r))
-    outer = cv2.dilate(mask8, _disk(r))
+    mask8 = mask.astype(np.uint8)
+    inner = cv2.erode(mask8, _disk(2))
+    outer = cv2.dilate(mask8, _disk(2))
     band_small = (outer > 0) & (inner == 0)
 
-    # the output starts as the input's RGB with the interior opaque; only the band is computed
-    out = np.empty((H, W, 4), pixels.dtype)
-    out[..., :3] = pixels[..., :3]
+    # Everything outside the subject's box stays transparent black: only the box is touched at full size.
+    # Full-resolution pixel (X, Y) belongs to working pixel (X·w/W, Y·h/H) rounded down (nearest neighbour).
+    rows, cols = np.flatnonzero(outer.any(axis=1)), np.flatnonzero(outer.any(axis=0))
+    out = np.zeros((H, W, 4), pixels.dtype)
+    if len(rows) == 0:
+        return Edge(out, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0)
+    Y0, Y1 = int(rows[0] * H // h), min(H, -(-(int(rows[-1]) + 1) * H // h))
+    X0, X1 = int(cols[0] * W // w), min(W, -(-(int(cols[-1]) + 1) * W // w))
+    ry = np.minimum(np.arange(Y0, Y1) * h // H, h - 1)
+    rx = np.minimum(np.arange(X0, X1) * w // W, w - 1)
+    box = out[Y0:Y1, X0:X1]
+    rgb_box, alpha_box = box[..., :3], box[..., 3]
+    rgb_box[...] = pixels[Y0:Y1, X0:X1, :3]
+    alpha_box[...] = inner[ry][:, rx] * np.asarray(top, pixels.dtype)  # the interior opaque, exact pixels
+    ys, xs = np.nonzero(band_small[ry][:, rx])
+    ys += Y0
+    xs += X0
     rgb_out, out_alpha = out[..., :3], out[..., 3]
-    out_alpha[...] = cv2.resize(inner, (W, H), interpolation=cv2.INTER_NEAREST)  # 0/1
-    out_alpha *= np.asarray(top, pixels.dtype)
-    band = cv2.resize(band_small.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
-    ys, xs = np.nonzero(band)
-    del band
 
     # local subject / backdrop colours next to the outline, from pixels known to be one or the other
     sigma = 2.0
     fg_known = cv2.erode(mask8, _disk(KNOWN_MARGIN)) > 0
     bg_known = cv2.erode(1 - mask8, _disk(KNOWN_MARGIN)) > 0
-    F_s, _ = _normalised_blur(seg.image, fg_known, sigma)
-    B_s, bden = _normalised_blur(seg.image, bg_known, sigma)
-    B_s = np.where((bden > 1e-3)[..., None], B_s, seg.model_img)
-    soft_s = cv2.GaussianBlur(mask8.astype(np.float32), (0, 0), 0.7)
+    F_s, _ = _normalised_blur(small, fg_known, sigma)
+    B_s, bden = _normalised_blur(small, bg_known, sigma)
+    fallback = backdrop if backdrop is not None else small.reshape(-1, 3).mean(axis=0)
+    B_s = np.where((bden > 1e-3)[..., None], B_s, fallback)
+    lo_s, hi_s = _local_range(small, fg_known, radius=2 + KNOWN_MARGIN + 2)
+    # a smooth outline for where colour cannot tell: the level set of the blurred mask, sharpened to a
+    # ramp of about 1.5 output pixels (a working-size staircase would show as 2-6 px steps)
+    blur_sigma = 1.0
+    soft_s = cv2.GaussianBlur(mask8.astype(np.float32), (0, 0), blur_sigma)
+    gain = max(1.0, math.sqrt(2 * math.pi) * blur_sigma / (1.5 * max(scale)))
 
     I = pixels[ys, xs, :3].astype(np.float32) / top
     F = _sample(F_s, ys, xs, scale)
     B = _sample(B_s, ys, xs, scale)
-    soft = _sample(soft_s, ys, xs, scale)
+    soft = np.clip((_sample(soft_s, ys, xs, scale) - 0.5) * gain + 0.5, 0.0, 1.0)
     # compression ringing near edges is invisible to the border noise estimate: measure it on band
     # pixels that the segmentation puts clearly on the backdrop side
     noise = _noise_sigma(pixels)
@@ -377,6 +530,39 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
     a = _edge_alpha(I, F, B, soft, noise)
     aq = np.rint(a * top).astype(np.int64)
     partial = (aq > 0) & (aq < top)
+    if decontaminate and partial.any():
+        p = partial
+        lo, hi = _sample(lo_s, ys[p], xs[p], scale), _sample(hi_s, ys[p], xs[p], scale)
+        Fp = _unmix(I[p], a[p], B[p], F[p], lo, hi, margin=max(2.0 * noise, 0.03))
+        rgb_out[ys[p], xs[p]] = np.clip(np.rint(Fp * top), 0, top).astype(pixels.dtype)
+    out_alpha[ys, xs] = aq.astype(pixels.dtype)
+    rgb_box[alpha_box == 0] = 0  # clean transparent pixels: smaller files, no backdrop colour hidden in them
+    return Edge(out, ys, xs, int(partial.sum()), int(partial.sum()) if decontaminate else 0)
+
+
+def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0, max_shadow: float = 0.6,
+            keep_shadow: bool = False, decontaminate: bool = True,
+            prior: Callable[[np.ndarray], np.ndarray] | None = None) -> Cutout | None:
+    """Cut the subject out of a plain backdrop; None when no plain backdrop can be found.
+
+    ``pixels``: H×W×3 (or ×4, alpha ignored) uint8/uint16. Output is RGBA of the same size and dtype.
+    ``prior``: maps the working-size image to the learned subject probability (same size), or None.
+    """
+    H, W = pixels.shape[:2]
+    top = max_value(pixels)
+    small = working_image(pixels, work_size)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="assetd-prior") as pool:
+        pending = pool.submit(prior, small) if prior is not None else None  # runs while the backdrop is fitted
+        seg = _segment(small, tolerance, max_shadow, pending)
+        subject_prior = pending.result() if pending is not None else None
+    if seg is None:
+        return None
+    h, w = seg.mask.shape
+    scale = (w / W, h / H)
+    mask8 = seg.mask.astype(np.uint8)
+    edge = refine_edge(pixels, seg.mask, seg.image, seg.model_img, decontaminate)
+    out = edge.pixels
+    rgb_out, out_alpha = out[..., :3], out[..., 3]
 
     shadow_alpha: np.ndarray | None = None
     if keep_shadow:
@@ -386,12 +572,7 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
         dark = cv2.GaussianBlur(dark.astype(np.float32), (0, 0), 0.7)
         shadow_alpha = dark if float(dark.max()) * top >= 1.0 else None
 
-    if decontaminate and partial.any():
-        p = partial
-        Fp = _unmix(I[p], a[p], B[p], F[p])
-        rgb_out[ys[p], xs[p]] = np.clip(np.rint(Fp * top), 0, top).astype(pixels.dtype)
-    out_alpha[ys, xs] = aq.astype(pixels.dtype)
-    matte = _matte_from_alpha(out_alpha)
+    matte = matte_from_alpha(out_alpha)
 
     shadow_note: dict[str, Any] | None = None
     if shadow_alpha is not None:
@@ -418,14 +599,37 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
         "backdrop": {"colour": _hex(seg.model.mean_colour()), "model": f"polynomial degree {seg.model.degree}",
                      "noise": round(seg.model.noise, 4), "inliers": round(seg.model.inliers, 3)},
         "work_size": [w, h],
-        "edge_pixels": int(len(ys)),
-        "decontaminated": int(partial.sum()) if decontaminate else 0,
+        "edge_pixels": int(len(edge.ys)),
+        "decontaminated": edge.decontaminated,
         "shadow": shadow_note if keep_shadow else "removed",
     }
+    if subject_prior is not None:
+        notes["uncertain_outline"] = round(outline_disagreement(seg.mask, subject_prior), 4)
     return Cutout(pixels=out, matte=matte, notes=notes)
 
 
-def _matte_from_alpha(alpha: np.ndarray) -> np.ndarray:
+def outline_disagreement(mask: np.ndarray, prior: np.ndarray) -> float:
+    """Share of the subject's outline (0..1) where the prior puts the outline elsewhere.
+
+    An outline pixel disagrees when the prior's own outline (its 0.5 level) is more than 1 % of the image's
+    long edge away (3 working pixels at least): the two ways of finding the subject tell different stories
+    there, and one of them is wrong. Outline pixels on the image frame (a subject cut by the frame) are not
+    counted.
+    """
+    h, w = mask.shape
+    m8 = mask.astype(np.uint8)
+    outline = (m8 - cv2.erode(m8, np.ones((3, 3), np.uint8))) > 0
+    if not outline.any():
+        return 0.0
+    p8 = (prior > 0.5).astype(np.uint8)
+    prior_outline = (p8 - cv2.erode(p8, np.ones((3, 3), np.uint8))) > 0
+    if not prior_outline.any():
+        return 1.0
+    dist = cv2.distanceTransform((~prior_outline).astype(np.uint8), cv2.DIST_L2, 3)
+    return float((dist[outline] > max(3.0, 0.01 * max(h, w))).mean())
+
+
+def matte_from_alpha(alpha: np.ndarray) -> np.ndarray:
     """uint8 matte with 255 exactly where ``alpha`` is fully opaque (so 255 always means 'exact pixels')."""
     if alpha.dtype == np.uint8:
         return alpha.copy()
@@ -442,7 +646,7 @@ def estimate_subject_matte(pixels: np.ndarray) -> np.ndarray | None:
     Segmentation only (no edge refinement): good for framing crops, not for compositing.
     """
     H, W = pixels.shape[:2]
-    small = _working_image(pixels, 512)
+    small = working_image(pixels, 512)
     seg = _segment(small, 1.0, 0.6)
     if seg is None or not seg.mask.any():
         return None
@@ -470,7 +674,7 @@ def decontaminate_edges(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray
     if len(ys) == 0:
         return out
     H, W = rgb.shape[:2]
-    small = _working_image(rgb, 1024, min_edge=0)
+    small = working_image(rgb, 1024, min_edge=0)
     size = (small.shape[1], small.shape[0])
     opaque = (a_full >= amax).astype(np.uint8)
     clear = (a_full <= 0).astype(np.uint8)
@@ -492,7 +696,8 @@ def decontaminate_edges(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray
         B = np.broadcast_to(np.asarray(backdrop, np.float32)[:3] / top, I.shape)
     else:
         B = backdrop[ys, xs, :3].astype(np.float32) / (top if not np.issubdtype(backdrop.dtype, np.floating) else 1.0)
-    Fp = _unmix(I, a, B, F)
+    lo_s, hi_s = _local_range(small, opaque, radius=6)
+    Fp = _unmix(I, a, B, F, _sample(lo_s, ys, xs, scale), _sample(hi_s, ys, xs, scale), margin=0.03)
     out[ys, xs] = np.clip(np.rint(Fp * top), 0, top).astype(rgb.dtype)
     return out
 
@@ -520,25 +725,58 @@ class StudioBackground(Stage):
                                     "brightness); darker neutral areas count as subject")
         work_size: int = opt(1024, min=256, max=4096,
                              doc="long edge at which the subject is found; edges are refined at full size")
+        review_above: float = opt(0.2, min=0.0, max=1.0,
+                                  doc="mark the job for review when the prior and the backdrop model disagree on "
+                                      "more than this share of the subject's outline (1: never)")
+        prior: str = opt("auto", choices=("auto", "on", "off"),
+                         doc="learned subject prior (U²-Netp, `assetd models pull`): auto uses it when it is in "
+                             "the model cache; on requires it; off never loads it")
+
+    def prepare(self) -> None:
+        self._prior()
+
+    def _prior(self) -> Any:
+        """The worker's subject prior (loaded once), or None: ``prior: off``, or ``auto`` without the file."""
+        if self.options.prior == "off":
+            return None
+        try:
+            return load_prior(manager_for(self.ctx))
+        except PriorMissingError as exc:
+            if self.options.prior == "on":
+                raise
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                self.ctx.log.warning("remove_background studio runs without its subject prior: %s", exc)
+            return None
 
     def run(self, asset: Asset) -> list[Asset]:
         px = asset.pixels
         top = max_value(px)
         notes: dict[str, Any]
+        review: list[str] = []
         if asset.has_alpha and int(px[..., 3].min()) < top:
             out = px
-            matte = _matte_from_alpha(px[..., 3])
+            matte = matte_from_alpha(px[..., 3])
             notes = {"backend": "studio", "kept_input_alpha": True}
         else:
             o = self.options
-            cut = cut_out(px, work_size=o.work_size, tolerance=o.tolerance, max_shadow=o.max_shadow,
-                          keep_shadow=o.keep_shadow, decontaminate=o.decontaminate)
+            prior = self._prior()
+            with gpu_errors("remove_background studio, subject prior"):
+                cut = cut_out(px, work_size=o.work_size, tolerance=o.tolerance, max_shadow=o.max_shadow,
+                              keep_shadow=o.keep_shadow, decontaminate=o.decontaminate,
+                              prior=prior.predict if prior is not None else None)
             if cut is None:
                 raise PermanentError("no plain studio backdrop found along the image border; "
                                      "use remove_background backend rembg for shots on other backgrounds")
             if not cut.matte.any():
                 raise PermanentError("no subject found: the image looks like empty backdrop")
             out, matte, notes = cut.pixels, cut.matte, cut.notes
+            notes["prior"] = PRIOR_NAME if prior is not None else (
+                "off" if o.prior == "off" else "not in the model cache (assetd models pull)")
+            uncertain = notes.get("uncertain_outline")
+            if uncertain is not None and uncertain > o.review_above:
+                review.append(f"remove_background: the subject prior and the backdrop model disagree on "
+                              f"{uncertain:.0%} of the outline (review_above {o.review_above:.0%})")
         if self.options.trim:
             box = trim_box(out[..., 3], self.options.trim_margin)
             if box is not None:
@@ -547,6 +785,7 @@ class StudioBackground(Stage):
                 notes["trim"] = [x0, y0, x1, y1]
         result = asset.derive(out, matte)
         result.notes["remove_background"] = notes
+        result.review.extend(review)
         return [result]
 
 
