@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit  # noqa: E402
 
 TARGET_SECONDS = 2.4  # the default cut-out of a 24 MP JPEG on a 2-core machine
-FALLBACK_PRIOR = Path("/tmp/prior/u2netp.onnx")
 
 
 @dataclass
@@ -44,16 +43,6 @@ class Timing:
     @property
     def total(self) -> float:
         return sum(self.stages.values())
-
-
-def default_prior(config) -> Path:
-    """The prior the daemon would use (``pipeline.prior.prior_file``), else the file in /tmp/prior."""
-    try:
-        from pipeline.prior import prior_file
-    except ImportError:
-        return FALLBACK_PRIOR
-    found = prior_file(config)
-    return found if found.is_file() else FALLBACK_PRIOR
 
 
 def make_jpeg(folder: Path, size: tuple[int, int]) -> Path:
@@ -91,8 +80,7 @@ def assetd_side(shot: Path, config, runs: int) -> tuple[Timing, str]:
     channel = config.channels["cutouts"]
     stage = StudioBackground(StudioBackground.Options(), StageContext(config=config))
     start = time.perf_counter()
-    if hasattr(stage, "prepare"):
-        stage.prepare()  # loads the subject prior once, as a worker does before its first job
+    stage.prepare()  # loads the subject prior once, as a worker does before its first job
     loaded = f"studio backend ready in {time.perf_counter() - start:.2f} s"
 
     def once() -> Timing:
@@ -184,18 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="6000x4000", help="shot size WIDTHxHEIGHT (default 6000x4000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each side (best is reported)")
-    parser.add_argument("--prior", type=Path, help="U²-Netp .onnx file (default: the model cache, else "
-                                                   f"{FALLBACK_PRIOR})")
+    parser.add_argument("--prior", type=Path, help="U²-Netp .onnx file (default: the model cache, where "
+                                                   "`assetd models pull` puts it)")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
 
     from pipeline.config import config_from_dict
+    from pipeline.prior import prior_file
 
     with tempfile.TemporaryDirectory(prefix="assetd-bench-cutout-") as tmp:
         folder = Path(tmp)
         channels = {"cutouts": {"path": str(folder / "out"), "format": "png"}}
-        prior = args.prior or default_prior(config_from_dict({}, folder / "bench.yaml"))
+        prior = args.prior or prior_file(config_from_dict({}, folder / "bench.yaml"))
         models = {"cache_dir": str(model_cache(folder, prior))}
         config = config_from_dict({"channels": channels, "models": models}, folder / "bench.yaml")
         shot = make_jpeg(folder, (w, h))
