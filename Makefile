@@ -41,6 +41,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
+	$(PULL_MODELS)
 	$(BIN)/python bench/run.py
 
 bench-gpu: $(VENV)/.installed-test

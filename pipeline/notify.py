@@ -48,19 +48,20 @@ def digest_text(jobs: list[Job], max_listed: int = 50) -> tuple[str, str]:
     summary = f"{len(done)} done" + (f" ({len(review)} need review)" if review else "") + f", {len(failed)} failed"
     title = f"batch finished: {summary}"
     lines = [f"{summary} in {format_duration(last - first)} ({format_duration(busy)} of processing)."]
-    if failed:
-        lines.append("")
-        lines.append("Failed:")
-        lines.extend(f"- {j.error or j.input_path}" for j in failed[:max_listed])
-        if len(failed) > max_listed:
-            lines.append(f"- ... and {len(failed) - max_listed} more (assetd jobs --status failed)")
-    if review:
-        lines.append("")
-        lines.append("Need review (outputs written):")
-        lines.extend(f"- {printable(j.input_path)}: {'; '.join(j.review)}" for j in review[:max_listed])
-        if len(review) > max_listed:
-            lines.append(f"- ... and {len(review) - max_listed} more (assetd jobs --status review)")
+    lines += _listing("Failed:", [j.error or j.input_path for j in failed], max_listed, "failed")
+    lines += _listing("Need review (outputs written):",
+                      [f"{printable(j.input_path)}: {'; '.join(j.review)}" for j in review], max_listed, "review")
     return title, "\n".join(lines)
+
+
+def _listing(heading: str, items: list[str], max_listed: int, status: str) -> list[str]:
+    """A digest section: a heading, at most ``max_listed`` items, and where to see the rest."""
+    if not items:
+        return []
+    lines = ["", heading] + [f"- {item}" for item in items[:max_listed]]
+    if len(items) > max_listed:
+        lines.append(f"- ... and {len(items) - max_listed} more (assetd jobs --status {status})")
+    return lines
 
 
 class Notifier:
