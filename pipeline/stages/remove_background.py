@@ -132,6 +132,7 @@ class _Segmentation:
 KNOWN_MARGIN = 2  # working pixels between the outline and the pixels taken as pure subject or backdrop
 MIN_WORK_SIZE = 640  # smaller images are enlarged for segmentation: soft shadows must span several pixels
 LEAK_RADIUS = 2  # gaps in an outline up to about twice this (working pixels) do not let the backdrop in
+OPENING_REACH = 6  # working pixels an opening grows through paper into its narrow ends (past the sharp edges)
 
 
 def working_image(pixels: np.ndarray, long_edge: int, min_edge: int = MIN_WORK_SIZE) -> np.ndarray:
@@ -272,7 +273,12 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float,
             backdrop |= paper
             product = bright & ~paper
         if prior is not None:
-            backdrop |= _openings(free > 0, backdrop, plain, prior, lift, model.noise, product)
+            holes = _openings(free > 0, backdrop, plain, prior, lift, model.noise, product)
+            # an opening runs on into its narrow ends, where the sharp edges on both sides meet
+            reach = (plain & ~product).astype(np.uint8)
+            for _ in range(OPENING_REACH):
+                holes = (cv2.dilate(holes.astype(np.uint8), _disk(1)) & reach) > 0
+            backdrop |= holes
         # edge pixels on the barrier that still look like backdrop or shadow join the backdrop
         for _ in range(2):
             backdrop |= cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate & ~product
