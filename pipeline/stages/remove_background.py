@@ -250,6 +250,10 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float,
             bright = cv2.morphologyEx(bright, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # no specks
             bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)) > 0  # no pinholes
         barrier = sharp | bright
+        if prior is not None:
+            # an 'edge' in shadow or paper where the prior is sure there is no subject is noise on a steep
+            # contact shadow, not an outline: it does not stop the flood (no slab of shadow under the feet)
+            barrier = (sharp & ~(candidate & (prior < 0.05))) | bright
         candidate &= plain | _below_subject_top(~candidate | barrier)
         if prior is not None:  # a darker neutral area the prior is sure is subject is no shadow (grey folds)
             candidate &= plain | (prior < 0.5)
@@ -355,13 +359,18 @@ def _openings(free: np.ndarray, backdrop: np.ndarray, plain: np.ndarray, prior: 
     plain_frac = np.bincount(flat, weights=plain.ravel(), minlength=n) / area
     lift_mean = np.bincount(flat, weights=lift.ravel(), minlength=n) / area
     lift_var = np.bincount(flat, weights=(lift * lift).ravel(), minlength=n) / area - lift_mean**2
+    fine = np.abs(lift - cv2.GaussianBlur(lift, (0, 0), 2.0))  # texture, whatever the shading
+    texture = np.bincount(flat, weights=fine.ravel(), minlength=n) / area
+    # seen as background by the prior, and looking like paper: no brighter than it and no texture of its own
+    # (white fleece, a white print: U²-Netp also misses those)
+    like_paper = (texture < 2.0 * noise + 0.003) & (lift_mean < max(2.0 * noise, 0.008))
     # the paper's brightness, and as even as the paper: shading or texture is product
     paper = ((plain_frac > 0.95) & (np.abs(lift_mean) < 1.5 * noise + 0.004)
              & (np.sqrt(np.maximum(lift_var, 0.0)) < 2.0 * noise + 0.002))
     # a sliver along a near-white product area (between a label and the dark glass) is part of it
     beside_product = np.bincount(flat, weights=(cv2.dilate(product.astype(np.uint8), _disk(1)) > 0).ravel(),
                                  minlength=n) > 0
-    hole = (plain_frac > 0.5) & (stats[:, 4] >= 4) & ((p_mean < 0.5) | paper) & ~beside_product
+    hole = (plain_frac > 0.5) & (stats[:, 4] >= 4) & (((p_mean < 0.5) & like_paper) | paper) & ~beside_product
     hole[0] = False
     return hole[labels]
 
