@@ -89,14 +89,19 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
     if missing:
         raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
     show_progress = not as_json and sys.stderr.isatty()
-    results = run_once(config, rules, [Path(p) for p in paths], rule_name=rule_name, force=force,
-                       progress=show_progress)
+    try:
+        results = run_once(config, rules, [Path(p) for p in paths], rule_name=rule_name, force=force,
+                           progress=show_progress)
+    except ConfigError as exc:  # a model the rules need does not load: nothing was taken
+        raise click.UsageError("configuration problems:\n  " + "\n  ".join(exc.problems)) from None
     if as_json:
         click.echo(json.dumps({"results": results}, indent=2))
     else:
         for r in results:
             mark = {"done": "✓", "failed": "✗", "skipped": "·"}[r["status"]]
             click.echo(f"{mark} {r['status']:7s} {r['input']}" + (f"  ({r['error']})" if r["error"] else ""))
+            for reason in r["review"]:
+                click.echo(f"      ⚑ needs review: {reason}")
             for o in r["outputs"]:
                 click.echo(f"      {o['channel']:>10s} → {o['path']}  {o['width']}×{o['height']}")
     sys.exit(1 if any(r["status"] == "failed" for r in results) else 0)
@@ -290,16 +295,20 @@ def models_check(config_path: str | None) -> None:
     Example: assetd models check --config studio.yaml
     """
     from .models import check_models
+    from .prior import prior_file
 
     config, rules = _load_or_defaults(config_path)
     checked = check_models(config, rules)
+    for ref in checked.loaded:
+        where = f" ({prior_file(config)})" if ref.kind == "prior" else ""
+        click.echo(f"✓ {ref.kind} model {ref.name} loads offline{where}")
     for w in checked.warnings:
         click.echo(f"! {w}", err=True)
     for p in checked.problems:
         click.echo(f"✗ {p}", err=True)
     if not checked.problems:
         click.echo("✓ every configured model loads offline" if not checked.warnings
-                   else "✓ every required model loads offline")
+                   else "✓ every required model loads offline; the optional ones above are missing")
     sys.exit(1 if checked.problems else 0)
 
 

@@ -99,21 +99,12 @@ class Daemon:
         An optional one (the studio backend's subject prior, ``prior: auto``) that is not in the cache
         is logged as a warning; the daemon starts and that step runs without it.
         Returns the ModelManager holding the checked models (for the first worker), or None."""
-        from .models import ModelManager, check_models, model_refs, resolve_device
+        from .models import load_for_start, resolve_device
         from .stages.base import stage_class
 
-        if not model_refs(self.config, self.rules):
-            return None
         if any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
             log.info("model-backed steps will run on %s", resolve_device(self.config.device))
-        manager = ModelManager(self.config)
-        checked = check_models(self.config, self.rules, keep_in=manager)
-        for warning in checked.warnings:
-            log.warning("%s", warning)
-        if checked.problems:
-            manager.close()
-            raise ConfigError(checked.problems)
-        return manager
+        return load_for_start(self.config, self.rules, lambda warning: log.warning("%s", warning))
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
         """Queued jobs made under an older version of a rule are re-made under the current one."""

@@ -619,3 +619,19 @@ def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | 
             if keep_in is None:
                 manager.close()
     return result
+
+
+def load_for_start(config: "Config", rules: list["Rule"], warn: Callable[[str], None]) -> ModelManager | None:
+    """Before any file is taken (``assetd run``, ``assetd process``): load every model the rules use,
+    offline, into one manager that the first worker keeps. An optional model that is missing is passed to
+    ``warn`` (its step runs without it); any problem raises ConfigError. None when no rule uses a model."""
+    if not model_refs(config, rules):
+        return None
+    manager = ModelManager(config)
+    checked = check_models(config, rules, keep_in=manager)
+    for warning in checked.warnings:
+        warn(warning)
+    if checked.problems:
+        manager.close()
+        raise ConfigError(checked.problems)
+    return manager

@@ -1,6 +1,7 @@
 """``assetd process``: the daemon's intake and worker, run once over given files and folders."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -8,10 +9,13 @@ from typing import Any, Iterator
 from .config import Config
 from .imageio import printable
 from .intake import Intake
+from .models import load_for_start
 from .rules import Rule
 from .store import JobStatus, Store
 from .watcher import is_ignored
 from .worker import Worker
+
+log = logging.getLogger("assetd.process")
 
 
 def expand(paths: list[Path]) -> Iterator[tuple[Path, Path | None]]:
@@ -31,10 +35,14 @@ def expand(paths: list[Path]) -> Iterator[tuple[Path, Path | None]]:
 
 def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name: str | None = None,
              force: bool = False, progress: bool = False) -> list[dict[str, Any]]:
-    """Process every file; returns one result document per input (see ``assetd process --json``)."""
+    """Process every file; returns one result document per input (see ``assetd process --json``).
+
+    Raises ConfigError, before any file is taken, when a model the rules need does not load offline."""
+    models = load_for_start(config, rules, lambda warning: log.warning("%s", warning))
     store = Store(config.database)
     intake = Intake(config, rules, store)
     worker = Worker("process", config, store, rules)
+    worker.ctx.models = models  # already loaded by the check
     files = list(expand(paths))
     results: list[dict[str, Any]] = []
     bar = None
@@ -59,7 +67,8 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
 
 def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | None, rule_name: str | None,
          force: bool) -> dict[str, Any]:
-    doc: dict[str, Any] = {"input": str(file), "status": "skipped", "rule": None, "error": None, "outputs": []}
+    doc: dict[str, Any] = {"input": str(file), "status": "skipped", "rule": None, "error": None, "review": [],
+                           "outputs": []}
     sub = intake.submit(file, root, rule_name=rule_name)
     doc["rule"] = sub.rule.name if sub.rule else None
     if sub.job is None:
@@ -71,6 +80,7 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
         if job.status is JobStatus.DONE and not force:
             doc["error"] = f"already done as job {job.id} ({printable(job.input_path)})"
             doc["outputs"] = [_output(o) for o in store.outputs(job.id)]
+            doc["review"] = job.review
             return doc
         if job.status is JobStatus.RUNNING:
             doc["error"] = f"being processed by another assetd (job {job.id})"
@@ -89,6 +99,7 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
     doc["outputs"] = [_output(o) for o in result.outputs]
     if result.status == JobStatus.DONE.value:
         doc["status"] = "done"
+        doc["review"] = result.review
     else:
         doc["status"] = "failed"
         doc["error"] = result.error + (" (will be retried by the daemon)" if result.status == "queued" else "")

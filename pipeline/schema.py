@@ -88,6 +88,8 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1: an unquoted on/off/yes/no is a boolean
+            bad += f" (YAML reads an unquoted on, off, yes or no as {str(value).lower()}: put the word in quotes)"
         errors.append(bad)
         return None
     if tp is Path:

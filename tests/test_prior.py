@@ -24,6 +24,7 @@ from pipeline.config import config_from_dict
 from pipeline.errors import ConfigError
 from pipeline.rules import MatchSpec, Rule, StepSpec
 from pipeline.stages.remove_background import StudioBackground
+from pipeline.store import Store
 from tinymodels import make_config, netguard, tiny_dark_subject_onnx  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")
@@ -286,6 +287,19 @@ def test_assetd_check_warns_without_the_prior_and_fails_when_it_is_required(work
     assert result.exit_code == 0, result.output
     assert "✓ rule strict, step remove_background: studio's subject prior u2netp loads" in result.output
     assert "runs without its subject prior" not in result.output
+
+
+def test_process_refuses_to_start_when_a_required_prior_is_missing(workspace, tmp_path):
+    cache = tmp_path / "empty-cache"
+    workspace.write_config(extra=f"models: {{cache_dir: {cache}}}\n")
+    workspace.add_rule("05-strict.yaml", "name: strict\nsteps: [{remove_background: {prior: 'on'}}]\n"
+                                         "outputs: [{channel: cutouts}]\n")
+    shot = workspace.shot("staging/bottle.jpg", "white", seed=1)
+    result = invoke("process", shot, "--config", workspace.config_path, "--rule", "strict")
+    assert result.exit_code == 2
+    assert "prior: on needs the subject prior (u2netp not in" in result.output
+    assert not list(workspace.out("cutouts").glob("*.png"))  # nothing was taken, nothing failed
+    assert Store(workspace.load()[0].database).jobs() == []
 
 
 def test_models_commands_work_without_a_config(tmp_path, monkeypatch):

@@ -238,6 +238,10 @@ def test_registered_and_options_are_documented_and_validated() -> None:
           "rules.x.remove_background", errors)
     assert len(errors) == 4 and all(e.startswith("rules.x.remove_background.") for e in errors)
     errors = []
+    build(StudioBackground.Options, {"prior": False}, "r", errors)  # `prior: off` unquoted in YAML
+    assert errors == ["r.prior: expected a string, got False (YAML reads an unquoted on, off, yes or no as false: "
+                      "put the word in quotes)"]
+    errors = []
     opts = build(StudioBackground.Options, {"keep_shadow": True, "trim": True, "trim_margin": 8}, "r", errors)
     assert not errors and opts.keep_shadow and opts.trim and opts.trim_margin == 8
 

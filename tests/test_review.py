@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,3 +211,24 @@ def test_an_existing_database_gains_the_review_column(tmp_path):
     reopened = Store(path)  # applying the migrations again changes nothing
     assert reopened.get(again.id).review == ["upscale: soft"]
     reopened.close()
+
+
+def test_process_reports_review_reasons_in_text_and_json(workspace):
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("doubtful.yaml", RULE.format(name="doubtful", reason=DOUBT))
+    workspace.add_rule("sure.yaml", RULE.format(name="sure", reason=""))
+    doubt = workspace.shot("staging/doubt.jpg", "white", seed=1)
+    sure = workspace.shot("staging/sure.jpg", "grey", seed=2)
+    config = str(workspace.config_path)
+    runner = CliRunner()
+    text = runner.invoke(cli, ["process", str(doubt), "--config", config, "--rule", "doubtful"])
+    assert text.exit_code == 0, text.output
+    assert f"⚑ needs review: {DOUBT.format(ratio='1:1')}" in text.output
+    as_json = runner.invoke(cli, ["process", str(doubt), str(sure), "--config", config, "--rule", "sure", "--json",
+                                  "--force"])
+    results = {Path(r["input"]).name: r for r in json.loads(as_json.output)["results"]}
+    assert results["sure.jpg"]["review"] == [] and results["sure.jpg"]["status"] == "done"
+    again = runner.invoke(cli, ["process", str(doubt), "--config", config, "--rule", "doubtful", "--json"])
+    (done,) = json.loads(again.output)["results"]  # already done: the stored reasons are reported
+    assert done["status"] == "skipped" and done["review"] == [DOUBT.format(ratio="1:1"), DOUBT.format(ratio="4:5")]

@@ -745,7 +745,7 @@ class StudioBackground(Stage):
                                       "more than this share of the subject's outline (1: never)")
         prior: str = opt("auto", choices=("auto", "on", "off"),
                          doc="learned subject prior (U²-Netp, `assetd models pull`): auto uses it when it is in "
-                             "the model cache; on requires it; off never loads it")
+                             "the model cache; \"on\" requires it; \"off\" never loads it (quote on and off in YAML)")
 
     def prepare(self) -> None:
         self._prior()
