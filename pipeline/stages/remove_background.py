@@ -582,8 +582,12 @@ def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0
     shadow_alpha: np.ndarray | None = None
     if keep_shadow:
         t = max(0.02, 4.0 * seg.model.noise)
-        near = cv2.dilate(mask8, _disk(max(3, round(0.04 * max(h, w))))) > 0  # contact shadows hug the base
-        dark = np.where(near & ~seg.mask, np.clip((seg.darkening - t) / (1.0 - t), 0.0, 1.0), 0.0)
+        # contact shadows hug the base: kept at full strength next to the subject, fading out smoothly with
+        # the distance from it (a hard cut-off would draw a disc under every leg)
+        reach = max(6.0, 0.08 * max(h, w))
+        distance = cv2.distanceTransform((1 - mask8).astype(np.uint8), cv2.DIST_L2, 5)
+        fade = np.clip(1.0 - distance / reach, 0.0, 1.0) ** 2
+        dark = np.where(~seg.mask, np.clip((seg.darkening - t) / (1.0 - t), 0.0, 1.0) * fade, 0.0)
         dark = cv2.GaussianBlur(dark.astype(np.float32), (0, 0), 0.7)
         shadow_alpha = dark if float(dark.max()) * top >= 1.0 else None
 
