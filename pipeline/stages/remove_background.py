@@ -235,9 +235,11 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float,
 
     backdrop = np.zeros((h, w), bool)
     model_img, k = model.render(w, h), np.ones((h, w), np.float32)
-    if isinstance(prior, Future):
-        prior = prior.result()
+    pending = prior
     for refit in range(2):
+        # the first pass only serves to refit the paper model: it runs while the prior is still computing
+        prior = pending.result() if refit == 1 and isinstance(pending, Future) else (
+            pending if refit == 1 else None)
         model_img = model.render(w, h)
         plain, candidate, k = _classify(blur, model_img, model.noise, tolerance, max_shadow)
         lift = _channel_sum(blur - model_img) / 3.0
@@ -288,9 +290,8 @@ def _segment(small: np.ndarray, tolerance: float, max_shadow: float,
             backdrop |= cv2.dilate(backdrop.astype(np.uint8), _disk(1)).astype(bool) & candidate & ~product
         if refit == 0:
             better = fit_backdrop(blur, backdrop & plain & (k > 1.0 - 2 * model.noise), degree=3)
-            if better is None:
-                break
-            model = BackdropModel(better.coeffs, better.degree, model.noise, better.inliers)
+            if better is not None:
+                model = BackdropModel(better.coeffs, better.degree, model.noise, better.inliers)
 
     subject = ~backdrop
     subject = cv2.morphologyEx(subject.astype(np.uint8), cv2.MORPH_OPEN, _disk(1))
@@ -494,7 +495,7 @@ def refine_edge(pixels: np.ndarray, mask: np.ndarray, small: np.ndarray, backdro
     h, w = mask.shape
     scale = (w / W, h / H)
     mask8 = mask.astype(np.uint8)
-    inner = cv2.erode(mask8, _disk(2))
+    inner = cv2.erode(mask8, _disk(3))  # 3: on a diagonal, the staircase of the upsampled mask reaches 2
     outer = cv2.dilate(mask8, _disk(2))
     band_small = (outer > 0) & (inner == 0)
 
