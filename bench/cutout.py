@@ -22,7 +22,9 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +69,26 @@ def model_cache(folder: Path, prior: Path) -> Path:
     return folder / "cache"
 
 
+def timed_run(read: Callable[[], tuple[Any, Any]], cut: Callable[[Any], Any], channel: Any, target: Path) -> Timing:
+    """One run of one side: read and decode, cut out, encode through the channel, write; timed per stage."""
+    from pipeline.imageio import encode
+    from pipeline.outputs import atomic_write, render_for_channel
+
+    t = Timing()
+    t0 = time.perf_counter()
+    image, decoded = read()
+    t1 = time.perf_counter()
+    asset = cut(image)
+    t2 = time.perf_counter()
+    body = encode(render_for_channel(asset, channel), channel, decoded)
+    t3 = time.perf_counter()
+    atomic_write(target, body)
+    t4 = time.perf_counter()
+    t.stages = {"decode": t1 - t0, "cut-out": t2 - t1, "encode": t3 - t2, "write": t4 - t3}
+    t.png_bytes = len(body)
+    return t
+
+
 def best_of(runs: int, once) -> Timing:
     results = [once() for _ in range(runs)]
     return min(results, key=lambda t: t.total)
@@ -74,8 +96,7 @@ def best_of(runs: int, once) -> Timing:
 
 def assetd_side(shot: Path, config, runs: int) -> tuple[Timing, str]:
     """(a): the daemon's own read, decode, default studio cut-out, channel encode and atomic write."""
-    from pipeline.imageio import decode, encode, read_input
-    from pipeline.outputs import atomic_write, render_for_channel
+    from pipeline.imageio import decode, read_input
     from pipeline.stages.base import Asset, StageContext
     from pipeline.stages.remove_background import StudioBackground
 
@@ -85,21 +106,14 @@ def assetd_side(shot: Path, config, runs: int) -> tuple[Timing, str]:
     stage.prepare()  # loads the subject prior once, as a worker does before its first job
     loaded = f"studio backend ready in {time.perf_counter() - start:.2f} s"
 
-    def once() -> Timing:
-        t = Timing()
-        t0 = time.perf_counter()
+    def read() -> tuple[Any, Any]:
         decoded = decode(read_input(shot), shot.name, config.input)
-        t1 = time.perf_counter()
-        (cut,) = stage.run(Asset(decoded.pixels))
-        t2 = time.perf_counter()
-        body = encode(render_for_channel(cut, channel), channel, decoded)
-        t3 = time.perf_counter()
-        atomic_write(Path(channel.path) / "assetd.png", body)
-        t4 = time.perf_counter()
-        t.stages = {"decode": t1 - t0, "cut-out": t2 - t1, "encode": t3 - t2, "write": t4 - t3}
-        t.png_bytes = len(body)
-        return t
+        return decoded.pixels, decoded
 
+    def cut(pixels: Any) -> Asset:
+        return stage.run(Asset(pixels))[0]
+
+    once = partial(timed_run, read, cut, channel, Path(channel.path) / "assetd.png")
     return best_of(runs, once), loaded
 
 
@@ -114,9 +128,7 @@ def rembg_side(shot: Path, config, prior: Path, home: Path, runs: int) -> tuple[
         from PIL import Image
     except ImportError as exc:
         return None, f"rembg not measured: {exc} (install the models extra)"
-    from pipeline.imageio import encode
     from pipeline.models import _link_into_home
-    from pipeline.outputs import atomic_write, render_for_channel
     from pipeline.stages.base import Asset
 
     channel = config.channels["cutouts"]
@@ -125,22 +137,14 @@ def rembg_side(shot: Path, config, prior: Path, home: Path, runs: int) -> tuple[
     session = rembg.new_session("u2net_custom", model_path=str(model), providers=["CPUExecutionProvider"])
     loaded = f"rembg session ready in {time.perf_counter() - start:.2f} s"
 
-    def once() -> Timing:
-        t = Timing()
-        t0 = time.perf_counter()
+    def read() -> tuple[Any, Any]:
         with Image.open(shot) as im:
-            image = im.convert("RGB")
-        t1 = time.perf_counter()
-        cut = np.asarray(rembg.remove(image, session=session))
-        t2 = time.perf_counter()
-        body = encode(render_for_channel(Asset(cut), channel), channel, None)
-        t3 = time.perf_counter()
-        atomic_write(Path(channel.path) / "rembg.png", body)
-        t4 = time.perf_counter()
-        t.stages = {"decode": t1 - t0, "cut-out": t2 - t1, "encode": t3 - t2, "write": t4 - t3}
-        t.png_bytes = len(body)
-        return t
+            return im.convert("RGB"), None
 
+    def cut(image: Any) -> Asset:
+        return Asset(np.asarray(rembg.remove(image, session=session)))
+
+    once = partial(timed_run, read, cut, channel, Path(channel.path) / "rembg.png")
     return best_of(runs, once), loaded
 
 
