@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import PermanentError
+from ..imageio import clear_transparent
 from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_model_file
 from ..pixels import max_value, to_dtype
 from ..schema import opt
@@ -100,8 +101,7 @@ class RembgBackground(Stage):
         else:
             alpha = to_dtype(mask8, rgb.dtype)
             out_rgb = _decontaminated(rgb, alpha) if self.options.decontaminate else rgb
-            rgba = np.dstack([out_rgb, alpha])
-            rgba[..., :3][alpha == 0] = 0
+            rgba = clear_transparent(np.dstack([out_rgb, alpha]), in_place=True)
             matte = mask8
             notes["edge"] = "model mask"
         if self.options.trim:

@@ -476,8 +476,7 @@ class Edge:
     pixels: np.ndarray  # H×W×4, the input's dtype; RGB is 0 wherever alpha is 0
     ys: np.ndarray  # band pixel coordinates (full resolution)
     xs: np.ndarray
-    partial: int  # band pixels left partially transparent
-    decontaminated: int
+    decontaminated: int  # band pixels left partially transparent whose colour was unmixed
 
 
 def refine_edge(pixels: np.ndarray, mask: np.ndarray, small: np.ndarray, backdrop: np.ndarray | None = None,
@@ -504,7 +503,7 @@ def refine_edge(pixels: np.ndarray, mask: np.ndarray, small: np.ndarray, backdro
     rows, cols = np.flatnonzero(outer.any(axis=1)), np.flatnonzero(outer.any(axis=0))
     out = np.zeros((H, W, 4), pixels.dtype)
     if len(rows) == 0:
-        return Edge(out, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0)
+        return Edge(out, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     Y0, Y1 = int(rows[0] * H // h), min(H, -(-(int(rows[-1]) + 1) * H // h))
     X0, X1 = int(cols[0] * W // w), min(W, -(-(int(cols[-1]) + 1) * W // w))
     ry = np.minimum(np.arange(Y0, Y1) * h // H, h - 1)
@@ -553,7 +552,7 @@ def refine_edge(pixels: np.ndarray, mask: np.ndarray, small: np.ndarray, backdro
         rgb_out[ys[p], xs[p]] = np.clip(np.rint(Fp * top), 0, top).astype(pixels.dtype)
     out_alpha[ys, xs] = aq.astype(pixels.dtype)
     rgb_box[alpha_box == 0] = 0  # clean transparent pixels: smaller files, no backdrop colour hidden in them
-    return Edge(out, ys, xs, int(partial.sum()), int(partial.sum()) if decontaminate else 0)
+    return Edge(out, ys, xs, int(partial.sum()) if decontaminate else 0)
 
 
 def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0, max_shadow: float = 0.6,
@@ -752,6 +751,8 @@ class StudioBackground(Stage):
                          doc="learned subject prior (U²-Netp, `assetd models pull`): auto uses it when it is in "
                              "the model cache; \"on\" requires it; \"off\" never loads it (quote on and off in YAML)")
 
+    _warned = False  # said once per worker that the prior is missing
+
     def prepare(self) -> None:
         self._prior()
 
@@ -764,7 +765,7 @@ class StudioBackground(Stage):
         except PriorMissingError as exc:
             if self.options.prior == "on":
                 raise
-            if not getattr(self, "_warned", False):
+            if not self._warned:
                 self._warned = True
                 self.ctx.log.warning("remove_background studio runs without its subject prior: %s", exc)
             return None
