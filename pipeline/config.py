@@ -94,6 +94,14 @@ class ModelsConfig:
 
 
 @dataclass
+class ManifestsConfig:
+    folder: Path | None = opt(None, doc="where each job's manifest (<rule>/<stem>.assetd.json: input, rule version, "
+                              "outputs, steps, review) is written; default: a folder manifests beside the database")
+    beside_outputs: bool = opt(False, doc="also write the manifest into every channel folder the job wrote to "
+                               "(channel folders hold deliverables only by default)")
+
+
+@dataclass
 class Config:
     source: Path = field(default=Path("config.yaml"), metadata={"internal": True})
     database: Path = opt(Path("state/assetd.sqlite3"), doc="SQLite job store")
@@ -110,6 +118,15 @@ class Config:
     notify: NotifyConfig = opt(NotifyConfig(), doc="notifications")
     input: InputConfig = opt(InputConfig(), doc="how inputs are read")
     models: ModelsConfig = opt(ModelsConfig(), doc="model-backed backends (GPU)")
+    manifests: ManifestsConfig = opt(ManifestsConfig(), doc="job manifests")
+    on_rule_change: str = opt("new_files", choices=("new_files", "reprocess"),
+                              doc="new_files: an edited rule applies to files that arrive after the change "
+                                  "(`assetd reprocess` redoes earlier ones); reprocess: at the next start every "
+                                  "file still in the inboxes is redone under it, replacing its outputs")
+
+    @property
+    def manifest_folder(self) -> Path:
+        return self.manifests.folder or self.database.parent / "manifests"
 
     @property
     def base_dir(self) -> Path:
@@ -168,6 +185,12 @@ def config_from_dict(data: object, source: Path) -> Config:
                 errors.append(f"channels.{name}.path: {ch.path} lies inside inboxes[{i}] ({inbox.path}); "
                               "its outputs would be taken as new inputs")
     cfg.database = cfg.resolve(cfg.database)
+    if cfg.manifests.folder is not None:
+        cfg.manifests.folder = cfg.resolve(cfg.manifests.folder)
+    for i, inbox in enumerate(cfg.inboxes):
+        if inbox.path is not None and cfg.manifest_folder.is_relative_to(inbox.path) and (
+                inbox.recursive or cfg.manifest_folder == inbox.path):
+            errors.append(f"manifests.folder: {cfg.manifest_folder} lies inside inboxes[{i}] ({inbox.path})")
     cfg.rules_dir = cfg.resolve(cfg.rules_dir)
     if cfg.models.cache_dir is not None:
         cfg.models.cache_dir = cfg.resolve(cfg.models.cache_dir)

@@ -1,7 +1,10 @@
 """The job store: SQLite through sqlite-utils, WAL, numbered migrations. The only module with SQL.
 
-A job is one (input content hash, rule name, rule version): the same bytes dropped again under
-another name are not reprocessed, a changed rule reprocesses. Workers claim jobs atomically
+A job is one (input content hash, rule name, rule version, input path). The same bytes dropped
+again under the same name are not reprocessed; under another name they get a job of their own,
+which copies the finished twin's outputs under its own names instead of running the chain again
+(``jobs.copied_from``). A changed rule is a new version; whether it redoes old files is the
+intake's decision (``on_rule_change``). Workers claim jobs atomically
 (``BEGIN IMMEDIATE``) under a lease; a job left ``running`` by a crash is taken back when its
 lease expires, and fails for good once it has used ``max_attempts``.
 
@@ -76,6 +79,19 @@ def m002_job_review(db: Database) -> None:
         db["jobs"].add_column("review", str)
 
 
+@migrations()
+def m003_copies_and_history(db: Database) -> None:
+    """A job per input path (a renamed copy gets its own job, ``copied_from`` its twin), and
+    ``outputs.replaced_by``: the later job that wrote the same file again."""
+    db.execute("DROP INDEX IF EXISTS idx_jobs_input_hash_rule_rule_version")
+    db["jobs"].create_index(["input_hash", "rule", "rule_version", "input_path"], unique=True,
+                            index_name="idx_jobs_content_rule_version_path", if_not_exists=True)
+    if "copied_from" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("copied_from", int)
+    if "replaced_by" not in db["outputs"].columns_dict:
+        db["outputs"].add_column("replaced_by", int)
+
+
 class JobStatus(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -105,6 +121,7 @@ class Job:
     lease_expires: float | None = None
     worker: str | None = None
     review: list[str] = field(default_factory=list)  # why a human should look at it (done jobs)
+    copied_from: int | None = None  # the done job (same content, another name) whose outputs it copied
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -125,6 +142,7 @@ class OutputRecord:
     bytes: int
     sha256: str
     scale: float = 1.0
+    replaced_by: int | None = None  # a later job wrote this path again: this record's sha256 is history
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -207,7 +225,7 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------
     def enqueue(self, *, input_hash: str, rule: str, rule_version: str, input_path: str, rel_path: str,
                 max_attempts: int) -> tuple[Job, bool]:
-        """Create the job for this content and rule unless it exists. Returns (job, created)."""
+        """Create the job for this content, rule version and path unless it exists. Returns (job, created)."""
         with self._immediate() as db:
             cur = db.conn.execute(
                 "INSERT OR IGNORE INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status,"
@@ -217,8 +235,8 @@ class Store:
             )
             created = cur.rowcount == 1
             row = db.execute_returning_dicts(
-                "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ?",
-                [input_hash, rule, rule_version],
+                "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?",
+                [input_hash, rule, rule_version, input_path],
             )[0]
         return Job.from_row(row), created
 
@@ -252,6 +270,48 @@ class Store:
         """Queued jobs whose rule is gone or has another version now."""
         return [j for j in self.jobs(JobStatus.QUEUED.value) if current_versions.get(j.rule) != j.rule_version]
 
+    def adopt_version(self, job_id: int, version: str) -> bool:
+        """A queued job made under an older rule version runs under ``version`` instead (nothing of it was
+        published yet). False when a job for the same content and path under ``version`` exists already."""
+        with self._immediate() as db:
+            cur = db.conn.execute(
+                "UPDATE OR IGNORE jobs SET rule_version = ?, error = NULL WHERE id = ? AND status = 'queued'",
+                [version, job_id])
+            return cur.rowcount == 1
+
+    def earlier_version_job(self, input_hash: str, rule: str, version: str, input_path: str) -> Job | None:
+        """The latest finished job of ``rule`` for this content at this path under another version."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND input_path = ? AND rule_version != ?"
+            " AND status IN ('done', 'failed') ORDER BY id DESC LIMIT 1", [input_hash, rule, input_path, version])
+        return Job.from_row(rows[0]) if rows else None
+
+    def rule_inputs(self, rule: str, since: float | None = None) -> list[Job]:
+        """The latest finished job of ``rule`` for each input path it took (finished at or after ``since``)."""
+        sql = ("SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs WHERE rule = ? GROUP BY input_path)"
+               " AND status IN ('done', 'failed')")
+        params: list[Any] = [rule]
+        if since is not None:
+            sql += " AND finished_at >= ?"
+            params.append(since)
+        return [Job.from_row(r) for r in self.db.execute_returning_dicts(sql + " ORDER BY id", params)]
+
+    def last_versions(self) -> dict[str, str]:
+        """The version of each rule's most recent job."""
+        rows = self.db.conn.execute(
+            "SELECT rule, rule_version FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs GROUP BY rule)")
+        return {rule: version for rule, version in rows}
+
+    def twin(self, job: Job) -> Job | None:
+        """Another job with the same content and rule version: the latest done one, else an earlier one
+        still queued or running (its outputs will come), else None."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND id != ?"
+            " AND (status = 'done' OR (status IN ('queued', 'running') AND id < ?))"
+            " ORDER BY status = 'done' DESC, id DESC LIMIT 1",
+            [job.input_hash, job.rule, job.rule_version, job.id, job.id])
+        return Job.from_row(rows[0]) if rows and not job.input_hash.startswith("unreadable:") else None
+
     def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None) -> Job | None:
         """Atomically take the oldest due job (optionally among ``only``) and mark it running."""
         now = time.time()
@@ -284,19 +344,25 @@ class Store:
                                  "seconds": seconds, "finished_at": time.time()})
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
-               review: list[str] | None = None) -> None:
-        """The job is done; ``review``: reasons a human should look at its outputs (none: NULL)."""
+               review: list[str] | None = None, copied_from: int | None = None) -> None:
+        """The job is done; ``review``: reasons a human should look at its outputs (none: NULL);
+        ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same paths are
+        marked replaced by this one."""
         now = time.time()
         with self._immediate() as db:
             db.conn.execute("DELETE FROM outputs WHERE job_id = ?", [job_id])
             if outputs:
                 db["outputs"].insert_all(
-                    [dict(o.as_dict(), job_id=job_id, created_at=now) for o in outputs]
+                    [dict(o.as_dict(), job_id=job_id, created_at=now, replaced_by=None) for o in outputs]
                 )
+                paths = [o.path for o in outputs]
+                db.conn.execute(
+                    f"UPDATE outputs SET replaced_by = ? WHERE path IN ({','.join('?' * len(paths))})"
+                    " AND job_id != ? AND replaced_by IS NULL", [job_id, *paths, job_id])
             db.conn.execute(
                 "UPDATE jobs SET status = 'done', finished_at = ?, seconds = ?, error = NULL,"
-                " lease_expires = NULL, review = ? WHERE id = ?",
-                [now, seconds, json.dumps(review) if review else None, job_id],
+                " lease_expires = NULL, review = ?, copied_from = ? WHERE id = ?",
+                [now, seconds, json.dumps(review) if review else None, copied_from, job_id],
             )
 
     def fail(self, job_id: int, error: str) -> None:
@@ -322,6 +388,13 @@ class Store:
                 [error, time.time() + delay, job_id],
             )
             return JobStatus.QUEUED
+
+    def postpone(self, job_id: int, delay: float, note: str) -> None:
+        """Back to the queue for ``delay`` seconds without charging the attempt (it waits for a twin)."""
+        self.db.conn.execute(
+            "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+            " worker = NULL, next_attempt_at = ?, error = ? WHERE id = ? AND status = 'running'",
+            [time.time() + delay, note, job_id])
 
     def release(self, job_id: int) -> None:
         """Put a job we were asked to stop back in the queue; the interrupted attempt does not count."""
@@ -362,8 +435,10 @@ class Store:
             params.append(limit)
         return [Job.from_row(r) for r in self.db.execute_returning_dicts(sql, params)]
 
-    def outputs(self, job_id: int) -> list[OutputRecord]:
-        rows = self.db.execute_returning_dicts("SELECT * FROM outputs WHERE job_id = ? AND step != 'manifest' ORDER BY id", [job_id])
+    def outputs(self, job_id: int, manifests: bool = False) -> list[OutputRecord]:
+        """A job's outputs (and its manifests, when asked), in the order written."""
+        where = "" if manifests else " AND step != 'manifest'"
+        rows = self.db.execute_returning_dicts(f"SELECT * FROM outputs WHERE job_id = ?{where} ORDER BY id", [job_id])
         return [OutputRecord(**{k: r[k] for k in OutputRecord.__dataclass_fields__}) for r in rows]
 
     def output_owner(self, path: str) -> dict[str, Any] | None:

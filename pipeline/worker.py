@@ -1,6 +1,10 @@
 """The worker owns the chain: claim a job, read and decode the input, run the rule's stages,
 write every output atomically, record the result. Retries are exceptions (huey's way):
 ``TransientError`` → back to the queue with back-off; ``PermanentError`` → failed at once.
+
+A job whose content a *twin* job (same content, rule version, another input name) already
+finished does not run the chain: the twin's outputs are copied under this input's names.
+Each job's manifest goes to ``manifests.folder`` (and beside the outputs when configured).
 """
 from __future__ import annotations
 
@@ -37,6 +41,22 @@ class JobResult:
     outputs: list[OutputRecord] = field(default_factory=list)
     seconds: float = 0.0
     review: list[str] = field(default_factory=list)  # why a human should look at the outputs (done jobs)
+    copied_from: int | None = None  # the twin job whose outputs were copied instead of running the chain
+
+
+class WaitForTwin(Exception):
+    """A twin job with the same content is queued or running: wait for its outputs instead of redoing them."""
+
+    def __init__(self, twin: Job):
+        super().__init__(f"waiting for job {twin.id} ({printable(twin.input_path)}), same content")
+        self.twin = twin
+
+
+TWIN_WAIT_SECONDS = 5.0
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def one_line(text: str) -> str:
@@ -134,7 +154,12 @@ class Worker:
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status="running")
         try:
-            result.outputs, manifests, result.review = self._execute(job, loaded)
+            result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
+        except WaitForTwin as wait:
+            self.store.postpone(job.id, TWIN_WAIT_SECONDS, str(wait))
+            result.status = JobStatus.QUEUED.value
+            log.info("%s: job %d %s", self.name, job.id, wait)
+            return result
         except StopRequested:
             self.store.release(job.id)
             result.status = JobStatus.QUEUED.value
@@ -177,10 +202,11 @@ class Worker:
             self._report_failure(job, message)
             return result
         result.seconds = time.perf_counter() - started
-        self.store.finish(job.id, result.outputs + manifests, result.seconds, result.review)
+        self.store.finish(job.id, result.outputs + manifests, result.seconds, result.review, result.copied_from)
         result.status = JobStatus.DONE.value
-        log.info("%s: job %d done in %.2fs: %s → %d outputs", self.name, job.id, result.seconds,
-                 job.input_path, len(result.outputs))
+        how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
+        log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
+                 plural(len(result.outputs), "output"))
         if result.review:
             log.warning("%s: job %d needs review: %s: %s", self.name, job.id, printable(job.input_path),
                         "; ".join(result.review))
@@ -200,8 +226,9 @@ class Worker:
                                  "as its own job")
         return decode(data, str(path), self.config.input)
 
-    def _execute(self, job: Job, loaded: Future | None) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
-        """Run the job; returns (outputs, manifests written beside them, review reasons of the outputs)."""
+    def _execute(self, job: Job, loaded: Future | None
+                 ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int | None]:
+        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None)."""
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
@@ -209,6 +236,13 @@ class Worker:
             raise PermanentError(f"rule {job.rule!r} changed since this job was queued "
                                  f"(version {job.rule_version} → {rule.version}); drop the file again or "
                                  "restart the daemon to requeue it")
+        twin = self.store.twin(job)
+        if twin is not None and twin.status is not JobStatus.DONE:
+            raise WaitForTwin(twin)
+        if twin is not None:
+            copied = self._copy_from_twin(job, rule, twin)
+            if copied is not None:
+                return copied
         decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)})
@@ -220,14 +254,66 @@ class Worker:
         results = self.chain_for(rule).run(asset, on_step=on_step)
         if self.stop.is_set():
             raise StopRequested("stopping before writing outputs")
-        return self._write_outputs(job, rule, results, decoded)
+        return (*self._write_outputs(job, rule, results, decoded), None)
+
+    def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None) -> str:
+        return render_name(channel.filename, stem=safe_stem(Path(job.input_path).stem), ratio=ratio_label(ratio),
+                           step=step, rule=rule.name, channel=channel.name, ext=channel.extension,
+                           hash8=job.input_hash.split(":")[-1][:8])
+
+    def _copy_from_twin(self, job: Job, rule: Rule, twin: Job
+                        ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int] | None:
+        """Write the done twin's outputs under this job's names; None (run the chain) when they are not all
+        there as recorded (deleted, edited, or replaced by a later job)."""
+        sources = self.store.outputs(twin.id)
+        found: list[tuple[OutputRecord, bytes]] = []
+        for record in sources:
+            try:
+                data = Path(record.path).read_bytes() if record.replaced_by is None else b""
+            except FileNotFoundError:
+                data = b""
+            if sha256(data) != record.sha256 or record.channel not in self.config.channels:
+                log.info("%s: job %d: the outputs of job %d (same content) are not all there as recorded; "
+                         "running the chain", self.name, job.id, twin.id)
+                return None
+            found.append((record, data))
+        if not found:
+            return None
+        twin_notes = self._manifest_notes(twin)
+        records: list[OutputRecord] = []
+        notes: list[dict[str, Any]] = []
+        used: set[Path] = set()
+        placed: dict[Path, list[tuple[str, Path]]] = {}
+        for record, data in found:
+            channel = self.config.channels[record.channel]
+            name = self._output_name(job, rule, channel, record.step, record.ratio)
+            target = self._free_path(channel.path, name, job, used)
+            self.store.reserve_output(job.id, str(target), channel.name, record.step)
+            atomic_write(target, data)
+            used.add(target)
+            placed.setdefault(channel.path, []).append((name, target))
+            records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
+            notes.append(twin_notes.get(record.path, {}))
+        manifests = self._write_manifests(job, rule, records, notes, twin.review, used, placed, copied_from=twin)
+        return records, manifests, list(twin.review), twin.id
+
+    def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
+        """Each output's step notes from a job's manifest (by output path); empty when it cannot be read."""
+        for record in self.store.outputs(job.id, manifests=True):
+            if record.step != "manifest":
+                continue
+            try:
+                doc = json.loads(Path(record.path).read_text(encoding="utf-8"))
+                return {o["path"]: o.get("steps", {}) for o in doc.get("outputs", [])}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return {}
 
     def _write_outputs(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
                        decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
-        stem = safe_stem(Path(job.input_path).stem)
         records: list[OutputRecord] = []
         used: set[Path] = set()
-        folders: set[Path] = set()
+        placed: dict[Path, list[tuple[str, Path]]] = {}
         started = time.perf_counter()
         work = []
         notes: list[dict[str, Any]] = []
@@ -238,14 +324,12 @@ class Worker:
                     work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
         for spec, channel, asset, future in work:
             pixels_shape, data = future.result()
-            name = render_name(channel.filename, stem=stem, ratio=ratio_label(asset.ratio), step=spec.source,
-                               rule=rule.name, channel=channel.name, ext=channel.extension,
-                               hash8=job.input_hash.split(":")[-1][:8])
+            name = self._output_name(job, rule, channel, spec.source, asset.ratio)
             target = self._free_path(channel.path, name, job, used)
             self.store.reserve_output(job.id, str(target), channel.name, spec.source)
             atomic_write(target, data)
             used.add(target)
-            folders.add(channel.path)
+            placed.setdefault(channel.path, []).append((name, target))
             height, width = pixels_shape[:2]
             records.append(OutputRecord(
                 channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
@@ -254,21 +338,35 @@ class Worker:
             notes.append(asset.notes)
         review = review_reasons(asset for _, _, asset, _ in work)
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
-        manifest = {
+        return records, self._write_manifests(job, rule, records, notes, review, used, placed), review
+
+    def _write_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
+                         review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
+                         copied_from: Job | None = None) -> list[OutputRecord]:
+        """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
+        channel folder it wrote to, named like the outputs there (a clash suffix included)."""
+        stem = safe_stem(Path(job.input_path).stem)
+        manifest: dict[str, Any] = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
             "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
             "review": review,
         }
-        manifests: list[OutputRecord] = []
+        if copied_from is not None:
+            manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
-        for folder in sorted(folders):
-            target = self._free_path(folder, stem + MANIFEST_SUFFIX, job, used)
+        names = [(self.config.manifest_folder / rule.name, stem)]
+        if self.config.manifests.beside_outputs:
+            names += [(folder, stem + _clash_suffix(written)) for folder, written in sorted(placed.items())]
+        manifests: list[OutputRecord] = []
+        for folder, name in names:
+            target = self._free_path(folder, name + MANIFEST_SUFFIX, job, used)
             self.store.reserve_output(job.id, str(target), "", "manifest")
             atomic_write(target, body)
+            used.add(target)
             manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
                                           height=0, bytes=len(body), sha256=sha256(body)))
-        return records, manifests, review
+        return manifests
 
     @staticmethod
     def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:
@@ -279,7 +377,10 @@ class Worker:
         """The output path. A file from another input, or one assetd did not write, is never overwritten:
         the name gets the input's short hash instead. The same input's earlier outputs are replaced."""
         target = inside(folder, name)
-        stem, dot, ext = name.rpartition(".")
+        if name.endswith(MANIFEST_SUFFIX):
+            stem, dot, ext = name[: -len(MANIFEST_SUFFIX)], ".", MANIFEST_SUFFIX[1:]
+        else:
+            stem, dot, ext = name.rpartition(".")
         short = job.input_hash.split(":")[-1][:8]
         n = 1
         while True:
@@ -291,3 +392,12 @@ class Worker:
                     return target
             n += 1
             target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
+
+
+def _clash_suffix(written: list[tuple[str, Path]]) -> str:
+    """The suffix ``_free_path`` added to the outputs of one folder (``-1a2b3c4d``), or ""."""
+    for name, target in written:
+        wanted, got = name.rsplit(".", 1)[0], target.name.rsplit(".", 1)[0]
+        if got != wanted and got.startswith(wanted):
+            return got[len(wanted):]
+    return ""

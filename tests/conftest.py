@@ -77,6 +77,10 @@ class Workspace:
     def out(self, channel: str) -> Path:
         return self.root / "out" / channel
 
+    def manifest(self, rule: str, stem: str) -> Path:
+        """Where a job's manifest lands by default: ``manifests/<rule>/<stem>.assetd.json`` beside the database."""
+        return self.root / "state" / "manifests" / rule / f"{stem}.assetd.json"
+
     def write_config(self, *, workers: int = 1, settle: float = 0.3, urls: list[str] | None = None,
                      digest: float = 60.0, extra: str = "") -> Path:
         text = CONFIG.format(workers=workers, settle=settle, urls=urls or [], digest=digest) + extra

@@ -105,7 +105,8 @@ def test_daemon_processes_slow_copies_and_reports_the_bad_file(workspace, staged
                 assert path.exists(), path
                 assert abs(ratio_of(path) - RATIOS[ratio]) < 0.01, (path, ratio_of(path))
                 assert decode(path).ndim == 3
-        assert (workspace.out("webshop") / f"{stem}.assetd.json").exists()
+        assert workspace.manifest("products", stem).exists()
+    assert sorted(p.name for p in (workspace.root / "out").rglob("*.json")) == []  # deliverables only
     assert (workspace.out("cutouts") / "c.png").exists()
     assert not (workspace.out("webshop") / "c_1x1.jpg").exists()  # misc/ goes to the cut-out rule only
     # Inputs are never modified, moved or deleted.
@@ -115,7 +116,7 @@ def test_daemon_processes_slow_copies_and_reports_the_bad_file(workspace, staged
     assert (workspace.inbox / "products" / "notes.txt").exists()
 
 
-def test_same_bytes_under_another_name_are_not_reprocessed(workspace, staged):
+def test_same_bytes_under_another_name_get_outputs_without_being_reprocessed(workspace, staged):
     config, rules = workspace.load()
     daemon = Daemon(config, rules)
     daemon.start()
@@ -127,10 +128,13 @@ def test_same_bytes_under_another_name_are_not_reprocessed(workspace, staged):
                                                  (workspace.inbox / "misc" / "renamed-copy.jpg").stat().st_size,
                                                  (workspace.inbox / "misc" / "renamed-copy.jpg").stat().st_mtime_ns)
                  is not None and daemon.idle(), 60, "the copy to be seen")
-        assert len(daemon.store.jobs()) == 1
+        first, copy = daemon.store.jobs()
+        assert copy.status is JobStatus.DONE and copy.copied_from == first.id
+        assert daemon.store.steps(copy.id) == []  # the chain did not run again
     finally:
         daemon.stop()
-    assert not (workspace.out("cutouts") / "renamed-copy.png").exists()
+    assert (workspace.out("cutouts") / "renamed-copy.png").read_bytes() == \
+        (workspace.out("cutouts") / "first.png").read_bytes()
 
 
 def test_notification_target_down_does_not_delay_jobs(workspace, staged):

@@ -51,7 +51,7 @@ outputs:
     assert web["width"] == web["height"]
     wide = outputs[("banners", "3:1")]  # wider than the generated scene: the canvas must grow
     assert abs(wide["width"] / wide["height"] - 3) < 0.01
-    manifest = json.loads((workspace.out("webshop") / "dark.assetd.json").read_text())
+    manifest = json.loads(workspace.manifest("gpu", "dark").read_text())
     steps = {o["channel"]: o["steps"] for o in manifest["outputs"]}
     assert steps["webshop"]["upscale"]["backend"] == "spandrel" and steps["webshop"]["upscale"]["factor"] == 2
     assert steps["webshop"]["place_in_scene"]["backend"] == "diffusers"

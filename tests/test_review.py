@@ -16,7 +16,6 @@ from sqlite_utils import Database
 from pipeline.cli import cli
 from pipeline.intake import Intake
 from pipeline.notify import digest_text
-from pipeline.outputs import MANIFEST_SUFFIX
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, register
 from pipeline.store import Job, JobStatus, Store, migrations
@@ -93,12 +92,12 @@ def test_a_doubted_job_is_done_with_its_outputs_and_reasons(workspace, processed
     outputs = store.outputs(doubtful)
     assert sorted(o.channel for o in outputs) == ["cutouts", "instagram", "webshop"]
     assert all(workspace.root.joinpath(o.path).exists() for o in outputs)
-    manifest = json.loads((workspace.out("cutouts") / f"doubt{MANIFEST_SUFFIX}").read_text())
+    manifest = json.loads(workspace.manifest("doubtful", "doubt").read_text())
     assert manifest["review"] == expected
 
     clean = store.get(sure)
     assert clean.status is JobStatus.DONE and clean.review == []
-    assert json.loads((workspace.out("cutouts") / f"sure{MANIFEST_SUFFIX}").read_text())["review"] == []
+    assert json.loads(workspace.manifest("sure", "sure").read_text())["review"] == []
     assert store.db.execute("SELECT review FROM jobs WHERE id = ?", [sure]).fetchone()[0] is None
 
     assert [j.id for j in store.jobs("review")] == [doubtful]

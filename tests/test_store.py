@@ -21,12 +21,52 @@ def enqueue(store: Store, h: str = "h1", rule: str = "r", version: str = "v1", p
                          max_attempts=attempts)
 
 
-def test_same_content_is_one_job_and_a_new_rule_version_is_another(store):
+def test_a_job_is_one_content_rule_version_and_path(store):
     job, created = enqueue(store)
-    again, created_again = enqueue(store, path="/in/renamed.jpg")
-    assert created and not created_again and again.id == job.id and again.input_path == "/in/a.jpg"
+    same, created_same = enqueue(store)
+    assert created and not created_same and same.id == job.id
+    renamed, created_renamed = enqueue(store, path="/in/renamed.jpg")  # its own deliverables: a job of its own
+    assert created_renamed and renamed.id != job.id
     changed, created_changed = enqueue(store, version="v2")
-    assert created_changed and changed.id != job.id
+    assert created_changed and changed.id not in (job.id, renamed.id)
+
+
+def test_a_twin_is_the_done_job_of_the_same_content_else_an_earlier_unfinished_one(store):
+    first, _ = enqueue(store)
+    second, _ = enqueue(store, path="/in/copy.jpg")
+    assert store.twin(second).id == first.id  # queued, earlier: wait for it
+    assert store.twin(first) is None  # the later copy never makes the first one wait
+    store.claim_next("w", 60, only=[first.id])
+    store.finish(first.id, [], 1.0)
+    assert store.twin(second).status is JobStatus.DONE
+    assert store.twin(enqueue(store, version="v2", path="/in/copy.jpg")[0]) is None
+
+
+def test_a_later_job_writing_the_same_path_marks_the_earlier_record_replaced(store):
+    out = OutputRecord(channel="web", path="/out/a_1x1.jpg", step="crops", ratio="1:1", width=10, height=10,
+                       bytes=3, sha256="old")
+    first, _ = enqueue(store)
+    store.claim_next("w", 60)
+    store.finish(first.id, [out], 1.0)
+    second, _ = enqueue(store, h="h2")
+    store.claim_next("w", 60)
+    store.finish(second.id, [OutputRecord(**dict(out.as_dict(), sha256="new"))], 1.0)
+    assert store.outputs(first.id)[0].replaced_by == second.id
+    assert store.outputs(second.id)[0].replaced_by is None
+
+
+def test_earlier_version_job_and_adopting_a_version(store):
+    old, _ = enqueue(store, version="v1")
+    assert store.earlier_version_job("h1", "r", "v2", "/in/a.jpg") is None  # queued only: not taken yet
+    store.claim_next("w", 60)
+    store.finish(old.id, [], 1.0)
+    assert store.earlier_version_job("h1", "r", "v2", "/in/a.jpg").id == old.id
+    assert store.earlier_version_job("h1", "r", "v2", "/in/other.jpg") is None
+    queued, _ = enqueue(store, h="h9", version="v1")
+    assert store.adopt_version(queued.id, "v2") and store.get(queued.id).rule_version == "v2"
+    clash, _ = enqueue(store, h="h9", version="v3")
+    enqueue(store, h="h9", version="v2")  # exists already: cannot adopt into it
+    assert not store.adopt_version(clash.id, "v2")
 
 
 def test_concurrent_claims_take_each_job_exactly_once(store):
