@@ -239,6 +239,44 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@_config_option
+@click.option("--rule", "rule_name", required=True, help="the rule whose earlier files to redo")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M",
+                                                      "%Y-%m-%dT%H:%M:%S"]),
+              help="only files whose last job finished at or after this local date (and time)")
+@click.option("--all", "everything", is_flag=True, help="also the files already done under the rule as it is now")
+@click.option("--dry-run", is_flag=True, help="say what would be queued and replaced; change nothing")
+def reprocess(config_path: str, rule_name: str, since: Any, everything: bool, dry_run: bool) -> None:
+    """Redo the files a rule took before it was changed (a changed rule applies to new files only).
+
+    Says how many files it queues and how many of their outputs will be replaced; a running daemon
+    (or the next `assetd run`) does the work.
+
+    Example: assetd reprocess --rule products --since 2026-11-01 --dry-run --config studio.yaml
+    """
+    from .reprocess import plan, queue
+    from .store import Store
+
+    config, rules = _load(config_path, rule_name)
+    store = Store(config.database)
+    todo = plan(store, rules[0], since=since.timestamp() if since else None, everything=everything)
+    which = "it took" if everything else "it took under an earlier version"
+    click.echo(f"rule {rule_name} (version {rules[0].version}): {len(todo.redo)} file(s) {which}"
+               + (f" since {since:%Y-%m-%d %H:%M}" if since else "")
+               + f"; their {todo.outputs} output(s) will be replaced")
+    if todo.missing:
+        click.echo(f"{len(todo.missing)} file(s) are no longer where they were and are not redone: "
+                   + ", ".join(j.input_path for j in todo.missing[:5]) + (" …" if len(todo.missing) > 5 else ""))
+    if dry_run:
+        click.echo("dry run: nothing was queued")
+        return
+    ids = queue(config, rules, store, todo)
+    store.close()
+    click.echo(f"queued {len(ids)} job(s)" + (": " + ", ".join(map(str, ids)) if ids else "")
+               + ("; a running daemon picks them up, or the next `assetd run`" if ids else ""))
+
+
 @cli.group()
 def models() -> None:
     """Fetch and check the weights of model-backed backends."""

@@ -64,6 +64,7 @@ class Daemon:
         self.store: Store | None = None
         self.watcher: InboxWatcher | None = None
         self.notifier: Notifier | None = None
+        self.intake: Intake | None = None
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
 
@@ -74,8 +75,9 @@ class Daemon:
         recovered = store.recover_orphans()
         if recovered:
             log.warning("%d job(s) were running when assetd last stopped; they are queued again", len(recovered))
-        intake = Intake(self.config, self.rules, store)
+        intake = self.intake = Intake(self.config, self.rules, store)
         self._requeue_changed_rules(store, intake)
+        self._log_rule_changes(store)
         self.notifier = Notifier(self.config, store)
         self.notifier.start()
         for i in range(self.config.workers):
@@ -107,20 +109,46 @@ class Daemon:
         return load_for_start(self.config, self.rules, lambda warning: log.warning("%s", warning))
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
-        """Queued jobs made under an older version of a rule are re-made under the current one."""
+        """Queued jobs made under an older version of a rule run under the current one (nothing of them
+        was published yet); a job whose rule is gone fails with that reason."""
         current = {r.name: r.version for r in self.rules}
         for job in store.stale_queued(current):
-            store.fail(job.id, f"{job.input_path}: rule {job.rule!r} changed before this job ran; "
-                               "superseded by a job under the current rule")
-            path = Path(job.input_path)
-            if path.exists():
-                intake.submit(path)
-            log.info("job %d was queued under an older rule %r; re-queued under the current rule", job.id, job.rule)
+            if job.rule not in current:
+                store.fail(job.id, f"{job.input_path}: rule {job.rule!r} no longer exists")
+                log.warning("job %d: rule %r no longer exists; failed", job.id, job.rule)
+            elif not store.adopt_version(job.id, current[job.rule]):
+                store.fail(job.id, f"{job.input_path}: rule {job.rule!r} changed before this job ran; "
+                                   "superseded by a job under the current rule")
+            else:
+                log.info("job %d was queued under an earlier version of rule %r; it runs under the current one",
+                         job.id, job.rule)
+
+    def _log_rule_changes(self, store: Store) -> None:
+        """One line per rule changed since the last start, with the number of files it took before."""
+        previous = store.get_state("rule_versions") or store.last_versions()
+        for rule in self.rules:
+            before = previous.get(rule.name)
+            if before is None or before == rule.version:
+                continue
+            earlier = [j for j in store.rule_inputs(rule.name) if j.rule_version != rule.version]
+            present = sum(1 for j in earlier if Path(j.input_path).exists())
+            if self.config.on_rule_change == "reprocess":
+                log.warning("rule %r changed (version %s → %s); on_rule_change is reprocess: the %d file(s) it "
+                            "took before that are still in the inboxes are redone, replacing their outputs",
+                            rule.name, before, rule.version, present)
+            else:
+                log.warning("rule %r changed (version %s → %s); it applies to new files. %d file(s) it took "
+                            "before (%d still present) keep their outputs; redo them with: assetd reprocess "
+                            "--rule %s --config %s", rule.name, before, rule.version, len(earlier), present,
+                            rule.name, self.config.source)
+        store.set_state("rule_versions", {r.name: r.version for r in self.rules})
 
     def stop(self, timeout: float = 60.0) -> None:
         self.stop_event.set()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.intake is not None:
+            self.intake.flush_summary(quiet_seconds=0.0)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
@@ -151,7 +179,8 @@ class Daemon:
         try:
             self.start()
             while not self.stop_event.wait(1.0):
-                pass
+                if self.intake is not None:
+                    self.intake.flush_summary()
         finally:
             self.stop()
             for s, handler in previous.items():

@@ -1,7 +1,9 @@
 """Turning a settled file into a job: match a rule, hash the content, enqueue once.
 
-Called by the watcher's settle loop (daemon) and by ``assetd process``. Nothing here decodes an
-image; the worker does that. A file no rule takes is remembered and logged, never touched.
+Called by the watcher's settle loop (daemon), by ``assetd process`` and ``assetd reprocess``.
+Nothing here decodes an image; the worker does that. A file no rule takes is remembered and logged,
+never touched. With ``on_rule_change: new_files`` (the default) a file that an earlier version of its
+rule already took is not redone when the rule changes; ``reprocess=True`` (``assetd reprocess``) does.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import hashlib
 import logging
 import os
 import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -27,6 +31,7 @@ class Submitted:
     job: Job | None = None
     created: bool = False
     reason: str | None = None  # why no job was made, or why the job already existed
+    earlier: Job | None = None  # no job: the rule took this file under an earlier version (on_rule_change)
 
 
 def file_hash(path: Path) -> str:
@@ -54,9 +59,16 @@ class Intake:
         self.config = config
         self.rules = rules
         self.store = store
+        self._lock = threading.Lock()
+        self._seen_again: list[tuple[Path, str]] = []  # files handed over again, not reprocessed (summarised)
+        self._seen_at = 0.0
 
-    def submit(self, path: Path, root: Path | None = None, rule_name: str | None = None) -> Submitted:
-        """Enqueue ``path`` under the first matching rule (or ``rule_name``)."""
+    def submit(self, path: Path, root: Path | None = None, rule_name: str | None = None, *,
+               reprocess: bool = False) -> Submitted:
+        """Enqueue ``path`` under the first matching rule (or ``rule_name``).
+
+        Unless ``reprocess`` (or ``on_rule_change: reprocess``), a file this rule took under an earlier
+        version is not queued again: a changed rule applies to new files."""
         path = Path(os.path.abspath(path))
         rel = relative_path(self.config, path, root)
         if rule_name is not None:
@@ -89,20 +101,47 @@ class Intake:
             # Unreadable, a link, a device...: still a job, so the failure is recorded and reported.
             token = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}".encode()
             digest = "unreadable:" + hashlib.sha256(token).hexdigest()
+        if not reprocess and self.config.on_rule_change == "new_files":
+            earlier = self.store.earlier_version_job(digest, rule.name, rule.version, str(path))
+            if earlier is not None:
+                reason = (f"rule {rule.name!r} took it under an earlier version (job {earlier.id}, "
+                          f"{earlier.status.value}); a changed rule applies to new files "
+                          f"(redo with: assetd reprocess --rule {rule.name})")
+                return Submitted(path=path, rule=rule, reason=reason, earlier=earlier)
         job, created = self.store.enqueue(
             input_hash=digest, rule=rule.name, rule_version=rule.version, input_path=str(path),
             rel_path=str(rel), max_attempts=self.config.max_attempts,
         )
-        reason = None if created else (f"same content as job {job.id} ({printable(job.input_path)}), "
-                                       f"{job.status.value}")
+        reason = None if created else f"already {job.status.value} as job {job.id}"
         return Submitted(path=path, rule=rule, job=job, created=created, reason=reason)
 
     def on_settled(self, path: Path, inbox: InboxConfig) -> None:
-        """The watcher's callback: enqueue and log. Must be quick and must not raise for bad files."""
+        """The watcher's callback: enqueue and log. Must be quick and must not raise for bad files.
+
+        Files seen again and not reprocessed (every file in the inboxes at each start) are logged one
+        by one at debug level and summarised by ``flush_summary``."""
         result = self.submit(path, inbox.path)
-        if result.job is None:
-            log.info("%s", result.reason)
-        elif result.created:
+        if result.created and result.job is not None:
             log.info("queued job %d: %s (rule %s)", result.job.id, printable(str(path)), result.rule.name if result.rule else "-")
+        elif result.job is not None or result.earlier is not None:
+            log.debug("not reprocessed: %s: %s", printable(str(path)), result.reason)
+            with self._lock:
+                self._seen_again.append((path, str(result.reason)))
+                self._seen_at = time.monotonic()
         else:
-            log.info("not reprocessed: %s: %s", printable(str(path)), result.reason)
+            log.info("%s", result.reason)
+
+    def flush_summary(self, quiet_seconds: float = 2.0) -> None:
+        """Log the files seen again since the last summary, once no new one came for ``quiet_seconds``:
+        one line for one file, else a count."""
+        with self._lock:
+            if not self._seen_again or time.monotonic() - self._seen_at < quiet_seconds:
+                return
+            seen, self._seen_again = self._seen_again, []
+        if len(seen) == 1:
+            log.info("not reprocessed: %s: %s", printable(str(seen[0][0])), seen[0][1])
+        else:
+            earlier = sum(1 for _, reason in seen if "earlier version" in reason)
+            detail = f" ({earlier} taken under an earlier version of their rule)" if earlier else ""
+            log.info("%d file(s) in the inboxes were processed before and are not reprocessed%s; "
+                     "`assetd jobs` lists them (log_level: debug names each)", len(seen), detail)

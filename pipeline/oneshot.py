@@ -69,11 +69,11 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
          force: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {"input": str(file), "status": "skipped", "rule": None, "error": None, "review": [],
                            "outputs": []}
-    sub = intake.submit(file, root, rule_name=rule_name)
+    sub = intake.submit(file, root, rule_name=rule_name, reprocess=force)
     doc["rule"] = sub.rule.name if sub.rule else None
     if sub.job is None:
         doc["error"] = sub.reason
-        doc["status"] = "skipped" if sub.rule is None else "failed"
+        doc["status"] = "skipped" if sub.rule is None or sub.earlier is not None else "failed"
         return doc
     job = sub.job
     if not sub.created:
