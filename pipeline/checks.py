@@ -42,6 +42,8 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
             problems.append(f"{config.source}: channels.{name}.path: {channel.path} is not writable")
     if not _writable(config.database.parent):
         problems.append(f"{config.source}: database: folder {config.database.parent} is not writable")
+    if not _writable(config.manifest_folder):
+        problems.append(f"{config.source}: manifests.folder: {config.manifest_folder} is not writable")
     if config.notify.urls:
         import apprise
 

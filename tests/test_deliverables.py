@@ -103,3 +103,15 @@ def test_beside_outputs_manifests_follow_the_outputs_name_after_a_clash(workspac
     assert doc["job"] == other.id
     assert workspace.manifest("shop", "clash").exists()  # and the central copy
     store.close()
+
+
+def test_check_names_a_manifests_folder_that_cannot_be_written(workspace):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    (workspace.root / "blocker").write_text("a file, not a folder")
+    workspace.write_config(extra="manifests: {folder: blocker/manifests}\n")
+    result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)])
+    assert result.exit_code == 1
+    assert f"manifests.folder: {workspace.root / 'blocker' / 'manifests'} is not writable" in result.output
