@@ -1,6 +1,7 @@
 """The ``assetd`` command line: a thin click group over config, rules, store, worker and daemon.
 
 Exit codes: 0 success; 1 a file (or check) failed; 2 usage or configuration error.
+A bad command line gets click's usage message; every other error is printed as ``assetd: error: ...``.
 """
 from __future__ import annotations
 
@@ -15,10 +16,42 @@ import click
 
 from . import __version__
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import AssetdError, ConfigError
 from .rules import Rule, load_rules
 
 CONFIG_HELP = "config file (YAML); relative paths in it resolve against its folder"
+
+
+class CommandError(click.ClickException):
+    """An error that is not the command line's fault (click.UsageError is for those): printed as
+    ``assetd: error: ...`` without the usage banner. Exit code 2 for configuration problems (a config
+    or rule file, a model that does not load, a second daemon), 1 for a runtime failure."""
+
+    def __init__(self, problems: list[str] | str, exit_code: int = 2):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        if len(self.problems) == 1:
+            click.echo(f"assetd: error: {self.problems[0]}", file=file, err=True)
+        else:
+            kind = "configuration problems" if self.exit_code == 2 else "problems"
+            click.echo(f"assetd: error: {len(self.problems)} {kind}:", file=file, err=True)
+            for problem in self.problems:
+                click.echo(f"  {problem}", file=file, err=True)
+
+
+class _Group(click.Group):
+    """Turns an assetd error that a command did not handle into a CommandError, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise CommandError(exc.problems) from None
+        except AssetdError as exc:
+            raise CommandError(str(exc), exit_code=1) from None
 
 
 def _load(config_path: str, rule: str | None = None) -> tuple[Config, list[Rule]]:
@@ -26,7 +59,7 @@ def _load(config_path: str, rule: str | None = None) -> tuple[Config, list[Rule]
         config = load_config(config_path)
         rules = load_rules(config, only=rule)
     except ConfigError as exc:
-        raise click.UsageError("configuration problems:\n  " + "\n  ".join(exc.problems)) from None
+        raise CommandError(exc.problems) from None
     return config, rules
 
 
@@ -40,7 +73,7 @@ def _config_option(f: Any) -> Any:
                         help=CONFIG_HELP)(f)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="assetd")
 def cli() -> None:
     """assetd: watched-folder asset pipeline for photo studios.
@@ -63,8 +96,8 @@ def run(config_path: str) -> None:
     _setup_logging(config.log_level)
     try:
         code = Daemon(config, rules).run()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    except ConfigError as exc:  # a model does not load, or another daemon holds the database
+        raise CommandError(exc.problems) from None
     sys.exit(code)
 
 
@@ -93,7 +126,7 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
         results = run_once(config, rules, [Path(p) for p in paths], rule_name=rule_name, force=force,
                            progress=show_progress)
     except ConfigError as exc:  # a model the rules need does not load: nothing was taken
-        raise click.UsageError("configuration problems:\n  " + "\n  ".join(exc.problems)) from None
+        raise CommandError(exc.problems) from None
     if as_json:
         click.echo(json.dumps({"results": results}, indent=2))
     else:

@@ -1,0 +1,95 @@
+"""What the command line says when something is wrong: configuration errors without click's usage banner,
+and the exit codes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.daemon import InstanceLock
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assetd(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real command, as a studio runs it."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, **(env or {})))
+
+
+def assert_config_error(out: str, *expected: str) -> None:
+    assert "Usage:" not in out and "--help" not in out, out
+    assert "assetd: error:" in out, out
+    for text in expected:
+        assert text in out, out
+
+
+def test_a_broken_config_is_an_error_not_a_usage_message(workspace, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers: none\nlog_level: loud\n")
+    out = assetd("process", tmp_path, "--config", bad)
+    assert out.returncode == 2
+    assert_config_error(out.stderr, f"{bad}: workers: expected an integer", "log_level")
+    for command in (["run"], ["jobs"], ["explain", tmp_path / "a.jpg"], ["retry", "--failed"],
+                    ["models", "check"], ["models", "pull"]):
+        result = invoke(*command, "--config", bad)
+        assert result.exit_code == 2, (command, result.output)
+        assert_config_error(result.output, "workers: expected an integer")
+
+
+def test_a_broken_rule_and_an_unknown_rule_name_are_configuration_errors(workspace):
+    workspace.add_rule("30-bad.yaml", "name: bad\nsteps: [{upscale: {factor: -1}}]\n")
+    result = invoke("jobs", "--config", workspace.config_path)
+    assert result.exit_code == 2
+    assert_config_error(result.output, "30-bad.yaml")
+    (workspace.root / "rules" / "30-bad.yaml").unlink()
+    result = invoke("process", workspace.inbox, "--config", workspace.config_path, "--rule", "nope")
+    assert result.exit_code == 2
+    assert_config_error(result.output, "no rule named 'nope'")
+
+
+def test_a_bad_command_line_still_shows_usage(workspace):
+    result = invoke("jobs", "--config", workspace.config_path, "--no-such-option")
+    assert result.exit_code == 2 and "Usage:" in result.output
+
+
+def test_a_runtime_failure_exits_1_with_its_message(monkeypatch, tmp_path):
+    from pipeline import demo
+    from pipeline.errors import TransientError
+
+    def full_disk(*args, **kwargs):
+        raise TransientError(f"{tmp_path}: no space left on device")
+
+    monkeypatch.setattr(demo, "run_demo", full_disk)
+    result = invoke("demo", tmp_path / "demo", "--setup-only")
+    assert result.exit_code == 1
+    assert "Usage:" not in result.output and "Traceback" not in result.output
+    assert f"assetd: error: {tmp_path}: no space left on device" in result.output
+
+
+def test_a_second_daemon_is_refused_without_a_usage_message(workspace):
+    config = workspace.load()[0]
+    lock = InstanceLock(config.database)
+    lock.acquire()
+    try:
+        out = assetd("run", "--config", workspace.config_path)
+    finally:
+        lock.release()
+    assert out.returncode == 2
+    assert_config_error(out.stderr, "already running")
+
+
+def test_a_model_that_does_not_load_is_a_configuration_error(workspace, tmp_path):
+    workspace.write_config(extra=f"models: {{cache_dir: {tmp_path / 'empty-cache'}}}\n")
+    workspace.add_rule("05-gpu.yaml", "name: gpu\nmatch: {folder: 'gpu/**'}\n"
+                                      "steps: [{remove_background: {backend: rembg, model: u2net}}]\n"
+                                      "outputs: [{channel: cutouts}]\n")
+    shot = workspace.shot("inbox/gpu/a.jpg", seed=3, subject="box")
+    out = assetd("process", shot, "--config", workspace.config_path, env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2
+    assert_config_error(out.stderr, "u2net", "assetd models pull --config")
