@@ -3,7 +3,9 @@
 A failed job is announced at once; when the queue has been idle for
 ``digest_after_idle_seconds`` after some activity, one digest says how many were done and failed,
 lists the failures with their reasons and the done jobs marked for review with theirs, and the time
-the batch took. A slow or unreachable target only ever delays this thread: jobs never wait for it,
+the batch took. Each message goes out with apprise's type for its news: a failure alert, and a digest
+with failures, as ``failure``; a digest whose only news is jobs to review as ``warning``; an all-good
+digest as ``success``. A slow or unreachable target only ever delays this thread: jobs never wait for it,
 and undelivered messages stay in the outbox and are retried with back-off (also after a restart).
 """
 from __future__ import annotations
@@ -19,6 +21,25 @@ from .store import Job, JobStatus, Store
 
 log = logging.getLogger("assetd.notify")
 DIGEST_CUTOFF = "digest_cutoff"
+FAILURE = "failure"  # the outbox kind of a failed job's alert
+
+
+def notify_type(kind: str) -> str:
+    """The apprise notification type (its name) an outbox message of ``kind`` goes out with.
+
+    ``failure`` for a failed job; ``digest-<type>`` for a digest (see ``digest_type``); ``info`` for
+    anything else (a plain ``digest`` queued by an older assetd)."""
+    if kind == FAILURE:
+        return "failure"
+    level = kind.partition("-")[2]
+    return level if level in ("success", "warning", "failure") else "info"
+
+
+def digest_type(jobs: list[Job]) -> str:
+    """``failure`` when a job of the batch failed, ``warning`` when some need review, else ``success``."""
+    if any(j.status is JobStatus.FAILED for j in jobs):
+        return "failure"
+    return "warning" if any(j.status is JobStatus.DONE and j.review for j in jobs) else "success"
 
 
 def with_timeouts(url: str, seconds: float) -> str:
@@ -83,7 +104,7 @@ class Notifier:
     # -- events (called from workers) -------------------------------------------------------------
     def job_failed(self, job: Job, message: str) -> None:
         if self.enabled:
-            self.store.add_message("failure", f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}",
+            self.store.add_message(FAILURE, f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}",
                                    message)
 
     # -- delivery thread ----------------------------------------------------------------------------
@@ -122,7 +143,7 @@ class Notifier:
         title, body = digest_text(jobs)
         log.info("digest: %s", title)
         if self.enabled:
-            self.store.add_message("digest", f"{self.notify.title}: {title}", body)
+            self.store.add_message(f"digest-{digest_type(jobs)}", f"{self.notify.title}: {title}", body)
         self.store.set_state(DIGEST_CUTOFF, last)
         return True
 
@@ -137,7 +158,7 @@ class Notifier:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 break
-            ok, error = self._send(message.title, message.body)
+            ok, error = self._send(message.title, message.body, notify_type(message.kind))
             if ok:
                 self.store.mark_delivered(message.id)
                 delivered += 1
@@ -147,7 +168,7 @@ class Notifier:
                 log.warning("notification %d not delivered (%s); retrying in %.0fs", message.id, error, delay)
         return delivered
 
-    def _send(self, title: str, body: str) -> tuple[bool, str]:
+    def _send(self, title: str, body: str, type_name: str = "info") -> tuple[bool, str]:
         import apprise  # imported here: only the delivery thread needs it
 
         if self._apprise is None:
@@ -159,7 +180,8 @@ class Notifier:
             return False, "no usable notification URL"
         try:
             with apprise.LogCapture(level=apprise.logging.WARNING) as logs:
-                ok = bool(self._apprise.notify(title=title, body=body))
+                ok = bool(self._apprise.notify(title=title, body=body,
+                                               notify_type=getattr(apprise.NotifyType, type_name.upper())))
                 detail = " ".join(logs.getvalue().split())[-300:]
         except Exception as exc:  # a plugin bug must not end delivery
             return False, f"{type(exc).__name__}: {exc}"

@@ -95,6 +95,30 @@ def test_failure_alert_and_digest_reach_a_json_target(tmp_path, receiver):
     assert store.undelivered() == 0
 
 
+def test_messages_carry_the_apprise_type_of_their_news(tmp_path, receiver):
+    """A failure alert and a digest with failures are 'failure'; review only is 'warning'; all good 'success'."""
+    config, store, notifier = make(tmp_path, [receiver.url])
+    ok, bad = finished_jobs(store)
+    notifier.job_failed(store.get(bad.id), store.get(bad.id).error)
+    assert notifier.maybe_digest(now=time.time() + 1)
+    good, _ = store.enqueue(input_hash="c", rule="r", rule_version="1", input_path="/in/c.jpg", rel_path="c.jpg",
+                            max_attempts=1)
+    store.claim_next("w", 60)
+    store.finish(good.id, [], 0.5)
+    assert notifier.maybe_digest(now=time.time() + 2)
+    doubtful, _ = store.enqueue(input_hash="d", rule="r", rule_version="1", input_path="/in/d.jpg",
+                                rel_path="d.jpg", max_attempts=1)
+    store.claim_next("w", 60)
+    store.finish(doubtful.id, [], 0.5, review=["remove_background: the subject touches the frame"])
+    assert notifier.maybe_digest(now=time.time() + 3)
+    assert notifier.deliver_due() == 4
+    got = [(m["title"], m["type"]) for m in receiver.messages]
+    assert got == [("assetd: failed: b.jpg", "failure"),
+                   ("assetd: batch finished: 1 done, 1 failed", "failure"),
+                   ("assetd: batch finished: 1 done, 0 failed", "success"),
+                   ("assetd: batch finished: 1 done (1 need review), 0 failed", "warning")]
+
+
 def test_digest_waits_for_idle_and_for_an_empty_queue(tmp_path):
     config, store, notifier = make(tmp_path, [], idle=30)
     finished_jobs(store)
