@@ -421,7 +421,9 @@ class Store:
         return ids
 
     def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs in id order; ``status`` is a ``JobStatus`` value or ``"review"`` (done, marked for review)."""
+        """Jobs in id order (oldest first); with ``limit``, only the newest ``limit`` of them.
+
+        ``status`` is a ``JobStatus`` value or ``"review"`` (done, marked for review)."""
         sql = "SELECT * FROM jobs"
         params: list[Any] = []
         if status == REVIEW:
@@ -429,11 +431,11 @@ class Store:
         elif status:
             sql += " WHERE status = ?"
             params.append(status)
-        sql += " ORDER BY id"
+        sql += " ORDER BY id DESC"
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
-        return [Job.from_row(r) for r in self.db.execute_returning_dicts(sql, params)]
+        return [Job.from_row(r) for r in reversed(self.db.execute_returning_dicts(sql, params))]
 
     def outputs(self, job_id: int, manifests: bool = False) -> list[OutputRecord]:
         """A job's outputs (and its manifests, when asked), in the order written."""

@@ -1,15 +1,18 @@
 """What the command line says when something is wrong: configuration errors without click's usage banner,
-and the exit codes."""
+and the exit codes; ``jobs`` listing the newest jobs with their inbox and time."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.daemon import InstanceLock
+from pipeline.store import Store
 
 
 def invoke(*args: object):
@@ -93,3 +96,51 @@ def test_a_model_that_does_not_load_is_a_configuration_error(workspace, tmp_path
     out = assetd("process", shot, "--config", workspace.config_path, env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2
     assert_config_error(out.stderr, "u2net", "assetd models pull --config")
+
+
+def make_jobs(config, names: list[str]) -> list[int]:
+    store = Store(config.database)
+    ids = []
+    for i, name in enumerate(names):
+        job, _ = store.enqueue(input_hash=f"h{i}", rule="cutouts", rule_version="1",
+                               input_path=str(config.inboxes[0].path / "misc" / name), rel_path=f"misc/{name}",
+                               max_attempts=1)
+        ids.append(job.id)
+    for job_id in ids[:-1]:
+        assert store.claim_next("w", 60).id == job_id
+        store.finish(job_id, [], 0.5)
+    return ids
+
+
+def test_jobs_limit_shows_the_newest(workspace):
+    config = workspace.load()[0]
+    ids = make_jobs(config, [f"shot{i}.jpg" for i in range(6)])
+    listing = json.loads(invoke("jobs", "--config", workspace.config_path, "--limit", "3", "--json").stdout)["jobs"]
+    assert [j["id"] for j in listing] == ids[-3:]  # the newest three, oldest first
+    table = invoke("jobs", "--config", workspace.config_path, "--limit", "2").output
+    assert "shot5.jpg" in table and "shot4.jpg" in table and "shot0.jpg" not in table
+    assert table.index("shot4.jpg") < table.index("shot5.jpg")
+    done = json.loads(invoke("jobs", "--config", workspace.config_path, "--status", "done", "--limit", "2",
+                             "--json").stdout)["jobs"]
+    assert [j["id"] for j in done] == ids[3:5]
+
+
+def test_jobs_show_the_inbox_and_the_time(workspace, tmp_path):
+    config = workspace.load()[0]
+    make_jobs(config, ["a.jpg", "b.jpg"])
+    outside = tmp_path / "elsewhere" / "c.jpg"
+    workspace.shot(outside, seed=2)
+    invoke("process", outside, "--config", workspace.config_path, "--rule", "cutouts")
+    store = Store(config.database)
+    listing = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
+    assert [j["inbox"] for j in listing] == [str(workspace.inbox)] * 2 + [str(outside.parent)]
+    for doc in listing:
+        job = store.get(doc["id"])
+        stamp = datetime.fromisoformat(doc["time"])
+        assert stamp.tzinfo is not None
+        assert abs(stamp.timestamp() - (job.finished_at or job.created_at)) < 1
+    table = invoke("jobs", "--config", workspace.config_path).output
+    header = table.splitlines()[1]
+    assert "inbox" in header and "time" in header
+    local = datetime.fromtimestamp(store.get(listing[0]["id"]).finished_at).strftime("%Y-%m-%d %H:%M")
+    assert local in table
