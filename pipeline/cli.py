@@ -388,15 +388,17 @@ def models_pull(config_path: str | None) -> None:
 def models_check(config_path: str | None) -> None:
     """Load every model the rules use, offline; name the missing ones and how to fetch them.
 
-    A missing optional model (the subject prior with prior: auto) is a warning, not a failure.
+    A missing optional model (the subject prior with prior: auto) is a warning, not a failure. When no
+    rule uses a model-backed step it says so, after the subject prior's state.
     Without --config: the built-in defaults (the subject prior in the default cache).
 
     Example: assetd models check --config studio.yaml
     """
-    from .models import check_models
+    from .models import check_models, model_refs
     from .prior import prior_file
 
     config, rules = _load_or_defaults(config_path)
+    refs = model_refs(config, rules)
     checked = check_models(config, rules)
     for ref in checked.loaded:
         where = f" ({prior_file(config)})" if ref.kind == "prior" else ""
@@ -405,8 +407,12 @@ def models_check(config_path: str | None) -> None:
         click.echo(f"! {w}", err=True)
     for p in checked.problems:
         click.echo(f"✗ {p}", err=True)
-    if not checked.problems:
-        click.echo("✓ every configured model loads offline" if not checked.warnings
+    if not any(ref.kind == "prior" for ref in refs):
+        click.echo("· no rule uses the studio backend's subject prior (no studio step, or prior: off)")
+    if not any(ref.kind != "prior" for ref in refs):
+        click.echo("✓ no rule uses a model-backed step (rembg, diffusers or spandrel backend, or fill: generate)")
+    elif not checked.problems:
+        click.echo("✓ every model the rules use loads offline" if not checked.warnings
                    else "✓ every required model loads offline; the optional ones above are missing")
     sys.exit(1 if checked.problems else 0)
 

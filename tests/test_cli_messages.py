@@ -1,5 +1,5 @@
 """What the command line says when something is wrong: configuration errors without click's usage banner,
-and the exit codes; ``jobs`` listing the newest jobs with their inbox and time."""
+and the exit codes; ``jobs`` listing the newest jobs with their inbox and time; ``models check`` without models."""
 from __future__ import annotations
 
 import json
@@ -144,3 +144,40 @@ def test_jobs_show_the_inbox_and_the_time(workspace, tmp_path):
     assert "inbox" in header and "time" in header
     local = datetime.fromtimestamp(store.get(listing[0]["id"]).finished_at).strftime("%Y-%m-%d %H:%M")
     assert local in table
+
+
+def test_models_check_without_model_backed_steps(workspace, tmp_path):
+    workspace.write_config(extra=f"models: {{cache_dir: {tmp_path / 'empty-cache'}}}\n")
+    result = invoke("models", "check", "--config", workspace.config_path)
+    assert result.exit_code == 0, result.output
+    assert "no rule uses a model-backed step" in result.output
+    assert "every configured model loads offline" not in result.output
+    assert "every required model loads offline" not in result.output
+    assert "studio runs without its subject prior" in result.output  # the optional prior: still reported
+
+    for name in ("10-products.yaml", "20-cutouts.yaml"):
+        path = workspace.root / "rules" / name
+        path.write_text(path.read_text().replace("remove_background: {}", "remove_background: {prior: 'off'}"))
+    result = invoke("models", "check", "--config", workspace.config_path)
+    assert result.exit_code == 0, result.output
+    assert "no rule uses a model-backed step" in result.output
+    assert "no rule uses the studio backend's subject prior" in result.output
+    assert "loads offline" not in result.output
+
+
+def test_models_check_with_only_the_prior(workspace, tmp_path):
+    """The default rules (studio, prior: auto) with the prior in the cache: it loads; nothing else to load."""
+    import shutil
+
+    from pipeline.prior import prior_file
+    from tinymodels import tiny_dark_subject_onnx
+
+    workspace.write_config(extra=f"models: {{cache_dir: {tmp_path / 'cache'}}}\n")
+    target = prior_file(workspace.load()[0])
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_dark_subject_onnx(), target)
+    result = invoke("models", "check", "--config", workspace.config_path)
+    assert result.exit_code == 0, result.output
+    assert f"prior model u2netp loads offline ({target})" in result.output
+    assert "no rule uses a model-backed step" in result.output
+    assert "every configured model loads offline" not in result.output
