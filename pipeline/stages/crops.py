@@ -606,8 +606,10 @@ class GeometryCrops(Stage):
     @classmethod
     def validate(cls, options: CropsOptions, where: str, ctx_config: Any) -> list[str]:
         if options.fill == "generate" and "generate" not in FILLS:
+            from ..models import INSTALL_HINT
+
             return [f"{where}.fill: 'generate' needs the model-backed fill, which is not installed "
-                    f"(install the model extras, or use outpaint, pad or crop)"]
+                    f"({INSTALL_HINT}; or use outpaint, pad or crop)"]
         return []
 
     def run(self, asset: Asset) -> list[Asset]:
