@@ -206,7 +206,7 @@ def explain(file: str, config_path: str) -> None:
 @_config_option
 @click.option("--status", type=click.Choice(["queued", "running", "done", "failed", "review"]),
               help="only jobs in this state; review: done jobs marked for review")
-@click.option("--limit", type=int, default=None, help="only the newest this many jobs")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="only the newest this many jobs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs, oldest first, with their state, attempts, inbox, time, errors and review reasons.
@@ -235,12 +235,13 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # plain text: a folder's "[...]" is not rich markup
 
     table = Table("id", "status", "tries", "time", "inbox", "rule", "input", "seconds", "error", "review")
     for j in rows:
         inbox = _inbox_of(j)
         table.add_row(str(j.id), j.status.value, str(j.attempts), f"{_local_time(j):%Y-%m-%d %H:%M:%S}",
-                      _shown_path(config, inbox) if inbox else "", j.rule, j.rel_path or j.input_path,
+                      Text(_shown_path(config, inbox) if inbox else ""), j.rule, j.rel_path or j.input_path,
                       f"{j.seconds:.2f}" if j.seconds else "", j.error or "", _review_cell(j.review))
     Console(width=None if sys.stdout.isatty() else 240).print(table)
     counts = store.counts()

@@ -123,6 +123,7 @@ def test_jobs_limit_shows_the_newest(workspace):
     done = json.loads(invoke("jobs", "--config", workspace.config_path, "--status", "done", "--limit", "2",
                              "--json").stdout)["jobs"]
     assert [j["id"] for j in done] == ids[3:5]
+    assert invoke("jobs", "--config", workspace.config_path, "--limit", "0").exit_code == 2  # a bad command line
 
 
 def test_jobs_show_the_inbox_and_the_time(workspace, tmp_path):
