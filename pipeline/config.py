@@ -24,6 +24,12 @@ def check_colour(value: str) -> str | None:
     return None if _COLOUR.match(value) else f"expected a colour like '#ffffff', got {value!r}"
 
 
+def check_filename(value: str) -> str | None:
+    from .outputs import template_problem  # outputs imports the stages; keep config light to import
+
+    return template_problem(value)
+
+
 def check_device(value: str) -> str | None:
     ok = value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)
     return None if ok else f"expected auto, cpu, cuda or cuda:N, got {value!r}"
@@ -48,7 +54,10 @@ class ChannelConfig:
     background: str | None = opt(
         None, check=check_colour, doc="flatten transparency onto this colour; formats without alpha default to white"
     )
-    filename: str = opt("{stem}_{ratio}.{ext}", doc="file name template: {stem} {ratio} {step} {rule} {channel} {ext} {hash8}")
+    filename: str = opt("{stem}_{ratio}.{ext}", check=check_filename,
+                        doc="file name template: {stem} {folder} {ratio} {step} {rule} {channel} {ext} {hash8}")
+    web_safe_names: bool = opt(False,
+                               doc="make every name a lower-case ASCII slug (é → e; spaces, #, %, &, ? ... → -)")
     bits: int = opt(8, choices=(8, 16), doc="8 or 16 bits per channel (16 only for png and tiff)")
     png_compression: int = opt(6, min=1, max=9,
                                doc="zlib level of png outputs (1-9): 1 writes about 2x faster, files up to 2x larger; "

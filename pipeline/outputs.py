@@ -10,23 +10,29 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import string
 import tempfile
 import unicodedata
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import ChannelConfig
+from .errors import PermanentError
 from .pixels import fit_long_edge, flatten, resize
 from .stages.base import Asset
 
+if TYPE_CHECKING:
+    from .config import ChannelConfig
+
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
-_FIELDS = ("stem", "ratio", "step", "rule", "channel", "ext", "hash8")
+FIELDS = ("stem", "folder", "ratio", "step", "rule", "channel", "ext", "hash8")
 MANIFEST_SUFFIX = ".assetd.json"
+_ASCII_EXTRA = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
+                              "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "TH", "ı": "i"})
 
 
-class OutputPathError(ValueError):
+class OutputPathError(PermanentError, ValueError):
     """A template produced a name that is empty or would leave the channel folder."""
 
 
@@ -40,17 +46,76 @@ def safe_stem(name: str, limit: int = 120) -> str:
     return text or "image"
 
 
+def folder_label(rel_path: str | None) -> str:
+    """``{folder}``: the input's folder relative to its inbox, each part made safe, joined by ``-``; "" at the root."""
+    parts = PurePosixPath(rel_path or "").parent.parts
+    return "-".join(safe_stem(p) for p in parts if p not in ("", ".", "..", "/"))
+
+
+def web_safe(text: str) -> str:
+    """An ASCII slug: accents dropped (é → e, ß → ss), lower case, runs of anything but letters, digits,
+    ``.``, ``_`` and ``-`` turned into one ``-``; "" when nothing is left."""
+    text = unicodedata.normalize("NFKD", text.translate(_ASCII_EXTRA)).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
+    return re.sub(r"-{2,}", "-", text).strip("-._ ")
+
+
+def _drop_empty(template: str, field: str) -> str:
+    """Remove ``{field}`` and one separator beside it: the one before, else the one after (not a dot)."""
+    before = re.sub(r"[-_. ]\{" + field + r"\}", "", template, count=1)
+    if before != template:
+        return _drop_empty(before, field)
+    after = re.sub(r"\{" + field + r"\}[-_ ]?", "", template, count=1)
+    return template if after == template else _drop_empty(after, field)
+
+
+def template_problem(template: str) -> str | None:
+    """What is wrong with a channel's filename template, or None: fields are checked by name, then the
+    template is filled once with sample values (a bad format spec shows up here, not in a job)."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        return str(exc)
+    for name in names:
+        if name not in FIELDS:
+            return f"unknown field {{{name}}} (known: {', '.join(FIELDS)})"
+    try:
+        template.format(**{f: "x" for f in FIELDS})
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 def render_name(template: str, **fields: Any) -> str:
-    """Fill a channel's filename template. With no ratio, ``{ratio}`` and one separator before it vanish."""
-    if fields.get("ratio") is None:
-        template = re.sub(r"[-_. ]?\{ratio\}", "", template)
+    """Fill a filename template. An empty ``{ratio}`` or ``{folder}`` vanishes with one separator beside it."""
+    filled = template
+    for key in ("ratio", "folder"):
+        if not fields.get(key):
+            filled = _drop_empty(filled, key)
+            fields.pop(key, None)
     values = {k: safe_stem(str(v)) if k != "ext" else str(v) for k, v in fields.items() if v is not None}
     try:
-        name = template.format(**values)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise OutputPathError(f"filename template {template!r}: unknown field {exc} (known: {', '.join(_FIELDS)})")
+        name = filled.format(**values)
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+        raise OutputPathError(f"filename template {template!r}: {template_problem(template) or exc}") from None
     if not name or name.startswith(".") or "/" in name or "\\" in name or name in (".", ".."):
         raise OutputPathError(f"filename template {template!r} gave an unusable name {name!r}")
+    return name
+
+
+def output_name(channel: ChannelConfig, *, stem: str, rel_path: str | None, ratio: str | None, step: str,
+                rule: str, hash8: str) -> str:
+    """The file name of one output in ``channel``: its template filled (``rel_path``, the input's path
+    relative to its inbox, gives ``{folder}``), then made an ASCII slug when ``web_safe_names`` is set."""
+    folder = folder_label(rel_path)
+    label = ratio_label(ratio)
+    if channel.web_safe_names:
+        stem, folder, label = web_safe(stem) or "image", web_safe(folder), web_safe(label or "")
+    name = render_name(channel.filename, stem=stem, folder=folder, ratio=label, step=step, rule=rule,
+                       channel=channel.name, ext=channel.extension, hash8=hash8)
+    if channel.web_safe_names:
+        base, dot, ext = name.rpartition(".")
+        name = f"{web_safe(base) or 'image'}{dot}{web_safe(ext)}" if dot else (web_safe(name) or "image")
     return name
 
 

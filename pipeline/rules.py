@@ -18,6 +18,7 @@ import yaml
 
 from .config import Config
 from .errors import ConfigError
+from .outputs import OutputPathError, output_name
 from .schema import build
 from .stages.base import STEP_ORDER, stage_class
 
@@ -166,10 +167,53 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     outputs = _parse_outputs(data.get("outputs"), path, config, step_names, crop_ratios, errors)
     if len(errors) != before:
         return None
+    errors.extend(f"{path}: {p}" for p in _name_clashes(name, outputs, config, step_names, crop_ratios))
+    if len(errors) != before:
+        return None
     rule = Rule(name=name, path=path, match=match, steps=steps, outputs=outputs,
                 description=str(data.get("description") or ""))
     rule.version = rule_version(rule, config)
     return rule
+
+
+def _name_clashes(rule: str, outputs: list[OutputSpec], config: Config, step_names: set[str],
+                  crop_ratios: list[str]) -> list[str]:
+    """Names that would clash within one job: every image a channel gets from one input needs a name of
+    its own (else they differ only by assetd's hash suffix). Tried on a sample input, at the inbox root
+    and in a sub-folder."""
+    images = []  # (output index, channel, step, ratio) of every image one job writes
+    for i, spec in enumerate(outputs):
+        has_ratios = "crops" in step_names and spec.source in ("crops", "upscale")
+        for ratio in (spec.ratios or crop_ratios) if has_ratios else [None]:
+            images.append((i, config.channels[spec.channel], spec.source, ratio))
+    problems: dict[tuple, str] = {}  # one problem per image (or pair of images), the first sample's
+    for rel in ("shot.jpg", "folder/shot.jpg"):
+        named: dict[tuple[str, str], tuple[int, str, str, str | None]] = {}  # (folder, name) -> first image
+        for i, channel, step, ratio in images:
+            what = f"{step} {ratio}" if ratio else step
+            try:
+                name = output_name(channel, stem="shot", rel_path=rel, ratio=ratio, step=step, rule=rule,
+                                   hash8="0123abcd")
+            except OutputPathError as exc:
+                problems.setdefault((i, step, ratio), f"outputs[{i}]: channel {channel.name}: {exc} "
+                                                      f"(for {what} of an input {rel})")
+                continue
+            first = named.setdefault((str(channel.path), name), (i, channel.name, step, ratio))
+            j, channel_j, step_j, ratio_j = first
+            if first == (i, channel.name, step, ratio):
+                continue
+            if (channel_j, step_j, ratio_j) == (channel.name, step, ratio):
+                problems.setdefault(first, f"outputs[{j}] and outputs[{i}] both send {what} to channel {channel.name}")
+                continue
+            where = (f"channel {channel.name} (filename {channel.filename!r})" if channel_j == channel.name else
+                     f"folder {channel.path} (channels {channel_j} and {channel.name})")
+            fields = [f for f, differs in (("ratio", ratio_j != ratio), ("step", step_j != step),
+                                           ("channel", channel_j != channel.name)) if differs]
+            problems.setdefault((first, i, step, ratio),
+                                f"outputs: {f'{step_j} {ratio_j}' if ratio_j else step_j} and {what} would both be "
+                                f"named {name!r} in {where}: put {' or '.join(f'{{{f}}}' for f in fields)} in "
+                                f"{'its filename' if channel_j == channel.name else 'their filenames'}")
+    return list(problems.values())
 
 
 def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> list[StepSpec]:

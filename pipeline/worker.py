@@ -22,8 +22,8 @@ from .chain import Chain, StepError
 from .config import Config
 from .errors import AssetdError, ConfigError, PermanentError, StopRequested, TransientError
 from .imageio import Decoded, decode, encode, printable, read_input
-from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, ratio_label, render_for_channel, render_name,
-                      safe_stem, sha256)
+from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, output_name, render_for_channel, safe_stem,
+                      sha256)
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .store import Job, JobStatus, OutputRecord, Store
@@ -257,9 +257,8 @@ class Worker:
         return (*self._write_outputs(job, rule, results, decoded), None)
 
     def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None) -> str:
-        return render_name(channel.filename, stem=safe_stem(Path(job.input_path).stem), ratio=ratio_label(ratio),
-                           step=step, rule=rule.name, channel=channel.name, ext=channel.extension,
-                           hash8=job.input_hash.split(":")[-1][:8])
+        return output_name(channel, stem=safe_stem(Path(job.input_path).stem), rel_path=job.rel_path, ratio=ratio,
+                           step=step, rule=rule.name, hash8=job.input_hash.split(":")[-1][:8])
 
     def _copy_from_twin(self, job: Job, rule: Rule, twin: Job
                         ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int] | None:

@@ -55,6 +55,10 @@ def test_empty_config_gives_the_documented_defaults(tmp_path):
     ("notify: {urls: 5}", "notify.urls: expected a list of strings, got 5"),
     ("input: {colour_intent: saturation}", "input.colour_intent: expected one of 'perceptual', 'relative'"),
     ("inboxes: [{path: in}]\nchannels: {web: {path: in/out}}", "channels.web.path: "),
+    ("channels: {web: {path: out, filename: '{sku}_{ratio}.{ext}'}}",
+     "channels.web.filename: unknown field {sku} (known: stem, folder, ratio, step, rule, channel, ext, hash8)"),
+    ("channels: {web: {path: out, filename: '{stem:d}.{ext}'}}", "channels.web.filename: Unknown format code 'd'"),
+    ("channels: {web: {path: out, web_safe_names: maybe}}", "channels.web.web_safe_names: expected true or false"),
 ])
 def test_bad_values_name_file_key_and_expectation(tmp_path, text, expected):
     found = problems(tmp_path, text)
@@ -78,3 +82,8 @@ def test_absolute_paths_stay_absolute(tmp_path):
     config = load_config(write(tmp_path, f"database: {tmp_path}/db/x.sqlite3\n"))
     assert config.database == tmp_path / "db" / "x.sqlite3"
     assert isinstance(config, Config)
+
+
+def test_channel_naming_defaults(tmp_path):
+    channel = load_config(write(tmp_path, "channels: {web: {path: out}}")).channels["web"]
+    assert channel.filename == "{stem}_{ratio}.{ext}" and channel.web_safe_names is False

@@ -75,6 +75,8 @@ def _problems(workspace, text: str) -> list[str]:
     ("steps: [{remove_background: {}}]\noutputs: [{channel: cutouts}]\nmatch: {folders: x}", "match.folders: unknown key"),
     ("steps: []\noutputs: [{channel: cutouts}]", "steps: expected a list of steps"),
     ("steps: [{remove_background: {}}]", "outputs: expected a list"),
+    ("steps: [remove_background]\noutputs: [{channel: cutouts}, {channel: cutouts}]",
+     "outputs[0] and outputs[1] both send remove_background to channel cutouts"),
 ])
 def test_rule_problems_name_the_file_and_key(workspace, body, expected):
     found = _problems(workspace, "name: bad\n" + body + "\n")
@@ -104,3 +106,52 @@ def test_version_changes_when_the_rule_or_its_channel_changes(workspace):
 def test_parse_ratio():
     assert parse_ratio("16:9") == (16, 9)
     assert parse_ratio("0:9") is None and parse_ratio("wide") is None
+
+
+def _with_channel(workspace, channel: str, settings: str) -> None:
+    """Give one of the workspace's channels extra settings (``filename: ...``)."""
+    lines = workspace.config_path.read_text().splitlines()
+    lines = [line.replace("}", ", " + settings + "}", 1) if line.strip().startswith(channel + ":") else line
+             for line in lines]
+    workspace.config_path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_filename_that_gives_two_crops_one_name_is_refused(workspace):
+    _with_channel(workspace, "instagram", 'filename: "{stem}.{ext}"')
+    problems = _problems(workspace, "name: bad\nsteps: [{crops: {ratios: ['1:1', '4:5', '9:16']}}]\n"
+                                    "outputs: [{channel: instagram, from: crops, ratios: ['4:5', '9:16']}]\n")
+    assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: outputs: crops 4:5 and crops 9:16 would both be "
+                        "named 'shot.jpg' in channel instagram (filename '{stem}.{ext}'): put {ratio} in its filename"]
+
+
+def test_a_filename_without_ratio_or_step_for_two_steps_is_refused(workspace):
+    _with_channel(workspace, "cutouts", 'filename: "{stem}.{ext}"')
+    problems = _problems(workspace, "name: bad\nsteps: [remove_background, {crops: {ratios: ['1:1']}}]\n"
+                                    "outputs: [{channel: cutouts, from: remove_background}, {channel: cutouts}]\n")
+    assert len(problems) == 1 and "remove_background and crops 1:1 would both be named 'shot.png'" in problems[0]
+    assert "put {ratio} or {step} in its filename" in problems[0]
+
+
+def test_a_filename_that_is_empty_for_an_output_without_ratio_is_refused(workspace):
+    _with_channel(workspace, "cutouts", 'filename: "{ratio}.{ext}"')
+    problems = _problems(workspace, "name: bad\nsteps: [remove_background]\noutputs: [{channel: cutouts}]\n")
+    assert len(problems) == 1
+    assert ("outputs[0]: channel cutouts: filename template '{ratio}.{ext}' gave an unusable name '.png' "
+            "(for remove_background of an input shot.jpg)") in problems[0]
+
+
+def test_one_image_per_channel_may_drop_the_ratio(workspace):
+    _with_channel(workspace, "webshop", 'filename: "{stem}.{ext}"')
+    _with_channel(workspace, "cutouts", 'filename: "{stem}.{ext}"')
+    config, rules = workspace.load()
+    assert [r.name for r in rules] == ["products", "cutouts"]
+
+
+def test_two_channels_writing_one_folder_may_not_clash(workspace):
+    text = workspace.config_path.read_text().replace("out/instagram", "out/webshop")
+    workspace.config_path.write_text(text)
+    problems = _problems(workspace, "name: bad\nsteps: [{crops: {ratios: ['1:1', '4:5']}}]\n"
+                                    "outputs: [{channel: webshop, ratios: ['1:1']}, {channel: instagram}]\n")
+    assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: outputs: crops 1:1 and crops 1:1 would both be "
+                        f"named 'shot_1x1.jpg' in folder {workspace.out('webshop')} (channels webshop and instagram): "
+                        "put {channel} in their filenames"]

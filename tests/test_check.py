@@ -1,0 +1,29 @@
+"""`assetd check` refuses what would fail every job: template fields, unresolvable defaults, colliding names."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+
+
+def check(workspace):
+    return CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)], catch_exceptions=False)
+
+
+def test_check_refuses_an_unknown_filename_field(workspace):
+    text = workspace.config_path.read_text().replace("format: png}", 'format: png, filename: "{sku}_{ratio}.{ext}"}')
+    workspace.config_path.write_text(text)
+    result = check(workspace)
+    assert result.exit_code == 1
+    assert ("channels.cutouts.filename: unknown field {sku} (known: stem, folder, ratio, step, rule, channel, ext, "
+            "hash8)") in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_refuses_two_ratios_with_one_name(workspace):
+    text = workspace.config_path.read_text().replace("long_edge: 500}", 'long_edge: 500, filename: "{stem}.{ext}"}')
+    workspace.config_path.write_text(text)
+    result = check(workspace)
+    assert result.exit_code == 1
+    assert ("10-products.yaml: outputs: crops 4:5 and crops 9:16 would both be named 'shot.jpg' in channel "
+            "instagram") in result.output
