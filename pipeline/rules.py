@@ -167,6 +167,12 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     outputs = _parse_outputs(data.get("outputs"), path, config, step_names, crop_ratios, errors)
     if len(errors) != before:
         return None
+    for i, spec in enumerate(steps):  # no errors so far: steps[i] is the YAML's steps[i]
+        try:
+            spec.options = stage_class(spec.step, spec.backend).resolve(spec.options, f"steps[{i}].{spec.step}",
+                                                                        outputs, config)
+        except ConfigError as exc:
+            errors.extend(f"{path}: {p}" for p in exc.problems)
     errors.extend(f"{path}: {p}" for p in _name_clashes(name, outputs, config, step_names, crop_ratios))
     if len(errors) != before:
         return None

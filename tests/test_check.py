@@ -20,6 +20,15 @@ def test_check_refuses_an_unknown_filename_field(workspace):
     assert "Traceback" not in result.output
 
 
+def test_check_refuses_upscale_with_nothing_to_aim_at(workspace):
+    workspace.add_rule("30-big.yaml", "name: big\nmatch: {folder: big}\nsteps: [{upscale: {}}]\n"
+                                      "outputs: [{channel: cutouts}]\n")
+    result = check(workspace)
+    assert result.exit_code == 1
+    assert ("30-big.yaml: steps[0].upscale: no long_edge or factor, and none of channels cutouts sets long_edge"
+            in result.output)
+
+
 def test_check_refuses_two_ratios_with_one_name(workspace):
     text = workspace.config_path.read_text().replace("long_edge: 500}", 'long_edge: 500, filename: "{stem}.{ext}"}')
     workspace.config_path.write_text(text)

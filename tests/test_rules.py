@@ -75,6 +75,10 @@ def _problems(workspace, text: str) -> list[str]:
     ("steps: [{remove_background: {}}]\noutputs: [{channel: cutouts}]\nmatch: {folders: x}", "match.folders: unknown key"),
     ("steps: []\noutputs: [{channel: cutouts}]", "steps: expected a list of steps"),
     ("steps: [{remove_background: {}}]", "outputs: expected a list"),
+    ("steps: [{upscale: {}}]\noutputs: [{channel: cutouts}]",
+     "steps[0].upscale: no long_edge or factor, and none of channels cutouts sets long_edge"),
+    ("steps: [{crops: {}}, {upscale: {}}]\noutputs: [{channel: cutouts, from: crops}]",
+     "steps[1].upscale: no long_edge or factor, and no output of this rule is from upscale"),
     ("steps: [remove_background]\noutputs: [{channel: cutouts}, {channel: cutouts}]",
      "outputs[0] and outputs[1] both send remove_background to channel cutouts"),
 ])
@@ -145,6 +149,20 @@ def test_one_image_per_channel_may_drop_the_ratio(workspace):
     _with_channel(workspace, "cutouts", 'filename: "{stem}.{ext}"')
     config, rules = workspace.load()
     assert [r.name for r in rules] == ["products", "cutouts"]
+
+
+def test_upscale_without_size_aims_at_the_largest_long_edge_of_its_channels(workspace):
+    workspace.add_rule("10-products.yaml", "name: products\nsteps: [{crops: {ratios: ['1:1', '4:5']}}, upscale]\n"
+                                           "outputs: [{channel: webshop, from: upscale, ratios: ['1:1']},\n"
+                                           "          {channel: instagram, from: upscale, ratios: ['4:5']},\n"
+                                           "          {channel: banners, from: crops}]\n")
+    config, rules = workspace.load()
+    upscale = rules[0].step("upscale")
+    assert upscale.options.long_edge == 600  # webshop 600, instagram 500; banners (640) gets crops, not upscale
+    before = rules[0].version
+    config.channels["webshop"].long_edge = 700
+    again = load_rules(config)[0]
+    assert again.step("upscale").options.long_edge == 700 and again.version != before
 
 
 def test_two_channels_writing_one_folder_may_not_clash(workspace):

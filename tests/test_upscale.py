@@ -107,3 +107,29 @@ def test_validate_and_option_problems() -> None:
     errors: list[str] = []
     build(UpscaleOptions, {"factor": 0.5, "long_edge": 8}, "upscale", errors)
     assert len(errors) == 2 and "at least 1.0" in errors[1] and "at least 16" in errors[0]
+
+
+def test_upscale_without_a_size_enlarges_to_its_channels_long_edge(workspace) -> None:
+    from pipeline.oneshot import run_once
+
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("10-big.yaml", "name: big\nsteps: [{upscale: {}}]\noutputs: [{channel: webshop}]\n")
+    config, rules = workspace.load()
+    result = run_once(config, rules, [workspace.shot("inbox/a.jpg", size=(480, 360))])[0]
+    assert result["status"] == "done", result
+    (out,) = result["outputs"]
+    assert (out["width"], out["height"]) == (600, 450)  # webshop's long_edge; the shot was 480×360
+
+
+def test_spandrel_without_a_size_aims_at_the_channels_long_edge_else_its_own_scale(workspace) -> None:
+    (workspace.root / "x4.pth").write_bytes(b"weights")  # loading is not needed to resolve the size
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("10-big.yaml", "name: big\nsteps: [{upscale: {backend: spandrel, model: x4.pth}}]\n"
+                                      "outputs: [{channel: webshop}, {channel: instagram}]\n")
+    workspace.add_rule("20-raw.yaml", "name: raw\nsteps: [{upscale: {backend: spandrel, model: x4.pth}}]\n"
+                                      "outputs: [{channel: cutouts}]\n")
+    big, raw = workspace.load()[1]
+    assert big.step("upscale").options.long_edge == 600 and big.step("upscale").options.factor is None
+    assert raw.step("upscale").options.long_edge is None  # no channel long_edge: the model's own scale

@@ -115,6 +115,13 @@ class Stage:
         """Extra checks needing the config (files exist...). Problems, each prefixed by ``where``."""
         return []
 
+    @classmethod
+    def resolve(cls, options: Any, where: str, outputs: list[Any], config: "Config") -> Any:
+        """Fill defaults that depend on the rule (``outputs``: its OutputSpecs) when the rule loads, before
+        its version is computed. Returns the options; raises ConfigError (prefixed by ``where``) when a
+        default cannot be resolved."""
+        return options
+
     def prepare(self) -> None:
         """Load heavy resources (models). Called once per worker before the first job."""
 

@@ -11,6 +11,7 @@ here: ``Asset.scale`` records the factor.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from ..models import empty_cuda_cache, gpu_errors, is_cuda_oom, load_spandrel, m
 from ..pixels import max_value, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, register
+from .upscale import channels_long_edge
 
 MIN_TILE = 64
 
@@ -129,8 +131,10 @@ def tiled_upscale(rgb: np.ndarray, run: Callable[[np.ndarray], np.ndarray], mode
 class SpandrelOptions:
     model: str | None = opt(None, doc="super-resolution weights (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, "
                                       "...), architecture auto-detected; default: models.spandrel")
-    long_edge: int | None = opt(None, min=16, doc="make the long edge this many pixels (wins over factor)")
-    factor: float | None = opt(None, min=1.0, max=16.0, doc="enlarge by this factor; neither set: the model's scale")
+    long_edge: int | None = opt(None, min=16, doc="make the long edge this many pixels (neither this nor factor: the "
+                                                  "largest long_edge of the channels the rule sends upscale outputs "
+                                                  "to, else the model's scale)")
+    factor: float | None = opt(None, min=1.0, max=16.0, doc="enlarge by this factor instead of to a long edge")
     tile: int = opt(512, min=MIN_TILE, max=4096, doc="tile size in input pixels (halved automatically on GPU "
                                                      "out-of-memory)")
     overlap: int = opt(32, min=0, max=512, doc="pixels shared by neighbouring tiles, blended with a feather")
@@ -159,6 +163,13 @@ class SpandrelUpscale(Stage):
         if options.long_edge is not None and options.factor is not None:
             return [f"{where}: set long_edge or factor, not both"]
         return []
+
+    @classmethod
+    def resolve(cls, options: SpandrelOptions, where: str, outputs: list[Any], config: Any) -> SpandrelOptions:
+        if options.long_edge is not None or options.factor is not None:
+            return options
+        long_edge, _ = channels_long_edge(where, outputs, config)
+        return options if long_edge is None else dataclasses.replace(options, long_edge=long_edge)
 
     @property
     def model_path(self) -> str:

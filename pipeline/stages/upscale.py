@@ -6,10 +6,11 @@ recorded rather than silently exceeded. ``Asset.scale`` is multiplied by the fac
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PermanentError
+from ..errors import ConfigError, PermanentError
 from ..pixels import fit_long_edge, resize, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, register
@@ -18,8 +19,9 @@ from .framing import parse_ratio
 
 @dataclass
 class UpscaleOptions:
-    long_edge: int | None = opt(None, min=16, doc="enlarge until the long edge is this many pixels "
-                                                  "(default: the largest long_edge of the rule's channels)")
+    long_edge: int | None = opt(None, min=16, doc="enlarge until the long edge is this many pixels (neither this nor "
+                                                  "factor: the largest long_edge of the channels the rule sends "
+                                                  "upscale outputs to)")
     factor: float | None = opt(None, min=1.0, doc="enlarge by this factor instead of to a long edge")
     sharpen: float = opt(0.3, min=0.0, max=2.0, doc="unsharp-mask strength after enlarging (0: off)")
     max_factor: float = opt(4.0, min=1.0, max=16.0,
@@ -39,6 +41,18 @@ def target_size(width: int, height: int, factor: float, ratio: str | None = None
     return w, h
 
 
+def channels_long_edge(where: str, outputs: list[Any], config: Any) -> tuple[int | None, str]:
+    """The largest ``long_edge`` of the channels a rule sends upscale outputs to; else None and why not."""
+    channels = sorted({o.channel for o in outputs if o.source == "upscale"})
+    edges = [config.channels[c].long_edge for c in channels if config.channels[c].long_edge]
+    if edges:
+        return max(edges), ""
+    if not channels:
+        return None, f"{where}: no long_edge or factor, and no output of this rule is from upscale; set one here"
+    return None, (f"{where}: no long_edge or factor, and none of channels {', '.join(channels)} sets long_edge; "
+                  "set one here, or a long_edge on one of those channels")
+
+
 @register
 class LanczosUpscale(Stage):
     """Lanczos enlargement with optional light sharpening; records what it did."""
@@ -53,6 +67,15 @@ class LanczosUpscale(Stage):
             return [f"{where}: set long_edge or factor, not both"]
         return []
 
+    @classmethod
+    def resolve(cls, options: UpscaleOptions, where: str, outputs: list[Any], config: Any) -> UpscaleOptions:
+        if options.long_edge is not None or options.factor is not None:
+            return options
+        long_edge, why = channels_long_edge(where, outputs, config)
+        if long_edge is None:
+            raise ConfigError(why)
+        return dataclasses.replace(options, long_edge=long_edge)
+
     def run(self, asset: Asset) -> list[Asset]:
         o: UpscaleOptions = self.options
         w, h = asset.width, asset.height
@@ -61,8 +84,7 @@ class LanczosUpscale(Stage):
         elif o.long_edge is not None:
             wanted = o.long_edge / max(w, h)
         else:
-            raise PermanentError("upscale: neither long_edge nor factor is set, and no channel of the rule "
-                                 "gives a long_edge to aim for; set one in the rule")
+            raise PermanentError("upscale: neither long_edge nor factor is set; set one in the rule")
         factor = min(max(wanted, 1.0), o.max_factor)
         notes: dict[str, Any] = {"backend": "lanczos", "factor": 1.0, "from": [w, h], "to": [w, h]}
         if wanted > o.max_factor:
