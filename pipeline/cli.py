@@ -173,23 +173,31 @@ def check(config_path: str) -> None:
 def explain(file: str, config_path: str) -> None:
     """Say which rule takes FILE and why each other rule does not.
 
+    FILE is matched exactly as the daemon matches it: by its path relative to the innermost inbox
+    holding it (a file outside every inbox: by its name alone, as `process` does).
+
     Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
     """
-    from .intake import relative_path
+    from .intake import inbox_of, relative_path
+    from .rules import match_rule
     from .watcher import is_ignored
 
     config, rules = _load(config_path)
     path = Path(os.path.abspath(file))
     rel = relative_path(config, path, None)
+    chosen = match_rule(rules, rel)
     click.echo(f"{path}  (matched as {str(rel)!r})")
-    inbox = next((i.path for i in config.inboxes if path.is_relative_to(i.path)), None)
-    if is_ignored(path, inbox):
+    inbox = inbox_of(config, path)
+    if inbox is None:
+        click.echo("  not inside an inbox: the daemon never sees it; `assetd process` matches it by its name alone")
+    elif not inbox.recursive and len(rel.parts) > 1:
+        click.echo(f"  the daemon never sees this file: inbox {inbox.path} does not watch sub-folders "
+                   "(recursive: false)")
+    if is_ignored(path, Path(os.path.abspath(inbox.path)) if inbox else None):
         click.echo("  the watcher ignores this name (temporary or system file)")
-    chosen = None
     for rule in rules:
         reason = rule.why_not(rel)
-        if reason is None and chosen is None:
-            chosen = rule
+        if rule is chosen:
             click.echo(f"  ✓ {rule.name} ({rule.path.name}): takes it")
         elif reason is None:
             click.echo(f"  · {rule.name} ({rule.path.name}): would match, but {chosen.name} comes first")

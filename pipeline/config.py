@@ -161,6 +161,17 @@ def load_config(path: Path | str) -> Config:
     return config_from_dict(data, path)
 
 
+def _inboxes_twice(inboxes: list[InboxConfig]) -> list[str]:
+    """The same folder configured as two inboxes (nested ones are fine: the innermost owns a file)."""
+    errors, seen = [], {}
+    for i, inbox in enumerate(inboxes):
+        if inbox.path is not None:
+            j = seen.setdefault(inbox.path.resolve(), i)
+            if j != i:
+                errors.append(f"inboxes[{i}].path: {inbox.path} is inboxes[{j}] ({inboxes[j].path}) again")
+    return errors
+
+
 def config_from_dict(data: object, source: Path) -> Config:
     errors: list[str] = []
     if data is not None and not isinstance(data, dict):
@@ -187,6 +198,7 @@ def config_from_dict(data: object, source: Path) -> Config:
     for ch in cfg.channels.values():
         if ch.path is not None:
             ch.path = cfg.resolve(ch.path)
+    errors.extend(_inboxes_twice(cfg.inboxes))
     for name, ch in cfg.channels.items():
         for i, inbox in enumerate(cfg.inboxes):
             if ch.path is not None and inbox.path is not None and (

@@ -44,9 +44,17 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def inbox_of(config: Config, path: Path) -> InboxConfig | None:
+    """The inbox a file belongs to: the innermost one holding it (as the watcher decides), or None."""
+    holding = [i for i in config.inboxes if path.is_relative_to(os.path.abspath(i.path))]
+    return max(holding, key=lambda i: len(Path(os.path.abspath(i.path)).parts), default=None)
+
+
 def relative_path(config: Config, path: Path, root: Path | None) -> PurePosixPath:
-    """The path relative to its inbox (or to the folder given to ``process``), for rule matching."""
-    for base in ([root] if root is not None else []) + [inbox.path for inbox in config.inboxes]:
+    """The path rules match: relative to the inbox it belongs to, else to ``root`` (the folder given
+    to ``process``), else the name alone. The daemon, ``process`` and ``explain`` all use this."""
+    inbox = inbox_of(config, path)
+    for base in ([Path(os.path.abspath(inbox.path))] if inbox is not None else []) + ([root] if root else []):
         try:
             return PurePosixPath(path.relative_to(base).as_posix())
         except ValueError:

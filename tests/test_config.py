@@ -59,6 +59,7 @@ def test_empty_config_gives_the_documented_defaults(tmp_path):
      "channels.web.filename: unknown field {sku} (known: stem, folder, ratio, step, rule, channel, ext, hash8)"),
     ("channels: {web: {path: out, filename: '{stem:d}.{ext}'}}", "channels.web.filename: Unknown format code 'd'"),
     ("channels: {web: {path: out, web_safe_names: maybe}}", "channels.web.web_safe_names: expected true or false"),
+    ("inboxes: [{path: in}, {path: ./in}]", "inboxes[1].path: "),
 ])
 def test_bad_values_name_file_key_and_expectation(tmp_path, text, expected):
     found = problems(tmp_path, text)
@@ -82,6 +83,17 @@ def test_absolute_paths_stay_absolute(tmp_path):
     config = load_config(write(tmp_path, f"database: {tmp_path}/db/x.sqlite3\n"))
     assert config.database == tmp_path / "db" / "x.sqlite3"
     assert isinstance(config, Config)
+
+
+def test_the_same_inbox_twice_is_refused(tmp_path):
+    found = problems(tmp_path, "inboxes: [{path: in}, {path: in/../in, recursive: false}]")
+    assert found == [f"{tmp_path / 'assetd.yaml'}: inboxes[1].path: {tmp_path / 'in/../in'} is inboxes[0] "
+                     f"({tmp_path / 'in'}) again"]
+
+
+def test_an_inbox_may_lie_inside_another(tmp_path):
+    config = load_config(write(tmp_path, "inboxes: [{path: in}, {path: in/rush, settle_seconds: 0.5}]"))
+    assert [i.path for i in config.inboxes] == [tmp_path / "in", tmp_path / "in" / "rush"]
 
 
 def test_channel_naming_defaults(tmp_path):
