@@ -174,7 +174,8 @@ def explain(file: str, config_path: str) -> None:
     """Say which rule takes FILE and why each other rule does not.
 
     FILE is matched exactly as the daemon matches it: by its path relative to the innermost inbox
-    holding it (a file outside every inbox: by its name alone, as `process` does).
+    holding it (a file outside every inbox: by its name alone, as `process` does). Exit 1 when no
+    rule takes it, or when FILE does not exist (the rules are still shown for its name).
 
     Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
     """
@@ -187,6 +188,9 @@ def explain(file: str, config_path: str) -> None:
     rel = relative_path(config, path, None)
     chosen = match_rule(rules, rel)
     click.echo(f"{path}  (matched as {str(rel)!r})")
+    missing = not os.path.lexists(path)
+    if missing:
+        click.echo(f"  {path} does not exist; this is what would happen to a file of this name")
     inbox = inbox_of(config, path)
     if inbox is None:
         click.echo("  not inside an inbox: the daemon never sees it; `assetd process` matches it by its name alone")
@@ -195,10 +199,11 @@ def explain(file: str, config_path: str) -> None:
                    "(recursive: false)")
     if is_ignored(path, Path(os.path.abspath(inbox.path)) if inbox else None):
         click.echo("  the watcher ignores this name (temporary or system file)")
+    takes = "would take a file of this name" if missing else "takes it"
     for rule in rules:
         reason = rule.why_not(rel)
         if rule is chosen:
-            click.echo(f"  ✓ {rule.name} ({rule.path.name}): takes it")
+            click.echo(f"  ✓ {rule.name} ({rule.path.name}): {takes}")
         elif reason is None:
             click.echo(f"  · {rule.name} ({rule.path.name}): would match, but {chosen.name} comes first")
         else:
@@ -208,6 +213,8 @@ def explain(file: str, config_path: str) -> None:
         sys.exit(1)
     steps = " → ".join(f"{s.step}[{s.backend}]" for s in chosen.steps)
     click.echo(f"→ {chosen.name}: {steps}; outputs to {', '.join(sorted({o.channel for o in chosen.outputs}))}")
+    if missing:
+        sys.exit(1)
 
 
 @cli.command()

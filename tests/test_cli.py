@@ -94,7 +94,7 @@ def test_check_of_the_shipped_example_config():
 
 
 def test_explain_says_why(workspace):
-    result = invoke("explain", workspace.inbox / "misc" / "a.jpg", "--config", workspace.config_path)
+    result = invoke("explain", workspace.shot("inbox/misc/a.jpg"), "--config", workspace.config_path)
     assert result.exit_code == 0
     assert "✗ products" in result.output and "does not match 'products/**'" in result.output
     assert "✓ cutouts" in result.output

@@ -48,6 +48,15 @@ def test_explain_and_the_daemon_pick_the_same_rule(workspace):
     assert picked == {"a.jpg": "cutouts", "b.jpg": "cutouts", "c.jpg": "products", "d.jpg": "cutouts"}
 
 
+def test_explain_a_missing_file_says_so_and_fails(workspace):
+    path = workspace.inbox / "products" / "nope.jpg"
+    result = explain(workspace, path)
+    assert result.exit_code == 1
+    assert f"{path} does not exist" in result.output
+    assert "✓ products (10-products.yaml): would take a file of this name" in result.output
+    assert "takes it" not in result.output
+
+
 def test_explain_a_file_in_a_sub_folder_of_a_non_recursive_inbox(workspace):
     text = workspace.config_path.read_text().replace("  - path: inbox\n", "  - path: inbox\n    recursive: false\n")
     workspace.config_path.write_text(text)
