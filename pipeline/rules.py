@@ -60,7 +60,7 @@ class MatchSpec:
     name: str = "*"
 
     def __post_init__(self) -> None:
-        self.extensions = [e.lower().lstrip(".") for e in (self.extensions or [])]
+        self.extensions = list(dict.fromkeys(e.lower().lstrip(".") for e in (self.extensions or [])))
 
 
 @dataclass

@@ -165,6 +165,14 @@ def test_upscale_without_size_aims_at_the_largest_long_edge_of_its_channels(work
     assert again.step("upscale").options.long_edge == 700 and again.version != before
 
 
+def test_duplicate_extensions_are_listed_once(workspace):
+    workspace.add_rule("20-cutouts.yaml", "name: cutouts\nmatch: {extensions: [jpg, JPG, .jpg, png]}\n"
+                                          "steps: [remove_background]\noutputs: [{channel: cutouts}]\n")
+    cutouts = workspace.load()[1][1]
+    assert cutouts.match.extensions == ["jpg", "png"]
+    assert cutouts.why_not(PurePosixPath("a.gif")) == "extension .gif is not one of jpg, png"
+
+
 def test_two_channels_writing_one_folder_may_not_clash(workspace):
     text = workspace.config_path.read_text().replace("out/instagram", "out/webshop")
     workspace.config_path.write_text(text)
