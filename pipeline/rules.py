@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from fnmatch import fnmatchcase
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -305,12 +305,32 @@ def _parse_outputs(raw: Any, path: Path, config: Config, step_names: set[str], c
     return outputs
 
 
+def _set_values(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields that differ from their defaults (an option added by an upgrade, left at its
+    default, does not change the version of every rule)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = MISSING
+        if value != default:
+            out[f.name] = str(value)
+    return out
+
+
 def rule_version(rule: Rule, config: Config) -> str:
-    """A short hash of everything that decides a rule's outputs; a changed rule reprocesses."""
-    channels = {o.channel: {k: str(v) for k, v in asdict(config.channels[o.channel]).items() if k != "path"}
+    """A short hash of everything that decides a rule's outputs: its steps' options, its outputs and its
+    channels' settings, each without the values left at their defaults."""
+    channels = {o.channel: {k: v for k, v in _set_values(config.channels[o.channel]).items() if k != "path"}
                 for o in rule.outputs}
     doc = {
-        "steps": [s.as_dict() for s in rule.steps],
+        "steps": [{"step": s.step, "backend": s.backend,
+                   "options": _set_values(s.options) if is_dataclass(s.options) else dict(s.options or {})}
+                  for s in rule.steps],
         "outputs": [asdict(o) for o in rule.outputs],
         "channels": channels,
     }

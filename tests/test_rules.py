@@ -107,6 +107,18 @@ def test_version_changes_when_the_rule_or_its_channel_changes(workspace):
     assert load_rules(config)[0].version != before["products"]
 
 
+def test_options_left_at_their_defaults_do_not_change_the_version(workspace):
+    """An upgrade that adds an option (at its default) must not make every rule 'changed'."""
+    config, rules = workspace.load()
+    before = {r.name: r.version for r in rules}
+    workspace.add_rule("20-cutouts.yaml", "name: cutouts\nsteps: [{remove_background: {trim: false}}]\n"
+                                          "outputs: [{channel: cutouts}]\n")
+    config.channels["cutouts"].png_compression = 6  # spelled out, same as the default
+    assert {r.name: r.version for r in load_rules(config)} == before
+    config.channels["cutouts"].png_compression = 5
+    assert load_rules(config)[1].version != before["cutouts"]
+
+
 def test_parse_ratio():
     assert parse_ratio("16:9") == (16, 9)
     assert parse_ratio("0:9") is None and parse_ratio("wide") is None
