@@ -23,7 +23,7 @@ from .config import Config
 from .errors import AssetdError, ConfigError, PermanentError, StopRequested, TransientError
 from .imageio import Decoded, decode, encode, printable, read_input
 from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, output_name, render_for_channel, safe_stem,
-                      sha256)
+                      sha256, web_safe)
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .store import Job, JobStatus, OutputRecord, Store
@@ -356,7 +356,9 @@ class Worker:
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
         names = [(self.config.manifest_folder / rule.name, stem)]
         if self.config.manifests.beside_outputs:
-            names += [(folder, stem + _clash_suffix(written)) for folder, written in sorted(placed.items())]
+            slug = {c.path for c in self.config.channels.values() if c.web_safe_names}
+            names += [(folder, (web_safe(stem) or "image" if folder in slug else stem) + _clash_suffix(written))
+                      for folder, written in sorted(placed.items())]
         manifests: list[OutputRecord] = []
         for folder, name in names:
             target = self._free_path(folder, name + MANIFEST_SUFFIX, job, used)

@@ -115,3 +115,19 @@ def test_check_names_a_manifests_folder_that_cannot_be_written(workspace):
     result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)])
     assert result.exit_code == 1
     assert f"manifests.folder: {workspace.root / 'blocker' / 'manifests'} is not writable" in result.output
+
+
+def test_a_manifest_beside_web_safe_outputs_has_a_web_safe_name(workspace):
+    config, rules, store, intake, worker = setup(workspace, "manifests: {beside_outputs: true}\n")
+    lines = workspace.config_path.read_text().splitlines()
+    workspace.config_path.write_text("\n".join(
+        line.replace("}", ", web_safe_names: true}", 1) if line.strip().startswith("webshop:") else line
+        for line in lines) + "\n")
+    config, rules = workspace.load()
+    worker = Worker("w1", config, store, rules)
+    Intake(config, rules, store).submit(workspace.shot("staging/Été #1.jpg", "white", seed=1))
+    assert worker.run_next().status == "done"
+    worker.close()
+    assert sorted(p.name for p in workspace.out("webshop").iterdir()) == ["ete-1.assetd.json", "ete-1_1x1.jpg"]
+    assert (workspace.out("instagram") / "Été #1.assetd.json").exists()
+    store.close()
