@@ -6,7 +6,7 @@
 every output that keeps alpha, RGB is 0 wherever alpha is 0 (``clear_transparent``).
 
 Decoders, chosen by content (magic bytes), never by the extension alone:
-  JPEG, PNG, TIFF, WebP, HEIF/HEIC (pillow-heif), AVIF   Pillow, with an allow-list of formats;
+  JPEG, PNG, TIFF (and BigTIFF), WebP, HEIF/HEIC (pillow-heif), AVIF   Pillow, with an allow-list of formats;
   16-bit PNG                                           OpenCV (Pillow truncates RGB to 8 bits);
   16-bit TIFF                                          tifffile (OpenCV when tifffile lacks the codec);
   camera RAW                                           LibRaw in a subprocess (``rawdecode``).
@@ -173,7 +173,7 @@ def sniff(data: bytes) -> str | None:
         if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
             return "HEIF"
         return None
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic TIFF or BigTIFF
         if head[:4] == b"II*\x00" and head[8:10] == b"CR":
             return "RAW"  # Canon CR2
         return "RAW" if 50706 in _tiff_ifd0_tags(data) else "TIFF"  # DNGVersion: a DNG
@@ -187,12 +187,18 @@ def sniff(data: bytes) -> str | None:
 
 
 def _tiff_ifd0_tags(data: bytes) -> set[int]:
-    """The tag numbers of a TIFF's first IFD (empty when the structure is broken)."""
+    """The tag numbers of a TIFF's (or BigTIFF's) first IFD (empty when the structure is broken)."""
     try:
         end = "<" if data[:2] == b"II" else ">"
-        (ifd,) = struct.unpack_from(end + "I", data, 4)
-        (count,) = struct.unpack_from(end + "H", data, ifd)
-        return {struct.unpack_from(end + "H", data, ifd + 2 + 12 * i)[0] for i in range(min(count, 4096))}
+        if struct.unpack_from(end + "H", data, 2)[0] == 43:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+            (ifd,) = struct.unpack_from(end + "Q", data, 8)
+            (count,) = struct.unpack_from(end + "Q", data, ifd)
+            first, size = ifd + 8, 20
+        else:
+            (ifd,) = struct.unpack_from(end + "I", data, 4)
+            (count,) = struct.unpack_from(end + "H", data, ifd)
+            first, size = ifd + 2, 12
+        return {struct.unpack_from(end + "H", data, first + size * i)[0] for i in range(min(count, 4096))}
     except struct.error:
         return set()
 

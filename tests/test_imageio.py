@@ -217,3 +217,24 @@ def test_input_class_table(tmp_path):
     doc = Path(__file__).resolve().parent.parent / "docs" / "input-classes.md"
     doc.parent.mkdir(exist_ok=True)
     doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- valid files that used to be refused
+
+def test_bigtiff_decodes():
+    """BigTIFF (64-bit offsets), as Pillow opens it: little-endian (Pillow 13 cannot open big-endian BigTIFF)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, marker_image(), bigtiff=True, byteorder="<", photometric="rgb")
+    d = imageio.decode(buf.getvalue(), "big.tif", CFG)
+    assert d.format == "TIFF" and np.array_equal(d.pixels, marker_image())
+    deep = gradient16()
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, deep, bigtiff=True, byteorder="<", photometric="rgb")
+    d = imageio.decode(buf.getvalue(), "big16.tif", CFG)
+    assert d.pixels.dtype == np.uint16 and np.array_equal(d.pixels, deep)
+    # its first IFD is read too: a BigTIFF that says it is a DNG goes to the RAW decoder
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, marker_image(), bigtiff=True, extratags=[(50706, 1, 4, bytes([1, 4, 0, 0]), True)])
+    assert imageio.sniff(buf.getvalue()) == "RAW" and imageio.sniff(b"II+\x00" + b"\x00" * 12) == "TIFF"
