@@ -238,3 +238,15 @@ def test_bigtiff_decodes():
     buf = io.BytesIO()
     tifffile.imwrite(buf, marker_image(), bigtiff=True, extratags=[(50706, 1, 4, bytes([1, 4, 0, 0]), True)])
     assert imageio.sniff(buf.getvalue()) == "RAW" and imageio.sniff(b"II+\x00" + b"\x00" * 12) == "TIFF"
+
+
+def test_small_flat_palette_png_is_not_taken_for_a_forged_header():
+    """A 900×600 two-colour palette PNG compresses to ~230 bytes: that is deflate doing well, not damage."""
+    im = Image.new("P", (900, 600), 0)
+    im.putpalette([255, 255, 255, 200, 30, 30])
+    im.paste(1, (0, 400, 900, 600))  # a red band under white
+    data = encode_pil(im, "PNG")
+    assert len(data) < 400
+    d = imageio.decode(data, "bands.png", CFG)
+    assert d.pixels.shape == (600, 900, 3)
+    assert tuple(d.pixels[0, 0]) == (255, 255, 255) and tuple(d.pixels[-1, -1]) == (200, 30, 30)
