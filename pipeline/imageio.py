@@ -304,9 +304,7 @@ def _decode_pillow(data: bytes, shown: str, cfg: InputConfig, kind: str, notes: 
     im = _open(data, shown, cfg, kind)
     _check_size(im, shown, cfg)
     fmt = str(im.format or kind)
-    frames = int(getattr(im, "n_frames", 1) or 1)
-    if frames > 1:
-        notes["pages" if fmt == "TIFF" else "frames"] = frames  # the first page/frame is used
+    frame = _frame_shown(im, fmt, notes)
     exif_obj = im.getexif()
     orientation = int(exif_obj.get(meta.ORIENTATION, 1) or 1)
     orientation = orientation if orientation in range(1, 9) else 1
@@ -326,7 +324,7 @@ def _decode_pillow(data: bytes, shown: str, cfg: InputConfig, kind: str, notes: 
     elif fmt == "TIFF" and _tiff_is_16bit(im):
         pixels = _decode_tiff16(data, shown)
     if pixels is None:
-        pixels = _pil_pixels(im, icc, cfg, notes, shown)
+        pixels = _pil_pixels(im, frame, icc, cfg, notes, shown)
     else:
         notes["bits"] = 16
         if icc:
@@ -342,6 +340,26 @@ def _decode_pillow(data: bytes, shown: str, cfg: InputConfig, kind: str, notes: 
         xmp = meta.xmp_orientation_reset(xmp)
     return Decoded(pixels=np.ascontiguousarray(pixels), format=fmt, exif=exif or None, xmp=xmp,
                    notes=notes, iptc=iptc, icc=icc)
+
+
+def _frame_shown(im: Image.Image, fmt: str, notes: dict[str, Any]) -> int:
+    """The image of a multi-image file that viewers show, which is the one decoded; notes say which of how many.
+
+    HEIF/HEIC: the primary image (pillow-heif opens the file at it; it need not be the first). MPO:
+    the first, which the format makes the primary. TIFF: the first page. Animated PNG and WebP: the
+    first frame (for APNG, the default image every PNG decoder shows)."""
+    index = im.tell()  # before anything seeks: the image the plugin opened at
+    count = int(getattr(im, "n_frames", 1) or 1)
+    if count > 1:
+        if fmt in ("HEIF", "MPO"):
+            notes["images"], notes["image"] = count, f"{index} (primary)"
+        elif fmt == "TIFF":
+            notes["pages"], notes["page"] = count, f"{index} (first)"
+        elif im.info.get("default_image"):  # APNG whose still image is shown by decoders that do not animate
+            notes["frames"], notes["frame"] = count, f"{index} (the default image, not part of the animation)"
+        else:
+            notes["frames"], notes["frame"] = count, f"{index} (first)"
+    return index
 
 
 def _xmp_of(im: Image.Image) -> bytes | None:
@@ -382,10 +400,30 @@ def _tiff_is_16bit(im: Image.Image) -> bool:
 
 
 def _decode_png16(data: bytes, shown: str) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr = cv2.imdecode(np.frombuffer(_png_still(data), np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16:
         raise InputError(f"{shown}: image data is damaged (16-bit PNG could not be decoded: truncated or corrupt)")
     return _from_cv2(arr)
+
+
+_APNG_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
+
+
+def _png_still(data: bytes) -> bytes:
+    """The PNG without its APNG chunks: the default image, as Pillow's frame 0 and every non-APNG decoder show
+    it (OpenCV plays APNG and would return an animation frame instead). Unchanged when not animated."""
+    out, i, animated = [data[:8]], 8, False
+    while i + 12 <= len(data):
+        (n,) = struct.unpack_from(">I", data, i)
+        kind = data[i + 4:i + 8]
+        animated = animated or kind == b"acTL"
+        if kind == b"IDAT" and not animated:  # acTL comes before the first IDAT, or nowhere
+            return data
+        if kind not in _APNG_CHUNKS:
+            out.append(data[i:i + 12 + n])
+        i += 12 + n
+    out.append(data[i:])  # a damaged tail stays, for the decoder to find
+    return b"".join(out)
 
 
 def _from_cv2(arr: np.ndarray) -> np.ndarray:
@@ -456,10 +494,10 @@ def _intent(cfg: InputConfig) -> int:
             else ImageCms.Intent.RELATIVE_COLORIMETRIC)
 
 
-def _pil_pixels(im: Image.Image, icc: bytes | None, cfg: InputConfig, notes: dict[str, Any],
+def _pil_pixels(im: Image.Image, frame: int, icc: bytes | None, cfg: InputConfig, notes: dict[str, Any],
                 shown: str) -> np.ndarray:
-    """Load with Pillow (8 bits per channel, or grey I;16), convert to sRGB RGB/RGBA."""
-    im.seek(0)
+    """Load image ``frame`` with Pillow (8 bits per channel, or grey I;16), convert to sRGB RGB/RGBA."""
+    im.seek(frame)
     im.load()  # LOAD_TRUNCATED_IMAGES is False: a truncated file raises here
     mode = im.mode
     if mode in ("I", "F"):

@@ -377,3 +377,55 @@ def dng_claiming(width: int, height: int) -> bytes:
             fmt = "<I" if tags[code].dtype == 4 else "<H"
             struct.pack_into(fmt, data, tags[code].valueoffset, value)
     return bytes(data)
+
+
+# ---------------------------------------------------------------- files holding more than one image
+
+FRAME_COLOURS = [(200, 30, 30), (30, 160, 60), (30, 60, 190)]
+
+
+def frames(size: tuple[int, int] = (32, 24)) -> list[Image.Image]:
+    """Three flat frames, red, green and blue, each with a grey bar (so none is blank)."""
+    out = []
+    for colour in FRAME_COLOURS:
+        im = Image.new("RGB", size, colour)
+        im.paste((128, 128, 128), (0, 0, size[0], 4))
+        out.append(im)
+    return out
+
+
+def heif_multi(primary: int) -> bytes:
+    """A HEIF file of the three ``frames``, image ``primary`` marked as the primary image."""
+    ims = frames()
+    return encode_pil(ims[0], "HEIF", save_all=True, append_images=ims[1:], primary_index=primary, quality=90)
+
+
+def apng16(still: np.ndarray, frame: np.ndarray) -> bytes:
+    """A 16-bit animated PNG whose default image ``still`` is not part of its animation (``frame`` twice)
+    (the layout of Pillow's apng/mode_16bit.png): APNG viewers play ``frame``, every other decoder shows ``still``."""
+    def chunks(png: bytes):
+        i = 8
+        while i < len(png):
+            (n,) = struct.unpack_from(">I", png, i)
+            yield png[i + 4:i + 8], png[i + 8:i + 8 + n]
+            i += 12 + n
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    h, w = still.shape[:2]
+    out = b"\x89PNG\r\n\x1a\n"
+    seq = 0
+    for kind, body in chunks(png16(still)):
+        if kind == b"IDAT" and b"acTL" not in out:
+            out += chunk(b"acTL", struct.pack(">II", 2, 0))  # two animation frames (both ``frame``), looping
+        if kind == b"IEND":
+            for _ in range(2):
+                out += chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, 1, 10, 0, 0))
+                seq += 1
+                for kind_f, body_f in chunks(png16(frame)):
+                    if kind_f == b"IDAT":
+                        out += chunk(b"fdAT", struct.pack(">I", seq) + body_f)
+                        seq += 1
+        out += chunk(kind, body)
+    return out

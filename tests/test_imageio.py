@@ -250,3 +250,61 @@ def test_small_flat_palette_png_is_not_taken_for_a_forged_header():
     d = imageio.decode(data, "bands.png", CFG)
     assert d.pixels.shape == (600, 900, 3)
     assert tuple(d.pixels[0, 0]) == (255, 255, 255) and tuple(d.pixels[-1, -1]) == (200, 30, 30)
+
+
+# ---------------------------------------------------------------- files holding more than one image
+
+def _colour_at(d: imageio.Decoded) -> tuple[int, ...]:
+    return tuple(int(v) for v in d.pixels[16, 16, :3])
+
+
+def _near(a, b, tol: int = 12) -> bool:
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("primary", [0, 2])
+def test_multi_image_heif_uses_the_primary_image_and_says_so(primary):
+    from fixtures_images import FRAME_COLOURS, heif_multi
+
+    d = imageio.decode(heif_multi(primary), "burst.heic", CFG)
+    assert _near(_colour_at(d), FRAME_COLOURS[primary]), _colour_at(d)
+    assert d.notes["images"] == 3 and d.notes["image"] == f"{primary} (primary)"
+
+
+def test_mpo_uses_its_primary_image_and_counts_the_others():
+    from fixtures_images import FRAME_COLOURS, frames
+
+    ims = frames()
+    d = imageio.decode(encode_pil(ims[0], "MPO", save_all=True, append_images=ims[1:], quality=95), "stereo.mpo", CFG)
+    assert _near(_colour_at(d), FRAME_COLOURS[0])
+    assert d.notes["images"] == 3 and d.notes["image"] == "0 (primary)"
+
+
+@pytest.mark.parametrize("fmt,name", [("WEBP", "anim.webp"), ("PNG", "anim.png")])
+def test_animation_uses_its_first_frame_and_counts_frames(fmt, name):
+    from fixtures_images import FRAME_COLOURS, frames
+
+    ims = frames()
+    d = imageio.decode(encode_pil(ims[0], fmt, save_all=True, append_images=ims[1:], lossless=True), name, CFG)
+    assert tuple(d.pixels[16, 16]) == FRAME_COLOURS[0]
+    assert d.notes["frames"] == 3 and d.notes["frame"] == "0 (first)"
+
+
+def test_sixteen_bit_animated_png_uses_its_default_image():
+    """16-bit PNG goes through OpenCV, which plays APNG: it would hand back the animation's frame, not the still
+    image every PNG decoder shows (and Pillow's frame 0 for 8-bit APNG)."""
+    from fixtures_images import apng16
+
+    red = np.zeros((24, 32, 3), np.uint16)
+    red[..., 0] = 50001
+    red[:4] = 30001
+    blue = np.zeros((24, 32, 3), np.uint16)
+    blue[..., 2] = 60001
+    d = imageio.decode(apng16(red, blue), "deep_anim.png", CFG)
+    assert d.pixels.dtype == np.uint16 and np.array_equal(d.pixels, red)
+    assert d.notes["frames"] == 3 and d.notes["frame"] == "0 (the default image, not part of the animation)"
+
+
+def test_multipage_tiff_says_which_page_is_used():
+    d = imageio.decode(tiff_multipage(3), "m.tif", CFG)
+    assert d.notes["pages"] == 3 and d.notes["page"] == "0 (first)"
