@@ -163,6 +163,9 @@ def _input_classes():
         ("HEIC", "shot.heic", encode_pil(marker_image(), "HEIF"), CFG, "decoded"),
         ("Camera RAW (DNG)", "shot.dng", dng, InputConfig(raw_memory_mb=512), "decoded"),
         ("PNG named .jpg", "liar.jpg", encode_pil(marker_image(), "PNG"), CFG, "decoded"),
+        ("PNG palette, two flat colours (232 bytes for 900×600)", "bands.png", _bands_png(), CFG, "decoded"),
+        ("BigTIFF", "big.tif", _bigtiff(), CFG, "decoded"),
+        ("HEIC with 3 images, the primary is image 2", "burst.heic", fx.heif_multi(2), CFG, "decoded"),
         ("zero-byte file", "empty.jpg", b"", CFG, "InputError"),
         ("truncated JPEG", "cut.jpg", jpeg[: len(jpeg) // 2], CFG, "InputError"),
         ("truncated PNG", "cut.png", png[: len(png) // 2], CFG, "InputError"),
@@ -180,6 +183,21 @@ def _input_classes():
         ("truncated HEIC", "cut.heic", encode_pil(marker_image(), "HEIF")[:300], CFG, "InputError"),
         ("control characters in the name", "bad\nname.jpg", b"nope", CFG, "InputError"),
     ]
+
+
+def _bands_png() -> bytes:
+    im = Image.new("P", (900, 600), 0)
+    im.putpalette([255, 255, 255, 200, 30, 30])
+    im.paste(1, (0, 400, 900, 600))
+    return encode_pil(im, "PNG")
+
+
+def _bigtiff() -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, marker_image(), bigtiff=True, photometric="rgb")
+    return buf.getvalue()
 
 
 def test_input_class_table(tmp_path):
