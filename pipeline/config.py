@@ -86,6 +86,9 @@ class InputConfig:
     raw_memory_mb: int = opt(4096, min=256, doc="memory limit of the RAW decoding subprocess")
     colour_intent: str = opt("perceptual", choices=("perceptual", "relative"),
                              doc="ICC rendering intent when converting to sRGB: perceptual | relative")
+    min_signal: float = opt(0.5, min=0.0,
+                            doc="refuse a decoded image as blank when no channel's standard deviation reaches "
+                                "this (levels of 255); 0: never")
 
 
 @dataclass

@@ -206,7 +206,14 @@ def _tiff_ifd0_tags(data: bytes) -> set[int]:
 # ====================================================================== decoding
 
 def decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
-    """Decode an image's bytes into the sRGB working space; InputError naming ``name`` if bad."""
+    """Decode an image's bytes into the sRGB working space; InputError naming ``name`` if bad,
+    or if the decoded image is blank (``check_signal``)."""
+    decoded = _decode(data, name, cfg)
+    check_signal(decoded.pixels, printable(name), cfg.min_signal)
+    return decoded
+
+
+def _decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
     shown = printable(name)
     if not data:
         raise InputError(f"{shown}: file is empty (0 bytes)")
@@ -231,6 +238,27 @@ def decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
         raise InputError(f"{shown}: not enough memory to decode it") from None
     except Exception as exc:  # codecs raise many types for damaged content
         raise InputError(f"{shown}: image data is damaged ({_reason(exc)})") from None
+
+
+def check_signal(pixels: np.ndarray, shown: str, min_signal: float) -> None:
+    """InputError when the image has no picture: in every channel (alpha included) the pixels' standard
+    deviation, in levels of 255, is under ``min_signal`` (``input.min_signal``; 0 turns the check off).
+
+    A decode that yields nothing (a RAW whose sensor data is all zero, a constant fill) measures 0; a real
+    photograph, even white on white, measures several levels. The message says what was measured."""
+    if min_signal <= 0:
+        return
+    scale = 257.0 if pixels.dtype == np.uint16 else 1.0
+    mean, std = (v.ravel() / scale for v in cv2.meanStdDev(pixels))
+    measured = float(std.max())
+    if measured >= min_signal:
+        return
+    colour = "#" + "".join(f"{int(round(v)):02x}" for v in mean)
+    if measured == 0.0:
+        raise InputError(f"{shown}: decoded image is blank (every pixel is {colour}: standard deviation 0 levels "
+                         f"of 255, under input.min_signal ({min_signal:g}))")
+    raise InputError(f"{shown}: decoded image is blank (standard deviation {measured:.2f} levels of 255, "
+                     f"under input.min_signal ({min_signal:g}); mean colour {colour})")
 
 
 _EXTENSION_FORMATS = {

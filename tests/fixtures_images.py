@@ -296,7 +296,10 @@ def palette_png_with_transparency() -> bytes:
 
 
 def tiff_multipage(pages: int = 3) -> bytes:
+    """Pages of one colour each (page 0: (0, 100, 200)) under a grey bar two rows high."""
     frames = [Image.new("RGB", (20, 10), (60 * i, 100, 200 - 40 * i)) for i in range(pages)]
+    for frame in frames:
+        frame.paste((128, 128, 128), (0, 0, 20, 2))
     return encode_pil(frames[0], "TIFF", save_all=True, append_images=frames[1:])
 
 

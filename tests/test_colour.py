@@ -101,6 +101,7 @@ def test_cmyk_with_profile_goes_through_the_profile(fmt, name):
 def test_cmyk_without_profile_uses_the_documented_fallback():
     cmyk = np.zeros((8, 8, 4), np.uint8)
     cmyk[...] = (0, 255, 255, 0)
+    cmyk[:, 6:] = 0  # a white strip: an image of one colour is refused as blank
     d = imageio.decode(encode_pil(Image.fromarray(cmyk, "CMYK"), "JPEG", quality=100), "plain_cmyk.jpg", CFG)
     assert "naive" in d.notes["icc"]
     r, g, b = d.pixels[4, 4].astype(int)

@@ -141,8 +141,12 @@ def _input_classes():
     jpeg = encode_pil(noise, "JPEG")
     png = encode_pil(noise, "PNG")
     tif = encode_pil(noise, "TIFF")
-    cmyk = PILImage.fromarray(np.full((16, 16, 4), (0, 128, 0, 64), np.uint8), "CMYK")
-    dng = fx.make_dng(np.full((32, 48, 3), 0.18))
+    ink = np.full((16, 16, 4), (0, 128, 0, 64), np.uint8)
+    ink[:, 8:] = (255, 0, 0, 0)
+    cmyk = PILImage.fromarray(ink, "CMYK")
+    grey_card = np.full((32, 48, 3), 0.18)
+    grey_card[:, 24:] = 0.5
+    dng = fx.make_dng(grey_card)
     small = InputConfig(max_pixels=1000)
     return [
         # class, file name, bytes, config, expected outcome
@@ -166,6 +170,10 @@ def _input_classes():
         ("PNG palette, two flat colours (232 bytes for 900×600)", "bands.png", _bands_png(), CFG, "decoded"),
         ("BigTIFF", "big.tif", _bigtiff(), CFG, "decoded"),
         ("HEIC with 3 images, the primary is image 2", "burst.heic", fx.heif_multi(2), CFG, "decoded"),
+        ("one flat colour (blank)", "flat.png", encode_pil(np.full((60, 90, 3), 200, np.uint8), "PNG"), CFG,
+         "InputError"),
+        ("Camera RAW with all sensor values 0 (blank)", "zero.dng", fx.make_dng(np.zeros((32, 48, 3))),
+         InputConfig(raw_memory_mb=512), "InputError"),
         ("zero-byte file", "empty.jpg", b"", CFG, "InputError"),
         ("truncated JPEG", "cut.jpg", jpeg[: len(jpeg) // 2], CFG, "InputError"),
         ("truncated PNG", "cut.png", png[: len(png) // 2], CFG, "InputError"),
@@ -326,3 +334,33 @@ def test_sixteen_bit_animated_png_uses_its_default_image():
 def test_multipage_tiff_says_which_page_is_used():
     d = imageio.decode(tiff_multipage(3), "m.tif", CFG)
     assert d.notes["pages"] == 3 and d.notes["page"] == "0 (first)"
+
+
+# ---------------------------------------------------------------- flat-ish but real pictures are not blank
+
+def test_white_product_on_white_paper_is_not_blank():
+    """Paper at 250, a white product at 255 filling a tenth of the frame, a faint contact shadow (-6 levels)."""
+    img = np.full((400, 600, 3), 250, np.uint8)
+    img[150:330, 250:350] = 255
+    img[330:345, 230:370] = 244
+    d = imageio.decode(encode_pil(img, "JPEG", quality=92), "white_on_white.jpg", CFG)
+    assert d.pixels.shape == img.shape
+
+
+def test_flat_colour_graphics_with_two_or_three_colours_are_not_blank():
+    for colours in ([(255, 255, 255), (200, 30, 30)], [(255, 255, 255), (200, 30, 30), (30, 30, 200)]):
+        im = Image.new("P", (900, 600), 0)
+        im.putpalette([v for c in colours for v in c])
+        im.paste(1, (0, 400, 900, 600))
+        if len(colours) == 3:
+            im.paste(2, (300, 100, 600, 400))
+        d = imageio.decode(encode_pil(im, "PNG"), "graphic.png", CFG)
+        assert len(np.unique(d.pixels.reshape(-1, 3), axis=0)) == len(colours)
+
+
+def test_one_colour_cut_out_with_a_shaped_alpha_is_not_blank():
+    """A logo: every pixel black, its shape only in the alpha channel."""
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[10:30, 15:45, 3] = 255
+    d = imageio.decode(encode_pil(rgba, "PNG"), "logo.png", CFG)
+    assert d.pixels.shape == (40, 60, 4)

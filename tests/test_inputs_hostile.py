@@ -57,7 +57,7 @@ def test_bmp_is_refused_even_though_pillow_reads_it():
 
 
 def test_decompression_bomb_refused_from_header():
-    data = encode_pil(np.zeros((100, 100, 3), np.uint8), "PNG")
+    data = encode_pil(np.arange(30000, dtype=np.uint8).reshape(100, 100, 3), "PNG")
     cfg = InputConfig(max_pixels=5000)
     message = fails(data, "bomb.png", cfg)
     assert "exceeds input.max_pixels" in message
@@ -210,3 +210,30 @@ def test_heic_tripping_libheif_security_limits_fails_cleanly(monkeypatch):
     monkeypatch.setattr(pillow_heif.as_plugin, "HeifFile", refuse)
     message = fails(data, "limit.heic")
     assert "Security limit exceeded" in message
+
+
+# ---------------------------------------------------------------- decoded, but no picture
+
+def test_constant_image_is_blank_and_the_message_says_what_was_measured():
+    message = fails(encode_pil(np.full((60, 90, 3), (40, 90, 200), np.uint8), "PNG"), "flat.png")
+    assert "decoded image is blank" in message
+    assert "every pixel is #285ac8" in message and "input.min_signal" in message
+
+
+def test_constant_sixteen_bit_image_is_blank():
+    from fixtures_images import tiff16
+
+    message = fails(tiff16(np.full((20, 30, 3), 40000, np.uint16)), "flat16.tif")
+    assert "decoded image is blank" in message and "every pixel is" in message
+
+
+def test_near_constant_image_is_blank_with_its_measured_deviation():
+    img = np.full((100, 100, 3), 128, np.uint8)
+    img[:10, :10] = 129  # 1 % of the pixels one level up: std 0.1 of 255 levels
+    message = fails(encode_pil(img, "PNG"), "almost.png")
+    assert "decoded image is blank" in message and "0.10" in message and "under input.min_signal (0.5)" in message
+
+
+def test_blank_check_can_be_turned_off():
+    d = imageio.decode(encode_pil(np.zeros((8, 8, 3), np.uint8), "PNG"), "black.png", InputConfig(min_signal=0))
+    assert d.pixels.shape == (8, 8, 3)

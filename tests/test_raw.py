@@ -75,3 +75,10 @@ def test_crashing_decoder_is_contained(dng):
     hang = [sys.executable, "-c", "import time; time.sleep(30)"]
     with pytest.raises(rawdecode.RawDecodeError, match="did not finish within 1 s"):
         rawdecode.decode_raw(dng, half_size=False, memory_mb=512, command=hang, timeout_s=1)
+
+
+def test_raw_with_all_sensor_values_zero_is_blank_not_black_deliverables():
+    """Like IMG_1361.dng (all raw values 0): LibRaw decodes it to solid black without complaint."""
+    with pytest.raises(imageio.InputError, match=r"^empty\.dng: decoded image is blank \(every pixel is #000000") as info:
+        imageio.decode(make_dng(np.zeros((32, 48, 3))), "empty.dng", CFG)
+    assert "\n" not in str(info.value)
