@@ -268,8 +268,18 @@ _EXTENSION_FORMATS = {
 }
 
 
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f…>"
+_BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")  # b'Input/output error'
+
+
+def clean_text(text: str) -> str:
+    """A library's message fit for a one-line error: no object or bytes reprs, whitespace collapsed."""
+    text = _BYTES_REPR.sub(lambda m: m.group(2), _OBJECT_REPR.sub("", text))
+    return " ".join(text.split())
+
+
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or "no detail"
+    text = clean_text(str(exc)) or "no detail"
     return f"{type(exc).__name__}: {text[:200]}"
 
 
@@ -295,6 +305,9 @@ def _open(data: bytes, shown: str, cfg: InputConfig, kind: str) -> Image.Image:
         _probe_heif(data, shown)
     try:
         return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{shown}: not a readable image (its {kind} header is damaged: no decoder "
+                         f"could make sense of it)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = _pixels(int(found.group(1))) if found else "the image"

@@ -181,8 +181,12 @@ def _child_main(argv: list[str]) -> int:
             return answer(EXIT_NO_MEMORY, error="out of memory")
         except rawpy.LibRawFileUnsupportedError:
             return answer(EXIT_REFUSED, error="not a RAW format LibRaw knows (unsupported or not a RAW file)")
+        except rawpy.LibRawIOError as exc:
+            return answer(EXIT_REFUSED, error=f"LibRaw could not read the image data ({_libraw_text(exc)}): "
+                                              "the file is cut short, or holds metadata only")
         except rawpy.LibRawError as exc:
-            return answer(EXIT_REFUSED, error=f"LibRaw could not decode it ({type(exc).__name__}: {exc})")
+            return answer(EXIT_REFUSED, error=f"LibRaw could not decode it ({type(exc).__name__}: "
+                                              f"{_libraw_text(exc)})")
         rgb = np.ascontiguousarray(rgb, dtype=np.uint16)
         answer(0, shape=list(rgb.shape), **info)
         out.write(memoryview(rgb).cast("B"))
@@ -190,6 +194,13 @@ def _child_main(argv: list[str]) -> int:
         return 0
     except MemoryError:
         return answer(EXIT_NO_MEMORY, error="out of memory")
+
+
+def _libraw_text(exc: BaseException) -> str:
+    """LibRaw's message: rawpy passes it as bytes, whose repr (b'...') must not reach the studio."""
+    arg = exc.args[0] if len(exc.args) == 1 else None
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

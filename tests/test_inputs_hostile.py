@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -237,3 +238,20 @@ def test_near_constant_image_is_blank_with_its_measured_deviation():
 def test_blank_check_can_be_turned_off():
     d = imageio.decode(encode_pil(np.zeros((8, 8, 3), np.uint8), "PNG"), "black.png", InputConfig(min_signal=0))
     assert d.pixels.shape == (8, 8, 3)
+
+
+# ---------------------------------------------------------------- messages are for people, not Python
+
+_INTERNALS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|\bb'|\bb\"|_io\.|object at")
+
+
+@pytest.mark.parametrize("data,name", [
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "broken.png"),
+    (b"II*\x00\x08\x00\x00\x00" + b"\x00" * 30, "broken.tif"),
+    (b"\xff\xd8\xff\xe0" + b"garbage" * 20, "broken.jpg"),
+    (b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 30, "broken.webp"),
+], ids=["png", "tiff", "jpeg", "webp"])
+def test_damaged_headers_give_a_clean_message(data, name):
+    message = fails(data, name)
+    assert not _INTERNALS.search(message), message
+    assert "not a readable image" in message

@@ -82,3 +82,13 @@ def test_raw_with_all_sensor_values_zero_is_blank_not_black_deliverables():
     with pytest.raises(imageio.InputError, match=r"^empty\.dng: decoded image is blank \(every pixel is #000000") as info:
         imageio.decode(make_dng(np.zeros((32, 48, 3))), "empty.dng", CFG)
     assert "\n" not in str(info.value)
+
+
+def test_raw_cut_short_gives_a_clean_message():
+    """LibRaw reports I/O errors as bytes; the studio must not read b'Input/output error'."""
+    data = make_dng(np.random.default_rng(0).random((64, 96, 3)))
+    with pytest.raises(imageio.InputError) as info:
+        imageio.decode(data[: len(data) // 2], "cut.dng", CFG)
+    message = str(info.value)
+    assert message.startswith("cut.dng: ") and "b'" not in message and "\n" not in message
+    assert "cut short" in message
