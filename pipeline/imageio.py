@@ -56,6 +56,13 @@ RAW_EXTENSIONS = {
     ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".dng",
     ".pef", ".srw", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".kdc", ".rwl", ".x3f",
 }
+EXTENSION_FORMATS = {  # what each image extension should hold (a mismatch is noted, not refused)
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".tif": "TIFF",
+    ".tiff": "TIFF", ".webp": "WEBP", ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF",
+    ".mpo": "JPEG",  # MPO: JPEG images one after the other; sniffed as JPEG
+}
+# Every extension the decoder reads, without the dot: the one list rules take by default (rules.DEFAULT_EXTENSIONS).
+INPUT_EXTENSIONS = tuple(ext.lstrip(".") for ext in (*EXTENSION_FORMATS, *sorted(RAW_EXTENSIONS)))
 # Formats we recognise by their magic bytes only to refuse them with a precise reason.
 _REFUSED_MAGIC = [
     (b"%PDF", "PDF"), (b"%!PS", "PostScript"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"GIF8", "GIF"),
@@ -227,8 +234,8 @@ def _decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
         return _decode_raw(data, shown, cfg, ext)
     if kind is None:
         raise InputError(f"{shown}: not an image (the content matches no accepted format)")
-    expected = _EXTENSION_FORMATS.get(ext)
-    if ext and expected != kind and not (expected == "JPEG" and kind == "MPO"):
+    expected = EXTENSION_FORMATS.get(ext)
+    if ext and expected != kind:
         notes["content"] = f"named {ext} but the content is {kind}"
     try:
         return _decode_pillow(data, shown, cfg, kind, notes)
@@ -259,13 +266,6 @@ def check_signal(pixels: np.ndarray, shown: str, min_signal: float) -> None:
                          f"of 255, under input.min_signal ({min_signal:g}))")
     raise InputError(f"{shown}: decoded image is blank (standard deviation {measured:.2f} levels of 255, "
                      f"under input.min_signal ({min_signal:g}); mean colour {colour})")
-
-
-_EXTENSION_FORMATS = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".tif": "TIFF",
-    ".tiff": "TIFF", ".webp": "WEBP", ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF",
-    ".mpo": "MPO",
-}
 
 
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f…>"

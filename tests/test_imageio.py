@@ -364,3 +364,15 @@ def test_one_colour_cut_out_with_a_shaped_alpha_is_not_blank():
     rgba[10:30, 15:45, 3] = 255
     d = imageio.decode(encode_pil(rgba, "PNG"), "logo.png", CFG)
     assert d.pixels.shape == (40, 60, 4)
+
+
+def test_a_rule_without_extensions_takes_every_file_the_decoder_reads():
+    """One table: a .pef decodes, so a default rule must take it (it did not: 8 RAW types against 22)."""
+    from pathlib import PurePosixPath
+
+    from pipeline.rules import MatchSpec, Rule
+
+    rule = Rule(name="all", path=None, match=MatchSpec(), steps=[], outputs=[])
+    for ext in (*imageio.EXTENSION_FORMATS, *imageio.RAW_EXTENSIONS):
+        assert rule.why_not(PurePosixPath(f"shots/IMG_0001{ext.upper()}")) is None, ext
+    assert "gif" not in MatchSpec().extensions
