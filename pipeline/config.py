@@ -64,6 +64,9 @@ class ChannelConfig:
                                    "above 6 files are hardly smaller, only slower")
     metadata: str = opt("default", choices=("default", "keep", "strip"),
                         doc="default keeps copyright/artist/date/camera and drops GPS; keep; strip")
+    dpi: float | None = opt(None, min=1.0, max=100_000.0,
+                            doc="print resolution written into outputs (pixels per inch); null: the input's own, "
+                                "when it states one")
 
     @property
     def extension(self) -> str:

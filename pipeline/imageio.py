@@ -90,6 +90,7 @@ class Decoded:
     notes: dict[str, Any] = field(default_factory=dict)  # what decoding did (profile conversion, page count...)
     iptc: bytes | None = None
     icc: bytes | None = None
+    dpi: tuple[float, float] | None = None  # the resolution the file states (pixels per inch, x and y) or None
 
 
 def printable(name: str) -> str:
@@ -379,8 +380,46 @@ def _decode_pillow(data: bytes, shown: str, cfg: InputConfig, kind: str, notes: 
         exif = meta.exif_orientation_reset(exif)
     if xmp:
         xmp = meta.xmp_orientation_reset(xmp)
+    dpi = _dpi_of(im, fmt, exif_obj)
+    if dpi and notes.get("orientation") in (5, 6, 7, 8):  # turned a quarter: the axes swap
+        dpi = (dpi[1], dpi[0])
     return Decoded(pixels=np.ascontiguousarray(pixels), format=fmt, exif=exif or None, xmp=xmp,
-                   notes=notes, iptc=iptc, icc=icc)
+                   notes=notes, iptc=iptc, icc=icc, dpi=dpi)
+
+
+def _dpi_of(im: Image.Image, fmt: str, exif: Image.Exif) -> tuple[float, float] | None:
+    """The resolution the file states, in pixels per inch; None when it states none (or only an aspect ratio).
+
+    JPEG: the JFIF density when it has a unit, else the EXIF resolution. PNG: pHYs (per metre). TIFF: its
+    X/YResolution and ResolutionUnit (inch when absent). WebP, HEIF, AVIF: the EXIF resolution."""
+    if fmt in ("JPEG", "MPO"):
+        unit, density = im.info.get("jfif_unit"), im.info.get("jfif_density")
+        if unit in (1, 2) and density:
+            return meta.dpi_from(float(density[0]), float(density[1]), 2 if unit == 1 else 3)
+        return meta.exif_resolution(exif)
+    if fmt == "PNG":
+        dpi = im.info.get("dpi")  # Pillow: pHYs in pixels per metre × 0.0254, when its unit is the metre
+        if not dpi:
+            return None
+        return meta.dpi_from(_dpi_from_ppm(round(dpi[0] / 0.0254)), _dpi_from_ppm(round(dpi[1] / 0.0254)), 2)
+    if fmt == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        try:
+            x = float(tags[282]) if 282 in tags else None
+            y = float(tags[283]) if 283 in tags else x
+            return meta.dpi_from(x, y, int(tags.get(296, 2) or 2))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+    return meta.exif_resolution(exif)
+
+
+def _dpi_from_ppm(ppm: int) -> float:
+    """Pixels per metre as the shortest dpi that writes back as the same pixels per metre (11811 → 300)."""
+    for digits in range(4):
+        dpi = round(ppm * 0.0254, digits)
+        if round(dpi / 0.0254) == ppm:
+            return float(dpi)
+    return ppm * 0.0254
 
 
 def _frame_shown(im: Image.Image, fmt: str, notes: dict[str, Any]) -> int:
@@ -823,7 +862,8 @@ def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = 
     ``channel.background`` when set, and onto white for JPEG; outputs that keep alpha get RGB 0
     wherever alpha is 0 (``clear_transparent``). Never resizes."""
     fmt = channel.format
-    md = (meta.for_policy(channel.metadata, source.exif, source.xmp, source.iptc)
+    dpi = (float(channel.dpi), float(channel.dpi)) if channel.dpi else (source.dpi if source is not None else None)
+    md = (meta.for_policy(channel.metadata, source.exif, source.xmp, source.iptc, dpi)
           if source is not None else meta.OutputMetadata())
     if pixels.ndim == 3 and pixels.shape[2] == 4 and (channel.background or fmt == "jpeg"):
         pixels = flatten(pixels, channel.background or "#ffffff")
@@ -836,9 +876,9 @@ def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = 
         owned = True
     pixels = clear_transparent(pixels, in_place=owned)
     if fmt == "tiff":  # tifffile for 8 and 16 bits: Pillow's libtiff writer cannot link EXIF sub-IFDs
-        return _tiff(pixels, md)
+        return _tiff(pixels, md, dpi or (72.0, 72.0))  # TIFF requires a resolution: 72 dpi when none is known
     if fmt == "png":
-        return _png(pixels, md, channel.png_compression)
+        return _png(pixels, md, channel.png_compression, dpi)
     mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
     im = Image.fromarray(np.ascontiguousarray(pixels), mode)
     buf = io.BytesIO()
@@ -847,6 +887,8 @@ def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = 
         kwargs["exif"] = md.exif
     if fmt == "jpeg":
         kwargs.update(quality=channel.quality, subsampling=0 if channel.quality >= 90 else 2, optimize=False)
+        if dpi:
+            kwargs["dpi"] = dpi  # JFIF density in dots per inch (whole numbers); without: "aspect ratio only"
         if md.xmp:
             kwargs["xmp"] = md.xmp
         if md.iptc:
@@ -855,6 +897,8 @@ def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = 
     elif fmt == "webp":
         if md.xmp:
             kwargs["xmp"] = md.xmp
+        if dpi and not md.exif and channel.metadata != "strip":  # WebP's only place for a resolution is EXIF
+            kwargs["exif"] = meta.exif_resolution_only(dpi)
         # exact: keep the cleared RGB; libwebp would otherwise paint the subject's colours under alpha 0
         im.save(buf, "WEBP", quality=channel.quality, method=4, exact=True, **kwargs)
     else:  # config validation makes this unreachable
@@ -912,15 +956,17 @@ _PNG_FILTER = ([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
                if hasattr(cv2, "IMWRITE_PNG_FILTER") else [])  # OpenCV < 4.11: its default filters
 
 
-def _png(bgr: np.ndarray, md: meta.OutputMetadata, level: int) -> bytes:
+def _png(bgr: np.ndarray, md: meta.OutputMetadata, level: int, dpi: tuple[float, float] | None) -> bytes:
     """8- or 16-bit PNG from BGR(A) pixels: OpenCV's libpng encodes (Pillow cannot write 16-bit RGB,
-    nor choose the row filter) at zlib ``level``; we add the iCCP/eXIf/iTXt chunks after IHDR."""
+    nor choose the row filter) at zlib ``level``; we add the iCCP/pHYs/eXIf/iTXt chunks after IHDR."""
     ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level, *_PNG_FILTER])
     if not ok:
         raise ValueError("OpenCV could not encode the PNG")
     png = buf.tobytes()
     ihdr_end = 8 + 8 + 13 + 4
     extra = _png_chunk(b"iCCP", b"sRGB\x00\x00" + zlib.compress(SRGB_ICC))
+    if dpi:  # pixels per metre, unit 1
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
     if md.exif:
         extra += _png_chunk(b"eXIf", md.exif.removeprefix(b"Exif\x00\x00"))
     if md.xmp:
@@ -928,8 +974,9 @@ def _png(bgr: np.ndarray, md: meta.OutputMetadata, level: int) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
-def _tiff(pixels: np.ndarray, md: meta.OutputMetadata) -> bytes:
-    """Deflate TIFF via tifffile (Pillow cannot write 16-bit RGB); EXIF/GPS sub-IFDs appended and linked."""
+def _tiff(pixels: np.ndarray, md: meta.OutputMetadata, dpi: tuple[float, float]) -> bytes:
+    """Deflate TIFF via tifffile (Pillow cannot write 16-bit RGB) at ``dpi`` pixels per inch; EXIF/GPS
+    sub-IFDs appended and linked."""
     import tifffile
 
     extratags: list[tuple[int, int, int, Any, bool]] = [(34675, 7, len(SRGB_ICC), SRGB_ICC, True)]
@@ -957,7 +1004,7 @@ def _tiff(pixels: np.ndarray, md: meta.OutputMetadata) -> bytes:
     buf = io.BytesIO()
     tifffile.imwrite(buf, pixels, photometric="rgb", compression="zlib", byteorder="<",
                      extrasamples=[2] if pixels.shape[2] == 4 else None, extratags=extratags,
-                     metadata=None, software=False)
+                     resolution=dpi, resolutionunit=2, metadata=None, software=False)
     out = bytearray(buf.getvalue())
     if subifds:
         if len(out) % 2:

@@ -17,10 +17,12 @@ import re
 import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from fractions import Fraction
 
 from PIL import Image
 
 ORIENTATION = 0x0112
+X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT = 0x011A, 0x011B, 0x0128
 EXIF_IFD = 0x8769
 GPS_IFD = 0x8825
 
@@ -92,19 +94,22 @@ class OutputMetadata:
     iptc: bytes | None = None  # raw IPTC-IIM datasets
 
 
-def for_policy(policy: str, exif: bytes | None, xmp: bytes | None, iptc: bytes | None) -> OutputMetadata:
-    """The metadata an output carries under ``policy`` (keep | default | strip)."""
+def for_policy(policy: str, exif: bytes | None, xmp: bytes | None, iptc: bytes | None,
+               dpi: tuple[float, float] | None = None) -> OutputMetadata:
+    """The metadata an output carries under ``policy`` (keep | default | strip). With ``dpi``, an EXIF block
+    that is written states that resolution (so it never contradicts the format's own resolution field)."""
     if policy == "strip":
         return OutputMetadata()
     if policy == "keep":
+        kept = exif_orientation_reset(exif) if exif else None
         return OutputMetadata(
-            exif=exif_orientation_reset(exif) if exif else None,
+            exif=exif_resolution_patched(kept, dpi) if kept and dpi else kept,
             xmp=xmp_orientation_reset(xmp) if xmp else None,
             iptc=iptc or None,
         )
     if policy == "default":
         return OutputMetadata(
-            exif=exif_default(exif) if exif else None,
+            exif=exif_default(exif, dpi) if exif else None,
             xmp=xmp_default(xmp) if xmp else None,
             iptc=iptc_default(iptc) if iptc else None,
         )
@@ -151,8 +156,9 @@ def exif_orientation_reset(data: bytes) -> bytes:
     return prefix + bytes(tiff)
 
 
-def exif_default(data: bytes) -> bytes | None:
-    """A new EXIF block with only the default policy's tags (orientation 1); None if nothing is left."""
+def exif_default(data: bytes, dpi: tuple[float, float] | None = None) -> bytes | None:
+    """A new EXIF block with only the default policy's tags (orientation 1, the resolution ``dpi`` when
+    given); None if nothing is left."""
     try:
         src = load_exif(data)
         exif_ifd = src.get_ifd(EXIF_IFD)
@@ -166,9 +172,94 @@ def exif_default(data: bytes) -> bytes | None:
     if not out and not [t for t in kept if t != 0x9000]:
         return None
     out[ORIENTATION] = 1
+    if dpi:
+        _set_resolution(out, dpi)
     if kept:
         out[EXIF_IFD] = kept
     return out.tobytes()
+
+
+def exif_resolution_only(dpi: tuple[float, float]) -> bytes:
+    """An EXIF block that says only the resolution (and orientation 1): for WebP, whose only place for it is EXIF."""
+    out = Image.Exif()
+    out[ORIENTATION] = 1
+    _set_resolution(out, dpi)
+    return out.tobytes()
+
+
+def _set_resolution(exif: Image.Exif, dpi: tuple[float, float]) -> None:
+    exif[X_RESOLUTION], exif[Y_RESOLUTION], exif[RESOLUTION_UNIT] = float(dpi[0]), float(dpi[1]), 2  # inches
+
+
+def exif_resolution(exif: Image.Exif) -> tuple[float, float] | None:
+    """IFD0's resolution in pixels per inch; None when absent, unitless (ResolutionUnit 1) or absurd."""
+    try:
+        x = float(exif[X_RESOLUTION]) if X_RESOLUTION in exif else None
+        y = float(exif[Y_RESOLUTION]) if Y_RESOLUTION in exif else x
+        unit = int(exif.get(RESOLUTION_UNIT, 2) or 2)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return dpi_from(x, y, unit)
+
+
+def dpi_from(x: float | None, y: float | None, unit: int) -> tuple[float, float] | None:
+    """(x, y) pixels per inch from a TIFF/EXIF-style pair and unit (2 inch, 3 centimetre, 1 none)."""
+    if x is None or y is None or unit not in (2, 3):
+        return None
+    scale = 2.54 if unit == 3 else 1.0
+    out = (round(x * scale, 2), round(y * scale, 2))
+    return out if all(0 < v < 1e6 for v in out) else None  # NaN fails this too
+
+
+def exif_resolution_patched(data: bytes, dpi: tuple[float, float]) -> bytes:
+    """The same EXIF bytes with IFD0 stating ``dpi`` (inches), every other byte kept, as the keep policy promises.
+
+    Entries that exist are patched in place. Missing ones cannot be inserted without moving what follows
+    IFD0 (and breaking offsets into maker notes), so IFD0 is copied to the end with them added and the
+    header pointed at the copy: every old offset stays valid. Unchanged when the EXIF is unreadable."""
+    prefix = b"Exif\x00\x00" if data.startswith(b"Exif\x00\x00") else b""
+    tiff = bytearray(data[len(prefix):])
+    try:
+        end = {b"II": "<", b"MM": ">"}[bytes(tiff[:2])]
+        (ifd,) = struct.unpack_from(end + "I", tiff, 4)
+        (count,) = struct.unpack_from(end + "H", tiff, ifd)
+        entries = [bytes(tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i]) for i in range(count)]
+        (next_ifd,) = struct.unpack_from(end + "I", tiff, ifd + 2 + 12 * count)
+    except (KeyError, struct.error):
+        return data
+    rationals = {X_RESOLUTION: Fraction(dpi[0]).limit_denominator(1000),
+                 Y_RESOLUTION: Fraction(dpi[1]).limit_denominator(1000)}
+    missing = {X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT}
+    for i, entry in enumerate(entries):
+        tag, typ, n, value = struct.unpack_from(end + "HHII", entry)
+        at = ifd + 2 + 12 * i
+        if tag in rationals and typ == 5 and n == 1 and value + 8 <= len(tiff):  # RATIONAL, stored at an offset
+            struct.pack_into(end + "II", tiff, value, rationals[tag].numerator, rationals[tag].denominator)
+            missing.discard(tag)
+        elif tag == RESOLUTION_UNIT and typ == 3 and n == 1:  # SHORT, inline
+            struct.pack_into(end + "H", tiff, at + 8, 2)
+            missing.discard(tag)
+        elif tag in missing:  # an odd type: replaced below
+            entries[i] = b""
+    if not missing:
+        return prefix + bytes(tiff)
+    tiff += b"\x00" * (len(tiff) % 2)
+    entries = [e for e in entries if e and struct.unpack_from(end + "H", e)[0] not in missing]
+    for tag in sorted(missing):
+        if tag == RESOLUTION_UNIT:
+            entries.append(struct.pack(end + "HHIHH", tag, 3, 1, 2, 0))
+        else:
+            entries.append(struct.pack(end + "HHII", tag, 5, 1, len(tiff)))
+            tiff += struct.pack(end + "II", rationals[tag].numerator, rationals[tag].denominator)
+    entries.sort(key=lambda e: struct.unpack_from(end + "H", e)[0])
+    struct.pack_into(end + "I", tiff, 4, len(tiff))
+    tiff += struct.pack(end + "H", len(entries)) + b"".join(entries) + struct.pack(end + "I", next_ifd)
+    if len(prefix) + len(tiff) > _JPEG_SEGMENT_MAX:  # would no longer fit the JPEG it came from: leave it
+        return data
+    return prefix + bytes(tiff)
+
+
+_JPEG_SEGMENT_MAX = 65533  # the most EXIF bytes ("Exif\0\0" included) one JPEG APP1 segment holds
 
 
 def exif_from_tiff_tags(exif: Image.Exif) -> bytes | None:

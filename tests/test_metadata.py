@@ -108,3 +108,29 @@ def test_damaged_exif_does_not_fail_a_good_image():
     assert d.pixels.shape == (24, 40, 3)
     out = imageio.encode(d.pixels, ChannelConfig(name="t", path=None, format="jpeg"), d)
     assert Image.open(io.BytesIO(out)).size == (40, 24)
+
+
+# ---------------------------------------------------------------- resolution in a kept EXIF
+
+def test_kept_exif_gets_the_resolution_added_without_moving_a_byte():
+    """keep copies EXIF byte for byte (maker notes hold offsets): the resolution is added by moving IFD0 only."""
+    src = rich_exif()
+    assert 0x011A not in metadata.load_exif(src)
+    out = metadata.exif_resolution_patched(src, (300, 300))
+    assert out[:10] == src[:10] and out[14:len(src)] == src[14:]  # all but IFD0's offset in the header
+    before, after = metadata.load_exif(src), metadata.load_exif(out)
+    assert (after[0x011A], after[0x011B], after[0x0128]) == (300, 300, 2)
+    assert {t: v for t, v in after.items() if t not in (0x011A, 0x011B, 0x0128)} == dict(before)
+    for ifd in (metadata.EXIF_IFD, metadata.GPS_IFD):
+        assert dict(after.get_ifd(ifd)) == dict(before.get_ifd(ifd))
+
+
+def test_kept_exif_resolution_is_patched_in_place():
+    exif = metadata.load_exif(rich_exif())
+    exif[0x011A], exif[0x011B], exif[0x0128] = 72.0, 72.0, 3
+    src = exif.tobytes()
+    out = metadata.exif_resolution_patched(src, (300, 150))
+    assert len(out) == len(src)
+    after = metadata.load_exif(out)
+    assert (after[0x011A], after[0x011B], after[0x0128]) == (300, 150, 2)
+    assert after[0x8298] == "(c) 2024 Studio North"
