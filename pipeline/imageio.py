@@ -1,9 +1,11 @@
 """Reading inputs and writing encoded outputs: the only module that talks to image codecs.
 
 ``read_input`` takes a path and returns the file's bytes (never following symlinks);
-``decode`` turns bytes into a ``Decoded`` (sRGB working space, orientation applied);
-``encode`` turns pixels into the bytes of a channel's format with an sRGB profile embedded; in
-every output that keeps alpha, RGB is 0 wherever alpha is 0 (``clear_transparent``).
+``decode`` turns bytes into a ``Decoded`` (sRGB working space, orientation applied; of a multi-image
+file, the image a viewer shows) and refuses a blank result (``check_signal``);
+``encode`` turns pixels into the bytes of a channel's format with an sRGB profile embedded and the
+print resolution (the channel's ``dpi`` or the input's) stated; in every output that keeps alpha,
+RGB is 0 wherever alpha is 0 (``clear_transparent``).
 
 Decoders, chosen by content (magic bytes), never by the extension alone:
   JPEG, PNG, TIFF (and BigTIFF), WebP, HEIF/HEIC (pillow-heif), AVIF   Pillow, with an allow-list of formats;
