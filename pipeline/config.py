@@ -91,7 +91,7 @@ class InputConfig:
                              doc="ICC rendering intent when converting to sRGB: perceptual | relative")
     min_signal: float = opt(0.5, min=0.0,
                             doc="refuse a decoded image as blank when no channel's standard deviation reaches "
-                                "this (levels of 255); 0: never")
+                                "this many levels of its depth (of 255, or 65535 at 16 bits); 0: never")
 
 
 @dataclass

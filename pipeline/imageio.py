@@ -252,22 +252,24 @@ def _decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
 
 def check_signal(pixels: np.ndarray, shown: str, min_signal: float) -> None:
     """InputError when the image has no picture: in every channel (alpha included) the pixels' standard
-    deviation, in levels of 255, is under ``min_signal`` (``input.min_signal``; 0 turns the check off).
+    deviation is under ``min_signal`` (``input.min_signal``; 0 turns the check off) levels of the image's own
+    depth (of 255 at 8 bits, of 65535 at 16 bits).
 
     A decode that yields nothing (a RAW whose sensor data is all zero, a constant fill) measures 0; a real
-    photograph, even white on white, measures several levels. The message says what was measured."""
+    photograph, even white on white, measures more than a level. At its own depth, a dark 16-bit picture (a
+    micrograph in the lowest 1 % of the range) is not taken for a blank. The message says what was measured."""
     if min_signal <= 0:
         return
-    scale = 257.0 if pixels.dtype == np.uint16 else 1.0
-    mean, std = (v.ravel() / scale for v in cv2.meanStdDev(pixels))
+    mean, std = (v.ravel() for v in cv2.meanStdDev(pixels))
     measured = float(std.max())
     if measured >= min_signal:
         return
-    colour = "#" + "".join(f"{int(round(v)):02x}" for v in mean)
+    top = 65535 if pixels.dtype == np.uint16 else 255
+    colour = "#" + "".join(f"{int(round(v * 255 / top)):02x}" for v in mean)
     if measured == 0.0:
         raise InputError(f"{shown}: decoded image is blank (every pixel is {colour}: standard deviation 0 levels "
-                         f"of 255, under input.min_signal ({min_signal:g}))")
-    raise InputError(f"{shown}: decoded image is blank (standard deviation {measured:.2f} levels of 255, "
+                         f"of {top}, under input.min_signal ({min_signal:g}))")
+    raise InputError(f"{shown}: decoded image is blank (standard deviation {measured:.2f} levels of {top}, "
                      f"under input.min_signal ({min_signal:g}); mean colour {colour})")
 
 

@@ -376,3 +376,16 @@ def test_a_rule_without_extensions_takes_every_file_the_decoder_reads():
     for ext in (*imageio.EXTENSION_FORMATS, *imageio.RAW_EXTENSIONS):
         assert rule.why_not(PurePosixPath(f"shots/IMG_0001{ext.upper()}")) is None, ext
     assert "gif" not in MatchSpec().extensions
+
+
+def test_dark_sixteen_bit_picture_is_not_blank():
+    """Like gray16_bug1044.tif, a fluorescence micrograph: a picture in the lowest 1 % of the 16-bit range. In
+    levels of 255 it measures about 0.2, yet it holds tens of levels of 65535: at its own depth, it is no blank."""
+    from fixtures_images import tiff16
+
+    y, x = np.mgrid[0:48, 0:64]
+    cells = 200 + 300 * (np.sin(x / 3.0) * np.cos(y / 4.0) > 0.8)
+    deep = np.repeat(cells[..., None], 3, axis=2).astype(np.uint16)
+    assert deep.std() / 257 < 0.5
+    d = imageio.decode(tiff16(deep), "micrograph.tif", CFG)
+    assert np.array_equal(d.pixels, deep)
