@@ -358,8 +358,9 @@ def _decode_pillow(data: bytes, shown: str, cfg: InputConfig, kind: str, notes: 
         notes["orientation"] = int(im.info["original_orientation"])  # libheif already rotated the pixels
         orientation = 1
     exif = meta.exif_from_tiff_tags(exif_obj) if fmt == "TIFF" else im.info.get("exif")
-    if isinstance(exif, bytes) and not exif.startswith(b"Exif\x00\x00") and exif[:2] not in (b"II", b"MM"):
-        exif = None
+    if isinstance(exif, bytes) and not exif.startswith(b"Exif\x00\x00"):
+        # WebP/PNG/HEIF hold bare TIFF-structured EXIF: given JPEG's APP1 header, every encoder takes it
+        exif = b"Exif\x00\x00" + exif if exif[:2] in (b"II", b"MM") else None
     xmp = _xmp_of(im)
     iptc = _iptc_of(im)
     icc = im.info.get("icc_profile") or None

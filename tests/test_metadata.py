@@ -134,3 +134,12 @@ def test_kept_exif_resolution_is_patched_in_place():
     after = metadata.load_exif(out)
     assert (after[0x011A], after[0x011B], after[0x0128]) == (300, 150, 2)
     assert after[0x8298] == "(c) 2024 Studio North"
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
+def test_exif_read_without_its_app1_header_still_reaches_a_jpeg(fmt):
+    """WebP and PNG hold EXIF without JPEG's "Exif\\0\\0" header; written as-is into a JPEG it was lost."""
+    data = encode_pil(marker_image(), fmt, exif=rich_exif().removeprefix(b"Exif\x00\x00"))
+    d = imageio.decode(data, f"in.{fmt.lower()}", CFG)
+    im = write(d, "jpeg", 8, "keep")
+    assert im.getexif().get(0x8298) == "(c) 2024 Studio North"
