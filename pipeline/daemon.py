@@ -6,7 +6,6 @@ notifier gets a moment to deliver, and the store is closed. A second signal exit
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -16,43 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError
 from .intake import Intake
 from .notify import Notifier
+from .owners import InstanceLock
 from .rules import Rule
 from .store import Store
 from .watcher import InboxWatcher
 from .worker import Worker
 
 log = logging.getLogger("assetd.daemon")
-
-
-class InstanceLock:
-    """One daemon per database: a second one would fight over the same jobs."""
-
-    def __init__(self, database: Path):
-        self.path = database.with_name(database.name + ".lock")
-        self._fh: Any = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            self._fh = None
-            raise ConfigError(f"{self.path}: another assetd daemon is already running on this database") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 class Daemon:

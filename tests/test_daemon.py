@@ -1,6 +1,7 @@
 """Daemon start-up rules: one daemon per database, orphans and stale rule versions handled at start."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -16,8 +17,10 @@ def test_a_second_daemon_on_the_same_database_is_refused(workspace, no_leaked_th
     first = Daemon(config, rules)
     first.start()
     try:
-        with pytest.raises(ConfigError, match="another assetd daemon is already running"):
+        with pytest.raises(ConfigError) as refused:
             Daemon(config, rules).start()
+        assert str(refused.value) == (f"another assetd (pid {os.getpid()}) is already running on this database "
+                                      f"{config.database}")
     finally:
         first.stop()
     again = Daemon(config, rules)  # the lock is released on stop
