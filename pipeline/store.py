@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlite_utils import Database, Migrations
 
@@ -244,26 +244,36 @@ class Store:
         rows = self.db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [job_id])
         return Job.from_row(rows[0]) if rows else None
 
-    def _reap_expired(self, db: Database, now: float) -> None:
-        """Jobs whose lease ran out (their worker died) go back to the queue, or fail when out of attempts."""
+    def _reap_expired(self, db: Database, now: float, only: list[int] | None = None) -> None:
+        """Jobs whose lease ran out (their worker died) go back to the queue, or fail when out of attempts.
+
+        ``only``: just these running jobs, whatever their lease (their owner is known to be gone)."""
+        which = "lease_expires < ?"
+        params: list[Any] = [now]
+        if only is not None:
+            which = f"id IN ({','.join('?' * len(only))})"
+            params = list(only)
         db.conn.execute(
             "UPDATE jobs SET status = 'failed', finished_at = ?, lease_expires = NULL,"
             " error = 'the worker stopped while processing it ' || attempts || ' time(s) (crash or kill); '"
-            " || 'gave up after max_attempts' WHERE status = 'running' AND lease_expires < ?"
-            " AND attempts >= max_attempts",
-            [now, now],
+            f" || 'gave up after max_attempts' WHERE status = 'running' AND {which} AND attempts >= max_attempts",
+            [now, *params],
         )
         db.conn.execute(
             "UPDATE jobs SET status = 'queued', lease_expires = NULL, worker = NULL,"
-            " error = 'interrupted (worker stopped); redoing' WHERE status = 'running' AND lease_expires < ?",
-            [now],
+            f" error = 'interrupted (worker stopped); redoing' WHERE status = 'running' AND {which}",
+            params,
         )
 
-    def recover_orphans(self) -> list[int]:
-        """At daemon start (single instance): jobs still marked running were cut off; queue them again."""
+    def recover_orphans(self, keep: Callable[[str | None], bool] = lambda owner: False) -> list[int]:
+        """At daemon start (single instance): jobs still marked running were cut off; queue them again.
+
+        ``keep(owner)``: leave this owner's jobs running (an ``assetd process`` that is still at work)."""
         with self._immediate() as db:
-            ids = [r[0] for r in db.conn.execute("SELECT id FROM jobs WHERE status = 'running'")]
-            self._reap_expired(db, float("inf"))
+            ids = [job_id for job_id, owner in db.conn.execute("SELECT id, worker FROM jobs WHERE status = 'running'")
+                   if not keep(owner)]
+            if ids:
+                self._reap_expired(db, time.time(), only=ids)
         return ids
 
     def stale_queued(self, current_versions: dict[str, str]) -> list[Job]:
@@ -396,13 +406,39 @@ class Store:
             " worker = NULL, next_attempt_at = ?, error = ? WHERE id = ? AND status = 'running'",
             [time.time() + delay, note, job_id])
 
-    def release(self, job_id: int) -> None:
-        """Put a job we were asked to stop back in the queue; the interrupted attempt does not count."""
-        self.db.conn.execute(
-            "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
-            " worker = NULL WHERE id = ? AND status = 'running'",
-            [job_id],
-        )
+    def release(self, job_id: int, owner: str | None = None, note: str | None = None) -> bool:
+        """Put a job we were asked to stop back in the queue; the interrupted attempt does not count.
+
+        ``owner``: only if that owner still holds it. ``note``: why, shown as the job's error until it runs.
+        Returns whether the job was released."""
+        sql = ("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+               " worker = NULL, error = COALESCE(?, error) WHERE id = ? AND status = 'running'")
+        params: list[Any] = [note, job_id]
+        if owner is not None:
+            sql += " AND worker = ?"
+            params.append(owner)
+        return self.db.conn.execute(sql, params).rowcount == 1
+
+    def release_owned(self, owners: list[str], note: str) -> list[int]:
+        """Release every job these owners hold (a process about to exit hands its claims back)."""
+        return [j.id for j in self._release_running(lambda owner: owner in owners, None, lambda job: note)]
+
+    def release_orphans(self, gone: Callable[[str], bool], only: list[int] | None = None) -> list[Job]:
+        """Release the running jobs (optionally among ``only``) whose owner is ``gone``, at once instead of
+        when their lease runs out; the interrupted attempt does not count. Returns them as they were."""
+        return self._release_running(
+            gone, only, lambda job: f"interrupted: its owner ({job.worker}) stopped before finishing it; queued again")
+
+    def _release_running(self, whose: Callable[[str], bool], only: list[int] | None,
+                         note: Callable[[Job], str]) -> list[Job]:
+        sql = "SELECT * FROM jobs WHERE status = 'running' AND worker IS NOT NULL"
+        params: list[Any] = []
+        if only is not None:
+            sql += f" AND id IN ({','.join('?' * len(only))})"
+            params = list(only)
+        jobs = [Job.from_row(r) for r in self.db.execute_returning_dicts(sql + " ORDER BY id", params)]
+        return [job for job in jobs if whose(job.worker or "")
+                and self.release(job.id, owner=job.worker, note=note(job))]
 
     def requeue(self, job_ids: list[int] | None = None, *, failed: bool = False) -> list[int]:
         """``assetd retry``: failed (or given) jobs go back to the queue with fresh attempts."""

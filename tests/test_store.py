@@ -161,3 +161,37 @@ def test_outbox_and_state(store):
     assert store.undelivered() == 0
     store.set_state("k", {"a": 1})
     assert store.get_state("k") == {"a": 1} and store.get_state("missing", 5) == 5
+
+
+def test_release_with_an_owner_only_releases_that_owners_claim(store):
+    job, _ = enqueue(store)
+    store.claim_next("process pid 1 on h", 60)
+    assert not store.release(job.id, owner="process pid 2 on h")
+    assert store.get(job.id).status is JobStatus.RUNNING
+    assert store.release(job.id, owner="process pid 1 on h")
+    j = store.get(job.id)
+    assert j.status is JobStatus.QUEUED and j.attempts == 0 and j.worker is None
+
+
+def test_release_orphans_releases_only_jobs_whose_owner_is_gone(store):
+    gone, _ = enqueue(store, h="h1")
+    alive, _ = enqueue(store, h="h2")
+    store.claim_next("process pid 1 on h", 60)
+    store.claim_next("process pid 2 on h", 60)
+    released = store.release_orphans(lambda owner: owner == "process pid 1 on h")
+    assert [j.id for j in released] == [gone.id] and released[0].worker == "process pid 1 on h"
+    j = store.get(gone.id)
+    assert j.status is JobStatus.QUEUED and j.attempts == 0
+    assert "process pid 1 on h" in j.error  # the queue says why it is there again
+    assert store.get(alive.id).status is JobStatus.RUNNING
+    assert store.release_orphans(lambda owner: True, only=[gone.id]) == []  # already released
+
+
+def test_recover_orphans_keeps_the_jobs_of_live_owners(store):
+    crashed, _ = enqueue(store, h="h1")
+    live, _ = enqueue(store, h="h2")
+    store.claim_next("worker-1 pid 1 on h", 3600)
+    store.claim_next("process pid 2 on h", 3600)
+    assert store.recover_orphans(keep=lambda owner: owner == "process pid 2 on h") == [crashed.id]
+    assert store.get(crashed.id).status is JobStatus.QUEUED
+    assert store.get(live.id).status is JobStatus.RUNNING
