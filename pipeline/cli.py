@@ -301,18 +301,42 @@ def _review_cell(reasons: list[str]) -> Any:
 def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     """Queue failed (or done) jobs again; a running daemon picks them up.
 
+    A job still marked running whose owner is gone (a killed assetd on this host) is queued again at
+    once; one whose owner is still at work is left alone.
+
     Example: assetd retry --failed --config studio.yaml
     """
-    from .store import Store
+    import time
+
+    from .owners import OwnerState, describe, owner_state
+    from .store import JobStatus, Store
 
     if not job_ids and not failed:
         raise click.UsageError("give JOB_ID... or --failed")
     config = _load(config_path)[0]
-    ids = Store(config.database).requeue(list(job_ids) or None, failed=failed)
-    missing = sorted(set(job_ids) - set(ids))
-    click.echo(f"queued again: {', '.join(map(str, ids)) or 'none'}")
+    store = Store(config.database)
+    released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
+                                     only=None if failed else list(job_ids))
+    ids = store.requeue(list(job_ids) or None, failed=failed)
+    queued = sorted(set(ids) | {j.id for j in released})
+    click.echo(f"queued again: {', '.join(map(str, queued)) or 'none'}")
+    for job in released:
+        click.echo(f"job {job.id} was left running by {describe(job.worker)}, which has stopped")
+    missing = sorted(set(job_ids) - set(queued))
+    unknown = []
+    for job_id in missing:
+        job = store.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            unknown.append(job_id)
+        elif owner_state(job.worker, config.database) is OwnerState.ALIVE:
+            click.echo(f"job {job_id} is being processed by {describe(job.worker)}; left alone", err=True)
+        else:
+            until = time.strftime("%H:%M:%S", time.localtime(job.lease_expires or 0))
+            click.echo(f"job {job_id} is held by {describe(job.worker)}, which cannot be checked from here; "
+                       f"it is taken back when its lease runs out ({until})", err=True)
+    if unknown:
+        click.echo(f"not failed or done (or unknown): {', '.join(map(str, unknown))}", err=True)
     if missing:
-        click.echo(f"not failed or done (or unknown): {', '.join(map(str, missing))}", err=True)
         sys.exit(1)
 
 

@@ -10,8 +10,9 @@ from .config import Config
 from .imageio import printable
 from .intake import Intake
 from .models import load_for_start
+from .owners import OwnerState, describe, owner_state
 from .rules import Rule
-from .store import JobStatus, Store
+from .store import Job, JobStatus, Store
 from .watcher import is_ignored
 from .worker import Worker
 
@@ -82,16 +83,16 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
             doc["outputs"] = [_output(o) for o in store.outputs(job.id)]
             doc["review"] = job.review
             return doc
-        if job.status is JobStatus.RUNNING:
-            doc["error"] = f"being processed by another assetd (job {job.id})"
+        if job.status is JobStatus.RUNNING and not _take_over(store, job):
+            doc["error"] = f"being processed by {describe(job.worker)} (job {job.id})"
             return doc
         if job.status in (JobStatus.DONE, JobStatus.FAILED):
             store.requeue([job.id])
-    claimed = store.claim_next(worker.name, worker.config.lease_seconds, only=[job.id])
+    claimed = store.claim_next(worker.owner, worker.config.lease_seconds, only=[job.id])
     if claimed is None:
         now = store.get(job.id)
         if now is not None and now.status is JobStatus.RUNNING:
-            doc["error"] = f"being processed by the running daemon (job {job.id})"
+            doc["error"] = f"being processed by {describe(now.worker)} (job {job.id})"
         else:
             doc.update(status="failed", error=f"job {job.id} is waiting to be retried later by the daemon")
         return doc
@@ -104,6 +105,14 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
         doc["status"] = "failed"
         doc["error"] = result.error + (" (will be retried by the daemon)" if result.status == "queued" else "")
     return doc
+
+
+def _take_over(store: Store, job: Job) -> bool:
+    """Release ``job`` (running) if its owner is gone, so this run can take it now. Returns whether it was."""
+    released = store.release_orphans(lambda owner: owner_state(owner, store.path) is OwnerState.GONE, only=[job.id])
+    if released:
+        log.warning("job %d was left running by %s, which is gone; taking it over", job.id, describe(job.worker))
+    return bool(released)
 
 
 def _output(o: Any) -> dict[str, Any]:

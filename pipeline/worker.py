@@ -24,6 +24,7 @@ from .errors import AssetdError, ConfigError, PermanentError, StopRequested, Tra
 from .imageio import Decoded, decode, encode, printable, read_input
 from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, output_name, render_for_channel, safe_stem,
                       sha256, web_safe)
+from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .store import Job, JobStatus, OutputRecord, Store
@@ -77,6 +78,7 @@ class Worker:
                  stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None,
                  on_requeue: Callable[[Job], None] | None = None):
         self.name = name
+        self.owner = owner_label(name)  # what its claims record: "worker-1 pid 1234 on host"
         self.config = config
         self.store = store
         self.rules = {r.name: r for r in rules}
@@ -101,7 +103,7 @@ class Worker:
         while not self.stop.is_set():
             try:
                 if ahead is None:
-                    job = self.store.claim_next(self.name, self.config.lease_seconds)
+                    job = self.store.claim_next(self.owner, self.config.lease_seconds)
                     loaded = self._pool.submit(self._load, job) if job is not None else None
                 else:
                     (job, loaded), ahead = ahead, None
@@ -111,7 +113,7 @@ class Worker:
                     idle = min(idle * 2, idle_max)
                     continue
                 idle = 0.05
-                following = self.store.claim_next(self.name, self.config.lease_seconds)
+                following = self.store.claim_next(self.owner, self.config.lease_seconds)
                 if following is not None:
                     ahead = (following, self._pool.submit(self._load, following))
                 self.process(job, loaded)
@@ -120,11 +122,11 @@ class Worker:
                 self.stop.wait(idle_max)
         if ahead is not None:  # claimed but not started: back to the queue untouched
             ahead[1].cancel()
-            self.store.release(ahead[0].id)
+            self.store.release(ahead[0].id, owner=self.owner)
         self.close()
 
     def run_next(self, only: list[int] | None = None) -> JobResult | None:
-        job = self.store.claim_next(self.name, self.config.lease_seconds, only=only)
+        job = self.store.claim_next(self.owner, self.config.lease_seconds, only=only)
         if job is None:
             return None
         return self.process(job)
@@ -161,7 +163,7 @@ class Worker:
             log.info("%s: job %d %s", self.name, job.id, wait)
             return result
         except StopRequested:
-            self.store.release(job.id)
+            self.store.release(job.id, owner=self.owner)
             result.status = JobStatus.QUEUED.value
             log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
             return result
