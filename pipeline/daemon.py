@@ -2,7 +2,8 @@
 
 Signal handlers only set a flag. On stop: the watcher stops taking files, each worker finishes or
 hands back its current job (outputs are written atomically, so nothing half-written remains), the
-notifier gets a moment to deliver, and the store is closed. A second signal exits at once.
+notifier gets a moment to deliver, and the store is closed. A second signal exits at once, handing the
+running jobs back to the queue first.
 """
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ from typing import Any
 from .config import Config
 from .intake import Intake
 from .notify import Notifier
-from .owners import InstanceLock
+from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
 from .store import Store
 from .watcher import InboxWatcher
 from .worker import Worker
 
 log = logging.getLogger("assetd.daemon")
+
+
+def _process_at_work(owner: str | None, database: Path) -> bool:
+    """Whether a running job belongs to an ``assetd process`` that is still at work (not a dead daemon's)."""
+    parsed = Owner.parse(owner)
+    return parsed is not None and not parsed.is_daemon_worker and owner_state(owner, database) is OwnerState.ALIVE
 
 
 class Daemon:
@@ -43,7 +50,7 @@ class Daemon:
         checked_models = self._check_models()
         self.lock.acquire()
         store = self.store = Store(self.config.database)
-        recovered = store.recover_orphans()
+        recovered = store.recover_orphans(keep=lambda owner: _process_at_work(owner, self.config.database))
         if recovered:
             log.warning("%d job(s) were running when assetd last stopped; they are queued again", len(recovered))
         intake = self.intake = Intake(self.config, self.rules, store)
@@ -128,9 +135,23 @@ class Daemon:
             self.notifier.maybe_digest()
             self.notifier.deliver_due(budget_seconds=self.config.notify.timeout_seconds)  # the rest stays queued
         if self.store is not None:
+            self._hand_back_claims()  # a worker still in a step after the timeout
             self.store.close()
         self.lock.release()
         log.info("assetd stopped")
+
+    def _hand_back_claims(self) -> None:
+        """Queue again, uncharged, the jobs our workers still hold (we are exiting)."""
+        if self.store is None:
+            return
+        try:
+            ids = self.store.release_owned([w.owner for w in self.workers],
+                                           "interrupted: the daemon stopped while processing it; queued again")
+        except Exception:  # exiting at once; the next start (or assetd retry) recovers them anyway
+            log.exception("could not hand back the running jobs")
+            return
+        if ids:
+            log.warning("job(s) %s were interrupted; they are queued again", ", ".join(map(str, ids)))
 
     def idle(self) -> bool:
         """No file waiting to settle and no job queued or running (used by the demo and tests)."""
@@ -142,6 +163,7 @@ class Daemon:
         def on_signal(signum: int, frame: Any) -> None:
             if self.stop_event.is_set():
                 log.error("second signal: exiting now")
+                self._hand_back_claims()
                 os._exit(130)
             log.info("received %s: stopping after the current step", signal.Signals(signum).name)
             self.stop_event.set()

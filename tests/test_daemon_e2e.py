@@ -273,3 +273,25 @@ def test_sigterm_mid_job_stops_cleanly_and_the_job_is_redone(workspace):
     assert proc.returncode == 0
     assert (workspace.out("webshop") / "big_1x1.jpg").exists()
     assert len(list(workspace.out("instagram").glob("big_*.jpg"))) == 2
+
+
+def test_a_second_sigterm_exits_at_once_and_hands_the_job_back(workspace):
+    """Two SIGTERMs while a job runs: the daemon exits at once, and the job is queued again, not left running."""
+    workspace.write_config(settle=0.3)
+    big = workspace.shot("staging/big.jpg", "grey", size=(3000, 2000), seed=6, subject="box")
+    db = workspace.root / "state" / "assetd.sqlite3"
+    proc = start_with_a_running_job(workspace, big, db)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out.decode(errors="replace")[-2000:]
+    (job,) = jobs_in(db)
+    assert job.status in (JobStatus.QUEUED, JobStatus.DONE)  # DONE only if it finished between the signals
+    if job.status is JobStatus.QUEUED:
+        assert job.attempts == 0 and job.worker is None
+    assert no_temp_files(workspace.root / "out") == []

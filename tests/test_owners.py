@@ -11,7 +11,7 @@ import sys
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.daemon import InstanceLock
+from pipeline.daemon import Daemon, InstanceLock
 from pipeline.intake import Intake
 from pipeline.store import JobStatus, Store
 
@@ -118,3 +118,22 @@ def test_a_job_on_another_host_is_left_to_its_lease(workspace):
     assert result.exit_code == 1 and "another-host.example" in result.output
     assert job_now(workspace, job.id).status is JobStatus.RUNNING
 
+
+def test_daemon_start_leaves_a_live_process_runs_job_alone(workspace):
+    """Jobs left running by a dead daemon are redone at start; one a live `assetd process` holds is not taken."""
+    _, live = running_job(workspace, f"process pid {os.getpid()} on {HOST}", "live.jpg", seed=1)
+    _, crashed = running_job(workspace, f"worker-1 pid {dead_pid()} on {HOST}", "crashed.jpg", seed=2)
+    config, rules = workspace.load()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while daemon.store.get(crashed.id).status is not JobStatus.DONE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.store.get(crashed.id).status is JobStatus.DONE
+        assert daemon.store.get(live.id).status is JobStatus.RUNNING
+        assert daemon.store.get(crashed.id).worker == f"worker-1 pid {os.getpid()} on {HOST}"
+    finally:
+        daemon.stop()
