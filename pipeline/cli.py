@@ -112,10 +112,12 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
     """Process files and folders once, with the daemon's rules, chain and channels.
 
     Exit 0 when every input succeeded, 1 when any failed, 2 for usage or configuration errors.
+    Ctrl-C (or SIGTERM) finishes the current file, then stops (exit 130, or 143); a second one stops
+    at once, handing the current file's job back to the queue.
 
     Example: assetd process shots/ --config studio.yaml --json
     """
-    from .oneshot import run_once
+    from .oneshot import Stopper, run_once
 
     config, rules = _load(config_path, rule_name)
     _setup_logging("warning" if as_json else config.log_level)
@@ -124,20 +126,23 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
         raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
     show_progress = not as_json and sys.stderr.isatty()
     try:
-        results = run_once(config, rules, [Path(p) for p in paths], rule_name=rule_name, force=force,
-                           progress=show_progress)
+        with Stopper() as stopper:  # Ctrl-C: finish the current file, then stop; again: stop at once
+            results = run_once(config, rules, [Path(p) for p in paths], rule_name=rule_name, force=force,
+                               progress=show_progress, stopper=stopper)
     except ConfigError as exc:  # a model the rules need does not load: nothing was taken
         raise CommandError(exc.problems) from None
     if as_json:
         click.echo(json.dumps({"results": results}, indent=2))
     else:
         for r in results:
-            mark = {"done": "✓", "failed": "✗", "skipped": "·"}[r["status"]]
+            mark = {"done": "✓", "failed": "✗", "skipped": "·", "stopped": "■"}[r["status"]]
             click.echo(f"{mark} {r['status']:7s} {r['input']}" + (f"  ({r['error']})" if r["error"] else ""))
             for reason in r["review"]:
                 click.echo(f"      ⚑ needs review: {reason}")
             for o in r["outputs"]:
                 click.echo(f"      {o['channel']:>10s} → {o['path']}  {o['width']}×{o['height']}")
+    if any(r["status"] == "stopped" for r in results):
+        sys.exit(stopper.exit_code)
     sys.exit(1 if any(r["status"] == "failed" for r in results) else 0)
 
 

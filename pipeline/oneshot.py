@@ -1,8 +1,16 @@
-"""``assetd process``: the daemon's intake and worker, run once over given files and folders."""
+"""``assetd process``: the daemon's intake and worker, run once over given files and folders.
+
+Stopping it (``Stopper``): the first SIGINT/SIGTERM lets the current file finish, then the rest is reported
+as not processed; a second one stops at once and hands the current job back to the queue. A job left
+running by a run that is gone (killed) is taken over at once (see ``owners``).
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,6 +25,9 @@ from .watcher import is_ignored
 from .worker import Worker
 
 log = logging.getLogger("assetd.process")
+
+
+STOPPED = "stopped"  # a result's status: not processed because the run was stopped
 
 
 def expand(paths: list[Path]) -> Iterator[tuple[Path, Path | None]]:
@@ -34,11 +45,67 @@ def expand(paths: list[Path]) -> Iterator[tuple[Path, Path | None]]:
             yield path, None
 
 
+class Stopper:
+    """SIGINT/SIGTERM while ``assetd process`` runs (installed by ``with``, in the main thread only).
+
+    The first signal lets the current file finish, then the run stops. A second one while a file is
+    being processed raises KeyboardInterrupt there, so the claimed job is handed back on the way out;
+    otherwise (nothing claimed, or a third signal) the program exits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.busy = False  # a file is being processed
+        self._interrupted = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int | None:
+        """128 + the signal number once a signal asked the run to stop (130 for SIGINT, 143 for SIGTERM)."""
+        return None if self.signum is None else 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def __enter__(self) -> "Stopper":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received %s: stopping after the current file (send it again to stop at once)", name)
+            return
+        if self.busy and not self._interrupted:
+            self._interrupted = True
+            log.warning("received %s again: stopping at once; the current file's job goes back to the queue", name)
+            raise KeyboardInterrupt
+        log.warning("received %s again: exiting now", name)
+        os._exit(self.exit_code or 128 + signum)
+
+
 def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name: str | None = None,
-             force: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+             force: bool = False, progress: bool = False, stopper: Stopper | None = None) -> list[dict[str, Any]]:
     """Process every file; returns one result document per input (see ``assetd process --json``).
 
-    Raises ConfigError, before any file is taken, when a model the rules need does not load offline."""
+    With ``stopper`` (entered by the caller), a signal stops the run as ``Stopper`` says; the files not
+    processed get the status ``stopped``. Raises ConfigError, before any file is taken, when a model the
+    rules need does not load offline."""
     models = load_for_start(config, rules, lambda warning: log.warning("%s", warning))
     store = Store(config.database)
     intake = Intake(config, rules, store)
@@ -53,17 +120,32 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("processing", total=len(files))
+    stopper = stopper or Stopper()  # not entered: no signal handling
     try:
         for file, root in files:
-            results.append(_one(store, intake, worker, file, root, rule_name, force))
+            if stopper.signum is not None:
+                break
+            with stopper.working():
+                results.append(_one(store, intake, worker, file, root, rule_name, force))
             if bar is not None:
                 bar.advance(task)
+    except KeyboardInterrupt:
+        if stopper.signum is None or len(results) == len(files):
+            raise
+        results.append(_stopped(files[len(results)][0], f"interrupted by a second {stopper.name} before it "
+                                                         "finished; its job is queued again"))
     finally:
         if bar is not None:
             bar.stop()
         worker.close()
         store.close()
+    why = f"not processed: assetd process was stopped by {stopper.name}"
+    results += [_stopped(file, why) for file, _ in files[len(results):]]
     return results
+
+
+def _stopped(file: Path, why: str) -> dict[str, Any]:
+    return {"input": str(file), "status": STOPPED, "rule": None, "error": why, "review": [], "outputs": []}
 
 
 def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | None, rule_name: str | None,
@@ -96,7 +178,11 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
         else:
             doc.update(status="failed", error=f"job {job.id} is waiting to be retried later by the daemon")
         return doc
-    result = worker.process(claimed)
+    try:
+        result = worker.process(claimed)
+    except BaseException:  # stopped at once (or a bug): hand the job back, whatever happens next
+        store.release(claimed.id, owner=worker.owner)
+        raise
     doc["outputs"] = [_output(o) for o in result.outputs]
     if result.status == JobStatus.DONE.value:
         doc["status"] = "done"
