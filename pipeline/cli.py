@@ -117,13 +117,18 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
 
     Example: assetd process shots/ --config studio.yaml --json
     """
-    from .oneshot import Stopper, run_once
+    from .oneshot import Stopper, channel_folders, channel_holding, run_once
 
     config, rules = _load(config_path, rule_name)
     _setup_logging("warning" if as_json else config.log_level)
     missing = [p for p in paths if not os.path.lexists(p)]
     if missing:
         raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
+    channels = channel_folders(config)
+    for p in paths:
+        if (held := channel_holding(Path(p), channels)) is not None:
+            raise click.UsageError(f"{p}: inside the folder of channel {held[0]!r} ({held[1]}); "
+                                   "its files are outputs, not inputs")
     show_progress = not as_json and sys.stderr.isatty()
     try:
         with Stopper() as stopper:  # Ctrl-C: finish the current file, then stop; again: stop at once

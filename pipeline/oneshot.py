@@ -30,19 +30,48 @@ log = logging.getLogger("assetd.process")
 STOPPED = "stopped"  # a result's status: not processed because the run was stopped
 
 
-def expand(paths: list[Path]) -> Iterator[tuple[Path, Path | None]]:
-    """Files to process with the folder they were found under (for rule matching); no links followed."""
+def channel_folders(config: Config) -> dict[Path, str]:
+    """Each channel's folder (links resolved) with the channel's name: outputs, never inputs."""
+    return {Path(os.path.realpath(c.path)): name for name, c in config.channels.items()}
+
+
+def channel_holding(path: Path, channels: dict[Path, str]) -> tuple[str, Path] | None:
+    """The channel whose folder is ``path`` or holds it, and that folder; None when it is in none."""
+    real = Path(os.path.realpath(path))
+    for folder, name in channels.items():
+        if real.is_relative_to(folder):
+            return name, folder
+    return None
+
+
+def expand(paths: list[Path], channels: dict[Path, str] | None = None) -> Iterator[tuple[Path, Path | None]]:
+    """Files to process with the folder they were found under (for rule matching); no links followed.
+
+    Channel folders (``channels``) are left out, each with a note: their files are outputs."""
+    channels = channels or {}
     for path in paths:
         path = Path(os.path.abspath(path))
-        if path.is_dir() and not path.is_symlink():
+        held = channel_holding(path, channels)
+        if held is not None:
+            log.warning("%s: skipped: it is inside the folder of channel %r (%s); outputs are not inputs",
+                        path, held[0], held[1])
+        elif path.is_dir() and not path.is_symlink():
             for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not is_ignored(Path(dirpath, d)))
+                dirnames[:] = sorted(d for d in dirnames if not is_ignored(Path(dirpath, d))
+                                     and not _is_channel_folder(Path(dirpath, d), channels))
                 for name in sorted(filenames):
                     file = Path(dirpath, name)
                     if not is_ignored(file):
                         yield file, path
         else:
             yield path, None
+
+
+def _is_channel_folder(folder: Path, channels: dict[Path, str]) -> bool:
+    name = channels.get(Path(os.path.realpath(folder)))
+    if name is not None:
+        log.warning("%s: skipped: it is the folder of channel %r; outputs are not inputs", folder, name)
+    return name is not None
 
 
 class Stopper:
@@ -111,7 +140,7 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
     intake = Intake(config, rules, store)
     worker = Worker("process", config, store, rules)
     worker.ctx.models = models  # already loaded by the check
-    files = list(expand(paths))
+    files = list(expand(paths, channel_folders(config)))
     results: list[dict[str, Any]] = []
     bar = None
     if progress:
