@@ -69,7 +69,10 @@ def owner_state(label: str | None, database: Path) -> OwnerState:
     if owner is None or owner.host != HOST:
         return OwnerState.UNKNOWN
     if owner.is_daemon_worker:  # the lock, not the pid: a reused pid cannot pass for the daemon
-        alive = InstanceLock(database).holder() == owner.pid
+        try:
+            alive = InstanceLock(database).holder() == owner.pid
+        except OSError:  # the lock file cannot be read from here
+            return OwnerState.UNKNOWN
     else:
         alive = pid_alive(owner.pid)
     return OwnerState.ALIVE if alive else OwnerState.GONE
