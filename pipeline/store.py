@@ -17,6 +17,7 @@ Each thread gets its own connection (SQLite connections are not shared across th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import sqlite3
 import threading
@@ -170,7 +171,19 @@ class Store:
         self._local = _Local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        migrations.apply(self.db)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema, one process at a time: two assetd commands opening a new (or older)
+        database at once would otherwise both try, and one fail with "database is locked"."""
+        if self.path.exists() and not migrations.pending(self.db):
+            return
+        with open(self.path.with_name(self.path.name + ".migrate-lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                migrations.apply(self.db)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- connections -------------------------------------------------------------------------
     @property

@@ -195,3 +195,30 @@ def test_recover_orphans_keeps_the_jobs_of_live_owners(store):
     assert store.recover_orphans(keep=lambda owner: owner == "process pid 2 on h") == [crashed.id]
     assert store.get(crashed.id).status is JobStatus.QUEUED
     assert store.get(live.id).status is JobStatus.RUNNING
+
+
+def _open_store(path, barrier, results) -> None:
+    barrier.wait()
+    try:
+        store = Store(path)
+        store.jobs()
+        store.close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the test reports what went wrong
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_commands_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """`assetd run` and `assetd process` started together on a new database: both create the schema."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(8):
+        path = tmp_path / f"r{round_}" / "assetd.sqlite3"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(path, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
