@@ -55,6 +55,6 @@ def test_inputs_through_the_product(workspace):
     (tif,) = [o["path"] for o in burst["outputs"] if o["channel"] == "print"]
     centre = tifffile.imread(tif)[16, 16, :3].astype(int)
     assert np.abs(centre - FRAME_COLOURS[2]).max() <= 12, centre  # image 2, the primary
-    manifest = json.loads((Path(tif).parent / "burst.assetd.json").read_text())
+    manifest = json.loads(workspace.manifest("as_is", "burst").read_text())
     steps = manifest["outputs"][0]["steps"]["input"]
     assert steps["images"] == 3 and steps["image"] == "2 (primary)"
