@@ -262,6 +262,17 @@ class Worker:
         return output_name(channel, stem=safe_stem(Path(job.input_path).stem), rel_path=job.rel_path, ratio=ratio,
                            step=step, rule=rule.name, hash8=job.input_hash.split(":")[-1][:8])
 
+    def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
+               used: set[Path], placed: dict[Path, list[tuple[str, Path]]]) -> Path:
+        """Write one output: named from the channel's template, reserved in the store, written atomically."""
+        name = self._output_name(job, rule, channel, step, ratio)
+        target = self._free_path(channel.path, name, job, used)
+        self.store.reserve_output(job.id, str(target), channel.name, step)
+        atomic_write(target, data)
+        used.add(target)
+        placed.setdefault(channel.path, []).append((name, target))
+        return target
+
     def _copy_from_twin(self, job: Job, rule: Rule, twin: Job
                         ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int] | None:
         """Write the done twin's outputs under this job's names; None (run the chain) when they are not all
@@ -287,12 +298,7 @@ class Worker:
         placed: dict[Path, list[tuple[str, Path]]] = {}
         for record, data in found:
             channel = self.config.channels[record.channel]
-            name = self._output_name(job, rule, channel, record.step, record.ratio)
-            target = self._free_path(channel.path, name, job, used)
-            self.store.reserve_output(job.id, str(target), channel.name, record.step)
-            atomic_write(target, data)
-            used.add(target)
-            placed.setdefault(channel.path, []).append((name, target))
+            target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed)
             records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
             notes.append(twin_notes.get(record.path, {}))
         manifests = self._write_manifests(job, rule, records, notes, twin.review, used, placed, copied_from=twin)
@@ -325,12 +331,7 @@ class Worker:
                     work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
         for spec, channel, asset, future in work:
             pixels_shape, data = future.result()
-            name = self._output_name(job, rule, channel, spec.source, asset.ratio)
-            target = self._free_path(channel.path, name, job, used)
-            self.store.reserve_output(job.id, str(target), channel.name, spec.source)
-            atomic_write(target, data)
-            used.add(target)
-            placed.setdefault(channel.path, []).append((name, target))
+            target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed)
             height, width = pixels_shape[:2]
             records.append(OutputRecord(
                 channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
