@@ -50,7 +50,16 @@ from .pixels import flatten, to_dtype
 pillow_heif.register_heif_opener()  # HEIF/HEIC through Image.open, so the allow-list applies to it too
 
 _SRGB = ImageCms.createProfile("sRGB")
-SRGB_ICC: bytes = ImageCms.ImageCmsProfile(_SRGB).tobytes()
+
+
+def _fixed_date(icc: bytes) -> bytes:
+    """LittleCMS stamps a profile's creation date (header bytes 24-35) with the time it was built; a fixed
+    date makes the same pixels give the same file in every run, so a shop sync does not re-upload an
+    unchanged output. (The profile ID, bytes 84-99, is zero: nothing else depends on the date.)"""
+    return icc[:24] + struct.pack(">6H", 2020, 1, 1, 0, 0, 0) + icc[36:]
+
+
+SRGB_ICC: bytes = _fixed_date(ImageCms.ImageCmsProfile(_SRGB).tobytes())  # embedded in every output
 
 # Pillow formats we are willing to decode (no EPS/PS/PDF/SVG, GIF, BMP or other exotic parsers).
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "HEIF", "AVIF")  # JPEG includes MPO

@@ -131,3 +131,21 @@ def test_a_manifest_beside_web_safe_outputs_has_a_web_safe_name(workspace):
     assert sorted(p.name for p in workspace.out("webshop").iterdir()) == ["ete-1.assetd.json", "ete-1_1x1.jpg"]
     assert (workspace.out("instagram") / "Été #1.assetd.json").exists()
     store.close()
+
+
+def test_the_same_pixels_give_the_same_file_in_every_run(workspace):
+    """A reprocess that changes nothing must not change the file (a shop sync would upload it again)."""
+    import hashlib
+    import subprocess
+    import sys
+    import time
+
+    script = ("import hashlib, numpy as np; from pipeline.config import ChannelConfig; from pipeline.imageio import encode;"
+              "px = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3);"
+              "print(*(hashlib.sha256(encode(px, ChannelConfig(path='.', format=f))).hexdigest()"
+              " for f in ('jpeg', 'png', 'webp', 'tiff')))")
+    runs = []
+    for _ in range(2):
+        runs.append(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+        time.sleep(1.1)  # the ICC header's creation date has a resolution of one second
+    assert runs[0] == runs[1] and len(runs[0].split()) == 4
