@@ -47,8 +47,8 @@ class Daemon:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models()
-        self.lock.acquire()
         store = self.store = Store(self.config.database)
         recovered = store.recover_orphans(keep=lambda owner: _process_at_work(owner, self.config.database))
         if recovered:
@@ -123,6 +123,8 @@ class Daemon:
 
     def stop(self, timeout: float = 60.0) -> None:
         self.stop_event.set()
+        if not self.lock.held:  # never started (a second daemon refused): nothing to stop, nothing to say
+            return
         if self.watcher is not None:
             self.watcher.stop()
         if self.intake is not None:

@@ -84,7 +84,8 @@ def test_a_second_daemon_is_refused_without_a_usage_message(workspace):
     finally:
         lock.release()
     assert out.returncode == 2
-    assert_config_error(out.stderr, "already running")
+    assert_config_error(out.stderr, "already running", f"(pid {os.getpid()})")
+    assert "assetd stopped" not in out.stderr and "model" not in out.stderr  # it never started: nothing loaded
 
 
 def test_a_model_that_does_not_load_is_a_configuration_error(workspace, tmp_path):
