@@ -117,17 +117,17 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
 
     Example: assetd process shots/ --config studio.yaml --json
     """
-    from .oneshot import Stopper, channel_folders, channel_holding, run_once
+    from .oneshot import Stopper, output_folder_holding, output_folders, run_once
 
     config, rules = _load(config_path, rule_name)
     _setup_logging("warning" if as_json else config.log_level)
     missing = [p for p in paths if not os.path.lexists(p)]
     if missing:
         raise click.UsageError(f"no such file or folder: {', '.join(missing)}")
-    channels = channel_folders(config)
+    written = output_folders(config)
     for p in paths:
-        if (held := channel_holding(Path(p), channels)) is not None:
-            raise click.UsageError(f"{p}: inside the folder of channel {held[0]!r} ({held[1]}); "
+        if (held := output_folder_holding(Path(p), written)) is not None:
+            raise click.UsageError(f"{p}: inside the folder of {held[0]} ({held[1]}); "
                                    "its files are outputs, not inputs")
     show_progress = not as_json and sys.stderr.isatty()
     try:
@@ -190,11 +190,17 @@ def explain(file: str, config_path: str) -> None:
     Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
     """
     from .intake import inbox_of, relative_path
+    from .oneshot import output_folder_holding, output_folders
     from .rules import match_rule
     from .watcher import is_ignored
 
     config, rules = _load(config_path)
     path = Path(os.path.abspath(file))
+    written = output_folder_holding(path, output_folders(config))
+    if written is not None:
+        click.echo(f"{path}: inside the folder of {written[0]} ({written[1]}): an output, never an input; "
+                   "neither the daemon nor `assetd process` takes it")
+        sys.exit(1)
     rel = relative_path(config, path, None)
     chosen = match_rule(rules, rel)
     click.echo(f"{path}  (matched as {str(rel)!r})")
@@ -354,7 +360,7 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
 @_config_option
 @click.option("--rule", "rule_name", required=True, help="the rule whose earlier files to redo")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M",
-                                                      "%Y-%m-%dT%H:%M:%S"]),
+                                                      "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
               help="only files whose last job finished at or after this local date (and time)")
 @click.option("--all", "everything", is_flag=True, help="also the files already done under the rule as it is now")
 @click.option("--dry-run", is_flag=True, help="say what would be queued and replaced; change nothing")
@@ -374,7 +380,7 @@ def reprocess(config_path: str, rule_name: str, since: Any, everything: bool, dr
     todo = plan(store, rules[0], since=since.timestamp() if since else None, everything=everything)
     which = "it took" if everything else "it took under an earlier version"
     click.echo(f"rule {rule_name} (version {rules[0].version}): {len(todo.redo)} file(s) {which}"
-               + (f" since {since:%Y-%m-%d %H:%M}" if since else "")
+               + (f" since {since:%Y-%m-%d %H:%M:%S}" if since else "")
                + f"; their {todo.outputs} output(s) will be replaced")
     if todo.missing:
         click.echo(f"{len(todo.missing)} file(s) are no longer where they were and are not redone: "
@@ -411,7 +417,7 @@ def _load_or_defaults(config_path: str | None) -> tuple[Config, list[Rule]]:
     config = config_from_dict({}, Path("(built-in defaults)").absolute())
     cls = stage_class("remove_background", None)
     step = StepSpec("remove_background", cls.backend, cls.Options())
-    return config, [Rule(name="default", path=Path("(built-in)"), match=MatchSpec(), steps=[step], outputs=[])]
+    return config, [Rule(name="built-in-defaults", path=Path("(built-in)"), match=MatchSpec(), steps=[step], outputs=[])]
 
 
 @models.command("pull")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .config import Config, InboxConfig
-from .imageio import printable
+from .imageio import INPUT_EXTENSIONS, printable
 from .rules import Rule, match_rule
 from .store import Job, Store
 
@@ -81,6 +81,10 @@ class Intake:
         rel = relative_path(self.config, path, root)
         if rule_name is not None:
             rule = next((r for r in self.rules if r.name == rule_name), None)
+            ext = path.suffix.lower().lstrip(".")
+            if ext not in INPUT_EXTENSIONS:  # a forced rule skips matching, not the question "is it an image?"
+                return Submitted(path=path, rule=None, reason=f"{printable(str(path))}: .{ext or '(no extension)'} "
+                                                              "is not an image type assetd reads")
         else:
             rule = match_rule(self.rules, rel)
         if rule is None:
@@ -151,5 +155,5 @@ class Intake:
         else:
             earlier = sum(1 for _, reason in seen if "earlier version" in reason)
             detail = f" ({earlier} taken under an earlier version of their rule)" if earlier else ""
-            log.info("%d file(s) in the inboxes were processed before and are not reprocessed%s; "
-                     "`assetd jobs` lists them (log_level: debug names each)", len(seen), detail)
+            log.info("%d file(s) in the inboxes already have a job (done, failed or waiting) and are not "
+                     "reprocessed%s; `assetd jobs` lists them (log_level: debug names each)", len(seen), detail)

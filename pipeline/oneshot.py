@@ -30,13 +30,16 @@ log = logging.getLogger("assetd.process")
 STOPPED = "stopped"  # a result's status: not processed because the run was stopped
 
 
-def channel_folders(config: Config) -> dict[Path, str]:
-    """Each channel's folder (links resolved) with the channel's name: outputs, never inputs."""
-    return {Path(os.path.realpath(c.path)): name for name, c in config.channels.items()}
+def output_folders(config: Config) -> dict[Path, str]:
+    """The folders assetd writes (links resolved), each with what it is: every channel's folder and the
+    manifests folder. Their files are outputs, never inputs."""
+    folders = {Path(os.path.realpath(c.path)): f"channel {name!r}" for name, c in config.channels.items()}
+    folders.setdefault(Path(os.path.realpath(config.manifest_folder)), "the manifests")
+    return folders
 
 
-def channel_holding(path: Path, channels: dict[Path, str]) -> tuple[str, Path] | None:
-    """The channel whose folder is ``path`` or holds it, and that folder; None when it is in none."""
+def output_folder_holding(path: Path, channels: dict[Path, str]) -> tuple[str, Path] | None:
+    """What assetd writes in the folder that is ``path`` or holds it, and that folder; None when none does."""
     real = Path(os.path.realpath(path))
     for folder, name in channels.items():
         if real.is_relative_to(folder):
@@ -51,9 +54,9 @@ def expand(paths: list[Path], channels: dict[Path, str] | None = None) -> Iterat
     channels = channels or {}
     for path in paths:
         path = Path(os.path.abspath(path))
-        held = channel_holding(path, channels)
+        held = output_folder_holding(path, channels)
         if held is not None:
-            log.warning("%s: skipped: it is inside the folder of channel %r (%s); outputs are not inputs",
+            log.warning("%s: skipped: it is inside the folder of %s (%s); outputs are not inputs",
                         path, held[0], held[1])
         elif path.is_dir() and not path.is_symlink():
             for dirpath, dirnames, filenames in os.walk(path):
@@ -70,7 +73,7 @@ def expand(paths: list[Path], channels: dict[Path, str] | None = None) -> Iterat
 def _is_channel_folder(folder: Path, channels: dict[Path, str]) -> bool:
     name = channels.get(Path(os.path.realpath(folder)))
     if name is not None:
-        log.warning("%s: skipped: it is the folder of channel %r; outputs are not inputs", folder, name)
+        log.warning("%s: skipped: it is the folder of %s; outputs are not inputs", folder, name)
     return name is not None
 
 
@@ -140,7 +143,7 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
     intake = Intake(config, rules, store)
     worker = Worker("process", config, store, rules)
     worker.ctx.models = models  # already loaded by the check
-    files = list(expand(paths, channel_folders(config)))
+    files = list(expand(paths, output_folders(config)))
     results: list[dict[str, Any]] = []
     bar = None
     if progress:

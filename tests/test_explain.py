@@ -65,3 +65,13 @@ def test_explain_a_file_in_a_sub_folder_of_a_non_recursive_inbox(workspace):
     assert f"the daemon never sees this file: inbox {workspace.inbox} does not watch sub-folders (recursive: false)" \
         in result.output
     assert "✓ products" in result.output and result.exit_code == 0  # `assetd process` would still take it
+
+
+def test_explain_an_output_says_no_one_takes_it_like_process(workspace):
+    output = workspace.shot("out/cutouts/a.jpg", "white", seed=1)  # a file in a channel folder
+    result = explain(workspace, output)
+    assert result.exit_code == 1
+    assert "inside the folder of channel 'cutouts'" in result.output and "never an input" in result.output
+    assert "✓" not in result.output
+    refused = CliRunner().invoke(cli, ["process", str(output), "--config", str(workspace.config_path)])
+    assert refused.exit_code == 2 and "channel 'cutouts'" in refused.output

@@ -58,3 +58,26 @@ def test_a_path_inside_a_channel_folder_is_a_usage_error(workspace):
         assert result.exit_code == 2, result.output
         assert "channel 'cutouts'" in result.output and str(path) in result.output
     assert len(jobs(workspace)) == 1
+
+
+def test_the_studio_folder_with_a_forced_rule_takes_only_images_outside_what_assetd_writes(workspace, caplog):
+    """`assetd process . --rule cutouts` in the studio folder: the database, the manifests, the config and rule
+    files and the logs are not inputs (with --rule they failed one by one and counted as files the rule took)."""
+    first = invoke("process", workspace.root / "inbox", "--config", workspace.config_path)
+    workspace.shot("inbox/misc/a.jpg", "white", seed=1)
+    assert invoke("process", workspace.root / "inbox", "--config", workspace.config_path).exit_code == 0, first.output
+    (workspace.root / "assetd.log").write_text("a log\n")
+    manifests = workspace.root / "state" / "manifests"
+    assert list(manifests.rglob("*.assetd.json"))
+    with caplog.at_level(logging.WARNING, logger="assetd"):
+        result = invoke("process", workspace.root, "--config", workspace.config_path, "--rule", "cutouts", "--json")
+    assert result.exit_code in (0, 1), result.output  # 1: the scene photo is an image the cut-out rule refuses
+    docs = json.loads(result.stdout)["results"]
+    taken = {d["input"] for d in docs if d["status"] != "skipped"}
+    assert all(p.endswith((".jpg", ".png")) for p in taken), taken
+    skipped = {d["input"]: d["error"] for d in docs if d["status"] == "skipped"}
+    db = str(workspace.root / "state" / "assetd.sqlite3")
+    assert "is not an image type assetd reads" in skipped[db] and str(workspace.config_path) in skipped
+    assert not any(str(manifests) in p for p in skipped) and not any(str(manifests) in p for p in taken)
+    assert any("the manifests" in r.getMessage() for r in caplog.records)
+    assert all(j.input_path.endswith((".jpg", ".png")) for j in jobs(workspace))

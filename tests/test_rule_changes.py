@@ -106,3 +106,9 @@ def test_process_skips_a_file_taken_under_an_earlier_version_unless_forced(works
     forced = CliRunner().invoke(cli, args + ["--force"], catch_exceptions=False)
     (doc,) = json.loads(forced.stdout)["results"]
     assert forced.exit_code == 0 and doc["status"] == "done"
+
+
+def test_since_takes_the_time_as_assetd_jobs_prints_it(workspace):
+    result = reprocess(workspace, "--since", "2026-11-30 00:53:38", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "since 2026-11-30 00:53:38" in result.output
