@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,72 +242,30 @@ def explain(file: str, config_path: str) -> None:
 def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs, oldest first, with their state, attempts, inbox, time, errors and review reasons.
 
-    Time is when the job finished (queued and running jobs: when it was queued), in local time. Inbox
-    is the folder the file was matched under (for `assetd process` outside the inboxes: the folder
-    given). A done job marked for review (a stage doubted its result; the outputs were written) shows
-    ⚑ and its first reason; --json has them all.
+    One line per job, fitted to the terminal (long cells end in …; --json has everything). Time is
+    when the job finished (queued and running jobs: when it was queued), in local time. Inbox (shown
+    when the jobs come from more than one folder) is the folder the file was matched under (for
+    `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
+    marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason.
 
     Example: assetd jobs --config studio.yaml --status failed --limit 20
     """
+    from . import listing
     from .store import Store
 
     config = _load(config_path)[0]
     store = Store(config.database)
     rows = store.jobs(status, limit)
     if as_json:
-        docs = []
-        for j in rows:
-            d = {k: (v.value if hasattr(v, "value") else v) for k, v in j.__dict__.items()}
-            d["inbox"] = _inbox_of(j)
-            d["time"] = _local_time(j).isoformat(timespec="seconds")
-            d["outputs"] = [o.as_dict() for o in store.outputs(j.id)]
-            docs.append(d)
-        click.echo(json.dumps({"jobs": docs}, indent=2))
+        click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text  # plain text: a folder's "[...]" is not rich markup
-
-    table = Table("id", "status", "tries", "time", "inbox", "rule", "input", "seconds", "error", "review")
-    for j in rows:
-        inbox = _inbox_of(j)
-        table.add_row(str(j.id), j.status.value, str(j.attempts), f"{_local_time(j):%Y-%m-%d %H:%M:%S}",
-                      Text(_shown_path(config, inbox) if inbox else ""), j.rule, j.rel_path or j.input_path,
-                      f"{j.seconds:.2f}" if j.seconds else "", j.error or "", _review_cell(j.review))
-    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    for line in listing.table(rows, config.base_dir, shutil.get_terminal_size((240, 24)).columns):
+        click.echo(line)
     counts = store.counts()
     to_review = store.review_count()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
     click.echo(shown + ", ".join(f"{n} {s}" + (f" ({to_review} need review)" if s == "done" and to_review else "")
                                  for s, n in counts.items()))
-
-
-def _inbox_of(job: Any) -> str | None:
-    """The folder a job's file was matched under: ``input_path`` without its ``rel_path``."""
-    path, rel = Path(job.input_path), Path(job.rel_path or "")
-    n = len(rel.parts)
-    if not n or n >= len(path.parts) or path.parts[-n:] != rel.parts:
-        return None
-    return str(Path(*path.parts[:-n]))
-
-
-def _shown_path(config: Config, folder: str) -> str:
-    """A folder as the jobs table shows it: relative to the config file's folder when inside it."""
-    path = Path(folder)
-    return str(path.relative_to(config.base_dir)) if path.is_relative_to(config.base_dir) else folder
-
-
-def _local_time(job: Any) -> datetime:
-    """When a job finished, or (queued, running) when it was queued, in the local time zone."""
-    return datetime.fromtimestamp(job.finished_at or job.created_at or 0.0).astimezone()
-
-
-def _review_cell(reasons: list[str]) -> Any:
-    """The jobs table's review column: a marker and the first reason (``--json`` has them all)."""
-    from rich.text import Text  # plain text: a reason's "[...]" is not rich markup
-
-    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
-    return Text(f"⚑ {reasons[0]}{more}" if reasons else "")
 
 
 @cli.command()

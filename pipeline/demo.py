@@ -130,6 +130,11 @@ def wait_until_drained(database: Path, expected: int, timeout: float, proc: subp
 def run_demo(root: Path, shots: int = 6, setup_only: bool = False, echo: Callable[[str], None] = print,
              timeout: float = 900.0) -> int:
     root = root.absolute()
+    database = root / "state" / "assetd.sqlite3"
+    if not setup_only and database.exists() and _job_count(database):
+        echo(f"{root} was already run as a demo: its shots are done, so nothing would be processed again. "
+             f"Its results are below; remove the folder (rm -rf {root}) for a fresh run.")
+        return report(database, echo, None)
     staged = write_workspace(root, shots)
     echo(f"workspace: {root}  ({len(staged)} files staged, config {root / 'config.yaml'})")
     if setup_only:
@@ -162,12 +167,22 @@ def run_demo(root: Path, shots: int = 6, setup_only: bool = False, echo: Callabl
     return report(root / "state" / "assetd.sqlite3", echo, elapsed)
 
 
-def report(database: Path, echo: Callable[[str], None], elapsed: float) -> int:
+def _job_count(database: Path) -> int:
+    store = Store(database)
+    try:
+        return sum(store.counts().values())
+    finally:
+        store.close()
+
+
+def report(database: Path, echo: Callable[[str], None], elapsed: float | None) -> int:
+    """The jobs and their outputs; ``elapsed``: how long this run took (None: results of an earlier run)."""
     store = Store(database)
     try:
         jobs = store.jobs()
-        echo(f"\nqueue drained in {elapsed:.1f}s after the last drop finished: "
-             + ", ".join(f"{n} {s}" for s, n in store.counts().items() if n))
+        counts = ", ".join(f"{n} {s}" for s, n in store.counts().items() if n)
+        echo(f"\nqueue drained in {elapsed:.1f}s after the last drop finished: {counts}" if elapsed is not None
+             else f"\nearlier run: {counts}")
         for job in jobs:
             if job.error and job.status.value == "failed":
                 echo(f"✗ {job.rel_path}: {job.error}")

@@ -155,3 +155,38 @@ def test_check_reports_device_and_missing_models(workspace, tmp_path):
     assert result.exit_code == 1
     assert "device: 'cuda' asked for, but no CUDA GPU is usable" in result.output
     assert "isnet-general-use" in result.output and "assetd models pull --config" in result.output
+
+
+def test_demo_run_again_says_its_results_are_from_the_earlier_run(tmp_path):
+    from pipeline.store import Store
+
+    root = tmp_path / "demo"
+    assert invoke("demo", root, "--setup-only", "--shots", "2").exit_code == 0
+    store = Store(root / "state" / "assetd.sqlite3")
+    job, _ = store.enqueue(input_hash="h", rule="products", rule_version="v", input_path=str(root / "inbox" / "a.jpg"),
+                           rel_path="products/a.jpg", max_attempts=1)
+    store.claim_next("w", 60)
+    store.finish(job.id, [], 1.0)
+    store.close()
+    result = invoke("demo", root, "--shots", "2")
+    assert result.exit_code == 0, result.output
+    assert "was already run as a demo" in result.output and f"rm -rf {root}" in result.output
+    assert "earlier run: 1 done" in result.output and "queue drained" not in result.output
+    assert not (root / "daemon.log").exists()  # no daemon was started for nothing
+
+
+def test_jobs_fit_an_80_column_terminal_one_line_each(workspace, batch, monkeypatch):
+    invoke("process", batch, "--config", workspace.config_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    table = invoke("jobs", "--config", workspace.config_path)
+    lines = table.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, table.output
+    ids = [j["id"] for j in json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]]
+    rows = [line for line in lines if line.split(" ")[0].isdigit() and line.split()[1] in ("done", "failed")]
+    assert [int(r.split()[0]) for r in rows] == ids  # one line per job
+    failed = next(r for r in rows if " failed " in r)
+    assert "not a readabl" in failed and failed.endswith("…")  # the error, shortened
+    assert "broken.png:" not in failed  # not the input path again
+    monkeypatch.setenv("COLUMNS", "200")
+    wide = invoke("jobs", "--config", workspace.config_path).output
+    assert "PNG header is damaged" in wide and "products/broken.png" in wide

@@ -142,7 +142,7 @@ def test_jobs_show_the_inbox_and_the_time(workspace, tmp_path):
         assert stamp.tzinfo is not None
         assert abs(stamp.timestamp() - (job.finished_at or job.created_at)) < 1
     table = invoke("jobs", "--config", workspace.config_path).output
-    header = table.splitlines()[1]
+    header = table.splitlines()[0]
     assert "inbox" in header and "time" in header
     local = datetime.fromtimestamp(store.get(listing[0]["id"]).finished_at).strftime("%Y-%m-%d %H:%M")
     assert local in table

@@ -1,0 +1,93 @@
+"""``assetd jobs``: the jobs as one line each (a plain-text table that fits the terminal) or as JSON."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .imageio import printable
+from .store import Job, Store
+
+
+def inbox_of(job: Job) -> str | None:
+    """The folder a job's file was matched under: ``input_path`` without its ``rel_path``."""
+    path, rel = Path(job.input_path), Path(job.rel_path or "")
+    n = len(rel.parts)
+    if not n or n >= len(path.parts) or path.parts[-n:] != rel.parts:
+        return None
+    return str(Path(*path.parts[:-n]))
+
+
+def local_time(job: Job) -> datetime:
+    """When a job finished, or (queued, running) when it was queued, in the local time zone."""
+    return datetime.fromtimestamp(job.finished_at or job.created_at or 0.0).astimezone()
+
+
+def as_documents(store: Store, jobs: list[Job]) -> list[dict[str, Any]]:
+    """``assetd jobs --json``: every field of each job, its inbox, an ISO time and its outputs."""
+    docs = []
+    for j in jobs:
+        d = {k: (v.value if hasattr(v, "value") else v) for k, v in j.__dict__.items()}
+        d["inbox"] = inbox_of(j)
+        d["time"] = local_time(j).isoformat(timespec="seconds")
+        d["outputs"] = [o.as_dict() for o in store.outputs(j.id)]
+        docs.append(d)
+    return docs
+
+
+def _shown(folder: str, base: Path) -> str:
+    """A folder relative to the config file's folder when inside it."""
+    path = Path(folder)
+    return str(path.relative_to(base)) if path.is_relative_to(base) else folder
+
+
+def _note(job: Job) -> str:
+    """The error (without the input path the input column shows), or the review mark and first reason."""
+    error = job.error or ""
+    for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
+        error = error[len(prefix):] if error.startswith(prefix) else error
+    if error or not job.review:
+        return error
+    more = f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else ""
+    return f"⚑ {job.review[0]}{more}"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def table(jobs: list[Job], base: Path, width: int) -> list[str]:
+    """One line per job, at most ``width`` characters: short columns keep their width, the long ones (input,
+    rule, inbox, then the note) end in "…" when the terminal is narrow. The inbox column shows only when the
+    jobs come from more than one folder; the note is the error, or ⚑ and the first review reason."""
+    inboxes = {inbox_of(j) for j in jobs}
+    columns: list[tuple[str, list[str], int]] = []  # (header, cells, the narrowest it may get)
+
+    def add(header: str, cells: list[str], least: int | None = None) -> None:
+        columns.append((header, cells, len(header) if least is None else least))
+
+    add("id", [str(j.id) for j in jobs])
+    add("status", [j.status.value for j in jobs])
+    add("try", [str(j.attempts) for j in jobs])
+    add("time", [f"{local_time(j):%Y-%m-%d %H:%M}" for j in jobs])
+    if len(inboxes) > 1:
+        add("inbox", [_shown(i, base) if (i := inbox_of(j)) else "" for j in jobs], 8)
+    add("rule", [j.rule for j in jobs], 6)
+    add("input", [j.rel_path or j.input_path for j in jobs], 12)
+    add("secs", [f"{j.seconds:.2f}" if j.seconds else "" for j in jobs])
+    add("note", [_note(j) for j in jobs], 12)
+    widths = [max([len(h), *map(len, cells)]) for h, cells, _ in columns]
+    widths[-1] = min(widths[-1], 120)
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    long = [i for i, (header, _, _) in enumerate(columns) if header in ("inbox", "rule", "input", "note")]
+    while excess > 0:  # narrow the widest long column by one, until it fits or all are at their least
+        room = [i for i in long if widths[i] > columns[i][2]]
+        if not room:
+            break
+        widths[max(room, key=lambda i: widths[i])] -= 1
+        excess -= 1
+    lines = ["  ".join(h.ljust(w) for (h, _, _), w in zip(columns, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    for row in range(len(jobs)):
+        lines.append("  ".join(_cut(cells[row], w).ljust(w) for (_, cells, _), w in zip(columns, widths)).rstrip())
+    return lines
