@@ -214,9 +214,16 @@ def config_from_dict(data: object, source: Path) -> Config:
     cfg.database = cfg.resolve(cfg.database)
     if cfg.manifests.folder is not None:
         cfg.manifests.folder = cfg.resolve(cfg.manifests.folder)
-    for i, inbox in enumerate(cfg.inboxes):
-        if inbox.path is not None and cfg.manifest_folder.is_relative_to(inbox.path) and (
-                inbox.recursive or cfg.manifest_folder == inbox.path):
+    for i, inbox in enumerate(cfg.inboxes):  # what assetd writes must not be taken as new inputs
+        def watched(path: Path) -> bool:
+            return path.is_relative_to(inbox.path) and (inbox.recursive or path.parent == inbox.path)
+
+        if inbox.path is None:
+            continue
+        if watched(cfg.database):
+            errors.append(f"database: {cfg.database} lies inside inboxes[{i}] ({inbox.path}); its files would be "
+                          "taken as new inputs")
+        elif watched(cfg.manifest_folder / "rule" / "x.assetd.json"):
             errors.append(f"manifests.folder: {cfg.manifest_folder} lies inside inboxes[{i}] ({inbox.path})")
     cfg.rules_dir = cfg.resolve(cfg.rules_dir)
     if cfg.models.cache_dir is not None:

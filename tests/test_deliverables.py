@@ -149,3 +149,18 @@ def test_the_same_pixels_give_the_same_file_in_every_run(workspace):
         runs.append(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
         time.sleep(1.1)  # the ICC header's creation date has a resolution of one second
     assert runs[0] == runs[1] and len(runs[0].split()) == 4
+
+
+def test_a_database_inside_an_inbox_is_refused_by_its_own_name(workspace):
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    workspace.config_path.write_text(workspace.config_path.read_text().replace(
+        "database: state/assetd.sqlite3", "database: inbox/state/assetd.sqlite3"))
+    try:
+        load_config(workspace.config_path)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        raise AssertionError("a database inside an inbox was accepted")
+    assert len(problems) == 1 and "database:" in problems[0] and "lies inside inboxes[0]" in problems[0]
