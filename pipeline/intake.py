@@ -68,7 +68,7 @@ class Intake:
         self.rules = rules
         self.store = store
         self._lock = threading.Lock()
-        self._seen_again: list[tuple[Path, str]] = []  # files handed over again, not reprocessed (summarised)
+        self._seen_again: list[tuple[Path, str, bool]] = []  # (file, why, taken under an earlier rule version)
         self._seen_at = 0.0
 
     def submit(self, path: Path, root: Path | None = None, rule_name: str | None = None, *,
@@ -138,7 +138,7 @@ class Intake:
         elif result.job is not None or result.earlier is not None:
             log.debug("not reprocessed: %s: %s", printable(str(path)), result.reason)
             with self._lock:
-                self._seen_again.append((path, str(result.reason)))
+                self._seen_again.append((path, str(result.reason), result.earlier is not None))
                 self._seen_at = time.monotonic()
         else:
             log.info("%s", result.reason)
@@ -153,7 +153,7 @@ class Intake:
         if len(seen) == 1:
             log.info("not reprocessed: %s: %s", printable(str(seen[0][0])), seen[0][1])
         else:
-            earlier = sum(1 for _, reason in seen if "earlier version" in reason)
+            earlier = sum(1 for _, _, under_earlier in seen if under_earlier)
             detail = f" ({earlier} taken under an earlier version of their rule)" if earlier else ""
             log.info("%d file(s) in the inboxes already have a job (done, failed or waiting) and are not "
                      "reprocessed%s; `assetd jobs` lists them (log_level: debug names each)", len(seen), detail)

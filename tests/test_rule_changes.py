@@ -59,7 +59,7 @@ def test_an_edited_rule_leaves_earlier_outputs_alone_and_says_so(workspace, capl
     assert not [r for r in caplog.records if "changed (version" in r.getMessage()]
     assert not [r for r in caplog.records if r.getMessage().startswith("not reprocessed")]
     summary = [r.getMessage() for r in caplog.records if "are not reprocessed" in r.getMessage()]
-    assert summary and summary[0].startswith("3 file(s)")
+    assert summary and summary[0].startswith("3 file(s)") and "(2 taken under an earlier version" in summary[0]
 
 
 def test_reprocess_counts_then_redoes_the_files_on_purpose(workspace):
