@@ -38,30 +38,30 @@ def output_folders(config: Config) -> dict[Path, str]:
     return folders
 
 
-def output_folder_holding(path: Path, channels: dict[Path, str]) -> tuple[str, Path] | None:
+def output_folder_holding(path: Path, written: dict[Path, str]) -> tuple[str, Path] | None:
     """What assetd writes in the folder that is ``path`` or holds it, and that folder; None when none does."""
     real = Path(os.path.realpath(path))
-    for folder, name in channels.items():
+    for folder, name in written.items():
         if real.is_relative_to(folder):
             return name, folder
     return None
 
 
-def expand(paths: list[Path], channels: dict[Path, str] | None = None) -> Iterator[tuple[Path, Path | None]]:
+def expand(paths: list[Path], written: dict[Path, str] | None = None) -> Iterator[tuple[Path, Path | None]]:
     """Files to process with the folder they were found under (for rule matching); no links followed.
 
-    Channel folders (``channels``) are left out, each with a note: their files are outputs."""
-    channels = channels or {}
+    The folders assetd writes (``written``, see ``output_folders``) are left out, each with a note."""
+    written = written or {}
     for path in paths:
         path = Path(os.path.abspath(path))
-        held = output_folder_holding(path, channels)
+        held = output_folder_holding(path, written)
         if held is not None:
             log.warning("%s: skipped: it is inside the folder of %s (%s); outputs are not inputs",
                         path, held[0], held[1])
         elif path.is_dir() and not path.is_symlink():
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not is_ignored(Path(dirpath, d))
-                                     and not _is_channel_folder(Path(dirpath, d), channels))
+                                     and not _is_output_folder(Path(dirpath, d), written))
                 for name in sorted(filenames):
                     file = Path(dirpath, name)
                     if not is_ignored(file):
@@ -70,8 +70,8 @@ def expand(paths: list[Path], channels: dict[Path, str] | None = None) -> Iterat
             yield path, None
 
 
-def _is_channel_folder(folder: Path, channels: dict[Path, str]) -> bool:
-    name = channels.get(Path(os.path.realpath(folder)))
+def _is_output_folder(folder: Path, written: dict[Path, str]) -> bool:
+    name = written.get(Path(os.path.realpath(folder)))
     if name is not None:
         log.warning("%s: skipped: it is the folder of %s; outputs are not inputs", folder, name)
     return name is not None
