@@ -174,9 +174,9 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Create or upgrade the schema, one process at a time: two assetd commands opening a new (or older)
-        database at once would otherwise both try, and one fail with "database is locked"."""
-        if self.path.exists() and not migrations.pending(self.db):
+        """Switch to WAL and create or upgrade the schema, one process at a time: two assetd commands opening
+        a new (or older) database at once would otherwise both try, and one fail with "database is locked"."""
+        if self._ready():
             return
         with open(self.path.with_name(self.path.name + ".migrate-lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -184,6 +184,18 @@ class Store:
                 migrations.apply(self.db)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _ready(self) -> bool:
+        """The file exists, is in WAL mode and has every migration (read only: no lock needed)."""
+        if not self.path.exists():
+            return False
+        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            wal = conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            return wal and not migrations.pending(Database(conn))
+        finally:
+            conn.close()
 
     # -- connections -------------------------------------------------------------------------
     @property
