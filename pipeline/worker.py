@@ -15,12 +15,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .chain import Chain, StepError
 from .config import Config
-from .errors import AssetdError, ConfigError, PermanentError, StopRequested, TransientError
+from .errors import ConfigError, PermanentError, StopRequested, TransientError
 from .imageio import Decoded, decode, encode, printable, read_input
 from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, output_name, render_for_channel, safe_stem,
                       sha256, web_safe)
@@ -37,7 +38,7 @@ class JobResult:
     job_id: int
     input: str
     rule: str
-    status: str  # done | failed | queued (will retry) | skipped
+    status: JobStatus  # done | failed | queued (will retry, or waits for a twin)
     error: str | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
     seconds: float = 0.0
@@ -54,6 +55,41 @@ class WaitForTwin(Exception):
 
 
 TWIN_WAIT_SECONDS = 5.0
+
+
+class Outcome(Enum):
+    WAIT = "wait"  # a twin with the same content is unfinished: back to the queue, attempt not charged
+    RELEASE = "release"  # asked to stop: back to the queue, attempt not charged
+    RETRY = "retry"  # transient: back to the queue after a delay, or failed once out of attempts
+    FAIL = "fail"  # permanent: failed at once
+    BUG = "bug"  # an unexpected exception: failed at once, logged with its traceback
+
+
+@dataclass
+class Failure:
+    outcome: Outcome
+    message: str  # one line, naming the input
+    delay: float = 0.0
+    exc: BaseException | None = None
+
+
+def classify(exc: BaseException, job: Job, config: Config) -> Failure:
+    """What an exception from a job means (huey's way): its outcome, its one-line message and its delay."""
+    shown = printable(job.input_path)
+    backoff = config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0)
+    if isinstance(exc, WaitForTwin):
+        return Failure(Outcome.WAIT, str(exc), TWIN_WAIT_SECONDS)
+    if isinstance(exc, StopRequested):
+        return Failure(Outcome.RELEASE, one_line(exc))
+    if isinstance(exc, TransientError):
+        return Failure(Outcome.RETRY, one_line(exc), exc.delay if exc.delay is not None else backoff)
+    if isinstance(exc, (PermanentError, ConfigError, StepError)):
+        message = one_line(exc)
+        return Failure(Outcome.FAIL, message if message.startswith(shown) else f"{shown}: {message}")
+    if isinstance(exc, OSError):  # disk full, output folder not writable, share gone: worth retrying
+        return Failure(Outcome.RETRY, one_line(f"{shown}: {exc.strerror or exc}: {printable(exc.filename or '')}"),
+                       backoff)
+    return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
 def plural(n: int, word: str) -> str:
@@ -75,8 +111,7 @@ class Worker:
     """Runs jobs one at a time. One per thread; each has its own stages and model cache."""
 
     def __init__(self, name: str, config: Config, store: Store, rules: list[Rule], *,
-                 stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None,
-                 on_requeue: Callable[[Job], None] | None = None):
+                 stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None):
         self.name = name
         self.owner = owner_label(name)  # what its claims record: "worker-1 pid 1234 on host"
         self.config = config
@@ -84,7 +119,6 @@ class Worker:
         self.rules = {r.name: r for r in rules}
         self.stop = stop or threading.Event()
         self.on_failed = on_failed
-        self.on_requeue = on_requeue
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[str, Chain] = {}
         # codec work (read + decode of the next job, encodes of this one's outputs) runs here
@@ -154,64 +188,45 @@ class Worker:
 
         ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""
         started = time.perf_counter()
-        result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status="running")
+        result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
             result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
-        except WaitForTwin as wait:
-            self.store.postpone(job.id, TWIN_WAIT_SECONDS, str(wait))
-            result.status = JobStatus.QUEUED.value
-            log.info("%s: job %d %s", self.name, job.id, wait)
-            return result
-        except StopRequested:
-            self.store.release(job.id, owner=self.owner)
-            result.status = JobStatus.QUEUED.value
-            log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
-            return result
-        except TransientError as exc:
-            delay = exc.delay if exc.delay is not None else (
-                self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
-            message = one_line(exc)
-            status = self.store.retry_later(job.id, message, delay)
-            result.status, result.error = status.value, message
-            if status is JobStatus.FAILED:
-                self._report_failure(job, f"{message} (gave up after {job.attempts} attempts)")
-            else:
-                log.warning("%s: job %d will retry in %.0fs: %s", self.name, job.id, delay, message)
-                if self.on_requeue:
-                    self.on_requeue(job)
-            return result
-        except (PermanentError, ConfigError, StepError) as exc:
-            message = one_line(exc)
-            if not message.startswith(printable(job.input_path)):
-                message = f"{printable(job.input_path)}: {message}"
-            self.store.fail(job.id, message)
-            result.status, result.error = JobStatus.FAILED.value, message
-            self._report_failure(job, message)
-            return result
-        except OSError as exc:  # disk full, output folder not writable, share gone: worth retrying
-            message = one_line(f"{printable(job.input_path)}: {exc.strerror or exc}: {printable(exc.filename or '')}")
-            status = self.store.retry_later(
-                job.id, message, self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
-            result.status, result.error = status.value, message
-            if status is JobStatus.FAILED:
-                self._report_failure(job, message)
-            return result
-        except Exception as exc:  # a bug: record it, fail the job, keep the daemon alive
-            log.exception("%s: job %d crashed", self.name, job.id)
-            message = one_line(f"{printable(job.input_path)}: internal error: {type(exc).__name__}: {exc}")
-            self.store.fail(job.id, message)
-            result.status, result.error = JobStatus.FAILED.value, message
-            self._report_failure(job, message)
-            return result
+        except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below
+            return self._settle_failure(job, classify(exc, job, self.config), result)
         result.seconds = time.perf_counter() - started
         self.store.finish(job.id, result.outputs + manifests, result.seconds, result.review, result.copied_from)
-        result.status = JobStatus.DONE.value
+        result.status = JobStatus.DONE
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
                  plural(len(result.outputs), "output"))
         if result.review:
             log.warning("%s: job %d needs review: %s: %s", self.name, job.id, printable(job.input_path),
                         "; ".join(result.review))
+        return result
+
+    def _settle_failure(self, job: Job, failure: "Failure", result: JobResult) -> JobResult:
+        """The one tail for a job that did not finish: record the outcome, log it, report a failure."""
+        if failure.outcome is Outcome.WAIT:
+            self.store.postpone(job.id, failure.delay, failure.message)
+            log.info("%s: job %d %s", self.name, job.id, failure.message)
+            result.status = JobStatus.QUEUED
+        elif failure.outcome is Outcome.RELEASE:
+            self.store.release(job.id, owner=self.owner)
+            log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
+            result.status = JobStatus.QUEUED
+        elif failure.outcome is Outcome.RETRY:
+            result.status, result.error = self.store.retry_later(job.id, failure.message, failure.delay), failure.message
+            if result.status is JobStatus.QUEUED:
+                log.warning("%s: job %d will retry in %.0fs: %s", self.name, job.id, failure.delay, failure.message)
+            else:  # out of attempts: the store's record says so ("gave up after N attempts")
+                stored = self.store.get(job.id)
+                self._report_failure(job, stored.error if stored and stored.error else failure.message)
+        else:
+            if failure.outcome is Outcome.BUG:
+                log.error("%s: job %d crashed", self.name, job.id, exc_info=failure.exc)
+            self.store.fail(job.id, failure.message)
+            result.status, result.error = JobStatus.FAILED, failure.message
+            self._report_failure(job, failure.message)
         return result
 
     def _report_failure(self, job: Job, message: str) -> None:
