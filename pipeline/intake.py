@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from .config import Config, InboxConfig
 from .imageio import INPUT_EXTENSIONS, printable
 from .rules import Rule, match_rule
-from .store import Job, Store
+from .store import UNREADABLE, Job, Store
 
 log = logging.getLogger("assetd.intake")
 
@@ -112,7 +112,7 @@ class Intake:
         if digest is None:
             # Unreadable, a link, a device...: still a job, so the failure is recorded and reported.
             token = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}".encode()
-            digest = "unreadable:" + hashlib.sha256(token).hexdigest()
+            digest = UNREADABLE + hashlib.sha256(token).hexdigest()
         if not reprocess and self.config.on_rule_change == "new_files":
             earlier = self.store.earlier_version_job(digest, rule.name, rule.version, str(path))
             if earlier is not None:

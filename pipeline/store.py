@@ -101,6 +101,7 @@ class JobStatus(str, Enum):
 
 
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
+UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
 
 @dataclass
 class Job:
@@ -123,6 +124,16 @@ class Job:
     worker: str | None = None
     review: list[str] = field(default_factory=list)  # why a human should look at it (done jobs)
     copied_from: int | None = None  # the done job (same content, another name) whose outputs it copied
+
+    @property
+    def readable(self) -> bool:
+        """Its input_hash is the content's sha256 (not a token for a file that could not be read)."""
+        return not self.input_hash.startswith(UNREADABLE)
+
+    @property
+    def short_hash(self) -> str:
+        """Eight hex digits of the input hash: ``{hash8}`` in names and the suffix after a name clash."""
+        return self.input_hash.removeprefix(UNREADABLE)[:8]
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -345,7 +356,7 @@ class Store:
             " AND (status = 'done' OR (status IN ('queued', 'running') AND id < ?))"
             " ORDER BY status = 'done' DESC, id DESC LIMIT 1",
             [job.input_hash, job.rule, job.rule_version, job.id, job.id])
-        return Job.from_row(rows[0]) if rows and not job.input_hash.startswith("unreadable:") else None
+        return Job.from_row(rows[0]) if rows and job.readable else None
 
     def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None) -> Job | None:
         """Atomically take the oldest due job (optionally among ``only``) and mark it running."""

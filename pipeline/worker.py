@@ -238,7 +238,7 @@ class Worker:
         """Read and decode a job's input, checking it is still the content that was queued."""
         path = Path(job.input_path)
         data = read_input(path)
-        if not job.input_hash.startswith("unreadable:") and sha256(data) != job.input_hash:
+        if job.readable and sha256(data) != job.input_hash:
             raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
                                  "as its own job")
         return decode(data, str(path), self.config.input)
@@ -275,7 +275,7 @@ class Worker:
 
     def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None) -> str:
         return output_name(channel, stem=safe_stem(Path(job.input_path).stem), rel_path=job.rel_path, ratio=ratio,
-                           step=step, rule=rule.name, hash8=job.input_hash.split(":")[-1][:8])
+                           step=step, rule=rule.name, hash8=job.short_hash)
 
     def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
                used: set[Path], placed: dict[Path, list[tuple[str, Path]]]) -> Path:
@@ -400,7 +400,7 @@ class Worker:
             stem, dot, ext = name[: -len(MANIFEST_SUFFIX)], ".", MANIFEST_SUFFIX[1:]
         else:
             stem, dot, ext = name.rpartition(".")
-        short = job.input_hash.split(":")[-1][:8]
+        short = job.short_hash
         n = 1
         while True:
             if target not in used:
