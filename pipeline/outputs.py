@@ -8,22 +8,31 @@ the target, so a crash or a stop never leaves a half-written file under the real
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import string
 import tempfile
+import time
 import unicodedata
+from concurrent.futures import Executor
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from .errors import PermanentError
+from .imageio import Decoded, encode
 from .pixels import fit_long_edge, flatten, resize
 from .stages.base import Asset
+from .store import Job, OutputRecord, Store
 
 if TYPE_CHECKING:
-    from .config import ChannelConfig
+    from .config import ChannelConfig, Config
+    from .rules import Rule
+
+log = logging.getLogger("assetd.worker")  # its lines are the worker's: "worker-1: job 12 ..."
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 FIELDS = ("stem", "folder", "ratio", "step", "rule", "channel", "ext", "hash8")
@@ -173,3 +182,174 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def one_line(text: str) -> str:
+    """Errors and review reasons are stored and notified as one line."""
+    return " ".join(str(text).split())
+
+
+def review_reasons(assets: Iterable[Asset]) -> list[str]:
+    """The review reasons of the written assets, one line each, each once, in order of first appearance."""
+    reasons = (one_line(r) for asset in assets for r in asset.review)
+    return list(dict.fromkeys(r for r in reasons if r))
+
+class Publisher:
+    """The one output entry point: select a rule's outputs from the chain's results → render for the channel
+    (shrink, flatten) → encode → name (the channel's template; a clash gets the input's short hash) →
+    reserve the path in the store → write atomically → the job's manifest. ``copy_from`` writes a finished
+    twin's outputs under another input's names the same way."""
+
+    def __init__(self, name: str, config: Config, store: Store, pool: Executor):
+        self.name = name  # the worker's, for log lines
+        self.config = config
+        self.store = store
+        self._pool = pool  # encodes run here, beside the chain of the next job
+
+    def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None) -> str:
+        return output_name(channel, stem=safe_stem(Path(job.input_path).stem), rel_path=job.rel_path, ratio=ratio,
+                           step=step, rule=rule.name, hash8=job.short_hash)
+
+    def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
+               used: set[Path], placed: dict[Path, list[tuple[str, Path]]]) -> Path:
+        """Write one output: named from the channel's template, reserved in the store, written atomically."""
+        name = self._output_name(job, rule, channel, step, ratio)
+        target = self._free_path(channel.path, name, job, used)
+        self.store.reserve_output(job.id, str(target), channel.name, step)
+        atomic_write(target, data)
+        used.add(target)
+        placed.setdefault(channel.path, []).append((name, target))
+        return target
+
+    def copy_from(self, job: Job, rule: Rule, twin: Job
+                        ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int] | None:
+        """Write the done twin's outputs under this job's names; None (run the chain) when they are not all
+        there as recorded (deleted, edited, or replaced by a later job)."""
+        sources = self.store.outputs(twin.id)
+        found: list[tuple[OutputRecord, bytes]] = []
+        for record in sources:
+            try:
+                data = Path(record.path).read_bytes() if record.replaced_by is None else b""
+            except FileNotFoundError:
+                data = b""
+            if sha256(data) != record.sha256 or record.channel not in self.config.channels:
+                log.info("%s: job %d: the outputs of job %d (same content) are not all there as recorded; "
+                         "running the chain", self.name, job.id, twin.id)
+                return None
+            found.append((record, data))
+        if not found:
+            return None
+        twin_notes = self._manifest_notes(twin)
+        records: list[OutputRecord] = []
+        notes: list[dict[str, Any]] = []
+        used: set[Path] = set()
+        placed: dict[Path, list[tuple[str, Path]]] = {}
+        for record, data in found:
+            channel = self.config.channels[record.channel]
+            target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed)
+            records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
+            notes.append(twin_notes.get(record.path, {}))
+        manifests = self._write_manifests(job, rule, records, notes, twin.review, used, placed, copied_from=twin)
+        return records, manifests, list(twin.review), twin.id
+
+    def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
+        """Each output's step notes from a job's manifest (by output path); empty when it cannot be read."""
+        for record in self.store.outputs(job.id, manifests=True):
+            if record.step != "manifest":
+                continue
+            try:
+                doc = json.loads(Path(record.path).read_text(encoding="utf-8"))
+                return {o["path"]: o.get("steps", {}) for o in doc.get("outputs", [])}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return {}
+
+    def publish(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
+                       decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
+        records: list[OutputRecord] = []
+        used: set[Path] = set()
+        placed: dict[Path, list[tuple[str, Path]]] = {}
+        started = time.perf_counter()
+        work = []
+        notes: list[dict[str, Any]] = []
+        for spec in rule.outputs:
+            channel = self.config.channels[spec.channel]
+            for asset in results.get(spec.source, []):
+                if spec.ratios is None or asset.ratio in spec.ratios:
+                    work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
+        for spec, channel, asset, future in work:
+            pixels_shape, data = future.result()
+            target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed)
+            height, width = pixels_shape[:2]
+            records.append(OutputRecord(
+                channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
+                width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
+                scale=round(asset.scale * width / asset.width, 4)))
+            notes.append(asset.notes)
+        review = review_reasons(asset for _, _, asset, _ in work)
+        self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
+        return records, self._write_manifests(job, rule, records, notes, review, used, placed), review
+
+    def _write_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
+                         review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
+                         copied_from: Job | None = None) -> list[OutputRecord]:
+        """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
+        channel folder it wrote to, named like the outputs there (a clash suffix included)."""
+        stem = safe_stem(Path(job.input_path).stem)
+        manifest: dict[str, Any] = {
+            "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
+            "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
+            "review": review,
+        }
+        if copied_from is not None:
+            manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
+        body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+        names = [(self.config.manifest_folder / rule.name, stem)]
+        if self.config.manifests.beside_outputs:
+            slug = {c.path for c in self.config.channels.values() if c.web_safe_names}
+            names += [(folder, (web_safe(stem) or "image" if folder in slug else stem) + _clash_suffix(written))
+                      for folder, written in sorted(placed.items())]
+        manifests: list[OutputRecord] = []
+        for folder, name in names:
+            target = self._free_path(folder, name + MANIFEST_SUFFIX, job, used)
+            self.store.reserve_output(job.id, str(target), "", "manifest")
+            atomic_write(target, body)
+            used.add(target)
+            manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
+                                          height=0, bytes=len(body), sha256=sha256(body)))
+        return manifests
+
+    @staticmethod
+    def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:
+        pixels = render_for_channel(asset, channel)
+        return pixels.shape, encode(pixels, channel, decoded)
+
+    def _free_path(self, folder: Path, name: str, job: Job, used: set[Path]) -> Path:
+        """The output path. A file from another input, or one assetd did not write, is never overwritten:
+        the name gets the input's short hash instead. The same input's earlier outputs are replaced."""
+        target = inside(folder, name)
+        if name.endswith(MANIFEST_SUFFIX):
+            stem, dot, ext = name[: -len(MANIFEST_SUFFIX)], ".", MANIFEST_SUFFIX[1:]
+        else:
+            stem, dot, ext = name.rpartition(".")
+        short = job.short_hash
+        n = 1
+        while True:
+            if target not in used:
+                owner = self.store.output_owner(str(target))
+                ours = owner is not None and (owner["input_hash"] == job.input_hash
+                                              or owner["input_path"] == job.input_path)
+                if ours or (owner is None and not target.exists()):
+                    return target
+            n += 1
+            target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
+
+
+def _clash_suffix(written: list[tuple[str, Path]]) -> str:
+    """The suffix ``_free_path`` added to the outputs of one folder (``-1a2b3c4d``), or ""."""
+    for name, target in written:
+        wanted, got = name.rsplit(".", 1)[0], target.name.rsplit(".", 1)[0]
+        if got != wanted and got.startswith(wanted):
+            return got[len(wanted):]
+    return ""

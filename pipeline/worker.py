@@ -8,7 +8,6 @@ Each job's manifest goes to ``manifests.folder`` (and beside the outputs when co
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -17,14 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .chain import Chain, StepError
 from .config import Config
 from .errors import ConfigError, PermanentError, StopRequested, TransientError
-from .imageio import Decoded, decode, encode, printable, read_input
-from .outputs import (MANIFEST_SUFFIX, atomic_write, inside, output_name, render_for_channel, safe_stem,
-                      sha256, web_safe)
+from .imageio import Decoded, decode, printable, read_input
+from .outputs import Publisher, one_line, review_reasons, sha256  # noqa: F401 - review_reasons re-exported
 from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext
@@ -96,17 +94,6 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def one_line(text: str) -> str:
-    """Errors are stored and notified as one line."""
-    return " ".join(str(text).split())
-
-
-def review_reasons(assets: Iterable[Asset]) -> list[str]:
-    """The review reasons of the written assets, one line each, each once, in order of first appearance."""
-    reasons = (one_line(r) for asset in assets for r in asset.review)
-    return list(dict.fromkeys(r for r in reasons if r))
-
-
 class Worker:
     """Runs jobs one at a time. One per thread; each has its own stages and model cache."""
 
@@ -124,6 +111,7 @@ class Worker:
         # codec work (read + decode of the next job, encodes of this one's outputs) runs here
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix=f"assetd-{name}-codec")
+        self.outputs = Publisher(name, config, store, self._pool)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self, idle_max: float = 1.0) -> None:
@@ -257,7 +245,7 @@ class Worker:
         if twin is not None and twin.status is not JobStatus.DONE:
             raise WaitForTwin(twin)
         if twin is not None:
-            copied = self._copy_from_twin(job, rule, twin)
+            copied = self.outputs.copy_from(job, rule, twin)
             if copied is not None:
                 return copied
         decoded = loaded.result() if loaded is not None else self._load(job)
@@ -271,152 +259,6 @@ class Worker:
         results = self.chain_for(rule).run(asset, on_step=on_step)
         if self.stop.is_set():
             raise StopRequested("stopping before writing outputs")
-        return (*self._write_outputs(job, rule, results, decoded), None)
-
-    def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None) -> str:
-        return output_name(channel, stem=safe_stem(Path(job.input_path).stem), rel_path=job.rel_path, ratio=ratio,
-                           step=step, rule=rule.name, hash8=job.short_hash)
-
-    def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
-               used: set[Path], placed: dict[Path, list[tuple[str, Path]]]) -> Path:
-        """Write one output: named from the channel's template, reserved in the store, written atomically."""
-        name = self._output_name(job, rule, channel, step, ratio)
-        target = self._free_path(channel.path, name, job, used)
-        self.store.reserve_output(job.id, str(target), channel.name, step)
-        atomic_write(target, data)
-        used.add(target)
-        placed.setdefault(channel.path, []).append((name, target))
-        return target
-
-    def _copy_from_twin(self, job: Job, rule: Rule, twin: Job
-                        ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int] | None:
-        """Write the done twin's outputs under this job's names; None (run the chain) when they are not all
-        there as recorded (deleted, edited, or replaced by a later job)."""
-        sources = self.store.outputs(twin.id)
-        found: list[tuple[OutputRecord, bytes]] = []
-        for record in sources:
-            try:
-                data = Path(record.path).read_bytes() if record.replaced_by is None else b""
-            except FileNotFoundError:
-                data = b""
-            if sha256(data) != record.sha256 or record.channel not in self.config.channels:
-                log.info("%s: job %d: the outputs of job %d (same content) are not all there as recorded; "
-                         "running the chain", self.name, job.id, twin.id)
-                return None
-            found.append((record, data))
-        if not found:
-            return None
-        twin_notes = self._manifest_notes(twin)
-        records: list[OutputRecord] = []
-        notes: list[dict[str, Any]] = []
-        used: set[Path] = set()
-        placed: dict[Path, list[tuple[str, Path]]] = {}
-        for record, data in found:
-            channel = self.config.channels[record.channel]
-            target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed)
-            records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
-            notes.append(twin_notes.get(record.path, {}))
-        manifests = self._write_manifests(job, rule, records, notes, twin.review, used, placed, copied_from=twin)
-        return records, manifests, list(twin.review), twin.id
-
-    def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
-        """Each output's step notes from a job's manifest (by output path); empty when it cannot be read."""
-        for record in self.store.outputs(job.id, manifests=True):
-            if record.step != "manifest":
-                continue
-            try:
-                doc = json.loads(Path(record.path).read_text(encoding="utf-8"))
-                return {o["path"]: o.get("steps", {}) for o in doc.get("outputs", [])}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue
-        return {}
-
-    def _write_outputs(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
-                       decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
-        records: list[OutputRecord] = []
-        used: set[Path] = set()
-        placed: dict[Path, list[tuple[str, Path]]] = {}
-        started = time.perf_counter()
-        work = []
-        notes: list[dict[str, Any]] = []
-        for spec in rule.outputs:
-            channel = self.config.channels[spec.channel]
-            for asset in results.get(spec.source, []):
-                if spec.ratios is None or asset.ratio in spec.ratios:
-                    work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
-        for spec, channel, asset, future in work:
-            pixels_shape, data = future.result()
-            target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed)
-            height, width = pixels_shape[:2]
-            records.append(OutputRecord(
-                channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
-                width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
-                scale=round(asset.scale * width / asset.width, 4)))
-            notes.append(asset.notes)
-        review = review_reasons(asset for _, _, asset, _ in work)
-        self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
-        return records, self._write_manifests(job, rule, records, notes, review, used, placed), review
-
-    def _write_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
-                         review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
-                         copied_from: Job | None = None) -> list[OutputRecord]:
-        """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
-        channel folder it wrote to, named like the outputs there (a clash suffix included)."""
-        stem = safe_stem(Path(job.input_path).stem)
-        manifest: dict[str, Any] = {
-            "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
-            "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
-            "review": review,
-        }
-        if copied_from is not None:
-            manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
-        body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
-        names = [(self.config.manifest_folder / rule.name, stem)]
-        if self.config.manifests.beside_outputs:
-            slug = {c.path for c in self.config.channels.values() if c.web_safe_names}
-            names += [(folder, (web_safe(stem) or "image" if folder in slug else stem) + _clash_suffix(written))
-                      for folder, written in sorted(placed.items())]
-        manifests: list[OutputRecord] = []
-        for folder, name in names:
-            target = self._free_path(folder, name + MANIFEST_SUFFIX, job, used)
-            self.store.reserve_output(job.id, str(target), "", "manifest")
-            atomic_write(target, body)
-            used.add(target)
-            manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
-                                          height=0, bytes=len(body), sha256=sha256(body)))
-        return manifests
-
-    @staticmethod
-    def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:
-        pixels = render_for_channel(asset, channel)
-        return pixels.shape, encode(pixels, channel, decoded)
-
-    def _free_path(self, folder: Path, name: str, job: Job, used: set[Path]) -> Path:
-        """The output path. A file from another input, or one assetd did not write, is never overwritten:
-        the name gets the input's short hash instead. The same input's earlier outputs are replaced."""
-        target = inside(folder, name)
-        if name.endswith(MANIFEST_SUFFIX):
-            stem, dot, ext = name[: -len(MANIFEST_SUFFIX)], ".", MANIFEST_SUFFIX[1:]
-        else:
-            stem, dot, ext = name.rpartition(".")
-        short = job.short_hash
-        n = 1
-        while True:
-            if target not in used:
-                owner = self.store.output_owner(str(target))
-                ours = owner is not None and (owner["input_hash"] == job.input_hash
-                                              or owner["input_path"] == job.input_path)
-                if ours or (owner is None and not target.exists()):
-                    return target
-            n += 1
-            target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
+        return (*self.outputs.publish(job, rule, results, decoded), None)
 
 
-def _clash_suffix(written: list[tuple[str, Path]]) -> str:
-    """The suffix ``_free_path`` added to the outputs of one folder (``-1a2b3c4d``), or ""."""
-    for name, target in written:
-        wanted, got = name.rsplit(".", 1)[0], target.name.rsplit(".", 1)[0]
-        if got != wanted and got.startswith(wanted):
-            return got[len(wanted):]
-    return ""
