@@ -17,7 +17,7 @@ from pipeline.daemon import Daemon
 from pipeline.store import JobStatus, Store
 
 from conftest import Workspace, decode, ratio_of
-from test_notify import closed_port_url
+from webhooks import closed_port_url
 
 RATIOS = {"1:1": 1.0, "4:5": 0.8, "9:16": 9 / 16, "16:9": 16 / 9}
 
