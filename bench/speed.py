@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pipeline.demo import example_rule  # noqa: E402 - after the path set-up above
+
 from common import emit  # noqa: E402
 
 CONFIG = """\
@@ -33,19 +35,8 @@ channels:
   instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 1350}
   banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 1920}
 """
-RULE = """\
-name: products
-steps:
-  - remove_background: {}
-  - place_in_scene: {scene: scene.jpg, anchor: bottom, scale: 0.6, shadow: soft}
-  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint}
-  - upscale: {long_edge: 3000}
-outputs:
-  - {channel: cutouts,   from: remove_background}
-  - {channel: webshop,   from: crops, ratios: ["1:1"]}
-  - {channel: instagram, from: crops, ratios: ["4:5", "9:16"]}
-  - {channel: banners,   from: crops, ratios: ["16:9"]}
-"""
+RULE = example_rule("10-products.yaml", options={"place_in_scene": {"scene": "scene.jpg"}},
+                    without_channels=("print",))  # the shipped products rule; this workspace has no print channel
 
 
 def peak_rss_mb() -> float:
@@ -88,7 +79,7 @@ def child(work: Path, shot: Path) -> dict:
     config = load_config(work / "config.yaml")
     rules = load_rules(config)
     t0, c0 = time.perf_counter(), time.process_time()
-    (result,) = run_once(config, rules, [shot])
+    (result,) = run_once(config, rules, [shot], rule_name="products")
     chain_seconds, chain_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert result["status"] == "done", result
     rss_chain = peak_rss_mb()

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import yaml
 from PIL import Image
 
 from .store import Store
@@ -36,28 +37,28 @@ channels:
   webshop:   {path: out/webshop,   format: jpeg, quality: 90, long_edge: 2000, background: "#ffffff"}
   instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 1350}
   banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 1920}
+  print:     {path: out/print,     format: tiff, bits: 16, metadata: keep}
 notify:
   urls: []
   digest_after_idle_seconds: 5
 """
 
-PRODUCTS_RULE = """\
-# Products on a seamless: cut out, place on the marble scene, four crops, upscale.
-name: products
-match:
-  folder: "products/**"
-  extensions: [jpg, jpeg, png, tif, tiff, webp]
-steps:
-  - remove_background: {}
-  - place_in_scene: {scene: scenes/marble.jpg, anchor: bottom, scale: 0.6, shadow: soft}
-  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint, anchor: bottom}
-  - upscale: {long_edge: 2000}
-outputs:
-  - {channel: cutouts,   from: remove_background}
-  - {channel: webshop,   from: crops, ratios: ["1:1"]}
-  - {channel: instagram, from: crops, ratios: ["4:5", "9:16"]}
-  - {channel: banners,   from: crops, ratios: ["16:9"]}
-"""
+EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "rules"  # the shipped example rules: the one source
+
+
+def example_rule(filename: str, *, options: dict[str, dict[str, Any]] | None = None,
+                 without_channels: tuple[str, ...] = ()) -> str:
+    """A shipped example rule (``rules/FILENAME``) as YAML text, with some step options changed (``options``:
+    step name → options to set) and the outputs to some channels left out. The demo, the tests and the
+    benchmarks derive their rules from it, so the example users copy is the one that is exercised."""
+    data = yaml.safe_load((EXAMPLE_RULES / filename).read_text(encoding="utf-8"))
+    for item in data["steps"]:
+        (step, opts), = item.items() if isinstance(item, dict) else ((item, {}),)
+        if options and step in options:
+            item[step] = dict(opts or {}, **options[step])
+    data["outputs"] = [o for o in data["outputs"] if o["channel"] not in without_channels]
+    return yaml.safe_dump(data, sort_keys=False)
+
 
 CUTOUTS_RULE = """\
 # Anything else: just the cut-out.
@@ -76,7 +77,7 @@ def write_workspace(root: Path, shots: int = 6, size: tuple[int, int] = (1600, 1
     for sub in ("rules", "scenes", "inbox/products", "staging", "state"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(CONFIG)
-    (root / "rules" / "10-products.yaml").write_text(PRODUCTS_RULE)
+    (root / "rules" / "10-products.yaml").write_text(example_rule("10-products.yaml"))
     (root / "rules" / "20-cutouts.yaml").write_text(CUTOUTS_RULE)
     Image.fromarray(scene_image((2400, 1600), seed=1)).save(root / "scenes" / "marble.jpg", quality=92)
     staged: list[Path] = []

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import Config, load_config
+from pipeline.demo import example_rule
 from pipeline.rules import Rule, load_rules
 from pipeline.synth import scene_image, studio_shot
 
@@ -37,21 +38,8 @@ notify:
   retry_seconds: 0.5
 """
 
-PRODUCTS = """\
-name: products
-match:
-  folder: "products/**"
-steps:
-  - remove_background: {}
-  - place_in_scene: {scene: scenes/marble.jpg, anchor: bottom, scale: 0.6, shadow: soft}
-  - crops: {ratios: ["1:1", "4:5", "9:16", "16:9"], fill: outpaint}
-  - upscale: {long_edge: 800}
-outputs:
-  - {channel: cutouts,   from: remove_background}
-  - {channel: webshop,   from: crops, ratios: ["1:1"]}
-  - {channel: instagram, from: crops, ratios: ["4:5", "9:16"]}
-  - {channel: banners,   from: crops, ratios: ["16:9"]}
-"""
+# The shipped products rule, smaller for speed, without the print channel this workspace does not have.
+PRODUCTS = example_rule("10-products.yaml", options={"upscale": {"long_edge": 800}}, without_channels=("print",))
 
 CUTOUTS = """\
 name: cutouts
