@@ -42,7 +42,7 @@ def test_exif_orientation_applied_like_pillow(orientation):
     assert d.pixels[-6:, -8:, 0].mean() < 160
     assert (d.notes.get("orientation") == orientation) == (orientation != 1)
     if d.exif:
-        assert imageio.meta.exif_orientation(d.exif) == 1  # pixels are upright: nobody may rotate again
+        assert imageio.metadata.exif_orientation(d.exif) == 1  # pixels are upright: nobody may rotate again
 
 
 def test_sixteen_bit_png_and_tiff_keep_every_value():

@@ -113,7 +113,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied")
             return real_open(path, flags, *args, **kw)
 
-        monkeypatch.setattr(imageio.os, "open", deny)
+        monkeypatch.setattr(os, "open", deny)
     with pytest.raises(InputError, match="no permission"):
         imageio.read_input(p)
 
@@ -132,7 +132,7 @@ def test_file_growing_while_read_is_transient(tmp_path, monkeypatch):
                 fh.write(b"b" * 1000)
         return chunk
 
-    monkeypatch.setattr(imageio.os, "read", read_and_grow)
+    monkeypatch.setattr(os, "read", read_and_grow)
     with pytest.raises(TransientError, match="changed while it was read"):
         imageio.read_input(p)
 
@@ -152,7 +152,7 @@ def test_file_replaced_while_read_is_transient(tmp_path, monkeypatch):
             os.replace(other, p)  # the same name now points at a different file
         return chunk
 
-    monkeypatch.setattr(imageio.os, "read", read_and_replace)
+    monkeypatch.setattr(os, "read", read_and_replace)
     with pytest.raises(TransientError, match="replaced"):
         imageio.read_input(p)
 
@@ -168,7 +168,7 @@ def test_file_removed_while_read_is_transient(tmp_path, monkeypatch):
             p.unlink()
         return chunk
 
-    monkeypatch.setattr(imageio.os, "read", read_and_remove)
+    monkeypatch.setattr(os, "read", read_and_remove)
     with pytest.raises(TransientError, match="removed"):
         imageio.read_input(p)
 

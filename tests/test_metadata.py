@@ -7,7 +7,8 @@ import pytest
 from PIL import Image, IptcImagePlugin
 
 from fixtures_images import XMP_SAMPLE, encode_pil, iptc_sample, marker_image, rich_exif
-from pipeline import imageio, metadata
+from pipeline import imageio
+from pipeline.imageio import metadata
 from pipeline.config import ChannelConfig, InputConfig
 
 CFG = InputConfig()

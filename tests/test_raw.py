@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fixtures_images import dng_claiming, make_dng
-from pipeline import imageio, rawdecode
+from pipeline import imageio
+from pipeline.imageio import raw as rawdecode
 from pipeline.config import InputConfig
 
 CFG = InputConfig(raw_memory_mb=1024)
@@ -39,7 +40,7 @@ def test_dng_decodes_to_16_bit_srgb(decoded):
 
 
 def test_dng_metadata_is_read(decoded):
-    from pipeline import metadata
+    from pipeline.imageio import metadata
 
     exif = metadata.load_exif(decoded.exif)
     assert exif.get(0x010F) == "Assetd" and exif.get(0x8298) == "(c) 2024 Studio North"

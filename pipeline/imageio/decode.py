@@ -42,10 +42,10 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageFile
 
 from . import metadata as meta
-from . import rawdecode
-from .config import ChannelConfig, InputConfig
-from .errors import InputError, TransientError
-from .pixels import flatten, to_dtype
+from . import raw
+from ..config import ChannelConfig, InputConfig
+from ..errors import InputError, TransientError
+from ..pixels import flatten, to_dtype
 
 pillow_heif.register_heif_opener()  # HEIF/HEIC through Image.open, so the allow-list applies to it too
 
@@ -826,9 +826,9 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 def _decode_raw(data: bytes, shown: str, cfg: InputConfig, ext: str) -> Decoded:
     try:
-        result = rawdecode.decode_raw(data, half_size=cfg.raw_half_size, memory_mb=cfg.raw_memory_mb,
+        result = raw.decode_raw(data, half_size=cfg.raw_half_size, memory_mb=cfg.raw_memory_mb,
                                       timeout_s=RAW_TIMEOUT_S)
-    except rawdecode.RawDecodeError as exc:
+    except raw.RawDecodeError as exc:
         raise InputError(f"{shown}: {exc}") from None
     h, w = result.pixels.shape[:2]
     if w * h > cfg.max_pixels:
