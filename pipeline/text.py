@@ -1,0 +1,28 @@
+"""Text fit for a one-line message: file names with control characters escaped, library messages cleaned.
+
+Plain string functions with no dependencies, so the notifier and the CLI can escape a name without loading codecs.
+"""
+from __future__ import annotations
+
+import re
+
+
+def printable(name: str) -> str:
+    """A file name safe to put in a one-line message: control characters escaped (\\n, \\x1b)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f…>"
+_BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")  # b'Input/output error'
+
+
+def clean_text(text: str) -> str:
+    """A library's message fit for a one-line error: no object or bytes reprs, whitespace collapsed."""
+    text = _BYTES_REPR.sub(lambda m: m.group(2), _OBJECT_REPR.sub("", text))
+    return " ".join(text.split())
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as "Type: message" for a one-line error (cleaned, at most 200 characters of message)."""
+    text = clean_text(str(exc)) or "no detail"
+    return f"{type(exc).__name__}: {text[:200]}"
