@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .config import Config, InboxConfig
-from .imageio import INPUT_EXTENSIONS, printable
+from .imageio import INPUT_EXTENSIONS
 from .rules import Rule, match_rule
 from .store import UNREADABLE, Job, Store
+from .text import printable
 
 log = logging.getLogger("assetd.intake")
 

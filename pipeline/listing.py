@@ -5,8 +5,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .imageio import printable
 from .store import Job, Store
+from .text import printable
 
 
 def inbox_of(job: Job) -> str | None:

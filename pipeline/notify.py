@@ -16,8 +16,8 @@ import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import Config
-from .imageio import printable
 from .store import Job, JobStatus, Store
+from .text import printable
 
 log = logging.getLogger("assetd.notify")
 DIGEST_CUTOFF = "digest_cutoff"

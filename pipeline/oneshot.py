@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import Config
-from .imageio import printable
 from .intake import Intake
 from .models import load_for_start
 from .owners import OwnerState, describe, owner_state
@@ -23,6 +22,7 @@ from .rules import Rule
 from .store import Job, JobStatus, Store
 from .watcher import is_ignored
 from .worker import Worker
+from .text import printable
 
 log = logging.getLogger("assetd.process")
 

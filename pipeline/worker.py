@@ -21,12 +21,13 @@ from typing import Any, Callable
 from .chain import Chain, StepError
 from .config import Config
 from .errors import ConfigError, PermanentError, StopRequested, TransientError
-from .imageio import Decoded, decode, printable, read_input
+from .imageio import Decoded, decode, read_input
 from .outputs import Publisher, one_line, review_reasons, sha256  # noqa: F401 - review_reasons re-exported
 from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .store import Job, JobStatus, OutputRecord, Store
+from .text import printable
 
 log = logging.getLogger("assetd.worker")
 
