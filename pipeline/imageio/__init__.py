@@ -1,9 +1,9 @@
 """Reading inputs and writing encoded outputs: the only package that talks to image codecs.
 
 ``reading.read_input`` takes a path and returns the file's bytes (never following symlinks);
-``decode.decode`` turns bytes into a ``Decoded`` (sRGB working space, orientation applied; of a multi-image
+``decoding.decode`` turns bytes into a ``Decoded`` (sRGB working space, orientation applied; of a multi-image
 file, the image a viewer shows) and refuses a blank result; ``colour`` converts embedded profiles to sRGB;
-``encode.encode`` turns pixels into the bytes of a channel's format; ``metadata`` decides which EXIF / XMP /
+``encoding.encode`` turns pixels into the bytes of a channel's format; ``metadata`` decides which EXIF / XMP /
 IPTC an output keeps; ``raw`` runs LibRaw in a disposable subprocess.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from ..errors import InputError
 from ..text import printable
 from .colour import SRGB_ICC
-from .decode import EXTENSION_FORMATS, INPUT_EXTENSIONS, RAW_EXTENSIONS, Decoded, check_signal, decode, sniff
-from .encode import clear_transparent, encode
+from .decoding import EXTENSION_FORMATS, INPUT_EXTENSIONS, RAW_EXTENSIONS, Decoded, check_signal, decode, sniff
+from .encoding import clear_transparent, encode
 from .reading import read_input
 
 __all__ = [

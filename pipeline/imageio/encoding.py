@@ -20,7 +20,7 @@ from .colour import SRGB_ICC
 
 if TYPE_CHECKING:
     from ..config import ChannelConfig
-    from .decode import Decoded
+    from .decoding import Decoded
 
 
 def encode(pixels: np.ndarray, channel: ChannelConfig, source: Decoded | None = None) -> bytes:
