@@ -13,10 +13,11 @@ from typing import Literal
 import yaml
 
 from .errors import ConfigError
+from .formats import CHANNEL_EXTENSIONS, CHANNEL_FORMATS
 from .schema import build, opt
 
-FORMATS = ("jpeg", "png", "webp", "tiff")
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "tiff": "tif"}
+FORMATS = CHANNEL_FORMATS  # the channel formats, from the one format table
+EXTENSIONS = CHANNEL_EXTENSIONS  # the extension of each one's files
 _COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 
 
@@ -48,7 +49,7 @@ class InboxConfig:
 class ChannelConfig:
     name: str = field(default="", metadata={"internal": True})
     path: Path = opt(None, required=True, doc="output folder of this channel")
-    format: str = opt("png", choices=FORMATS, doc="jpeg | png | webp | tiff")
+    format: str = opt("png", choices=FORMATS, doc=" | ".join(FORMATS))
     quality: int = opt(90, min=1, max=100, doc="encoder quality for jpeg and webp")
     long_edge: int | None = opt(None, min=16, doc="shrink outputs so the long edge is at most this (never enlarges)")
     background: str | None = opt(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .config import Config, InboxConfig
-from .imageio import INPUT_EXTENSIONS
+from .formats import INPUT_EXTENSIONS
 from .rules import Rule, match_rule
 from .store import UNREADABLE, Job, Store
 from .text import printable

@@ -18,12 +18,12 @@ import yaml
 
 from .config import Config
 from .errors import ConfigError
-from .imageio import INPUT_EXTENSIONS
+from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
 from .schema import build
 from .stages.base import STEP_ORDER, stage_class
 
-DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in imageio
+DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
 _RATIO = re.compile(r"^(\d{1,3}):(\d{1,3})$")
 
 

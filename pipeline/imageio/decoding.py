@@ -26,6 +26,7 @@ from PIL import Image, ImageFile
 from . import metadata as meta
 from . import raw
 from ..errors import InputError
+from ..formats import ACCEPTED_SHOWN, EXTENSION_FORMATS, PILLOW_FORMATS, RAW_EXTENSIONS, sniff
 from ..text import printable, reason
 from .colour import convert_8bit, convert_16bit, grey_to_rgb
 
@@ -35,24 +36,6 @@ if TYPE_CHECKING:
 pillow_heif.register_heif_opener()  # HEIF/HEIC through Image.open, so the allow-list applies to it too
 
 
-# Pillow formats we are willing to decode (no EPS/PS/PDF/SVG, GIF, BMP or other exotic parsers).
-ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "HEIF", "AVIF")  # JPEG includes MPO
-RAW_EXTENSIONS = {
-    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".dng",
-    ".pef", ".srw", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".kdc", ".rwl", ".x3f",
-}
-EXTENSION_FORMATS = {  # what each image extension should hold (a mismatch is noted, not refused)
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".tif": "TIFF",
-    ".tiff": "TIFF", ".webp": "WEBP", ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF",
-    ".mpo": "JPEG",  # MPO: JPEG images one after the other; sniffed as JPEG
-}
-# Every extension the decoder reads, without the dot: the one list rules take by default (rules.DEFAULT_EXTENSIONS).
-INPUT_EXTENSIONS = tuple(ext.lstrip(".") for ext in (*EXTENSION_FORMATS, *sorted(RAW_EXTENSIONS)))
-# Formats we recognise by their magic bytes only to refuse them with a precise reason.
-_REFUSED_MAGIC = [
-    (b"%PDF", "PDF"), (b"%!PS", "PostScript"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"GIF8", "GIF"),
-    (b"BM", "BMP"), (b"8BPS", "Photoshop PSD"), (b"\x00\x00\x01\x00", "ICO"), (b"PK\x03\x04", "ZIP"),
-]
 RAW_TIMEOUT_S = 600.0
 
 # Never decode a truncated file into a grey half-image: truncation is an error.
@@ -78,59 +61,6 @@ class Decoded:
     dpi: tuple[float, float] | None = None  # the resolution the file states (pixels per inch, x and y) or None
 
 
-# ====================================================================== sniffing
-
-def sniff(data: bytes) -> str | None:
-    """What the content is by its magic bytes: an ALLOWED_FORMATS name, "RAW", a refused
-    format's name prefixed with "refused:", or None when nothing matches."""
-    head = data[:32]
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head.startswith(b"FUJIFILMCCD-RAW") or head[:4] in (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00"):
-        return "RAW"  # Fuji RAF, Olympus ORF, Panasonic RW2
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand == b"crx ":
-            return "RAW"  # Canon CR3
-        if brand in (b"avif", b"avis"):
-            return "AVIF"
-        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
-            return "HEIF"
-        return None
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic TIFF or BigTIFF
-        if head[:4] == b"II*\x00" and head[8:10] == b"CR":
-            return "RAW"  # Canon CR2
-        return "RAW" if 50706 in _tiff_ifd0_tags(data) else "TIFF"  # DNGVersion: a DNG
-    for magic, what in _REFUSED_MAGIC:
-        if head.startswith(magic):
-            return f"refused:{what}"
-    stripped = head.lstrip()
-    if stripped.startswith((b"<svg", b"<?xml", b"<!DOCTYPE svg")):
-        return "refused:SVG/XML"
-    return None
-
-
-def _tiff_ifd0_tags(data: bytes) -> set[int]:
-    """The tag numbers of a TIFF's (or BigTIFF's) first IFD (empty when the structure is broken)."""
-    try:
-        end = "<" if data[:2] == b"II" else ">"
-        if struct.unpack_from(end + "H", data, 2)[0] == 43:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
-            (ifd,) = struct.unpack_from(end + "Q", data, 8)
-            (count,) = struct.unpack_from(end + "Q", data, ifd)
-            first, size = ifd + 8, 20
-        else:
-            (ifd,) = struct.unpack_from(end + "I", data, 4)
-            (count,) = struct.unpack_from(end + "H", data, ifd)
-            first, size = ifd + 2, 12
-        return {struct.unpack_from(end + "H", data, first + size * i)[0] for i in range(min(count, 4096))}
-    except struct.error:
-        return set()
-
-
 # ====================================================================== decoding
 
 def decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
@@ -149,8 +79,7 @@ def _decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
     ext = os.path.splitext(str(name))[1].lower()
     notes: dict[str, Any] = {}
     if kind is not None and kind.startswith("refused:"):
-        raise InputError(f"{shown}: {kind[8:]} files are not accepted (only JPEG, PNG, TIFF, WebP, "
-                         f"HEIF/HEIC, AVIF and camera RAW)")
+        raise InputError(f"{shown}: {kind[8:]} files are not accepted (only {ACCEPTED_SHOWN})")
     if kind == "RAW" or (ext in RAW_EXTENSIONS and kind in (None, "TIFF")):
         return _decode_raw(data, shown, cfg, ext)
     if kind is None:
@@ -214,7 +143,7 @@ def _open(data: bytes, shown: str, cfg: InputConfig, kind: str) -> Image.Image:
     if kind in ("HEIF", "AVIF") and kind in Image.OPEN:
         _probe_heif(data, shown)
     try:
-        return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        return Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS))
     except Image.UnidentifiedImageError:
         raise InputError(f"{shown}: not a readable image (its {kind} header is damaged: no decoder "
                          f"could make sense of it)") from None
