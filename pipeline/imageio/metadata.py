@@ -9,7 +9,7 @@ Three policies (``ChannelConfig.metadata``):
              comments and everything else are dropped.
 ``strip``    nothing.
 
-Pure functions on bytes; no pixels, no files. ``imageio.encode`` decides where each blob goes.
+Pure functions on bytes; no pixels, no files. ``encoding.encode`` decides where each blob goes.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 LibRaw is a large C++ parser of dozens of vendor formats; a corrupt file can crash it
 (segfault, abort) or make it allocate without bound. So it never runs in the daemon: each RAW
-is decoded by a fresh ``python rawdecode.py`` child whose address space is capped
+is decoded by a fresh ``python raw.py`` child whose address space is capped
 (``RLIMIT_AS`` = ``input.raw_memory_mb``, set by the child itself before it imports rawpy, so
 no ``preexec_fn`` runs in a threaded parent). A crash or an out-of-memory fails that job only.
 
