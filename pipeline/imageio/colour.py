@@ -37,6 +37,7 @@ SRGB_ICC: bytes = _fixed_date(ImageCms.ImageCmsProfile(_SRGB).tobytes())  # embe
 
 
 def grey_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """Grey (with or without alpha) as RGB(A); anything with three or more channels unchanged."""
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
     if arr.shape[2] == 2:

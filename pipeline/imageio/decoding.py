@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 pillow_heif.register_heif_opener()  # HEIF/HEIC through Image.open, so the allow-list applies to it too
 
-
 RAW_TIMEOUT_S = 600.0
 
 # Never decode a truncated file into a grey half-image: truncation is an error.
@@ -60,8 +59,6 @@ class Decoded:
     icc: bytes | None = None
     dpi: tuple[float, float] | None = None  # the resolution the file states (pixels per inch, x and y) or None
 
-
-# ====================================================================== decoding
 
 def decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
     """Decode an image's bytes into the sRGB working space; InputError naming ``name`` if bad,
