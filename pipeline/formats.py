@@ -1,9 +1,9 @@
 """Every file format assetd knows, in one table: the extensions its files carry, what its content is called,
 what decodes it, which channel format writes it, and whether it is accepted at all.
 
-As Pillow registers everything about a format in one place, so no second table can disagree with it: the
-decoder's allow-list, the extensions rules take by default, the channel formats config accepts and the
-formats refused with a reason are all read from ``FORMATS``. ``sniff`` tells the content by its magic bytes.
+Like Pillow, which registers everything about a format in one place, there is no second table to disagree
+with it: the decoder's allow-list, the extensions rules take by default, the channel formats config accepts
+and the formats refused with a reason are all read from ``FORMATS``. ``sniff`` tells the content by its magic bytes.
 Imports nothing heavy, so config and the notifier can read it without loading a codec.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Format:
 
 
 FORMATS: tuple[Format, ...] = (
+    #      name   kind    shown   extensions                            decoder channel channel_extension
     Format("JPEG", "JPEG", "JPEG", (".jpg", ".jpeg", ".jpe", ".jfif"), PILLOW, "jpeg", "jpg"),
     Format("PNG", "PNG", "PNG", (".png",), PILLOW, "png", "png"),
     Format("TIFF", "TIFF", "TIFF", (".tif", ".tiff"), PILLOW, "tiff", "tif"),  # and BigTIFF
@@ -64,14 +65,15 @@ RAW_EXTENSIONS = frozenset(ext for f in ACCEPTED if f.decoder == LIBRAW for ext 
 INPUT_EXTENSIONS = tuple(ext.lstrip(".") for f in ACCEPTED for ext in f.extensions)
 # The formats Pillow may open (its ``formats=`` allow-list); MPO comes through the JPEG opener.
 PILLOW_FORMATS = tuple(dict.fromkeys(f.kind for f in ACCEPTED if f.decoder == PILLOW))
-# "JPEG, PNG, ... and camera RAW": for the message that refuses anything else.
-ACCEPTED_SHOWN = (lambda names: ", ".join(names[:-1]) + " and " + names[-1])(
-    [f.shown for f in ACCEPTED if f.name == f.kind])
+# "JPEG, PNG, ... and camera RAW": for the message that refuses anything else (MPO is told as JPEG).
+_SHOWN = [f.shown for f in ACCEPTED if f.name == f.kind]
+ACCEPTED_SHOWN = ", ".join(_SHOWN[:-1]) + " and " + _SHOWN[-1]
 
-# Channel formats, in the order config lists them (choices, messages); checked against the table below.
+# Channel formats in the order config lists them (choices, messages), checked against the table's.
 CHANNEL_FORMATS = ("jpeg", "png", "webp", "tiff")
-CHANNEL_EXTENSIONS = {f.channel: f.channel_extension for f in FORMATS if f.channel}
-assert sorted(CHANNEL_FORMATS) == sorted(CHANNEL_EXTENSIONS), "CHANNEL_FORMATS must list every channel format once"
+_WRITTEN = {f.channel: f.channel_extension for f in FORMATS if f.channel}
+assert sorted(CHANNEL_FORMATS) == sorted(_WRITTEN), "CHANNEL_FORMATS must list every channel format once"
+CHANNEL_EXTENSIONS = {channel: _WRITTEN[channel] for channel in CHANNEL_FORMATS}  # the extension of its files
 
 
 def sniff(data: bytes) -> str | None:
