@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import struct
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +37,10 @@ RAW_TIMEOUT_S = 600.0
 
 # Never decode a truncated file into a grey half-image: truncation is an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own bomb check is off, set once here: our limit (input.max_pixels) is per config, and a Pillow
+# global set on every decode is shared by every thread and every other user of Pillow. ``_open`` checks the
+# size the header declares itself, counted as Pillow counts it, before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass
@@ -132,25 +134,22 @@ def _bomb(shown: str, w: int, h: int, cfg: InputConfig) -> InputError:
 
 
 def _open(data: bytes, shown: str, cfg: InputConfig, kind: str) -> Image.Image:
-    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. Its ceiling follows ours, so
-    # it never warns about an image we accept, and its warning is turned into an error (never a mere
-    # log line). Our own check from the header (``_check_size``) refuses the rest in any case.
-    Image.MAX_IMAGE_PIXELS = cfg.max_pixels
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    """Open with Pillow (its allow-list of formats): the header is read, no pixel yet; refused above
+    ``max_pixels`` as Pillow's own check would (its count: a side of 0 counts as 1)."""
     if kind in ("HEIF", "AVIF") and kind in Image.OPEN:
         _probe_heif(data, shown)
     try:
-        return Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS))
+        im = Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS))
     except Image.UnidentifiedImageError:
         raise InputError(f"{shown}: not a readable image (its {kind} header is damaged: no decoder "
                          f"could make sense of it)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = _pixels(int(found.group(1))) if found else "the image"
-        raise InputError(f"{shown}: {size} exceeds input.max_pixels ({_pixels(cfg.max_pixels)}); "
-                         f"refused before decoding") from None
     except Exception as exc:
         raise InputError(f"{shown}: not a readable image ({reason(exc)})") from None
+    declared = max(1, im.width) * max(1, im.height)
+    if declared > cfg.max_pixels:
+        raise InputError(f"{shown}: {_pixels(declared)} exceeds input.max_pixels ({_pixels(cfg.max_pixels)}); "
+                         f"refused before decoding")
+    return im
 
 
 def _probe_heif(data: bytes, shown: str) -> None:
