@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -50,6 +50,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import InboxConfig
+from .ignore import is_ignored, is_ignored_name
 
 __all__ = ["InboxWatcher", "is_ignored"]
 
@@ -62,42 +63,10 @@ RESTART_BACKOFF_MAX = 60.0
 #: How often the settle thread checks that every observer is still alive.
 SUPERVISE_SECONDS = 1.0
 
-_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
-# Windows shell files, and NAS housekeeping folders (Synology thumbnails and recycle bins, Windows bins).
-_IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "@eadir", "#recycle", "$recycle.bin",
-                            "system volume information"})
 # Errors that mean "inotify ran out of watches or descriptors": polling still works then.
 _INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
 
 Signature = tuple[int, int]  # (size, mtime_ns)
-
-
-def _ignored_name(name: str) -> bool:
-    lower = name.lower()
-    return (
-        lower.startswith(".")  # dotfiles, .DS_Store, ._AppleDouble, .~lock.* (LibreOffice)
-        or lower.startswith("~$")  # Office owner files
-        or lower.endswith("~")  # editor backups
-        or lower.endswith(_IGNORED_SUFFIXES)  # downloads and copies in progress
-        or lower in _IGNORED_NAMES
-    )
-
-
-def is_ignored(path: Path, root: Path | None = None) -> bool:
-    """True for temporary, hidden and system files that must never be taken from an inbox.
-
-    Without ``root`` only the name of ``path`` is checked, so absolute paths are safe to pass (a
-    ``~/.assetd/inbox`` does not hide everything in it). With ``root`` (the inbox), every component
-    of ``path`` below it is checked too, so a file inside a dot-folder is ignored. Ignored, case-
-    insensitively: names starting with '.' (dotfiles, dot-folders, ``.DS_Store``, ``._*``,
-    ``.~lock*``), ``~$*``, names ending in '~', ``*.tmp``, ``*.part``, ``*.partial``,
-    ``*.crdownload``, ``Thumbs.db``, ``desktop.ini`` and the NAS/Windows housekeeping folders
-    ``@eaDir``, ``#recycle``, ``$RECYCLE.BIN`` and ``System Volume Information``.
-    """
-    path = PurePath(path)
-    if root is None:
-        return _ignored_name(path.name)
-    return any(_ignored_name(part) for part in path.relative_to(root).parts)
 
 
 @dataclass
@@ -274,7 +243,7 @@ class InboxWatcher:
                 continue
             for entry in found:
                 path = Path(entry.path)
-                if _ignored_name(entry.name):
+                if is_ignored_name(entry.name):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import InboxConfig
-from pipeline.watcher import InboxWatcher, is_ignored
+from pipeline.watcher import InboxWatcher
 
 SETTLE = 0.4
 TICK = 0.05
@@ -97,46 +97,6 @@ def make_watcher(no_leaked_threads: None) -> Iterator[Callable[..., tuple[InboxW
 
 def inbox_at(path: Path, **kwargs: object) -> InboxConfig:
     return InboxConfig(path=path, settle_seconds=kwargs.pop("settle_seconds", SETTLE), **kwargs)
-
-
-# -- is_ignored -------------------------------------------------------------------------------
-
-ROOT = Path("/srv/inbox")
-
-
-@pytest.mark.parametrize("name", [
-    ".hidden.jpg", ".DS_Store", "._shot.jpg", ".~lock.sheet.ods#", "~$report.docx", "shot.jpg~",
-    "shot.tmp", "shot.TMP", "shot.jpg.part", "shot.jpg.partial", "shot.jpg.crdownload", "Thumbs.db",
-    "THUMBS.DB", "desktop.ini",
-])
-def test_is_ignored_temp_and_system_names(name: str) -> None:
-    assert is_ignored(Path(name))
-    assert is_ignored(ROOT / "client" / name)
-    assert is_ignored(ROOT / "client" / name, ROOT)
-
-
-@pytest.mark.parametrize("rel", [
-    ".git/config", ".sync/shot.jpg", "@eaDir/shot.jpg/SYNOFILE_THUMB_XL.jpg", "$RECYCLE.BIN/shot.jpg",
-    "a/b/.cache/shot.jpg", "#recycle/shot.jpg",
-])
-def test_is_ignored_files_inside_ignored_folders(rel: str) -> None:
-    assert is_ignored(ROOT / rel, ROOT)
-
-
-@pytest.mark.parametrize("rel", [
-    "shot.jpg", "Shot 01.CR3", "client/2024/shot.tif", "shot.tmp.jpg", "part.png", "thumbs.db.jpg",
-    "my~file.png", "a.b.c.jpeg",
-])
-def test_is_ignored_keeps_real_files(rel: str) -> None:
-    assert not is_ignored(Path(rel))
-    assert not is_ignored(ROOT / rel, ROOT)
-
-
-def test_is_ignored_never_looks_above_the_inbox() -> None:
-    root = Path("/home/studio/.assetd/inbox")
-    assert not is_ignored(root / "shot.jpg")
-    assert not is_ignored(root / "shot.jpg", root)
-    assert is_ignored(root / ".partial" / "shot.jpg", root)
 
 
 # -- settling ---------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""Which names in an inbox are never taken: temporary, hidden and system files and folders.
+
+Pure name rules, no I/O. The watcher applies them to events and scans; ``assetd process`` and
+``assetd explain`` apply the same rules (through ``pipeline.watcher.is_ignored``).
+"""
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+
+__all__ = ["is_ignored", "is_ignored_name"]
+
+_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+# Windows shell files, and NAS housekeeping folders (Synology thumbnails and recycle bins, Windows bins).
+_IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "@eadir", "#recycle", "$recycle.bin",
+                            "system volume information"})
+
+
+def is_ignored_name(name: str) -> bool:
+    """True when one file or folder name (not a path) is ignored."""
+    lower = name.lower()
+    return (
+        lower.startswith(".")  # dotfiles, .DS_Store, ._AppleDouble, .~lock.* (LibreOffice)
+        or lower.startswith("~$")  # Office owner files
+        or lower.endswith("~")  # editor backups
+        or lower.endswith(_IGNORED_SUFFIXES)  # downloads and copies in progress
+        or lower in _IGNORED_NAMES
+    )
+
+
+def is_ignored(path: Path, root: Path | None = None) -> bool:
+    """True for temporary, hidden and system files that must never be taken from an inbox.
+
+    Without ``root`` only the name of ``path`` is checked, so absolute paths are safe to pass (a
+    ``~/.assetd/inbox`` does not hide everything in it). With ``root`` (the inbox), every component
+    of ``path`` below it is checked too, so a file inside a dot-folder is ignored. Ignored, case-
+    insensitively: names starting with '.' (dotfiles, dot-folders, ``.DS_Store``, ``._*``,
+    ``.~lock*``), ``~$*``, names ending in '~', ``*.tmp``, ``*.part``, ``*.partial``,
+    ``*.crdownload``, ``Thumbs.db``, ``desktop.ini`` and the NAS/Windows housekeeping folders
+    ``@eaDir``, ``#recycle``, ``$RECYCLE.BIN`` and ``System Volume Information``.
+    """
+    path = PurePath(path)
+    if root is None:
+        return is_ignored_name(path.name)
+    return any(is_ignored_name(part) for part in path.relative_to(root).parts)
