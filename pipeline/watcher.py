@@ -3,12 +3,13 @@
 This module only *finds* files; it never processes them. The flow:
 
 1. A watchdog observer per inbox (inotify, or polling for SMB/NFS shares where inotify never fires)
-   feeds ``_InboxEventHandler``, which only records the path as a *candidate* with a monotonic
-   stamp. Nothing slow runs in the observer's thread.
-2. The settle thread re-stats every candidate each tick. A candidate is *settled* once it is a
-   regular file (``lstat``; symlinks are never followed) whose ``(size, mtime_ns)`` has not changed
-   for ``settle_seconds``; any change, or any new event for it, restarts the clock. Settled files
-   are handed to ``on_settled(path, inbox)`` exactly once per ``(path, size, mtime_ns)``.
+   feeds ``_InboxEventHandler``, which only records the path as a *candidate* with a stamp from
+   the settle clock. Nothing slow runs in the observer's thread.
+2. The settle thread runs a pass of the ``SettleTracker`` (``pipeline/settle.py``) each tick. A
+   candidate is *settled* once it is a regular file (``lstat``; symlinks are never followed) whose
+   ``(size, mtime_ns)`` has not changed for ``settle_seconds``; any change, or any new event for it,
+   restarts the clock. Settled files are handed to ``on_settled(path, inbox)`` exactly once per
+   ``(path, size, mtime_ns)``.
 3. A reconciliation scan at start, and a rescan every ``rescan_seconds``, add files the events
    missed (files that arrived while the daemon was down, events the OS dropped).
 4. The settle thread also supervises the observers: an observer whose thread ended, or whose inbox
@@ -51,6 +52,7 @@ from watchdog.observers.polling import PollingObserver
 
 from .config import InboxConfig
 from .ignore import is_ignored, is_ignored_name
+from .settle import Settled, SettleTracker
 
 __all__ = ["InboxWatcher", "is_ignored"]
 
@@ -65,18 +67,6 @@ SUPERVISE_SECONDS = 1.0
 
 # Errors that mean "inotify ran out of watches or descriptors": polling still works then.
 _INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
-
-Signature = tuple[int, int]  # (size, mtime_ns)
-
-
-@dataclass
-class _Candidate:
-    """A path that may be a new file: waiting for its size and mtime to stop changing."""
-
-    inbox: InboxConfig
-    changed_at: float  # monotonic time of the last change seen (event or different signature)
-    signature: Signature | None = None
-
 
 @dataclass
 class _Watch:
@@ -132,7 +122,7 @@ class _InboxEventHandler(FileSystemEventHandler):
     def _record(self, raw: bytes | str) -> None:
         path = self._map(raw)
         if path is not None and not is_ignored(path, self._watch.root):
-            self._watcher._add_candidate(path, self._watch.inbox, time.monotonic())
+            self._watcher._settle.add(path, self._watch.inbox)
 
 
 class InboxWatcher:
@@ -140,7 +130,8 @@ class InboxWatcher:
 
     ``start()`` creates missing inbox folders, starts the observers and the settle thread and runs the
     reconciliation scan; ``stop()`` ends and joins every thread it started. See the module docstring
-    for the settle rule and the supervision of observers.
+    for the settle rule and the supervision of observers. ``clock`` times the settle rule only
+    (tests pass a fake one); supervision and rescans keep real time.
     """
 
     def __init__(
@@ -151,16 +142,16 @@ class InboxWatcher:
         rescan_seconds: float = 300.0,
         tick_seconds: float = 0.25,
         logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._on_settled = on_settled
         self._rescan_seconds = rescan_seconds
         self._tick = tick_seconds
         self._log = logger or log
         self._watches = [_Watch(inbox, Path(os.path.abspath(inbox.path))) for inbox in inboxes]
-        self._lock = threading.Lock()
-        self._candidates: dict[Path, _Candidate] = {}
+        self._settle = SettleTracker(clock=clock, logger=self._log)
+        self._lock = threading.Lock()  # guards the scan requests
         self._scan_requests: dict[Path, _Watch] = {}
-        self._announced: dict[Path, Signature] = {}  # handed over, with the signature it had then
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -193,34 +184,18 @@ class InboxWatcher:
 
     def pending(self) -> int:
         """How many candidates are still waiting to settle (0: the inboxes are quiet)."""
-        with self._lock:
-            return len(self._candidates) + len(self._scan_requests)
+        with self._lock:  # requests first: a request becomes candidates, never the other way
+            requests = len(self._scan_requests)
+        return requests + self._settle.pending()
 
     def rescan(self) -> None:
         """Walk every inbox now: files that are new or changed since they were handed over become
         candidates; the memory of handed-over files that no longer exist is dropped."""
         for watch in self._watches:
             self._scan(watch, watch.root)
-        with self._lock:
-            announced = list(self._announced)
-        gone = [path for path in announced if not _is_regular(path)]
-        with self._lock:
-            for path in gone:
-                self._announced.pop(path, None)
+        self._settle.forget_gone()
 
-    # -- recording (any thread) ---------------------------------------------------------------
-
-    def _add_candidate(self, path: Path, inbox: InboxConfig, now: float,
-                       signature: Signature | None = None) -> None:
-        with self._lock:
-            cand = self._candidates.get(path)
-            if cand is None:
-                self._candidates[path] = _Candidate(inbox, now, signature)
-                return
-            if signature is None:
-                cand.changed_at = now  # a fresh event restarts the settle clock (a scan only finds it again)
-            if len(Path(os.path.abspath(inbox.path)).parts) > len(Path(os.path.abspath(cand.inbox.path)).parts):
-                cand.inbox = inbox  # nested inboxes: the innermost one owns the file
+    # -- scanning -----------------------------------------------------------------------------
 
     def _request_scan(self, watch: _Watch, folder: Path) -> None:
         with self._lock:
@@ -229,7 +204,7 @@ class InboxWatcher:
     def _scan(self, watch: _Watch, folder: Path) -> None:
         """Add the files under ``folder`` (inside ``watch``'s inbox) as candidates, without following
         symlinked folders or descending into ignored ones. Unchanged handed-over files are skipped."""
-        now = time.monotonic()
+        now = self._settle.clock()
         stack = [folder]
         while stack:
             current = stack.pop()
@@ -255,11 +230,7 @@ class InboxWatcher:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                signature = (st.st_size, st.st_mtime_ns)
-                with self._lock:
-                    if self._announced.get(path) == signature:
-                        continue
-                self._add_candidate(path, watch.inbox, now, signature)
+                self._settle.add(path, watch.inbox, now, (st.st_size, st.st_mtime_ns))
 
     # -- the settle thread --------------------------------------------------------------------
 
@@ -288,57 +259,18 @@ class InboxWatcher:
             self._scan(watch, folder)
 
     def _settle_pass(self) -> None:
-        with self._lock:
-            candidates = list(self._candidates.items())
-        for path, cand in candidates:
-            if self._stop.is_set():
-                return
-            now = time.monotonic()
-            root = Path(os.path.abspath(cand.inbox.path))
-            try:
-                ignored = is_ignored(path, root)
-            except ValueError:  # not under its inbox
-                ignored = True
-            try:
-                st = None if ignored else os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                st = None
-            except OSError as exc:  # share briefly unreachable: keep the candidate, try next tick
-                self._log.debug("inbox: cannot stat %s: %s", path, exc)
-                continue
-            if st is None or not stat.S_ISREG(st.st_mode):
-                with self._lock:  # gone, ignored, a symlink or a folder: not a file to take
-                    if self._candidates.get(path) is cand:
-                        del self._candidates[path]
-                    if st is None and not ignored:
-                        self._announced.pop(path, None)
-                continue
-            signature = (st.st_size, st.st_mtime_ns)
-            with self._lock:
-                if self._candidates.get(path) is not cand:
-                    continue
-                if signature != cand.signature:
-                    cand.signature = signature
-                    cand.changed_at = now
-                    continue
-                if now - cand.changed_at < cand.inbox.settle_seconds:
-                    continue
-                del self._candidates[path]
-                if self._announced.get(path) == signature:
-                    continue
-            if not _no_symlinked_folders(root, path):
-                continue
-            self._hand_over(path, cand.inbox, signature)
+        for settled in self._settle.settle_pass(stopping=self._stop.is_set):
+            self._hand_over(settled)
 
-    def _hand_over(self, path: Path, inbox: InboxConfig, signature: Signature) -> None:
+    def _hand_over(self, settled: Settled) -> None:
+        path, inbox, signature = settled
         try:
             self._on_settled(path, inbox)
         except Exception:
             self._log.exception("inbox %s: handing over %s failed; it is offered again at the next rescan",
                                 inbox.path, path)
             return
-        with self._lock:
-            self._announced[path] = signature
+        self._settle.handed_over(path, signature)
 
     # -- supervision --------------------------------------------------------------------------
 
@@ -439,23 +371,3 @@ def _stop_observer(observer: BaseObserver, timeout: float) -> None:
         log.debug("stopping observer failed", exc_info=True)
     if observer.ident is not None:
         observer.join(timeout)
-
-
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _no_symlinked_folders(root: Path, path: Path) -> bool:
-    """True when every folder between ``root`` and ``path`` is a real folder, not a symlink."""
-    folder = path.parent
-    while folder != root and len(folder.parts) > len(root.parts):
-        try:
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):
-                return False
-        except OSError:
-            return False
-        folder = folder.parent
-    return True
