@@ -24,14 +24,6 @@ from .schema import build
 from .stages.base import STEP_ORDER, stage_class
 
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
-_RATIO = re.compile(r"^(\d{1,3}):(\d{1,3})$")
-
-
-def parse_ratio(text: str) -> tuple[int, int] | None:
-    m = _RATIO.match(str(text))
-    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
-        return None
-    return int(m.group(1)), int(m.group(2))
 
 
 def folder_matches(pattern: str, folder: str) -> bool:

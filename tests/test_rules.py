@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.rules import folder_matches, load_rules, match_rule, parse_ratio
+from pipeline.rules import folder_matches, load_rules, match_rule
+from pipeline.stages.framing import parse_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,8 +121,12 @@ def test_options_left_at_their_defaults_do_not_change_the_version(workspace):
 
 
 def test_parse_ratio():
+    """Rules check ratios with the crops step's parser (framing.parse_ratio), which refuses instead of
+    returning None."""
     assert parse_ratio("16:9") == (16, 9)
-    assert parse_ratio("0:9") is None and parse_ratio("wide") is None
+    for text in ("0:9", "wide"):
+        with pytest.raises(ValueError):
+            parse_ratio(text)
 
 
 def _with_channel(workspace, channel: str, settings: str) -> None:
