@@ -16,7 +16,7 @@ import click
 
 from .config import Config
 from .schema import describe
-from .stages.base import DEFAULT_BACKENDS, STEP_ORDER, backends, stage_class
+from .stages.base import backends, stage_class, steps
 
 
 def _default(field: dataclasses.Field) -> str:
@@ -76,10 +76,10 @@ def config_reference() -> str:
 
 def stages_reference() -> str:
     parts = []
-    for step in STEP_ORDER:
+    for step, kind in steps().items():
         for backend in backends(step):
             cls = stage_class(step, backend)
-            default = " (default)" if DEFAULT_BACKENDS[step] == backend else ""
+            default = " (default)" if kind.default_backend == backend else ""
             models = "; needs the `models` extra and weights" if cls.needs_models else ""
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             parts.append(f"#### `{step}` · backend `{backend}`{default}{models}\n\n{doc}\n")

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
 from .schema import build
-from .stages.base import STEP_ORDER, stage_class
+from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as known_steps
 
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
 
@@ -153,10 +153,10 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     match = build(MatchSpec, data.get("match"), "match", match_errors)
     errors.extend(f"{path}: {e}" for e in match_errors)
     steps = _parse_steps(data.get("steps"), path, config, errors)
-    step_names = {s.step for s in steps}
+    after = facts_after([s.step for s in steps])
     crops = next((s for s in steps if s.step == "crops"), None)
     crop_ratios = list(getattr(crops.options, "ratios", []) or []) if crops else []
-    outputs = _parse_outputs(data.get("outputs"), path, config, step_names, crop_ratios, errors)
+    outputs = _parse_outputs(data.get("outputs"), path, config, after, crop_ratios, errors)
     if len(errors) != before:
         return None
     for i, spec in enumerate(steps):  # no errors so far: steps[i] is the YAML's steps[i]
@@ -165,7 +165,7 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
                                                                         outputs, config)
         except ConfigError as exc:
             errors.extend(f"{path}: {p}" for p in exc.problems)
-    errors.extend(f"{path}: {p}" for p in _name_clashes(name, outputs, config, step_names, crop_ratios))
+    errors.extend(f"{path}: {p}" for p in _name_clashes(name, outputs, config, after, crop_ratios))
     if len(errors) != before:
         return None
     rule = Rule(name=name, path=path, match=match, steps=steps, outputs=outputs,
@@ -174,14 +174,14 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     return rule
 
 
-def _name_clashes(rule: str, outputs: list[OutputSpec], config: Config, step_names: set[str],
+def _name_clashes(rule: str, outputs: list[OutputSpec], config: Config, after: dict[str, frozenset[str]],
                   crop_ratios: list[str]) -> list[str]:
     """Names that would clash within one job: every image a channel gets from one input needs a name of
     its own (else they differ only by assetd's hash suffix). Tried on a sample input, at the inbox root
     and in a sub-folder."""
     images = []  # (output index, channel, step, ratio) of every image one job writes
     for i, spec in enumerate(outputs):
-        has_ratios = "crops" in step_names and spec.source in ("crops", "upscale")
+        has_ratios = "ratio" in after.get(spec.source, ())
         for ratio in (spec.ratios or crop_ratios) if has_ratios else [None]:
             images.append((i, config.channels[spec.channel], spec.source, ratio))
     problems: dict[tuple, str] = {}  # one problem per image (or pair of images), the first sample's
@@ -216,7 +216,7 @@ def _name_clashes(rule: str, outputs: list[OutputSpec], config: Config, step_nam
 
 def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> list[StepSpec]:
     if not isinstance(raw, list) or not raw:
-        errors.append(f"{path}: steps: expected a list of steps ({', '.join(STEP_ORDER)})")
+        errors.append(f"{path}: steps: expected a list of steps ({', '.join(known_steps())})")
         return []
     steps: list[StepSpec] = []
     for i, item in enumerate(raw):
@@ -227,8 +227,8 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
             errors.append(f"{path}: {where}: expected one step name mapped to its options, got {item!r}")
             continue
         (step, opts), = item.items()
-        if step not in STEP_ORDER:
-            errors.append(f"{path}: {where}: unknown step {step!r} (known: {', '.join(STEP_ORDER)})")
+        if step not in known_steps():
+            errors.append(f"{path}: {where}: unknown step {step!r} (known: {', '.join(known_steps())})")
             continue
         opts = dict(opts or {}) if isinstance(opts, dict) or opts is None else opts
         if not isinstance(opts, dict):
@@ -249,12 +249,43 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
     names = [s.step for s in steps]
     if len(set(names)) != len(names):
         errors.append(f"{path}: steps: each step may appear once, got {names}")
-    elif names != sorted(names, key=STEP_ORDER.index):
-        errors.append(f"{path}: steps: must run in the order {' → '.join(STEP_ORDER)}, got {' → '.join(names)}")
+    else:
+        errors.extend(f"{path}: {p}" for p in order_problems(names))
     return steps
 
 
-def _parse_outputs(raw: Any, path: Path, config: Config, step_names: set[str], crop_ratios: list[str],
+def order_problems(names: list[str]) -> list[str]:
+    """Steps placed where what they need does not hold (``stages.base.STEPS``), one line each."""
+    holds, may = set(INPUT_FACTS), set(INPUT_MAY)
+    taken_by: dict[str, str] = {}
+    problems = []
+    for i, name in enumerate(names):
+        step = known_steps()[name]
+        for fact in sorted(step.needs - holds - may):
+            if fact in taken_by:
+                problems.append(f"steps[{i}].{name}: needs {FACTS[fact]}, which {taken_by[fact]} takes away: "
+                                f"must run in the order {name} → {taken_by[fact]}, got {' → '.join(names)}")
+            else:
+                givers = [s.name for s in known_steps().values() if fact in s.gives]
+                problems.append(f"steps[{i}].{name}: needs {FACTS[fact]}: put {' or '.join(givers)} before it")
+        holds = (holds - step.takes) | step.gives
+        may -= step.takes
+        taken_by.update((fact, name) for fact in step.takes)
+    return problems
+
+
+def facts_after(names: list[str]) -> dict[str, frozenset[str]]:
+    """What holds of the image after each step of a rule (in its order; the input's maybes left out)."""
+    holds, out = set(INPUT_FACTS), {}
+    for name in names:
+        step = known_steps().get(name)
+        if step is not None:
+            holds = (holds - step.takes) | step.gives
+            out[name] = frozenset(holds)
+    return out
+
+
+def _parse_outputs(raw: Any, path: Path, config: Config, after: dict[str, frozenset[str]], crop_ratios: list[str],
                    errors: list[str]) -> list[OutputSpec]:
     if not isinstance(raw, list) or not raw:
         errors.append(f"{path}: outputs: expected a list like [{{channel: webshop, from: crops}}]")
@@ -274,10 +305,10 @@ def _parse_outputs(raw: Any, path: Path, config: Config, step_names: set[str], c
                           f"(configured: {', '.join(config.channels) or 'none'})")
         source = item.get("from")
         if source is None:
-            source = [s for s in STEP_ORDER if s in step_names][-1] if step_names else "input"
-        if source != "input" and source not in step_names:
+            source = list(after)[-1] if after else "input"
+        if source != "input" and source not in after:
             errors.append(f"{where}.from: {source!r} is not a step of this rule "
-                          f"(steps: {', '.join(sorted(step_names, key=STEP_ORDER.index)) or 'none'}, or input)")
+                          f"(steps: {', '.join(after) or 'none'}, or input)")
         ratios = item.get("ratios")
         if ratios is not None:
             if isinstance(ratios, str):
@@ -286,8 +317,7 @@ def _parse_outputs(raw: Any, path: Path, config: Config, step_names: set[str], c
                 errors.append(f"{where}.ratios: expected a list of ratios like ['1:1'], got {ratios!r}")
                 ratios = None
             else:
-                steps_with_crops = ("crops", "upscale") if "crops" in step_names else ()
-                if source not in steps_with_crops:
+                if "ratio" not in after.get(source, ()):
                     errors.append(f"{where}.ratios: only outputs from crops (or a later step) have ratios")
                 for r in ratios:
                     if r not in crop_ratios:

@@ -198,3 +198,21 @@ def test_two_channels_writing_one_folder_may_not_clash(workspace):
     assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: outputs: crops 1:1 and crops 1:1 would both be "
                         f"named 'shot_1x1.jpg' in folder {workspace.out('webshop')} (channels webshop and instagram): "
                         "put {channel} in their filenames"]
+
+
+def test_steps_may_run_in_another_order_where_their_needs_hold(workspace):
+    """A step goes wherever what it needs holds (stages.base.STEPS): upscale before crops is fine, its
+    outputs have no ratios; a scene after crops (it needs the whole image) is refused."""
+    workspace.add_rule("30-big.yaml", "name: big\nmatch: {folder: big}\nsteps: [{upscale: {factor: 2}}, crops]\n"
+                                      "outputs: [{channel: webshop, ratios: ['1:1']}, {channel: cutouts, from: upscale}]\n")
+    config, rules = workspace.load()
+    assert [s.step for s in rules[2].steps] == ["upscale", "crops"]
+    assert [o.source for o in rules[2].outputs] == ["crops", "upscale"]
+    problems = _problems(workspace, "name: bad\nsteps: [{upscale: {factor: 2}}, crops]\n"
+                                    "outputs: [{channel: webshop, from: upscale, ratios: ['1:1']}]\n")
+    assert any("outputs[0].ratios: only outputs from crops (or a later step) have ratios" in p for p in problems)
+    problems = _problems(workspace, "name: bad\nsteps: [crops, {place_in_scene: {colour: '#ffffff'}}]\n"
+                                    "outputs: [{channel: cutouts}]\n")
+    assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: steps[1].place_in_scene: needs the whole image "
+                        "(not yet cropped to ratios), which crops takes away: must run in the order "
+                        "place_in_scene → crops, got crops → place_in_scene"]

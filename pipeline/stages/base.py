@@ -1,7 +1,7 @@
 """The stage interface every backend implements, and the registry that finds backends by name.
 
-A *step* is one of the four things a rule can ask for (``STEP_ORDER``); a *backend* is one way
-of doing it (``studio`` or ``rembg`` for ``remove_background``...). A backend is a ``Stage``
+A *step* is one thing a rule can ask for (``STEPS``: what it needs and changes, which decides where
+a rule may place it); a *backend* is one way of doing it (``studio`` or ``rembg`` for ``remove_background``...). A backend is a ``Stage``
 subclass decorated with ``@register``; its options are a dataclass (``Options``) validated by
 ``pipeline.schema`` when rules load, so a typo fails ``assetd check`` rather than a job at 2 a.m.
 
@@ -23,13 +23,50 @@ import numpy as np
 if TYPE_CHECKING:
     from ..config import Config
 
-STEP_ORDER = ("remove_background", "place_in_scene", "crops", "upscale")
-DEFAULT_BACKENDS = {
-    "remove_background": "studio",
-    "place_in_scene": "composite",
-    "crops": "geometry",
-    "upscale": "lanczos",
+FACTS = {  # what may hold of the image between steps; a step's needs, gives and takes name these
+    "cutout": "a cut-out (the subject on a transparent background)",
+    "uncropped": "the whole image (not yet cropped to ratios)",
+    "ratio": "one image per crop ratio",
 }
+INPUT_FACTS = frozenset({"uncropped"})  # what every input is
+INPUT_MAY = frozenset({"cutout"})  # what an input may be (a PNG with transparency): not refused when rules load
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step a rule can ask for. A rule may place it anywhere its ``needs`` hold (after the input and the
+    steps before it: see ``STEPS``); a new step is one module that calls ``define_step`` and registers its
+    backends."""
+
+    name: str
+    default_backend: str
+    needs: frozenset[str] = frozenset()  # facts that must hold when it starts
+    gives: frozenset[str] = frozenset()  # facts that hold after it
+    takes: frozenset[str] = frozenset()  # facts that no longer hold after it
+    doc: str = ""
+
+
+STEPS: dict[str, Step] = {}  # by name, in the order the manual lists them
+
+
+def define_step(name: str, default_backend: str, needs: tuple[str, ...] = (), gives: tuple[str, ...] = (),
+                takes: tuple[str, ...] = (), doc: str = "") -> Step:
+    """Declare a step: the first four below; a new one in its own module, before its backends' ``@register``."""
+    unknown = sorted((set(needs) | set(gives) | set(takes)) - set(FACTS))
+    if unknown:
+        raise ValueError(f"step {name}: unknown facts {unknown} (known: {', '.join(FACTS)})")
+    step = Step(name, default_backend, frozenset(needs), frozenset(gives), frozenset(takes), doc)
+    STEPS[name] = step
+    return step
+
+
+define_step("remove_background", "studio", needs=("uncropped",), gives=("cutout",),
+            doc="cuts the subject out of its backdrop")
+define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
+            doc="puts the cut-out on a new backdrop of its own size")
+define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
+            doc="frames the subject once per ratio")
+define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
 # Modules that register backends; model-backed ones import their heavy libraries lazily.
 STAGE_MODULES = [
     "pipeline.stages.remove_background",
@@ -136,8 +173,8 @@ _loaded = False
 
 def register(cls: type[Stage]) -> type[Stage]:
     """Class decorator: make a backend findable by (step, backend)."""
-    if cls.step not in STEP_ORDER:
-        raise ValueError(f"unknown step {cls.step!r}")
+    if cls.step not in STEPS:
+        raise ValueError(f"unknown step {cls.step!r} (define_step it first)")
     _REGISTRY[(cls.step, cls.backend)] = cls
     return cls
 
@@ -150,6 +187,12 @@ def _load_all() -> None:
         _loaded = True
 
 
+def steps() -> dict[str, Step]:
+    """Every step, with the modules that define steps loaded."""
+    _load_all()
+    return STEPS
+
+
 def backends(step: str) -> list[str]:
     _load_all()
     return sorted(b for (s, b) in _REGISTRY if s == step)
@@ -158,7 +201,7 @@ def backends(step: str) -> list[str]:
 def stage_class(step: str, backend: str | None) -> type[Stage]:
     """The backend class for a step; KeyError with the valid names when unknown."""
     _load_all()
-    backend = backend or DEFAULT_BACKENDS[step]
+    backend = backend or STEPS[step].default_backend
     try:
         return _REGISTRY[(step, backend)]
     except KeyError:
