@@ -1,7 +1,8 @@
 """The daemon's configuration: typed, validated before anything starts, defaults defined once here.
 
 Every key is documented in ``config.example.yaml`` and the README; ``tests/test_docs.py`` fails
-when one is missing. Relative paths resolve against the folder of the config file.
+when one is missing. Relative paths resolve against the folder of the config file, once, as the
+schema builds the config.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 
 from .errors import ConfigError
 from .formats import CHANNEL_EXTENSIONS, CHANNEL_FORMATS
-from .schema import build, opt
+from .schema import build, opt, resolve_path
 
 FORMATS = CHANNEL_FORMATS  # the channel formats, from the one format table
 EXTENSIONS = CHANNEL_EXTENSIONS  # the extension of each one's files
@@ -150,8 +151,7 @@ class Config:
 
     def resolve(self, path: Path | str) -> Path:
         """A path from the config or a rule, made absolute against the config file's folder."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
+        return resolve_path(path, self.base_dir)
 
 
 def load_config(path: Path | str) -> Config:
@@ -185,26 +185,20 @@ def config_from_dict(data: object, source: Path) -> Config:
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
     data = dict(data or {})
     raw_channels = data.pop("channels", None)
-    cfg: Config = build(Config, data, "", errors, source=source)
+    cfg: Config = build(Config, data, "", errors, base=source.parent, source=source)
     # channels are keyed by name; give each its name
     if raw_channels is not None and not isinstance(raw_channels, dict):
         errors.append(f"channels: expected a mapping of channel names to settings, got {raw_channels!r}")
     if isinstance(raw_channels, dict):
         for name, body in raw_channels.items():
-            cfg.channels[str(name)] = build(ChannelConfig, body, f"channels.{name}", errors, name=str(name))
+            cfg.channels[str(name)] = build(ChannelConfig, body, f"channels.{name}", errors, base=source.parent,
+                                            name=str(name))
     for name, ch in cfg.channels.items():
         if ch.bits == 16 and ch.format not in ("png", "tiff"):
             errors.append(f"channels.{name}.bits: 16 bits needs format png or tiff, not {ch.format}")
         if ch.filename and ("/" in ch.filename or "\\" in ch.filename or "{ext}" not in ch.filename):
             errors.append(f"channels.{name}.filename: expected a file name with {{ext}} and no folders, "
                           f"got {ch.filename!r}")
-    for inbox in cfg.inboxes:
-        if inbox.path is None:
-            continue
-        inbox.path = cfg.resolve(inbox.path)
-    for ch in cfg.channels.values():
-        if ch.path is not None:
-            ch.path = cfg.resolve(ch.path)
     errors.extend(_inboxes_twice(cfg.inboxes))
     for name, ch in cfg.channels.items():
         for i, inbox in enumerate(cfg.inboxes):
@@ -212,9 +206,6 @@ def config_from_dict(data: object, source: Path) -> Config:
                     ch.path == inbox.path or (inbox.recursive and ch.path.is_relative_to(inbox.path))):
                 errors.append(f"channels.{name}.path: {ch.path} lies inside inboxes[{i}] ({inbox.path}); "
                               "its outputs would be taken as new inputs")
-    cfg.database = cfg.resolve(cfg.database)
-    if cfg.manifests.folder is not None:
-        cfg.manifests.folder = cfg.resolve(cfg.manifests.folder)
     for i, inbox in enumerate(cfg.inboxes):  # what assetd writes must not be taken as new inputs
         def watched(path: Path) -> bool:
             return path.is_relative_to(inbox.path) and (inbox.recursive or path.parent == inbox.path)
@@ -226,9 +217,6 @@ def config_from_dict(data: object, source: Path) -> Config:
                           "taken as new inputs")
         elif watched(cfg.manifest_folder / "rule" / "x.assetd.json"):
             errors.append(f"manifests.folder: {cfg.manifest_folder} lies inside inboxes[{i}] ({inbox.path})")
-    cfg.rules_dir = cfg.resolve(cfg.rules_dir)
-    if cfg.models.cache_dir is not None:
-        cfg.models.cache_dir = cfg.resolve(cfg.models.cache_dir)
     if errors:
         raise ConfigError([f"{source}: {e}" for e in errors])
     return cfg

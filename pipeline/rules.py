@@ -241,7 +241,7 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
             errors.append(f"{path}: {where}.{step}.backend: {exc.args[0]}")
             continue
         opt_errors: list[str] = []
-        options = build(cls.Options, opts, f"{where}.{step}", opt_errors)
+        options = build(cls.Options, opts, f"{where}.{step}", opt_errors, base=config.base_dir)
         if not opt_errors:
             opt_errors.extend(cls.validate(options, f"{where}.{step}", config))
         errors.extend(f"{path}: {e}" for e in opt_errors)

@@ -8,6 +8,9 @@ Field metadata understood here:
   ``choices``  allowed values;  ``min`` / ``max``  numeric bounds;
   ``check``    a callable(value) -> str | None returning a problem description;
   ``doc``      one line for the manual (README / config.example.yaml stay in sync by a test).
+
+A ``Path`` field (a value from the YAML or its default) is resolved once, here, against ``base`` (the
+config file's folder) when ``build`` is given one: ``~`` expands, a relative path joins ``base``.
 """
 from __future__ import annotations
 
@@ -47,7 +50,13 @@ def describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
+def resolve_path(path: Path | str, base: Path | None) -> Path:
+    """``path`` with ``~`` expanded, joined to ``base`` unless absolute (or unless there is no base)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base is None else base / p
+
+
+def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | None = None) -> Any:
     origin = get_origin(tp)
     bad = f"{where}: expected {describe(tp)}, got {value!r}"
     if tp is Any:
@@ -60,7 +69,7 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
             if arg is type(None):
                 continue
             trial: list[str] = []
-            out = _convert(arg, value, where, trial)
+            out = _convert(arg, value, where, trial, base)
             if not trial:
                 return out
         errors.append(bad)
@@ -94,7 +103,7 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         return None
     if tp is Path:
         if isinstance(value, str) and value:
-            return Path(value)
+            return resolve_path(value, base)
         errors.append(bad)
         return None
     if origin is list:
@@ -104,22 +113,23 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         if not isinstance(value, list):
             errors.append(bad)
             return None
-        return [_convert(item, v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+        return [_convert(item, v, f"{where}[{i}]", errors, base) for i, v in enumerate(value)]
     if origin is dict:
         key_t, val_t = get_args(tp)
         if not isinstance(value, dict):
             errors.append(bad)
             return None
-        return {str(k): _convert(val_t, v, f"{where}.{k}", errors) for k, v in value.items()}
+        return {str(k): _convert(val_t, v, f"{where}.{k}", errors, base) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, where, errors)
+        return build(tp, value, where, errors, base=base)
     raise TypeError(f"schema cannot convert {tp!r}")  # a programming error, not a user one
 
 
-def build(cls: type, data: Any, where: str, errors: list[str], **extra: Any) -> Any:
+def build(cls: type, data: Any, where: str, errors: list[str], *, base: Path | None = None, **extra: Any) -> Any:
     """Instantiate dataclass ``cls`` from ``data``; append problems to ``errors``.
 
-    ``extra`` supplies fields that do not come from the YAML (e.g. a channel's name).
+    ``base`` resolves ``Path`` fields (see above); ``extra`` supplies fields that do not come from the YAML
+    (e.g. a channel's name).
     Returns an instance built from defaults where values were bad, so callers can keep
     checking and report everything at once.
     """
@@ -141,7 +151,7 @@ def build(cls: type, data: Any, where: str, errors: list[str], **extra: Any) -> 
         key_where = _join(where, name)
         if name in data:
             before = len(errors)
-            value = _convert(hints[name], data[name], key_where, errors)
+            value = _convert(hints[name], data[name], key_where, errors, base)
             if len(errors) == before:
                 problem = _check_meta(field, value)
                 if problem:
@@ -153,7 +163,7 @@ def build(cls: type, data: Any, where: str, errors: list[str], **extra: Any) -> 
             errors.append(f"{key_where}: required, expected {describe(hints[name])}")
             kwargs[name] = None
         elif field.default is not _MISSING:
-            kwargs[name] = field.default
+            kwargs[name] = resolve_path(field.default, base) if isinstance(field.default, Path) else field.default
         elif field.default_factory is not _MISSING:  # type: ignore[misc]
             kwargs[name] = field.default_factory()  # type: ignore[misc]
         else:

@@ -1,12 +1,14 @@
 """Config loading: defaults, relative paths, and errors that name the file, the key and what was expected."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
+from pipeline.schema import build, opt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +101,20 @@ def test_an_inbox_may_lie_inside_another(tmp_path):
 def test_channel_naming_defaults(tmp_path):
     channel = load_config(write(tmp_path, "channels: {web: {path: out}}")).channels["web"]
     assert channel.filename == "{stem}_{ratio}.{ext}" and channel.web_safe_names is False
+
+
+def test_path_fields_resolve_once_as_the_schema_builds_them(tmp_path):
+    """Every Path field (config or stage options), from the YAML or its default, resolves against the base."""
+    @dataclass
+    class Options:
+        file: Path | None = opt(None)
+        files: list[Path] = opt([])
+        folder: Path = opt(Path("here"))
+
+    errors: list[str] = []
+    options = build(Options, {"file": "a/b.png", "files": ["/abs.png", "~/x"]}, "o", errors, base=tmp_path)
+    assert errors == []
+    assert options.file == tmp_path / "a" / "b.png" and options.folder == tmp_path / "here"
+    assert options.files == [Path("/abs.png"), Path.home() / "x"]
+    config = load_config(write(tmp_path, "models: {cache_dir: models}\nmanifests: {folder: ~/m}\n"))
+    assert config.models.cache_dir == tmp_path / "models" and config.manifests.folder == Path.home() / "m"
