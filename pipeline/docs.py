@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .config import Config
-from .schema import describe
+from .schema import describe, yaml_key
 from .stages.base import backends, stage_class, steps
 
 
@@ -48,7 +48,7 @@ def _rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if not f.init or f.metadata.get("internal"):
             continue
         tp = hints[f.name]
-        rows.append((prefix + f.name, describe(tp), _default(f), f.metadata.get("doc", "")))
+        rows.append((prefix + yaml_key(f), describe(tp), _default(f), f.metadata.get("doc", "")))
         inner = None
         if dataclasses.is_dataclass(tp):
             inner = tp
@@ -56,7 +56,7 @@ def _rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             inner = typing.get_args(tp)[-1]
         if inner is not None:
             sep = "[]." if typing.get_origin(tp) is list else ".NAME." if typing.get_origin(tp) is dict else "."
-            rows.extend(_rows(inner, prefix + f.name + sep))
+            rows.extend(_rows(inner, prefix + yaml_key(f) + sep))
     return rows
 
 

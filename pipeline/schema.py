@@ -7,6 +7,8 @@ everywhere: ``<file>: <key.path>: expected <what>, got <value>``.
 Field metadata understood here:
   ``choices``  allowed values;  ``min`` / ``max``  numeric bounds;
   ``check``    a callable(value) -> str | None returning a problem description;
+  ``expected`` what a value of the wrong type is told to be, instead of the type's own name;
+  ``key``      the YAML key when it cannot be the field's name (``from``);
   ``doc``      one line for the manual (README / config.example.yaml stay in sync by a test).
 
 A ``Path`` field (a value from the YAML or its default) is resolved once, here, against ``base`` (the
@@ -56,9 +58,10 @@ def resolve_path(path: Path | str, base: Path | None) -> Path:
     return p if p.is_absolute() or base is None else base / p
 
 
-def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | None = None) -> Any:
+def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | None = None,
+             expected: str | None = None) -> Any:
     origin = get_origin(tp)
-    bad = f"{where}: expected {describe(tp)}, got {value!r}"
+    bad = f"{where}: expected {expected or describe(tp)}, got {value!r}"
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -139,19 +142,17 @@ def build(cls: type, data: Any, where: str, errors: list[str], *, base: Path | N
         errors.append(f"{where}: expected a mapping, got {data!r}")
         data = {}
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls) if f.init and f.name not in extra}
     for key in data:
-        if key not in fields or key in extra:
-            known = ", ".join(k for k in fields if k not in extra)
-            errors.append(f"{_join(where, key)}: unknown key (known keys: {known})")
+        if key not in fields:
+            errors.append(f"{_join(where, key)}: unknown key (known keys: {', '.join(fields)})")
     kwargs: dict[str, Any] = dict(extra)
-    for name, field in fields.items():
-        if name in extra:
-            continue
-        key_where = _join(where, name)
-        if name in data:
+    for key, field in fields.items():
+        name, expected = field.name, field.metadata.get("expected")
+        key_where = _join(where, key)
+        if key in data:
             before = len(errors)
-            value = _convert(hints[name], data[name], key_where, errors, base)
+            value = _convert(hints[name], data[key], key_where, errors, base, expected)
             if len(errors) == before:
                 problem = _check_meta(field, value)
                 if problem:
@@ -159,18 +160,23 @@ def build(cls: type, data: Any, where: str, errors: list[str], *, base: Path | N
             if len(errors) == before:
                 kwargs[name] = value
                 continue
-        if field.metadata.get("required") and name not in data:
-            errors.append(f"{key_where}: required, expected {describe(hints[name])}")
+        if field.metadata.get("required") and key not in data:
+            errors.append(f"{key_where}: required, expected {expected or describe(hints[name])}")
             kwargs[name] = None
         elif field.default is not _MISSING:
             kwargs[name] = resolve_path(field.default, base) if isinstance(field.default, Path) else field.default
         elif field.default_factory is not _MISSING:  # type: ignore[misc]
             kwargs[name] = field.default_factory()  # type: ignore[misc]
         else:
-            if name not in data:
-                errors.append(f"{key_where}: required, expected {describe(hints[name])}")
+            if key not in data:
+                errors.append(f"{key_where}: required, expected {expected or describe(hints[name])}")
             kwargs[name] = None
     return cls(**kwargs)
+
+
+def yaml_key(field: dataclasses.Field) -> str:
+    """The key a field is written as in YAML: its name, or its ``key`` metadata."""
+    return field.metadata.get("key", field.name)
 
 
 def _join(where: str, key: str) -> str:
@@ -211,7 +217,7 @@ def documented_keys(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("internal"):
             continue
-        path = f"{prefix}{f.name}"
+        path = f"{prefix}{yaml_key(f)}"
         keys.append(path)
         tp = hints[f.name]
         inner = [a for a in get_args(tp) if dataclasses.is_dataclass(a)] or (
