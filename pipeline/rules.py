@@ -20,7 +20,7 @@ from .config import Config
 from .errors import ConfigError
 from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
-from .schema import build
+from .schema import build, opt
 from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as known_steps
 
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
@@ -68,9 +68,26 @@ class StepSpec:
 
 @dataclass
 class OutputSpec:
-    channel: str
-    source: str  # "from" in YAML: a step name or "input"
-    ratios: list[str] | None = None
+    # channel and source are checked by parse_rule against the config and the rule's steps (a str once loaded)
+    channel: Any = opt(None)
+    source: Any = opt(None, key="from")  # a step name or "input"; default: the rule's last step
+    ratios: list[str] | None = opt(None, expected="a list of ratios like ['1:1']")
+
+
+def _check_name(value: Any) -> str | None:
+    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", value)
+    return None if ok else f"expected letters, digits, '_', '.', '-', got {value!r}"
+
+
+@dataclass
+class RuleFile:
+    """A rule file as written, read by ``schema.build``; ``parse_rule`` checks it against the config."""
+
+    name: Any = opt(None, check=_check_name)
+    description: Any = opt("")
+    match: MatchSpec = opt(MatchSpec())
+    steps: Any = opt(None)  # [{step: {backend: ..., option: ...}}]: each step's options are its backend's Options
+    outputs: Any = opt(None)  # [{channel: ..., from: ..., ratios: ...}]: each an OutputSpec
 
 
 @dataclass
@@ -142,21 +159,17 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     if not isinstance(data, dict):
         errors.append(f"{path}: expected a mapping with name, match, steps, outputs")
         return None
-    for key in data:
-        if key not in ("name", "description", "match", "steps", "outputs"):
-            errors.append(f"{path}: {key}: unknown key (known keys: name, description, match, steps, outputs)")
-    name = data.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
-        errors.append(f"{path}: name: expected letters, digits, '_', '.', '-', got {name!r}")
-        name = path.stem
-    match_errors: list[str] = []
-    match = build(MatchSpec, data.get("match"), "match", match_errors)
-    errors.extend(f"{path}: {e}" for e in match_errors)
-    steps = _parse_steps(data.get("steps"), path, config, errors)
+    file_errors: list[str] = []
+    written: RuleFile = build(RuleFile, data, "", file_errors)
+    if data.get("name") is None:  # missing or null (the check sees only values)
+        file_errors.insert(0, f"name: {_check_name(None)}")
+    errors.extend(f"{path}: {e}" for e in file_errors)
+    name = written.name if isinstance(written.name, str) else path.stem
+    steps = _parse_steps(written.steps, path, config, errors)
     after = facts_after([s.step for s in steps])
     crops = next((s for s in steps if s.step == "crops"), None)
     crop_ratios = list(getattr(crops.options, "ratios", []) or []) if crops else []
-    outputs = _parse_outputs(data.get("outputs"), path, config, after, crop_ratios, errors)
+    outputs = _parse_outputs(written.outputs, path, config, after, crop_ratios, errors)
     if len(errors) != before:
         return None
     for i, spec in enumerate(steps):  # no errors so far: steps[i] is the YAML's steps[i]
@@ -168,8 +181,8 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     errors.extend(f"{path}: {p}" for p in _name_clashes(name, outputs, config, after, crop_ratios))
     if len(errors) != before:
         return None
-    rule = Rule(name=name, path=path, match=match, steps=steps, outputs=outputs,
-                description=str(data.get("description") or ""))
+    rule = Rule(name=name, path=path, match=written.match, steps=steps, outputs=outputs,
+                description=str(written.description or ""))
     rule.version = rule_version(rule, config)
     return rule
 
@@ -296,34 +309,25 @@ def _parse_outputs(raw: Any, path: Path, config: Config, after: dict[str, frozen
         if not isinstance(item, dict):
             errors.append(f"{where}: expected a mapping with channel, from and optional ratios, got {item!r}")
             continue
-        unknown = set(item) - {"channel", "from", "ratios"}
-        if unknown:
-            errors.append(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: channel, from, ratios)")
-        channel = item.get("channel")
-        if channel not in config.channels:
-            errors.append(f"{where}.channel: {channel!r} is not a configured channel "
+        item_errors: list[str] = []
+        spec: OutputSpec = build(OutputSpec, item, f"outputs[{i}]", item_errors)
+        errors.extend(f"{path}: {e}" for e in item_errors)
+        if spec.channel not in config.channels:
+            errors.append(f"{where}.channel: {spec.channel!r} is not a configured channel "
                           f"(configured: {', '.join(config.channels) or 'none'})")
-        source = item.get("from")
-        if source is None:
-            source = list(after)[-1] if after else "input"
-        if source != "input" and source not in after:
-            errors.append(f"{where}.from: {source!r} is not a step of this rule "
+        if spec.source is None:
+            spec.source = list(after)[-1] if after else "input"
+        if spec.source != "input" and spec.source not in after:
+            errors.append(f"{where}.from: {spec.source!r} is not a step of this rule "
                           f"(steps: {', '.join(after) or 'none'}, or input)")
-        ratios = item.get("ratios")
-        if ratios is not None:
-            if isinstance(ratios, str):
-                ratios = [ratios]
-            if not isinstance(ratios, list) or not all(isinstance(r, str) for r in ratios):
-                errors.append(f"{where}.ratios: expected a list of ratios like ['1:1'], got {ratios!r}")
-                ratios = None
-            else:
-                if "ratio" not in after.get(source, ()):
-                    errors.append(f"{where}.ratios: only outputs from crops (or a later step) have ratios")
-                for r in ratios:
-                    if r not in crop_ratios:
-                        errors.append(f"{where}.ratios: {r!r} is not one of the crops step's ratios "
-                                      f"({', '.join(crop_ratios) or 'none'})")
-        outputs.append(OutputSpec(channel=str(channel), source=str(source), ratios=ratios))
+        if spec.ratios is not None:
+            if "ratio" not in after.get(spec.source, ()):
+                errors.append(f"{where}.ratios: only outputs from crops (or a later step) have ratios")
+            for r in spec.ratios:
+                if r not in crop_ratios:
+                    errors.append(f"{where}.ratios: {r!r} is not one of the crops step's ratios "
+                                  f"({', '.join(crop_ratios) or 'none'})")
+        outputs.append(spec)
     return outputs
 
 

@@ -82,6 +82,11 @@ def _problems(workspace, text: str) -> list[str]:
      "steps[1].upscale: no long_edge or factor, and no output of this rule is from upscale"),
     ("steps: [remove_background]\noutputs: [{channel: cutouts}, {channel: cutouts}]",
      "outputs[0] and outputs[1] both send remove_background to channel cutouts"),
+    ("steps: [remove_background]\noutputs: [{channel: cutouts, source: input}]",
+     "outputs[0].source: unknown key (known keys: channel, from, ratios)"),
+    ("steps: [crops]\noutputs: [{channel: webshop, ratios: [1:1]}]",
+     "outputs[0].ratios: expected a list of ratios like ['1:1'], got [61]"),
+    ("steps: [remove_background]\noutputs: [{channel: cutouts}]\nstep: [crops]", "step: unknown key (known keys: name,"),
 ])
 def test_rule_problems_name_the_file_and_key(workspace, body, expected):
     found = _problems(workspace, "name: bad\n" + body + "\n")
