@@ -221,3 +221,14 @@ def test_steps_may_run_in_another_order_where_their_needs_hold(workspace):
     assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: steps[1].place_in_scene: needs the whole image "
                         "(not yet cropped to ratios), which crops takes away: must run in the order "
                         "place_in_scene → crops, got crops → place_in_scene"]
+
+
+def test_a_resolved_default_is_part_of_the_version(workspace):
+    """Stage.resolve runs before the version is taken: upscale left to aim at its channels' long_edge (600)
+    versions like the same rule that spells 600 out, and unlike one asking for 700."""
+    body = "name: products\nsteps: [{{crops: {{ratios: ['1:1']}}}}, {upscale}]\noutputs: [{{channel: webshop, from: upscale}}]\n"
+    versions = []
+    for upscale in ("upscale", "{upscale: {long_edge: 600}}", "{upscale: {long_edge: 700}}"):
+        workspace.add_rule("10-products.yaml", body.format(upscale=upscale))
+        versions.append(workspace.load()[1][0].version)
+    assert versions[0] == versions[1] != versions[2]
