@@ -16,7 +16,7 @@ import click
 
 from .config import Config
 from .schema import describe, yaml_key
-from .stages.base import backends, stage_class, steps
+from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, backends, stage_class, steps
 
 
 def _default(field: dataclasses.Field) -> str:
@@ -74,6 +74,19 @@ def config_reference() -> str:
     return _table(rows, ("key", "type", "default", "what it does"))
 
 
+def steps_reference() -> str:
+    """The steps a rule may use, and what each needs, gives and takes away (which decides where it may go)."""
+    def names(facts: frozenset[str]) -> str:
+        return ", ".join(f"`{f}`" for f in FACTS if f in facts) or "-"
+
+    rows = [(f"`{s.name}`", s.doc, names(s.needs), names(s.gives), names(s.takes), f"`{s.default_backend}`")
+            for s in steps().values()]
+    legend = [f"- `{f}`" + (" (every input)" if f in INPUT_FACTS else " (an input may be)" if f in INPUT_MAY else "")
+              + f": {text}" for f, text in FACTS.items()]
+    return _table(rows, ("step", "what it does", "needs", "gives", "takes away", "default backend")) + "\n\n" + \
+        "\n".join(legend)
+
+
 def stages_reference() -> str:
     parts = []
     for step, kind in steps().items():
@@ -115,7 +128,8 @@ def cli_reference() -> str:
     return "\n".join(parts).rstrip()
 
 
-GENERATORS = {"config": config_reference, "stages": stages_reference, "cli": cli_reference}
+GENERATORS = {"config": config_reference, "steps": steps_reference, "stages": stages_reference,
+              "cli": cli_reference}
 _BLOCK = re.compile(r"(<!-- BEGIN generated: (\w+) -->\n)(.*?)(<!-- END generated: \2 -->)", re.S)
 
 

@@ -63,7 +63,7 @@ def define_step(name: str, default_backend: str, needs: tuple[str, ...] = (), gi
 define_step("remove_background", "studio", needs=("uncropped",), gives=("cutout",),
             doc="cuts the subject out of its backdrop")
 define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
-            doc="puts the cut-out on a new backdrop of its own size")
+            doc="puts the cut-out on a scene, a colour or a gradient")
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
             doc="frames the subject once per ratio")
 define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
