@@ -26,6 +26,7 @@ from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as kn
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
 
 
+
 def folder_matches(pattern: str, folder: str) -> bool:
     """Does a folder (relative to its inbox, "" for the root) match a glob?
 
@@ -232,6 +233,7 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
         errors.append(f"{path}: steps: expected a list of steps ({', '.join(known_steps())})")
         return []
     steps: list[StepSpec] = []
+    places: list[int] = []  # each parsed step's index in the YAML list
     for i, item in enumerate(raw):
         where = f"steps[{i}]"
         if isinstance(item, str):
@@ -259,20 +261,22 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
             opt_errors.extend(cls.validate(options, f"{where}.{step}", config))
         errors.extend(f"{path}: {e}" for e in opt_errors)
         steps.append(StepSpec(step=step, backend=cls.backend, options=options))
+        places.append(i)
     names = [s.step for s in steps]
     if len(set(names)) != len(names):
         errors.append(f"{path}: steps: each step may appear once, got {names}")
     else:
-        errors.extend(f"{path}: {p}" for p in order_problems(names))
+        errors.extend(f"{path}: {p}" for p in order_problems(names, places))
     return steps
 
 
-def order_problems(names: list[str]) -> list[str]:
-    """Steps placed where what they need does not hold (``stages.base.STEPS``), one line each."""
+def order_problems(names: list[str], places: list[int] | None = None) -> list[str]:
+    """Steps placed where what they need does not hold (``stages.base.STEPS``), one line each; ``places``:
+    their indices in the rule's steps (default 0, 1, ...)."""
     holds, may = set(INPUT_FACTS), set(INPUT_MAY)
     taken_by: dict[str, str] = {}
     problems = []
-    for i, name in enumerate(names):
+    for i, name in zip(places or range(len(names)), names):
         step = known_steps()[name]
         for fact in sorted(step.needs - holds - may):
             if fact in taken_by:
