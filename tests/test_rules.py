@@ -232,3 +232,30 @@ def test_a_resolved_default_is_part_of_the_version(workspace):
         workspace.add_rule("10-products.yaml", body.format(upscale=upscale))
         versions.append(workspace.load()[1][0].version)
     assert versions[0] == versions[1] != versions[2]
+
+
+def test_a_rule_with_upscale_before_crops_runs_in_its_order(workspace):
+    """A newly valid order runs as written: the crops are cut from the enlarged image."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from pipeline.cli import cli
+
+    workspace.add_rule("05-big.yaml", "name: big\nmatch: {folder: big}\n"
+                                      "steps: [{upscale: {factor: 2}}, {crops: {ratios: ['1:1'], fill: pad}}]\n"
+                                      "outputs: [{channel: cutouts}, {channel: banners, from: upscale}]\n")
+    shot = workspace.shot("inbox/big/a.jpg", "grey", seed=4, subject="box")
+    result = CliRunner().invoke(cli, ["process", str(shot), "--config", str(workspace.config_path), "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with Image.open(shot) as im:
+        size = im.size
+    (job,) = json.loads(result.output)["results"]
+    assert job["rule"] == "big" and job["status"] == "done", job
+    outputs = job["outputs"]
+    crop = next(o for o in outputs if o["step"] == "crops")
+    big = next(o for o in outputs if o["step"] == "upscale")
+    assert crop["ratio"] == "1:1" and crop["width"] == crop["height"]
+    assert big["ratio"] is None and max(big["width"], big["height"]) == min(640, 2 * max(size))
