@@ -20,7 +20,7 @@ from .config import Config
 from .errors import ConfigError
 from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
-from .schema import build, opt
+from .schema import build, opt, resolve_path
 from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as known_steps
 
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
@@ -335,9 +335,10 @@ def _parse_outputs(raw: Any, path: Path, config: Config, after: dict[str, frozen
     return outputs
 
 
-def _set_values(obj: Any) -> dict[str, Any]:
+def _set_values(obj: Any, base: Path) -> dict[str, Any]:
     """A dataclass's fields that differ from their defaults (an option added by an upgrade, left at its
-    default, does not change the version of every rule)."""
+    default, does not change the version of every rule). A path counts as written: relative to ``base``
+    (the config's folder) when inside it, so resolving it when it loads leaves the version alone."""
     out: dict[str, Any] = {}
     for f in fields(obj):
         value = getattr(obj, f.name)
@@ -347,19 +348,25 @@ def _set_values(obj: Any) -> dict[str, Any]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = MISSING
+        if isinstance(default, Path):
+            default = resolve_path(default, base)
         if value != default:
-            out[f.name] = str(value)
+            out[f.name] = _as_written(value, base) if isinstance(value, Path) else str(value)
     return out
+
+
+def _as_written(path: Path, base: Path) -> str:
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
 def rule_version(rule: Rule, config: Config) -> str:
     """A short hash of everything that decides a rule's outputs: its steps' options, its outputs and its
     channels' settings, each without the values left at their defaults."""
-    channels = {o.channel: {k: v for k, v in _set_values(config.channels[o.channel]).items() if k != "path"}
+    channels = {o.channel: {k: v for k, v in _set_values(config.channels[o.channel], config.base_dir).items() if k != "path"}
                 for o in rule.outputs}
     doc = {
         "steps": [{"step": s.step, "backend": s.backend,
-                   "options": _set_values(s.options) if is_dataclass(s.options) else dict(s.options or {})}
+                   "options": _set_values(s.options, config.base_dir) if is_dataclass(s.options) else dict(s.options or {})}
                   for s in rule.steps],
         "outputs": [asdict(o) for o in rule.outputs],
         "channels": channels,

@@ -259,3 +259,30 @@ def test_a_rule_with_upscale_before_crops_runs_in_its_order(workspace):
     big = next(o for o in outputs if o["step"] == "upscale")
     assert crop["ratio"] == "1:1" and crop["width"] == crop["height"]
     assert big["ratio"] is None and max(big["width"], big["height"]) == min(640, 2 * max(size))
+
+
+def test_a_path_option_versions_as_written(workspace):
+    """Path options arrive resolved against the config's folder; the version sees them as a rule writes them,
+    so resolving them when rules load changed no version."""
+    from dataclasses import dataclass
+
+    from pipeline.rules import OutputSpec, Rule, StepSpec, rule_version
+    from pipeline.schema import build, opt
+
+    @dataclass
+    class Options:
+        scene: Path | None = opt(None)
+        folder: Path = opt(Path("scenes"))
+
+    config, _ = workspace.load()
+
+    def version(options: dict) -> str:
+        built = build(Options, options, "o", [], base=config.base_dir)
+        rule = Rule(name="r", path=Path("r.yaml"), match=None, steps=[StepSpec("place_in_scene", "composite", built)],
+                    outputs=[OutputSpec(channel="cutouts", source="place_in_scene")])
+        return rule_version(rule, config)
+
+    assert version({}) == version({"folder": "scenes"}) == version({"folder": str(config.base_dir / "scenes")})
+    written = version({"scene": "scenes/a.jpg"})
+    assert written == version({"scene": str(config.base_dir / "scenes" / "a.jpg")}) != version({})
+    assert written != version({"scene": "scenes/b.jpg"})
