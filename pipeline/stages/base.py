@@ -1,9 +1,10 @@
 """The stage interface every backend implements, and the registry that finds backends by name.
 
-A *step* is one thing a rule can ask for (``STEPS``: what it needs and changes, which decides where
-a rule may place it); a *backend* is one way of doing it (``studio`` or ``rembg`` for ``remove_background``...). A backend is a ``Stage``
-subclass decorated with ``@register``; its options are a dataclass (``Options``) validated by
-``pipeline.schema`` when rules load, so a typo fails ``assetd check`` rather than a job at 2 a.m.
+A *step* is one thing a rule can ask for (``STEPS``: what each needs, gives and takes away, which
+decides where a rule may list it); a *backend* is one way of doing it (``studio`` or ``rembg`` for
+``remove_background``...). A backend is a ``Stage`` subclass decorated with ``@register``; its options
+are a dataclass (``Options``) validated by ``pipeline.schema`` when rules load, so a typo fails
+``assetd check`` rather than a job at 2 a.m.
 
 What flows between stages is an ``Asset``: the pixels plus the subject's matte in the same
 coordinates. Stages never change the subject's opaque pixels except ``upscale`` (which records
@@ -34,9 +35,9 @@ INPUT_MAY = frozenset({"cutout"})  # what an input may be (a PNG with transparen
 
 @dataclass(frozen=True)
 class Step:
-    """A step a rule can ask for. A rule may place it anywhere its ``needs`` hold (after the input and the
-    steps before it: see ``STEPS``); a new step is one module that calls ``define_step`` and registers its
-    backends."""
+    """A step a rule can ask for. A rule may list it wherever its ``needs`` hold, given what the input is and
+    what the steps before it give and take away; a new step is one module that calls ``define_step`` and
+    registers its backends."""
 
     name: str
     default_backend: str
@@ -67,6 +68,7 @@ define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
             doc="frames the subject once per ratio")
 define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
+
 # Modules that register backends; model-backed ones import their heavy libraries lazily.
 STAGE_MODULES = [
     "pipeline.stages.remove_background",
