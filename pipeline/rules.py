@@ -362,11 +362,12 @@ def _as_written(path: Path, base: Path) -> str:
 def rule_version(rule: Rule, config: Config) -> str:
     """A short hash of everything that decides a rule's outputs: its steps' options, its outputs and its
     channels' settings, each without the values left at their defaults."""
-    channels = {o.channel: {k: v for k, v in _set_values(config.channels[o.channel], config.base_dir).items() if k != "path"}
+    base = config.base_dir
+    channels = {o.channel: {k: v for k, v in _set_values(config.channels[o.channel], base).items() if k != "path"}
                 for o in rule.outputs}
     doc = {
         "steps": [{"step": s.step, "backend": s.backend,
-                   "options": _set_values(s.options, config.base_dir) if is_dataclass(s.options) else dict(s.options or {})}
+                   "options": _set_values(s.options, base) if is_dataclass(s.options) else dict(s.options or {})}
                   for s in rule.steps],
         "outputs": [asdict(o) for o in rule.outputs],
         "channels": channels,

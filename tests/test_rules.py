@@ -86,7 +86,8 @@ def _problems(workspace, text: str) -> list[str]:
      "outputs[0].source: unknown key (known keys: channel, from, ratios)"),
     ("steps: [crops]\noutputs: [{channel: webshop, ratios: [1:1]}]",
      "outputs[0].ratios: expected a list of ratios like ['1:1'], got [61]"),
-    ("steps: [remove_background]\noutputs: [{channel: cutouts}]\nstep: [crops]", "step: unknown key (known keys: name,"),
+    ("steps: [remove_background]\noutputs: [{channel: cutouts}]\nstep: [crops]",
+     "step: unknown key (known keys: name,"),
 ])
 def test_rule_problems_name_the_file_and_key(workspace, body, expected):
     found = _problems(workspace, "name: bad\n" + body + "\n")
@@ -209,7 +210,8 @@ def test_steps_may_run_in_another_order_where_their_needs_hold(workspace):
     """A step goes wherever what it needs holds (stages.base.STEPS): upscale before crops is fine, its
     outputs have no ratios; a scene after crops (it needs the whole image) is refused."""
     workspace.add_rule("30-big.yaml", "name: big\nmatch: {folder: big}\nsteps: [{upscale: {factor: 2}}, crops]\n"
-                                      "outputs: [{channel: webshop, ratios: ['1:1']}, {channel: cutouts, from: upscale}]\n")
+                                      "outputs: [{channel: webshop, ratios: ['1:1']},\n"
+                                      "          {channel: cutouts, from: upscale}]\n")
     config, rules = workspace.load()
     assert [s.step for s in rules[2].steps] == ["upscale", "crops"]
     assert [o.source for o in rules[2].outputs] == ["crops", "upscale"]
@@ -226,7 +228,8 @@ def test_steps_may_run_in_another_order_where_their_needs_hold(workspace):
 def test_a_resolved_default_is_part_of_the_version(workspace):
     """Stage.resolve runs before the version is taken: upscale left to aim at its channels' long_edge (600)
     versions like the same rule that spells 600 out, and unlike one asking for 700."""
-    body = "name: products\nsteps: [{{crops: {{ratios: ['1:1']}}}}, {upscale}]\noutputs: [{{channel: webshop, from: upscale}}]\n"
+    body = ("name: products\nsteps: [{{crops: {{ratios: ['1:1']}}}}, {upscale}]\n"
+            "outputs: [{{channel: webshop, from: upscale}}]\n")
     versions = []
     for upscale in ("upscale", "{upscale: {long_edge: 600}}", "{upscale: {long_edge: 700}}"):
         workspace.add_rule("10-products.yaml", body.format(upscale=upscale))
