@@ -19,8 +19,8 @@ from pipeline.stages.remove_background import (
     cut_out,
     decontaminate_edges,
     estimate_subject_matte,
-    trim_box,
 )
+from pipeline.stages.subject import trim_box
 from pipeline.synth import BACKDROPS, SUBJECTS, label_shot, scene_image, studio_shot
 
 

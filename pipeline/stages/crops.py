@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 
 from ..config import check_colour
-from ..pixels import colour_tuple, max_value, to_dtype
+from ..pixels import colour_tuple, max_value
 from ..schema import opt
 from .base import Asset, Stage, register
-from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio, subject_box
+from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
+from .subject import find_subject, paste_matte
 
 FILL_NAMES = ("outpaint", "pad", "crop", "generate")
 
@@ -88,7 +89,6 @@ WORK_LONG_EDGE = 640  # outpaint computes its smooth extension at this size, the
 EDGE_SMOOTHING = 0.03  # scale of the backdrop low frequencies (shading), as a fraction of the work canvas long edge
 NOISE_CAP = 0.03  # added grain never exceeds this fraction of the value range (textured borders)
 _CHUNK_ROWS = 256
-SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
 
 
 def _slices(box: Box) -> tuple[slice, slice]:
@@ -97,11 +97,7 @@ def _slices(box: Box) -> tuple[slice, slice]:
 
 def frame_matte(matte: np.ndarray, frame: Frame) -> np.ndarray:
     """The matte cut out like the pixels: zero (no subject) where the frame reaches past the image."""
-    if not frame.extended:
-        return matte[_slices(frame.inside)].copy()
-    out = np.zeros((frame.box.height, frame.box.width), dtype=matte.dtype)
-    out[_slices(frame.known)] = matte[_slices(frame.inside)]
-    return out
+    return paste_matte(matte, frame.box.size, (-frame.box.x0, -frame.box.y0))
 
 
 def build_canvas(pixels: np.ndarray, frame: Frame, fill: str, *, pad_colour: str | None = None,
@@ -573,27 +569,6 @@ def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0, matte: np.ndarray
 
 
 # --- the stage -----------------------------------------------------------------------------
-
-def find_subject(asset: Asset) -> tuple[Box | None, np.ndarray | None, str]:
-    """The subject's box, the matte it came from, and where that came from.
-
-    Fallback chain: the asset's matte → its alpha channel → ``estimate_subject_matte`` (plain
-    backdrop photos) → None, meaning the whole image is framed.
-    """
-    if asset.matte is not None:
-        return subject_box(asset.matte, SUBJECT_THRESHOLD), asset.matte, "matte"
-    if asset.has_alpha:
-        alpha = asset.pixels[..., 3]
-        matte = to_dtype(alpha, np.uint8)
-        return subject_box(matte, SUBJECT_THRESHOLD), matte, "alpha"
-    from .remove_background import estimate_subject_matte
-
-    matte = estimate_subject_matte(asset.pixels)
-    if matte is None:
-        return None, None, "whole image"
-    box = subject_box(matte, SUBJECT_THRESHOLD)
-    return (box, matte, "estimated") if box is not None else (None, None, "whole image")
-
 
 @register
 class GeometryCrops(Stage):

@@ -26,7 +26,8 @@ from ..schema import opt
 from .base import Asset, Stage, StageContext, register
 from .crops import register_fill
 from .framing import Box, place_subject
-from .place_in_scene import composite, cutout_subject
+from .place_in_scene import composite
+from .subject import cutout_subject, paste_matte
 
 FILL_PROMPT = "the same background, continued seamlessly, same lighting and texture, photograph"
 FILL_NEGATIVE = "text, watermark, logo, frame, border, people, new objects, blurry"
@@ -159,11 +160,7 @@ class DiffusersScene(Stage):
         gw, gh = generation_size(w, h, native, multiple)
         init, mask = model_inputs(pixels, (w, h), (ox, oy), (gw, gh))
         model_name = o.model or self.ctx.config.models.diffusers
-        matte = np.zeros((h, w), np.uint8)
-        inside = Box(0, 0, asset.width, asset.height).shift(ox, oy).intersect(Box(0, 0, w, h))
-        if inside is not None:
-            src = inside.shift(-ox, -oy)
-            matte[inside.y0:inside.y1, inside.x0:inside.x1] = to_dtype(alpha[src.y0:src.y1, src.x0:src.x1], np.uint8)
+        matte = paste_matte(alpha, (w, h), (ox, oy))
 
         results = []
         for i, seed in enumerate(_seeds(o.seed, o.variations)):

@@ -22,8 +22,8 @@ from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
 from .framing import Box, Placement, place_subject, subject_box
+from .subject import SUBJECT_ALPHA, cutout_subject, paste_matte
 
-SUBJECT_ALPHA = 0.1  # alpha above this fraction counts for the subject's box (faint matting haze does not)
 _ROWS = 512
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
@@ -163,17 +163,6 @@ def composite(canvas: np.ndarray, cutout: np.ndarray, x: int, y: int, gains: np.
 
 # --- the stage -----------------------------------------------------------------------------
 
-def cutout_subject(asset: Asset, who: str) -> Box:
-    """The subject's box in a cut-out; PermanentError when there is no cut-out or nothing in it."""
-    if not asset.has_alpha:
-        raise PermanentError(f"{who} needs a cut-out: add remove_background before it or drop a PNG with "
-                             "transparency (an RGBA image)")
-    subject = subject_box(asset.pixels[..., 3], int(SUBJECT_ALPHA * max_value(asset.pixels)))
-    if subject is None:
-        raise PermanentError(f"{who}: the cut-out is fully transparent: no subject to place")
-    return subject
-
-
 @register
 class CompositePlace(Stage):
     """Classical compositing: resize the scene around the subject, never the subject."""
@@ -235,12 +224,7 @@ class CompositePlace(Stage):
         if gains is not None:
             notes["match_light"] = {"strength": o.match_light, "gains": [round(float(g), 4) for g in gains]}
         composite(canvas, pixels, ox, oy, gains)
-        matte = np.zeros((place.out_h, place.out_w), dtype=np.uint8)
-        src = Box(0, 0, asset.width, asset.height).shift(ox, oy).intersect(Box(0, 0, place.out_w, place.out_h))
-        if src is not None:
-            inner = src.shift(-ox, -oy)
-            matte[src.y0:src.y1, src.x0:src.x1] = to_dtype(alpha[inner.y0:inner.y1, inner.x0:inner.x1], np.uint8)
-        out = asset.derive(canvas, matte)
+        out = asset.derive(canvas, paste_matte(alpha, (place.out_w, place.out_h), (ox, oy)))
         out.notes["place_in_scene"] = notes
         return [out]
 

@@ -22,7 +22,8 @@ from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_mo
 from ..pixels import max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
-from .remove_background import decontaminate_edges, matte_from_alpha, refine_edge, trim_box, working_image
+from .remove_background import decontaminate_edges, refine_edge, working_image
+from .subject import matte_from_alpha, trimmed
 
 
 @dataclass
@@ -105,11 +106,9 @@ class RembgBackground(Stage):
             matte = mask8
             notes["edge"] = "model mask"
         if self.options.trim:
-            box = trim_box(mask8, self.options.trim_margin)
+            rgba, matte, box = trimmed(rgba, matte, mask8, self.options.trim_margin)
             if box is not None:
-                x0, y0, x1, y1 = box
-                rgba, matte = rgba[y0:y1, x0:x1], matte[y0:y1, x0:x1]
-                notes["trim"] = [x0, y0, x1, y1]
+                notes["trim"] = box
         result = asset.derive(np.ascontiguousarray(rgba), np.ascontiguousarray(matte))
         result.notes["remove_background"] = notes
         return [result]

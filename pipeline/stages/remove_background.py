@@ -48,6 +48,7 @@ from ..prior import NAME as PRIOR_NAME
 from ..prior import PriorMissingError, load_prior
 from ..schema import opt
 from .base import Asset, Stage, register
+from .subject import matte_from_alpha, trimmed
 
 
 # --- backdrop model ----------------------------------------------------------------------------
@@ -648,15 +649,6 @@ def outline_disagreement(mask: np.ndarray, prior: np.ndarray) -> float:
     return float((dist[outline] > max(3.0, 0.01 * max(h, w))).mean())
 
 
-def matte_from_alpha(alpha: np.ndarray) -> np.ndarray:
-    """uint8 matte with 255 exactly where ``alpha`` is fully opaque (so 255 always means 'exact pixels')."""
-    if alpha.dtype == np.uint8:
-        return alpha.copy()
-    m = ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    m[(m == 255) & (alpha < 65535)] = 254
-    return m
-
-
 # --- helpers other stages use --------------------------------------------------------------------
 
 def estimate_subject_matte(pixels: np.ndarray) -> np.ndarray | None:
@@ -799,23 +791,10 @@ class StudioBackground(Stage):
                 review.append(f"remove_background: the subject prior and the backdrop model disagree on "
                               f"{uncertain:.0%} of the outline (review_above {o.review_above:.0%})")
         if self.options.trim:
-            box = trim_box(out[..., 3], self.options.trim_margin)
+            out, matte, box = trimmed(out, matte, out[..., 3], self.options.trim_margin)
             if box is not None:
-                x0, y0, x1, y1 = box
-                out, matte = out[y0:y1, x0:x1].copy(), matte[y0:y1, x0:x1].copy()
-                notes["trim"] = [x0, y0, x1, y1]
+                notes["trim"] = box
         result = asset.derive(out, matte)
         result.notes["remove_background"] = notes
         result.review.extend(review)
         return [result]
-
-
-def trim_box(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), end-exclusive, of the non-transparent pixels grown by ``margin``, clamped; None if empty."""
-    rows = np.flatnonzero(alpha.any(axis=1))
-    cols = np.flatnonzero(alpha.any(axis=0))
-    if len(rows) == 0:
-        return None
-    h, w = alpha.shape
-    return (max(0, int(cols[0]) - margin), max(0, int(rows[0]) - margin),
-            min(w, int(cols[-1]) + 1 + margin), min(h, int(rows[-1]) + 1 + margin))

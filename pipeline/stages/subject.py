@@ -1,0 +1,94 @@
+"""Helpers about the subject that several stages share, so no stage imports another for them.
+
+Where the subject is (``find_subject`` for framing, ``cutout_subject`` for placing), its matte
+(``matte_from_alpha``, ``paste_matte``) and trimming a cut-out to it (``trim_box``, ``trimmed``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PermanentError
+from ..pixels import max_value, to_dtype
+from .base import Asset
+from .framing import Box, subject_box
+
+SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
+SUBJECT_ALPHA = 0.1  # alpha above this fraction counts for a cut-out's subject box (faint matting haze does not)
+
+
+def matte_from_alpha(alpha: np.ndarray) -> np.ndarray:
+    """uint8 matte with 255 exactly where ``alpha`` is fully opaque (so 255 always means 'exact pixels')."""
+    if alpha.dtype == np.uint8:
+        return alpha.copy()
+    m = ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    m[(m == 255) & (alpha < 65535)] = 254
+    return m
+
+
+def paste_matte(matte: np.ndarray, size: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+    """A (w, h) = ``size`` uint8 matte, zero except where ``matte`` lands with its (0, 0) at ``offset``.
+
+    ``matte`` may be an alpha channel (uint8/uint16, converted with ``to_dtype``); parts past the
+    new canvas are cut off.
+    """
+    w, h = size
+    ox, oy = offset
+    out = np.zeros((h, w), np.uint8)
+    target = Box(0, 0, matte.shape[1], matte.shape[0]).shift(ox, oy).intersect(Box(0, 0, w, h))
+    if target is not None:
+        src = target.shift(-ox, -oy)
+        out[target.y0:target.y1, target.x0:target.x1] = to_dtype(matte[src.y0:src.y1, src.x0:src.x1], np.uint8)
+    return out
+
+
+def trim_box(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), end-exclusive, of the non-transparent pixels grown by ``margin``, clamped; None if empty."""
+    rows = np.flatnonzero(alpha.any(axis=1))
+    cols = np.flatnonzero(alpha.any(axis=0))
+    if len(rows) == 0:
+        return None
+    h, w = alpha.shape
+    return (max(0, int(cols[0]) - margin), max(0, int(rows[0]) - margin),
+            min(w, int(cols[-1]) + 1 + margin), min(h, int(rows[-1]) + 1 + margin))
+
+
+def trimmed(pixels: np.ndarray, matte: np.ndarray, coverage: np.ndarray,
+            margin: int) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
+    """``pixels`` and ``matte`` cut (as copies) to ``trim_box(coverage, margin)``, and that box for the
+    manifest; unchanged with None when ``coverage`` is empty."""
+    box = trim_box(coverage, margin)
+    if box is None:
+        return pixels, matte, None
+    x0, y0, x1, y1 = box
+    return pixels[y0:y1, x0:x1].copy(), matte[y0:y1, x0:x1].copy(), [x0, y0, x1, y1]
+
+
+def cutout_subject(asset: Asset, who: str) -> Box:
+    """The subject's box in a cut-out; PermanentError when there is no cut-out or nothing in it."""
+    if not asset.has_alpha:
+        raise PermanentError(f"{who} needs a cut-out: add remove_background before it or drop a PNG with "
+                             "transparency (an RGBA image)")
+    subject = subject_box(asset.pixels[..., 3], int(SUBJECT_ALPHA * max_value(asset.pixels)))
+    if subject is None:
+        raise PermanentError(f"{who}: the cut-out is fully transparent: no subject to place")
+    return subject
+
+
+def find_subject(asset: Asset) -> tuple[Box | None, np.ndarray | None, str]:
+    """The subject's box, the matte it came from, and where that came from.
+
+    Fallback chain: the asset's matte → its alpha channel → the studio backend's
+    ``estimate_subject_matte`` (plain backdrop photos) → None, meaning the whole image is framed.
+    """
+    if asset.matte is not None:
+        return subject_box(asset.matte, SUBJECT_THRESHOLD), asset.matte, "matte"
+    if asset.has_alpha:
+        matte = to_dtype(asset.pixels[..., 3], np.uint8)
+        return subject_box(matte, SUBJECT_THRESHOLD), matte, "alpha"
+    from .remove_background import estimate_subject_matte  # the backdrop model lives with the studio backend
+
+    matte = estimate_subject_matte(asset.pixels)
+    if matte is None:
+        return None, None, "whole image"
+    box = subject_box(matte, SUBJECT_THRESHOLD)
+    return (box, matte, "estimated") if box is not None else (None, None, "whole image")
