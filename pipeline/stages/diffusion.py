@@ -27,7 +27,7 @@ from .base import Asset, Stage, StageContext, register
 from .crops import register_fill
 from .framing import Box, place_subject
 from .place_in_scene import composite
-from .subject import cutout_subject, paste_matte
+from .subject import anchor_option, cutout_subject, margin_option, paste_matte, scale_option
 
 FILL_PROMPT = "the same background, continued seamlessly, same lighting and texture, photograph"
 FILL_NEGATIVE = "text, watermark, logo, frame, border, people, new objects, blurry"
@@ -125,12 +125,9 @@ class DiffusersSceneOptions:
     variations: int = opt(1, min=1, max=4, doc="scenes generated per input (seeds seed, seed+1, ...)")
     strength: float = opt(1.0, min=0.01, max=1.0,
                           doc="1: a new background; lower keeps more of the input's original backdrop")
-    anchor: str = opt("bottom", choices=("bottom", "center", "top"),
-                      doc="where the subject sits: bottom (standing on the bottom margin) | center | top")
-    scale: float = opt(0.6, min=0.01, max=1.0,
-                       doc="subject box size as a fraction of the output, along its limiting side (0 < s ≤ 1)")
-    margin: float = opt(0.05, min=0.0, max=0.45, doc="space kept between the subject and the edges, "
-                                                     "as a fraction of the output's side")
+    anchor: str = anchor_option()
+    scale: float = scale_option()
+    margin: float = margin_option()
 
 
 @register

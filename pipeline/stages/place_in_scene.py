@@ -22,14 +22,10 @@ from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
 from .framing import Box, Placement, place_subject, subject_box
-from .subject import SUBJECT_ALPHA, cutout_subject, paste_matte
+from .subject import SUBJECT_ALPHA, anchor_option, cutout_subject, margin_option, paste_matte, scale_option
 
 _ROWS = 512
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
-
-
-def _check_scale(value: float) -> str | None:
-    return None if 0.0 < value <= 1.0 else f"expected a number with 0 < scale ≤ 1, got {value!r}"
 
 
 def _check_gradient(value: list[str]) -> str | None:
@@ -45,12 +41,9 @@ class PlaceOptions:
     colour: str | None = opt(None, check=check_colour, doc="solid background colour '#rrggbb' instead of a scene")
     gradient: list[str] | None = opt(None, check=_check_gradient,
                                      doc="two colours, top to bottom, for a vertical gradient background")
-    anchor: str = opt("bottom", choices=("bottom", "center", "top"),
-                      doc="where the subject sits: bottom (standing on the bottom margin) | center | top")
-    scale: float = opt(0.6, check=_check_scale,
-                       doc="subject box size as a fraction of the output, along its limiting side (0 < s ≤ 1)")
-    margin: float = opt(0.05, min=0.0, max=0.45, doc="space kept between the subject and the edges, "
-                                                     "as a fraction of the output's side")
+    anchor: str = anchor_option()
+    scale: float = scale_option()
+    margin: float = margin_option()
     shadow: str = opt("soft", choices=("soft", "none"), doc="soft contact shadow under the subject's base | none")
     shadow_opacity: float = opt(0.35, min=0.0, max=1.0, doc="how dark the contact shadow is at its centre")
     match_light: float = opt(0.0, min=0.0, max=1.0,

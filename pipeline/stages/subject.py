@@ -1,14 +1,19 @@
-"""Helpers about the subject that several stages share, so no stage imports another for them.
+"""What several stages share about the subject, so no stage imports another for it.
 
 Where the subject is (``find_subject`` for framing, ``cutout_subject`` for placing), its matte
-(``matte_from_alpha``, ``paste_matte``) and trimming a cut-out to it (``trim_box``, ``trimmed``).
+(``matte_from_alpha``, ``paste_matte``), trimming a cut-out to it (``trim_box``, ``trimmed``); the
+option groups two backends of a step both offer (where the subject sits), declared once so their
+validation cannot diverge.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from ..errors import PermanentError
 from ..pixels import max_value, to_dtype
+from ..schema import opt
 from .base import Asset
 from .framing import Box, subject_box
 
@@ -92,3 +97,25 @@ def find_subject(asset: Asset) -> tuple[Box | None, np.ndarray | None, str]:
         return None, None, "whole image"
     box = subject_box(matte, SUBJECT_THRESHOLD)
     return (box, matte, "estimated") if box is not None else (None, None, "whole image")
+
+
+# --- option groups: call these in an Options dataclass, one field each ---------------------------
+
+def _check_scale(value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else f"expected a number with 0 < scale ≤ 1, got {value!r}"
+
+
+def anchor_option() -> Any:
+    return opt("bottom", choices=("bottom", "center", "top"),
+               doc="where the subject sits: bottom (standing on the bottom margin) | center | top")
+
+
+def scale_option() -> Any:
+    return opt(0.6, check=_check_scale,
+               doc="subject box size as a fraction of the output, along its limiting side (0 < s ≤ 1)")
+
+
+def margin_option() -> Any:
+    return opt(0.05, min=0.0, max=0.45, doc="space kept between the subject and the edges, "
+                                            "as a fraction of the output's side")
+
