@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline.stages.base import Asset, StageContext
-from pipeline.stages.spandrel_upscale import (SpandrelOptions, SpandrelUpscale, TileOutOfMemory, feather,
-                                              target_size, tile_starts, tiled_upscale)
+from pipeline.stages.spandrel_upscale import (SpandrelOptions, SpandrelUpscale, TileOutOfMemory, feather, tile_starts,
+                                              tiled_upscale)
+from pipeline.stages.subject import requested_factor, target_size
 from tinymodels import make_config, netguard, tiny_esrgan_x4, tiny_span_x2  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")
@@ -36,10 +37,15 @@ def test_tiles_cover_everything_with_overlap(length, tile, overlap):
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
 
 
+def spandrel_size(width, height, long_edge, factor, model_scale):
+    wanted = requested_factor(width, height, long_edge, factor)
+    return target_size(width, height, model_scale if wanted is None else wanted)
+
+
 def test_target_size_and_feather():
-    assert target_size(100, 50, None, None, 4) == (400, 200)
-    assert target_size(100, 50, 300, None, 4) == (300, 150)
-    assert target_size(100, 50, None, 2.5, 4) == (250, 125)
+    assert spandrel_size(100, 50, None, None, 4) == (400, 200)
+    assert spandrel_size(100, 50, 300, None, 4) == (300, 150)
+    assert spandrel_size(100, 50, None, 2.5, 4) == (250, 125)
     w = feather(10, 4, start=True, end=False)
     assert w[0] < w[3] < w[4] == 1.0 and w[-1] == 1.0 and (w > 0).all()
 
@@ -64,6 +70,16 @@ def test_long_edge_not_matching_model_scale_is_resampled(tmp_path):
     (out,) = stage.run(Asset(photo(60, 100)))
     assert out.pixels.shape == (90, 150, 3)
     assert out.notes["upscale"]["architecture"] == "SPAN"
+
+
+def test_size_keeps_the_crop_ratio_and_max_factor_like_lanczos(tmp_path):
+    # a crop's pixels round off its ratio (57 px for 100 × 9/16): the enlargement restores the exact ratio
+    (out,) = stage_for(tmp_path, tiny_span_x2(), factor=3.0).run(Asset(photo(57, 100), ratio="16:9"))
+    assert out.pixels.shape == (169, 300, 3)
+    # a long edge 10× the image is capped at max_factor (default 4), and the cap is recorded
+    (out,) = stage_for(tmp_path, tiny_span_x2(), long_edge=300).run(Asset(photo(20, 30)))
+    assert out.pixels.shape == (80, 120, 3)
+    assert out.notes["upscale"]["capped"] == {"requested": 10.0, "max_factor": 4.0}
 
 
 def test_uint16_stays_uint16(tmp_path):

@@ -12,7 +12,8 @@ from pipeline.errors import PermanentError
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
 from pipeline.stages.framing import ratio_error
-from pipeline.stages.upscale import LanczosUpscale, UpscaleOptions, target_size
+from pipeline.stages.subject import target_size
+from pipeline.stages.upscale import LanczosUpscale, UpscaleOptions
 
 
 def make_stage(**options: object) -> LanczosUpscale:

@@ -23,7 +23,8 @@ from ..models import empty_cuda_cache, gpu_errors, is_cuda_oom, load_spandrel, m
 from ..pixels import max_value, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, register
-from .upscale import channels_long_edge
+from .subject import (channels_long_edge, enlarged_size, factor_option, long_edge_option, max_factor_option,
+                      requested_factor)
 
 MIN_TILE = 64
 
@@ -40,18 +41,6 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     if starts[-1] + tile < length:
         starts.append(length - tile)
     return starts
-
-
-def target_size(width: int, height: int, long_edge: int | None, factor: float | None,
-                model_scale: int) -> tuple[int, int]:
-    """The output size: ``long_edge`` wins, then ``factor``, else the model's own scale."""
-    if long_edge is not None:
-        f = long_edge / max(width, height)
-    elif factor is not None:
-        f = factor
-    else:
-        f = float(model_scale)
-    return max(1, int(round(width * f))), max(1, int(round(height * f)))
 
 
 def feather(n: int, ramp: float, start: bool, end: bool) -> np.ndarray:
@@ -131,10 +120,11 @@ def tiled_upscale(rgb: np.ndarray, run: Callable[[np.ndarray], np.ndarray], mode
 class SpandrelOptions:
     model: str | None = opt(None, doc="super-resolution weights (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, "
                                       "...), architecture auto-detected; default: models.spandrel")
-    long_edge: int | None = opt(None, min=16, doc="make the long edge this many pixels (neither this nor factor: the "
-                                                  "largest long_edge of the channels the rule sends upscale outputs "
-                                                  "to, else the model's scale)")
-    factor: float | None = opt(None, min=1.0, max=16.0, doc="enlarge by this factor instead of to a long edge")
+    long_edge: int | None = long_edge_option("make the long edge this many pixels (neither this nor factor: the "
+                                             "largest long_edge of the channels the rule sends upscale outputs "
+                                             "to, else the model's scale)")
+    factor: float | None = factor_option()
+    max_factor: float = max_factor_option()
     tile: int = opt(512, min=MIN_TILE, max=4096, doc="tile size in input pixels (halved automatically on GPU "
                                                      "out-of-memory)")
     overlap: int = opt(32, min=0, max=512, doc="pixels shared by neighbouring tiles, blended with a feather")
@@ -187,12 +177,16 @@ class SpandrelUpscale(Stage):
     def run(self, asset: Asset) -> list[Asset]:
         model = self._model()
         o = self.options
-        size = target_size(asset.width, asset.height, o.long_edge, o.factor, model.scale)
-        factor = size[0] / asset.width
-        if size[0] <= asset.width and size[1] <= asset.height:
+        w, h = asset.width, asset.height
+        wanted = requested_factor(w, h, o.long_edge, o.factor)
+        if wanted is None:
+            wanted = float(model.scale)
+        size = enlarged_size(w, h, wanted, o.max_factor, asset.ratio)
+        if size is None or (size[0] <= w and size[1] <= h):
             result = asset.derive(asset.pixels, asset.matte)
             result.notes["upscale"] = {"backend": "spandrel", "skipped": "already at or above the requested size"}
             return [result]
+        factor = max(size) / max(w, h)
         run = self._runner(model)
         rgb = asset.pixels[..., :3]
         while True:
@@ -215,6 +209,8 @@ class SpandrelUpscale(Stage):
             "backend": "spandrel", "model": self.model_path, "architecture": model.architecture.id,
             "model_scale": model.scale, "factor": round(factor, 6), "size": list(size), "tile": self._tile,
         }
+        if wanted > o.max_factor:
+            result.notes["upscale"]["capped"] = {"requested": round(wanted, 4), "max_factor": o.max_factor}
         return [result]
 
     def _runner(self, model: Any) -> Callable[[np.ndarray], np.ndarray]:

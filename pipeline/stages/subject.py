@@ -2,8 +2,9 @@
 
 Where the subject is (``find_subject`` for framing, ``cutout_subject`` for placing), its matte
 (``matte_from_alpha``, ``paste_matte``), trimming a cut-out to it (``trim_box``, ``trimmed``); the
-option groups two backends of a step both offer (where the subject sits), declared once so their
-validation cannot diverge.
+option groups two backends of a step both offer (where the subject sits; how much to enlarge it),
+declared once so their validation cannot diverge; and the one size an enlargement aims at
+(``enlarged_size``).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import PermanentError
-from ..pixels import max_value, to_dtype
+from ..pixels import fit_long_edge, max_value, to_dtype
 from ..schema import opt
 from .base import Asset
-from .framing import Box, subject_box
+from .framing import Box, parse_ratio, subject_box
 
 SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
 SUBJECT_ALPHA = 0.1  # alpha above this fraction counts for a cut-out's subject box (faint matting haze does not)
@@ -119,3 +120,56 @@ def margin_option() -> Any:
     return opt(0.05, min=0.0, max=0.45, doc="space kept between the subject and the edges, "
                                             "as a fraction of the output's side")
 
+
+def long_edge_option(doc: str) -> Any:
+    return opt(None, min=16, doc=doc)
+
+
+def factor_option() -> Any:
+    return opt(None, min=1.0, doc="enlarge by this factor instead of to a long edge")
+
+
+def max_factor_option() -> Any:
+    return opt(4.0, min=1.0, max=16.0, doc="never enlarge more than this; a larger request is capped and recorded")
+
+
+# --- how much to enlarge -------------------------------------------------------------------------
+
+def requested_factor(width: int, height: int, long_edge: int | None, factor: float | None) -> float | None:
+    """The enlargement the options ask for: ``long_edge`` (over the long side) or ``factor``; None: neither."""
+    if long_edge is not None:
+        return long_edge / max(width, height)
+    return factor
+
+
+def target_size(width: int, height: int, factor: float, ratio: str | None = None) -> tuple[int, int]:
+    """Size after enlarging by ``factor``, keeping a crop's exact ratio when it has one."""
+    long_edge = round(max(width, height) * factor)
+    w, h = fit_long_edge(width, height, long_edge)
+    if ratio:
+        rw, rh = parse_ratio(ratio)
+        if w >= h:
+            h = max(1, round(w * rh / rw))
+        else:
+            w = max(1, round(h * rw / rh))
+    return w, h
+
+
+def enlarged_size(width: int, height: int, wanted: float, max_factor: float,
+                  ratio: str | None = None) -> tuple[int, int] | None:
+    """The size to enlarge to for a ``wanted`` factor capped at ``max_factor`` (keeping ``ratio``), or
+    None when that is no enlargement (upscaling never shrinks)."""
+    factor = min(max(wanted, 1.0), max_factor)
+    return target_size(width, height, factor, ratio) if factor > 1.0 else None
+
+
+def channels_long_edge(where: str, outputs: list[Any], config: Any) -> tuple[int | None, str]:
+    """The largest ``long_edge`` of the channels a rule sends upscale outputs to; else None and why not."""
+    channels = sorted({o.channel for o in outputs if o.source == "upscale"})
+    edges = [config.channels[c].long_edge for c in channels if config.channels[c].long_edge]
+    if edges:
+        return max(edges), ""
+    if not channels:
+        return None, f"{where}: no long_edge or factor, and no output of this rule is from upscale; set one here"
+    return None, (f"{where}: no long_edge or factor, and none of channels {', '.join(channels)} sets long_edge; "
+                  "set one here, or a long_edge on one of those channels")
