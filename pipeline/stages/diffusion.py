@@ -26,8 +26,7 @@ from ..schema import opt
 from .base import Asset, Stage, StageContext, register
 from .crops import register_fill
 from .framing import Box, place_subject
-from .place_in_scene import composite
-from .subject import anchor_option, cutout_subject, margin_option, paste_matte, scale_option
+from .subject import anchor_option, composite, cutout_subject, margin_option, paste_matte, scale_option
 
 FILL_PROMPT = "the same background, continued seamlessly, same lighting and texture, photograph"
 FILL_NEGATIVE = "text, watermark, logo, frame, border, people, new objects, blurry"

@@ -21,10 +21,10 @@ from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
-from .framing import Box, Placement, place_subject, subject_box
-from .subject import SUBJECT_ALPHA, anchor_option, cutout_subject, margin_option, paste_matte, scale_option
+from .framing import Box, Placement, place_subject
+from .subject import (SUBJECT_ALPHA, anchor_option, composite, cutout_subject, margin_option, paste_matte,
+                      scale_option)
 
-_ROWS = 512
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 
@@ -119,39 +119,6 @@ def light_gains(background: np.ndarray, strength: float) -> np.ndarray:
     cast = mean / mean.mean()
     gains = 1.0 + strength * (cast - 1.0)
     return (gains / float(gains @ _LUMA)).astype(np.float32)
-
-
-def composite(canvas: np.ndarray, cutout: np.ndarray, x: int, y: int, gains: np.ndarray | None = None) -> Box | None:
-    """Alpha-composite RGBA ``cutout`` onto RGB ``canvas`` in place, its (0, 0) at (x, y), 1:1.
-
-    Pixels of full alpha are copied exactly (unless ``gains`` recolour them). Returns the
-    output box that was touched (None if the cut-out misses the canvas).
-    """
-    alpha = cutout[..., 3]
-    content = subject_box(alpha, 0)
-    if content is None:
-        return None
-    target = content.shift(x, y).intersect(Box(0, 0, canvas.shape[1], canvas.shape[0]))
-    if target is None:
-        return None
-    src = target.shift(-x, -y)
-    top = float(max_value(canvas))
-    for r0 in range(0, target.height, _ROWS):  # row blocks: float copies of a 24 MP cut-out add up
-        r1 = min(target.height, r0 + _ROWS)
-        fg = cutout[src.y0 + r0:src.y0 + r1, src.x0:src.x1, :3]
-        a_int = alpha[src.y0 + r0:src.y0 + r1, src.x0:src.x1]
-        bg = canvas[target.y0 + r0:target.y0 + r1, target.x0:target.x1]
-        fgf = fg.astype(np.float32)
-        if gains is not None:
-            fgf *= gains
-            np.clip(fgf, 0, top, out=fgf)
-        a = (a_int.astype(np.float32) / top)[..., None]
-        mixed = np.rint(fgf * a + bg.astype(np.float32) * (1.0 - a)).astype(canvas.dtype)
-        if gains is None:
-            solid = a_int == int(top)
-            mixed[solid] = fg[solid]  # exact, not just float-exact
-        bg[...] = mixed
-    return target
 
 
 # --- the stage -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What several stages share about the subject, so no stage imports another for it.
 
 Where the subject is (``find_subject`` for framing, ``cutout_subject`` for placing), its matte
-(``matte_from_alpha``, ``paste_matte``), trimming a cut-out to it (``trim_box``, ``trimmed``); the
+(``matte_from_alpha``, ``paste_matte``), trimming a cut-out to it (``trim_box``, ``trimmed``),
+putting it on a canvas 1:1 (``composite``: the composite and diffusers scenes both do); the
 option groups two backends of a step both offer (where the subject sits; how much to enlarge it),
 declared once so their validation cannot diverge; and the one size an enlargement aims at
 (``enlarged_size``).
@@ -20,6 +21,7 @@ from .framing import Box, parse_ratio, subject_box
 
 SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
 SUBJECT_ALPHA = 0.1  # alpha above this fraction counts for a cut-out's subject box (faint matting haze does not)
+_ROWS = 512  # rows composite() blends at a time
 
 
 def matte_from_alpha(alpha: np.ndarray) -> np.ndarray:
@@ -99,6 +101,38 @@ def find_subject(asset: Asset) -> tuple[Box | None, np.ndarray | None, str]:
     box = subject_box(matte, SUBJECT_THRESHOLD)
     return (box, matte, "estimated") if box is not None else (None, None, "whole image")
 
+
+def composite(canvas: np.ndarray, cutout: np.ndarray, x: int, y: int, gains: np.ndarray | None = None) -> Box | None:
+    """Alpha-composite RGBA ``cutout`` onto RGB ``canvas`` in place, its (0, 0) at (x, y), 1:1.
+
+    Pixels of full alpha are copied exactly (unless ``gains`` recolour them). Returns the
+    output box that was touched (None if the cut-out misses the canvas).
+    """
+    alpha = cutout[..., 3]
+    content = subject_box(alpha, 0)
+    if content is None:
+        return None
+    target = content.shift(x, y).intersect(Box(0, 0, canvas.shape[1], canvas.shape[0]))
+    if target is None:
+        return None
+    src = target.shift(-x, -y)
+    top = float(max_value(canvas))
+    for r0 in range(0, target.height, _ROWS):  # row blocks: float copies of a 24 MP cut-out add up
+        r1 = min(target.height, r0 + _ROWS)
+        fg = cutout[src.y0 + r0:src.y0 + r1, src.x0:src.x1, :3]
+        a_int = alpha[src.y0 + r0:src.y0 + r1, src.x0:src.x1]
+        bg = canvas[target.y0 + r0:target.y0 + r1, target.x0:target.x1]
+        fgf = fg.astype(np.float32)
+        if gains is not None:
+            fgf *= gains
+            np.clip(fgf, 0, top, out=fgf)
+        a = (a_int.astype(np.float32) / top)[..., None]
+        mixed = np.rint(fgf * a + bg.astype(np.float32) * (1.0 - a)).astype(canvas.dtype)
+        if gains is None:
+            solid = a_int == int(top)
+            mixed[solid] = fg[solid]  # exact, not just float-exact
+        bg[...] = mixed
+    return target
 
 # --- option groups: call these in an Options dataclass, one field each ---------------------------
 
