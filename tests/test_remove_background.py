@@ -13,14 +13,8 @@ from pipeline.errors import ConfigError, PermanentError
 from pipeline.prior import prior_file
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
-from pipeline.stages.remove_background import (
-    StudioBackground,
-    _unmix,
-    cut_out,
-    decontaminate_edges,
-    estimate_subject_matte,
-)
-from pipeline.stages.subject import trim_box
+from pipeline.stages.remove_background import StudioBackground, cut_out, estimate_subject_matte
+from pipeline.stages.subject import _unmix, decontaminate_edges, trim_box
 from pipeline.synth import BACKDROPS, SUBJECTS, label_shot, scene_image, studio_shot
 
 

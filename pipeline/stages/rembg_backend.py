@@ -22,8 +22,7 @@ from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_mo
 from ..pixels import max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
-from .remove_background import decontaminate_edges, refine_edge, working_image
-from .subject import matte_from_alpha, trimmed
+from .subject import decontaminate_edges, matte_from_alpha, refine_edge, trimmed, working_image
 
 
 @dataclass

@@ -16,7 +16,7 @@ prior (U²-Netp, ``pipeline/prior.py``, when it is in the model cache) says what
    are backdrop when the prior calls them background, or when they are the paper itself (its colour,
    brightness and evenness) whatever the prior says, since at 320 px it fills small gaps. What is
    left is the subject: small specks are dropped unless the prior calls them subject.
-2. Edge refinement at full resolution (``refine_edge``, also used by the rembg backend), only in a
+2. Edge refinement at full resolution (``subject.refine_edge``, shared with the rembg backend), only in a
    band a few pixels wide around the outline: alpha from I = aF + (1 - a)B, with F and B the local
    subject and backdrop colours (normalised convolution of the known pixels on each side), falling
    back to a smooth outline where F and B are too alike to tell apart.
@@ -33,7 +33,6 @@ and the backdrop model disagree; above ``review_above`` the job is marked for re
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -48,7 +47,8 @@ from ..prior import NAME as PRIOR_NAME
 from ..prior import PriorMissingError, load_prior
 from ..schema import opt
 from .base import Asset, Stage, register
-from .subject import matte_from_alpha, trimmed
+from .subject import disk as _disk
+from .subject import matte_from_alpha, refine_edge, trimmed, working_image
 
 
 # --- backdrop model ----------------------------------------------------------------------------
@@ -130,29 +130,8 @@ class _Segmentation:
     image: np.ndarray  # H×W×3 float32, the working-size image (unblurred)
 
 
-KNOWN_MARGIN = 2  # working pixels between the outline and the pixels taken as pure subject or backdrop
-MIN_WORK_SIZE = 640  # smaller images are enlarged for segmentation: soft shadows must span several pixels
 LEAK_RADIUS = 2  # gaps in an outline up to about twice this (working pixels) do not let the backdrop in
 OPENING_REACH = 6  # working pixels an opening grows through paper into its narrow ends (past the sharp edges)
-
-
-def working_image(pixels: np.ndarray, long_edge: int, min_edge: int = MIN_WORK_SIZE) -> np.ndarray:
-    """The RGB channels resized so the long edge is ``long_edge`` at most (area averaging) and
-    ``MIN_WORK_SIZE`` at least (bilinear); float32 0..1."""
-    h, w = pixels.shape[:2]
-    rgb = np.ascontiguousarray(pixels[..., :3])
-    f = min(1.0, long_edge / max(h, w))
-    f = max(f, min_edge / max(h, w))
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    if size == (w, h):
-        small = rgb
-    else:
-        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if f < 1.0 else cv2.INTER_LINEAR)
-    return small.astype(np.float32) / float(max_value(pixels))
-
-
-def _disk(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def _channel_sum(img: np.ndarray) -> np.ndarray:
@@ -377,86 +356,6 @@ def _openings(free: np.ndarray, backdrop: np.ndarray, plain: np.ndarray, prior: 
     return hole[labels]
 
 
-# --- local colours and full-resolution edge ------------------------------------------------------
-
-def _normalised_blur(img: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted local mean of ``img`` (H×W×3) and the local weight, for colour propagation."""
-    wf = weight.astype(np.float32)
-    num = cv2.GaussianBlur(img * wf[..., None], (0, 0), sigma)
-    den = cv2.GaussianBlur(wf, (0, 0), sigma)
-    return num / np.maximum(den, 1e-6)[..., None], den
-
-
-def _sample(small: np.ndarray, ys: np.ndarray, xs: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Bilinear samples of a working-size array at full-resolution pixel centres (N or N×C)."""
-    mx = ((xs.astype(np.float32) + 0.5) * scale[0] - 0.5).reshape(1, -1)
-    my = ((ys.astype(np.float32) + 0.5) * scale[1] - 0.5).reshape(1, -1)
-    n = mx.shape[1]
-    cols = 4096  # remap takes 2-D maps; lay the points out in rows
-    rows = max(1, math.ceil(n / cols))
-    pad = rows * cols - n
-    mxs = np.pad(mx[0], (0, pad)).reshape(rows, cols)
-    mys = np.pad(my[0], (0, pad)).reshape(rows, cols)
-    res = cv2.remap(small, mxs, mys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out = res.reshape((rows * cols,) + small.shape[2:])[:n]
-    return out
-
-
-def _noise_sigma(pixels: np.ndarray) -> float:
-    """Per-pixel sensor noise (0..1 units) from horizontal differences along the image border."""
-    top = float(max_value(pixels))
-    strips = [pixels[:8, :, :3], pixels[-8:, :, :3]]
-    vals = []
-    for s in strips:
-        d = np.diff(s.astype(np.float32), axis=1) / top
-        vals.append(float(np.median(np.abs(d))) * 1.4826 / math.sqrt(2))
-    return max(min(vals), 0.5 / top)
-
-
-def _edge_alpha(I: np.ndarray, F: np.ndarray, B: np.ndarray, soft: np.ndarray, noise: float) -> np.ndarray:
-    """Alpha of edge pixels from I = aF + (1 - a)B, blended towards ``soft`` where F ≈ B."""
-    d = F - B
-    dd = (d * d).sum(axis=1)
-    a = ((I - B) * d).sum(axis=1) / np.maximum(dd, 1e-6)
-    contrast = np.sqrt(dd)
-    lo = np.clip(2.5 * noise * math.sqrt(3) / np.maximum(contrast, 1e-3), 0.02, 0.3)
-    a = np.clip((a - lo) / (1.0 - 2.0 * lo), 0.0, 1.0)
-    trust = np.clip((contrast - 0.06) / 0.06, 0.0, 1.0)
-    return (trust * a + (1.0 - trust) * soft).astype(np.float32)
-
-
-def _local_range(img: np.ndarray, known: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel minimum and maximum of the ``known`` pixels within ``radius`` (no known pixel near:
-    the whole 0..1 range)."""
-    kernel = _disk(radius)
-    lo = cv2.erode(np.where(known[..., None], img, np.float32(1.0)), kernel)
-    hi = cv2.dilate(np.where(known[..., None], img, np.float32(0.0)), kernel)
-    none = lo > hi
-    lo[none], hi[none] = 0.0, 1.0
-    return lo, hi
-
-
-def _unmix(I: np.ndarray, a: np.ndarray, B: np.ndarray, F_local: np.ndarray, lo: np.ndarray | None = None,
-           hi: np.ndarray | None = None, margin: float = 0.0) -> np.ndarray:
-    """Foreground colour of partially transparent pixels: solve I = aF + (1 - a)B for F.
-
-    F lies on the line from B through I, at 1/a times the distance. An underestimated alpha would carry
-    it past the subject's real colour (a dark rim on a light backdrop): with ``lo``/``hi``, the subject's
-    own colour range nearby, F goes no further along the line than that range allows, and never less far
-    than I itself (the backdrop's colour is only ever removed). Where a is small the solution amplifies
-    noise by 1/a, so F leans on the local subject colour instead.
-    """
-    d = I - B
-    t = 1.0 / np.maximum(a, 1e-3)
-    if lo is not None and hi is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            limit = np.where(d > 1e-6, (hi + margin - B) / d, np.where(d < -1e-6, (lo - margin - B) / d, np.inf))
-        t = np.clip(np.minimum(t, limit.min(axis=1)), 1.0, None)
-    F = np.clip(B + d * t[:, None], 0.0, 1.0)
-    w = np.clip((a - 0.05) / 0.45, 0.0, 1.0)[:, None]
-    return (w * F + (1.0 - w) * F_local).astype(np.float32)
-
-
 @dataclass
 class Cutout:
     """Result of ``cut_out``: RGBA pixels (input dtype), the subject matte (uint8) and what was found."""
@@ -468,92 +367,6 @@ class Cutout:
 
 def _hex(colour: tuple[float, ...]) -> str:
     return "#" + "".join(f"{int(round(min(max(c, 0.0), 1.0) * 255)):02x}" for c in colour[:3])
-
-
-@dataclass
-class Edge:
-    """The full-resolution cut-out from ``refine_edge``: RGBA pixels, and the band that was computed."""
-
-    pixels: np.ndarray  # H×W×4, the input's dtype; RGB is 0 wherever alpha is 0
-    ys: np.ndarray  # band pixel coordinates (full resolution)
-    xs: np.ndarray
-    decontaminated: int  # band pixels left partially transparent whose colour was unmixed
-
-
-def refine_edge(pixels: np.ndarray, mask: np.ndarray, small: np.ndarray, backdrop: np.ndarray | None = None,
-                decontaminate: bool = True) -> Edge:
-    """The cut-out at full resolution from a subject ``mask`` found at working size.
-
-    ``small`` is the image at the mask's size (float32 0..1); ``backdrop`` what is behind the subject
-    there (H×W×3 float32), used where no known backdrop pixel is near; None: the image's mean colour.
-    Only a band a few working pixels wide around the outline is computed at full resolution: alpha from
-    I = aF + (1 - a)B with the local subject and backdrop colours F and B, falling back to a smooth
-    outline where F and B are too alike to tell apart. The interior keeps the input's pixels bit for bit.
-    """
-    H, W = pixels.shape[:2]
-    top = max_value(pixels)
-    h, w = mask.shape
-    scale = (w / W, h / H)
-    mask8 = mask.astype(np.uint8)
-    inner = cv2.erode(mask8, _disk(3))  # 3: on a diagonal, the staircase of the upsampled mask reaches 2
-    outer = cv2.dilate(mask8, _disk(2))
-    band_small = (outer > 0) & (inner == 0)
-
-    # Everything outside the subject's box stays transparent black: only the box is touched at full size.
-    # Full-resolution pixel (X, Y) belongs to working pixel (X·w/W, Y·h/H) rounded down (nearest neighbour).
-    rows, cols = np.flatnonzero(outer.any(axis=1)), np.flatnonzero(outer.any(axis=0))
-    out = np.zeros((H, W, 4), pixels.dtype)
-    if len(rows) == 0:
-        return Edge(out, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
-    Y0, Y1 = int(rows[0] * H // h), min(H, -(-(int(rows[-1]) + 1) * H // h))
-    X0, X1 = int(cols[0] * W // w), min(W, -(-(int(cols[-1]) + 1) * W // w))
-    ry = np.minimum(np.arange(Y0, Y1) * h // H, h - 1)
-    rx = np.minimum(np.arange(X0, X1) * w // W, w - 1)
-    box = out[Y0:Y1, X0:X1]
-    rgb_box, alpha_box = box[..., :3], box[..., 3]
-    rgb_box[...] = pixels[Y0:Y1, X0:X1, :3]
-    alpha_box[...] = inner[ry][:, rx] * np.asarray(top, pixels.dtype)  # the interior opaque, exact pixels
-    ys, xs = np.nonzero(band_small[ry][:, rx])
-    ys += Y0
-    xs += X0
-    rgb_out, out_alpha = out[..., :3], out[..., 3]
-
-    # local subject / backdrop colours next to the outline, from pixels known to be one or the other
-    sigma = 2.0
-    fg_known = cv2.erode(mask8, _disk(KNOWN_MARGIN)) > 0
-    bg_known = cv2.erode(1 - mask8, _disk(KNOWN_MARGIN)) > 0
-    F_s, _ = _normalised_blur(small, fg_known, sigma)
-    B_s, bden = _normalised_blur(small, bg_known, sigma)
-    fallback = backdrop if backdrop is not None else small.reshape(-1, 3).mean(axis=0)
-    B_s = np.where((bden > 1e-3)[..., None], B_s, fallback)
-    lo_s, hi_s = _local_range(small, fg_known, radius=2 + KNOWN_MARGIN + 2)
-    # a smooth outline for where colour cannot tell: the level set of the blurred mask, sharpened to a
-    # ramp of about 1.5 output pixels (a working-size staircase would show as 2-6 px steps)
-    blur_sigma = 1.0
-    soft_s = cv2.GaussianBlur(mask8.astype(np.float32), (0, 0), blur_sigma)
-    gain = max(1.0, math.sqrt(2 * math.pi) * blur_sigma / (1.5 * max(scale)))
-
-    I = pixels[ys, xs, :3].astype(np.float32) / top
-    F = _sample(F_s, ys, xs, scale)
-    B = _sample(B_s, ys, xs, scale)
-    soft = np.clip((_sample(soft_s, ys, xs, scale) - 0.5) * gain + 0.5, 0.0, 1.0)
-    # compression ringing near edges is invisible to the border noise estimate: measure it on band
-    # pixels that the segmentation puts clearly on the backdrop side
-    noise = _noise_sigma(pixels)
-    away = soft < 0.02
-    if away.sum() >= 50:
-        noise = max(noise, float(np.percentile(np.sqrt(((I[away] - B[away]) ** 2).mean(axis=1)), 80)))
-    a = _edge_alpha(I, F, B, soft, noise)
-    aq = np.rint(a * top).astype(np.int64)
-    partial = (aq > 0) & (aq < top)
-    if decontaminate and partial.any():
-        p = partial
-        lo, hi = _sample(lo_s, ys[p], xs[p], scale), _sample(hi_s, ys[p], xs[p], scale)
-        Fp = _unmix(I[p], a[p], B[p], F[p], lo, hi, margin=max(2.0 * noise, 0.03))
-        rgb_out[ys[p], xs[p]] = np.clip(np.rint(Fp * top), 0, top).astype(pixels.dtype)
-    out_alpha[ys, xs] = aq.astype(pixels.dtype)
-    rgb_box[alpha_box == 0] = 0  # clean transparent pixels: smaller files, no backdrop colour hidden in them
-    return Edge(out, ys, xs, int(partial.sum()) if decontaminate else 0)
 
 
 def cut_out(pixels: np.ndarray, *, work_size: int = 1024, tolerance: float = 1.0, max_shadow: float = 0.6,
@@ -663,54 +476,6 @@ def estimate_subject_matte(pixels: np.ndarray) -> np.ndarray | None:
         return None
     soft = cv2.GaussianBlur(seg.mask.astype(np.float32), (0, 0), 0.7)
     return np.clip(np.rint(cv2.resize(soft, (W, H), interpolation=cv2.INTER_LINEAR) * 255), 0, 255).astype(np.uint8)
-
-
-def decontaminate_edges(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray | None = None) -> np.ndarray:
-    """Remove backdrop colour spill from partially transparent pixels; other pixels are returned unchanged.
-
-    ``rgb``: H×W×3 uint8/uint16. ``alpha``: H×W, uint8, uint16 or float in [0, 1]. ``backdrop``: what was
-    behind the subject, as one colour (3 values in ``rgb``'s units) or an H×W×3 image; None: estimate it
-    locally from the fully transparent pixels near the edge (works on any background, not only paper).
-    """
-    top = float(max_value(rgb))
-    if np.issubdtype(alpha.dtype, np.floating):
-        a_full = alpha
-        amax = 1.0
-    else:
-        a_full = alpha
-        amax = float(np.iinfo(alpha.dtype).max)
-    partial = (a_full > 0) & (a_full < amax)
-    ys, xs = np.nonzero(partial)
-    out = np.array(rgb[..., :3], copy=True)
-    if len(ys) == 0:
-        return out
-    H, W = rgb.shape[:2]
-    small = working_image(rgb, 1024, min_edge=0)
-    size = (small.shape[1], small.shape[0])
-    opaque = (a_full >= amax).astype(np.uint8)
-    clear = (a_full <= 0).astype(np.uint8)
-    if size != (W, H):
-        opaque = cv2.resize(opaque * 255, size, interpolation=cv2.INTER_AREA) > 250
-        clear = cv2.resize(clear * 255, size, interpolation=cv2.INTER_AREA) > 250
-    else:
-        opaque, clear = opaque > 0, clear > 0
-    scale = (size[0] / W, size[1] / H)
-    F_s, _ = _normalised_blur(small, opaque, 3.0)
-    I = rgb[ys, xs, :3].astype(np.float32) / top
-    a = a_full[ys, xs].astype(np.float32) / amax
-    F = _sample(F_s, ys, xs, scale)
-    if backdrop is None:
-        B_s, den = _normalised_blur(small, clear, 3.0)
-        B_s = np.where((den > 1e-4)[..., None], B_s, small.reshape(-1, 3).mean(axis=0))
-        B = _sample(B_s, ys, xs, scale)
-    elif backdrop.ndim == 1:
-        B = np.broadcast_to(np.asarray(backdrop, np.float32)[:3] / top, I.shape)
-    else:
-        B = backdrop[ys, xs, :3].astype(np.float32) / (top if not np.issubdtype(backdrop.dtype, np.floating) else 1.0)
-    lo_s, hi_s = _local_range(small, opaque, radius=6)
-    Fp = _unmix(I, a, B, F, _sample(lo_s, ys, xs, scale), _sample(hi_s, ys, xs, scale), margin=0.03)
-    out[ys, xs] = np.clip(np.rint(Fp * top), 0, top).astype(rgb.dtype)
-    return out
 
 
 # --- the stage -----------------------------------------------------------------------------------
