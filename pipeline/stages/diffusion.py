@@ -214,6 +214,9 @@ def model_inputs(pixels: np.ndarray, size: tuple[int, int], offset: tuple[int, i
 def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: StageContext) -> np.ndarray:
     """``crops`` fill ``generate``: invent the canvas outside ``known`` with the inpainting model.
 
+    ``options`` are the crops step's (``CropsOptions``): its model, prompt, negative_prompt, seed,
+    steps and guidance, with their defaults declared there.
+
     The canvas is shrunk to the model's native size (unknown parts seeded by a cheap inpaint),
     the unknown area (grown a little, feathered) is generated, the colour step against the known
     pixels at the seam is measured and faded out into the new area, and the result is enlarged
@@ -224,7 +227,7 @@ def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: Stag
         return canvas
     if not known.any():
         raise PermanentError("fill generate: the crop has no original pixels to continue")
-    pipe = diffusion_pipeline(ctx, getattr(options, "model", None))
+    pipe = diffusion_pipeline(ctx, options.model)
     native, multiple = native_geometry(pipe)
     gw, gh = generation_size(w, h, native, multiple)
 
@@ -238,12 +241,12 @@ def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: Stag
     mask = cv2.GaussianBlur(cv2.dilate(unknown_small, kernel), (0, 0), sigmaX=grow / 2)
     mask = np.maximum(mask, unknown_small)
 
-    model_name = getattr(options, "model", None) or ctx.config.models.diffusers
-    seed = getattr(options, "seed", None) or 0  # the crops step's documented default
+    model_name = options.model or ctx.config.models.diffusers
+    seed = 0 if options.seed is None else options.seed  # the crops step's documented default
     with gpu_errors(f"crops fill generate {model_name}"):
-        gen = inpaint(pipe, init, mask, prompt=getattr(options, "prompt", None) or FILL_PROMPT,
-                      negative_prompt=getattr(options, "negative_prompt", None) or FILL_NEGATIVE, seed=seed,
-                      steps=getattr(options, "steps", None) or 30, guidance=getattr(options, "guidance", None))
+        gen = inpaint(pipe, init, mask, prompt=options.prompt or FILL_PROMPT,
+                      negative_prompt=options.negative_prompt or FILL_NEGATIVE, seed=seed,
+                      steps=options.steps, guidance=options.guidance)
     gen = seam_corrected(gen, small.astype(np.float32) / 255.0, known_small, feather=max(4.0, 0.06 * max(gw, gh)))
     big = resize(to_dtype(gen, canvas.dtype), (w, h))
     out = canvas.copy()
