@@ -1,19 +1,17 @@
-"""Per-worker model cache, device and dtype choice, and the offline-first model loaders.
+"""Per-worker model cache, device and dtype choice, and ``assetd models pull/check`` driven by the backends.
 
 Each worker owns one ``ModelManager`` (``StageContext.models``). A model is loaded once, on first
 use, and stays resident across jobs; the worker calls ``release_idle()`` between jobs to free the
 GPU memory of models nobody used for ``models.unload_after_seconds``.
 
-Jobs never download: diffusers pipelines load from a local folder or the Hugging Face cache
-(``local_files_only``), rembg sessions only from files already under the rembg home, spandrel from
-a weights file. A missing model fails fast with a ``ConfigError`` that names it and the command
-that fetches it (``assetd models pull --config FILE``), which is the one place that goes online
-(``pull_models``). ``check_models`` loads every model the rules use, offline, before the daemon
-starts. A CUDA out-of-memory or a lost GPU during a job is a ``TransientError`` (``gpu_errors``).
-
-The ``studio`` backend's subject prior (U²-Netp, ``pipeline/prior.py``) is a model like the others
-here (kind ``prior``), but an optional one by default (``prior: auto``): when it is missing, checks
-warn and the backend runs without it.
+A backend owns its model: a ``ModelKind`` subclass beside it (rembg in ``stages/rembg_backend.py``,
+diffusers in ``stages/diffusion.py``, spandrel in ``stages/spandrel_upscale.py``, the studio backend's
+subject prior in ``prior.py``) says how a name loads, offline, and how it is fetched; the stage class
+declares which model a step uses (``Stage.model_ref``). ``ModelRef.key`` is the one cache key, so the
+start-up check (``check_models``) and the stage share one loaded model. Jobs never download: a missing
+model fails fast with a ``ConfigError`` that names it and ``assetd models pull --config FILE``, the one
+place that goes online (``pull_models``). A CUDA out-of-memory or a lost GPU during a job is a
+``TransientError`` (``gpu_errors``).
 
 Heavy libraries (torch, diffusers, rembg, spandrel) are imported inside functions, so importing
 this module and the stages stays cheap and works without the ``models`` extra installed.
@@ -23,17 +21,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import importlib
-import json
 import logging
-import os
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from .errors import ConfigError, TransientError
 
@@ -51,9 +45,6 @@ INSTALL_HINT = ("install the models extra: in the assetd source folder, run "
 BASE_INSTALL_HINT = ("it is part of assetd's base install: in the assetd source folder, run pip install -e . "
                      "(README: Installing for real)")
 BASE_MODULES = ("onnxruntime",)
-# Files a diffusers pull skips: other frameworks' weights and single-file checkpoints.
-_PULL_IGNORE = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.ckpt", "flax_model*", "tf_model*",
-                "rust_model*", "*.gguf"]
 
 
 def pull_hint(config: "Config") -> str:
@@ -185,7 +176,6 @@ class ModelManager:
         self._entries: dict[Any, _Entry] = {}
         self._lock = threading.RLock()
         self._dtype: Any = None
-        apply_cache_dir(config)
 
     @property
     def device(self) -> str:
@@ -216,6 +206,10 @@ class ModelManager:
                 log.info("loaded model %s on %s in %.1f s", _key_name(key), self._device or "cpu", entry.loaded_in)
             entry.last_used = self.clock()
             return entry.value
+
+    def load(self, ref: "ModelRef") -> Any:
+        """The model ``ref`` names, loaded by its kind on first use (see ``get``)."""
+        return self.get(ref.key, lambda: ref.source.load(self, ref.name))
 
     def loaded(self) -> list[Any]:
         with self._lock:
@@ -270,289 +264,97 @@ def _free(value: Any) -> None:
             fn()
 
 
-def apply_cache_dir(config: "Config") -> None:
-    """Point rembg at ``models.cache_dir/rembg`` when a cache folder is configured."""
-    if config.models.cache_dir is not None:
-        os.environ["U2NET_HOME"] = str(Path(config.models.cache_dir) / "rembg")
-
-
-def hf_cache_dir(config: "Config") -> str | None:
-    return str(Path(config.models.cache_dir) / "huggingface") if config.models.cache_dir is not None else None
-
-
 # ------------------------------------------------------------------------------ model references
+
+
+class MissingModelError(ConfigError):
+    """A model that is not in the local cache. ``what`` and ``hint`` are the two halves of the message, so a
+    step that can do without the model (an optional ``ModelRef``) can word its own warning around them."""
+
+    def __init__(self, what: str, hint: str, message: str | None = None):
+        self.what, self.hint = what, hint
+        super().__init__(message or f"{what}; {hint}")
+
+
+class ModelKind:
+    """One kind of model (rembg session, diffusers pipeline...): how a step names one, how it loads offline,
+    how ``assetd models pull`` fetches it. A subclass lives beside the backend that runs the model, which
+    names it in ``Stage.model_kind`` (or returns its refs from ``Stage.model_ref``)."""
+
+    kind: ClassVar[str]
+    setting: ClassVar[str | None] = None  # the models.* key holding the default model ("rembg": models.rembg)
+
+    @classmethod
+    def name_for(cls, config: "Config", model: str | None) -> str | None:
+        """The model a step names (its ``model`` option), else the config's default (``setting``)."""
+        if cls.setting is not None:
+            return str(model or getattr(config.models, cls.setting))
+        return str(model) if model else None
+
+    @classmethod
+    def ref(cls, config: "Config", model: str | None = None, optional: bool = False) -> "ModelRef | None":
+        name = cls.name_for(config, model)
+        return None if name is None else ModelRef(cls, name, optional=optional)
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> Any:
+        """The loaded model, offline; ConfigError (MissingModelError when not in the cache) naming it."""
+        raise NotImplementedError
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        """Fetch the model into the cache (the one online step); a status line. What is there is kept."""
+        raise NotImplementedError
+
+    @classmethod
+    def missing(cls, exc: MissingModelError, optional: bool) -> str:
+        """``check_models``' line for a model not in the cache (``optional``: its step runs without it)."""
+        return str(exc)
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model some rule needs: kind is ``diffusers``, ``rembg``, ``spandrel`` or ``prior``.
+    """A model some rule needs: its kind (which loads and pulls it) and its name (hub id, file path...).
 
-    ``optional``: the step runs without it (the studio backend's subject prior with ``prior: auto``),
-    so a missing file is a warning, not a problem.
+    ``source``: the ModelKind that loads and pulls it. ``optional``: the step runs without it (the studio backend's subject prior with ``prior: auto``),
+    so a missing file is a warning, not a problem. ``key`` is the ModelManager's cache key: the daemon's
+    start-up check and the stage load through the same ref, so a model is never loaded twice.
     """
 
-    kind: str
+    source: type[ModelKind]
     name: str
     used_by: str = ""
     optional: bool = False
 
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source.kind, self.name)
+
 
 def model_refs(config: "Config", rules: list["Rule"]) -> list[ModelRef]:
-    """Every model the rules use (deduplicated, first user named), resolving config defaults.
+    """Every model the rules use (deduplicated, first user named), as each step's backend declares it.
 
     A model some step requires is required, even when an earlier step could do without it.
     """
+    from .stages.base import stage_class
+
     refs: dict[tuple[str, str], ModelRef] = {}
     for rule in rules:
         for spec in rule.steps:
-            ref = _ref_for_step(config, spec.step, spec.backend, spec.options)
+            ref = stage_class(spec.step, spec.backend).model_ref(spec.options, config)
             if ref is None:
                 continue
-            known = refs.get((ref.kind, ref.name))
+            known = refs.get(ref.key)
             if known is None or (known.optional and not ref.optional):
-                refs[(ref.kind, ref.name)] = dataclasses.replace(ref, used_by=f"rule {rule.name}, step {spec.step}")
+                refs[ref.key] = dataclasses.replace(ref, used_by=f"rule {rule.name}, step {spec.step}")
     return list(refs.values())
 
 
-def _ref_for_step(config: "Config", step: str, backend: str, options: Any) -> ModelRef | None:
-    model = getattr(options, "model", None) or None
-    if step == "remove_background" and backend == "rembg":
-        return ModelRef("rembg", str(model or config.models.rembg))
-    if step == "remove_background" and backend == "studio":
-        from .prior import NAME
-
-        mode = getattr(options, "prior", "auto")  # auto | on | off
-        return None if mode == "off" else ModelRef("prior", NAME, optional=mode != "on")
-    if step == "place_in_scene" and backend == "diffusers":
-        return ModelRef("diffusers", str(model or config.models.diffusers))
-    if step == "crops" and getattr(options, "fill", None) == "generate":
-        return ModelRef("diffusers", str(model or config.models.diffusers))
-    if step == "upscale" and backend == "spandrel":
-        path = model or config.models.spandrel
-        return ModelRef("spandrel", str(config.resolve(path))) if path else None
-    return None
-
-
-# ----------------------------------------------------------------------------------- diffusers
-
-
-def diffusers_folder(config: "Config", model: str) -> Path:
-    """The local folder of a diffusers pipeline: a folder path, or a hub id in the HF cache.
-
-    Raises ConfigError naming the model and the pull command when it is not there. Never downloads.
-    """
-    local = config.resolve(model)
-    if local.is_dir():
-        if not (local / "model_index.json").is_file():
-            raise ConfigError(f"diffusers model {model!r}: folder {local} has no model_index.json "
-                              f"(expected a pipeline saved with save_pretrained)")
-        return local
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ConfigError(f"diffusers model {model!r}: no such folder ({local}), and not a Hugging Face id "
-                          f"like 'owner/name'")
-    hub = require("huggingface_hub", "the diffusers backend")
-    try:
-        folder = hub.snapshot_download(model, cache_dir=hf_cache_dir(config), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"diffusers model {model!r} is not in the local model cache; {pull_hint(config)}") from exc
-    folder = Path(folder)
-    if not (folder / "model_index.json").is_file():
-        raise ConfigError(f"diffusers model {model!r} is incomplete in the local model cache "
-                          f"(no model_index.json); {pull_hint(config)}")
-    return folder
-
-
-def load_diffusers(manager: ModelManager, model: str) -> Any:
-    """Load an inpainting pipeline (class read from model_index.json) on the manager's device."""
-    config = manager.config
-    folder = diffusers_folder(config, model)
-    diffusers = require("diffusers", "the diffusers backend")
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
-    if "safety_checker" in index:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)  # studio product shots, no NSFW filter
-    try:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-        if isinstance(exc, OSError) and "local" in str(exc).lower():
-            raise ConfigError(f"diffusers model {model!r} is missing files; {pull_hint(config)}") from exc
-        raise ConfigError(f"diffusers model {model!r} ({folder}) cannot be loaded: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not any(hasattr(pipe, a) for a in ("unet", "transformer")) or "mask_image" not in _call_params(pipe):
-        raise ConfigError(f"diffusers model {model!r} is a {type(pipe).__name__}, not an inpainting pipeline "
-                          f"(use an SD/SDXL inpainting checkpoint or FLUX.1 Fill)")
-    pipe.set_progress_bar_config(disable=True)
-    with gpu_errors(f"loading {model}"):
-        if manager.is_gpu and config.models.cpu_offload:
-            pipe.enable_model_cpu_offload(device=manager.device)
-        else:
-            pipe.to(manager.device)
-    return pipe
-
-
-def _dtype_keyword() -> str:
-    """diffusers ≥ 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older versions only ``torch_dtype``."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return "torch_dtype"
-    return "dtype"
-
-
-def _call_params(pipe: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(pipe.__call__).parameters)
-
-
-def pull_diffusers(config: "Config", model: str) -> str:
-    """Download a hub pipeline into the cache (a local folder is only checked)."""
-    local = config.resolve(model)
-    if local.is_dir():
-        diffusers_folder(config, model)
-        return f"{model}: local folder, nothing to fetch"
-    hub = require("huggingface_hub", "assetd models pull")
-    folder = hub.snapshot_download(model, cache_dir=hf_cache_dir(config), ignore_patterns=_PULL_IGNORE)
-    return f"{model}: {folder}"
-
-
-# -------------------------------------------------------------------------------------- rembg
-
-
-def _rembg_session_class(name: str) -> Any:
-    require("rembg", "the rembg backend")
-    from rembg.sessions import sessions_class
-
-    for cls in sessions_class:
-        if cls.name() == name:
-            return cls
-    known = ", ".join(sorted(c.name() for c in sessions_class if c.name() not in ("u2net_custom", "dis_custom",
-                                                                                  "ben_custom")))
-    raise ConfigError(f"rembg model {name!r} is not a rembg model name (known: {known}) nor an .onnx file")
-
-
-def is_onnx_path(model: str) -> bool:
-    return model.lower().endswith(".onnx") or "/" in model or os.sep in model
-
-
-def rembg_model_file(config: "Config", model: str) -> Path:
-    """The ONNX file of a rembg model, already on disk; ConfigError when it is missing. Never downloads.
-
-    A named model lives under rembg's home (``REMBG_HOME``/``U2NET_HOME``). A custom .onnx path is
-    linked into ``<home>/models/custom/`` because rembg refuses model paths outside its home.
-    """
-    if is_onnx_path(model):
-        path = config.resolve(model)
-        if not path.is_file():
-            raise ConfigError(f"rembg model {model!r}: file {path} not found")
-        cls = _rembg_session_class("u2net_custom")
-        return _link_into_home(Path(cls.rembg_home()), path)
-    cls = _rembg_session_class(model)
-    found = cls.resolve_existing(f"{cls.name()}.onnx")
-    if found is None:
-        raise ConfigError(f"rembg model {model!r} is not downloaded (looked in {cls.model_dir()}); "
-                          f"{pull_hint(config)}")
-    return Path(found)
-
-
-def _link_into_home(home: Path, path: Path) -> Path:
-    home = home.absolute()
-    resolved = path.absolute()
-    if str(resolved).startswith(str(home) + os.sep):
-        return resolved
-    tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
-    target = home / "models" / "custom" / f"{tag}-{path.name}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        try:
-            target.symlink_to(resolved)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(resolved, target)
-    return target
-
-
-def load_rembg(manager: ModelManager, model: str) -> Any:
-    """A rembg session, on CUDA when the device is a GPU and onnxruntime has the CUDA provider."""
-    config = manager.config
-    path = rembg_model_file(config, model)
-    require("onnxruntime", "the rembg backend")
-    import onnxruntime as ort
-    from rembg import new_session
-
-    providers = ["CPUExecutionProvider"]
-    if manager.is_gpu:
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            index = int(manager.device.split(":", 1)[1]) if ":" in manager.device else 0
-            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        else:
-            log.warning("onnxruntime has no CUDA provider (install rembg[gpu]); rembg runs on the CPU")
-    try:
-        if is_onnx_path(model):
-            return new_session("u2net_custom", model_path=str(path), providers=providers)
-        return new_session(model, providers=providers)
-    except ConfigError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own error types for corrupt files
-        raise ConfigError(f"rembg model {model!r} ({path}) cannot be loaded: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-
-
-def pull_rembg(config: "Config", model: str) -> str:
-    if is_onnx_path(model):
-        return f"{model}: {rembg_model_file(config, model)} (custom file, nothing to fetch)"
-    cls = _rembg_session_class(model)
-    return f"{model}: {cls.download_models()}"
-
-
-# ----------------------------------------------------------------------------------- spandrel
-
-
-def load_spandrel(manager: ModelManager, path: str) -> Any:
-    """A spandrel ImageModelDescriptor (architecture auto-detected), in eval mode on the device.
-
-    On a GPU it runs in bf16 or fp16 when the architecture supports it, else fp32.
-    """
-    file = manager.config.resolve(path)
-    if not file.is_file():
-        raise ConfigError(f"upscale model file {file} not found")
-    spandrel = require("spandrel", "the spandrel backend")
-    torch = require("torch", "the spandrel backend")
-    try:
-        model = spandrel.ModelLoader(device="cpu").load_from_file(str(file))
-    except Exception as exc:
-        raise ConfigError(f"upscale model {file} cannot be loaded (not a model spandrel recognises, or a "
-                          f"broken file): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                          ) from exc
-    if not isinstance(model, spandrel.ImageModelDescriptor) or model.input_channels != 3:
-        raise ConfigError(f"upscale model {file} is a {type(model).__name__} with {model.input_channels} "
-                          f"input channels; expected a single-image RGB model")
-    model.eval()
-    dtype = torch.float32
-    if manager.is_gpu:
-        if manager.dtype == torch.bfloat16 and model.supports_bfloat16:
-            dtype = torch.bfloat16
-        elif manager.dtype in (torch.float16, torch.bfloat16) and model.supports_half:
-            dtype = torch.float16
-    with gpu_errors(f"loading {file.name}"):
-        model.to(manager.device)
-        if dtype != torch.float32:
-            model.to(dtype)
-    return model
-
-
 # --------------------------------------------------------------------------------- pull / check
-
-def _load_prior(manager: ModelManager, name: str) -> Any:
-    from .prior import build_prior
-
-    return build_prior(manager)  # the same key as load_prior's, so a worker reuses it
-
-
-_LOADERS: dict[str, Callable[[ModelManager, str], Any]] = {
-    "diffusers": load_diffusers, "rembg": load_rembg, "spandrel": load_spandrel, "prior": _load_prior,
-}
 
 
 def pull_models(config: "Config", rules: list["Rule"], echo: Callable[[str], None]) -> list[str]:
@@ -564,20 +366,7 @@ def pull_models(config: "Config", rules: list["Rule"], echo: Callable[[str], Non
     for ref in refs:
         echo(f"fetching {ref.kind} model {ref.name} ({ref.used_by}) ...")
         try:
-            if ref.kind == "diffusers":
-                echo("  " + pull_diffusers(config, ref.name))
-            elif ref.kind == "rembg":
-                echo("  " + pull_rembg(config, ref.name))
-            elif ref.kind == "prior":
-                from .prior import pull_prior
-
-                echo("  " + pull_prior(config))
-            else:
-                file = config.resolve(ref.name)
-                if not file.is_file():
-                    raise ConfigError(f"upscale model file {file} not found (spandrel weights are not downloaded "
-                                      f"by assetd: put the .pth/.safetensors file there)")
-                echo(f"  {ref.name}: present")
+            echo("  " + ref.source.pull(config, ref.name))
         except ConfigError as exc:
             problems.extend(f"{ref.used_by}: {p}" for p in exc.problems)
         except Exception as exc:  # network, disk, hub errors: report and go on with the others
@@ -604,20 +393,15 @@ def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | 
     optional model that is not in the cache is a warning (its step runs without it); one that is
     there but broken is still a problem.
     """
-    from .prior import PriorMissingError
-
     result = ModelCheck()
     for ref in model_refs(config, rules):
         manager = keep_in or ModelManager(config)
         try:
-            manager.get((ref.kind, ref.name), lambda r=ref: _LOADERS[r.kind](manager, r.name))
+            manager.load(ref)
             result.loaded.append(ref)
-        except PriorMissingError as exc:
-            if ref.optional:
-                result.warnings.append(f"{ref.used_by}: studio runs without its subject prior ({exc.what}); "
-                                       f"{exc.hint}")
-            else:
-                result.problems.append(f"{ref.used_by}: prior: on needs the subject prior ({exc.what}); {exc.hint}")
+        except MissingModelError as exc:
+            into = result.warnings if ref.optional else result.problems
+            into.append(f"{ref.used_by}: {ref.source.missing(exc, ref.optional)}")
         except ConfigError as exc:
             result.problems.extend(f"{ref.used_by}: {p}" for p in exc.problems)
         except TransientError as exc:

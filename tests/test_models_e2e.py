@@ -62,21 +62,19 @@ outputs:
 def test_daemon_start_check_loads_each_model_once(workspace, tmp_path, monkeypatch, netguard):  # noqa: F811
     import time
 
-    from pipeline import models
     from pipeline.daemon import Daemon
-    from pipeline.stages import rembg_backend
+    from pipeline.stages.rembg_backend import RembgModel
     from pipeline.store import JobStatus
 
     onnx = tiny_dark_subject_onnx()
     loads = []
-    real = models.load_rembg
+    real = RembgModel.load
 
-    def counting(manager, name):
+    def counting(cls, manager, name):
         loads.append(name)
         return real(manager, name)
 
-    monkeypatch.setitem(models._LOADERS, "rembg", counting)
-    monkeypatch.setattr(rembg_backend, "load_rembg", counting)
+    monkeypatch.setattr(RembgModel, "load", classmethod(counting))
     workspace.write_config(extra=f"device: cpu\nmodels: {{cache_dir: {tmp_path / 'cache'}}}\n")
     for f in (workspace.root / "rules").iterdir():
         f.unlink()

@@ -23,6 +23,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..models import ModelKind, ModelRef
 
 FACTS = {  # what may hold of the image between steps; a step's needs, gives and takes name these
     "cutout": "a cut-out (the subject on a transparent background)",
@@ -69,7 +70,8 @@ define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=(
             doc="frames the subject once per ratio")
 define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
 
-# Modules that register backends; model-backed ones import their heavy libraries lazily.
+# Modules that register backends, the one list to add a backend to; a model-backed one also holds its
+# ``ModelKind`` (how its model loads and is fetched) and imports its heavy libraries lazily.
 STAGE_MODULES = [
     "pipeline.stages.remove_background",
     "pipeline.stages.place_in_scene",
@@ -143,7 +145,8 @@ class Stage:
     step: ClassVar[str]
     backend: ClassVar[str]
     Options: ClassVar[type]
-    needs_models: ClassVar[bool] = False  # True: `assetd models check` loads it
+    needs_models: ClassVar[bool] = False  # True: needs the models extra (torch...) and a model's weights
+    model_kind: ClassVar["type[ModelKind] | None"] = None  # the kind of model its ``model`` option names
 
     def __init__(self, options: Any, ctx: StageContext):
         self.options = options
@@ -160,6 +163,12 @@ class Stage:
         its version is computed. Returns the options; raises ConfigError (prefixed by ``where``) when a
         default cannot be resolved."""
         return options
+
+    @classmethod
+    def model_ref(cls, options: Any, config: "Config") -> "ModelRef | None":
+        """The model a step with these options runs (None: none): ``model_kind`` with the ``model`` option or
+        its default. ``assetd models pull/check`` and the stage itself load it through this one ref."""
+        return cls.model_kind.ref(config, getattr(options, "model", None)) if cls.model_kind else None
 
     def prepare(self) -> None:
         """Load heavy resources (models). Called once per worker before the first job."""

@@ -579,6 +579,15 @@ class GeometryCrops(Stage):
     Options = CropsOptions
 
     @classmethod
+    def model_ref(cls, options: CropsOptions, config: Any) -> Any:
+        """fill: generate runs the diffusers inpainting pipeline (``model``, default models.diffusers)."""
+        if options.fill != "generate":
+            return None
+        from .diffusion import pipeline_ref
+
+        return pipeline_ref(config, options.model)
+
+    @classmethod
     def validate(cls, options: CropsOptions, where: str, ctx_config: Any) -> list[str]:
         if options.fill == "generate" and "generate" not in FILLS:
             from ..models import INSTALL_HINT

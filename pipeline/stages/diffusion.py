@@ -11,22 +11,28 @@ contact shadow is allowed; a changed product is not.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from ..errors import PermanentError
-from ..models import gpu_errors, load_diffusers, manager_for
+from ..errors import ConfigError, PermanentError
+from ..models import ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, StageContext, register
 from .crops import register_fill
 from .framing import Box, place_subject
 from .subject import anchor_option, composite, cutout_subject, margin_option, paste_matte, scale_option
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..models import ModelManager
 
 FILL_PROMPT = "the same background, continued seamlessly, same lighting and texture, photograph"
 FILL_NEGATIVE = "text, watermark, logo, frame, border, people, new objects, blurry"
@@ -44,14 +50,107 @@ def generation_size(width: int, height: int, native: int, multiple: int) -> tupl
     return gw, gh
 
 
-# ------------------------------------------------------------------------------- the pipeline
+# ------------------------------------------------------------------------------------ the model
+
+# Files a diffusers pull skips: other frameworks' weights and single-file checkpoints.
+_PULL_IGNORE = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.ckpt", "flax_model*", "tf_model*",
+                "rust_model*", "*.gguf"]
+
+
+def hf_cache_dir(config: "Config") -> str | None:
+    return str(Path(config.models.cache_dir) / "huggingface") if config.models.cache_dir is not None else None
+
+
+def diffusers_folder(config: "Config", model: str) -> Path:
+    """The local folder of a diffusers pipeline: a folder path, or a hub id in the HF cache.
+
+    Raises ConfigError naming the model and the pull command when it is not there. Never downloads.
+    """
+    local = config.resolve(model)
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise ConfigError(f"diffusers model {model!r}: folder {local} has no model_index.json "
+                              f"(expected a pipeline saved with save_pretrained)")
+        return local
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ConfigError(f"diffusers model {model!r}: no such folder ({local}), and not a Hugging Face id "
+                          f"like 'owner/name'")
+    hub = require("huggingface_hub", "the diffusers backend")
+    try:
+        folder = hub.snapshot_download(model, cache_dir=hf_cache_dir(config), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"diffusers model {model!r} is not in the local model cache; {pull_hint(config)}") from exc
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ConfigError(f"diffusers model {model!r} is incomplete in the local model cache "
+                          f"(no model_index.json); {pull_hint(config)}")
+    return folder
+
+
+def _dtype_keyword() -> str:
+    """diffusers ≥ 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older versions only ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+class DiffusersModel(ModelKind):
+    """An inpainting pipeline (SD/SDXL inpainting, FLUX.1 Fill): a Hugging Face id or a local folder."""
+
+    kind = "diffusers"
+    setting = "diffusers"
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> Any:
+        """Load an inpainting pipeline (class read from model_index.json) on the manager's device."""
+        config = manager.config
+        folder = diffusers_folder(config, name)
+        diffusers = require("diffusers", "the diffusers backend")
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
+        if "safety_checker" in index:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)  # studio product shots, no NSFW filter
+        try:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            if isinstance(exc, OSError) and "local" in str(exc).lower():
+                raise ConfigError(f"diffusers model {name!r} is missing files; {pull_hint(config)}") from exc
+            raise ConfigError(f"diffusers model {name!r} ({folder}) cannot be loaded: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        if not any(hasattr(pipe, a) for a in ("unet", "transformer")) or \
+                "mask_image" not in inspect.signature(pipe.__call__).parameters:
+            raise ConfigError(f"diffusers model {name!r} is a {type(pipe).__name__}, not an inpainting pipeline "
+                              f"(use an SD/SDXL inpainting checkpoint or FLUX.1 Fill)")
+        pipe.set_progress_bar_config(disable=True)
+        with gpu_errors(f"loading {name}"):
+            if manager.is_gpu and config.models.cpu_offload:
+                pipe.enable_model_cpu_offload(device=manager.device)
+            else:
+                pipe.to(manager.device)
+        return pipe
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        """Download a hub pipeline into the cache (a local folder is only checked)."""
+        local = config.resolve(name)
+        if local.is_dir():
+            diffusers_folder(config, name)
+            return f"{name}: local folder, nothing to fetch"
+        hub = require("huggingface_hub", "assetd models pull")
+        folder = hub.snapshot_download(name, cache_dir=hf_cache_dir(config), ignore_patterns=_PULL_IGNORE)
+        return f"{name}: {folder}"
 
 
 def diffusion_pipeline(ctx: StageContext, model: str | None) -> Any:
     """The worker's resident inpainting pipeline for ``model`` (default: models.diffusers)."""
-    manager = manager_for(ctx)
-    name = model or ctx.config.models.diffusers
-    return manager.get(("diffusers", name), lambda: load_diffusers(manager, name))
+    return manager_for(ctx).load(pipeline_ref(ctx.config, model))
+
+
+def pipeline_ref(config: "Config", model: str | None) -> ModelRef:
+    """The inpainting pipeline a step names (``model``), else models.diffusers."""
+    return ModelRef(DiffusersModel, DiffusersModel.name_for(config, model))
 
 
 def native_geometry(pipe: Any) -> tuple[int, int]:
@@ -137,6 +236,7 @@ class DiffusersScene(Stage):
     backend = "diffusers"
     Options = DiffusersSceneOptions
     needs_models = True
+    model_kind = DiffusersModel
 
     def prepare(self) -> None:
         diffusion_pipeline(self.ctx, self.options.model)
@@ -155,7 +255,7 @@ class DiffusersScene(Stage):
         native, multiple = native_geometry(pipe)
         gw, gh = generation_size(w, h, native, multiple)
         init, mask = model_inputs(pixels, (w, h), (ox, oy), (gw, gh))
-        model_name = o.model or self.ctx.config.models.diffusers
+        model_name = pipeline_ref(self.ctx.config, o.model).name
         matte = paste_matte(alpha, (w, h), (ox, oy))
 
         results = []
@@ -241,7 +341,7 @@ def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: Stag
     mask = cv2.GaussianBlur(cv2.dilate(unknown_small, kernel), (0, 0), sigmaX=grow / 2)
     mask = np.maximum(mask, unknown_small)
 
-    model_name = options.model or ctx.config.models.diffusers
+    model_name = pipeline_ref(ctx.config, options.model).name
     seed = 0 if options.seed is None else options.seed  # the crops step's documented default
     with gpu_errors(f"crops fill generate {model_name}"):
         gen = inpaint(pipe, init, mask, prompt=options.prompt or FILL_PROMPT,

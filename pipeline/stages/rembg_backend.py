@@ -10,19 +10,134 @@ the edge band keep the input RGB exactly; decontamination only touches the soft 
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from ..errors import PermanentError
+from ..errors import ConfigError, PermanentError
 from ..imageio import clear_transparent
-from ..models import gpu_errors, is_onnx_path, load_rembg, manager_for, rembg_model_file
+from ..models import ModelKind, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, register
 from .subject import decontaminate_edges, matte_from_alpha, refine_edge, trimmed, working_image
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..models import ModelManager
+
+log = logging.getLogger("assetd.models")
+
+
+# ------------------------------------------------------------------------------------- the model
+
+
+def apply_cache_dir(config: "Config") -> None:
+    """Point rembg at ``models.cache_dir/rembg`` when a cache folder is configured."""
+    if config.models.cache_dir is not None:
+        os.environ["U2NET_HOME"] = str(Path(config.models.cache_dir) / "rembg")
+
+
+def _rembg_session_class(name: str) -> Any:
+    require("rembg", "the rembg backend")
+    from rembg.sessions import sessions_class
+
+    for cls in sessions_class:
+        if cls.name() == name:
+            return cls
+    known = ", ".join(sorted(c.name() for c in sessions_class if c.name() not in ("u2net_custom", "dis_custom",
+                                                                                  "ben_custom")))
+    raise ConfigError(f"rembg model {name!r} is not a rembg model name (known: {known}) nor an .onnx file")
+
+
+def is_onnx_path(model: str) -> bool:
+    return model.lower().endswith(".onnx") or "/" in model or os.sep in model
+
+
+def rembg_model_file(config: "Config", model: str) -> Path:
+    """The ONNX file of a rembg model, already on disk; ConfigError when it is missing. Never downloads.
+
+    A named model lives under rembg's home (``REMBG_HOME``/``U2NET_HOME``). A custom .onnx path is
+    linked into ``<home>/models/custom/`` because rembg refuses model paths outside its home.
+    """
+    if is_onnx_path(model):
+        path = config.resolve(model)
+        if not path.is_file():
+            raise ConfigError(f"rembg model {model!r}: file {path} not found")
+        cls = _rembg_session_class("u2net_custom")
+        return _link_into_home(Path(cls.rembg_home()), path)
+    cls = _rembg_session_class(model)
+    found = cls.resolve_existing(f"{cls.name()}.onnx")
+    if found is None:
+        raise ConfigError(f"rembg model {model!r} is not downloaded (looked in {cls.model_dir()}); "
+                          f"{pull_hint(config)}")
+    return Path(found)
+
+
+def _link_into_home(home: Path, path: Path) -> Path:
+    home = home.absolute()
+    resolved = path.absolute()
+    if str(resolved).startswith(str(home) + os.sep):
+        return resolved
+    tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
+    target = home / "models" / "custom" / f"{tag}-{path.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        try:
+            target.symlink_to(resolved)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(resolved, target)
+    return target
+
+
+class RembgModel(ModelKind):
+    """A rembg session: a named rembg model under rembg's home, or a custom .onnx file."""
+
+    kind = "rembg"
+    setting = "rembg"
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> Any:
+        """A rembg session, on CUDA when the device is a GPU and onnxruntime has the CUDA provider."""
+        apply_cache_dir(manager.config)
+        path = rembg_model_file(manager.config, name)
+        require("onnxruntime", "the rembg backend")
+        import onnxruntime as ort
+        from rembg import new_session
+
+        providers = ["CPUExecutionProvider"]
+        if manager.is_gpu:
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                index = int(manager.device.split(":", 1)[1]) if ":" in manager.device else 0
+                providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+            else:
+                log.warning("onnxruntime has no CUDA provider (install rembg[gpu]); rembg runs on the CPU")
+        try:
+            if is_onnx_path(name):
+                return new_session("u2net_custom", model_path=str(path), providers=providers)
+            return new_session(name, providers=providers)
+        except ConfigError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own error types for corrupt files
+            raise ConfigError(f"rembg model {name!r} ({path}) cannot be loaded: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        if is_onnx_path(name):
+            return f"{name}: {rembg_model_file(config, name)} (custom file, nothing to fetch)"
+        return f"{name}: {_rembg_session_class(name).download_models()}"
+
+
+# ------------------------------------------------------------------------------------- the stage
 
 
 @dataclass
@@ -52,6 +167,7 @@ class RembgBackground(Stage):
     backend = "rembg"
     Options = RembgOptions
     needs_models = True
+    model_kind = RembgModel
 
     @classmethod
     def validate(cls, options: RembgOptions, where: str, ctx_config: Any) -> list[str]:
@@ -62,14 +178,13 @@ class RembgBackground(Stage):
 
     @property
     def model_name(self) -> str:
-        return self.options.model or self.ctx.config.models.rembg
+        return self.model_ref(self.options, self.ctx.config).name
 
     def _session(self) -> Any:
-        manager = manager_for(self.ctx)
-        name = self.model_name
-        return manager.get(("rembg", name), lambda: load_rembg(manager, name))
+        return manager_for(self.ctx).load(self.model_ref(self.options, self.ctx.config))
 
     def prepare(self) -> None:
+        apply_cache_dir(self.ctx.config)
         rembg_model_file(self.ctx.config, self.model_name)  # fail fast, before loading anything
         self._session()
 

@@ -44,7 +44,7 @@ from ..errors import PermanentError
 from ..models import gpu_errors, manager_for
 from ..pixels import max_value
 from ..prior import NAME as PRIOR_NAME
-from ..prior import PriorMissingError, load_prior
+from ..prior import PriorMissingError, PriorModel, load_prior
 from ..schema import opt
 from .base import Asset, Stage, register
 from .subject import disk as _disk
@@ -509,6 +509,11 @@ class StudioBackground(Stage):
                              "the model cache; \"on\" requires it; \"off\" never loads it (quote on and off in YAML)")
 
     _warned = False  # said once per worker that the prior is missing
+
+    @classmethod
+    def model_ref(cls, options: Any, config: Any) -> Any:
+        """The subject prior, unless ``prior: off``; optional with ``auto`` (the step runs without it)."""
+        return None if options.prior == "off" else PriorModel.ref(config, optional=options.prior != "on")
 
     def prepare(self) -> None:
         self._prior()

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
 
-from ..errors import TransientError
-from ..models import empty_cuda_cache, gpu_errors, is_cuda_oom, load_spandrel, manager_for
+from ..errors import ConfigError, TransientError
+from ..models import ModelKind, empty_cuda_cache, gpu_errors, is_cuda_oom, manager_for, require
 from ..pixels import max_value, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, register
 from .subject import (channels_long_edge, enlarged_size, factor_option, long_edge_option, max_factor_option,
                       requested_factor)
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..models import ModelManager
 
 MIN_TILE = 64
 
@@ -113,6 +117,63 @@ def tiled_upscale(rgb: np.ndarray, run: Callable[[np.ndarray], np.ndarray], mode
     return out
 
 
+# ------------------------------------------------------------------------------------ the model
+
+
+class SpandrelModel(ModelKind):
+    """A super-resolution weights file; its name is the resolved path. assetd never downloads these."""
+
+    kind = "spandrel"
+
+    @classmethod
+    def name_for(cls, config: "Config", model: str | None) -> str | None:
+        """The weights file's absolute path (``model``, else models.spandrel); None when neither is set."""
+        path = model or config.models.spandrel
+        return str(config.resolve(path)) if path else None
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> Any:
+        """A spandrel ImageModelDescriptor (architecture auto-detected), in eval mode on the device.
+
+        On a GPU it runs in bf16 or fp16 when the architecture supports it, else fp32.
+        """
+        file = manager.config.resolve(name)
+        if not file.is_file():
+            raise ConfigError(f"upscale model file {file} not found")
+        spandrel = require("spandrel", "the spandrel backend")
+        torch = require("torch", "the spandrel backend")
+        try:
+            model = spandrel.ModelLoader(device="cpu").load_from_file(str(file))
+        except Exception as exc:
+            raise ConfigError(f"upscale model {file} cannot be loaded (not a model spandrel recognises, or a "
+                              f"broken file): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                              ) from exc
+        if not isinstance(model, spandrel.ImageModelDescriptor) or model.input_channels != 3:
+            raise ConfigError(f"upscale model {file} is a {type(model).__name__} with {model.input_channels} "
+                              f"input channels; expected a single-image RGB model")
+        model.eval()
+        dtype = torch.float32
+        if manager.is_gpu:
+            if manager.dtype == torch.bfloat16 and model.supports_bfloat16:
+                dtype = torch.bfloat16
+            elif manager.dtype in (torch.float16, torch.bfloat16) and model.supports_half:
+                dtype = torch.float16
+        with gpu_errors(f"loading {file.name}"):
+            model.to(manager.device)
+            if dtype != torch.float32:
+                model.to(dtype)
+        return model
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        """Only checks the file is there: spandrel weights are put in place by hand."""
+        file = config.resolve(name)
+        if not file.is_file():
+            raise ConfigError(f"upscale model file {file} not found (spandrel weights are not downloaded "
+                              f"by assetd: put the .pth/.safetensors file there)")
+        return f"{name}: present"
+
+
 # ------------------------------------------------------------------------------------ stage
 
 
@@ -138,6 +199,7 @@ class SpandrelUpscale(Stage):
     backend = "spandrel"
     Options = SpandrelOptions
     needs_models = True
+    model_kind = SpandrelModel
 
     def __init__(self, options: Any, ctx: Any):
         super().__init__(options, ctx)
@@ -163,13 +225,10 @@ class SpandrelUpscale(Stage):
 
     @property
     def model_path(self) -> str:
-        path = self.options.model or self.ctx.config.models.spandrel
-        return str(self.ctx.config.resolve(path))
+        return self.model_ref(self.options, self.ctx.config).name
 
     def _model(self) -> Any:
-        manager = manager_for(self.ctx)
-        path = self.model_path
-        return manager.get(("spandrel", path), lambda: load_spandrel(manager, path))
+        return manager_for(self.ctx).load(self.model_ref(self.options, self.ctx.config))
 
     def prepare(self) -> None:
         self._model()
