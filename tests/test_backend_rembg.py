@@ -7,9 +7,9 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.stages.base import Asset, StageContext
 from pipeline.stages.rembg_backend import RembgBackground, RembgOptions
-from tinymodels import make_config, netguard, tiny_dark_subject_onnx  # noqa: F401
+from tinymodels import make_config, needs, netguard, tiny_dark_subject_onnx  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("netguard")
+pytestmark = [pytest.mark.usefixtures("netguard"), needs("rembg")]
 
 
 @pytest.fixture

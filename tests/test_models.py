@@ -14,7 +14,8 @@ from pipeline.stages.crops import CropsOptions
 from pipeline.stages.diffusion import DiffusersModel, DiffusersSceneOptions
 from pipeline.stages.rembg_backend import RembgOptions
 from pipeline.stages.spandrel_upscale import SpandrelModel, SpandrelOptions
-from tinymodels import make_config, netguard, tiny_dark_subject_onnx, tiny_esrgan_x4, tiny_sd_inpaint  # noqa: F401
+from tinymodels import (make_config, needs, netguard, tiny_dark_subject_onnx, tiny_esrgan_x4,  # noqa: F401
+                        tiny_sd_inpaint)
 
 pytestmark = pytest.mark.usefixtures("netguard")
 
@@ -23,6 +24,7 @@ def rule(*steps: StepSpec, name: str = "shop") -> Rule:
     return Rule(name=name, path=Path(f"{name}.yaml"), match=MatchSpec(), steps=list(steps), outputs=[])
 
 
+@needs("torch")
 def test_resolve_device_falls_back_to_cpu(caplog, monkeypatch):
     assert models.resolve_device("cpu") == "cpu"
     with caplog.at_level(logging.WARNING, logger="assetd.models"):
@@ -32,6 +34,7 @@ def test_resolve_device_falls_back_to_cpu(caplog, monkeypatch):
     assert models.resolve_device("cuda:1") == "cpu"
 
 
+@needs("torch")
 def test_dtype_is_float32_on_cpu():
     import torch
 
@@ -60,6 +63,7 @@ def test_manager_loads_once_and_frees_idle_models(tmp_path):
     assert manager.loaded() == []
 
 
+@needs("torch")
 def test_gpu_errors_become_transient():
     with pytest.raises(TransientError, match="out of memory"):
         with models.gpu_errors("upscale"):
@@ -93,6 +97,7 @@ def test_generate_fill_without_the_extra_names_the_install_command(monkeypatch):
     assert "pip install -c constraints.txt -e '.[models]'" in problem
 
 
+@needs("torch", "spandrel", "torchvision")
 def test_torchvision_imports_next_to_this_torch():
     models.require("spandrel", "the spandrel backend")
     import torchvision  # noqa: F401  (PyPI torchvision next to the CPU torch wheel)
@@ -114,6 +119,7 @@ def test_model_refs_resolve_defaults(tmp_path):
     assert refs[1].used_by == "rule shop, step crops"
 
 
+@needs("rembg", "huggingface_hub")
 def test_check_reports_missing_models_with_the_pull_command(tmp_path, monkeypatch):
     monkeypatch.setenv("REMBG_HOME", str(tmp_path / "empty-rembg"))
     monkeypatch.delenv("U2NET_HOME", raising=False)
@@ -134,6 +140,7 @@ def test_check_reports_missing_models_with_the_pull_command(tmp_path, monkeypatc
     assert all(p.startswith("rule shop, step ") for p in problems)
 
 
+@needs("rembg")
 def test_check_and_pull_pass_for_local_models(tmp_path, monkeypatch):
     monkeypatch.setenv("REMBG_HOME", str(tmp_path / "rembg"))
     monkeypatch.delenv("U2NET_HOME", raising=False)
@@ -147,6 +154,7 @@ def test_check_and_pull_pass_for_local_models(tmp_path, monkeypatch):
     assert any("nothing to fetch" in line for line in lines)
 
 
+@needs("torch", "spandrel", "diffusers")
 def test_broken_model_file_is_a_config_error(tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a model")

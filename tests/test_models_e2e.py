@@ -9,7 +9,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from tinymodels import netguard, tiny_dark_subject_onnx, tiny_esrgan_x4, tiny_sd_inpaint  # noqa: F401
+from tinymodels import needs, netguard, tiny_dark_subject_onnx, tiny_esrgan_x4, tiny_sd_inpaint  # noqa: F401
+
+pytestmark = needs("rembg")  # the other libraries: each tiny model skips without its own
 
 
 def test_model_backed_rule_through_process(workspace, tmp_path, netguard):  # noqa: F811

@@ -5,10 +5,15 @@ spandrel-detectable state dicts, an ONNX file for rembg) and the backends load i
 ``DiffusionPipeline.from_pretrained`` / ``spandrel.ModelLoader`` / rembg sessions. Builds are
 memoised per test session (several modules share them). ``netguard`` blocks and counts every
 non-loopback network attempt; the model tests fail if there was one.
+
+The libraries these need are optional (the ``models`` and ``test`` extras): without one, a builder
+skips the test that asked for it and ``needs(...)`` marks a test to skip, each naming what is missing.
+``make test`` installs both extras, so nothing skips there.
 """
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +40,39 @@ def _memo(name: str, build) -> Path:
     if name not in _BUILT:
         _BUILT[name] = build(_root() / name)
     return _BUILT[name]
+
+
+# ------------------------------------------------------------------------- optional packages
+
+
+def missing(*modules: str) -> list[str]:
+    """The packages among ``modules`` that are not installed (found without importing them)."""
+    gone = []
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is None:
+                gone.append(name)
+        except (ImportError, ValueError):
+            gone.append(name)
+    return gone
+
+
+def _reason(gone: list[str]) -> str:
+    return (f"needs {', '.join(gone)}, not installed (the models/test extras: make test, or "
+            "pip install -c constraints.txt -e '.[test]')")
+
+
+def needs(*modules: str) -> pytest.MarkDecorator:
+    """Skip the marked test (or module, as ``pytestmark``) when one of ``modules`` is not installed."""
+    gone = missing(*modules)
+    return pytest.mark.skipif(bool(gone), reason=_reason(gone))
+
+
+def skip_without(*modules: str) -> None:
+    """In a builder: skip the calling test when one of ``modules`` is not installed."""
+    gone = missing(*modules)
+    if gone:
+        pytest.skip(_reason(gone))
 
 
 # ----------------------------------------------------------------------------- network guard
@@ -135,6 +173,7 @@ def _shim() -> None:
 
 def build_sd_inpaint(out: Path) -> Path:
     """A StableDiffusionInpaintPipeline with 32/64-channel UNet and VAE (native size 64²), saved."""
+    skip_without("torch", "diffusers", "transformers")
     _shim()
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
@@ -159,6 +198,7 @@ def build_sd_inpaint(out: Path) -> Path:
 
 def build_flux_fill(out: Path) -> Path:
     """A FluxFillPipeline with a one-block transformer and a tiny T5 (tokenizer built in memory), saved."""
+    skip_without("torch", "diffusers", "transformers")
     _shim()
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
@@ -200,6 +240,7 @@ def tiny_flux_fill() -> Path:
 
 def build_esrgan(out: Path, scale: int = 4) -> Path:
     """An ESRGAN (RRDBNet) with 16 filters and 2 blocks, saved as .safetensors for spandrel to detect."""
+    skip_without("torch", "spandrel", "safetensors")
     _shim()
     import torch
     from safetensors.torch import save_file
@@ -213,6 +254,7 @@ def build_esrgan(out: Path, scale: int = 4) -> Path:
 
 
 def build_span(out: Path, scale: int = 2) -> Path:
+    skip_without("torch", "spandrel", "safetensors")
     _shim()
     import torch
     from safetensors.torch import save_file
@@ -240,8 +282,9 @@ def build_dark_subject_onnx(out: Path) -> Path:
     """An ONNX 'segmentation' net that calls dark pixels subject: sigmoid(-k·mean(rgb) + b) per pixel.
 
     Fixed weights, not random: on a dark product over a white backdrop its mask is solid where the
-    product is, so the tests can check the opaque pixels. Exported with the legacy exporter.
+    product is, so the tests can check the opaque pixels. Exported with the legacy exporter (needs onnx).
     """
+    skip_without("torch", "onnx")
     import torch
 
     class DarkIsSubject(torch.nn.Module):
