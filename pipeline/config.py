@@ -98,6 +98,9 @@ class InputConfig:
 
 @dataclass
 class ModelsConfig:
+    """Where models live and how they run. ``rembg``, ``diffusers`` and ``spandrel`` are their backends'
+    default models: a backend's ``ModelKind.setting`` names its key here (a backend without one needs none)."""
+
     cache_dir: Path | None = opt(None, doc="where model weights live: <cache_dir>/assetd/u2netp.onnx (the studio "
                                  "subject prior), <cache_dir>/huggingface, <cache_dir>/rembg; default: "
                                  "${XDG_CACHE_HOME:-~/.cache}/assetd/u2netp.onnx and the Hugging Face / rembg caches")

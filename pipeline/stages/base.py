@@ -5,6 +5,8 @@ decides where a rule may list it); a *backend* is one way of doing it (``studio`
 ``remove_background``...). A backend is a ``Stage`` subclass decorated with ``@register``; its options
 are a dataclass (``Options``) validated by ``pipeline.schema`` when rules load, so a typo fails
 ``assetd check`` rather than a job at 2 a.m.
+A backend that runs a model declares it (``model_kind``, or ``model_ref`` for anything else): that
+one ref is what ``assetd models pull/check`` fetch and check and what the stage loads.
 
 What flows between stages is an ``Asset``: the pixels plus the subject's matte in the same
 coordinates. Stages never change the subject's opaque pixels except ``upscale`` (which records
