@@ -259,13 +259,21 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     if as_json:
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
-    for line in listing.table(rows, config.base_dir, shutil.get_terminal_size((240, 24)).columns):
+    for line in listing.table(rows, config.base_dir, _terminal_width()):
         click.echo(line)
     counts = store.counts()
     to_review = store.review_count()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
     click.echo(shown + ", ".join(f"{n} {s}" + (f" ({to_review} need review)" if s == "done" and to_review else "")
                                  for s, n in counts.items()))
+
+
+def _terminal_width() -> int:
+    """COLUMNS when set, else the terminal's width; 240 when the output is not a terminal (a file, a pipe)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else 240
 
 
 @cli.command()

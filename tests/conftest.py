@@ -127,3 +127,10 @@ def decode(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
         return np.asarray(im)
+
+
+@pytest.fixture(autouse=True)
+def no_terminal_size(monkeypatch):
+    """Tests see output as a file does: pytest-xdist's workers set COLUMNS=80, which narrows `assetd jobs`."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
