@@ -38,7 +38,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PULL_MODELS)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto  # one worker per core (pytest-xdist)
 
 bench: $(VENV)/.installed-test
 	$(PULL_MODELS)
