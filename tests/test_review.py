@@ -17,7 +17,7 @@ from pipeline.cli import cli
 from pipeline.intake import Intake
 from pipeline.notify import digest_text
 from pipeline.schema import opt
-from pipeline.stages.base import Asset, Stage, register
+from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import Job, JobStatus, Store, migrations
 from pipeline.worker import Worker, review_reasons
 
@@ -57,11 +57,8 @@ DOUBT = "upscale: matte uncertain on the {ratio} frame (review_above 10%)"
 @pytest.fixture(autouse=True)
 def doubtful_backend():
     """Registered only while this module's tests run (the README lists the real backends)."""
-    from pipeline.stages import base
-
-    register(DoubtfulUpscale)
-    yield
-    del base._REGISTRY[("upscale", "doubtful")]
+    with registered(DoubtfulUpscale):
+        yield
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from pipeline.errors import TransientError
 from pipeline.intake import Intake
 from pipeline.schema import opt
-from pipeline.stages.base import Asset, Stage, register
+from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import JobStatus, Store
 from pipeline.worker import Worker
 
@@ -109,9 +109,6 @@ def test_a_bug_in_a_stage_fails_the_job_with_the_step_named(workspace):
 @pytest.fixture(autouse=True)
 def sleepy_backend():
     """Registered only while this module's tests run (the README lists the real backends)."""
-    from pipeline.stages import base
-
-    register(SleepyUpscale)
-    yield
-    del base._REGISTRY[("upscale", "sleepy")]
+    with registered(SleepyUpscale):
+        yield
     EVENTS.clear()

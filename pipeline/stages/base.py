@@ -14,12 +14,14 @@ its factor in ``Asset.scale``): that is the product's promise, and the tests che
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -190,6 +192,16 @@ def register(cls: type[Stage]) -> type[Stage]:
         raise ValueError(f"unknown step {cls.step!r} (define_step it first)")
     _REGISTRY[(cls.step, cls.backend)] = cls
     return cls
+
+
+@contextlib.contextmanager
+def registered(cls: type[Stage]) -> Iterator[type[Stage]]:
+    """A backend findable only inside the ``with`` (a test's stand-in: the README lists the real ones)."""
+    register(cls)
+    try:
+        yield cls
+    finally:
+        _REGISTRY.pop((cls.step, cls.backend), None)
 
 
 def _load_all() -> None:
