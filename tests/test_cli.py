@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
+from tinymodels import needs
 
 RATIOS = {"1:1": 1.0, "4:5": 0.8, "9:16": 9 / 16, "16:9": 16 / 9}
 
@@ -146,6 +147,7 @@ def test_run_refuses_to_start_when_a_configured_model_is_missing(workspace, tmp_
     assert not (workspace.root / "state" / "assetd.sqlite3").exists()
 
 
+@needs("rembg")
 def test_check_reports_device_and_missing_models(workspace, tmp_path):
     workspace.write_config(extra=f"device: cuda\nmodels: {{cache_dir: {tmp_path / 'cache'}}}\n")
     workspace.add_rule("05-gpu.yaml", "name: gpu\nmatch: {folder: 'gpu/**'}\n"
