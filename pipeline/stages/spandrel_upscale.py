@@ -11,7 +11,6 @@ here: ``Asset.scale`` records the factor.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,8 +22,8 @@ from ..models import ModelKind, empty_cuda_cache, gpu_errors, is_cuda_oom, manag
 from ..pixels import max_value, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, register
-from .subject import (channels_long_edge, enlarged_size, factor_option, long_edge_option, max_factor_option,
-                      requested_factor)
+from .subject import (enlarged_size, factor_option, long_edge_option, max_factor_option, requested_factor,
+                      resolve_size, size_problems)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -212,16 +211,11 @@ class SpandrelUpscale(Stage):
             return [f"{where}.model: required (or set models.spandrel in the config): a .pth/.safetensors file"]
         if not ctx_config.resolve(path).is_file():
             return [f"{where}.model: file {ctx_config.resolve(path)} not found"]
-        if options.long_edge is not None and options.factor is not None:
-            return [f"{where}: set long_edge or factor, not both"]
-        return []
+        return size_problems(options, where)
 
     @classmethod
     def resolve(cls, options: SpandrelOptions, where: str, outputs: list[Any], config: Any) -> SpandrelOptions:
-        if options.long_edge is not None or options.factor is not None:
-            return options
-        long_edge, _ = channels_long_edge(where, outputs, config)
-        return options if long_edge is None else dataclasses.replace(options, long_edge=long_edge)
+        return resolve_size(options, where, outputs, config, required=False)  # else the model's own scale
 
     @property
     def model_path(self) -> str:

@@ -10,6 +10,7 @@ declared once so their validation cannot diverge; the one size an enlargement ai
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import PermanentError
+from ..errors import ConfigError, PermanentError
 from ..pixels import fit_long_edge, max_value, to_dtype
 from ..schema import opt
 from .base import Asset
@@ -212,6 +213,26 @@ def channels_long_edge(where: str, outputs: list[Any], config: Any) -> tuple[int
     return None, (f"{where}: no long_edge or factor, and none of channels {', '.join(channels)} sets long_edge; "
                   "set one here, or a long_edge on one of those channels")
 
+
+
+def size_problems(options: Any, where: str) -> list[str]:
+    """What both upscale backends refuse in their size options: ``long_edge`` and ``factor`` together."""
+    if options.long_edge is not None and options.factor is not None:
+        return [f"{where}: set long_edge or factor, not both"]
+    return []
+
+
+def resolve_size(options: Any, where: str, outputs: list[Any], config: Any, *, required: bool) -> Any:
+    """The options with ``long_edge`` from the rule's channels when neither it nor ``factor`` is set.
+    ``required``: a backend with no size of its own refuses the rule when no channel gives one."""
+    if options.long_edge is not None or options.factor is not None:
+        return options
+    long_edge, why = channels_long_edge(where, outputs, config)
+    if long_edge is None:
+        if required:
+            raise ConfigError(why)
+        return options
+    return dataclasses.replace(options, long_edge=long_edge)
 
 # --- the subject's edge at full resolution (remove_background studio and rembg) ------------------
 

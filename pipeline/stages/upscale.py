@@ -6,16 +6,15 @@ recorded rather than silently exceeded. ``Asset.scale`` is multiplied by the fac
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, PermanentError
+from ..errors import PermanentError
 from ..pixels import resize, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, register
-from .subject import (channels_long_edge, enlarged_size, factor_option, long_edge_option, max_factor_option,
-                      requested_factor)
+from .subject import (enlarged_size, factor_option, long_edge_option, max_factor_option, requested_factor,
+                      resolve_size, size_problems)
 
 
 @dataclass
@@ -38,18 +37,11 @@ class LanczosUpscale(Stage):
 
     @classmethod
     def validate(cls, options: UpscaleOptions, where: str, ctx_config: Any) -> list[str]:
-        if options.long_edge is not None and options.factor is not None:
-            return [f"{where}: set long_edge or factor, not both"]
-        return []
+        return size_problems(options, where)
 
     @classmethod
     def resolve(cls, options: UpscaleOptions, where: str, outputs: list[Any], config: Any) -> UpscaleOptions:
-        if options.long_edge is not None or options.factor is not None:
-            return options
-        long_edge, why = channels_long_edge(where, outputs, config)
-        if long_edge is None:
-            raise ConfigError(why)
-        return dataclasses.replace(options, long_edge=long_edge)
+        return resolve_size(options, where, outputs, config, required=True)  # no size of its own
 
     def run(self, asset: Asset) -> list[Asset]:
         o: UpscaleOptions = self.options
