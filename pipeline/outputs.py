@@ -26,7 +26,7 @@ from .errors import PermanentError
 from .imageio import Decoded, encode
 from .pixels import fit_long_edge, flatten, resize
 from .stages.base import Asset
-from .store import Job, OutputRecord, Store
+from .store import Job, ManifestRecord, OutputRecord, Store
 
 if TYPE_CHECKING:
     from .config import ChannelConfig, Config
@@ -222,7 +222,7 @@ class Publisher:
         return target
 
     def copy_from(self, job: Job, rule: Rule, twin: Job
-                        ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int] | None:
+                        ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int] | None:
         """Write the done twin's outputs under this job's names; None (run the chain) when they are not all
         there as recorded (deleted, edited, or replaced by a later job)."""
         sources = self.store.outputs(twin.id)
@@ -254,9 +254,7 @@ class Publisher:
 
     def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
         """Each output's step notes from a job's manifest (by output path); empty when it cannot be read."""
-        for record in self.store.outputs(job.id, manifests=True):
-            if record.step != "manifest":
-                continue
+        for record in self.store.manifests(job.id):
             try:
                 doc = json.loads(Path(record.path).read_text(encoding="utf-8"))
                 return {o["path"]: o.get("steps", {}) for o in doc.get("outputs", [])}
@@ -265,7 +263,7 @@ class Publisher:
         return {}
 
     def publish(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
-                       decoded: Any) -> tuple[list[OutputRecord], list[OutputRecord], list[str]]:
+                       decoded: Any) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
         records: list[OutputRecord] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
@@ -292,7 +290,7 @@ class Publisher:
 
     def _write_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
                          review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
-                         copied_from: Job | None = None) -> list[OutputRecord]:
+                         copied_from: Job | None = None) -> list[ManifestRecord]:
         """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
         channel folder it wrote to, named like the outputs there (a clash suffix included)."""
         stem = safe_stem(Path(job.input_path).stem)
@@ -310,14 +308,13 @@ class Publisher:
             slug = {c.path for c in self.config.channels.values() if c.web_safe_names}
             names += [(folder, (web_safe(stem) or "image" if folder in slug else stem) + _clash_suffix(written))
                       for folder, written in sorted(placed.items())]
-        manifests: list[OutputRecord] = []
+        manifests: list[ManifestRecord] = []
         for folder, name in names:
             target = self._free_path(folder, name + MANIFEST_SUFFIX, job, used)
-            self.store.reserve_output(job.id, str(target), "", "manifest")
+            self.store.reserve_manifest(job.id, str(target))
             atomic_write(target, body)
             used.add(target)
-            manifests.append(OutputRecord(channel="", path=str(target), step="manifest", ratio=None, width=0,
-                                          height=0, bytes=len(body), sha256=sha256(body)))
+            manifests.append(ManifestRecord(path=str(target), bytes=len(body), sha256=sha256(body)))
         return manifests
 
     @staticmethod

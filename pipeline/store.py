@@ -93,6 +93,21 @@ def m003_copies_and_history(db: Database) -> None:
         db["outputs"].add_column("replaced_by", int)
 
 
+@migrations()
+def m004_manifests(db: Database) -> None:
+    """Manifests get their own table (they were rows of ``outputs`` with step 'manifest')."""
+    if "manifests" not in db.table_names():
+        db["manifests"].create(
+            {"id": int, "job_id": int, "path": str, "bytes": int, "sha256": str, "created_at": float},
+            pk="id", foreign_keys=[("job_id", "jobs", "id")],
+        )
+        db["manifests"].create_index(["job_id"])
+        db["manifests"].create_index(["path"])
+    db.execute("INSERT INTO manifests (job_id, path, bytes, sha256, created_at) SELECT job_id, path, bytes, sha256,"
+               " created_at FROM outputs WHERE step = 'manifest' ORDER BY id")
+    db.execute("DELETE FROM outputs WHERE step = 'manifest'")
+
+
 class JobStatus(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -158,6 +173,14 @@ class OutputRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class ManifestRecord:
+    """A job's manifest file: where it is, its size and hash."""
+    path: str
+    bytes: int
+    sha256: str
 
 
 @dataclass
@@ -390,12 +413,16 @@ class Store:
                                  "seconds": seconds, "finished_at": time.time()})
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
-               review: list[str] | None = None, copied_from: int | None = None) -> None:
+               review: list[str] | None = None, copied_from: int | None = None,
+               manifests: list[ManifestRecord] | None = None) -> None:
         """The job is done; ``review``: reasons a human should look at its outputs (none: NULL);
-        ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same paths are
-        marked replaced by this one."""
+        ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same output paths
+        are marked replaced by this one."""
         now = time.time()
         with self._immediate() as db:
+            db.conn.execute("DELETE FROM manifests WHERE job_id = ?", [job_id])
+            if manifests:
+                db["manifests"].insert_all([dict(m.__dict__, job_id=job_id, created_at=now) for m in manifests])
             db.conn.execute("DELETE FROM outputs WHERE job_id = ?", [job_id])
             if outputs:
                 db["outputs"].insert_all(
@@ -509,24 +536,35 @@ class Store:
             params.append(limit)
         return [Job.from_row(r) for r in reversed(self.db.execute_returning_dicts(sql, params))]
 
-    def outputs(self, job_id: int, manifests: bool = False) -> list[OutputRecord]:
-        """A job's outputs (and its manifests, when asked), in the order written."""
-        where = "" if manifests else " AND step != 'manifest'"
-        rows = self.db.execute_returning_dicts(f"SELECT * FROM outputs WHERE job_id = ?{where} ORDER BY id", [job_id])
+    def outputs(self, job_id: int) -> list[OutputRecord]:
+        """A job's outputs, in the order written."""
+        rows = self.db.execute_returning_dicts("SELECT * FROM outputs WHERE job_id = ? ORDER BY id", [job_id])
         return [OutputRecord(**{k: r[k] for k in OutputRecord.__dataclass_fields__}) for r in rows]
 
+    def manifests(self, job_id: int) -> list[ManifestRecord]:
+        """A job's manifest files (the central one first, then those beside its outputs)."""
+        rows = self.db.execute_returning_dicts("SELECT * FROM manifests WHERE job_id = ? ORDER BY id", [job_id])
+        return [ManifestRecord(path=r["path"], bytes=r["bytes"], sha256=r["sha256"]) for r in rows]
+
     def output_owner(self, path: str) -> dict[str, Any] | None:
-        """The job that wrote (or is writing) ``path`` last: its id, input hash and input path."""
+        """The job that wrote (or is writing) the output or manifest ``path`` last: its id, input hash and
+        input path."""
         rows = self.db.execute_returning_dicts(
-            "SELECT jobs.id AS job_id, jobs.input_hash, jobs.input_path FROM outputs"
-            " JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.path = ? ORDER BY outputs.id DESC LIMIT 1",
-            [path])
-        return rows[0] if rows else None
+            "SELECT jobs.id AS job_id, jobs.input_hash, jobs.input_path, written.created_at FROM"
+            " (SELECT job_id, created_at, id FROM outputs WHERE path = :p"
+            "  UNION ALL SELECT job_id, created_at, id FROM manifests WHERE path = :p) AS written"
+            " JOIN jobs ON jobs.id = written.job_id ORDER BY written.created_at DESC, written.id DESC LIMIT 1",
+            {"p": path})
+        return {k: rows[0][k] for k in ("job_id", "input_hash", "input_path")} if rows else None
 
     def reserve_output(self, job_id: int, path: str, channel: str, step: str) -> None:
         """Claim an output path before writing it, so a redo after a crash recognises its own file."""
         self.db["outputs"].insert({"job_id": job_id, "path": path, "channel": channel, "step": step,
                                    "created_at": time.time()})
+
+    def reserve_manifest(self, job_id: int, path: str) -> None:
+        """Claim a manifest path before writing it (as ``reserve_output``)."""
+        self.db["manifests"].insert({"job_id": job_id, "path": path, "created_at": time.time()})
 
     def steps(self, job_id: int) -> list[dict[str, Any]]:
         return self.db.execute_returning_dicts("SELECT * FROM steps WHERE job_id = ? ORDER BY id", [job_id])

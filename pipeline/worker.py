@@ -26,7 +26,7 @@ from .outputs import Publisher, one_line, review_reasons, sha256  # noqa: F401 -
 from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext
-from .store import Job, JobStatus, OutputRecord, Store
+from .store import Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import printable
 
 log = logging.getLogger("assetd.worker")
@@ -183,7 +183,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below
             return self._settle_failure(job, classify(exc, job, self.config), result)
         result.seconds = time.perf_counter() - started
-        self.store.finish(job.id, result.outputs + manifests, result.seconds, result.review, result.copied_from)
+        self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
         result.status = JobStatus.DONE
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
@@ -233,7 +233,7 @@ class Worker:
         return decode(data, str(path), self.config.input)
 
     def _execute(self, job: Job, loaded: Future | None
-                 ) -> tuple[list[OutputRecord], list[OutputRecord], list[str], int | None]:
+                 ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:
         """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None)."""
         rule = self.rules.get(job.rule)
         if rule is None:

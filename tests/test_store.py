@@ -222,3 +222,25 @@ def test_commands_opening_a_new_database_at_once_all_succeed(tmp_path):
         for p in procs:
             p.join(60)
         assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
+
+
+def test_manifests_have_their_own_table_and_older_databases_move_theirs(tmp_path):
+    from sqlite_utils import Database
+
+    from pipeline.store import ManifestRecord, migrations
+
+    path = tmp_path / "old.sqlite3"
+    old = Database(path)
+    migrations.apply(old, stop_before="m004_manifests")  # a database of the previous release
+    old["jobs"].insert({"id": 1, "input_hash": "h", "rule": "r", "rule_version": "v", "input_path": "/in/a.jpg",
+                        "status": "done"})
+    old["outputs"].insert_all([
+        {"job_id": 1, "path": "/out/a_1x1.jpg", "channel": "web", "step": "crops", "bytes": 9, "sha256": "o"},
+        {"job_id": 1, "path": "/state/manifests/r/a.assetd.json", "channel": "", "step": "manifest", "bytes": 5,
+         "sha256": "m"}])
+    old.conn.close()
+    store = Store(path)
+    assert [o.path for o in store.outputs(1)] == ["/out/a_1x1.jpg"]
+    assert store.manifests(1) == [ManifestRecord(path="/state/manifests/r/a.assetd.json", bytes=5, sha256="m")]
+    assert store.output_owner("/state/manifests/r/a.assetd.json")["job_id"] == 1  # a clash is still seen
+    store.close()
