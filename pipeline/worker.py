@@ -22,7 +22,7 @@ from .chain import Chain, StepError
 from .config import Config
 from .errors import ConfigError, PermanentError, StopRequested, TransientError
 from .imageio import Decoded, decode, read_input
-from .outputs import Publisher, one_line, review_reasons, sha256  # noqa: F401 - review_reasons re-exported
+from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext

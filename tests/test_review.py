@@ -16,10 +16,11 @@ from sqlite_utils import Database
 from pipeline.cli import cli
 from pipeline.intake import Intake
 from pipeline.notify import digest_text
+from pipeline.outputs import review_reasons
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import Job, JobStatus, Store, migrations
-from pipeline.worker import Worker, review_reasons
+from pipeline.worker import Worker
 
 
 @dataclass
