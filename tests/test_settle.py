@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from watchdog.events import (
 from pipeline.config import InboxConfig
 from pipeline.settle import Settled, SettleTracker
 from pipeline.watcher import InboxWatcher, _InboxEventHandler
+from recorders import Recorder
 
 SETTLE = 0.4
 TICK = 0.05
@@ -253,33 +253,6 @@ def test_a_pass_ends_early_when_stopping(tracker: SettleTracker, files: FakeFile
 
 
 # -- the watcher without threads: real files, events handed to its handler ----------------------
-
-class Recorder:
-    """The on_settled callback: remembers each hand-over with the file's content at that moment."""
-
-    def __init__(self, clock: Callable[[], float], fail_first: int = 0):
-        self.calls: list[tuple[Path, bytes, float]] = []
-        self.inboxes: list[InboxConfig] = []
-        self._clock = clock
-        self._fail_left = fail_first
-        self._lock = threading.Lock()
-
-    def __call__(self, path: Path, inbox: InboxConfig) -> None:
-        with self._lock:
-            if self._fail_left:
-                self._fail_left -= 1
-                raise RuntimeError(f"job store unavailable for {path.name}")
-            self.calls.append((path, path.read_bytes(), self._clock()))
-            self.inboxes.append(inbox)
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(p.name for p, _, _ in self.calls)
-
-    def count(self, name: str) -> int:
-        with self._lock:
-            return sum(1 for p, _, _ in self.calls if p.name == name)
-
 
 class Driver:
     """An InboxWatcher that is never started: no observers and no threads. The test reports the

@@ -9,7 +9,6 @@ Every test must leave no thread behind (``no_leaked_threads``, as watchdog's own
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from pipeline.config import InboxConfig
 from pipeline.watcher import InboxWatcher
+from recorders import Recorder
 
 SETTLE = 0.4
 TICK = 0.05
@@ -36,32 +36,6 @@ def no_leaked_threads() -> Iterator[None]:
     yield
     leaked = [t for t in threading.enumerate() if t not in before]
     assert not leaked, f"threads leaked: {leaked}"
-
-
-class Recorder:
-    """The on_settled callback: remembers each hand-over with the file's content at that moment."""
-
-    def __init__(self, fail_first: int = 0):
-        self.calls: list[tuple[Path, bytes, float]] = []
-        self.inboxes: list[InboxConfig] = []
-        self._fail_left = fail_first
-        self._lock = threading.Lock()
-
-    def __call__(self, path: Path, inbox: InboxConfig) -> None:
-        with self._lock:
-            if self._fail_left:
-                self._fail_left -= 1
-                raise RuntimeError(f"job store unavailable for {path.name}")
-            self.calls.append((path, path.read_bytes(), time.monotonic()))
-            self.inboxes.append(inbox)
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(p.name for p, _, _ in self.calls)
-
-    def count(self, name: str) -> int:
-        with self._lock:
-            return sum(1 for p, _, _ in self.calls if p.name == name)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
