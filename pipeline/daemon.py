@@ -18,6 +18,7 @@ from typing import Any
 from .config import Config
 from .intake import Intake
 from .notify import Notifier
+from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
 from .store import Store
@@ -108,17 +109,17 @@ class Daemon:
             before = previous.get(rule.name)
             if before is None or before == rule.version:
                 continue
-            earlier = [j for j in store.rule_inputs(rule.name) if j.rule_version != rule.version]
-            present = sum(1 for j in earlier if Path(j.input_path).exists())
+            todo = plan(store, rule)  # what `assetd reprocess --rule NAME` would redo: the same count
             if self.config.on_rule_change == "reprocess":
                 log.warning("rule %r changed (version %s → %s); on_rule_change is reprocess: the %d file(s) it "
                             "took before that are still in the inboxes are redone, replacing their outputs",
-                            rule.name, before, rule.version, present)
+                            rule.name, before, rule.version, len(todo.redo))
             else:
                 log.warning("rule %r changed (version %s → %s); it applies to new files. %d file(s) it took "
-                            "before (%d still present) keep their outputs; redo them with: assetd reprocess "
-                            "--rule %s --config %s", rule.name, before, rule.version, len(earlier), present,
-                            rule.name, self.config.source)
+                            "before (%d still present, %d output(s)) keep their outputs; redo them with: assetd "
+                            "reprocess --rule %s --config %s", rule.name, before, rule.version,
+                            len(todo.redo) + len(todo.missing), len(todo.redo), todo.outputs, rule.name,
+                            self.config.source)
         store.set_state("rule_versions", {r.name: r.version for r in self.rules})
 
     def stop(self, timeout: float = 60.0) -> None:
