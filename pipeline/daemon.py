@@ -171,7 +171,11 @@ class Daemon:
             log.info("received %s: stopping after the current step", signal.Signals(signum).name)
             self.stop_event.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # The handlers stay until the process exits: a second signal that lands while (or just after) the
+        # first one's clean stop completes still exits at once with 130, instead of killing the process
+        # with the default action after the handlers were put back.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, on_signal)
         try:
             self.start()
             while not self.stop_event.wait(1.0):
@@ -179,6 +183,4 @@ class Daemon:
                     self.intake.flush_summary()
         finally:
             self.stop()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         return 0
