@@ -50,7 +50,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         for i, url in enumerate(config.notify.urls):
             if not apprise.Apprise().add(url):
                 problems.append(f"{config.source}: notify.urls[{i}]: apprise does not understand {url!r}")
-    model_steps = [s for r in rules for s in r.steps if stage_class(s.step, s.backend).needs_models]
+    model_steps = [s for r in rules for s in r.steps if stage_class(s.step, s.backend).runs_model(s.options)]
     from .models import check_models, model_refs, resolve_device
 
     device = resolve_device(config.device) if model_steps else "cpu"

@@ -83,7 +83,7 @@ class Daemon:
         from .models import load_for_start, resolve_device
         from .stages.base import stage_class
 
-        if any(stage_class(s.step, s.backend).needs_models for r in self.rules for s in r.steps):
+        if any(stage_class(s.step, s.backend).runs_model(s.options) for r in self.rules for s in r.steps):
             log.info("model-backed steps will run on %s", resolve_device(self.config.device))
         return load_for_start(self.config, self.rules, lambda warning: log.warning("%s", warning))
 

@@ -210,6 +210,23 @@ def opt(default: Any = _MISSING, doc: str = "", **meta: Any) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
+def options_of(cls: type, *names: str) -> type:
+    """A dataclass of some of ``cls``'s fields, with their types, defaults and docs: the options a part of a step
+    reads of the step's (a crops fill's of the crops options), declared once. ``of(options)`` builds one from an
+    instance of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    chosen = [f for f in dataclasses.fields(cls) if f.name in names]
+    missing = sorted(set(names) - {f.name for f in chosen})
+    if missing:
+        raise TypeError(f"{cls.__name__} has no options {missing}")
+    specs = [(f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                                       metadata=f.metadata)) for f in chosen]
+    def of(view: type, options: Any) -> Any:
+        return view(**{name: getattr(options, name) for name in names})
+
+    return dataclasses.make_dataclass(f"{cls.__name__}Of", specs, namespace={"of": classmethod(of)})
+
+
 def documented_keys(cls: type, prefix: str = "") -> list[str]:
     """Every key path of a schema, for the tests that keep the manual in sync."""
     hints = typing.get_type_hints(cls)

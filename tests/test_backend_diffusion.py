@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.errors import PermanentError
 from pipeline.stages.base import Asset, StageContext
-from pipeline.stages.crops import FILLS
-from pipeline.stages.diffusion import (DiffusersScene, DiffusersSceneOptions, generate_fill, generation_size,
+from pipeline.stages.crops import fill_class
+from pipeline.stages.diffusion import (DiffusersScene, DiffusersSceneOptions, GenerateFill, generate_fill, generation_size,
                                        seam_corrected)
 from pipeline.stages.framing import place_subject
 from tinymodels import make_config, netguard, tiny_flux_fill, tiny_sd_inpaint  # noqa: F401
@@ -65,7 +65,7 @@ def test_scene_keeps_subject_pixels_exactly(tmp_path):
 
 
 def test_fill_is_registered_with_crops():
-    assert FILLS["generate"] is generate_fill
+    assert fill_class("generate") is GenerateFill
 
 
 def test_scene_same_seed_same_output_and_variations_differ(tmp_path):

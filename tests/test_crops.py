@@ -9,8 +9,10 @@ import pytest
 
 from pipeline.config import Config
 from pipeline.schema import build
-from pipeline.stages.base import Asset, StageContext, stage_class
-from pipeline.stages.crops import FILLS, CropsOptions, GeometryCrops, build_canvas, frame_matte, outpaint
+from pipeline.stages.base import Asset, StageContext, backends, registered, stage_class
+from pipeline.stages.crops import (CropsOptions, Fill, GeometryCrops, PadFill, build_canvas, fill_class, frame_matte,
+                                  outpaint)
+from pipeline.stages.diffusion import GenerateFill
 from pipeline.stages.framing import Box, frame_for_ratio, ratio_error, subject_box
 
 RATIOS = ["1:1", "4:5", "9:16", "16:9"]
@@ -169,19 +171,24 @@ def test_sixteen_bit_input_keeps_dtype_and_exact_pixels(tmp_path: Path) -> None:
     assert abs(ext.mean() - img[:, :20].astype(np.float32).mean()) < 3 * 257
 
 
-def test_generate_fill_result_never_overwrites_the_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generate_fill_result_never_overwrites_the_original(tmp_path: Path) -> None:
     seen = {}
 
-    def scribble(canvas: np.ndarray, known: np.ndarray, options: object, ctx: object) -> np.ndarray:
-        seen["known"] = known.copy()
-        seen["prompt"] = options.prompt
-        return np.full_like(canvas, 7)  # a careless model repaints everything
+    class Scribble(Fill):  # stands in for the model-backed fill
+        backend = "generate"
+        Options = GenerateFill.Options
 
-    monkeypatch.setitem(FILLS, "generate", scribble)
+        def fill(self, canvas: np.ndarray, known: Box, matte: object) -> np.ndarray:
+            seen["known"] = np.zeros(canvas.shape[:2], bool)
+            seen["known"][known.y0:known.y1, known.x0:known.x1] = True
+            seen["prompt"] = self.options.prompt
+            return np.full_like(canvas, 7)  # a careless model repaints everything
+
     img, matte = studio_shot()
-    stage = make_stage(tmp_path, fill="generate", prompt="marble table", ratios=["16:9"])
-    assert GeometryCrops.validate(stage.options, "crops", stage.ctx.config) == []
-    out = stage.run(Asset(img, matte))[0]
+    with registered(Scribble):
+        stage = make_stage(tmp_path, fill="generate", prompt="marble table", ratios=["16:9"])
+        assert GeometryCrops.validate(stage.options, "crops", stage.ctx.config) == []
+        out = stage.run(Asset(img, matte))[0]
     box = Box(*out.notes["crops"]["box"])
     known = seen["known"]
     assert seen["prompt"] == "marble table"
@@ -190,10 +197,13 @@ def test_generate_fill_result_never_overwrites_the_original(tmp_path: Path, monk
     assert (out.pixels[~known] == 7).all()
 
 
-def test_validate_reports_missing_generate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(FILLS, "generate", raising=False)
-    problems = GeometryCrops.validate(CropsOptions(fill="generate"), "steps[2].crops", Config())
-    assert len(problems) == 1 and problems[0].startswith("steps[2].crops.fill: 'generate' needs")
+def test_each_fill_reads_only_its_own_options() -> None:
+    options = CropsOptions(fill="generate", prompt="marble", pad_colour="#000000", seed=4)
+    generate = fill_class("generate").Options.of(options)
+    assert (generate.prompt, generate.seed, generate.steps) == ("marble", 4, 30)
+    assert not hasattr(generate, "pad_colour") and not hasattr(generate, "ratios")
+    assert vars(fill_class("pad").Options.of(options)) == {"pad_colour": "#000000"}
+    assert backends("fill") == ["crop", "generate", "outpaint", "pad"]
 
 
 @pytest.mark.parametrize("options, problem", [
@@ -214,13 +224,13 @@ def test_option_problems(options: dict, problem: str) -> None:
 def test_build_canvas_and_frame_matte_helpers() -> None:
     img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
     frame = frame_for_ratio(6, 4, None, (1, 1))  # whole image → 6×6, one row above and below
-    canvas, known = build_canvas(img, frame, "pad", pad_colour="#000000")
+    canvas, known = build_canvas(img, frame, PadFill(PadFill.Options(pad_colour="#000000"), None))
     assert canvas.shape == (6, 6, 3) and known == Box(0, 1, 6, 5)
     assert np.array_equal(canvas[1:5], img) and (canvas[0] == 0).all() and (canvas[5] == 0).all()
     matte = np.full((4, 6), 9, np.uint8)
     assert np.array_equal(frame_matte(matte, frame)[:, 0], [0, 9, 9, 9, 9, 0])
     inside = frame_for_ratio(6, 4, Box(1, 1, 3, 3), (1, 1), margin=0.0)
-    cut, _ = build_canvas(img, inside, "outpaint")
+    cut, _ = build_canvas(img, inside, fill_class("outpaint")(fill_class("outpaint").Options(), None))
     assert np.array_equal(cut, img[inside.box.y0:inside.box.y1, inside.box.x0:inside.box.x1])
     assert not np.shares_memory(cut, img)
 

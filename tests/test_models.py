@@ -89,11 +89,11 @@ def test_require_names_the_readme_install_command(monkeypatch):
     assert "pip install -e ." in str(base.value) and "[models]" not in str(base.value)
 
 
-def test_generate_fill_without_the_extra_names_the_install_command(monkeypatch):
-    from pipeline.stages import crops
-
-    monkeypatch.delitem(crops.FILLS, "generate", raising=False)
-    (problem,) = crops.GeometryCrops.validate(CropsOptions(fill="generate"), "rule.steps[2].crops", None)
+def test_generate_fill_without_the_extra_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # the models extra not installed
+    crops = StepSpec("crops", "geometry", CropsOptions(fill="generate"))
+    (problem,) = models.check_models(make_config(tmp_path), [rule(crops)]).problems
+    assert problem.startswith("rule shop, step crops: ")
     assert "pip install -c constraints.txt -e '.[models]'" in problem
 
 

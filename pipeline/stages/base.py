@@ -74,6 +74,14 @@ define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=(
             doc="frames the subject once per ratio")
 define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
 
+PARTS: dict[str, str] = {}  # parts of a step whose ways are backends too (crops' ``fill``), by name
+
+
+def define_part(name: str, doc: str = "") -> None:
+    """Declare a part of a step that has backends of its own (``fill`` of ``crops``): they register with
+    ``@register`` like a step's backends, with ``step`` set to the part's name, and ``backends(name)`` lists them."""
+    PARTS[name] = doc
+
 # Modules that register backends, the one list to add a backend to; a model-backed one also holds its
 # ``ModelKind`` (how its model loads and is fetched) and imports its heavy libraries lazily.
 STAGE_MODULES = [
@@ -169,6 +177,11 @@ class Stage:
         return options
 
     @classmethod
+    def runs_model(cls, options: Any) -> bool:
+        """Whether a step with these options runs a model backend (needs the models extra and weights)."""
+        return cls.needs_models
+
+    @classmethod
     def model_ref(cls, options: Any, config: "Config") -> "ModelRef | None":
         """The model a step with these options runs (None: none): ``model_kind`` with the ``model`` option or
         its default. ``assetd models pull/check`` and the stage itself load it through this one ref."""
@@ -188,20 +201,27 @@ _loaded = False
 
 def register(cls: type[Stage]) -> type[Stage]:
     """Class decorator: make a backend findable by (step, backend)."""
-    if cls.step not in STEPS:
-        raise ValueError(f"unknown step {cls.step!r} (define_step it first)")
+    if cls.step not in STEPS and cls.step not in PARTS:
+        raise ValueError(f"unknown step {cls.step!r} (define_step or define_part it first)")
     _REGISTRY[(cls.step, cls.backend)] = cls
     return cls
 
 
 @contextlib.contextmanager
 def registered(cls: type[Stage]) -> Iterator[type[Stage]]:
-    """A backend findable only inside the ``with`` (a test's stand-in: the README lists the real ones)."""
+    """A backend findable only inside the ``with`` (a test's stand-in: the README lists the real ones); one
+    it stands in for is findable again after."""
+    _load_all()
+    key = (cls.step, cls.backend)
+    before = _REGISTRY.get(key)
     register(cls)
     try:
         yield cls
     finally:
-        _REGISTRY.pop((cls.step, cls.backend), None)
+        if before is None:
+            _REGISTRY.pop(key, None)
+        else:
+            _REGISTRY[key] = before
 
 
 def _load_all() -> None:

@@ -9,44 +9,28 @@ pixels. When a frame reaches past the image (a tall bottle into 16:9) the new ca
                 the border's noise is added so the extension is not suspiciously smooth.
                 For RGBA cut-outs the backdrop *is* transparency, so the new area is alpha 0;
 * ``crop``      no new canvas: the frame stays inside the image and may cut margins/subject;
-* ``generate``  a model-backed fill registered in ``FILLS`` by another module.
+* ``generate``  a model-backed fill (``pipeline.stages.diffusion``).
 
+Each fill is a backend of the part ``fill`` in the one registry (a ``Fill`` subclass with ``@register``);
+it reads only its own options, the crops keys its ``Options`` names.
 Whatever the fill, the original pixels are pasted back afterwards: they are never altered.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
 from ..config import check_colour
 from ..pixels import colour_tuple, max_value
-from ..schema import opt
-from .base import Asset, Stage, register
+from ..schema import opt, options_of
+from .base import Asset, Stage, backends, define_part, register, stage_class
 from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
 from .subject import find_subject, paste_matte
 
-FILL_NAMES = ("outpaint", "pad", "crop", "generate")
-
-FillFunction = Callable[[np.ndarray, np.ndarray, Any, Any], np.ndarray]
-FILLS: dict[str, FillFunction] = {}
-"""Extra fills by name (``generate``): fill(canvas, known, options, ctx) -> canvas.
-
-``canvas`` is the frame (H×W×C, the input's dtype) with the original pixels in place,
-``known`` is H×W bool (True where pixels come from the original), ``options`` the crops
-options (model, prompt, seed...), ``ctx`` the StageContext. Returns the filled canvas, same
-shape and dtype; the original pixels are pasted back over whatever it returns.
-"""
-
-
-def register_fill(name: str) -> Callable[[FillFunction], FillFunction]:
-    """Decorator: make a canvas fill available as ``crops: {fill: <name>}``."""
-    def deco(fn: FillFunction) -> FillFunction:
-        FILLS[name] = fn
-        return fn
-    return deco
+define_part("fill", "how crops fills the canvas a frame reaches past the image: crops: {fill: NAME}")
 
 
 def _check_ratios(values: list[str]) -> str | None:
@@ -66,7 +50,7 @@ def _check_ratios(values: list[str]) -> str | None:
 class CropsOptions:
     ratios: list[str] = opt(["1:1", "4:5", "9:16", "16:9"], check=_check_ratios,
                             doc="crop ratios as 'W:H' (positive integers); one output per ratio")
-    fill: str = opt("outpaint", choices=FILL_NAMES,
+    fill: str = opt("outpaint", check=lambda name: _check_fill(name),
                     doc="when a crop needs more canvas than the image has: outpaint | pad | crop | generate")
     margin: float = opt(DEFAULT_MARGIN, min=0.0, max=1.0,
                         doc="space kept around the subject, as a fraction of its larger side")
@@ -81,6 +65,77 @@ class CropsOptions:
     seed: int | None = opt(None, doc="random seed of the fill (outpaint grain, generate); default 0")
     steps: int = opt(30, min=1, max=200, doc="fill: generate: denoising steps")
     guidance: float = opt(7.5, min=0.0, max=50.0, doc="fill: generate: classifier-free guidance scale")
+
+
+def _check_fill(name: str) -> str | None:
+    known = backends("fill")
+    return None if name in known else f"expected one of {', '.join(map(repr, known))}, got {name!r}"
+
+
+def seed_of(options: Any) -> int:
+    """The fill's random seed: the ``seed`` option, 0 when unset."""
+    return 0 if options.seed is None else options.seed
+
+
+# --- fills: the ways to fill new canvas, backends of the part "fill" ------------------------
+
+class Fill(Stage):
+    """A way to fill the canvas a frame reaches past the image (``crops: {fill: NAME}``).
+
+    ``Options`` names the crops keys it reads (``options_of(CropsOptions, ...)``: their defaults and docs stay
+    declared once, on the crops step); ``model_kind``/``needs_models`` as for a step's backend.
+    """
+
+    step = "fill"
+
+    def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        """Fill ``canvas`` (H×W×C, the input's dtype, the original pixels already at ``known``) outside ``known``.
+
+        ``matte`` (H×W, frame coordinates, >0 = subject) says what not to continue; None: unknown. Returns the
+        canvas (same shape and dtype; may be ``canvas`` itself); the original pixels are pasted back over it.
+        """
+        raise NotImplementedError
+
+
+def fill_class(name: str) -> type[Fill]:
+    return stage_class("fill", name)  # type: ignore[return-value]
+
+
+@register
+class PadFill(Fill):
+    """A solid colour: ``pad_colour``, default white (transparent for RGBA)."""
+
+    backend = "pad"
+    Options = options_of(CropsOptions, "pad_colour")
+
+    def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        canvas[...] = pad_value(canvas, self.options.pad_colour)
+        return canvas
+
+
+@register
+class CropFill(PadFill):
+    """No new canvas: the frame stays inside the image. Only an image smaller than a ratio's one-pixel short side
+    still needs some, padded with the default colour."""
+
+    backend = "crop"
+    Options = options_of(CropsOptions)
+
+    def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        canvas[...] = pad_value(canvas, None)
+        return canvas
+
+
+@register
+class OutpaintFill(Fill):
+    """Classical, CPU: continue the border into a blurred mirror of the image, with matching grain."""
+
+    backend = "outpaint"
+    Options = options_of(CropsOptions, "seed")
+
+    def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        outpaint(canvas, known, seed=seed_of(self.options), matte=matte)
+        return canvas
 
 
 # --- pixel helpers (no Stage needed; tested directly) ---------------------------------------
@@ -100,13 +155,12 @@ def frame_matte(matte: np.ndarray, frame: Frame) -> np.ndarray:
     return paste_matte(matte, frame.box.size, (-frame.box.x0, -frame.box.y0))
 
 
-def build_canvas(pixels: np.ndarray, frame: Frame, fill: str, *, pad_colour: str | None = None,
-                 seed: int = 0, options: Any = None, ctx: Any = None,
+def build_canvas(pixels: np.ndarray, frame: Frame, fill: Fill,
                  matte: np.ndarray | None = None) -> tuple[np.ndarray, Box]:
     """Cut ``frame`` out of ``pixels``, filling any canvas past the image with ``fill``.
 
-    ``matte`` (H×W like ``pixels``, >0 = subject) keeps the subject out of what ``outpaint``
-    copies; None: no subject is known, the whole image may be continued.
+    ``matte`` (H×W like ``pixels``, >0 = subject) keeps the subject out of what a fill continues;
+    None: no subject is known, the whole image may be continued.
     Returns the new array and the rectangle (frame coordinates) holding the original pixels,
     which are bit-identical to the input's.
     """
@@ -114,28 +168,15 @@ def build_canvas(pixels: np.ndarray, frame: Frame, fill: str, *, pad_colour: str
     known = frame.known
     if not frame.extended:
         return original.copy(), known
-    if fill == "crop":
-        fill = "pad"  # only reached for images smaller than the ratio's 1-pixel short side
     shape = (frame.box.height, frame.box.width) + pixels.shape[2:]
     canvas = np.zeros(shape, dtype=pixels.dtype)
     canvas[_slices(known)] = original
-    if fill == "pad":
-        canvas[...] = pad_value(pixels, pad_colour)
-        canvas[_slices(known)] = original
-    elif fill == "outpaint":
-        outpaint(canvas, known, seed=seed, matte=frame_matte(matte, frame) if matte is not None else None)
-    elif fill in FILLS:
-        mask = np.zeros(shape[:2], dtype=bool)
-        mask[_slices(known)] = True
-        filled = FILLS[fill](canvas, mask, options, ctx)
-        if filled.shape != canvas.shape or filled.dtype != canvas.dtype:
-            raise ValueError(f"fill {fill!r} returned {filled.shape} {filled.dtype}, "
-                             f"expected {canvas.shape} {canvas.dtype}")
-        canvas = filled
-    else:
-        raise ValueError(f"unknown fill {fill!r} (known: {', '.join(('outpaint', 'pad', *FILLS))})")
-    canvas[_slices(known)] = original  # the promise: whatever the fill did, the original stays exact
-    return canvas, known
+    filled = fill.fill(canvas, known, frame_matte(matte, frame) if matte is not None else None)
+    if filled.shape != canvas.shape or filled.dtype != canvas.dtype:
+        raise ValueError(f"fill {fill.backend!r} returned {filled.shape} {filled.dtype}, "
+                         f"expected {canvas.shape} {canvas.dtype}")
+    filled[_slices(known)] = original  # the promise: whatever the fill did, the original stays exact
+    return filled, known
 
 
 def pad_value(pixels: np.ndarray, colour: str | None) -> np.ndarray:
@@ -373,7 +414,6 @@ def _plan_quilt(src: np.ndarray, blocked: np.ndarray, depth: int, size: int, rng
     ov = np.arange(0, ramp, q)  # overlap offsets
     full = np.arange(0, size, q)
     for g in range(rows):
-        g0 = quilt.start(g)
         for c in range(cols):
             a0 = quilt.start(c)
             for reach in (3 * size, along):  # prefer windows from near this place along the edge
@@ -579,27 +619,39 @@ class GeometryCrops(Stage):
     Options = CropsOptions
 
     @classmethod
-    def model_ref(cls, options: CropsOptions, config: Any) -> Any:
-        """fill: generate runs the diffusers inpainting pipeline (``model``, default models.diffusers)."""
-        if options.fill != "generate":
-            return None
-        from .diffusion import pipeline_ref
+    def _fill(cls, options: CropsOptions) -> tuple[type[Fill], Any]:
+        fill = fill_class(options.fill)
+        return fill, fill.Options.of(options)
 
-        return pipeline_ref(config, options.model)
+    @classmethod
+    def runs_model(cls, options: CropsOptions) -> bool:
+        fill, fill_options = cls._fill(options)
+        return fill.runs_model(fill_options)
+
+    @classmethod
+    def model_ref(cls, options: CropsOptions, config: Any) -> Any:
+        """The fill's model (fill: generate runs the diffusers inpainting pipeline)."""
+        fill, fill_options = cls._fill(options)
+        return fill.model_ref(fill_options, config)
 
     @classmethod
     def validate(cls, options: CropsOptions, where: str, ctx_config: Any) -> list[str]:
-        if options.fill == "generate" and "generate" not in FILLS:
-            from ..models import INSTALL_HINT
+        fill, fill_options = cls._fill(options)
+        return fill.validate(fill_options, where, ctx_config)
 
-            return [f"{where}.fill: 'generate' needs the model-backed fill, which is not installed "
-                    f"({INSTALL_HINT}; or use outpaint, pad or crop)"]
-        return []
+    def prepare(self) -> None:
+        self.filler.prepare()
+
+    @property
+    def filler(self) -> Fill:
+        if getattr(self, "_filler", None) is None:
+            fill, fill_options = self._fill(self.options)
+            self._filler = fill(fill_options, self.ctx)
+        return self._filler
 
     def run(self, asset: Asset) -> list[Asset]:
         o: CropsOptions = self.options
         subject, matte, source = find_subject(asset)
-        seed = 0 if o.seed is None else o.seed
         # outpaint copies backdrop texture; with no idea where the subject is, all of it counts
         # as subject (a mirrored product is worse than a smooth band), so only colour continues
         keep_out = matte
@@ -609,8 +661,7 @@ class GeometryCrops(Stage):
         for text in o.ratios:
             frame = frame_for_ratio(asset.width, asset.height, subject, parse_ratio(text),
                                     margin=o.margin, fill=o.fill, anchor=o.anchor)
-            pixels, _known = build_canvas(asset.pixels, frame, o.fill, pad_colour=o.pad_colour,
-                                          seed=seed, options=o, ctx=self.ctx, matte=keep_out)
+            pixels, _known = build_canvas(asset.pixels, frame, self.filler, matte=keep_out)
             left, top, right, bottom = frame.outside
             notes = {
                 "ratio": text,

@@ -24,9 +24,9 @@ import numpy as np
 from ..errors import ConfigError, PermanentError
 from ..models import ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
-from ..schema import opt
+from ..schema import opt, options_of
 from .base import Asset, Stage, StageContext, register
-from .crops import register_fill
+from .crops import CropsOptions, Fill, seed_of
 from .framing import Box, place_subject
 from .subject import anchor_option, composite, cutout_subject, margin_option, paste_matte, scale_option
 
@@ -106,8 +106,8 @@ class DiffusersModel(ModelKind):
     def load(cls, manager: "ModelManager", name: str) -> Any:
         """Load an inpainting pipeline (class read from model_index.json) on the manager's device."""
         config = manager.config
+        diffusers = require("diffusers", "the diffusers backend")  # the extra first: without it, pulling is no help
         folder = diffusers_folder(config, name)
-        diffusers = require("diffusers", "the diffusers backend")
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
         kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
         if "safety_checker" in index:
@@ -245,7 +245,6 @@ class DiffusersScene(Stage):
         o = self.options
         subject = cutout_subject(asset, "place_in_scene backend diffusers")
         pixels = asset.pixels
-        top = max_value(pixels)
         alpha = pixels[..., 3]
         place = place_subject(subject.width, subject.height, asset.width / asset.height, o.scale, o.margin, o.anchor)
         w, h = place.out_w, place.out_h
@@ -310,12 +309,27 @@ def model_inputs(pixels: np.ndarray, size: tuple[int, int], offset: tuple[int, i
 # ------------------------------------------------------------------------------- crops fill
 
 
-@register_fill("generate")
-def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: StageContext) -> np.ndarray:
-    """``crops`` fill ``generate``: invent the canvas outside ``known`` with the inpainting model.
+@register
+class GenerateFill(Fill):
+    """``crops`` fill ``generate``: the new canvas from the inpainting pipeline (``model``, default models.diffusers)."""
 
-    ``options`` are the crops step's (``CropsOptions``): its model, prompt, negative_prompt, seed,
-    steps and guidance, with their defaults declared there.
+    backend = "generate"
+    Options = options_of(CropsOptions, "model", "prompt", "negative_prompt", "seed", "steps", "guidance")
+    needs_models = True
+    model_kind = DiffusersModel
+
+    def prepare(self) -> None:
+        diffusion_pipeline(self.ctx, self.options.model)
+
+    def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        mask = np.zeros(canvas.shape[:2], dtype=bool)
+        mask[known.y0:known.y1, known.x0:known.x1] = True
+        return generate_fill(canvas, mask, self.options, self.ctx)
+
+
+def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: StageContext) -> np.ndarray:
+    """Invent the canvas outside ``known`` (H×W bool) with the inpainting model; ``options`` are
+    ``GenerateFill.Options`` (model, prompt, negative_prompt, seed, steps, guidance).
 
     The canvas is shrunk to the model's native size (unknown parts seeded by a cheap inpaint),
     the unknown area (grown a little, feathered) is generated, the colour step against the known
@@ -342,7 +356,7 @@ def generate_fill(canvas: np.ndarray, known: np.ndarray, options: Any, ctx: Stag
     mask = np.maximum(mask, unknown_small)
 
     model_name = pipeline_ref(ctx.config, options.model).name
-    seed = 0 if options.seed is None else options.seed  # the crops step's documented default
+    seed = seed_of(options)
     with gpu_errors(f"crops fill generate {model_name}"):
         gen = inpaint(pipe, init, mask, prompt=options.prompt or FILL_PROMPT,
                       negative_prompt=options.negative_prompt or FILL_NEGATIVE, seed=seed,
