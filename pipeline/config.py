@@ -107,7 +107,7 @@ class ModelsConfig:
     rembg: str = opt("birefnet-general", doc="default model of remove_background backend rembg")
     diffusers: str = opt("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                          doc="default pipeline of place_in_scene backend diffusers and fill: generate")
-    spandrel: str | None = opt(None, doc="default weights file of upscale backend spandrel")
+    spandrel: Path | None = opt(None, doc="default weights file of upscale backend spandrel")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = opt("auto", doc="auto: bf16/fp16 on GPU, fp32 on CPU")
     cpu_offload: bool = opt(False, doc="move diffusers sub-models to the GPU only while they run (small cards)")
     unload_after_seconds: float = opt(900.0, min=0.0, doc="free a model unused this long (0: never)")

@@ -20,7 +20,7 @@ from .config import Config
 from .errors import ConfigError
 from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
-from .schema import build, opt, resolve_path
+from .schema import as_written, build, opt, resolve_path
 from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as known_steps
 
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
@@ -351,12 +351,8 @@ def _set_values(obj: Any, base: Path) -> dict[str, Any]:
         if isinstance(default, Path):
             default = resolve_path(default, base)
         if value != default:
-            out[f.name] = _as_written(value, base) if isinstance(value, Path) else str(value)
+            out[f.name] = as_written(value, base) if isinstance(value, Path) else str(value)
     return out
-
-
-def _as_written(path: Path, base: Path) -> str:
-    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
 def rule_version(rule: Rule, config: Config) -> str:

@@ -58,6 +58,11 @@ def resolve_path(path: Path | str, base: Path | None) -> Path:
     return p if p.is_absolute() or base is None else base / p
 
 
+def as_written(path: Path, base: Path) -> str:
+    """A resolved path as a user would write it: relative to ``base`` when inside it (manifests, rule versions)."""
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
 def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | None = None,
              expected: str | None = None) -> Any:
     origin = get_origin(tp)

@@ -120,6 +120,6 @@ def test_out_of_memory_halves_the_tile(tmp_path):
 
 def test_validate_reports_missing_weights(tmp_path):
     config = make_config(tmp_path)
-    problems = SpandrelUpscale.validate(SpandrelOptions(model="nope.pth"), "steps[3].upscale", config)
+    problems = SpandrelUpscale.validate(SpandrelOptions(model=tmp_path / "nope.pth"), "steps[3].upscale", config)
     assert problems and "nope.pth" in problems[0] and "not found" in problems[0]
     assert "required" in SpandrelUpscale.validate(SpandrelOptions(), "steps[3].upscale", config)[0]

@@ -129,7 +129,7 @@ def test_check_reports_missing_models_with_the_pull_command(tmp_path, monkeypatc
     problems = models.check_models(config, [rule(
         StepSpec("remove_background", "rembg", RembgOptions(model="u2net")),
         StepSpec("place_in_scene", "diffusers", DiffusersSceneOptions(prompt="x", model="acme/not-pulled")),
-        StepSpec("upscale", "spandrel", SpandrelOptions(model="gone.pth")),
+        StepSpec("upscale", "spandrel", SpandrelOptions(model=tmp_path / "gone.pth")),
     )]).problems
     monkeypatch.delenv("U2NET_HOME", raising=False)  # the manager pointed rembg at cache_dir
     assert len(problems) == 3

@@ -43,7 +43,7 @@ def workspace(tmp_path: Path) -> Path:
 
 def make_stage(root: Path, **options: object) -> CompositePlace:
     errors: list[str] = []
-    opts = build(PlaceOptions, options, "place_in_scene", errors)
+    opts = build(PlaceOptions, options, "place_in_scene", errors, base=root)
     assert errors == []
     config = Config(source=root / "config.yaml")
     assert CompositePlace.validate(opts, "place_in_scene", config) == []
@@ -158,7 +158,7 @@ def test_scene_is_decoded_once_with_exif_orientation(workspace: Path) -> None:
     ({"colour": "#ffffff", "gradient": ["#000000", "#ffffff"]}, "got colour, gradient"),
 ])
 def test_validate_problems(workspace: Path, options: dict, problem: str) -> None:
-    opts = build(PlaceOptions, options, "place_in_scene", [])
+    opts = build(PlaceOptions, options, "place_in_scene", [], base=workspace)
     problems = CompositePlace.validate(opts, "place_in_scene", Config(source=workspace / "config.yaml"))
     assert len(problems) == 1 and problem in problems[0]
     if "scene" in options:

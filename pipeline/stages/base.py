@@ -147,9 +147,6 @@ class StageContext:
     stop: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("assetd.stage"))
 
-    def resolve(self, path: str) -> Any:
-        return self.config.resolve(path)
-
 
 class Stage:
     """Base class of every backend. Subclasses set ``step``, ``backend`` and ``Options``."""

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from ..config import check_colour
 from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
-from ..schema import opt
+from ..schema import as_written, opt
 from .base import Asset, Stage, register
 from .framing import Box, Placement, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cutout_subject, margin_option, paste_matte,
@@ -36,7 +36,7 @@ def _check_gradient(value: list[str]) -> str | None:
 
 @dataclass
 class PlaceOptions:
-    scene: str | None = opt(None, doc="background image (path relative to the config file); "
+    scene: Path | None = opt(None, doc="background image (path relative to the config file); "
                                       "the output takes its aspect ratio")
     colour: str | None = opt(None, check=check_colour, doc="solid background colour '#rrggbb' instead of a scene")
     gradient: list[str] | None = opt(None, check=_check_gradient,
@@ -141,16 +141,14 @@ class CompositePlace(Stage):
         if len(given) != 1:
             return [f"{where}: set exactly one of scene, colour or gradient, got "
                     f"{', '.join(given) if given else 'none'}"]
-        if options.scene is not None:
-            path = ctx_config.resolve(options.scene)
-            if not path.is_file():
-                return [f"{where}.scene: file {path} does not exist"]
+        if options.scene is not None and not options.scene.is_file():
+            return [f"{where}.scene: file {options.scene} does not exist"]
         return []
 
     def scene_pixels(self) -> np.ndarray:
         """The decoded scene, read once per stage instance."""
         if self._scene is None:
-            self._scene = load_scene(self.ctx.resolve(self.options.scene))
+            self._scene = load_scene(self.options.scene)
         return self._scene
 
     def run(self, asset: Asset) -> list[Asset]:
@@ -167,7 +165,7 @@ class CompositePlace(Stage):
         if scene is not None:
             canvas, k = cover(scene, place.out_w, place.out_h)
             canvas = to_dtype(canvas, pixels.dtype)
-            notes.update(scene=str(o.scene), scene_scale=round(k, 4))
+            notes.update(scene=as_written(o.scene, self.ctx.config.base_dir), scene_scale=round(k, 4))
         elif o.colour is not None:
             canvas = np.empty((place.out_h, place.out_w, 3), dtype=pixels.dtype)
             canvas[...] = colour_tuple(o.colour[:7], pixels.dtype)

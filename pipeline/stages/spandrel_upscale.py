@@ -12,6 +12,7 @@ here: ``Asset.scale`` records the factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
@@ -125,10 +126,11 @@ class SpandrelModel(ModelKind):
     kind = "spandrel"
 
     @classmethod
-    def name_for(cls, config: "Config", model: str | None) -> str | None:
-        """The weights file's absolute path (``model``, else models.spandrel); None when neither is set."""
+    def name_for(cls, config: "Config", model: Path | None) -> str | None:
+        """The weights file's absolute path (``model``, else models.spandrel; both resolved when they load); None
+        when neither is set."""
         path = model or config.models.spandrel
-        return str(config.resolve(path)) if path else None
+        return str(path) if path else None
 
     @classmethod
     def load(cls, manager: "ModelManager", name: str) -> Any:
@@ -136,7 +138,7 @@ class SpandrelModel(ModelKind):
 
         On a GPU it runs in bf16 or fp16 when the architecture supports it, else fp32.
         """
-        file = manager.config.resolve(name)
+        file = Path(name)
         if not file.is_file():
             raise ConfigError(f"upscale model file {file} not found")
         spandrel = require("spandrel", "the spandrel backend")
@@ -166,7 +168,7 @@ class SpandrelModel(ModelKind):
     @classmethod
     def pull(cls, config: "Config", name: str) -> str:
         """Only checks the file is there: spandrel weights are put in place by hand."""
-        file = config.resolve(name)
+        file = Path(name)
         if not file.is_file():
             raise ConfigError(f"upscale model file {file} not found (spandrel weights are not downloaded "
                               f"by assetd: put the .pth/.safetensors file there)")
@@ -178,7 +180,7 @@ class SpandrelModel(ModelKind):
 
 @dataclass
 class SpandrelOptions:
-    model: str | None = opt(None, doc="super-resolution weights (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, "
+    model: Path | None = opt(None, doc="super-resolution weights (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, "
                                       "...), architecture auto-detected; default: models.spandrel")
     long_edge: int | None = long_edge_option("make the long edge this many pixels (neither this nor factor: the "
                                              "largest long_edge of the channels the rule sends upscale outputs "
@@ -209,8 +211,8 @@ class SpandrelUpscale(Stage):
         path = options.model or ctx_config.models.spandrel
         if not path:
             return [f"{where}.model: required (or set models.spandrel in the config): a .pth/.safetensors file"]
-        if not ctx_config.resolve(path).is_file():
-            return [f"{where}.model: file {ctx_config.resolve(path)} not found"]
+        if not path.is_file():
+            return [f"{where}.model: file {path} not found"]
         return size_problems(options, where)
 
     @classmethod
