@@ -52,7 +52,7 @@ class Step:
     doc: str = ""
 
 
-STEPS: dict[str, Step] = {}  # by name, in the order the manual lists them
+STEPS: dict[str, Step] = {}  # by name, as their modules declare them; steps() gives the manual's order
 
 
 def define_step(name: str, default_backend: str, needs: tuple[str, ...] = (), gives: tuple[str, ...] = (),
@@ -66,13 +66,9 @@ def define_step(name: str, default_backend: str, needs: tuple[str, ...] = (), gi
     return step
 
 
-define_step("remove_background", "studio", needs=("uncropped",), gives=("cutout",),
-            doc="cuts the subject out of its backdrop")
-define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
-            doc="puts the cut-out on a scene, a colour or a gradient")
-define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
-            doc="frames the subject once per ratio")
-define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
+# The steps are declared in their modules (remove_background, place_in_scene, crops, upscale: the order of
+# STAGE_MODULES is the manual's order).
+
 
 PARTS: dict[str, str] = {}  # parts of a step whose ways are backends too (crops' ``fill``), by name
 
@@ -230,9 +226,15 @@ def _load_all() -> None:
 
 
 def steps() -> dict[str, Step]:
-    """Every step, with the modules that define steps loaded."""
+    """Every step, in the manual's order (that of ``STAGE_MODULES``, whatever imported first)."""
     _load_all()
-    return STEPS
+    order = {name: i for i, name in enumerate(STAGE_MODULES)}
+
+    def place(step: Step) -> int:
+        cls = _REGISTRY.get((step.name, step.default_backend))
+        return order.get(cls.__module__, len(order)) if cls else len(order)
+
+    return {step.name: step for step in sorted(STEPS.values(), key=place)}
 
 
 def backends(step: str) -> list[str]:

@@ -26,10 +26,12 @@ import numpy as np
 from ..config import check_colour
 from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
-from .base import Asset, Stage, backends, define_part, register, stage_class
+from .base import Asset, Stage, backends, define_part, define_step, register, stage_class
 from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
 from .subject import find_subject, paste_matte
 
+define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
+            doc="frames the subject once per ratio")
 define_part("fill", "how crops fills the canvas a frame reaches past the image: crops: {fill: NAME}")
 
 

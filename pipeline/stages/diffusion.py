@@ -25,6 +25,7 @@ from ..errors import ConfigError, PermanentError
 from ..models import ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt, options_of
+from . import place_in_scene  # noqa: F401  (declares the step this module adds a backend to)
 from .base import Asset, Stage, StageContext, register
 from .crops import CropsOptions, Fill, seed_of
 from .framing import Box, place_subject

@@ -20,10 +20,13 @@ from ..config import check_colour
 from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import as_written, opt
-from .base import Asset, Stage, register
+from .base import Asset, Stage, define_step, register
 from .framing import Box, Placement, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cutout_subject, margin_option, paste_matte,
                       scale_option)
+
+define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
+            doc="puts the cut-out on a scene, a colour or a gradient")
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 

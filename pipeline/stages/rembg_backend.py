@@ -25,6 +25,7 @@ from ..imageio import clear_transparent
 from ..models import ModelKind, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, to_dtype
 from ..schema import opt
+from . import remove_background  # noqa: F401  (declares the step this module adds a backend to)
 from .base import Asset, Stage, register
 from .subject import decontaminate_edges, matte_from_alpha, refine_edge, trimmed, working_image
 

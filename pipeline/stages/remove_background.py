@@ -46,9 +46,12 @@ from ..pixels import max_value
 from ..prior import NAME as PRIOR_NAME
 from ..prior import PriorMissingError, PriorModel, load_prior
 from ..schema import opt
-from .base import Asset, Stage, register
+from .base import Asset, Stage, define_step, register
 from .subject import disk as _disk
 from .subject import matte_from_alpha, refine_edge, trimmed, working_image
+
+define_step("remove_background", "studio", needs=("uncropped",), gives=("cutout",),
+            doc="cuts the subject out of its backdrop")
 
 
 # --- backdrop model ----------------------------------------------------------------------------

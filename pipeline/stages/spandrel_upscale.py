@@ -22,6 +22,7 @@ from ..errors import ConfigError, TransientError
 from ..models import ModelKind, empty_cuda_cache, gpu_errors, is_cuda_oom, manager_for, require
 from ..pixels import max_value, resize_mask
 from ..schema import opt
+from . import upscale  # noqa: F401  (declares the step this module adds a backend to)
 from .base import Asset, Stage, register
 from .subject import (enlarged_size, factor_option, long_edge_option, max_factor_option, requested_factor,
                       resolve_size, size_problems)

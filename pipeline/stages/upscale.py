@@ -12,9 +12,11 @@ from typing import Any
 from ..errors import PermanentError
 from ..pixels import resize, resize_mask
 from ..schema import opt
-from .base import Asset, Stage, register
+from .base import Asset, Stage, define_step, register
 from .subject import (enlarged_size, factor_option, long_edge_option, max_factor_option, requested_factor,
                       resolve_size, size_problems)
+
+define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
 
 
 @dataclass
