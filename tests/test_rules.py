@@ -289,3 +289,44 @@ def test_a_path_option_versions_as_written(workspace):
     written = version({"scene": "scenes/a.jpg"})
     assert written == version({"scene": str(config.base_dir / "scenes" / "a.jpg")}) != version({})
     assert written != version({"scene": "scenes/b.jpg"})
+
+
+def test_a_new_step_is_one_declaration_and_one_backend(workspace):
+    """What a new step's module does (define_step, one @register'd backend) is all a rule needs to place it,
+    checked against what it needs, and for the chain to run it."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipeline.chain import Chain
+    from pipeline.stages.base import STEPS, Asset, Stage, StageContext, define_step, registered
+
+    @dataclasses.dataclass
+    class LabelOptions:
+        text: str = "sale"
+
+    class Label(Stage):
+        step, backend, Options = "label", "corner", LabelOptions
+
+        def run(self, asset: Asset) -> list[Asset]:
+            out = asset.derive(asset.pixels.copy(), asset.matte)
+            out.notes["label"] = {"text": self.options.text, "ratio": asset.ratio}
+            return [out]
+
+    define_step("label", "corner", needs=("ratio",), doc="writes a label on each crop")
+    try:
+        with registered(Label):
+            workspace.add_rule("30-label.yaml", "name: label\nmatch: {folder: label}\n"
+                                                "steps: [{crops: {ratios: ['1:1', '16:9']}}, {label: {text: new}}]\n"
+                                                "outputs: [{channel: webshop}]\n")
+            config, rules = workspace.load()
+            rule = next(r for r in rules if r.name == "label")
+            assert [(s.step, s.backend) for s in rule.steps] == [("crops", "geometry"), ("label", "corner")]
+            assert rule.outputs[0].source == "label"
+            results = Chain(rule, StageContext(config)).run(Asset(np.full((40, 60, 3), 200, np.uint8)))
+            assert [a.notes["label"] for a in results["label"]] == [{"text": "new", "ratio": "1:1"},
+                                                                    {"text": "new", "ratio": "16:9"}]
+            problems = _problems(workspace, "name: bad\nsteps: [label, crops]\noutputs: [{channel: webshop}]\n")
+            assert any("steps[0].label: needs one image per crop ratio" in p for p in problems)
+    finally:
+        STEPS.pop("label", None)
