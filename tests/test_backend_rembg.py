@@ -110,3 +110,18 @@ def test_edge_is_refined_at_full_resolution(tmp_path, rembg_home):
         assert not out.pixels[..., :3][out.pixels[..., 3] == 0].any()  # clean transparent pixels
         assert out.notes["remove_background"]["edge"] == ("full resolution" if refine else "model mask")
     assert errors[True] < 0.1 and errors[True] < errors[False] / 2, errors
+
+
+def test_pull_fetches_into_the_configured_cache_dir(tmp_path, rembg_home, monkeypatch):
+    """models pull puts a rembg model where the stage then looks for it (models.cache_dir/rembg)."""
+    import os
+
+    from pipeline.stages import rembg_backend
+
+    config = make_config(tmp_path, cache_dir=str(tmp_path / "cache"))
+    session = rembg_backend._rembg_session_class("u2netp")
+    seen = []
+    monkeypatch.setattr(session, "download_models", classmethod(lambda cls, *a, **k: seen.append(
+        os.environ["U2NET_HOME"]) or os.path.join(cls.u2net_home(), "u2netp.onnx")))
+    rembg_backend.RembgModel.pull(config, "u2netp")
+    assert seen == [str(tmp_path / "cache" / "rembg")]

@@ -133,6 +133,7 @@ class RembgModel(ModelKind):
 
     @classmethod
     def pull(cls, config: "Config", name: str) -> str:
+        apply_cache_dir(config)  # fetched where load looks: models.cache_dir/rembg when one is set
         if is_onnx_path(name):
             return f"{name}: {rembg_model_file(config, name)} (custom file, nothing to fetch)"
         return f"{name}: {_rembg_session_class(name).download_models()}"
