@@ -1,6 +1,7 @@
 """Crop and placement geometry, table-driven: boxes in, boxes out, no pixels."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from pipeline.stages.framing import (
     Box,
+    cover_transform,
     frame_for_ratio,
     largest_size,
     parse_ratio,
@@ -205,3 +207,47 @@ def test_place_subject_lowers_scale_to_keep_margins() -> None:
     p = place_subject(800, 800, 1.0, 1.0, 0.1)
     assert p.scale == pytest.approx(0.8, abs=1e-3)
     assert p.y + 800 == p.out_h - round(0.1 * p.out_h)
+
+
+@pytest.mark.parametrize("extent, point, frame, expected", [
+    (Box(0, 0, 100, 80), (50, 70), Box(10, 10, 90, 70), (1.0, 0.0, 0.0)),  # inside: as it is
+    (Box(-20, -10, 120, 90), (50, 70), Box(0, -5, 100, 85), (1.0, 0.0, 0.0)),  # the scene's cropped-off parts
+    (Box(0, 0, 100, 80), (50, 70), Box(0, 5, 100, 85), (1.0, 0.0, 5.0)),  # 5 px past the bottom: shift, no growth
+    (Box(0, 0, 100, 80), (50, 70), Box(0, -80, 100, 80), (2.0, 0.0, -10.0)),  # twice as tall: grow about the base, then shift
+    (Box(0, 0, 100, 80), (50, 70), Box(-25, 0, 125, 80), (1.5, 0.0, 0.0)),  # wider, centred: grows, no shift
+])
+def test_cover_transform(extent, point, frame, expected) -> None:
+    scale, dx, dy = cover_transform(extent, point, frame)
+    assert (scale, dx, dy) == pytest.approx(expected)
+    px, py = point
+    grown = Box(math.floor(px + scale * (extent.x0 - px) + dx), math.floor(py + scale * (extent.y0 - py) + dy),
+                math.ceil(px + scale * (extent.x1 - px) + dx), math.ceil(py + scale * (extent.y1 - py) + dy))
+    assert grown.contains(frame)
+
+
+@pytest.mark.parametrize("cut, anchor, where", [
+    ((), "bottom", (150, 760)),  # as before: on the bottom margin, centred
+    (("bottom",), "bottom", (150, 800)),  # a bust enters from the bottom edge
+    (("bottom",), "top", (150, 800)),  # whatever the anchor
+    (("left", "bottom"), "center", (0, 800)),
+    (("top",), "bottom", (150, 0)),
+])
+def test_a_cut_subject_enters_from_its_cut_edge(cut, anchor, where) -> None:
+    p = place_subject(300, 400, 0.75, 0.5, 0.05, anchor, cut)
+    assert (p.out_w, p.out_h) == (600, 800)
+    assert (p.x, p.y + (400 if where[1] else 0)) == where
+
+
+@pytest.mark.parametrize("rows, cols, expected", [
+    ((20, 60), (20, 60), []),  # floating inside the photo
+    ((0, 60), (20, 60), ["top"]),
+    ((20, 80), (20, 60), ["bottom"]),
+    ((20, 80), (0, 100), ["left", "right", "bottom"]),
+    ((79, 80), (50, 51), []),  # one pixel touching is not a cut
+])
+def test_cut_edges(rows, cols, expected) -> None:
+    from pipeline.stages.subject import cut_edges
+
+    matte = np.zeros((80, 100), np.uint8)
+    matte[rows[0]:rows[1], cols[0]:cols[1]] = 255
+    assert cut_edges(matte) == expected

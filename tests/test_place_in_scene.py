@@ -184,3 +184,63 @@ def test_rgb_input_is_a_permanent_error(workspace: Path) -> None:
         stage.run(Asset(np.zeros((50, 50, 3), np.uint8)))
     with pytest.raises(PermanentError, match="fully transparent"):
         stage.run(Asset(np.zeros((50, 50, 4), np.uint8)))
+
+
+def _crops(**options: object):
+    from pipeline.stages.crops import CropsOptions, GeometryCrops
+
+    errors: list[str] = []
+    opts = build(CropsOptions, {"ratios": ["1:1", "4:5", "9:16", "16:9"], **options}, "crops", errors)
+    assert errors == []
+    return GeometryCrops(opts, StageContext(config=Config()))
+
+
+def test_each_ratio_is_composed_on_the_scene_with_the_subject_exact(workspace: Path) -> None:
+    """A crop reaching past the composite gets more of the same scene (grown about the subject's base when it
+    must), never an outpainted smear; the subject's opaque pixels are the cut-out's in every ratio."""
+    rgba = cutout()
+    composite = make_stage(workspace, scene="scene.png", scale=0.95, margin=0.02, shadow="none").run(Asset(rgba))[0]
+    assert composite.backdrop is not None
+    outs = _crops().run(composite)
+    ys, xs = np.nonzero(rgba[..., 3] == 255)
+    composed = 0
+    for out in outs:
+        note = out.notes["crops"]
+        w, h = (int(v) for v in note["ratio"].split(":"))
+        assert abs(out.width * h - out.height * w) <= max(w, h)
+        box = subject_box(out.matte, 25)
+        sub = subject_box(rgba[..., 3], 25)
+        dx, dy = box.x0 - sub.x0, box.y0 - sub.y0
+        assert np.array_equal(out.pixels[ys + dy, xs + dx], rgba[ys, xs, :3])
+        assert out.backdrop is None
+        if note["extended"]:
+            composed += 1
+            assert note["fill"] == "scene" and note["scene_grown"] >= 1.0
+            # the new canvas is scene texture (blue channel 90 everywhere in this scene), not a smear or a pad
+            outside = out.matte == 0
+            assert np.abs(out.pixels[..., 2][outside].astype(int) - 90).max() <= 2
+            assert out.pixels[..., 0][outside].std() > 5
+    assert composed >= 2  # the 4:3 scene composite needs more canvas at 9:16 and 16:9 at least
+
+
+def test_a_subject_cut_by_its_photo_enters_from_that_edge_without_a_floor_shadow(workspace: Path) -> None:
+    rgba = cutout()
+    bust = rgba[:300].copy()  # the photo's frame cut the bottle: solid subject along the bottom edge
+    out = make_stage(workspace, scene="scene.png", anchor="bottom", margin=0.05).run(Asset(bust))[0]
+    note = out.notes["place_in_scene"]
+    assert note["cut_edges"] == ["bottom"] and "shadow" not in note
+    assert subject_box(out.matte, 25).y1 == out.height  # it enters from the output's bottom edge
+    whole = make_stage(workspace, scene="scene.png", anchor="bottom", margin=0.05).run(Asset(rgba))[0]
+    assert "cut_edges" not in whole.notes["place_in_scene"] and "shadow" in whole.notes["place_in_scene"]
+
+
+def test_a_scene_enlarged_past_the_limit_is_reported(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+    big = np.zeros((2000, 1500, 4), np.uint8)
+    big[200:1800, 300:1200] = cutout(900, 1600)
+    with caplog.at_level("WARNING", logger="assetd.stage"):
+        out = make_stage(workspace, scene="scene.png", scale=0.6).run(Asset(big))[0]
+    note = out.notes["place_in_scene"]
+    assert note["scene_enlarged"] == note["scene_scale"] > 1.25
+    assert "enlarged" in caplog.text and "scene.png" in caplog.text
+    small = make_stage(workspace, scene="scene.png", scale=0.6).run(Asset(cutout()))[0]
+    assert "scene_enlarged" not in small.notes["place_in_scene"]

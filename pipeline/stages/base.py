@@ -106,6 +106,8 @@ class Asset:
              A stage appends to it instead of failing when its result is usable but doubtful; the
              outputs are still written, and the job is marked for review (``assetd jobs --status
              review``, the manifest, the digest). Empty: nothing to look at.
+    backdrop: set by ``place_in_scene`` (its ``Backdrop``): lets ``crops`` compose a frame that reaches past the
+             composite on the same scene instead of extending it; None elsewhere.
     """
 
     pixels: np.ndarray
@@ -114,6 +116,7 @@ class Asset:
     scale: float = 1.0
     notes: dict[str, Any] = field(default_factory=dict)
     review: list[str] = field(default_factory=list)
+    backdrop: Any = None  # place_in_scene's Backdrop: how to compose a crop reaching past the composite anew
 
     @property
     def height(self) -> int:

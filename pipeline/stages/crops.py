@@ -663,7 +663,12 @@ class GeometryCrops(Stage):
         for text in o.ratios:
             frame = frame_for_ratio(asset.width, asset.height, subject, parse_ratio(text),
                                     margin=o.margin, fill=o.fill, anchor=o.anchor)
-            pixels, _known = build_canvas(asset.pixels, frame, self.filler, matte=keep_out)
+            composed = None
+            if frame.extended and asset.backdrop is not None:  # a scene composite: compose this frame anew
+                pixels, framed_matte, composed = asset.backdrop.render(frame.box)
+            else:
+                pixels, _known = build_canvas(asset.pixels, frame, self.filler, matte=keep_out)
+                framed_matte = frame_matte(matte, frame) if matte is not None else None
             left, top, right, bottom = frame.outside
             notes = {
                 "ratio": text,
@@ -675,11 +680,17 @@ class GeometryCrops(Stage):
                 "cut_margin": frame.cuts_margin,
                 "cut_subject": frame.cuts_subject,
             }
-            if frame.extended and o.fill == "outpaint" and asset.has_alpha:
+            if composed is not None:
+                notes.update(composed)
+                if "scene_enlarged" in composed:
+                    self.ctx.log.warning("crops %s: the scene is enlarged %.2f× to cover this frame (more than "
+                                         "max_scene_enlarge): it looks softer than the product", text,
+                                         composed["scene_enlarged"])
+            elif frame.extended and o.fill == "outpaint" and asset.has_alpha:
                 notes["fill"] = "outpaint (transparent)"
             elif frame.extended and o.fill == "outpaint" and matte is None:
                 notes["fill"] = "outpaint (smooth: subject unknown)"
-            out = asset.derive(pixels, frame_matte(matte, frame) if matte is not None else None, ratio=text)
+            out = asset.derive(pixels, framed_matte, ratio=text, backdrop=None)
             out.notes["crops"] = notes
             outputs.append(out)
         return outputs

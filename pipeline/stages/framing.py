@@ -258,7 +258,7 @@ class Placement:
 
 
 def place_subject(subject_w: int, subject_h: int, aspect: float, scale: float, margin: float,
-                  anchor: str = "bottom") -> Placement:
+                  anchor: str = "bottom", cut: tuple[str, ...] | list[str] = ()) -> Placement:
     """Size an output of ``aspect`` (w/h) around a subject kept at its native size.
 
     The output is sized so the subject box fills ``scale`` of it along its limiting side
@@ -267,6 +267,8 @@ def place_subject(subject_w: int, subject_h: int, aspect: float, scale: float, m
     subject off the edges; ``scale`` is lowered to ``1 - 2 × margin`` if it would not fit.
     The subject is centred horizontally; vertically ``anchor`` puts it on the bottom margin,
     the top margin, or the centre.
+    ``cut`` names the sides where the photo's own frame cut the subject (a bust cut at the chest): the subject
+    enters from those output edges instead (no margin there), whatever the anchor.
     """
     if subject_w <= 0 or subject_h <= 0 or aspect <= 0:
         raise ValueError("subject size and aspect must be positive")
@@ -283,6 +285,31 @@ def place_subject(subject_w: int, subject_h: int, aspect: float, scale: float, m
         y = round(margin * out_h)
     else:
         y = (out_h - subject_h) // 2
+    if "bottom" in cut:
+        y = out_h - subject_h
+    elif "top" in cut:
+        y = 0
+    if "left" in cut and "right" not in cut:
+        x = 0
+    elif "right" in cut and "left" not in cut:
+        x = out_w - subject_w
     y = _clamp(y, 0, out_h - subject_h)
     real = max(subject_w / out_w, subject_h / out_h)
     return Placement(out_w=out_w, out_h=out_h, x=x, y=y, scale=real)
+
+
+def cover_transform(extent: Box, point: tuple[float, float], frame: Box) -> tuple[float, float, float]:
+    """How a background spanning ``extent`` grows about ``point`` and then shifts to cover ``frame``: (scale, dx, dy).
+
+    It grows only when the frame is larger than it (scale 1.0 otherwise), then shifts as little as possible. Used to
+    compose a crop that reaches past a composite on the same scene: the subject keeps its place on the floor, up to
+    the shift (it stands a little further back or forward).
+    """
+    scale = max(1.0, frame.width / max(extent.width, 1), frame.height / max(extent.height, 1))
+    px, py = point
+    shift = []
+    for lo0, hi0, f0, f1, p in ((extent.x0, extent.x1, frame.x0, frame.x1, px), (extent.y0, extent.y1, frame.y0,
+                                                                                  frame.y1, py)):
+        e0, e1 = p + scale * (lo0 - p), p + scale * (hi0 - p)
+        shift.append(min(max(0.0, f1 - e1), f0 - e0))  # the smallest move that keeps [f0, f1) inside
+    return scale, shift[0], shift[1]

@@ -21,9 +21,9 @@ from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import as_written, opt
 from .base import Asset, Stage, define_step, register
-from .framing import Box, Placement, place_subject
-from .subject import (SUBJECT_ALPHA, anchor_option, composite, cutout_subject, margin_option, paste_matte,
-                      scale_option)
+from .framing import Box, Placement, cover_transform, place_subject
+from .subject import (SUBJECT_ALPHA, anchor_option, composite, cut_edges, cutout_subject, margin_option,
+                      matte_from_alpha, paste_matte, scale_option)
 
 define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
             doc="puts the cut-out on a scene, a colour or a gradient")
@@ -52,6 +52,9 @@ class PlaceOptions:
     match_light: float = opt(0.0, min=0.0, max=1.0,
                              doc="shift the subject's white balance toward the scene's (0 = off: "
                                  "the product's colour stays exact)")
+    max_scene_enlarge: float = opt(1.25, min=1.0, max=100.0,
+                                   doc="warn (log and manifest) when the scene is enlarged more than this to cover "
+                                       "an output: it looks softer than the product in front of it")
 
 
 # --- pixel helpers --------------------------------------------------------------------------
@@ -124,6 +127,85 @@ def light_gains(background: np.ndarray, strength: float) -> np.ndarray:
     return (gains / float(gains @ _LUMA)).astype(np.float32)
 
 
+def scene_cover(scene: np.ndarray, scale: float, origin: tuple[float, float], width: int,
+                height: int) -> np.ndarray:
+    """``scene`` resized by ``scale``, the width × height window whose top-left is at ``origin`` (resized pixels)."""
+    sh, sw = scene.shape[:2]
+    size = (max(width, round(sw * scale)), max(height, round(sh * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LANCZOS4
+    resized = scene if size == (sw, sh) else cv2.resize(scene, size, interpolation=interp)
+    x0 = _clamp(round(origin[0]), 0, size[0] - width)
+    y0 = _clamp(round(origin[1]), 0, size[1] - height)
+    return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width])
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(value, hi))
+
+
+@dataclass
+class Backdrop:
+    """How ``place_in_scene`` made its background, kept with its output (``Asset.backdrop``): a crop that reaches
+    past the composite is composed on the same scene (grown about the subject's base, so the subject keeps its
+    place on the floor), colour or gradient instead of extended, with the cut-out pasted 1:1 again.
+
+    Coordinates are the composite's: ``at`` is where the cut-out's (0, 0) lands, the scene (resized by ``scale``)
+    has its top-left at ``-crop`` and spans ``extent``.
+    """
+
+    size: tuple[int, int]
+    cutout: np.ndarray
+    at: tuple[int, int]
+    base: tuple[float, float]  # the subject's base centre: the scene grows about it
+    scene: np.ndarray | None = None
+    scale: float = 1.0
+    crop: tuple[int, int] = (0, 0)
+    colour: str | None = None
+    gradient: list[str] | None = None
+    shadow: tuple[int, int, int, float] | None = None  # base x0, x1, y, opacity
+    gains: np.ndarray | None = None
+    max_enlarge: float = 1.25
+
+    @property
+    def extent(self) -> Box:
+        if self.scene is None:
+            return Box(-10**9, -10**9, 10**9, 10**9)  # a colour or gradient covers anything
+        sh, sw = self.scene.shape[:2]
+        return Box(-self.crop[0], -self.crop[1], round(sw * self.scale) - self.crop[0],
+                   round(sh * self.scale) - self.crop[1])
+
+    def render(self, box: Box) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """The frame ``box`` (composite coordinates, may reach past it) composed anew: pixels, matte, notes."""
+        dtype = self.cutout.dtype
+        w, h = box.width, box.height
+        notes: dict[str, Any] = {}
+        if self.scene is not None:
+            grow, dx, dy = cover_transform(self.extent, self.base, box)
+            total = self.scale * grow
+            bx, by = self.base
+            origin = (box.x0 - dx - bx + grow * (self.crop[0] + bx), box.y0 - dy - by + grow * (self.crop[1] + by))
+            canvas = to_dtype(scene_cover(self.scene, total, origin, w, h), dtype)
+            notes.update(fill="scene", scene_scale=round(total, 4), scene_grown=round(grow, 4),
+                         scene_shift=[round(dx), round(dy)])
+            if total > self.max_enlarge:
+                notes["scene_enlarged"] = round(total, 4)
+        elif self.colour is not None:
+            canvas = np.empty((h, w, 3), dtype=dtype)
+            canvas[...] = colour_tuple(self.colour[:7], dtype)
+            notes["fill"] = "colour"
+        else:
+            full = gradient_canvas(self.gradient[0], self.gradient[1], 1, self.size[1], dtype)[:, 0]
+            rows = full[np.clip(np.arange(box.y0, box.y1), 0, self.size[1] - 1)]
+            canvas = np.ascontiguousarray(np.broadcast_to(rows[:, None, :], (h, w, 3)))
+            notes["fill"] = "gradient"
+        ox, oy = self.at[0] - box.x0, self.at[1] - box.y0
+        if self.shadow is not None:
+            x0, x1, y, opacity = self.shadow
+            contact_shadow(canvas, x0 - box.x0, x1 - box.x0, y - box.y0, opacity)
+        composite(canvas, self.cutout, ox, oy, self.gains)
+        return canvas, paste_matte(self.cutout[..., 3], (w, h), (ox, oy)), notes
+
+
 # --- the stage -----------------------------------------------------------------------------
 
 @register
@@ -160,32 +242,52 @@ class CompositePlace(Stage):
         pixels = asset.pixels
         top = max_value(pixels)
         alpha = pixels[..., 3]
+        cut = asset.notes.get("remove_background", {}).get("cut_edges")
+        cut = cut_edges(matte_from_alpha(alpha)) if cut is None else cut
         scene = self.scene_pixels() if o.scene is not None else None
         aspect = scene.shape[1] / scene.shape[0] if scene is not None else asset.width / asset.height
-        place: Placement = place_subject(subject.width, subject.height, aspect, o.scale, o.margin, o.anchor)
+        place: Placement = place_subject(subject.width, subject.height, aspect, o.scale, o.margin, o.anchor, cut)
         notes: dict[str, Any] = {"size": [place.out_w, place.out_h], "scale": round(place.scale, 4),
                                  "subject_box": [place.x, place.y, place.x + subject.width, place.y + subject.height]}
+        if cut:
+            notes["cut_edges"] = list(cut)  # the subject enters from these edges, as in its photo
+        ox, oy = place.x - subject.x0, place.y - subject.y0
+        backdrop = Backdrop(size=(place.out_w, place.out_h), cutout=pixels, at=(ox, oy),
+                            base=((place.x + place.x + subject.width) / 2, place.y + subject.height - 0.5),
+                            max_enlarge=o.max_scene_enlarge)
         if scene is not None:
             canvas, k = cover(scene, place.out_w, place.out_h)
             canvas = to_dtype(canvas, pixels.dtype)
+            sh, sw = scene.shape[:2]
+            backdrop.scene, backdrop.scale = scene, k
+            backdrop.crop = ((max(place.out_w, round(sw * k)) - place.out_w) // 2,
+                             (max(place.out_h, round(sh * k)) - place.out_h) // 2)
             notes.update(scene=as_written(o.scene, self.ctx.config.base_dir), scene_scale=round(k, 4))
+            if k > o.max_scene_enlarge:
+                notes["scene_enlarged"] = round(k, 4)
+                self.ctx.log.warning("place_in_scene: scene %s enlarged %.2f× to cover the output (more than "
+                                     "max_scene_enlarge %.2f): it looks softer than the product; use a larger scene "
+                                     "image", o.scene.name, k, o.max_scene_enlarge)
         elif o.colour is not None:
             canvas = np.empty((place.out_h, place.out_w, 3), dtype=pixels.dtype)
             canvas[...] = colour_tuple(o.colour[:7], pixels.dtype)
+            backdrop.colour = o.colour
             notes.update(colour=o.colour)
         else:
             canvas = gradient_canvas(o.gradient[0], o.gradient[1], place.out_w, place.out_h, pixels.dtype)
+            backdrop.gradient = list(o.gradient)
             notes.update(gradient=list(o.gradient))
-        ox, oy = place.x - subject.x0, place.y - subject.y0
-        if o.shadow == "soft" and o.shadow_opacity > 0:
+        if o.shadow == "soft" and o.shadow_opacity > 0 and "bottom" not in cut:  # no floor under a cut edge
             x0, x1 = base_span(alpha, subject, int(SUBJECT_ALPHA * top))
+            backdrop.shadow = (x0 + ox, x1 + ox, subject.y1 + oy, o.shadow_opacity)
             contact_shadow(canvas, x0 + ox, x1 + ox, subject.y1 + oy, o.shadow_opacity)
             notes["shadow"] = {"opacity": o.shadow_opacity, "base": [x0 + ox, x1 + ox, subject.y1 + oy]}
         gains = light_gains(canvas, o.match_light) if o.match_light > 0 else None
         if gains is not None:
+            backdrop.gains = gains
             notes["match_light"] = {"strength": o.match_light, "gains": [round(float(g), 4) for g in gains]}
         composite(canvas, pixels, ox, oy, gains)
-        out = asset.derive(canvas, paste_matte(alpha, (place.out_w, place.out_h), (ox, oy)))
+        out = asset.derive(canvas, paste_matte(alpha, (place.out_w, place.out_h), (ox, oy)), backdrop=backdrop)
         out.notes["place_in_scene"] = notes
         return [out]
 

@@ -27,7 +27,7 @@ from ..pixels import max_value, to_dtype
 from ..schema import opt
 from . import remove_background  # noqa: F401  (declares the step this module adds a backend to)
 from .base import Asset, Stage, register
-from .subject import decontaminate_edges, matte_from_alpha, refine_edge, trimmed, working_image
+from .subject import cut_edges, decontaminate_edges, matte_from_alpha, refine_edge, trimmed, working_image
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -221,6 +221,7 @@ class RembgBackground(Stage):
             rgba = clear_transparent(np.dstack([out_rgb, alpha]), in_place=True)
             matte = mask8
             notes["edge"] = "model mask"
+        notes["cut_edges"] = cut_edges(matte)  # before a trim: the photo's own frame
         if self.options.trim:
             rgba, matte, box = trimmed(rgba, matte, mask8, self.options.trim_margin)
             if box is not None:

@@ -48,7 +48,7 @@ from ..prior import PriorMissingError, PriorModel, load_prior
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
 from .subject import disk as _disk
-from .subject import matte_from_alpha, refine_edge, trimmed, working_image
+from .subject import cut_edges, matte_from_alpha, refine_edge, trimmed, working_image
 
 define_step("remove_background", "studio", needs=("uncropped",), gives=("cutout",),
             doc="cuts the subject out of its backdrop")
@@ -563,6 +563,7 @@ class StudioBackground(Stage):
             if uncertain is not None and uncertain > o.review_above:
                 review.append(f"remove_background: the subject prior and the backdrop model disagree on "
                               f"{uncertain:.0%} of the outline (review_above {o.review_above:.0%})")
+        notes["cut_edges"] = cut_edges(matte)  # before a trim: the photo's own frame
         if self.options.trim:
             out, matte, box = trimmed(out, matte, out[..., 3], self.options.trim_margin)
             if box is not None:

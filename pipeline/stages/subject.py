@@ -54,6 +54,19 @@ def paste_matte(matte: np.ndarray, size: tuple[int, int], offset: tuple[int, int
     return out
 
 
+SIDES = ("left", "top", "right", "bottom")
+CUT_RUN = 0.01  # solid subject along this share of an image edge (at least 2 px) means the photo's frame cuts it
+
+
+def cut_edges(matte: np.ndarray) -> list[str]:
+    """The image edges that cut the subject (a bust cut at the chest, a product shot too tight): sides along which
+    solid subject pixels (matte ≥ half) run for at least ``CUT_RUN`` of the edge. In ``SIDES`` order."""
+    solid = matte >= (max_value(matte) + 1) // 2
+    h, w = solid.shape
+    lines = {"left": solid[:, 0], "top": solid[0, :], "right": solid[:, -1], "bottom": solid[-1, :]}
+    return [side for side in SIDES if int(lines[side].sum()) >= max(2, CUT_RUN * lines[side].size)]
+
+
 def trim_box(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1), end-exclusive, of the non-transparent pixels grown by ``margin``, clamped; None if empty."""
     rows = np.flatnonzero(alpha.any(axis=1))
