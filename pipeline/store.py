@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 from sqlite_utils import Database, Migrations
 
@@ -109,14 +109,26 @@ def m004_manifests(db: Database) -> None:
 
 
 class JobStatus(str, Enum):
+    """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
+    takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
 
 
+PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)  # will run, or runs now
+FINISHED = (JobStatus.DONE, JobStatus.FAILED)  # ran to an end; runs again only when requeued
+
+
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
+
+
+def _marks(values: Collection[Any]) -> str:
+    """One ``?`` per value, for ``IN (...)``: ``_marks(FINISHED)`` is ``"?, ?"``."""
+    return ", ".join("?" * len(values))
+
 
 @dataclass
 class Job:
@@ -289,7 +301,7 @@ class Store:
             cur = db.conn.execute(
                 "INSERT OR IGNORE INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status,"
                 " attempts, max_attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?)",
-                [input_hash, rule, rule_version, input_path, rel_path, JobStatus.QUEUED.value, max_attempts,
+                [input_hash, rule, rule_version, input_path, rel_path, JobStatus.QUEUED, max_attempts,
                  time.time()],
             )
             created = cur.rowcount == 1
@@ -313,15 +325,15 @@ class Store:
             which = f"id IN ({','.join('?' * len(only))})"
             params = list(only)
         db.conn.execute(
-            "UPDATE jobs SET status = 'failed', finished_at = ?, lease_expires = NULL,"
+            "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL,"
             " error = 'the worker stopped while processing it ' || attempts || ' time(s) (crash or kill); '"
-            f" || 'gave up after max_attempts' WHERE status = 'running' AND {which} AND attempts >= max_attempts",
-            [now, *params],
+            f" || 'gave up after max_attempts' WHERE status = ? AND {which} AND attempts >= max_attempts",
+            [JobStatus.FAILED, now, JobStatus.RUNNING, *params],
         )
         db.conn.execute(
-            "UPDATE jobs SET status = 'queued', lease_expires = NULL, worker = NULL,"
-            f" error = 'interrupted (worker stopped); redoing' WHERE status = 'running' AND {which}",
-            params,
+            "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL,"
+            f" error = 'interrupted (worker stopped); redoing' WHERE status = ? AND {which}",
+            [JobStatus.QUEUED, JobStatus.RUNNING, *params],
         )
 
     def recover_orphans(self, keep: Callable[[str | None], bool] = lambda owner: False) -> list[int]:
@@ -329,8 +341,8 @@ class Store:
 
         ``keep(owner)``: leave this owner's jobs running (an ``assetd process`` that is still at work)."""
         with self._immediate() as db:
-            ids = [job_id for job_id, owner in db.conn.execute("SELECT id, worker FROM jobs WHERE status = 'running'")
-                   if not keep(owner)]
+            running = db.conn.execute("SELECT id, worker FROM jobs WHERE status = ?", [JobStatus.RUNNING])
+            ids = [job_id for job_id, owner in running if not keep(owner)]
             if ids:
                 self._reap_expired(db, time.time(), only=ids)
         return ids
@@ -344,22 +356,23 @@ class Store:
         published yet). False when a job for the same content and path under ``version`` exists already."""
         with self._immediate() as db:
             cur = db.conn.execute(
-                "UPDATE OR IGNORE jobs SET rule_version = ?, error = NULL WHERE id = ? AND status = 'queued'",
-                [version, job_id])
+                "UPDATE OR IGNORE jobs SET rule_version = ?, error = NULL WHERE id = ? AND status = ?",
+                [version, job_id, JobStatus.QUEUED])
             return cur.rowcount == 1
 
     def earlier_version_job(self, input_hash: str, rule: str, version: str, input_path: str) -> Job | None:
         """The latest finished job of ``rule`` for this content at this path under another version."""
         rows = self.db.execute_returning_dicts(
             "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND input_path = ? AND rule_version != ?"
-            " AND status IN ('done', 'failed') ORDER BY id DESC LIMIT 1", [input_hash, rule, input_path, version])
+            f" AND status IN ({_marks(FINISHED)}) ORDER BY id DESC LIMIT 1",
+            [input_hash, rule, input_path, version, *FINISHED])
         return Job.from_row(rows[0]) if rows else None
 
     def rule_inputs(self, rule: str, since: float | None = None) -> list[Job]:
         """The latest finished job of ``rule`` for each input path it took (finished at or after ``since``)."""
         sql = ("SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs WHERE rule = ? GROUP BY input_path)"
-               " AND status IN ('done', 'failed')")
-        params: list[Any] = [rule]
+               f" AND status IN ({_marks(FINISHED)})")
+        params: list[Any] = [rule, *FINISHED]
         if since is not None:
             sql += " AND finished_at >= ?"
             params.append(since)
@@ -375,10 +388,11 @@ class Store:
         """Another job with the same content and rule version: the latest done one, else an earlier one
         still queued or running (its outputs will come), else None."""
         rows = self.db.execute_returning_dicts(
-            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND id != ?"
-            " AND (status = 'done' OR (status IN ('queued', 'running') AND id < ?))"
-            " ORDER BY status = 'done' DESC, id DESC LIMIT 1",
-            [job.input_hash, job.rule, job.rule_version, job.id, job.id])
+            "SELECT * FROM jobs WHERE input_hash = :hash AND rule = :rule AND rule_version = :version AND id != :id"
+            " AND (status = :done OR (status IN (:queued, :running) AND id < :id))"
+            " ORDER BY status = :done DESC, id DESC LIMIT 1",
+            {"hash": job.input_hash, "rule": job.rule, "version": job.rule_version, "id": job.id,
+             "done": JobStatus.DONE, "queued": JobStatus.QUEUED, "running": JobStatus.RUNNING})
         return Job.from_row(rows[0]) if rows and job.readable else None
 
     def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None) -> Job | None:
@@ -386,8 +400,8 @@ class Store:
         now = time.time()
         with self._immediate() as db:
             self._reap_expired(db, now)
-            sql = "SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= ?"
-            params: list[Any] = [now]
+            sql = "SELECT id FROM jobs WHERE status = ? AND next_attempt_at <= ?"
+            params: list[Any] = [JobStatus.QUEUED, now]
             if only is not None:
                 if not only:
                     return None
@@ -397,16 +411,16 @@ class Store:
             if row is None:
                 return None
             db.conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_expires = ?, worker = ?,"
+                "UPDATE jobs SET status = ?, attempts = attempts + 1, lease_expires = ?, worker = ?,"
                 " started_at = ? WHERE id = ?",
-                [now + lease_seconds, worker, now, row[0]],
+                [JobStatus.RUNNING, now + lease_seconds, worker, now, row[0]],
             )
             out = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [row[0]])[0]
         return Job.from_row(out)
 
     def heartbeat(self, job_id: int, lease_seconds: float) -> None:
-        self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = 'running'",
-                             [time.time() + lease_seconds, job_id])
+        self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = ?",
+                             [time.time() + lease_seconds, job_id, JobStatus.RUNNING])
 
     def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float) -> None:
         self.db["steps"].insert({"job_id": job_id, "attempt": attempt, "step": step, "backend": backend,
@@ -433,15 +447,15 @@ class Store:
                     f"UPDATE outputs SET replaced_by = ? WHERE path IN ({','.join('?' * len(paths))})"
                     " AND job_id != ? AND replaced_by IS NULL", [job_id, *paths, job_id])
             db.conn.execute(
-                "UPDATE jobs SET status = 'done', finished_at = ?, seconds = ?, error = NULL,"
+                "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
                 " lease_expires = NULL, review = ?, copied_from = ? WHERE id = ?",
-                [now, seconds, json.dumps(review) if review else None, copied_from, job_id],
+                [JobStatus.DONE, now, seconds, json.dumps(review) if review else None, copied_from, job_id],
             )
 
     def fail(self, job_id: int, error: str) -> None:
         self.db.conn.execute(
-            "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
-            [error, time.time(), job_id],
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
+            [JobStatus.FAILED, error, time.time(), job_id],
         )
 
     def retry_later(self, job_id: int, error: str, delay: float) -> JobStatus:
@@ -450,33 +464,33 @@ class Store:
             row = db.conn.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", [job_id]).fetchone()
             if row and row[0] >= row[1]:
                 db.conn.execute(
-                    "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL"
+                    "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL"
                     " WHERE id = ?",
-                    [f"{error} (gave up after {row[0]} attempts)", time.time(), job_id],
+                    [JobStatus.FAILED, f"{error} (gave up after {row[0]} attempts)", time.time(), job_id],
                 )
                 return JobStatus.FAILED
             db.conn.execute(
-                "UPDATE jobs SET status = 'queued', error = ?, next_attempt_at = ?, lease_expires = NULL,"
+                "UPDATE jobs SET status = ?, error = ?, next_attempt_at = ?, lease_expires = NULL,"
                 " worker = NULL WHERE id = ?",
-                [error, time.time() + delay, job_id],
+                [JobStatus.QUEUED, error, time.time() + delay, job_id],
             )
             return JobStatus.QUEUED
 
     def postpone(self, job_id: int, delay: float, note: str) -> None:
         """Back to the queue for ``delay`` seconds without charging the attempt (it waits for a twin)."""
         self.db.conn.execute(
-            "UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
-            " worker = NULL, next_attempt_at = ?, error = ? WHERE id = ? AND status = 'running'",
-            [time.time() + delay, note, job_id])
+            "UPDATE jobs SET status = ?, attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+            " worker = NULL, next_attempt_at = ?, error = ? WHERE id = ? AND status = ?",
+            [JobStatus.QUEUED, time.time() + delay, note, job_id, JobStatus.RUNNING])
 
     def release(self, job_id: int, owner: str | None = None, note: str | None = None) -> bool:
         """Put a job we were asked to stop back in the queue; the interrupted attempt does not count.
 
         ``owner``: only if that owner still holds it. ``note``: why, shown as the job's error until it runs.
         Returns whether the job was released."""
-        sql = ("UPDATE jobs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
-               " worker = NULL, error = COALESCE(?, error) WHERE id = ? AND status = 'running'")
-        params: list[Any] = [note, job_id]
+        sql = ("UPDATE jobs SET status = ?, attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+               " worker = NULL, error = COALESCE(?, error) WHERE id = ? AND status = ?")
+        params: list[Any] = [JobStatus.QUEUED, note, job_id, JobStatus.RUNNING]
         if owner is not None:
             sql += " AND worker = ?"
             params.append(owner)
@@ -494,11 +508,11 @@ class Store:
 
     def _release_running(self, whose: Callable[[str], bool], only: list[int] | None,
                          note: Callable[[Job], str]) -> list[Job]:
-        sql = "SELECT * FROM jobs WHERE status = 'running' AND worker IS NOT NULL"
-        params: list[Any] = []
+        sql = "SELECT * FROM jobs WHERE status = ? AND worker IS NOT NULL"
+        params: list[Any] = [JobStatus.RUNNING]
         if only is not None:
             sql += f" AND id IN ({','.join('?' * len(only))})"
-            params = list(only)
+            params += list(only)
         jobs = [Job.from_row(r) for r in self.db.execute_returning_dicts(sql + " ORDER BY id", params)]
         return [job for job in jobs if whose(job.worker or "")
                 and self.release(job.id, owner=job.worker, note=note(job))]
@@ -507,15 +521,15 @@ class Store:
         """``assetd retry``: failed (or given) jobs go back to the queue with fresh attempts."""
         with self._immediate() as db:
             if failed:
-                ids = [r[0] for r in db.conn.execute("SELECT id FROM jobs WHERE status = 'failed'")]
+                ids = [r[0] for r in db.conn.execute("SELECT id FROM jobs WHERE status = ?", [JobStatus.FAILED])]
             else:
                 ids = [r[0] for r in db.conn.execute(
                     f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(job_ids or []))})"
-                    " AND status IN ('failed', 'done')", list(job_ids or []))]
+                    f" AND status IN ({_marks(FINISHED)})", [*(job_ids or []), *FINISHED])]
             for job_id in ids:
                 db.conn.execute(
-                    "UPDATE jobs SET status = 'queued', attempts = 0, next_attempt_at = 0, error = NULL,"
-                    " finished_at = NULL, lease_expires = NULL, review = NULL WHERE id = ?", [job_id],
+                    "UPDATE jobs SET status = ?, attempts = 0, next_attempt_at = 0, error = NULL,"
+                    " finished_at = NULL, lease_expires = NULL, review = NULL WHERE id = ?", [JobStatus.QUEUED, job_id],
                 )
         return ids
 
@@ -526,7 +540,8 @@ class Store:
         sql = "SELECT * FROM jobs"
         params: list[Any] = []
         if status == REVIEW:
-            sql += " WHERE status = 'done' AND review IS NOT NULL"
+            sql += " WHERE status = ? AND review IS NOT NULL"
+            params.append(JobStatus.DONE)
         elif status:
             sql += " WHERE status = ?"
             params.append(status)
@@ -579,17 +594,17 @@ class Store:
     def review_count(self) -> int:
         """How many done jobs are marked for review."""
         return self.db.conn.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'done' AND review IS NOT NULL").fetchone()[0]
+            "SELECT COUNT(*) FROM jobs WHERE status = ? AND review IS NOT NULL", [JobStatus.DONE]).fetchone()[0]
 
     def busy(self) -> bool:
         row = self.db.conn.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_marks(PENDING)})", PENDING).fetchone()
         return bool(row[0])
 
     def finished_between(self, start: float, end: float) -> list[Job]:
         rows = self.db.execute_returning_dicts(
-            "SELECT * FROM jobs WHERE status IN ('done', 'failed') AND finished_at > ? AND finished_at <= ?"
-            " ORDER BY id", [start, end])
+            f"SELECT * FROM jobs WHERE status IN ({_marks(FINISHED)}) AND finished_at > ? AND finished_at <= ?"
+            " ORDER BY id", [*FINISHED, start, end])
         return [Job.from_row(r) for r in rows]
 
     # -- notifications outbox ------------------------------------------------------------------

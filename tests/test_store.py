@@ -244,3 +244,14 @@ def test_manifests_have_their_own_table_and_older_databases_move_theirs(tmp_path
     assert store.manifests(1) == [ManifestRecord(path="/state/manifests/r/a.assetd.json", bytes=5, sha256="m")]
     assert store.output_owner("/state/manifests/r/a.assetd.json")["job_id"] == 1  # a clash is still seen
     store.close()
+
+
+def test_statuses_enter_sql_only_as_parameters():
+    """Every status in the store's SQL comes from JobStatus (bound), none is spelled as a literal."""
+    import inspect
+    import re
+
+    from pipeline import store
+
+    literals = re.findall(r"'(?:%s)'" % "|".join(s.value for s in JobStatus), inspect.getsource(store))
+    assert literals == []
