@@ -126,7 +126,7 @@ UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could n
 
 
 def _marks(values: Collection[Any]) -> str:
-    """One ``?`` per value, for ``IN (...)``: ``_marks(FINISHED)`` is ``"?, ?"``."""
+    """One ``?`` per value, for ``IN (...)`` (ids, paths, statuses): ``_marks(FINISHED)`` is ``"?, ?"``."""
     return ", ".join("?" * len(values))
 
 
@@ -322,7 +322,7 @@ class Store:
         which = "lease_expires < ?"
         params: list[Any] = [now]
         if only is not None:
-            which = f"id IN ({','.join('?' * len(only))})"
+            which = f"id IN ({_marks(only)})"
             params = list(only)
         db.conn.execute(
             "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL,"
@@ -405,7 +405,7 @@ class Store:
             if only is not None:
                 if not only:
                     return None
-                sql += f" AND id IN ({','.join('?' * len(only))})"
+                sql += f" AND id IN ({_marks(only)})"
                 params += list(only)
             row = db.conn.execute(sql + " ORDER BY next_attempt_at, id LIMIT 1", params).fetchone()
             if row is None:
@@ -444,7 +444,7 @@ class Store:
                 )
                 paths = [o.path for o in outputs]
                 db.conn.execute(
-                    f"UPDATE outputs SET replaced_by = ? WHERE path IN ({','.join('?' * len(paths))})"
+                    f"UPDATE outputs SET replaced_by = ? WHERE path IN ({_marks(paths)})"
                     " AND job_id != ? AND replaced_by IS NULL", [job_id, *paths, job_id])
             db.conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
@@ -511,7 +511,7 @@ class Store:
         sql = "SELECT * FROM jobs WHERE status = ? AND worker IS NOT NULL"
         params: list[Any] = [JobStatus.RUNNING]
         if only is not None:
-            sql += f" AND id IN ({','.join('?' * len(only))})"
+            sql += f" AND id IN ({_marks(only)})"
             params += list(only)
         jobs = [Job.from_row(r) for r in self.db.execute_returning_dicts(sql + " ORDER BY id", params)]
         return [job for job in jobs if whose(job.worker or "")
@@ -524,7 +524,7 @@ class Store:
                 ids = [r[0] for r in db.conn.execute("SELECT id FROM jobs WHERE status = ?", [JobStatus.FAILED])]
             else:
                 ids = [r[0] for r in db.conn.execute(
-                    f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(job_ids or []))})"
+                    f"SELECT id FROM jobs WHERE id IN ({_marks(job_ids or [])})"
                     f" AND status IN ({_marks(FINISHED)})", [*(job_ids or []), *FINISHED])]
             for job_id in ids:
                 db.conn.execute(
