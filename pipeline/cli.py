@@ -117,7 +117,7 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
 
     Example: assetd process shots/ --config studio.yaml --json
     """
-    from .oneshot import Stopper, output_folder_holding, output_folders, run_once
+    from .oneshot import ResultStatus, Stopper, output_folder_holding, output_folders, run_once
 
     config, rules = _load(config_path, rule_name)
     _setup_logging("warning" if as_json else config.log_level)
@@ -140,15 +140,16 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
         click.echo(json.dumps({"results": results}, indent=2))
     else:
         for r in results:
-            mark = {"done": "✓", "failed": "✗", "skipped": "·", "stopped": "■"}[r["status"]]
+            mark = {ResultStatus.DONE: "✓", ResultStatus.FAILED: "✗", ResultStatus.SKIPPED: "·",
+                    ResultStatus.STOPPED: "■"}[r["status"]]
             click.echo(f"{mark} {r['status']:7s} {r['input']}" + (f"  ({r['error']})" if r["error"] else ""))
             for reason in r["review"]:
                 click.echo(f"      ⚑ needs review: {reason}")
             for o in r["outputs"]:
                 click.echo(f"      {o['channel']:>10s} → {o['path']}  {o['width']}×{o['height']}")
-    if any(r["status"] == "stopped" for r in results):
+    if any(r["status"] is ResultStatus.STOPPED for r in results):
         sys.exit(stopper.exit_code)
-    sys.exit(1 if any(r["status"] == "failed" for r in results) else 0)
+    sys.exit(1 if any(r["status"] is ResultStatus.FAILED for r in results) else 0)
 
 
 @cli.command()

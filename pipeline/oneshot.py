@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +20,7 @@ from .intake import Intake
 from .models import load_for_start
 from .owners import OwnerState, describe, owner_state
 from .rules import Rule
-from .store import Job, JobStatus, Store
+from .store import FINISHED, Job, JobStatus, Store
 from .watcher import is_ignored
 from .worker import Worker
 from .text import printable
@@ -27,7 +28,12 @@ from .text import printable
 log = logging.getLogger("assetd.process")
 
 
-STOPPED = "stopped"  # a result's status: not processed because the run was stopped
+class ResultStatus(StrEnum):
+    """What became of one input (``status`` in a result document). A StrEnum: JSON and text show the value."""
+    DONE = "done"  # processed by this run
+    FAILED = "failed"  # processing failed, or no job could be made or taken for it
+    SKIPPED = "skipped"  # left alone: no rule takes it, it is done already, or another run has it
+    STOPPED = "stopped"  # not processed because the run was stopped
 
 
 def output_folders(config: Config) -> dict[Path, str]:
@@ -177,18 +183,18 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
 
 
 def _stopped(file: Path, why: str) -> dict[str, Any]:
-    return {"input": str(file), "status": STOPPED, "rule": None, "error": why, "review": [], "outputs": []}
+    return {"input": str(file), "status": ResultStatus.STOPPED, "rule": None, "error": why, "review": [], "outputs": []}
 
 
 def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | None, rule_name: str | None,
          force: bool) -> dict[str, Any]:
-    doc: dict[str, Any] = {"input": str(file), "status": "skipped", "rule": None, "error": None, "review": [],
-                           "outputs": []}
+    doc: dict[str, Any] = {"input": str(file), "status": ResultStatus.SKIPPED, "rule": None, "error": None,
+                           "review": [], "outputs": []}
     sub = intake.submit(file, root, rule_name=rule_name, reprocess=force)
     doc["rule"] = sub.rule.name if sub.rule else None
     if sub.job is None:
         doc["error"] = sub.reason
-        doc["status"] = "skipped" if sub.rule is None or sub.earlier is not None else "failed"
+        doc["status"] = ResultStatus.SKIPPED if sub.rule is None or sub.earlier is not None else ResultStatus.FAILED
         return doc
     job = sub.job
     if not sub.created:
@@ -200,7 +206,7 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
         if job.status is JobStatus.RUNNING and not _take_over(store, job):
             doc["error"] = f"being processed by {describe(job.worker)} (job {job.id})"
             return doc
-        if job.status in (JobStatus.DONE, JobStatus.FAILED):
+        if job.status in FINISHED:
             store.requeue([job.id])
     claimed = store.claim_next(worker.owner, worker.config.lease_seconds, only=[job.id])
     if claimed is None:
@@ -208,7 +214,7 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
         if now is not None and now.status is JobStatus.RUNNING:
             doc["error"] = f"being processed by {describe(now.worker)} (job {job.id})"
         else:
-            doc.update(status="failed", error=f"job {job.id} is waiting to be retried later by the daemon")
+            doc.update(status=ResultStatus.FAILED, error=f"job {job.id} is waiting to be retried later by the daemon")
         return doc
     try:
         result = worker.process(claimed)
@@ -216,12 +222,12 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
         store.release(claimed.id, owner=worker.owner)
         raise
     doc["outputs"] = [_output(o) for o in result.outputs]
-    if result.status == JobStatus.DONE.value:
-        doc["status"] = "done"
+    if result.status is JobStatus.DONE:
+        doc["status"] = ResultStatus.DONE
         doc["review"] = result.review
     else:
-        doc["status"] = "failed"
-        doc["error"] = result.error + (" (will be retried by the daemon)" if result.status == "queued" else "")
+        doc["status"] = ResultStatus.FAILED
+        doc["error"] = result.error + (" (will be retried by the daemon)" if result.status is JobStatus.QUEUED else "")
     return doc
 
 
