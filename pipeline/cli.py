@@ -19,6 +19,7 @@ from . import __version__
 from .config import Config, load_config
 from .errors import AssetdError, ConfigError
 from .rules import Rule, load_rules
+from .store import REVIEW, JobStatus
 
 CONFIG_HELP = "config file (YAML); relative paths in it resolve against its folder"
 
@@ -236,7 +237,7 @@ def explain(file: str, config_path: str) -> None:
 
 @cli.command()
 @_config_option
-@click.option("--status", type=click.Choice(["queued", "running", "done", "failed", "review"]),
+@click.option("--status", type=click.Choice([*(s.value for s in JobStatus), REVIEW]),
               help="only jobs in this state; review: done jobs marked for review")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the newest this many jobs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
@@ -265,8 +266,9 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     counts = store.counts()
     to_review = store.review_count()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
-    click.echo(shown + ", ".join(f"{n} {s}" + (f" ({to_review} need review)" if s == "done" and to_review else "")
-                                 for s, n in counts.items()))
+    parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
+             for s, n in counts.items()]
+    click.echo(shown + ", ".join(parts))
 
 
 def _terminal_width() -> int:
@@ -292,7 +294,7 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     import time
 
     from .owners import OwnerState, describe, owner_state
-    from .store import JobStatus, Store
+    from .store import Store
 
     if not job_ids and not failed:
         raise click.UsageError("give JOB_ID... or --failed")

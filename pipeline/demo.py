@@ -18,7 +18,7 @@ from typing import Any, Callable
 import yaml
 from PIL import Image
 
-from .store import Store
+from .store import PENDING, JobStatus, Store
 from .synth import BACKDROPS, SUBJECTS, scene_image, studio_shot
 
 CONFIG = """\
@@ -122,7 +122,7 @@ def wait_until_drained(database: Path, expected: int, timeout: float, proc: subp
                 counts = store.counts()
             finally:
                 store.close()
-            if sum(counts.values()) >= expected and counts["queued"] == counts["running"] == 0:
+            if sum(counts.values()) >= expected and not any(counts[s.value] for s in PENDING):
                 return True
         time.sleep(0.5)
     return False
@@ -185,7 +185,7 @@ def report(database: Path, echo: Callable[[str], None], elapsed: float | None) -
         echo(f"\nqueue drained in {elapsed:.1f}s after the last drop finished: {counts}" if elapsed is not None
              else f"\nearlier run: {counts}")
         for job in jobs:
-            if job.error and job.status.value == "failed":
+            if job.error and job.status is JobStatus.FAILED:
                 echo(f"✗ {job.rel_path}: {job.error}")
                 continue
             echo(f"✓ {job.rel_path}  ({job.rule}, {job.seconds or 0:.1f}s)")
