@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from pipeline.daemon import Daemon
+from pipeline import models
+from pipeline.daemon import Daemon, InstanceLock
 from pipeline.errors import ConfigError
 from pipeline.intake import Intake, file_hash
 from pipeline.store import JobStatus, Store
@@ -26,6 +27,26 @@ def test_a_second_daemon_on_the_same_database_is_refused(workspace, no_leaked_th
     again = Daemon(config, rules)  # the lock is released on stop
     again.start()
     again.stop()
+
+
+def test_a_refused_second_daemon_fails_on_the_lock_before_loading_models(workspace, monkeypatch, no_leaked_threads):
+    """`assetd run` takes the instance lock first: a second one is refused before it spends time on models."""
+    config, rules = workspace.load()
+    checks = []
+    load_for_start = models.load_for_start
+    monkeypatch.setattr(models, "load_for_start", lambda *args: checks.append(args) or load_for_start(*args))
+    lock = InstanceLock(config.database)
+    lock.acquire()
+    try:
+        with pytest.raises(ConfigError, match="already running"):
+            Daemon(config, rules).start()
+    finally:
+        lock.release()
+    assert checks == []
+    daemon = Daemon(config, rules)  # the lock is free: the daemon checks its models as it starts
+    daemon.start()
+    daemon.stop()
+    assert len(checks) == 1
 
 
 def test_jobs_queued_under_an_older_rule_run_under_the_current_one(workspace):
