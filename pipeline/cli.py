@@ -253,10 +253,9 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     Example: assetd jobs --config studio.yaml --status failed --limit 20
     """
     from . import listing
-    from .store import Store
 
     config = _load(config_path)[0]
-    store = Store(config.database)
+    store = _open_store(config)
     rows = store.jobs(status, limit)
     if as_json:
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
@@ -269,6 +268,15 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
              for s, n in counts.items()]
     click.echo(shown + ", ".join(parts))
+
+
+def _open_store(config: Any) -> Any:
+    """The job store, closed when the command ends (however it ends)."""
+    from .store import Store
+
+    store = Store(config.database)
+    click.get_current_context().call_on_close(store.close)
+    return store
 
 
 def _terminal_width() -> int:
@@ -294,12 +302,11 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     import time
 
     from .owners import OwnerState, describe, owner_state
-    from .store import Store
 
     if not job_ids and not failed:
         raise click.UsageError("give JOB_ID... or --failed")
     config = _load(config_path)[0]
-    store = Store(config.database)
+    store = _open_store(config)
     released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
                                      only=None if failed else list(job_ids))
     ids = store.requeue(list(job_ids) or None, failed=failed)
@@ -342,10 +349,9 @@ def reprocess(config_path: str, rule_name: str, since: Any, everything: bool, dr
     Example: assetd reprocess --rule products --since 2026-11-01 --dry-run --config studio.yaml
     """
     from .reprocess import plan, queue
-    from .store import Store
 
     config, rules = _load(config_path, rule_name)
-    store = Store(config.database)
+    store = _open_store(config)
     todo = plan(store, rules[0], since=since.timestamp() if since else None, everything=everything)
     which = "it took" if everything else "it took under an earlier version"
     click.echo(f"rule {rule_name} (version {rules[0].version}): {len(todo.redo)} file(s) {which}"
@@ -358,7 +364,6 @@ def reprocess(config_path: str, rule_name: str, since: Any, everything: bool, dr
         click.echo("dry run: nothing was queued")
         return
     ids = queue(config, rules, store, todo)
-    store.close()
     click.echo(f"queued {len(ids)} job(s)" + (": " + ", ".join(map(str, ids)) if ids else "")
                + ("; a running daemon picks them up, or the next `assetd run`" if ids else ""))
 

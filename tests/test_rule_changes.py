@@ -74,6 +74,8 @@ def test_reprocess_counts_then_redoes_the_files_on_purpose(workspace):
     assert "1 file(s) it took under an earlier version; their 1 output(s) will be replaced" in dry.output
     assert "1 file(s) are no longer where they were" in dry.output and "gone.jpg" in dry.output
     assert "nothing was queued" in dry.output
+    db = workspace.root / "state" / "assetd.sqlite3"
+    assert not db.with_name(db.name + "-wal").exists()  # the command closed its store (the last one out)
     store = Store(workspace.root / "state" / "assetd.sqlite3")
     assert [j.status for j in store.jobs()] == [JobStatus.DONE, JobStatus.DONE]
     store.close()
