@@ -13,6 +13,7 @@ from pipeline.stages.framing import (
     frame_for_ratio,
     largest_size,
     parse_ratio,
+    place_on_floor,
     place_subject,
     ratio_error,
     smallest_size,
@@ -251,3 +252,18 @@ def test_cut_edges(rows, cols, expected) -> None:
     matte = np.zeros((80, 100), np.uint8)
     matte[rows[0]:rows[1], cols[0]:cols[1]] = 255
     assert cut_edges(matte) == expected
+
+
+@pytest.mark.parametrize("cut, height, area, expected", [
+    ((), 0.5, (0.0, 0.0, 1.0, 1.0), (800, 800, 250, 320)),  # 400 px subject = half the scene: scene at 0.8
+    ((), 0.5, (0.5, 0.0, 1.0, 1.0), (800, 800, 450, 320)),  # centred in the right half
+    ((), 0.25, (0.5, 0.0, 0.6, 1.0), (3000, 3000, 1500, 2300)),  # 300 px wide must fit a tenth: the scene grows
+    (("bottom",), 0.5, (0.0, 0.0, 1.0, 1.0), (800, 800, 250, 400)),  # a bust enters from the bottom edge
+])
+def test_place_on_floor(cut, height, area, expected) -> None:
+    """A 300×400 subject on a 1000×1000 scene whose floor is at 0.9 of its height."""
+    place, k = place_on_floor(300, 400, 1000, 1000, height=height, floor=0.9, area=area, cut=cut)
+    assert (place.out_w, place.out_h, place.x, place.y) == expected
+    assert k == pytest.approx(place.out_w / 1000, abs=1e-3)
+    if "bottom" not in cut:
+        assert place.y + 400 == round(0.9 * place.out_h)  # the base stands on the floor line

@@ -244,3 +244,30 @@ def test_a_scene_enlarged_past_the_limit_is_reported(workspace: Path, caplog: py
     assert "enlarged" in caplog.text and "scene.png" in caplog.text
     small = make_stage(workspace, scene="scene.png", scale=0.6).run(Asset(cutout()))[0]
     assert "scene_enlarged" not in small.notes["place_in_scene"]
+
+
+def test_a_scene_sidecar_says_where_the_subject_stands(workspace: Path) -> None:
+    (workspace / "scene.yaml").write_text("floor: 0.8\narea: [0.5, 0.2, 1.0, 1.0]\nsubject_height: [0.4, 0.5]\n"
+                                          "light: left\n")
+    rgba = cutout()
+    out = make_stage(workspace, scene="scene.png", scale=0.9).run(Asset(rgba))[0]
+    note = out.notes["place_in_scene"]
+    assert note["scene_sidecar"] == "scene.yaml"
+    box = subject_box(out.matte, 25)
+    assert abs(box.y1 - 0.8 * out.height) <= 2  # the base on the floor line
+    assert abs(box.height / out.height - 0.5) <= 0.01  # scale 0.9 kept inside subject_height
+    assert box.x0 >= 0.5 * out.width - 1  # inside the placement area
+    x0, x1, _ = note["shadow"]["base"]
+    shade = out.pixels.astype(np.float32).sum(axis=2)
+    row = box.y1 + 1
+    left, right = shade[row, :(x0 + x1) // 2].mean(), shade[row, (x0 + x1) // 2:].mean()
+    assert right < left  # light from the left: the shadow falls to the right
+
+
+def test_a_bad_scene_sidecar_is_refused_when_the_rule_loads(workspace: Path) -> None:
+    (workspace / "scene.yaml").write_text("floor: 1.5\nlight: behind\n")
+    opts = build(PlaceOptions, {"scene": "scene.png"}, "place_in_scene", [], base=workspace)
+    problems = CompositePlace.validate(opts, "steps[1].place_in_scene", Config(source=workspace / "config.yaml"))
+    assert len(problems) == 2 and all(p.startswith(f"steps[1].place_in_scene.scene: scene sidecar "
+                                                   f"{workspace / 'scene.yaml'}: ") for p in problems)
+    assert "floor: expected at most 1.0" in problems[0] and "light: expected one of" in problems[1]

@@ -313,3 +313,28 @@ def cover_transform(extent: Box, point: tuple[float, float], frame: Box) -> tupl
         e0, e1 = p + scale * (lo0 - p), p + scale * (hi0 - p)
         shift.append(min(max(0.0, f1 - e1), f0 - e0))  # the smallest move that keeps [f0, f1) inside
     return scale, shift[0], shift[1]
+
+
+def place_on_floor(subject_w: int, subject_h: int, scene_w: int, scene_h: int, *, height: float, floor: float,
+                   area: tuple[float, float, float, float], cut: tuple[str, ...] | list[str] = ()
+                   ) -> tuple[Placement, float]:
+    """Place a subject (native size) on a scene that says where things stand (a scene sidecar): the scene is scaled
+    so the subject is ``height`` of the scene's height (more when the subject would not fit the placement
+    ``area``'s width), the subject's base stands on the ``floor`` line, horizontally centred in ``area`` (fractions
+    x0, y0, x1, y1 of the scene). A subject cut at the bottom of its photo enters from the output's bottom edge
+    instead. Returns the placement (the output is the whole scene at that scale) and the scale.
+    """
+    ax0, _ay0, ax1, _ay1 = area
+    k = max(subject_h / (height * scene_h), subject_w / (max(ax1 - ax0, 1e-6) * scene_w), 1e-9)
+    out_w, out_h = max(subject_w, round(scene_w * k)), max(subject_h, round(scene_h * k))
+    x = round((ax0 + ax1) / 2 * out_w - subject_w / 2)
+    x = _clamp(x, math.ceil(ax0 * out_w), math.floor(ax1 * out_w) - subject_w) if subject_w <= (ax1 - ax0) * out_w \
+        else x
+    if "left" in cut and "right" not in cut:
+        x = 0
+    elif "right" in cut and "left" not in cut:
+        x = out_w - subject_w
+    y = out_h - subject_h if "bottom" in cut else round(floor * out_h) - subject_h
+    x, y = _clamp(x, 0, out_w - subject_w), _clamp(y, 0, out_h - subject_h)
+    real = max(subject_w / out_w, subject_h / out_h)
+    return Placement(out_w=out_w, out_h=out_h, x=x, y=y, scale=real), k

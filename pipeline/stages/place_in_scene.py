@@ -19,9 +19,9 @@ from PIL import Image, ImageOps
 from ..config import check_colour
 from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
-from ..schema import as_written, opt
+from ..schema import as_written, build, opt
 from .base import Asset, Stage, define_step, register
-from .framing import Box, Placement, cover_transform, place_subject
+from .framing import Box, cover_transform, place_on_floor, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cut_edges, cutout_subject, margin_option,
                       matte_from_alpha, paste_matte, scale_option)
 
@@ -55,6 +55,53 @@ class PlaceOptions:
     max_scene_enlarge: float = opt(1.25, min=1.0, max=100.0,
                                    doc="warn (log and manifest) when the scene is enlarged more than this to cover "
                                        "an output: it looks softer than the product in front of it")
+
+
+def _check_range(value: list[float]) -> str | None:
+    if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+        return f"expected [low, high] with 0 < low <= high <= 1, got {value!r}"
+    return None
+
+
+def _check_area(value: list[float]) -> str | None:
+    if len(value) != 4 or not (0 <= value[0] < value[2] <= 1 and 0 <= value[1] < value[3] <= 1):
+        return f"expected [x0, y0, x1, y1], fractions of the scene with x0 < x1 and y0 < y1, got {value!r}"
+    return None
+
+
+@dataclass
+class SceneSpec:
+    """A scene's sidecar (``marble.yaml`` beside ``marble.jpg``): where things can stand in it."""
+
+    floor: float = opt(0.9, min=0.0, max=1.0, doc="the floor line the subject's base stands on, as a fraction of "
+                                                  "the scene's height from the top")
+    area: list[float] = opt([0.0, 0.0, 1.0, 1.0], check=_check_area,
+                            doc="where the subject may be: [x0, y0, x1, y1], fractions of the scene")
+    subject_height: list[float] = opt([0.3, 0.7], check=_check_range,
+                                      doc="the subject's height as a fraction of the scene's: [low, high]; the "
+                                          "step's scale is kept inside it")
+    light: str = opt("front", choices=("front", "left", "right", "top"),
+                     doc="where the light comes from: the contact shadow falls away from it")
+
+
+def scene_spec_file(scene: Path) -> Path:
+    return scene.with_suffix(".yaml")
+
+
+def load_scene_spec(scene: Path) -> tuple[SceneSpec | None, list[str]]:
+    """The scene's sidecar, or None when it has none; problems name the file and key."""
+    import yaml
+
+    path = scene_spec_file(scene)
+    if not path.is_file():
+        return None, []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        return None, [f"scene sidecar {path}: cannot read: {exc}"]
+    errors: list[str] = []
+    spec = build(SceneSpec, data, "", errors)
+    return spec, [f"scene sidecar {path}: {e}" for e in errors]
 
 
 # --- pixel helpers --------------------------------------------------------------------------
@@ -92,16 +139,18 @@ def gradient_canvas(top: str, bottom: str, width: int, height: int, dtype: Any) 
     return np.ascontiguousarray(np.broadcast_to(rows, (height, width, 3)))
 
 
-def contact_shadow(canvas: np.ndarray, base_x0: int, base_x1: int, base_y: int, opacity: float) -> None:
-    """Darken ``canvas`` in place with a soft, flat ellipse centred on the base line (x0..x1, y).
+def contact_shadow(canvas: np.ndarray, base_x0: int, base_x1: int, base_y: int, opacity: float,
+                   light: str = "front") -> None:
+    """Darken ``canvas`` in place with a soft, flat ellipse centred on the base line (x0..x1, y); with the light
+    from the left or right it is longer and falls away from the light.
 
     Multiplicative (``canvas × (1 - opacity × shadow)``), so texture under it survives.
     """
     h, w = canvas.shape[:2]
-    rx = max(2.0, 0.55 * (base_x1 - base_x0))
+    rx = max(2.0, 0.55 * (base_x1 - base_x0)) * (1.4 if light in ("left", "right") else 1.0)
     ry = max(2.0, 0.12 * rx)
     sigma = max(1.0, 0.5 * ry)
-    cx = (base_x0 + base_x1) / 2
+    cx = (base_x0 + base_x1) / 2 + {"left": 0.35, "right": -0.35}.get(light, 0.0) * rx
     reach_x, reach_y = int(rx + 3 * sigma) + 1, int(ry + 3 * sigma) + 1
     region = Box(int(cx) - reach_x, base_y - reach_y, int(cx) + reach_x + 1, base_y + reach_y + 1)
     region = region.intersect(Box(0, 0, w, h))
@@ -162,7 +211,7 @@ class Backdrop:
     crop: tuple[int, int] = (0, 0)
     colour: str | None = None
     gradient: list[str] | None = None
-    shadow: tuple[int, int, int, float] | None = None  # base x0, x1, y, opacity
+    shadow: tuple[int, int, int, float, str] | None = None  # base x0, x1, y, opacity, light
     gains: np.ndarray | None = None
     max_enlarge: float = 1.25
 
@@ -200,8 +249,8 @@ class Backdrop:
             notes["fill"] = "gradient"
         ox, oy = self.at[0] - box.x0, self.at[1] - box.y0
         if self.shadow is not None:
-            x0, x1, y, opacity = self.shadow
-            contact_shadow(canvas, x0 - box.x0, x1 - box.x0, y - box.y0, opacity)
+            x0, x1, y, opacity, light = self.shadow
+            contact_shadow(canvas, x0 - box.x0, x1 - box.x0, y - box.y0, opacity, light)
         composite(canvas, self.cutout, ox, oy, self.gains)
         return canvas, paste_matte(self.cutout[..., 3], (w, h), (ox, oy)), notes
 
@@ -228,7 +277,17 @@ class CompositePlace(Stage):
                     f"{', '.join(given) if given else 'none'}"]
         if options.scene is not None and not options.scene.is_file():
             return [f"{where}.scene: file {options.scene} does not exist"]
+        if options.scene is not None:
+            return [f"{where}.scene: {p}" for p in load_scene_spec(options.scene)[1]]
         return []
+
+    def scene_spec(self) -> SceneSpec | None:
+        """The scene's sidecar (checked when the rule loaded), read once per stage instance."""
+        if not hasattr(self, "_spec"):
+            self._spec, problems = load_scene_spec(self.options.scene)
+            if problems:
+                raise PermanentError(f"place_in_scene: {problems[0]}")
+        return self._spec
 
     def scene_pixels(self) -> np.ndarray:
         """The decoded scene, read once per stage instance."""
@@ -245,10 +304,20 @@ class CompositePlace(Stage):
         cut = asset.notes.get("remove_background", {}).get("cut_edges")
         cut = cut_edges(matte_from_alpha(alpha)) if cut is None else cut
         scene = self.scene_pixels() if o.scene is not None else None
-        aspect = scene.shape[1] / scene.shape[0] if scene is not None else asset.width / asset.height
-        place: Placement = place_subject(subject.width, subject.height, aspect, o.scale, o.margin, o.anchor, cut)
+        spec = self.scene_spec() if scene is not None else None
+        if spec is not None:  # the scene says where things stand
+            low, high = spec.subject_height
+            place, _k = place_on_floor(subject.width, subject.height, scene.shape[1], scene.shape[0],
+                                       height=min(max(o.scale, low), high), floor=spec.floor, area=tuple(spec.area),
+                                       cut=cut)
+        else:
+            aspect = scene.shape[1] / scene.shape[0] if scene is not None else asset.width / asset.height
+            place = place_subject(subject.width, subject.height, aspect, o.scale, o.margin, o.anchor, cut)
+        light = spec.light if spec is not None else "front"
         notes: dict[str, Any] = {"size": [place.out_w, place.out_h], "scale": round(place.scale, 4),
                                  "subject_box": [place.x, place.y, place.x + subject.width, place.y + subject.height]}
+        if spec is not None:
+            notes["scene_sidecar"] = as_written(scene_spec_file(o.scene), self.ctx.config.base_dir)
         if cut:
             notes["cut_edges"] = list(cut)  # the subject enters from these edges, as in its photo
         ox, oy = place.x - subject.x0, place.y - subject.y0
@@ -279,8 +348,8 @@ class CompositePlace(Stage):
             notes.update(gradient=list(o.gradient))
         if o.shadow == "soft" and o.shadow_opacity > 0 and "bottom" not in cut:  # no floor under a cut edge
             x0, x1 = base_span(alpha, subject, int(SUBJECT_ALPHA * top))
-            backdrop.shadow = (x0 + ox, x1 + ox, subject.y1 + oy, o.shadow_opacity)
-            contact_shadow(canvas, x0 + ox, x1 + ox, subject.y1 + oy, o.shadow_opacity)
+            backdrop.shadow = (x0 + ox, x1 + ox, subject.y1 + oy, o.shadow_opacity, light)
+            contact_shadow(canvas, *backdrop.shadow)
             notes["shadow"] = {"opacity": o.shadow_opacity, "base": [x0 + ox, x1 + ox, subject.y1 + oy]}
         gains = light_gains(canvas, o.match_light) if o.match_light > 0 else None
         if gains is not None:
