@@ -1,0 +1,200 @@
+"""Where a classical outpaint stays seamless: the border band's texture, the depth it may be extended, the seam score.
+
+Pure numpy/OpenCV, no Stage: ``crops`` asks this module before it extends a frame with ``outpaint``.
+
+* ``band_texture`` measures the band of original pixels along one side of the image part that gets new
+  canvas, at the outpaint's work resolution: its grain, the structure above the grain (``detail``) and that
+  structure's period. ``plain`` (flat) and ``smooth`` (shading, a gradient) bands extend as far as needed;
+  a ``textured`` one (veins, bricks, a street scene) only as far as ``seamless_depth`` says.
+* ``seamless_depth``: a few texture periods, bounded by fractions of the image part's extent, and never
+  deeper than the clean backdrop between the edge and the subject (new canvas never copies from near it).
+* ``seam_score``: the step across the seam between original and new pixels ÷ the typical step between
+  neighbouring rows inside the original band; about 1 where the seam does not show, ≤ ``SEAMLESS_SCORE``
+  counts as seamless. It works on any filled canvas (outpaint, pad, generate).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..pixels import max_value
+from .framing import Box
+
+SIDES = ("left", "top", "right", "bottom")  # the order of ``Frame.outside``
+
+WORK_LONG_EDGE = 640  # bands are measured at this size (the outpaint's work resolution)
+BAND_FRACTION = 0.15  # band depth, as a fraction of the image part's extent across the side
+BAND_MIN = 12  # ... and at least this many work pixels
+NEAR_SUBJECT = 0.02  # pixels closer to the subject than this fraction of the work long edge are not backdrop
+PLAIN_LEVELS = 6.0  # a band whose (grain-free) values span less than this (8-bit levels) is plain
+TEXTURE_LEVELS = 3.0  # structure above this amplitude (8-bit levels, RMS)...
+TEXTURE_OVER_GRAIN = 1.0  # ...and above this multiple of the grain makes a band textured
+REACH_PERIODS = 3.0  # a textured band extends seamlessly for about this many texture periods...
+REACH_MIN = 0.03  # ...but at least this fraction of the image part's extent across the side
+REACH_MAX = 0.12  # ...and at most this fraction
+SEAMLESS_SCORE = 1.2  # seam_score at or below this: the seam does not show
+STEP_FLOOR = 0.5  # 8-bit levels: the typical step of a noiseless band, so a flat band's score stays finite
+SCORE_ROWS = 8  # rows each side of the seam that seam_score looks at
+
+
+@dataclass(frozen=True)
+class BandTexture:
+    """What the band of original pixels along one side looks like (8-bit levels; lengths in full-size px)."""
+
+    side: str
+    kind: str  # "plain" | "smooth" | "textured"
+    detail: float  # RMS of the structure above the grain (band-pass, shading removed)
+    grain: float  # pixel noise (robust)
+    spread: float  # range (2nd to 98th percentile) of the grain-free values
+    period: float  # the structure's typical period; 0 when there is none
+    clear: int | None  # backdrop depth from the edge to the subject (grown) over most of the edge; None: no subject
+
+    @property
+    def textured(self) -> bool:
+        return self.kind == "textured"
+
+    def as_note(self) -> dict[str, object]:
+        return {"kind": self.kind, "detail": round(self.detail, 2), "grain": round(self.grain, 2),
+                "period": round(self.period, 1)}
+
+
+def _grey_levels(pixels: np.ndarray) -> np.ndarray:
+    """Mean of the colour channels, float32 in 8-bit levels (0..255 whatever the dtype)."""
+    rgb = pixels[..., :3] if pixels.ndim == 3 else pixels[..., None]
+    return rgb.astype(np.float32).mean(axis=2) * (255.0 / float(max_value(pixels)))
+
+
+def _orient(a: np.ndarray, side: str) -> np.ndarray:
+    """A view of ``a`` whose axis 0 runs inward from ``side``'s edge, axis 1 along it."""
+    if side == "top":
+        return a
+    if side == "bottom":
+        return a[::-1]
+    t = np.swapaxes(a, 0, 1)
+    return t if side == "left" else t[::-1]
+
+
+def _masked_blur(a: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    num = cv2.GaussianBlur(a * weight, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return num / np.maximum(den, 1e-3)
+
+
+def _without_shading(band: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """``band`` minus its shading: a least-squares plane (a gradient backdrop), then a masked blur at ``sigma``."""
+    ys, xs = np.nonzero(mask)
+    design = np.stack([np.ones(ys.size, np.float32), ys.astype(np.float32), xs.astype(np.float32)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, band[mask], rcond=None)
+    yy, xx = np.mgrid[0:band.shape[0], 0:band.shape[1]].astype(np.float32)
+    flat = band - (coef[0] + coef[1] * yy + coef[2] * xx)
+    return flat - _masked_blur(flat, mask.astype(np.float32), sigma)
+
+
+def band_texture(image: np.ndarray, side: str, matte: np.ndarray | None = None, *,
+                 work_long_edge: int = WORK_LONG_EDGE) -> BandTexture:
+    """Measure the band of ``image`` (the original pixels, H×W×C or H×W) along ``side``.
+
+    ``matte`` (H×W, >0 = subject) keeps the subject and its surroundings out of the measurement: only
+    backdrop decides how the backdrop extends. Measured at ``work_long_edge`` (the outpaint's work size).
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    h, w = image.shape[:2]
+    r = max(1.0, max(w, h) / work_long_edge)
+    ws, hs = max(1, round(w / r)), max(1, round(h / r))
+    grey = _grey_levels(image)
+    if (ws, hs) != (w, h):
+        grey = cv2.resize(grey, (ws, hs), interpolation=cv2.INTER_AREA)
+    subject = np.zeros((hs, ws), np.uint8)
+    if matte is not None and matte.any():
+        near = max(1, round(NEAR_SUBJECT * max(ws, hs)))
+        inside = np.where(matte > 0, np.uint8(255), np.uint8(0))
+        small = cv2.resize(inside, (ws, hs), interpolation=cv2.INTER_AREA) > 0
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * near + 1, 2 * near + 1))
+        subject = cv2.dilate(small.astype(np.uint8), kernel)
+    g = np.ascontiguousarray(_orient(grey, side))
+    s = np.ascontiguousarray(_orient(subject, side)) > 0
+    extent = g.shape[0]
+    depth = min(extent, max(BAND_MIN, round(BAND_FRACTION * extent)))
+    clear = None
+    if s.any():
+        hit = np.where(s.any(axis=0), s.argmax(axis=0), extent)  # per position along the edge
+        clear = int(math.floor(float(np.percentile(hit, 50)) * r))
+    band, open_ = g[:depth], (~s[:depth]).astype(np.float32)
+    if band.shape[0] < 3 or band.shape[1] < 3 or open_.sum() < 16:
+        return BandTexture(side, "plain", 0.0, 0.0, 0.0, 0.0, clear)
+    mask = open_ > 0
+    fine = cv2.GaussianBlur(band, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    resid = (band - fine)[mask]
+    grain = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+    structure = _without_shading(fine, mask, max(3.0, depth / 4.0))
+    detail = float(np.sqrt(np.mean(structure[mask] ** 2)))
+    lo, hi = np.percentile(fine[mask], [2, 98])
+    spread = float(hi - lo)
+    # the period: 2π × RMS(value) / RMS(gradient) (exact for a sinusoid), over pairs of backdrop pixels
+    gy = np.diff(structure, axis=0)[mask[1:] & mask[:-1]]
+    gx = np.diff(structure, axis=1)[mask[:, 1:] & mask[:, :-1]]
+    grad = math.sqrt((float(np.mean(gy ** 2)) if gy.size else 0.0) + (float(np.mean(gx ** 2)) if gx.size else 0.0))
+    period = 2.0 * math.pi * detail / grad * r if grad > 1e-6 else 0.0
+    if detail > TEXTURE_LEVELS and detail > TEXTURE_OVER_GRAIN * grain:
+        kind = "textured"
+    elif spread < PLAIN_LEVELS:
+        kind = "plain"
+    else:
+        kind = "smooth"
+    return BandTexture(side, kind, detail, grain, spread, period, clear)
+
+
+def seamless_depth(texture: BandTexture, extent: int) -> int | None:
+    """How far (px) a classical extension of this band stays seamless; None: as far as needed.
+
+    ``extent`` is the image part's size across the side (its height for top/bottom). Plain and smooth
+    bands continue their colour and grain indefinitely; a textured one for ``REACH_PERIODS`` periods,
+    between ``REACH_MIN`` and ``REACH_MAX`` of ``extent``, and never deeper than its clean backdrop
+    (the texture is copied from there, and the subject is never a source).
+    """
+    if not texture.textured:
+        return None
+    reach = REACH_PERIODS * texture.period
+    depth = int(min(max(reach, REACH_MIN * extent), REACH_MAX * extent))
+    if texture.clear is not None:
+        depth = min(depth, texture.clear)
+    return max(0, depth)
+
+
+def _side_steps(grey: np.ndarray, known: Box, side: str, rows: int) -> tuple[float, float] | None:
+    """(mean step across the seam, median of the per-row mean steps inside the band) on ``side``."""
+    if side == "top":
+        lines = grey[known.y0 - 1:known.y0 + rows, known.x0:known.x1] if known.y0 >= 1 else None
+    elif side == "bottom":
+        lines = grey[known.y1 - rows:known.y1 + 1, known.x0:known.x1][::-1] if known.y1 < grey.shape[0] else None
+    elif side == "left":
+        lines = grey[known.y0:known.y1, known.x0 - 1:known.x0 + rows].T if known.x0 >= 1 else None
+    else:
+        lines = grey[known.y0:known.y1, known.x1 - rows:known.x1 + 1].T[::-1] if known.x1 < grey.shape[1] else None
+    if lines is None or lines.shape[0] < 3 or lines.shape[1] < 1:
+        return None
+    steps = np.abs(np.diff(lines, axis=0)).mean(axis=1)  # steps[0]: across the seam (new row → first original)
+    return float(steps[0]), float(np.median(steps[1:]))
+
+
+def seam_score(canvas: np.ndarray, known: Box, rows: int = SCORE_ROWS) -> dict[str, float]:
+    """Per side with new canvas: the step across the seam ÷ the typical step inside the original band.
+
+    ``canvas`` is any filled frame (H×W×C or H×W), ``known`` where its original pixels are. A step is the
+    mean |difference| of neighbouring rows (columns for left/right) along the seam, in 8-bit levels of the
+    channel mean; the typical one is the median over the ``rows`` rows inside, at least ``STEP_FLOOR``.
+    About 1 where the seam does not show; ≤ ``SEAMLESS_SCORE`` counts as seamless.
+    """
+    grey = _grey_levels(canvas)
+    rows = max(2, min(rows, known.width, known.height))
+    scores = {}
+    for side in SIDES:
+        steps = _side_steps(grey, known, side, rows)
+        if steps is not None:
+            across, inside = steps
+            scores[side] = across / max(inside, STEP_FLOOR)
+    return scores
