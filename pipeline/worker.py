@@ -251,7 +251,8 @@ class Worker:
                 return copied
         decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
-        asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)})
+        asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
+                      source=printable(job.input_path))
 
         def on_step(stage: Any, seconds: float) -> None:
             self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds)

@@ -117,6 +117,7 @@ class Asset:
     notes: dict[str, Any] = field(default_factory=dict)
     review: list[str] = field(default_factory=list)
     backdrop: Any = None  # place_in_scene's Backdrop: how to compose a crop reaching past the composite anew
+    source: str | None = None  # the input file, for log lines (None: not from a file)
 
     @property
     def height(self) -> int:
