@@ -333,12 +333,17 @@ def test_outpaint_is_deterministic_per_seed() -> None:
 
 def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
     img, matte = textured_backdrop()
-    out = make_stage(tmp_path, ratios=["9:16"], anchor="top").run(Asset(img, matte))[0]
+    # a wide margin: the frame's band beside the subject is mostly backdrop, so outpaint may continue the
+    # texture a little (seams.seamless_depth); the pad fallback fills the rest
+    out = make_stage(tmp_path, ratios=["9:16"], anchor="top", margin=0.8, fallback="pad").run(Asset(img, matte))[0]
     note = out.notes["crops"]
-    assert note["extended"]["bottom"] > 50 and note["fill"] == "outpaint"
+    assert note["extended"]["bottom"] > 50 and note["fill"] == "outpaint + pad"
+    assert note["texture"] == {"bottom": "textured"} and note["fallback"]["to"] == "pad"
     new = out.pixels[out.height - note["extended"]["bottom"]:].astype(np.int32)
     assert not ((new[..., 0] - new[..., 1] > 40) & (new[..., 2] - new[..., 1] > 40)).any()
-    # no matte at all (subject unknown): colour continues, texture is not copied
+    assert new[:5].std() > 5, "the first rows continue the texture"
+    # no matte at all (subject unknown): cut inside the image, no smeared band
     blind = make_stage(tmp_path, ratios=["9:16"], anchor="top").run(Asset(img, None))[0]
-    if blind.notes["crops"]["subject"] == "whole image" and blind.notes["crops"]["extended"]:
-        assert blind.notes["crops"]["fill"] == "outpaint (smooth: subject unknown)"
+    if blind.notes["crops"]["subject"] == "whole image":
+        assert blind.notes["crops"]["fill"] == "none (subject unknown: cut)"
+        assert blind.notes["crops"]["extended"] is None

@@ -28,6 +28,7 @@ from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
 from .base import Asset, Stage, backends, define_part, define_step, register, stage_class
 from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
+from .seams import SIDES, BandTexture, band_texture, seam_score, seamless_depth
 from .subject import find_subject, paste_matte
 
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
@@ -67,6 +68,9 @@ class CropsOptions:
     seed: int | None = opt(None, doc="random seed of the fill (outpaint grain, generate); default 0")
     steps: int = opt(30, min=1, max=200, doc="fill: generate: denoising steps")
     guidance: float = opt(7.5, min=0.0, max=50.0, doc="fill: generate: classifier-free guidance scale")
+    fallback: str = opt("crop", choices=("crop", "pad", "generate"),
+                        doc="where outpaint would not stay seamless (a textured border): crop (a tighter frame) | "
+                            "pad | generate (needs the diffusers model)")
 
 
 def _check_fill(name: str) -> str | None:
@@ -97,6 +101,20 @@ class Fill(Stage):
         canvas (same shape and dtype; may be ``canvas`` itself); the original pixels are pasted back over it.
         """
         raise NotImplementedError
+
+    def reach(self, original: np.ndarray, outside: tuple[int, int, int, int],
+              matte: np.ndarray | None) -> dict[str, "Reach"]:
+        """How far this fill stays seamless on each side that needs new canvas (``outside``: left, top, right,
+        bottom, px), given the ``original`` pixels it continues and their ``matte``. {}: as far as needed."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One side of a frame: the band's texture and how far (px) the fill stays seamless (None: no limit)."""
+
+    texture: BandTexture
+    depth: int | None
 
 
 def fill_class(name: str) -> type[Fill]:
@@ -139,6 +157,19 @@ class OutpaintFill(Fill):
         outpaint(canvas, known, seed=seed_of(self.options), matte=matte)
         return canvas
 
+    def reach(self, original: np.ndarray, outside: tuple[int, int, int, int],
+              matte: np.ndarray | None) -> dict[str, Reach]:
+        """Plain and smooth borders extend as far as needed; a textured one as far as ``seams`` says."""
+        if original.ndim == 3 and original.shape[2] == 4:
+            return {}  # a cut-out's backdrop is transparency: nothing to continue
+        h, w = original.shape[:2]
+        reach = {}
+        for side, need in zip(SIDES, outside):
+            if need > 0:
+                texture = band_texture(original, side, matte, work_long_edge=WORK_LONG_EDGE)
+                reach[side] = Reach(texture, seamless_depth(texture, h if side in ("top", "bottom") else w))
+        return reach
+
 
 # --- pixel helpers (no Stage needed; tested directly) ---------------------------------------
 
@@ -179,6 +210,35 @@ def build_canvas(pixels: np.ndarray, frame: Frame, fill: Fill,
                          f"expected {canvas.shape} {canvas.dtype}")
     filled[_slices(known)] = original  # the promise: whatever the fill did, the original stays exact
     return filled, known
+
+
+def frame_within(frame: Frame, allowed: tuple[int, int, int, int], ratio: tuple[int, int], margin: float,
+                 anchor: str) -> Frame:
+    """The largest frame of ``ratio`` around ``frame``'s subject that reaches past the image by at most
+    ``allowed`` (left, top, right, bottom, px): ``frame_for_ratio`` with fill "crop" on the image grown by
+    ``allowed``. It may cut margins or the subject (its ``cuts_margin``/``cuts_subject`` say so)."""
+    left, top, right, bottom = allowed
+    grown = frame_for_ratio(frame.image_w + left + right, frame.image_h + top + bottom,
+                            frame.subject.shift(left, top), ratio, margin=margin, fill="crop", anchor=anchor)
+    return Frame(box=grown.box.shift(-left, -top), image_w=frame.image_w, image_h=frame.image_h,
+                 subject=frame.subject, wanted=frame.wanted)
+
+
+def build_within(pixels: np.ndarray, frame: Frame, depths: dict[str, int], fill: Fill, rest: Fill,
+                 matte: np.ndarray | None = None) -> tuple[np.ndarray, Box]:
+    """Like ``build_canvas``, but ``fill`` extends each side at most ``depths[side]`` px; ``rest`` fills the
+    canvas beyond, continuing what ``fill`` made. Returns the canvas and the box ``fill`` covered (frame
+    coordinates). The original pixels stay bit-identical."""
+    need = dict(zip(SIDES, frame.outside))
+    d = {side: min(need[side], depths.get(side, need[side])) for side in SIDES}
+    inner = Frame(box=frame.inside.expand(d["left"], d["top"], d["right"], d["bottom"]), image_w=frame.image_w,
+                  image_h=frame.image_h, subject=frame.subject, wanted=frame.wanted)
+    ring, _ = build_canvas(pixels, inner, fill, matte)
+    b = inner.box
+    outer = Frame(box=frame.box.shift(-b.x0, -b.y0), image_w=b.width, image_h=b.height,
+                  subject=frame.subject.shift(-b.x0, -b.y0), wanted=frame.wanted.shift(-b.x0, -b.y0))
+    canvas, covered = build_canvas(ring, outer, rest, frame_matte(matte, inner) if matte is not None else None)
+    return canvas, covered
 
 
 def pad_value(pixels: np.ndarray, colour: str | None) -> np.ndarray:
@@ -626,23 +686,32 @@ class GeometryCrops(Stage):
         return fill, fill.Options.of(options)
 
     @classmethod
+    def _fills(cls, options: CropsOptions) -> list[tuple[type[Fill], Any]]:
+        """The fill, then the fallback's when it is a fill of its own (generate: it runs a model too)."""
+        fills = [cls._fill(options)]
+        if options.fallback == "generate" and options.fill != "generate":
+            fallback = fill_class(options.fallback)
+            fills.append((fallback, fallback.Options.of(options)))
+        return fills
+
+    @classmethod
     def runs_model(cls, options: CropsOptions) -> bool:
-        fill, fill_options = cls._fill(options)
-        return fill.runs_model(fill_options)
+        return any(fill.runs_model(fill_options) for fill, fill_options in cls._fills(options))
 
     @classmethod
     def model_ref(cls, options: CropsOptions, config: Any) -> Any:
-        """The fill's model (fill: generate runs the diffusers inpainting pipeline)."""
-        fill, fill_options = cls._fill(options)
-        return fill.model_ref(fill_options, config)
+        """The fill's model, else the fallback's (generate runs the diffusers inpainting pipeline)."""
+        refs = [fill.model_ref(fill_options, config) for fill, fill_options in cls._fills(options)]
+        return next((ref for ref in refs if ref is not None), None)
 
     @classmethod
     def validate(cls, options: CropsOptions, where: str, ctx_config: Any) -> list[str]:
-        fill, fill_options = cls._fill(options)
-        return fill.validate(fill_options, where, ctx_config)
+        return [p for fill, fill_options in cls._fills(options) for p in fill.validate(fill_options, where, ctx_config)]
 
     def prepare(self) -> None:
         self.filler.prepare()
+        if self.options.fallback == "generate":
+            self.rest_filler.prepare()
 
     @property
     def filler(self) -> Fill:
@@ -651,23 +720,42 @@ class GeometryCrops(Stage):
             self._filler = fill(fill_options, self.ctx)
         return self._filler
 
+    @property
+    def rest_filler(self) -> Fill:
+        """The fallback's fill (pad, generate) for what ``filler`` cannot make seamless."""
+        if getattr(self, "_rest_filler", None) is None:
+            fill = fill_class(self.options.fallback)
+            self._rest_filler = fill(fill.Options.of(self.options), self.ctx)
+        return self._rest_filler
+
     def run(self, asset: Asset) -> list[Asset]:
         o: CropsOptions = self.options
         subject, matte, source = find_subject(asset)
-        # outpaint copies backdrop texture; with no idea where the subject is, all of it counts
-        # as subject (a mirrored product is worse than a smooth band), so only colour continues
+        # with no idea where the subject is, outpaint would smear a smooth band: cut inside the image instead
+        cut_blind = subject is None and not asset.has_alpha and o.fill == "outpaint"
+        if cut_blind:
+            self.ctx.log.info("crops: %s: no subject found: each ratio is cut inside the image (no new canvas)",
+                              asset.source or "image")
         keep_out = matte
-        if keep_out is None and o.fill == "outpaint" and not asset.has_alpha:
-            keep_out = np.full((asset.height, asset.width), 255, np.uint8)
         outputs = []
         for text in o.ratios:
-            frame = frame_for_ratio(asset.width, asset.height, subject, parse_ratio(text),
-                                    margin=o.margin, fill=o.fill, anchor=o.anchor)
+            ratio = parse_ratio(text)
+            frame = frame_for_ratio(asset.width, asset.height, subject, ratio, margin=o.margin,
+                                    fill="crop" if cut_blind else o.fill, anchor=o.anchor)
             composed = None
+            depths: dict[str, int] = {}
+            seam_notes: dict[str, Any] = {}
             if frame.extended and asset.backdrop is not None:  # a scene composite: compose this frame anew
                 pixels, framed_matte, composed = asset.backdrop.render(frame.box)
             else:
-                pixels, _known = build_canvas(asset.pixels, frame, self.filler, matte=keep_out)
+                # --- outpaint only as far as it stays seamless (pipeline.stages.seams); the fallback does the rest
+                frame, depths, seam_notes = self._within_reach(asset, frame, ratio, text, keep_out)
+                if depths:
+                    pixels, _known = build_within(asset.pixels, frame, depths, self.filler, self.rest_filler,
+                                                  matte=keep_out)
+                else:
+                    pixels, _known = build_canvas(asset.pixels, frame, self.filler, matte=keep_out)
+                # ---
                 framed_matte = frame_matte(matte, frame) if matte is not None else None
             left, top, right, bottom = frame.outside
             notes = {
@@ -688,9 +776,41 @@ class GeometryCrops(Stage):
                                          composed["scene_enlarged"])
             elif frame.extended and o.fill == "outpaint" and asset.has_alpha:
                 notes["fill"] = "outpaint (transparent)"
-            elif frame.extended and o.fill == "outpaint" and matte is None:
-                notes["fill"] = "outpaint (smooth: subject unknown)"
+            elif cut_blind:
+                notes["fill"] = "none (subject unknown: cut)"
+            notes.update(seam_notes)
+            if frame.extended and depths:
+                notes["fill"] = f"{o.fill} + {o.fallback}"
+            if frame.extended and composed is None and not asset.has_alpha:
+                notes["seam_score"] = {side: round(v, 3) for side, v in seam_score(pixels, frame.known).items()}
             out = asset.derive(pixels, framed_matte, ratio=text, backdrop=None)
             out.notes["crops"] = notes
             outputs.append(out)
         return outputs
+
+    def _within_reach(self, asset: Asset, frame: Frame, ratio: tuple[int, int], text: str,
+                      matte: np.ndarray | None) -> tuple[Frame, dict[str, int], dict[str, Any]]:
+        """Where the fill would not stay seamless, apply the fallback: ``crop`` returns a tighter frame,
+        ``pad``/``generate`` the depth per side the fill may do (the fallback's fill does the rest).
+        Also the manifest notes: texture per side, the fallback and why."""
+        if not frame.extended:
+            return frame, {}, {}
+        o: CropsOptions = self.options
+        inside = frame.inside
+        reach = self.filler.reach(asset.pixels[_slices(inside)], frame.outside,
+                                  matte[_slices(inside)] if matte is not None else None)
+        if not reach:
+            return frame, {}, {}
+        notes: dict[str, Any] = {"texture": {side: r.texture.kind for side, r in reach.items()}, "fallback": None}
+        need = dict(zip(SIDES, frame.outside))
+        short = {side: r for side, r in reach.items() if r.depth is not None and need[side] > r.depth}
+        if not short:
+            return frame, {}, notes
+        why = "; ".join(f"{side}: {r.texture.kind} border (period {r.texture.period:.0f} px) stays seamless for "
+                        f"{r.depth} px, the frame needs {need[side]}" for side, r in short.items())
+        notes["fallback"] = {"to": o.fallback, "why": why}
+        self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback, why)
+        if o.fallback != "crop":
+            return frame, {side: r.depth for side, r in short.items()}, notes
+        allowed = tuple(min(need[side], short[side].depth) if side in short else need[side] for side in SIDES)
+        return frame_within(frame, allowed, ratio, o.margin, o.anchor), {}, notes
