@@ -254,15 +254,19 @@ def test_rgb_without_matte_uses_the_estimate(tmp_path: Path) -> None:
 SUBJECT_COLOUR = (255, 0, 255)  # appears nowhere in the textured backdrop
 
 
-def textured_backdrop(w: int = 640, h: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stationary 'stone' texture (wavy diagonal veins + blotches + grain) with a magenta block on its
-    bottom edge (the subject), and its matte."""
+def stone(w: int, h: int, seed: int = 0) -> np.ndarray:
+    """Stationary 'stone' texture: wavy diagonal veins + blotches + grain."""
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     blotch = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 6) * 12
     veins = np.exp(-np.abs(np.sin((xs + 0.6 * ys) / 9.0 + blotch / 6.0)) * 4.0)
     grey = 200.0 - 60.0 * veins + 4.0 * blotch + rng.normal(0, 2.0, (h, w))
-    img = np.clip(np.rint(np.dstack([grey, grey * 0.98, grey * 0.95])), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.dstack([grey, grey * 0.98, grey * 0.95])), 0, 255).astype(np.uint8)
+
+
+def textured_backdrop(w: int = 640, h: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The stone texture with a magenta block on its bottom edge (the subject), and its matte."""
+    img = stone(w, h, seed)
     matte = np.zeros((h, w), np.uint8)
     matte[h - 90:h, w // 2 - 80:w // 2 + 80] = 255  # touches the edge that is extended
     img[matte > 0] = SUBJECT_COLOUR
@@ -347,3 +351,136 @@ def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
     if blind.notes["crops"]["subject"] == "whole image":
         assert blind.notes["crops"]["fill"] == "none (subject unknown: cut)"
         assert blind.notes["crops"]["extended"] is None
+
+
+# --- outpaint only as far as it stays seamless; the fallback does the rest ---------------------
+
+def tall_on_stone(w: int = 400, h: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """A tall magenta subject (not touching the edges) on the stone texture: 16:9 needs wide new canvas."""
+    img = stone(w, h)
+    matte = np.zeros((h, w), np.uint8)
+    matte[20:h - 20, w // 2 - 50:w // 2 + 50] = 255
+    img[matte > 0] = SUBJECT_COLOUR
+    return img, matte
+
+
+def _magenta(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.int32)
+    return (a[..., 0] - a[..., 1] > 40) & (a[..., 2] - a[..., 1] > 40)
+
+
+def test_textured_border_falls_back_to_a_tighter_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    img, matte = tall_on_stone()
+    stage = make_stage(tmp_path, ratios=["16:9"])
+    with caplog.at_level("INFO", logger="assetd.stage"):
+        out = stage.run(Asset(img, matte, source="shots/stone.jpg"))[0]
+    note = out.notes["crops"]
+    wide = frame_for_ratio(400, 400, subject_box(matte), (16, 9))  # what outpaint alone would have made
+    assert wide.outside[0] > 100
+    assert note["texture"]["left"] == note["texture"]["right"] == "textured"
+    assert note["fallback"]["to"] == "crop" and "left: textured border" in note["fallback"]["why"]
+    ext = note["extended"]
+    assert out.width < wide.box.width and ratio_error(out.width, out.height, (16, 9)) < 1
+    assert 0 < ext["left"] <= 0.12 * 400 and 0 < ext["right"] <= 0.12 * 400, ext
+    assert note["fill"] == "outpaint" and note["cut_margin"] is True
+    assert max(note["seam_score"].values()) <= 1.2, note["seam_score"]
+    box = Box(*note["box"])
+    inside = box.intersect(Box(0, 0, 400, 400))
+    known = inside.shift(-box.x0, -box.y0)
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[inside.y0:inside.y1, inside.x0:inside.x1])
+    assert not _magenta(out.pixels[:, :ext["left"]]).any() and not _magenta(out.pixels[:, out.width - ext["right"]:]).any()
+    (line,) = [r.getMessage() for r in caplog.records if "seamless" in r.getMessage()]
+    assert "shots/stone.jpg" in line and "16:9" in line and "crop" in line
+
+
+@pytest.mark.parametrize("fallback", ["pad", "generate"])
+def test_textured_border_keeps_the_frame_and_the_fallback_fills_the_rest(tmp_path: Path, fallback: str) -> None:
+    img, matte = tall_on_stone()
+
+    class Scribble(Fill):  # stands in for the model-backed fill
+        backend = "generate"
+        Options = GenerateFill.Options
+
+        def fill(self, canvas: np.ndarray, known: Box, matte: object) -> np.ndarray:
+            return np.full_like(canvas, 7)
+
+    with registered(Scribble):
+        out = make_stage(tmp_path, ratios=["16:9"], fallback=fallback, pad_colour="#102030").run(Asset(img, matte))[0]
+    note = out.notes["crops"]
+    wide = frame_for_ratio(400, 400, subject_box(matte), (16, 9))
+    assert note["box"] == wide.box.as_list(), "the frame is the one outpaint alone would have made"
+    assert note["fill"] == f"outpaint + {fallback}" and note["fallback"]["to"] == fallback
+    left = note["extended"]["left"]
+    rest = (16, 32, 48) if fallback == "pad" else (7, 7, 7)
+    # outpaint continued the stone for a few dozen pixels, the fallback's colour begins beyond that
+    filled = [x for x in range(left) if not (out.pixels[:, x] == rest).all()]
+    assert filled == list(range(left - len(filled), left)) and 0 < len(filled) <= 0.12 * 400
+    assert (out.pixels[:, :left - len(filled)] == rest).all()
+    assert not _magenta(out.pixels[:, :left]).any()
+    assert note["seam_score"]["left"] <= 1.2
+    box = Box(*note["box"])
+    inside = box.intersect(Box(0, 0, 400, 400))
+    known = inside.shift(-box.x0, -box.y0)
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[inside.y0:inside.y1, inside.x0:inside.x1])
+
+
+def test_plain_border_extends_as_far_as_needed(tmp_path: Path) -> None:
+    img, matte = studio_shot(400, 400)
+    out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, matte))[0]
+    note = out.notes["crops"]
+    assert note["fill"] == "outpaint" and note["fallback"] is None
+    assert set(note["texture"].values()) <= {"plain", "smooth"} and note["extended"]["left"] > 100
+    assert max(note["seam_score"].values()) <= 1.2, note["seam_score"]
+
+
+def test_new_canvas_never_copies_pixels_from_near_the_subject() -> None:
+    """A subject with a coloured fringe outside its matte (a halo, spill): outpaint copies neither."""
+    img, matte = textured_backdrop()
+    halo = cv2.dilate(matte, np.ones((9, 9), np.uint8)) & ~matte  # 4 px around the subject, not in the matte
+    img[halo > 0] = (0, 255, 0)
+    for depth in (30, 240):
+        band = _extend_down(img, matte, depth)[240:].astype(np.int32)
+        green = (band[..., 1] - band[..., 0] > 60) & (band[..., 1] - band[..., 2] > 60)
+        assert not green.any(), f"{int(green.sum())} halo-coloured pixels in the new canvas (depth {depth})"
+        assert not _magenta(band).any()
+
+
+def test_no_subject_is_cut_inside_the_image_and_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    img = stone(600, 400)  # a photo with no plain backdrop: no subject is found
+    with caplog.at_level("INFO", logger="assetd.stage"):
+        outs = make_stage(tmp_path).run(Asset(img, None, source="street.jpg"))
+    for out in outs:
+        note = out.notes["crops"]
+        assert note["subject"] == "whole image" and note["fill"] == "none (subject unknown: cut)"
+        assert note["extended"] is None and out.width <= 600 and out.height <= 400
+        box = Box(*note["box"])
+        assert np.array_equal(out.pixels, img[box.y0:box.y1, box.x0:box.x1])
+    lines = [r.getMessage() for r in caplog.records if "no subject" in r.getMessage()]
+    assert len(lines) == 1 and "street.jpg" in lines[0]
+    # pad and generate still frame the whole photo when asked to
+    padded = make_stage(tmp_path, fill="pad", ratios=["9:16"]).run(Asset(img, None))[0]
+    assert padded.notes["crops"]["fill"] == "pad" and padded.notes["crops"]["extended"] is not None
+
+
+def test_generate_fallback_needs_the_diffusers_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from pipeline import models
+    from pipeline.rules import MatchSpec, Rule, StepSpec
+
+    options = CropsOptions(fallback="generate")
+    config = Config(source=tmp_path / "config.yaml")
+    assert GeometryCrops.runs_model(options) and not GeometryCrops.runs_model(CropsOptions())
+    assert GeometryCrops.model_ref(options, config) == GenerateFill.model_ref(GenerateFill.Options.of(options), config)
+    assert GeometryCrops.model_ref(CropsOptions(), config) is None
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # the models extra not installed
+    rule = Rule(name="shop", path=Path("shop.yaml"), match=MatchSpec(), outputs=[],
+                steps=[StepSpec("crops", "geometry", options)])
+    (problem,) = models.check_models(config, [rule]).problems
+    assert problem.startswith("rule shop, step crops: ") and "[models]" in problem
+
+
+def test_fallback_option_problems() -> None:
+    errors: list[str] = []
+    build(CropsOptions, {"fallback": "stretch"}, "crops", errors)
+    assert len(errors) == 1 and "fallback" in errors[0]

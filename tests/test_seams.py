@@ -125,7 +125,8 @@ def _texture(kind: str, period: float = 16.0, clear: int | None = None) -> BandT
     (_texture("textured", period=16.0), 1000, 48),  # three periods
     (_texture("textured", period=2.0), 1000, int(REACH_MIN * 1000)),  # fine grain: at least REACH_MIN
     (_texture("textured", period=200.0), 1000, int(REACH_MAX * 1000)),  # coarse: at most REACH_MAX
-    (_texture("textured", period=16.0, clear=20), 1000, 20),  # never deeper than the clean backdrop
+    (_texture("textured", period=16.0, clear=40), 1000, 40),  # never deeper than the clean backdrop
+    (_texture("textured", period=16.0, clear=20), 1000, 0),  # under two periods of it: nothing to copy
     (_texture("textured", period=16.0, clear=0), 1000, 0),  # the subject sits on the edge
     (_texture("plain", clear=0), 1000, None),  # a plain band only continues colour and grain
 ])
@@ -189,3 +190,15 @@ def test_classical_outpaint_is_seamless_at_the_seam(make) -> None:
     outpaint(canvas, known)
     scores = seam_score(canvas, known)
     assert max(scores.values()) <= SEAMLESS_SCORE, scores
+
+
+def test_seam_score_leaves_out_where_the_subject_reaches_the_seam() -> None:
+    image = _cut(flat(noise=3.0), KNOWN, fill=None)
+    matte = np.zeros((H, W), np.uint8)
+    matte[KNOWN.y1 - 60:KNOWN.y1, 200:280] = 255  # a subject standing on the bottom edge of the photo
+    image[matte > 0] = 20
+    image[KNOWN.y1:, 200:280] = 150  # the backdrop continues under it
+    assert seam_score(image, KNOWN)["bottom"] > 3 * SEAMLESS_SCORE
+    assert seam_score(image, KNOWN, matte)["bottom"] <= SEAMLESS_SCORE
+    all_subject = np.ones((H, W), np.uint8)
+    assert seam_score(image, KNOWN, all_subject) == {}

@@ -368,6 +368,13 @@ PATCH_FRACTION = 0.1  # texture patch side, as a fraction of the image part's sh
 PATCH_MIN, PATCH_MAX = 12, 384
 PATCH_CANDIDATES = 12  # source windows tried per patch; the best match to its neighbours wins
 MAX_BLOCKED = 0.0  # a source window may overlap the subject's (zeroed) pixels this much
+NEAR_SUBJECT = 6  # texture is never copied from this close to the subject (px; more for larger patches):
+                  # its soft edge, halo and colour spill lie outside the matte
+
+
+def near_subject(patch: int) -> int:
+    """How far (px) from the subject texture may not be copied, for a patch side of ``patch``."""
+    return max(NEAR_SUBJECT, patch // 6)
 _SIDES = ("top", "bottom", "left", "right")
 
 
@@ -580,7 +587,7 @@ def _fill_side(img: np.ndarray, side: str, known: Box, along: tuple[int, int], d
         sl = _slices(box)
         src = _orient(img[sl].astype(np.float32) - _low_box(work, box, rx, ry), side)[::-1]
         src = np.ascontiguousarray(src)
-        no = np.ascontiguousarray(_orient(_blocked(matte, box, max(2, patch // 16)), side)[::-1]) > 0
+        no = np.ascontiguousarray(_orient(_blocked(matte, box, near_subject(patch)), side)[::-1]) > 0
         src[no] = 0.0
         size = min(patch, s_rows, width)
         if size >= PATCH_MIN:
@@ -782,7 +789,8 @@ class GeometryCrops(Stage):
             if frame.extended and depths:
                 notes["fill"] = f"{o.fill} + {o.fallback}"
             if frame.extended and composed is None and not asset.has_alpha:
-                notes["seam_score"] = {side: round(v, 3) for side, v in seam_score(pixels, frame.known).items()}
+                scores = seam_score(pixels, frame.known, framed_matte)
+                notes["seam_score"] = {side: round(v, 3) for side, v in scores.items()}
             out = asset.derive(pixels, framed_matte, ratio=text, backdrop=None)
             out.notes["crops"] = notes
             outputs.append(out)

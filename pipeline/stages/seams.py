@@ -7,7 +7,8 @@ Pure numpy/OpenCV, no Stage: ``crops`` asks this module before it extends a fram
   structure's period. ``plain`` (flat) and ``smooth`` (shading, a gradient) bands extend as far as needed;
   a ``textured`` one (veins, bricks, a street scene) only as far as ``seamless_depth`` says.
 * ``seamless_depth``: a few texture periods, bounded by fractions of the image part's extent, and never
-  deeper than the clean backdrop between the edge and the subject (new canvas never copies from near it).
+  deeper than the clean backdrop between the edge and the subject (new canvas never copies from near it);
+  none at all when that backdrop is too thin to hold the texture.
 * ``seam_score``: the step across the seam between original and new pixels ÷ the typical step between
   neighbouring rows inside the original band; about 1 where the seam does not show, ≤ ``SEAMLESS_SCORE``
   counts as seamless. It works on any filled canvas (outpaint, pad, generate).
@@ -35,9 +36,14 @@ TEXTURE_OVER_GRAIN = 1.0  # ...and above this multiple of the grain makes a band
 REACH_PERIODS = 3.0  # a textured band extends seamlessly for about this many texture periods...
 REACH_MIN = 0.03  # ...but at least this fraction of the image part's extent across the side
 REACH_MAX = 0.12  # ...and at most this fraction
+CLEAR_PERIODS = 2.0  # a textured band with less clean backdrop than this many periods is not extended
 SEAMLESS_SCORE = 1.2  # seam_score at or below this: the seam does not show
 STEP_FLOOR = 0.5  # 8-bit levels: the typical step of a noiseless band, so a flat band's score stays finite
-SCORE_ROWS = 8  # rows each side of the seam that seam_score looks at
+SCORE_ROWS = 16  # rows inside the seam that seam_score looks at
+TYPICAL_PERCENTILE = 75  # the typical step inside: this percentile of those rows' mean steps
+SEGMENT = 128  # seam_score scores the seam in pieces this long (px; longer on very long seams)...
+MAX_SEGMENTS = 32
+SEGMENT_PERCENTILE = 90  # ...and a side scores this percentile of its pieces: a seam in one place shows
 
 
 @dataclass(frozen=True)
@@ -161,40 +167,56 @@ def seamless_depth(texture: BandTexture, extent: int) -> int | None:
     reach = REACH_PERIODS * texture.period
     depth = int(min(max(reach, REACH_MIN * extent), REACH_MAX * extent))
     if texture.clear is not None:
-        depth = min(depth, texture.clear)
+        # under CLEAR_PERIODS periods of clean backdrop there is no texture to copy, only a smear
+        depth = min(depth, texture.clear) if texture.clear >= CLEAR_PERIODS * texture.period else 0
     return max(0, depth)
 
 
-def _side_steps(grey: np.ndarray, known: Box, side: str, rows: int) -> tuple[float, float] | None:
-    """(mean step across the seam, median of the per-row mean steps inside the band) on ``side``."""
+def _lines(a: np.ndarray, known: Box, side: str, rows: int) -> np.ndarray | None:
+    """The new row next to ``side`` then ``rows`` original rows inward (lines × positions along the seam)."""
     if side == "top":
-        lines = grey[known.y0 - 1:known.y0 + rows, known.x0:known.x1] if known.y0 >= 1 else None
-    elif side == "bottom":
-        lines = grey[known.y1 - rows:known.y1 + 1, known.x0:known.x1][::-1] if known.y1 < grey.shape[0] else None
-    elif side == "left":
-        lines = grey[known.y0:known.y1, known.x0 - 1:known.x0 + rows].T if known.x0 >= 1 else None
-    else:
-        lines = grey[known.y0:known.y1, known.x1 - rows:known.x1 + 1].T[::-1] if known.x1 < grey.shape[1] else None
-    if lines is None or lines.shape[0] < 3 or lines.shape[1] < 1:
-        return None
-    steps = np.abs(np.diff(lines, axis=0)).mean(axis=1)  # steps[0]: across the seam (new row → first original)
-    return float(steps[0]), float(np.median(steps[1:]))
+        return a[known.y0 - 1:known.y0 + rows, known.x0:known.x1] if known.y0 >= 1 else None
+    if side == "bottom":
+        return a[known.y1 - rows:known.y1 + 1, known.x0:known.x1][::-1] if known.y1 < a.shape[0] else None
+    if side == "left":
+        return a[known.y0:known.y1, known.x0 - 1:known.x0 + rows].T if known.x0 >= 1 else None
+    return a[known.y0:known.y1, known.x1 - rows:known.x1 + 1].T[::-1] if known.x1 < a.shape[1] else None
 
 
-def seam_score(canvas: np.ndarray, known: Box, rows: int = SCORE_ROWS) -> dict[str, float]:
+def seam_score(canvas: np.ndarray, known: Box, matte: np.ndarray | None = None,
+               rows: int = SCORE_ROWS) -> dict[str, float]:
     """Per side with new canvas: the step across the seam ÷ the typical step inside the original band.
 
     ``canvas`` is any filled frame (H×W×C or H×W), ``known`` where its original pixels are. A step is the
-    mean |difference| of neighbouring rows (columns for left/right) along the seam, in 8-bit levels of the
-    channel mean; the typical one is the median over the ``rows`` rows inside, at least ``STEP_FLOOR``.
+    mean |difference| of neighbouring rows (columns for left/right) over a ``SEGMENT`` of the seam, in 8-bit
+    levels of the channel mean; the typical one is the ``TYPICAL_PERCENTILE`` percentile over the ``rows``
+    rows inside (row steps of real texture vary; the seam should not stand out among them), at least
+    ``STEP_FLOOR``. A side scores the ``SEGMENT_PERCENTILE`` percentile of its segments, so a seam that
+    shows in one place (a shore line, a tree) is not averaged away by the rest.
+    Calibration: the photos' own pixels (no seam at all) score about 1.0 at the median; edges that happen
+    to run along the line put about a quarter of them above 1.2 (``bench/seams.py`` reports both).
+    ``matte`` (H×W, >0 = subject) leaves out where the subject reaches the seam (a subject cut by the photo
+    ends there, which is no seam of the fill); a side that is all subject gets no score.
     About 1 where the seam does not show; ≤ ``SEAMLESS_SCORE`` counts as seamless.
     """
     grey = _grey_levels(canvas)
     rows = max(2, min(rows, known.width, known.height))
     scores = {}
     for side in SIDES:
-        steps = _side_steps(grey, known, side, rows)
-        if steps is not None:
-            across, inside = steps
-            scores[side] = across / max(inside, STEP_FLOOR)
+        lines = _lines(grey, known, side, rows)
+        if lines is None or lines.shape[0] < 3 or lines.shape[1] < 1:
+            continue
+        steps = np.abs(np.diff(lines, axis=0))  # steps[0]: across the seam (new row → first original)
+        keep = np.ones(steps.shape[1], bool)
+        if matte is not None:
+            keep = ~(_lines(matte, known, side, rows)[1:] > 0).any(axis=0)
+        segment = max(SEGMENT, -(-steps.shape[1] // MAX_SEGMENTS))
+        found = []
+        for a0 in range(0, steps.shape[1], segment):
+            part = steps[:, a0:a0 + segment][:, keep[a0:a0 + segment]]
+            if part.shape[1] >= min(segment, steps.shape[1]) // 2 and part.shape[1] > 0:
+                per_row = part.mean(axis=1)
+                found.append(float(per_row[0]) / max(float(np.percentile(per_row[1:], TYPICAL_PERCENTILE)), STEP_FLOOR))
+        if found:
+            scores[side] = float(np.percentile(found, SEGMENT_PERCENTILE))
     return scores
