@@ -336,7 +336,10 @@ def test_outpaint_is_deterministic_per_seed() -> None:
 
 
 def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
-    img, matte = textured_backdrop()
+    img = stone(640, 240)
+    matte = np.zeros((240, 640), np.uint8)
+    matte[150:232, 240:400] = 255  # just above the bottom edge (one the photo cuts is not extended at all)
+    img[matte > 0] = SUBJECT_COLOUR
     # a wide margin: the frame's band beside the subject is mostly backdrop, so outpaint may continue the
     # texture a little (seams.seamless_depth); the pad fallback fills the rest
     out = make_stage(tmp_path, ratios=["9:16"], anchor="top", margin=0.8, fallback="pad").run(Asset(img, matte))[0]
@@ -484,3 +487,18 @@ def test_fallback_option_problems() -> None:
     errors: list[str] = []
     build(CropsOptions, {"fallback": "stretch"}, "crops", errors)
     assert len(errors) == 1 and "fallback" in errors[0]
+
+
+def test_no_new_canvas_where_the_photo_cuts_the_subject(tmp_path: Path) -> None:
+    img, bottle = studio_shot(600, 400)
+    img[bottle > 0] = 185
+    matte = np.zeros_like(bottle)
+    matte[150:, 150:450] = 255  # a wide product the photo cuts at the bottom, on a plain backdrop
+    img[matte > 0] = (200, 30, 30)
+    out = make_stage(tmp_path, ratios=["9:16"]).run(Asset(img, matte))[0]
+    note = out.notes["crops"]
+    assert note["texture"] == {"top": "smooth", "bottom": "smooth"}
+    assert note["fallback"]["to"] == "crop" and "the photo's edge cuts the subject" in note["fallback"]["why"]
+    assert "top:" not in note["fallback"]["why"], "a plain top extends as far as needed"
+    assert note["extended"] is None or note["extended"]["bottom"] == 0
+    assert out.notes["crops"]["cut_margin"] or out.height <= 400

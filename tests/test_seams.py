@@ -113,6 +113,7 @@ def test_the_subject_does_not_count_as_backdrop() -> None:
     # half the bottom edge or less is subject: most of it has the full height of clean backdrop
     assert with_matte.clear is not None and with_matte.clear > 0.5 * H
     assert band_texture(image, "top", matte).clear is not None
+    assert with_matte.cut == pytest.approx(160 / W) and band_texture(image, "top", matte).cut == 0
 
 
 def _texture(kind: str, period: float = 16.0, clear: int | None = None) -> BandTexture:
@@ -129,6 +130,8 @@ def _texture(kind: str, period: float = 16.0, clear: int | None = None) -> BandT
     (_texture("textured", period=16.0, clear=20), 1000, 0),  # under two periods of it: nothing to copy
     (_texture("textured", period=16.0, clear=0), 1000, 0),  # the subject sits on the edge
     (_texture("plain", clear=0), 1000, None),  # a plain band only continues colour and grain
+    (BandTexture("bottom", "plain", 0.5, 1.0, 5.0, 0.0, 0, cut=0.3), 1000, 0),  # the photo cuts the subject here
+    (BandTexture("bottom", "plain", 0.5, 1.0, 5.0, 0.0, 0, cut=0.01), 1000, None),  # a wisp touching the edge
 ])
 def test_seamless_depth(texture: BandTexture, extent: int, depth: int | None) -> None:
     assert seamless_depth(texture, extent) == depth

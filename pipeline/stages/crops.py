@@ -28,7 +28,7 @@ from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
 from .base import Asset, Stage, backends, define_part, define_step, register, stage_class
 from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
-from .seams import SIDES, BandTexture, band_texture, seam_score, seamless_depth
+from .seams import CUT_SHARE, SIDES, BandTexture, band_texture, seam_score, seamless_depth
 from .subject import find_subject, paste_matte
 
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
@@ -814,7 +814,9 @@ class GeometryCrops(Stage):
         short = {side: r for side, r in reach.items() if r.depth is not None and need[side] > r.depth}
         if not short:
             return frame, {}, notes
-        why = "; ".join(f"{side}: {r.texture.kind} border (period {r.texture.period:.0f} px) stays seamless for "
+        why = "; ".join(f"{side}: the photo's edge cuts the subject ({r.texture.cut:.0%} of it), the frame needs "
+                        f"{need[side]} px" if r.texture.cut > CUT_SHARE else
+                        f"{side}: {r.texture.kind} border (period {r.texture.period:.0f} px) stays seamless for "
                         f"{r.depth} px, the frame needs {need[side]}" for side, r in short.items())
         notes["fallback"] = {"to": o.fallback, "why": why}
         self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback, why)

@@ -8,7 +8,7 @@ Pure numpy/OpenCV, no Stage: ``crops`` asks this module before it extends a fram
   a ``textured`` one (veins, bricks, a street scene) only as far as ``seamless_depth`` says.
 * ``seamless_depth``: a few texture periods, bounded by fractions of the image part's extent, and never
   deeper than the clean backdrop between the edge and the subject (new canvas never copies from near it);
-  none at all when that backdrop is too thin to hold the texture.
+  none at all when that backdrop is too thin to hold the texture, or where the photo's frame cuts the subject.
 * ``seam_score``: the step across the seam between original and new pixels ÷ the typical step between
   neighbouring rows inside the original band; about 1 where the seam does not show, ≤ ``SEAMLESS_SCORE``
   counts as seamless. It works on any filled canvas (outpaint, pad, generate).
@@ -32,10 +32,13 @@ BAND_MIN = 12  # ... and at least this many work pixels
 NEAR_SUBJECT = 0.02  # pixels closer to the subject than this fraction of the work long edge are not backdrop
 PLAIN_LEVELS = 6.0  # a band whose (grain-free) values span less than this (8-bit levels) is plain
 TEXTURE_LEVELS = 3.0  # structure above this amplitude (8-bit levels, RMS)...
-TEXTURE_OVER_GRAIN = 1.0  # ...and above this multiple of the grain makes a band textured
+TEXTURE_OVER_GRAIN = 0.6  # ...and above this multiple of the grain makes a band textured
+TEXTURE_SCALE = 4.0  # work px: structure finer than about 2π × this is texture; coarser is shading (a soft
+                     # shadow, a defocused background), which the smooth continuation carries on
 REACH_PERIODS = 3.0  # a textured band extends seamlessly for about this many texture periods...
 REACH_MIN = 0.03  # ...but at least this fraction of the image part's extent across the side
 REACH_MAX = 0.12  # ...and at most this fraction
+CUT_SHARE = 0.02  # a subject touching more of an edge than this is cut by the photo's frame there
 CLEAR_PERIODS = 2.0  # a textured band with less clean backdrop than this many periods is not extended
 SEAMLESS_SCORE = 1.2  # seam_score at or below this: the seam does not show
 STEP_FLOOR = 0.5  # 8-bit levels: the typical step of a noiseless band, so a flat band's score stays finite
@@ -57,6 +60,7 @@ class BandTexture:
     spread: float  # range (2nd to 98th percentile) of the grain-free values
     period: float  # the structure's typical period; 0 when there is none
     clear: int | None  # backdrop depth from the edge to the subject (grown) over most of the edge; None: no subject
+    cut: float = 0.0  # share of the edge the subject touches: there the photo's frame cuts it
 
     @property
     def textured(self) -> bool:
@@ -64,7 +68,7 @@ class BandTexture:
 
     def as_note(self) -> dict[str, object]:
         return {"kind": self.kind, "detail": round(self.detail, 2), "grain": round(self.grain, 2),
-                "period": round(self.period, 1)}
+                "period": round(self.period, 1), "cut": round(self.cut, 3)}
 
 
 def _grey_levels(pixels: np.ndarray) -> np.ndarray:
@@ -115,9 +119,11 @@ def band_texture(image: np.ndarray, side: str, matte: np.ndarray | None = None, 
     if (ws, hs) != (w, h):
         grey = cv2.resize(grey, (ws, hs), interpolation=cv2.INTER_AREA)
     subject = np.zeros((hs, ws), np.uint8)
+    cut = 0.0
     if matte is not None and matte.any():
         near = max(1, round(NEAR_SUBJECT * max(ws, hs)))
         inside = np.where(matte > 0, np.uint8(255), np.uint8(0))
+        cut = float((_orient(inside, side)[0] > 0).mean())
         small = cv2.resize(inside, (ws, hs), interpolation=cv2.INTER_AREA) > 0
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * near + 1, 2 * near + 1))
         subject = cv2.dilate(small.astype(np.uint8), kernel)
@@ -131,12 +137,12 @@ def band_texture(image: np.ndarray, side: str, matte: np.ndarray | None = None, 
         clear = int(math.floor(float(np.percentile(hit, 50)) * r))
     band, open_ = g[:depth], (~s[:depth]).astype(np.float32)
     if band.shape[0] < 3 or band.shape[1] < 3 or open_.sum() < 16:
-        return BandTexture(side, "plain", 0.0, 0.0, 0.0, 0.0, clear)
+        return BandTexture(side, "plain", 0.0, 0.0, 0.0, 0.0, clear, cut)
     mask = open_ > 0
     fine = cv2.GaussianBlur(band, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
     resid = (band - fine)[mask]
     grain = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
-    structure = _without_shading(fine, mask, max(3.0, depth / 4.0))
+    structure = _without_shading(fine, mask, TEXTURE_SCALE)
     detail = float(np.sqrt(np.mean(structure[mask] ** 2)))
     lo, hi = np.percentile(fine[mask], [2, 98])
     spread = float(hi - lo)
@@ -151,17 +157,20 @@ def band_texture(image: np.ndarray, side: str, matte: np.ndarray | None = None, 
         kind = "plain"
     else:
         kind = "smooth"
-    return BandTexture(side, kind, detail, grain, spread, period, clear)
+    return BandTexture(side, kind, detail, grain, spread, period, clear, cut)
 
 
 def seamless_depth(texture: BandTexture, extent: int) -> int | None:
     """How far (px) a classical extension of this band stays seamless; None: as far as needed.
 
-    ``extent`` is the image part's size across the side (its height for top/bottom). Plain and smooth
-    bands continue their colour and grain indefinitely; a textured one for ``REACH_PERIODS`` periods,
+    ``extent`` is the image part's size across the side (its height for top/bottom). Where the photo's
+    frame cuts the subject (it touches more than ``CUT_SHARE`` of the edge), none: the new canvas would
+    show the cut. Otherwise plain and smooth bands continue their colour and grain indefinitely; a textured one for ``REACH_PERIODS`` periods,
     between ``REACH_MIN`` and ``REACH_MAX`` of ``extent``, and never deeper than its clean backdrop
     (the texture is copied from there, and the subject is never a source).
     """
+    if texture.cut > CUT_SHARE:
+        return 0  # new canvas here would show the subject's flat cut edge, whatever the backdrop
     if not texture.textured:
         return None
     reach = REACH_PERIODS * texture.period
