@@ -115,9 +115,11 @@ def band_texture(image: np.ndarray, side: str, matte: np.ndarray | None = None, 
     h, w = image.shape[:2]
     r = max(1.0, max(w, h) / work_long_edge)
     ws, hs = max(1, round(w / r)), max(1, round(h / r))
-    grey = _grey_levels(image)
-    if (ws, hs) != (w, h):
-        grey = cv2.resize(grey, (ws, hs), interpolation=cv2.INTER_AREA)
+    small = image[..., :3] if image.ndim == 3 else image
+    if (ws, hs) != (w, h):  # shrink first: the grey conversion then costs nothing on a large photo
+        small = cv2.resize(np.ascontiguousarray(small), (ws, hs), interpolation=cv2.INTER_AREA).reshape(
+            (hs, ws) + small.shape[2:])
+    grey = _grey_levels(small)
     subject = np.zeros((hs, ws), np.uint8)
     cut = 0.0
     if matte is not None and matte.any():
@@ -182,14 +184,16 @@ def seamless_depth(texture: BandTexture, extent: int) -> int | None:
 
 
 def _lines(a: np.ndarray, known: Box, side: str, rows: int) -> np.ndarray | None:
-    """The new row next to ``side`` then ``rows`` original rows inward (lines × positions along the seam)."""
+    """The new row next to ``side`` then ``rows`` original rows inward (lines × positions along the seam [× C])."""
     if side == "top":
         return a[known.y0 - 1:known.y0 + rows, known.x0:known.x1] if known.y0 >= 1 else None
     if side == "bottom":
         return a[known.y1 - rows:known.y1 + 1, known.x0:known.x1][::-1] if known.y1 < a.shape[0] else None
     if side == "left":
-        return a[known.y0:known.y1, known.x0 - 1:known.x0 + rows].T if known.x0 >= 1 else None
-    return a[known.y0:known.y1, known.x1 - rows:known.x1 + 1].T[::-1] if known.x1 < a.shape[1] else None
+        return np.swapaxes(a[known.y0:known.y1, known.x0 - 1:known.x0 + rows], 0, 1) if known.x0 >= 1 else None
+    if known.x1 >= a.shape[1]:
+        return None
+    return np.swapaxes(a[known.y0:known.y1, known.x1 - rows:known.x1 + 1], 0, 1)[::-1]
 
 
 def seam_score(canvas: np.ndarray, known: Box, matte: np.ndarray | None = None,
@@ -208,13 +212,13 @@ def seam_score(canvas: np.ndarray, known: Box, matte: np.ndarray | None = None,
     ends there, which is no seam of the fill); a side that is all subject gets no score.
     About 1 where the seam does not show; ≤ ``SEAMLESS_SCORE`` counts as seamless.
     """
-    grey = _grey_levels(canvas)
     rows = max(2, min(rows, known.width, known.height))
     scores = {}
     for side in SIDES:
-        lines = _lines(grey, known, side, rows)
+        lines = _lines(canvas, known, side, rows)
         if lines is None or lines.shape[0] < 3 or lines.shape[1] < 1:
             continue
+        lines = _grey_levels(lines) if canvas.ndim == 3 else lines.astype(np.float32) * (255.0 / max_value(canvas))
         steps = np.abs(np.diff(lines, axis=0))  # steps[0]: across the seam (new row → first original)
         keep = np.ones(steps.shape[1], bool)
         if matte is not None:
