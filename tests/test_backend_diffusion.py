@@ -140,3 +140,28 @@ def test_seam_correction_meets_the_original_at_the_seam():
     out = seam_corrected(gen, original, known, feather=8.0)
     assert abs(out[16, 32, 0] - 0.6) < 0.12  # next to the seam: close to the original
     assert abs(out[16, 63, 0] - 0.2) < 0.05  # far away: the model's own colour
+
+
+def test_crops_generate_fallback_fills_beyond_the_seamless_outpaint(tmp_path):
+    """fill: outpaint with fallback: generate on a textured photo: outpaint near the image, the model beyond."""
+    from pipeline.stages.crops import CropsOptions, GeometryCrops
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    grey = 140 + 45 * np.sin((xx + 0.6 * yy) / 3.0) + rng.normal(0, 2, (128, 128))  # fine stone veins
+    img = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    matte = np.zeros((128, 128), np.uint8)
+    matte[12:116, 52:76] = 255  # a tall product, clear of the edges
+    img[matte > 0] = (255, 0, 255)
+    ctx = StageContext(make_config(tmp_path, diffusers=str(tiny_sd_inpaint())))
+    options = CropsOptions(ratios=["16:9"], fallback="generate", steps=2, seed=3)
+    stage = GeometryCrops(options, ctx)
+    stage.prepare()
+    (out,) = stage.run(Asset(img, matte))
+    note = out.notes["crops"]
+    assert note["fill"] == "outpaint + generate" and note["fallback"]["to"] == "generate"
+    left = note["extended"]["left"]
+    x0, y0, x1, y1 = note["box"]
+    assert left > 40 and x0 == -left
+    np.testing.assert_array_equal(out.pixels[:, left:left + 128], img[y0:y1])
+    assert out.pixels[:, :left - 20].std() > 0  # the model's part is not a pad
