@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{summary(reference)} | – | – | – | – | – |")
     for text, tally in per_ratio.items():
         ratio_rows.append(f"| {text} | {tally.outputs} | {tally.extended} | {summary(tally.scores)} | "
-                          f"{tally.fell_back / max(1, tally.outputs):.0%} | {tally.cut_subject / max(1, tally.outputs):.0%} |")
+                          f"{tally.fell_back / max(1, tally.outputs):.0%} | "
+                          f"{tally.cut_subject / max(1, tally.outputs):.0%} |")
 
     lines = ["Seam score per extended side (target ≤ 1.2): median, 90th percentile and the share at or under "
              "1.2. \"detail kept\": the fine detail of the new canvas ÷ that of the original band beside it, "

@@ -390,8 +390,10 @@ def test_textured_border_falls_back_to_a_tighter_frame(tmp_path: Path, caplog: p
     box = Box(*note["box"])
     inside = box.intersect(Box(0, 0, 400, 400))
     known = inside.shift(-box.x0, -box.y0)
-    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[inside.y0:inside.y1, inside.x0:inside.x1])
-    assert not _magenta(out.pixels[:, :ext["left"]]).any() and not _magenta(out.pixels[:, out.width - ext["right"]:]).any()
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
+    assert not _magenta(out.pixels[:, :ext["left"]]).any()
+    assert not _magenta(out.pixels[:, out.width - ext["right"]:]).any()
     (line,) = [r.getMessage() for r in caplog.records if "seamless" in r.getMessage()]
     assert "shots/stone.jpg" in line and "16:9" in line and "crop" in line
 
@@ -424,7 +426,8 @@ def test_textured_border_keeps_the_frame_and_the_fallback_fills_the_rest(tmp_pat
     box = Box(*note["box"])
     inside = box.intersect(Box(0, 0, 400, 400))
     known = inside.shift(-box.x0, -box.y0)
-    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[inside.y0:inside.y1, inside.x0:inside.x1])
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
 
 
 def test_plain_border_extends_as_far_as_needed(tmp_path: Path) -> None:
@@ -502,3 +505,16 @@ def test_no_new_canvas_where_the_photo_cuts_the_subject(tmp_path: Path) -> None:
     assert "top:" not in note["fallback"]["why"], "a plain top extends as far as needed"
     assert note["extended"] is None or note["extended"]["bottom"] == 0
     assert out.notes["crops"]["cut_margin"] or out.height <= 400
+
+
+def test_a_side_whose_seam_still_shows_is_done_again_without_outpaint(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    img, matte = tall_on_stone()
+    img[:, 396:399] = 40  # a dark line along the right edge (a mount, a frame): mirrored, it shows as a seam
+    with caplog.at_level("INFO", logger="assetd.stage"):
+        out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, matte))[0]
+    note = out.notes["crops"]
+    assert "right: the extension's seam showed (score" in note["fallback"]["why"]
+    assert note["extended"]["right"] == 0 and note["extended"]["left"] > 0
+    assert set(note["seam_score"]) == {"left"} and note["seam_score"]["left"] <= 1.2
+    assert len([r for r in caplog.records if "seam showed" in r.getMessage()]) == 1, "one line per fallback"

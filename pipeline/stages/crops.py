@@ -28,7 +28,7 @@ from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
 from .base import Asset, Stage, backends, define_part, define_step, register, stage_class
 from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
-from .seams import CUT_SHARE, SIDES, BandTexture, band_texture, seam_score, seamless_depth
+from .seams import CUT_SHARE, SIDES, VISIBLE_SEAM, BandTexture, band_texture, seam_score, seamless_depth
 from .subject import find_subject, paste_matte
 
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
@@ -755,14 +755,7 @@ class GeometryCrops(Stage):
             if frame.extended and asset.backdrop is not None:  # a scene composite: compose this frame anew
                 pixels, framed_matte, composed = asset.backdrop.render(frame.box)
             else:
-                # --- outpaint only as far as it stays seamless (pipeline.stages.seams); the fallback does the rest
-                frame, depths, seam_notes = self._within_reach(asset, frame, ratio, text, keep_out)
-                if depths:
-                    pixels, _known = build_within(asset.pixels, frame, depths, self.filler, self.rest_filler,
-                                                  matte=keep_out)
-                else:
-                    pixels, _known = build_canvas(asset.pixels, frame, self.filler, matte=keep_out)
-                # ---
+                frame, pixels, depths, seam_notes = self._extend(asset, frame, ratio, keep_out)
                 framed_matte = frame_matte(matte, frame) if matte is not None else None
             left, top, right, bottom = frame.outside
             notes = {
@@ -788,18 +781,43 @@ class GeometryCrops(Stage):
             notes.update(seam_notes)
             if frame.extended and depths:
                 notes["fill"] = f"{o.fill} + {o.fallback}"
-            if frame.extended and composed is None and not asset.has_alpha:
-                scores = seam_score(pixels, frame.known, framed_matte)
-                notes["seam_score"] = {side: round(v, 3) for side, v in scores.items()}
+            if seam_notes.get("fallback"):
+                self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback,
+                                  seam_notes["fallback"]["why"])
             out = asset.derive(pixels, framed_matte, ratio=text, backdrop=None)
             out.notes["crops"] = notes
             outputs.append(out)
         return outputs
 
-    def _within_reach(self, asset: Asset, frame: Frame, ratio: tuple[int, int], text: str,
-                      matte: np.ndarray | None) -> tuple[Frame, dict[str, int], dict[str, Any]]:
+    def _extend(self, asset: Asset, frame: Frame, ratio: tuple[int, int],
+                matte: np.ndarray | None) -> tuple[Frame, np.ndarray, dict[str, int], dict[str, Any]]:
+        """Cut ``frame`` out, outpainting only as far as it stays seamless (``pipeline.stages.seams``); the
+        fallback does the rest. A side whose outpainted seam still shows (``seam_score`` over
+        ``VISIBLE_SEAM``) is done again without outpaint. Returns the frame (tighter for fallback crop), its
+        pixels, the depth per side outpaint was held to, and the manifest notes (texture, fallback, seam score)."""
+        shown: dict[str, float] = {}
+        while True:
+            framed, depths, notes = self._within_reach(asset, frame, ratio, matte, shown)
+            if depths:
+                pixels, _known = build_within(asset.pixels, framed, depths, self.filler, self.rest_filler, matte=matte)
+            else:
+                pixels, _known = build_canvas(asset.pixels, framed, self.filler, matte=matte)
+            if not framed.extended or asset.has_alpha:
+                return framed, pixels, depths, notes
+            scores = seam_score(pixels, framed.known, frame_matte(matte, framed) if matte is not None else None)
+            notes["seam_score"] = {side: round(v, 3) for side, v in scores.items()}
+            need = dict(zip(SIDES, framed.outside))
+            showing = {side: v for side, v in scores.items() if v > VISIBLE_SEAM and side not in shown
+                       and need[side] > 0 and depths.get(side, need[side]) > 0 and "texture" in notes}
+            if not showing:
+                return framed, pixels, depths, notes
+            shown.update(showing)
+
+    def _within_reach(self, asset: Asset, frame: Frame, ratio: tuple[int, int], matte: np.ndarray | None,
+                      shown: dict[str, float]) -> tuple[Frame, dict[str, int], dict[str, Any]]:
         """Where the fill would not stay seamless, apply the fallback: ``crop`` returns a tighter frame,
-        ``pad``/``generate`` the depth per side the fill may do (the fallback's fill does the rest).
+        ``pad``/``generate`` the depth per side the fill may do (the fallback's fill does the rest). ``shown``:
+        sides (and their seam scores) where the fill's seam showed before, not extended by it now.
         Also the manifest notes: texture per side, the fallback and why."""
         if not frame.extended:
             return frame, {}, {}
@@ -811,15 +829,21 @@ class GeometryCrops(Stage):
             return frame, {}, {}
         notes: dict[str, Any] = {"texture": {side: r.texture.kind for side, r in reach.items()}, "fallback": None}
         need = dict(zip(SIDES, frame.outside))
+        reach.update({side: Reach(reach[side].texture, 0) for side in shown if side in reach})
         short = {side: r for side, r in reach.items() if r.depth is not None and need[side] > r.depth}
         if not short:
             return frame, {}, notes
-        why = "; ".join(f"{side}: the photo's edge cuts the subject ({r.texture.cut:.0%} of it), the frame needs "
-                        f"{need[side]} px" if r.texture.cut > CUT_SHARE else
-                        f"{side}: {r.texture.kind} border (period {r.texture.period:.0f} px) stays seamless for "
-                        f"{r.depth} px, the frame needs {need[side]}" for side, r in short.items())
-        notes["fallback"] = {"to": o.fallback, "why": why}
-        self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback, why)
+
+        def why(side: str, r: Reach) -> str:
+            if side in shown:
+                return f"{side}: the extension's seam showed (score {shown[side]:.1f}), the frame needs {need[side]} px"
+            if r.texture.cut > CUT_SHARE:
+                return (f"{side}: the photo's edge cuts the subject ({r.texture.cut:.0%} of it), "
+                        f"the frame needs {need[side]} px")
+            return (f"{side}: {r.texture.kind} border (period {r.texture.period:.0f} px) stays seamless for "
+                    f"{r.depth} px, the frame needs {need[side]}")
+
+        notes["fallback"] = {"to": o.fallback, "why": "; ".join(why(side, r) for side, r in short.items())}
         if o.fallback != "crop":
             return frame, {side: r.depth for side, r in short.items()}, notes
         allowed = tuple(min(need[side], short[side].depth) if side in short else need[side] for side in SIDES)

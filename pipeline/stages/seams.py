@@ -41,6 +41,8 @@ REACH_MAX = 0.12  # ...and at most this fraction
 CUT_SHARE = 0.02  # a subject touching more of an edge than this is cut by the photo's frame there
 CLEAR_PERIODS = 2.0  # a textured band with less clean backdrop than this many periods is not extended
 SEAMLESS_SCORE = 1.2  # seam_score at or below this: the seam does not show
+VISIBLE_SEAM = 2.0  # above this it shows at a glance: crops does that side again without outpaint (a photo's
+                    # own pixels, with no seam, score under 1.9 nine times in ten)
 STEP_FLOOR = 0.5  # 8-bit levels: the typical step of a noiseless band, so a flat band's score stays finite
 SCORE_ROWS = 16  # rows inside the seam that seam_score looks at
 TYPICAL_PERCENTILE = 75  # the typical step inside: this percentile of those rows' mean steps
@@ -167,9 +169,10 @@ def seamless_depth(texture: BandTexture, extent: int) -> int | None:
 
     ``extent`` is the image part's size across the side (its height for top/bottom). Where the photo's
     frame cuts the subject (it touches more than ``CUT_SHARE`` of the edge), none: the new canvas would
-    show the cut. Otherwise plain and smooth bands continue their colour and grain indefinitely; a textured one for ``REACH_PERIODS`` periods,
-    between ``REACH_MIN`` and ``REACH_MAX`` of ``extent``, and never deeper than its clean backdrop
-    (the texture is copied from there, and the subject is never a source).
+    show the cut. Otherwise plain and smooth bands continue their colour and grain indefinitely; a
+    textured one for ``REACH_PERIODS`` periods, between ``REACH_MIN`` and ``REACH_MAX`` of ``extent``, and
+    never deeper than its clean backdrop (the texture is copied from there, and the subject is never a
+    source); not at all when that backdrop is under ``CLEAR_PERIODS`` periods deep.
     """
     if texture.cut > CUT_SHARE:
         return 0  # new canvas here would show the subject's flat cut edge, whatever the backdrop
