@@ -80,7 +80,9 @@ def reason(why: str) -> list[str]:
     out = []
     for part in why.split("; "):
         side = part.split(":", 1)[0]
-        if "cuts the subject" in part:
+        if "seam showed" in part:
+            out.append("the extension's seam still showed (score over 2): done again without outpaint")
+        elif "cuts the subject" in part:
             out.append("the photo's edge cuts the subject: new canvas would show the cut")
         elif "seamless for 0 px" in part:
             out.append("too little clean backdrop beside the subject (textured)")
