@@ -32,6 +32,12 @@ def check_filename(value: str) -> str | None:
     return template_problem(value)
 
 
+def check_size(value: str | dict[str, str]) -> str | None:
+    from .sizes import check_size as size_problem  # sizes imports the stages' geometry; keep config light
+
+    return size_problem(value)
+
+
 def check_device(value: str) -> str | None:
     ok = value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)
     return None if ok else f"expected auto, cpu, cuda or cuda:N, got {value!r}"
@@ -53,6 +59,12 @@ class ChannelConfig:
     format: str = opt("png", choices=FORMATS, doc=" | ".join(FORMATS))
     quality: int = opt(90, min=1, max=100, doc="encoder quality for jpeg and webp")
     long_edge: int | None = opt(None, min=16, doc="shrink outputs so the long edge is at most this (never enlarges)")
+    size: str | dict[str, str] | None = opt(
+        None, check=check_size, expected="a size like 1080x1350, or ratios mapped to sizes like {'4:5': 1080x1350}",
+        doc="exact pixels of every output, WIDTHxHEIGHT (1080x1350), or one per ratio ({'4:5': 1080x1350, "
+            "'9:16': 1080x1920}); the rule's upscale step enlarges what is smaller")
+    min_long_edge: int | None = opt(None, min=16, doc="the least long edge of an output: the rule's upscale step "
+                                                      "enlarges what is shorter, else the output is not written")
     background: str | None = opt(
         None, check=check_colour, doc="flatten transparency onto this colour; formats without alpha default to white"
     )
@@ -197,6 +209,9 @@ def config_from_dict(data: object, source: Path) -> Config:
             cfg.channels[str(name)] = build(ChannelConfig, body, f"channels.{name}", errors, base=source.parent,
                                             name=str(name))
     for name, ch in cfg.channels.items():
+        from .sizes import channel_size_problems
+
+        errors.extend(f"channels.{name}.{p}" for p in channel_size_problems(ch))
         if ch.bits == 16 and ch.format not in ("png", "tiff"):
             errors.append(f"channels.{name}.bits: 16 bits needs format png or tiff, not {ch.format}")
         if ch.filename and ("/" in ch.filename or "\\" in ch.filename or "{ext}" not in ch.filename):

@@ -147,7 +147,8 @@ def build(cls: type, data: Any, where: str, errors: list[str], *, base: Path | N
         errors.append(f"{where}: expected a mapping, got {data!r}")
         data = {}
     hints = typing.get_type_hints(cls)
-    fields = {yaml_key(f): f for f in dataclasses.fields(cls) if f.init and f.name not in extra}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls)
+              if f.init and f.name not in extra and not f.metadata.get("internal")}  # internal: set by code
     for key in data:
         if key not in fields:
             errors.append(f"{_join(where, key)}: unknown key (known keys: {', '.join(fields)})")
