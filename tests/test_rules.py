@@ -174,18 +174,19 @@ def test_one_image_per_channel_may_drop_the_ratio(workspace):
     assert [r.name for r in rules] == ["products", "cutouts"]
 
 
-def test_upscale_without_size_aims_at_the_largest_long_edge_of_its_channels(workspace):
+def test_upscale_without_size_aims_each_ratio_at_the_largest_long_edge_of_its_channels(workspace):
     workspace.add_rule("10-products.yaml", "name: products\nsteps: [{crops: {ratios: ['1:1', '4:5']}}, upscale]\n"
                                            "outputs: [{channel: webshop, from: upscale, ratios: ['1:1']},\n"
                                            "          {channel: instagram, from: upscale, ratios: ['4:5']},\n"
                                            "          {channel: banners, from: crops}]\n")
     config, rules = workspace.load()
     upscale = rules[0].step("upscale")
-    assert upscale.options.long_edge == 600  # webshop 600, instagram 500; banners (640) gets crops, not upscale
+    # webshop 600 at 1:1, instagram 500 at 4:5; banners (640) gets crops, not upscale
+    assert upscale.options.targets == {"1:1": 600, "4:5": 500} and upscale.options.long_edge is None
     before = rules[0].version
     config.channels["webshop"].long_edge = 700
     again = load_rules(config)[0]
-    assert again.step("upscale").options.long_edge == 700 and again.version != before
+    assert again.step("upscale").options.targets == {"1:1": 700, "4:5": 500} and again.version != before
 
 
 def test_duplicate_extensions_are_listed_once(workspace):
