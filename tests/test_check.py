@@ -34,5 +34,5 @@ def test_check_refuses_two_ratios_with_one_name(workspace):
     workspace.config_path.write_text(text)
     result = check(workspace)
     assert result.exit_code == 1
-    assert ("10-products.yaml: outputs: crops 4:5 and crops 9:16 would both be named 'shot.jpg' in channel "
+    assert ("10-products.yaml: outputs: upscale 4:5 and upscale 9:16 would both be named 'shot.jpg' in channel "
             "instagram") in result.output
