@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from .stages.framing import parse_ratio, ratio_error
+from .stages.framing import largest_size, parse_ratio, ratio_error
 
 if TYPE_CHECKING:
     from .config import ChannelConfig
@@ -42,8 +42,8 @@ def size_ratio_problem(size: tuple[int, int], ratio: str) -> str | None:
     if ratio_error(size[0], size[1], (rw, rh)) <= ROUNDING:
         return None
     w, h = size
-    closest = (w, max(1, round(w * rh / rw))) if w * rh >= h * rw else (max(1, round(h * rw / rh)), h)
-    return f"{w}x{h} is not {ratio} (a {ratio} of that size is {closest[0]}x{closest[1]})"
+    fits = largest_size(w, h, (rw, rh))
+    return f"{w}x{h} is not {ratio} (the largest {ratio} in it is {fits[0]}x{fits[1]})"
 
 
 def check_size(value: Any) -> str | None:
