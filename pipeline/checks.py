@@ -21,20 +21,21 @@ def _writable(folder: Path) -> bool:
 
 
 def _size_warnings(rules: list, config: Config) -> list[str]:
-    """Channels that need pixels (size, min_long_edge) fed by a rule with no upscale step: an input too small
+    """Channels that need pixels (size, min_long_edge) fed an image no upscale step enlarges: an input too small
     for them fails those outputs, which cannot be known before it comes."""
     from .sizes import need_text, needs_pixels
 
     lines = []
     for rule in rules:
-        if rule.step("upscale") is not None:
-            continue
         for spec in rule.outputs:
             channel = config.channels[spec.channel]
-            if needs_pixels(channel):
-                ratio = spec.ratios[0] if spec.ratios and len(spec.ratios) == 1 else None
-                lines.append(f"{rule.path}: rule {rule.name} has no upscale step: an image smaller than channel "
-                             f"{channel.name} needs ({need_text(channel, ratio)}) is not written and fails its job")
+            if not needs_pixels(channel) or spec.source == "upscale":
+                continue
+            ratio = spec.ratios[0] if spec.ratios and len(spec.ratios) == 1 else None
+            why = (f"rule {rule.name} has no upscale step" if rule.step("upscale") is None else
+                   f"rule {rule.name} sends channel {channel.name} {spec.source}, which no upscale step enlarges")
+            lines.append(f"{rule.path}: {why}: an image smaller than channel {channel.name} needs "
+                         f"({need_text(channel, ratio)}) is not written and fails its job")
     return lines
 
 

@@ -220,9 +220,10 @@ def _size_problems(steps: list[StepSpec], outputs: list[OutputSpec], config: Con
             continue  # without an upscale step, an image smaller than needed fails its output (checks warns)
         step = steps[upscale]
         if spec.source != "upscale":
-            problems.append(f"outputs[{i}]: channel {channel.name} needs {need_text(channel, ratios[0])}, but takes "
-                            f"{spec.source}, which the upscale step does not enlarge: take it from upscale")
-            continue
+            if after.get(spec.source, INPUT_FACTS) == after["upscale"]:  # the same image, enlarged, is there
+                problems.append(f"outputs[{i}]: channel {channel.name} needs {need_text(channel, ratios[0])}, but "
+                                f"takes {spec.source}, which the upscale step does not enlarge: take it from upscale")
+            continue  # an image upscale does not give (a cut-out before crops): as without one (checks warns)
         wanted = max((least_long_edge(channel, r) or 0 for r in ratios), default=0)
         long_edge = getattr(step.options, "long_edge", None)
         if long_edge is not None and long_edge < wanted:

@@ -125,8 +125,10 @@ CROPS = "steps: [{crops: {ratios: ['1:1', '4:5', '9:16', '16:9'], fill: pad}}, u
     (CROPS + "outputs: [{channel: webshop, from: crops, ratios: ['1:1']}]",
      "outputs[0]: channel webshop needs 600x600 px, but takes crops, which the upscale step does not enlarge: "
      "take it from upscale"),
-    (CROPS + "outputs: [{channel: print, from: input}]",
-     "outputs[0]: channel print needs a long edge of at least 900 px (min_long_edge), but takes input"),
+    ("steps: [upscale, {crops: {ratios: ['1:1'], fill: pad}}]\n"
+     "outputs: [{channel: print, from: input}, {channel: cutouts, from: upscale}]",
+     "outputs[0]: channel print needs a long edge of at least 900 px (min_long_edge), but takes input, which the "
+     "upscale step does not enlarge: take it from upscale"),
     ("steps: [{crops: {ratios: ['4:5'], fill: pad}}, {upscale: {long_edge: 400}}]\n"
      "outputs: [{channel: instagram, from: upscale}]",
      "steps[1].upscale.long_edge: 400 is less than the 500 px long edge channel instagram needs: leave it out"),
@@ -134,6 +136,18 @@ CROPS = "steps: [{crops: {ratios: ['1:1', '4:5', '9:16', '16:9'], fill: pad}}, u
 def test_a_size_the_rule_cannot_give_is_refused_when_it_loads(workspace, rule, expected):
     problems = load_problems(workspace, rule)
     assert any(expected in p for p in problems), problems
+
+
+def test_an_image_no_upscale_step_gives_is_warned_about_not_refused(workspace):
+    """A cut-out (before crops) cannot come from a later upscale step: like a rule without one, `check` warns."""
+    rule = (CROPS.replace("steps: [", "steps: [{remove_background: {}}, ") +
+            "outputs: [{channel: print, from: remove_background}, {channel: webshop, from: upscale, ratios: ['1:1']}]")
+    checked = invoke("check", "--config", studio_with(workspace, rule))
+    assert checked.exit_code == 0, checked.output
+    assert ("rule shop sends channel print remove_background, which no upscale step enlarges: an image smaller "
+            "than channel print needs (a long edge of at least 900 px (min_long_edge)) is not written and fails "
+            "its job") in checked.output
+    assert "channel webshop" not in checked.output  # taken from upscale: enlarged as far as it needs
 
 
 @pytest.mark.parametrize("channel, expected", [
