@@ -4,9 +4,10 @@ Where the subject is (``find_subject`` for framing, ``cutout_subject`` for placi
 (``matte_from_alpha``, ``paste_matte``), trimming a cut-out to it (``trim_box``, ``trimmed``),
 putting it on a canvas 1:1 (``composite``: the composite and diffusers scenes both do); the
 option groups two backends of a step both offer (where the subject sits; how much to enlarge it),
-declared once so their validation cannot diverge; the one size an enlargement aims at
-(``aimed_factor``, per ratio from the channels' needs gathered by ``resolve_size``; ``enlarged_size``); and the subject's edge at full resolution from a mask found at working size
-(``refine_edge``, ``decontaminate_edges``), which both cut-out backends (studio, rembg) use.
+declared once so their validation cannot diverge; the one size an enlargement aims at (``aimed_factor``,
+per ratio from what the channels need, gathered by ``resolve_size``; ``enlarged_size``); and the
+subject's edge at full resolution from a mask found at working size (``refine_edge``,
+``decontaminate_edges``), which both cut-out backends (studio, rembg) use.
 """
 from __future__ import annotations
 
