@@ -53,6 +53,31 @@ class InboxConfig:
 
 
 @dataclass
+class SafeZone:
+    """Fractions of a channel's outputs kept free of the subject (a platform's overlays: profile bar, replies)."""
+
+    top: float = opt(0.0, min=0.0, max=0.9, doc="of the height, at the top")
+    bottom: float = opt(0.0, min=0.0, max=0.9, doc="of the height, at the bottom")
+    left: float = opt(0.0, min=0.0, max=0.9, doc="of the width, at the left")
+    right: float = opt(0.0, min=0.0, max=0.9, doc="of the width, at the right")
+
+
+def check_safe_zone(value: "SafeZone | dict[str, SafeZone]") -> str | None:
+    from .stages.framing import parse_ratio  # the stages import config; keep config light to import
+
+    zones = value if isinstance(value, dict) else {"": value}
+    for ratio, zone in zones.items():
+        try:
+            if ratio:
+                parse_ratio(ratio)
+        except ValueError as exc:
+            return str(exc)
+        if zone.top + zone.bottom >= 0.9 or zone.left + zone.right >= 0.9:
+            return f"{ratio + ': ' if ratio else ''}top + bottom and left + right must leave room (each under 0.9)"
+    return None
+
+
+@dataclass
 class ChannelConfig:
     name: str = field(default="", metadata={"internal": True})
     path: Path = opt(None, required=True, doc="output folder of this channel")
@@ -78,6 +103,9 @@ class ChannelConfig:
                                    "above 6 files are hardly smaller, only slower")
     metadata: str = opt("default", choices=("default", "keep", "strip"),
                         doc="default keeps copyright/artist/date/camera and drops GPS; keep; strip")
+    safe_zone: SafeZone | dict[str, SafeZone] = opt(
+        SafeZone(), check=check_safe_zone, doc="fractions of each output kept free of the subject: {top, bottom, left, "
+        "right}, or per ratio ({'9:16': {top: 0.14, bottom: 0.2}}); crops frames the subject outside them")
     dpi: float | None = opt(None, min=1.0, max=100_000.0,
                             doc="print resolution written into outputs (pixels per inch); null: the input's own, "
                                 "when it states one")

@@ -42,7 +42,7 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        return " or ".join(describe(a) for a in args) + (" or null" if len(args) < len(get_args(tp)) else "")
+        return " or ".join(dict.fromkeys(describe(a) for a in args)) + (" or null" if len(args) < len(get_args(tp)) else "")
     if origin is list:
         return f"a list of {describe(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict:

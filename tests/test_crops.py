@@ -150,13 +150,18 @@ def test_rgba_extension_is_transparent(tmp_path: Path, fill: str) -> None:
     out = make_stage(tmp_path, fill=fill, ratios=["16:9"]).run(Asset(rgba, None))[0]
     note = out.notes["crops"]
     assert note["subject"] == "alpha"
-    left, right = note["extended"]["left"], note["extended"]["right"]
-    assert out.pixels.shape[2] == 4
+    ext = note["extended"]
+    left, right, top, bottom = ext["left"], ext["right"], ext["top"], ext["bottom"]
+    assert out.pixels.shape[2] == 4 and left > 0 and right > 0
     assert (out.pixels[:, :left, 3] == 0).all() and (out.pixels[:, out.width - right:, 3] == 0).all()
-    assert np.array_equal(out.pixels[:, left:out.width - right], rgba[note["box"][1]:note["box"][3]])
+    assert (out.pixels[:top, :, 3] == 0).all() and (out.pixels[out.height - bottom:, :, 3] == 0).all()
+    box = Box(*note["box"])
+    inside = box.intersect(Box(0, 0, rgba.shape[1], rgba.shape[0]))
+    assert np.array_equal(out.pixels[top:out.height - bottom, left:out.width - right],
+                          rgba[inside.y0:inside.y1, inside.x0:inside.x1])
     assert np.array_equal(out.matte, out.pixels[..., 3]), "alpha of a cut-out is its matte"
     opaque = make_stage(tmp_path, fill="pad", pad_colour="#ff000080", ratios=["16:9"]).run(Asset(rgba, None))[0]
-    assert (opaque.pixels[:, :left] == (255, 0, 0, 128)).all()
+    assert (opaque.pixels[:, :opaque.notes["crops"]["extended"]["left"]] == (255, 0, 0, 128)).all()
 
 
 def test_sixteen_bit_input_keeps_dtype_and_exact_pixels(tmp_path: Path) -> None:
@@ -165,8 +170,11 @@ def test_sixteen_bit_input_keeps_dtype_and_exact_pixels(tmp_path: Path) -> None:
     out = outs[0]
     assert out.pixels.dtype == np.uint16
     box = Box(*out.notes["crops"]["box"])
-    known = frame_for_ratio(600, 400, subject_box(matte), (16, 9)).known
-    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[box.y0:box.y1, 0:600])
+    known = make_stage(tmp_path).frame(600, 400, subject_box(matte), "16:9").known
+    inside = box.intersect(Box(0, 0, 600, 400))
+    assert out.notes["crops"]["extended"]["left"] == known.x0 > 0
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
     ext = out.pixels[:, :known.x0].astype(np.float32)
     assert abs(ext.mean() - img[:, :20].astype(np.float32).mean()) < 3 * 257
 
@@ -190,10 +198,12 @@ def test_generate_fill_result_never_overwrites_the_original(tmp_path: Path) -> N
         assert GeometryCrops.validate(stage.options, "crops", stage.ctx.config) == []
         out = stage.run(Asset(img, matte))[0]
     box = Box(*out.notes["crops"]["box"])
+    inside = box.intersect(Box(0, 0, 600, 400))
     known = seen["known"]
     assert seen["prompt"] == "marble table"
-    assert known.sum() == 600 * box.height
-    assert np.array_equal(out.pixels[known].reshape(box.height, 600, 3), img[box.y0:box.y1])
+    assert known.sum() == inside.width * inside.height
+    assert np.array_equal(out.pixels[known].reshape(inside.height, inside.width, 3),
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
     assert (out.pixels[~known] == 7).all()
 
 
@@ -333,12 +343,14 @@ def test_outpaint_is_deterministic_per_seed() -> None:
 
 def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
     img, matte = textured_backdrop()
-    out = make_stage(tmp_path, ratios=["9:16"], anchor="top").run(Asset(img, matte))[0]
+    # the largest frame (subject_fill: null) extends past the edge the subject touches, so outpaint continues
+    # the texture right beside it (framing by fill anchors a cut subject to its edge instead)
+    out = make_stage(tmp_path, ratios=["9:16"], anchor="top", subject_fill=None).run(Asset(img, matte))[0]
     note = out.notes["crops"]
     assert note["extended"]["bottom"] > 50 and note["fill"] == "outpaint"
     new = out.pixels[out.height - note["extended"]["bottom"]:].astype(np.int32)
     assert not ((new[..., 0] - new[..., 1] > 40) & (new[..., 2] - new[..., 1] > 40)).any()
     # no matte at all (subject unknown): colour continues, texture is not copied
-    blind = make_stage(tmp_path, ratios=["9:16"], anchor="top").run(Asset(img, None))[0]
+    blind = make_stage(tmp_path, ratios=["9:16"], anchor="top", subject_fill=None).run(Asset(img, None))[0]
     if blind.notes["crops"]["subject"] == "whole image" and blind.notes["crops"]["extended"]:
         assert blind.notes["crops"]["fill"] == "outpaint (smooth: subject unknown)"

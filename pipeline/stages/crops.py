@@ -17,17 +17,20 @@ Whatever the fill, the original pixels are pasted back afterwards: they are neve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from ..config import check_colour
+from ..errors import ConfigError
 from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
-from .base import Asset, Stage, backends, define_part, define_step, register, stage_class
-from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
+from .base import STEPS, Asset, Stage, backends, define_part, define_step, register, stage_class
+from .framing import (DEFAULT_FILL, DEFAULT_FILL_RANGE, DEFAULT_MARGIN, DEFAULT_MAX_NEW_CANVAS, DEFAULT_OPTICAL_CENTER,
+                      SIDES, Box, Frame, Zones, frame_by_fill, frame_for_ratio, parse_ratio)
 from .subject import find_subject, paste_matte
 
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
@@ -48,6 +51,38 @@ def _check_ratios(values: list[str]) -> str | None:
     return None
 
 
+def _check_per_ratio(value: Any) -> str | None:
+    """A per-ratio mapping's keys are ratios or ``default``."""
+    for key in value if isinstance(value, dict) else ():
+        if key != "default":
+            try:
+                parse_ratio(key)
+            except ValueError as exc:
+                return f"{exc} (or default) as a key; quote ratios in YAML: '9:16'"
+    return None
+
+
+def _check_subject_fill(value: Any) -> str | None:
+    values = value.values() if isinstance(value, dict) else [value]
+    bad = [v for v in values if v is not None and not 0.0 < v <= 1.0]
+    return f"expected fills in (0, 1], got {bad[0]!r}" if bad else _check_per_ratio(value)
+
+
+def _check_fill_range(value: list[float]) -> str | None:
+    if len(value) != 2 or not 0.0 < value[0] <= value[1] <= 1.0:
+        return f"expected [loosest, tightest] with 0 < loosest <= tightest <= 1, got {value!r}"
+    return None
+
+
+@dataclass
+class CopySpace:
+    """A side of the frame kept free of the subject, for text."""
+
+    side: str = opt("right", choices=SIDES, doc="left | right | top | bottom")
+    fraction: float = opt(0.35, min=0.0, max=0.9, doc="the share of the frame's width (left, right) or height (top, "
+                                                       "bottom) kept free")
+
+
 @dataclass
 class CropsOptions:
     ratios: list[str] = opt(["1:1", "4:5", "9:16", "16:9"], check=_check_ratios,
@@ -59,6 +94,25 @@ class CropsOptions:
     anchor: str = opt("center", choices=("center", "bottom", "top"),
                       doc="where new canvas goes when a crop is taller than the image: center | bottom "
                           "(keeps the floor, grows upwards) | top")
+    subject_fill: float | dict[str, float | None] | None = opt(
+        DEFAULT_FILL, check=_check_subject_fill,
+        doc="the subject box fills this much of each frame's limiting side (less its copy space), so it has the "
+            "same presence in every ratio; per ratio: {'9:16': 0.7, default: 0.8}; null: the largest frame of "
+            "the ratio around the subject (margin)")
+    fill_range: list[float] = opt(list(DEFAULT_FILL_RANGE), check=_check_fill_range,
+                                  doc="[loosest, tightest] fill the framing may use to keep new canvas under "
+                                      "max_new_canvas (tighter tried first)")
+    max_new_canvas: float = opt(DEFAULT_MAX_NEW_CANVAS, min=0.0, max=1.0,
+                                doc="share of a frame's area that may be new canvas (past the image); over it the "
+                                    "fill moves within fill_range, and failing that the frame is capped (fill "
+                                    "crop: cut inside the image; else the least new canvas), as the manifest says")
+    optical_center: float = opt(DEFAULT_OPTICAL_CENTER, min=0.0, max=1.0,
+                                doc="height of the subject's centre in its frame, as a fraction from the top "
+                                    "(0.5: geometric; a little above reads as centred for products)")
+    copy_space: CopySpace | dict[str, CopySpace | None] | None = opt(
+        None, check=_check_per_ratio,
+        doc="a side kept free of the subject for text, {side: right, fraction: 0.35}, or per ratio "
+            "({'16:9': {side: right, fraction: 0.35}}); the fill is measured on the rest")
     pad_colour: str | None = opt(None, check=check_colour,
                                  doc="fill: pad colour ('#rrggbb' or '#rrggbbaa'); default white, transparent for RGBA")
     model: str | None = opt(None, doc="fill: generate: model to use (default: models.diffusers)")
@@ -67,6 +121,20 @@ class CropsOptions:
     seed: int | None = opt(None, doc="random seed of the fill (outpaint grain, generate); default 0")
     steps: int = opt(30, min=1, max=200, doc="fill: generate: denoising steps")
     guidance: float = opt(7.5, min=0.0, max=50.0, doc="fill: generate: classifier-free guidance scale")
+    # by ratio, the union of the safe zones of the channels that receive it (GeometryCrops.resolve, when the rule
+    # loads: part of its version)
+    safe_zones: dict[str, Zones] = field(default_factory=dict, init=False, metadata={"internal": True})
+
+    def fill_for(self, ratio: str) -> float | None:
+        """``subject_fill`` for one ratio (None: the largest frame)."""
+        if isinstance(self.subject_fill, dict):
+            return self.subject_fill.get(ratio, self.subject_fill.get("default", DEFAULT_FILL))
+        return self.subject_fill
+
+    def copy_space_for(self, ratio: str) -> CopySpace | None:
+        if isinstance(self.copy_space, dict):
+            return self.copy_space.get(ratio, self.copy_space.get("default"))
+        return self.copy_space
 
 
 def _check_fill(name: str) -> str | None:
@@ -610,6 +678,76 @@ def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0, matte: np.ndarray
         _fill_side(img, "right", known, (0, h), w - known.x1, known.width, **common)
 
 
+# --- framing options checked against each other and against the channels ------------------------
+
+def framing_problems(options: CropsOptions, where: str) -> list[str]:
+    """Per-ratio keys that are no ratio of the step, and fills outside fill_range."""
+    problems = []
+    for name in ("subject_fill", "copy_space"):
+        value = getattr(options, name)
+        extra = sorted(set(value) - set(options.ratios) - {"default"}) if isinstance(value, dict) else []
+        if extra:
+            problems.append(f"{where}.{name}: {', '.join(extra)} is not one of the ratios ({', '.join(options.ratios)})")
+    lo, hi = options.fill_range
+    for ratio in options.ratios:
+        fill = options.fill_for(ratio)
+        if fill is not None and not lo <= fill <= hi:
+            problems.append(f"{where}.subject_fill: {fill:g} for {ratio} lies outside fill_range [{lo:g}, {hi:g}]")
+    return sorted(set(problems), key=problems.index)
+
+
+def _receives(spec: Any, ratio: str) -> bool:
+    """Whether an output (a rule's OutputSpec) gets the crops of ``ratio``: one from crops, or from a later step (which
+    is all a step without ``uncropped`` among its needs may be; one before crops counts too, to be safe)."""
+    if spec.source == "input" or (spec.ratios is not None and ratio not in spec.ratios):
+        return False
+    step = STEPS.get(spec.source)
+    return spec.source == "crops" or spec.ratios is not None or (step is not None and "uncropped" not in step.needs)
+
+
+def _zone(value: Any, ratio: str) -> Zones:
+    zone = value.get(ratio) if isinstance(value, dict) else value
+    return Zones(zone.left, zone.top, zone.right, zone.bottom) if zone is not None else Zones()
+
+
+def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
+                       config: Any) -> tuple[dict[str, Zones], list[str]]:
+    """By ratio, the union of the safe zones of the channels that receive it, and what cannot fit: the zones
+    with the copy space must leave, on each axis, the room the subject fills at fill_range's loosest."""
+    zones: dict[str, Zones] = {}
+    problems = []
+    for ratio in options.ratios:
+        given = {}  # channel → its zone for this ratio
+        for spec in outputs:
+            channel = config.channels.get(spec.channel)
+            if channel is not None and _receives(spec, ratio):
+                zone = _zone(getattr(channel, "safe_zone", None), ratio)
+                if zone:
+                    given[channel.name or spec.channel] = zone
+        union = Zones()
+        for zone in given.values():
+            union = union.union(zone)
+        if union:
+            zones[ratio] = union
+        space = options.copy_space_for(ratio)
+        copy = Zones.copy_space(space.side, space.fraction) if space else Zones()
+        fill = options.fill_for(ratio)
+        if fill is None:
+            continue
+        loosest = min(options.fill_range[0], fill)
+        for axis, (free, ref) in zip(("width", "height"), zip(union.union(copy).room, copy.room)):
+            if free + 1e-9 < loosest * ref:
+                sides = ("left", "right") if axis == "width" else ("top", "bottom")
+                names = [f"{name} ({', '.join(f'{s} {getattr(z, s):g}' for s in sides if getattr(z, s))})"
+                         for name, z in given.items() if any(getattr(z, s) for s in sides)]
+                copy_text = f" and copy_space {space.side} {space.fraction:g}" if space and space.side in sides else ""
+                problems.append(
+                    f"{where}: ratio {ratio}: the safe_zone of channel {', '.join(names) or 'none'}{copy_text} leave "
+                    f"{free:.2f} of the {axis} to the subject, which needs {loosest * ref:.2f} at fill {loosest:g} "
+                    f"(fill_range's loosest); lower the zones, the copy space or fill_range")
+    return zones, problems
+
+
 # --- the stage -----------------------------------------------------------------------------
 
 @register
@@ -639,7 +777,18 @@ class GeometryCrops(Stage):
     @classmethod
     def validate(cls, options: CropsOptions, where: str, ctx_config: Any) -> list[str]:
         fill, fill_options = cls._fill(options)
-        return fill.validate(fill_options, where, ctx_config)
+        return framing_problems(options, where) + fill.validate(fill_options, where, ctx_config)
+
+    @classmethod
+    def resolve(cls, options: CropsOptions, where: str, outputs: list[Any], config: Any) -> CropsOptions:
+        """Fold in, per ratio, the safe zones of the channels that receive it; ConfigError when they and the copy
+        space leave the subject less room than it needs at fill_range's loosest."""
+        zones, problems = channel_safe_zones(options, where, outputs, config)
+        if problems:
+            raise ConfigError(problems)
+        resolved = dataclasses.replace(options)
+        resolved.safe_zones = zones
+        return resolved
 
     def prepare(self) -> None:
         self.filler.prepare()
@@ -651,6 +800,20 @@ class GeometryCrops(Stage):
             self._filler = fill(fill_options, self.ctx)
         return self._filler
 
+    def frame(self, width: int, height: int, subject: Box | None, ratio: str) -> Frame:
+        """Where to cut ``ratio`` (pure geometry: ``framing``)."""
+        o: CropsOptions = self.options
+        fill = o.fill_for(ratio)
+        if fill is None:
+            return frame_for_ratio(width, height, subject, parse_ratio(ratio), margin=o.margin, fill=o.fill,
+                                   anchor=o.anchor)
+        space = o.copy_space_for(ratio)
+        return frame_by_fill(width, height, subject, parse_ratio(ratio), fill, fill_range=tuple(o.fill_range),
+                             max_new_canvas=o.max_new_canvas, optical_center=o.optical_center,
+                             copy_space=(space.side, space.fraction) if space else None,
+                             safe_zone=o.safe_zones.get(ratio), margin=o.margin, anchor=o.anchor,
+                             keep_inside=o.fill == "crop")
+
     def run(self, asset: Asset) -> list[Asset]:
         o: CropsOptions = self.options
         subject, matte, source = find_subject(asset)
@@ -661,8 +824,7 @@ class GeometryCrops(Stage):
             keep_out = np.full((asset.height, asset.width), 255, np.uint8)
         outputs = []
         for text in o.ratios:
-            frame = frame_for_ratio(asset.width, asset.height, subject, parse_ratio(text),
-                                    margin=o.margin, fill=o.fill, anchor=o.anchor)
+            frame = self.frame(asset.width, asset.height, subject, text)
             composed = None
             if frame.extended and asset.backdrop is not None:  # a scene composite: compose this frame anew
                 pixels, framed_matte, composed = asset.backdrop.render(frame.box)
@@ -679,7 +841,16 @@ class GeometryCrops(Stage):
                 "extended": {"left": left, "top": top, "right": right, "bottom": bottom} if frame.extended else None,
                 "cut_margin": frame.cuts_margin,
                 "cut_subject": frame.cuts_subject,
+                "subject_fill": round(frame.subject_fill, 3),
+                "new_canvas": round(frame.new_canvas, 3),
+                "framing": frame.framing,
             }
+            if frame.target_fill is not None:
+                notes["target_fill"] = frame.target_fill
+            if frame.why:
+                notes["framing_why"] = frame.why
+            if frame.framing == "capped":
+                self.ctx.log.info("crops %s: %s", text, frame.why)
             if composed is not None:
                 notes.update(composed)
                 if "scene_enlarged" in composed:

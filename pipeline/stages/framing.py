@@ -387,7 +387,8 @@ def frame_by_fill(image_w: int, image_h: int, subject: Box | None, ratio: tuple[
     ignored = [s for s in SIDES if s in cut and getattr(asked, s)]
     limit = 0.0 if keep_inside else max_new_canvas
     plan = _FillPlan(image_w, image_h, subject, ratio, cut, copy, zones, optical_center,
-                     round(margin * max(subject.width, subject.height)), anchor)
+                     round(margin * max(subject.width, subject.height)), anchor,
+                     wanted_box(subject, image_w, image_h, margin))
 
     def attempt(fill: float) -> Frame:
         return plan.frame(fill, keep_inside=keep_inside)
@@ -449,6 +450,7 @@ class _FillPlan:
     optical_center: float
     margin_px: int
     anchor: str
+    wanted: Box  # the subject and its margin (wanted_box): a frame without it cuts the margin
 
     def heights(self, fill: float) -> tuple[float, float, float | None]:
         """The frame height for ``fill``, the least one the subject fits in, and the one cut axes impose."""
@@ -533,7 +535,7 @@ class _FillPlan:
         y = self._axis(h, self.image_h, s.y0, s.y1, top, bottom, top + (h - top - bottom) * self.optical_center,
                        "top" in self.cut, "bottom" in self.cut, keep_inside, anchor)
         box = Box(x, y, x + w, y + h)
-        return Frame(box=box, image_w=self.image_w, image_h=self.image_h, subject=s, wanted=s,
+        return Frame(box=box, image_w=self.image_w, image_h=self.image_h, subject=s, wanted=self.wanted,
                      reference=self.copy.inset(box), allowed=self.zones.inset(box))
 
 
