@@ -13,7 +13,7 @@ from pipeline.stages.base import Asset, StageContext, backends, registered, stag
 from pipeline.stages.crops import (CropsOptions, Fill, GeometryCrops, PadFill, build_canvas, fill_class, frame_matte,
                                   outpaint)
 from pipeline.stages.diffusion import GenerateFill
-from pipeline.stages.framing import Box, frame_for_ratio, ratio_error, subject_box
+from pipeline.stages.framing import Box, Zones, frame_for_ratio, ratio_error, subject_box
 
 RATIOS = ["1:1", "4:5", "9:16", "16:9"]
 
@@ -354,3 +354,54 @@ def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
     blind = make_stage(tmp_path, ratios=["9:16"], anchor="top", subject_fill=None).run(Asset(img, None))[0]
     if blind.notes["crops"]["subject"] == "whole image" and blind.notes["crops"]["extended"]:
         assert blind.notes["crops"]["fill"] == "outpaint (smooth: subject unknown)"
+
+
+# --- framing by subject fill, in the stage ------------------------------------------------------
+
+def test_each_crop_records_its_fill_and_new_canvas(tmp_path: Path) -> None:
+    img, matte = studio_shot(1200, 800)
+    outs = make_stage(tmp_path).run(Asset(img, matte))
+    box = subject_box(matte)
+    for out in outs:
+        note = out.notes["crops"]
+        frame = Box(*note["box"])
+        assert note["target_fill"] == 0.8 and note["framing"] in ("framed", "tightened", "loosened", "capped")
+        achieved = max(box.width / frame.width, box.height / frame.height)
+        assert note["subject_fill"] == round(achieved, 3)
+        inside = frame.intersect(Box(0, 0, 1200, 800))
+        assert note["new_canvas"] == round(1 - inside.width * inside.height / (frame.width * frame.height), 3)
+        if note["framing"] == "framed":
+            assert abs(achieved - 0.8) * max(frame.size) <= 1
+        assert note["new_canvas"] <= 0.25 or note["framing"] == "capped"
+    # the tall bottle: the same presence in 1:1, 4:5 and 9:16 (16:9 would need too much canvas at 0.8)
+    fills = [o.notes["crops"]["subject_fill"] for o in outs[:3]]
+    assert max(fills) - min(fills) < 0.01, fills
+
+
+def test_largest_frame_is_kept_with_subject_fill_null(tmp_path: Path) -> None:
+    img, matte = studio_shot()
+    outs = make_stage(tmp_path, subject_fill=None).run(Asset(img, matte))
+    for out, ratio in zip(outs, RATIOS):
+        rw, rh = map(int, ratio.split(":"))
+        assert Box(*out.notes["crops"]["box"]) == frame_for_ratio(600, 400, subject_box(matte), (rw, rh)).box
+        assert out.notes["crops"]["framing"] == "largest"
+
+
+def test_safe_zones_and_copy_space_keep_the_subject_out(tmp_path: Path) -> None:
+    img, matte = studio_shot(2400, 1200)
+    stage = make_stage(tmp_path, ratios=["9:16", "16:9"], subject_fill={"9:16": 0.7, "default": 0.8},
+                       copy_space={"16:9": {"side": "left", "fraction": 0.4}})
+    stage.options.safe_zones = {"9:16": Zones(top=0.14, bottom=0.2)}  # what resolve folds in from the channels
+    story, banner = stage.run(Asset(img, matte))
+    sub = subject_box(story.matte)
+    assert sub.y0 >= 0.14 * story.height and story.height - sub.y1 >= 0.2 * story.height
+    sub = subject_box(banner.matte)
+    assert sub.x0 >= 0.4 * banner.width
+    assert banner.notes["crops"]["subject_fill"] == pytest.approx(0.8, abs=1.5 / (0.6 * banner.width))
+    assert story.notes["crops"]["target_fill"] == 0.7
+    for out in (story, banner):  # the subject's pixels exact, wherever the framing put it
+        box = Box(*out.notes["crops"]["box"])
+        inside = box.intersect(Box(0, 0, 2400, 1200))
+        known = inside.shift(-box.x0, -box.y0)
+        assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                              img[inside.y0:inside.y1, inside.x0:inside.x1])

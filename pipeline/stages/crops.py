@@ -110,7 +110,8 @@ class CropsOptions:
                                 doc="height of the subject's centre in its frame, as a fraction from the top "
                                     "(0.5: geometric; a little above reads as centred for products)")
     copy_space: CopySpace | dict[str, CopySpace | None] | None = opt(
-        None, check=_check_per_ratio,
+        None, check=_check_per_ratio, expected="{side: left, right, top or bottom, fraction: 0 to 0.9}, a mapping of "
+                                                "ratios to those, or null",
         doc="a side kept free of the subject for text, {side: right, fraction: 0.35}, or per ratio "
             "({'16:9': {side: right, fraction: 0.35}}); the fill is measured on the rest")
     pad_colour: str | None = opt(None, check=check_colour,
@@ -743,7 +744,7 @@ def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
                 copy_text = f" and copy_space {space.side} {space.fraction:g}" if space and space.side in sides else ""
                 problems.append(
                     f"{where}: ratio {ratio}: the safe_zone of channel {', '.join(names) or 'none'}{copy_text} leave "
-                    f"{free:.2f} of the {axis} to the subject, which needs {loosest * ref:.2f} at fill {loosest:g} "
+                    f"{free:.3g} of the {axis} to the subject, which needs {loosest * ref:.3g} at fill {loosest:g} "
                     f"(fill_range's loosest); lower the zones, the copy space or fill_range")
     return zones, problems
 

@@ -321,8 +321,11 @@ class Zones:
         return 1.0 - self.left - self.right, 1.0 - self.top - self.bottom
 
     def pixels(self, w: int, h: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) in pixels of a w × h frame."""
-        return round(self.left * w), round(self.top * h), round(self.right * w), round(self.bottom * h)
+        """(left, top, right, bottom) in whole pixels of a w × h frame (rounded up: a zone is kept free in full)."""
+        def up(x: float) -> int:
+            return math.ceil(x - 1e-9)
+
+        return up(self.left * w), up(self.top * h), up(self.right * w), up(self.bottom * h)
 
     def inset(self, box: Box) -> Box:
         left, top, right, bottom = self.pixels(box.width, box.height)
