@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "cutout": run("cutout", ["bench/cutout.py"] + (["--size", "1200x800", "--runs", "1"] if args.quick else [])),
         "speed": run("speed", ["bench/speed.py"] + (["--size", "2400x1600", "--runs", "1"] if args.quick else [])),
         "overhead": run("overhead", ["bench/overhead.py"] + (["--files", "1000"] if args.quick else [])),
+        "framing": run("framing", ["bench/framing.py"] + (["--quick"] if args.quick else [])),
     }
     if args.quick:
         print("quick run: BENCHMARKS.md left unchanged")
