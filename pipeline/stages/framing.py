@@ -412,7 +412,7 @@ def frame_by_fill(image_w: int, image_h: int, subject: Box | None, ratio: tuple[
     tried = [first]
     for framing, end in (("tightened", hi), ("loosened", lo)):
         prev = subject_fill
-        steps = max(1, math.ceil(abs(end - subject_fill) / _FILL_STEP - 1e-9))
+        steps = math.ceil(abs(end - subject_fill) / _FILL_STEP - 1e-9)  # 0 when the fill is at that end already
         for k in range(1, steps + 1):
             fill = subject_fill + (end - subject_fill) * k / steps
             frame = attempt(fill)
