@@ -377,6 +377,15 @@ def test_safe_zones_with_copy_space_that_leave_no_room_are_refused(workspace):
     assert workspace.load()[1][0].step("crops").options.safe_zones == {"9:16": Zones(top=0.14, bottom=0.2)}
 
 
+def test_zones_need_framing_by_fill(workspace):
+    _with_channel(workspace, "instagram", "safe_zone: {'9:16': {top: 0.14, bottom: 0.2}}")
+    problems = _problems(workspace, FRAMED.replace("ratios: ['1:1', '4:5', '9:16', '16:9']",
+                                                   "ratios: ['1:1', '4:5', '9:16', '16:9'], subject_fill: null"))
+    assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: steps[0].crops: ratio 9:16: subject_fill null (the "
+                        "largest frame) cannot keep the safe_zone of channel instagram free; set a subject_fill for "
+                        "9:16"]
+
+
 @pytest.mark.parametrize("crops, problem", [
     ("{subject_fill: {'9:16': 0.7, '3:2': 0.8}}", "steps[0].crops.subject_fill: 3:2 is not one of the ratios"),
     ("{subject_fill: 0.95}", "steps[0].crops.subject_fill: 0.95 for 1:1 lies outside fill_range [0.6, 0.9]"),

@@ -1,6 +1,7 @@
 """Stage ``crops``, backend ``geometry``: one asset per ratio, framed around the subject.
 
-Where to cut is decided by ``framing.frame_for_ratio`` (pure geometry); this module only moves
+Where to cut is decided by ``framing.frame_by_fill`` (the subject at the same fill in every ratio; with
+``subject_fill: null``, ``framing.frame_for_ratio``: the largest frame), pure geometry; this module only moves
 pixels. When a frame reaches past the image (a tall bottle into 16:9) the new canvas is filled:
 
 * ``pad``       a solid colour (transparent for RGBA unless a colour is given);
@@ -734,6 +735,10 @@ def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
         copy = Zones.copy_space(space.side, space.fraction) if space else Zones()
         fill = options.fill_for(ratio)
         if fill is None:
+            if union or space:
+                what = [f"the safe_zone of channel {', '.join(given)}"] * bool(union) + ["copy_space"] * bool(space)
+                problems.append(f"{where}: ratio {ratio}: subject_fill null (the largest frame) cannot keep "
+                                f"{' and '.join(what)} free; set a subject_fill for {ratio}")
             continue
         loosest = min(options.fill_range[0], fill)
         for axis, (free, ref) in zip(("width", "height"), zip(union.union(copy).room, copy.room)):
@@ -753,7 +758,7 @@ def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
 
 @register
 class GeometryCrops(Stage):
-    """Thumbor-style crops: frame each ratio around the subject, extend the canvas when needed."""
+    """Thumbor-style crops: frame each ratio around the subject at the same fill, extend the canvas when needed."""
 
     step = "crops"
     backend = "geometry"
