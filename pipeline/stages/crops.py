@@ -91,7 +91,8 @@ class CropsOptions:
     fill: str = opt("outpaint", check=lambda name: _check_fill(name),
                     doc="when a crop needs more canvas than the image has: outpaint | pad | crop | generate")
     margin: float = opt(DEFAULT_MARGIN, min=0.0, max=1.0,
-                        doc="space kept around the subject, as a fraction of its larger side")
+                        doc="space kept around the subject, as a fraction of its larger side (with subject_fill: "
+                            "the least kept when the frame slides to stay inside the image)")
     anchor: str = opt("center", choices=("center", "bottom", "top"),
                       doc="where new canvas goes when a crop is taller than the image: center | bottom "
                           "(keeps the floor, grows upwards) | top")
