@@ -807,8 +807,9 @@ class GeometryCrops(Stage):
             self._filler = fill(fill_options, self.ctx)
         return self._filler
 
-    def frame(self, width: int, height: int, subject: Box | None, ratio: str) -> Frame:
-        """Where to cut ``ratio`` (pure geometry: ``framing``)."""
+    def frame(self, width: int, height: int, subject: Box | None, ratio: str, composed: bool = False) -> Frame:
+        """Where to cut ``ratio`` (pure geometry: ``framing``). ``composed``: canvas past the image is composed anew
+        on the image's own background (a place_in_scene output), not invented, so max_new_canvas does not apply."""
         o: CropsOptions = self.options
         fill = o.fill_for(ratio)
         if fill is None:
@@ -816,7 +817,7 @@ class GeometryCrops(Stage):
                                    anchor=o.anchor)
         space = o.copy_space_for(ratio)
         return frame_by_fill(width, height, subject, parse_ratio(ratio), fill, fill_range=tuple(o.fill_range),
-                             max_new_canvas=o.max_new_canvas, optical_center=o.optical_center,
+                             max_new_canvas=1.0 if composed else o.max_new_canvas, optical_center=o.optical_center,
                              copy_space=(space.side, space.fraction) if space else None,
                              safe_zone=o.safe_zones.get(ratio), margin=o.margin, anchor=o.anchor,
                              keep_inside=o.fill == "crop")
@@ -831,7 +832,7 @@ class GeometryCrops(Stage):
             keep_out = np.full((asset.height, asset.width), 255, np.uint8)
         outputs = []
         for text in o.ratios:
-            frame = self.frame(asset.width, asset.height, subject, text)
+            frame = self.frame(asset.width, asset.height, subject, text, composed=asset.backdrop is not None)
             composed = None
             if frame.extended and asset.backdrop is not None:  # a scene composite: compose this frame anew
                 pixels, framed_matte, composed = asset.backdrop.render(frame.box)
