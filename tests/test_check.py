@@ -44,5 +44,5 @@ def test_check_refuses_safe_zones_the_subject_cannot_fit_between(workspace):
     result = check(workspace)
     assert result.exit_code == 1
     assert ("10-products.yaml: steps[2].crops: ratio 9:16: the safe_zone of channel instagram (top 0.3, bottom 0.35) "
-            "leave 0.35 of the height to the subject, which needs 0.6 at fill 0.6") in result.output
+            "leaves 0.35 of the height to the subject, which needs 0.6 at fill 0.6") in result.output
     assert "Traceback" not in result.output

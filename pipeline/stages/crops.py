@@ -749,7 +749,8 @@ def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
                          for name, z in given.items() if any(getattr(z, s) for s in sides)]
                 copy_text = f" and copy_space {space.side} {space.fraction:g}" if space and space.side in sides else ""
                 problems.append(
-                    f"{where}: ratio {ratio}: the safe_zone of channel {', '.join(names) or 'none'}{copy_text} leave "
+                    f"{where}: ratio {ratio}: the safe_zone of channel {', '.join(names)}{copy_text} "
+                    f"{'leave' if copy_text or len(names) > 1 else 'leaves'} "
                     f"{free:.3g} of the {axis} to the subject, which needs {loosest * ref:.3g} at fill {loosest:g} "
                     f"(fill_range's loosest); lower the zones, the copy space or fill_range")
     return zones, problems
