@@ -568,7 +568,7 @@ def sdxl_network(pipe: Any, gsize: tuple[int, int], steps: int, s: Sizes, compil
         vae_flops = count_flops(lambda: (vae.encode(image), vae.decode(x[:1, :4].to(vae.dtype))))
         unet_flops = count_flops(lambda: unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added))
         step_s = timed(one_step, s.device, repeat=5 if s.full else 2, warmup=3 if compile_unet else 1)
-        seconds = timed(whole, s.device, repeat=2 if s.full else 1, warmup=1 if s.full else 0)
+        seconds = timed(whole, s.device, repeat=2 if s.full else 1, warmup=1)
     params = sum(p.numel() for p in unet.parameters())
     notes = [f"UNet {fmt_params(params)} in {str(dtype).replace('torch.', '')}, VAE in "
              f"{str(vae.dtype).replace('torch.', '')}; one UNet step (batch 2): {step_s * 1e3:.1f} ms"
@@ -676,7 +676,7 @@ def run_stages(ctx: Any, m: Models, photo: Any, s: Sizes, args: argparse.Namespa
     results.append(Result("↳ network only", f"VAE encode, {s.steps} × UNet (batch 2), VAE decode at "
                           f"{gsize[0]}×{gsize[1]}", net, flops, "image",
                           notes + [f"stage overhead {overhead(sec, net)} (text encoders, scheduler, pre/post-processing, "
-                                   "24 MP resize and composite)"]))
+                                   "full-size resize and composite)"]))
     log("place_in_scene diffusers", sec)
     info.update(sdxl=net, sdxl_flops=flops)
 
