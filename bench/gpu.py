@@ -1,5 +1,6 @@
-"""GPU benchmark of the model-backed stages: the shipped stage code on a 24 MP photo, with random weights
-at the real architectures' sizes.
+"""GPU benchmark of the model-backed stages: the shipped stage code, random weights at the real sizes.
+
+Stages run on a 24 MP shot, with random-weight models of the real architectures' sizes.
 
 Real weights cannot be fetched here, and compute does not depend on the weights' values, so the models
 are built from their published configurations with random weights and *saved* the way their libraries
@@ -675,16 +676,17 @@ def run_stages(ctx: Any, m: Models, photo: Any, s: Sizes, args: argparse.Namespa
                           w.notes() + [f"pipeline dtype {str(pipe.unet.dtype).replace('torch.', '')}"]))
     results.append(Result("↳ network only", f"VAE encode, {s.steps} × UNet (batch 2), VAE decode at "
                           f"{gsize[0]}×{gsize[1]}", net, flops, "image",
-                          notes + [f"stage overhead {overhead(sec, net)} (text encoders, scheduler, pre/post-processing, "
-                                   "full-size resize and composite)"]))
+                          notes + [f"stage overhead {overhead(sec, net)} (text encoders, scheduler, "
+                                   "pre/post-processing, full-size resize and composite)"]))
     log("place_in_scene diffusers", sec)
     info.update(sdxl=net, sdxl_flops=flops)
 
-    # crops with generated fills on that scene (default ratios)
+    # crops with generated fills on that scene
     crops = make_stage(ctx, "crops", {"ratios": CROP_RATIOS, "fill": "generate", "steps": s.steps, "seed": 0})
     sec, outs, w = time_stage(crops, scene, s, repeat=heavy)
     fills = [o for o in outs if o.notes["crops"]["fill"] == "generate"]
-    sizes = ", ".join(f"{o.ratio} {o.width}×{o.height}{' (generated)' if o.notes['crops']['fill'] == 'generate' else ''}" for o in outs)
+    sizes = ", ".join(f"{o.ratio} {o.width}×{o.height}"
+                      + (" (generated)" if o.notes["crops"]["fill"] == "generate" else "") for o in outs)
     results.append(Result("crops fill generate", f"scene → {len(outs)} crops, {len(fills)} with generated canvas",
                           sec, flops * len(fills), "input", w.notes() + [sizes]))
     results.append(Result("↳ network only", f"{len(fills)} × the SDXL calls above (about the same generation size)",
@@ -767,8 +769,8 @@ def run_chain(folder: Path, config: Any, s: Sizes) -> ChainRun:
     from pipeline.worker import Worker
 
     config.rules_dir.mkdir(parents=True, exist_ok=True)
-    (config.rules_dir / "bench.yaml").write_text(CHAIN_RULE.format(prompt=PROMPT, steps=s.steps, ratios=json.dumps(CROP_RATIOS),
-                                                                       long_edge=UPSCALE_LONG_EDGE), encoding="utf-8")
+    rule = CHAIN_RULE.format(prompt=PROMPT, steps=s.steps, ratios=json.dumps(CROP_RATIOS), long_edge=UPSCALE_LONG_EDGE)
+    (config.rules_dir / "bench.yaml").write_text(rule, encoding="utf-8")
     rules = load_rules(config)
     inbox = config.inboxes[0].path
     inbox.mkdir(parents=True, exist_ok=True)
@@ -871,7 +873,8 @@ def report(device_name: str, s: Sizes, results: list[Result], chain: ChainRun | 
         steps = sum(chain.steps.values())
         lines += ["", f"Whole chain through the worker loop (`Worker.run_forever`, the next input read and decoded "
                       f"while one runs): {w}×{h} JPEG inputs, studio cut-out → diffusers scene → crops "
-                      f"({', '.join(CROP_RATIOS)}, generated fills) → spandrel to a {UPSCALE_LONG_EDGE} px long edge; outputs encoded and written ({chain.outputs} files). "
+                      f"({', '.join(CROP_RATIOS)}, generated fills) → spandrel to a {UPSCALE_LONG_EDGE} px long "
+                      f"edge; outputs encoded and written ({chain.outputs} files). "
                       f"{chain.inputs} input(s) timed{', after one warm-up input' if chain.warmup else ''}.", "",
                   f"- measured end-to-end: {chain.per_input:.2f} s/input → **{3600 / chain.per_input:,.0f} inputs/hour "
                   f"per {'GPU' if s.full else 'device'}**",
@@ -903,7 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flux-steps", type=int, default=28, help="FLUX Fill steps (GPU)")
     parser.add_argument("--size", type=parse_size, default=(6000, 4000), help="stage input WxH (default 6000x4000)")
     parser.add_argument("--photo", type=Path, help="a real photo with NAME.mask.png beside it (default: synthetic)")
-    parser.add_argument("--chain", type=int, default=None, help="inputs timed through the worker (default 3 GPU, 2 CPU)")
+    parser.add_argument("--chain", type=int, default=None,
+                        help="inputs timed through the worker (default 3 GPU, 2 CPU)")
     parser.add_argument("--chain-size", type=parse_size, default=None,
                         help="chain input WxH (default 4000x3000 GPU, 480x360 CPU)")
     parser.add_argument("--no-chain", action="store_true", help="skip the whole-chain run")
