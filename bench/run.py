@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": run("speed", ["bench/speed.py"] + (["--size", "2400x1600", "--runs", "1"] if args.quick else [])),
         "overhead": run("overhead", ["bench/overhead.py"] + (["--files", "1000"] if args.quick else [])),
         "seams": run("seams", ["bench/seams.py"] + (["--composite-size", "600x450"] if args.quick else [])),
+        "framing": run("framing", ["bench/framing.py"] + (["--quick"] if args.quick else [])),
     }
     if args.quick:
         print("quick run: BENCHMARKS.md left unchanged")

@@ -20,6 +20,25 @@ def _writable(folder: Path) -> bool:
     return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
+def _size_warnings(rules: list, config: Config) -> list[str]:
+    """Channels that need pixels (size, min_long_edge) fed an image no upscale step enlarges: an input too small
+    for them fails those outputs, which cannot be known before it comes."""
+    from .sizes import need_text, needs_pixels
+
+    lines = []
+    for rule in rules:
+        for spec in rule.outputs:
+            channel = config.channels[spec.channel]
+            if not needs_pixels(channel) or spec.source == "upscale":
+                continue
+            ratio = spec.ratios[0] if spec.ratios and len(spec.ratios) == 1 else None
+            why = (f"rule {rule.name} has no upscale step" if rule.step("upscale") is None else
+                   f"rule {rule.name} sends channel {channel.name} {spec.source}, which no upscale step enlarges")
+            lines.append(f"{rule.path}: {why}: an image smaller than channel {channel.name} needs "
+                         f"({need_text(channel, ratio)}) is not written and fails its job")
+    return lines
+
+
 def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     """Returns (problems, warnings, info lines)."""
     problems: list[str] = []
@@ -32,6 +51,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         rules = []
     else:
         info.append(f"{len(rules)} rule(s): " + ", ".join(r.name for r in rules))
+    warnings.extend(_size_warnings(rules, config))
     if not config.inboxes:
         warnings.append(f"{config.source}: inboxes: none configured; only `assetd process` will do anything")
     for i, inbox in enumerate(config.inboxes):

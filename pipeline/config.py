@@ -32,6 +32,12 @@ def check_filename(value: str) -> str | None:
     return template_problem(value)
 
 
+def check_size(value: str | dict[str, str]) -> str | None:
+    from .sizes import check_size as size_problem  # sizes imports the stages' geometry; keep config light
+
+    return size_problem(value)
+
+
 def check_device(value: str) -> str | None:
     ok = value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)
     return None if ok else f"expected auto, cpu, cuda or cuda:N, got {value!r}"
@@ -47,12 +53,43 @@ class InboxConfig:
 
 
 @dataclass
+class SafeZone:
+    """Fractions of a channel's outputs kept free of the subject (a platform's overlays: profile bar, replies)."""
+
+    top: float = opt(0.0, min=0.0, max=0.9, doc="of the height, at the top")
+    bottom: float = opt(0.0, min=0.0, max=0.9, doc="of the height, at the bottom")
+    left: float = opt(0.0, min=0.0, max=0.9, doc="of the width, at the left")
+    right: float = opt(0.0, min=0.0, max=0.9, doc="of the width, at the right")
+
+
+def check_safe_zone(value: "SafeZone | dict[str, SafeZone]") -> str | None:
+    from .stages.framing import parse_ratio  # the stages import config; keep config light to import
+
+    zones = value if isinstance(value, dict) else {"": value}
+    for ratio, zone in zones.items():
+        try:
+            if ratio:
+                parse_ratio(ratio)
+        except ValueError as exc:
+            return str(exc)
+        if zone.top + zone.bottom >= 0.9 or zone.left + zone.right >= 0.9:
+            return f"{ratio + ': ' if ratio else ''}top + bottom and left + right must leave room (each under 0.9)"
+    return None
+
+
+@dataclass
 class ChannelConfig:
     name: str = field(default="", metadata={"internal": True})
     path: Path = opt(None, required=True, doc="output folder of this channel")
     format: str = opt("png", choices=FORMATS, doc=" | ".join(FORMATS))
     quality: int = opt(90, min=1, max=100, doc="encoder quality for jpeg and webp")
     long_edge: int | None = opt(None, min=16, doc="shrink outputs so the long edge is at most this (never enlarges)")
+    size: str | dict[str, str] | None = opt(
+        None, check=check_size, expected="a size like 1080x1350, or ratios mapped to sizes like {'4:5': 1080x1350}",
+        doc="exact pixels of every output, WIDTHxHEIGHT (1080x1350), or one per ratio ({'4:5': 1080x1350, "
+            "'9:16': 1080x1920}); the rule's upscale step enlarges what is smaller")
+    min_long_edge: int | None = opt(None, min=16, doc="the least long edge of an output: the rule's upscale step "
+                                                      "enlarges what is shorter, else the output is not written")
     background: str | None = opt(
         None, check=check_colour, doc="flatten transparency onto this colour; formats without alpha default to white"
     )
@@ -66,6 +103,9 @@ class ChannelConfig:
                                    "above 6 files are hardly smaller, only slower")
     metadata: str = opt("default", choices=("default", "keep", "strip"),
                         doc="default keeps copyright/artist/date/camera and drops GPS; keep; strip")
+    safe_zone: SafeZone | dict[str, SafeZone] = opt(
+        SafeZone(), check=check_safe_zone, doc="fractions of each output kept free of the subject: {top, bottom, left, "
+        "right}, or per ratio ({'9:16': {top: 0.14, bottom: 0.2}}); crops frames the subject outside them")
     dpi: float | None = opt(None, min=1.0, max=100_000.0,
                             doc="print resolution written into outputs (pixels per inch); null: the input's own, "
                                 "when it states one")
@@ -197,6 +237,9 @@ def config_from_dict(data: object, source: Path) -> Config:
             cfg.channels[str(name)] = build(ChannelConfig, body, f"channels.{name}", errors, base=source.parent,
                                             name=str(name))
     for name, ch in cfg.channels.items():
+        from .sizes import channel_size_problems
+
+        errors.extend(f"channels.{name}.{p}" for p in channel_size_problems(ch))
         if ch.bits == 16 and ch.format not in ("png", "tiff"):
             errors.append(f"channels.{name}.bits: 16 bits needs format png or tiff, not {ch.format}")
         if ch.filename and ("/" in ch.filename or "\\" in ch.filename or "{ext}" not in ch.filename):

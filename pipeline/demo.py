@@ -34,10 +34,10 @@ inboxes:
     settle_seconds: 1.0
 channels:
   cutouts:   {path: out/cutouts,   format: png}
-  webshop:   {path: out/webshop,   format: jpeg, quality: 90, long_edge: 2000, background: "#ffffff"}
-  instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 1350}
-  banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 1920}
-  print:     {path: out/print,     format: tiff, bits: 16, metadata: keep}
+  webshop:   {path: out/webshop,   format: jpeg, quality: 90, size: 2000x2000, background: "#ffffff"}
+  instagram: {path: out/instagram, format: jpeg, quality: 88, size: {"4:5": 1080x1350, "9:16": 1080x1920}}
+  banners:   {path: out/banners,   format: webp, quality: 85, size: 1920x1080}
+  print:     {path: out/print,     format: tiff, bits: 16, metadata: keep, min_long_edge: 2400}
 notify:
   urls: []
   digest_after_idle_seconds: 5

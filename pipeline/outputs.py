@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import PermanentError
 from .imageio import Decoded, encode
-from .pixels import fit_long_edge, flatten, resize
+from .pixels import flatten, resize
+from .sizes import fit_problem, output_size
 from .stages.base import Asset
 from .store import Job, ManifestRecord, OutputRecord, Store
 
@@ -141,11 +142,18 @@ def ratio_label(ratio: str | None) -> str | None:
     return ratio.replace(":", "x") if ratio else None
 
 
+class OutputSizeError(PermanentError):
+    """An image is smaller than its channel needs (``size``, ``min_long_edge``): it is not written."""
+
+
 def render_for_channel(asset: Asset, channel: ChannelConfig) -> np.ndarray:
-    """The pixels a channel gets: shrunk to its long edge (never enlarged), flattened if needed."""
-    pixels = asset.pixels
-    if channel.long_edge and max(asset.width, asset.height) > channel.long_edge:
-        pixels = resize(pixels, fit_long_edge(asset.width, asset.height, channel.long_edge))
+    """The pixels a channel gets: fitted to its exact ``size`` (a shrink, or a pixel of rounding) or shrunk to
+    its ``long_edge``, never enlarged (that is the upscale step's job; ``OutputSizeError`` when the image is
+    smaller than the channel needs); flattened if needed."""
+    problem = fit_problem(asset.width, asset.height, channel, asset.ratio)
+    if problem:
+        raise OutputSizeError(f"channel {channel.name}: {problem}")
+    pixels = resize(asset.pixels, output_size(asset.width, asset.height, channel, asset.ratio))
     if pixels.shape[2] == 4 and (channel.format == "jpeg" or channel.background):
         pixels = flatten(pixels, channel.background or "#ffffff")
     return pixels
@@ -263,18 +271,27 @@ class Publisher:
         return {}
 
     def publish(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
-                       decoded: Any) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
+                decoded: Any) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], list[str]]:
+        """Write the job's outputs and manifests; returns (outputs, manifests, review reasons, why each output
+        that is smaller than its channel needs was not written: the others are written all the same)."""
         records: list[OutputRecord] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
         started = time.perf_counter()
         work = []
         notes: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []  # outputs not written (too small for their channel), and why
         for spec in rule.outputs:
             channel = self.config.channels[spec.channel]
             for asset in results.get(spec.source, []):
-                if spec.ratios is None or asset.ratio in spec.ratios:
-                    work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
+                if spec.ratios is not None and asset.ratio not in spec.ratios:
+                    continue
+                problem = fit_problem(asset.width, asset.height, channel, asset.ratio)
+                if problem:
+                    failed.append({"channel": channel.name, "ratio": asset.ratio, "step": spec.source,
+                                   "error": _not_fitted(rule, spec.source, asset, channel, problem)})
+                    continue
+                work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
         for spec, channel, asset, future in work:
             pixels_shape, data = future.result()
             target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed)
@@ -286,13 +303,16 @@ class Publisher:
             notes.append(asset.notes)
         review = review_reasons(asset for _, _, asset, _ in work)
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
-        return records, self._write_manifests(job, rule, records, notes, review, used, placed), review
+        manifests = self._write_manifests(job, rule, records, notes, review, used, placed, failed=failed)
+        return records, manifests, review, [f["error"] for f in failed]
 
     def _write_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
                          review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
-                         copied_from: Job | None = None) -> list[ManifestRecord]:
+                         copied_from: Job | None = None, failed: list[dict[str, Any]] | None = None
+                         ) -> list[ManifestRecord]:
         """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
-        channel folder it wrote to, named like the outputs there (a clash suffix included)."""
+        channel folder it wrote to, named like the outputs there (a clash suffix included). ``failed``: the
+        outputs not written, and why."""
         stem = safe_stem(Path(job.input_path).stem)
         manifest: dict[str, Any] = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
@@ -300,6 +320,8 @@ class Publisher:
             "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
             "review": review,
         }
+        if failed:
+            manifest["failed"] = failed
         if copied_from is not None:
             manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
@@ -341,6 +363,20 @@ class Publisher:
                     return target
             n += 1
             target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
+
+
+def _not_fitted(rule: Rule, step: str, asset: Asset, channel: Any, problem: str) -> str:
+    """Why an output is not written, in one line: the channel, the ratio, what it needs, what the image has
+    and why nothing enlarged it."""
+    capped = asset.notes.get("upscale", {}).get("capped")
+    if capped:
+        why = f"upscale capped at max_factor {capped['max_factor']}"
+    elif rule.step("upscale") is None:
+        why = f"rule {rule.name} has no upscale step to enlarge it"
+    else:
+        why = f"after {step}"
+    ratio = f" {asset.ratio}" if asset.ratio else ""
+    return f"channel {channel.name}{ratio}: {problem} ({why}); not written"
 
 
 def _clash_suffix(written: list[tuple[str, Path]]) -> str:

@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
 from .schema import as_written, build, opt, resolve_path
+from .sizes import least_long_edge, need_text, needs_pixels, size_for, size_ratio_problem, sized_ratios
 from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as known_steps
 
 DEFAULT_EXTENSIONS = list(INPUT_EXTENSIONS)  # every extension the decoder reads: one table, in formats
@@ -173,6 +174,7 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     outputs = _parse_outputs(written.outputs, path, config, after, crop_ratios, errors)
     if len(errors) != before:
         return None
+    errors.extend(f"{path}: {p}" for p in _size_problems(steps, outputs, config, after, crop_ratios))
     for i, spec in enumerate(steps):  # no errors so far: steps[i] is the YAML's steps[i]
         try:
             spec.options = stage_class(spec.step, spec.backend).resolve(spec.options, f"steps[{i}].{spec.step}",
@@ -186,6 +188,49 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
                 description=str(written.description or ""))
     rule.version = rule_version(rule, config)
     return rule
+
+
+def _size_problems(steps: list[StepSpec], outputs: list[OutputSpec], config: Config,
+                   after: dict[str, frozenset[str]], crop_ratios: list[str]) -> list[str]:
+    """What the channels' sizes (``pipeline.sizes``) cannot get from this rule, known before any input: a size
+    for an image with no fixed ratio, a ratio it has no size for, a size of another ratio, and pixels the
+    upscale step cannot give (the channel takes an earlier step, or the step's own long_edge is smaller)."""
+    problems = []
+    upscale = next((i for i, s in enumerate(steps) if s.step == "upscale"), None)
+    for i, spec in enumerate(outputs):
+        channel = config.channels[spec.channel]
+        has_ratio = "ratio" in after.get(spec.source, ())
+        ratios = (spec.ratios or crop_ratios) if has_ratio else [None]
+        if channel.size is not None and not has_ratio:
+            problems.append(f"outputs[{i}]: channel {channel.name} has a size, but {spec.source}'s image has no fixed "
+                            "ratio: take it from crops (or a later step), or give the channel min_long_edge or "
+                            "long_edge instead")
+            continue
+        for ratio in ratios if channel.size is not None else []:
+            size = size_for(channel, ratio)
+            if size is None:
+                problems.append(f"outputs[{i}]: channel {channel.name} has no size for {ratio} (sizes for "
+                                f"{', '.join(sized_ratios(channel))}): add one, or leave {ratio} out of this "
+                                "output's ratios")
+            elif size_ratio_problem(size, ratio):
+                problems.append(f"outputs[{i}]: channel {channel.name} takes {ratio}, but its size "
+                                f"{size_ratio_problem(size, ratio)}: give a size per ratio, like size: "
+                                f"{{'{ratio}': ...}}")
+        if not needs_pixels(channel) or upscale is None:
+            continue  # without an upscale step, an image smaller than needed fails its output (checks warns)
+        step = steps[upscale]
+        if spec.source != "upscale":
+            if after.get(spec.source, INPUT_FACTS) == after["upscale"]:  # the same image, enlarged, is there
+                problems.append(f"outputs[{i}]: channel {channel.name} needs {need_text(channel, ratios[0])}, but "
+                                f"takes {spec.source}, which the upscale step does not enlarge: take it from upscale")
+            continue  # an image upscale does not give (a cut-out before crops): as without one (checks warns)
+        wanted = max((least_long_edge(channel, r) or 0 for r in ratios), default=0)
+        long_edge = getattr(step.options, "long_edge", None)
+        if long_edge is not None and long_edge < wanted:
+            problems.append(f"steps[{upscale}].upscale.long_edge: {long_edge} is less than the "
+                            f"{wanted} px long edge channel {channel.name} needs: leave it out (each ratio is "
+                            "then enlarged as far as its channels need) or raise it")
+    return problems
 
 
 def _name_clashes(rule: str, outputs: list[OutputSpec], config: Config, after: dict[str, frozenset[str]],

@@ -42,7 +42,7 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        return " or ".join(describe(a) for a in args) + (" or null" if len(args) < len(get_args(tp)) else "")
+        return " or ".join(dict.fromkeys(describe(a) for a in args)) + (" or null" if len(args) < len(get_args(tp)) else "")
     if origin is list:
         return f"a list of {describe(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict:
@@ -147,7 +147,8 @@ def build(cls: type, data: Any, where: str, errors: list[str], *, base: Path | N
         errors.append(f"{where}: expected a mapping, got {data!r}")
         data = {}
     hints = typing.get_type_hints(cls)
-    fields = {yaml_key(f): f for f in dataclasses.fields(cls) if f.init and f.name not in extra}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls)
+              if f.init and f.name not in extra and not f.metadata.get("internal")}  # internal: set by code
     for key in data:
         if key not in fields:
             errors.append(f"{_join(where, key)}: unknown key (known keys: {', '.join(fields)})")

@@ -428,10 +428,11 @@ class Store:
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
                review: list[str] | None = None, copied_from: int | None = None,
-               manifests: list[ManifestRecord] | None = None) -> None:
+               manifests: list[ManifestRecord] | None = None, error: str | None = None) -> None:
         """The job is done; ``review``: reasons a human should look at its outputs (none: NULL);
         ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same output paths
-        are marked replaced by this one."""
+        are marked replaced by this one. ``error``: some of its outputs could not be written (they are named
+        there): the job is failed, with the outputs it wrote recorded."""
         now = time.time()
         with self._immediate() as db:
             db.conn.execute("DELETE FROM manifests WHERE job_id = ?", [job_id])
@@ -447,9 +448,10 @@ class Store:
                     f"UPDATE outputs SET replaced_by = ? WHERE path IN ({_marks(paths)})"
                     " AND job_id != ? AND replaced_by IS NULL", [job_id, *paths, job_id])
             db.conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
+                "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = ?,"
                 " lease_expires = NULL, review = ?, copied_from = ? WHERE id = ?",
-                [JobStatus.DONE, now, seconds, json.dumps(review) if review else None, copied_from, job_id],
+                [JobStatus.FAILED if error else JobStatus.DONE, now, seconds, error,
+                 json.dumps(review) if review else None, copied_from, job_id],
             )
 
     def fail(self, job_id: int, error: str) -> None:

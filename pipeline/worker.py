@@ -179,11 +179,19 @@ class Worker:
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
-            result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
+            result.outputs, manifests, result.review, result.copied_from, unwritten = self._execute(job, loaded)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below
             return self._settle_failure(job, classify(exc, job, self.config), result)
         result.seconds = time.perf_counter() - started
-        self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
+        if unwritten:  # outputs too small for their channel: the job fails, naming them; the others are written
+            result.error = one_line(f"{printable(job.input_path)}: {'; '.join(unwritten)} "
+                                    f"({plural(len(result.outputs), 'other output')} written)")
+        self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests,
+                          error=result.error)
+        if result.error:
+            result.status = JobStatus.FAILED
+            self._report_failure(job, result.error)
+            return result
         result.status = JobStatus.DONE
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
@@ -233,8 +241,9 @@ class Worker:
         return decode(data, str(path), self.config.input)
 
     def _execute(self, job: Job, loaded: Future | None
-                 ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:
-        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None)."""
+                 ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None, list[str]]:
+        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None,
+        why each output that could not be written was not)."""
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
@@ -248,7 +257,7 @@ class Worker:
         if twin is not None:
             copied = self.outputs.copy_from(job, rule, twin)
             if copied is not None:
-                return copied
+                return (*copied, [])
         decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
@@ -261,6 +270,7 @@ class Worker:
         results = self.chain_for(rule).run(asset, on_step=on_step)
         if self.stop.is_set():
             raise StopRequested("stopping before writing outputs")
-        return (*self.outputs.publish(job, rule, results, decoded), None)
+        records, manifests, review, unwritten = self.outputs.publish(job, rule, results, decoded)
+        return records, manifests, review, None, unwritten
 
 

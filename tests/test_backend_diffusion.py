@@ -154,7 +154,7 @@ def test_crops_generate_fallback_fills_beyond_the_seamless_outpaint(tmp_path):
     matte[12:116, 52:76] = 255  # a tall product, clear of the edges
     img[matte > 0] = (255, 0, 255)
     ctx = StageContext(make_config(tmp_path, diffusers=str(tiny_sd_inpaint())))
-    options = CropsOptions(ratios=["16:9"], fallback="generate", steps=2, seed=3)
+    options = CropsOptions(ratios=["16:9"], fallback="generate", steps=2, seed=3, subject_fill=None)
     stage = GeometryCrops(options, ctx)
     stage.prepare()
     (out,) = stage.run(Asset(img, matte))

@@ -34,5 +34,15 @@ def test_check_refuses_two_ratios_with_one_name(workspace):
     workspace.config_path.write_text(text)
     result = check(workspace)
     assert result.exit_code == 1
-    assert ("10-products.yaml: outputs: crops 4:5 and crops 9:16 would both be named 'shot.jpg' in channel "
+    assert ("10-products.yaml: outputs: upscale 4:5 and upscale 9:16 would both be named 'shot.jpg' in channel "
             "instagram") in result.output
+
+
+def test_check_refuses_safe_zones_the_subject_cannot_fit_between(workspace):
+    text = workspace.config_path.read_text().replace("long_edge: 500}", "long_edge: 500, safe_zone: {'9:16': {top: 0.3, bottom: 0.35}}}")
+    workspace.config_path.write_text(text)
+    result = check(workspace)
+    assert result.exit_code == 1
+    assert ("10-products.yaml: steps[2].crops: ratio 9:16: the safe_zone of channel instagram (top 0.3, bottom 0.35) "
+            "leaves 0.35 of the height to the subject, which needs 0.6 at fill 0.6") in result.output
+    assert "Traceback" not in result.output

@@ -30,7 +30,8 @@ def test_example_config_loads_and_resolves_paths_against_its_folder():
     assert config.database == ROOT / "state" / "assetd.sqlite3"
     assert config.inboxes[0].path == ROOT / "inbox"
     assert config.channels["webshop"].path == ROOT / "out" / "webshop"
-    assert config.channels["webshop"].long_edge == 2000
+    assert config.channels["webshop"].size == "2000x2000"
+    assert config.channels["instagram"].size == {"4:5": "1080x1350", "9:16": "1080x1920"}
     assert config.channels["print"].bits == 16
 
 

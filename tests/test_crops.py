@@ -13,7 +13,7 @@ from pipeline.stages.base import Asset, StageContext, backends, registered, stag
 from pipeline.stages.crops import (CropsOptions, Fill, GeometryCrops, PadFill, build_canvas, fill_class, frame_matte,
                                   outpaint)
 from pipeline.stages.diffusion import GenerateFill
-from pipeline.stages.framing import Box, frame_for_ratio, ratio_error, subject_box
+from pipeline.stages.framing import Box, Zones, frame_for_ratio, ratio_error, subject_box
 
 RATIOS = ["1:1", "4:5", "9:16", "16:9"]
 
@@ -150,13 +150,18 @@ def test_rgba_extension_is_transparent(tmp_path: Path, fill: str) -> None:
     out = make_stage(tmp_path, fill=fill, ratios=["16:9"]).run(Asset(rgba, None))[0]
     note = out.notes["crops"]
     assert note["subject"] == "alpha"
-    left, right = note["extended"]["left"], note["extended"]["right"]
-    assert out.pixels.shape[2] == 4
+    ext = note["extended"]
+    left, right, top, bottom = ext["left"], ext["right"], ext["top"], ext["bottom"]
+    assert out.pixels.shape[2] == 4 and left > 0 and right > 0
     assert (out.pixels[:, :left, 3] == 0).all() and (out.pixels[:, out.width - right:, 3] == 0).all()
-    assert np.array_equal(out.pixels[:, left:out.width - right], rgba[note["box"][1]:note["box"][3]])
+    assert (out.pixels[:top, :, 3] == 0).all() and (out.pixels[out.height - bottom:, :, 3] == 0).all()
+    box = Box(*note["box"])
+    inside = box.intersect(Box(0, 0, rgba.shape[1], rgba.shape[0]))
+    assert np.array_equal(out.pixels[top:out.height - bottom, left:out.width - right],
+                          rgba[inside.y0:inside.y1, inside.x0:inside.x1])
     assert np.array_equal(out.matte, out.pixels[..., 3]), "alpha of a cut-out is its matte"
     opaque = make_stage(tmp_path, fill="pad", pad_colour="#ff000080", ratios=["16:9"]).run(Asset(rgba, None))[0]
-    assert (opaque.pixels[:, :left] == (255, 0, 0, 128)).all()
+    assert (opaque.pixels[:, :opaque.notes["crops"]["extended"]["left"]] == (255, 0, 0, 128)).all()
 
 
 def test_sixteen_bit_input_keeps_dtype_and_exact_pixels(tmp_path: Path) -> None:
@@ -165,8 +170,11 @@ def test_sixteen_bit_input_keeps_dtype_and_exact_pixels(tmp_path: Path) -> None:
     out = outs[0]
     assert out.pixels.dtype == np.uint16
     box = Box(*out.notes["crops"]["box"])
-    known = frame_for_ratio(600, 400, subject_box(matte), (16, 9)).known
-    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1], img[box.y0:box.y1, 0:600])
+    known = make_stage(tmp_path).frame(600, 400, subject_box(matte), "16:9").known
+    inside = box.intersect(Box(0, 0, 600, 400))
+    assert out.notes["crops"]["extended"]["left"] == known.x0 > 0
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
     ext = out.pixels[:, :known.x0].astype(np.float32)
     assert abs(ext.mean() - img[:, :20].astype(np.float32).mean()) < 3 * 257
 
@@ -190,10 +198,12 @@ def test_generate_fill_result_never_overwrites_the_original(tmp_path: Path) -> N
         assert GeometryCrops.validate(stage.options, "crops", stage.ctx.config) == []
         out = stage.run(Asset(img, matte))[0]
     box = Box(*out.notes["crops"]["box"])
+    inside = box.intersect(Box(0, 0, 600, 400))
     known = seen["known"]
     assert seen["prompt"] == "marble table"
-    assert known.sum() == 600 * box.height
-    assert np.array_equal(out.pixels[known].reshape(box.height, 600, 3), img[box.y0:box.y1])
+    assert known.sum() == inside.width * inside.height
+    assert np.array_equal(out.pixels[known].reshape(inside.height, inside.width, 3),
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
     assert (out.pixels[~known] == 7).all()
 
 
@@ -342,7 +352,8 @@ def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
     img[matte > 0] = SUBJECT_COLOUR
     # a wide margin: the frame's band beside the subject is mostly backdrop, so outpaint may continue the
     # texture a little (seams.seamless_depth); the pad fallback fills the rest
-    out = make_stage(tmp_path, ratios=["9:16"], anchor="top", margin=0.8, fallback="pad").run(Asset(img, matte))[0]
+    out = make_stage(tmp_path, ratios=["9:16"], anchor="top", margin=0.8, fallback="pad",
+                     subject_fill=None).run(Asset(img, matte))[0]
     note = out.notes["crops"]
     assert note["extended"]["bottom"] > 50 and note["fill"] == "outpaint + pad"
     assert note["texture"] == {"bottom": "textured"} and note["fallback"]["to"] == "pad"
@@ -357,6 +368,7 @@ def test_stage_threads_the_matte_into_outpaint(tmp_path: Path) -> None:
 
 
 # --- outpaint only as far as it stays seamless; the fallback does the rest ---------------------
+# (the largest frame, subject_fill: null, so each case reaches past the image where it is meant to)
 
 def tall_on_stone(w: int = 400, h: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """A tall magenta subject (not touching the edges) on the stone texture: 16:9 needs wide new canvas."""
@@ -373,13 +385,16 @@ def _magenta(a: np.ndarray) -> np.ndarray:
 
 
 def test_textured_border_falls_back_to_a_tighter_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    img, matte = tall_on_stone()
-    stage = make_stage(tmp_path, ratios=["16:9"])
+    img = stone(400, 400)  # a subject a tighter 16:9 frame still holds (one it would cut: see below)
+    matte = np.zeros((400, 400), np.uint8)
+    matte[80:320, 150:250] = 255
+    img[matte > 0] = SUBJECT_COLOUR
+    stage = make_stage(tmp_path, ratios=["16:9"], subject_fill=None)
     with caplog.at_level("INFO", logger="assetd.stage"):
         out = stage.run(Asset(img, matte, source="shots/stone.jpg"))[0]
     note = out.notes["crops"]
     wide = frame_for_ratio(400, 400, subject_box(matte), (16, 9))  # what outpaint alone would have made
-    assert wide.outside[0] > 100
+    assert wide.outside[0] > 40
     assert note["texture"]["left"] == note["texture"]["right"] == "textured"
     assert note["fallback"]["to"] == "crop" and "left: textured border" in note["fallback"]["why"]
     ext = note["extended"]
@@ -410,7 +425,7 @@ def test_textured_border_keeps_the_frame_and_the_fallback_fills_the_rest(tmp_pat
             return np.full_like(canvas, 7)
 
     with registered(Scribble):
-        out = make_stage(tmp_path, ratios=["16:9"], fallback=fallback, pad_colour="#102030").run(Asset(img, matte))[0]
+        out = make_stage(tmp_path, ratios=["16:9"], subject_fill=None, fallback=fallback, pad_colour="#102030").run(Asset(img, matte))[0]
     note = out.notes["crops"]
     wide = frame_for_ratio(400, 400, subject_box(matte), (16, 9))
     assert note["box"] == wide.box.as_list(), "the frame is the one outpaint alone would have made"
@@ -432,7 +447,7 @@ def test_textured_border_keeps_the_frame_and_the_fallback_fills_the_rest(tmp_pat
 
 def test_plain_border_extends_as_far_as_needed(tmp_path: Path) -> None:
     img, matte = studio_shot(400, 400)
-    out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, matte))[0]
+    out = make_stage(tmp_path, ratios=["16:9"], subject_fill=None).run(Asset(img, matte))[0]
     note = out.notes["crops"]
     assert note["fill"] == "outpaint" and note["fallback"] is None
     assert set(note["texture"].values()) <= {"plain", "smooth"} and note["extended"]["left"] > 100
@@ -498,7 +513,7 @@ def test_no_new_canvas_where_the_photo_cuts_the_subject(tmp_path: Path) -> None:
     matte = np.zeros_like(bottle)
     matte[150:, 150:450] = 255  # a wide product the photo cuts at the bottom, on a plain backdrop
     img[matte > 0] = (200, 30, 30)
-    out = make_stage(tmp_path, ratios=["9:16"]).run(Asset(img, matte))[0]
+    out = make_stage(tmp_path, ratios=["9:16"], subject_fill=None).run(Asset(img, matte))[0]
     note = out.notes["crops"]
     assert note["texture"] == {"top": "smooth", "bottom": "smooth"}
     assert note["fallback"]["to"] == "crop" and "the photo's edge cuts the subject" in note["fallback"]["why"]
@@ -512,9 +527,80 @@ def test_a_side_whose_seam_still_shows_is_done_again_without_outpaint(tmp_path: 
     img, matte = tall_on_stone()
     img[:, 396:399] = 40  # a dark line along the right edge (a mount, a frame): mirrored, it shows as a seam
     with caplog.at_level("INFO", logger="assetd.stage"):
-        out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, matte))[0]
+        out = make_stage(tmp_path, ratios=["16:9"], subject_fill=None).run(Asset(img, matte))[0]
     note = out.notes["crops"]
     assert "right: the extension's seam showed (score" in note["fallback"]["why"]
     assert note["extended"]["right"] == 0 and note["extended"]["left"] > 0
     assert set(note["seam_score"]) == {"left"} and note["seam_score"]["left"] <= 1.2
     assert len([r for r in caplog.records if "seam showed" in r.getMessage()]) == 1, "one line per fallback"
+
+
+# --- framing by subject fill, in the stage ------------------------------------------------------
+
+def test_each_crop_records_its_fill_and_new_canvas(tmp_path: Path) -> None:
+    img, matte = studio_shot(1200, 800)
+    outs = make_stage(tmp_path).run(Asset(img, matte))
+    box = subject_box(matte)
+    for out in outs:
+        note = out.notes["crops"]
+        frame = Box(*note["box"])
+        assert note["target_fill"] == 0.8 and note["framing"] in ("framed", "tightened", "loosened", "capped")
+        achieved = max(box.width / frame.width, box.height / frame.height)
+        assert note["subject_fill"] == round(achieved, 3)
+        inside = frame.intersect(Box(0, 0, 1200, 800))
+        assert note["new_canvas"] == round(1 - inside.width * inside.height / (frame.width * frame.height), 3)
+        if note["framing"] == "framed":
+            assert abs(achieved - 0.8) * max(frame.size) <= 1
+        assert note["new_canvas"] <= 0.25 or note["framing"] == "capped"
+    # the tall bottle: the same presence in 1:1, 4:5 and 9:16 (16:9 would need too much canvas at 0.8)
+    fills = [o.notes["crops"]["subject_fill"] for o in outs[:3]]
+    assert max(fills) - min(fills) < 0.01, fills
+
+
+def test_largest_frame_is_kept_with_subject_fill_null(tmp_path: Path) -> None:
+    img, matte = studio_shot()
+    outs = make_stage(tmp_path, subject_fill=None).run(Asset(img, matte))
+    for out, ratio in zip(outs, RATIOS):
+        rw, rh = map(int, ratio.split(":"))
+        assert Box(*out.notes["crops"]["box"]) == frame_for_ratio(600, 400, subject_box(matte), (rw, rh)).box
+        assert out.notes["crops"]["framing"] == "largest"
+
+
+def test_safe_zones_and_copy_space_keep_the_subject_out(tmp_path: Path) -> None:
+    img, matte = studio_shot(2400, 1200)
+    stage = make_stage(tmp_path, ratios=["9:16", "16:9"], subject_fill={"9:16": 0.7, "default": 0.8},
+                       copy_space={"16:9": {"side": "left", "fraction": 0.4}})
+    stage.options.safe_zones = {"9:16": Zones(top=0.14, bottom=0.2)}  # what resolve folds in from the channels
+    story, banner = stage.run(Asset(img, matte))
+    sub = subject_box(story.matte)
+    assert sub.y0 >= 0.14 * story.height and story.height - sub.y1 >= 0.2 * story.height
+    sub = subject_box(banner.matte)
+    assert sub.x0 >= 0.4 * banner.width
+    assert banner.notes["crops"]["subject_fill"] == pytest.approx(0.8, abs=1.5 / (0.6 * banner.width))
+    assert story.notes["crops"]["target_fill"] == 0.7
+    for out in (story, banner):  # the subject's pixels exact, wherever the framing put it
+        box = Box(*out.notes["crops"]["box"])
+        inside = box.intersect(Box(0, 0, 2400, 1200))
+        known = inside.shift(-box.x0, -box.y0)
+        assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                              img[inside.y0:inside.y1, inside.x0:inside.x1])
+
+
+def test_framing_by_fill_then_seams_a_textured_border_is_not_smeared(tmp_path: Path) -> None:
+    """The default framing (subject_fill 0.8) asks for new canvas on a textured stone border: outpaint only goes
+    as far as it stays seamless and the default fallback (crop) takes a tighter frame, recorded as such."""
+    img, matte = tall_on_stone()
+    out = make_stage(tmp_path, ratios=["16:9"]).run(Asset(img, matte))[0]
+    note = out.notes["crops"]
+    assert note["target_fill"] == 0.8
+    # a tighter frame would cut this tall subject: the frame holds it, outpainted, and the job asks for a review
+    assert note["framing"] == "seam" and note["cut_subject"] is False and note["fallback"]["to"] == "outpaint (review)"
+    assert out.review and "would cut the subject" in out.review[0]
+    box = Box(*note["box"])
+    inside = box.intersect(Box(0, 0, 400, 400))
+    known = inside.shift(-box.x0, -box.y0)
+    assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                          img[inside.y0:inside.y1, inside.x0:inside.x1])
+    new = np.ones(out.pixels.shape[:2], bool)
+    new[known.y0:known.y1, known.x0:known.x1] = False
+    assert not _magenta(out.pixels)[new].any()  # no copy of the subject in the new canvas

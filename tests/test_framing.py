@@ -267,3 +267,198 @@ def test_place_on_floor(cut, height, area, expected) -> None:
     assert k == pytest.approx(place.out_w / 1000, abs=1e-3)
     if "bottom" not in cut:
         assert place.y + 400 == round(0.9 * place.out_h)  # the base stands on the floor line
+# --- framing by subject fill --------------------------------------------------------------------
+
+from pipeline.stages.framing import Frame, Zones, fill_of, frame_by_fill  # noqa: E402
+
+ALL_RATIOS = [(1, 1), (4, 5), (9, 16), (16, 9)]
+STORY = Zones(top=0.14, bottom=0.2)
+
+
+@dataclass
+class FillCase:
+    name: str
+    image: tuple[int, int]
+    subject: Box | None
+    ratio: tuple[int, int]
+    fill: float = 0.8
+    fill_range: tuple[float, float] = (0.6, 0.9)
+    max_new_canvas: float = 0.25
+    optical_center: float = 0.47
+    copy_space: tuple[str, float] | None = None
+    safe_zone: Zones | None = None
+    keep_inside: bool = False
+    when_capped: str = "extend"
+    anchor: str = "center"
+    framing: str | None = "framed"
+    box: Box | None = None  # exact expected frame, when worked out by hand
+    achieved: float | None = None  # the fill, when not the asked one (2 decimals)
+
+
+SMALL = Box(2500, 1500, 3100, 2500)  # 600×1000 in the middle of 6000×4000: every ratio fits inside
+FILL_CASES = [
+    # the fill of the limiting side, every ratio, the subject well inside a large image: no new canvas
+    *[FillCase(f"centred {r[0]}:{r[1]}", (6000, 4000), SMALL, r) for r in ALL_RATIOS],
+    *[FillCase(f"centred {r[0]}:{r[1]}, fill 0.6", (6000, 4000), SMALL, r, fill=0.6) for r in ALL_RATIOS],
+    # worked out: 1000 high / 0.8 = 1250; the centre (2000) at 0.47 of 1250 → y0 = 2000 - 587.5
+    FillCase("1:1 by hand", (6000, 4000), SMALL, (1, 1), box=Box(2175, 1413, 3425, 2663)),
+    FillCase("1:1 geometric centre", (6000, 4000), SMALL, (1, 1), optical_center=0.5, box=Box(2175, 1375, 3425, 2625)),
+    # copy space: the fill is measured against the rest, the subject centred in it
+    FillCase("16:9 banner, copy space right", (6000, 4000), SMALL, (16, 9), copy_space=("right", 0.35),
+             box=Box(2078, 1413, 4300, 2663)),
+    FillCase("16:9 banner, copy space left", (6000, 4000), SMALL, (16, 9), copy_space=("left", 0.35)),
+    FillCase("4:5, copy space top", (6000, 4000), SMALL, (4, 5), copy_space=("top", 0.3)),
+    FillCase("9:16, copy space bottom", (6000, 4000), SMALL, (9, 16), copy_space=("bottom", 0.25)),
+    # safe zones: the subject stays out; a tall subject at 9:16 is fitted between them
+    FillCase("story zones, wide subject", (6000, 4000), Box(2500, 1800, 3500, 2200), (9, 16), safe_zone=STORY),
+    FillCase("story zones, tall subject: fitted", (6000, 4000), Box(2900, 1000, 3100, 3000), (9, 16),
+             safe_zone=STORY, framing="fitted", achieved=0.66),
+    FillCase("zones and copy space on one side: the larger wins", (6000, 4000), SMALL, (16, 9),
+             copy_space=("left", 0.3), safe_zone=Zones(left=0.1, right=0.1)),
+    # the frame shifts to stay inside the image before it reaches past it
+    FillCase("near the left edge: shifted, not extended", (6000, 4000), Box(100, 1500, 700, 2500), (1, 1),
+             box=Box(0, 1413, 1250, 2663)),
+    FillCase("near the top: shifted", (6000, 4000), Box(2500, 84, 3100, 1084), (4, 5), box=Box(2300, 0, 3300, 1250)),
+    FillCase("nearer than the margin: a little canvas", (6000, 4000), Box(2500, 60, 3100, 1060), (4, 5),
+             box=Box(2300, -20, 3300, 1230)),
+    # too close to an edge: margin needs canvas (a little, under the limit)
+    FillCase("2 px from the left edge", (6000, 4000), Box(2, 1500, 602, 2500), (1, 1)),
+    # new canvas over the limit: tighter first
+    FillCase("tall bottle into 16:9: tightened", (4000, 2250), Box(1800, 75, 2200, 2175), (16, 9),
+             framing="tightened"),
+    FillCase("tall bottle into 16:9: capped, extends", (3000, 4000), Box(1200, 400, 1800, 3600), (16, 9),
+             framing="capped", achieved=0.9),
+    FillCase("tall bottle into 16:9: capped, crop", (3000, 4000), Box(1200, 400, 1800, 3600), (16, 9),
+             when_capped="crop", framing="capped"),
+    FillCase("fill: crop never adds canvas", (3000, 4000), Box(1200, 400, 1800, 3600), (16, 9),
+             keep_inside=True, framing="capped"),
+    FillCase("fill: crop, fits at a tighter fill", (4000, 2250), Box(1800, 150, 2200, 2100), (16, 9),
+             keep_inside=True, framing="tightened"),
+    FillCase("no limit: framed with canvas", (3000, 4000), Box(1200, 400, 1800, 3600), (16, 9),
+             max_new_canvas=1.0),
+    # looser helps when the overhang is fixed: a subject 2 px from the edge of a small image
+    FillCase("looser: fixed overhang, larger frame", (640, 640), Box(2, 200, 102, 400), (1, 1),
+             max_new_canvas=0.05, framing="loosened"),
+    # subjects cut by the photo stay cut: anchored to that edge, no canvas past it
+    FillCase("bust cut at the bottom", (3000, 4000), Box(900, 1500, 2100, 4000), (4, 5)),
+    FillCase("bust cut at the bottom, 9:16", (3000, 4000), Box(900, 1500, 2100, 4000), (9, 16)),
+    FillCase("bust cut at the bottom, story zones", (3000, 4000), Box(900, 1500, 2100, 4000), (9, 16),
+             safe_zone=STORY, framing=None),
+    FillCase("cut at the left", (4000, 3000), Box(0, 1000, 800, 2000), (1, 1), box=Box(0, 913, 1250, 2163)),
+    FillCase("cut top and bottom: edge", (4000, 3000), Box(1500, 0, 2500, 3000), (16, 9), framing="edge",
+             box=Box(-666, 0, 4667, 3000)),
+    FillCase("whole image", (4000, 3000), None, (1, 1), framing=None),
+    FillCase("whole image, crop", (4000, 3000), None, (4, 5), keep_inside=True, framing=None),
+    # tiny images and odd sizes
+    FillCase("1×1 image", (1, 1), None, (16, 9), framing=None),
+    FillCase("3×2 image, 1 px subject", (3, 2), Box(1, 0, 2, 1), (9, 16), framing=None),
+    FillCase("odd 1001×777, 4:5", (1001, 777), Box(300, 200, 701, 577), (4, 5), framing=None),
+    FillCase("odd 333×999, 16:9", (333, 999), Box(100, 3, 233, 990), (16, 9), framing=None),
+    FillCase("small subject, big image, 9:16", (6000, 4000), Box(3000, 2000, 3013, 2021), (9, 16)),
+    FillCase("anchor bottom keeps the floor", (2000, 1000), Box(800, 300, 1200, 900), (9, 16), anchor="bottom",
+             framing=None),
+]
+
+
+def _limiting(frame: Frame) -> tuple[int, int]:
+    """(subject side, reference side) along the side that limits the fill."""
+    s, ref = frame.subject, frame.reference
+    return (s.width, ref.width) if s.width / ref.width >= s.height / ref.height else (s.height, ref.height)
+
+
+@pytest.mark.parametrize("case", FILL_CASES, ids=[c.name for c in FILL_CASES])
+def test_frame_by_fill(case: FillCase) -> None:
+    w, h = case.image
+    frame = frame_by_fill(w, h, case.subject, case.ratio, case.fill, fill_range=case.fill_range,
+                          max_new_canvas=case.max_new_canvas, optical_center=case.optical_center,
+                          copy_space=case.copy_space, safe_zone=case.safe_zone, keep_inside=case.keep_inside,
+                          when_capped=case.when_capped, anchor=case.anchor)
+    box, subject = frame.box, frame.subject
+    # invariants
+    assert box.width >= 1 and box.height >= 1
+    assert ratio_error(box.width, box.height, case.ratio) < 1.0
+    assert frame.inside is not None
+    assert frame.target_fill == case.fill and frame.framing in ("framed", "fitted", "edge", "tightened",
+                                                                  "loosened", "capped")
+    cut = {s for s, t in zip(("left", "top", "right", "bottom"),
+                             (subject.x0 <= 0, subject.y0 <= 0, subject.x1 >= w, subject.y1 >= h)) if t}
+    capped_inside = case.keep_inside or (frame.framing == "capped" and case.when_capped == "crop")
+    if capped_inside:
+        assert frame.image.contains(box) and frame.new_canvas == 0.0
+    else:
+        assert box.contains(subject), "fills that add canvas never cut the subject"
+        assert not frame.in_zones, "the subject stays out of the copy space and the safe zones"
+        if frame.framing != "capped":
+            assert frame.new_canvas <= case.max_new_canvas + 1e-9
+        # a cut subject stays cut: no canvas past the edges it touches (unless the ratio forces it)
+        left, top, right, bottom = frame.outside
+        if frame.framing != "edge" and not {"left", "right"} <= cut and not {"top", "bottom"} <= cut:
+            assert not (("left" in cut and left) or ("right" in cut and right) or ("top" in cut and top)
+                        or ("bottom" in cut and bottom))
+            assert ("left" not in cut or box.x0 == 0) and ("right" not in cut or box.x1 == w)
+            assert ("top" not in cut or box.y0 == 0) and ("bottom" not in cut or box.y1 == h)
+    if frame.framing == "framed":
+        side, ref = _limiting(frame)
+        assert abs(case.fill * ref - side) <= 1.0, f"fill {side}/{ref} is not {case.fill} within 1 px"
+        if not frame.extended and not cut and box.contains(frame.subject):
+            # nothing moved it: the subject's centre at the optical centre of its part, centred across
+            allowed = frame.allowed
+            cx, cy = subject.center
+            if allowed.x0 - box.x0 < subject.x0 - box.x0 and box.x0 not in (0, w - box.width):
+                assert abs(cx - (allowed.x0 + allowed.x1) / 2) <= 1
+            if box.y0 not in (0, h - box.height):
+                assert abs(cy - (allowed.y0 + case.optical_center * allowed.height)) <= 1
+    # worked-out expectations
+    if case.framing is not None:
+        assert frame.framing == case.framing, frame.why
+    if case.box is not None:
+        assert box == case.box
+    if case.achieved is not None:
+        assert frame.subject_fill == pytest.approx(case.achieved, abs=0.01)
+    if frame.framing in ("tightened", "loosened"):
+        assert case.fill_range[0] - 1e-9 <= frame.subject_fill <= case.fill_range[1] + 1e-9
+        assert (frame.subject_fill > case.fill) is (frame.framing == "tightened")
+
+
+def test_copy_space_puts_the_subject_in_the_rest() -> None:
+    frame = frame_by_fill(6000, 4000, SMALL, (16, 9), copy_space=("right", 0.35))
+    assert frame.reference == Box(frame.box.x0, frame.box.y0, frame.box.x0 + round(0.65 * frame.box.width),
+                                  frame.box.y1)
+    assert frame.subject.x1 <= frame.box.x0 + 0.65 * frame.box.width
+    assert frame.subject_fill == pytest.approx(0.8, abs=1 / 1250)
+
+
+def test_safe_zones_keep_the_subject_out_and_fill_stays_put() -> None:
+    frame = frame_by_fill(6000, 4000, Box(2500, 1800, 3500, 2200), (9, 16), safe_zone=STORY)
+    top, bottom = frame.subject.y0 - frame.box.y0, frame.box.y1 - frame.subject.y1
+    assert top >= 0.14 * frame.box.height and bottom >= 0.2 * frame.box.height
+    plain = frame_by_fill(6000, 4000, Box(2500, 1800, 3500, 2200), (9, 16))
+    assert frame.box.size == plain.box.size, "a wide subject's fill is set by the width: zones only move it"
+
+
+def test_same_presence_in_every_ratio() -> None:
+    """The point of framing by fill: the subject's fill of the limiting side is the same in every ratio."""
+    for subject in (SMALL, Box(2000, 1800, 4000, 2400), Box(2900, 1000, 3100, 3000)):
+        fills = [frame_by_fill(6000, 4000, subject, r).subject_fill for r in ALL_RATIOS]
+        assert max(fills) - min(fills) < 0.005, fills
+
+
+def test_impossible_zones_are_refused() -> None:
+    with pytest.raises(ValueError, match="no room"):
+        frame_by_fill(1000, 1000, Box(400, 400, 600, 600), (1, 1), safe_zone=Zones(top=0.5, bottom=0.5))
+    with pytest.raises(ValueError, match="no room"):
+        frame_by_fill(1000, 1000, Box(400, 400, 600, 600), (1, 1), copy_space=("left", 0.6),
+                      safe_zone=Zones(right=0.4))
+    with pytest.raises(ValueError, match="fill"):
+        frame_by_fill(1000, 1000, Box(400, 400, 600, 600), (1, 1), 1.2)
+
+
+def test_zones_on_a_cut_side_are_ignored_and_said() -> None:
+    frame = frame_by_fill(3000, 4000, Box(900, 1500, 2100, 4000), (9, 16), safe_zone=STORY)
+    assert frame.box.y1 == 4000 and "cut by the photo at bottom" in frame.why
+    assert frame.subject.y0 - frame.box.y0 >= 0.14 * frame.box.height
+
+
+def test_fill_of() -> None:
+    assert fill_of(Box(0, 0, 80, 40), Box(0, 0, 100, 100)) == 0.8
+    assert fill_of(Box(0, 0, 40, 90), Box(0, 0, 100, 100)) == 0.9

@@ -223,6 +223,15 @@ def test_each_ratio_is_composed_on_the_scene_with_the_subject_exact(workspace: P
     assert composed >= 2  # the 4:3 scene composite needs more canvas at 9:16 and 16:9 at least
 
 
+def test_on_a_scene_every_ratio_frames_the_subject_at_the_same_fill(workspace: Path) -> None:
+    """Canvas past a scene composite is more of the scene, not invented: max_new_canvas does not tighten it."""
+    composite = make_stage(workspace, scene="scene.png", scale=0.95, margin=0.02, shadow="none").run(Asset(cutout()))[0]
+    notes = [out.notes["crops"] for out in _crops(max_new_canvas=0.0).run(composite)]
+    assert [n["framing"] for n in notes] == ["framed"] * 4
+    assert all(n["subject_fill"] == pytest.approx(0.8, abs=0.01) for n in notes), notes
+    assert any(n["new_canvas"] > 0 and n["fill"] == "scene" for n in notes)
+
+
 def test_a_subject_cut_by_its_photo_enters_from_that_edge_without_a_floor_shadow(workspace: Path) -> None:
     rgba = cutout()
     bust = rgba[:300].copy()  # the photo's frame cut the bottle: solid subject along the bottom edge

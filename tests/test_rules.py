@@ -8,7 +8,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.rules import folder_matches, load_rules, match_rule
-from pipeline.stages.framing import parse_ratio
+from pipeline.stages.framing import Zones, parse_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,18 +174,19 @@ def test_one_image_per_channel_may_drop_the_ratio(workspace):
     assert [r.name for r in rules] == ["products", "cutouts"]
 
 
-def test_upscale_without_size_aims_at_the_largest_long_edge_of_its_channels(workspace):
+def test_upscale_without_size_aims_each_ratio_at_the_largest_long_edge_of_its_channels(workspace):
     workspace.add_rule("10-products.yaml", "name: products\nsteps: [{crops: {ratios: ['1:1', '4:5']}}, upscale]\n"
                                            "outputs: [{channel: webshop, from: upscale, ratios: ['1:1']},\n"
                                            "          {channel: instagram, from: upscale, ratios: ['4:5']},\n"
                                            "          {channel: banners, from: crops}]\n")
     config, rules = workspace.load()
     upscale = rules[0].step("upscale")
-    assert upscale.options.long_edge == 600  # webshop 600, instagram 500; banners (640) gets crops, not upscale
+    # webshop 600 at 1:1, instagram 500 at 4:5; banners (640) gets crops, not upscale
+    assert upscale.options.targets == {"1:1": 600, "4:5": 500} and upscale.options.long_edge is None
     before = rules[0].version
     config.channels["webshop"].long_edge = 700
     again = load_rules(config)[0]
-    assert again.step("upscale").options.long_edge == 700 and again.version != before
+    assert again.step("upscale").options.targets == {"1:1": 700, "4:5": 500} and again.version != before
 
 
 def test_duplicate_extensions_are_listed_once(workspace):
@@ -330,3 +331,68 @@ def test_a_new_step_is_one_declaration_and_one_backend(workspace):
             assert any("steps[0].label: needs one image per crop ratio" in p for p in problems)
     finally:
         STEPS.pop("label", None)
+
+
+FRAMED = ("name: products\nsteps: [{crops: {ratios: ['1:1', '4:5', '9:16', '16:9']}}]\n"
+          "outputs: [{channel: webshop, from: crops, ratios: ['1:1']},\n"
+          "          {channel: instagram, from: crops, ratios: ['4:5', '9:16']},\n"
+          "          {channel: banners, from: crops, ratios: ['16:9']},\n"
+          "          {channel: cutouts, from: crops, ratios: ['9:16']}]\n")
+
+
+def test_channel_safe_zones_are_folded_into_crops_per_ratio(workspace):
+    workspace.add_rule("10-products.yaml", FRAMED)
+    before = workspace.load()[1][0]
+    assert before.step("crops").options.safe_zones == {}
+    _with_channel(workspace, "instagram", "safe_zone: {'9:16': {top: 0.14, bottom: 0.2}}")
+    _with_channel(workspace, "cutouts", "safe_zone: {top: 0.1, bottom: 0.25, left: 0.05}")
+    _with_channel(workspace, "banners", "safe_zone: {right: 0.1}")
+    config, rules = workspace.load()
+    zones = rules[0].step("crops").options.safe_zones
+    # 9:16 goes to instagram and cutouts: the larger zone on each side; 4:5 to instagram, whose zone is only 9:16's
+    assert zones == {"9:16": Zones(left=0.05, top=0.14, bottom=0.25), "16:9": Zones(right=0.1)}
+    assert rules[0].version != before.version, "the channels' zones are part of the rule's version"
+
+
+def test_safe_zones_of_channels_that_get_no_crops_are_left_out(workspace):
+    _with_channel(workspace, "cutouts", "safe_zone: {top: 0.3}")
+    config, rules = workspace.load()
+    products = next(r for r in rules if r.name == "products")
+    assert products.step("crops").options.safe_zones == {}  # cutouts gets remove_background, before crops
+
+
+def test_safe_zones_with_copy_space_that_leave_no_room_are_refused(workspace):
+    _with_channel(workspace, "instagram", "safe_zone: {'9:16': {top: 0.14, bottom: 0.2}}")
+    problems = _problems(workspace, FRAMED.replace(
+        "ratios: ['1:1', '4:5', '9:16', '16:9']",
+        "ratios: ['1:1', '4:5', '9:16', '16:9'], fill_range: [0.7, 0.9], "
+        "copy_space: {'9:16': {side: top, fraction: 0.35}, '16:9': {side: right, fraction: 0.35}}"))
+    assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: steps[0].crops: ratio 9:16: the safe_zone of channel "
+                        "instagram (top 0.14, bottom 0.2) and copy_space top 0.35 leave 0.45 of the height to the "
+                        "subject, which needs 0.455 at fill 0.7 (fill_range's loosest); lower the zones, the copy "
+                        "space or fill_range"]
+    # the story zones alone leave 0.66 of the height: enough at the default fill_range (0.6)
+    (workspace.root / "rules" / "bad.yaml").unlink()
+    workspace.add_rule("10-products.yaml", FRAMED)
+    assert workspace.load()[1][0].step("crops").options.safe_zones == {"9:16": Zones(top=0.14, bottom=0.2)}
+
+
+def test_zones_need_framing_by_fill(workspace):
+    _with_channel(workspace, "instagram", "safe_zone: {'9:16': {top: 0.14, bottom: 0.2}}")
+    problems = _problems(workspace, FRAMED.replace("ratios: ['1:1', '4:5', '9:16', '16:9']",
+                                                   "ratios: ['1:1', '4:5', '9:16', '16:9'], subject_fill: null"))
+    assert problems == [f"{workspace.root / 'rules' / 'bad.yaml'}: steps[0].crops: ratio 9:16: subject_fill null (the "
+                        "largest frame) cannot keep the safe_zone of channel instagram free; set a subject_fill for "
+                        "9:16"]
+
+
+@pytest.mark.parametrize("crops, problem", [
+    ("{subject_fill: {'9:16': 0.7, '3:2': 0.8}}", "steps[0].crops.subject_fill: 3:2 is not one of the ratios"),
+    ("{subject_fill: 0.95}", "steps[0].crops.subject_fill: 0.95 for 1:1 lies outside fill_range [0.6, 0.9]"),
+    ("{copy_space: {side: middle}}", "copy_space: expected {side: left, right, top or bottom, fraction: 0 to 0.9}"),
+    ("{copy_space: {'2:1': {side: left}}}", "steps[0].crops.copy_space: 2:1 is not one of the ratios"),
+    ("{fill_range: [0.9]}", "expected [loosest, tightest]"),
+])
+def test_framing_options_are_checked(workspace, crops, problem):
+    problems = _problems(workspace, f"name: bad\nsteps: [{{crops: {crops}}}]\noutputs: [{{channel: webshop}}]\n")
+    assert any(problem in p for p in problems), problems

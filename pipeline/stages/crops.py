@@ -1,6 +1,7 @@
 """Stage ``crops``, backend ``geometry``: one asset per ratio, framed around the subject.
 
-Where to cut is decided by ``framing.frame_for_ratio`` (pure geometry); this module only moves
+Where to cut is decided by ``framing.frame_by_fill`` (the subject at the same fill in every ratio; with
+``subject_fill: null``, ``framing.frame_for_ratio``: the largest frame), pure geometry; this module only moves
 pixels. When a frame reaches past the image (a tall bottle into 16:9) the new canvas is filled:
 
 * ``pad``       a solid colour (transparent for RGBA unless a colour is given);
@@ -17,18 +18,21 @@ Whatever the fill, the original pixels are pasted back afterwards: they are neve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from ..config import check_colour
+from ..errors import ConfigError
 from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
-from .base import Asset, Stage, backends, define_part, define_step, register, stage_class
-from .framing import DEFAULT_MARGIN, Box, Frame, frame_for_ratio, parse_ratio
-from .seams import CUT_SHARE, SIDES, VISIBLE_SEAM, BandTexture, band_texture, seam_score, seamless_depth
+from .base import STEPS, Asset, Stage, backends, define_part, define_step, register, stage_class
+from .framing import (DEFAULT_FILL, DEFAULT_FILL_RANGE, DEFAULT_MARGIN, DEFAULT_MAX_NEW_CANVAS, DEFAULT_OPTICAL_CENTER,
+                      SIDES, Box, Frame, Zones, frame_by_fill, frame_for_ratio, parse_ratio)
+from .seams import CUT_SHARE, VISIBLE_SEAM, BandTexture, band_texture, seam_score, seamless_depth
 from .subject import find_subject, paste_matte
 
 define_step("crops", "geometry", needs=("uncropped",), gives=("ratio",), takes=("uncropped",),
@@ -49,6 +53,38 @@ def _check_ratios(values: list[str]) -> str | None:
     return None
 
 
+def _check_per_ratio(value: Any) -> str | None:
+    """A per-ratio mapping's keys are ratios or ``default``."""
+    for key in value if isinstance(value, dict) else ():
+        if key != "default":
+            try:
+                parse_ratio(key)
+            except ValueError as exc:
+                return f"{exc} (or default) as a key; quote ratios in YAML: '9:16'"
+    return None
+
+
+def _check_subject_fill(value: Any) -> str | None:
+    values = value.values() if isinstance(value, dict) else [value]
+    bad = [v for v in values if v is not None and not 0.0 < v <= 1.0]
+    return f"expected fills in (0, 1], got {bad[0]!r}" if bad else _check_per_ratio(value)
+
+
+def _check_fill_range(value: list[float]) -> str | None:
+    if len(value) != 2 or not 0.0 < value[0] <= value[1] <= 1.0:
+        return f"expected [loosest, tightest] with 0 < loosest <= tightest <= 1, got {value!r}"
+    return None
+
+
+@dataclass
+class CopySpace:
+    """A side of the frame kept free of the subject, for text."""
+
+    side: str = opt("right", choices=SIDES, doc="left | right | top | bottom")
+    fraction: float = opt(0.35, min=0.0, max=0.9, doc="the share of the frame's width (left, right) or height (top, "
+                                                       "bottom) kept free")
+
+
 @dataclass
 class CropsOptions:
     ratios: list[str] = opt(["1:1", "4:5", "9:16", "16:9"], check=_check_ratios,
@@ -56,10 +92,31 @@ class CropsOptions:
     fill: str = opt("outpaint", check=lambda name: _check_fill(name),
                     doc="when a crop needs more canvas than the image has: outpaint | pad | crop | generate")
     margin: float = opt(DEFAULT_MARGIN, min=0.0, max=1.0,
-                        doc="space kept around the subject, as a fraction of its larger side")
+                        doc="space kept around the subject, as a fraction of its larger side (with subject_fill: "
+                            "the least kept when the frame slides to stay inside the image)")
     anchor: str = opt("center", choices=("center", "bottom", "top"),
                       doc="where new canvas goes when a crop is taller than the image: center | bottom "
                           "(keeps the floor, grows upwards) | top")
+    subject_fill: float | dict[str, float | None] | None = opt(
+        DEFAULT_FILL, check=_check_subject_fill,
+        doc="the subject box fills this much of each frame's limiting side (less its copy space), so it has the "
+            "same presence in every ratio; per ratio: {'9:16': 0.7, default: 0.8}; null: the largest frame of "
+            "the ratio around the subject (margin)")
+    fill_range: list[float] = opt(list(DEFAULT_FILL_RANGE), check=_check_fill_range,
+                                  doc="[loosest, tightest] fill the framing may use to keep new canvas under "
+                                      "max_new_canvas (tighter tried first)")
+    max_new_canvas: float = opt(DEFAULT_MAX_NEW_CANVAS, min=0.0, max=1.0,
+                                doc="share of a frame's area that may be new canvas (past the image); over it the "
+                                    "fill moves within fill_range, and failing that the frame is capped (fill "
+                                    "crop: cut inside the image; else the least new canvas), as the manifest says")
+    optical_center: float = opt(DEFAULT_OPTICAL_CENTER, min=0.0, max=1.0,
+                                doc="height of the subject's centre in its frame, as a fraction from the top "
+                                    "(0.5: geometric; a little above reads as centred for products)")
+    copy_space: CopySpace | dict[str, CopySpace | None] | None = opt(
+        None, check=_check_per_ratio, expected="{side: left, right, top or bottom, fraction: 0 to 0.9}, a mapping of "
+                                                "ratios to those, or null",
+        doc="a side kept free of the subject for text, {side: right, fraction: 0.35}, or per ratio "
+            "({'16:9': {side: right, fraction: 0.35}}); the fill is measured on the rest")
     pad_colour: str | None = opt(None, check=check_colour,
                                  doc="fill: pad colour ('#rrggbb' or '#rrggbbaa'); default white, transparent for RGBA")
     model: str | None = opt(None, doc="fill: generate: model to use (default: models.diffusers)")
@@ -71,6 +128,20 @@ class CropsOptions:
     fallback: str = opt("crop", choices=("crop", "pad", "generate"),
                         doc="where outpaint would not stay seamless (a textured border): crop (a tighter frame) | "
                             "pad | generate (needs the diffusers model)")
+    # by ratio, the union of the safe zones of the channels that receive it (GeometryCrops.resolve, when the rule
+    # loads: part of its version)
+    safe_zones: dict[str, Zones] = field(default_factory=dict, init=False, metadata={"internal": True})
+
+    def fill_for(self, ratio: str) -> float | None:
+        """``subject_fill`` for one ratio (None: the largest frame)."""
+        if isinstance(self.subject_fill, dict):
+            return self.subject_fill.get(ratio, self.subject_fill.get("default", DEFAULT_FILL))
+        return self.subject_fill
+
+    def copy_space_for(self, ratio: str) -> CopySpace | None:
+        if isinstance(self.copy_space, dict):
+            return self.copy_space.get(ratio, self.copy_space.get("default"))
+        return self.copy_space
 
 
 def _check_fill(name: str) -> str | None:
@@ -221,7 +292,8 @@ def frame_within(frame: Frame, allowed: tuple[int, int, int, int], ratio: tuple[
     grown = frame_for_ratio(frame.image_w + left + right, frame.image_h + top + bottom,
                             frame.subject.shift(left, top), ratio, margin=margin, fill="crop", anchor=anchor)
     return Frame(box=grown.box.shift(-left, -top), image_w=frame.image_w, image_h=frame.image_h,
-                 subject=frame.subject, wanted=frame.wanted)
+                 subject=frame.subject, wanted=frame.wanted, target_fill=frame.target_fill, framing="seam",
+                 why="a tighter frame: outpaint would not stay seamless (fallback: crop)")
 
 
 def build_within(pixels: np.ndarray, frame: Frame, depths: dict[str, int], fill: Fill, rest: Fill,
@@ -677,11 +749,86 @@ def outpaint(canvas: np.ndarray, known: Box, *, seed: int = 0, matte: np.ndarray
         _fill_side(img, "right", known, (0, h), w - known.x1, known.width, **common)
 
 
+# --- framing options checked against each other and against the channels ------------------------
+
+def framing_problems(options: CropsOptions, where: str) -> list[str]:
+    """Per-ratio keys that are no ratio of the step, and fills outside fill_range."""
+    problems = []
+    for name in ("subject_fill", "copy_space"):
+        value = getattr(options, name)
+        extra = sorted(set(value) - set(options.ratios) - {"default"}) if isinstance(value, dict) else []
+        if extra:
+            problems.append(f"{where}.{name}: {', '.join(extra)} is not one of the ratios ({', '.join(options.ratios)})")
+    lo, hi = options.fill_range
+    for ratio in options.ratios:
+        fill = options.fill_for(ratio)
+        if fill is not None and not lo <= fill <= hi:
+            problems.append(f"{where}.subject_fill: {fill:g} for {ratio} lies outside fill_range [{lo:g}, {hi:g}]")
+    return sorted(set(problems), key=problems.index)
+
+
+def _receives(spec: Any, ratio: str) -> bool:
+    """Whether an output (a rule's OutputSpec) gets the crops of ``ratio``: one from crops, or from a later step (which
+    is all a step without ``uncropped`` among its needs may be; one before crops counts too, to be safe)."""
+    if spec.source == "input" or (spec.ratios is not None and ratio not in spec.ratios):
+        return False
+    step = STEPS.get(spec.source)
+    return spec.source == "crops" or spec.ratios is not None or (step is not None and "uncropped" not in step.needs)
+
+
+def _zone(value: Any, ratio: str) -> Zones:
+    zone = value.get(ratio) if isinstance(value, dict) else value
+    return Zones(zone.left, zone.top, zone.right, zone.bottom) if zone is not None else Zones()
+
+
+def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
+                       config: Any) -> tuple[dict[str, Zones], list[str]]:
+    """By ratio, the union of the safe zones of the channels that receive it, and what cannot fit: the zones
+    with the copy space must leave, on each axis, the room the subject fills at fill_range's loosest."""
+    zones: dict[str, Zones] = {}
+    problems = []
+    for ratio in options.ratios:
+        given = {}  # channel → its zone for this ratio
+        for spec in outputs:
+            channel = config.channels.get(spec.channel)
+            if channel is not None and _receives(spec, ratio):
+                zone = _zone(getattr(channel, "safe_zone", None), ratio)
+                if zone:
+                    given[channel.name or spec.channel] = zone
+        union = Zones()
+        for zone in given.values():
+            union = union.union(zone)
+        if union:
+            zones[ratio] = union
+        space = options.copy_space_for(ratio)
+        copy = Zones.copy_space(space.side, space.fraction) if space else Zones()
+        fill = options.fill_for(ratio)
+        if fill is None:
+            if union or space:
+                what = [f"the safe_zone of channel {', '.join(given)}"] * bool(union) + ["copy_space"] * bool(space)
+                problems.append(f"{where}: ratio {ratio}: subject_fill null (the largest frame) cannot keep "
+                                f"{' and '.join(what)} free; set a subject_fill for {ratio}")
+            continue
+        loosest = min(options.fill_range[0], fill)
+        for axis, (free, ref) in zip(("width", "height"), zip(union.union(copy).room, copy.room)):
+            if free + 1e-9 < loosest * ref:
+                sides = ("left", "right") if axis == "width" else ("top", "bottom")
+                names = [f"{name} ({', '.join(f'{s} {getattr(z, s):g}' for s in sides if getattr(z, s))})"
+                         for name, z in given.items() if any(getattr(z, s) for s in sides)]
+                copy_text = f" and copy_space {space.side} {space.fraction:g}" if space and space.side in sides else ""
+                problems.append(
+                    f"{where}: ratio {ratio}: the safe_zone of channel {', '.join(names)}{copy_text} "
+                    f"{'leave' if copy_text or len(names) > 1 else 'leaves'} "
+                    f"{free:.3g} of the {axis} to the subject, which needs {loosest * ref:.3g} at fill {loosest:g} "
+                    f"(fill_range's loosest); lower the zones, the copy space or fill_range")
+    return zones, problems
+
+
 # --- the stage -----------------------------------------------------------------------------
 
 @register
 class GeometryCrops(Stage):
-    """Thumbor-style crops: frame each ratio around the subject, extend the canvas when needed."""
+    """Thumbor-style crops: frame each ratio around the subject at the same fill, extend the canvas when needed."""
 
     step = "crops"
     backend = "geometry"
@@ -713,7 +860,19 @@ class GeometryCrops(Stage):
 
     @classmethod
     def validate(cls, options: CropsOptions, where: str, ctx_config: Any) -> list[str]:
-        return [p for fill, fill_options in cls._fills(options) for p in fill.validate(fill_options, where, ctx_config)]
+        return framing_problems(options, where) + [
+            p for fill, fill_options in cls._fills(options) for p in fill.validate(fill_options, where, ctx_config)]
+
+    @classmethod
+    def resolve(cls, options: CropsOptions, where: str, outputs: list[Any], config: Any) -> CropsOptions:
+        """Fold in, per ratio, the safe zones of the channels that receive it; ConfigError when they and the copy
+        space leave the subject less room than it needs at fill_range's loosest."""
+        zones, problems = channel_safe_zones(options, where, outputs, config)
+        if problems:
+            raise ConfigError(problems)
+        resolved = dataclasses.replace(options)
+        resolved.safe_zones = zones
+        return resolved
 
     def prepare(self) -> None:
         self.filler.prepare()
@@ -735,6 +894,23 @@ class GeometryCrops(Stage):
             self._rest_filler = fill(fill.Options.of(self.options), self.ctx)
         return self._rest_filler
 
+    def frame(self, width: int, height: int, subject: Box | None, ratio: str, composed: bool = False,
+              keep_inside: bool = False) -> Frame:
+        """Where to cut ``ratio`` (pure geometry: ``framing``). ``composed``: canvas past the image is composed anew
+        on the image's own background (a place_in_scene output), not invented, so max_new_canvas does not apply;
+        ``keep_inside``: no new canvas at all (a photo whose subject is unknown is cut, not smeared)."""
+        o: CropsOptions = self.options
+        fill = o.fill_for(ratio)
+        if fill is None:
+            return frame_for_ratio(width, height, subject, parse_ratio(ratio), margin=o.margin,
+                                   fill="crop" if keep_inside else o.fill, anchor=o.anchor)
+        space = o.copy_space_for(ratio)
+        return frame_by_fill(width, height, subject, parse_ratio(ratio), fill, fill_range=tuple(o.fill_range),
+                             max_new_canvas=1.0 if composed else o.max_new_canvas, optical_center=o.optical_center,
+                             copy_space=(space.side, space.fraction) if space else None,
+                             safe_zone=o.safe_zones.get(ratio), margin=o.margin, anchor=o.anchor,
+                             keep_inside=keep_inside or o.fill == "crop")
+
     def run(self, asset: Asset) -> list[Asset]:
         o: CropsOptions = self.options
         subject, matte, source = find_subject(asset)
@@ -747,8 +923,8 @@ class GeometryCrops(Stage):
         outputs = []
         for text in o.ratios:
             ratio = parse_ratio(text)
-            frame = frame_for_ratio(asset.width, asset.height, subject, ratio, margin=o.margin,
-                                    fill="crop" if cut_blind else o.fill, anchor=o.anchor)
+            frame = self.frame(asset.width, asset.height, subject, text, composed=asset.backdrop is not None,
+                               keep_inside=cut_blind)
             composed = None
             depths: dict[str, int] = {}
             seam_notes: dict[str, Any] = {}
@@ -767,7 +943,16 @@ class GeometryCrops(Stage):
                 "extended": {"left": left, "top": top, "right": right, "bottom": bottom} if frame.extended else None,
                 "cut_margin": frame.cuts_margin,
                 "cut_subject": frame.cuts_subject,
+                "subject_fill": round(frame.subject_fill, 3),
+                "new_canvas": round(frame.new_canvas, 3),
+                "framing": frame.framing,
             }
+            if frame.target_fill is not None:
+                notes["target_fill"] = frame.target_fill
+            if frame.why:
+                notes["framing_why"] = frame.why
+            if frame.framing == "capped":
+                self.ctx.log.info("crops %s: %s", text, frame.why)
             if composed is not None:
                 notes.update(composed)
                 if "scene_enlarged" in composed:
@@ -785,6 +970,8 @@ class GeometryCrops(Stage):
                 self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback,
                                   seam_notes["fallback"]["why"])
             out = asset.derive(pixels, framed_matte, ratio=text, backdrop=None)
+            if "review" in notes:
+                out.review.append(notes.pop("review"))
             out.notes["crops"] = notes
             outputs.append(out)
         return outputs
@@ -847,4 +1034,18 @@ class GeometryCrops(Stage):
         if o.fallback != "crop":
             return frame, {side: r.depth for side, r in short.items()}, notes
         allowed = tuple(min(need[side], short[side].depth) if side in short else need[side] for side in SIDES)
-        return frame_within(frame, allowed, ratio, o.margin, o.anchor), {}, notes
+        tighter = frame_within(frame, allowed, ratio, o.margin, o.anchor)
+        if not tighter.cuts_subject or frame.cuts_subject or shown or any(r.texture.cut > CUT_SHARE
+                                                                         for r in short.values()):
+            return tighter, {}, notes  # (where the photo already cuts the subject, new canvas would show the cut)
+        # a tighter frame would cut the product: keep the least new canvas that holds it, outpainted, and say so
+        holding = frame_for_ratio(frame.image_w, frame.image_h, frame.subject, ratio, margin=0.0, fill="outpaint",
+                                  anchor=o.anchor)
+        holding = dataclasses.replace(holding, target_fill=frame.target_fill, framing="seam",
+                                      why="the tightest frame that holds the subject: outpainted past where it "
+                                          "stays seamless (a tighter one would cut the subject)")
+        notes["fallback"]["to"] = "outpaint (review)"
+        notes["review"] = (f"crops {ratio[0]}:{ratio[1]}: the new canvas on a textured border goes past where "
+                           f"outpaint stays seamless (a tighter frame would cut the subject); check it, or use "
+                           f"fallback: generate")
+        return holding, {}, notes

@@ -24,8 +24,8 @@ from ..pixels import max_value, resize_mask
 from ..schema import opt
 from . import upscale  # noqa: F401  (declares the step this module adds a backend to)
 from .base import Asset, Stage, register
-from .subject import (enlarged_size, factor_option, long_edge_option, max_factor_option, requested_factor,
-                      resolve_size, size_problems)
+from .subject import (aimed_factor, enlarged_size, factor_option, long_edge_option, max_factor_option,
+                      resolve_size, size_problems, targets_option)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -183,14 +183,16 @@ class SpandrelModel(ModelKind):
 class SpandrelOptions:
     model: Path | None = opt(None, doc="super-resolution weights (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, "
                                       "...), architecture auto-detected; default: models.spandrel")
-    long_edge: int | None = long_edge_option("make the long edge this many pixels (neither this nor factor: the "
-                                             "largest long_edge of the channels the rule sends upscale outputs "
-                                             "to, else the model's scale)")
+    long_edge: int | None = long_edge_option("make the long edge this many pixels (neither this nor factor: each "
+                                             "ratio only as far as the channels the rule sends it to from upscale "
+                                             "need: their size, min_long_edge, else long_edge; none of these: "
+                                             "the model's scale)")
     factor: float | None = factor_option()
     max_factor: float = max_factor_option()
     tile: int = opt(512, min=MIN_TILE, max=4096, doc="tile size in input pixels (halved automatically on GPU "
                                                      "out-of-memory)")
     overlap: int = opt(32, min=0, max=512, doc="pixels shared by neighbouring tiles, blended with a feather")
+    targets: dict[str, int] = targets_option()
 
 
 @register
@@ -234,7 +236,7 @@ class SpandrelUpscale(Stage):
         model = self._model()
         o = self.options
         w, h = asset.width, asset.height
-        wanted = requested_factor(w, h, o.long_edge, o.factor)
+        wanted = aimed_factor(o, w, h, asset.ratio)
         if wanted is None:
             wanted = float(model.scale)
         size = enlarged_size(w, h, wanted, o.max_factor, asset.ratio)

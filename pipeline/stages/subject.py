@@ -4,9 +4,10 @@ Where the subject is (``find_subject`` for framing, ``cutout_subject`` for placi
 (``matte_from_alpha``, ``paste_matte``), trimming a cut-out to it (``trim_box``, ``trimmed``),
 putting it on a canvas 1:1 (``composite``: the composite and diffusers scenes both do); the
 option groups two backends of a step both offer (where the subject sits; how much to enlarge it),
-declared once so their validation cannot diverge; the one size an enlargement aims at
-(``enlarged_size``); and the subject's edge at full resolution from a mask found at working size
-(``refine_edge``, ``decontaminate_edges``), which both cut-out backends (studio, rembg) use.
+declared once so their validation cannot diverge; the one size an enlargement aims at (``aimed_factor``,
+per ratio from what the channels need, gathered by ``resolve_size``; ``enlarged_size``); and the
+subject's edge at full resolution from a mask found at working size (``refine_edge``,
+``decontaminate_edges``), which both cut-out backends (studio, rembg) use.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 from ..errors import ConfigError, PermanentError
 from ..pixels import fit_long_edge, max_value, to_dtype
 from ..schema import opt
+from ..sizes import need_long_edge, ratio_key, sized_ratios
 from .base import Asset
 from .framing import Box, parse_ratio, subject_box
 
@@ -215,17 +217,42 @@ def enlarged_size(width: int, height: int, wanted: float, max_factor: float,
     return target_size(width, height, factor, ratio) if factor > 1.0 else None
 
 
-def channels_long_edge(where: str, outputs: list[Any], config: Any) -> tuple[int | None, str]:
-    """The largest ``long_edge`` of the channels a rule sends upscale outputs to; else None and why not."""
-    channels = sorted({o.channel for o in outputs if o.source == "upscale"})
-    edges = [config.channels[c].long_edge for c in channels if config.channels[c].long_edge]
-    if edges:
-        return max(edges), ""
-    if not channels:
-        return None, f"{where}: no long_edge or factor, and no output of this rule is from upscale; set one here"
-    return None, (f"{where}: no long_edge or factor, and none of channels {', '.join(channels)} sets long_edge; "
-                  "set one here, or a long_edge on one of those channels")
+def targets_option() -> Any:
+    return opt({}, internal=True, doc="the long edge each ratio's channels need ('*': every ratio), set when the "
+                                      "rule loads (resolve_size)")
 
+
+def channels_targets(where: str, outputs: list[Any], config: Any) -> tuple[dict[str, int], str]:
+    """The long edge the upscale step's outputs must reach for the channels the rule sends them to, per ratio
+    ('*': outputs that take every ratio, or have none): the largest ``sizes.need_long_edge`` of those channels.
+    Empty, and why, when none of them says."""
+    targets: dict[str, int] = {}
+    channels = sorted({o.channel for o in outputs if o.source == "upscale"})
+    for spec in (o for o in outputs if o.source == "upscale"):
+        channel = config.channels[spec.channel]
+        ratios = spec.ratios or sized_ratios(channel) or [None]
+        for ratio in ratios:
+            edge = need_long_edge(channel, ratio)
+            key = ratio_key(ratio) if ratio else "*"
+            if edge:
+                targets[key] = max(targets.get(key, 0), edge)
+    if targets:
+        return targets, ""
+    if not channels:
+        return {}, f"{where}: no long_edge or factor, and no output of this rule is from upscale; set one here"
+    return {}, (f"{where}: no long_edge or factor, and none of channels {', '.join(channels)} sets long_edge, "
+                "min_long_edge or size; set one here, or one of those on one of those channels")
+
+
+def aimed_factor(options: Any, width: int, height: int, ratio: str | None) -> float | None:
+    """The enlargement an upscale step's options ask of a width × height image of ``ratio``: ``long_edge`` or
+    ``factor``; else the long edge its channels need at that ratio (``targets``; 1.0 when none of them needs more
+    of this ratio). None: the options give no size at all."""
+    if options.long_edge is not None or options.factor is not None or not options.targets:
+        return requested_factor(width, height, options.long_edge, options.factor)
+    edges = [options.targets.get(key) for key in ("*", ratio_key(ratio) if ratio else "*")]
+    edge = max((e for e in edges if e), default=None)
+    return edge / max(width, height) if edge else 1.0
 
 
 def size_problems(options: Any, where: str) -> list[str]:
@@ -236,16 +263,19 @@ def size_problems(options: Any, where: str) -> list[str]:
 
 
 def resolve_size(options: Any, where: str, outputs: list[Any], config: Any, *, required: bool) -> Any:
-    """The options with ``long_edge`` from the rule's channels when neither it nor ``factor`` is set.
+    """The options with ``targets`` (per ratio, from the rule's channels: ``channels_targets``) when neither
+    ``long_edge`` nor ``factor`` is set, so each ratio is enlarged only as much as its channels need.
     ``required``: a backend with no size of its own refuses the rule when no channel gives one."""
     if options.long_edge is not None or options.factor is not None:
         return options
-    long_edge, why = channels_long_edge(where, outputs, config)
-    if long_edge is None:
+    targets, why = channels_targets(where, outputs, config)
+    if not targets:
         if required:
             raise ConfigError(why)
         return options
-    return dataclasses.replace(options, long_edge=long_edge)
+    if set(targets) == {"*"}:  # the same for every ratio: the step's long_edge, as if the rule spelled it out
+        return dataclasses.replace(options, long_edge=targets["*"])
+    return dataclasses.replace(options, targets=targets)
 
 # --- the subject's edge at full resolution (remove_background studio and rembg) ------------------
 

@@ -13,8 +13,8 @@ from ..errors import PermanentError
 from ..pixels import resize, resize_mask
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
-from .subject import (enlarged_size, factor_option, long_edge_option, max_factor_option, requested_factor,
-                      resolve_size, size_problems)
+from .subject import (aimed_factor, enlarged_size, factor_option, long_edge_option, max_factor_option,
+                      resolve_size, size_problems, targets_option)
 
 define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
 
@@ -22,11 +22,12 @@ define_step("upscale", "lanczos", doc="enlarges; keeps a crop's ratio")
 @dataclass
 class UpscaleOptions:
     long_edge: int | None = long_edge_option("enlarge until the long edge is this many pixels (neither this nor "
-                                             "factor: the largest long_edge of the channels the rule sends "
-                                             "upscale outputs to)")
+                                             "factor: each ratio only as far as the channels the rule sends it "
+                                             "to from upscale need: their size, min_long_edge, else long_edge)")
     factor: float | None = factor_option()
     sharpen: float = opt(0.3, min=0.0, max=2.0, doc="unsharp-mask strength after enlarging (0: off)")
     max_factor: float = max_factor_option()
+    targets: dict[str, int] = targets_option()
 
 
 @register
@@ -48,7 +49,7 @@ class LanczosUpscale(Stage):
     def run(self, asset: Asset) -> list[Asset]:
         o: UpscaleOptions = self.options
         w, h = asset.width, asset.height
-        wanted = requested_factor(w, h, o.long_edge, o.factor)
+        wanted = aimed_factor(o, w, h, asset.ratio)
         if wanted is None:
             raise PermanentError("upscale: neither long_edge nor factor is set; set one in the rule")
         notes: dict[str, Any] = {"backend": "lanczos", "factor": 1.0, "from": [w, h], "to": [w, h]}
