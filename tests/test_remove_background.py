@@ -18,9 +18,16 @@ from pipeline.stages.subject import _unmix, decontaminate_edges, trim_box
 from pipeline.synth import BACKDROPS, SUBJECTS, label_shot, scene_image, studio_shot
 
 
+_CTX: StageContext | None = None
+
+
 def make_stage(**options: object) -> StudioBackground:
-    ctx = StageContext(config=config_from_dict({}, Path("/tmp/x.yaml")))
-    return StudioBackground(StudioBackground.Options(**options), ctx)
+    """A stage in this module's one StageContext, as a worker's stages share theirs: the subject prior (an
+    onnxruntime session) is loaded once for the module, not once per cut-out."""
+    global _CTX
+    if _CTX is None:
+        _CTX = StageContext(config=config_from_dict({}, Path("/tmp/x.yaml")))
+    return StudioBackground(StudioBackground.Options(**options), _CTX)
 
 
 def cut(pixels: np.ndarray, **options: object) -> Asset:
