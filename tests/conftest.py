@@ -1,15 +1,73 @@
 """Shared fixtures: a temporary studio workspace (config, rules, scene, inbox) and shot factories."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import pytest
-from PIL import Image
+
+def _threads_per_worker() -> int:
+    """Under pytest-xdist, each worker's share of the cores (at least one thread); 0 when not under xdist."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    return max(1, (os.cpu_count() or 1) // workers) if workers >= 2 else 0
+
+
+# Under pytest-xdist, each worker's native thread pools get its share of the cores. OpenBLAS, OpenCV,
+# onnxruntime and torch (OpenMP) each start one thread per core by default; with one worker per core that is
+# cores² threads fighting for the cores, and the spinning ones (onnxruntime's pool, OpenMP) burn the time the
+# other worker needed. Only this process is sized: the processes the tests start (`assetd run`, `assetd
+# process`) keep their defaults, so their timing is what a user's is.
+THREADS_PER_WORKER = _threads_per_worker()
+
+_saved = {var: os.environ.get(var) for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+if THREADS_PER_WORKER:
+    os.environ.update({var: str(THREADS_PER_WORKER) for var in _saved})  # read once, when numpy loads
+import numpy as np  # noqa: E402
+
+for _var, _value in _saved.items():  # not passed on to subprocesses
+    if _value is None:
+        os.environ.pop(_var, None)
+    else:
+        os.environ[_var] = _value
+
+import cv2  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _onnxruntime_sessions_share_the_cores(threads: int) -> None:
+    """onnxruntime reads no variable for its pool: new SessionOptions start at ``threads`` intra-op threads
+    (assetd's subject prior and rembg's sessions both build theirs with ``SessionOptions()``)."""
+    try:
+        import onnxruntime
+    except ImportError:  # an optional extra: nothing to size
+        return
+    base = onnxruntime.SessionOptions
+
+    class WorkerSessionOptions(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.intra_op_num_threads = threads
+
+    onnxruntime.SessionOptions = WorkerSessionOptions
+
+
+if THREADS_PER_WORKER:
+    cv2.setNumThreads(THREADS_PER_WORKER)
+    _onnxruntime_sessions_share_the_cores(THREADS_PER_WORKER)
+
+
+@pytest.fixture(autouse=True)
+def torch_shares_the_cores() -> None:
+    """torch, once a test has imported it, runs on this worker's share of the cores (see THREADS_PER_WORKER);
+    conftest does not import torch itself (tests check when it gets imported)."""
+    torch = sys.modules.get("torch")
+    if THREADS_PER_WORKER and torch is not None and torch.get_num_threads() != THREADS_PER_WORKER:
+        torch.set_num_threads(THREADS_PER_WORKER)
 
 from pipeline.config import Config, load_config
 from pipeline.demo import example_rule
