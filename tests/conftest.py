@@ -1,6 +1,8 @@
 """Shared fixtures: a temporary studio workspace (config, rules, scene, inbox) and shot factories."""
 from __future__ import annotations
 
+import functools
+import io
 import os
 import sys
 import threading
@@ -145,8 +147,25 @@ class Workspace:
         """Write a synthetic studio shot (JPEG) at ``path`` (relative to the workspace root)."""
         path = self.root / path
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(studio_shot(backdrop, size=size, seed=seed, subject=subject).rgb).save(path, quality=92)
+        Image.fromarray(shot_pixels(backdrop, size, seed, subject)).save(path, quality=92)
         return path
+
+
+@functools.lru_cache(maxsize=None)
+def shot_pixels(backdrop: str, size: tuple[int, int], seed: int, subject: str | None) -> np.ndarray:
+    """``studio_shot(...).rgb``, made once per test process (the large ones take seconds; several tests write
+    the same shot). Read-only, so no test can change another's input."""
+    rgb = studio_shot(backdrop, size=size, seed=seed, subject=subject).rgb
+    rgb.flags.writeable = False
+    return rgb
+
+
+@functools.lru_cache(maxsize=None)
+def scene_jpeg() -> bytes:
+    """The workspace's scene (``scenes/marble.jpg``), encoded once per test process."""
+    buf = io.BytesIO()
+    Image.fromarray(scene_image((900, 600), seed=1)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -155,7 +174,7 @@ def workspace(tmp_path: Path) -> Workspace:
     (ws.root / "rules").mkdir(parents=True)
     (ws.root / "scenes").mkdir()
     ws.inbox.mkdir()
-    Image.fromarray(scene_image((900, 600), seed=1)).save(ws.root / "scenes" / "marble.jpg", quality=90)
+    (ws.root / "scenes" / "marble.jpg").write_bytes(scene_jpeg())
     ws.write_config()
     ws.add_rule("10-products.yaml", PRODUCTS)
     ws.add_rule("20-cutouts.yaml", CUTOUTS)
