@@ -38,7 +38,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PULL_MODELS)
-	$(BIN)/python -m pytest -q -n auto  # one worker per core (pytest-xdist)
+	$(BIN)/python -m pytest -q -n auto --dist worksteal  # one worker per core (pytest-xdist); idle workers take queued tests
 
 bench: $(VENV)/.installed-test
 	$(PULL_MODELS)
