@@ -65,6 +65,24 @@ def synthetic_shots(quick: bool) -> list[tuple[str, np.ndarray]]:
     return shots
 
 
+def on_a_scene(shots: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """The subjects as the products rule composes them: trimmed to their box, placed by ``place_in_scene``'s
+    geometry on a 3:2 scene (scale 0.6, margin 0.05, anchor bottom); the matte in the composite's coordinates."""
+    from pipeline.stages.framing import place_subject, subject_box
+    from pipeline.stages.subject import SUBJECT_THRESHOLD, cut_edges
+
+    placed = []
+    for name, matte in shots:
+        box = subject_box(matte, SUBJECT_THRESHOLD)
+        cut = cut_edges(matte)
+        part = matte[box.y0:box.y1, box.x0:box.x1]
+        p = place_subject(box.width, box.height, 1.5, 0.6, 0.05, "bottom", cut)
+        composite = np.zeros((p.out_h, p.out_w), np.uint8)
+        composite[p.y:p.y + box.height, p.x:p.x + box.width] = part
+        placed.append((name, composite))
+    return placed
+
+
 def measure(shots: list[tuple[str, np.ndarray]], when_capped: str) -> dict:
     from pipeline.stages.crops import CropsOptions
     from pipeline.stages.framing import frame_by_fill, parse_ratio, subject_box
@@ -78,9 +96,10 @@ def measure(shots: list[tuple[str, np.ndarray]], when_capped: str) -> dict:
         h, w = matte.shape
         fills, kept = [], []
         for ratio in RATIOS:
+            scene = when_capped == "scene"  # canvas past a composite is more of the scene: no limit (crops)
             frame = frame_by_fill(w, h, subject, parse_ratio(ratio), o.fill_for(ratio), fill_range=tuple(o.fill_range),
-                                  max_new_canvas=o.max_new_canvas, optical_center=o.optical_center, margin=o.margin,
-                                  anchor=o.anchor, when_capped=when_capped)
+                                  max_new_canvas=1.0 if scene else o.max_new_canvas, optical_center=o.optical_center,
+                                  margin=o.margin, anchor=o.anchor, when_capped="extend" if scene else when_capped)
             fills.append(frame.subject_fill)
             if frame.framing != "capped":
                 kept.append(frame.subject_fill)
@@ -112,7 +131,7 @@ def report(sets: dict[str, dict]) -> str:
     lines += ["", "New canvas by ratio (median / max, capped frames extended) and the shot with the widest fill spread:",
               "", "| set | " + " | ".join(RATIOS) + " | widest spread |", "|---|" + "---|" * (len(RATIOS) + 1)]
     for (name, capped), m in sets.items():
-        if capped != "extend":
+        if capped == "crop":
             continue
         cells = [f"{np.median(v):.1%} / {max(v):.1%}" for v in m["by_ratio"].values()]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['worst'][0]} ({m['worst'][1]:.3f}) |")
@@ -120,7 +139,8 @@ def report(sets: dict[str, dict]) -> str:
               f"(target ≤ {FILL_SPREAD_TARGET}); 'capped left out': the same over the ratios that were not capped. "
               f"New canvas: the share of an output's area that is not the image's pixels (target: none over "
               f"{NEW_CANVAS_TARGET:.0%} without a scene or generate). `edge`: the photo cuts the subject on two "
-              "opposite sides, which sets the frame."]
+              "opposite sides, which sets the frame. 'scene': the products rule (place_in_scene before crops), where "
+              "the canvas past the composite is more of the scene, composed anew, not invented."]
     return "\n".join(lines)
 
 
@@ -138,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no photos with masks in {args.data}: real subjects not measured", file=sys.stderr)
     shots["synthetic products"] = synthetic_shots(args.quick)
     sets = {(name, capped): measure(s, capped) for name, s in shots.items() for capped in ("extend", "crop")}
+    if "real photos, as shot" in shots:
+        sets[("real subjects placed on a 3:2 scene", "scene")] = measure(on_a_scene(shots["real photos, as shot"]),
+                                                                         "scene")
     emit(report(sets), args.markdown)
     return 0
 
