@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from daemons import run_until_idle
 from pipeline import models
 from pipeline.daemon import Daemon, InstanceLock
 from pipeline.errors import ConfigError
@@ -92,17 +93,7 @@ def test_jobs_left_running_by_a_crash_are_queued_again_at_start(workspace):
 
 
 def _run_until_idle(config, rules, expected_jobs: int) -> list:
-    import time
-
-    daemon = Daemon(config, rules)
-    daemon.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not (len(daemon.store.jobs()) >= expected_jobs and daemon.idle()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return [(j.rule_version, j.status) for j in daemon.store.jobs()]
-    finally:
-        daemon.stop()
+    return [(j.rule_version, j.status) for j in run_until_idle(config, rules, expected_jobs)]
 
 
 def test_with_on_rule_change_reprocess_a_changed_rule_replaces_the_outputs(workspace):

@@ -3,29 +3,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from click.testing import CliRunner
 from PIL import Image
 
+from daemons import run_until_idle as daemon_run_until_idle
 from pipeline.cli import cli
-from pipeline.daemon import Daemon
 from pipeline.store import JobStatus, Store
 
 TRIMMED = "name: cutouts\nsteps: [{remove_background: {trim: true}}]\noutputs: [{channel: cutouts}]\n"
 
 
 def run_until_idle(workspace, expected_jobs: int) -> list:
-    config, rules = workspace.load()
-    daemon = Daemon(config, rules)
-    daemon.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not (len(daemon.store.jobs()) >= expected_jobs and daemon.idle()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return daemon.store.jobs()
-    finally:
-        daemon.stop()
+    return daemon_run_until_idle(*workspace.load(), expected_jobs)
 
 
 def reprocess(workspace, *args: str):
