@@ -62,6 +62,26 @@ class SafeZone:
     right: float = opt(0.0, min=0.0, max=0.9, doc="of the width, at the right")
 
 
+@dataclass
+class CopySpace:
+    """A side of the frame kept free of the subject, for text (crops' ``copy_space``, a channel's ``copy_space``)."""
+
+    side: str = opt("right", choices=("left", "top", "right", "bottom"), doc="left | right | top | bottom")
+    fraction: float = opt(0.35, min=0.0, max=0.9, doc="the share of the frame's width (left, right) or height (top, "
+                                                       "bottom) kept free")
+
+
+def check_copy_space(value: "CopySpace | dict[str, CopySpace]") -> str | None:
+    from .stages.framing import parse_ratio
+
+    for ratio in value if isinstance(value, dict) else ():
+        try:
+            parse_ratio(ratio)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def check_safe_zone(value: "SafeZone | dict[str, SafeZone]") -> str | None:
     from .stages.framing import parse_ratio  # the stages import config; keep config light to import
 
@@ -106,6 +126,11 @@ class ChannelConfig:
     safe_zone: SafeZone | dict[str, SafeZone] = opt(
         SafeZone(), check=check_safe_zone, doc="fractions of each output kept free of the subject: {top, bottom, left, "
         "right}, or per ratio ({'9:16': {top: 0.14, bottom: 0.2}}); crops frames the subject outside them")
+    copy_space: CopySpace | dict[str, CopySpace] | None = opt(
+        None, check=check_copy_space, expected="{side: left, right, top or bottom, fraction: 0 to 0.9}, or a mapping "
+                                               "of ratios to those",
+        doc="a side of this channel's crops kept free of the subject for text, {side: right, fraction: 0.35}, or per "
+            "ratio; crops frames each ratio with it (channels taking one ratio must agree)")
     dpi: float | None = opt(None, min=1.0, max=100_000.0,
                             doc="print resolution written into outputs (pixels per inch); null: the input's own, "
                                 "when it states one")

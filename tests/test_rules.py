@@ -354,6 +354,28 @@ def test_channel_safe_zones_are_folded_into_crops_per_ratio(workspace):
     assert rules[0].version != before.version, "the channels' zones are part of the rule's version"
 
 
+def test_a_channel_copy_space_frames_the_ratios_it_receives(workspace):
+    from pipeline.config import CopySpace
+
+    workspace.add_rule("10-products.yaml", FRAMED)
+    before = workspace.load()[1][0]
+    _with_channel(workspace, "banners", "copy_space: {side: right, fraction: 0.35}")
+    rule = workspace.load()[1][0]
+    crops = rule.step("crops").options
+    assert crops.copy_space_for("16:9") == CopySpace("right", 0.35)  # banners get 16:9
+    assert [crops.copy_space_for(r) for r in ("1:1", "4:5", "9:16")] == [None, None, None]
+    assert rule.version != before.version, "the channel's copy space is part of the rule's version"
+    # two channels taking one ratio must agree: one frame per ratio
+    _with_channel(workspace, "cutouts", "copy_space: {'9:16': {side: left, fraction: 0.3}}")
+    _with_channel(workspace, "instagram", "copy_space: {'9:16': {side: top, fraction: 0.2}}")
+    with pytest.raises(ConfigError) as info:
+        workspace.load()
+    (problem,) = [p for p in info.value.problems if "copy_space" in p]
+    assert problem.endswith("steps[0].crops: ratio 9:16: channel instagram asks for copy_space top 0.2, channel "
+                            "cutouts asks for copy_space left 0.3: one frame per ratio cannot give both; send them "
+                            "different ratios or agree")
+
+
 def test_safe_zones_of_channels_that_get_no_crops_are_left_out(workspace):
     _with_channel(workspace, "cutouts", "safe_zone: {top: 0.3}")
     config, rules = workspace.load()

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..config import check_colour
+from ..config import CopySpace, check_colour
 from ..errors import ConfigError
 from ..pixels import colour_tuple, max_value
 from ..schema import opt, options_of
@@ -74,15 +74,6 @@ def _check_fill_range(value: list[float]) -> str | None:
     if len(value) != 2 or not 0.0 < value[0] <= value[1] <= 1.0:
         return f"expected [loosest, tightest] with 0 < loosest <= tightest <= 1, got {value!r}"
     return None
-
-
-@dataclass
-class CopySpace:
-    """A side of the frame kept free of the subject, for text."""
-
-    side: str = opt("right", choices=SIDES, doc="left | right | top | bottom")
-    fraction: float = opt(0.35, min=0.0, max=0.9, doc="the share of the frame's width (left, right) or height (top, "
-                                                       "bottom) kept free")
 
 
 @dataclass
@@ -781,6 +772,33 @@ def _zone(value: Any, ratio: str) -> Zones:
     return Zones(zone.left, zone.top, zone.right, zone.bottom) if zone is not None else Zones()
 
 
+def channel_copy_spaces(options: CropsOptions, where: str, outputs: list[Any],
+                        config: Any) -> tuple[dict[str, CopySpace], list[str]]:
+    """By ratio, the copy space the channels receiving it ask for (one frame per ratio: they, and the step's own
+    ``copy_space`` if set, must agree), and the ratios where they do not."""
+    spaces: dict[str, CopySpace] = {}
+    problems = []
+    for ratio in options.ratios:
+        asked = {}  # who → the copy space it asks for this ratio
+        own = options.copy_space_for(ratio)
+        if own is not None:
+            asked["the crops step"] = own
+        for spec in outputs:
+            channel = config.channels.get(spec.channel)
+            value = getattr(channel, "copy_space", None) if channel is not None else None
+            space = value.get(ratio) if isinstance(value, dict) else value
+            if space is not None and _receives(spec, ratio):
+                asked[f"channel {channel.name or spec.channel}"] = space
+        kinds = {(s.side, s.fraction) for s in asked.values()}
+        if len(kinds) > 1:
+            problems.append(f"{where}: ratio {ratio}: " + ", ".join(f"{who} asks for copy_space {s.side} {s.fraction:g}"
+                                                                     for who, s in asked.items())
+                            + ": one frame per ratio cannot give both; send them different ratios or agree")
+        elif asked and own is None:
+            spaces[ratio] = next(iter(asked.values()))
+    return spaces, problems
+
+
 def channel_safe_zones(options: CropsOptions, where: str, outputs: list[Any],
                        config: Any) -> tuple[dict[str, Zones], list[str]]:
     """By ratio, the union of the safe zones of the channels that receive it, and what cannot fit: the zones
@@ -865,12 +883,18 @@ class GeometryCrops(Stage):
 
     @classmethod
     def resolve(cls, options: CropsOptions, where: str, outputs: list[Any], config: Any) -> CropsOptions:
-        """Fold in, per ratio, the safe zones of the channels that receive it; ConfigError when they and the copy
-        space leave the subject less room than it needs at fill_range's loosest."""
-        zones, problems = channel_safe_zones(options, where, outputs, config)
+        """Fold in, per ratio, the copy space and the safe zones of the channels that receive it; ConfigError when
+        channels ask one ratio for different copy spaces, or when zones and copy space leave the subject less room
+        than it needs at fill_range's loosest."""
+        spaces, problems = channel_copy_spaces(options, where, outputs, config)
         if problems:
             raise ConfigError(problems)
         resolved = dataclasses.replace(options)
+        if spaces:
+            resolved.copy_space = {r: spaces.get(r, options.copy_space_for(r)) for r in options.ratios}
+        zones, problems = channel_safe_zones(resolved, where, outputs, config)
+        if problems:
+            raise ConfigError(problems)
         resolved.safe_zones = zones
         return resolved
 
