@@ -13,7 +13,7 @@ from pipeline.errors import PermanentError
 from pipeline.pixels import to_dtype
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
-from pipeline.stages.framing import subject_box
+from pipeline.stages.framing import Box, subject_box
 from pipeline.stages.place_in_scene import CompositePlace, PlaceOptions, light_gains
 
 
@@ -280,3 +280,20 @@ def test_a_bad_scene_sidecar_is_refused_when_the_rule_loads(workspace: Path) -> 
     assert len(problems) == 2 and all(p.startswith(f"steps[1].place_in_scene.scene: scene sidecar "
                                                    f"{workspace / 'scene.yaml'}: ") for p in problems)
     assert "floor: expected at most 1.0" in problems[0] and "light: expected one of" in problems[1]
+
+
+def test_a_step_between_the_scene_and_crops_keeps_its_work(workspace: Path) -> None:
+    """Only place_in_scene's own output carries its backdrop: after any other step crops extends what that step
+    made instead of composing the scene anew over it."""
+    rgba = cutout()
+    composite = make_stage(workspace, scene="scene.png", scale=0.95, margin=0.02, shadow="none").run(Asset(rgba))[0]
+    tinted = composite.derive(composite.pixels // 2, composite.matte)  # what a step in between would do
+    assert tinted.backdrop is None
+    for out in _crops().run(tinted):
+        note = out.notes["crops"]
+        assert note["fill"] != "scene"
+        box = Box(*note["box"])
+        inside = box.intersect(Box(0, 0, tinted.width, tinted.height))
+        known = inside.shift(-box.x0, -box.y0)
+        assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
+                              tinted.pixels[inside.y0:inside.y1, inside.x0:inside.x1])

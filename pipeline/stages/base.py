@@ -133,7 +133,9 @@ class Asset:
 
     def derive(self, pixels: np.ndarray, matte: np.ndarray | None, **changes: Any) -> "Asset":
         """A new asset from this one: notes and review reasons are copied (not shared), other fields
-        overridable."""
+        overridable. The backdrop is not carried over unless given: it describes the pixels of the step that
+        made it, and a crop composed from it would drop whatever a later step did to them."""
+        changes.setdefault("backdrop", None)
         return dataclasses.replace(self, pixels=pixels, matte=matte, notes=dict(self.notes),
                                    review=list(self.review), **changes)
 

@@ -993,7 +993,7 @@ class GeometryCrops(Stage):
             if seam_notes.get("fallback"):
                 self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback,
                                   seam_notes["fallback"]["why"])
-            out = asset.derive(pixels, framed_matte, ratio=text, backdrop=None)
+            out = asset.derive(pixels, framed_matte, ratio=text)
             if "review" in notes:
                 out.review.append(notes.pop("review"))
             out.notes["crops"] = notes
