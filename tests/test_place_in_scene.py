@@ -297,3 +297,19 @@ def test_a_step_between_the_scene_and_crops_keeps_its_work(workspace: Path) -> N
         known = inside.shift(-box.x0, -box.y0)
         assert np.array_equal(out.pixels[known.y0:known.y1, known.x0:known.x1],
                               tinted.pixels[inside.y0:inside.y1, inside.x0:inside.x1])
+
+
+def test_a_scene_is_decoded_like_an_input_its_profile_converted_to_srgb(workspace: Path) -> None:
+    from fixtures_images import adobe_rgb_profile, encode_pil
+
+    from pipeline import imageio
+    from pipeline.config import InputConfig
+
+    green = np.zeros((48, 64, 3), np.uint8)
+    green[...] = (40, 180, 60)
+    data = encode_pil(green, "PNG", icc_profile=adobe_rgb_profile())
+    (workspace / "adobe.png").write_bytes(data)
+    stage = make_stage(workspace, scene="adobe.png")
+    expected = imageio.decode(data, "adobe.png", InputConfig(min_signal=0.0)).pixels
+    assert not np.array_equal(expected, green)  # Adobe RGB green is more saturated in sRGB
+    assert np.array_equal(stage.scene_pixels(), expected)

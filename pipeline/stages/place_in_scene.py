@@ -14,7 +14,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
 
 from ..config import check_colour
 from ..errors import PermanentError
@@ -106,14 +105,22 @@ def load_scene_spec(scene: Path) -> tuple[SceneSpec | None, list[str]]:
 
 # --- pixel helpers --------------------------------------------------------------------------
 
-def load_scene(path: Path) -> np.ndarray:
-    """Decode a scene image as RGB uint8 with its EXIF orientation applied."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB")).copy()
-    except (OSError, ValueError) as exc:
+def load_scene(path: Path, config: Any = None) -> np.ndarray:
+    """Decode a scene image as an input is decoded (``imageio``: safe read, bomb checks, orientation, ICC → sRGB),
+    as RGB uint8."""
+    from ..config import InputConfig
+    from ..errors import InputError
+    from ..imageio import decode, read_input
+    from ..pixels import to_dtype
+
+    import dataclasses
+
+    cfg = dataclasses.replace(config.input if config is not None else InputConfig(), min_signal=0.0)  # a flat
+    try:  # colour is a fine scene
+        decoded = decode(read_input(path), str(path), cfg)
+    except (InputError, OSError) as exc:
         raise PermanentError(f"place_in_scene: cannot read scene {path}: {exc}") from exc
+    return np.ascontiguousarray(to_dtype(decoded.pixels[..., :3], np.uint8))
 
 
 def cover(scene: np.ndarray, width: int, height: int) -> tuple[np.ndarray, float]:
@@ -292,7 +299,7 @@ class CompositePlace(Stage):
     def scene_pixels(self) -> np.ndarray:
         """The decoded scene, read once per stage instance."""
         if self._scene is None:
-            self._scene = load_scene(self.options.scene)
+            self._scene = load_scene(self.options.scene, self.ctx.config)
         return self._scene
 
     def run(self, asset: Asset) -> list[Asset]:
