@@ -313,3 +313,16 @@ def test_a_scene_is_decoded_like_an_input_its_profile_converted_to_srgb(workspac
     expected = imageio.decode(data, "adobe.png", InputConfig(min_signal=0.0)).pixels
     assert not np.array_equal(expected, green)  # Adobe RGB green is more saturated in sRGB
     assert np.array_equal(stage.scene_pixels(), expected)
+
+
+def test_on_a_scene_every_ratio_puts_the_subject_at_the_optical_centre(workspace: Path) -> None:
+    """Past the composite the canvas is more of the scene, so the frame is placed by fill and optical centre alone
+    (not slid to stay inside the composite, which put wide products on the bottom edge)."""
+    rgba = np.zeros((200, 400, 4), np.uint8)  # a wide product
+    rgba[20:180, 20:380] = cutout(360, 160)
+    composite = make_stage(workspace, scene="scene.png", scale=0.6, anchor="bottom").run(Asset(rgba))[0]
+    for out in _crops(anchor="bottom").run(composite):
+        box = subject_box(out.matte, 25)
+        assert abs((box.y0 + box.y1) / 2 / out.height - 0.47) <= 2 / out.height, out.notes["crops"]["ratio"]
+        assert abs((box.x0 + box.x1) / 2 - out.width / 2) <= 2
+        assert out.notes["crops"]["subject_fill"] == pytest.approx(0.8, abs=2 / max(out.width, out.height))

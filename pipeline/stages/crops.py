@@ -933,7 +933,7 @@ class GeometryCrops(Stage):
                              max_new_canvas=1.0 if composed else o.max_new_canvas, optical_center=o.optical_center,
                              copy_space=(space.side, space.fraction) if space else None,
                              safe_zone=o.safe_zones.get(ratio), margin=o.margin, anchor=o.anchor,
-                             keep_inside=keep_inside or o.fill == "crop")
+                             keep_inside=keep_inside or o.fill == "crop", slide=not composed)
 
     def run(self, asset: Asset) -> list[Asset]:
         o: CropsOptions = self.options

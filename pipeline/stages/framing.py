@@ -352,7 +352,7 @@ def frame_by_fill(image_w: int, image_h: int, subject: Box | None, ratio: tuple[
                   max_new_canvas: float = DEFAULT_MAX_NEW_CANVAS, optical_center: float = DEFAULT_OPTICAL_CENTER,
                   copy_space: tuple[str, float] | None = None, safe_zone: Zones | None = None,
                   margin: float = DEFAULT_MARGIN, anchor: str = "center", keep_inside: bool = False,
-                  when_capped: str = "extend") -> Frame:
+                  when_capped: str = "extend", slide: bool = True) -> Frame:
     """The frame of ``ratio`` in which the subject box fills ``subject_fill`` of the limiting side.
 
     * The fill is measured against the frame less its ``copy_space`` (side, fraction): a 16:9 banner with
@@ -370,6 +370,9 @@ def frame_by_fill(image_w: int, image_h: int, subject: Box | None, ratio: tuple[
       ("tightened", "loosened"). When none does ("capped"), ``when_capped="extend"`` returns the frame with
       the least new canvas and ``"crop"`` one cut inside the image, as ``keep_inside`` (fill: crop, never
       any new canvas) does; the subject may then reach into a zone (``Frame.in_zones``) or be cut.
+
+    ``slide=False`` (a place_in_scene composite, whose canvas past the image is more of the scene): the frame is
+    placed by the fill and optical centre alone, not shifted to stay inside the image, and ``anchor`` is unused.
 
     ``subject`` None means the whole image is the subject. Raises ValueError when the copy space and safe zones
     leave no room (``assetd check`` refuses such rules before a job sees them).
@@ -392,7 +395,7 @@ def frame_by_fill(image_w: int, image_h: int, subject: Box | None, ratio: tuple[
     limit = 0.0 if keep_inside else max_new_canvas
     plan = _FillPlan(image_w, image_h, subject, ratio, cut, copy, zones, optical_center,
                      round(margin * max(subject.width, subject.height)), anchor,
-                     wanted_box(subject, image_w, image_h, margin))
+                     wanted_box(subject, image_w, image_h, margin), slide or keep_inside)
 
     def attempt(fill: float) -> Frame:
         return plan.frame(fill, keep_inside=keep_inside)
@@ -455,6 +458,7 @@ class _FillPlan:
     margin_px: int
     anchor: str
     wanted: Box  # the subject and its margin (wanted_box): a frame without it cuts the margin
+    slide: bool = True  # shift frames to stay inside the image (False: a scene composite, composed anew past it)
 
     def heights(self, fill: float) -> tuple[float, float, float | None]:
         """The frame height for ``fill``, the least one the subject fits in, and the one cut axes impose."""
@@ -515,6 +519,8 @@ class _FillPlan:
         """The frame's start on one axis: the subject's centre at ``centre`` (frame coordinates), shifted to
         stay inside the image while the subject stays in its part (zones z0/z1, least gaps), pinned to a cut."""
         target = math.floor((s0 + s1) / 2 - centre + 0.5)
+        if not self.slide and not (cut0 or cut1):
+            return target  # the canvas past the image is as good as the image (a scene composed anew)
         if cut0 and not cut1:
             target = 0
         elif cut1 and not cut0:
