@@ -976,13 +976,13 @@ class GeometryCrops(Stage):
             if frame.why:
                 notes["framing_why"] = frame.why
             if frame.framing == "capped":
-                self.ctx.log.info("crops %s: %s", text, frame.why)
+                self.ctx.log.info("crops: %s %s: %s", asset.source or "image", text, frame.why)
             if composed is not None:
                 notes.update(composed)
                 if "scene_enlarged" in composed:
-                    self.ctx.log.warning("crops %s: the scene is enlarged %.2f× to cover this frame (more than "
-                                         "max_scene_enlarge): it looks softer than the product", text,
-                                         composed["scene_enlarged"])
+                    self.ctx.log.warning("crops: %s %s: the scene is enlarged %.2f× to cover this frame (more "
+                                         "than max_scene_enlarge): it looks softer than the product",
+                                         asset.source or "image", text, composed["scene_enlarged"])
             elif frame.extended and o.fill == "outpaint" and asset.has_alpha:
                 notes["fill"] = "outpaint (transparent)"
             elif cut_blind:

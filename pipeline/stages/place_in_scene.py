@@ -341,9 +341,9 @@ class CompositePlace(Stage):
             notes.update(scene=as_written(o.scene, self.ctx.config.base_dir), scene_scale=round(k, 4))
             if k > o.max_scene_enlarge:
                 notes["scene_enlarged"] = round(k, 4)
-                self.ctx.log.warning("place_in_scene: scene %s enlarged %.2f× to cover the output (more than "
+                self.ctx.log.warning("place_in_scene: %s: scene %s enlarged %.2f× to cover the output (more than "
                                      "max_scene_enlarge %.2f): it looks softer than the product; use a larger scene "
-                                     "image", o.scene.name, k, o.max_scene_enlarge)
+                                     "image", asset.source or "image", o.scene.name, k, o.max_scene_enlarge)
         elif o.colour is not None:
             canvas = np.empty((place.out_h, place.out_w, 3), dtype=pixels.dtype)
             canvas[...] = colour_tuple(o.colour[:7], pixels.dtype)
