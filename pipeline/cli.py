@@ -143,7 +143,8 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
         for r in results:
             mark = {ResultStatus.DONE: "✓", ResultStatus.FAILED: "✗", ResultStatus.SKIPPED: "·",
                     ResultStatus.STOPPED: "■"}[r["status"]]
-            click.echo(f"{mark} {r['status']:7s} {r['input']}" + (f"  ({r['error']})" if r["error"] else ""))
+            error = (r["error"] or "").removeprefix(f"{r['input']}: ")  # the line names the file already
+            click.echo(f"{mark} {r['status']:7s} {r['input']}" + (f"  ({error})" if error else ""))
             for reason in r["review"]:
                 click.echo(f"      ⚑ needs review: {reason}")
             for o in r["outputs"]:

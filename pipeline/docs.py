@@ -141,6 +141,9 @@ def render(readme: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("python -m pipeline.docs [README]: regenerate the README's reference blocks from the code")
+        return 0
     path = Path(argv[0] if argv else Path(__file__).resolve().parents[1] / "README.md")
     text = path.read_text(encoding="utf-8")
     new = render(text)

@@ -106,7 +106,9 @@ def test_explain_says_why(workspace):
 
 
 def test_jobs_and_retry(workspace, batch):
-    invoke("process", batch, "--config", workspace.config_path)
+    processed = invoke("process", batch, "--config", workspace.config_path)
+    (line,) = [ln for ln in processed.output.splitlines() if ln.startswith("✗")]
+    assert line.count("broken.png") == 1 and "(" in line  # the file once, then why it failed
     listing = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
     assert {j["status"] for j in listing} == {"done", "failed"}
     failed = [j for j in listing if j["status"] == "failed"]
