@@ -594,7 +594,8 @@ def test_framing_by_fill_then_seams_a_textured_border_is_not_smeared(tmp_path: P
     note = out.notes["crops"]
     assert note["target_fill"] == 0.8
     # a tighter frame would cut this tall subject: the frame holds it, outpainted, and the job asks for a review
-    assert note["framing"] == "seam" and note["cut_subject"] is False and note["fallback"]["to"] == "outpaint (review)"
+    assert note["framing"] == "seam" and note["cut_subject"] is False
+    assert note["fallback"]["to"] == "smooth (review)" and note["fill"] == "outpaint + smooth"
     assert out.review and "would cut the subject" in out.review[0]
     box = Box(*note["box"])
     inside = box.intersect(Box(0, 0, 400, 400))

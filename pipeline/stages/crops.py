@@ -179,6 +179,18 @@ class Reach:
     depth: int | None
 
 
+class _Smooth:
+    """An outpaint fill's colour-only continuation, as the rest of ``build_within``."""
+
+    backend = "outpaint (smooth)"
+
+    def __init__(self, outpaint: "OutpaintFill"):
+        self.outpaint = outpaint
+
+    def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        return self.outpaint.smooth(canvas, known, matte)
+
+
 def fill_class(name: str) -> type[Fill]:
     return stage_class("fill", name)  # type: ignore[return-value]
 
@@ -217,6 +229,12 @@ class OutpaintFill(Fill):
 
     def fill(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
         outpaint(canvas, known, seed=seed_of(self.options), matte=matte)
+        return canvas
+
+    def smooth(self, canvas: np.ndarray, known: Box, matte: np.ndarray | None) -> np.ndarray:
+        """Continue only the border's colour and shading, no texture (nothing is copied): what is left past where
+        texture stays seamless, when a tighter frame would cut the subject."""
+        outpaint(canvas, known, seed=seed_of(self.options), matte=np.full(canvas.shape[:2], 255, np.uint8))
         return canvas
 
     def reach(self, original: np.ndarray, outside: tuple[int, int, int, int],
@@ -989,7 +1007,8 @@ class GeometryCrops(Stage):
                 notes["fill"] = "none (subject unknown: cut)"
             notes.update(seam_notes)
             if frame.extended and depths:
-                notes["fill"] = f"{o.fill} + {o.fallback}"
+                smooth = (seam_notes.get("fallback") or {}).get("to") == "smooth (review)"
+                notes["fill"] = f"{o.fill} + {'smooth' if smooth else o.fallback}"
             if seam_notes.get("fallback"):
                 self.ctx.log.info("crops: %s %s: %s: %s", asset.source or "image", text, o.fallback,
                                   seam_notes["fallback"]["why"])
@@ -1010,7 +1029,10 @@ class GeometryCrops(Stage):
         while True:
             framed, depths, notes = self._within_reach(asset, frame, ratio, matte, shown)
             if depths:
-                pixels, _known = build_within(asset.pixels, framed, depths, self.filler, self.rest_filler, matte=matte)
+                rest = self.rest_filler
+                if notes.get("fallback", {}).get("to") == "smooth (review)" and isinstance(self.filler, OutpaintFill):
+                    rest = _Smooth(self.filler)
+                pixels, _known = build_within(asset.pixels, framed, depths, self.filler, rest, matte=matte)
             else:
                 pixels, _known = build_canvas(asset.pixels, framed, self.filler, matte=matte)
             if not framed.extended or asset.has_alpha:
@@ -1068,8 +1090,9 @@ class GeometryCrops(Stage):
         holding = dataclasses.replace(holding, target_fill=frame.target_fill, framing="seam",
                                       why="the tightest frame that holds the subject: outpainted past where it "
                                           "stays seamless (a tighter one would cut the subject)")
-        notes["fallback"]["to"] = "outpaint (review)"
+        notes["fallback"]["to"] = "smooth (review)"
         notes["review"] = (f"crops {ratio[0]}:{ratio[1]}: the new canvas on a textured border goes past where "
-                           f"outpaint stays seamless (a tighter frame would cut the subject); check it, or use "
-                           f"fallback: generate")
-        return holding, {}, notes
+                           f"outpaint stays seamless (a tighter frame would cut the subject): beyond that only its "
+                           f"colour continues; check it, or use fallback: generate")
+        need = dict(zip(SIDES, holding.outside))
+        return holding, {side: min(r.depth, need[side]) for side, r in short.items()}, notes
