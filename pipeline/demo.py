@@ -186,7 +186,7 @@ def report(database: Path, echo: Callable[[str], None], elapsed: float | None) -
              else f"\nearlier run: {counts}")
         for job in jobs:
             if job.error and job.status is JobStatus.FAILED:
-                echo(f"✗ {job.rel_path}: {job.error}")
+                echo(f"✗ {job.rel_path}: {job.error.removeprefix(job.input_path + ': ')}")  # named once
                 continue
             echo(f"✓ {job.rel_path}  ({job.rule}, {job.seconds or 0:.1f}s)")
             for o in store.outputs(job.id):
