@@ -213,13 +213,27 @@ def test_place_subject_lowers_scale_to_keep_margins() -> None:
 @pytest.mark.parametrize("extent, point, frame, expected", [
     (Box(0, 0, 100, 80), (50, 70), Box(10, 10, 90, 70), (1.0, 0.0, 0.0)),  # inside: as it is
     (Box(-20, -10, 120, 90), (50, 70), Box(0, -5, 100, 85), (1.0, 0.0, 0.0)),  # the scene's cropped-off parts
-    (Box(0, 0, 100, 80), (50, 70), Box(0, 5, 100, 85), (1.0, 0.0, 5.0)),  # 5 px past the bottom: shift, no growth
-    (Box(0, 0, 100, 80), (50, 70), Box(0, -80, 100, 80), (2.0, 0.0, -10.0)),  # twice as tall: grow about the base, then shift
+    (Box(0, 0, 100, 80), (50, 70), Box(10, 0, 110, 80), (1.0, 10.0, 0.0)),  # 10 px past the right: shift sideways
+    (Box(0, 0, 100, 80), (50, 70), Box(0, 5, 100, 85), (1.5, 0.0, 0.0)),  # past the bottom: grow about the base
+    (Box(0, 0, 100, 80), (50, 70), Box(0, -80, 100, 80), (150 / 70, 0.0, 0.0)),  # taller: the horizon moves up
     (Box(0, 0, 100, 80), (50, 70), Box(-25, 0, 125, 80), (1.5, 0.0, 0.0)),  # wider, centred: grows, no shift
 ])
 def test_cover_transform(extent, point, frame, expected) -> None:
     scale, dx, dy = cover_transform(extent, point, frame)
+    _covers(extent, point, frame, scale, dx, dy)
     assert (scale, dx, dy) == pytest.approx(expected)
+
+
+def test_cover_transform_grows_no_more_than_allowed_then_shifts() -> None:
+    extent, point = Box(0, 0, 100, 80), (50, 70)
+    scale, dx, dy = cover_transform(extent, point, Box(0, 5, 100, 85), max_grow=1.2)
+    assert (scale, dx, dy) == pytest.approx((1.2, 0.0, 3.0))  # 1.5 wished, 1.2 allowed: the rest is a shift
+    _covers(extent, point, Box(0, 5, 100, 85), scale, dx, dy)
+    # a frame larger than the scene makes it grow as much as it must, whatever is allowed
+    assert cover_transform(extent, point, Box(0, 0, 200, 160), max_grow=1.0)[0] == pytest.approx(2.0)
+
+
+def _covers(extent, point, frame, scale, dx, dy) -> None:
     px, py = point
     grown = Box(math.floor(px + scale * (extent.x0 - px) + dx), math.floor(py + scale * (extent.y0 - py) + dy),
                 math.ceil(px + scale * (extent.x1 - px) + dx), math.ceil(py + scale * (extent.y1 - py) + dy))

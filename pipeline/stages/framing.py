@@ -601,19 +601,29 @@ def place_subject(subject_w: int, subject_h: int, aspect: float, scale: float, m
     return Placement(out_w=out_w, out_h=out_h, x=x, y=y, scale=real)
 
 
-def cover_transform(extent: Box, point: tuple[float, float], frame: Box) -> tuple[float, float, float]:
-    """How a background spanning ``extent`` grows about ``point`` and then shifts to cover ``frame``: (scale, dx, dy).
+def cover_transform(extent: Box, point: tuple[float, float], frame: Box,
+                    max_grow: float = math.inf) -> tuple[float, float, float]:
+    """How a background spanning ``extent`` grows about ``point`` (inside it) and shifts to cover ``frame``:
+    (scale, dx, dy).
 
-    It grows only when the frame is larger than it (scale 1.0 otherwise), then shifts as little as possible. Used to
-    compose a crop that reaches past a composite on the same scene: the subject keeps its place on the floor, up to
-    the shift (it stands a little further back or forward).
+    Used to compose a crop that reaches past a composite on the same scene, ``point`` being the subject's base.
+    Above or below, the scene grows about the base (the subject keeps its footing: the floor under it stays the
+    floor), but not beyond ``max_grow`` (an enlarged scene goes soft); what is still missing is a shift (the subject
+    then stands a little further back or forward). Sideways it shifts first (the floor goes on). It always grows as
+    much as a frame larger than the scene needs. Scale 1.0 and no shift when it already covers the frame.
     """
-    scale = max(1.0, frame.width / max(extent.width, 1), frame.height / max(extent.height, 1))
     px, py = point
+    need = max(1.0, frame.width / max(extent.width, 1), frame.height / max(extent.height, 1))
+    wish = 1.0
+    if frame.y0 < extent.y0:
+        wish = max(wish, (py - frame.y0) / max(py - extent.y0, 1e-6))
+    if frame.y1 > extent.y1:
+        wish = max(wish, (frame.y1 - py) / max(extent.y1 - py, 1e-6))
+    scale = max(need, min(wish, max_grow))
     shift = []
-    for lo0, hi0, f0, f1, p in ((extent.x0, extent.x1, frame.x0, frame.x1, px), (extent.y0, extent.y1, frame.y0,
-                                                                                  frame.y1, py)):
-        e0, e1 = p + scale * (lo0 - p), p + scale * (hi0 - p)
+    for lo, hi, f0, f1, p in ((extent.x0, extent.x1, frame.x0, frame.x1, px), (extent.y0, extent.y1, frame.y0,
+                                                                              frame.y1, py)):
+        e0, e1 = p + scale * (lo - p), p + scale * (hi - p)
         shift.append(min(max(0.0, f1 - e1), f0 - e0))  # the smallest move that keeps [f0, f1) inside
     return scale, shift[0], shift[1]
 

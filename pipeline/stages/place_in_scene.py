@@ -236,7 +236,7 @@ class Backdrop:
         w, h = box.width, box.height
         notes: dict[str, Any] = {}
         if self.scene is not None:
-            grow, dx, dy = cover_transform(self.extent, self.base, box)
+            grow, dx, dy = cover_transform(self.extent, self.base, box, max(1.0, self.max_enlarge / self.scale))
             total = self.scale * grow
             bx, by = self.base
             origin = (box.x0 - dx - bx + grow * (self.crop[0] + bx), box.y0 - dy - by + grow * (self.crop[1] + by))
