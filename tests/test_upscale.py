@@ -134,3 +134,13 @@ def test_spandrel_without_a_size_aims_at_the_channels_long_edge_else_its_own_sca
     big, raw = workspace.load()[1]
     assert big.step("upscale").options.long_edge == 600 and big.step("upscale").options.factor is None
     assert raw.step("upscale").options.long_edge is None  # no channel long_edge: the model's own scale
+
+
+def test_a_large_enlargement_is_marked_for_review() -> None:
+    img = np.full((100, 80, 3), 128, np.uint8)
+    (soft,) = make_stage(factor=3.0).run(Asset(img, ratio="4:5"))
+    assert soft.review == ["upscale 4:5: enlarged 3.00× by Lanczos (review_above 2.5): check the product's sharpness"]
+    (fine,) = make_stage(factor=2.0).run(Asset(img, ratio="4:5"))
+    assert fine.review == []
+    (asked,) = make_stage(factor=3.0, review_above=4.0).run(Asset(img))
+    assert asked.review == []

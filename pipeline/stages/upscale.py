@@ -27,6 +27,9 @@ class UpscaleOptions:
     factor: float | None = factor_option()
     sharpen: float = opt(0.3, min=0.0, max=2.0, doc="unsharp-mask strength after enlarging (0: off)")
     max_factor: float = max_factor_option()
+    review_above: float = opt(2.5, min=1.0, max=100.0,
+                              doc="mark the job for review when enlarging more than this: Lanczos only interpolates, "
+                                  "so the product goes soft (backend spandrel adds detail)")
     targets: dict[str, int] = targets_option()
 
 
@@ -65,5 +68,9 @@ class LanczosUpscale(Stage):
             matte = resize_mask(asset.matte, (w2, h2)) if asset.matte is not None else None
             out = asset.derive(pixels, matte, scale=asset.scale * factor)
             notes.update(factor=round(factor, 6), to=[w2, h2])
+            if factor > o.review_above:
+                which = f"upscale {asset.ratio}" if asset.ratio else "upscale"
+                out.review.append(f"{which}: enlarged {factor:.2f}× by Lanczos (review_above {o.review_above:g}): "
+                                  f"check the product's sharpness")
         out.notes["upscale"] = notes
         return [out]
