@@ -214,7 +214,7 @@ def wanted_box(subject: Box, image_w: int, image_h: int, margin: float) -> Box:
     )
 
 
-def _clamp(value: int, lo: int, hi: int) -> int:
+def clamp(value: int, lo: int, hi: int) -> int:
     return max(lo, min(value, hi))
 
 
@@ -227,8 +227,8 @@ def _place(size: int, length: int, want0: int, want1: int, target: int, keep_ins
     inside = (min(0, length - size), max(0, length - size))
     holds = (want1 - size, want0)  # empty (lo > hi) when the span is smaller than the wanted part
     first, second = (holds, inside) if keep_inside else (inside, holds)
-    pos = _clamp(target, *first) if first[0] <= first[1] else target
-    return _clamp(pos, *second) if second[0] <= second[1] else pos
+    pos = clamp(target, *first) if first[0] <= first[1] else target
+    return clamp(pos, *second) if second[0] <= second[1] else pos
 
 
 def frame_for_ratio(image_w: int, image_h: int, subject: Box | None, ratio: tuple[int, int],
@@ -596,7 +596,7 @@ def place_subject(subject_w: int, subject_h: int, aspect: float, scale: float, m
         x = 0
     elif "right" in cut and "left" not in cut:
         x = out_w - subject_w
-    y = _clamp(y, 0, out_h - subject_h)
+    y = clamp(y, 0, out_h - subject_h)
     real = max(subject_w / out_w, subject_h / out_h)
     return Placement(out_w=out_w, out_h=out_h, x=x, y=y, scale=real)
 
@@ -641,13 +641,13 @@ def place_on_floor(subject_w: int, subject_h: int, scene_w: int, scene_h: int, *
     k = max(subject_h / (height * scene_h), subject_w / (max(ax1 - ax0, 1e-6) * scene_w), 1e-9)
     out_w, out_h = max(subject_w, round(scene_w * k)), max(subject_h, round(scene_h * k))
     x = round((ax0 + ax1) / 2 * out_w - subject_w / 2)
-    x = _clamp(x, math.ceil(ax0 * out_w), math.floor(ax1 * out_w) - subject_w) if subject_w <= (ax1 - ax0) * out_w \
+    x = clamp(x, math.ceil(ax0 * out_w), math.floor(ax1 * out_w) - subject_w) if subject_w <= (ax1 - ax0) * out_w \
         else x
     if "left" in cut and "right" not in cut:
         x = 0
     elif "right" in cut and "left" not in cut:
         x = out_w - subject_w
     y = out_h - subject_h if "bottom" in cut else round(floor * out_h) - subject_h
-    x, y = _clamp(x, 0, out_w - subject_w), _clamp(y, 0, out_h - subject_h)
+    x, y = clamp(x, 0, out_w - subject_w), clamp(y, 0, out_h - subject_h)
     real = max(subject_w / out_w, subject_h / out_h)
     return Placement(out_w=out_w, out_h=out_h, x=x, y=y, scale=real), k

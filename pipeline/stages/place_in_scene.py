@@ -20,7 +20,7 @@ from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
 from ..schema import as_written, build, opt
 from .base import Asset, Stage, define_step, register
-from .framing import Box, cover_transform, place_on_floor, place_subject
+from .framing import Box, clamp, cover_transform, place_on_floor, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cut_edges, cutout_subject, margin_option,
                       matte_from_alpha, paste_matte, scale_option)
 
@@ -123,18 +123,13 @@ def load_scene(path: Path, config: Any = None) -> np.ndarray:
     return np.ascontiguousarray(to_dtype(decoded.pixels[..., :3], np.uint8))
 
 
-def cover(scene: np.ndarray, width: int, height: int) -> tuple[np.ndarray, float]:
-    """Resize ``scene`` to cover width × height and centre-crop it; returns it and the factor used.
-
-    Resized with OpenCV on the integer array (no float copy: outputs reach tens of megapixels).
-    """
+def cover(scene: np.ndarray, width: int, height: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize ``scene`` to cover width × height and centre-crop it; returns it, the factor used and where the
+    window starts in the resized scene."""
     sh, sw = scene.shape[:2]
     k = max(width / sw, height / sh)
-    size = (max(width, round(sw * k)), max(height, round(sh * k)))
-    interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LANCZOS4
-    resized = scene if size == (sw, sh) else cv2.resize(scene, size, interpolation=interp)
-    x0, y0 = (size[0] - width) // 2, (size[1] - height) // 2
-    return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width]), k
+    origin = ((max(width, round(sw * k)) - width) // 2, (max(height, round(sh * k)) - height) // 2)
+    return scene_cover(scene, k, origin, width, height), k, origin
 
 
 def gradient_canvas(top: str, bottom: str, width: int, height: int, dtype: Any) -> np.ndarray:
@@ -185,18 +180,16 @@ def light_gains(background: np.ndarray, strength: float) -> np.ndarray:
 
 def scene_cover(scene: np.ndarray, scale: float, origin: tuple[float, float], width: int,
                 height: int) -> np.ndarray:
-    """``scene`` resized by ``scale``, the width × height window whose top-left is at ``origin`` (resized pixels)."""
+    """``scene`` resized by ``scale``, the width × height window whose top-left is at ``origin`` (resized pixels).
+
+    Resized with OpenCV on the integer array (no float copy: outputs reach tens of megapixels)."""
     sh, sw = scene.shape[:2]
     size = (max(width, round(sw * scale)), max(height, round(sh * scale)))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LANCZOS4
     resized = scene if size == (sw, sh) else cv2.resize(scene, size, interpolation=interp)
-    x0 = _clamp(round(origin[0]), 0, size[0] - width)
-    y0 = _clamp(round(origin[1]), 0, size[1] - height)
+    x0 = clamp(round(origin[0]), 0, size[0] - width)
+    y0 = clamp(round(origin[1]), 0, size[1] - height)
     return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width])
-
-
-def _clamp(value: int, lo: int, hi: int) -> int:
-    return max(lo, min(value, hi))
 
 
 @dataclass
@@ -332,12 +325,9 @@ class CompositePlace(Stage):
                             base=((place.x + place.x + subject.width) / 2, place.y + subject.height - 0.5),
                             max_enlarge=o.max_scene_enlarge)
         if scene is not None:
-            canvas, k = cover(scene, place.out_w, place.out_h)
+            canvas, k, origin = cover(scene, place.out_w, place.out_h)
             canvas = to_dtype(canvas, pixels.dtype)
-            sh, sw = scene.shape[:2]
-            backdrop.scene, backdrop.scale = scene, k
-            backdrop.crop = ((max(place.out_w, round(sw * k)) - place.out_w) // 2,
-                             (max(place.out_h, round(sh * k)) - place.out_h) // 2)
+            backdrop.scene, backdrop.scale, backdrop.crop = scene, k, origin
             notes.update(scene=as_written(o.scene, self.ctx.config.base_dir), scene_scale=round(k, 4))
             if k > o.max_scene_enlarge:
                 notes["scene_enlarged"] = round(k, 4)

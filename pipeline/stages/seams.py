@@ -22,9 +22,8 @@ import cv2
 import numpy as np
 
 from ..pixels import max_value
-from .framing import Box
+from .framing import SIDES, Box  # SIDES: the order of ``Frame.outside``
 
-SIDES = ("left", "top", "right", "bottom")  # the order of ``Frame.outside``
 
 WORK_LONG_EDGE = 640  # bands are measured at this size (the outpaint's work resolution)
 BAND_FRACTION = 0.15  # band depth, as a fraction of the image part's extent across the side

@@ -24,7 +24,7 @@ from ..pixels import fit_long_edge, max_value, to_dtype
 from ..schema import opt
 from ..sizes import need_long_edge, ratio_key, sized_ratios
 from .base import Asset
-from .framing import Box, parse_ratio, subject_box
+from .framing import SIDES, Box, parse_ratio, subject_box
 
 SUBJECT_THRESHOLD = 25  # matte values above this (≈10 %) count for the subject's box; faint haze does not
 SUBJECT_ALPHA = 0.1  # alpha above this fraction counts for a cut-out's subject box (faint matting haze does not)
@@ -56,7 +56,6 @@ def paste_matte(matte: np.ndarray, size: tuple[int, int], offset: tuple[int, int
     return out
 
 
-SIDES = ("left", "top", "right", "bottom")
 CUT_RUN = 0.01  # solid subject along this share of an image edge (at least 2 px) means the photo's frame cuts it
 
 
