@@ -871,8 +871,9 @@ class GeometryCrops(Stage):
     Options = CropsOptions
 
     @classmethod
-    def _fill(cls, options: CropsOptions) -> tuple[type[Fill], Any]:
-        fill = fill_class(options.fill)
+    def _fill(cls, options: CropsOptions, name: str | None = None) -> tuple[type[Fill], Any]:
+        """A fill (``name``, default the ``fill`` option) and its view of the options."""
+        fill = fill_class(name or options.fill)
         return fill, fill.Options.of(options)
 
     @classmethod
@@ -880,8 +881,7 @@ class GeometryCrops(Stage):
         """The fill, then the fallback's when it is a fill of its own (generate: it runs a model too)."""
         fills = [cls._fill(options)]
         if options.fallback == "generate" and options.fill != "generate":
-            fallback = fill_class(options.fallback)
-            fills.append((fallback, fallback.Options.of(options)))
+            fills.append(cls._fill(options, options.fallback))
         return fills
 
     @classmethod
@@ -932,8 +932,8 @@ class GeometryCrops(Stage):
     def rest_filler(self) -> Fill:
         """The fallback's fill (pad, generate) for what ``filler`` cannot make seamless."""
         if getattr(self, "_rest_filler", None) is None:
-            fill = fill_class(self.options.fallback)
-            self._rest_filler = fill(fill.Options.of(self.options), self.ctx)
+            fill, fill_options = self._fill(self.options, self.options.fallback)
+            self._rest_filler = fill(fill_options, self.ctx)
         return self._rest_filler
 
     def frame(self, width: int, height: int, subject: Box | None, ratio: str, composed: bool = False,
