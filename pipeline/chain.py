@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from . import faults
 from .errors import AssetdError, StopRequested, TransientError
 from .rules import Rule
 from .stages.base import Asset, Stage, StageContext, stage_class
@@ -41,6 +42,7 @@ class Chain:
         for stage in self.stages:
             if self.ctx.stop.is_set():
                 raise StopRequested("stopping: job goes back to the queue")
+            faults.point("stage", asset.source)
             started = time.perf_counter()
             try:
                 current = [out for item in current for out in stage.run(item)]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from . import faults
 from .errors import PermanentError
 from .imageio import Decoded, encode
 from .pixels import flatten, resize
@@ -169,6 +170,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
+        faults.point("output-write", path)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -29,6 +29,8 @@ from typing import Any, Callable, Collection, Iterator
 
 from sqlite_utils import Database, Migrations
 
+from . import faults
+
 migrations = Migrations("assetd")
 
 
@@ -453,6 +455,7 @@ class Store:
                 [JobStatus.FAILED if error else JobStatus.DONE, now, seconds, error,
                  json.dumps(review) if review else None, copied_from, job_id],
             )
+            faults.point("db-commit", f"job {job_id}")
 
     def fail(self, job_id: int, error: str) -> None:
         self.db.conn.execute(

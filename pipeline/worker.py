@@ -18,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
+from . import faults
 from .chain import Chain, StepError
 from .config import Config
 from .errors import ConfigError, PermanentError, StopRequested, TransientError
@@ -234,6 +235,7 @@ class Worker:
     def _load(self, job: Job) -> Decoded:
         """Read and decode a job's input, checking it is still the content that was queued."""
         path = Path(job.input_path)
+        faults.point("decode", path)
         data = read_input(path)
         if job.readable and sha256(data) != job.input_hash:
             raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
