@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # torch is pinned by constraints.txt so no dependency upgrades it (see README, "Installing").
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench bench-gpu install install-test models clean
+.PHONY: demo test bench bench-gpu reliability install install-test models clean
 
 # The studio backend's subject prior (U²-Netp, 4.6 MB, sha256-checked) into the model cache
 # (~/.cache/assetd, or $$XDG_CACHE_HOME/assetd): a no-op when it is there. Offline, the studio backend
@@ -47,6 +47,10 @@ bench: $(VENV)/.installed-test
 bench-gpu: $(VENV)/.installed-test
 	$(BIN)/python bench/gpu.py --markdown .bench/gpu.md
 	$(BIN)/python bench/run.py --splice gpu .bench/gpu.md
+
+# The fault-injection suite at full size against the real `assetd run`; writes RELIABILITY.md (README, "Reliability").
+reliability: $(VENV)/.installed-test
+	$(BIN)/python bench/reliability.py --size full --markdown RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .bench
