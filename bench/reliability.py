@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import hashlib
 import io
 import json
@@ -783,6 +782,8 @@ def disk_full(root: Path, size: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return result("disk full", None, "", skipped="needs root to mount a small tmpfs")
+    if shutil.which("mount") is None:
+        return result("disk full", None, "", skipped="no mount command to mount a small tmpfs")
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(out)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:
