@@ -774,6 +774,9 @@ def inbox_away(root: Path, size: str) -> dict[str, Any]:
                   f"{len(studio.expected)} files", outages=2, about="inbox", failures=failures)
 
 
+DISK_FULL_SECONDS = 6.0
+
+
 def disk_full(root: Path, size: str) -> dict[str, Any]:
     """The output volume (a small tmpfs) fills up mid-batch, then space comes back: work pauses and resumes,
     no attempt is charged, one alert on and one off."""
@@ -800,14 +803,21 @@ def disk_full(root: Path, size: str) -> dict[str, Any]:
                 st = os.statvfs(out)
                 full = st.f_bavail * st.f_frsize < 32768 or studio.drained()
                 time.sleep(0.1)
-            time.sleep(3.0)  # paused (or retrying) on the full disk for a while
+            # full for longer than the retries of a disk error last (max_attempts 3, 0.2 s doubling): a daemon
+            # that charges attempts for it fails jobs for good; one that pauses does not
+            time.sleep(DISK_FULL_SECONDS)
             subprocess.run(["mount", "-o", "remount,size=16m", str(out)], check=True)
             drained = studio.wait_drained(60)
             time.sleep(1.5)  # the cleared alert
         finally:
             studio.close()
-        return result("disk full", studio, f"{s['disk_jobs']} shots on a 160 KB tmpfs, then 16 MB",
-                      outages=1, about="", failures=[] if drained else ["not drained"])
+        charged = studio.query(lambda st: sum(max(j.attempts - 1, 0) for j in st.jobs()))
+        failures = [] if drained else ["not drained"]
+        if charged:
+            failures.append(f"{charged} attempt(s) charged to jobs for the full disk")
+        return result("disk full", studio, f"{s['disk_jobs']} shots on a 160 KB tmpfs, full for "
+                      f"{DISK_FULL_SECONDS:.0f}s, then 16 MB; {charged} attempt(s) charged for it",
+                      outages=1, about="", failures=failures)
     finally:
         subprocess.run(["umount", "-l", str(out)], capture_output=True)
 
@@ -859,6 +869,7 @@ def reload_rules(root: Path, size: str) -> dict[str, Any]:
     studio = Studio(root)
     failures: list[str] = []
     versions: dict[str, str] = {}
+    survived = False
     try:
         studio.start()
         studio.drop("before.jpg", shot(700))
@@ -872,7 +883,8 @@ def reload_rules(root: Path, size: str) -> dict[str, Any]:
             failures.append("the edited rule did not apply to the next file")
         (root / "rules" / "10-shots.yaml").write_text("name: shots\nsteps: [remove_background\n")  # broken YAML
         time.sleep(2.0)
-        if not studio.alive():
+        survived = studio.alive()
+        if not survived:
             failures.append(f"a broken rule stopped the daemon (exit {studio.proc.returncode})")
             studio.start()
         studio.drop("while_broken.jpg", shot(702))
@@ -882,7 +894,9 @@ def reload_rules(root: Path, size: str) -> dict[str, Any]:
         time.sleep(2.0)  # the reload and the cleared alert
     finally:
         studio.close()
-    return result("rule edited and broken rule saved while running", studio, f"versions {versions}",
+    return result("rule edited and broken rule saved while running", studio,
+                  f"rule version {versions.get('before.jpg')} before the edit, {versions.get('edited.jpg')} after; "
+                  f"the daemon {'ran on' if survived else 'exited'} after the broken save",
                   outages=1, about="", failures=failures)
 
 
