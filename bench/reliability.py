@@ -56,6 +56,7 @@ from pipeline.synth import BACKDROPS, SUBJECTS, studio_shot  # noqa: E402
 SHOT_SIZE = (200, 150)  # about 0.1 s a job with the rule below
 SOAK_SIZE = (128, 96)
 OUTPUTS_PER_JOB = 3
+OUTAGE_SECONDS = 3.5  # how long a problem lasts: past problems.alert_after_seconds (1) and a few checks
 CHANNEL_FOLDERS = ("out/cutouts", "out/square", "out/wide")
 
 RULE = """\
@@ -97,8 +98,8 @@ notify:
 PROBLEMS = """\
 problems:
   min_free: {min_free}
-  check_seconds: 0.3
-  alert_after_seconds: 0.5
+  check_seconds: 1
+  alert_after_seconds: 1
 """
 
 
@@ -418,6 +419,14 @@ class Studio:
                     return False
             time.sleep(0.2)
         return False
+
+    def wait_for_alerts(self, outages: int, timeout: float = 10.0) -> None:
+        """Until ``outages`` problem alerts on and off came in (or ``timeout``: the audit reports the count)."""
+        deadline = time.monotonic() + timeout
+        while self.receiver is not None and time.monotonic() < deadline:
+            if min(self.receiver.problem_alerts()) >= outages:
+                return
+            time.sleep(0.1)
 
     def wait_for_job_count(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -748,7 +757,7 @@ def inbox_away(root: Path, size: str) -> dict[str, Any]:
             studio.drop(f"first{i}.jpg", shot(300 + i))
         studio.wait_drained(30)
         os.rename(studio.inbox, away)
-        time.sleep(2.5)  # several polls and problem checks, past alert_after_seconds
+        time.sleep(OUTAGE_SECONDS)  # several polls and problem checks, past alert_after_seconds
         if studio.inbox.exists():
             failures.append("assetd recreated the inbox that was renamed away")
         for i in range(s["writers"] + 1):
@@ -759,7 +768,7 @@ def inbox_away(root: Path, size: str) -> dict[str, Any]:
         if not studio.wait_drained(30):
             failures.append("files dropped while the inbox was away were not taken after it came back")
         shutil.rmtree(studio.inbox)
-        time.sleep(2.5)
+        time.sleep(OUTAGE_SECONDS)
         if studio.inbox.exists():
             failures.append("assetd recreated the inbox that was deleted")
         studio.inbox.mkdir(exist_ok=True)
@@ -767,7 +776,7 @@ def inbox_away(root: Path, size: str) -> dict[str, Any]:
             studio.drop(f"after{i}.jpg", shot(320 + i))
         if not studio.wait_drained(30):
             failures.append("files dropped in the recreated inbox were not taken")
-        time.sleep(1.5)  # the cleared alert
+        studio.wait_for_alerts(2)
     finally:
         studio.close()
     return result("inbox renamed away, deleted and recreated (polling)", studio,
@@ -808,7 +817,7 @@ def disk_full(root: Path, size: str) -> dict[str, Any]:
             time.sleep(DISK_FULL_SECONDS)
             subprocess.run(["mount", "-o", "remount,size=16m", str(out)], check=True)
             drained = studio.wait_drained(60)
-            time.sleep(1.5)  # the cleared alert
+            studio.wait_for_alerts(1)
         finally:
             studio.close()
         charged = studio.query(lambda st: sum(max(j.attempts - 1, 0) for j in st.jobs()))
@@ -842,7 +851,9 @@ def notify_down(root: Path, size: str) -> dict[str, Any]:
         for i in range(2):
             studio.drop(f"late{i}.jpg", shot(650 + i))
         drained_slow = studio.wait_drained(60)
-        time.sleep(3.0)
+        deadline = time.monotonic() + 15  # a post reached the slow target and went unanswered in time
+        while time.monotonic() < deadline and not target.arrived:
+            time.sleep(0.1)
         target.delay = 0.0  # answers in time again
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and studio.query(lambda st: st.undelivered()):
@@ -882,7 +893,7 @@ def reload_rules(root: Path, size: str) -> dict[str, Any]:
         if versions.get("before.jpg") == versions.get("edited.jpg"):
             failures.append("the edited rule did not apply to the next file")
         (root / "rules" / "10-shots.yaml").write_text("name: shots\nsteps: [remove_background\n")  # broken YAML
-        time.sleep(2.0)
+        time.sleep(OUTAGE_SECONDS)
         survived = studio.alive()
         if not survived:
             failures.append(f"a broken rule stopped the daemon (exit {studio.proc.returncode})")
@@ -891,7 +902,7 @@ def reload_rules(root: Path, size: str) -> dict[str, Any]:
         if not studio.wait_drained(30):
             failures.append("files were not processed with the last good rules while the rule file was broken")
         studio.write_rule(", subject_fill: 0.7")
-        time.sleep(2.0)  # the reload and the cleared alert
+        studio.wait_for_alerts(1)  # the reload of the fixed rule clears the problem
     finally:
         studio.close()
     return result("rule edited and broken rule saved while running", studio,
