@@ -415,7 +415,7 @@ class Studio:
                 if restart is None:
                     return False
                 restart()
-                if not self.alive() and self.proc.poll() is not None and self.proc.returncode != -signal.SIGKILL:
+                if not self.alive():  # restart gave up (or the new process died at once)
                     return False
             time.sleep(0.2)
         return False
