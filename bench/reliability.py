@@ -855,7 +855,7 @@ def notify_down(root: Path, size: str) -> dict[str, Any]:
         while time.monotonic() < deadline and not target.arrived:
             time.sleep(0.1)
         target.delay = 0.0  # answers in time again
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # the outbox backs off (retry_seconds doubling): the next try may be late
         while time.monotonic() < deadline and studio.query(lambda st: st.undelivered()):
             time.sleep(0.2)
         undelivered = studio.query(lambda st: st.undelivered())
