@@ -196,6 +196,8 @@ class Config:
     max_attempts: int = opt(3, min=1, doc="a job failing transiently this often is failed for good")
     retry_delay_seconds: float = opt(30.0, min=0.0, doc="first retry delay; doubles on each attempt")
     lease_seconds: float = opt(900.0, min=1.0, doc="a running job not finished by then is taken back (crash)")
+    quarantine_after_crashes: int = opt(2, min=1, doc="a job that was running this many times when assetd died "
+                                        "(crash or kill) is failed for good as quarantined; its neighbours go on")
     rescan_seconds: float = opt(300.0, min=1.0, doc="full rescan of the inboxes for events the OS dropped")
     log_level: str = opt("info", choices=("debug", "info", "warning", "error"), doc="daemon log level")
     inboxes: list[InboxConfig] = opt([], doc="watched folders")

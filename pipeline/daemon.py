@@ -18,6 +18,7 @@ from typing import Any
 from .config import Config
 from .intake import Intake
 from .notify import Notifier
+from .outputs import remove_temp_files
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
@@ -50,10 +51,8 @@ class Daemon:
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models()
-        store = self.store = Store(self.config.database)
-        recovered = store.recover_orphans(keep=lambda owner: _process_at_work(owner, self.config.database))
-        if recovered:
-            log.warning("%d job(s) were running when assetd last stopped; they are queued again", len(recovered))
+        store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
+        self._recover(store)
         intake = self.intake = Intake(self.config, self.rules, store)
         self._requeue_changed_rules(store, intake)
         self._log_rule_changes(store)
@@ -73,6 +72,24 @@ class Daemon:
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _recover(self, store: Store) -> None:
+        """What an assetd that died left: jobs it was running (only a job whose run had started counts the crash;
+        one it had only claimed ahead goes back untouched) and its temporary files in the output folders."""
+        found = store.recover(keep=lambda owner: _process_at_work(owner, self.config.database))
+        if found.started:
+            log.warning("%d job(s) were running when assetd last stopped; %s%s", len(found.started),
+                        "they count a crash and are queued again" + (
+                            f" ({len(found.failed)} failed for good)" if found.failed else ""),
+                        f"; {len(found.ahead)} claimed ahead went back to the queue untouched" if found.ahead else "")
+        elif found.ahead:
+            log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
+                     len(found.ahead))
+        for job_id in found.failed:
+            job = store.get(job_id)
+            log.error("job %d failed: %s", job_id, job.error if job else "")
+        for folder, n in remove_temp_files(self.config).items():
+            log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.
