@@ -78,16 +78,18 @@ class Daemon:
         one it had only claimed ahead goes back untouched) and its temporary files in the output folders."""
         found = store.recover(keep=lambda owner: _process_at_work(owner, self.config.database))
         if found.started:
-            log.warning("%d job(s) were running when assetd last stopped; %s%s", len(found.started),
-                        "they count a crash and are queued again" + (
-                            f" ({len(found.failed)} failed for good)" if found.failed else ""),
+            fates = [f"{len(found.started) - len(found.failed)} queued again"] + (
+                [f"{len(found.failed)} failed for good"] if found.failed else [])
+            log.warning("%d job(s) were running when assetd last stopped (a crash counted for each): %s%s",
+                        len(found.started), ", ".join(fates),
                         f"; {len(found.ahead)} claimed ahead went back to the queue untouched" if found.ahead else "")
         elif found.ahead:
             log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
                      len(found.ahead))
-        for job_id in found.failed:
-            job = store.get(job_id)
-            log.error("job %d failed: %s", job_id, job.error if job else "")
+        alerts = Notifier(self.config, store)  # queued in the outbox; the delivery thread starts later
+        for job in filter(None, map(store.get, found.failed)):
+            log.error("job %d failed: %s", job.id, job.error)
+            alerts.job_failed(job, job.error or "")
         for folder, n in remove_temp_files(self.config).items():
             log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
 

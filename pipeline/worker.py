@@ -115,9 +115,10 @@ class Worker:
         """Claim and run jobs until ``stop`` is set; sleeps with capped back-off when idle.
 
         While one job runs its chain, the next one is already claimed and read + decoded on a
-        background thread, so the GPU (or the CPU stages) never wait for the codec. Both are claimed
-        *ahead*: a job's attempt is charged (``Store.begin``) only when it becomes the one running, so
-        when assetd dies, the job read ahead goes back to the queue untouched.
+        background thread, so the GPU (or the CPU stages) never wait for the codec. That one is claimed
+        *ahead*: its attempt is charged (``Store.begin``) only when it becomes the one running, so when
+        assetd dies, the job read ahead goes back to the queue untouched. A job claimed with nothing in
+        hand runs at once (its own decode included).
         """
         idle = 0.05
         ahead: tuple[Job, Future] | None = None
@@ -128,7 +129,7 @@ class Worker:
         while not self.stop.is_set():
             try:
                 if ahead is None:
-                    job = self.store.claim_next(self.owner, self.config.lease_seconds, ahead=True)
+                    job = self.store.claim_next(self.owner, self.config.lease_seconds)
                     loaded = self._pool.submit(self._load, job) if job is not None else None
                 else:
                     (job, loaded), ahead = ahead, None

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.daemon import Daemon
 from pipeline.intake import Intake
 from pipeline.outputs import TEMP_SUFFIX, Publisher, write_temp
@@ -90,7 +92,6 @@ def test_a_job_with_a_crash_waits_until_nothing_else_of_its_process_runs(store):
     store.finish(busy.id, [], 1.0)
     assert store.claim_next("worker-2 pid 7 on h", 3600).id == suspect.id
     assert store.get(suspect.id).crashes == 1
-    store.requeue([other.id])
 
 
 # --- real processes: `assetd run` killed mid-chain ---------------------------------------------
@@ -159,7 +160,7 @@ def test_the_job_read_ahead_is_not_charged_when_assetd_is_killed(workspace):
 
     code, out = run_until(start(workspace), db, all_finished)
     assert code == 0, out[-2000:]
-    assert ("1 job(s) were running when assetd last stopped; they count a crash and are queued again; "
+    assert ("1 job(s) were running when assetd last stopped (a crash counted for each): 1 queued again; "
             "1 claimed ahead went back to the queue untouched") in out
     jobs = jobs_in(db)
     assert jobs[ahead].status is JobStatus.DONE and (jobs[ahead].attempts, jobs[ahead].crashes) == (1, 0)
@@ -183,7 +184,9 @@ def test_a_job_that_kills_assetd_again_is_quarantined_and_its_neighbours_finish(
     for job_id in (first, last):
         assert jobs[job_id].status is JobStatus.DONE and (jobs[job_id].attempts, jobs[job_id].crashes) == (1, 0)
     assert (workspace.out("cutouts") / "c.png").is_file() and not (workspace.out("cutouts") / "poison.png").exists()
-    assert "(1 failed for good)" in outs[2]
+    assert "1 job(s) were running when assetd last stopped (a crash counted for each): 0 queued again, " \
+           "1 failed for good" in outs[2]
+    assert "quarantined" in outs[2]  # its own line, and the alert
 
 
 # --- temporary files ---------------------------------------------------------------------------
@@ -215,13 +218,20 @@ def test_start_removes_only_the_temporary_files_of_a_dead_assetd(workspace, capl
     try:
         daemon.start()
         daemon.stop()
+        assert [p for p in left if p.exists()] == []
+        assert [p for p in kept if not p.exists()] == []
+        assert f"{cutouts}: removed 1 temporary file(s) left by an assetd that stopped while writing" in caplog.text
+        assert f"{manifests}: removed 1 temporary file(s)" in caplog.text
+
+        left[0].write_bytes(b"x")  # `assetd process` cleans up too
+        (workspace.root / "nothing").mkdir()
+        result = CliRunner().invoke(cli, ["process", str(workspace.root / "nothing"), "--config",
+                                          str(workspace.config_path)])
+        assert result.exit_code == 0, result.output
+        assert not left[0].exists() and [p for p in kept if not p.exists()] == []
     finally:
         alive.kill()
         alive.wait()
-    assert [p for p in left if p.exists()] == []
-    assert [p for p in kept if not p.exists()] == []
-    assert f"{cutouts}: removed 1 temporary file(s) left by an assetd that stopped while writing" in caplog.text
-    assert f"{manifests}: removed 1 temporary file(s)" in caplog.text
 
 
 # --- a job's outputs: all published, or none ---------------------------------------------------
