@@ -259,7 +259,7 @@ def temp_owner_gone(name: str) -> bool:
     if host != _HOST_TAG or not pid.isdigit():
         return False
     if int(pid) == os.getpid():
-        return True  # ours from before this start: nothing of ours is being written yet
+        return True  # an earlier process with our pid (a container's pid repeats): nothing of ours is written yet
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

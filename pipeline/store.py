@@ -161,12 +161,14 @@ _UNCHARGE = "attempts = MAX(attempts - (chain_started_at IS NOT NULL), 0), chain
 
 
 def _same_process(owner: str) -> tuple[str, list[Any]]:
-    """SQL and its parameters: ``worker`` is a claim of the process that ``owner`` (``"worker-1 pid 1234 on
-    host"``) belongs to. An owner label without a pid stands for itself alone."""
+    """SQL and its parameters: ``worker`` is a claim of the same process and kind as ``owner``: for
+    ``"worker-1 pid 1234 on host"`` any ``"worker-N pid 1234 on host"`` (the daemon's workers). An owner label
+    without a pid stands for itself alone."""
     at = owner.find(" pid ")
     if at < 0:
         return "worker = ?", [owner]
-    return "substr(worker, ?) = ?", [-len(owner[at:]), owner[at:]]
+    kind, process = owner[:at].rstrip("0123456789"), owner[at:]
+    return "substr(worker, 1, ?) = ? AND substr(worker, ?) = ?", [len(kind), kind, -len(process), process]
 
 
 def _marks(values: Collection[Any]) -> str:
