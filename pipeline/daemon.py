@@ -69,10 +69,18 @@ class Daemon:
             self._threads.append(thread)
             thread.start()
         self.watcher = InboxWatcher(self.config.inboxes, intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                                    logger=logging.getLogger("assetd.watcher"))
+                                    logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
+                                    on_reachable=lambda root: self._inbox_unreachable(root, None))
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
+        if reason is not None:
+            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
+        else:
+            log.warning("inbox %s is back; its files are taken again", root)
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.
