@@ -218,6 +218,8 @@ def explain(file: str, config_path: str) -> None:
                    "(recursive: false)")
     if is_ignored(path, Path(os.path.abspath(inbox.path)) if inbox else None):
         click.echo("  the watcher ignores this name (temporary or system file)")
+    if inbox is not None and inbox.sets_aside(path):
+        click.echo(f"  in the done or error folder of inbox {inbox.path} (after: move): never taken")
     takes = "would take a file of this name" if missing else "takes it"
     for rule in rules:
         reason = rule.why_not(rel)

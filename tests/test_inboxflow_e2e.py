@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -108,3 +109,73 @@ def test_retry_leaves_a_moved_file_whose_place_is_taken(workspace):
     assert (inbox / "error" / "bad.jpg").read_bytes() == b"not an image"
     assert (inbox / "bad.jpg").read_bytes() == b"another file dropped under the same name"
     assert Store(workspace.root / "state" / "assetd.sqlite3").get(job.id).status is JobStatus.FAILED
+
+
+def test_process_and_explain_leave_done_and_error_folders_alone(workspace):
+    moving(workspace)
+    workspace.shot("inbox/done/misc/old.jpg", seed=4)
+    (workspace.inbox / "error").mkdir()
+    (workspace.inbox / "error" / "bad.jpg").write_bytes(b"not an image")
+    workspace.shot("inbox/misc/new.jpg", seed=5)
+    result = CliRunner().invoke(cli, ["process", str(workspace.inbox), "--json", "--config",
+                                      str(workspace.config_path)])
+    assert result.exit_code == 0, result.output
+    taken = [Path(r["input"]).relative_to(workspace.inbox).as_posix() for r in json.loads(result.output)["results"]]
+    assert taken == ["misc/new.jpg"]
+    assert (workspace.inbox / "done" / "misc" / "new.jpg").is_file()  # the inbox's after: move applies here too
+    explained = CliRunner().invoke(cli, ["explain", str(workspace.inbox / "done" / "misc" / "old.jpg"), "--config",
+                                         str(workspace.config_path)])
+    assert f"in the done or error folder of inbox {workspace.inbox} (after: move): never taken" in explained.output
+
+
+def test_an_input_another_unfinished_job_reads_stays_in_the_inbox(workspace):
+    from pipeline.inboxflow import after_job
+    from pipeline.intake import file_hash
+
+    moving(workspace)
+    config, _ = workspace.load()
+    store = Store(config.database)
+    shot = workspace.shot("inbox/a.jpg", seed=6)
+    digest = file_hash(shot)
+    st = shot.stat()
+    store.remember_file(str(shot), st.st_size, st.st_mtime_ns, digest)
+    first, _ = store.enqueue(input_hash=digest, rule="cutouts", rule_version="1", input_path=str(shot),
+                             rel_path="a.jpg", max_attempts=2)
+    second, _ = store.enqueue(input_hash=digest, rule="products", rule_version="1", input_path=str(shot),
+                              rel_path="a.jpg", max_attempts=2)
+    store.fail(first.id, "first rule failed")
+    assert after_job(config, store, store.get(first.id), JobStatus.FAILED, "first rule failed") is None
+    assert shot.is_file()  # the products job still reads it
+    store.fail(second.id, "second rule failed")
+    assert after_job(config, store, store.get(second.id), JobStatus.FAILED, "second rule failed") == \
+        workspace.inbox / "error" / "a.jpg"
+    shot.write_bytes(b"a new version dropped under the same name")  # while a job of the old content ends
+    third, _ = store.enqueue(input_hash=digest, rule="cutouts", rule_version="2", input_path=str(shot),
+                             rel_path="a.jpg", max_attempts=2)
+    store.fail(third.id, "failed")
+    assert after_job(config, store, store.get(third.id), JobStatus.FAILED, "failed") is None
+    assert shot.read_bytes() == b"a new version dropped under the same name"
+    store.close()
+
+
+def test_daemon_waits_for_a_missing_inbox_and_never_creates_it(workspace, caplog, no_leaked_threads):
+    caplog.set_level(logging.INFO)
+    workspace.inbox.rmdir()  # a share not mounted yet; create: false (the default)
+    config, rules = workspace.load()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        assert (f"inbox {workspace.inbox}: the folder does not exist (create: false); its files wait until it is "
+                "back (assetd does not recreate it)") in caplog.text
+        time.sleep(1.2)
+        assert not workspace.inbox.exists()
+        workspace.shot("inbox/misc/late.jpg")  # the share is mounted, with a file in it
+        deadline = time.monotonic() + 30
+        while not (daemon.store.jobs() and daemon.idle()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert daemon.store.jobs()[0].status is JobStatus.DONE
+        assert f"inbox {workspace.inbox} is back; its files are taken again" in caplog.text
+        assert caplog.text.count("does not exist") == 1  # once per outage, not once per attempt
+    finally:
+        daemon.stop()
