@@ -297,15 +297,17 @@ class InboxWatcher:
     def _supervise(self, now: float) -> None:
         for watch in self._watches:
             if watch.observer is not None:
-                problem, folder_problem = self._problem(watch)
+                problem, outage = self._problem(watch)
                 if problem is None:
                     if now - watch.started_at >= RESTART_BACKOFF_MAX:
                         watch.backoff = RESTART_BACKOFF_FIRST
                     continue
-                self._log.warning("inbox %s: %s; restarting the watch in %.1f s", watch.root, problem, watch.backoff)
                 self._discard_observer(watch, timeout=2.0)
-                if folder_problem:
+                if outage:
                     self._unreachable(watch, problem)
+                else:
+                    self._log.warning("inbox %s: %s; restarting the watch in %.1f s", watch.root, problem,
+                                      watch.backoff)
                 watch.next_attempt = now + watch.backoff
                 watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX)
             elif now >= watch.next_attempt:
@@ -318,8 +320,9 @@ class InboxWatcher:
                     self._scan(watch, watch.root)
 
     def _problem(self, watch: _Watch) -> tuple[str | None, bool]:
-        """Why ``watch``'s observer no longer works, and whether the folder itself is the problem (it
-        disappeared, cannot be reached or was replaced); (None, False) when all is fine."""
+        """Why ``watch``'s observer no longer works, and whether that is an outage (the folder disappeared
+        or cannot be reached); (None, False) when all is fine. A folder replaced by another one is no
+        outage: the watch restarts on the new one."""
         observer = watch.observer
         assert observer is not None
         try:
@@ -329,7 +332,7 @@ class InboxWatcher:
         except OSError as exc:
             return f"the folder cannot be reached ({exc.strerror or exc})", True
         if (st.st_dev, st.st_ino) != watch.identity:
-            return "the folder was replaced", True
+            return "the folder was replaced", False
         if not observer.is_alive():
             return "the observer thread ended", False
         try:

@@ -197,6 +197,22 @@ def test_inbox_renamed_away_is_waited_for_and_watched_again(tmp_path: Path, make
     assert outages.kinds() == ["unreachable", "reachable"] and rec.count("before.jpg") == 1
 
 
+def test_inbox_replaced_by_another_folder_is_watched_without_an_outage(tmp_path: Path, make_watcher, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pipeline.watcher")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(inbox), on_unreachable=outages.unreachable, on_reachable=outages.reachable)
+    (tmp_path / "inbox.new").mkdir()
+    inbox.rename(tmp_path / "inbox.old")  # swapped in one go (a sync tool replacing the folder)
+    (tmp_path / "inbox.new").rename(inbox)
+    assert wait_for(lambda: "the folder was replaced; restarting the watch" in caplog.text)
+    assert wait_for(lambda: "watching again" in caplog.text)
+    (inbox / "new.jpg").write_bytes(b"new")
+    assert wait_for(lambda: rec.count("new.jpg") == 1)
+    assert outages.events == []
+
+
 def test_inbox_deleted_and_recreated_in_polling_mode_is_watched_again(tmp_path: Path, make_watcher,
                                                                       caplog) -> None:
     caplog.set_level(logging.WARNING, logger="pipeline.watcher")
