@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
 from .outputs import remove_temp_files
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
-from .store import Store
+from .store import JobStatus, Store
 from .watcher import InboxWatcher
 from .worker import Worker
 
@@ -68,7 +69,8 @@ class Daemon:
             self._threads.append(thread)
             thread.start()
         self.watcher = InboxWatcher(self.config.inboxes, intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                                    logger=logging.getLogger("assetd.watcher"))
+                                    logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
+                                    on_reachable=lambda root: self._inbox_unreachable(root, None))
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
@@ -90,8 +92,16 @@ class Daemon:
         for job in filter(None, map(store.get, found.failed)):
             log.error("job %d failed: %s", job.id, job.error)
             alerts.job_failed(job, job.error or "")
+            after_job(self.config, store, job, JobStatus.FAILED, job.error)  # to error/ with after: move
         for folder, n in remove_temp_files(self.config).items():
             log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
+
+    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
+        if reason is not None:
+            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
+        else:
+            log.warning("inbox %s is back; its files are taken again", root)
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.
