@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
+from .outputs import remove_temp_files
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
-from .store import Store
+from .store import JobStatus, Store
 from .watcher import InboxWatcher
 from .worker import Worker
 
@@ -50,10 +52,8 @@ class Daemon:
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models()
-        store = self.store = Store(self.config.database)
-        recovered = store.recover_orphans(keep=lambda owner: _process_at_work(owner, self.config.database))
-        if recovered:
-            log.warning("%d job(s) were running when assetd last stopped; they are queued again", len(recovered))
+        store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
+        self._recover(store)
         intake = self.intake = Intake(self.config, self.rules, store)
         self._requeue_changed_rules(store, intake)
         self._log_rule_changes(store)
@@ -69,10 +69,39 @@ class Daemon:
             self._threads.append(thread)
             thread.start()
         self.watcher = InboxWatcher(self.config.inboxes, intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                                    logger=logging.getLogger("assetd.watcher"))
+                                    logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
+                                    on_reachable=lambda root: self._inbox_unreachable(root, None))
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _recover(self, store: Store) -> None:
+        """What an assetd that died left: jobs it was running (only a job whose run had started counts the crash;
+        one it had only claimed ahead goes back untouched) and its temporary files in the output folders."""
+        found = store.recover(keep=lambda owner: _process_at_work(owner, self.config.database))
+        if found.started:
+            fates = [f"{len(found.started) - len(found.failed)} queued again"] + (
+                [f"{len(found.failed)} failed for good"] if found.failed else [])
+            log.warning("%d job(s) were running when assetd last stopped (a crash counted for each): %s%s",
+                        len(found.started), ", ".join(fates),
+                        f"; {len(found.ahead)} claimed ahead went back to the queue untouched" if found.ahead else "")
+        elif found.ahead:
+            log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
+                     len(found.ahead))
+        alerts = Notifier(self.config, store)  # queued in the outbox; the delivery thread starts later
+        for job in filter(None, map(store.get, found.failed)):
+            log.error("job %d failed: %s", job.id, job.error)
+            alerts.job_failed(job, job.error or "")
+            after_job(self.config, store, job, JobStatus.FAILED, job.error)  # to error/ with after: move
+        for folder, n in remove_temp_files(self.config).items():
+            log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
+
+    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
+        if reason is not None:
+            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
+        else:
+            log.warning("inbox %s is back; its files are taken again", root)
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.

@@ -19,9 +19,10 @@ Each entry is ``POINT=ACTION`` followed by at most one trigger and at most one f
   matching GLOB (``fnmatch``).
 
 Points (the subject in brackets): ``decode`` (the input, before it is read: ``Worker._load``), ``stage``
-(the input, before each stage runs: ``Chain.run``), ``output-write`` (the output or manifest, after its
-temporary file is written and fsynced, before the rename: ``outputs.atomic_write``), ``db-commit`` (``job
-ID``, inside ``Store.finish``'s transaction, before COMMIT).
+(the input, before each stage runs: ``Chain.run``), ``output-write`` (the output or manifest, its temporary
+file written and fsynced, before its rename: ``outputs.FileSet.publish``, so the Nth hit may fall between
+two renames of one job's set), ``db-commit`` (``job ID``, inside ``Store.finish``'s transaction, before
+COMMIT).
 
 Before acting, a failpoint writes one line to stderr (``assetd fault: kill at output-write #3 (a.png)``), so
 a test can tell where the process died.

@@ -23,12 +23,13 @@ from .chain import Chain, StepError
 from .config import Config
 from .errors import ConfigError, PermanentError, StopRequested, TransientError
 from .imageio import Decoded, decode, read_input
+from .inboxflow import after_job
 from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext
-from .store import Job, JobStatus, ManifestRecord, OutputRecord, Store
-from .text import printable
+from .store import FINISHED, Job, JobStatus, ManifestRecord, OutputRecord, Store
+from .text import plural, printable
 
 log = logging.getLogger("assetd.worker")
 
@@ -92,10 +93,6 @@ def classify(exc: BaseException, job: Job, config: Config) -> Failure:
     return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 class Worker:
     """Runs jobs one at a time. One per thread; each has its own stages and model cache."""
 
@@ -120,10 +117,17 @@ class Worker:
         """Claim and run jobs until ``stop`` is set; sleeps with capped back-off when idle.
 
         While one job runs its chain, the next one is already claimed and read + decoded on a
-        background thread, so the GPU (or the CPU stages) never wait for the codec.
+        background thread, so the GPU (or the CPU stages) never wait for the codec. That one is claimed
+        *ahead*: its attempt is charged (``Store.begin``) only when it becomes the one running, so when
+        assetd dies, the job read ahead goes back to the queue untouched. A job claimed with nothing in
+        hand runs at once (its own decode included).
         """
         idle = 0.05
         ahead: tuple[Job, Future] | None = None
+        try:
+            self.outputs.withdraw_failed()  # a job assetd failed for good at start (quarantined) may have some
+        except Exception:
+            log.exception("%s: could not withdraw the outputs of jobs failed for good", self.name)
         while not self.stop.is_set():
             try:
                 if ahead is None:
@@ -133,11 +137,12 @@ class Worker:
                     (job, loaded), ahead = ahead, None
                 if job is None:
                     self._release_idle_models()
+                    self.outputs.withdraw_failed()
                     self.stop.wait(idle)
                     idle = min(idle * 2, idle_max)
                     continue
                 idle = 0.05
-                following = self.store.claim_next(self.owner, self.config.lease_seconds)
+                following = self.store.claim_next(self.owner, self.config.lease_seconds, ahead=True)
                 if following is not None:
                     ahead = (following, self._pool.submit(self._load, following))
                 self.process(job, loaded)
@@ -174,25 +179,28 @@ class Worker:
         return chain
 
     def process(self, job: Job, loaded: Future | None = None) -> JobResult:
+        """Run a claimed job (``_run_job``); one that ended for good (done, or failed for good) then hands its
+        input to its inbox's ``after`` option (``inboxflow.after_job``: kept, or moved to done/ or error/)."""
+        result = self._run_job(job, loaded)
+        if result.status in FINISHED:
+            after_job(self.config, self.store, job, result.status, result.error)
+        return result
+
+    def _run_job(self, job: Job, loaded: Future | None = None) -> JobResult:
         """Run a claimed job to its end state and record it; never raises for a job's own failure.
 
         ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
-            result.outputs, manifests, result.review, result.copied_from, unwritten = self._execute(job, loaded)
+            result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below
-            return self._settle_failure(job, classify(exc, job, self.config), result)
-        result.seconds = time.perf_counter() - started
-        if unwritten:  # outputs too small for their channel: the job fails, naming them; the others are written
-            result.error = one_line(f"{printable(job.input_path)}: {'; '.join(unwritten)} "
-                                    f"({plural(len(result.outputs), 'other output')} written)")
-        self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests,
-                          error=result.error)
-        if result.error:
-            result.status = JobStatus.FAILED
-            self._report_failure(job, result.error)
+            result = self._settle_failure(job, classify(exc, job, self.config), result)
+            if result.status is JobStatus.FAILED:  # for good: what an earlier try published goes
+                self.outputs.withdraw_failed()
             return result
+        result.seconds = time.perf_counter() - started
+        self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
         result.status = JobStatus.DONE
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
@@ -243,9 +251,8 @@ class Worker:
         return decode(data, str(path), self.config.input)
 
     def _execute(self, job: Job, loaded: Future | None
-                 ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None, list[str]]:
-        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None,
-        why each output that could not be written was not)."""
+                 ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:
+        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None)."""
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
@@ -256,10 +263,13 @@ class Worker:
         twin = self.store.twin(job)
         if twin is not None and twin.status is not JobStatus.DONE:
             raise WaitForTwin(twin)
+        # From here on the job runs (a job read ahead was only claimed): its attempt counts, and if assetd dies
+        # now the crash is this job's.
+        job.attempts = self.store.begin(job.id, self.owner) or job.attempts
         if twin is not None:
             copied = self.outputs.copy_from(job, rule, twin)
             if copied is not None:
-                return (*copied, [])
+                return copied
         decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
@@ -272,7 +282,7 @@ class Worker:
         results = self.chain_for(rule).run(asset, on_step=on_step)
         if self.stop.is_set():
             raise StopRequested("stopping before writing outputs")
-        records, manifests, review, unwritten = self.outputs.publish(job, rule, results, decoded)
-        return records, manifests, review, None, unwritten
+        records, manifests, review = self.outputs.publish(job, rule, results, decoded)
+        return records, manifests, review, None
 
 
