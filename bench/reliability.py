@@ -607,8 +607,14 @@ def kill_random(root: Path, size: str) -> dict[str, Any]:
             studio.drop(f"shot{i:03d}.jpg", shot(i))
         started = time.monotonic()
         for _ in range(s["random_kills"]):
+            # after the job the last kill interrupted has finished (it runs first, alone): two kills in one
+            # job's run are a crash loop to the daemon, and quarantine it (the crash-loop scenario)
+            done = studio.counts()["done"]
             studio.start()
-            time.sleep(rng.uniform(0.2, 1.2))
+            deadline = time.monotonic() + 60
+            while studio.counts()["done"] < done + 2 and studio.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.8))
             studio.kill()
         studio.start()
         drained = studio.wait_drained(120 + s["batch"] * 2)
@@ -621,23 +627,38 @@ def kill_random(root: Path, size: str) -> dict[str, Any]:
 
 
 PHASES = ("decode", "stage", "output-write", "db-commit")
-HITS_PER_JOB = {"decode": 1, "stage": 2, "output-write": 4, "db-commit": 1}
+HITS_PER_JOB = {"decode": 1, "stage": 2, "output-write": 4, "db-commit": 1}  # output-write: 3 outputs, a manifest
 
 
 def kill_phases(root: Path, size: str) -> dict[str, Any]:
-    """SIGKILL aimed at each phase (failpoints), in one batch; restart after each kill."""
+    """SIGKILL aimed at each phase (failpoints) of a different job each time, in one batch; restart after each
+    kill. The figures count the crashes charged to a job no kill was aimed at: a kill while the next file is
+    read ahead (decode) is charged to the job whose run was going (a charge, not a failure: that job runs alone
+    on its next try, so the file read ahead cannot make it fail)."""
     s = SIZES[size]
     studio = Studio(root)
     rng = random.Random(12)
     landed: dict[str, int] = {}
+    targets: list[str] = []
     try:
         for i in range(s["batch"]):
             studio.drop(f"shot{i:03d}.jpg", shot(i))
+        studio.start()  # the batch queued (a few jobs done), then a clean stop
+        studio.wait_for_job_count(s["batch"], 60)
+        studio.stop()
         for phase in PHASES:
             for _ in range(s["phase_kills"]):
-                # the Nth hit within the next two jobs (a job hits output-write 4 times: 3 outputs and a manifest)
-                studio.start(f"{phase}=kill@{rng.randint(1, 2 * HITS_PER_JOB[phase])}", wait=False)
-                deadline = time.monotonic() + 60
+                # one of the next jobs in the queue, not killed before (a job killed twice is quarantined, rightly)
+                waiting = [Path(j.input_path).stem for j in studio.query(lambda st: st.jobs())
+                           if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+                waiting = [w for w in waiting if w not in targets]
+                if not waiting:
+                    break
+                target = rng.choice(waiting[:2])
+                targets.append(target)
+                nth = rng.randint(1, HITS_PER_JOB[phase])  # output-write: between two renames of the set, too
+                studio.start(f"{phase}=kill@{nth}@name:{target}[._]*", wait=False)
+                deadline = time.monotonic() + 120
                 while studio.alive() and time.monotonic() < deadline and not studio.drained():
                     time.sleep(0.05)
                 if studio.proc.poll() == -signal.SIGKILL:
@@ -649,10 +670,19 @@ def kill_phases(root: Path, size: str) -> dict[str, Any]:
         drained = studio.wait_drained(120 + s["batch"] * 2)
     finally:
         studio.close()
+    misplaced = _crashes_charged_elsewhere(studio, targets)
     failed = [] if drained else ["the queue did not drain"]
     failed += [f"no kill landed at {p}" for p in PHASES if not landed.get(p)]
     return result("kill aimed at each phase", studio, f"{s['batch']} shots, kills landed: "
-                  + ", ".join(f"{p} {landed.get(p, 0)}" for p in PHASES), failures=failed)
+                  + ", ".join(f"{p} {landed.get(p, 0)}" for p in PHASES)
+                  + f", {len(misplaced)} crash(es) charged to a job that was not killed", failures=failed)
+
+
+def _crashes_charged_elsewhere(studio: Studio, killed: list[str]) -> list[str]:
+    """Jobs charged a crash (``jobs.crashes``, where the store has it) though no kill was aimed at them."""
+    jobs = studio.query(lambda st: st.jobs()) or []
+    return [f"job {j.id} ({Path(j.input_path).name}) charged {j.crashes} crash(es) it did not cause"
+            for j in jobs if getattr(j, "crashes", 0) and Path(j.input_path).stem not in killed]
 
 
 def crash_loop(root: Path, size: str) -> dict[str, Any]:
@@ -663,7 +693,13 @@ def crash_loop(root: Path, size: str) -> dict[str, Any]:
 
 def poison_kill(root: Path, size: str) -> dict[str, Any]:
     """A poison file that kills the worker process (in a stage) among good ones."""
-    return _killer(root, size, "a file that kills the process", "stage")
+    return _killer(root, size, "a file that kills the process in a stage", "stage")
+
+
+def decode_kill(root: Path, size: str) -> dict[str, Any]:
+    """A poison file that kills the process while it is decoded (a codec crash), often while it is read ahead
+    during its neighbour's run: the neighbour must not pay for it."""
+    return _killer(root, size, "a file that kills the process in its decoder", "decode")
 
 
 def _killer(root: Path, size: str, name: str, phase: str) -> dict[str, Any]:
@@ -688,8 +724,9 @@ def _killer(root: Path, size: str, name: str, phase: str) -> dict[str, Any]:
     failures = [] if drained else ["the queue did not drain"]
     if "quarantined" not in reason:
         failures.append(f"killer.jpg not quarantined: {reason or 'no reason'}")
-    return result(name, studio, f"{n} neighbours, the daemon died {deaths} time(s), killer.jpg: "
-                  f"{reason or 'no reason'}", failures=failures)
+    elsewhere = _crashes_charged_elsewhere(studio, ["killer"])
+    return result(name, studio, f"{n} neighbours, the daemon died {deaths} time(s), {len(elsewhere)} crash(es) "
+                  f"charged to a neighbour, killer.jpg: {reason or 'no reason'}", failures=failures)
 
 
 def writers(root: Path, size: str) -> dict[str, Any]:
@@ -957,6 +994,7 @@ SCENARIOS: dict[str, tuple[Callable[[Path, str], dict[str, Any]], str | None]] =
     "crash-loop": (crash_loop, "i11-jobs"),
     "poison": (poison, None),
     "poison-kill": (poison_kill, "i11-jobs"),
+    "decode-kill": (decode_kill, "i11-jobs"),
     "writers": (writers, None),
     "inbox-away": (inbox_away, "i11-inbox and i11-health"),
     "disk-full": (disk_full, "i11-health"),

@@ -21,8 +21,8 @@ Each entry is ``POINT=ACTION`` followed by at most one trigger and at most one f
 Points (the subject in brackets): ``decode`` (the input, before it is read: ``Worker._load``), ``stage``
 (the input, before each stage runs: ``Chain.run``), ``output-write`` (the output or manifest, its temporary
 file written and fsynced, before its rename: ``outputs.FileSet.publish``, so the Nth hit may fall between
-two renames of one job's set), ``db-commit`` (``job ID``, inside ``Store.finish``'s transaction, before
-COMMIT).
+two renames of one job's set), ``db-commit`` (the input, inside ``Store.finish``'s transaction, before
+COMMIT). A subject may be a callable, called only when failpoints are on.
 
 Before acting, a failpoint writes one line to stderr (``assetd fault: kill at output-write #3 (a.png)``), so
 a test can tell where the process died.
@@ -112,7 +112,8 @@ _random = random.Random(os.environ.get(SEED_ENV))
 
 
 def point(name: str, subject: object = None) -> None:
-    """A failpoint. Does nothing unless ``ASSETD_FAULTS`` names it (never in production)."""
+    """A failpoint. Does nothing unless ``ASSETD_FAULTS`` names it (never in production). ``subject``: the file
+    it is about (for ``@name:`` and the stderr line), or a callable giving it."""
     if not _faults:
         return
     _fire(name, subject)
@@ -127,6 +128,8 @@ def configure(text: str | None, seed: object = None) -> None:
 
 
 def _fire(name: str, subject: object) -> None:
+    if callable(subject):  # computed only when failpoints are on (Store.finish looks up the job's input)
+        subject = subject()
     shown = None if subject is None else str(subject)
     due: list[tuple[Fault, int]] = []
     with _lock:

@@ -594,7 +594,7 @@ class Store:
                 [JobStatus.FAILED if error else JobStatus.DONE, now, seconds, error,
                  json.dumps(review) if review else None, copied_from, job_id],
             )
-            faults.point("db-commit", f"job {job_id}")
+            faults.point("db-commit", lambda: self.get(job_id).input_path)
 
     def fail(self, job_id: int, error: str) -> None:
         self.db.conn.execute(

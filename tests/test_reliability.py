@@ -24,11 +24,7 @@ from pipeline import faults  # noqa: E402
 # Scenarios whose promise depends on a part of issue 11 that is built on another branch: they run, and are
 # expected to fail until that branch is merged (then remove the entry).
 NEEDS = {
-    "kill-random": "i11-jobs",  # a claimed-ahead job charged for the crash; temp files of a killed write
-    "kill-phases": "i11-jobs",
-    "crash-loop": "i11-jobs",  # quarantine
-    "poison-kill": "i11-jobs",
-    "inbox-away": "i11-inbox and i11-health",  # never recreate the inbox; alerts on and off
+    "inbox-away": "i11-health",  # alerts on and off (i11-inbox: the inbox is never recreated)
     "disk-full": "i11-health",  # pause instead of charging attempts; alerts
     "reload": "i11-reload and i11-health",  # hot reload; a broken rule alerted
 }
