@@ -828,15 +828,9 @@ def disk_full(root: Path, size: str) -> dict[str, Any]:
     no attempt is charged, one alert on and one off."""
     s = SIZES[size]
     out = root / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return result("disk full", None, "", skipped="needs root to mount a small tmpfs")
-    if shutil.which("mount") is None:
-        return result("disk full", None, "", skipped="no mount command to mount a small tmpfs")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(out)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        return result("disk full", None, "", skipped=f"mount -t tmpfs failed: {mounted.stderr.strip()}")
+    cannot = _mount_tmpfs(out, "160k")
+    if cannot:
+        return result("disk full", None, "", skipped=cannot)
     try:
         studio = Studio(root, min_free="16384")
         try:
@@ -866,6 +860,64 @@ def disk_full(root: Path, size: str) -> dict[str, Any]:
                       outages=1, about="", failures=failures)
     finally:
         subprocess.run(["umount", "-l", str(out)], capture_output=True)
+
+
+def database_full(root: Path, size: str) -> dict[str, Any]:
+    """The database volume (a tmpfs holding the database and the manifests) fills up while jobs run (another
+    program's file takes the space), then the file goes: work pauses and resumes, no job is left running or
+    charged, one alert on and one off."""
+    s = SIZES[size]
+    state = root / "state"
+    cannot = _mount_tmpfs(state, "16m")
+    if cannot:
+        return result("database volume full", None, "", skipped=cannot)
+    filler = state / "filler.bin"
+    try:
+        studio = Studio(root, min_free="16384")
+        try:
+            for i in range(s["disk_jobs"]):
+                studio.drop(f"db{i:02d}.jpg", shot(450 + i))
+            studio.start()
+            deadline = time.monotonic() + 60
+            while studio.counts()["done"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with open(filler, "wb") as fh:  # every byte left, as another program's file would
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+            time.sleep(DISK_FULL_SECONDS)
+            filler.unlink()
+            drained = studio.wait_drained(60)
+            studio.wait_for_alerts(1)
+        finally:
+            studio.close()
+        charged = studio.query(lambda st: sum(max(j.attempts - 1, 0) for j in st.jobs()))
+        failures = [] if drained else [f"not drained: {studio.counts()}"]
+        if charged:
+            failures.append(f"{charged} attempt(s) charged to jobs for the full database volume")
+        return result("database volume full", studio, f"{s['disk_jobs']} shots, the database volume full for "
+                      f"{DISK_FULL_SECONDS:.0f}s; {charged} attempt(s) charged for it", outages=1, about="",
+                      failures=failures)
+    finally:
+        filler.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
+
+
+def _mount_tmpfs(folder: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` on ``folder``; returns why it cannot be done (the scenario is skipped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return "needs root to mount a small tmpfs"
+    if shutil.which("mount") is None:
+        return "no mount command to mount a small tmpfs"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return f"mount -t tmpfs failed: {mounted.stderr.strip() or mounted.returncode}"
+    return None
 
 
 def notify_down(root: Path, size: str) -> dict[str, Any]:
@@ -998,6 +1050,7 @@ SCENARIOS: dict[str, tuple[Callable[[Path, str], dict[str, Any]], str | None]] =
     "writers": (writers, None),
     "inbox-away": (inbox_away, "i11-inbox and i11-health"),
     "disk-full": (disk_full, "i11-health"),
+    "database-full": (database_full, "i11-health"),
     "notify-down": (notify_down, None),
     "reload": (reload_rules, "i11-reload and i11-health"),
     "soak": (soak, None),

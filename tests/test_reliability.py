@@ -26,6 +26,7 @@ from pipeline import faults  # noqa: E402
 NEEDS = {
     "inbox-away": "i11-health",  # alerts on and off (i11-inbox: the inbox is never recreated)
     "disk-full": "i11-health",  # pause instead of charging attempts; alerts
+    "database-full": "i11-health",  # a full database volume pauses too (sqlite3 says "database or disk is full")
     "reload": "i11-reload and i11-health",  # hot reload; a broken rule alerted
 }
 
