@@ -5,14 +5,15 @@
 Each scenario builds a small studio workspace in a temporary folder (small synthetic shots, a cheap rule: a
 cut-out and two pad crops, about 0.1 s a job), runs ``assetd run`` on it as a separate process, does
 something bad to it (SIGKILL, failpoints from ``pipeline/faults.py`` through ``ASSETD_FAULTS``, hostile
-writers, a vanishing inbox, poison files, a full disk, a dead notification target, a rule saved while
+writers, a vanishing inbox, poison files, a full volume, a dead notification target, a rule saved while
 running, a long soak), restarts it when it died, waits for the queue to drain and audits what a studio
 would find the next morning:
 
-- lost: a good input without a done job holding all its outputs, or a poison file without a failed job
-  naming it;
-- duplicated: an input with two done jobs, a job whose chain finished twice (the daemon's log), or a file in
-  a channel or manifest folder that no finished job's record accounts for;
+- lost: a good input without a done job holding all its outputs and its manifest, or a poison file without
+  a failed job giving a reason;
+- duplicated: an input with two done jobs, or a job whose chain finished twice (the daemon's log);
+- stray: a file in a channel or manifest folder that no finished job's record accounts for (a failed job's
+  partial deliverables, a second copy);
 - corrupt: an output or manifest that does not decode or does not match its recorded SHA-256;
 - innocent failed: a failed job for a good input (its final content);
 - temp files: any hidden ``.*tmp*`` file left in a channel or manifest folder;
