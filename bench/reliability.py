@@ -722,6 +722,7 @@ def _killer(root: Path, size: str, name: str, phase: str) -> dict[str, Any]:
     finally:
         studio.close()
     reason = studio.query(lambda st: next((j.error for j in st.jobs() if j.input_path == str(killer)), None)) or ""
+    reason = reason.removeprefix(f"{killer}: ")  # the figures name the file once
     failures = [] if drained else ["the queue did not drain"]
     if "quarantined" not in reason:
         failures.append(f"killer.jpg not quarantined: {reason or 'no reason'}")
