@@ -97,6 +97,10 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._apprise = None
 
+    def apply(self, config: Config) -> None:
+        """A reloaded config: its notify settings (targets, timeouts, title) from the next delivery on."""
+        self.config, self.notify, self._apprise = config, config.notify, None
+
     @property
     def enabled(self) -> bool:
         return bool(self.notify.urls)
@@ -171,17 +175,18 @@ class Notifier:
     def _send(self, title: str, body: str, type_name: str = "info") -> tuple[bool, str]:
         import apprise  # imported here: only the delivery thread needs it
 
-        if self._apprise is None:
-            self._apprise = apprise.Apprise()
+        targets = self._apprise  # one set per call: a reload (``apply``) may drop it meanwhile
+        if targets is None:
+            targets = self._apprise = apprise.Apprise()
             for url in self.notify.urls:
-                if not self._apprise.add(with_timeouts(url, self.notify.timeout_seconds)):
+                if not targets.add(with_timeouts(url, self.notify.timeout_seconds)):
                     log.error("notify.urls: apprise does not understand %r", url)
-        if not len(self._apprise):
+        if not len(targets):
             return False, "no usable notification URL"
         try:
             with apprise.LogCapture(level=apprise.logging.WARNING) as logs:
-                ok = bool(self._apprise.notify(title=title, body=body,
-                                               notify_type=getattr(apprise.NotifyType, type_name.upper())))
+                ok = bool(targets.notify(title=title, body=body,
+                                         notify_type=getattr(apprise.NotifyType, type_name.upper())))
                 detail = " ".join(logs.getvalue().split())[-300:]
         except Exception as exc:  # a plugin bug must not end delivery
             return False, f"{type(exc).__name__}: {exc}"

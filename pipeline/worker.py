@@ -109,6 +109,12 @@ class Worker:
         self.on_failed = on_failed
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[str, Chain] = {}
+        # hot reload (``offer``): each rule version this worker knew, with the config it came with, so that a
+        # job claimed before a change finishes under its own version and channels
+        self._versions: dict[tuple[str, str], tuple[Rule, Config]] = {(r.name, r.version): (r, config) for r in rules}
+        self._update: tuple[Config, list[Rule]] | None = None
+        self._update_lock = threading.Lock()
+        self.retired = False  # a reload lowered ``workers``: this one stops after its current job
         # codec work (read + decode of the next job, encodes of this one's outputs) runs here
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix=f"assetd-{name}-codec")
@@ -125,6 +131,8 @@ class Worker:
         ahead: tuple[Job, Future] | None = None
         while not self.stop.is_set():
             try:
+                if self.take_update():  # a reload retired this worker
+                    break
                 if ahead is None:
                     job = self.store.claim_next(self.owner, self.config.lease_seconds)
                     loaded = self._pool.submit(self._load, job) if job is not None else None
@@ -147,6 +155,39 @@ class Worker:
             ahead[1].cancel()
             self.store.release(ahead[0].id, owner=self.owner)
         self.close()
+
+    # -- hot reload (pipeline/reload.py) ---------------------------------------------------------
+    def offer(self, config: Config, rules: list[Rule], *, retire: bool = False) -> None:
+        """The daemon reloaded its config and rules (any thread): new claims use them from the next job on;
+        ``retire``: stop after the current job (the claimed-ahead one goes back to the queue untouched)."""
+        with self._update_lock:
+            self._versions.update({(r.name, r.version): (r, config) for r in rules})
+            self._update = (config, rules)
+            self.retired = self.retired or retire
+
+    def take_update(self) -> bool:
+        """Between jobs: take the config and rules ``offer`` gave. True when this worker is to stop."""
+        with self._update_lock:
+            update, self._update = self._update, None
+        if update is not None:
+            config, rules = update
+            self.rules = {r.name: r for r in rules}
+            self._use(config)
+        return self.retired
+
+    def _use(self, config: Config) -> None:
+        self.config = self.ctx.config = self.outputs.config = config
+
+    def _rule_for(self, job: Job) -> Rule | None:
+        """The rule version the job was queued (or adopted) under, with its config in use for this job; else the
+        current rule of that name (its version differs: ``_execute`` says so), or None."""
+        with self._update_lock:
+            known = self._versions.get((job.rule, job.rule_version))
+        if known is None:
+            return self.rules.get(job.rule)
+        if known[1] is not self.config:
+            self._use(known[1])
+        return known[0]
 
     def run_next(self, only: list[int] | None = None) -> JobResult | None:
         job = self.store.claim_next(self.owner, self.config.lease_seconds, only=only)
@@ -244,7 +285,7 @@ class Worker:
                  ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None, list[str]]:
         """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None,
         why each output that could not be written was not)."""
-        rule = self.rules.get(job.rule)
+        rule = self._rule_for(job)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
         if rule.version != job.rule_version:
