@@ -71,7 +71,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _config_option(f: Any) -> Any:
-    return click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+    # a plain path: a config file that is missing, unreadable or a folder is a configuration error (exit 2, no
+    # usage banner) reported by load_config, not a command-line mistake
+    return click.option("--config", "-c", "config_path", required=True, type=click.Path(),
                         help=CONFIG_HELP)(f)
 
 
@@ -375,7 +377,7 @@ def models() -> None:
 
 
 def _optional_config_option(f: Any) -> Any:
-    return click.option("--config", "-c", "config_path", default=None, type=click.Path(dir_okay=False),
+    return click.option("--config", "-c", "config_path", default=None, type=click.Path(),
                         help=CONFIG_HELP + "; without it: the built-in defaults")(f)
 
 
