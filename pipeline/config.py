@@ -206,8 +206,9 @@ class Config:
     manifests: ManifestsConfig = opt(ManifestsConfig(), doc="job manifests")
     on_rule_change: str = opt("new_files", choices=("new_files", "reprocess"),
                               doc="new_files: an edited rule applies to files that arrive after the change "
-                                  "(`assetd reprocess` redoes earlier ones); reprocess: at the next start every "
-                                  "file still in the inboxes is redone under it, replacing its outputs")
+                                  "(`assetd reprocess` redoes earlier ones); reprocess: once assetd has the changed "
+                                  "rule (reloaded, or at the next start) every file still in the inboxes is redone "
+                                  "under it, replacing its outputs")
 
     @property
     def manifest_folder(self) -> Path:
