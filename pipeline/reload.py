@@ -131,6 +131,7 @@ class Reloader:
         self.notifier = notifier
         self.interval = interval
         self.problems: list[str] | None = None  # the broken files' problems, while they are broken
+        self._restart_notes: list[str] = []  # the RESTART_ONLY changes already logged
         self._rules_dir = config.rules_dir  # the folder of the config that last loaded (a fix goes there)
         self._loaded = self._signature()  # the files as last read (applied, or found broken)
         self._seen = self._loaded
@@ -171,7 +172,9 @@ class Reloader:
             return
         self.config, self.rules = config, rules
         for note in notes:
-            log.warning("%s", note)
+            if note not in self._restart_notes:  # once per value written, not at every later reload
+                log.warning("%s", note)
+        self._restart_notes = notes
         if changes or settings:
             what = changes + ([f"config: {', '.join(settings)} changed"] if settings else [])
             log.info("reloaded: %s; new jobs use it", "; ".join(what))
