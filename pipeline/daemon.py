@@ -7,6 +7,7 @@ running jobs back to the queue first.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, InboxConfig
 from .intake import Intake
 from .notify import Notifier
 from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
@@ -82,11 +83,19 @@ class Daemon:
         thread.start()
         return worker
 
-    def _start_watcher(self) -> InboxWatcher:
-        watcher = InboxWatcher(self.config.inboxes, self.intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                               logger=logging.getLogger("assetd.watcher"))
+    def _start_watcher(self, inboxes: list[InboxConfig] | None = None) -> InboxWatcher:
+        watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled, rescan_seconds=self.config.rescan_seconds,
+                               logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
+                               on_reachable=lambda root: self._inbox_unreachable(root, None))
         watcher.start()
         return watcher
+
+    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
+        if reason is not None:
+            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
+        else:
+            log.warning("inbox %s is back; its files are taken again", root)
 
     # -- hot reload (pipeline/reload.py) --------------------------------------------------------
     def _start_reloader(self) -> None:
@@ -144,7 +153,11 @@ class Daemon:
                 or (config.on_rule_change == "reprocess" and changed)):
             if self.watcher is not None:
                 self.watcher.stop()
-            self.watcher = self._start_watcher()  # its first scan takes what the new inboxes (or rules) hold
+            # its first scan takes what the new inboxes (or rules) hold; ``create: true`` creates an inbox that is
+            # new in this config, never one that was watched before and has disappeared since
+            before = {inbox.path for inbox in old.inboxes}
+            self.watcher = self._start_watcher([dataclasses.replace(inbox, create=False) if inbox.path in before
+                                                else inbox for inbox in config.inboxes])
 
     def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file (and
