@@ -175,6 +175,28 @@ def test_workers_added_and_removed_while_running_take_and_finish_the_files(works
     assert len(stopped) == 2  # the two extra workers stopped by themselves, before the daemon did
 
 
+def test_an_inbox_added_while_running_is_watched_and_one_that_disappeared_is_not_recreated(workspace, caplog,
+                                                                                          no_leaked_threads):
+    caplog.set_level(logging.INFO, logger="assetd")
+    config = workspace.config_path
+    with Running(workspace, caplog) as run:
+        config.write_text(config.read_text().replace(
+            "inboxes:\n", "inboxes:\n  - {path: second, create: true, settle_seconds: 0.3}\n"))
+        run.logged("config: inboxes changed")
+        shot = workspace.shot("second/misc/a.jpg", seed=1, size=SHOT)  # created by the reload (create: true)
+        job = wait_for(lambda: [j for j in run.daemon.store.jobs() if j.input_path == str(shot)
+                                and j.status is JobStatus.DONE], "the new inbox's file")
+        assert job and shape(workspace, "a") == "wide"
+
+        for path in sorted((workspace.root / "second").rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        (workspace.root / "second").rmdir()  # the share went away
+        config.write_text(config.read_text().replace("rescan_seconds: 30", "rescan_seconds: 40"))
+        run.logged("config: rescan_seconds changed")
+        run.logged("inbox " + str(workspace.root / "second"), logging.ERROR)  # waited for, once
+    assert not (workspace.root / "second").exists()  # never recreated under the mount point
+
+
 CUTOUTS_AND_THUMBS = WIDE.replace("[{channel: cutouts}]", "[{channel: cutouts}, {channel: thumbs}]")
 
 
