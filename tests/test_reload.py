@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from pipeline.daemon import Daemon
-from pipeline.store import JobStatus
+from pipeline.intake import Intake
+from pipeline.store import JobStatus, Store
+from pipeline.worker import Worker
 from webhooks import Receiver
 
 # Crops alone (no cut-out): quick, and a changed ratio shows in every output's size.
@@ -91,6 +93,36 @@ def test_an_edited_rule_applies_to_the_next_file_and_is_logged(workspace, caplog
     assert second.status is JobStatus.DONE and second.rule_version != first.rule_version
     assert shape(workspace, "b") == "square"  # the new version made it
     assert {p.name: p.read_bytes() for p in workspace.out("cutouts").glob("a_*")} == published  # left alone
+
+
+def test_a_job_claimed_before_a_change_finishes_under_the_rule_and_channels_it_was_claimed_with(workspace):
+    workspace.add_rule("20-cutouts.yaml", WIDE)
+    config, rules = workspace.load()
+    store = Store(config.database)
+    intake = Intake(config, rules, store)
+    worker = Worker("worker-1", config, store, rules)
+    try:
+        before = intake.submit(workspace.shot("inbox/misc/a.jpg", seed=1, size=SHOT)).job
+        claimed = store.claim_next(worker.owner, 60)
+        # saved while it was claimed: a square rule writing to a channel that replaces cutouts
+        workspace.config_path.write_text(workspace.config_path.read_text().replace(
+            "cutouts:   {path: out/cutouts,", "squares:   {path: out/squares,"))
+        workspace.add_rule("20-cutouts.yaml", SQUARE.replace("channel: cutouts", "channel: squares"))
+        (workspace.root / "rules" / "10-products.yaml").unlink()  # it wrote to cutouts too
+        new_config, new_rules = workspace.load()
+        worker.offer(new_config, new_rules)
+        worker.take_update()  # between jobs, as run_forever does, with this one claimed ahead
+        assert worker.process(claimed).status is JobStatus.DONE
+        assert shape(workspace, "a") == "wide"  # the version it was claimed with, into the channel it had then
+
+        after = Intake(new_config, new_rules, store).submit(workspace.shot("inbox/misc/b.jpg", seed=2, size=SHOT)).job
+        assert after.rule_version != before.rule_version
+        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        with Image.open(next(workspace.out("squares").glob("b_*.png"))) as im:
+            assert im.width == im.height
+    finally:
+        worker.close()
+        store.close()
 
 
 def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fix_clears_it(workspace, caplog):
