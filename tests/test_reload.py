@@ -4,7 +4,6 @@ broken file at start exits 2 listing the problems, so that systemd (RestartPreve
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
