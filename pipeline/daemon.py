@@ -4,6 +4,9 @@ Signal handlers only set a flag. On stop: the watcher stops taking files, each w
 hands back its current job (outputs are written atomically, so nothing half-written remains), the
 notifier gets a moment to deliver, and the store is closed. A second signal exits at once, handing the
 running jobs back to the queue first.
+
+The config and rule files are watched while it runs (``pipeline/reload.py``); a saved change that loads is
+handed to ``apply``, which runs it for the jobs that start from then on.
 """
 from __future__ import annotations
 
