@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .health import Problems
 from .intake import Intake
 from .notify import Notifier
 from .reprocess import plan
@@ -44,6 +45,7 @@ class Daemon:
         self.watcher: InboxWatcher | None = None
         self.notifier: Notifier | None = None
         self.intake: Intake | None = None
+        self.problems: Problems | None = None
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
 
@@ -59,9 +61,10 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier = Notifier(self.config, store)
         self.notifier.start()
+        problems = self._start_problems(store, self.notifier)
         for i in range(self.config.workers):
             worker = Worker(f"worker-{i + 1}", self.config, store, self.rules, stop=self.stop_event,
-                            on_failed=self.notifier.job_failed)
+                            on_failed=self.notifier.job_failed, problems=problems)
             thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{i + 1}", daemon=True)
             if i == 0 and checked_models is not None:
                 worker.ctx.models = checked_models  # already loaded by the start-up check
@@ -73,6 +76,17 @@ class Daemon:
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _start_problems(self, store: Store, notifier: Notifier) -> Problems:
+        """Problem processes (``health``): the volumes are measured once before any worker starts (none claims
+        a job a full disk would refuse), then a monitor thread watches them, probes and sends delayed alerts."""
+        problems = self.problems = Problems(store, notifier, self.config, rules=self.rules)
+        problems.check()
+        thread = threading.Thread(target=problems.run_monitor, args=(self.stop_event,), name="assetd-problems",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return problems
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.
