@@ -98,16 +98,16 @@ class Scope:
         return any(path.startswith(str(root).rstrip("/") + "/") for root in self.roots)
 
     def describe(self) -> str:
-        """What waits, for messages: "every rule", "rules cutouts, products", "files under /srv/inbox"."""
+        """What waits, for messages: "all jobs", "jobs of rules cutouts, products", "jobs of files under /srv/in"."""
         if self.everything:
-            return "every rule"
+            return "all jobs"
         parts = []
         if self.rule_names:
             names = sorted(self.rule_names)
-            parts.append(f"rule{'s' if len(names) > 1 else ''} {', '.join(names)}")
+            parts.append(f"jobs of rule{'s' if len(names) > 1 else ''} {', '.join(names)}")
         if self.roots:
-            parts.append("files under " + ", ".join(printable(str(r)) for r in self.roots))
-        return "; ".join(parts) or "nothing (alert only)"
+            parts.append("jobs of files under " + ", ".join(printable(str(r)) for r in self.roots))
+        return " and ".join(parts) or "no jobs (alert only)"
 
 
 Scope.ALL = Scope(everything=True)
