@@ -441,12 +441,12 @@ class Problems:
         error (the database for SQLite's), else the one of the job's folders where a probe write fails, else
         the one of them with the least free space. Cleared when a probe write there succeeds and the volume
         is above ``resume_free`` again."""
-        path: Path | None = None
+        path: Path | None = None  # the file being written
         if isinstance(exc, sqlite3.Error):
-            path = self.config.database.parent
+            path = self.config.database
         elif isinstance(exc, OSError) and exc.filename:
-            path = Path(os.fsdecode(exc.filename)).parent
-        volume = self.volume_of(path) if path is not None else self._full_volume(job.rule)
+            path = Path(os.fsdecode(exc.filename))
+        volume = self.volume_of(path.parent) if path is not None else self._full_volume(job.rule)
         why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "database or disk is full"
         scope = self._scope(volume)
         message = (f"{volume.key}: {why} writing {printable(str(path or volume.folders[0]))} "

@@ -170,11 +170,13 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not exc.filename:  # a failed write names no file: say which output
+            exc.filename = str(path)
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

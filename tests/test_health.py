@@ -299,6 +299,43 @@ def test_no_space_at_an_output_write_puts_the_job_back_uncharged_and_pauses(work
     store.close()
 
 
+def test_a_real_write_refused_for_space_names_the_output_and_pauses_the_rules_writing_there(workspace, monkeypatch):
+    """ENOSPC from the kernel (here at fsync, as on NFS or with delayed allocation) inside the real atomic write."""
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts", "cut/**"),
+                                             "web": rule("web", PLAIN, "webshop", "web/**")})
+    (job,) = submit(config, rules, store, ["a"], workspace, rule_name="cut")
+    workspace.out("cutouts").mkdir(parents=True)
+    volumes = FakeVolumes(workspace.out("cutouts"), free=10 * GB)  # a volume of its own, not below min_free
+    real_fsync = os.fsync
+    full = threading.Event()
+    full.set()
+
+    def fsync(fd):
+        if full.is_set() and f"{os.sep}cutouts{os.sep}" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    problems = Problems(store, None, config, rules=rules, disk_usage=volumes.disk_usage, device=volumes.device)
+    worker = Worker("w1", config, store, rules, problems=problems)
+    worker.run_next()
+    stored = store.get(job)
+    assert stored.status is JobStatus.QUEUED and stored.attempts == 0
+    (problem,) = problems.active()
+    assert problem.key == f"disk:{workspace.out('cutouts')}" and problem.scope == Scope.rules({"cut"})
+    assert f"No space left on device writing {workspace.out('cutouts') / 'a.png'}" in problem.message
+    assert list(workspace.out("cutouts").iterdir()) == []  # no temp file left behind
+    problem.next_probe = 0.0
+    problems.check()  # the probe write in the folder is refused too: still paused
+    assert problems.active() == [problem]
+    full.clear()
+    problem.next_probe = 0.0
+    problems.check()
+    assert problems.active() == [] and worker.run_next().status is JobStatus.DONE
+    worker.close()
+    store.close()
+
+
 def test_a_full_database_puts_the_job_back_uncharged_and_pauses_every_rule(workspace, monkeypatch):
     config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")})
     (job,) = submit(config, rules, store, ["a"], workspace)
