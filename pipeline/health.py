@@ -264,11 +264,13 @@ def model_rules(rules: Iterable["Rule"]) -> set[str]:
 
 
 def rules_using(rules: Iterable["Rule"], step: str, backend: str) -> set[str]:
-    """The rules running ``step`` with ``backend``: what a model that no longer loads pauses."""
+    """The rules running ``step`` with ``backend`` and a model (``runs_model`` with their options: crops with
+    ``fill: pad`` loads none): what a model that no longer loads pauses."""
     from .stages.base import stage_class
 
     return {r.name for r in rules for s in r.steps
-            if s.step == step and stage_class(s.step, s.backend).backend == backend}
+            if s.step == step and stage_class(s.step, s.backend).backend == backend
+            and stage_class(s.step, s.backend).runs_model(s.options)}
 
 
 # ------------------------------------------------------------------------------------------ problems
@@ -428,7 +430,7 @@ class Problems:
     def model_problem(self, job: "Job", step: str, backend: str, exc: BaseException) -> ProcessProblem:
         """``model:<step>/<backend>``: the stage's ``prepare()`` (its model load) failed; tried again after
         ``check_seconds`` by the next job of its rules (a trial: see the module)."""
-        scope = Scope.rules(rules_using(self.rules, step, backend) or {job.rule})
+        scope = Scope.rules(rules_using(self.rules, step, backend) | {job.rule})
         cause = exc.__cause__ or exc
         key = f"model:{step}/{backend}"
         message = (f"{key}: the model does not load ({type(cause).__name__}: {' '.join(str(cause).split())}); "

@@ -298,7 +298,8 @@ class Worker:
         why each output that could not be written was not)."""
         paused = self.problems.covering(job.rule, job.input_path) if self.problems is not None else None
         if paused is not None:  # claimed ahead before the problem started: back to the queue uncharged
-            raise ProcessProblem(paused.key, paused.message, paused.scope)
+            raise ProcessProblem(paused.key, paused.message, paused.scope, probe=paused.probe,
+                                 alert_after=paused.alert_after, trial=paused.trial)
         rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")

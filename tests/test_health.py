@@ -501,3 +501,26 @@ def test_the_daemon_pauses_a_full_channel_volume_alerts_once_each_way_and_finish
     assert [(m["title"], m["type"]) for m in receiver.messages] == [(f"assetd: paused: {key}", "failure"),
                                                                      (f"assetd: resumed: {key}", "success")]
     assert sorted(p.name for p in workspace.out("cutouts").iterdir()) == ["c0.png", "c1.png"]
+
+
+def test_torch_out_of_memory_is_known_by_its_class_through_the_wrappers():
+    """torch's own OutOfMemoryError (whatever its text), raised in a stage and wrapped by gpu_errors or the chain."""
+    torch = pytest.importorskip("torch")
+    from pipeline.chain import StepError
+    from pipeline.health import gpu_trouble
+    from pipeline.models import gpu_errors
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    with pytest.raises(Exception) as wrapped:
+        with gpu_errors("upscale x4"):
+            raise oom("Tried to allocate 20.00 MiB")
+    assert gpu_trouble(wrapped.value) == "oom"
+    try:
+        try:
+            raise oom("Tried to allocate 20.00 MiB")
+        except Exception as exc:
+            raise StepError("upscale (spandrel) failed") from exc
+    except StepError as step_error:
+        assert gpu_trouble(step_error) == "oom"
+    assert gpu_trouble(RuntimeError("CUDA error: device-side assert triggered")) == "lost"
+    assert gpu_trouble(RuntimeError("shapes do not match")) is None
