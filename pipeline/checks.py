@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import Config
+from .config import Config, InboxConfig
 from .errors import ConfigError
 from .rules import load_rules
 from .stages.base import stage_class
@@ -39,6 +39,22 @@ def _size_warnings(rules: list, config: Config) -> list[str]:
     return lines
 
 
+def _inbox_problems(inbox: InboxConfig) -> list[str]:
+    """A missing inbox folder the daemon will not create, and done/error folders it cannot write (after: move)."""
+    problems = []
+    if not inbox.path.is_dir():
+        if not inbox.create:
+            problems.append(f"path: {inbox.path} does not exist and will not be created (create: false); the daemon "
+                            "waits for it: create it, mount the share, or set create: true")
+        elif not _writable(inbox.path):
+            problems.append(f"path: {inbox.path} does not exist and cannot be created")
+    if inbox.after == "move":
+        for key, folder in (("done_folder", inbox.done), ("error_folder", inbox.error)):
+            if not _writable(folder):
+                problems.append(f"{key}: {folder} is not writable: after: move cannot put inputs there")
+    return problems
+
+
 def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     """Returns (problems, warnings, info lines)."""
     problems: list[str] = []
@@ -55,8 +71,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     if not config.inboxes:
         warnings.append(f"{config.source}: inboxes: none configured; only `assetd process` will do anything")
     for i, inbox in enumerate(config.inboxes):
-        if not _writable(inbox.path) and not inbox.path.is_dir():
-            problems.append(f"{config.source}: inboxes[{i}].path: {inbox.path} does not exist and cannot be created")
+        problems.extend(f"{config.source}: inboxes[{i}].{p}" for p in _inbox_problems(inbox))
     for name, channel in config.channels.items():
         if not _writable(channel.path):
             problems.append(f"{config.source}: channels.{name}.path: {channel.path} is not writable")

@@ -218,6 +218,8 @@ def explain(file: str, config_path: str) -> None:
                    "(recursive: false)")
     if is_ignored(path, Path(os.path.abspath(inbox.path)) if inbox else None):
         click.echo("  the watcher ignores this name (temporary or system file)")
+    if inbox is not None and inbox.sets_aside(path):
+        click.echo(f"  in the done or error folder of inbox {inbox.path} (after: move): never taken")
     takes = "would take a file of this name" if missing else "takes it"
     for rule in rules:
         reason = rule.why_not(rel)
@@ -313,12 +315,15 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     """Queue failed (or done) jobs again; a running daemon picks them up.
 
     A job still marked running whose owner is gone (a killed assetd on this host) is queued again at
-    once; one whose owner is still at work is left alone.
+    once; one whose owner is still at work is left alone. An input that its inbox's `after: move` put
+    into done/ or error/ is moved back to where it was first (its .error.txt removed); when that place
+    is taken by another file, the job is left as it is and the command says so (exit 1).
 
     Example: assetd retry --failed --config studio.yaml
     """
     import time
 
+    from .inboxflow import bring_back
     from .owners import OwnerState, describe, owner_state
 
     if not job_ids and not failed:
@@ -327,12 +332,18 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     store = _open_store(config)
     released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
                                      only=None if failed else list(job_ids))
-    ids = store.requeue(list(job_ids) or None, failed=failed)
+    wanted = [j.id for j in store.jobs(JobStatus.FAILED.value)] if failed else list(job_ids)
+    moved_back, blocked = bring_back(store, wanted)  # before requeueing: a worker must find the file in place
+    for line in moved_back:
+        click.echo(line)
+    for line in blocked.values():
+        click.echo(line, err=True)
+    ids = store.requeue([i for i in wanted if i not in blocked])
     queued = sorted(set(ids) | {j.id for j in released})
     click.echo(f"queued again: {', '.join(map(str, queued)) or 'none'}")
     for job in released:
         click.echo(f"job {job.id} was left running by {describe(job.worker)}, which has stopped")
-    missing = sorted(set(job_ids) - set(queued))
+    missing = sorted(set(job_ids) - set(queued) - set(blocked))
     unknown = []
     for job_id in missing:
         job = store.get(job_id)
@@ -346,7 +357,7 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
                        f"it is taken back when its lease runs out ({until})", err=True)
     if unknown:
         click.echo(f"not failed or done (or unknown): {', '.join(map(str, unknown))}", err=True)
-    if missing:
+    if missing or blocked:
         sys.exit(1)
 
 

@@ -6,6 +6,7 @@ schema builds the config.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,37 @@ def check_device(value: str) -> str | None:
 
 @dataclass
 class InboxConfig:
-    path: Path = opt(None, required=True, doc="folder to watch (created if missing)")
+    path: Path = opt(None, required=True, doc="folder to watch")
+    create: bool = opt(False, doc="create the folder when it is missing as assetd starts; never later: a folder that "
+                                  "disappears while running (a share unmounted) is waited for, not recreated")
     recursive: bool = opt(True, doc="watch sub-folders too")
     polling: bool = opt(False, doc="poll instead of OS events: use for SMB/NFS shares where inotify never fires")
     poll_interval_seconds: float = opt(5.0, min=0.1, doc="how often the polling observer looks (polling: true)")
     settle_seconds: float = opt(2.0, min=0.0, doc="size and mtime unchanged this long before a file is taken")
+    after: str = opt("keep", choices=("keep", "move"),
+                     doc="keep: inputs stay where they are; move: once its job has ended for good, an input moves "
+                         "to done_folder (done) or error_folder (failed, with NAME.error.txt giving the reason)")
+    done_folder: Path | None = opt(None, doc="where after: move puts inputs whose job is done, keeping their "
+                                             "sub-folder; default <inbox>/done (never watched)")
+    error_folder: Path | None = opt(None, doc="where after: move puts inputs whose job failed, keeping their "
+                                              "sub-folder; default <inbox>/error (never watched)")
+
+    @property
+    def done(self) -> Path:
+        """The folder done inputs move to (``after: move``)."""
+        return Path(os.path.abspath(self.done_folder or self.path / "done"))
+
+    @property
+    def error(self) -> Path:
+        """The folder failed inputs move to (``after: move``), each with its ``NAME.error.txt``."""
+        return Path(os.path.abspath(self.error_folder or self.path / "error"))
+
+    def sets_aside(self, path: Path) -> bool:
+        """True for a path in this inbox's done or error folder (``after: move``): never watched, never taken."""
+        if self.after != "move":
+            return False
+        path = Path(os.path.abspath(path))
+        return path.is_relative_to(self.done) or path.is_relative_to(self.error)
 
 
 @dataclass
@@ -321,6 +348,34 @@ def config_from_dict(data: object, source: Path) -> Config:
                           "taken as new inputs")
         elif watched(cfg.manifest_folder / "rule" / "x.assetd.json"):
             errors.append(f"manifests.folder: {cfg.manifest_folder} lies inside inboxes[{i}] ({inbox.path})")
+    errors.extend(_set_aside_problems(cfg))
     if errors:
         raise ConfigError([f"{source}: {e}" for e in errors])
     return cfg
+
+
+def _set_aside_problems(cfg: Config) -> list[str]:
+    """An inbox's done and error folders (``after: move``) must be nobody else's: not an inbox or a folder
+    holding one, not inside another inbox (which would take the moved files as new ones), not a channel."""
+    errors = []
+    inboxes = [(j, Path(os.path.abspath(inbox.path))) for j, inbox in enumerate(cfg.inboxes) if inbox.path is not None]
+    for i, inbox in enumerate(cfg.inboxes):
+        if inbox.path is None or inbox.after != "move":
+            continue
+        for key, folder in (("done_folder", inbox.done), ("error_folder", inbox.error)):
+            where = f"inboxes[{i}].{key}: {folder}"
+            holding = [(j, root) for j, root in inboxes if folder.is_relative_to(root)]
+            innermost = max(holding, key=lambda h: len(h[1].parts), default=None)
+            held = next(((j, root) for j, root in inboxes if root.is_relative_to(folder)), None)
+            if held is not None:
+                errors.append(f"{where} is or holds inboxes[{held[0]}] ({held[1]}); inputs would be moved into a "
+                              "watched folder")
+            elif innermost is not None and innermost[0] != i:
+                errors.append(f"{where} lies inside inboxes[{innermost[0]}] ({innermost[1]}), which would take the "
+                              "moved files as new inputs")
+            for name, ch in cfg.channels.items():
+                if ch.path is not None and (folder.is_relative_to(os.path.abspath(ch.path))
+                                            or Path(os.path.abspath(ch.path)).is_relative_to(folder)):
+                    errors.append(f"{where} is, holds or lies inside channel {name} ({ch.path}); inputs and "
+                                  "deliverables would mix")
+    return errors

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .health import Problems
+from .health import Problems, Scope
 from .intake import Intake
 from .notify import Notifier
 from .reprocess import plan
@@ -72,7 +72,8 @@ class Daemon:
             self._threads.append(thread)
             thread.start()
         self.watcher = InboxWatcher(self.config.inboxes, intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                                    logger=logging.getLogger("assetd.watcher"))
+                                    logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
+                                    on_reachable=lambda root: self._inbox_unreachable(root, None))
         self.watcher.start()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
@@ -87,6 +88,20 @@ class Daemon:
         self._threads.append(thread)
         thread.start()
         return problems
+
+    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each.
+        A problem process (``inbox:<root>``): the jobs of its files wait, the alert goes out once it has lasted
+        ``problems.alert_after_seconds``; the watcher, watching it again, clears it."""
+        key = f"inbox:{root}"
+        if self.problems is None:  # not started (or stopped): the log line only
+            log.log(logging.ERROR if reason else logging.WARNING, "inbox %s: %s", root, reason or "back")
+        elif reason is not None:
+            self.problems.start(key, f"inbox {root}: {reason}; its files wait until it is back (assetd does not "
+                                     "recreate it)", Scope.inbox(root),
+                                alert_after=self.config.problems.alert_after_seconds)
+        else:
+            self.problems.clear(key, f"inbox {root} is back; its files are taken again")
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.

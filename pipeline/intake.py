@@ -45,6 +45,13 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def unreadable_token(path: Path, st: os.stat_result) -> str:
+    """The input_hash of a file that could not be read (a link, a device, no permission): a token from its
+    path, size, mtime and mode, so it is still a job whose failure is recorded."""
+    token = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}".encode()
+    return UNREADABLE + hashlib.sha256(token).hexdigest()
+
+
 def inbox_of(config: Config, path: Path) -> InboxConfig | None:
     """The inbox a file belongs to: the innermost one holding it (as the watcher decides), or None."""
     holding = [i for i in config.inboxes if path.is_relative_to(os.path.abspath(i.path))]
@@ -79,6 +86,11 @@ class Intake:
         Unless ``reprocess`` (or ``on_rule_change: reprocess``), a file this rule took under an earlier
         version is not queued again: a changed rule applies to new files."""
         path = Path(os.path.abspath(path))
+        inbox = inbox_of(self.config, path)
+        if inbox is not None and inbox.sets_aside(path):
+            return Submitted(path=path, rule=None, reason=f"{printable(str(path))}: in the done or error folder of "
+                                                          f"inbox {printable(str(inbox.path))} (after: move); "
+                                                          "never taken")
         rel = relative_path(self.config, path, root)
         if rule_name is not None:
             rule = next((r for r in self.rules if r.name == rule_name), None)
@@ -112,8 +124,7 @@ class Intake:
             digest = None
         if digest is None:
             # Unreadable, a link, a device...: still a job, so the failure is recorded and reported.
-            token = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}".encode()
-            digest = UNREADABLE + hashlib.sha256(token).hexdigest()
+            digest = unreadable_token(path, st)
         if not reprocess and self.config.on_rule_change == "new_files":
             earlier = self.store.earlier_version_job(digest, rule.name, rule.version, str(path))
             if earlier is not None:

@@ -24,13 +24,16 @@ def local_time(job: Job) -> datetime:
 
 
 def as_documents(store: Store, jobs: list[Job]) -> list[dict[str, Any]]:
-    """``assetd jobs --json``: every field of each job, its inbox, an ISO time and its outputs."""
+    """``assetd jobs --json``: every field of each job, its inbox, an ISO time, its outputs and where its input
+    was moved (``moved_to``: an inbox with ``after: move``; null when it was not, or was moved back)."""
     docs = []
     for j in jobs:
         d = {k: (v.value if hasattr(v, "value") else v) for k, v in j.__dict__.items()}
         d["inbox"] = inbox_of(j)
         d["time"] = local_time(j).isoformat(timespec="seconds")
         d["outputs"] = [o.as_dict() for o in store.outputs(j.id)]
+        moved = store.moved(j.id)  # the inbox's after: move put the input there (done/ or error/)
+        d["moved_to"] = moved.dest if moved else None
         docs.append(d)
     return docs
 

@@ -13,7 +13,7 @@ import signal
 import threading
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .config import Config
 from .intake import Intake
@@ -53,10 +53,12 @@ def output_folder_holding(path: Path, written: dict[Path, str]) -> tuple[str, Pa
     return None
 
 
-def expand(paths: list[Path], written: dict[Path, str] | None = None) -> Iterator[tuple[Path, Path | None]]:
+def expand(paths: list[Path], written: dict[Path, str] | None = None,
+           aside: Callable[[Path], bool] = lambda folder: False) -> Iterator[tuple[Path, Path | None]]:
     """Files to process with the folder they were found under (for rule matching); no links followed.
 
-    The folders assetd writes (``written``, see ``output_folders``) are left out, each with a note."""
+    The folders assetd writes (``written``, see ``output_folders``) are left out, each with a note; so are
+    the folders ``aside`` names (an inbox's done and error folders) found while walking a folder."""
     written = written or {}
     for path in paths:
         path = Path(os.path.abspath(path))
@@ -67,6 +69,7 @@ def expand(paths: list[Path], written: dict[Path, str] | None = None) -> Iterato
         elif path.is_dir() and not path.is_symlink():
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not is_ignored(Path(dirpath, d))
+                                     and not aside(Path(dirpath, d))
                                      and not _is_output_folder(Path(dirpath, d), written))
                 for name in sorted(filenames):
                     file = Path(dirpath, name)
@@ -149,7 +152,8 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
     intake = Intake(config, rules, store)
     worker = Worker("process", config, store, rules)
     worker.ctx.models = models  # already loaded by the check
-    files = list(expand(paths, output_folders(config)))
+    set_aside = [i for i in config.inboxes if i.after == "move"]  # their done and error folders are not inputs
+    files = list(expand(paths, output_folders(config), lambda folder: any(i.sets_aside(folder) for i in set_aside)))
     results: list[dict[str, Any]] = []
     bar = None
     if progress:

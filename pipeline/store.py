@@ -121,6 +121,19 @@ def m006_problems(db: Database) -> None:
         db["problems"].create_index(["cleared_at"])
 
 
+@migrations()
+def m007_moves(db: Database) -> None:
+    """``moves``: where an inbox's ``after: move`` put a job's input (done/ or error/) and its ``.error.txt``;
+    ``returned_at`` once ``assetd retry`` moved it back."""
+    if "moves" not in db.table_names():
+        db["moves"].create(
+            {"id": int, "job_id": int, "source": str, "dest": str, "kind": str, "sidecar": str, "moved_at": float,
+             "returned_at": float},
+            pk="id", foreign_keys=[("job_id", "jobs", "id")], not_null={"job_id", "source", "dest", "kind"},
+        )
+        db["moves"].create_index(["job_id"])
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -206,6 +219,19 @@ class ManifestRecord:
     path: str
     bytes: int
     sha256: str
+
+
+@dataclass
+class Move:
+    """An input moved out of its inbox when its job ended (``after: move``)."""
+    id: int
+    job_id: int
+    source: str  # where the input was (its job's input_path)
+    dest: str  # where it went
+    kind: str  # "done" | "error"
+    sidecar: str | None = None  # the NAME.error.txt written beside a failed one
+    moved_at: float | None = None
+    returned_at: float | None = None  # assetd retry moved it back
 
 
 @dataclass
@@ -632,6 +658,28 @@ class Store:
             f"SELECT * FROM jobs WHERE status IN ({_marks(FINISHED)}) AND finished_at > ? AND finished_at <= ?"
             " ORDER BY id", [*FINISHED, start, end])
         return [Job.from_row(r) for r in rows]
+
+    # -- inputs moved out of the inboxes (after: move) ------------------------------------------
+    def in_use_by_another(self, input_path: str, job_id: int) -> bool:
+        """Whether a job other than ``job_id`` that is queued or running reads ``input_path``."""
+        row = self.db.conn.execute(
+            f"SELECT 1 FROM jobs WHERE input_path = ? AND id != ? AND status IN ({_marks(PENDING)}) LIMIT 1",
+            [input_path, job_id, *PENDING]).fetchone()
+        return row is not None
+
+    def record_move(self, job_id: int, source: str, dest: str, kind: str, sidecar: str | None = None) -> None:
+        self.db["moves"].insert({"job_id": job_id, "source": source, "dest": dest, "kind": kind, "sidecar": sidecar,
+                                 "moved_at": time.time(), "returned_at": None})
+
+    def moved(self, job_id: int) -> Move | None:
+        """Where a job's input was moved and is still (the latest move not returned), or None."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM moves WHERE job_id = ? AND returned_at IS NULL ORDER BY id DESC LIMIT 1", [job_id])
+        return Move(**rows[0]) if rows else None
+
+    def move_returned(self, move_id: int) -> None:
+        """``assetd retry`` put the input back where it was (or found it there)."""
+        self.db.conn.execute("UPDATE moves SET returned_at = ? WHERE id = ?", [time.time(), move_id])
 
     # -- notifications outbox ------------------------------------------------------------------
     def add_message(self, kind: str, title: str, body: str) -> int:

@@ -14,6 +14,11 @@ This module only *finds* files; it never processes them. The flow:
    missed (files that arrived while the daemon was down, events the OS dropped).
 4. The settle thread also supervises the observers: an observer whose thread ended, or whose inbox
    folder vanished or was replaced, is restarted with a capped back-off and the inbox is rescanned.
+   A folder is created only at the first start and only with ``create: true``: one that is missing
+   later (a share unmounted, a folder renamed away) is waited for, never recreated, because on a
+   mount point that would make a local folder under it. ``on_unreachable(root, reason)`` is called
+   once when an inbox folder cannot be watched, ``on_reachable(root)`` once when it is watched again.
+5. An inbox's done and error folders (``after: move``) are never watched or taken.
 
 A zero-byte file is handed over like any other once it has stayed zero bytes for
 ``settle_seconds``: a copy that is still at zero bytes after that long is not going to grow, and the
@@ -81,6 +86,8 @@ class _Watch:
     next_attempt: float = 0.0
     started_at: float = 0.0
     use_polling: bool = False  # inotify ran out of watches: this inbox falls back to polling
+    watched_once: bool = False  # an observer has watched the folder (it is not the first start any more)
+    outage: str | None = None  # why the folder cannot be watched, once on_unreachable was called for it
 
 
 class _InboxEventHandler(FileSystemEventHandler):
@@ -104,7 +111,7 @@ class _InboxEventHandler(FileSystemEventHandler):
             # a folder moved or copied in: its files may predate the new folder watch
             target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
             path = self._map(target)
-            if path is not None and not is_ignored(path, self._watch.root):
+            if path is not None and not is_ignored(path, self._watch.root) and not self._watcher._sets_aside(path):
                 self._watcher._request_scan(self._watch, path)
 
     def _map(self, raw: bytes | str) -> Path | None:
@@ -121,17 +128,20 @@ class _InboxEventHandler(FileSystemEventHandler):
 
     def _record(self, raw: bytes | str) -> None:
         path = self._map(raw)
-        if path is not None and not is_ignored(path, self._watch.root):
+        if path is not None and not is_ignored(path, self._watch.root) and not self._watcher._sets_aside(path):
             self._watcher._settle.add(path, self._watch.inbox)
 
 
 class InboxWatcher:
     """Watches inbox folders and calls ``on_settled(path, inbox)`` once per settled new file.
 
-    ``start()`` creates missing inbox folders, starts the observers and the settle thread and runs the
-    reconciliation scan; ``stop()`` ends and joins every thread it started. See the module docstring
-    for the settle rule and the supervision of observers. ``clock`` times the settle rule only
-    (tests pass a fake one); supervision and rescans keep real time.
+    ``start()`` creates the missing inbox folders that have ``create: true``, starts the observers and
+    the settle thread and runs the reconciliation scan; ``stop()`` ends and joins every thread it
+    started. See the module docstring for the settle rule and the supervision of observers. ``clock``
+    times the settle rule only (tests pass a fake one); supervision and rescans keep real time.
+
+    ``on_unreachable(root, reason)`` / ``on_reachable(root)``: once per outage each, on the settle
+    thread (keep them quick). Without ``on_unreachable`` the watcher logs the outage itself.
     """
 
     def __init__(
@@ -143,8 +153,13 @@ class InboxWatcher:
         tick_seconds: float = 0.25,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_unreachable: Callable[[Path, str], None] | None = None,
+        on_reachable: Callable[[Path], None] | None = None,
     ):
         self._on_settled = on_settled
+        self._on_unreachable = on_unreachable
+        self._on_reachable = on_reachable
+        self._moving = [inbox for inbox in inboxes if inbox.after == "move"]  # inboxes with folders set aside
         self._rescan_seconds = rescan_seconds
         self._tick = tick_seconds
         self._log = logger or log
@@ -164,7 +179,7 @@ class InboxWatcher:
             raise RuntimeError("InboxWatcher.start() called twice")
         now = time.monotonic()
         for watch in self._watches:
-            self._start_watch(watch, now)
+            self._start_watch(watch, now, first=True)
         self.rescan()
         self._thread = threading.Thread(target=self._run, name="assetd-watcher-settle", daemon=True)
         self._thread.start()
@@ -201,11 +216,16 @@ class InboxWatcher:
         with self._lock:
             self._scan_requests[folder] = watch
 
+    def _sets_aside(self, path: Path) -> bool:
+        """True for a path in an inbox's done or error folder (``after: move``): never a candidate."""
+        return any(inbox.sets_aside(path) for inbox in self._moving)
+
     def _scan(self, watch: _Watch, folder: Path) -> None:
         """Add the files under ``folder`` (inside ``watch``'s inbox) as candidates, without following
-        symlinked folders or descending into ignored ones. Unchanged handed-over files are skipped."""
+        symlinked folders or descending into ignored ones or done/error folders. Unchanged handed-over
+        files are skipped."""
         now = self._settle.clock()
-        stack = [folder]
+        stack = [] if self._sets_aside(folder) else [folder]
         while stack:
             current = stack.pop()
             try:
@@ -218,7 +238,7 @@ class InboxWatcher:
                 continue
             for entry in found:
                 path = Path(entry.path)
-                if is_ignored_name(entry.name):
+                if is_ignored_name(entry.name) or self._sets_aside(path):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -277,45 +297,83 @@ class InboxWatcher:
     def _supervise(self, now: float) -> None:
         for watch in self._watches:
             if watch.observer is not None:
-                problem = self._problem(watch)
+                problem, outage = self._problem(watch)
                 if problem is None:
                     if now - watch.started_at >= RESTART_BACKOFF_MAX:
                         watch.backoff = RESTART_BACKOFF_FIRST
                     continue
-                self._log.warning("inbox %s: %s; restarting the watch in %.1f s", watch.root, problem, watch.backoff)
                 self._discard_observer(watch, timeout=2.0)
+                if outage:
+                    self._unreachable(watch, problem)
+                else:
+                    self._log.warning("inbox %s: %s; restarting the watch in %.1f s", watch.root, problem,
+                                      watch.backoff)
                 watch.next_attempt = now + watch.backoff
                 watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX)
-            elif now >= watch.next_attempt and self._start_watch(watch, now):
-                self._log.warning("inbox %s: watching again", watch.root)
-                self._scan(watch, watch.root)
+            elif now >= watch.next_attempt:
+                again = watch.watched_once
+                if self._start_watch(watch, now):
+                    if again:
+                        self._log.warning("inbox %s: watching again", watch.root)
+                    else:
+                        self._log.warning("inbox %s: the folder is there now; watching it", watch.root)
+                    self._scan(watch, watch.root)
 
-    def _problem(self, watch: _Watch) -> str | None:
-        """Why ``watch``'s observer no longer works, or None when it is fine."""
+    def _problem(self, watch: _Watch) -> tuple[str | None, bool]:
+        """Why ``watch``'s observer no longer works, and whether that is an outage (the folder disappeared
+        or cannot be reached); (None, False) when all is fine. A folder replaced by another one is no
+        outage: the watch restarts on the new one."""
         observer = watch.observer
         assert observer is not None
-        if not observer.is_alive():
-            return "the observer thread ended"
-        try:
-            emitters = list(observer.emitters)
-        except RuntimeError:  # the set changed while copying: look again next time
-            return None
-        if not emitters or not all(emitter.is_alive() for emitter in emitters):
-            return "the event emitter ended"
         try:
             st = os.stat(watch.root)
         except FileNotFoundError:
-            return "the folder disappeared"
+            return "the folder disappeared", True
         except OSError as exc:
-            return f"the folder cannot be reached ({exc.strerror or exc})"
+            return f"the folder cannot be reached ({exc.strerror or exc})", True
         if (st.st_dev, st.st_ino) != watch.identity:
-            return "the folder was replaced"
-        return None
-
-    def _start_watch(self, watch: _Watch, now: float) -> bool:
-        """Create the folder if needed and start an observer on it; on failure log and schedule a retry."""
+            return "the folder was replaced", False
+        if not observer.is_alive():
+            return "the observer thread ended", False
         try:
-            watch.root.mkdir(parents=True, exist_ok=True)
+            emitters = list(observer.emitters)
+        except RuntimeError:  # the set changed while copying: look again next time
+            return None, False
+        if not emitters or not all(emitter.is_alive() for emitter in emitters):
+            return "the event emitter ended", False
+        return None, False
+
+    def _unreachable(self, watch: _Watch, reason: str) -> None:
+        """The inbox folder cannot be watched: tell ``on_unreachable`` (or the log) once per outage."""
+        if watch.outage is not None:
+            return
+        watch.outage = reason
+        if self._on_unreachable is None:
+            self._log.error("inbox %s: %s; files there wait until it is back (assetd does not recreate it)",
+                            watch.root, reason)
+            return
+        try:
+            self._on_unreachable(watch.root, reason)
+        except Exception:
+            self._log.exception("inbox %s: on_unreachable failed", watch.root)
+
+    def _reachable(self, watch: _Watch) -> None:
+        """The inbox folder is watched again after an outage: tell ``on_reachable`` once."""
+        if watch.outage is None:
+            return
+        watch.outage = None
+        if self._on_reachable is not None:
+            try:
+                self._on_reachable(watch.root)
+            except Exception:
+                self._log.exception("inbox %s: on_reachable failed", watch.root)
+
+    def _start_watch(self, watch: _Watch, now: float, first: bool = False) -> bool:
+        """Start an observer on the inbox folder (at the ``first`` start, create it if missing when the inbox
+        says ``create: true``); on failure report the outage once and schedule a retry with back-off."""
+        try:
+            if first and watch.inbox.create:
+                watch.root.mkdir(parents=True, exist_ok=True)
             st = os.stat(watch.root)
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder")
@@ -330,16 +388,25 @@ class InboxWatcher:
                                   watch.root, exc.strerror or exc, watch.inbox.poll_interval_seconds)
                 watch.use_polling = True
                 observer = self._observe(watch, watched)
+        except FileNotFoundError:
+            reason = "the folder does not exist" + (" (create: false)" if first and not watch.inbox.create else "")
         except OSError as exc:
-            self._log.error("inbox %s: cannot watch the folder (%s); trying again in %.1f s",
-                            watch.root, exc.strerror or exc, watch.backoff)
-            watch.next_attempt = now + watch.backoff
-            watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX)
-            return False
-        watch.observer, watch.watched = observer, watched
-        watch.identity = (st.st_dev, st.st_ino)
-        watch.started_at = now
-        return True
+            reason = f"cannot watch the folder ({exc.strerror or exc})"
+        else:
+            if _identity(watch.root) == (st.st_dev, st.st_ino):
+                watch.observer, watch.watched = observer, watched
+                watch.identity = (st.st_dev, st.st_ino)
+                watch.started_at = now
+                watch.watched_once = True
+                self._reachable(watch)
+                return True
+            _stop_observer(observer, timeout=2.0)  # swapped while the observer started: it watches the wrong one
+            reason = "the folder disappeared or was replaced while the watch started"
+        self._log.debug("inbox %s: %s; trying again in %.1f s", watch.root, reason, watch.backoff)
+        self._unreachable(watch, reason)
+        watch.next_attempt = now + watch.backoff
+        watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX)
+        return False
 
     def _observe(self, watch: _Watch, watched: Path) -> BaseObserver:
         if watch.inbox.polling or watch.use_polling:
@@ -361,6 +428,15 @@ class InboxWatcher:
             _stop_observer(observer, timeout)
             if observer.is_alive():
                 self._log.warning("inbox %s: observer did not stop within %.1f s", watch.root, timeout)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``folder``, or None when it cannot be reached."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _stop_observer(observer: BaseObserver, timeout: float) -> None:

@@ -28,11 +28,12 @@ from .config import Config
 from .errors import ConfigError, PermanentError, ProcessProblem, StopRequested, TransientError
 from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
 from .imageio import Decoded, decode, read_input
+from .inboxflow import after_job
 from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
 from .rules import Rule
 from .stages.base import Asset, StageContext
-from .store import Job, JobStatus, ManifestRecord, OutputRecord, Store
+from .store import FINISHED, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import printable
 
 log = logging.getLogger("assetd.worker")
@@ -209,6 +210,14 @@ class Worker:
         return chain
 
     def process(self, job: Job, loaded: Future | None = None) -> JobResult:
+        """Run a claimed job (``_run_job``); one that ended for good (done, or failed for good) then hands its
+        input to its inbox's ``after`` option (``inboxflow.after_job``: kept, or moved to done/ or error/)."""
+        result = self._run_job(job, loaded)
+        if result.status in FINISHED:
+            after_job(self.config, self.store, job, result.status, result.error)
+        return result
+
+    def _run_job(self, job: Job, loaded: Future | None = None) -> JobResult:
         """Run a claimed job to its end state and record it; never raises for a job's own failure.
 
         ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""

@@ -46,3 +46,16 @@ def test_check_refuses_safe_zones_the_subject_cannot_fit_between(workspace):
     assert ("10-products.yaml: steps[2].crops: ratio 9:16: the safe_zone of channel instagram (top 0.3, bottom 0.35) "
             "leaves 0.35 of the height to the subject, which needs 0.6 at fill 0.6") in result.output
     assert "Traceback" not in result.output
+
+
+def test_check_reports_a_missing_inbox_it_will_not_create(workspace):
+    workspace.inbox.rmdir()
+    result = check(workspace)
+    assert result.exit_code == 1
+    assert (f"inboxes[0].path: {workspace.inbox} does not exist and will not be created (create: false); the daemon "
+            "waits for it") in result.output
+    text = workspace.config_path.read_text().replace("  - path: inbox\n", "  - path: inbox\n    create: true\n")
+    workspace.config_path.write_text(text)
+    result = check(workspace)
+    assert "inboxes[0]" not in result.output
+    assert not workspace.inbox.exists()  # check changes nothing

@@ -99,6 +99,34 @@ def test_an_inbox_may_lie_inside_another(tmp_path):
     assert [i.path for i in config.inboxes] == [tmp_path / "in", tmp_path / "in" / "rush"]
 
 
+def test_done_and_error_folders_must_be_nobody_elses(tmp_path):
+    source = tmp_path / "assetd.yaml"
+    found = problems(tmp_path, "inboxes: [{path: a, after: move, done_folder: b, error_folder: b/errors}, {path: b}]")
+    assert found == [
+        f"{source}: inboxes[0].done_folder: {tmp_path / 'b'} is or holds inboxes[1] ({tmp_path / 'b'}); inputs would "
+        "be moved into a watched folder",
+        f"{source}: inboxes[0].error_folder: {tmp_path / 'b' / 'errors'} lies inside inboxes[1] ({tmp_path / 'b'}), "
+        "which would take the moved files as new inputs"]
+    found = problems(tmp_path, "inboxes: [{path: in, after: move}, {path: in/done}]")
+    assert found == [f"{source}: inboxes[0].done_folder: {tmp_path / 'in' / 'done'} is or holds inboxes[1] "
+                     f"({tmp_path / 'in' / 'done'}); inputs would be moved into a watched folder"]
+    found = problems(tmp_path, "inboxes: [{path: in, after: move, error_folder: out/failed}]\n"
+                               "channels: {web: {path: out}}")
+    assert found == [f"{source}: inboxes[0].error_folder: {tmp_path / 'out' / 'failed'} is, holds or lies inside "
+                     f"channel web ({tmp_path / 'out'}); inputs and deliverables would mix"]
+
+
+def test_done_and_error_folders_default_inside_the_inbox_or_lie_beside_it(tmp_path):
+    config = load_config(write(tmp_path, "inboxes: [{path: in}, {path: in/rush, after: move},"
+                                         " {path: share/in, after: move, done_folder: share/done}]"))
+    outer, rush, share = config.inboxes
+    assert (rush.done, rush.error) == (tmp_path / "in" / "rush" / "done", tmp_path / "in" / "rush" / "error")
+    assert share.done == tmp_path / "share" / "done"
+    assert rush.sets_aside(tmp_path / "in" / "rush" / "error" / "sub" / "x.jpg")
+    assert not rush.sets_aside(tmp_path / "in" / "rush" / "x.jpg") and not outer.sets_aside(tmp_path / "in" / "done")
+    assert config.inboxes[0].create is False and config.inboxes[0].after == "keep"
+
+
 def test_channel_naming_defaults(tmp_path):
     channel = load_config(write(tmp_path, "channels: {web: {path: out}}")).channels["web"]
     assert channel.filename == "{stem}_{ratio}.{ext}" and channel.web_safe_names is False

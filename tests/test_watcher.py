@@ -59,9 +59,10 @@ def make_watcher(no_leaked_threads: None) -> Iterator[Callable[..., tuple[InboxW
     started: list[InboxWatcher] = []
 
     def make(*inboxes: InboxConfig, recorder: Recorder | None = None, start: bool = True,
-             rescan_seconds: float = 300.0) -> tuple[InboxWatcher, Recorder]:
+             rescan_seconds: float = 300.0, **callbacks: Callable) -> tuple[InboxWatcher, Recorder]:
         recorder = recorder or Recorder()
-        watcher = InboxWatcher(list(inboxes), recorder, rescan_seconds=rescan_seconds, tick_seconds=TICK)
+        watcher = InboxWatcher(list(inboxes), recorder, rescan_seconds=rescan_seconds, tick_seconds=TICK,
+                               **callbacks)
         started.append(watcher)
         if start:
             watcher.start()
@@ -114,38 +115,141 @@ def test_a_raising_callback_does_not_stop_the_watcher(tmp_path: Path, make_watch
     assert wait_for(lambda: rec.count("first.jpg") == 1)
 
 
-def test_missing_inbox_is_created(tmp_path: Path, make_watcher) -> None:
+def test_missing_inbox_is_created_at_start_with_create_true(tmp_path: Path, make_watcher) -> None:
     inbox = tmp_path / "not" / "yet"
-    watcher, rec = make_watcher(inbox_at(inbox))
+    watcher, rec = make_watcher(inbox_at(inbox, create=True))
     assert inbox.is_dir()
     (inbox / "x.jpg").write_bytes(b"x")
     assert wait_for(lambda: rec.count("x.jpg") == 1)
 
 
-def test_inbox_that_cannot_be_created_is_retried(tmp_path: Path, make_watcher, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="pipeline.watcher")
-    blocker = tmp_path / "share"
-    blocker.write_bytes(b"a file where the share's folder should be")
-    inbox = blocker / "inbox"
-    watcher, rec = make_watcher(inbox_at(inbox))  # must not raise
-    assert "cannot watch the folder" in caplog.text
-    blocker.unlink()
-    assert wait_for(inbox.is_dir)
+def test_missing_inbox_is_waited_for_not_created(tmp_path: Path, make_watcher, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="pipeline.watcher")
+    inbox = tmp_path / "share" / "inbox"
+    watcher, rec = make_watcher(inbox_at(inbox))  # create: false, the default
+    assert "inbox" in caplog.text and "the folder does not exist (create: false)" in caplog.text
+    time.sleep(1.2)  # restart attempts
+    assert not inbox.exists() and not inbox.parent.exists()
+    inbox.mkdir(parents=True)
+    (inbox / "early.jpg").write_bytes(b"early")  # before the watch starts: found by its first scan
+    assert wait_for(lambda: rec.count("early.jpg") == 1)
+    assert "the folder is there now; watching it" in caplog.text
     (inbox / "late.jpg").write_bytes(b"late")
     assert wait_for(lambda: rec.count("late.jpg") == 1)
 
 
-def test_inbox_removed_and_recreated_is_watched_again(tmp_path: Path, make_watcher, caplog) -> None:
+def test_inbox_that_cannot_be_created_at_start_is_waited_for(tmp_path: Path, make_watcher, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="pipeline.watcher")
+    blocker = tmp_path / "share"
+    blocker.write_bytes(b"a file where the share's folder should be")
+    inbox = blocker / "inbox"
+    watcher, rec = make_watcher(inbox_at(inbox, create=True))  # must not raise
+    assert "cannot watch the folder" in caplog.text
+    blocker.unlink()
+    time.sleep(1.2)
+    assert not blocker.exists()  # create: true is for the first start only
+    inbox.mkdir(parents=True)
+    (inbox / "late.jpg").write_bytes(b"late")
+    assert wait_for(lambda: rec.count("late.jpg") == 1)
+
+
+class Outages:
+    """on_unreachable / on_reachable, recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Path, str | None]] = []
+
+    def unreachable(self, root: Path, reason: str) -> None:
+        self.events.append(("unreachable", root, reason))
+
+    def reachable(self, root: Path) -> None:
+        self.events.append(("reachable", root, None))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _, _ in self.events]
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_inbox_renamed_away_is_waited_for_and_watched_again(tmp_path: Path, make_watcher, caplog,
+                                                            polling: bool) -> None:
     caplog.set_level(logging.WARNING, logger="pipeline.watcher")
     inbox = tmp_path / "inbox"
-    watcher, rec = make_watcher(inbox_at(inbox))
-    shutil.rmtree(inbox)
-    time.sleep(0.1)
-    inbox.mkdir(exist_ok=True)  # the watcher may already have recreated it
+    inbox.mkdir()
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(inbox, polling=polling, poll_interval_seconds=0.1),
+                                on_unreachable=outages.unreachable, on_reachable=outages.reachable)
+    (inbox / "before.jpg").write_bytes(b"before")
+    assert wait_for(lambda: rec.count("before.jpg") == 1)
+    assert outages.events == []  # a healthy inbox: no callback at all
+    inbox.rename(tmp_path / "inbox.away")  # the share went away
+    assert wait_for(lambda: outages.kinds() == ["unreachable"])
+    assert outages.events[0][1] == inbox and "disappeared" in str(outages.events[0][2])
+    time.sleep(1.6)  # restart attempts while it is away
+    assert not inbox.exists(), "the watcher recreated a folder that disappeared"
+    assert outages.kinds() == ["unreachable"] and "watching again" not in caplog.text
+    inbox.mkdir()  # it comes back (a new folder of the same name)
+    (inbox / "back.jpg").write_bytes(b"back")
+    assert wait_for(lambda: rec.count("back.jpg") == 1)
+    assert wait_for(lambda: outages.kinds() == ["unreachable", "reachable"])
+    assert "watching again" in caplog.text
+    (inbox / "later.jpg").write_bytes(b"later")  # an event from the new folder's watch
+    assert wait_for(lambda: rec.count("later.jpg") == 1)
+    assert outages.kinds() == ["unreachable", "reachable"] and rec.count("before.jpg") == 1
+
+
+def test_inbox_replaced_by_another_folder_is_watched_without_an_outage(tmp_path: Path, make_watcher, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pipeline.watcher")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(inbox), on_unreachable=outages.unreachable, on_reachable=outages.reachable)
+    (tmp_path / "inbox.new").mkdir()
+    inbox.rename(tmp_path / "inbox.old")  # swapped in one go (a sync tool replacing the folder)
+    (tmp_path / "inbox.new").rename(inbox)
+    assert wait_for(lambda: "the folder was replaced; restarting the watch" in caplog.text)
     assert wait_for(lambda: "watching again" in caplog.text)
-    (inbox / "after.jpg").write_bytes(b"after")
-    assert wait_for(lambda: rec.count("after.jpg") == 1)
-    assert "restarting the watch" in caplog.text
+    (inbox / "new.jpg").write_bytes(b"new")
+    assert wait_for(lambda: rec.count("new.jpg") == 1)
+    assert outages.events == []
+
+
+def test_inbox_deleted_and_recreated_in_polling_mode_is_watched_again(tmp_path: Path, make_watcher,
+                                                                      caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pipeline.watcher")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(inbox, polling=True, poll_interval_seconds=0.1),
+                                on_unreachable=outages.unreachable, on_reachable=outages.reachable)
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "first.jpg").write_bytes(b"first")
+    assert wait_for(lambda: rec.count("first.jpg") == 1)
+    shutil.rmtree(inbox)
+    assert wait_for(lambda: outages.kinds() == ["unreachable"])
+    assert not inbox.exists()
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / "sub" / "second.jpg").write_bytes(b"second")
+    assert wait_for(lambda: rec.count("second.jpg") == 1)
+    (inbox / "third.jpg").write_bytes(b"third")
+    assert wait_for(lambda: rec.count("third.jpg") == 1)
+    assert outages.kinds() == ["unreachable", "reachable"]
+    assert "watching again" in caplog.text
+
+
+def test_done_and_error_folders_are_never_taken(tmp_path: Path, make_watcher) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "done" / "products").mkdir(parents=True)
+    (inbox / "done" / "products" / "old.jpg").write_bytes(b"old")  # there at start: the scan skips it
+    watcher, rec = make_watcher(inbox_at(inbox, after="move"))
+    (inbox / "error").mkdir()
+    (inbox / "error" / "bad.jpg").write_bytes(b"bad")
+    (inbox / "error" / "bad.jpg.error.txt").write_bytes(b"why")
+    (inbox / "done" / "products" / "moved.jpg").write_bytes(b"moved")
+    (inbox / "new.jpg").write_bytes(b"new")
+    assert wait_for(lambda: rec.count("new.jpg") == 1)
+    watcher.rescan()
+    wait_quiet(watcher)
+    assert rec.names() == ["new.jpg"]
 
 
 def test_observer_stopped_behind_the_watchers_back_is_restarted(tmp_path: Path, make_watcher, caplog) -> None:
@@ -163,8 +267,8 @@ def test_observer_stopped_behind_the_watchers_back_is_restarted(tmp_path: Path, 
 
 
 def test_stop_is_idempotent_and_joins_every_thread(tmp_path: Path, no_leaked_threads: None) -> None:
-    watcher = InboxWatcher([inbox_at(tmp_path / "a"), inbox_at(tmp_path / "b", polling=True,
-                                                               poll_interval_seconds=0.1)],
+    watcher = InboxWatcher([inbox_at(tmp_path / "a", create=True),
+                            inbox_at(tmp_path / "b", create=True, polling=True, poll_interval_seconds=0.1)],
                            Recorder(), tick_seconds=TICK)
     watcher.start()
     assert any(t.name == "assetd-watcher-settle" for t in threading.enumerate())
