@@ -524,3 +524,19 @@ def test_torch_out_of_memory_is_known_by_its_class_through_the_wrappers():
         assert gpu_trouble(step_error) == "oom"
     assert gpu_trouble(RuntimeError("CUDA error: device-side assert triggered")) == "lost"
     assert gpu_trouble(RuntimeError("shapes do not match")) is None
+
+
+def test_an_unreachable_inbox_is_a_problem_until_the_watcher_watches_it_again(workspace, no_leaked_threads):
+    workspace.inbox.rmdir()  # a share not mounted yet (create: false)
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")})
+    store.close()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        key = f"inbox:{workspace.inbox}"
+        assert [p.key for p in daemon.problems.active()] == [key]
+        assert daemon.problems.blocked() == (set(), [workspace.inbox])
+        workspace.inbox.mkdir()
+        wait_for(lambda: not daemon.problems.active(), 20)
+    finally:
+        daemon.stop()
