@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .health import Problems, Scope
+from .health import Problems
 from .intake import Intake
 from .notify import Notifier
 from .reprocess import plan
@@ -97,9 +97,7 @@ class Daemon:
         if self.problems is None:  # not started (or stopped): the log line only
             log.log(logging.ERROR if reason else logging.WARNING, "inbox %s: %s", root, reason or "back")
         elif reason is not None:
-            self.problems.start(key, f"inbox {root}: {reason}; its files wait until it is back (assetd does not "
-                                     "recreate it)", Scope.inbox(root),
-                                alert_after=self.config.problems.alert_after_seconds)
+            self.problems.start_problem(self.problems.inbox_problem(root, reason, probe=False))
         else:
             self.problems.clear(key, f"inbox {root} is back; its files are taken again")
 

@@ -456,6 +456,22 @@ class Problems:
         return ProcessProblem(volume.key, message, scope, probe=lambda: self._room_again(volume),
                               alert_after=self.settings.alert_after_seconds)
 
+    def inbox_problem(self, root: Path, reason: str, probe: bool = True) -> ProcessProblem:
+        """``inbox:<root>``: an inbox folder cannot be reached (``reason``); the jobs of its files wait.
+        ``probe``: cleared once it is a folder again (the worker found it gone); without, whoever reported it
+        clears it (the watcher, watching it again)."""
+        root = Path(root)
+        return ProcessProblem(f"inbox:{root}", f"inbox {printable(str(root))}: {reason}; its files wait until it is "
+                                               "back (assetd does not recreate it)", Scope.inbox(root),
+                              probe=(lambda: root.is_dir()) if probe else None,
+                              alert_after=self.settings.alert_after_seconds)
+
+    def start_problem(self, problem: ProcessProblem) -> bool:
+        """``start`` with a ProcessProblem's key, message, scope, probe, alert_after and trial."""
+        return self.start(problem.key, problem.message, problem.scope,  # type: ignore[arg-type]
+                          probe=problem.probe, alert_after=problem.alert_after,  # type: ignore[arg-type]
+                          trial=problem.trial)
+
     # -- the monitor ------------------------------------------------------------------------------
     def run_monitor(self, stop: threading.Event) -> None:
         """Thread body: volumes every ``check_seconds``, probes when due, delayed alerts; until ``stop``."""

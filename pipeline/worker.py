@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 from .chain import Chain, ModelLoadError, StepError
 from .config import Config
-from .errors import ConfigError, PermanentError, ProcessProblem, StopRequested, TransientError
+from .errors import AssetdError, ConfigError, PermanentError, ProcessProblem, StopRequested, TransientError
 from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
 from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
+from .intake import inbox_of
 from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
 from .rules import Rule
@@ -255,9 +256,7 @@ class Worker:
             failure = Failure(Outcome.RETRY, failure.message,
                               self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
         if failure.outcome is Outcome.PAUSE:
-            problem = failure.problem
-            self.problems.start(problem.key, problem.message, problem.scope, probe=problem.probe,  # type: ignore
-                                alert_after=problem.alert_after, trial=problem.trial)
+            self.problems.start_problem(failure.problem)  # type: ignore[union-attr]
             try:
                 self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.message}")
             except sqlite3.Error as exc:  # the database's disk is full: its lease brings it back later
@@ -295,11 +294,23 @@ class Worker:
     def _load(self, job: Job) -> Decoded:
         """Read and decode a job's input, checking it is still the content that was queued."""
         path = Path(job.input_path)
-        data = read_input(path)
+        try:
+            data = read_input(path)
+        except (AssetdError, OSError):
+            self._check_inbox(job)
+            raise
         if job.readable and sha256(data) != job.input_hash:
             raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
                                  "as its own job")
         return decode(data, str(path), self.config.input)
+
+    def _check_inbox(self, job: Job) -> None:
+        """An input that cannot be read because its whole inbox folder is gone (a share unmounted) is a
+        problem of the process (``inbox:<root>``), not of the file: raises ProcessProblem then."""
+        inbox = inbox_of(self.config, Path(job.input_path)) if self.problems is not None else None
+        if inbox is not None and not os.path.isdir(inbox.path):
+            raise self.problems.inbox_problem(Path(os.path.abspath(inbox.path)),  # type: ignore[union-attr]
+                                              "the folder cannot be reached") from None
 
     def _execute(self, job: Job, loaded: Future | None
                  ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None, list[str]]:

@@ -540,3 +540,24 @@ def test_an_unreachable_inbox_is_a_problem_until_the_watcher_watches_it_again(wo
         wait_for(lambda: not daemon.problems.active(), 20)
     finally:
         daemon.stop()
+
+
+def test_an_input_whose_inbox_folder_is_gone_waits_for_it_uncharged(workspace):
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")})
+    shot = workspace.shot("inbox/a.jpg", size=(160, 120))
+    job = Intake(config, rules, store).submit(shot).job
+    problems = Problems(store, None, config, rules=rules)
+    worker = Worker("w1", config, store, rules, problems=problems)
+    away = workspace.root / "unmounted"
+    workspace.inbox.rename(away)  # the share goes away
+    worker.run_next()
+    stored = store.get(job.id)
+    assert stored.status is JobStatus.QUEUED and stored.attempts == 0
+    (problem,) = problems.active()
+    assert problem.key == f"inbox:{workspace.inbox}" and problem.scope == Scope.inbox(workspace.inbox)
+    away.rename(workspace.inbox)  # back
+    problem.next_probe = 0.0
+    problems.check()
+    assert problems.active() == [] and worker.run_next().status is JobStatus.DONE
+    worker.close()
+    store.close()
