@@ -23,7 +23,8 @@ Who starts problems (``Problems.start``, idempotent per key):
 
 How a problem clears: ``clear(key)`` by whoever knows, or its ``probe`` returning True when the monitor calls
 it (every check_seconds). Some causes cannot be checked from outside a job (CUDA out of memory: a small
-allocation succeeds while the job's big one fails; a model load: only loading it tells). Those start with
+allocation succeeds while the job's big one fails; a model load: only loading it tells; a write refused for
+space: a small probe write may pass where the job's large one does not). Those start with
 ``trial=True``: when the probe passes, their rules are tried again ("on trial": not paused, still listed), and
 the problem clears (logged, alerted) when a job of its scope finishes; the same error during the trial pauses
 them again quietly (no new log line or alert) and the next probe waits twice as long (up to 64 times).
@@ -414,7 +415,7 @@ class Problems:
 
     def gpu_problem(self, job: "Job", exc: BaseException, lost: bool) -> ProcessProblem:
         """The ``gpu`` problem: CUDA out of memory ``gpu_oom_limit`` jobs in a row, or a lost GPU."""
-        scope = Scope.rules(model_rules(self.rules))
+        scope = Scope.rules(model_rules(self.rules) | {job.rule})
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if lost:
             cause = f"GPU error ({first}) on {printable(job.input_path)}"
@@ -441,8 +442,9 @@ class Problems:
     def disk_problem(self, job: "Job", exc: BaseException) -> ProcessProblem:
         """``disk:<mount point>`` for a write refused for want of space: the volume of the file named in the
         error (the database for SQLite's), else the one of the job's folders where a probe write fails, else
-        the one of them with the least free space. Cleared when a probe write there succeeds and the volume
-        is above ``resume_free`` again."""
+        the one of them with the least free space. Its rules are tried again when a probe write there succeeds
+        and the volume is above ``resume_free`` again (a trial: a small write may pass where the job's did not;
+        a job of them finishing clears it)."""
         path: Path | None = None  # the file being written
         if isinstance(exc, sqlite3.Error):
             path = self.config.database
@@ -451,10 +453,12 @@ class Problems:
         volume = self.volume_of(path.parent) if path is not None else self._full_volume(job.rule)
         why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "database or disk is full"
         scope = self._scope(volume)
+        if not scope.covers(job.rule, job.input_path):  # a folder outside the configured ones: its rule at least
+            scope = Scope.rules(scope.rule_names | {job.rule})
         message = (f"{volume.key}: {why} writing {printable(str(path or volume.folders[0]))} "
                    f"(job {job.id} {printable(job.input_path)}); {scope.describe()} wait until there is room again")
         return ProcessProblem(volume.key, message, scope, probe=lambda: self._room_again(volume),
-                              alert_after=self.settings.alert_after_seconds)
+                              alert_after=self.settings.alert_after_seconds, trial=True)
 
     def inbox_problem(self, root: Path, reason: str, probe: bool = True) -> ProcessProblem:
         """``inbox:<root>``: an inbox folder cannot be reached (``reason``); the jobs of its files wait.

@@ -252,7 +252,10 @@ class Worker:
 
     def _settle_failure(self, job: Job, failure: "Failure", result: JobResult) -> JobResult:
         """The one tail for a job that did not finish: record the outcome, log it, report a failure."""
-        if failure.outcome is Outcome.PAUSE and (self.problems is None or failure.problem is None):
+        if failure.outcome is Outcome.PAUSE and (self.problems is None or failure.problem is None
+                                                 or not failure.problem.scope.covers(job.rule, job.input_path)):
+            # nothing to pause (assetd process), or a problem that would not hold this job back: retried as
+            # before, never handed back uncharged to be claimed again at once
             failure = Failure(Outcome.RETRY, failure.message,
                               self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
         if failure.outcome is Outcome.PAUSE:

@@ -292,9 +292,11 @@ def test_no_space_at_an_output_write_puts_the_job_back_uncharged_and_pauses(work
     monkeypatch.setattr(outputs, "atomic_write", real)  # room again: the probe write in the folder succeeds
     problem.next_probe = 0.0
     problems.check()
-    assert problems.active() == [] and alerts.sent[-1] == (False, f"resumed: {problem.key}")
+    assert problems.blocked() == (set(), [])  # tried again; the job finishing clears the problem
     assert worker.run_next().status is JobStatus.DONE
     assert store.get(job).attempts == 1
+    assert problems.active() == [] and alerts.sent == [(True, f"paused: {problem.key}"),
+                                                       (False, f"resumed: {problem.key}")]
     worker.close()
     store.close()
 
@@ -327,11 +329,12 @@ def test_a_real_write_refused_for_space_names_the_output_and_pauses_the_rules_wr
     assert list(workspace.out("cutouts").iterdir()) == []  # no temp file left behind
     problem.next_probe = 0.0
     problems.check()  # the probe write in the folder is refused too: still paused
-    assert problems.active() == [problem]
+    assert problems.blocked() == ({"cut"}, [])
     full.clear()
     problem.next_probe = 0.0
     problems.check()
-    assert problems.active() == [] and worker.run_next().status is JobStatus.DONE
+    assert problems.blocked() == (set(), []) and worker.run_next().status is JobStatus.DONE
+    assert problems.active() == []
     worker.close()
     store.close()
 
@@ -358,7 +361,7 @@ def test_a_full_database_puts_the_job_back_uncharged_and_pauses_every_rule(works
     assert problem.scope == Scope.ALL and "database or disk is full" in problem.message
     problem.next_probe = 0.0
     problems.check()
-    assert worker.run_next().status is JobStatus.DONE
+    assert worker.run_next().status is JobStatus.DONE and problems.active() == []
     worker.close()
     store.close()
 
