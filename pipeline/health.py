@@ -642,8 +642,8 @@ class Problems:
     def _notify(self, started: bool, title: str, body: str) -> None:
         try:
             self.notifier.problem(started, title, body)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - the outbox is in the database, which may be the full disk
-            log.exception("could not queue the alert %r", title)
+        except Exception as exc:  # noqa: BLE001 - the outbox is in the database, which may be the full disk
+            log.warning("could not queue the alert %r: %s: %s", title, type(exc).__name__, exc)
 
     def _record(self, write: Callable[["Store"], Any]) -> Any:
         """A write to the store's problems table; a failure (the database's disk is full) is logged only."""
