@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .health import Problems
 from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
@@ -46,6 +47,7 @@ class Daemon:
         self.watcher: InboxWatcher | None = None
         self.notifier: Notifier | None = None
         self.intake: Intake | None = None
+        self.problems: Problems | None = None
         self.workers: list[Worker] = []
         self._threads: list[threading.Thread] = []
 
@@ -59,9 +61,10 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier = Notifier(self.config, store)
         self.notifier.start()
+        problems = self._start_problems(store, self.notifier)
         for i in range(self.config.workers):
             worker = Worker(f"worker-{i + 1}", self.config, store, self.rules, stop=self.stop_event,
-                            on_failed=self.notifier.job_failed)
+                            on_failed=self.notifier.job_failed, problems=problems)
             thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{i + 1}", daemon=True)
             if i == 0 and checked_models is not None:
                 worker.ctx.models = checked_models  # already loaded by the start-up check
@@ -96,12 +99,28 @@ class Daemon:
         for folder, n in remove_temp_files(self.config).items():
             log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
 
+    def _start_problems(self, store: Store, notifier: Notifier) -> Problems:
+        """Problem processes (``health``): the volumes are measured once before any worker starts (none claims
+        a job a full disk would refuse), then a monitor thread watches them, probes and sends delayed alerts."""
+        problems = self.problems = Problems(store, notifier, self.config, rules=self.rules)
+        problems.check()
+        thread = threading.Thread(target=problems.run_monitor, args=(self.stop_event,), name="assetd-problems",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return problems
+
     def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
-        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
-        if reason is not None:
-            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each.
+        A problem process (``inbox:<root>``): the jobs of its files wait, the alert goes out once it has lasted
+        ``problems.alert_after_seconds``; the watcher, watching it again, clears it."""
+        key = f"inbox:{root}"
+        if self.problems is None:  # not started (or stopped): the log line only
+            log.log(logging.ERROR if reason else logging.WARNING, "inbox %s: %s", root, reason or "back")
+        elif reason is not None:
+            self.problems.start_problem(self.problems.inbox_problem(root, reason, probe=False))
         else:
-            log.warning("inbox %s is back; its files are taken again", root)
+            self.problems.clear(key, f"inbox {root} is back; its files are taken again")
 
     def _check_models(self) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file.
