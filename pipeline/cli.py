@@ -254,6 +254,8 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     when the jobs come from more than one folder) is the folder the file was matched under (for
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason.
+    After the table, one line per problem process pausing the running daemon (a disk below
+    problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
     Example: assetd jobs --config studio.yaml --status failed --limit 20
     """
@@ -273,6 +275,21 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
              for s, n in counts.items()]
     click.echo(shown + ", ".join(parts))
+    for line in _paused_lines(store, config):
+        click.echo(line)
+
+
+def _paused_lines(store: Any, config: Any) -> list[str]:
+    """One line per problem process pausing the running daemon's work (none when no daemon runs: its
+    successor measures again)."""
+    import time
+
+    from .owners import InstanceLock
+
+    if InstanceLock(config.database).holder() is None:
+        return []
+    return [f"paused since {time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
+            for p in store.active_problems()]
 
 
 def _open_store(config: Any) -> Any:

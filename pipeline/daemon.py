@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, InboxConfig
+from .health import Problems
+from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
+from .outputs import remove_temp_files
 from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
-from .store import Store
+from .store import JobStatus, Store
 from .watcher import InboxWatcher
 from .worker import Worker
 
@@ -49,6 +52,7 @@ class Daemon:
         self.watcher: InboxWatcher | None = None
         self.notifier: Notifier | None = None
         self.intake: Intake | None = None
+        self.problems: Problems | None = None
         self.workers: list[Worker] = []  # every worker started, retired ones included (their claims at stop)
         self._threads: list[threading.Thread] = []
         self.reloader: Reloader | None = None
@@ -58,15 +62,14 @@ class Daemon:
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models()
-        store = self.store = Store(self.config.database)
-        recovered = store.recover_orphans(keep=lambda owner: _process_at_work(owner, self.config.database))
-        if recovered:
-            log.warning("%d job(s) were running when assetd last stopped; they are queued again", len(recovered))
+        store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
+        self._recover(store)
         intake = self.intake = Intake(self.config, self.rules, store)
         self._requeue_changed_rules(store, intake)
         self._log_rule_changes(store)
         self.notifier = Notifier(self.config, store)
         self.notifier.start()
+        self._start_problems(store, self.notifier)
         for i in range(self.config.workers):
             self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
         self.watcher = self._start_watcher()
@@ -77,7 +80,7 @@ class Daemon:
     def _start_worker(self, models: Any = None) -> Worker:
         n = len(self.workers) + 1  # never reused: a retired worker may still be finishing its job
         worker = Worker(f"worker-{n}", self.config, self.store, self.rules, stop=self.stop_event,
-                        on_failed=self.notifier.job_failed)
+                        on_failed=self.notifier.job_failed, problems=self.problems)
         if models is not None:
             worker.ctx.models = models
         thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{n}", daemon=True)
@@ -87,25 +90,63 @@ class Daemon:
         return worker
 
     def _start_watcher(self, inboxes: list[InboxConfig] | None = None) -> InboxWatcher:
-        watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                               logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
+        watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled,
+                               rescan_seconds=self.config.rescan_seconds, logger=logging.getLogger("assetd.watcher"),
+                               on_unreachable=self._inbox_unreachable,
                                on_reachable=lambda root: self._inbox_unreachable(root, None))
         watcher.start()
         return watcher
 
+    def _recover(self, store: Store) -> None:
+        """What an assetd that died left: jobs it was running (only a job whose run had started counts the crash;
+        one it had only claimed ahead goes back untouched) and its temporary files in the output folders."""
+        found = store.recover(keep=lambda owner: _process_at_work(owner, self.config.database))
+        if found.started:
+            fates = [f"{len(found.started) - len(found.failed)} queued again"] + (
+                [f"{len(found.failed)} failed for good"] if found.failed else [])
+            log.warning("%d job(s) were running when assetd last stopped (a crash counted for each): %s%s",
+                        len(found.started), ", ".join(fates),
+                        f"; {len(found.ahead)} claimed ahead went back to the queue untouched" if found.ahead else "")
+        elif found.ahead:
+            log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
+                     len(found.ahead))
+        alerts = Notifier(self.config, store)  # queued in the outbox; the delivery thread starts later
+        for job in filter(None, map(store.get, found.failed)):
+            log.error("job %d failed: %s", job.id, job.error)
+            alerts.job_failed(job, job.error or "")
+            after_job(self.config, store, job, JobStatus.FAILED, job.error)  # to error/ with after: move
+        for folder, n in remove_temp_files(self.config).items():
+            log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
+
+    def _start_problems(self, store: Store, notifier: Notifier) -> Problems:
+        """Problem processes (``health``): the volumes are measured once before any worker starts (none claims
+        a job a full disk would refuse), then a monitor thread watches them, probes and sends delayed alerts."""
+        problems = self.problems = Problems(store, notifier, self.config, rules=self.rules)
+        problems.check()
+        thread = threading.Thread(target=problems.run_monitor, args=(self.stop_event,), name="assetd-problems",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return problems
+
     def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
-        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
-        if reason is not None:
-            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each.
+        A problem process (``inbox:<root>``): the jobs of its files wait, the alert goes out once it has lasted
+        ``problems.alert_after_seconds``; the watcher, watching it again, clears it."""
+        key = f"inbox:{root}"
+        if self.problems is None:  # not started (or stopped): the log line only
+            log.log(logging.ERROR if reason else logging.WARNING, "inbox %s: %s", root, reason or "back")
+        elif reason is not None:
+            self.problems.start_problem(self.problems.inbox_problem(root, reason, probe=False))
         else:
-            log.warning("inbox %s is back; its files are taken again", root)
+            self.problems.clear(key, f"inbox {root} is back; its files are taken again")
 
     # -- hot reload (pipeline/reload.py) --------------------------------------------------------
     def _start_reloader(self) -> None:
         """Watch the config file and the rule files; a saved change is applied by ``apply``."""
         if self.reload_seconds <= 0:
             return
-        self.reloader = Reloader(self.config, self.rules, self.apply, self.notifier, interval=self.reload_seconds)
+        self.reloader = Reloader(self.config, self.rules, self.apply, self.problems, interval=self.reload_seconds)
         thread = threading.Thread(target=self.reloader.run, args=(self.stop_event,), name="assetd-reload",
                                   daemon=True)
         self._threads.append(thread)  # joined at stop, with the workers
@@ -145,6 +186,8 @@ class Daemon:
         self._log_rule_changes(store)
         if config.notify != old.notify:
             self.notifier.apply(config)
+        if self.problems is not None:  # its settings (problems:), and which rules write where or run models
+            self.problems.config, self.problems.rules = config, list(rules)
         if config.log_level != old.log_level:
             logging.getLogger().setLevel(config.log_level.upper())
         for _ in range(len(active), config.workers):

@@ -22,15 +22,19 @@ from .text import printable
 log = logging.getLogger("assetd.notify")
 DIGEST_CUTOFF = "digest_cutoff"
 FAILURE = "failure"  # the outbox kind of a failed job's alert
+PROBLEM, PROBLEM_CLEARED = "problem", "problem-cleared"  # a problem process started / cleared (pipeline.health)
 
 
 def notify_type(kind: str) -> str:
     """The apprise notification type (its name) an outbox message of ``kind`` goes out with.
 
-    ``failure`` for a failed job; ``digest-<type>`` for a digest (see ``digest_type``); ``info`` for
-    anything else (a plain ``digest`` queued by an older assetd)."""
-    if kind == FAILURE:
+    ``failure`` for a failed job and a problem process that started; ``success`` for one that cleared;
+    ``digest-<type>`` for a digest (see ``digest_type``); ``info`` for anything else (a plain ``digest``
+    queued by an older assetd)."""
+    if kind in (FAILURE, PROBLEM):
         return "failure"
+    if kind == PROBLEM_CLEARED:
+        return "success"
     level = kind.partition("-")[2]
     return level if level in ("success", "warning", "failure") else "info"
 
@@ -110,6 +114,12 @@ class Notifier:
         if self.enabled:
             self.store.add_message(FAILURE, f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}",
                                    message)
+
+    def problem(self, started: bool, title: str, body: str) -> None:
+        """A problem process started (``started``) or cleared: one alert each (``pipeline.health`` calls this
+        once per outage and side); with no notify URLs nothing is queued (the log has the lines)."""
+        if self.enabled:
+            self.store.add_message(PROBLEM if started else PROBLEM_CLEARED, f"{self.notify.title}: {title}", body)
 
     # -- delivery thread ----------------------------------------------------------------------------
     def start(self) -> None:

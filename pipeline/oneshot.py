@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from .config import Config
 from .intake import Intake
 from .models import load_for_start
+from .outputs import remove_temp_files
 from .owners import OwnerState, describe, owner_state
 from .rules import Rule
 from .store import FINISHED, Job, JobStatus, Store
@@ -148,7 +149,9 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
     processed get the status ``stopped``. Raises ConfigError, before any file is taken, when a model the
     rules need does not load offline."""
     models = load_for_start(config, rules, lambda warning: log.warning("%s", warning))
-    store = Store(config.database)
+    store = Store(config.database, config.quarantine_after_crashes)
+    for folder, n in remove_temp_files(config).items():
+        log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
     intake = Intake(config, rules, store)
     worker = Worker("process", config, store, rules)
     worker.ctx.models = models  # already loaded by the check

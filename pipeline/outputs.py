@@ -2,16 +2,22 @@
 
 A name built from a hostile input name ("../../etc/x", newlines, control characters) can never
 leave the channel folder: the stem is sanitised and the final path is checked to lie inside it.
-Every write goes to a hidden temporary name in the same folder, is fsynced, then renamed over
-the target, so a crash or a stop never leaves a half-written file under the real name.
+Every write goes to a hidden temporary name in the same folder (``.<name>.….assetd-tmp``), is fsynced,
+then renamed over the target, so a crash or a stop never leaves a half-written file under the real name.
+A job's files are published together: all written to temporary files first, then all renamed, the manifest
+last; a job whose outputs cannot all be written publishes none. Start-up removes the temporary files a dead
+assetd left (``remove_temp_files``), and the files a job failed for good had published are withdrawn
+(``Publisher.withdraw_failed``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import string
 import tempfile
 import time
@@ -28,6 +34,7 @@ from .pixels import flatten, resize
 from .sizes import fit_problem, output_size
 from .stages.base import Asset
 from .store import Job, ManifestRecord, OutputRecord, Store
+from .text import plural, printable
 
 if TYPE_CHECKING:
     from .config import ChannelConfig, Config
@@ -146,6 +153,10 @@ class OutputSizeError(PermanentError):
     """An image is smaller than its channel needs (``size``, ``min_long_edge``): it is not written."""
 
 
+class OutputsNotWritten(OutputSizeError):
+    """Some of a job's outputs are smaller than their channel needs: none of the job's outputs is published."""
+
+
 def render_for_channel(asset: Asset, channel: ChannelConfig) -> np.ndarray:
     """The pixels a channel gets: fitted to its exact ``size`` (a shrink, or a pixel of rounding) or shrunk to
     its ``long_edge``, never enlarged (that is the upscale step's job; ``OutputSizeError`` when the image is
@@ -159,25 +170,41 @@ def render_for_channel(asset: Asset, channel: ChannelConfig) -> np.ndarray:
     return pixels
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers only ever see the old file or the complete new one."""
+TEMP_SUFFIX = ".assetd-tmp"  # assetd's own temporary files: ".<name>.<random>.<host>-<pid>.assetd-tmp"
+_HOST_TAG = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname())[:32] or "host"
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file of assetd's own pattern beside ``path``, fsynced, mode 0644 (the rename
+    that publishes it comes later). Its name says which process wrote it, so start-up cleanup never takes the
+    temporary file of a process still at work."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{_HOST_TAG}-{os.getpid()}{TEMP_SUFFIX}",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        _unlink(Path(tmp))
+        if isinstance(exc, OSError) and not exc.filename:  # a failed write names no file: say which output
+            exc.filename = str(path)
         raise
+    return Path(tmp)
+
+
+def _unlink(path: Path) -> None:
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -186,6 +213,85 @@ def atomic_write(path: Path, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+class FileSet:
+    """Files published together: each is written to its temporary file first (``add``), then all are renamed
+    to their names at once (``publish``); ``discard`` removes the temporary files not renamed (use it in a
+    ``finally``). A failure before the renames publishes nothing."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def add(self, path: Path, data: bytes) -> None:
+        self._staged.append((write_temp(path, data), path))
+
+    def publish(self) -> None:
+        folders = []
+        while self._staged:
+            tmp, path = self._staged[0]
+            os.replace(tmp, path)
+            self._staged.pop(0)
+            if path.parent not in folders:
+                folders.append(path.parent)
+        for folder in folders:
+            _fsync_folder(folder)
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            _unlink(tmp)
+        self._staged.clear()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers only ever see the old file or the complete new one."""
+    files = FileSet()
+    try:
+        files.add(path, data)
+        files.publish()
+    finally:
+        files.discard()
+
+
+def temp_owner_gone(name: str) -> bool:
+    """Whether an assetd temporary file's writer is gone: a process on this host that no longer runs (a temp
+    file of another host, or an unreadable name, is left alone)."""
+    tag = name[: -len(TEMP_SUFFIX)].rpartition(".")[2]
+    host, _, pid = tag.rpartition("-")
+    if host != _HOST_TAG or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True  # an earlier process with our pid (a container's pid repeats): nothing of ours is written yet
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def remove_temp_files(config: Config) -> dict[Path, int]:
+    """Remove the temporary files an assetd that died left in the folders it writes: every channel folder (outputs
+    land directly in it) and the manifests folder with its per-rule folders. Only names of assetd's own pattern
+    whose writer is gone; nothing else is touched. Returns the count removed per folder."""
+    folders = {c.path for c in config.channels.values() if c.path is not None}
+    folders.add(config.manifest_folder)
+    with contextlib.suppress(OSError):
+        folders.update(p for p in config.manifest_folder.iterdir() if p.is_dir() and not p.is_symlink())
+    removed: dict[Path, int] = {}
+    for folder in sorted(folders):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)
+                    and entry.is_file(follow_symlinks=False) and temp_owner_gone(entry.name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed[folder] = removed.get(folder, 0) + 1
+    return removed
 
 
 def sha256(data: bytes) -> str:
@@ -205,8 +311,9 @@ def review_reasons(assets: Iterable[Asset]) -> list[str]:
 class Publisher:
     """The one output entry point: select a rule's outputs from the chain's results → render for the channel
     (shrink, flatten) → encode → name (the channel's template; a clash gets the input's short hash) →
-    reserve the path in the store → write atomically → the job's manifest. ``copy_from`` writes a finished
-    twin's outputs under another input's names the same way."""
+    reserve the path in the store → its temporary file; then every output renamed, the job's manifest last
+    (``FileSet``). ``copy_from`` writes a finished twin's outputs under another input's names the same way.
+    ``withdraw_failed`` removes what a job failed for good had published."""
 
     def __init__(self, name: str, config: Config, store: Store, pool: Executor):
         self.name = name  # the worker's, for log lines
@@ -219,12 +326,13 @@ class Publisher:
                            step=step, rule=rule.name, hash8=job.short_hash)
 
     def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
-               used: set[Path], placed: dict[Path, list[tuple[str, Path]]]) -> Path:
-        """Write one output: named from the channel's template, reserved in the store, written atomically."""
+               used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet) -> Path:
+        """Stage one output: named from the channel's template, reserved in the store with its hash, written
+        to its temporary file (``files`` publishes it with the others)."""
         name = self._output_name(job, rule, channel, step, ratio)
         target = self._free_path(channel.path, name, job, used)
-        self.store.reserve_output(job.id, str(target), channel.name, step)
-        atomic_write(target, data)
+        self.store.reserve_output(job.id, str(target), channel.name, step, sha256(data), len(data))
+        files.add(target, data)
         used.add(target)
         placed.setdefault(channel.path, []).append((name, target))
         return target
@@ -252,12 +360,20 @@ class Publisher:
         notes: list[dict[str, Any]] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
-        for record, data in found:
-            channel = self.config.channels[record.channel]
-            target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed)
-            records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
-            notes.append(twin_notes.get(record.path, {}))
-        manifests = self._write_manifests(job, rule, records, notes, twin.review, used, placed, copied_from=twin)
+        files, manifest_files = FileSet(), FileSet()
+        try:
+            for record, data in found:
+                channel = self.config.channels[record.channel]
+                target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed, files)
+                records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
+                notes.append(twin_notes.get(record.path, {}))
+            manifests = self._stage_manifests(job, rule, records, notes, twin.review, used, placed, manifest_files,
+                                              copied_from=twin)
+            files.publish()
+            manifest_files.publish()
+        finally:
+            files.discard()
+            manifest_files.discard()
         return records, manifests, list(twin.review), twin.id
 
     def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
@@ -271,16 +387,19 @@ class Publisher:
         return {}
 
     def publish(self, job: Job, rule: Rule, results: dict[str, list[Asset]],
-                decoded: Any) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], list[str]]:
-        """Write the job's outputs and manifests; returns (outputs, manifests, review reasons, why each output
-        that is smaller than its channel needs was not written: the others are written all the same)."""
+                decoded: Any) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
+        """Write the job's outputs and manifests together; returns (outputs, manifests, review reasons).
+
+        Every output is encoded and written to its temporary file first, then all are renamed, the manifests
+        last: a job fails with nothing published when any output cannot be written (``OutputsNotWritten``
+        naming those smaller than their channel needs, or the error of an encode or a write)."""
         records: list[OutputRecord] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
         started = time.perf_counter()
         work = []
         notes: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []  # outputs not written (too small for their channel), and why
+        too_small: list[str] = []  # outputs smaller than their channel needs, and why
         for spec in rule.outputs:
             channel = self.config.channels[spec.channel]
             for asset in results.get(spec.source, []):
@@ -288,31 +407,68 @@ class Publisher:
                     continue
                 problem = fit_problem(asset.width, asset.height, channel, asset.ratio)
                 if problem:
-                    failed.append({"channel": channel.name, "ratio": asset.ratio, "step": spec.source,
-                                   "error": _not_fitted(rule, spec.source, asset, channel, problem)})
+                    too_small.append(_not_fitted(rule, spec.source, asset, channel, problem))
                     continue
-                work.append((spec, channel, asset, self._pool.submit(self._render, asset, channel, decoded)))
-        for spec, channel, asset, future in work:
-            pixels_shape, data = future.result()
-            target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed)
-            height, width = pixels_shape[:2]
-            records.append(OutputRecord(
-                channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
-                width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
-                scale=round(asset.scale * width / asset.width, 4)))
-            notes.append(asset.notes)
-        review = review_reasons(asset for _, _, asset, _ in work)
+                work.append((spec, channel, asset))
+        if too_small:
+            total = len(too_small) + len(work)
+            raise OutputsNotWritten(f"{'; '.join(too_small)}; none of its {plural(total, 'output')} "
+                                    f"{'was' if total == 1 else 'were'} published")
+        futures = [self._pool.submit(self._render, asset, channel, decoded) for _, channel, asset in work]
+        files, manifest_files = FileSet(), FileSet()
+        try:
+            for (spec, channel, asset), future in zip(work, futures):
+                pixels_shape, data = future.result()
+                target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed, files)
+                height, width = pixels_shape[:2]
+                records.append(OutputRecord(
+                    channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
+                    width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
+                    scale=round(asset.scale * width / asset.width, 4)))
+                notes.append(asset.notes)
+            review = review_reasons(asset for _, _, asset in work)
+            manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, manifest_files)
+            files.publish()
+            manifest_files.publish()
+        finally:
+            for future in futures:
+                future.cancel()
+            files.discard()
+            manifest_files.discard()
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
-        manifests = self._write_manifests(job, rule, records, notes, review, used, placed, failed=failed)
-        return records, manifests, review, [f["error"] for f in failed]
+        return records, manifests, review
 
-    def _write_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
+    def withdraw_failed(self) -> int:
+        """Remove the files that jobs failed for good had published (a crash between the renames of a job's
+        outputs, or a failure after them): only a file whose content is still what that job wrote there and
+        that no later job has claimed. Each job's error says how many were removed. Returns that number."""
+        total = 0
+        for job, written in self.store.to_withdraw():
+            removed = []
+            for record in written:
+                path = Path(record.path)
+                owner = self.store.output_owner(record.path)
+                if record.sha256 is None or owner is None or owner["job_id"] != job.id:
+                    continue
+                try:
+                    if sha256(path.read_bytes()) != record.sha256:
+                        continue
+                    path.unlink()
+                except OSError:  # gone, or not readable as that job's file: left alone
+                    continue
+                removed.append(record.path)
+            note = f"removed the {plural(len(removed), 'file')} it had published"
+            if self.store.withdrawn(job.id, removed, note) and removed:
+                total += len(removed)
+                log.warning("%s: job %d failed for good: %s (%s)", self.name, job.id, note,
+                            ", ".join(printable(p) for p in removed))
+        return total
+
+    def _stage_manifests(self, job: Job, rule: Rule, records: list[OutputRecord], notes: list[dict[str, Any]],
                          review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
-                         copied_from: Job | None = None, failed: list[dict[str, Any]] | None = None
-                         ) -> list[ManifestRecord]:
+                         files: FileSet, copied_from: Job | None = None) -> list[ManifestRecord]:
         """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
-        channel folder it wrote to, named like the outputs there (a clash suffix included). ``failed``: the
-        outputs not written, and why."""
+        channel folder it wrote to, named like the outputs there (a clash suffix included); staged in ``files``."""
         stem = safe_stem(Path(job.input_path).stem)
         manifest: dict[str, Any] = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
@@ -320,8 +476,6 @@ class Publisher:
             "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
             "review": review,
         }
-        if failed:
-            manifest["failed"] = failed
         if copied_from is not None:
             manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
@@ -333,8 +487,8 @@ class Publisher:
         manifests: list[ManifestRecord] = []
         for folder, name in names:
             target = self._free_path(folder, name + MANIFEST_SUFFIX, job, used)
-            self.store.reserve_manifest(job.id, str(target))
-            atomic_write(target, body)
+            self.store.reserve_manifest(job.id, str(target), sha256(body), len(body))
+            files.add(target, body)
             used.add(target)
             manifests.append(ManifestRecord(path=str(target), bytes=len(body), sha256=sha256(body)))
         return manifests
@@ -366,7 +520,7 @@ class Publisher:
 
 
 def _not_fitted(rule: Rule, step: str, asset: Asset, channel: Any, problem: str) -> str:
-    """Why an output is not written, in one line: the channel, the ratio, what it needs, what the image has
+    """Why an output cannot be written, in one line: the channel, the ratio, what it needs, what the image has
     and why nothing enlarged it."""
     capped = asset.notes.get("upscale", {}).get("capped")
     if capped:
@@ -376,7 +530,7 @@ def _not_fitted(rule: Rule, step: str, asset: Asset, channel: Any, problem: str)
     else:
         why = f"after {step}"
     ratio = f" {asset.ratio}" if asset.ratio else ""
-    return f"channel {channel.name}{ratio}: {problem} ({why}); not written"
+    return f"channel {channel.name}{ratio}: {problem} ({why})"
 
 
 def _clash_suffix(written: list[tuple[str, Path]]) -> str:

@@ -8,7 +8,8 @@ same change applies.
 
 A broken file (bad YAML, an unknown key, a rule that does not validate, a model that does not load) changes
 nothing: the last good config and rules keep running, every problem is logged at ERROR and one alert goes
-out; the next save that loads cleanly applies and clears it (a log line and a "fixed" alert).
+out (the problem ``config`` of ``pipeline.health``, which pauses nothing); the next save that loads cleanly applies
+and clears it (a log line and a "resumed" alert).
 
 Watching is a poll of a *stat signature* (size, mtime, inode of the config file and of each ``*.yaml`` /
 ``*.yml`` in ``rules_dir``), every ``interval`` seconds on its own thread, rather than watchdog: two
@@ -31,7 +32,7 @@ from .errors import ConfigError
 from .rules import Rule, load_rules
 
 if TYPE_CHECKING:
-    from .notify import Notifier
+    from .health import Problems
 
 log = logging.getLogger("assetd.reload")
 
@@ -40,6 +41,8 @@ CHECK_SECONDS = 2.0
 #: Config keys a running daemon cannot change (the open database and its lock, the loaded models): a changed
 #: value keeps its running one until the next start, with a warning; the rest of the change applies.
 RESTART_ONLY = ("database", "device", "models")
+
+PROBLEM_KEY = "config"  # the problem process of a broken config or rule file (``pipeline.health``)
 
 Signature = tuple[Any, ...]
 
@@ -106,29 +109,27 @@ def rule_changes(old: list[Rule], new: list[Rule]) -> list[str]:
     return phrases
 
 
-def alert(notifier: Notifier | None, started: bool, title: str, body: str) -> None:
-    """One alert about the config and rule files: ``started`` when a saved file is broken, else when it is
-    fixed. Through the notifier's outbox (nothing without notify URLs: the log lines say it all).
-
-    The one place to re-point at health's ``Problems`` (key ``config``, ``Scope.nothing()``: alert only)."""
-    if notifier is None or not notifier.enabled:
-        return
-    kind = "problem" if started else "problem-cleared"
-    notifier.store.add_message(kind, f"{notifier.notify.title}: {title}", body)
+def summary(problems: list[str]) -> str:
+    """The broken files' problems in one line (for ``assetd jobs`` and the alert; the log lists them all)."""
+    more = f" (and {len(problems) - 1} more problem(s), listed in the log)" if len(problems) > 1 else ""
+    first = " ".join(problems[0].split())  # a YAML error spans lines
+    return f"config or rule file broken, not applied: {first}{more}; the last good config and rules keep running"
 
 
 class Reloader:
     """Watches the daemon's config file and rules folder and applies a saved change (see the module docstring).
 
     ``apply(config, rules)`` is ``Daemon.apply``: it raises ConfigError to refuse a change (a model that does
-    not load). ``check()`` is one look; ``run(stop)`` is the thread body, a look every ``interval`` seconds."""
+    not load). ``health``: the daemon's problem processes; a broken file is the problem ``config`` there, with
+    ``Scope.nothing()`` (nothing pauses: one alert when it starts, one when it clears, a line in ``assetd jobs``).
+    ``check()`` is one look; ``run(stop)`` is the thread body, a look every ``interval`` seconds."""
 
     def __init__(self, config: Config, rules: list[Rule], apply: Callable[[Config, list[Rule]], None],
-                 notifier: Notifier | None = None, interval: float = CHECK_SECONDS):
+                 health: Problems | None = None, interval: float = CHECK_SECONDS):
         self.config = config  # what runs now
         self.rules = rules
         self.apply = apply
-        self.notifier = notifier
+        self.health = health
         self.interval = interval
         self.problems: list[str] | None = None  # the broken files' problems, while they are broken
         self._restart_notes: list[str] = []  # the RESTART_ONLY changes already logged
@@ -181,21 +182,21 @@ class Reloader:
         self._fixed()
 
     def _broken(self, problems: list[str]) -> None:
-        if problems != self.problems:
+        if problems != self.problems:  # every save that is still broken lists its problems again
             log.error("config or rule file not applied (%d problem(s)); the last good config and rules keep "
                       "running until it is fixed:", len(problems))
             for problem in problems:
                 log.error("  %s", problem)
-        if self.problems is None:
-            alert(self.notifier, True, "config or rule file broken: not applied",
-                  "\n".join([*problems, "", "The last good config and rules keep running; the file is applied "
-                                            "as soon as a saved version loads."]))
+        if self.health is not None:
+            from .health import Scope
+
+            self.health.start(PROBLEM_KEY, summary(problems), Scope.nothing())  # once: alerts on the first
         self.problems = problems
 
     def _fixed(self) -> None:
         if self.problems is None:
             return
         self.problems = None
-        log.warning("config and rule files load again: the problem is cleared")
-        alert(self.notifier, False, "config and rule files fixed",
-              f"{self.config.source} and the rules in {self.config.rules_dir} load again and are applied.")
+        message = f"config and rule files load again: the problem is cleared ({self.config.source})"
+        if self.health is None or not self.health.clear(PROBLEM_KEY, message):  # logs it ("resumed: ...")
+            log.warning("%s", message)

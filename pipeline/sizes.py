@@ -6,7 +6,7 @@ floor; ``long_edge``, a ceiling (it only shrinks). Enlarging is the upscale step
 the step learns from the channels it feeds how many pixels each ratio needs (``need_long_edge``, gathered by
 ``stages.subject.resolve_size``). When an output renders, ``output_size`` fits the image to the channel once:
 a shrink, or a rounding pixel, never an enlargement; ``fit_problem`` says why an image cannot be fitted
-(it is then not written, and its job fails naming the channel, the ratio and both sizes).
+(its job then fails naming the channel, the ratio and both sizes, and publishes none of its outputs).
 """
 from __future__ import annotations
 

@@ -8,6 +8,13 @@ intake's decision (``on_rule_change``). Workers claim jobs atomically
 (``BEGIN IMMEDIATE``) under a lease; a job left ``running`` by a crash is taken back when its
 lease expires, and fails for good once it has used ``max_attempts``.
 
+Crash attribution: a worker claims the next job *ahead* (``claim_next(..., ahead=True)``) while the current
+one runs; such a claim charges nothing. ``begin`` charges the attempt when the job's own run starts and
+records it (``chain_started_at``). When assetd dies, a job whose run never started goes back untouched; one
+whose run started counts a crash (``crashes``) and is failed for good as *quarantined* once it has
+``quarantine_after_crashes`` of them. A job with a crash runs alone in its process on its next try (no job
+claimed beside it), so a second crash is its own.
+
 A done job may be *marked for review*: ``jobs.review`` holds the reasons its stages gave (a JSON
 list of one-line strings), NULL when there are none. Its outputs are written like any other's;
 ``jobs(status="review")`` lists such jobs, and ``requeue`` clears the mark.
@@ -28,6 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterator
 
 from sqlite_utils import Database, Migrations
+
+from .text import printable
 
 migrations = Migrations("assetd")
 
@@ -109,6 +118,30 @@ def m004_manifests(db: Database) -> None:
 
 
 @migrations()
+def m005_crash_attribution(db: Database) -> None:
+    """``jobs.chain_started_at``: when the current claim's own run started (NULL: claimed ahead, not started);
+    ``jobs.crashes``: how often assetd died while this job's run was going."""
+    columns = db["jobs"].columns_dict
+    if "chain_started_at" not in columns:
+        db["jobs"].add_column("chain_started_at", float)
+    if "crashes" not in columns:
+        db["jobs"].add_column("crashes", int, not_null_default=0)
+
+
+@migrations()
+def m006_problems(db: Database) -> None:
+    """``problems``: one row per outage of the process (a disk below its watermark, the GPU, a model, an inbox):
+    its key (``disk:/srv/out``), message, what it paused, when it started and cleared (NULL while it lasts)."""
+    if "problems" not in db.table_names():
+        db["problems"].create(
+            {"id": int, "key": str, "message": str, "scope": str, "started_at": float, "cleared_at": float,
+             "cleared_message": str, "alerted": int},
+            pk="id", not_null={"key", "message", "started_at"}, defaults={"alerted": 0},
+        )
+        db["problems"].create_index(["cleared_at"])
+
+
+@migrations()
 def m007_moves(db: Database) -> None:
     """``moves``: where an inbox's ``after: move`` put a job's input (done/ or error/) and its ``.error.txt``;
     ``returned_at`` once ``assetd retry`` moved it back."""
@@ -119,6 +152,17 @@ def m007_moves(db: Database) -> None:
             pk="id", foreign_keys=[("job_id", "jobs", "id")], not_null={"job_id", "source", "dest", "kind"},
         )
         db["moves"].create_index(["job_id"])
+
+
+@migrations()
+def m008_reserved_outputs(db: Database) -> None:
+    """``outputs.reserved`` / ``manifests.reserved``: 1 on a row a run wrote before its job finished (the file's
+    hash is known, the job's end is not); ``finish`` replaces them with the final records. A job failed for good
+    with reserved rows still has files to withdraw."""
+    for table in ("outputs", "manifests"):
+        if "reserved" not in db[table].columns_dict:
+            db[table].add_column("reserved", int)
+        db[table].create_index(["reserved"], if_not_exists=True)
 
 
 class JobStatus(str, Enum):
@@ -136,6 +180,21 @@ FINISHED = (JobStatus.DONE, JobStatus.FAILED)  # ran to an end; runs again only 
 
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
+
+
+# A job handed back uncharged: the attempt its run was charged (if it started) does not count.
+_UNCHARGE = "attempts = MAX(attempts - (chain_started_at IS NOT NULL), 0), chain_started_at = NULL"
+
+
+def _same_process(owner: str) -> tuple[str, list[Any]]:
+    """SQL and its parameters: ``worker`` is a claim of the same process and kind as ``owner``: for
+    ``"worker-1 pid 1234 on host"`` any ``"worker-N pid 1234 on host"`` (the daemon's workers). An owner label
+    without a pid stands for itself alone."""
+    at = owner.find(" pid ")
+    if at < 0:
+        return "worker = ?", [owner]
+    kind, process = owner[:at].rstrip("0123456789"), owner[at:]
+    return "substr(worker, 1, ?) = ? AND substr(worker, ?) = ?", [len(kind), kind, -len(process), process]
 
 
 def _marks(values: Collection[Any]) -> str:
@@ -164,6 +223,8 @@ class Job:
     worker: str | None = None
     review: list[str] = field(default_factory=list)  # why a human should look at it (done jobs)
     copied_from: int | None = None  # the done job (same content, another name) whose outputs it copied
+    chain_started_at: float | None = None  # when this claim's own run started; None: claimed ahead, not started
+    crashes: int = 0  # how often assetd died while this job's run was going
 
     @property
     def readable(self) -> bool:
@@ -209,6 +270,19 @@ class ManifestRecord:
 
 
 @dataclass
+class Recovery:
+    """What ``recover`` found running when assetd started: jobs whose run had started (a crash counted),
+    jobs only claimed ahead (back untouched), and those of the first kind now failed for good."""
+    started: list[int] = field(default_factory=list)
+    ahead: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.started + self.ahead)
+
+
+@dataclass
 class Move:
     """An input moved out of its inbox when its job ended (``after: move``)."""
     id: int
@@ -237,8 +311,9 @@ class _Local(threading.local):
 class Store:
     """Job store over one SQLite file. Thread-safe: one connection per thread."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, quarantine_after_crashes: int = 2):
         self.path = Path(path)
+        self.quarantine_after_crashes = quarantine_after_crashes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = _Local()
         self._all: list[sqlite3.Connection] = []
@@ -341,37 +416,61 @@ class Store:
         rows = self.db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [job_id])
         return Job.from_row(rows[0]) if rows else None
 
-    def _reap_expired(self, db: Database, now: float, only: list[int] | None = None) -> None:
-        """Jobs whose lease ran out (their worker died) go back to the queue, or fail when out of attempts.
+    def _reap_expired(self, db: Database, now: float, only: list[int] | None = None) -> Recovery:
+        """Jobs whose lease ran out (their worker died) go back to the queue, or fail for good.
 
-        ``only``: just these running jobs, whatever their lease (their owner is known to be gone)."""
-        which = "lease_expires < ?"
-        params: list[Any] = [now]
+        A job only claimed ahead (its run never started) goes back untouched. One whose run started counts a
+        crash: quarantined once it has ``quarantine_after_crashes`` of them, failed once out of attempts, else
+        queued again. ``only``: just these running jobs, whatever their lease (their owner is known to be gone)."""
+        which, params = "lease_expires < ?", [now]
         if only is not None:
-            which = f"id IN ({_marks(only)})"
-            params = list(only)
-        db.conn.execute(
-            "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL,"
-            " error = 'the worker stopped while processing it ' || attempts || ' time(s) (crash or kill); '"
-            f" || 'gave up after max_attempts' WHERE status = ? AND {which} AND attempts >= max_attempts",
-            [JobStatus.FAILED, now, JobStatus.RUNNING, *params],
-        )
-        db.conn.execute(
-            "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL,"
-            f" error = 'interrupted (worker stopped); redoing' WHERE status = ? AND {which}",
-            [JobStatus.QUEUED, JobStatus.RUNNING, *params],
-        )
+            which, params = f"id IN ({_marks(only)})", list(only)
+        rows = db.execute_returning_dicts(
+            f"SELECT id, input_path, attempts, max_attempts, crashes, chain_started_at FROM jobs WHERE status = ?"
+            f" AND {which} ORDER BY id", [JobStatus.RUNNING, *params])
+        found = Recovery()
+        for row in rows:
+            if row["chain_started_at"] is None:
+                db.conn.execute("UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL WHERE id = ?",
+                                [JobStatus.QUEUED, row["id"]])
+                found.ahead.append(row["id"])
+                continue
+            found.started.append(row["id"])
+            crashes, shown = row["crashes"] + 1, printable(row["input_path"])
+            if row["attempts"] >= row["max_attempts"]:
+                error = (f"{shown}: the worker stopped while processing it {crashes} time(s) (crash or kill); gave "
+                         f"up after max_attempts ({row['attempts']} attempts)")
+            elif crashes >= self.quarantine_after_crashes:
+                error = (f"{shown}: quarantined: assetd stopped {crashes} times while running this job (crash or "
+                         "kill); its other jobs went on")
+            else:
+                error = None
+            if error is not None:
+                found.failed.append(row["id"])
+                db.conn.execute(
+                    "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
+                    " chain_started_at = NULL, error = ? WHERE id = ?",
+                    [JobStatus.FAILED, now, crashes, error, row["id"]])
+            else:
+                db.conn.execute(
+                    "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
+                    " chain_started_at = NULL, error = 'interrupted (assetd stopped while running it); redoing'"
+                    " WHERE id = ?", [JobStatus.QUEUED, crashes, row["id"]])
+        return found
 
-    def recover_orphans(self, keep: Callable[[str | None], bool] = lambda owner: False) -> list[int]:
-        """At daemon start (single instance): jobs still marked running were cut off; queue them again.
+    def recover(self, keep: Callable[[str | None], bool] = lambda owner: False) -> Recovery:
+        """At daemon start (single instance): jobs still marked running were cut off; queue them again (a job
+        whose run had started counts a crash, see ``_reap_expired``).
 
         ``keep(owner)``: leave this owner's jobs running (an ``assetd process`` that is still at work)."""
         with self._immediate() as db:
             running = db.conn.execute("SELECT id, worker FROM jobs WHERE status = ?", [JobStatus.RUNNING])
             ids = [job_id for job_id, owner in running if not keep(owner)]
-            if ids:
-                self._reap_expired(db, time.time(), only=ids)
-        return ids
+            return self._reap_expired(db, time.time(), only=ids) if ids else Recovery()
+
+    def recover_orphans(self, keep: Callable[[str | None], bool] = lambda owner: False) -> list[int]:
+        """``recover``, returning the ids of every job it took back."""
+        return self.recover(keep).ids
 
     def stale_queued(self, current_versions: dict[str, str]) -> list[Job]:
         """Queued jobs whose rule is gone or has another version now."""
@@ -421,28 +520,67 @@ class Store:
              "done": JobStatus.DONE, "queued": JobStatus.QUEUED, "running": JobStatus.RUNNING})
         return Job.from_row(rows[0]) if rows and job.readable else None
 
-    def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None) -> Job | None:
-        """Atomically take the oldest due job (optionally among ``only``) and mark it running."""
+    def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None, *,
+                   ahead: bool = False, skip_rules: Collection[str] = (),
+                   skip_under: Collection[Path | str] = ()) -> Job | None:
+        """Atomically take the oldest due job (optionally among ``only``) and mark it running for ``worker``.
+
+        ``ahead``: claimed to be read ahead of its run, which ``begin`` starts later; nothing is charged until
+        then. Otherwise the run starts now (``begin`` at once). A job with a crash runs alone in its process:
+        while one runs, this process claims nothing else, and it is claimed only when nothing else of this
+        process runs (its turn waits for them).
+
+        ``skip_rules``, ``skip_under``: leave the jobs of these rules, and those whose input lies under one of
+        these folders, queued (a problem process pauses them: ``health.Problems.blocked``)."""
         now = time.time()
         with self._immediate() as db:
             self._reap_expired(db, now)
-            sql = "SELECT id FROM jobs WHERE status = ? AND next_attempt_at <= ?"
+            mine, of_mine = _same_process(worker)
+            if db.conn.execute(f"SELECT 1 FROM jobs WHERE status = ? AND crashes > 0 AND {mine} LIMIT 1",
+                               [JobStatus.RUNNING, *of_mine]).fetchone():
+                return None
+            sql = "SELECT id, crashes FROM jobs WHERE status = ? AND next_attempt_at <= ?"
             params: list[Any] = [JobStatus.QUEUED, now]
             if only is not None:
                 if not only:
                     return None
                 sql += f" AND id IN ({_marks(only)})"
                 params += list(only)
+            if skip_rules:
+                sql += f" AND rule NOT IN ({_marks(skip_rules)})"
+                params += list(skip_rules)
+            for root in skip_under:  # a prefix compared as text: no LIKE, so no wildcard in a folder name counts
+                prefix = str(root).rstrip("/") + "/"
+                sql += " AND substr(input_path, 1, ?) != ?"
+                params += [len(prefix), prefix]
             row = db.conn.execute(sql + " ORDER BY next_attempt_at, id LIMIT 1", params).fetchone()
             if row is None:
                 return None
+            if row[1] and db.conn.execute(f"SELECT 1 FROM jobs WHERE status = ? AND {mine} LIMIT 1",
+                                          [JobStatus.RUNNING, *of_mine]).fetchone():
+                return None
             db.conn.execute(
-                "UPDATE jobs SET status = ?, attempts = attempts + 1, lease_expires = ?, worker = ?,"
-                " started_at = ? WHERE id = ?",
-                [JobStatus.RUNNING, now + lease_seconds, worker, now, row[0]],
-            )
+                "UPDATE jobs SET status = ?, lease_expires = ?, worker = ?, started_at = ?, chain_started_at = NULL"
+                " WHERE id = ?", [JobStatus.RUNNING, now + lease_seconds, worker, now, row[0]])
+            if not ahead:
+                self._begin(db, row[0], worker, now)
             out = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [row[0]])[0]
         return Job.from_row(out)
+
+    def begin(self, job_id: int, owner: str) -> int | None:
+        """The job's own run starts now (its chain, or the copy of its twin's outputs): the attempt is charged,
+        and a crash from now on is this job's. Idempotent per claim. Returns the attempt number, or None when
+        ``owner`` does not hold the job."""
+        with self._immediate() as db:
+            self._begin(db, job_id, owner, time.time())
+            row = db.conn.execute("SELECT attempts FROM jobs WHERE id = ? AND status = ? AND worker = ?",
+                                  [job_id, JobStatus.RUNNING, owner]).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _begin(db: Database, job_id: int, owner: str, now: float) -> None:
+        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ? WHERE id = ? AND status = ?"
+                        " AND worker = ? AND chain_started_at IS NULL", [now, job_id, JobStatus.RUNNING, owner])
 
     def heartbeat(self, job_id: int, lease_seconds: float) -> None:
         self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = ?",
@@ -499,7 +637,7 @@ class Store:
                 return JobStatus.FAILED
             db.conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, next_attempt_at = ?, lease_expires = NULL,"
-                " worker = NULL WHERE id = ?",
+                " worker = NULL, chain_started_at = NULL WHERE id = ?",
                 [JobStatus.QUEUED, error, time.time() + delay, job_id],
             )
             return JobStatus.QUEUED
@@ -507,7 +645,7 @@ class Store:
     def postpone(self, job_id: int, delay: float, note: str) -> None:
         """Back to the queue for ``delay`` seconds without charging the attempt (it waits for a twin)."""
         self.db.conn.execute(
-            "UPDATE jobs SET status = ?, attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+            f"UPDATE jobs SET status = ?, {_UNCHARGE}, lease_expires = NULL,"
             " worker = NULL, next_attempt_at = ?, error = ? WHERE id = ? AND status = ?",
             [JobStatus.QUEUED, time.time() + delay, note, job_id, JobStatus.RUNNING])
 
@@ -516,7 +654,7 @@ class Store:
 
         ``owner``: only if that owner still holds it. ``note``: why, shown as the job's error until it runs.
         Returns whether the job was released."""
-        sql = ("UPDATE jobs SET status = ?, attempts = MAX(attempts - 1, 0), lease_expires = NULL,"
+        sql = (f"UPDATE jobs SET status = ?, {_UNCHARGE}, lease_expires = NULL,"
                " worker = NULL, error = COALESCE(?, error) WHERE id = ? AND status = ?")
         params: list[Any] = [JobStatus.QUEUED, note, job_id, JobStatus.RUNNING]
         if owner is not None:
@@ -556,8 +694,9 @@ class Store:
                     f" AND status IN ({_marks(FINISHED)})", [*(job_ids or []), *FINISHED])]
             for job_id in ids:
                 db.conn.execute(
-                    "UPDATE jobs SET status = ?, attempts = 0, next_attempt_at = 0, error = NULL,"
-                    " finished_at = NULL, lease_expires = NULL, review = NULL WHERE id = ?", [JobStatus.QUEUED, job_id],
+                    "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
+                    " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, review = NULL"
+                    " WHERE id = ?", [JobStatus.QUEUED, job_id],
                 )
         return ids
 
@@ -600,14 +739,44 @@ class Store:
             {"p": path})
         return {k: rows[0][k] for k in ("job_id", "input_hash", "input_path")} if rows else None
 
-    def reserve_output(self, job_id: int, path: str, channel: str, step: str) -> None:
-        """Claim an output path before writing it, so a redo after a crash recognises its own file."""
+    def reserve_output(self, job_id: int, path: str, channel: str, step: str, sha256: str | None = None,
+                       size: int | None = None) -> None:
+        """Claim an output path before writing it, so a redo after a crash recognises its own file; with the
+        hash of what is about to be written there, so a job failed for good can withdraw exactly that."""
         self.db["outputs"].insert({"job_id": job_id, "path": path, "channel": channel, "step": step,
-                                   "created_at": time.time()})
+                                   "sha256": sha256, "bytes": size, "reserved": 1, "created_at": time.time()})
 
-    def reserve_manifest(self, job_id: int, path: str) -> None:
+    def reserve_manifest(self, job_id: int, path: str, sha256: str | None = None, size: int | None = None) -> None:
         """Claim a manifest path before writing it (as ``reserve_output``)."""
-        self.db["manifests"].insert({"job_id": job_id, "path": path, "created_at": time.time()})
+        self.db["manifests"].insert({"job_id": job_id, "path": path, "sha256": sha256, "bytes": size,
+                                     "reserved": 1, "created_at": time.time()})
+
+    def to_withdraw(self) -> list[tuple[Job, list[ManifestRecord]]]:
+        """Jobs failed for good that may have published files before they failed (a crash between renames, a
+        failure after them): each with the paths and hashes its runs wrote (reserved rows)."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT job_id, path, bytes, sha256 FROM outputs WHERE reserved = 1 UNION ALL"
+            " SELECT job_id, path, bytes, sha256 FROM manifests WHERE reserved = 1 ORDER BY job_id")
+        found: dict[int, list[ManifestRecord]] = {}
+        for r in rows:
+            found.setdefault(r["job_id"], []).append(ManifestRecord(path=r["path"], bytes=r["bytes"],
+                                                                    sha256=r["sha256"]))
+        jobs = [self.get(job_id) for job_id in found]
+        return [(job, found[job.id]) for job in jobs if job is not None and job.status is JobStatus.FAILED]
+
+    def withdrawn(self, job_id: int, removed: list[str], note: str) -> bool:
+        """The files a job failed for good had published were removed (``removed``): its reserved rows go, and
+        ``note`` is added to its error. False when it was already done (another worker) or it is failed no more."""
+        with self._immediate() as db:
+            if db.conn.execute("SELECT 1 FROM jobs WHERE id = ? AND status = ?", [job_id, JobStatus.FAILED]
+                               ).fetchone() is None:
+                return False
+            gone = sum(db.conn.execute(f"DELETE FROM {table} WHERE job_id = ? AND reserved = 1", [job_id]).rowcount
+                       for table in ("outputs", "manifests"))
+            if gone and removed:
+                db.conn.execute("UPDATE jobs SET error = COALESCE(error || '; ', '') || ? WHERE id = ?",
+                                [note, job_id])
+            return bool(gone)
 
     def steps(self, job_id: int) -> list[dict[str, Any]]:
         return self.db.execute_returning_dicts("SELECT * FROM steps WHERE job_id = ? ORDER BY id", [job_id])
@@ -681,6 +850,31 @@ class Store:
         self.db.conn.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
             [error, retry_at, message_id])
+
+    # -- problem processes (pipeline.health) --------------------------------------------------------
+    def problem_started(self, key: str, message: str, scope: str, at: float) -> int:
+        """Record an outage of the process that starts now; returns its row id."""
+        return int(self.db["problems"].insert({"key": key, "message": message, "scope": scope, "started_at": at,
+                                               "alerted": 0}).last_pk)
+
+    def problem_alerted(self, problem_id: int) -> None:
+        """Its "on" alert was queued (so a "cleared" one goes out when it ends)."""
+        self.db.conn.execute("UPDATE problems SET alerted = 1 WHERE id = ?", [problem_id])
+
+    def problem_cleared(self, problem_id: int, at: float, message: str | None = None) -> None:
+        self.db.conn.execute("UPDATE problems SET cleared_at = ?, cleared_message = ? WHERE id = ?"
+                             " AND cleared_at IS NULL", [at, message, problem_id])
+
+    def end_problems(self, at: float, message: str) -> int:
+        """Close every outage still open (a daemon starting: the one that recorded them is gone and its
+        successor measures again). Returns how many were open."""
+        return self.db.conn.execute("UPDATE problems SET cleared_at = ?, cleared_message = ? WHERE cleared_at IS NULL",
+                                    [at, message]).rowcount
+
+    def active_problems(self) -> list[dict[str, Any]]:
+        """The outages not cleared yet, oldest first (``assetd jobs``)."""
+        return self.db.execute_returning_dicts(
+            "SELECT * FROM problems WHERE cleared_at IS NULL ORDER BY started_at, id")
 
     # -- small key/value state -----------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:

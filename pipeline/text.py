@@ -12,6 +12,11 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
 
 
+def plural(n: int, word: str) -> str:
+    """``1 output``, ``2 outputs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f…>"
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")  # b'Input/output error'
 

@@ -1,7 +1,7 @@
 """Channel sizes: every deliverable at its channel's exact pixels (``size``, one or per ratio) or long edge at
 least (``min_long_edge``); the upscale step enlarges each ratio only as far as its channels need, the output
-fits once (a shrink or a rounding pixel), and what cannot be given is refused when rules load or fails that
-output alone, naming the channel, the ratio and both sizes."""
+fits once (a shrink or a rounding pixel), and what cannot be given is refused when rules load or fails the job,
+naming the channel, the ratio and both sizes, with none of its outputs published."""
 from __future__ import annotations
 
 import json
@@ -174,9 +174,11 @@ def test_one_size_serves_every_ratio_of_its_shape_and_check_accepts_the_example_
     assert upscale.long_edge is None and upscale.targets == {"1:1": 2000, "4:5": 2400, "9:16": 1920, "16:9": 1920}
 
 
-# --- fails that output alone when it comes ---------------------------------------------------
+# --- fails the job, publishing nothing, when it comes ---------------------------------------------------
 
-def test_a_channel_below_its_minimum_without_upscale_fails_that_output_and_the_rest_are_written(workspace):
+def test_a_channel_below_its_minimum_without_upscale_fails_the_job_and_publishes_none_of_its_outputs(workspace):
+    """A job never publishes part of its deliverables: one output too small for its channel fails the job, whose
+    error names it, and none of its outputs (nor a manifest) is written. (Until issue 11 the others were written.)"""
     rule = ("steps: [{crops: {ratios: ['1:1', '16:9'], fill: pad}}]\n"
             "outputs: [{channel: print, from: crops, ratios: ['1:1']}, {channel: cutouts, from: crops}]\n")
     config_path = studio_with(workspace, rule)
@@ -192,23 +194,19 @@ def test_a_channel_below_its_minimum_without_upscale_fails_that_output_and_the_r
     assert doc["status"] == "failed"
     assert doc["error"].startswith(f"{shot}: channel print 1:1: needs a long edge of at least 900 px "
                                    "(min_long_edge), the image has ")
-    assert "(rule shop has no upscale step to enlarge it); not written (2 other outputs written)" in doc["error"]
-    written = {(o["channel"], o["ratio"]) for o in doc["outputs"]}
-    assert written == {("cutouts", "1:1"), ("cutouts", "16:9")}
-    assert all(Path(o["path"]).is_file() for o in doc["outputs"])
-    assert not list(workspace.out("print").glob("*.png"))
+    assert doc["error"].endswith("(rule shop has no upscale step to enlarge it); none of its 3 outputs were published")
+    assert doc["outputs"] == []
+    left = [p for c in ("print", "cutouts") if workspace.out(c).exists() for p in workspace.out(c).iterdir()]
+    assert left == []  # no output, no temporary file
+    assert not workspace.manifest("shop", "small").exists()
     store = Store(load_config(config_path).database)
     try:
         (job,) = store.jobs()
         assert job.status is JobStatus.FAILED and job.error == doc["error"]
-        assert len(store.outputs(job.id)) == 2  # what was written is recorded (and is this input's to replace)
+        assert store.outputs(job.id) == [] and store.manifests(job.id) == []
         assert [j.id for j in store.jobs(status="failed")] == [job.id]
     finally:
         store.close()
-    manifest = json.loads(workspace.manifest("shop", "small").read_text())
-    (failed,) = manifest["failed"]
-    assert failed["channel"] == "print" and failed["ratio"] == "1:1" and failed["step"] == "crops"
-    assert len(manifest["outputs"]) == 2
 
 
 # --- the pieces: the upscale step's aim, and the one fit when an output renders ----------------

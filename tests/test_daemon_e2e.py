@@ -177,7 +177,8 @@ def start_with_a_running_job(workspace, shot: Path, db: Path) -> subprocess.Pope
     try:
         wait_for(lambda: db.exists(), 30, "the database")
         copy_slowly(shot, workspace.inbox / "products" / shot.name, pause=0.01)
-        wait_for(lambda: any(j.status is JobStatus.RUNNING for j in jobs_in(db)), 60, "the job to start")
+        wait_for(lambda: any(j.status is JobStatus.RUNNING and j.chain_started_at is not None for j in jobs_in(db)),
+                 60, "the job to start")  # its run began: a job only claimed (read ahead) is not charged a crash
     except BaseException:
         proc.kill()
         raise

@@ -137,7 +137,8 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
             problem = run.logged("ratioz", logging.ERROR)
             assert "20-cutouts.yaml" in problem[0]
             alerts = wait_for(lambda: receiver.messages, "the alert")
-            assert "broken" in alerts[0]["title"] and "ratioz" in alerts[0]["message"]
+            assert "config or rule file broken, not applied" in alerts[0]["message"]
+            assert "ratioz" in alerts[0]["message"] and "last good config and rules keep running" in alerts[0]["message"]
 
             workspace.add_rule("20-cutouts.yaml", BROKEN.replace("ratioz", "ratios_"))  # saved again, still broken
             run.logged("ratios_", logging.ERROR)
@@ -151,7 +152,8 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
             fixed = run.drop("c.jpg", seed=3)
             assert fixed.rule_version != good.rule_version and shape(workspace, "c") == "square"
         titles = [m["title"] for m in receiver.messages]
-        assert len(titles) == 2 and "broken" in titles[0] and "fixed" in titles[1], titles  # one on, one off
+        assert len(titles) == 2 and "config" in titles[1] and "resumed" in titles[1], titles  # one on, one off
+        assert "load again" in receiver.messages[1]["message"]
     finally:
         receiver.close()
 
