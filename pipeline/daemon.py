@@ -186,6 +186,7 @@ class Daemon:
         self._log_rule_changes(store)
         if config.notify != old.notify:
             self.notifier.apply(config)
+        store.quarantine_after_crashes = config.quarantine_after_crashes
         if self.problems is not None:  # its settings (problems:), and which rules write where or run models
             self.problems.config, self.problems.rules = config, list(rules)
         if config.log_level != old.log_level:
