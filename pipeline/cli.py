@@ -65,6 +65,15 @@ def _load(config_path: str, rule: str | None = None) -> tuple[Config, list[Rule]
     return config, rules
 
 
+def _load_config(config_path: str) -> Config:
+    """The config alone, for the commands that read the job store (a rule file broken while the daemon runs must not
+    stop `assetd jobs` or `assetd retry`)."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise CommandError(exc.problems) from None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -261,7 +270,7 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     """
     from . import listing
 
-    config = _load(config_path)[0]
+    config = _load_config(config_path)
     store = _open_store(config)
     rows = store.jobs(status, limit)
     if as_json:
@@ -330,7 +339,7 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
 
     if not job_ids and not failed:
         raise click.UsageError("give JOB_ID... or --failed")
-    config = _load(config_path)[0]
+    config = _load_config(config_path)
     store = _open_store(config)
     released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
                                      only=None if failed else list(job_ids))

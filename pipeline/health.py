@@ -92,6 +92,15 @@ class Scope:
         """Nothing paused: the problem is logged and alerted only (a broken config file: the last good set runs)."""
         return Scope()
 
+    @property
+    def pauses(self) -> bool:
+        """Whether it holds any job back (``nothing()`` does not: its problem is only logged and alerted)."""
+        return bool(self.everything or self.rule_names or self.roots)
+
+    def words(self) -> tuple[str, str]:
+        """How its start and its end are logged and alerted: paused/resumed, or problem/cleared for ``nothing()``."""
+        return ("paused", "resumed") if self.pauses else ("problem", "cleared")
+
     def covers(self, rule: str, input_path: str | Path) -> bool:
         if self.everything or rule in self.rule_names:
             return True
@@ -331,7 +340,7 @@ class Problems:
               alert_after: float = 0.0, trial: bool = False) -> bool:
         """A problem process starts (idempotent per ``key``: True only when it is new).
 
-        New: recorded, logged once at ERROR ("paused: <message>"), and one alert queued once it has lasted
+        New: recorded, logged once at ERROR ("paused: <message>"; "problem: ..." when its scope pauses nothing), and one alert queued once it has lasted
         ``alert_after`` seconds (cleared before that: no alert at all). ``probe()``: True when the cause is
         gone; the monitor calls it every ``check_seconds`` and clears the problem (with ``trial``, see the
         module: its scope is tried again and a job of it finishing clears it). Already known: nothing
@@ -348,7 +357,7 @@ class Problems:
                 return False
             problem = self._active[key] = Problem(key, message, scope, now, probe, alert_after, trial,
                                                   next_probe=now + self.settings.check_seconds)
-            log.error("paused: %s", message)
+            log.error("%s: %s", scope.words()[0], message)
             problem.row = self._record(lambda s: s.problem_started(key, message, scope.describe(), now))
             if alert_after <= 0:
                 self._alert(problem)
@@ -363,12 +372,12 @@ class Problems:
             if problem is None:
                 return False
             text = f"{message or problem.message + ' (cleared)'} (paused {format_duration(now - problem.started_at)})"
-            log.warning("resumed: %s", text)
+            log.warning("%s: %s", problem.scope.words()[1], text)
             if problem.row is not None:
                 row = problem.row
                 self._record(lambda s: s.problem_cleared(row, now, text))
             if problem.alerted and self.notifier is not None:
-                self._notify(False, f"resumed: {key}", text)
+                self._notify(False, f"{problem.scope.words()[1]}: {key}", text)
         return True
 
     def blocked(self) -> tuple[set[str], list[Path]]:
@@ -637,7 +646,7 @@ class Problems:
             row = problem.row
             self._record(lambda s: s.problem_alerted(row))
         if self.notifier is not None:
-            self._notify(True, f"paused: {problem.key}", problem.message)
+            self._notify(True, f"{problem.scope.words()[0]}: {problem.key}", problem.message)
 
     def _notify(self, started: bool, title: str, body: str) -> None:
         try:
