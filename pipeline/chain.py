@@ -18,6 +18,16 @@ class StepError(AssetdError):
     """A stage raised something unexpected; the message names the step."""
 
 
+class ModelLoadError(AssetdError):
+    """A stage's ``prepare()`` (its model load) failed: the process has a problem, not the job
+    (``health``: ``model:<step>/<backend>``). The original error is ``__cause__``."""
+
+    def __init__(self, step: str, backend: str, exc: BaseException):
+        super().__init__(f"{step} ({backend}): could not prepare: {type(exc).__name__}: {exc}")
+        self.step = step
+        self.backend = backend
+
+
 class Chain:
     """The stages of one rule. Build once per worker and reuse: models load in ``prepare``."""
 
@@ -29,9 +39,16 @@ class Chain:
         self._prepared = False
 
     def prepare(self) -> None:
+        """Load each stage's heavy resources once; a failure is a ``ModelLoadError`` naming the stage, and the
+        next job tries again."""
         if not self._prepared:
             for stage in self.stages:
-                stage.prepare()
+                try:
+                    stage.prepare()
+                except StopRequested:
+                    raise
+                except Exception as exc:
+                    raise ModelLoadError(stage.step, stage.backend, exc) from exc
             self._prepared = True
 
     def run(self, asset: Asset, on_step: Callable[[Stage, float], None] | None = None) -> dict[str, list[Asset]]:

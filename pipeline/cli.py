@@ -65,13 +65,24 @@ def _load(config_path: str, rule: str | None = None) -> tuple[Config, list[Rule]
     return config, rules
 
 
+def _load_config(config_path: str) -> Config:
+    """The config alone, for the commands that read the job store (a rule file broken while the daemon runs must not
+    stop `assetd jobs` or `assetd retry`)."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise CommandError(exc.problems) from None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
 
 def _config_option(f: Any) -> Any:
-    return click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+    # a plain path: a config file that is missing, unreadable or a folder is a configuration error (exit 2, no
+    # usage banner) reported by load_config, not a command-line mistake
+    return click.option("--config", "-c", "config_path", required=True, type=click.Path(),
                         help=CONFIG_HELP)(f)
 
 
@@ -252,12 +263,14 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     when the jobs come from more than one folder) is the folder the file was matched under (for
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason.
+    After the table, one line per problem process pausing the running daemon (a disk below
+    problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
     Example: assetd jobs --config studio.yaml --status failed --limit 20
     """
     from . import listing
 
-    config = _load(config_path)[0]
+    config = _load_config(config_path)
     store = _open_store(config)
     rows = store.jobs(status, limit)
     if as_json:
@@ -271,6 +284,21 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
              for s, n in counts.items()]
     click.echo(shown + ", ".join(parts))
+    for line in _paused_lines(store, config):
+        click.echo(line)
+
+
+def _paused_lines(store: Any, config: Any) -> list[str]:
+    """One line per problem process pausing the running daemon's work (none when no daemon runs: its
+    successor measures again)."""
+    import time
+
+    from .owners import InstanceLock
+
+    if InstanceLock(config.database).holder() is None:
+        return []
+    return [f"paused since {time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
+            for p in store.active_problems()]
 
 
 def _open_store(config: Any) -> Any:
@@ -311,7 +339,7 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
 
     if not job_ids and not failed:
         raise click.UsageError("give JOB_ID... or --failed")
-    config = _load(config_path)[0]
+    config = _load_config(config_path)
     store = _open_store(config)
     released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
                                      only=None if failed else list(job_ids))
@@ -386,7 +414,7 @@ def models() -> None:
 
 
 def _optional_config_option(f: Any) -> Any:
-    return click.option("--config", "-c", "config_path", default=None, type=click.Path(dir_okay=False),
+    return click.option("--config", "-c", "config_path", default=None, type=click.Path(),
                         help=CONFIG_HELP + "; without it: the built-in defaults")(f)
 
 

@@ -213,6 +213,38 @@ class ManifestsConfig:
                                "(channel folders hold deliverables only by default)")
 
 
+def check_free(value: str | int) -> str | None:
+    from .health import parse_amount  # health imports the store; keep config light to import
+
+    try:
+        parse_amount(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class ProblemsConfig:
+    """When the process, not a job, has a problem (a disk, an inbox, the GPU, a model): work pauses, one alert
+    goes out when it starts and one when it clears, and no job is charged an attempt."""
+
+    min_free: str | int = opt("2%", check=check_free, expected="bytes (500MB, 2GB, a plain integer) or a "
+                              "percentage (2%)",
+                              doc="free space an output or database volume keeps: bytes (500MB, 2GB, a plain integer) "
+                                  "or a percentage of the volume (2%); below it the rules writing there pause (0: only "
+                                  "a full disk pauses)")
+    resume_free: str | int | None = opt(None, check=lambda v: None if v is None else check_free(v),
+                                        expected="bytes (750MB, 3GB, a plain integer) or a percentage (3%), or null",
+                                        doc="work resumes once the volume has this much free again; null: min_free "
+                                            "and half of it again (hysteresis)")
+    check_seconds: float = opt(10.0, min=0.1, doc="how often volumes are measured and paused problems looked at again")
+    alert_after_seconds: float = opt(60.0, min=0.0,
+                                     doc="a problem lasting this long sends its alert (and then one when it clears); "
+                                         "shorter blips are only logged (0: at once)")
+    gpu_oom_limit: int = opt(3, min=1, doc="CUDA out of memory on this many jobs in a row pauses the model-backed "
+                                           "rules (fewer: the job retries as usual)")
+
+
 @dataclass
 class Config:
     source: Path = field(default=Path("config.yaml"), metadata={"internal": True})
@@ -233,10 +265,12 @@ class Config:
     input: InputConfig = opt(InputConfig(), doc="how inputs are read")
     models: ModelsConfig = opt(ModelsConfig(), doc="model-backed backends (GPU)")
     manifests: ManifestsConfig = opt(ManifestsConfig(), doc="job manifests")
+    problems: ProblemsConfig = opt(ProblemsConfig(), doc="problem processes: disk space, GPU, models (pause + alert)")
     on_rule_change: str = opt("new_files", choices=("new_files", "reprocess"),
                               doc="new_files: an edited rule applies to files that arrive after the change "
-                                  "(`assetd reprocess` redoes earlier ones); reprocess: at the next start every "
-                                  "file still in the inboxes is redone under it, replacing its outputs")
+                                  "(`assetd reprocess` redoes earlier ones); reprocess: once assetd has the changed "
+                                  "rule (reloaded, or at the next start) every file still in the inboxes is redone "
+                                  "under it, replacing its outputs")
 
     @property
     def manifest_folder(self) -> Path:

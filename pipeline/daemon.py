@@ -4,9 +4,13 @@ Signal handlers only set a flag. On stop: the watcher stops taking files, each w
 hands back its current job (outputs are written atomically, so nothing half-written remains), the
 notifier gets a moment to deliver, and the store is closed. A second signal exits at once, handing the
 running jobs back to the queue first.
+
+The config and rule files are watched while it runs (``pipeline/reload.py``); a saved change that loads is
+handed to ``apply``, which runs it for the jobs that start from then on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -15,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, InboxConfig
+from .health import Problems
 from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
 from .outputs import remove_temp_files
+from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
@@ -37,7 +43,7 @@ def _process_at_work(owner: str | None, database: Path) -> bool:
 
 
 class Daemon:
-    def __init__(self, config: Config, rules: list[Rule]):
+    def __init__(self, config: Config, rules: list[Rule], *, reload_seconds: float = RELOAD_SECONDS):
         self.config = config
         self.rules = rules
         self.stop_event = threading.Event()
@@ -46,8 +52,12 @@ class Daemon:
         self.watcher: InboxWatcher | None = None
         self.notifier: Notifier | None = None
         self.intake: Intake | None = None
-        self.workers: list[Worker] = []
+        self.problems: Problems | None = None
+        self.workers: list[Worker] = []  # every worker started, retired ones included (their claims at stop)
         self._threads: list[threading.Thread] = []
+        self.reloader: Reloader | None = None
+        self._applying = threading.Lock()  # apply() and stop() never change the watcher at the same time
+        self.reload_seconds = reload_seconds
 
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
@@ -59,21 +69,33 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier = Notifier(self.config, store)
         self.notifier.start()
+        self._start_problems(store, self.notifier)
         for i in range(self.config.workers):
-            worker = Worker(f"worker-{i + 1}", self.config, store, self.rules, stop=self.stop_event,
-                            on_failed=self.notifier.job_failed)
-            thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{i + 1}", daemon=True)
-            if i == 0 and checked_models is not None:
-                worker.ctx.models = checked_models  # already loaded by the start-up check
-            self.workers.append(worker)
-            self._threads.append(thread)
-            thread.start()
-        self.watcher = InboxWatcher(self.config.inboxes, intake.on_settled, rescan_seconds=self.config.rescan_seconds,
-                                    logger=logging.getLogger("assetd.watcher"), on_unreachable=self._inbox_unreachable,
-                                    on_reachable=lambda root: self._inbox_unreachable(root, None))
-        self.watcher.start()
+            self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
+        self.watcher = self._start_watcher()
+        self._start_reloader()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _start_worker(self, models: Any = None) -> Worker:
+        n = len(self.workers) + 1  # never reused: a retired worker may still be finishing its job
+        worker = Worker(f"worker-{n}", self.config, self.store, self.rules, stop=self.stop_event,
+                        on_failed=self.notifier.job_failed, problems=self.problems)
+        if models is not None:
+            worker.ctx.models = models
+        thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{n}", daemon=True)
+        self.workers.append(worker)
+        self._threads.append(thread)
+        thread.start()
+        return worker
+
+    def _start_watcher(self, inboxes: list[InboxConfig] | None = None) -> InboxWatcher:
+        watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled,
+                               rescan_seconds=self.config.rescan_seconds, logger=logging.getLogger("assetd.watcher"),
+                               on_unreachable=self._inbox_unreachable,
+                               on_reachable=lambda root: self._inbox_unreachable(root, None))
+        watcher.start()
+        return watcher
 
     def _recover(self, store: Store) -> None:
         """What an assetd that died left: jobs it was running (only a job whose run had started counts the crash;
@@ -96,15 +118,97 @@ class Daemon:
         for folder, n in remove_temp_files(self.config).items():
             log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
 
-    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
-        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each."""
-        if reason is not None:
-            log.error("inbox %s: %s; its files wait until it is back (assetd does not recreate it)", root, reason)
-        else:
-            log.warning("inbox %s is back; its files are taken again", root)
+    def _start_problems(self, store: Store, notifier: Notifier) -> Problems:
+        """Problem processes (``health``): the volumes are measured once before any worker starts (none claims
+        a job a full disk would refuse), then a monitor thread watches them, probes and sends delayed alerts."""
+        problems = self.problems = Problems(store, notifier, self.config, rules=self.rules)
+        problems.check()
+        thread = threading.Thread(target=problems.run_monitor, args=(self.stop_event,), name="assetd-problems",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return problems
 
-    def _check_models(self) -> Any:
-        """A configured model that does not load offline stops the daemon before it takes any file.
+    def _inbox_unreachable(self, root: Path, reason: str | None) -> None:
+        """The watcher cannot watch an inbox folder (``reason``), or watches it again (None); once per outage each.
+        A problem process (``inbox:<root>``): the jobs of its files wait, the alert goes out once it has lasted
+        ``problems.alert_after_seconds``; the watcher, watching it again, clears it."""
+        key = f"inbox:{root}"
+        if self.problems is None:  # not started (or stopped): the log line only
+            log.log(logging.ERROR if reason else logging.WARNING, "inbox %s: %s", root, reason or "back")
+        elif reason is not None:
+            self.problems.start_problem(self.problems.inbox_problem(root, reason, probe=False))
+        else:
+            self.problems.clear(key, f"inbox {root} is back; its files are taken again")
+
+    # -- hot reload (pipeline/reload.py) --------------------------------------------------------
+    def _start_reloader(self) -> None:
+        """Watch the config file and the rule files; a saved change is applied by ``apply``."""
+        if self.reload_seconds <= 0:
+            return
+        self.reloader = Reloader(self.config, self.rules, self.apply, self.problems, interval=self.reload_seconds)
+        thread = threading.Thread(target=self.reloader.run, args=(self.stop_event,), name="assetd-reload",
+                                  daemon=True)
+        self._threads.append(thread)  # joined at stop, with the workers
+        thread.start()
+
+    def apply(self, config: Config, rules: list[Rule]) -> None:
+        """Run ``config`` and ``rules`` (reloaded while running) for the jobs that start from now on.
+
+        As at a start: a model a new step needs must load (else ConfigError: nothing changes), queued jobs of a
+        changed rule follow ``_requeue_changed_rules`` and each changed rule is logged by ``_log_rule_changes``
+        (``on_rule_change: reprocess`` also rescans the inboxes, as a start does). A job a worker already
+        claimed finishes under the rule version and channels it was claimed with. Inboxes change by restarting
+        the watcher; workers are added, or the extra ones stop after their current job."""
+        from .models import model_refs
+
+        loaded = {ref.key for ref in model_refs(self.config, self.rules)}
+        new_models = [r for r in rules if any(ref.key not in loaded for ref in model_refs(config, [r]))]
+        if new_models:
+            checked = self._check_models(config, new_models)  # ConfigError: refused, the running set stays
+            if checked is not None:
+                checked.close()  # the workers load what they use, when they first need it
+        with self._applying:
+            if not self.stop_event.is_set():  # stopping: the next start reads the files anyway
+                self._apply(config, rules)
+
+    def _apply(self, config: Config, rules: list[Rule]) -> None:
+        store, intake = self.store, self.intake
+        assert store is not None and intake is not None and self.notifier is not None
+        old, old_rules = self.config, self.rules
+        self.config, self.rules = config, rules
+        active = [w for w in self.workers if not w.retired]
+        for worker in active:
+            worker.offer(config, rules)
+        with intake.swap_lock:  # no file is queued under the old rules once the queued ones were moved on
+            intake.config, intake.rules = config, rules
+            self._requeue_changed_rules(store, intake)
+        self._log_rule_changes(store)
+        if config.notify != old.notify:
+            self.notifier.apply(config)
+        store.quarantine_after_crashes = config.quarantine_after_crashes
+        if self.problems is not None:  # its settings (problems:), and which rules write where or run models
+            self.problems.config, self.problems.rules = config, list(rules)
+        if config.log_level != old.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
+        for _ in range(len(active), config.workers):
+            self._start_worker()
+        for worker in active[config.workers:]:
+            worker.offer(config, rules, retire=True)
+        changed = {r.name: r.version for r in rules}.items() - {r.name: r.version for r in old_rules}.items()
+        if (config.inboxes != old.inboxes or config.rescan_seconds != old.rescan_seconds
+                or (config.on_rule_change == "reprocess" and changed)):
+            if self.watcher is not None:
+                self.watcher.stop()
+            # its first scan takes what the new inboxes (or rules) hold; ``create: true`` creates an inbox that is
+            # new in this config, never one that was watched before and has disappeared since
+            before = {inbox.path for inbox in old.inboxes}
+            self.watcher = self._start_watcher([dataclasses.replace(inbox, create=False) if inbox.path in before
+                                                else inbox for inbox in config.inboxes])
+
+    def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None) -> Any:
+        """A configured model that does not load offline stops the daemon before it takes any file (and
+        refuses a reloaded change, ``apply``, whose new steps need one).
 
         An optional one (the studio backend's subject prior, ``prior: auto``) that is not in the cache
         is logged as a warning; the daemon starts and that step runs without it.
@@ -112,9 +216,10 @@ class Daemon:
         from .models import load_for_start, resolve_device
         from .stages.base import stage_class
 
-        if any(stage_class(s.step, s.backend).runs_model(s.options) for r in self.rules for s in r.steps):
-            log.info("model-backed steps will run on %s", resolve_device(self.config.device))
-        return load_for_start(self.config, self.rules, lambda warning: log.warning("%s", warning))
+        config, rules = config or self.config, self.rules if rules is None else rules
+        if any(stage_class(s.step, s.backend).runs_model(s.options) for r in rules for s in r.steps):
+            log.info("model-backed steps will run on %s", resolve_device(config.device))
+        return load_for_start(config, rules, lambda warning: log.warning("%s", warning))
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
         """Queued jobs made under an older version of a rule run under the current one (nothing of them
@@ -155,8 +260,9 @@ class Daemon:
         self.stop_event.set()
         if not self.lock.held:  # never started (a second daemon refused): nothing to stop, nothing to say
             return
-        if self.watcher is not None:
-            self.watcher.stop()
+        with self._applying:  # a reload being applied ends first; none starts after this
+            if self.watcher is not None:
+                self.watcher.stop()
         if self.intake is not None:
             self.intake.flush_summary(quiet_seconds=0.0)
         deadline = time.monotonic() + timeout

@@ -37,3 +37,19 @@ class TransientError(AssetdError):
 
 class StopRequested(AssetdError):
     """Raised between steps when the daemon is stopping; the job goes back to the queue untouched."""
+
+
+class ProcessProblem(AssetdError):
+    """The process, not the job, has a problem (a disk full, the GPU lost, a model that no longer loads):
+    the job goes back to the queue uncharged and ``scope`` (a ``pipeline.health.Scope``) pauses until the
+    problem clears. ``key``, ``probe`` and ``alert_after`` are ``Problems.start``'s."""
+
+    def __init__(self, key: str, message: str, scope: object, probe: object = None, alert_after: float = 0.0,
+                 trial: bool = False):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+        self.scope = scope
+        self.probe = probe
+        self.alert_after = alert_after
+        self.trial = trial

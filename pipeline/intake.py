@@ -76,6 +76,7 @@ class Intake:
         self.rules = rules
         self.store = store
         self._lock = threading.Lock()
+        self.swap_lock = threading.Lock()  # held while a file is queued, and while a reload swaps the rules
         self._seen_again: list[tuple[Path, str, bool]] = []  # (file, why, taken under an earlier rule version)
         self._seen_at = 0.0
 
@@ -144,7 +145,8 @@ class Intake:
 
         Files seen again and not reprocessed (every file in the inboxes at each start) are logged one
         by one at debug level and summarised by ``flush_summary``."""
-        result = self.submit(path, inbox.path)
+        with self.swap_lock:
+            result = self.submit(path, inbox.path)
         if result.created and result.job is not None:
             log.info("queued job %d: %s (rule %s)", result.job.id, printable(str(path)), result.rule.name if result.rule else "-")
         elif result.job is not None or result.earlier is not None:

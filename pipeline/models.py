@@ -120,7 +120,7 @@ def is_cuda_oom(exc: BaseException) -> bool:
     return (oom is not None and isinstance(exc, oom)) or "CUDA out of memory" in str(exc)
 
 
-def _is_gpu_lost(exc: BaseException) -> bool:
+def is_gpu_lost(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
         s in text for s in ("CUDA error", "CUDA driver", "device-side assert", "CUBLAS_STATUS", "cuDNN error",
@@ -139,7 +139,7 @@ def gpu_errors(what: str) -> Iterator[None]:
         if is_cuda_oom(exc):
             empty_cuda_cache()
             raise TransientError(f"{what}: GPU out of memory; will retry", delay=None) from exc
-        if _is_gpu_lost(exc):
+        if is_gpu_lost(exc):
             raise TransientError(f"{what}: GPU error ({str(exc).splitlines()[0]}); will retry") from exc
         raise
 

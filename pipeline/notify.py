@@ -22,15 +22,19 @@ from .text import printable
 log = logging.getLogger("assetd.notify")
 DIGEST_CUTOFF = "digest_cutoff"
 FAILURE = "failure"  # the outbox kind of a failed job's alert
+PROBLEM, PROBLEM_CLEARED = "problem", "problem-cleared"  # a problem process started / cleared (pipeline.health)
 
 
 def notify_type(kind: str) -> str:
     """The apprise notification type (its name) an outbox message of ``kind`` goes out with.
 
-    ``failure`` for a failed job; ``digest-<type>`` for a digest (see ``digest_type``); ``info`` for
-    anything else (a plain ``digest`` queued by an older assetd)."""
-    if kind == FAILURE:
+    ``failure`` for a failed job and a problem process that started; ``success`` for one that cleared;
+    ``digest-<type>`` for a digest (see ``digest_type``); ``info`` for anything else (a plain ``digest``
+    queued by an older assetd)."""
+    if kind in (FAILURE, PROBLEM):
         return "failure"
+    if kind == PROBLEM_CLEARED:
+        return "success"
     level = kind.partition("-")[2]
     return level if level in ("success", "warning", "failure") else "info"
 
@@ -97,6 +101,10 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._apprise = None
 
+    def apply(self, config: Config) -> None:
+        """A reloaded config: its notify settings (targets, timeouts, title) from the next delivery on."""
+        self.config, self.notify, self._apprise = config, config.notify, None
+
     @property
     def enabled(self) -> bool:
         return bool(self.notify.urls)
@@ -106,6 +114,12 @@ class Notifier:
         if self.enabled:
             self.store.add_message(FAILURE, f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}",
                                    message)
+
+    def problem(self, started: bool, title: str, body: str) -> None:
+        """A problem process started (``started``) or cleared: one alert each (``pipeline.health`` calls this
+        once per outage and side); with no notify URLs nothing is queued (the log has the lines)."""
+        if self.enabled:
+            self.store.add_message(PROBLEM if started else PROBLEM_CLEARED, f"{self.notify.title}: {title}", body)
 
     # -- delivery thread ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -171,17 +185,18 @@ class Notifier:
     def _send(self, title: str, body: str, type_name: str = "info") -> tuple[bool, str]:
         import apprise  # imported here: only the delivery thread needs it
 
-        if self._apprise is None:
-            self._apprise = apprise.Apprise()
+        targets = self._apprise  # one set per call: a reload (``apply``) may drop it meanwhile
+        if targets is None:
+            targets = self._apprise = apprise.Apprise()
             for url in self.notify.urls:
-                if not self._apprise.add(with_timeouts(url, self.notify.timeout_seconds)):
+                if not targets.add(with_timeouts(url, self.notify.timeout_seconds)):
                     log.error("notify.urls: apprise does not understand %r", url)
-        if not len(self._apprise):
+        if not len(targets):
             return False, "no usable notification URL"
         try:
             with apprise.LogCapture(level=apprise.logging.WARNING) as logs:
-                ok = bool(self._apprise.notify(title=title, body=body,
-                                               notify_type=getattr(apprise.NotifyType, type_name.upper())))
+                ok = bool(targets.notify(title=title, body=body,
+                                         notify_type=getattr(apprise.NotifyType, type_name.upper())))
                 detail = " ".join(logs.getvalue().split())[-300:]
         except Exception as exc:  # a plugin bug must not end delivery
             return False, f"{type(exc).__name__}: {exc}"

@@ -188,8 +188,10 @@ def write_temp(path: Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-    except BaseException:
+    except BaseException as exc:
         _unlink(Path(tmp))
+        if isinstance(exc, OSError) and not exc.filename:  # a failed write names no file: say which output
+            exc.filename = str(path)
         raise
     return Path(tmp)
 

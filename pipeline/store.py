@@ -130,6 +130,19 @@ def m005_crash_attribution(db: Database) -> None:
 
 
 @migrations()
+def m006_problems(db: Database) -> None:
+    """``problems``: one row per outage of the process (a disk below its watermark, the GPU, a model, an inbox):
+    its key (``disk:/srv/out``), message, what it paused, when it started and cleared (NULL while it lasts)."""
+    if "problems" not in db.table_names():
+        db["problems"].create(
+            {"id": int, "key": str, "message": str, "scope": str, "started_at": float, "cleared_at": float,
+             "cleared_message": str, "alerted": int},
+            pk="id", not_null={"key", "message", "started_at"}, defaults={"alerted": 0},
+        )
+        db["problems"].create_index(["cleared_at"])
+
+
+@migrations()
 def m007_moves(db: Database) -> None:
     """``moves``: where an inbox's ``after: move`` put a job's input (done/ or error/) and its ``.error.txt``;
     ``returned_at`` once ``assetd retry`` moved it back."""
@@ -508,14 +521,18 @@ class Store:
              "done": JobStatus.DONE, "queued": JobStatus.QUEUED, "running": JobStatus.RUNNING})
         return Job.from_row(rows[0]) if rows and job.readable else None
 
-    def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None,
-                   ahead: bool = False) -> Job | None:
+    def claim_next(self, worker: str, lease_seconds: float, only: list[int] | None = None, *,
+                   ahead: bool = False, skip_rules: Collection[str] = (),
+                   skip_under: Collection[Path | str] = ()) -> Job | None:
         """Atomically take the oldest due job (optionally among ``only``) and mark it running for ``worker``.
 
         ``ahead``: claimed to be read ahead of its run, which ``begin`` starts later; nothing is charged until
         then. Otherwise the run starts now (``begin`` at once). A job with a crash runs alone in its process:
         while one runs, this process claims nothing else, and it is claimed only when nothing else of this
-        process runs (its turn waits for them)."""
+        process runs (its turn waits for them).
+
+        ``skip_rules``, ``skip_under``: leave the jobs of these rules, and those whose input lies under one of
+        these folders, queued (a problem process pauses them: ``health.Problems.blocked``)."""
         now = time.time()
         with self._immediate() as db:
             self._reap_expired(db, now)
@@ -530,6 +547,13 @@ class Store:
                     return None
                 sql += f" AND id IN ({_marks(only)})"
                 params += list(only)
+            if skip_rules:
+                sql += f" AND rule NOT IN ({_marks(skip_rules)})"
+                params += list(skip_rules)
+            for root in skip_under:  # a prefix compared as text: no LIKE, so no wildcard in a folder name counts
+                prefix = str(root).rstrip("/") + "/"
+                sql += " AND substr(input_path, 1, ?) != ?"
+                params += [len(prefix), prefix]
             row = db.conn.execute(sql + " ORDER BY next_attempt_at, id LIMIT 1", params).fetchone()
             if row is None:
                 return None
@@ -828,6 +852,31 @@ class Store:
         self.db.conn.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
             [error, retry_at, message_id])
+
+    # -- problem processes (pipeline.health) --------------------------------------------------------
+    def problem_started(self, key: str, message: str, scope: str, at: float) -> int:
+        """Record an outage of the process that starts now; returns its row id."""
+        return int(self.db["problems"].insert({"key": key, "message": message, "scope": scope, "started_at": at,
+                                               "alerted": 0}).last_pk)
+
+    def problem_alerted(self, problem_id: int) -> None:
+        """Its "on" alert was queued (so a "cleared" one goes out when it ends)."""
+        self.db.conn.execute("UPDATE problems SET alerted = 1 WHERE id = ?", [problem_id])
+
+    def problem_cleared(self, problem_id: int, at: float, message: str | None = None) -> None:
+        self.db.conn.execute("UPDATE problems SET cleared_at = ?, cleared_message = ? WHERE id = ?"
+                             " AND cleared_at IS NULL", [at, message, problem_id])
+
+    def end_problems(self, at: float, message: str) -> int:
+        """Close every outage still open (a daemon starting: the one that recorded them is gone and its
+        successor measures again). Returns how many were open."""
+        return self.db.conn.execute("UPDATE problems SET cleared_at = ?, cleared_message = ? WHERE cleared_at IS NULL",
+                                    [at, message]).rowcount
+
+    def active_problems(self) -> list[dict[str, Any]]:
+        """The outages not cleared yet, oldest first (``assetd jobs``)."""
+        return self.db.execute_returning_dicts(
+            "SELECT * FROM problems WHERE cleared_at IS NULL ORDER BY started_at, id")
 
     # -- small key/value state -----------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:

@@ -5,11 +5,16 @@ write every output atomically, record the result. Retries are exceptions (huey's
 A job whose content a *twin* job (same content, rule version, another input name) already
 finished does not run the chain: the twin's outputs are copied under this input's names.
 Each job's manifest goes to ``manifests.folder`` (and beside the outputs when configured).
+
+A *problem process* (a full disk, the GPU, a model that no longer loads: ``pipeline.health``) is not the
+job's fault: the job goes back to the queue uncharged and the problem pauses what it covers; the worker
+never claims a paused job.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,11 +24,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import faults
-from .chain import Chain, StepError
+from .chain import Chain, ModelLoadError, StepError
 from .config import Config
-from .errors import ConfigError, PermanentError, StopRequested, TransientError
+from .errors import AssetdError, ConfigError, PermanentError, ProcessProblem, StopRequested, TransientError
+from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
 from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
+from .intake import inbox_of
 from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
 from .rules import Rule
@@ -64,6 +71,7 @@ class Outcome(Enum):
     RETRY = "retry"  # transient: back to the queue after a delay, or failed once out of attempts
     FAIL = "fail"  # permanent: failed at once
     BUG = "bug"  # an unexpected exception: failed at once, logged with its traceback
+    PAUSE = "pause"  # a problem process (health): back to the queue uncharged, the problem pauses its scope
 
 
 @dataclass
@@ -72,24 +80,48 @@ class Failure:
     message: str  # one line, naming the input
     delay: float = 0.0
     exc: BaseException | None = None
+    problem: ProcessProblem | None = None  # PAUSE: the problem to start (Problems.start)
 
 
-def classify(exc: BaseException, job: Job, config: Config) -> Failure:
-    """What an exception from a job means (huey's way): its outcome, its one-line message and its delay."""
+def classify(exc: BaseException, job: Job, config: Config, problems: Problems | None = None) -> Failure:
+    """What an exception from a job means (huey's way): its outcome, its one-line message and its delay.
+
+    With ``problems`` (the daemon's), a problem of the process is a PAUSE: a ``ProcessProblem``; a write
+    refused for want of space (ENOSPC, EDQUOT, SQLite's "database or disk is full"); CUDA out of memory on
+    ``problems.gpu_oom_limit`` jobs in a row (fewer: a RETRY, as a single one always was); a lost GPU; a
+    stage's model that does not load. Without (``assetd process``, tests), each is what it was before."""
     shown = printable(job.input_path)
     backoff = config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0)
     if isinstance(exc, WaitForTwin):
         return Failure(Outcome.WAIT, str(exc), TWIN_WAIT_SECONDS)
     if isinstance(exc, StopRequested):
         return Failure(Outcome.RELEASE, one_line(exc))
+    if isinstance(exc, ProcessProblem):
+        return Failure(Outcome.PAUSE, one_line(exc.message), problem=exc)
+    if isinstance(exc, ModelLoadError):
+        if problems is None:
+            return classify(exc.__cause__ or exc, job, config)
+        problem = problems.model_problem(job, exc.step, exc.backend, exc)
+        return Failure(Outcome.PAUSE, one_line(problem.message), problem=problem)
+    if problems is not None and is_disk_full(exc):
+        problem = problems.disk_problem(job, exc)
+        return Failure(Outcome.PAUSE, one_line(problem.message), problem=problem)
+    trouble = gpu_trouble(exc)
+    if trouble is not None:
+        in_a_row = problems.gpu_oom() if problems is not None and trouble == "oom" else 0
+        if problems is not None and (trouble == "lost" or in_a_row >= config.problems.gpu_oom_limit):
+            problem = problems.gpu_problem(job, exc, lost=trouble == "lost")
+            return Failure(Outcome.PAUSE, one_line(problem.message), problem=problem)
+        if not isinstance(exc, TransientError):  # a stage's own CUDA error, not through gpu_errors: retry too
+            exc = TransientError(f"{one_line(exc)}; will retry")
     if isinstance(exc, TransientError):
         return Failure(Outcome.RETRY, one_line(exc), exc.delay if exc.delay is not None else backoff)
     if isinstance(exc, (PermanentError, ConfigError, StepError)):
         message = one_line(exc)
         return Failure(Outcome.FAIL, message if message.startswith(shown) else f"{shown}: {message}")
     if isinstance(exc, OSError):  # disk full, output folder not writable, share gone: worth retrying
-        return Failure(Outcome.RETRY, one_line(f"{shown}: {exc.strerror or exc}: {printable(exc.filename or '')}"),
-                       backoff)
+        name = f": {printable(os.fsdecode(exc.filename))}" if exc.filename else ""
+        return Failure(Outcome.RETRY, one_line(f"{shown}: {exc.strerror or exc}{name}"), backoff)
     return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
@@ -97,7 +129,9 @@ class Worker:
     """Runs jobs one at a time. One per thread; each has its own stages and model cache."""
 
     def __init__(self, name: str, config: Config, store: Store, rules: list[Rule], *,
-                 stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None):
+                 stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None,
+                 problems: Problems | None = None):
+        """``problems``: the daemon's problem processes (None: nothing pauses; a PAUSE is a RETRY)."""
         self.name = name
         self.owner = owner_label(name)  # what its claims record: "worker-1 pid 1234 on host"
         self.config = config
@@ -105,8 +139,16 @@ class Worker:
         self.rules = {r.name: r for r in rules}
         self.stop = stop or threading.Event()
         self.on_failed = on_failed
+        self.problems = problems
+        self._model_rules = model_rules(rules) if problems is not None else set()
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[str, Chain] = {}
+        # hot reload (``offer``): each rule version this worker knew, with the config it came with, so that a
+        # job claimed before a change finishes under its own version and channels
+        self._versions: dict[tuple[str, str], tuple[Rule, Config]] = {(r.name, r.version): (r, config) for r in rules}
+        self._update: tuple[Config, list[Rule]] | None = None
+        self._update_lock = threading.Lock()
+        self.retired = False  # a reload lowered ``workers``: this one stops after its current job
         # codec work (read + decode of the next job, encodes of this one's outputs) runs here
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix=f"assetd-{name}-codec")
@@ -130,8 +172,10 @@ class Worker:
             log.exception("%s: could not withdraw the outputs of jobs failed for good", self.name)
         while not self.stop.is_set():
             try:
+                if self.take_update():  # a reload retired this worker
+                    break
                 if ahead is None:
-                    job = self.store.claim_next(self.owner, self.config.lease_seconds)
+                    job = self.store.claim_next(self.owner, self.config.lease_seconds, **claim_filters(self.problems))
                     loaded = self._pool.submit(self._load, job) if job is not None else None
                 else:
                     (job, loaded), ahead = ahead, None
@@ -142,7 +186,8 @@ class Worker:
                     idle = min(idle * 2, idle_max)
                     continue
                 idle = 0.05
-                following = self.store.claim_next(self.owner, self.config.lease_seconds, ahead=True)
+                following = self.store.claim_next(self.owner, self.config.lease_seconds, ahead=True,
+                                                  **claim_filters(self.problems))
                 if following is not None:
                     ahead = (following, self._pool.submit(self._load, following))
                 self.process(job, loaded)
@@ -154,8 +199,42 @@ class Worker:
             self.store.release(ahead[0].id, owner=self.owner)
         self.close()
 
+    # -- hot reload (pipeline/reload.py) ---------------------------------------------------------
+    def offer(self, config: Config, rules: list[Rule], *, retire: bool = False) -> None:
+        """The daemon reloaded its config and rules (any thread): new claims use them from the next job on;
+        ``retire``: stop after the current job (the claimed-ahead one goes back to the queue untouched)."""
+        with self._update_lock:
+            self._versions.update({(r.name, r.version): (r, config) for r in rules})
+            self._update = (config, rules)
+            self.retired = self.retired or retire
+
+    def take_update(self) -> bool:
+        """Between jobs: take the config and rules ``offer`` gave. True when this worker is to stop."""
+        with self._update_lock:
+            update, self._update = self._update, None
+        if update is not None:
+            config, rules = update
+            self.rules = {r.name: r for r in rules}
+            self._model_rules = model_rules(rules) if self.problems is not None else set()
+            self._use(config)
+        return self.retired
+
+    def _use(self, config: Config) -> None:
+        self.config = self.ctx.config = self.outputs.config = config
+
+    def _rule_for(self, job: Job) -> Rule | None:
+        """The rule version the job was queued (or adopted) under, with its config in use for this job; else the
+        current rule of that name (its version differs: ``_execute`` says so), or None."""
+        with self._update_lock:
+            known = self._versions.get((job.rule, job.rule_version))
+        if known is None:
+            return self.rules.get(job.rule)
+        if known[1] is not self.config:
+            self._use(known[1])
+        return known[0]
+
     def run_next(self, only: list[int] | None = None) -> JobResult | None:
-        job = self.store.claim_next(self.owner, self.config.lease_seconds, only=only)
+        job = self.store.claim_next(self.owner, self.config.lease_seconds, only=only, **claim_filters(self.problems))
         if job is None:
             return None
         return self.process(job)
@@ -194,13 +273,15 @@ class Worker:
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
             result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
+            result.seconds = time.perf_counter() - started
+            self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below
-            result = self._settle_failure(job, classify(exc, job, self.config), result)
+            result = self._settle_failure(job, classify(exc, job, self.config, self.problems), result)
             if result.status is JobStatus.FAILED:  # for good: what an earlier try published goes
                 self.outputs.withdraw_failed()
             return result
-        result.seconds = time.perf_counter() - started
-        self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
+        if self.problems is not None and result.copied_from is None:
+            self.problems.job_done(job, model=job.rule in self._model_rules)
         result.status = JobStatus.DONE
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
@@ -212,7 +293,21 @@ class Worker:
 
     def _settle_failure(self, job: Job, failure: "Failure", result: JobResult) -> JobResult:
         """The one tail for a job that did not finish: record the outcome, log it, report a failure."""
-        if failure.outcome is Outcome.WAIT:
+        if failure.outcome is Outcome.PAUSE and (self.problems is None or failure.problem is None
+                                                 or not failure.problem.scope.covers(job.rule, job.input_path)):
+            # nothing to pause (assetd process), or a problem that would not hold this job back: retried as
+            # before, never handed back uncharged to be claimed again at once
+            failure = Failure(Outcome.RETRY, failure.message,
+                              self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
+        if failure.outcome is Outcome.PAUSE:
+            self.problems.start_problem(failure.problem)  # type: ignore[union-attr]
+            try:
+                self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.message}")
+            except sqlite3.Error as exc:  # the database's disk is full: its lease brings it back later
+                log.error("%s: job %d could not be put back in the queue: %s", self.name, job.id, exc)
+            log.info("%s: job %d waits (not charged): %s", self.name, job.id, printable(job.input_path))
+            result.status = JobStatus.QUEUED
+        elif failure.outcome is Outcome.WAIT:
             self.store.postpone(job.id, failure.delay, failure.message)
             log.info("%s: job %d %s", self.name, job.id, failure.message)
             result.status = JobStatus.QUEUED
@@ -244,16 +339,32 @@ class Worker:
         """Read and decode a job's input, checking it is still the content that was queued."""
         path = Path(job.input_path)
         faults.point("decode", path)
-        data = read_input(path)
+        try:
+            data = read_input(path)
+        except (AssetdError, OSError):
+            self._check_inbox(job)
+            raise
         if job.readable and sha256(data) != job.input_hash:
             raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
                                  "as its own job")
         return decode(data, str(path), self.config.input)
 
+    def _check_inbox(self, job: Job) -> None:
+        """An input that cannot be read because its whole inbox folder is gone (a share unmounted) is a
+        problem of the process (``inbox:<root>``), not of the file: raises ProcessProblem then."""
+        inbox = inbox_of(self.config, Path(job.input_path)) if self.problems is not None else None
+        if inbox is not None and not os.path.isdir(inbox.path):
+            raise self.problems.inbox_problem(Path(os.path.abspath(inbox.path)),  # type: ignore[union-attr]
+                                              "the folder cannot be reached") from None
+
     def _execute(self, job: Job, loaded: Future | None
                  ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:
         """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None)."""
-        rule = self.rules.get(job.rule)
+        paused = self.problems.covering(job.rule, job.input_path) if self.problems is not None else None
+        if paused is not None:  # claimed ahead before the problem started: back to the queue uncharged
+            raise ProcessProblem(paused.key, paused.message, paused.scope, probe=paused.probe,
+                                 alert_after=paused.alert_after, trial=paused.trial)
+        rule = self._rule_for(job)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
         if rule.version != job.rule_version:

@@ -194,3 +194,15 @@ def test_jobs_fit_an_80_column_terminal_one_line_each(workspace, batch, monkeypa
     monkeypatch.setenv("COLUMNS", "200")
     wide = invoke("jobs", "--config", workspace.config_path).output
     assert "PNG header is damaged" in wide and "products/broken.png" in wide
+
+
+def test_jobs_and_retry_read_the_store_while_a_rule_file_is_broken(workspace, batch):
+    """A rule saved broken while the daemon runs (it keeps the last good rules) must not lock the studio out of
+    `assetd jobs` and `assetd retry`: they read the job store and the config only."""
+    invoke("process", batch, "--config", workspace.config_path)
+    workspace.add_rule("30-broken.yaml", "name: broken\nmatch: [\n")
+    assert invoke("check", "--config", workspace.config_path).exit_code != 0  # the rule is broken indeed
+    table = invoke("jobs", "--config", workspace.config_path)
+    assert table.exit_code == 0, table.output
+    assert "done" in table.output.splitlines()[-1]
+    assert invoke("retry", "--failed", "--config", workspace.config_path).exit_code == 0
