@@ -883,13 +883,12 @@ def database_full(root: Path, size: str) -> dict[str, Any]:
             deadline = time.monotonic() + 60
             while studio.counts()["done"] < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            with open(filler, "wb") as fh:  # every byte left, as another program's file would
-                try:
+            try:
+                with open(filler, "wb", buffering=0) as fh:  # every byte left, as another program's file would
                     while True:
                         fh.write(b"\0" * 65536)
-                        fh.flush()
-                except OSError:
-                    pass
+            except OSError:  # full
+                pass
             time.sleep(DISK_FULL_SECONDS)
             filler.unlink()
             drained = studio.wait_drained(60)
