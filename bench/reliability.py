@@ -1040,21 +1040,20 @@ def soak(root: Path, size: str) -> dict[str, Any]:
                   rss_growth_mb=growth)
 
 
-# name → (function, what it needs that may not be merged yet: the helper branch, or None)
-SCENARIOS: dict[str, tuple[Callable[[Path, str], dict[str, Any]], str | None]] = {
-    "kill-random": (kill_random, "i11-jobs"),
-    "kill-phases": (kill_phases, "i11-jobs"),
-    "crash-loop": (crash_loop, "i11-jobs"),
-    "poison": (poison, None),
-    "poison-kill": (poison_kill, "i11-jobs"),
-    "decode-kill": (decode_kill, "i11-jobs"),
-    "writers": (writers, None),
-    "inbox-away": (inbox_away, "i11-inbox and i11-health"),
-    "disk-full": (disk_full, "i11-health"),
-    "database-full": (database_full, "i11-health"),
-    "notify-down": (notify_down, None),
-    "reload": (reload_rules, "i11-reload and i11-health"),
-    "soak": (soak, None),
+SCENARIOS: dict[str, Callable[[Path, str], dict[str, Any]]] = {
+    "kill-random": kill_random,
+    "kill-phases": kill_phases,
+    "crash-loop": crash_loop,
+    "poison": poison,
+    "poison-kill": poison_kill,
+    "decode-kill": decode_kill,
+    "writers": writers,
+    "inbox-away": inbox_away,
+    "disk-full": disk_full,
+    "database-full": database_full,
+    "notify-down": notify_down,
+    "reload": reload_rules,
+    "soak": soak,
 }
 
 
@@ -1100,9 +1099,8 @@ def run(names: list[str], size: str, workdir: Path | None = None) -> list[dict[s
     results = []
     with tempfile.TemporaryDirectory(prefix="assetd-reliability-", dir=workdir) as tmp:
         for name in names:
-            fn, _ = SCENARIOS[name]
             try:
-                results.append(fn(Path(tmp) / name, size))
+                results.append(SCENARIOS[name](Path(tmp) / name, size))
             except Exception as exc:  # noqa: BLE001 - one scenario's harness failure is reported, the rest run
                 print(f"{name}: harness error: {type(exc).__name__}: {exc}", flush=True)
                 results.append({"name": name, "skipped": None, "line": f"{name}: harness error: {exc}",
