@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .config import Config, InboxConfig
@@ -55,6 +56,24 @@ def _inbox_problems(inbox: InboxConfig) -> list[str]:
     return problems
 
 
+def _space_warnings(config: Config, rules: list) -> list[str]:
+    """Volumes assetd writes to that are below ``problems.min_free`` now: the daemon would pause their rules."""
+    from .health import Problems, format_bytes, parse_amount
+
+    lines = []
+    low = parse_amount(config.problems.min_free)
+    for volume in Problems(None, None, config, rules=rules).volumes():
+        try:
+            usage = shutil.disk_usage(volume.folders[0] if volume.folders[0].exists() else volume.mount)
+        except OSError:
+            continue
+        if usage.free < low.of(usage.total):
+            lines.append(f"{volume.key}: {format_bytes(usage.free)} free, below problems.min_free {low} "
+                         f"({', '.join(map(str, volume.folders))}): the daemon pauses the rules writing there "
+                         "until there is room")
+    return lines
+
+
 def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     """Returns (problems, warnings, info lines)."""
     problems: list[str] = []
@@ -68,6 +87,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     else:
         info.append(f"{len(rules)} rule(s): " + ", ".join(r.name for r in rules))
     warnings.extend(_size_warnings(rules, config))
+    warnings.extend(_space_warnings(config, rules))
     if not config.inboxes:
         warnings.append(f"{config.source}: inboxes: none configured; only `assetd process` will do anything")
     for i, inbox in enumerate(config.inboxes):

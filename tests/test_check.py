@@ -59,3 +59,11 @@ def test_check_reports_a_missing_inbox_it_will_not_create(workspace):
     result = check(workspace)
     assert "inboxes[0]" not in result.output
     assert not workspace.inbox.exists()  # check changes nothing
+
+
+def test_check_warns_of_a_volume_already_below_min_free(workspace):
+    """A watermark above what the disk has free: the daemon would pause at once, and check says so beforehand."""
+    workspace.config_path.write_text(workspace.config_path.read_text() + "problems: {min_free: 100%}\n")
+    result = check(workspace)
+    assert result.exit_code == 0, result.output  # a warning: space may be freed before the night
+    assert "below problems.min_free 100%" in result.output and "pauses the rules writing there" in result.output
