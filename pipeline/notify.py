@@ -11,6 +11,7 @@ and undelivered messages stay in the outbox and are retried with back-off (also 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -100,6 +101,8 @@ class Notifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._apprise = None
+        self._held: list[tuple[str, str, str]] = []  # (kind, title, body) the outbox could not take (disk full)
+        self._held_lock = threading.Lock()
 
     def apply(self, config: Config) -> None:
         """A reloaded config: its notify settings (targets, timeouts, title) from the next delivery on."""
@@ -112,14 +115,41 @@ class Notifier:
     # -- events (called from workers) -------------------------------------------------------------
     def job_failed(self, job: Job, message: str) -> None:
         if self.enabled:
-            self.store.add_message(FAILURE, f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}",
-                                   message)
+            self._queue(FAILURE, f"{self.notify.title}: failed: {printable(job.rel_path or job.input_path)}", message)
 
     def problem(self, started: bool, title: str, body: str) -> None:
         """A problem process started (``started``) or cleared: one alert each (``pipeline.health`` calls this
         once per outage and side); with no notify URLs nothing is queued (the log has the lines)."""
         if self.enabled:
-            self.store.add_message(PROBLEM if started else PROBLEM_CLEARED, f"{self.notify.title}: {title}", body)
+            self._queue(PROBLEM if started else PROBLEM_CLEARED, f"{self.notify.title}: {title}", body)
+
+    def _queue(self, kind: str, title: str, body: str) -> None:
+        """Into the outbox; when the database cannot take it (its disk is full: the very problem to announce),
+        held in memory until the delivery thread can queue it, or else sends it itself."""
+        try:
+            self.store.add_message(kind, title, body)
+        except sqlite3.Error as exc:
+            log.warning("notification %r held in memory: the outbox cannot take it (%s)", title, exc)
+            with self._held_lock:
+                self._held.append((kind, title, body))
+
+    def _flush_held(self) -> None:
+        """Held messages go to the outbox once it takes them again; while it does not, each is sent from here."""
+        with self._held_lock:
+            held, self._held = self._held, []
+        kept = []
+        for kind, title, body in held:
+            try:
+                self.store.add_message(kind, title, body)
+                continue
+            except sqlite3.Error:
+                pass
+            ok, error = self._send(title, body, notify_type(kind))
+            if not ok:
+                log.warning("held notification %r not delivered (%s); trying again", title, error)
+                kept.append((kind, title, body))
+        with self._held_lock:
+            self._held[:0] = kept
 
     # -- delivery thread ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,8 +166,8 @@ class Notifier:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self.deliver_due()  # first: a digest that cannot be recorded (a full database) must not stop it
                 self.maybe_digest()
-                self.deliver_due()
             except Exception:  # never let a notification problem end the thread
                 log.exception("notification loop error")
             self._stop.wait(self.tick)
@@ -157,7 +187,7 @@ class Notifier:
         title, body = digest_text(jobs)
         log.info("digest: %s", title)
         if self.enabled:
-            self.store.add_message(f"digest-{digest_type(jobs)}", f"{self.notify.title}: {title}", body)
+            self._queue(f"digest-{digest_type(jobs)}", f"{self.notify.title}: {title}", body)
         self.store.set_state(DIGEST_CUTOFF, last)
         return True
 
@@ -165,6 +195,7 @@ class Notifier:
         """Try every message that is due (within ``budget_seconds`` if given); returns how many were delivered."""
         if not self.enabled:
             return 0
+        self._flush_held()
         delivered = 0
         deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         for message in self.store.due_messages():

@@ -153,6 +153,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix=f"assetd-{name}-codec")
         self.outputs = Publisher(name, config, store, self._pool)
+        self._unreleased: dict[int, str] = {}  # jobs to put back in the queue once the database takes writes again
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self, idle_max: float = 1.0) -> None:
@@ -174,6 +175,9 @@ class Worker:
             try:
                 if self.take_update():  # a reload retired this worker
                     break
+                if self._unreleased and not self._put_back():  # the database is still full: claim nothing
+                    self.stop.wait(idle_max)
+                    continue
                 if ahead is None:
                     job = self.store.claim_next(self.owner, self.config.lease_seconds, **claim_filters(self.problems))
                     loaded = self._pool.submit(self._load, job) if job is not None else None
@@ -232,6 +236,16 @@ class Worker:
         if known[1] is not self.config:
             self._use(known[1])
         return known[0]
+
+    def _put_back(self) -> bool:
+        """Release the jobs a full database kept us from putting back (uncharged); False while it still refuses."""
+        for job_id, note in list(self._unreleased.items()):
+            try:
+                self.store.release(job_id, owner=self.owner, note=note)
+            except sqlite3.Error:
+                return False
+            del self._unreleased[job_id]
+        return True
 
     def run_next(self, only: list[int] | None = None) -> JobResult | None:
         job = self.store.claim_next(self.owner, self.config.lease_seconds, only=only, **claim_filters(self.problems))
@@ -301,10 +315,13 @@ class Worker:
                               self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
         if failure.outcome is Outcome.PAUSE:
             self.problems.start_problem(failure.problem)  # type: ignore[union-attr]
+            note = f"waiting: {failure.message}"
             try:
-                self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.message}")
-            except sqlite3.Error as exc:  # the database's disk is full: its lease brings it back later
-                log.error("%s: job %d could not be put back in the queue: %s", self.name, job.id, exc)
+                self.store.release(job.id, owner=self.owner, note=note)
+            except sqlite3.Error as exc:  # the database's disk is full: put back (uncharged) once it takes writes
+                log.warning("%s: job %d is put back in the queue once the database takes writes again (%s)",
+                            self.name, job.id, exc)
+                self._unreleased[job.id] = note
             log.info("%s: job %d waits (not charged): %s", self.name, job.id, printable(job.input_path))
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.WAIT:

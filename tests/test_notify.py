@@ -115,3 +115,25 @@ def test_digest_text_lists_failures():
 def test_with_timeouts_keeps_user_values():
     assert "cto=3" in with_timeouts("json://h/p", 3) and "rto=3" in with_timeouts("json://h/p", 3)
     assert "cto=9" in with_timeouts("json://h/p?cto=9", 3)
+
+
+def test_an_alert_the_full_database_cannot_take_is_sent_all_the_same(tmp_path, receiver, monkeypatch):
+    """The outbox lives in the database: when its disk is full (the very problem being announced) the alert is held
+    in memory and sent by the delivery thread itself, once, and nothing is queued twice when room comes back."""
+    import sqlite3
+
+    config, store, notifier = make(tmp_path, [receiver.url])
+    real = store.add_message
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "add_message", full)
+    notifier.problem(True, "paused: disk:/srv", "database or disk is full writing /srv/assetd.sqlite3")
+    assert notifier.deliver_due() == 0  # sent from memory: nothing of the outbox was delivered
+    assert [m["title"] for m in receiver.messages] == ["assetd: paused: disk:/srv"]
+    monkeypatch.setattr(store, "add_message", real)
+    notifier.problem(False, "resumed: disk:/srv", "room again")
+    assert notifier.deliver_due() == 1
+    assert [m["title"] for m in receiver.messages] == ["assetd: paused: disk:/srv", "assetd: resumed: disk:/srv"]
+    assert store.undelivered() == 0

@@ -23,11 +23,7 @@ from pipeline import faults  # noqa: E402
 
 # Scenarios whose promise does not hold yet: they run, and are expected to fail until it is fixed (then remove
 # the entry).
-NEEDS = {
-    # the outbox lives in the database: the "on" alert of a full database volume cannot be queued (only the
-    # "off" one goes out), and the job in hand when it filled is charged an attempt it could not hand back
-    "database-full": "a full database volume: its alert is lost and one attempt charged",
-}
+NEEDS: dict[str, str] = {}
 
 
 def _param(name: str):
