@@ -94,15 +94,22 @@ def test_an_edited_rule_applies_to_the_next_file_and_is_logged(workspace, caplog
     assert {p.name: p.read_bytes() for p in workspace.out("cutouts").glob("a_*")} == published  # left alone
 
 
-def test_a_job_claimed_before_a_change_finishes_under_the_rule_and_channels_it_was_claimed_with(workspace):
+def test_a_job_claimed_ahead_of_a_change_or_retried_after_it_runs_under_the_current_rule(workspace):
+    """A change applies to every job that starts after it: a job claimed (read ahead) before the change, like a
+    queued one, runs under the current version, and so does an old job `assetd retry` queues again (the morning's
+    fix to a rule is what the retry is for)."""
     workspace.add_rule("20-cutouts.yaml", WIDE)
     config, rules = workspace.load()
     store = Store(config.database)
     intake = Intake(config, rules, store)
     worker = Worker("worker-1", config, store, rules)
     try:
-        before = intake.submit(workspace.shot("inbox/misc/a.jpg", seed=1, size=SHOT)).job
-        claimed = store.claim_next(worker.owner, 60)
+        done = intake.submit(workspace.shot("inbox/misc/a.jpg", seed=1, size=SHOT)).job
+        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        assert shape(workspace, "a") == "wide"
+        before = intake.submit(workspace.shot("inbox/misc/b.jpg", seed=2, size=SHOT)).job
+        claimed = store.claim_next(worker.owner, 60, ahead=True)
+        assert claimed.id == before.id
         # saved while it was claimed: a square rule writing to a channel that replaces cutouts
         workspace.config_path.write_text(workspace.config_path.read_text().replace(
             "cutouts:   {path: out/cutouts,", "squares:   {path: out/squares,"))
@@ -112,12 +119,15 @@ def test_a_job_claimed_before_a_change_finishes_under_the_rule_and_channels_it_w
         worker.offer(new_config, new_rules)
         worker.take_update()  # between jobs, as run_forever does, with this one claimed ahead
         assert worker.process(claimed).status is JobStatus.DONE
-        assert shape(workspace, "a") == "wide"  # the version it was claimed with, into the channel it had then
-
-        after = Intake(new_config, new_rules, store).submit(workspace.shot("inbox/misc/b.jpg", seed=2, size=SHOT)).job
-        assert after.rule_version != before.rule_version
-        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        current = {r.name: r.version for r in new_rules}["cutouts"]
+        assert store.get(claimed.id).rule_version == current != before.rule_version
         with Image.open(next(workspace.out("squares").glob("b_*.png"))) as im:
+            assert im.width == im.height
+
+        assert store.requeue([done.id]) == [done.id]  # the morning: retry the job made under the old rule
+        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        assert store.get(done.id).rule_version == current
+        with Image.open(next(workspace.out("squares").glob("a_*.png"))) as im:
             assert im.width == im.height
     finally:
         worker.close()
