@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
 from .errors import ConfigError
 from .formats import CHANNEL_EXTENSIONS, CHANNEL_FORMATS
-from .schema import build, opt, resolve_path
+from .schema import build, opt, read_yaml, resolve_path
 
 FORMATS = CHANNEL_FORMATS  # the channel formats, from the one format table
 EXTENSIONS = CHANNEL_EXTENSIONS  # the extension of each one's files
@@ -289,13 +288,9 @@ def load_config(path: Path | str) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem."""
     path = Path(path).absolute()
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = read_yaml(path, "config file")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config_from_dict(data, path)
 
 
