@@ -293,11 +293,13 @@ def _paused_lines(store: Any, config: Any) -> list[str]:
     successor measures again)."""
     import time
 
+    from .health import NOTHING_PAUSED
     from .owners import InstanceLock
 
     if InstanceLock(config.database).holder() is None:
         return []
-    return [f"paused since {time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
+    return [f"{'problem' if p['scope'] == NOTHING_PAUSED else 'paused'} since "
+            f"{time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
             for p in store.active_problems()]
 
 

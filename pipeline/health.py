@@ -66,6 +66,9 @@ MAX_BACKOFF = 6  # a problem that keeps coming back on trial is probed at most 2
 
 
 # ------------------------------------------------------------------------------------------ scope
+NOTHING_PAUSED = "no jobs (alert only)"  # how a scope that pauses nothing describes itself (and is stored)
+
+
 @dataclass(frozen=True)
 class Scope:
     """What a problem pauses: every rule, some rules, the jobs whose input lies under some folders, or nothing
@@ -117,7 +120,7 @@ class Scope:
             parts.append(f"jobs of rule{'s' if len(names) > 1 else ''} {', '.join(names)}")
         if self.roots:
             parts.append("jobs of files under " + ", ".join(printable(str(r)) for r in self.roots))
-        return " and ".join(parts) or "no jobs (alert only)"
+        return " and ".join(parts) or NOTHING_PAUSED
 
 
 Scope.ALL = Scope(everything=True)

@@ -100,8 +100,10 @@ def setup(workspace, rules: dict[str, str], problems: str = "", urls=None):
         f.unlink()
     for name, text in rules.items():
         workspace.add_rule(f"{name}.yaml", text)
-    workspace.write_config(urls=urls, extra="problems: {check_seconds: 0.1, alert_after_seconds: 0, min_free: 0"
-                                            + (", " + problems if problems else "") + "}\n")
+    settings = {"check_seconds": "0.1", "alert_after_seconds": "0", "min_free": "0"}
+    settings.update(item.split(": ", 1) for item in problems.split(", ") if item)  # a key given once (YAML)
+    workspace.write_config(urls=urls, extra="problems: {" + ", ".join(f"{k}: {v}" for k, v in settings.items())
+                                            + "}\n")
     config, loaded = workspace.load()
     return config, loaded, Store(config.database)
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from click.testing import CliRunner
+
+from pipeline.cli import cli
 from pipeline.daemon import Daemon
 from pipeline.intake import Intake
 from pipeline.store import JobStatus, Store
@@ -149,6 +152,8 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
             alerts = wait_for(lambda: receiver.messages, "the alert")
             assert "config or rule file broken, not applied" in alerts[0]["message"]
             assert "ratioz" in alerts[0]["message"] and "last good config and rules keep running" in alerts[0]["message"]
+            listing = CliRunner().invoke(cli, ["jobs", "--config", str(workspace.config_path)]).output
+            assert "problem since" in listing and "paused since" not in listing  # it pauses nothing
 
             workspace.add_rule("20-cutouts.yaml", BROKEN.replace("ratioz", "ratios_"))  # saved again, still broken
             run.logged("ratios_", logging.ERROR)
@@ -157,7 +162,7 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
             assert shape(workspace, "b") == "wide"
 
             workspace.add_rule("20-cutouts.yaml", SQUARE)
-            run.logged("the problem is cleared", logging.WARNING)
+            run.logged("config and rule files load again", logging.WARNING)
             wait_for(lambda: len(receiver.messages) == 2, "the cleared alert")
             fixed = run.drop("c.jpg", seed=3)
             assert fixed.rule_version != good.rule_version and shape(workspace, "c") == "square"
