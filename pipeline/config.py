@@ -235,7 +235,7 @@ class ProblemsConfig:
     resume_free: str | int | None = opt(None, check=lambda v: None if v is None else check_free(v),
                                         expected="bytes (750MB, 3GB, a plain integer) or a percentage (3%), or null",
                                         doc="work resumes once the volume has this much free again; null: min_free "
-                                            "and half of it again (hysteresis)")
+                                            "and half of it again (hysteresis), at most halfway to a free volume")
     check_seconds: float = opt(10.0, min=0.1, doc="how often volumes are measured and paused problems looked at again")
     alert_after_seconds: float = opt(60.0, min=0.0,
                                      doc="a problem lasting this long sends its alert (and then one when it clears); "

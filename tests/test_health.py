@@ -566,3 +566,19 @@ def test_an_input_whose_inbox_folder_is_gone_waits_for_it_uncharged(workspace):
     assert problems.active() == [] and worker.run_next().status is JobStatus.DONE
     worker.close()
     store.close()
+
+
+def test_a_high_min_free_still_has_a_resume_level_the_volume_can_reach(workspace):
+    """min_free 70%: the default resume level (min_free and half of it again, 105%) would never be reached; it is
+    capped halfway between min_free and an empty volume (85%)."""
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")}, problems="min_free: 70%")
+    workspace.out("cutouts").mkdir(parents=True)
+    volumes = FakeVolumes(workspace.out("cutouts"), free=50 * GB)
+    problems = Problems(store, Alerts(), config, rules=rules, disk_usage=volumes.disk_usage, device=volumes.device)
+    problems.check_disks()
+    (paused,) = problems.active()
+    assert "wait until it has 85.0 GB free" in paused.message
+    volumes.free = 86 * GB
+    problems.check_disks()
+    assert problems.active() == []
+    store.close()
