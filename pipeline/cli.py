@@ -215,6 +215,11 @@ def explain(file: str, config_path: str) -> None:
         click.echo(f"{path}: inside the folder of {written[0]} ({written[1]}): an output, never an input; "
                    "neither the daemon nor `assetd process` takes it")
         sys.exit(1)
+    aside = inbox_of(config, path)
+    if aside is not None and aside.sets_aside(path):
+        click.echo(f"{path}: in the done or error folder of inbox {aside.path} (after: move): neither the daemon "
+                   "nor `assetd process` takes it; `assetd retry JOB_ID` moves it back")
+        sys.exit(1)
     rel = relative_path(config, path, None)
     chosen = match_rule(rules, rel)
     click.echo(f"{path}  (matched as {str(rel)!r})")
@@ -229,8 +234,6 @@ def explain(file: str, config_path: str) -> None:
                    "(recursive: false)")
     if is_ignored(path, Path(os.path.abspath(inbox.path)) if inbox else None):
         click.echo("  the watcher ignores this name (temporary or system file)")
-    if inbox is not None and inbox.sets_aside(path):
-        click.echo(f"  in the done or error folder of inbox {inbox.path} (after: move): never taken")
     takes = "would take a file of this name" if missing else "takes it"
     for rule in rules:
         reason = rule.why_not(rel)

@@ -125,7 +125,9 @@ def test_process_and_explain_leave_done_and_error_folders_alone(workspace):
     assert (workspace.inbox / "done" / "misc" / "new.jpg").is_file()  # the inbox's after: move applies here too
     explained = CliRunner().invoke(cli, ["explain", str(workspace.inbox / "done" / "misc" / "old.jpg"), "--config",
                                          str(workspace.config_path)])
-    assert f"in the done or error folder of inbox {workspace.inbox} (after: move): never taken" in explained.output
+    assert explained.exit_code == 1 and "✓" not in explained.output
+    assert (f"in the done or error folder of inbox {workspace.inbox} (after: move): neither the daemon nor "
+            "`assetd process` takes it") in explained.output
 
 
 def test_an_input_another_unfinished_job_reads_stays_in_the_inbox(workspace):
