@@ -50,8 +50,10 @@ def test_after_move_empties_the_inbox_into_done_and_error_and_retry_brings_a_fil
     daemon = run_daemon_until(workspace, lambda d: len(d.store.jobs()) >= 4)
     try:
         daemon.watcher.rescan()  # whatever lies in done/ and error/ now is never taken
-        time.sleep(0.6)
-        assert daemon.idle()
+        deadline = time.monotonic() + 15
+        while not daemon.idle():  # under load the settle thread may take a moment to look at what it found
+            assert time.monotonic() < deadline, "the daemon did not become idle after the rescan"
+            time.sleep(0.1)
         jobs = {Path(j.input_path).name: j for j in daemon.store.jobs()}
     finally:
         daemon.stop()
