@@ -289,6 +289,19 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     click.echo(shown + ", ".join(parts))
     for line in _paused_lines(store, config):
         click.echo(line)
+    orphans = _orphaned(store, config)
+    if orphans:
+        click.echo(f"job(s) {', '.join(map(str, orphans))} marked running belong to an assetd that has stopped: the "
+                   f"next `assetd run` queues them again, or now: assetd retry {' '.join(map(str, orphans))} "
+                   f"--config {config_path}")
+
+
+def _orphaned(store: Any, config: Any) -> list[int]:
+    """The running jobs whose owner is known to be gone (an assetd killed on this host)."""
+    from .owners import OwnerState, owner_state
+
+    return [j.id for j in store.jobs(JobStatus.RUNNING.value)
+            if owner_state(j.worker, config.database) is OwnerState.GONE]
 
 
 def _paused_lines(store: Any, config: Any) -> list[str]:
