@@ -975,8 +975,9 @@ def reload_rules(root: Path, size: str) -> dict[str, Any]:
         studio.start()
         studio.drop("before.jpg", shot(700))
         studio.wait_drained(30)
+        reloads = studio.log_text().count("reloaded: ")
         studio.write_rule(", subject_fill: 0.7")
-        time.sleep(2.0)  # the reload
+        studio.wait_log(lambda text: text.count("reloaded: ") > reloads, 30, "the reload of the edited rule")
         studio.drop("edited.jpg", shot(701))
         studio.wait_drained(30)
         versions = studio.query(lambda st: {Path(j.input_path).name: j.rule_version for j in st.jobs()})
