@@ -173,6 +173,7 @@ class JobStatus(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    SUPERSEDED = "superseded"  # its input changed before it could run: the new version's job owns the file
 
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)  # will run, or runs now
@@ -626,6 +627,13 @@ class Store:
             [JobStatus.FAILED, error, time.time(), job_id],
         )
 
+    def supersede(self, job_id: int, reason: str) -> None:
+        """End a job whose input was replaced by a newer version (queued as its own job): not a failure."""
+        self.db.conn.execute(
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
+            [JobStatus.SUPERSEDED, reason, time.time(), job_id],
+        )
+
     def retry_later(self, job_id: int, error: str, delay: float) -> JobStatus:
         """A transient failure: queue again after ``delay``, or fail when attempts are used up."""
         with self._immediate() as db:
@@ -813,6 +821,13 @@ class Store:
             f"SELECT 1 FROM jobs WHERE input_path = ? AND id != ? AND status IN ({_marks(PENDING)}) LIMIT 1",
             [input_path, job_id, *PENDING]).fetchone()
         return row is not None
+
+    def last_ended(self, input_path: str) -> Job | None:
+        """The newest job reading ``input_path`` that ended for good (done or failed), or None."""
+        rows = self.db.execute_returning_dicts(
+            f"SELECT * FROM jobs WHERE input_path = ? AND status IN ({_marks(FINISHED)}) ORDER BY id DESC LIMIT 1",
+            [input_path, *FINISHED])
+        return Job.from_row(rows[0]) if rows else None
 
     def record_move(self, job_id: int, source: str, dest: str, kind: str, sidecar: str | None = None) -> None:
         self.db["moves"].insert({"job_id": job_id, "source": source, "dest": dest, "kind": kind, "sidecar": sidecar,
