@@ -399,7 +399,10 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------
     def enqueue(self, *, input_hash: str, rule: str, rule_version: str, input_path: str, rel_path: str,
                 max_attempts: int) -> tuple[Job, bool]:
-        """Create the job for this content, rule version and path unless it exists. Returns (job, created)."""
+        """Create the job for this content, rule version and path unless it exists. Returns (job, created).
+
+        A superseded job for it (that content was replaced before it ran) is queued again as if new: the content
+        is back."""
         with self._immediate() as db:
             cur = db.conn.execute(
                 "INSERT OR IGNORE INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status,"
@@ -408,6 +411,13 @@ class Store:
                  time.time()],
             )
             created = cur.rowcount == 1
+            if not created:
+                created = db.conn.execute(
+                    "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
+                    " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, worker = NULL"
+                    " WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ? AND status = ?",
+                    [JobStatus.QUEUED, input_hash, rule, rule_version, input_path, JobStatus.SUPERSEDED],
+                ).rowcount == 1
             row = db.execute_returning_dicts(
                 "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?",
                 [input_hash, rule, rule_version, input_path],
