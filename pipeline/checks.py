@@ -92,6 +92,9 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         warnings.append(f"{config.source}: inboxes: none configured; only `assetd process` will do anything")
     for i, inbox in enumerate(config.inboxes):
         problems.extend(f"{config.source}: inboxes[{i}].{p}" for p in _inbox_problems(inbox))
+        if inbox.create and not inbox.path.exists() and _writable(inbox.path):
+            info.append(f"inboxes[{i}]: {inbox.path} does not exist yet; the daemon creates it at its first start "
+                        "(create: true)")
     for name, channel in config.channels.items():
         if not _writable(channel.path):
             problems.append(f"{config.source}: channels.{name}.path: {channel.path} is not writable")

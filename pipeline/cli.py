@@ -215,6 +215,11 @@ def explain(file: str, config_path: str) -> None:
         click.echo(f"{path}: inside the folder of {written[0]} ({written[1]}): an output, never an input; "
                    "neither the daemon nor `assetd process` takes it")
         sys.exit(1)
+    aside = inbox_of(config, path)
+    if aside is not None and aside.sets_aside(path):
+        click.echo(f"{path}: in the done or error folder of inbox {aside.path} (after: move): neither the daemon "
+                   "nor `assetd process` takes it; `assetd retry JOB_ID` moves it back")
+        sys.exit(1)
     rel = relative_path(config, path, None)
     chosen = match_rule(rules, rel)
     click.echo(f"{path}  (matched as {str(rel)!r})")
@@ -229,8 +234,6 @@ def explain(file: str, config_path: str) -> None:
                    "(recursive: false)")
     if is_ignored(path, Path(os.path.abspath(inbox.path)) if inbox else None):
         click.echo("  the watcher ignores this name (temporary or system file)")
-    if inbox is not None and inbox.sets_aside(path):
-        click.echo(f"  in the done or error folder of inbox {inbox.path} (after: move): never taken")
     takes = "would take a file of this name" if missing else "takes it"
     for rule in rules:
         reason = rule.why_not(rel)
@@ -286,6 +289,19 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     click.echo(shown + ", ".join(parts))
     for line in _paused_lines(store, config):
         click.echo(line)
+    orphans = _orphaned(store, config)
+    if orphans:
+        click.echo(f"job(s) {', '.join(map(str, orphans))} marked running belong to an assetd that has stopped: the "
+                   f"next `assetd run` queues them again, or now: assetd retry {' '.join(map(str, orphans))} "
+                   f"--config {config_path}")
+
+
+def _orphaned(store: Any, config: Any) -> list[int]:
+    """The running jobs whose owner is known to be gone (an assetd killed on this host)."""
+    from .owners import OwnerState, owner_state
+
+    return [j.id for j in store.jobs(JobStatus.RUNNING.value)
+            if owner_state(j.worker, config.database) is OwnerState.GONE]
 
 
 def _paused_lines(store: Any, config: Any) -> list[str]:
@@ -293,11 +309,13 @@ def _paused_lines(store: Any, config: Any) -> list[str]:
     successor measures again)."""
     import time
 
+    from .health import NOTHING_PAUSED
     from .owners import InstanceLock
 
     if InstanceLock(config.database).holder() is None:
         return []
-    return [f"paused since {time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
+    return [f"{'problem' if p['scope'] == NOTHING_PAUSED else 'paused'} since "
+            f"{time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
             for p in store.active_problems()]
 
 

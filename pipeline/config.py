@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
 from .errors import ConfigError
 from .formats import CHANNEL_EXTENSIONS, CHANNEL_FORMATS
-from .schema import build, opt, resolve_path
+from .schema import build, opt, read_yaml, resolve_path
 
 FORMATS = CHANNEL_FORMATS  # the channel formats, from the one format table
 EXTENSIONS = CHANNEL_EXTENSIONS  # the extension of each one's files
@@ -236,7 +235,7 @@ class ProblemsConfig:
     resume_free: str | int | None = opt(None, check=lambda v: None if v is None else check_free(v),
                                         expected="bytes (750MB, 3GB, a plain integer) or a percentage (3%), or null",
                                         doc="work resumes once the volume has this much free again; null: min_free "
-                                            "and half of it again (hysteresis)")
+                                            "and half of it again (hysteresis), at most halfway to a free volume")
     check_seconds: float = opt(10.0, min=0.1, doc="how often volumes are measured and paused problems looked at again")
     alert_after_seconds: float = opt(60.0, min=0.0,
                                      doc="a problem lasting this long sends its alert (and then one when it clears); "
@@ -289,13 +288,9 @@ def load_config(path: Path | str) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem."""
     path = Path(path).absolute()
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = read_yaml(path, "config file")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config_from_dict(data, path)
 
 

@@ -66,6 +66,9 @@ MAX_BACKOFF = 6  # a problem that keeps coming back on trial is probed at most 2
 
 
 # ------------------------------------------------------------------------------------------ scope
+NOTHING_PAUSED = "no jobs (alert only)"  # how a scope that pauses nothing describes itself (and is stored)
+
+
 @dataclass(frozen=True)
 class Scope:
     """What a problem pauses: every rule, some rules, the jobs whose input lies under some folders, or nothing
@@ -117,7 +120,7 @@ class Scope:
             parts.append(f"jobs of rule{'s' if len(names) > 1 else ''} {', '.join(names)}")
         if self.roots:
             parts.append("jobs of files under " + ", ".join(printable(str(r)) for r in self.roots))
-        return " and ".join(parts) or "no jobs (alert only)"
+        return " and ".join(parts) or NOTHING_PAUSED
 
 
 Scope.ALL = Scope(everything=True)
@@ -569,7 +572,7 @@ class Problems:
                 usage = self.disk_usage(_existing(volume.folders[0]))
             except OSError:
                 continue
-            floor, resume = low.of(usage.total), high.of(usage.total)
+            floor, resume = low.of(usage.total), self._resume_bytes(high, usage.total)
             with self._lock:
                 problem = self._active.get(volume.key)
             if problem is None and usage.free < floor:
@@ -588,13 +591,23 @@ class Problems:
             return parse_amount(self.settings.resume_free)
         return parse_amount(self.settings.min_free).times(1.5)
 
+    def _resume_bytes(self, high: Amount, total: int) -> int:
+        """The free bytes a paused volume needs to resume. The default (min_free and half of it again) never asks
+        for more than min_free plus half the rest of the volume, so a high min_free (70%) can still be reached."""
+        resume = high.of(total)
+        if self.settings.resume_free is None:
+            floor = parse_amount(self.settings.min_free).of(total)
+            resume = min(resume, floor + max(total - floor, 0) // 2)
+        return resume
+
     def _room_again(self, volume: Volume) -> bool:
         """After a write refused for space: the volume is above ``resume_free`` and a probe write succeeds."""
         try:
             usage = self.disk_usage(_existing(volume.folders[0]))
         except OSError:
             return False
-        return usage.free >= self._resume_amount().of(usage.total) and probe_write(volume.folders[0])
+        resume = self._resume_bytes(self._resume_amount(), usage.total)
+        return usage.free >= resume and probe_write(volume.folders[0])
 
     def _full_volume(self, rule_name: str) -> Volume:
         """The volume a rule's job could not write to when the error named no file."""

@@ -197,6 +197,6 @@ class Reloader:
         if self.problems is None:
             return
         self.problems = None
-        message = f"config and rule files load again: the problem is cleared ({self.config.source})"
+        message = f"config and rule files load again ({self.config.source}, {self.config.rules_dir})"
         if self.health is None or not self.health.clear(PROBLEM_KEY, message):  # logs it ("resumed: ...")
             log.warning("%s", message)

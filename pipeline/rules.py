@@ -14,13 +14,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
 
 from .config import Config
 from .errors import ConfigError
 from .formats import INPUT_EXTENSIONS
 from .outputs import OutputPathError, output_name
-from .schema import as_written, build, opt, resolve_path
+from .schema import as_written, build, opt, read_yaml, resolve_path
 from .sizes import least_long_edge, need_text, needs_pixels, size_for, size_ratio_problem, sized_ratios
 from .stages.base import FACTS, INPUT_FACTS, INPUT_MAY, stage_class, steps as known_steps
 
@@ -133,9 +132,9 @@ def load_rules(config: Config, only: str | None = None) -> list[Rule]:
     files = sorted(p for p in rules_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     for path in files:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            errors.append(f"{path}: cannot read rule: {exc}")
+            data = read_yaml(path, "rule")
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
             continue
         rule = parse_rule(data, path, config, errors)
         if rule is not None:

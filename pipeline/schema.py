@@ -253,3 +253,37 @@ def documented_keys(cls: type, prefix: str = "") -> list[str]:
         for sub in inner:
             keys.extend(documented_keys(sub, path + "."))
     return keys
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's data, or ``ValueError`` with one line naming what is wrong and where: ``cannot read <what>:
+    <why>``, ``not valid YAML at line L, column C: <why>``, or a key given twice in one mapping (YAML lets the
+    last one win in silence; a studio's ``workers: 2`` then ``workers: 0`` must be an error, not a guess)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first at line {seen[key].line + 1}); keep one",
+                        key_node.start_mark)
+                if isinstance(key, typing.Hashable):
+                    seen[key] = key_node.start_mark
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeys)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        why = f"{problem} ({context})" if context and "given twice" not in problem else problem
+        raise ValueError(f"not valid YAML{where}: {' '.join(str(why).split())}") from None

@@ -488,14 +488,23 @@ class Store:
         """Queued jobs whose rule is gone or has another version now."""
         return [j for j in self.jobs(JobStatus.QUEUED.value) if current_versions.get(j.rule) != j.rule_version]
 
-    def adopt_version(self, job_id: int, version: str) -> bool:
+    def adopt_version(self, job_id: int, version: str, owner: str | None = None) -> bool:
         """A queued job made under an older rule version runs under ``version`` instead (nothing of it was
-        published yet). False when a job for the same content and path under ``version`` exists already."""
+        published yet); with ``owner``: the job that owner holds, about to run. False when a job for the same
+        content and path under ``version`` exists already."""
+        which, params = ("status = ?", [JobStatus.QUEUED]) if owner is None else (
+            "status = ? AND worker = ?", [JobStatus.RUNNING, owner])
         with self._immediate() as db:
-            cur = db.conn.execute(
-                "UPDATE OR IGNORE jobs SET rule_version = ?, error = NULL WHERE id = ? AND status = ?",
-                [version, job_id, JobStatus.QUEUED])
+            cur = db.conn.execute(f"UPDATE OR IGNORE jobs SET rule_version = ?, error = NULL WHERE id = ? AND {which}",
+                                  [version, job_id, *params])
             return cur.rowcount == 1
+
+    def job_for(self, job: Job, version: str) -> Job | None:
+        """The job for ``job``'s content and path under another ``version`` of its rule, if there is one."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?",
+            [job.input_hash, job.rule, version, job.input_path])
+        return Job.from_row(rows[0]) if rows else None
 
     def earlier_version_job(self, input_hash: str, rule: str, version: str, input_path: str) -> Job | None:
         """The latest finished job of ``rule`` for this content at this path under another version."""

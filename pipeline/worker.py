@@ -180,9 +180,6 @@ class Worker:
         self._model_rules = model_rules(rules) if problems is not None else set()
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[str, Chain] = {}
-        # hot reload (``offer``): each rule version this worker knew, with the config it came with, so that a
-        # job claimed before a change finishes under its own version and channels
-        self._versions: dict[tuple[str, str], tuple[Rule, Config]] = {(r.name, r.version): (r, config) for r in rules}
         self._update: tuple[Config, list[Rule]] | None = None
         self._update_lock = threading.Lock()
         self.retired = False  # a reload lowered ``workers``: this one stops after its current job
@@ -245,7 +242,6 @@ class Worker:
         """The daemon reloaded its config and rules (any thread): new claims use them from the next job on;
         ``retire``: stop after the current job (the claimed-ahead one goes back to the queue untouched)."""
         with self._update_lock:
-            self._versions.update({(r.name, r.version): (r, config) for r in rules})
             self._update = (config, rules)
             self.retired = self.retired or retire
 
@@ -263,16 +259,19 @@ class Worker:
     def _use(self, config: Config) -> None:
         self.config = self.ctx.config = self.outputs.config = config
 
-    def _rule_for(self, job: Job) -> Rule | None:
-        """The rule version the job was queued (or adopted) under, with its config in use for this job; else the
-        current rule of that name (its version differs: ``_execute`` says so), or None."""
-        with self._update_lock:
-            known = self._versions.get((job.rule, job.rule_version))
-        if known is None:
-            return self.rules.get(job.rule)
-        if known[1] is not self.config:
-            self._use(known[1])
-        return known[0]
+    def _adopt(self, job: Job, rule: Rule) -> None:
+        """A job queued under an earlier version of its rule (``assetd retry`` of an old job, a job claimed ahead
+        of a reload) runs under the current one, as queued jobs do at a start or a reload: nothing of this run
+        was published yet. Unless a job for the same file under the current version exists: that one is the
+        job to run (or retry)."""
+        if not self.store.adopt_version(job.id, rule.version, owner=self.owner):
+            twin = self.store.job_for(job, rule.version)
+            raise PermanentError(f"rule {job.rule!r} changed since this job was queued (version {job.rule_version} "
+                                 f"→ {rule.version}) and job {twin.id if twin else '?'} already has this file under "
+                                 f"the current version: retry that one")
+        log.info("%s: job %d runs under the current version of rule %r (%s → %s)", self.name, job.id, job.rule,
+                 job.rule_version, rule.version)
+        job.rule_version = rule.version
 
     def _put_back(self) -> bool:
         """Release the jobs a full database kept us from putting back (uncharged); False while it still refuses."""
@@ -457,13 +456,11 @@ class Worker:
         if paused is not None:  # claimed ahead before the problem started: back to the queue uncharged
             raise ProcessProblem(paused.key, paused.message, paused.scope, probe=paused.probe,
                                  alert_after=paused.alert_after, trial=paused.trial)
-        rule = self._rule_for(job)
+        rule = self.rules.get(job.rule)
         if rule is None:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
         if rule.version != job.rule_version:
-            raise PermanentError(f"rule {job.rule!r} changed since this job was queued "
-                                 f"(version {job.rule_version} → {rule.version}); drop the file again or "
-                                 "restart the daemon to requeue it")
+            self._adopt(job, rule)
         twin = self.store.twin(job)
         if twin is not None and twin.status is not JobStatus.DONE:
             raise WaitForTwin(twin)

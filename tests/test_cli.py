@@ -206,3 +206,27 @@ def test_jobs_and_retry_read_the_store_while_a_rule_file_is_broken(workspace, ba
     assert table.exit_code == 0, table.output
     assert "done" in table.output.splitlines()[-1]
     assert invoke("retry", "--failed", "--config", workspace.config_path).exit_code == 0
+
+
+def test_jobs_says_which_running_jobs_belong_to_an_assetd_that_has_stopped(workspace):
+    """After a kill -9 the store still says running; the listing says whose they are and how to queue them again."""
+    import subprocess
+    import sys
+
+    from pipeline.config import load_config
+    from pipeline.owners import HOST
+    from pipeline.store import Store
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    config = load_config(workspace.config_path)
+    store = Store(config.database)
+    job, _ = store.enqueue(input_hash="h", rule="products", rule_version="v", input_path=str(workspace.inbox / "a.jpg"),
+                           rel_path="a.jpg", max_attempts=3)
+    store.claim_next(f"process pid {dead} on {HOST}", 3600)
+    store.close()
+    result = invoke("jobs", "--config", workspace.config_path)
+    assert f"job(s) {job.id} marked running belong to an assetd that has stopped" in result.output
+    assert f"assetd retry {job.id} --config" in result.output
+    assert invoke("retry", job.id, "--config", workspace.config_path).exit_code == 0
+    assert "marked running" not in invoke("jobs", "--config", workspace.config_path).output

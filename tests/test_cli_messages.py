@@ -47,7 +47,7 @@ def test_a_broken_config_is_an_error_not_a_usage_message(workspace, tmp_path):
 
 def test_a_broken_rule_and_an_unknown_rule_name_are_configuration_errors(workspace):
     workspace.add_rule("30-bad.yaml", "name: bad\nsteps: [{upscale: {factor: -1}}]\n")
-    result = invoke("jobs", "--config", workspace.config_path)
+    result = invoke("process", workspace.inbox, "--config", workspace.config_path)  # jobs/retry read the config only
     assert result.exit_code == 2
     assert_config_error(result.output, "30-bad.yaml")
     (workspace.root / "rules" / "30-bad.yaml").unlink()

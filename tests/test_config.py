@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.rules import load_rules
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.schema import build, opt
@@ -80,6 +81,22 @@ def test_unreadable_and_invalid_yaml_are_config_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     assert "not valid YAML" in problems(tmp_path, "workers: [1,\n")[0]
     assert "expected a mapping" in problems(tmp_path, "- just\n- a list\n")[0]
+    (broken,) = problems(tmp_path, "workers: [1,\n")
+    assert "not valid YAML at line 2, column 1" in broken and "\n" not in broken and "unicode string" not in broken
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_last_one_wins(tmp_path, workspace):
+    """YAML lets the last of two equal keys win in silence: `workers: 2` ... `workers: 0` must be an error, in the
+    config, in a nested section and in a rule (a second `match:` made every JPEG match nothing)."""
+    (found,) = problems(tmp_path, "workers: 2\nlog_level: info\nworkers: 0\n")
+    assert "line 3, column 1: key 'workers' is given twice (first at line 1)" in found
+    (nested,) = problems(tmp_path, "problems:\n  min_free: 99%\n  min_free: 2%\n")
+    assert "key 'min_free' is given twice (first at line 2)" in nested
+    workspace.add_rule("30-twice.yaml", "name: twice\nmatch: {extensions: [jpg]}\nmatch: {extensions: [png]}\n"
+                                        "outputs: [{channel: cutouts}]\n")
+    config = load_config(workspace.config_path)
+    with pytest.raises(ConfigError, match=r"30-twice.yaml: not valid YAML at line 3, column 1: key 'match' is given"):
+        load_rules(config)
 
 
 def test_absolute_paths_stay_absolute(tmp_path):

@@ -100,8 +100,10 @@ def setup(workspace, rules: dict[str, str], problems: str = "", urls=None):
         f.unlink()
     for name, text in rules.items():
         workspace.add_rule(f"{name}.yaml", text)
-    workspace.write_config(urls=urls, extra="problems: {check_seconds: 0.1, alert_after_seconds: 0, min_free: 0"
-                                            + (", " + problems if problems else "") + "}\n")
+    settings = {"check_seconds": "0.1", "alert_after_seconds": "0", "min_free": "0"}
+    settings.update(item.split(": ", 1) for item in problems.split(", ") if item)  # a key given once (YAML)
+    workspace.write_config(urls=urls, extra="problems: {" + ", ".join(f"{k}: {v}" for k, v in settings.items())
+                                            + "}\n")
     config, loaded = workspace.load()
     return config, loaded, Store(config.database)
 
@@ -563,4 +565,20 @@ def test_an_input_whose_inbox_folder_is_gone_waits_for_it_uncharged(workspace):
     problems.check()
     assert problems.active() == [] and worker.run_next().status is JobStatus.DONE
     worker.close()
+    store.close()
+
+
+def test_a_high_min_free_still_has_a_resume_level_the_volume_can_reach(workspace):
+    """min_free 70%: the default resume level (min_free and half of it again, 105%) would never be reached; it is
+    capped halfway between min_free and an empty volume (85%)."""
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")}, problems="min_free: 70%")
+    workspace.out("cutouts").mkdir(parents=True)
+    volumes = FakeVolumes(workspace.out("cutouts"), free=50 * GB)
+    problems = Problems(store, Alerts(), config, rules=rules, disk_usage=volumes.disk_usage, device=volumes.device)
+    problems.check_disks()
+    (paused,) = problems.active()
+    assert "wait until it has 85.0 GB free" in paused.message
+    volumes.free = 86 * GB
+    problems.check_disks()
+    assert problems.active() == []
     store.close()

@@ -50,8 +50,10 @@ def test_after_move_empties_the_inbox_into_done_and_error_and_retry_brings_a_fil
     daemon = run_daemon_until(workspace, lambda d: len(d.store.jobs()) >= 4)
     try:
         daemon.watcher.rescan()  # whatever lies in done/ and error/ now is never taken
-        time.sleep(0.6)
-        assert daemon.idle()
+        deadline = time.monotonic() + 15
+        while not daemon.idle():  # under load the settle thread may take a moment to look at what it found
+            assert time.monotonic() < deadline, "the daemon did not become idle after the rescan"
+            time.sleep(0.1)
         jobs = {Path(j.input_path).name: j for j in daemon.store.jobs()}
     finally:
         daemon.stop()
@@ -125,7 +127,9 @@ def test_process_and_explain_leave_done_and_error_folders_alone(workspace):
     assert (workspace.inbox / "done" / "misc" / "new.jpg").is_file()  # the inbox's after: move applies here too
     explained = CliRunner().invoke(cli, ["explain", str(workspace.inbox / "done" / "misc" / "old.jpg"), "--config",
                                          str(workspace.config_path)])
-    assert f"in the done or error folder of inbox {workspace.inbox} (after: move): never taken" in explained.output
+    assert explained.exit_code == 1 and "✓" not in explained.output
+    assert (f"in the done or error folder of inbox {workspace.inbox} (after: move): neither the daemon nor "
+            "`assetd process` takes it") in explained.output
 
 
 def test_an_input_another_unfinished_job_reads_stays_in_the_inbox(workspace):

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from click.testing import CliRunner
+
+from pipeline.cli import cli
 from pipeline.daemon import Daemon
 from pipeline.intake import Intake
 from pipeline.store import JobStatus, Store
@@ -94,15 +97,22 @@ def test_an_edited_rule_applies_to_the_next_file_and_is_logged(workspace, caplog
     assert {p.name: p.read_bytes() for p in workspace.out("cutouts").glob("a_*")} == published  # left alone
 
 
-def test_a_job_claimed_before_a_change_finishes_under_the_rule_and_channels_it_was_claimed_with(workspace):
+def test_a_job_claimed_ahead_of_a_change_or_retried_after_it_runs_under_the_current_rule(workspace):
+    """A change applies to every job that starts after it: a job claimed (read ahead) before the change, like a
+    queued one, runs under the current version, and so does an old job `assetd retry` queues again (the morning's
+    fix to a rule is what the retry is for)."""
     workspace.add_rule("20-cutouts.yaml", WIDE)
     config, rules = workspace.load()
     store = Store(config.database)
     intake = Intake(config, rules, store)
     worker = Worker("worker-1", config, store, rules)
     try:
-        before = intake.submit(workspace.shot("inbox/misc/a.jpg", seed=1, size=SHOT)).job
-        claimed = store.claim_next(worker.owner, 60)
+        done = intake.submit(workspace.shot("inbox/misc/a.jpg", seed=1, size=SHOT)).job
+        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        assert shape(workspace, "a") == "wide"
+        before = intake.submit(workspace.shot("inbox/misc/b.jpg", seed=2, size=SHOT)).job
+        claimed = store.claim_next(worker.owner, 60, ahead=True)
+        assert claimed.id == before.id
         # saved while it was claimed: a square rule writing to a channel that replaces cutouts
         workspace.config_path.write_text(workspace.config_path.read_text().replace(
             "cutouts:   {path: out/cutouts,", "squares:   {path: out/squares,"))
@@ -112,12 +122,15 @@ def test_a_job_claimed_before_a_change_finishes_under_the_rule_and_channels_it_w
         worker.offer(new_config, new_rules)
         worker.take_update()  # between jobs, as run_forever does, with this one claimed ahead
         assert worker.process(claimed).status is JobStatus.DONE
-        assert shape(workspace, "a") == "wide"  # the version it was claimed with, into the channel it had then
-
-        after = Intake(new_config, new_rules, store).submit(workspace.shot("inbox/misc/b.jpg", seed=2, size=SHOT)).job
-        assert after.rule_version != before.rule_version
-        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        current = {r.name: r.version for r in new_rules}["cutouts"]
+        assert store.get(claimed.id).rule_version == current != before.rule_version
         with Image.open(next(workspace.out("squares").glob("b_*.png"))) as im:
+            assert im.width == im.height
+
+        assert store.requeue([done.id]) == [done.id]  # the morning: retry the job made under the old rule
+        assert worker.process(store.claim_next(worker.owner, 60)).status is JobStatus.DONE
+        assert store.get(done.id).rule_version == current
+        with Image.open(next(workspace.out("squares").glob("a_*.png"))) as im:
             assert im.width == im.height
     finally:
         worker.close()
@@ -139,6 +152,8 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
             alerts = wait_for(lambda: receiver.messages, "the alert")
             assert "config or rule file broken, not applied" in alerts[0]["message"]
             assert "ratioz" in alerts[0]["message"] and "last good config and rules keep running" in alerts[0]["message"]
+            listing = CliRunner().invoke(cli, ["jobs", "--config", str(workspace.config_path)]).output
+            assert "problem since" in listing and "paused since" not in listing  # it pauses nothing
 
             workspace.add_rule("20-cutouts.yaml", BROKEN.replace("ratioz", "ratios_"))  # saved again, still broken
             run.logged("ratios_", logging.ERROR)
@@ -147,7 +162,7 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
             assert shape(workspace, "b") == "wide"
 
             workspace.add_rule("20-cutouts.yaml", SQUARE)
-            run.logged("the problem is cleared", logging.WARNING)
+            run.logged("config and rule files load again", logging.WARNING)
             wait_for(lambda: len(receiver.messages) == 2, "the cleared alert")
             fixed = run.drop("c.jpg", seed=3)
             assert fixed.rule_version != good.rule_version and shape(workspace, "c") == "square"

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import check_colour
 from ..errors import PermanentError
 from ..pixels import colour_tuple, max_value, to_dtype
-from ..schema import as_written, build, opt
+from ..schema import as_written, build, opt, read_yaml
 from .base import Asset, Stage, define_step, register
 from .framing import Box, clamp, cover_transform, place_on_floor, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cut_edges, cutout_subject, margin_option,
@@ -89,15 +89,13 @@ def scene_spec_file(scene: Path) -> Path:
 
 def load_scene_spec(scene: Path) -> tuple[SceneSpec | None, list[str]]:
     """The scene's sidecar, or None when it has none; problems name the file and key."""
-    import yaml
-
     path = scene_spec_file(scene)
     if not path.is_file():
         return None, []
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        return None, [f"scene sidecar {path}: cannot read: {exc}"]
+        data = read_yaml(path, "scene sidecar")
+    except ValueError as exc:
+        return None, [f"scene sidecar {path}: {exc}"]
     errors: list[str] = []
     spec = build(SceneSpec, data, "", errors)
     return spec, [f"scene sidecar {path}: {e}" for e in errors]
