@@ -80,7 +80,7 @@ class Daemon:
     def _start_worker(self, models: Any = None) -> Worker:
         n = len(self.workers) + 1  # never reused: a retired worker may still be finishing its job
         worker = Worker(f"worker-{n}", self.config, self.store, self.rules, stop=self.stop_event,
-                        on_failed=self.notifier.job_failed, problems=self.problems)
+                        on_failed=self.notifier.job_failed, problems=self.problems, wait_for_arrival=True)
         if models is not None:
             worker.ctx.models = models
         thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{n}", daemon=True)

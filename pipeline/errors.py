@@ -27,6 +27,12 @@ class InputError(PermanentError):
     """The input file itself is bad. The message names the file and what is wrong with it."""
 
 
+class IncompleteInput(InputError):
+    """The file ends before its image data does (a truncated stream): damaged, or a copy that paused longer
+    than ``settle_seconds`` and is still arriving. The daemon's worker waits for a recently modified one
+    (``Worker._load``); anywhere else it is an ``InputError`` like any other."""
+
+
 class TransientError(AssetdError):
     """Might work later (file still changing, GPU out of memory, disk full): retry with back-off."""
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from .config import Config, InboxConfig
 from .formats import INPUT_EXTENSIONS
 from .rules import Rule, match_rule
-from .store import UNREADABLE, Job, Store
+from .store import FINISHED, UNREADABLE, Job, Store
 from .text import printable
 
 log = logging.getLogger("assetd.intake")
@@ -144,7 +144,10 @@ class Intake:
         """The watcher's callback: enqueue and log. Must be quick and must not raise for bad files.
 
         Files seen again and not reprocessed (every file in the inboxes at each start) are logged one
-        by one at debug level and summarised by ``flush_summary``."""
+        by one at debug level and summarised by ``flush_summary``. One whose job already ended for good is
+        handed to its inbox's ``after`` option like the first copy was (``inboxflow.after_job``): with
+        ``after: move`` the same file dropped again, or left behind while its inbox was away when its job
+        ended, goes to done/ or error/ instead of staying in the inbox."""
         with self.swap_lock:
             result = self.submit(path, inbox.path)
         if result.created and result.job is not None:
@@ -154,6 +157,11 @@ class Intake:
             with self._lock:
                 self._seen_again.append((path, str(result.reason), result.earlier is not None))
                 self._seen_at = time.monotonic()
+            ended = result.job if result.job is not None else result.earlier
+            if inbox.after == "move" and ended is not None and ended.status in FINISHED:
+                from .inboxflow import after_job  # inboxflow imports this module
+
+                after_job(self.config, self.store, ended, ended.status, ended.error)
         else:
             log.info("%s", result.reason)
 

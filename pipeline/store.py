@@ -173,6 +173,7 @@ class JobStatus(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    SUPERSEDED = "superseded"  # its input changed before it could run: the new version's job owns the file
 
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)  # will run, or runs now
@@ -398,7 +399,10 @@ class Store:
     # -- jobs --------------------------------------------------------------------------------
     def enqueue(self, *, input_hash: str, rule: str, rule_version: str, input_path: str, rel_path: str,
                 max_attempts: int) -> tuple[Job, bool]:
-        """Create the job for this content, rule version and path unless it exists. Returns (job, created)."""
+        """Create the job for this content, rule version and path unless it exists. Returns (job, created).
+
+        A superseded job for it (that content was replaced before it ran) is queued again as if new: the content
+        is back."""
         with self._immediate() as db:
             cur = db.conn.execute(
                 "INSERT OR IGNORE INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status,"
@@ -407,6 +411,13 @@ class Store:
                  time.time()],
             )
             created = cur.rowcount == 1
+            if not created:
+                created = db.conn.execute(
+                    "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
+                    " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, worker = NULL"
+                    " WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ? AND status = ?",
+                    [JobStatus.QUEUED, input_hash, rule, rule_version, input_path, JobStatus.SUPERSEDED],
+                ).rowcount == 1
             row = db.execute_returning_dicts(
                 "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?",
                 [input_hash, rule, rule_version, input_path],
@@ -635,6 +646,13 @@ class Store:
             [JobStatus.FAILED, error, time.time(), job_id],
         )
 
+    def supersede(self, job_id: int, reason: str) -> None:
+        """End a job whose input was replaced by a newer version (queued as its own job): not a failure."""
+        self.db.conn.execute(
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
+            [JobStatus.SUPERSEDED, reason, time.time(), job_id],
+        )
+
     def retry_later(self, job_id: int, error: str, delay: float) -> JobStatus:
         """A transient failure: queue again after ``delay``, or fail when attempts are used up."""
         with self._immediate() as db:
@@ -822,6 +840,13 @@ class Store:
             f"SELECT 1 FROM jobs WHERE input_path = ? AND id != ? AND status IN ({_marks(PENDING)}) LIMIT 1",
             [input_path, job_id, *PENDING]).fetchone()
         return row is not None
+
+    def last_ended(self, input_path: str) -> Job | None:
+        """The newest job reading ``input_path`` that ended for good (done or failed), or None."""
+        rows = self.db.execute_returning_dicts(
+            f"SELECT * FROM jobs WHERE input_path = ? AND status IN ({_marks(FINISHED)}) ORDER BY id DESC LIMIT 1",
+            [input_path, *FINISHED])
+        return Job.from_row(rows[0]) if rows else None
 
     def record_move(self, job_id: int, source: str, dest: str, kind: str, sidecar: str | None = None) -> None:
         self.db["moves"].insert({"job_id": job_id, "source": source, "dest": dest, "kind": kind, "sidecar": sidecar,

@@ -9,6 +9,12 @@ Each job's manifest goes to ``manifests.folder`` (and beside the outputs when co
 A *problem process* (a full disk, the GPU, a model that no longer loads: ``pipeline.health``) is not the
 job's fault: the job goes back to the queue uncharged and the problem pauses what it covers; the worker
 never claims a paused job.
+
+A copy that pauses longer than ``settle_seconds`` is taken half-written. In the daemon, an input whose data
+stops before the image does (``IncompleteInput``) and that changed within ``arrival_window`` is taken to be
+still arriving: its job waits (uncharged) instead of failing; when the file has changed by the next try, the
+job is *superseded* (the new version is queued as its own job and owns the file). Unchanged for the whole
+window, it fails as damaged.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from typing import Any, Callable
 from . import faults
 from .chain import Chain, ModelLoadError, StepError
 from .config import Config
-from .errors import AssetdError, ConfigError, PermanentError, ProcessProblem, StopRequested, TransientError
+from .errors import (AssetdError, ConfigError, IncompleteInput, PermanentError, ProcessProblem, StopRequested,
+                     TransientError)
 from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
 from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
@@ -63,10 +70,33 @@ class WaitForTwin(Exception):
 
 
 TWIN_WAIT_SECONDS = 5.0
+ARRIVAL_WINDOW_SECONDS = 60.0  # the least time an input cut short must be left unchanged to count as damaged
+
+
+def arrival_window(settle_seconds: float) -> float:
+    """How long after its last change an input whose data stops early may still be a copy arriving:
+    60 s, or 10 × its inbox's ``settle_seconds`` when that is longer (a share slow enough to need a long settle)."""
+    return max(ARRIVAL_WINDOW_SECONDS, 10 * settle_seconds)
+
+
+class StillArriving(Exception):
+    """The input's data stops before its image does and it changed recently: a copy that paused longer than
+    ``settle_seconds``. The job waits ``delay`` seconds, uncharged."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+class Superseded(Exception):
+    """The input's content changed after its job was queued: the new version is queued as its own job and owns
+    the file; this job ends, neither failed nor moved."""
 
 
 class Outcome(Enum):
     WAIT = "wait"  # a twin with the same content is unfinished: back to the queue, attempt not charged
+    ARRIVING = "arriving"  # the input may still be arriving: back to the queue after a delay, not charged
+    SUPERSEDED = "superseded"  # a newer version of the input has its own job: this one ends, not failed
     RELEASE = "release"  # asked to stop: back to the queue, attempt not charged
     RETRY = "retry"  # transient: back to the queue after a delay, or failed once out of attempts
     FAIL = "fail"  # permanent: failed at once
@@ -94,6 +124,10 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
     backoff = config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0)
     if isinstance(exc, WaitForTwin):
         return Failure(Outcome.WAIT, str(exc), TWIN_WAIT_SECONDS)
+    if isinstance(exc, StillArriving):
+        return Failure(Outcome.ARRIVING, one_line(exc), exc.delay)
+    if isinstance(exc, Superseded):
+        return Failure(Outcome.SUPERSEDED, one_line(exc))
     if isinstance(exc, StopRequested):
         return Failure(Outcome.RELEASE, one_line(exc))
     if isinstance(exc, ProcessProblem):
@@ -130,8 +164,10 @@ class Worker:
 
     def __init__(self, name: str, config: Config, store: Store, rules: list[Rule], *,
                  stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None,
-                 problems: Problems | None = None):
-        """``problems``: the daemon's problem processes (None: nothing pauses; a PAUSE is a RETRY)."""
+                 problems: Problems | None = None, wait_for_arrival: bool = False):
+        """``problems``: the daemon's problem processes (None: nothing pauses; a PAUSE is a RETRY).
+        ``wait_for_arrival``: an input cut short that changed recently waits (the daemon, whose watcher queues
+        the rest of the copy); without, it fails as damaged at once (``assetd process``)."""
         self.name = name
         self.owner = owner_label(name)  # what its claims record: "worker-1 pid 1234 on host"
         self.config = config
@@ -140,6 +176,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.on_failed = on_failed
         self.problems = problems
+        self.wait_for_arrival = wait_for_arrival
         self._model_rules = model_rules(rules) if problems is not None else set()
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[str, Chain] = {}
@@ -272,10 +309,17 @@ class Worker:
 
     def process(self, job: Job, loaded: Future | None = None) -> JobResult:
         """Run a claimed job (``_run_job``); one that ended for good (done, or failed for good) then hands its
-        input to its inbox's ``after`` option (``inboxflow.after_job``: kept, or moved to done/ or error/)."""
+        input to its inbox's ``after`` option (``inboxflow.after_job``: kept, or moved to done/ or error/).
+
+        A superseded job hands the input to the job of its new version when that one has ended already (it left
+        the file in the inbox while this job still read it); else that job moves it when it ends."""
         result = self._run_job(job, loaded)
         if result.status in FINISHED:
             after_job(self.config, self.store, job, result.status, result.error)
+        elif result.status is JobStatus.SUPERSEDED:
+            owner = self.store.last_ended(job.input_path)
+            if owner is not None:
+                after_job(self.config, self.store, owner, owner.status, owner.error)
         return result
 
     def _run_job(self, job: Job, loaded: Future | None = None) -> JobResult:
@@ -323,6 +367,14 @@ class Worker:
                 self._unreleased[job.id] = note
             log.info("%s: job %d waits (not charged): %s", self.name, job.id, printable(job.input_path))
             result.status = JobStatus.QUEUED
+        elif failure.outcome is Outcome.ARRIVING:
+            self.store.postpone(job.id, failure.delay, failure.message)
+            log.info("%s: job %d waits (not charged): %s", self.name, job.id, failure.message)
+            result.status = JobStatus.QUEUED
+        elif failure.outcome is Outcome.SUPERSEDED:
+            self.store.supersede(job.id, failure.message)
+            log.info("%s: job %d superseded: %s", self.name, job.id, failure.message)
+            result.status, result.error = JobStatus.SUPERSEDED, failure.message
         elif failure.outcome is Outcome.WAIT:
             self.store.postpone(job.id, failure.delay, failure.message)
             log.info("%s: job %d %s", self.name, job.id, failure.message)
@@ -361,9 +413,33 @@ class Worker:
             self._check_inbox(job)
             raise
         if job.readable and sha256(data) != job.input_hash:
-            raise PermanentError(f"{printable(str(path))}: content changed after it was queued; the new version is queued "
-                                 "as its own job")
-        return decode(data, str(path), self.config.input)
+            raise Superseded(f"{printable(str(path))}: superseded: its content changed after it was queued (a copy "
+                             "still arriving, or a new version dropped); the new version is queued as its own job")
+        try:
+            return decode(data, str(path), self.config.input)
+        except IncompleteInput as exc:
+            if self.wait_for_arrival:
+                self._check_arriving(path, exc)
+            raise
+
+    def _check_arriving(self, path: Path, exc: IncompleteInput) -> None:
+        """Raise StillArriving when ``path`` (in an inbox), whose data stops before its image does, changed within
+        ``arrival_window``: the next try comes after twice its inbox's ``settle_seconds`` (at least 1 s), and never
+        later than just past the window, when an unchanged file fails as damaged."""
+        inbox = inbox_of(self.config, path)
+        if inbox is None:
+            return
+        try:
+            age = max(0.0, time.time() - os.stat(path).st_mtime)
+        except OSError:
+            return
+        window = arrival_window(inbox.settle_seconds)
+        if age >= window:
+            return
+        delay = min(max(2 * inbox.settle_seconds, 1.0), window - age + 0.5)
+        raise StillArriving(f"{printable(str(path))}: ends before its image data does and changed {age:.0f}s ago; it "
+                            f"may still be arriving: tried again in {delay:.0f}s (failed as damaged once unchanged "
+                            f"for {window:.0f}s)", delay) from exc
 
     def _check_inbox(self, job: Job) -> None:
         """An input that cannot be read because its whole inbox folder is gone (a share unmounted) is a

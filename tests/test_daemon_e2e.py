@@ -75,6 +75,7 @@ def test_daemon_processes_slow_copies_and_reports_the_bad_file(workspace, staged
         copy_slowly(staged["c"], inbox / "misc" / "c.jpg")
         broken = inbox / "products" / "broken.jpg"
         broken.write_bytes(staged["a"].read_bytes()[:5000])
+        os.utime(broken, (time.time() - 3600,) * 2)  # cut short long ago: not a copy still arriving
         (inbox / "products" / "notes.txt").write_text("not an image")
         (inbox / "products" / ".DS_Store").write_bytes(b"\0" * 10)
         (inbox / "products" / "d.jpg.crdownload").write_bytes(b"partial")
@@ -153,7 +154,7 @@ def test_notification_target_down_does_not_delay_jobs(workspace, staged):
         counts = daemon.store.counts()
     finally:
         daemon.stop()
-    assert counts == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+    assert counts == {"queued": 0, "running": 0, "done": 2, "failed": 1, "superseded": 0}
     assert elapsed < 60
 
 
@@ -227,7 +228,9 @@ def test_daemon_sends_failure_alert_and_batch_digest(workspace, staged):
         daemon.start()
         try:
             copy_slowly(staged["a"], workspace.inbox / "misc" / "a.jpg", pause=0.01)
-            (workspace.inbox / "misc" / "broken.jpg").write_bytes(staged["b"].read_bytes()[:3000])
+            broken = workspace.inbox / "misc" / "broken.jpg"
+            broken.write_bytes(staged["b"].read_bytes()[:3000])
+            os.utime(broken, (time.time() - 3600,) * 2)  # cut short long ago: not a copy still arriving
             wait_for(lambda: len(daemon.store.jobs()) == 2 and daemon.idle(), 90, "jobs to finish")
             wait_for(lambda: any("batch finished" in m["title"] for m in receiver.messages), 30, "the digest")
         finally:

@@ -31,6 +31,15 @@ def test_a_job_is_one_content_rule_version_and_path(store):
     assert created_changed and changed.id not in (job.id, renamed.id)
 
 
+def test_a_superseded_job_runs_again_when_its_content_comes_back(store):
+    job, _ = enqueue(store)
+    store.supersede(job.id, "/in/a.jpg: superseded: its content changed after it was queued")
+    assert store.get(job.id).status is JobStatus.SUPERSEDED and store.last_ended("/in/a.jpg") is None
+    again, created = enqueue(store)  # the same content dropped again at the same path
+    assert created and again.id == job.id
+    assert (again.status, again.error, again.finished_at) == (JobStatus.QUEUED, None, None)
+
+
 def test_a_twin_is_the_done_job_of_the_same_content_else_an_earlier_unfinished_one(store):
     first, _ = enqueue(store)
     second, _ = enqueue(store, path="/in/copy.jpg")

@@ -23,7 +23,7 @@ from PIL import Image, ImageFile
 
 from . import metadata as meta
 from . import raw
-from ..errors import InputError
+from ..errors import IncompleteInput, InputError
 from ..formats import ACCEPTED_SHOWN, EXTENSION_FORMATS, PILLOW_FORMATS, RAW_EXTENSIONS, sniff
 from ..text import printable, reason
 from .colour import convert_8bit, convert_16bit, grey_to_rgb
@@ -37,6 +37,10 @@ RAW_TIMEOUT_S = 600.0
 
 # Never decode a truncated file into a grey half-image: truncation is an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# What the codecs say when the data stops before the image does (Pillow: "image file is truncated";
+# libheif: "Unexpected end of file"): the file may be a copy still arriving (``IncompleteInput``).
+_CUT_SHORT = ("truncated", "end of file", "broken data stream")
+
 # Pillow's own bomb check is off, set once here: our limit (input.max_pixels) is per config, and a Pillow
 # global set on every decode is shared by every thread and every other user of Pillow. ``_open`` checks the
 # size the header declares itself, counted as Pillow counts it, before any pixel is decoded.
@@ -93,7 +97,14 @@ def _decode(data: bytes, name: str, cfg: InputConfig) -> Decoded:
     except MemoryError:
         raise InputError(f"{shown}: not enough memory to decode it") from None
     except Exception as exc:  # codecs raise many types for damaged content
-        raise InputError(f"{shown}: image data is damaged ({reason(exc)})") from None
+        raise _damaged(shown, exc) from None
+
+
+def _damaged(shown: str, exc: BaseException) -> InputError:
+    """The error for a codec's failure: ``IncompleteInput`` when the data stopped before the image did."""
+    why = reason(exc)
+    kind = IncompleteInput if any(w in why.lower() for w in _CUT_SHORT) else InputError
+    return kind(f"{shown}: image data is damaged ({why})")
 
 
 def check_signal(pixels: np.ndarray, shown: str, min_signal: float) -> None:
@@ -360,7 +371,7 @@ def _decode_tiff16(data: bytes, shown: str) -> np.ndarray | None:
             page = tf.pages.first
             for off, n in zip(page.dataoffsets, page.databytecounts):
                 if off + n > len(data):
-                    raise InputError(f"{shown}: image data is damaged (TIFF is truncated: strip ends at byte "
+                    raise IncompleteInput(f"{shown}: image data is damaged (TIFF is truncated: strip ends at byte "
                                      f"{off + n} of {len(data)})")
             extras = tuple(page.extrasamples or ())
             try:
@@ -387,7 +398,7 @@ def _decode_tiff16(data: bytes, shown: str) -> np.ndarray | None:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{shown}: image data is damaged ({reason(exc)})") from None
+        raise _damaged(shown, exc) from None
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise InputError(f"{shown}: image data is damaged (16-bit TIFF could not be decoded)")
