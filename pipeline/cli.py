@@ -285,7 +285,7 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     to_review = store.review_count()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
-             for s, n in counts.items()]
+             for s, n in counts.items() if n or s != JobStatus.SUPERSEDED]  # a rare state: named when there are some
     click.echo(shown + ", ".join(parts))
     for line in _paused_lines(store, config):
         click.echo(line)

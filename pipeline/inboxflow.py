@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import shutil
 import threading
 from pathlib import Path
@@ -55,7 +56,7 @@ def after_job(config: Config, store: Store, job: Job, status: JobStatus, error: 
             return None
         target = folder / source.relative_to(os.path.abspath(inbox.path))
         dest = _move(source, target, reserve_sidecar=status is JobStatus.FAILED)
-        sidecar = _write_reason(dest, job, error or "failed") if status is JobStatus.FAILED else None
+        sidecar = _write_reason(dest, job, error or "failed", config) if status is JobStatus.FAILED else None
         store.record_move(job.id, str(source), str(dest), status.value, str(sidecar) if sidecar else None)
     except Exception as exc:  # noqa: BLE001 - the job is recorded already; the file just stays
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
@@ -166,12 +167,13 @@ def _sidecar(dest: Path) -> Path:
     return dest.with_name(dest.name + SIDECAR)
 
 
-def _write_reason(dest: Path, job: Job, error: str) -> Path:
-    """``NAME.error.txt`` beside a failed input: its one-line reason and the job id."""
+def _write_reason(dest: Path, job: Job, error: str, config: Config) -> Path:
+    """``NAME.error.txt`` beside a failed input: its one-line reason, the job id and the command that retries it."""
     sidecar = _sidecar(dest)
     reason = " ".join(error.split())
     temp = sidecar.with_name(f".{sidecar.name}.tmp")
-    temp.write_text(f"{reason} (assetd job {job.id}; `assetd retry {job.id}` moves it back and runs it again)\n",
+    command = f"assetd retry {job.id} --config {shlex.quote(str(config.source))}"
+    temp.write_text(f"{reason} (assetd job {job.id}; `{command}` moves it back and runs it again)\n",
                     encoding="utf-8")
     os.replace(temp, sidecar)
     return sidecar

@@ -69,6 +69,7 @@ def test_after_move_empties_the_inbox_into_done_and_error_and_retry_brings_a_fil
     assert len(reason.splitlines()) == 1
     assert jobs["bad.jpg"].error.removeprefix(str(inbox / "misc" / "bad.jpg") + ": ") in reason
     assert f"job {jobs['bad.jpg'].id}" in reason
+    assert f"`assetd retry {jobs['bad.jpg'].id} --config {workspace.config_path}`" in reason  # runs as written
 
     listed = CliRunner().invoke(cli, ["jobs", "--json", "--config", str(workspace.config_path)])
     moved_to = {Path(d["input_path"]).name: d["moved_to"] for d in json.loads(listed.output)["jobs"]}
