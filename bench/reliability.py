@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -49,6 +48,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import machine as common_machine  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.store import JobStatus, Store  # noqa: E402
@@ -1060,18 +1060,7 @@ SCENARIOS: dict[str, Callable[[Path, str], dict[str, Any]]] = {
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-        mem_text = f"{mem / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        mem_text = "unknown RAM"
-    return f"{cpu}, {os.cpu_count()} cores, {mem_text}, Python {platform.python_version()}, {platform.system()}"
+    return common_machine()
 
 
 def markdown(results: list[dict[str, Any]], size: str, seconds: float) -> str:

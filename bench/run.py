@@ -9,31 +9,20 @@ the machine (CPU model, cores, memory) they were measured on. Text outside the m
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import machine as common_machine
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / ".bench"
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-        mem_text = f"{mem / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        mem_text = "unknown RAM"
-    return f"{cpu}, {os.cpu_count()} cores, {mem_text}, Python {platform.python_version()}, no GPU used"
+    return common_machine("no GPU used")
 
 
 def run(name: str, args: list[str]) -> str:
