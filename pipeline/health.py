@@ -351,6 +351,11 @@ class Problems:
         now = self.clock()
         with self._lock:
             known = self._active.get(key)
+            if known is not None and known.message != message and not known.on_trial:
+                known.message = message  # its cause changed (a file broken another way): the record says the latest
+                if known.row is not None:
+                    row = known.row
+                    self._record(lambda s: s.problem_changed(row, message))
             if known is not None:
                 if known.on_trial:
                     known.on_trial = False
@@ -374,7 +379,8 @@ class Problems:
             problem = self._active.pop(key, None)
             if problem is None:
                 return False
-            text = f"{message or problem.message + ' (cleared)'} (paused {format_duration(now - problem.started_at)})"
+            lasted = "paused" if problem.scope.pauses else "lasted"
+            text = f"{message or problem.message + ' (cleared)'} ({lasted} {format_duration(now - problem.started_at)})"
             log.warning("%s: %s", problem.scope.words()[1], text)
             if problem.row is not None:
                 row = problem.row

@@ -893,6 +893,10 @@ class Store:
         return int(self.db["problems"].insert({"key": key, "message": message, "scope": scope, "started_at": at,
                                                "alerted": 0}).last_pk)
 
+    def problem_changed(self, problem_id: int, message: str) -> None:
+        """The same outage, described anew (a broken file saved again, broken another way)."""
+        self.db.conn.execute("UPDATE problems SET message = ? WHERE id = ?", [message, problem_id])
+
     def problem_alerted(self, problem_id: int) -> None:
         """Its "on" alert was queued (so a "cleared" one goes out when it ends)."""
         self.db.conn.execute("UPDATE problems SET alerted = 1 WHERE id = ?", [problem_id])

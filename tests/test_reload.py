@@ -157,6 +157,8 @@ def test_a_broken_rule_is_alerted_once_the_last_good_rules_keep_running_and_a_fi
 
             workspace.add_rule("20-cutouts.yaml", BROKEN.replace("ratioz", "ratios_"))  # saved again, still broken
             run.logged("ratios_", logging.ERROR)
+            listing = CliRunner().invoke(cli, ["jobs", "--config", str(workspace.config_path)]).output
+            assert "ratios_" in listing and "ratioz" not in listing  # the problem says what is broken now
             late = run.drop("b.jpg", seed=2)  # runs under the last good rule
             assert late.status is JobStatus.DONE and late.rule_version == good.rule_version
             assert shape(workspace, "b") == "wide"
