@@ -418,10 +418,15 @@ def reprocess(config_path: str, rule_name: str, since: Any, everything: bool, dr
     if todo.missing:
         click.echo(f"{len(todo.missing)} file(s) are no longer where they were and are not redone: "
                    + ", ".join(j.input_path for j in todo.missing[:5]) + (" …" if len(todo.missing) > 5 else ""))
+    if todo.moved:
+        click.echo(f"{len(todo.moved)} of them lie in a done or error folder (after: move): they are moved back "
+                   "into their inbox first")
     if dry_run:
         click.echo("dry run: nothing was queued")
         return
-    ids = queue(config, rules, store, todo)
+    ids, moves = queue(config, rules, store, todo)
+    for line in moves:
+        click.echo(line)
     click.echo(f"queued {len(ids)} job(s)" + (": " + ", ".join(map(str, ids)) if ids else "")
                + ("; a running daemon picks them up, or the next `assetd run`" if ids else ""))
 

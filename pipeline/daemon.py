@@ -246,8 +246,10 @@ class Daemon:
             todo = plan(store, rule)  # what `assetd reprocess --rule NAME` would redo: the same count
             if self.config.on_rule_change == "reprocess":
                 log.warning("rule %r changed (version %s → %s); on_rule_change is reprocess: the %d file(s) it "
-                            "took before that are still in the inboxes are redone, replacing their outputs",
-                            rule.name, before, rule.version, len(todo.redo))
+                            "took before that are still in the inboxes are redone, replacing their outputs%s",
+                            rule.name, before, rule.version, len(todo.redo) - len(todo.moved),
+                            f" ({len(todo.moved)} in done/error folders are not: assetd reprocess --rule {rule.name} "
+                            f"--config {self.config.source} moves them back and redoes them)" if todo.moved else "")
             else:
                 log.warning("rule %r changed (version %s → %s); it applies to new files. %d file(s) it took "
                             "before (%d still present, %d output(s)) keep their outputs; redo them with: assetd "

@@ -21,6 +21,7 @@ class Plan:
     rule: Rule
     redo: list[Job] = field(default_factory=list)  # the latest job of each file to queue again
     missing: list[Job] = field(default_factory=list)  # their input file is gone: cannot be redone
+    moved: list[Job] = field(default_factory=list)  # in done/ or error/ (after: move): moved back, then redone
     outputs: int = 0  # outputs the redone jobs have now (written again under the current rule)
 
 
@@ -31,22 +32,32 @@ def plan(store: Store, rule: Rule, *, since: float | None = None, everything: bo
         if job.rule_version == rule.version and not everything:
             continue
         if not Path(job.input_path).is_file():
-            result.missing.append(job)
-            continue
+            move = store.moved(job.id)
+            if move is None or not Path(move.dest).is_file():
+                result.missing.append(job)
+                continue
+            result.moved.append(job)
         result.redo.append(job)
         result.outputs += len(store.outputs(job.id))
     return result
 
 
-def queue(config: Config, rules: list[Rule], store: Store, todo: Plan) -> list[int]:
-    """Queue every file of the plan under the rule as it is now; returns the job ids."""
+def queue(config: Config, rules: list[Rule], store: Store, todo: Plan) -> tuple[list[int], list[str]]:
+    """Queue every file of the plan under the rule as it is now, the moved ones first put back in their inbox
+    (as ``assetd retry`` does); returns the job ids and one line per file moved back or left where it is."""
+    from .inboxflow import bring_back
+
+    lines, blocked = bring_back(store, [job.id for job in todo.moved])
+    lines += list(blocked.values())
     intake = Intake(config, rules, store)
     ids: list[int] = []
     for job in todo.redo:
+        if job.id in blocked:
+            continue
         sub = intake.submit(Path(job.input_path), rule_name=todo.rule.name, reprocess=True)
         if sub.job is None:
             continue
         if not sub.created:  # the same content already has a job under the current version: run it again
             store.requeue([sub.job.id])
         ids.append(sub.job.id)
-    return ids
+    return ids, lines

@@ -13,7 +13,7 @@ from pipeline.cli import cli
 from pipeline.daemon import Daemon
 from pipeline.store import JobStatus, Store
 
-from conftest import Workspace
+from conftest import CUTOUTS, Workspace
 
 
 def moving(workspace: Workspace) -> None:
@@ -184,3 +184,24 @@ def test_daemon_waits_for_a_missing_inbox_and_never_creates_it(workspace, caplog
         assert caplog.text.count("does not exist") == 1  # once per outage, not once per attempt
     finally:
         daemon.stop()
+
+
+def test_reprocess_moves_the_files_after_move_put_away_back_and_redoes_them(workspace):
+    """A rule changed after the night's files went to done/: `assetd reprocess` finds them there (the moves are
+    recorded), puts them back in the inbox and queues them under the rule as it is now."""
+    moving(workspace)
+    workspace.shot("inbox/misc/a.jpg", seed=1)
+    daemon = run_daemon_until(workspace, lambda d: len(d.store.jobs()) >= 1)
+    daemon.stop()
+    (first,) = Store(workspace.config_path.parent / "state" / "assetd.sqlite3").jobs()
+    assert (workspace.inbox / "done" / "misc" / "a.jpg").is_file()
+    workspace.add_rule("20-cutouts.yaml", CUTOUTS.replace("remove_background: {}", "remove_background: {trim: true}"))
+
+    result = CliRunner().invoke(cli, ["reprocess", "--rule", "cutouts", "--config", str(workspace.config_path)])
+    assert result.exit_code == 0, result.output
+    assert "1 of them lie in a done or error folder (after: move): they are moved back" in result.output
+    assert f"job {first.id}: moved {workspace.inbox / 'done' / 'misc' / 'a.jpg'} back to" in result.output
+    assert (workspace.inbox / "misc" / "a.jpg").is_file() and not (workspace.inbox / "done" / "misc" / "a.jpg").exists()
+    daemon = run_daemon_until(workspace, lambda d: d.store.counts()["done"] >= 2)
+    daemon.stop()
+    assert (workspace.inbox / "done" / "misc" / "a.jpg").is_file()  # done again, under the new version
