@@ -373,7 +373,7 @@ class Worker:
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.SUPERSEDED:
             self.store.supersede(job.id, failure.message)
-            log.info("%s: job %d superseded: %s", self.name, job.id, failure.message)
+            log.info("%s: job %d ended: %s", self.name, job.id, failure.message)
             result.status, result.error = JobStatus.SUPERSEDED, failure.message
         elif failure.outcome is Outcome.WAIT:
             self.store.postpone(job.id, failure.delay, failure.message)
