@@ -88,15 +88,20 @@ def write_workspace(root: Path, shots: int = 6, size: tuple[int, int] = (1600, 1
         path = root / "staging" / f"shot{i + 1:02d}_{subject}_{backdrop}.jpg"
         Image.fromarray(shot.rgb).save(path, quality=93)
         staged.append(path)
-    # One damaged file, to show how a failure is reported while the rest finishes.
+    # One damaged file, to show how a failure is reported while the rest finishes. It was cut short long ago (a
+    # card's file, copied with its date kept): a file cut short a moment ago may still be arriving, and the daemon
+    # gives it a minute before it calls it damaged.
     broken = root / "staging" / "shot99_damaged.jpg"
     broken.write_bytes(staged[0].read_bytes()[: staged[0].stat().st_size // 3])
+    an_hour_ago = time.time() - 3600
+    os.utime(broken, (an_hour_ago, an_hour_ago))
     staged.append(broken)
     return staged
 
 
 def drop(files: list[Path], inbox: Path, chunk: int = 64 * 1024, pause: float = 0.02) -> None:
-    """Copy files into the inbox the way a slow share does: in chunks; every other one via a .part name."""
+    """Copy files into the inbox the way a slow share does: in chunks; every other one via a .part name; the
+    modification time kept, as `cp -p` and rsync do."""
     for i, src in enumerate(files):
         data = src.read_bytes()
         final = inbox / src.name
@@ -106,6 +111,8 @@ def drop(files: list[Path], inbox: Path, chunk: int = 64 * 1024, pause: float = 
                 fh.write(data[start:start + chunk])
                 fh.flush()
                 time.sleep(pause)
+        st = src.stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         if target != final:
             os.replace(target, final)
 
