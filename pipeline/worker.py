@@ -368,8 +368,10 @@ class Worker:
             log.info("%s: job %d waits (not charged): %s", self.name, job.id, printable(job.input_path))
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.ARRIVING:
+            first = job.error is None or "may still be arriving" not in job.error  # said once; then at debug level
             self.store.postpone(job.id, failure.delay, failure.message)
-            log.info("%s: job %d waits (not charged): %s", self.name, job.id, failure.message)
+            log.log(logging.INFO if first else logging.DEBUG, "%s: job %d waits (not charged): %s", self.name, job.id,
+                    failure.message)
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.SUPERSEDED:
             self.store.supersede(job.id, failure.message)
