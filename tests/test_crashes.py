@@ -21,7 +21,7 @@ from pipeline.outputs import TEMP_SUFFIX, Publisher, write_temp
 from pipeline.rules import load_rules
 from pipeline.config import load_config
 from pipeline.stages.base import registered
-from pipeline.store import JobStatus, OutputRecord, Store
+from pipeline.store import JobStatus, Store
 from pipeline.worker import Worker
 
 from conftest import Workspace
