@@ -18,6 +18,7 @@ window, it fails as damaged.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -27,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import faults
 from .chain import Chain, ModelLoadError, StepError
@@ -159,6 +160,59 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
     return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
+class LeaseKeeper:
+    """Keeps the lease of the job a worker runs alive, from its own thread, however long one step takes (a model
+    on the CPU, a huge RAW): a lease that ran out would let another worker take the job back and run it a second
+    time. Leases still expire for a worker that died, which is what they are for. One thread per worker, started
+    with its first job (one connection to the store, not one per job)."""
+
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        self.name = name
+        self._job: tuple[int, float] | None = None  # (job id, lease seconds) while a job runs
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def kept(self, job_id: int, lease_seconds: float) -> Iterator[None]:
+        with self._changed:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            self._job = (job_id, lease_seconds)
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._job = None
+                self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while self._job is None and not self._stopped:
+                    self._changed.wait()
+                if self._stopped:
+                    return
+                job_id, lease = self._job  # type: ignore[misc]
+                self._changed.wait(max(lease / 3, 0.05))
+                if self._stopped or self._job != (job_id, lease):
+                    continue
+            try:
+                self.store.heartbeat(job_id, lease)
+            except Exception as exc:  # noqa: BLE001 - a full or locked database: the next beat tries again
+                log.debug("%s: could not renew the lease of job %d: %s", self.name, job_id, exc)
+
+
 class Worker:
     """Runs jobs one at a time. One per thread; each has its own stages and model cache."""
 
@@ -188,6 +242,7 @@ class Worker:
                                         thread_name_prefix=f"assetd-{name}-codec")
         self.outputs = Publisher(name, config, store, self._pool)
         self._unreleased: dict[int, str] = {}  # jobs to put back in the queue once the database takes writes again
+        self._lease = LeaseKeeper(store, f"assetd-{name}-lease")
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self, idle_max: float = 1.0) -> None:
@@ -290,6 +345,7 @@ class Worker:
         return self.process(job)
 
     def close(self) -> None:
+        self._lease.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
         models = self.ctx.models
         if models is not None and hasattr(models, "close"):
@@ -329,7 +385,8 @@ class Worker:
         started = time.perf_counter()
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
-            result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
+            with self._lease.kept(job.id, self.config.lease_seconds):
+                result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
             result.seconds = time.perf_counter() - started
             self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below

@@ -112,3 +112,42 @@ def sleepy_backend():
     with registered(SleepyUpscale):
         yield
     EVENTS.clear()
+
+
+@dataclass
+class SlowOptions:
+    seconds: float = opt(1.0, doc="how long the step takes")
+
+
+class SlowUpscale(Stage):
+    """A step longer than the lease (a model on the CPU, a huge RAW): it sleeps, then keeps the image."""
+
+    step = "upscale"
+    backend = "slow_test"
+    Options = SlowOptions
+
+    def run(self, asset: Asset) -> list[Asset]:
+        time.sleep(self.options.seconds)
+        return [asset]
+
+
+def test_a_step_longer_than_the_lease_is_not_taken_back_and_run_twice(workspace):
+    """Two workers, a 1 s lease and a 2.5 s step: the worker running it keeps its lease alive from its own thread,
+    so the other worker never takes the job back as a dead worker's (it would run it a second time and count a
+    crash)."""
+    from daemons import run_until_idle
+
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("slow.yaml", "name: slow\nsteps: [{upscale: {backend: slow_test, seconds: 2.5}}]\n"
+                                    "outputs: [{channel: cutouts, from: upscale}]\n")
+    workspace.write_config(workers=2, extra="lease_seconds: 1\n")
+    workspace.shot("inbox/a.jpg", size=(160, 120))
+    with registered(SlowUpscale):
+        config, rules = workspace.load()
+        (job,) = run_until_idle(config, rules, expected_jobs=1, timeout=30)
+    assert job.status is JobStatus.DONE, job.error
+    assert (job.attempts, job.crashes) == (1, 0)
+    store = Store(config.database)
+    assert [s["step"] for s in store.steps(job.id)].count("upscale") == 1  # its chain ran once
+    store.close()
