@@ -253,7 +253,9 @@ class Config:
     rules_dir: Path = opt(Path("rules"), doc="folder of rule files (*.yaml), tried in file-name order")
     max_attempts: int = opt(3, min=1, doc="a job failing transiently this often is failed for good")
     retry_delay_seconds: float = opt(30.0, min=0.0, doc="first retry delay; doubles on each attempt")
-    lease_seconds: float = opt(900.0, min=1.0, doc="a running job not finished by then is taken back (crash)")
+    lease_seconds: float = opt(900.0, min=1.0, doc="a running job whose worker has not renewed its lease for this long "
+                                                   "is taken back (its worker died); a live worker renews it every "
+                                                   "third of it, however long a step takes")
     quarantine_after_crashes: int = opt(2, min=1, doc="a job that was running this many times when assetd died "
                                         "(crash or kill) is failed for good as quarantined; its neighbours go on")
     rescan_seconds: float = opt(300.0, min=1.0, doc="full rescan of the inboxes for events the OS dropped")
