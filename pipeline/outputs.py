@@ -218,11 +218,17 @@ def _fsync_folder(folder: Path) -> None:
 
 class FileSet:
     """Files published together: each is written to its temporary file first (``add``), then all are renamed
-    to their names at once (``publish``); ``discard`` removes the temporary files not renamed (use it in a
-    ``finally``). A failure before the renames publishes nothing."""
+    to their names at once, in the order they were added (``publish``); leaving the ``with`` block removes the
+    temporary files not renamed. A failure before the renames publishes nothing."""
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []
+
+    def __enter__(self) -> "FileSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
     def add(self, path: Path, data: bytes) -> None:
         self._staged.append((write_temp(path, data), path))
@@ -247,12 +253,9 @@ class FileSet:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers only ever see the old file or the complete new one."""
-    files = FileSet()
-    try:
+    with FileSet() as files:
         files.add(path, data)
         files.publish()
-    finally:
-        files.discard()
 
 
 def temp_owner_gone(name: str) -> bool:
@@ -362,20 +365,15 @@ class Publisher:
         notes: list[dict[str, Any]] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
-        files, manifest_files = FileSet(), FileSet()
-        try:
+        with FileSet() as files:  # the outputs, then the manifest: renamed in that order
             for record, data in found:
                 channel = self.config.channels[record.channel]
                 target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed, files)
                 records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
                 notes.append(twin_notes.get(record.path, {}))
-            manifests = self._stage_manifests(job, rule, records, notes, twin.review, used, placed, manifest_files,
+            manifests = self._stage_manifests(job, rule, records, notes, twin.review, used, placed, files,
                                               copied_from=twin)
             files.publish()
-            manifest_files.publish()
-        finally:
-            files.discard()
-            manifest_files.discard()
         return records, manifests, list(twin.review), twin.id
 
     def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
@@ -417,26 +415,23 @@ class Publisher:
             raise OutputsNotWritten(f"{'; '.join(too_small)}; none of its {plural(total, 'output')} "
                                     f"{'was' if total == 1 else 'were'} published")
         futures = [self._pool.submit(self._render, asset, channel, decoded) for _, channel, asset in work]
-        files, manifest_files = FileSet(), FileSet()
         try:
-            for (spec, channel, asset), future in zip(work, futures):
-                pixels_shape, data = future.result()
-                target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed, files)
-                height, width = pixels_shape[:2]
-                records.append(OutputRecord(
-                    channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
-                    width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
-                    scale=round(asset.scale * width / asset.width, 4)))
-                notes.append(asset.notes)
-            review = review_reasons(asset for _, _, asset in work)
-            manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, manifest_files)
-            files.publish()
-            manifest_files.publish()
+            with FileSet() as files:  # the outputs, then the manifests: renamed in that order
+                for (spec, channel, asset), future in zip(work, futures):
+                    pixels_shape, data = future.result()
+                    target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed, files)
+                    height, width = pixels_shape[:2]
+                    records.append(OutputRecord(
+                        channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
+                        width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
+                        scale=round(asset.scale * width / asset.width, 4)))
+                    notes.append(asset.notes)
+                review = review_reasons(asset for _, _, asset in work)
+                manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files)
+                files.publish()
         finally:
             for future in futures:
                 future.cancel()
-            files.discard()
-            manifest_files.discard()
         self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
         return records, manifests, review
 
