@@ -613,11 +613,10 @@ class Store:
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
                review: list[str] | None = None, copied_from: int | None = None,
-               manifests: list[ManifestRecord] | None = None, error: str | None = None) -> None:
+               manifests: list[ManifestRecord] | None = None) -> None:
         """The job is done; ``review``: reasons a human should look at its outputs (none: NULL);
         ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same output paths
-        are marked replaced by this one. ``error``: some of its outputs could not be written (they are named
-        there): the job is failed, with the outputs it wrote recorded."""
+        are marked replaced by this one."""
         now = time.time()
         with self._immediate() as db:
             db.conn.execute("DELETE FROM manifests WHERE job_id = ?", [job_id])
@@ -633,24 +632,23 @@ class Store:
                     f"UPDATE outputs SET replaced_by = ? WHERE path IN ({_marks(paths)})"
                     " AND job_id != ? AND replaced_by IS NULL", [job_id, *paths, job_id])
             db.conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = ?,"
+                "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
                 " lease_expires = NULL, review = ?, copied_from = ? WHERE id = ?",
-                [JobStatus.FAILED if error else JobStatus.DONE, now, seconds, error,
-                 json.dumps(review) if review else None, copied_from, job_id],
+                [JobStatus.DONE, now, seconds, json.dumps(review) if review else None, copied_from, job_id],
             )
             faults.point("db-commit", lambda: self.get(job_id).input_path)
 
     def fail(self, job_id: int, error: str) -> None:
-        self.db.conn.execute(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
-            [JobStatus.FAILED, error, time.time(), job_id],
-        )
+        self._end(job_id, JobStatus.FAILED, error)
 
     def supersede(self, job_id: int, reason: str) -> None:
         """End a job whose input was replaced by a newer version (queued as its own job): not a failure."""
+        self._end(job_id, JobStatus.SUPERSEDED, reason)
+
+    def _end(self, job_id: int, status: JobStatus, why: str) -> None:
         self.db.conn.execute(
             "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
-            [JobStatus.SUPERSEDED, reason, time.time(), job_id],
+            [status, why, time.time(), job_id],
         )
 
     def retry_later(self, job_id: int, error: str, delay: float) -> JobStatus:
@@ -784,14 +782,14 @@ class Store:
         """Jobs failed for good that may have published files before they failed (a crash between renames, a
         failure after them): each with the paths and hashes its runs wrote (reserved rows)."""
         rows = self.db.execute_returning_dicts(
-            "SELECT job_id, path, bytes, sha256 FROM outputs WHERE reserved = 1 UNION ALL"
-            " SELECT job_id, path, bytes, sha256 FROM manifests WHERE reserved = 1 ORDER BY job_id")
+            "SELECT written.* FROM (SELECT job_id, path, bytes, sha256 FROM outputs WHERE reserved = 1 UNION ALL"
+            " SELECT job_id, path, bytes, sha256 FROM manifests WHERE reserved = 1) AS written"
+            " JOIN jobs ON jobs.id = written.job_id AND jobs.status = ? ORDER BY written.job_id", [JobStatus.FAILED])
         found: dict[int, list[ManifestRecord]] = {}
         for r in rows:
             found.setdefault(r["job_id"], []).append(ManifestRecord(path=r["path"], bytes=r["bytes"],
                                                                     sha256=r["sha256"]))
-        jobs = [self.get(job_id) for job_id in found]
-        return [(job, found[job.id]) for job in jobs if job is not None and job.status is JobStatus.FAILED]
+        return [(job, found[job.id]) for job in filter(None, map(self.get, found))]
 
     def withdrawn(self, job_id: int, removed: list[str], note: str) -> bool:
         """The files a job failed for good had published were removed (``removed``): its reserved rows go, and
