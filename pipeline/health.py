@@ -42,7 +42,6 @@ import re
 import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, NamedTuple
 
 from .errors import ProcessProblem
-from .text import printable
+from .text import format_duration, printable
 
 if TYPE_CHECKING:
     from .config import Config
@@ -182,13 +181,6 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # unreachable
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
-
-
 # ------------------------------------------------------------------------------------------ errors
 def is_disk_full(exc: BaseException) -> bool:
     """A write refused for want of space or quota: ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
@@ -240,24 +232,19 @@ def gpu_probe() -> bool:
 
 
 def probe_write(folder: Path) -> bool:
-    """Whether a small file can be written, fsynced and removed in ``folder`` (or its nearest existing parent)."""
+    """Whether a small file can be written, fsynced and removed in ``folder`` (or its nearest existing parent): an
+    output's own way of writing (``outputs.write_temp``), so a probe cut short by a crash is cleaned up like one."""
+    from .outputs import write_temp  # the codecs it imports are not needed to read the problems
+
     try:
-        fd, name = tempfile.mkstemp(prefix=".assetd-probe-", suffix=".tmp", dir=_existing(folder))
+        tmp = write_temp(_existing(folder) / ".assetd-probe", b"\0" * PROBE_BYTES)
     except OSError:
         return False
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(b"\0" * PROBE_BYTES)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return True
+        tmp.unlink()
     except OSError:
-        return False
-    finally:
-        try:
-            os.unlink(name)
-        except OSError:
-            pass
+        pass
+    return True
 
 
 def _existing(path: Path) -> Path:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import Config
 from .store import Job, JobStatus, Store
-from .text import printable
+from .text import format_duration, printable
 
 log = logging.getLogger("assetd.notify")
 DIGEST_CUTOFF = "digest_cutoff"
@@ -54,13 +54,6 @@ def with_timeouts(url: str, seconds: float) -> str:
     query.setdefault("cto", f"{seconds:g}")
     query.setdefault("rto", f"{seconds:g}")
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
 def digest_text(jobs: list[Job], max_listed: int = 50) -> tuple[str, str]:

@@ -12,6 +12,14 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
 
 
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m 07s``, ``1h 02m 05s``."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
 def plural(n: int, word: str) -> str:
     """``1 output``, ``2 outputs``."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
