@@ -80,6 +80,9 @@ def arrival_window(settle_seconds: float) -> float:
     return max(ARRIVAL_WINDOW_SECONDS, 10 * settle_seconds)
 
 
+ARRIVING = "may still be arriving"  # in a waiting job's note (its error) while the input may still be copied
+
+
 class StillArriving(Exception):
     """The input's data stops before its image does and it changed recently: a copy that paused longer than
     ``settle_seconds``. The job waits ``delay`` seconds, uncharged."""
@@ -114,6 +117,11 @@ class Failure:
     problem: ProcessProblem | None = None  # PAUSE: the problem to start (Problems.start)
 
 
+def backoff(job: Job, config: Config) -> float:
+    """The delay before a transient failure's retry: ``retry_delay_seconds``, doubling with each attempt."""
+    return config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0)
+
+
 def classify(exc: BaseException, job: Job, config: Config, problems: Problems | None = None) -> Failure:
     """What an exception from a job means (huey's way): its outcome, its one-line message and its delay.
 
@@ -122,7 +130,7 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
     ``problems.gpu_oom_limit`` jobs in a row (fewer: a RETRY, as a single one always was); a lost GPU; a
     stage's model that does not load. Without (``assetd process``, tests), each is what it was before."""
     shown = printable(job.input_path)
-    backoff = config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0)
+    delay = backoff(job, config)
     if isinstance(exc, WaitForTwin):
         return Failure(Outcome.WAIT, str(exc), TWIN_WAIT_SECONDS)
     if isinstance(exc, StillArriving):
@@ -150,13 +158,13 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
         if not isinstance(exc, TransientError):  # a stage's own CUDA error, not through gpu_errors: retry too
             exc = TransientError(f"{one_line(exc)}; will retry")
     if isinstance(exc, TransientError):
-        return Failure(Outcome.RETRY, one_line(exc), exc.delay if exc.delay is not None else backoff)
+        return Failure(Outcome.RETRY, one_line(exc), exc.delay if exc.delay is not None else delay)
     if isinstance(exc, (PermanentError, ConfigError, StepError)):
         message = one_line(exc)
         return Failure(Outcome.FAIL, message if message.startswith(shown) else f"{shown}: {message}")
     if isinstance(exc, OSError):  # disk full, output folder not writable, share gone: worth retrying
         name = f": {printable(os.fsdecode(exc.filename))}" if exc.filename else ""
-        return Failure(Outcome.RETRY, one_line(f"{shown}: {exc.strerror or exc}{name}"), backoff)
+        return Failure(Outcome.RETRY, one_line(f"{shown}: {exc.strerror or exc}{name}"), delay)
     return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
@@ -411,8 +419,7 @@ class Worker:
                                                  or not failure.problem.scope.covers(job.rule, job.input_path)):
             # nothing to pause (assetd process), or a problem that would not hold this job back: retried as
             # before, never handed back uncharged to be claimed again at once
-            failure = Failure(Outcome.RETRY, failure.message,
-                              self.config.retry_delay_seconds * 2 ** max(job.attempts - 1, 0))
+            failure = Failure(Outcome.RETRY, failure.message, backoff(job, self.config))
         if failure.outcome is Outcome.PAUSE:
             self.problems.start_problem(failure.problem)  # type: ignore[union-attr]
             note = f"waiting: {failure.message}"
@@ -425,7 +432,7 @@ class Worker:
             log.info("%s: job %d waits (not charged): %s", self.name, job.id, printable(job.input_path))
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.ARRIVING:
-            first = job.error is None or "may still be arriving" not in job.error  # said once; then at debug level
+            first = ARRIVING not in (job.error or "")  # said once; its later waits at debug level
             self.store.postpone(job.id, failure.delay, failure.message)
             log.log(logging.INFO if first else logging.DEBUG, "%s: job %d waits (not charged): %s", self.name, job.id,
                     failure.message)
@@ -497,7 +504,7 @@ class Worker:
             return
         delay = min(max(2 * inbox.settle_seconds, 1.0), window - age + 0.5)
         raise StillArriving(f"{printable(str(path))}: ends before its image data does and changed {age:.0f}s ago; it "
-                            f"may still be arriving: tried again in {delay:.0f}s (failed as damaged once unchanged "
+                            f"{ARRIVING}: tried again in {delay:.0f}s (failed as damaged once unchanged "
                             f"for {window:.0f}s)", delay) from exc
 
     def _check_inbox(self, job: Job) -> None:
