@@ -63,11 +63,11 @@ class Daemon:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models()
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
+        self.notifier = Notifier(self.config, store)  # alerts queue in the outbox; delivery starts below
         self._recover(store)
         intake = self.intake = Intake(self.config, self.rules, store)
         self._requeue_changed_rules(store, intake)
         self._log_rule_changes(store)
-        self.notifier = Notifier(self.config, store)
         self.notifier.start()
         self._start_problems(store, self.notifier)
         for i in range(self.config.workers):
@@ -110,10 +110,10 @@ class Daemon:
         elif found.ahead:
             log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
                      len(found.ahead))
-        alerts = Notifier(self.config, store)  # queued in the outbox; the delivery thread starts later
+        assert self.notifier is not None
         for job in filter(None, map(store.get, found.failed)):
             log.error("job %d failed: %s", job.id, job.error)
-            alerts.job_failed(job, job.error or "")
+            self.notifier.job_failed(job, job.error or "")
             after_job(self.config, store, job, JobStatus.FAILED, job.error)  # to error/ with after: move
         for folder, n in remove_temp_files(self.config).items():
             log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
@@ -157,8 +157,9 @@ class Daemon:
 
         As at a start: a model a new step needs must load (else ConfigError: nothing changes), queued jobs of a
         changed rule follow ``_requeue_changed_rules`` and each changed rule is logged by ``_log_rule_changes``
-        (``on_rule_change: reprocess`` also rescans the inboxes, as a start does). A job a worker already
-        claimed finishes under the rule version and channels it was claimed with. Inboxes change by restarting
+        (``on_rule_change: reprocess`` also rescans the inboxes, as a start does). A job already running its
+        chain finishes under the rule version and channels it started with; a job claimed ahead adopts the new
+        version when it starts (``Worker._adopt``). Inboxes change by restarting
         the watcher; workers are added, or the extra ones stop after their current job."""
         from .models import model_refs
 

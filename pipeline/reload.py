@@ -1,15 +1,15 @@
 """Hot reload: the config file and the rule files are watched while the daemon runs.
 
 A change is read with the very functions the start uses (``load_config``, ``load_rules``) and handed to
-``Daemon.apply``, which runs it for new jobs; a job already claimed finishes under the rule version (and the
-channels) it was claimed with. What cannot change in a running process (``RESTART_ONLY``: the database, the
+``Daemon.apply``, which runs it for the jobs that start after it; a job already running its chain finishes under
+the rule version (and the channels) it started with. What cannot change in a running process (``RESTART_ONLY``: the database, the
 device, the model settings) keeps its running value, with a warning that it needs a restart; the rest of the
 same change applies.
 
 A broken file (bad YAML, an unknown key, a rule that does not validate, a model that does not load) changes
 nothing: the last good config and rules keep running, every problem is logged at ERROR and one alert goes
 out (the problem ``config`` of ``pipeline.health``, which pauses nothing); the next save that loads cleanly applies
-and clears it (a log line and a "resumed" alert).
+and clears it (a log line and a "cleared" alert).
 
 Watching is a poll of a *stat signature* (size, mtime, inode of the config file and of each ``*.yaml`` /
 ``*.yml`` in ``rules_dir``), every ``interval`` seconds on its own thread, rather than watchdog: two
@@ -198,5 +198,5 @@ class Reloader:
             return
         self.problems = None
         message = f"config and rule files load again ({self.config.source}, {self.config.rules_dir})"
-        if self.health is None or not self.health.clear(PROBLEM_KEY, message):  # logs it ("resumed: ...")
+        if self.health is None or not self.health.clear(PROBLEM_KEY, message):  # logs it ("cleared: ...")
             log.warning("%s", message)
