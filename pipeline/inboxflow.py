@@ -28,7 +28,8 @@ import threading
 from pathlib import Path
 
 from .config import Config
-from .intake import file_hash, inbox_of, unreadable_token
+from .intake import content_hash, file_hash, inbox_of, unreadable_token
+from .outputs import atomic_write
 from .store import Job, JobStatus, Store
 from .text import printable
 
@@ -117,15 +118,10 @@ def _still_the_input(store: Store, job: Job, source: Path) -> bool:
     except FileNotFoundError:
         log.info("job %d: %s is no longer in the inbox; nothing to move", job.id, printable(str(source)))
         return False
-    if not job.readable:
-        current = unreadable_token(source, st)
-    else:
-        current = store.known_hash(str(source), st.st_size, st.st_mtime_ns)
-        if current is None:
-            try:
-                current = file_hash(source)
-            except OSError:
-                current = None
+    try:
+        current = content_hash(store, source, st) if job.readable else unreadable_token(source, st)
+    except FileNotFoundError:
+        current = None
     if current != job.input_hash:
         log.info("job %d: %s changed since the job took it; it stays in the inbox (the new version has a job "
                  "of its own)", job.id, printable(str(source)))
@@ -171,11 +167,8 @@ def _write_reason(dest: Path, job: Job, error: str, config: Config) -> Path:
     """``NAME.error.txt`` beside a failed input: its one-line reason, the job id and the command that retries it."""
     sidecar = _sidecar(dest)
     reason = " ".join(error.split())
-    temp = sidecar.with_name(f".{sidecar.name}.tmp")
     command = f"assetd retry {job.id} --config {shlex.quote(str(config.source))}"
-    temp.write_text(f"{reason} (assetd job {job.id}; `{command}` moves it back and runs it again)\n",
-                    encoding="utf-8")
-    os.replace(temp, sidecar)
+    atomic_write(sidecar, f"{reason} (assetd job {job.id}; `{command}` moves it back and runs it again)\n".encode())
     return sidecar
 
 

@@ -45,6 +45,25 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def content_hash(store: Store, path: Path, st: os.stat_result) -> str:
+    """The input_hash of the file at ``path`` (``st``: its ``lstat``): its content's SHA-256, remembered by path,
+    size and mtime so an unchanged file is read once; for a file that cannot be read (a link, a device, no
+    permission) a token, so it is still a job whose failure is recorded. FileNotFoundError when it vanished."""
+    if stat.S_ISREG(st.st_mode):
+        digest = store.known_hash(str(path), st.st_size, st.st_mtime_ns)
+        if digest is not None:
+            return digest
+        try:
+            digest = file_hash(path)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return unreadable_token(path, st)
+        store.remember_file(str(path), st.st_size, st.st_mtime_ns, digest)
+        return digest
+    return unreadable_token(path, st)
+
+
 def unreadable_token(path: Path, st: os.stat_result) -> str:
     """The input_hash of a file that could not be read (a link, a device, no permission): a token from its
     path, size, mtime and mode, so it is still a job whose failure is recorded."""
@@ -110,22 +129,10 @@ class Intake:
             return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
         except OSError as exc:
             return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: cannot stat file: {exc.strerror}")
-        if stat.S_ISREG(st.st_mode):
-            digest = self.store.known_hash(str(path), st.st_size, st.st_mtime_ns)
-            if digest is None:
-                try:
-                    digest = file_hash(path)
-                except FileNotFoundError:
-                    return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
-                except OSError:
-                    digest = None
-                if digest is not None:
-                    self.store.remember_file(str(path), st.st_size, st.st_mtime_ns, digest)
-        else:
-            digest = None
-        if digest is None:
-            # Unreadable, a link, a device...: still a job, so the failure is recorded and reported.
-            digest = unreadable_token(path, st)
+        try:
+            digest = content_hash(self.store, path, st)
+        except FileNotFoundError:
+            return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
         if not reprocess and self.config.on_rule_change == "new_files":
             earlier = self.store.earlier_version_job(digest, rule.name, rule.version, str(path))
             if earlier is not None:
