@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from .config import Config, InboxConfig
@@ -62,11 +61,7 @@ def _space_warnings(config: Config, rules: list) -> list[str]:
 
     lines = []
     low = parse_amount(config.problems.min_free)
-    for volume in Problems(None, None, config, rules=rules).volumes():
-        try:
-            usage = shutil.disk_usage(volume.folders[0] if volume.folders[0].exists() else volume.mount)
-        except OSError:
-            continue
+    for volume, usage in Problems(None, None, config, rules=rules).measure():
         if usage.free < low.of(usage.total):
             lines.append(f"{volume.key}: {format_bytes(usage.free)} free, below problems.min_free {low} "
                          f"({', '.join(map(str, volume.folders))}): the daemon pauses the rules writing there "

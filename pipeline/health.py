@@ -46,7 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Iterator, NamedTuple
 
 from .errors import ProcessProblem
 from .text import format_duration, printable
@@ -556,15 +556,20 @@ class Problems:
                 return volume
         return Volume(f"disk:{mount}", mount, [Path(path)], False, frozenset())
 
-    def check_disks(self) -> None:
-        """Start a ``disk:`` problem for each volume below ``min_free``; clear the ones above ``resume_free``."""
-        low = parse_amount(self.settings.min_free)
-        high = self._resume_amount()
+    def measure(self) -> Iterator[tuple[Volume, Any]]:
+        """Each volume assetd writes to with its ``disk_usage`` now (one that cannot be measured is left out)."""
         for volume in self.volumes():
             try:
                 usage = self.disk_usage(_existing(volume.folders[0]))
             except OSError:
                 continue
+            yield volume, usage
+
+    def check_disks(self) -> None:
+        """Start a ``disk:`` problem for each volume below ``min_free``; clear the ones above ``resume_free``."""
+        low = parse_amount(self.settings.min_free)
+        high = self._resume_amount()
+        for volume, usage in self.measure():
             floor, resume = low.of(usage.total), self._resume_bytes(high, usage.total)
             with self._lock:
                 problem = self._active.get(volume.key)
