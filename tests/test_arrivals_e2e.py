@@ -119,6 +119,10 @@ def test_a_file_dropped_again_goes_where_the_first_copy_went(workspace, no_leake
         (inbox / "misc" / "bad.jpg").write_bytes(bad)
         wait_until(lambda: not (inbox / "misc").exists() or not any((inbox / "misc").iterdir()), daemon, timeout=20)
         jobs = {Path(j.input_path).name: j for j in daemon.store.jobs()}
+
+        def second_moves_recorded():  # the rename comes first, its row a moment later
+            return all(daemon.store.moved(job.id).dest.endswith("-2.jpg") for job in jobs.values())
+        wait_until(second_moves_recorded, daemon, timeout=10)
         moves = {name: daemon.store.moved(job.id) for name, job in jobs.items()}
     finally:
         daemon.stop()
