@@ -157,6 +157,12 @@ class ChannelConfig:
                                                "of ratios to those",
         doc="a side of this channel's crops kept free of the subject for text, {side: right, fraction: 0.35}, or per "
             "ratio; crops frames each ratio with it (channels taking one ratio must agree)")
+    publish: str = opt("at_once", choices=("at_once", "on_approval"),
+                       doc="at_once: outputs land in the channel folder when the job ends; on_approval: they wait in "
+                           "the staging folder until approved (review page, `assetd approve`), then are published "
+                           "atomically; rejected ones never are")
+    staging: Path | None = opt(None, doc="where this channel's outputs wait for approval (publish: on_approval); "
+                                         "default: a folder staging/<channel> beside the database")
     dpi: float | None = opt(None, min=1.0, max=100_000.0,
                             doc="print resolution written into outputs (pixels per inch); null: the input's own, "
                                 "when it states one")
@@ -244,6 +250,33 @@ class ProblemsConfig:
                                            "rules (fewer: the job retries as usual)")
 
 
+def check_listen(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .web.server import parse_listen  # the web package imports starlette: keep config light to import
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class ReviewConfig:
+    """The review page (``assetd serve``; ``assetd run`` serves it too when ``listen`` is set)."""
+
+    listen: str | None = opt(None, check=check_listen, expected="HOST:PORT, like 127.0.0.1:8765",
+                             doc="HOST:PORT the review page listens on; null: `assetd run` serves no page and "
+                                 "`assetd serve` uses 127.0.0.1:8765. Anything but loopback needs token or token_file")
+    token: str | None = opt(None, doc="access token (the page's password, and a bearer token for scripts and "
+                                      "Prometheus); required unless listening on loopback only")
+    token_file: Path | None = opt(None, doc="a file holding the access token (keeps the secret out of this file)")
+    previews_folder: Path | None = opt(None, doc="where thumbnails and previews are cached (made once per file); "
+                                                 "default: a folder previews beside the database")
+    page_size: int = opt(50, min=10, max=500, doc="jobs per page on the night view")
+
+
 @dataclass
 class Config:
     source: Path = field(default=Path("config.yaml"), metadata={"internal": True})
@@ -267,6 +300,7 @@ class Config:
     models: ModelsConfig = opt(ModelsConfig(), doc="model-backed backends (GPU)")
     manifests: ManifestsConfig = opt(ManifestsConfig(), doc="job manifests")
     problems: ProblemsConfig = opt(ProblemsConfig(), doc="problem processes: disk space, GPU, models (pause + alert)")
+    review: ReviewConfig = opt(ReviewConfig(), doc="the review page and /metrics (`assetd serve`)")
     on_rule_change: str = opt("new_files", choices=("new_files", "reprocess"),
                               doc="new_files: an edited rule applies to files that arrive after the change "
                                   "(`assetd reprocess` redoes earlier ones); reprocess: once assetd has the changed "
@@ -276,6 +310,14 @@ class Config:
     @property
     def manifest_folder(self) -> Path:
         return self.manifests.folder or self.database.parent / "manifests"
+
+    @property
+    def previews_folder(self) -> Path:
+        return self.review.previews_folder or self.database.parent / "previews"
+
+    def staging_folder(self, channel: ChannelConfig) -> Path:
+        """Where ``channel``'s outputs wait for approval (``publish: on_approval``)."""
+        return channel.staging or self.database.parent / "staging" / channel.name
 
     @property
     def base_dir(self) -> Path:

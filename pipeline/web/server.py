@@ -1,0 +1,57 @@
+"""Where the review page listens, and uvicorn serving it: in a thread beside the daemon (``assetd run`` with
+``review.listen``) or in the foreground (``assetd serve``)."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:8765"
+log = logging.getLogger("assetd.review")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``[::1]:8765`` for IPv6) as (host, port); ValueError saying what is wrong."""
+    host, sep, port = str(value).strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT like 127.0.0.1:8765, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ReviewServer:
+    """uvicorn serving ``app`` on ``listen`` in a thread; ``start`` returns once it accepts connections."""
+
+    def __init__(self, app: Any, listen: str):
+        import uvicorn
+
+        host, port = parse_listen(listen)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    access_log=False, lifespan="off"))
+        self.server.install_signal_handlers = lambda: None  # the daemon owns SIGINT/SIGTERM
+        self.thread = threading.Thread(target=self.server.run, name="assetd-review", daemon=True)
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"the review page could not listen on {self.url}")
+            time.sleep(0.02)
+        log.info("review page at %s", self.url)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
