@@ -1,0 +1,1 @@
+// assetd review page: shared helpers (no framework, no build step).
