@@ -350,43 +350,18 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
 
     Example: assetd retry --failed --config studio.yaml
     """
-    import time
-
-    from .inboxflow import bring_back
-    from .owners import OwnerState, describe, owner_state
+    from .retrying import retry as queue_again
 
     if not job_ids and not failed:
         raise click.UsageError("give JOB_ID... or --failed")
     config = _load_config(config_path)
     store = _open_store(config)
-    released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
-                                     only=None if failed else list(job_ids))
-    wanted = [j.id for j in store.jobs(JobStatus.FAILED.value)] if failed else list(job_ids)
-    moved_back, blocked = bring_back(store, wanted)  # before requeueing: a worker must find the file in place
-    for line in moved_back:
+    done = queue_again(config, store, job_ids, failed=failed)
+    for line in done.lines:
         click.echo(line)
-    for line in blocked.values():
+    for line in done.problems:
         click.echo(line, err=True)
-    ids = store.requeue([i for i in wanted if i not in blocked])
-    queued = sorted(set(ids) | {j.id for j in released})
-    click.echo(f"queued again: {', '.join(map(str, queued)) or 'none'}")
-    for job in released:
-        click.echo(f"job {job.id} was left running by {describe(job.worker)}, which has stopped")
-    missing = sorted(set(job_ids) - set(queued) - set(blocked))
-    unknown = []
-    for job_id in missing:
-        job = store.get(job_id)
-        if job is None or job.status is not JobStatus.RUNNING:
-            unknown.append(job_id)
-        elif owner_state(job.worker, config.database) is OwnerState.ALIVE:
-            click.echo(f"job {job_id} is being processed by {describe(job.worker)}; left alone", err=True)
-        else:
-            until = time.strftime("%H:%M:%S", time.localtime(job.lease_expires or 0))
-            click.echo(f"job {job_id} is held by {describe(job.worker)}, which cannot be checked from here; "
-                       f"it is taken back when its lease runs out ({until})", err=True)
-    if unknown:
-        click.echo(f"not failed or done (or unknown): {', '.join(map(str, unknown))}", err=True)
-    if missing or blocked:
+    if not done.ok:
         sys.exit(1)
 
 

@@ -1,0 +1,60 @@
+"""Queue failed (or done) jobs again: ``assetd retry`` and the review page's Retry buttons share this.
+
+A job still marked running whose owner is gone (a killed assetd on this host) is queued again at once; one
+whose owner is still at work is left alone. An input that its inbox's ``after: move`` put into done/ or error/
+is moved back first (``inboxflow.bring_back``): a worker must find the file in place.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .config import Config
+from .inboxflow import bring_back
+from .owners import OwnerState, describe, owner_state
+from .store import JobStatus, Store
+
+
+@dataclass
+class Retried:
+    """What a retry did: the jobs queued again, one line each for the user (``lines``: what happened,
+    ``problems``: what could not be done and why)."""
+    queued: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def retry(config: Config, store: Store, job_ids: list[int] | tuple[int, ...] = (), *, failed: bool = False) -> Retried:
+    """Queue ``job_ids`` again (``failed``: every failed job). See the module docstring."""
+    out = Retried()
+    job_ids = list(job_ids)
+    released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
+                                     only=None if failed else job_ids)
+    wanted = [j.id for j in store.jobs(JobStatus.FAILED.value)] if failed else job_ids
+    moved_back, blocked = bring_back(store, wanted)  # before requeueing: a worker must find the file in place
+    out.lines += moved_back
+    out.problems += blocked.values()
+    ids = store.requeue([i for i in wanted if i not in blocked])
+    out.queued = sorted(set(ids) | {j.id for j in released})
+    out.lines.append(f"queued again: {', '.join(map(str, out.queued)) or 'none'}")
+    for job in released:
+        out.lines.append(f"job {job.id} was left running by {describe(job.worker)}, which has stopped")
+    missing = sorted(set(job_ids) - set(out.queued) - set(blocked))
+    unknown = []
+    for job_id in missing:
+        job = store.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            unknown.append(job_id)
+        elif owner_state(job.worker, config.database) is OwnerState.ALIVE:
+            out.problems.append(f"job {job_id} is being processed by {describe(job.worker)}; left alone")
+        else:
+            until = time.strftime("%H:%M:%S", time.localtime(job.lease_expires or 0))
+            out.problems.append(f"job {job_id} is held by {describe(job.worker)}, which cannot be checked from "
+                                f"here; it is taken back when its lease runs out ({until})")
+    if unknown:
+        out.problems.append(f"not failed or done (or unknown): {', '.join(map(str, unknown))}")
+    return out
