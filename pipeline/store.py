@@ -166,6 +166,16 @@ def m008_reserved_outputs(db: Database) -> None:
         db[table].create_index(["reserved"], if_not_exists=True)
 
 
+@migrations()
+def m012_review(db: Database) -> None:
+    """``jobs.acknowledged_at``: someone acknowledged this failure on the review page (it leaves the failures list
+    until it fails again); indexes on when jobs were queued and ended, for the night view over 10,000+ jobs."""
+    if "acknowledged_at" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("acknowledged_at", float)
+    db["jobs"].create_index(["created_at"], if_not_exists=True)
+    db["jobs"].create_index(["finished_at"], if_not_exists=True)
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -181,6 +191,7 @@ FINISHED = (JobStatus.DONE, JobStatus.FAILED)  # ran to an end; runs again only 
 
 
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
+AWAITING = "awaiting"  # not a state: a job with outputs waiting for approval (the night view's filter)
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
 
 
@@ -227,6 +238,7 @@ class Job:
     copied_from: int | None = None  # the done job (same content, another name) whose outputs it copied
     chain_started_at: float | None = None  # when this claim's own run started; None: claimed ahead, not started
     crashes: int = 0  # how often assetd died while this job's run was going
+    acknowledged_at: float | None = None  # a failure someone acknowledged on the review page (off the list)
 
     @property
     def readable(self) -> bool:
@@ -921,3 +933,138 @@ class Store:
 
     def set_state(self, key: str, value: Any) -> None:
         self.db.conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
+
+    # -- the night view and failures (review page) ----------------------------------------------
+    # The night view shows the jobs queued or ended since a time, newest first, a page at a time by keyset (the
+    # id of the last row shown), so a page costs the same at 10,000 jobs as at 10. The inbox of a job is its
+    # input_path without its rel_path (as ``listing.inbox_of``).
+    _INBOX = ("CASE WHEN length(rel_path) > 0 AND length(input_path) > length(rel_path) AND substr(input_path,"
+              " length(input_path) - length(rel_path) + 1) = rel_path THEN substr(input_path, 1, length(input_path)"
+              " - length(rel_path) - 1) END")
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return column in self.db[table].columns_dict
+
+    def _night_where(self, since: float, *, status: str | None = None, rule: str | None = None,
+                     inbox: str | None = None, flag: str | None = None) -> tuple[str, list[Any]]:
+        where, params = ["(created_at >= ? OR finished_at >= ?)"], [since, since]
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if rule:
+            where.append("rule = ?")
+            params.append(rule)
+        if inbox:
+            where.append(f"{self._INBOX} = ?")
+            params.append(inbox)
+        if flag == REVIEW:
+            where.append("status = ? AND review IS NOT NULL")
+            params.append(JobStatus.DONE)
+        elif flag == AWAITING:
+            where.append(self._awaiting_sql())
+        return " AND ".join(where), params
+
+    def _awaiting_sql(self) -> str:
+        """A job with an output waiting for approval (``outputs.approval``, m009); none before that column exists."""
+        if not self._has_column("outputs", "approval"):
+            return "0"
+        return "EXISTS (SELECT 1 FROM outputs WHERE outputs.job_id = jobs.id AND outputs.approval = 'pending')"
+
+    def night_groups(self, since: float) -> list[dict[str, Any]]:
+        """The jobs since ``since`` per (inbox, rule): a count per status, ``review`` (done, marked for review),
+        ``awaiting`` (with outputs waiting for approval) and ``total``; by inbox, then rule."""
+        rows = self.db.conn.execute(
+            f"SELECT {self._INBOX} AS inbox, rule, status, COUNT(*), SUM(status = ? AND review IS NOT NULL),"
+            f" SUM({self._awaiting_sql()}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
+            " GROUP BY 1, 2, 3", [JobStatus.DONE, since, since]).fetchall()
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for inbox, rule, status, n, review, awaiting in rows:
+            g = groups.setdefault((inbox or "", rule), {"inbox": inbox, "rule": rule, "total": 0, REVIEW: 0,
+                                                        AWAITING: 0, **{s.value: 0 for s in JobStatus}})
+            g[status] = n
+            g["total"] += n
+            g[REVIEW] += review or 0
+            g[AWAITING] += awaiting or 0
+        return [groups[k] for k in sorted(groups)]
+
+    def night_jobs(self, since: float, limit: int, *, before: int | None = None, after: int | None = None,
+                   **filters: Any) -> list[Job]:
+        """Up to ``limit`` jobs since ``since`` matching ``filters`` (``_night_where``), newest first: those with
+        an id below ``before`` (the next page), or the ``limit`` just above ``after`` (the page before)."""
+        where, params = self._night_where(since, **filters)
+        order = "DESC"
+        if before is not None:
+            where += " AND id < ?"
+            params.append(before)
+        elif after is not None:
+            where += " AND id > ?"
+            params.append(after)
+            order = "ASC"
+        rows = self.db.execute_returning_dicts(f"SELECT * FROM jobs WHERE {where} ORDER BY id {order} LIMIT ?",
+                                               [*params, limit])
+        jobs = [Job.from_row(r) for r in rows]
+        return jobs if order == "DESC" else jobs[::-1]
+
+    def night_count(self, since: float, **filters: Any) -> int:
+        """How many jobs ``night_jobs`` pages through."""
+        where, params = self._night_where(since, **filters)
+        return self.db.conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", params).fetchone()[0]
+
+    def night_more(self, since: float, job_id: int, newer: bool, **filters: Any) -> bool:
+        """Whether a job matching beyond ``job_id`` exists (newer: a higher id), for the page links."""
+        where, params = self._night_where(since, **filters)
+        row = self.db.conn.execute(f"SELECT 1 FROM jobs WHERE {where} AND id {'>' if newer else '<'} ? LIMIT 1",
+                                   [*params, job_id]).fetchone()
+        return row is not None
+
+    def night_rules_and_inboxes(self, since: float) -> tuple[list[str], list[str]]:
+        """The rules and inboxes of the jobs since ``since`` (the filters' choices)."""
+        groups = self.night_groups(since)
+        return sorted({g["rule"] for g in groups}), sorted({g["inbox"] for g in groups if g["inbox"]})
+
+    def job_states(self, job_ids: Collection[int]) -> dict[int, dict[str, Any]]:
+        """The status, error and review mark of these jobs (the night view's live rows)."""
+        ids = list(job_ids)[:500]
+        rows = self.db.conn.execute(f"SELECT id, status, error, review IS NOT NULL FROM jobs WHERE id IN"
+                                    f" ({_marks(ids)})", ids).fetchall() if ids else []
+        return {r[0]: {"status": r[1], "error": r[2], "review": bool(r[3])} for r in rows}
+
+    def newest_job_id(self) -> int:
+        return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+
+    _UNACKNOWLEDGED = "status = ? AND (acknowledged_at IS NULL OR acknowledged_at < COALESCE(finished_at, 0))"
+
+    def failures(self, limit: int, *, before: int | None = None, acknowledged: bool = False) -> list[Job]:
+        """Failed jobs newest first, a page at a time (``before``: below this id): those nobody acknowledged since
+        they last failed, or (``acknowledged``) those someone did."""
+        where = self._UNACKNOWLEDGED if not acknowledged else f"status = ? AND NOT ({self._UNACKNOWLEDGED})"
+        params: list[Any] = [JobStatus.FAILED] * (1 if not acknowledged else 2)
+        if before is not None:
+            where += " AND id < ?"
+            params.append(before)
+        rows = self.db.execute_returning_dicts(f"SELECT * FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?",
+                                               [*params, limit])
+        return [Job.from_row(r) for r in rows]
+
+    def failure_counts(self) -> tuple[int, int]:
+        """(failed jobs not acknowledged, acknowledged ones)."""
+        row = self.db.conn.execute(f"SELECT SUM({self._UNACKNOWLEDGED}), SUM(status = ?) FROM jobs",
+                                   [JobStatus.FAILED, JobStatus.FAILED]).fetchone()
+        return row[0] or 0, (row[1] or 0) - (row[0] or 0)
+
+    def unacknowledged_failures(self) -> list[int]:
+        """The ids of the failed jobs on the failures list (Retry all)."""
+        return [r[0] for r in self.db.conn.execute(f"SELECT id FROM jobs WHERE {self._UNACKNOWLEDGED} ORDER BY id",
+                                                   [JobStatus.FAILED])]
+
+    def acknowledge(self, job_ids: Collection[int]) -> list[int]:
+        """Take these failed jobs off the failures list (until they fail again); returns those it did."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        with self._immediate() as db:
+            done = [r[0] for r in db.conn.execute(f"SELECT id FROM jobs WHERE id IN ({_marks(ids)}) AND status = ?",
+                                                  [*ids, JobStatus.FAILED])]
+            db.conn.execute(f"UPDATE jobs SET acknowledged_at = ? WHERE id IN ({_marks(done)})",
+                            [time.time(), *done])
+        return done
