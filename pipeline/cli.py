@@ -367,6 +367,37 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
 
 @cli.command()
 @_config_option
+@click.option("--listen", metavar="HOST:PORT", help="where to listen; default: review.listen, else 127.0.0.1:8765")
+def serve(config_path: str, listen: str | None) -> None:
+    """Serve the review page (the night's jobs, failures, /metrics) until Ctrl-C.
+
+    It reads and changes the same job store as `assetd run`, which may run beside it (or serve the
+    page itself: review.listen). Anything but loopback needs review.token or review.token_file (exit 2
+    without).
+
+    Example: assetd serve --config studio.yaml --listen 127.0.0.1:8765
+    """
+    from .web.security import exposure_problem
+    from .web.server import DEFAULT_LISTEN, parse_listen, serve_forever
+
+    config = _load_config(config_path)
+    _setup_logging(config.log_level)
+    listen = listen or config.review.listen or DEFAULT_LISTEN
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise click.UsageError(f"--listen: {exc}") from None
+    problem = exposure_problem(config, listen)
+    if problem:
+        raise CommandError(problem)
+    try:
+        serve_forever(config, listen)
+    except OSError as exc:
+        raise CommandError(f"review page: {exc}", exit_code=1) from None
+
+
+@cli.command()
+@_config_option
 @click.option("--rule", "rule_name", required=True, help="the rule whose earlier files to redo")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M",
                                                       "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),

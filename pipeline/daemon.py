@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, InboxConfig
+from .errors import ConfigError
 from .health import Problems
 from .inboxflow import after_job
 from .intake import Intake
@@ -56,6 +57,7 @@ class Daemon:
         self.workers: list[Worker] = []  # every worker started, retired ones included (their claims at stop)
         self._threads: list[threading.Thread] = []
         self.reloader: Reloader | None = None
+        self.review: Any = None  # the review page's server (review.listen), a web.server.ReviewServer
         self._applying = threading.Lock()  # apply() and stop() never change the watcher at the same time
         self.reload_seconds = reload_seconds
 
@@ -63,6 +65,7 @@ class Daemon:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models()
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
+        self._start_review(store)
         self.notifier = Notifier(self.config, store)  # alerts queue in the outbox; delivery starts below
         self._recover(store)
         intake = self.intake = Intake(self.config, self.rules, store)
@@ -76,6 +79,26 @@ class Daemon:
         self._start_reloader()
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
                  len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+
+    def _start_review(self, store: Store) -> None:
+        """With ``review.listen``: the review page in a thread over the daemon's store. Refused (ConfigError, exit 2)
+        on anything but loopback without an access token, or when it cannot listen there."""
+        if not self.config.review.listen:
+            return
+        from .web.app import create_app
+        from .web.security import exposure_problem
+        from .web.server import ReviewServer
+
+        listen = self.config.review.listen
+        problem = exposure_problem(self.config, listen)
+        if problem:
+            raise ConfigError(problem)
+        review = ReviewServer(create_app(self.config, store), listen)
+        try:
+            review.start()
+        except OSError as exc:
+            raise ConfigError(f"review.listen: {exc} (the address is taken, or not this machine's)") from None
+        self.review = review
 
     def _start_worker(self, models: Any = None) -> Worker:
         n = len(self.workers) + 1  # never reused: a retired worker may still be finishing its job
@@ -266,6 +289,8 @@ class Daemon:
         with self._applying:  # a reload being applied ends first; none starts after this
             if self.watcher is not None:
                 self.watcher.stop()
+        if self.review is not None:
+            self.review.stop()
         if self.intake is not None:
             self.intake.flush_summary(quiet_seconds=0.0)
         deadline = time.monotonic() + timeout

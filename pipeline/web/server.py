@@ -2,8 +2,10 @@
 ``review.listen``) or in the foreground (``assetd serve``)."""
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -38,7 +40,8 @@ class ReviewServer:
 
         host, port = parse_listen(listen)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
+                                                    access_log=False, lifespan="off",
+                                                    timeout_graceful_shutdown=3))
         self.server.install_signal_handlers = lambda: None  # the daemon owns SIGINT/SIGTERM
         self.thread = threading.Thread(target=self.server.run, name="assetd-review", daemon=True)
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
@@ -55,3 +58,36 @@ class ReviewServer:
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+
+
+def serve_forever(config: Any, listen: str) -> None:
+    """``assetd serve``: the review app on ``listen`` in the foreground until SIGINT/SIGTERM (uvicorn's own
+    handlers); OSError when it cannot listen there."""
+    import uvicorn
+
+    from ..store import Store
+    from .app import create_app
+
+    host, port = parse_listen(listen)
+    store = Store(config.database, config.quarantine_after_crashes)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, store), host=host, port=port, log_level="warning",
+                                           access_log=False, lifespan="off", timeout_graceful_shutdown=5))
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+    def on_signal(signum: int, frame: Any) -> None:  # as `assetd run`: stop cleanly and exit 0; again: at once
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    server.capture_signals = contextlib.nullcontext  # uvicorn's would re-raise the signal after stopping
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+    log.info("review page at %s (Ctrl-C stops it)", url)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind (it has logged why)
+        pass
+    finally:
+        store.close()
+    if not server.started:
+        raise OSError(f"could not listen on {url} (the address is taken, or not this machine's)")
+    log.info("review page stopped")

@@ -1,0 +1,151 @@
+"""The night view (``/``): the jobs since a chosen time, grouped by inbox and rule with a count per status, a
+filtered table a page at a time (keyset: the id of the last row shown), and ``/api/progress`` that the page polls
+every two seconds while the daemon works (counts, the rows on screen, how many jobs are new)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..listing import inbox_of
+from ..store import AWAITING, REVIEW, Job, JobStatus
+from ..text import printable
+from .templating import render
+
+DEFAULT_HOURS = 24
+SINCE_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
+STATUSES = [s.value for s in JobStatus]
+FLAGS = {REVIEW: "marked for review", AWAITING: "awaiting approval"}
+
+
+@dataclass
+class NightQuery:
+    """What the night view shows, from its query string; ``link`` writes it back with changes."""
+    since: float
+    since_text: str
+    status: str | None = None
+    rule: str | None = None
+    inbox: str | None = None
+    flag: str | None = None
+    before: int | None = None
+    after: int | None = None
+
+    @classmethod
+    def parse(cls, request: Request) -> "NightQuery":
+        q = request.query_params
+        since_text = q.get("since", "").strip()
+        try:
+            since = datetime.strptime(since_text, SINCE_FORMAT).timestamp()
+        except ValueError:
+            hours = q.get("hours", "")
+            since = time.time() - 3600 * (float(hours) if _number(hours) else DEFAULT_HOURS)
+            since_text = datetime.fromtimestamp(since).strftime(SINCE_FORMAT)
+        return cls(since=since, since_text=since_text, status=q.get("status") if q.get("status") in STATUSES else None,
+                   rule=q.get("rule") or None, inbox=q.get("inbox") or None,
+                   flag=q.get("flag") if q.get("flag") in FLAGS else None,
+                   before=_int(q.get("before")), after=_int(q.get("after")))
+
+    @property
+    def filters(self) -> dict[str, Any]:
+        return {"status": self.status, "rule": self.rule, "inbox": self.inbox, "flag": self.flag}
+
+    def link(self, **changes: Any) -> str:
+        """This view's URL with ``changes`` (None drops a parameter); a new filter starts at the first page."""
+        params = {"since": self.since_text, **self.filters, "before": self.before, "after": self.after}
+        if set(changes) - {"before", "after"}:
+            params.update(before=None, after=None)
+        params.update(changes)
+        return "/?" + urlencode({k: v for k, v in params.items() if v not in (None, "")})
+
+
+def _number(text: str) -> bool:
+    try:
+        return 0 < float(text) < 24 * 366
+    except ValueError:
+        return False
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def shown_folder(folder: str | None, base: Path) -> str:
+    """A folder relative to the config file's folder when inside it."""
+    if not folder:
+        return "(no inbox)"
+    path = Path(folder)
+    return printable(str(path.relative_to(base)) if path.is_relative_to(base) and path != base else folder)
+
+
+def when(stamp: float | None) -> str:
+    """Local time: HH:MM today, else the date too."""
+    if not stamp:
+        return ""
+    t = datetime.fromtimestamp(stamp)
+    return t.strftime("%H:%M") if t.date() == datetime.now().date() else t.strftime("%d %b %H:%M")
+
+
+def note(job: Job) -> str:
+    """The error without the input path (the row names the file), or the first review reason."""
+    error = job.error or ""
+    for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
+        error = error.removeprefix(prefix)
+    if job.status in (JobStatus.FAILED, JobStatus.SUPERSEDED) or not job.review:
+        return printable(error) if job.status is not JobStatus.DONE else ""
+    return printable(job.review[0]) + (f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else "")
+
+
+def row(job: Job, base: Path) -> dict[str, Any]:
+    return {"id": job.id, "name": printable(job.rel_path or Path(job.input_path).name),
+            "inbox": shown_folder(inbox_of(job), base), "rule": job.rule, "status": job.status.value,
+            "review": bool(job.review), "time": when(job.finished_at or job.created_at),
+            "seconds": f"{job.seconds:.1f} s" if job.seconds else "", "note": note(job)}
+
+
+def night(request: Request) -> Response:
+    config, store = request.app.state.config, request.app.state.store
+    q = NightQuery.parse(request)
+    size = config.review.page_size
+    jobs = store.night_jobs(q.since, size, before=q.before, after=q.after, **q.filters)
+    groups = store.night_groups(q.since)
+    totals = {key: sum(g[key] for g in groups) for key in [*STATUSES, REVIEW, AWAITING, "total"]}
+    for g in groups:
+        g["shown_inbox"] = shown_folder(g["inbox"], config.base_dir)
+    rules, inboxes = sorted({g["rule"] for g in groups}), sorted({g["inbox"] for g in groups if g["inbox"]})
+    newer = bool(jobs) and store.night_more(q.since, jobs[0].id, True, **q.filters)
+    older = bool(jobs) and store.night_more(q.since, jobs[-1].id, False, **q.filters)
+    return render(
+        request, "night.html", q=q, groups=groups, totals=totals, statuses=STATUSES, flags=FLAGS,
+        rows=[row(j, config.base_dir) for j in jobs], matching=store.night_count(q.since, **q.filters),
+        rules=rules, inboxes=[(i, shown_folder(i, config.base_dir)) for i in inboxes],
+        newest=store.newest_job_id(), page_size=size,
+        newer_link=q.link(after=jobs[0].id, before=None) if newer else None,
+        older_link=q.link(before=jobs[-1].id, after=None) if older else None,
+        first_link=q.link(before=None, after=None) if newer else None,
+        since_human=datetime.fromtimestamp(q.since).strftime("%a %d %b %H:%M"))
+
+
+def progress(request: Request) -> Response:
+    """Counts since ``since`` (per group too), the state of the jobs ``ids`` on screen, and the newest job id."""
+    store = request.app.state.store
+    q = NightQuery.parse(request)
+    ids = [int(i) for i in request.query_params.get("ids", "").split(",") if i.isdigit()]
+    groups = store.night_groups(q.since)
+    return JSONResponse({
+        "totals": {key: sum(g[key] for g in groups) for key in [*STATUSES, REVIEW, AWAITING, "total"]},
+        "groups": [{k: g[k] for k in ("inbox", "rule", "total", REVIEW, AWAITING, *STATUSES)} for g in groups],
+        "jobs": {str(k): {"status": v["status"], "review": v["review"]} for k, v in store.job_states(ids).items()},
+        "newest": store.newest_job_id(),
+        "matching": store.night_count(q.since, **q.filters),
+    }, headers={"Cache-Control": "no-store"})
+
+
+def routes() -> list[Route]:
+    return [Route("/", night, name="night"), Route("/api/progress", progress, name="progress")]
