@@ -70,7 +70,7 @@ def group_rows(html: str) -> dict[tuple[str, str], dict[str, int]]:
     for body in re.findall(r'<tr data-group="[^"]*">(.*?)</tr>', html, re.S):
         cells = re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)
         text = [re.sub(r"<[^>]+>", "", c).strip() for c in cells]
-        keys = ["queued", "running", "done", "failed", "superseded", "review", "awaiting", "total"]
+        keys = ["queued", "running", "done", "failed", "superseded", "review", "total"]  # no channel on approval
         out[(text[0], text[1])] = dict(zip(keys, map(int, text[2:])))
     return out
 

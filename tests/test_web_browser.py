@@ -1,0 +1,95 @@
+"""The review page in a real browser (Debian's chromium through Playwright): the night view updates itself while jobs
+change, the failures page's Retry works by clicking, and each page is saved as a screenshot under
+test-artifacts/screens/ to look at. Skips without /usr/bin/chromium, except under CI=true, where it fails."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.store import JobStatus
+from pipeline.web.app import create_app
+from pipeline.web.server import ReviewServer
+from test_web import add_job, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screens"
+
+if not CHROMIUM.exists() and os.environ.get("CI") != "true":
+    pytest.skip(f"no {CHROMIUM} (install Debian's chromium; CI=true makes this a failure)", allow_module_level=True)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"CI=true: the browser tests must run, and {CHROMIUM} is missing"
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def served(workspace):
+    """A night's worth of real job rows, and the page served over them as `assetd run` serves it."""
+    workspace.write_config(extra="review: {token: s3cret-token}\n")
+    config = load_config(workspace.config_path)
+    app = create_app(config)
+    store = app.state.store
+    other = workspace.root / "inbox-catalogue"
+    reasons = ["matte uncertain along the lower edge (hair, fur or glass?)"]
+    for i in range(36):
+        folder, rule = (workspace.inbox, "products") if i % 3 else (other, "cutouts")
+        status = "failed" if i in (4, 17, 29) else "queued" if i > 31 else "running" if i == 31 else "done"
+        error = {4: f"{folder}/SKU-{i:04d}.jpg: not a JPEG: the file ends before its image data (damaged copy?)",
+                 17: f"{folder}/SKU-{i:04d}.jpg: internal error: ValueError: crop box outside the image",
+                 29: f"{folder}/SKU-{i:04d}.jpg: quarantined: assetd stopped 2 times while running this job (crash "
+                     "or kill); its other jobs went on"}.get(i)
+        add_job(store, folder, f"SKU-{i:04d}.jpg", rule, status, error=error,
+                review=reasons if i in (2, 11) else None)
+    server = ReviewServer(app, f"127.0.0.1:{free_port()}")
+    server.start()
+    try:
+        yield server.url.rstrip("/"), store
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_the_pages_in_a_browser(served, browser):
+    url, store = served
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(url + "/")
+    assert page.url.startswith(url + "/login")
+    page.screenshot(path=str(SCREENS / "login.png"))
+    page.fill("input[name=token]", "s3cret-token")
+    page.click("button.primary")
+    page.wait_for_url(url + "/")
+    page.screenshot(path=str(SCREENS / "night.png"), full_page=True)
+
+    queued = store.jobs(JobStatus.QUEUED.value)[0]
+    store.claim_next("worker-1 pid 1 on test", 60, only=[queued.id])  # the daemon takes a job: the row follows
+    pill = page.locator(f'tr[data-id="{queued.id}"] [data-status]')
+    deadline = time.monotonic() + 10
+    while pill.text_content() != "running":
+        assert time.monotonic() < deadline, "the night view did not update the row"
+        page.wait_for_timeout(200)
+    assert page.locator('[data-total="running"]').first.text_content() == "2"
+
+    page.goto(url + "/failures")
+    page.screenshot(path=str(SCREENS / "failures.png"), full_page=True)
+    failed = store.jobs(JobStatus.FAILED.value)
+    page.click(f'tr[data-id="{failed[0].id}"] button:text("Retry")')
+    page.wait_for_url(url + "/failures")
+    assert f"queued again: {failed[0].id}" in page.text_content(".flash")
+    assert store.get(failed[0].id).status is JobStatus.QUEUED
+    page.screenshot(path=str(SCREENS / "failures-after-retry.png"), full_page=True)
