@@ -215,6 +215,8 @@ class Daemon:
             self.problems.config, self.problems.rules = config, list(rules)
         if config.log_level != old.log_level:
             logging.getLogger().setLevel(config.log_level.upper())
+        if self.review is not None:  # the page shows the new channels and inboxes (review: is restart-only)
+            self.review.app.state.config = config
         for _ in range(len(active), config.workers):
             self._start_worker()
         for worker in active[config.workers:]:

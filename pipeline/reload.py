@@ -38,9 +38,10 @@ log = logging.getLogger("assetd.reload")
 
 #: How often the files are looked at; a change is loaded once it has been still for one more interval.
 CHECK_SECONDS = 2.0
-#: Config keys a running daemon cannot change (the open database and its lock, the loaded models): a changed
-#: value keeps its running one until the next start, with a warning; the rest of the change applies.
-RESTART_ONLY = ("database", "device", "models")
+#: Config keys a running daemon cannot change (the open database and its lock, the loaded models, the review
+#: page's listening server and its token): a changed value keeps its running one until the next start, with a
+#: warning; the rest of the change applies.
+RESTART_ONLY = ("database", "device", "models", "review")
 
 PROBLEM_KEY = "config"  # the problem process of a broken config or rule file (``pipeline.health``)
 

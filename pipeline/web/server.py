@@ -39,6 +39,7 @@ class ReviewServer:
         import uvicorn
 
         host, port = parse_listen(listen)
+        self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                     access_log=False, lifespan="off",
                                                     timeout_graceful_shutdown=3))
