@@ -1017,11 +1017,6 @@ class Store:
                                    [*params, job_id]).fetchone()
         return row is not None
 
-    def night_rules_and_inboxes(self, since: float) -> tuple[list[str], list[str]]:
-        """The rules and inboxes of the jobs since ``since`` (the filters' choices)."""
-        groups = self.night_groups(since)
-        return sorted({g["rule"] for g in groups}), sorted({g["inbox"] for g in groups if g["inbox"]})
-
     def job_states(self, job_ids: Collection[int]) -> dict[int, dict[str, Any]]:
         """The status, error and review mark of these jobs (the night view's live rows)."""
         ids = list(job_ids)[:500]

@@ -19,7 +19,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from pipeline.config import load_config
+from pipeline.daemon import Daemon
 from pipeline.listing import inbox_of
+from pipeline.rules import load_rules
 from pipeline.store import Job, JobStatus, Store
 from pipeline.web.app import create_app
 
@@ -433,3 +435,25 @@ def test_run_refuses_a_review_page_beyond_loopback_without_a_token(workspace):
                             env=env(), timeout=60)
     assert result.returncode == 2
     assert "needs an access token" in result.stderr
+
+
+def test_the_daemon_serves_the_page_in_a_thread_and_leaves_none_behind(workspace, no_leaked_threads):
+    port = free_port()
+    config = config_for(workspace, f"review: {{listen: '127.0.0.1:{port}'}}\n")
+    daemon = Daemon(config, load_rules(config), reload_seconds=0)
+    daemon.start()
+    try:
+        for url in ("/", "/failures", "/api/progress"):  # sync endpoints: worker threads of the page's event loop
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{url}", timeout=5) as response:
+                assert response.status == 200
+    finally:
+        daemon.stop()
+    assert port_is_free(port)
+
+
+def test_serve_says_when_the_token_file_cannot_be_read(workspace):
+    config_for(workspace, "review: {token_file: secrets/token}\n")
+    result = subprocess.run(assetd("serve", "--config", workspace.config_path, "--listen", "0.0.0.0:8765"),
+                            capture_output=True, text=True, env=env(), timeout=30)
+    assert result.returncode == 2
+    assert f"review.token_file: cannot read {workspace.root / 'secrets' / 'token'}" in result.stderr
