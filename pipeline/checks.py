@@ -69,6 +69,19 @@ def _space_warnings(config: Config, rules: list) -> list[str]:
     return lines
 
 
+def _review_problems(config: Config) -> list[str]:
+    """The review page (review:): an unreadable token_file, or review.listen beyond loopback without a token
+    (`assetd run` would refuse to start)."""
+    from .web.security import access_token, exposure_problem
+
+    try:
+        access_token(config)
+        problem = exposure_problem(config, config.review.listen) if config.review.listen else None
+    except ConfigError as exc:
+        return [f"{config.source}: {p}" for p in exc.problems]
+    return [problem] if problem else []
+
+
 def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     """Returns (problems, warnings, info lines)."""
     problems: list[str] = []
@@ -97,6 +110,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         problems.append(f"{config.source}: database: folder {config.database.parent} is not writable")
     if not _writable(config.manifest_folder):
         problems.append(f"{config.source}: manifests.folder: {config.manifest_folder} is not writable")
+    problems.extend(_review_problems(config))
     if config.notify.urls:
         import apprise
 

@@ -457,3 +457,11 @@ def test_serve_says_when_the_token_file_cannot_be_read(workspace):
                             capture_output=True, text=True, env=env(), timeout=30)
     assert result.returncode == 2
     assert f"review.token_file: cannot read {workspace.root / 'secrets' / 'token'}" in result.stderr
+
+
+def test_check_reports_a_review_page_that_would_be_refused(workspace):
+    config_for(workspace, "review: {listen: '0.0.0.0:8765'}\n")
+    result = subprocess.run(assetd("check", "--config", workspace.config_path), capture_output=True, text=True,
+                            env=env(), timeout=60)
+    assert result.returncode == 1
+    assert "listening on 0.0.0.0:8765 (not loopback) needs an access token" in result.stderr
