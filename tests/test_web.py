@@ -465,3 +465,16 @@ def test_check_reports_a_review_page_that_would_be_refused(workspace):
                             env=env(), timeout=60)
     assert result.returncode == 1
     assert "listening on 0.0.0.0:8765 (not loopback) needs an access token" in result.stderr
+
+
+def test_without_a_token_the_page_answers_only_to_this_machines_names(night):
+    client, store, _ = night
+    assert client.get("/", headers={"Host": "127.0.0.1:8765"}).status_code == 200
+    assert client.get("/", headers={"Host": "localhost:8765"}).status_code == 200
+    assert client.get("/", headers={"Host": "[::1]:8765"}).status_code == 200
+    rebound = client.get("/failures", headers={"Host": "evil.example:8765"})  # a name made to point at 127.0.0.1
+    assert rebound.status_code == 421 and "a.jpg" not in rebound.text
+
+
+def test_with_a_token_any_name_may_reach_the_login(guarded):
+    assert TestClient(guarded).get("/login", headers={"Host": "studio-box:8765"}).status_code == 200

@@ -6,6 +6,9 @@
   ``assetd run`` refuse to listen on anything but loopback then (``exposure_problem``).
 - **Failed logins** (a wrong password or bearer token) are limited per client: ``LOGIN_ATTEMPTS`` a minute, then
   429 with Retry-After.
+- **DNS rebinding.** Without a token the page answers only requests addressed to this machine by a loopback name
+  (``localhost``, 127.x, ``[::1]``, its own host name): another site whose name was made to point at 127.0.0.1
+  would otherwise be same-origin with the page and could read it and post its forms.
 - **CSRF.** Every POST (with or without a token: a page on loopback is still reachable by other sites' forms)
   carries the session's CSRF token, in the form field ``csrf`` or the header ``X-CSRF-Token``; a request
   authenticated by the bearer token needs none (a browser never sends that header on its own). GET never changes
@@ -16,9 +19,11 @@ value="{{ csrf_token() }}">``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
+import socket
 import threading
 import time
 from collections import deque
@@ -114,6 +119,25 @@ class LoginLimiter:
                     del self._failed[key]
 
 
+def local_names() -> set[str]:
+    """Host names a browser on this machine may use for a page listening on loopback only."""
+    names = {"localhost", "testserver"}  # testserver: starlette's TestClient
+    with contextlib.suppress(OSError):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return names
+
+
+def host_of(scope: Scope) -> str:
+    """The request's Host header without its port (and IPv6 brackets), lower case."""
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = value.decode("latin-1").strip().lower()
+            if host.startswith("["):
+                return host[1:host.find("]")] if "]" in host else host
+            return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return ""
+
+
 def client_of(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else "unknown"
@@ -130,12 +154,18 @@ class Guard:
 
     def __init__(self, app: ASGIApp, token: str | None, limiter: LoginLimiter):
         self.app, self.token, self.limiter = app, token, limiter
+        self.names = local_names()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
+        if self.token is None and not self._local_host(host_of(scope)):
+            await PlainTextResponse("this page has no access token: it answers only to this machine's own names "
+                                    "(localhost, 127.0.0.1); set review.token to reach it by another name",
+                                    status_code=421)(scope, receive, send)
+            return
         bearer = self._bearer(scope)
         scope.setdefault("state", {})["bearer"] = False
         if bearer is not None and self.token is not None:
@@ -159,6 +189,9 @@ class Guard:
                                         "try again", status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _local_host(self, host: str) -> bool:
+        return host in self.names or is_loopback(host)
 
     @staticmethod
     def _bearer(scope: Scope) -> str | None:
