@@ -10,7 +10,8 @@
   (``localhost``, 127.x, ``[::1]``, its own host name): another site whose name was made to point at 127.0.0.1
   would otherwise be same-origin with the page and could read it and post its forms.
 - **CSRF.** Every POST (with or without a token: a page on loopback is still reachable by other sites' forms)
-  carries the session's CSRF token, in the form field ``csrf`` or the header ``X-CSRF-Token``; a request
+  carries the session's CSRF token, in the field ``csrf`` of a urlencoded form or the header ``X-CSRF-Token`` (fetch,
+  and any other body: a multipart form must send the header); a request
   authenticated by the bearer token needs none (a browser never sends that header on its own). GET never changes
   anything.
 
