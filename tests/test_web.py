@@ -478,3 +478,15 @@ def test_without_a_token_the_page_answers_only_to_this_machines_names(night):
 
 def test_with_a_token_any_name_may_reach_the_login(guarded):
     assert TestClient(guarded).get("/login", headers={"Host": "studio-box:8765"}).status_code == 200
+
+
+def test_serve_says_when_the_address_is_taken(workspace):
+    config_for(workspace)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(assetd("serve", "--config", workspace.config_path, "--listen", f"127.0.0.1:{port}"),
+                                capture_output=True, text=True, env=env(), timeout=30)
+    assert result.returncode == 1
+    assert f"assetd: error: review page: could not listen on http://127.0.0.1:{port}/" in result.stderr
