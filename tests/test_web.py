@@ -490,3 +490,11 @@ def test_serve_says_when_the_address_is_taken(workspace):
                                 capture_output=True, text=True, env=env(), timeout=30)
     assert result.returncode == 1
     assert f"assetd: error: review page: could not listen on http://127.0.0.1:{port}/" in result.stderr
+
+
+def test_the_quick_time_links_keep_the_filters(night):
+    client, store, _ = night
+    html = client.get("/", params={"status": "failed"}).text
+    link = re.search(r'<a href="([^"]+)">6 h</a>', html).group(1).replace("&amp;", "&")
+    assert "hours=6" in link and "status=failed" in link and "since=" not in link
+    assert set(shown_ids(client.get(link).text)) == {j.id for j in store.jobs("failed")}
