@@ -921,3 +921,16 @@ class Store:
 
     def set_state(self, key: str, value: Any) -> None:
         self.db.conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
+
+    # -- job page (review page) ----------------------------------------------------------------------
+    def output_row(self, output_id: int) -> dict[str, Any] | None:
+        """One output's record by its id, with its job's id (the job page's files are named by id, never by a
+        path from the request); None when there is none or it is only reserved (its job has not finished)."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM outputs WHERE id = ? AND reserved IS NULL", [output_id])
+        return rows[0] if rows else None
+
+    def output_rows(self, job_id: int) -> list[dict[str, Any]]:
+        """A job's output records with their ids, in the order written (reserved ones left out)."""
+        return self.db.execute_returning_dicts(
+            "SELECT * FROM outputs WHERE job_id = ? AND reserved IS NULL ORDER BY id", [job_id])
