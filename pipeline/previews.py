@@ -148,8 +148,7 @@ def _decoded(config: Config, source: Source) -> np.ndarray:
     data = read_input(source.path)
     if hashlib.sha256(data).hexdigest() != source.sha256:
         raise NotServed(f"{source.what}: {printable(str(source.path))} has changed since it was recorded")
-    cfg = dataclasses.replace(config.input, min_signal=0.0)  # a flat preview is still a preview
-    return decode(data, str(source.path), cfg).pixels
+    return decode(data, str(source.path), config.input).pixels
 
 
 def _encode_view(pixels: np.ndarray, long_edge: int) -> bytes:
