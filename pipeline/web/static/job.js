@@ -64,10 +64,22 @@
     alone.addEventListener("error", function () { showReason(alone, figure); });
   }
 
+  function onBroken(img, handler) {
+    // the error may have come before this script ran: a finished image with no pixels failed too
+    img.addEventListener("error", handler);
+    if (img.complete && img.naturalWidth === 0 && img.getAttribute("src")) handler();
+  }
+
+  var inputAlone = document.getElementById("input-alone");
+  if (inputAlone) onBroken(inputAlone, function () {
+    inputAlone.parentNode.hidden = true;
+    showReason(inputAlone, document.getElementById("input-unavailable"));
+  });
+
   // a click on a contact-sheet output compares it with the input
   document.querySelectorAll("#sheet figure.out").forEach(function (fig) {
     var img = fig.querySelector("img");
-    img.addEventListener("error", function () {
+    onBroken(img, function () {
       fig.classList.add("gone");
       showReason(img, fig.querySelector(".unavailable"));
     });
