@@ -74,6 +74,7 @@ class CheckResult:
     mask: str  # where the subject came from: "output alpha", "cut-out matte", "not background-like"
     tolerance: int  # 8-bit levels
     note: str = ""  # why there is no figure, when there is none
+    origin: tuple[int, int] | None = None  # where the resized input's top-left corner lies in the output (x, y)
     png: bytes = b""  # the overlay: the output dimmed, the subject's equal / differing pixels coloured
 
     def figures(self) -> dict[str, Any]:
@@ -279,6 +280,7 @@ def subject_check(input_pixels: np.ndarray, output_pixels: np.ndarray, scale: fl
         else:
             ox, oy = at
             result.offset = (int(ox), int(oy))
+            result.origin = (int(ox - x0), int(oy - y0))
             th, tw = template.shape[:2]
             # the opaque interior, 2 px inside the outline (the chain resamples whole frames; its outline blends)
             inner = cv2.erode(weight.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
@@ -343,20 +345,44 @@ def _cutout_matte(config: Config, store: Store, job_id: int, input_size: tuple[i
     return None
 
 
+def aligned_input(input_pixels: np.ndarray, scale: float, origin: tuple[int, int],
+                  size: tuple[int, int]) -> np.ndarray:
+    """The input as the output frames it: resized by ``scale`` and placed at ``origin`` on a transparent canvas of
+    the output's ``size`` (width, height), so a before/after slider compares the same pixels in the same place."""
+    h, w = input_pixels.shape[:2]
+    px = to_dtype(input_pixels, np.uint8)
+    px = resize(px, (max(1, round(w * scale)), max(1, round(h * scale))))
+    if px.shape[2] == 3:
+        px = np.concatenate([px, np.full(px.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    canvas = np.zeros((size[1], size[0], 4), np.uint8)
+    x, y = origin
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + px.shape[1], size[0]), min(y + px.shape[0], size[1])
+    if x0 < x1 and y0 < y1:
+        canvas[y0:y1, x0:x1] = px[y0 - y:y1 - y, x0 - x:x1 - x]
+    return canvas
+
+
+def _check_files(config: Config, output_sha: str, input_sha: str) -> dict[str, Path]:
+    key = f"check-{input_sha[:16]}"
+    return {"overlay": _cache_path(config, output_sha, key + ".png"),
+            "before": _cache_path(config, output_sha, key + "-before.webp"),
+            "figures": _cache_path(config, output_sha, key + ".json")}  # written last: the check is complete
+
+
 def check(config: Config, store: Store, output_id: int) -> tuple[Path, CheckResult]:
-    """The cached subject check of an output against its job's input (made on the first request): the overlay
-    PNG's path and the figures. NotServed when either file is not the recorded one."""
+    """The cached subject check of an output against its job's input (made on the first request, with the input
+    as the output frames it, ``before``): the overlay PNG's path and the figures. NotServed when either file is
+    not the recorded one."""
     row, out_source = output_source(store, output_id)
     job, in_source = input_source(store, row["job_id"])
     verify(config, out_source)
     verify(config, in_source)
-    key = f"check-{in_source.sha256[:16]}"
-    png, figures = _cache_path(config, out_source.sha256, key + ".png"), _cache_path(config, out_source.sha256,
-                                                                                      key + ".json")
-    if png.exists() and figures.exists():
-        result = CheckResult(**{**json.loads(figures.read_text(encoding="utf-8")), "png": b""})
+    files = _check_files(config, out_source.sha256, in_source.sha256)
+    if files["figures"].exists():
+        result = CheckResult(**{**json.loads(files["figures"].read_text(encoding="utf-8")), "png": b""})
         result.offset = tuple(result.offset) if result.offset else None  # type: ignore[assignment]
-        return png, result
+        result.origin = tuple(result.origin) if result.origin else None  # type: ignore[assignment]
+        return files["overlay"], result
     try:
         input_pixels = _decoded(config, in_source)
         output_pixels = _decoded(config, out_source)
@@ -364,9 +390,25 @@ def check(config: Config, store: Store, output_id: int) -> tuple[Path, CheckResu
         raise NotServed(f"output {output_id}: {exc}") from None
     channel = config.channels.get(row["channel"])
     lossy = channel is not None and channel.format in LOSSY
+    scale = float(row.get("scale") or 1.0)
     matte = _cutout_matte(config, store, job.id, (input_pixels.shape[1], input_pixels.shape[0]))
-    result = subject_check(input_pixels, output_pixels, float(row.get("scale") or 1.0), matte=matte,
+    result = subject_check(input_pixels, output_pixels, scale, matte=matte,
                            tolerance=TOLERANCE_LOSSY if lossy else TOLERANCE_LOSSLESS)
-    atomic_write(png, result.png)
-    atomic_write(figures, json.dumps(result.figures()).encode())
-    return png, result
+    atomic_write(files["overlay"], result.png)
+    if result.origin is not None:
+        size = (output_pixels.shape[1], output_pixels.shape[0])
+        atomic_write(files["before"], _encode_view(aligned_input(input_pixels, scale, result.origin, size), PREVIEW))
+    atomic_write(files["figures"], json.dumps(result.figures()).encode())
+    return files["overlay"], result
+
+
+def before(config: Config, store: Store, output_id: int) -> Path:
+    """The input as ``output_id`` frames it, at preview size (the slider's "before"); NotServed when the input
+    could not be found in the output."""
+    _, result = check(config, store, output_id)
+    row, out_source = output_source(store, output_id)
+    _, in_source = input_source(store, row["job_id"])
+    path = _check_files(config, out_source.sha256, in_source.sha256)["before"]
+    if result.origin is None or not path.exists():
+        raise NotServed(f"output {output_id}: the input could not be placed in it ({result.note or 'not found'})")
+    return path

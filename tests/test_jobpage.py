@@ -3,10 +3,12 @@ the channel's safe zones, a failed job's error; ids that are not in the store ar
 reaches the file system."""
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from starlette.testclient import TestClient
 
 from pipeline.cli import cli
@@ -56,6 +58,11 @@ def test_the_page_shows_every_output_with_its_ratio_channel_and_safe_zones(site)
     assert client.get(f"/files/job/{job.id}/thumb").status_code == 200
     check = client.get(f"/files/output/{rows[1]['id']}/check")
     assert check.status_code == 200 and float(check.headers["X-Subject-Equal"]) > 0.99
+    # the slider's "before": the input as that output frames it, the same size as the output's preview
+    before = client.get(f"/files/output/{rows[1]['id']}/before")
+    after = client.get(f"/files/output/{rows[1]['id']}/preview")
+    assert before.status_code == 200
+    assert Image.open(io.BytesIO(before.content)).size == Image.open(io.BytesIO(after.content)).size
 
 
 def test_a_failed_job_shows_its_error_and_class(site):

@@ -1,5 +1,6 @@
 """Files of the review page, served by the id of a record the store holds, never by a path from the request:
-thumbnails and previews of outputs and inputs, a job's thumbnail, an output's subject check. Every image is
+thumbnails and previews of outputs and inputs, a job's thumbnail, an output's subject check and the
+input as that output frames it (the slider's "before"). Every image is
 made once and cached (``pipeline.previews``); a file whose bytes no longer match its record is a 404 saying why.
 The endpoints are plain functions: Starlette runs them in its thread pool (decoding and the store's SQLite).
 """
@@ -58,9 +59,16 @@ def output_check(request: Request) -> tuple[Path, dict[str, str]]:
     return path, ({"X-Subject-Equal": f"{result.equal:.6f}"} if result.equal is not None else {})
 
 
+def output_before(request: Request) -> tuple[Path, dict[str, str]]:
+    """``/files/output/{output_id}/before``: the input resized and placed as the output frames it (the slider)."""
+    state = request.app.state
+    return previews.before(state.config, state.store, request.path_params["output_id"]), {}
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/files/output/{output_id:int}/check", _serving(output_check, "image/png")),
+        Route("/files/output/{output_id:int}/before", _serving(output_before, "image/webp")),
         Route("/files/output/{output_id:int}/{kind:str}", _serving(output_image, "image/webp")),
         Route("/files/input/{job_id:int}/{kind:str}", _serving(input_image, "image/webp")),
         Route("/files/job/{job_id:int}/thumb", _serving(job_thumb, "image/webp")),

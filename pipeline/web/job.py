@@ -25,6 +25,7 @@ _BAD_INPUT = ("damaged", "not an image", "file is empty", "are not accepted", "t
               "no permission", "disappeared", "not a regular file", "pixels (limit")
 
 
+# TODO(lead): use failures.failure_class (helper "web") once merged: one list of classes for both pages.
 def error_class(job: Job) -> str | None:
     """What kind of failure a failed job had, for a person deciding what to do: quarantined (assetd itself died
     on it), bad input (the file: fix or replace it), or a stage problem (the rule or a backend on this image:

@@ -7,6 +7,7 @@
   var range = document.getElementById("slider-range");
   var clip = document.querySelector(".after-clip");
   var afterImg = document.getElementById("after-img");
+  var beforeImg = document.getElementById("before-img");
   var alone = document.getElementById("after-alone");
   var caption = document.getElementById("after-caption");
   var figure = document.getElementById("check-figure");
@@ -31,6 +32,10 @@
     var id = choice.value;
     var option = choice.options[choice.selectedIndex];
     caption.textContent = "output " + option.textContent;
+    // the input as this output frames it (same size and place), so the slider compares like with like;
+    // the input as it is when it cannot be placed
+    beforeImg.onerror = function () { beforeImg.onerror = null; beforeImg.src = beforeImg.dataset.input; };
+    beforeImg.src = "/files/output/" + id + "/before";
     if (toggle.checked) {
       figure.textContent = "checking the subject…";
       fetch("/files/output/" + id + "/check").then(function (r) {
