@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,16 @@ TOLERANCE_LOSSY = 12
 RESAMPLE_SLACK = 0.5
 EQUAL_COLOUR = (40, 200, 90)  # subject pixels equal to the input's
 DIFFER_COLOUR = (235, 30, 160)  # subject pixels that differ
+
+
+# Cache entries being made: the page asks for several images of one file at once. A fixed set of locks (an
+# entry takes the one its key hashes to), so concurrent requests decode a file once, and memory stays bounded.
+_MAKING = [threading.Lock() for _ in range(64)]
+
+
+def _once(key: str) -> threading.Lock:
+    """The lock of one cache entry, so concurrent requests for it decode the file once, not once each."""
+    return _MAKING[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_MAKING)]
 
 
 class NotServed(AssetdError):
@@ -173,12 +184,15 @@ def view(config: Config, source: Source, kind: str) -> Path:
     target = _cache_path(config, source.sha256, f"{SIZES[kind]}.webp")
     if target.exists():
         return target
-    try:
-        pixels = _decoded(config, source)
-    except AssetdError as exc:
-        raise NotServed(f"{source.what}: {exc}") from None
-    for name, edge in SIZES.items():
-        atomic_write(_cache_path(config, source.sha256, f"{edge}.webp"), _encode_view(pixels, edge))
+    with _once(f"view-{source.sha256}"):
+        if target.exists():  # made meanwhile by the request that held the lock
+            return target
+        try:
+            pixels = _decoded(config, source)
+        except AssetdError as exc:
+            raise NotServed(f"{source.what}: {exc}") from None
+        for edge in SIZES.values():
+            atomic_write(_cache_path(config, source.sha256, f"{edge}.webp"), _encode_view(pixels, edge))
     return target
 
 
@@ -378,11 +392,19 @@ def check(config: Config, store: Store, output_id: int) -> tuple[Path, CheckResu
     verify(config, out_source)
     verify(config, in_source)
     files = _check_files(config, out_source.sha256, in_source.sha256)
+    with _once(f"check-{out_source.sha256}-{in_source.sha256}"):
+        return files["overlay"], _checked(config, store, row, job, files, in_source, out_source)
+
+
+def _checked(config: Config, store: Store, row: dict[str, Any], job: Job, files: dict[str, Path],
+             in_source: Source, out_source: Source) -> CheckResult:
+    """The check's figures: read from the cache, else made (decoding both files) and cached."""
+    output_id = row["id"]
     if files["figures"].exists():
         result = CheckResult(**{**json.loads(files["figures"].read_text(encoding="utf-8")), "png": b""})
         result.offset = tuple(result.offset) if result.offset else None  # type: ignore[assignment]
         result.origin = tuple(result.origin) if result.origin else None  # type: ignore[assignment]
-        return files["overlay"], result
+        return result
     try:
         input_pixels = _decoded(config, in_source)
         output_pixels = _decoded(config, out_source)
@@ -399,7 +421,7 @@ def check(config: Config, store: Store, output_id: int) -> tuple[Path, CheckResu
         size = (output_pixels.shape[1], output_pixels.shape[0])
         atomic_write(files["before"], _encode_view(aligned_input(input_pixels, scale, result.origin, size), PREVIEW))
     atomic_write(files["figures"], json.dumps(result.figures()).encode())
-    return files["overlay"], result
+    return result
 
 
 def before(config: Config, store: Store, output_id: int) -> Path:
