@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ class RerunError(ValueError):
 def parse_set(values: list[str]) -> dict[str, dict[str, Any]]:
     """``--set STEP.OPTION=VALUE`` values as overrides: ``["place_in_scene.scene=b.jpg", "crops.anchor=top"]`` →
     ``{"place_in_scene": {"scene": "b.jpg"}, "crops": {"anchor": "top"}}``. A value is read as a YAML scalar, as
-    in a rule file (``0.5`` a number, ``true`` a boolean, ``'["1:1"]'`` a list, nothing at all null)."""
+    in a rule file (``0.5`` a number, ``true`` a boolean, ``'["1:1"]'`` a list, nothing at all null), except that
+    ``#ffffff`` is the text, not a YAML comment."""
     overrides: dict[str, dict[str, Any]] = {}
     for value in values:
         key, eq, raw = value.partition("=")
@@ -51,6 +53,8 @@ def parse_set(values: list[str]) -> dict[str, dict[str, Any]]:
             parsed = yaml.safe_load(raw)
         except yaml.YAMLError:
             parsed = raw  # not YAML (an unbalanced quote): the text as it is, checked by the option's schema
+        if parsed is None and raw.strip() not in ("", "~", "null", "Null", "NULL"):
+            parsed = raw  # "#ffffff" is a YAML comment: on a command line it is the colour
         overrides.setdefault(step, {})[option] = parsed
     return overrides
 
@@ -79,9 +83,12 @@ def rerun(config: Config, rules: list[Rule], store: Store, job_id: int, *, rule:
         overrides = {step: dict(source.overrides.get(step, {}), **(overrides or {}).get(step, {}))
                      for step in {**source.overrides, **(overrides or {})}}
     try:
-        target.with_overrides(overrides, config)
+        effective = target.with_overrides(overrides, config)
     except ConfigError as exc:
         raise RerunError(f"job {job_id}: {'; '.join(exc.problems)}; nothing queued") from None
+    problems = new_model_problems(config, rules, effective)
+    if problems:
+        raise RerunError(f"job {job_id}: {'; '.join(problems)}; nothing queued")
     mover = store.input_moved_by(source.input_path)
     if mover is not None:
         moved, blocked = bring_back(store, [mover])
@@ -97,7 +104,8 @@ def rerun(config: Config, rules: list[Rule], store: Store, job_id: int, *, rule:
     except FileNotFoundError:
         raise RerunError(f"job {job_id}: its input {shown} is gone; nothing queued") from None
     except OSError as exc:
-        raise RerunError(f"job {job_id}: cannot read its input {shown} ({exc.strerror or exc}); nothing queued") from None
+        raise RerunError(f"job {job_id}: cannot read its input {shown} ({exc.strerror or exc}); "
+                         "nothing queued") from None
     if current != source.input_hash:
         raise RerunError(f"job {job_id}: {shown} has changed since the job took it (the new version has a job of its "
                          "own: re-run that one); nothing queued")
@@ -106,6 +114,18 @@ def rerun(config: Config, rules: list[Rule], store: Store, job_id: int, *, rule:
     log.info("queued job %d: re-run of job %d: %s (rule %s%s)", new.id, job_id, shown, target.name,
              "; " + ", ".join(differences(source, target, overrides)) if overrides else "")
     return new
+
+
+def new_model_problems(config: Config, rules: list[Rule], rule: Rule) -> list[str]:
+    """A model the options bring in (another backend, another model) must load offline, as a reloaded rule's must
+    (``Daemon.apply``): a re-run whose model is missing would otherwise pause its whole rule when it runs. Only
+    the steps whose model no loaded rule uses already are loaded here."""
+    from .models import check_models, model_refs
+
+    known = {ref.key for ref in model_refs(config, rules)}
+    steps = [s for s in rule.steps
+             if any(ref.key not in known for ref in model_refs(config, [replace(rule, steps=[s])]))]
+    return check_models(config, [replace(rule, steps=steps)]).problems if steps else []
 
 
 def differences(source: Job, rule: Rule, overrides: dict[str, dict[str, Any]] | None) -> list[str]:

@@ -148,7 +148,8 @@ class Rule:
         errors: list[str] = []
         rule = parse_rule(data, self.path, config, errors)
         if rule is None:
-            raise ConfigError([e.removeprefix(f"{self.path}: ") for e in errors])
+            raise ConfigError([f"rule {self.name!r} with these options: {e.removeprefix(f'{self.path}: ')}"
+                               for e in errors])
         rule.overrides = copy.deepcopy(overrides)
         return rule
 

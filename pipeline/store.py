@@ -959,11 +959,12 @@ class Store:
         with self._immediate() as db:
             key = [source.input_hash, rule, rule_version, source.input_path]
             seq = db.conn.execute(
-                "SELECT COALESCE(MAX(rerun_seq), 0) + 1 FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ?"
-                " AND input_path = ?", key).fetchone()[0]
+                "SELECT COALESCE(MAX(rerun_seq), 0) + 1 FROM jobs WHERE input_hash = ? AND rule = ?"
+                " AND rule_version = ? AND input_path = ?", key).fetchone()[0]
             job_id = db.conn.execute(
-                "INSERT INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status, attempts, max_attempts,"
-                " next_attempt_at, created_at, rerun_of, overrides, rerun_seq) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?, ?, ?)",
+                "INSERT INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status, attempts,"
+                " max_attempts, next_attempt_at, created_at, rerun_of, overrides, rerun_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?, ?, ?)",
                 [*key, source.rel_path, JobStatus.QUEUED, max_attempts, time.time(), source.id,
                  json.dumps(overrides, sort_keys=True) if overrides else None, seq]).lastrowid
             row = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [job_id])[0]
