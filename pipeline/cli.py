@@ -265,7 +265,8 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     when the job finished (queued and running jobs: when it was queued), in local time. Inbox (shown
     when the jobs come from more than one folder) is the folder the file was matched under (for
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
-    marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason.
+    marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
+    a re-run's (`assetd rerun`) starts with "re-run of N".
     After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
