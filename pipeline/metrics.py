@@ -11,6 +11,8 @@ Labels name rules, steps, backends, devices, channels and kinds of problem: neve
 from __future__ import annotations
 
 import shutil
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -84,6 +86,35 @@ class JobsCollector:
             yield awaiting
 
 
+class StepTotals:
+    """The steps' histogram rows so far, for one store: steps are only ever added, so each scrape reads only the
+    rows added since the last one (``Store.step_histogram(after=...)``) and adds them in. The first scrape of a
+    process reads them all; later ones cost what the new steps cost, however many jobs the store holds."""
+
+    def __init__(self) -> None:
+        self.last_id = 0
+        self.rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def update(self, store: Store) -> list[dict[str, Any]]:
+        with self.lock:
+            for new in store.step_histogram(STAGE_BUCKETS, after=self.last_id):
+                key = (new["step"], new["backend"], new["device"])
+                row = self.rows.setdefault(key, {"step": key[0], "backend": key[1], "device": key[2], "count": 0,
+                                                 "sum": 0.0, "gpu_peak_bytes": None,
+                                                 **{f"le_{i}": 0 for i in range(len(STAGE_BUCKETS))}})
+                for column in ["count", "sum", *(f"le_{i}" for i in range(len(STAGE_BUCKETS)))]:
+                    row[column] += new[column] or 0
+                if new["gpu_peak_bytes"] is not None:
+                    row["gpu_peak_bytes"] = max(row["gpu_peak_bytes"] or 0, new["gpu_peak_bytes"])
+                self.last_id = max(self.last_id, new["last_id"])
+            return [dict(row) for _, row in sorted(self.rows.items())]
+
+
+_step_totals: "weakref.WeakKeyDictionary[Store, StepTotals]" = weakref.WeakKeyDictionary()
+_step_totals_lock = threading.Lock()
+
+
 class StepsCollector:
     """Stage durations by stage, backend and device, and their GPU memory peaks on CUDA."""
 
@@ -91,7 +122,9 @@ class StepsCollector:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        rows = self.store.step_histogram(STAGE_BUCKETS)
+        with _step_totals_lock:
+            totals = _step_totals.setdefault(self.store, StepTotals())
+        rows = totals.update(self.store)
         keys = ["stage", "backend", "device"]
         yield _histogram("assetd_stage_duration_seconds", "Time each stage took, by stage, backend and device "
                          "(outputs/encode: writing the outputs)", keys,

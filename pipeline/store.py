@@ -960,12 +960,14 @@ class Store:
             " SUM(chain_started_at IS NOT NULL) AS in_flight, MAX(finished_at) AS last_finished"
             " FROM jobs GROUP BY rule, status")
 
-    def step_histogram(self, bounds: list[float]) -> list[dict[str, Any]]:
+    def step_histogram(self, bounds: list[float], after: int = 0) -> list[dict[str, Any]]:
         """Per step, backend and device (``unknown`` on rows from before it was recorded): how many steps took at
-        most each of ``bounds`` seconds (``le`` columns, cumulative), their count and total seconds, and the
-        highest GPU memory peak recorded (NULL when none ran on CUDA)."""
+        most each of ``bounds`` seconds (``le`` columns, cumulative), their count and total seconds, the highest
+        GPU memory peak recorded (NULL when none ran on CUDA) and the last row id (``last_id``). Steps are only
+        ever added: ``after`` (a ``last_id`` seen before) reads only the rows added since, along the primary key."""
         return self._histogram("steps", "seconds", ["step", "backend", "COALESCE(device, 'unknown') AS device"],
-                               bounds, extra=", MAX(gpu_peak_bytes) AS gpu_peak_bytes")
+                               bounds, where="id > ?", params=[after],
+                               extra=", MAX(gpu_peak_bytes) AS gpu_peak_bytes, MAX(id) AS last_id")
 
     def queue_wait_histogram(self, bounds: list[float]) -> list[dict[str, Any]]:
         """How long jobs waited in the queue before their first run started (jobs that never started are not
@@ -977,15 +979,15 @@ class Store:
         return self._histogram("model_loads", "seconds", ["backend", "device"], bounds)
 
     def _histogram(self, table: str, value: str, keys: list[str], bounds: list[float], where: str = "",
-                   extra: str = "") -> list[dict[str, Any]]:
+                   params: list[Any] | None = None, extra: str = "") -> list[dict[str, Any]]:
         """One GROUP BY over ``table``: ``keys`` (SQL expressions of this module, never user input), ``count``,
-        ``sum`` and one cumulative ``le_<i>`` column per bound."""
+        ``sum`` and one cumulative ``le_<i>`` column per bound; ``where`` with its ``params``."""
         columns = "".join(f"{key}, " for key in keys)
         buckets = "".join(f", SUM({value} <= ?) AS le_{i}" for i in range(len(bounds)))
         names = [key.rsplit(" AS ", 1)[-1] for key in keys]
         sql = (f"SELECT {columns}COUNT(*) AS count, COALESCE(SUM({value}), 0) AS sum{buckets}{extra} FROM {table}"
                + (f" WHERE {where}" if where else "") + (f" GROUP BY {', '.join(names)}" if names else ""))
-        rows = self.db.execute_returning_dicts(sql, list(bounds))
+        rows = self.db.execute_returning_dicts(sql, [*bounds, *(params or [])])
         return [row for row in rows if row["count"]]
 
     def awaiting_approval(self) -> dict[str, int] | None:

@@ -285,9 +285,9 @@ def test_openmetrics_when_the_scraper_asks_for_it(workspace):
     store.close()
 
 
-def test_a_scrape_while_a_worker_writes_reads_a_consistent_store(workspace):
-    """Scrapes from another thread (the review server's) while jobs run: each sees whole jobs, never a job both
-    queued and done."""
+def test_scrapes_while_a_worker_runs_jobs_add_up(workspace):
+    """Scrapes from another thread (the review server's) while jobs run: each sees whole jobs (never one both
+    queued and done), and the stage histograms end with every step the jobs took."""
     config, rules, store = setup(workspace, {"plain": PLAIN})
     ids = submit(config, rules, store, workspace, ["a", "b", "c", "d"], "plain")
     worker = Worker("w1", config, store, rules)
@@ -306,4 +306,11 @@ def test_a_scrape_while_a_worker_writes_reads_a_consistent_store(workspace):
         worker.stop.set()
         thread.join(10)
     assert ended == len(ids)
+    # this store was scraped again and again while steps were added: each scrape read only the new ones
+    stages = scrape(config, store)["assetd_stage_duration_seconds"]
+    assert value(stages, "assetd_stage_duration_seconds_count", stage="upscale", backend="lanczos",
+                 device="cpu") == len(ids)
+    assert value(stages, "assetd_stage_duration_seconds_sum", stage="outputs", backend="encode",
+                 device="cpu") == pytest.approx(sum(s["seconds"] for j in ids for s in store.steps(j)
+                                                    if s["step"] == "outputs"))
     store.close()
