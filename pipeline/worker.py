@@ -281,6 +281,7 @@ class Worker:
                 else:
                     (job, loaded), ahead = ahead, None
                 if job is None:
+                    self._record_model_loads()  # those of the start-up check, before any job ran
                     self._release_idle_models()
                     self.outputs.withdraw_failed()
                     self.stop.wait(idle)
