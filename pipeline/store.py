@@ -996,6 +996,6 @@ class Store:
         if "approval" not in self.db["outputs"].columns_dict:
             return None
         rows = self.db.conn.execute(
-            "SELECT channel, COUNT(*) FROM outputs WHERE approval = 'pending' AND reserved IS NULL"
-            " AND replaced_by IS NULL GROUP BY channel")
+            "SELECT channel, COUNT(*) FROM outputs WHERE approval = ? AND reserved IS NULL"
+            " AND replaced_by IS NULL GROUP BY channel", ["pending"])
         return {channel: n for channel, n in rows}

@@ -274,6 +274,48 @@ def test_on_cuda_each_stage_reports_its_gpu_memory_peak(workspace, monkeypatch):
     store.close()
 
 
+class CudaUpscale(Stage):
+    """A model-backed test backend that really allocates GPU memory: 64 MiB on the worker's device per run."""
+
+    step = "upscale"
+    backend = "cuda_test"
+    Options = ModelOptions
+    needs_models = True
+
+    def prepare(self) -> None:
+        import torch
+
+        manager = manager_for(self.ctx)
+        self.model = manager.get(("cuda_test", "resident"), lambda: torch.zeros(2 ** 20, device=manager.device))
+
+    def run(self, asset: Asset) -> list[Asset]:
+        import torch
+
+        block = torch.ones(64 * 2 ** 20, dtype=torch.uint8, device=self.ctx.models.device)
+        del block
+        return [asset]
+
+
+def test_on_a_real_gpu_the_peak_is_what_the_step_allocated(workspace):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    with registered(CudaUpscale):
+        config, rules, store = setup(workspace, {"gpu": MODEL.replace("model_test", "cuda_test").replace(
+            "name: model", "name: gpu")}, extra="device: cuda\n")
+        submit(config, rules, store, workspace, ["a"], "gpu")
+        worker = Worker("w1", config, store, rules)
+        run_all(worker)
+        worker.close()
+    metrics = scrape(config, store)
+    (peak,) = metrics["assetd_stage_gpu_peak_bytes"]
+    assert peak.labels == {"stage": "upscale", "backend": "cuda_test", "device": "cuda"}
+    assert 64 * 2 ** 20 <= peak.value < 1024 * 2 ** 20
+    assert value(metrics["assetd_model_load_seconds"], "assetd_model_load_seconds_count", backend="cuda_test",
+                 device="cuda") == 1
+    store.close()
+
+
 def test_openmetrics_when_the_scraper_asks_for_it(workspace):
     config, rules, store = setup(workspace, {"plain": PLAIN})
     submit(config, rules, store, workspace, ["a"], "plain")
