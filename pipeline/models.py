@@ -145,15 +145,14 @@ def gpu_errors(what: str) -> Iterator[None]:
 
 
 def step_device(stage: Any) -> str:
-    """Where a stage runs, for the record (``steps.device``): the worker's device when the stage runs a model and
-    the worker's model manager has resolved its device (a model loaded there), else ``cpu``. Asks nothing new: a
-    CPU-only worker never imports torch for this."""
-    manager = stage.ctx.models
-    device = getattr(manager, "resolved_device", None)
-    if not device or device == "cpu":
+    """Where a stage runs, for the record (``steps.device``): the worker's device when the stage runs a model
+    backend (``runs_model``: rembg, diffusers, spandrel, an outpainting fill) and the worker's model manager has
+    resolved its device (a model loaded there), else ``cpu`` (the studio backend's work is the CPU's, whatever
+    runs its small prior). Asks nothing new: a CPU-only worker never imports torch for this."""
+    device = getattr(stage.ctx.models, "resolved_device", None)
+    if not device or device == "cpu" or not stage.runs_model(stage.options):
         return "cpu"
-    runs_model = stage.runs_model(stage.options) or stage.model_ref(stage.options, stage.ctx.config) is not None
-    return device if runs_model else "cpu"
+    return device
 
 
 def gpu_peak_start(device: str) -> Any:
