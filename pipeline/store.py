@@ -990,7 +990,7 @@ class Store:
         rows = self.db.execute_returning_dicts(sql, [*bounds, *(params or [])])
         return [row for row in rows if row["count"]]
 
-    def awaiting_approval(self) -> dict[str, int] | None:
+    def awaiting_by_channel(self) -> dict[str, int] | None:
         """Outputs waiting for approval per channel (``publish: on_approval``); None on a database without
         approvals (no ``outputs.approval`` column)."""
         if "approval" not in self.db["outputs"].columns_dict:

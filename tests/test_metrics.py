@@ -316,6 +316,25 @@ def test_on_a_real_gpu_the_peak_is_what_the_step_allocated(workspace):
     store.close()
 
 
+def test_outputs_awaiting_approval_by_channel(workspace):
+    """A channel with ``publish: on_approval`` keeps its outputs in staging: the scrape counts them per channel
+    (the at-once channel has none waiting)."""
+    config, rules, store = setup(workspace, {"plain": PLAIN}, extra="")
+    if "approval" not in store.db["outputs"].columns_dict:
+        pytest.skip("needs the approvals (m009, helper approval) merged")
+    text = workspace.config_path.read_text().replace("format: png}", "format: png, publish: on_approval}", 1)
+    workspace.config_path.write_text(text)
+    config, rules = workspace.load()
+    assert config.channels["cutouts"].publish == "on_approval"
+    submit(config, rules, store, workspace, ["a", "b"], "plain")
+    worker = Worker("w1", config, store, rules)
+    run_all(worker)
+    worker.close()
+    awaiting = scrape(config, store)["assetd_outputs_awaiting_approval"]
+    assert {s.labels["channel"]: s.value for s in awaiting} == {"cutouts": 2}
+    store.close()
+
+
 def test_openmetrics_when_the_scraper_asks_for_it(workspace):
     config, rules, store = setup(workspace, {"plain": PLAIN})
     submit(config, rules, store, workspace, ["a"], "plain")
