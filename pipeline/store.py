@@ -184,6 +184,24 @@ def m010_reruns(db: Database) -> None:
     db["jobs"].create_index(["rerun_of"], if_not_exists=True)
 
 
+@migrations()
+def m011_metrics(db: Database) -> None:
+    """What ``/metrics`` reports beyond the jobs themselves (``pipeline.metrics``): ``steps.device`` (where a step
+    ran: cpu, cuda, cuda:1; NULL on rows from before) and ``steps.gpu_peak_bytes`` (the most GPU memory torch held
+    while it ran, on CUDA); ``jobs.queue_wait`` (seconds from queued to the start of its first run); and
+    ``model_loads``, one row per model a worker loaded (its kind, name, device and how long it took)."""
+    steps = db["steps"].columns_dict
+    if "device" not in steps:
+        db["steps"].add_column("device", str)
+    if "gpu_peak_bytes" not in steps:
+        db["steps"].add_column("gpu_peak_bytes", int)
+    if "queue_wait" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("queue_wait", float)
+    if "model_loads" not in db.table_names():
+        db["model_loads"].create({"id": int, "backend": str, "model": str, "device": str, "seconds": float,
+                                  "at": float}, pk="id", not_null={"backend", "seconds", "at"})
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -627,16 +645,20 @@ class Store:
 
     @staticmethod
     def _begin(db: Database, job_id: int, owner: str, now: float) -> None:
-        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ? WHERE id = ? AND status = ?"
-                        " AND worker = ? AND chain_started_at IS NULL", [now, job_id, JobStatus.RUNNING, owner])
+        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ?,"
+                        " queue_wait = COALESCE(queue_wait, MAX(? - created_at, 0)) WHERE id = ? AND status = ?"
+                        " AND worker = ? AND chain_started_at IS NULL", [now, now, job_id, JobStatus.RUNNING, owner])
 
     def heartbeat(self, job_id: int, lease_seconds: float) -> None:
         self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = ?",
                              [time.time() + lease_seconds, job_id, JobStatus.RUNNING])
 
-    def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float) -> None:
+    def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float, device: str = "cpu",
+                    gpu_peak_bytes: int | None = None) -> None:
+        """One step of a run: how long it took, where it ran and (on CUDA) its GPU memory peak (``/metrics``)."""
         self.db["steps"].insert({"job_id": job_id, "attempt": attempt, "step": step, "backend": backend,
-                                 "seconds": seconds, "finished_at": time.time()})
+                                 "seconds": seconds, "finished_at": time.time(), "device": device,
+                                 "gpu_peak_bytes": gpu_peak_bytes})
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
                review: list[str] | None = None, copied_from: int | None = None,
@@ -1008,3 +1030,59 @@ class Store:
         """A job's output records with their ids, in the order written (reserved ones left out)."""
         return self.db.execute_returning_dicts(
             "SELECT * FROM outputs WHERE job_id = ? AND reserved IS NULL ORDER BY id", [job_id])
+
+    # -- metrics (review page) ----------------------------------------------------------------
+    # ``pipeline.metrics`` reads these at each scrape: one GROUP BY per family, so a scrape stays cheap with
+    # tens of thousands of jobs, and ``assetd serve`` in another process reports the daemon's work.
+    def record_model_load(self, backend: str, model: str, device: str, seconds: float, at: float) -> None:
+        """A worker loaded a model (``ModelManager``): its kind, name, device and how long it took."""
+        self.db["model_loads"].insert({"backend": backend, "model": model, "device": device, "seconds": seconds,
+                                       "at": at})
+
+    def job_tallies(self) -> list[dict[str, Any]]:
+        """Per rule and status: how many jobs, how many of them are marked for review, how many are in flight
+        (running with their run started, not only claimed ahead) and the last time one finished."""
+        return self.db.execute_returning_dicts(
+            "SELECT rule, status, COUNT(*) AS jobs, SUM(review IS NOT NULL) AS review,"
+            " SUM(chain_started_at IS NOT NULL) AS in_flight, MAX(finished_at) AS last_finished"
+            " FROM jobs GROUP BY rule, status")
+
+    def step_histogram(self, bounds: list[float], after: int = 0) -> list[dict[str, Any]]:
+        """Per step, backend and device (``unknown`` on rows from before it was recorded): how many steps took at
+        most each of ``bounds`` seconds (``le`` columns, cumulative), their count and total seconds, the highest
+        GPU memory peak recorded (NULL when none ran on CUDA) and the last row id (``last_id``). Steps are only
+        ever added: ``after`` (a ``last_id`` seen before) reads only the rows added since, along the primary key."""
+        return self._histogram("steps", "seconds", ["step", "backend", "COALESCE(device, 'unknown') AS device"],
+                               bounds, where="id > ?", params=[after],
+                               extra=", MAX(gpu_peak_bytes) AS gpu_peak_bytes, MAX(id) AS last_id")
+
+    def queue_wait_histogram(self, bounds: list[float]) -> list[dict[str, Any]]:
+        """How long jobs waited in the queue before their first run started (jobs that never started are not
+        in it), as ``step_histogram``'s columns."""
+        return self._histogram("jobs", "queue_wait", [], bounds, where="queue_wait IS NOT NULL")
+
+    def model_load_histogram(self, bounds: list[float]) -> list[dict[str, Any]]:
+        """Model load times per backend (the model's kind) and device, as ``step_histogram``'s columns."""
+        return self._histogram("model_loads", "seconds", ["backend", "device"], bounds)
+
+    def _histogram(self, table: str, value: str, keys: list[str], bounds: list[float], where: str = "",
+                   params: list[Any] | None = None, extra: str = "") -> list[dict[str, Any]]:
+        """One GROUP BY over ``table``: ``keys`` (SQL expressions of this module, never user input), ``count``,
+        ``sum`` and one cumulative ``le_<i>`` column per bound; ``where`` with its ``params``."""
+        columns = "".join(f"{key}, " for key in keys)
+        buckets = "".join(f", SUM({value} <= ?) AS le_{i}" for i in range(len(bounds)))
+        names = [key.rsplit(" AS ", 1)[-1] for key in keys]
+        sql = (f"SELECT {columns}COUNT(*) AS count, COALESCE(SUM({value}), 0) AS sum{buckets}{extra} FROM {table}"
+               + (f" WHERE {where}" if where else "") + (f" GROUP BY {', '.join(names)}" if names else ""))
+        rows = self.db.execute_returning_dicts(sql, [*bounds, *(params or [])])
+        return [row for row in rows if row["count"]]
+
+    def awaiting_by_channel(self) -> dict[str, int] | None:
+        """Outputs waiting for approval per channel (``publish: on_approval``); None on a database without
+        approvals (no ``outputs.approval`` column)."""
+        if "approval" not in self.db["outputs"].columns_dict:
+            return None
+        rows = self.db.conn.execute(
+            "SELECT channel, COUNT(*) FROM outputs WHERE approval = ? AND reserved IS NULL"
+            " AND replaced_by IS NULL GROUP BY channel", ["pending"])
+        return {channel: n for channel, n in rows}

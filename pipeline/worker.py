@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import faults
-from .chain import Chain, ModelLoadError, StepError
+from .chain import Chain, ModelLoadError, StepError, StepUse
 from .config import Config
 from .errors import (AssetdError, ConfigError, IncompleteInput, PermanentError, ProcessProblem, StopRequested,
                      TransientError)
@@ -282,6 +282,7 @@ class Worker:
                 else:
                     (job, loaded), ahead = ahead, None
                 if job is None:
+                    self._record_model_loads()  # those of the start-up check, before any job ran
                     self._release_idle_models()
                     self.outputs.withdraw_failed()
                     self.stop.wait(idle)
@@ -359,6 +360,12 @@ class Worker:
         models = self.ctx.models
         if models is not None and hasattr(models, "close"):
             models.close()
+
+    def _record_model_loads(self) -> None:
+        """Put the models this worker's manager loaded (at start too) in the store, for ``/metrics``."""
+        take = getattr(self.ctx.models, "take_loads", None)
+        for load in take() if take is not None else ():
+            self.store.record_model_load(load.backend, load.model, load.device, load.seconds, load.at)
 
     def _release_idle_models(self) -> None:
         models = self.ctx.models
@@ -561,8 +568,10 @@ class Worker:
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
                       source=printable(job.input_path))
 
-        def on_step(stage: Any, seconds: float) -> None:
-            self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds)
+        def on_step(stage: Any, seconds: float, use: StepUse) -> None:
+            self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds, use.device,
+                                   use.gpu_peak_bytes)
+            self._record_model_loads()
             self.store.heartbeat(job.id, self.config.lease_seconds)
 
         results = self.chain_for(rule).run(asset, on_step=on_step)
