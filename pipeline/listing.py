@@ -45,14 +45,16 @@ def _shown(folder: str, base: Path) -> str:
 
 
 def _note(job: Job) -> str:
-    """The error (without the input path the input column shows), or the review mark and first reason."""
+    """The error (without the input path the input column shows), or the review mark and first reason; after
+    "re-run of N" for a re-run."""
+    rerun = f"re-run of {job.rerun_of}" if job.rerun_of is not None else ""
     error = job.error or ""
     for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
         error = error[len(prefix):] if error.startswith(prefix) else error
     if error or not job.review:
-        return error
+        return "; ".join(filter(None, (rerun, error)))
     more = f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else ""
-    return f"⚑ {job.review[0]}{more}"
+    return "; ".join(filter(None, (rerun, f"⚑ {job.review[0]}{more}")))
 
 
 def _cut(text: str, width: int) -> str:

@@ -21,8 +21,7 @@ from . import security
 from .templating import TEMPLATES
 
 # The modules that add pages, each with ``routes() -> list[BaseRoute]``: the one list to add a page to.
-PAGES: list[str] = ["pipeline.web.night", "pipeline.web.failures"]
-
+PAGES: list[str] = ["pipeline.web.night", "pipeline.web.failures", "pipeline.web.job", "pipeline.web.files"]
 
 
 @pass_context
