@@ -498,3 +498,22 @@ def test_the_quick_time_links_keep_the_filters(night):
     link = re.search(r'<a href="([^"]+)">6 h</a>', html).group(1).replace("&amp;", "&")
     assert "hours=6" in link and "status=failed" in link and "since=" not in link
     assert set(shown_ids(client.get(link).text)) == {j.id for j in store.jobs("failed")}
+
+
+@pytest.mark.parametrize("error, label", [
+    ("{p}: quarantined: assetd stopped 2 times while running this job (crash or kill); its other jobs went on",
+     "quarantined"),
+    ("{p}: internal error: ValueError: crop box outside the image", "stage bug"),
+    ("{p}: the worker stopped while processing it 3 time(s) (crash or kill); gave up after max_attempts (3 attempts)",
+     "worker stopped"),
+    ("{p}: file is changing (will retry) (gave up after 3 attempts)", "gave up"),
+    ("{p}: rule 'products' no longer exists", "rule changed"),
+    ("{p}: damaged JPEG: the data ends before the image does", "bad input"),
+    ("{p}: crops: the subject does not fit the 9:16 safe zone", "stage problem"),
+])
+def test_each_failure_is_classed_by_its_reason(error, label):
+    from pipeline.web.failures import failure_class
+
+    job = Job(id=1, input_hash="h", rule="products", rule_version="v", input_path="/in/a.jpg", rel_path="a.jpg",
+              status=JobStatus.FAILED, attempts=1, max_attempts=3, error=error.format(p="/in/a.jpg"))
+    assert failure_class(job)[1] == label

@@ -14,7 +14,9 @@ from .night import row
 from .templating import render
 
 # A failure's class, from the one-line error assetd wrote (the same words on every database, old ones too):
-# (key, label, what to do), the first whose marker the error holds; none: the input itself (InputError and kin).
+# (key, label, what to do), the first whose marker the error holds; then the input's own faults (imageio's and
+# the intake's words for them); anything else a step could not do on this image (a StepError, a permanent
+# backend error): a stage problem.
 CLASSES = [
     ("quarantined", "quarantined", "assetd stopped while running it, more than once: look at the file before retrying",
      ("quarantined:",)),
@@ -26,18 +28,22 @@ CLASSES = [
      ("gave up after",)),
     ("rule", "rule changed", "its rule changed or went away before it ran",
      ("no longer exists", "changed before this job ran")),
+    ("input", "bad input", "the file itself could not be used: replace it, or retry once fixed",
+     ("damaged", "not an image", "file is empty", "are not accepted", "too large", "blank", "symbolic link",
+      "no permission", "disappeared", "not a regular file", "pixels (limit", "cannot decode", "truncated")),
 ]
-BAD_INPUT = ("input", "bad input", "the file itself could not be used: replace it, or retry once fixed")
+STAGE_PROBLEM = ("stage", "stage problem", "a step could not do this image: re-run it with other options or "
+                                           "another rule")
 
 
 def failure_class(job: Job) -> tuple[str, str, str]:
-    """(key, label, hint) of a failed job's class: quarantined, stage bug, worker stopped, gave up, rule changed or
-    bad input."""
-    error = job.error or ""
+    """(key, label, hint) of a failed job's class: quarantined, stage bug, worker stopped, gave up, rule changed,
+    bad input or stage problem."""
+    error = (job.error or "").lower()
     for key, label, hint, markers in CLASSES:
         if any(m in error for m in markers):
             return key, label, hint
-    return BAD_INPUT
+    return STAGE_PROBLEM
 
 
 def failures(request: Request) -> Response:
