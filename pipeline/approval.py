@@ -210,10 +210,12 @@ def _publish(config: Config, store: Store, job_id: int, records: list[OutputReco
         states = {PENDING_APPROVAL, *(r.approval for r in records if r.approval)}  # as chosen: a rejected one by id
         with store.approval_claim([r.id for r in records], states) as claimed:
             found, missing = _read_staged(claimed)
+            job = store.get(job_id)
+            missing += _strangers(store, claimed, job.finished_at if job is not None else None)
             if missing:
-                decision.problems += [f"job {job_id}: {line}; none of its {plural(len(claimed), 'output')} "
-                                      f"{'was' if len(claimed) == 1 else 'were'} published (re-run it to stage "
-                                      f"them anew: assetd retry {job_id})" for line in missing]
+                none = ("its output was not published" if len(claimed) == 1 else
+                        f"none of its {len(claimed)} outputs was published")
+                decision.problems += [f"job {job_id}: {none}: {line}" for line in missing]
             elif claimed:
                 with FileSet() as files:
                     for record, data in found:
@@ -242,6 +244,28 @@ def _publish(config: Config, store: Store, job_id: int, records: list[OutputReco
     return decision
 
 
+def _strangers(store: Store, records: list[OutputRecord], ended: float | None) -> list[str]:
+    """One line per channel path holding a file that was put there or changed after the job ended (``ended``)
+    and that assetd never recorded there: it is not overwritten. (What was there when the job ended, the job
+    vetted as a job publishing at once does: the same input's earlier output, or its name would differ.)"""
+    lines = []
+    for record in records:
+        path = Path(record.path)
+        try:
+            if ended is not None and path.stat().st_mtime < ended:
+                continue
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            lines.append(f"{printable(str(path))} cannot be read to check it is assetd's ({exc.strerror or exc})")
+            continue
+        if sha256(data) not in store.recorded_hashes(record.path):
+            lines.append(f"{printable(str(path))} holds a file assetd did not write (put there or edited since); not "
+                         "overwritten: move it away, then approve again")
+    return lines
+
+
 def _read_staged(records: list[OutputRecord]) -> tuple[list[tuple[OutputRecord, bytes]], list[str]]:
     """Each record's staged bytes, checked against the sha256 its job recorded; and one line per file that is
     missing or changed."""
@@ -256,10 +280,11 @@ def _read_staged(records: list[OutputRecord]) -> tuple[list[tuple[OutputRecord, 
         except OSError as exc:
             problems.append(f"{name} cannot be read ({exc.strerror or exc})")
             continue
+        again = f"re-run the job to stage it anew (assetd retry {record.job_id})"
         if data is None:
-            problems.append(f"{name} is missing")
+            problems.append(f"{name} is missing; {again}")
         elif sha256(data) != record.sha256:
-            problems.append(f"{name} changed since the job wrote it (its sha256 differs)")
+            problems.append(f"{name} changed since the job wrote it (its sha256 differs); {again}")
         else:
             found.append((record, data))
     return found, problems

@@ -1045,6 +1045,11 @@ class Store:
             conn.execute("INSERT INTO decisions (output_id, job_id, verdict, reason, by, at) VALUES (?, ?, ?, ?, ?, ?)",
                          [record.id, record.job_id, verdict, reason, by, now])
 
+    def recorded_hashes(self, path: str) -> set[str]:
+        """The sha256 of every file the store has recorded at output ``path`` (any job, replaced or not)."""
+        return {row[0] for row in self.db.conn.execute("SELECT sha256 FROM outputs WHERE path = ? AND sha256 IS NOT"
+                                                       " NULL", [path])}
+
     def decisions(self, job_id: int) -> list[dict[str, Any]]:
         """Who approved or rejected which of a job's outputs, when and why, oldest first."""
         return self.db.execute_returning_dicts("SELECT * FROM decisions WHERE job_id = ? ORDER BY at, id", [job_id])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import threading
@@ -75,6 +76,9 @@ def test_the_at_once_channel_publishes_and_the_staged_output_only_on_approve(stu
     assert files_in(studio.out("cutouts")) == []
     assert files_in(staging(studio)) == ["a.png"]  # the name it will have
     staged = (staging(studio) / "a.png").read_bytes()
+    manifest = json.loads(studio.manifest("cutouts", "a").read_text())
+    assert {(o["channel"], o["approval"], o["staged_path"]) for o in manifest["outputs"]} == {
+        ("cutouts", "pending", str((staging(studio) / "a.png").resolve())), ("webshop", None, None)}
 
     listed = invoke("jobs", "--config", studio.config_path)
     assert "◷ 1 awaits approval" in listed.output and "1 output awaits approval" in listed.output, listed.output
@@ -182,10 +186,46 @@ def test_a_staged_file_changed_or_missing_is_not_published(studio, damage):
     assert result.exit_code == 1
     output_id = open_store(studio).outputs(1)[0].id
     what = "changed since the job wrote it (its sha256 differs)" if damage == "changed" else "is missing"
-    assert result.output.strip() == (f"job 1: output {output_id}'s staged file {staged.resolve()} {what}; none of its 1 "
-                                     "output was published (re-run it to stage them anew: assetd retry 1)")
+    assert result.output.strip() == (f"job 1: its output was not published: output {output_id}'s staged file "
+                                     f"{staged.resolve()} {what}; re-run the job to stage it anew (assetd retry 1)")
     assert files_in(studio.out("cutouts")) == []
     assert open_store(studio).outputs(1)[0].approval == PENDING_APPROVAL
+
+
+def test_a_file_put_at_the_channel_path_meanwhile_is_not_overwritten(studio):
+    process(studio)
+    staged = (staging(studio) / "a.png").read_bytes()
+    stranger = studio.out("cutouts") / "a.png"
+    stranger.parent.mkdir(parents=True)
+    stranger.write_bytes(b"a retoucher's file")
+    result = invoke("approve", "1", "--config", studio.config_path)
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"job 1: its output was not published: {stranger.resolve()} holds a file assetd "
+                                     "did not write (put there or edited since); not overwritten: move it away, then "
+                                     "approve again")
+    assert stranger.read_bytes() == b"a retoucher's file"
+    stranger.unlink()
+    assert invoke("approve", "1", "--config", studio.config_path).exit_code == 0
+    assert stranger.read_bytes() == staged
+
+
+def test_the_same_bytes_under_another_name_copy_the_staged_output_and_wait_too(studio):
+    """A renamed copy of a shot takes its twin's outputs without running the chain, from where they are: the
+    staged file of an output still waiting."""
+    process(studio, "a.jpg")
+    (studio.inbox / "b.jpg").write_bytes((studio.inbox / "a.jpg").read_bytes())
+    result = invoke("process", studio.inbox / "b.jpg", "--config", studio.config_path)
+    assert result.exit_code == 0 and "awaits approval" in result.output, result.output
+    assert files_in(staging(studio)) == ["a.png", "b.png"]
+    assert (staging(studio) / "b.png").read_bytes() == (staging(studio) / "a.png").read_bytes()
+    store = open_store(studio)
+    try:
+        assert store.get(2).copied_from == 1
+        assert [o.approval for o in store.outputs(2) if o.channel == "cutouts"] == [PENDING_APPROVAL]
+    finally:
+        store.close()
+    assert invoke("approve", "2", "--config", studio.config_path).exit_code == 0
+    assert files_in(studio.out("cutouts")) == ["b.png"]
 
 
 def test_a_later_job_of_the_same_file_replaces_the_published_one_when_approved(studio):
@@ -212,6 +252,20 @@ def test_a_later_job_of_the_same_file_replaces_the_published_one_when_approved(s
         store.close()
     stale = invoke("approve", "--output", old["cutouts"].id, "--config", studio.config_path)
     assert stale.exit_code == 1 and "replaced by job 2's output" in stale.output, stale.output
+
+
+def test_a_done_job_run_again_stages_anew_and_its_approval_replaces_its_own_earlier_file(studio):
+    """`assetd process --force` (or `assetd retry`) runs the same job again: its earlier record goes, and the
+    published file, no longer recorded, is still replaced on approval (it was there when the job ended)."""
+    process(studio)
+    assert invoke("approve", "1", "--config", studio.config_path).exit_code == 0
+    forced = invoke("process", studio.inbox / "a.jpg", "--config", studio.config_path, "--force")
+    assert forced.exit_code == 0 and "awaits approval" in forced.output, forced.output
+    assert [j.id for j in open_store(studio).jobs()] == [1]
+    result = invoke("approve", "--all-pending", "--config", studio.config_path)
+    assert result.exit_code == 0, result.output
+    assert "job 1 (a.jpg): 1 output published" in result.output
+    assert files_in(studio.out("cutouts")) == ["a.png"] and files_in(staging(studio)) == []
 
 
 def test_unknown_ids_and_outputs_published_at_once(studio):
