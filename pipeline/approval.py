@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .outputs import FileSet, sha256
-from .store import APPROVED, PENDING_APPROVAL, REJECTED, JobStatus, OutputRecord, Store
+from .store import APPROVED, PENDING, PENDING_APPROVAL, REJECTED, JobStatus, OutputRecord, Store
 from .text import plural, printable
 
 if TYPE_CHECKING:
@@ -97,8 +97,11 @@ def _select(store: Store, job_ids: Iterable[int], output_ids: Iterable[int], ver
             job = store.get(job_id)
             jobs_ok[job_id] = job is not None and job.status is JobStatus.DONE
             if job is not None and not jobs_ok[job_id]:
-                decision.problems.append(f"{what}: job {job_id} is {job.status.value}, not done; its outputs can be "
-                                         f"{'approved' if verdict == APPROVED else 'rejected'} once it has ended")
+                verb = "approved" if verdict == APPROVED else "rejected"
+                why = (f"its outputs can be {verb} once it is done" if job.status in PENDING else
+                       f"nothing of it can be {verb}")
+                subject = what if what == f"job {job_id}" else f"{what}: job {job_id}"
+                decision.problems.append(f"{subject} is {job.status.value}; {why}")
         return jobs_ok[job_id]
 
     for job_id in dict.fromkeys(job_ids):

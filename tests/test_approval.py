@@ -18,7 +18,7 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.health import Problems
 from pipeline.outputs import TEMP_SUFFIX, Publisher, remove_temp_files, write_temp
-from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, JobStatus, Store
+from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, Store
 
 from conftest import Workspace
 
@@ -49,7 +49,8 @@ def files_in(folder: Path) -> list[str]:
 @pytest.fixture
 def studio(workspace: Workspace) -> Workspace:
     text = workspace.config_path.read_text().replace(
-        "cutouts:   {path: out/cutouts,   format: png}", "cutouts:   {path: out/cutouts,   format: png, publish: on_approval}")
+        "cutouts:   {path: out/cutouts,   format: png}",
+        "cutouts:   {path: out/cutouts,   format: png, publish: on_approval}")
     workspace.config_path.write_text(text)
     workspace.add_rule("20-cutouts.yaml", TWO_CHANNELS)
     return workspace
@@ -171,7 +172,8 @@ def test_a_rejected_output_is_never_published_and_its_reason_is_recorded(studio)
     assert files_in(studio.out("cutouts")) == ["a.png"]
     taken_back = invoke("reject", "--output", output.id, "--reason", "no", "--config", studio.config_path)
     assert taken_back.exit_code == 1
-    assert "already approved by cli at" in taken_back.output and "a published file is not taken back" in taken_back.output
+    assert "already approved by cli at" in taken_back.output
+    assert "a published file is not taken back" in taken_back.output
 
 
 @pytest.mark.parametrize("damage", ["changed", "missing"])
@@ -285,6 +287,10 @@ def test_unknown_ids_and_outputs_published_at_once(studio):
     assert everything.exit_code == 0 and "1 output published" in everything.output
     assert invoke("approve", "--all-pending", "--config", studio.config_path).output.strip() == \
         "no output awaits approval"
+    assert invoke("retry", "1", "--config", studio.config_path).exit_code == 0  # queued to run again
+    queued = invoke("reject", "1", "--reason", "x", "--config", studio.config_path)
+    assert queued.exit_code == 1
+    assert queued.output.strip() == "job 1 is queued; its outputs can be rejected once it is done"
 
 
 def test_the_daemon_stages_and_approve_publishes_while_it_runs(studio):
@@ -346,14 +352,16 @@ def test_staging_folders_are_cleaned_measured_and_checked(studio, tmp_path):
 
     assert invoke("check", "--config", studio.config_path).exit_code == 0
     text = studio.config_path.read_text()
-    studio.config_path.write_text(text.replace("publish: on_approval}", "publish: on_approval, staging: out/cutouts/wait}"))
+    studio.config_path.write_text(text.replace("publish: on_approval}",
+                                               "publish: on_approval, staging: out/cutouts/wait}"))
     overlapping = invoke("check", "--config", studio.config_path)
     assert overlapping.exit_code == 1
     assert (f"channels.cutouts.staging: {studio.root / 'out/cutouts/wait'} overlaps the folder of channel cutouts"
             in overlapping.output), overlapping.output
     blocked = tmp_path / "a-file"  # a file where the folder should be: nothing can be created under it
     blocked.write_text("not a folder")
-    studio.config_path.write_text(text.replace("publish: on_approval}", f"publish: on_approval, staging: {blocked}/x}}"))
+    studio.config_path.write_text(text.replace("publish: on_approval}",
+                                               f"publish: on_approval, staging: {blocked}/x}}"))
     unwritable = invoke("check", "--config", studio.config_path)
     assert unwritable.exit_code == 1
     assert f"channels.cutouts.staging: {blocked}/x is not writable" in unwritable.output, unwritable.output
