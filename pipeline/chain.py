@@ -6,10 +6,12 @@ stopping?), what is kept for the outputs, and how a stage's unexpected exception
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from . import faults
 from .errors import AssetdError, StopRequested, TransientError
+from .models import gpu_peak_bytes, gpu_peak_start, step_device
 from .rules import Rule
 from .stages.base import Asset, Stage, StageContext, stage_class
 
@@ -26,6 +28,13 @@ class ModelLoadError(AssetdError):
         super().__init__(f"{step} ({backend}): could not prepare: {type(exc).__name__}: {exc}")
         self.step = step
         self.backend = backend
+
+
+@dataclass(frozen=True)
+class StepUse:
+    """Where a step ran and, on CUDA, the most GPU memory torch held while it did (``/metrics``)."""
+    device: str = "cpu"
+    gpu_peak_bytes: int | None = None
 
 
 class Chain:
@@ -51,8 +60,10 @@ class Chain:
                     raise ModelLoadError(stage.step, stage.backend, exc) from exc
             self._prepared = True
 
-    def run(self, asset: Asset, on_step: Callable[[Stage, float], None] | None = None) -> dict[str, list[Asset]]:
-        """Run every stage; returns the assets of each step an output asks for ("input" too)."""
+    def run(self, asset: Asset, on_step: Callable[[Stage, float, StepUse], None] | None = None
+            ) -> dict[str, list[Asset]]:
+        """Run every stage; returns the assets of each step an output asks for ("input" too). ``on_step`` is told
+        each stage's seconds, device and GPU memory peak."""
         self.prepare()
         kept: dict[str, list[Asset]] = {"input": [asset]} if "input" in self._needed else {}
         current = [asset]
@@ -60,6 +71,8 @@ class Chain:
             if self.ctx.stop.is_set():
                 raise StopRequested("stopping: job goes back to the queue")
             faults.point("stage", asset.source)
+            device = step_device(stage)
+            gpu = gpu_peak_start(device)
             started = time.perf_counter()
             try:
                 current = [out for item in current for out in stage.run(item)]
@@ -70,7 +83,7 @@ class Chain:
             except Exception as exc:
                 raise StepError(f"{stage.step} ({stage.backend}) failed: {type(exc).__name__}: {exc}") from exc
             if on_step is not None:
-                on_step(stage, time.perf_counter() - started)
+                on_step(stage, time.perf_counter() - started, StepUse(device, gpu_peak_bytes(gpu, device)))
             if stage.step in self._needed:
                 kept[stage.step] = current
         return kept

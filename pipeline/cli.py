@@ -267,8 +267,8 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     when the jobs come from more than one folder) is the folder the file was matched under (for
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
-    ◷ N awaits approval: outputs of a publish: on_approval channel wait for `assetd approve` (the
-    summary line counts them all).
+    a re-run's (`assetd rerun`) starts with "re-run of N"; ◷ N awaits approval: outputs of a publish:
+    on_approval channel wait for `assetd approve` (the summary line counts them all).
     After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
@@ -501,6 +501,43 @@ def reprocess(config_path: str, rule_name: str, since: Any, everything: bool, dr
     click.echo(f"queued {len(ids)} job(s)" + (": " + ", ".join(map(str, ids)) if ids else "")
                + ("; a running daemon picks them up, or the next `assetd run`" if ids else ""))
 
+
+@cli.command()
+@click.argument("job_id", type=int)
+@_config_option
+@click.option("--rule", "rule_name", help="run it under this rule instead of its own")
+@click.option("--set", "settings", multiple=True, metavar="STEP.OPTION=VALUE",
+              help="a step option for this job only, as in a rule file (a path relative to the config file's "
+                   "folder); repeatable")
+def rerun(job_id: int, config_path: str, rule_name: str | None, settings: tuple[str, ...]) -> None:
+    """Run a finished job again as a new job, under another rule or with one-off step options.
+
+    The options are checked as a rule file's are; a bad one queues nothing (exit 1). The new job is
+    linked to the first ("re-run of N" in `assetd jobs`); when it has published its outputs they
+    replace the first job's: same names are written again, and the first job's other outputs in
+    those channels are removed (unless changed since). An input moved to done/ or error/ (after:
+    move) is moved back first. A running daemon (or the next `assetd run`) does the work.
+
+    Example: assetd rerun 42 --set place_in_scene.scene=scenes/linen.jpg --config studio.yaml
+    """
+    from .rerun import RerunError, differences, parse_set, rerun as queue_rerun
+
+    config, rules = _load(config_path)
+    store = _open_store(config)
+    lines: list[str] = []
+    try:
+        overrides = parse_set(list(settings))
+        job = queue_rerun(config, rules, store, job_id, rule=rule_name, overrides=overrides, lines=lines)
+    except RerunError as exc:
+        raise CommandError(str(exc), exit_code=1) from None
+    for line in lines:
+        click.echo(line)
+    source = store.get(job_id)
+    rule = next(r for r in rules if r.name == job.rule)
+    changes = differences(source, rule, job.overrides) if source is not None else []
+    click.echo(f"queued job {job.id}: re-run of job {job_id} ({job.rel_path or job.input_path}, rule {job.rule}"
+               + (f"; {', '.join(changes)}" if changes else "; as before") + ")")
+    click.echo("a running daemon picks it up, or the next `assetd run`")
 
 @cli.group()
 def models() -> None:

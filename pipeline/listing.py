@@ -48,16 +48,17 @@ APPROVAL_MARK = "◷"  # a job with outputs awaiting approval (publish: on_appro
 
 
 def _note(job: Job, awaiting: int = 0) -> str:
-    """The error (without the input path the input column shows), or the review mark and first reason; led by
-    the approval mark and count when outputs of the job await approval."""
+    """The error (without the input path the input column shows), or the review mark and first reason; after
+    "re-run of N" for a re-run and the approval mark and count when outputs of the job await approval."""
+    rerun = f"re-run of {job.rerun_of}" if job.rerun_of is not None else ""
     error = job.error or ""
     for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
         error = error[len(prefix):] if error.startswith(prefix) else error
     waiting = f"{APPROVAL_MARK} {awaiting} await{'s' if awaiting == 1 else ''} approval" if awaiting else ""
     if error or not job.review:
-        return "; ".join(filter(None, (waiting, error)))
+        return "; ".join(filter(None, (rerun, waiting, error)))
     more = f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else ""
-    return "; ".join(filter(None, (waiting, f"⚑ {job.review[0]}{more}")))
+    return "; ".join(filter(None, (rerun, waiting, f"⚑ {job.review[0]}{more}")))
 
 
 def _cut(text: str, width: int) -> str:

@@ -144,6 +144,41 @@ def gpu_errors(what: str) -> Iterator[None]:
         raise
 
 
+def step_device(stage: Any) -> str:
+    """Where a stage runs, for the record (``steps.device``): the worker's device when the stage runs a model
+    backend (``runs_model``: rembg, diffusers, spandrel, an outpainting fill) and the worker's model manager has
+    resolved its device (a model loaded there), else ``cpu`` (the studio backend's work is the CPU's, whatever
+    runs its small prior). Asks nothing new: a CPU-only worker never imports torch for this."""
+    device = getattr(stage.ctx.models, "resolved_device", None)
+    if not device or device == "cpu" or not stage.runs_model(stage.options):
+        return "cpu"
+    return device
+
+
+def gpu_peak_start(device: str) -> Any:
+    """On CUDA (torch already imported): reset torch's peak memory counter of ``device`` and return torch, for
+    ``gpu_peak_bytes`` after the step; else None. Several workers on one GPU share the counter: a step's peak is
+    the most torch held on that device while it ran (its resident models included)."""
+    torch = sys.modules.get("torch")
+    if not device.startswith("cuda") or torch is None or not torch.cuda.is_available():
+        return None
+    try:
+        torch.cuda.reset_peak_memory_stats(device)
+    except Exception:  # noqa: BLE001 - a GPU gone: the step itself reports it; the metric is left out
+        return None
+    return torch
+
+
+def gpu_peak_bytes(torch: Any, device: str) -> int | None:
+    """The most memory torch held on ``device`` since ``gpu_peak_start`` (None when it cannot tell)."""
+    if torch is None:
+        return None
+    try:
+        return int(torch.cuda.max_memory_allocated(device))
+    except Exception:  # noqa: BLE001 - as above
+        return None
+
+
 def empty_cuda_cache() -> None:
     gc.collect()
     torch = sys.modules.get("torch")  # not imported yet: torch holds no GPU memory (and importing costs seconds)
@@ -161,6 +196,17 @@ class _Entry:
     loaded_in: float
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """A model a manager loaded: its kind (``rembg``, ``diffusers``...), name, device, how long it took and when
+    (wall time). The worker records these in the store (``/metrics``: model load time by backend and device)."""
+    backend: str
+    model: str
+    device: str
+    seconds: float
+    at: float
+
+
 class ModelManager:
     """One per worker: loads each model once, keeps it resident, frees the idle ones.
 
@@ -176,6 +222,7 @@ class ModelManager:
         self._entries: dict[Any, _Entry] = {}
         self._lock = threading.RLock()
         self._dtype: Any = None
+        self._loads: list[ModelLoad] = []  # loaded since the worker last took them (``take_loads``)
 
     @property
     def device(self) -> str:
@@ -195,6 +242,11 @@ class ModelManager:
     def is_gpu(self) -> bool:
         return self.device.startswith("cuda")
 
+    @property
+    def resolved_device(self) -> str | None:
+        """The device once something asked for it (a model loaded there), else None, without resolving it."""
+        return self._device
+
     def get(self, key: Any, loader: Callable[[], Any]) -> Any:
         with self._lock:
             entry = self._entries.get(key)
@@ -204,8 +256,17 @@ class ModelManager:
                 entry = _Entry(value, self.clock(), time.perf_counter() - started)
                 self._entries[key] = entry
                 log.info("loaded model %s on %s in %.1f s", _key_name(key), self._device or "cpu", entry.loaded_in)
+                kind, name = key if isinstance(key, tuple) and len(key) == 2 else (_key_name(key), "")
+                self._loads.append(ModelLoad(str(kind), str(name), self._device or "cpu", entry.loaded_in,
+                                             time.time()))
             entry.last_used = self.clock()
             return entry.value
+
+    def take_loads(self) -> list[ModelLoad]:
+        """The loads since the last call (the worker records them in the store; the start-up check's too)."""
+        with self._lock:
+            loads, self._loads = self._loads, []
+        return loads
 
     def load(self, ref: "ModelRef") -> Any:
         """The model ``ref`` names, loaded by its kind on first use (see ``get``)."""

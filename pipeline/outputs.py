@@ -496,6 +496,9 @@ class Publisher:
         }
         if copied_from is not None:
             manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
+        if job.rerun_of is not None:  # assetd rerun: which job it redoes, and its one-off step options
+            manifest["rerun_of"] = job.rerun_of
+            manifest["overrides"] = job.overrides
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
         names = [(self.config.manifest_folder / rule.name, stem)]
         if self.config.manifests.beside_outputs:

@@ -6,6 +6,7 @@ wins. Loading validates everything (steps, backends, their options, channels, ra
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -100,9 +101,57 @@ class Rule:
     outputs: list[OutputSpec]
     description: str = ""
     version: str = ""
+    written: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # the file's YAML mapping
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # one-off options (``with_overrides``)
 
     def step(self, name: str) -> StepSpec | None:
         return next((s for s in self.steps if s.step == name), None)
+
+    def with_overrides(self, overrides: dict[str, dict[str, Any]] | None, config: Config) -> "Rule":
+        """This rule with some steps' options changed for one job (``assetd rerun --set``), validated as the rule
+        file is: the step's options through its schema and checks (each problem named ``STEP.OPTION: ...``), then
+        the whole rule (sizes, names, resolved defaults) as ``parse_rule`` does. A path is relative to the config
+        file's folder, as in a rule file. Raises ConfigError listing every problem; a step the rule does not
+        have is one. The result has its own version (a chain built for it is never the plain rule's)."""
+        if not overrides:
+            return self
+        if self.written is None:
+            raise ConfigError(f"rule {self.name!r} was not read from a file; its options cannot be overridden")
+        data = copy.deepcopy(self.written)
+        items = data.get("steps") or []
+        names = [item if isinstance(item, str) else next(iter(item)) for item in items]
+        problems: list[str] = []
+        for step, values in overrides.items():
+            if step not in names:
+                problems.append(f"{step}: rule {self.name!r} has no step {step!r} (its steps: {', '.join(names)})")
+                continue
+            if not isinstance(values, dict) or not values:
+                problems.append(f"{step}: expected options like {step}.OPTION=VALUE, got {values!r}")
+                continue
+            i = names.index(step)
+            written = items[i] if isinstance(items[i], dict) else {step: {}}
+            merged = dict(written[step] or {}, **values)
+            items[i] = {step: merged}
+            try:
+                cls = stage_class(step, merged.get("backend"))
+            except KeyError as exc:
+                problems.append(f"{step}.backend: {exc.args[0]}")
+                continue
+            step_problems: list[str] = []
+            options = build(cls.Options, {k: v for k, v in merged.items() if k != "backend"}, step, step_problems,
+                            base=config.base_dir)
+            if not step_problems:
+                step_problems.extend(cls.validate(options, step, config))
+            problems.extend(step_problems)
+        if problems:
+            raise ConfigError(problems)
+        errors: list[str] = []
+        rule = parse_rule(data, self.path, config, errors)
+        if rule is None:
+            raise ConfigError([f"rule {self.name!r} with these options: {e.removeprefix(f'{self.path}: ')}"
+                               for e in errors])
+        rule.overrides = copy.deepcopy(overrides)
+        return rule
 
     def why_not(self, rel_path: PurePosixPath) -> str | None:
         """None when this rule takes ``rel_path`` (relative to its inbox); else the reason."""
@@ -184,7 +233,7 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     if len(errors) != before:
         return None
     rule = Rule(name=name, path=path, match=written.match, steps=steps, outputs=outputs,
-                description=str(written.description or ""))
+                description=str(written.description or ""), written=data)
     rule.version = rule_version(rule, config)
     return rule
 

@@ -177,6 +177,7 @@ def m009_approvals(db: Database) -> None:
     if "staged_path" not in columns:
         db["outputs"].add_column("staged_path", str)
     db["outputs"].create_index(["approval"], if_not_exists=True)
+    db["outputs"].create_index(["staged_path"], if_not_exists=True)
     if "decisions" not in db.table_names():
         db["decisions"].create(
             {"id": int, "output_id": int, "job_id": int, "verdict": str, "reason": str, "by": str, "at": float},
@@ -184,6 +185,42 @@ def m009_approvals(db: Database) -> None:
         )
         db["decisions"].create_index(["output_id"])
         db["decisions"].create_index(["job_id"])
+
+
+@migrations()
+def m010_reruns(db: Database) -> None:
+    """``jobs.rerun_of``: the job this one re-runs (``assetd rerun``: another rule, or one-off step options in
+    ``jobs.overrides``, a JSON {step: {option: value}}); ``jobs.rerun_seq``: 0 for the job the intake made, 1, 2...
+    for the re-runs of that file under that rule version, so a re-run is a job of its own beside it."""
+    columns = db["jobs"].columns_dict
+    if "rerun_of" not in columns:
+        db["jobs"].add_column("rerun_of", int)
+    if "overrides" not in columns:
+        db["jobs"].add_column("overrides", str)
+    if "rerun_seq" not in columns:
+        db["jobs"].add_column("rerun_seq", int, not_null_default=0)
+    db.execute("DROP INDEX IF EXISTS idx_jobs_content_rule_version_path")
+    db["jobs"].create_index(["input_hash", "rule", "rule_version", "input_path", "rerun_seq"], unique=True,
+                            index_name="idx_jobs_content_rule_version_path_rerun", if_not_exists=True)
+    db["jobs"].create_index(["rerun_of"], if_not_exists=True)
+
+
+@migrations()
+def m011_metrics(db: Database) -> None:
+    """What ``/metrics`` reports beyond the jobs themselves (``pipeline.metrics``): ``steps.device`` (where a step
+    ran: cpu, cuda, cuda:1; NULL on rows from before) and ``steps.gpu_peak_bytes`` (the most GPU memory torch held
+    while it ran, on CUDA); ``jobs.queue_wait`` (seconds from queued to the start of its first run); and
+    ``model_loads``, one row per model a worker loaded (its kind, name, device and how long it took)."""
+    steps = db["steps"].columns_dict
+    if "device" not in steps:
+        db["steps"].add_column("device", str)
+    if "gpu_peak_bytes" not in steps:
+        db["steps"].add_column("gpu_peak_bytes", int)
+    if "queue_wait" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("queue_wait", float)
+    if "model_loads" not in db.table_names():
+        db["model_loads"].create({"id": int, "backend": str, "model": str, "device": str, "seconds": float,
+                                  "at": float}, pk="id", not_null={"backend", "seconds", "at"})
 
 
 class JobStatus(str, Enum):
@@ -250,6 +287,9 @@ class Job:
     copied_from: int | None = None  # the done job (same content, another name) whose outputs it copied
     chain_started_at: float | None = None  # when this claim's own run started; None: claimed ahead, not started
     crashes: int = 0  # how often assetd died while this job's run was going
+    rerun_of: int | None = None  # the job this one re-runs (assetd rerun)
+    overrides: dict = field(default_factory=dict)  # a re-run's one-off step options: {step: {option: value}}
+    rerun_seq: int = 0  # 0: the intake's job for the file; 1, 2...: its re-runs under the same rule version
 
     @property
     def readable(self) -> bool:
@@ -266,6 +306,7 @@ class Job:
         known = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
         known["status"] = JobStatus(row["status"])
         known["review"] = json.loads(row["review"]) if row.get("review") else []
+        known["overrides"] = json.loads(row["overrides"]) if row.get("overrides") else {}
         return cls(**known)
 
 
@@ -457,12 +498,13 @@ class Store:
                 created = db.conn.execute(
                     "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
                     " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, worker = NULL"
-                    " WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ? AND status = ?",
+                    " WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ? AND rerun_seq = 0"
+                    " AND status = ?",
                     [JobStatus.QUEUED, input_hash, rule, rule_version, input_path, JobStatus.SUPERSEDED],
                 ).rowcount == 1
             row = db.execute_returning_dicts(
-                "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?",
-                [input_hash, rule, rule_version, input_path],
+                "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?"
+                " AND rerun_seq = 0", [input_hash, rule, rule_version, input_path],
             )[0]
         return Job.from_row(row), created
 
@@ -542,10 +584,11 @@ class Store:
             return cur.rowcount == 1
 
     def job_for(self, job: Job, version: str) -> Job | None:
-        """The job for ``job``'s content and path under another ``version`` of its rule, if there is one."""
+        """The job for ``job``'s content and path under another ``version`` of its rule, if there is one (for a
+        re-run: the re-run of the same rank)."""
         rows = self.db.execute_returning_dicts(
-            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?",
-            [job.input_hash, job.rule, version, job.input_path])
+            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?"
+            " AND rerun_seq = ?", [job.input_hash, job.rule, version, job.input_path, job.rerun_seq])
         return Job.from_row(rows[0]) if rows else None
 
     def earlier_version_job(self, input_hash: str, rule: str, version: str, input_path: str) -> Job | None:
@@ -574,10 +617,13 @@ class Store:
 
     def twin(self, job: Job) -> Job | None:
         """Another job with the same content and rule version: the latest done one, else an earlier one
-        still queued or running (its outputs will come), else None."""
+        still queued or running (its outputs will come), else None. A re-run has none (it runs on purpose),
+        and a re-run with one-off options is nobody's twin (its outputs are not the rule's)."""
+        if job.rerun_of is not None:
+            return None
         rows = self.db.execute_returning_dicts(
             "SELECT * FROM jobs WHERE input_hash = :hash AND rule = :rule AND rule_version = :version AND id != :id"
-            " AND (status = :done OR (status IN (:queued, :running) AND id < :id))"
+            " AND overrides IS NULL AND (status = :done OR (status IN (:queued, :running) AND id < :id))"
             " ORDER BY status = :done DESC, id DESC LIMIT 1",
             {"hash": job.input_hash, "rule": job.rule, "version": job.rule_version, "id": job.id,
              "done": JobStatus.DONE, "queued": JobStatus.QUEUED, "running": JobStatus.RUNNING})
@@ -642,16 +688,20 @@ class Store:
 
     @staticmethod
     def _begin(db: Database, job_id: int, owner: str, now: float) -> None:
-        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ? WHERE id = ? AND status = ?"
-                        " AND worker = ? AND chain_started_at IS NULL", [now, job_id, JobStatus.RUNNING, owner])
+        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ?,"
+                        " queue_wait = COALESCE(queue_wait, MAX(? - created_at, 0)) WHERE id = ? AND status = ?"
+                        " AND worker = ? AND chain_started_at IS NULL", [now, now, job_id, JobStatus.RUNNING, owner])
 
     def heartbeat(self, job_id: int, lease_seconds: float) -> None:
         self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = ?",
                              [time.time() + lease_seconds, job_id, JobStatus.RUNNING])
 
-    def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float) -> None:
+    def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float, device: str = "cpu",
+                    gpu_peak_bytes: int | None = None) -> None:
+        """One step of a run: how long it took, where it ran and (on CUDA) its GPU memory peak (``/metrics``)."""
         self.db["steps"].insert({"job_id": job_id, "attempt": attempt, "step": step, "backend": backend,
-                                 "seconds": seconds, "finished_at": time.time()})
+                                 "seconds": seconds, "finished_at": time.time(), "device": device,
+                                 "gpu_peak_bytes": gpu_peak_bytes})
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
                review: list[str] | None = None, copied_from: int | None = None,
@@ -1058,3 +1108,119 @@ class Store:
         rows = self.db.execute_returning_dicts(
             "SELECT * FROM decisions WHERE output_id = ? ORDER BY at DESC, id DESC LIMIT 1", [output_id])
         return rows[0] if rows else None
+
+    # -- re-runs (review page) ----------------------------------------------------------------------
+    def add_rerun(self, source: Job, *, rule: str, rule_version: str, overrides: dict[str, dict[str, Any]],
+                  max_attempts: int) -> Job:
+        """Queue a re-run of ``source`` (``assetd rerun``): its content and path under ``rule`` at ``rule_version``,
+        with one-off step options ``overrides``, linked by ``rerun_of``. It takes the next ``rerun_seq`` of that
+        file under that rule version, so it never meets the intake's job for the file (``enqueue`` looks at
+        ``rerun_seq`` 0 only): a file dropped again is still "already done", not a new job."""
+        with self._immediate() as db:
+            key = [source.input_hash, rule, rule_version, source.input_path]
+            seq = db.conn.execute(
+                "SELECT COALESCE(MAX(rerun_seq), 0) + 1 FROM jobs WHERE input_hash = ? AND rule = ?"
+                " AND rule_version = ? AND input_path = ?", key).fetchone()[0]
+            job_id = db.conn.execute(
+                "INSERT INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status, attempts,"
+                " max_attempts, next_attempt_at, created_at, rerun_of, overrides, rerun_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?, ?, ?)",
+                [*key, source.rel_path, JobStatus.QUEUED, max_attempts, time.time(), source.id,
+                 json.dumps(overrides, sort_keys=True) if overrides else None, seq]).lastrowid
+            row = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [job_id])[0]
+        return Job.from_row(row)
+
+    def rerun_family(self, job_id: int) -> list[Job]:
+        """The jobs linked to ``job_id`` by re-runs: the first job, its re-runs, theirs..., ``job_id`` included
+        (id order)."""
+        rows = self.db.execute_returning_dicts(
+            "WITH RECURSIVE up(id, rerun_of) AS (SELECT id, rerun_of FROM jobs WHERE id = ?"
+            "   UNION SELECT jobs.id, jobs.rerun_of FROM jobs JOIN up ON jobs.id = up.rerun_of),"
+            " down(id) AS (SELECT id FROM up WHERE rerun_of IS NULL"
+            "   UNION SELECT jobs.id FROM jobs JOIN down ON jobs.rerun_of = down.id)"
+            " SELECT * FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY id", [job_id])
+        return [Job.from_row(r) for r in rows]
+
+    def mark_replaced(self, job_id: int, path: str, by: int) -> bool:
+        """``job_id``'s record of the output ``path`` is history: job ``by`` (a re-run) replaced it, its file removed
+        or left. False when it was marked already."""
+        return self.db.conn.execute(
+            "UPDATE outputs SET replaced_by = ? WHERE job_id = ? AND path = ? AND replaced_by IS NULL",
+            [by, job_id, path]).rowcount > 0
+
+    def input_moved_by(self, input_path: str) -> int | None:
+        """The job whose ``after: move`` put the file that was at ``input_path`` where it is now (its latest move
+        not returned), or None: a re-run of any job of that file brings it back first."""
+        row = self.db.conn.execute(
+            "SELECT job_id FROM moves WHERE source = ? AND returned_at IS NULL ORDER BY id DESC LIMIT 1",
+            [input_path]).fetchone()
+        return row[0] if row else None
+
+    # -- job page (review page) ----------------------------------------------------------------------
+    def output_row(self, output_id: int) -> dict[str, Any] | None:
+        """One output's record by its id, with its job's id (the job page's files are named by id, never by a
+        path from the request); None when there is none or it is only reserved (its job has not finished)."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM outputs WHERE id = ? AND reserved IS NULL", [output_id])
+        return rows[0] if rows else None
+
+    def output_rows(self, job_id: int) -> list[dict[str, Any]]:
+        """A job's output records with their ids, in the order written (reserved ones left out)."""
+        return self.db.execute_returning_dicts(
+            "SELECT * FROM outputs WHERE job_id = ? AND reserved IS NULL ORDER BY id", [job_id])
+
+    # -- metrics (review page) ----------------------------------------------------------------
+    # ``pipeline.metrics`` reads these at each scrape: one GROUP BY per family, so a scrape stays cheap with
+    # tens of thousands of jobs, and ``assetd serve`` in another process reports the daemon's work.
+    def record_model_load(self, backend: str, model: str, device: str, seconds: float, at: float) -> None:
+        """A worker loaded a model (``ModelManager``): its kind, name, device and how long it took."""
+        self.db["model_loads"].insert({"backend": backend, "model": model, "device": device, "seconds": seconds,
+                                       "at": at})
+
+    def job_tallies(self) -> list[dict[str, Any]]:
+        """Per rule and status: how many jobs, how many of them are marked for review, how many are in flight
+        (running with their run started, not only claimed ahead) and the last time one finished."""
+        return self.db.execute_returning_dicts(
+            "SELECT rule, status, COUNT(*) AS jobs, SUM(review IS NOT NULL) AS review,"
+            " SUM(chain_started_at IS NOT NULL) AS in_flight, MAX(finished_at) AS last_finished"
+            " FROM jobs GROUP BY rule, status")
+
+    def step_histogram(self, bounds: list[float], after: int = 0) -> list[dict[str, Any]]:
+        """Per step, backend and device (``unknown`` on rows from before it was recorded): how many steps took at
+        most each of ``bounds`` seconds (``le`` columns, cumulative), their count and total seconds, the highest
+        GPU memory peak recorded (NULL when none ran on CUDA) and the last row id (``last_id``). Steps are only
+        ever added: ``after`` (a ``last_id`` seen before) reads only the rows added since, along the primary key."""
+        return self._histogram("steps", "seconds", ["step", "backend", "COALESCE(device, 'unknown') AS device"],
+                               bounds, where="id > ?", params=[after],
+                               extra=", MAX(gpu_peak_bytes) AS gpu_peak_bytes, MAX(id) AS last_id")
+
+    def queue_wait_histogram(self, bounds: list[float]) -> list[dict[str, Any]]:
+        """How long jobs waited in the queue before their first run started (jobs that never started are not
+        in it), as ``step_histogram``'s columns."""
+        return self._histogram("jobs", "queue_wait", [], bounds, where="queue_wait IS NOT NULL")
+
+    def model_load_histogram(self, bounds: list[float]) -> list[dict[str, Any]]:
+        """Model load times per backend (the model's kind) and device, as ``step_histogram``'s columns."""
+        return self._histogram("model_loads", "seconds", ["backend", "device"], bounds)
+
+    def _histogram(self, table: str, value: str, keys: list[str], bounds: list[float], where: str = "",
+                   params: list[Any] | None = None, extra: str = "") -> list[dict[str, Any]]:
+        """One GROUP BY over ``table``: ``keys`` (SQL expressions of this module, never user input), ``count``,
+        ``sum`` and one cumulative ``le_<i>`` column per bound; ``where`` with its ``params``."""
+        columns = "".join(f"{key}, " for key in keys)
+        buckets = "".join(f", SUM({value} <= ?) AS le_{i}" for i in range(len(bounds)))
+        names = [key.rsplit(" AS ", 1)[-1] for key in keys]
+        sql = (f"SELECT {columns}COUNT(*) AS count, COALESCE(SUM({value}), 0) AS sum{buckets}{extra} FROM {table}"
+               + (f" WHERE {where}" if where else "") + (f" GROUP BY {', '.join(names)}" if names else ""))
+        rows = self.db.execute_returning_dicts(sql, [*bounds, *(params or [])])
+        return [row for row in rows if row["count"]]
+
+    def awaiting_by_channel(self) -> dict[str, int] | None:
+        """Outputs waiting for approval per channel (``publish: on_approval``); None on a database without
+        approvals (no ``outputs.approval`` column)."""
+        if "approval" not in self.db["outputs"].columns_dict:
+            return None
+        rows = self.db.conn.execute(
+            "SELECT channel, COUNT(*) FROM outputs WHERE approval = ? AND reserved IS NULL"
+            " AND replaced_by IS NULL GROUP BY channel", ["pending"])
+        return {channel: n for channel, n in rows}

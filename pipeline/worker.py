@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import faults
-from .chain import Chain, ModelLoadError, StepError
+from .chain import Chain, ModelLoadError, StepError, StepUse
 from .config import Config
 from .errors import (AssetdError, ConfigError, IncompleteInput, PermanentError, ProcessProblem, StopRequested,
                      TransientError)
@@ -41,6 +41,7 @@ from .inboxflow import after_job
 from .intake import inbox_of
 from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
+from .rerun import retire_replaced
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .store import FINISHED, Job, JobStatus, ManifestRecord, OutputRecord, Store
@@ -241,7 +242,7 @@ class Worker:
         self.wait_for_arrival = wait_for_arrival
         self._model_rules = model_rules(rules) if problems is not None else set()
         self.ctx = StageContext(config=config, stop=self.stop)
-        self._chains: dict[str, Chain] = {}
+        self._chains: dict[tuple[str, bool], Chain] = {}  # (rule, with one-off options) -> its chain
         self._update: tuple[Config, list[Rule]] | None = None
         self._update_lock = threading.Lock()
         self.retired = False  # a reload lowered ``workers``: this one stops after its current job
@@ -281,6 +282,7 @@ class Worker:
                 else:
                     (job, loaded), ahead = ahead, None
                 if job is None:
+                    self._record_model_loads()  # those of the start-up check, before any job ran
                     self._release_idle_models()
                     self.outputs.withdraw_failed()
                     self.stop.wait(idle)
@@ -359,6 +361,12 @@ class Worker:
         if models is not None and hasattr(models, "close"):
             models.close()
 
+    def _record_model_loads(self) -> None:
+        """Put the models this worker's manager loaded (at start too) in the store, for ``/metrics``."""
+        take = getattr(self.ctx.models, "take_loads", None)
+        for load in take() if take is not None else ():
+            self.store.record_model_load(load.backend, load.model, load.device, load.seconds, load.at)
+
     def _release_idle_models(self) -> None:
         models = self.ctx.models
         if models is not None and hasattr(models, "release_idle"):
@@ -366,9 +374,12 @@ class Worker:
 
     # -- one job ------------------------------------------------------------------------------
     def chain_for(self, rule: Rule) -> Chain:
-        chain = self._chains.get(rule.name)
-        if chain is None or chain.rule.version != rule.version:
-            chain = self._chains[rule.name] = Chain(rule, self.ctx)
+        """The rule's chain, built once; a re-run's rule with one-off options (``Rule.with_overrides``) has its own
+        (one per rule: the last options asked for), never the plain rule's."""
+        key = (rule.name, bool(rule.overrides))
+        chain = self._chains.get(key)
+        if chain is None or chain.rule.version != rule.version or chain.rule.overrides != rule.overrides:
+            chain = self._chains[key] = Chain(rule, self.ctx)
         return chain
 
     def process(self, job: Job, loaded: Future | None = None) -> JobResult:
@@ -405,6 +416,8 @@ class Worker:
         if self.problems is not None and result.copied_from is None:
             self.problems.job_done(job, model=job.rule in self._model_rules)
         result.status = JobStatus.DONE
+        if job.rerun_of is not None:
+            self._retire_replaced(job, result.outputs)
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
                  plural(len(result.outputs), "output"))
@@ -412,6 +425,18 @@ class Worker:
             log.warning("%s: job %d needs review: %s: %s", self.name, job.id, printable(job.input_path),
                         "; ".join(result.review))
         return result
+
+    def _retire_replaced(self, job: Job, outputs: list[OutputRecord]) -> None:
+        """A re-run finished: its outputs in at-once channels are published, so the jobs it replaces lose theirs
+        there (``rerun.retire_replaced``); those awaiting approval replace theirs when approved. Never fails the
+        job (it is done): a problem is logged."""
+        at_once = {o.channel for o in outputs if o.channel in self.config.channels
+                   and self.config.channels[o.channel].publish == "at_once"}
+        try:
+            for line in retire_replaced(self.config, self.store, job, at_once):
+                log.info("%s: job %d: %s", self.name, job.id, line)
+        except Exception:  # noqa: BLE001 - the re-run is done; what is left of the first job stays
+            log.exception("%s: job %d: could not remove the outputs it replaces", self.name, job.id)
 
     def _settle_failure(self, job: Job, failure: "Failure", result: JobResult) -> JobResult:
         """The one tail for a job that did not finish: record the outcome, log it, report a failure."""
@@ -527,6 +552,7 @@ class Worker:
             raise PermanentError(f"rule {job.rule!r} no longer exists")
         if rule.version != job.rule_version:
             self._adopt(job, rule)
+        rule = rule.with_overrides(job.overrides, self.config)  # a re-run's one-off options (ConfigError: failed)
         twin = self.store.twin(job)
         if twin is not None and twin.status is not JobStatus.DONE:
             raise WaitForTwin(twin)
@@ -542,8 +568,10 @@ class Worker:
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
                       source=printable(job.input_path))
 
-        def on_step(stage: Any, seconds: float) -> None:
-            self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds)
+        def on_step(stage: Any, seconds: float, use: StepUse) -> None:
+            self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds, use.device,
+                                   use.gpu_peak_bytes)
+            self._record_model_loads()
             self.store.heartbeat(job.id, self.config.lease_seconds)
 
         results = self.chain_for(rule).run(asset, on_step=on_step)

@@ -12,7 +12,7 @@ from ..config import Config
 from ..store import Store
 
 # The modules that add pages, each with ``routes() -> list[BaseRoute]``: the one list to add a page to.
-PAGES: list[str] = []
+PAGES: list[str] = ["pipeline.web.job", "pipeline.web.files"]
 
 
 def create_app(config: Config, store: Store | None = None) -> Starlette:

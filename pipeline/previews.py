@@ -1,0 +1,436 @@
+"""Thumbnails, previews and the subject check of the review page: made once per file, cached by content.
+
+A file the store knows (a job's input, an output) is decoded once through ``pipeline.imageio`` (the chain's own
+decode: RAW, HEIC, 16-bit TIFF, CMYK JPEG, orientation applied) into a thumbnail (``THUMB`` px long edge) and a
+preview (``PREVIEW`` px), both cached in ``config.previews_folder`` under the file's sha256 from the store; a
+later request reads the cached file. Before a cached image is served as a file, the file is checked to still
+hold the recorded bytes: hashed once, then trusted while its size, mtime, ctime and inode stay as they were when
+hashed (a stamp beside the cache). A file that changed (edited, replaced by a later job, gone) is never shown as
+the record: ``NotServed`` says why.
+
+The subject check (``subject_check``) is the visual proof of "edit, not regenerate": it finds where the input,
+resized by the output's recorded scale, lies in the output and marks the subject's pixels that equal the
+input's in one colour and those that differ in another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from .imageio import decode, read_input
+from .errors import AssetdError
+from .outputs import atomic_write
+from .pixels import resize, to_dtype
+from .text import printable
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .store import Job, Store
+
+THUMB = 240  # long edge of a thumbnail (the night view's rows, the contact sheet)
+PREVIEW = 1600  # long edge of a preview (the job page's side-by-side, the slider)
+SIZES = {"thumb": THUMB, "preview": PREVIEW}
+CHECK_EDGE = PREVIEW  # the subject check overlay is drawn at preview size
+LOSSY = ("jpeg", "webp")
+# How far an output pixel may be from the input's and still count as equal, in 8-bit levels (per channel): a
+# lossless output only by rounding, a lossy one by its codec too (chroma subsampling at sharp colour edges).
+TOLERANCE_LOSSLESS = 4
+TOLERANCE_LOSSY = 12
+# A resampled output (scale ≠ 1) may also differ by resampling error, which the chain's path (a whole frame
+# enlarged and sharpened, then fitted to the channel's size) makes and one resize of the input does not
+# repeat: at most this share of the input's local range (3×3 neighbourhood) more. A painted or regenerated
+# subject differs far more than that, except exactly on its sharpest edges.
+RESAMPLE_SLACK = 0.5
+EQUAL_COLOUR = (40, 200, 90)  # subject pixels equal to the input's
+DIFFER_COLOUR = (235, 30, 160)  # subject pixels that differ
+
+
+# Cache entries being made: the page asks for several images of one file at once. A fixed set of locks (an
+# entry takes the one its key hashes to), so concurrent requests decode a file once, and memory stays bounded.
+_MAKING = [threading.Lock() for _ in range(64)]
+
+
+def _once(key: str) -> threading.Lock:
+    """The lock of one cache entry, so concurrent requests for it decode the file once, not once each."""
+    return _MAKING[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_MAKING)]
+
+
+class NotServed(AssetdError):
+    """A file the page cannot show as its record (unknown id, the file gone or changed): the 404's reason."""
+
+
+@dataclass
+class Source:
+    """A file the store knows: where it is now and the sha256 recorded for it."""
+    path: Path
+    sha256: str
+    what: str  # for messages: "output 12" / "input of job 3"
+
+
+@dataclass
+class CheckResult:
+    """The subject check of one output against its input."""
+    equal: float | None  # the fraction of the subject's pixels equal to the input's (None: no subject found)
+    subject_pixels: int  # how many output pixels the subject covers (the opaque interior compared)
+    offset: tuple[int, int] | None  # where the resized input's subject box lies in the output (x, y)
+    mask: str  # where the subject came from: "output alpha", "cut-out matte", "not background-like"
+    tolerance: int  # 8-bit levels
+    note: str = ""  # why there is no figure, when there is none
+    origin: tuple[int, int] | None = None  # where the resized input's top-left corner lies in the output (x, y)
+    png: bytes = b""  # the overlay: the output dimmed, the subject's equal / differing pixels coloured
+
+    def figures(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "png"}
+
+
+# -- which file, and is it still the recorded one -------------------------------------------------
+
+def output_source(store: Store, output_id: int) -> tuple[dict[str, Any], Source]:
+    """An output's row and its file (the staged file while it waits for approval), or NotServed."""
+    row = store.output_row(output_id)
+    if row is None or not row.get("sha256"):
+        raise NotServed(f"output {output_id}: no such output")
+    if row.get("replaced_by"):
+        raise NotServed(f"output {output_id}: {printable(row['path'])} was written again by job {row['replaced_by']}"
+                        "; this record's file is history")
+    path = row.get("staged_path") or row["path"]
+    return row, Source(Path(path), row["sha256"], f"output {output_id}")
+
+
+def input_source(store: Store, job_id: int) -> tuple[Job, Source]:
+    """A job's input where it is now (its inbox, or where ``after: move`` put it), or NotServed."""
+    job = store.get(job_id)
+    if job is None:
+        raise NotServed(f"job {job_id}: no such job")
+    if not job.readable:
+        raise NotServed(f"job {job_id}: its input {printable(job.input_path)} could not be read when it was queued")
+    moved = store.moved(job_id)
+    return job, Source(Path(moved.dest if moved else job.input_path), job.input_hash, f"input of job {job_id}")
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def verify(config: Config, source: Source) -> None:
+    """NotServed unless ``source.path`` holds the recorded bytes. Hashed once; trusted afterwards while the file's
+    size, mtime, ctime and inode are unchanged (a rewrite, a rename over it or a touch changes ctime)."""
+    shown = printable(str(source.path))
+    try:
+        st = os.stat(source.path, follow_symlinks=False)
+    except OSError:
+        raise NotServed(f"{source.what}: {shown} is no longer there") from None
+    stamps_file = _cache_path(config, source.sha256, "seen.json")
+    try:
+        stamps = json.loads(stamps_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stamps = {}
+    if stamps.get(str(source.path)) == _stamp(st):
+        return
+    try:
+        data = read_input(source.path)
+    except AssetdError:
+        raise NotServed(f"{source.what}: {shown} cannot be read") from None
+    if hashlib.sha256(data).hexdigest() != source.sha256:
+        raise NotServed(f"{source.what}: {shown} has changed since it was recorded (its sha256 differs); "
+                        "not shown as the record")
+    stamps[str(source.path)] = _stamp(st)
+    atomic_write(stamps_file, json.dumps(stamps).encode())
+
+
+# -- the cache ------------------------------------------------------------------------------------
+
+def _cache_path(config: Config, sha256: str, suffix: str) -> Path:
+    folder = config.previews_folder / sha256[:2]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{sha256}-{suffix}"
+
+
+def _decoded(config: Config, source: Source) -> np.ndarray:
+    """The file's pixels as the chain decodes them (sRGB, upright; uint8 or uint16, RGB or RGBA)."""
+    data = read_input(source.path)
+    if hashlib.sha256(data).hexdigest() != source.sha256:
+        raise NotServed(f"{source.what}: {printable(str(source.path))} has changed since it was recorded")
+    return decode(data, str(source.path), config.input).pixels
+
+
+def _encode_view(pixels: np.ndarray, long_edge: int) -> bytes:
+    """An 8-bit WebP of at most ``long_edge`` px (alpha kept: the page draws a checkerboard under it)."""
+    h, w = pixels.shape[:2]
+    if max(w, h) > long_edge:
+        f = long_edge / max(w, h)
+        pixels = resize(pixels, (max(1, round(w * f)), max(1, round(h * f))))
+    pixels = to_dtype(pixels, np.uint8)
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 86])
+    if not ok:
+        raise NotServed("the preview could not be encoded")
+    return buf.tobytes()
+
+
+def view(config: Config, source: Source, kind: str) -> Path:
+    """The cached thumbnail or preview (``kind``) of ``source``, made (both sizes from one decode) on the first
+    request; NotServed when the file is not the recorded one."""
+    verify(config, source)
+    target = _cache_path(config, source.sha256, f"{SIZES[kind]}.webp")
+    if target.exists():
+        return target
+    with _once(f"view-{source.sha256}"):
+        if target.exists():  # made meanwhile by the request that held the lock
+            return target
+        try:
+            pixels = _decoded(config, source)
+        except AssetdError as exc:
+            raise NotServed(f"{source.what}: {exc}") from None
+        for edge in SIZES.values():
+            atomic_write(_cache_path(config, source.sha256, f"{edge}.webp"), _encode_view(pixels, edge))
+    return target
+
+
+def job_thumb(config: Config, store: Store, job_id: int) -> Path:
+    """The night view's thumbnail of a job: its first output that is still as recorded, else its input."""
+    problems = []
+    for row in store.output_rows(job_id):
+        try:
+            return view(config, output_source(store, row["id"])[1], "thumb")
+        except NotServed as exc:
+            problems.append(str(exc))
+    try:
+        return view(config, input_source(store, job_id)[1], "thumb")
+    except NotServed as exc:
+        raise NotServed("; ".join([*problems, str(exc)])) from None
+
+
+# -- the subject check ------------------------------------------------------------------------------
+
+def _rgb8(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """8-bit RGB as int16 (for differences) and the alpha (0..1 float32) when there is one."""
+    px = to_dtype(pixels, np.uint8)
+    alpha = px[..., 3].astype(np.float32) / 255.0 if px.shape[2] == 4 else None
+    return px[..., :3].astype(np.int16), alpha
+
+
+def background_like(rgb: np.ndarray, threshold: float = 28.0) -> np.ndarray:
+    """Where an image is its backdrop: within ``threshold`` levels of the colour along its border (the studio
+    shot's paper). Its complement, cleaned and kept to the larger parts, is the subject when no matte exists."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
+    colour = np.median(border, axis=0)
+    far = np.abs(rgb.astype(np.float32) - colour).max(axis=2) > threshold
+    far = cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(far, connectivity=8)
+    if n <= 1:
+        return np.ones(rgb.shape[:2], bool)
+    largest = stats[1:, cv2.CC_STAT_AREA].max()
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 0.05 * largest]
+    return ~np.isin(labels, keep)
+
+
+def _locate(template: np.ndarray, weight: np.ndarray, image: np.ndarray) -> tuple[int, int] | None:
+    """Where ``template`` (its pixels where ``weight`` > 0) best matches ``image``: coarse at about 400 px, then
+    exact at full size in a small window around it."""
+    th, tw = template.shape[:2]
+    ih, iw = image.shape[:2]
+    if th > ih or tw > iw:
+        return None
+    k = max(1, int(max(ih, iw) / 400))
+    small_t = cv2.resize(template.astype(np.float32), (max(1, tw // k), max(1, th // k)), interpolation=cv2.INTER_AREA)
+    small_w = cv2.resize(weight.astype(np.float32), (max(1, tw // k), max(1, th // k)), interpolation=cv2.INTER_AREA)
+    small_i = cv2.resize(image.astype(np.float32), (max(1, iw // k), max(1, ih // k)), interpolation=cv2.INTER_AREA)
+    if small_t.shape[0] > small_i.shape[0] or small_t.shape[1] > small_i.shape[1]:
+        return None
+    scores = cv2.matchTemplate(small_i, small_t, cv2.TM_SQDIFF, mask=np.repeat(small_w[..., None], 3, axis=2))
+    _, _, (cx, cy), _ = cv2.minMaxLoc(scores)
+    r = 2 * k + 2
+    x0, y0 = max(0, cx * k - r), max(0, cy * k - r)
+    x1, y1 = min(iw - tw, cx * k + r), min(ih - th, cy * k + r)
+    window = image[y0:y1 + th, x0:x1 + tw].astype(np.float32)
+    w3 = np.repeat(weight.astype(np.float32)[..., None], 3, axis=2)
+    scores = cv2.matchTemplate(window, template.astype(np.float32), cv2.TM_SQDIFF, mask=w3)
+    _, _, (fx, fy), _ = cv2.minMaxLoc(scores)
+    return x0 + fx, y0 + fy
+
+
+def subject_check(input_pixels: np.ndarray, output_pixels: np.ndarray, scale: float, *,
+                  matte: np.ndarray | None = None, tolerance: int = TOLERANCE_LOSSLESS) -> CheckResult:
+    """Where the output's subject pixels equal the input's, resized by ``scale`` (the output's recorded factor).
+
+    The subject: the output's alpha when it has one, else ``matte`` (the input's, 0..1, e.g. the alpha of the
+    job's cut-out), else where the input is not background-like. Compared: its opaque interior (the outline's
+    soft pixels are blended with a new background by design). Returns the fraction equal within ``tolerance``
+    and the overlay PNG (at most ``CHECK_EDGE`` px)."""
+    src, src_alpha = _rgb8(input_pixels)
+    out, out_alpha = _rgb8(output_pixels)
+    if matte is not None:
+        how, in_matte = "cut-out matte", matte.astype(np.float32)
+    elif src_alpha is not None:
+        how, in_matte = "input alpha", src_alpha
+    else:
+        how, in_matte = "not background-like", (~background_like(src)).astype(np.float32)
+    ih, iw = src.shape[:2]
+    w, h = max(1, round(iw * scale)), max(1, round(ih * scale))
+    if (w, h) != (iw, ih):
+        src = resize(src.astype(np.uint8), (w, h)).astype(np.int16)
+        in_matte = cv2.resize(in_matte, (w, h), interpolation=cv2.INTER_LINEAR)
+    solid = in_matte >= 0.99
+    rows, cols = np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
+    result = CheckResult(None, 0, None, how, tolerance)
+    if len(rows) == 0:
+        result.note = "no subject found in the input"
+    else:
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        template, weight = src[y0:y1, x0:x1], solid[y0:y1, x0:x1]
+        at = _locate(template, weight, out)
+        if at is None:
+            result.note = "the subject is larger than the output (cut by its frame)"
+        else:
+            ox, oy = at
+            result.offset = (int(ox), int(oy))
+            result.origin = (int(ox - x0), int(oy - y0))
+            th, tw = template.shape[:2]
+            # the opaque interior, 2 px inside the outline (the chain resamples whole frames; its outline blends)
+            inner = cv2.erode(weight.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            if out_alpha is not None:
+                inner &= out_alpha[oy:oy + th, ox:ox + tw] >= 0.99
+                result.mask = "output alpha"
+            diff = np.abs(out[oy:oy + th, ox:ox + tw] - template)
+            allowed = np.full(template.shape, tolerance, np.float32)
+            if (w, h) != (iw, ih):
+                t8, k = template.astype(np.uint8), np.ones((3, 3), np.uint8)
+                allowed += RESAMPLE_SLACK * (cv2.dilate(t8, k).astype(np.float32) - cv2.erode(t8, k))
+            equal = inner & (diff <= allowed).all(axis=2)
+            result.subject_pixels = int(inner.sum())
+            result.equal = float(equal.sum() / inner.sum()) if inner.any() else None
+            if not inner.any():
+                result.note = "no opaque subject pixels to compare"
+            overlay = _overlay(out, out_alpha, (ox, oy), inner, equal)
+            result.png = overlay
+    if not result.png:
+        result.png = _overlay(out, out_alpha, None, None, None)
+    return result
+
+
+def _overlay(out: np.ndarray, out_alpha: np.ndarray | None, at: tuple[int, int] | None,
+             inner: np.ndarray | None, equal: np.ndarray | None) -> bytes:
+    """The output in dimmed grey, the subject's equal pixels green and differing ones magenta, as PNG."""
+    grey = out.astype(np.float32).mean(axis=2)
+    if out_alpha is not None:
+        grey = grey * out_alpha + 255.0 * (1 - out_alpha)
+    canvas = np.repeat((grey * 0.45 + 60)[..., None], 3, axis=2)
+    if at is not None and inner is not None and equal is not None:
+        ox, oy = at
+        th, tw = inner.shape
+        region = canvas[oy:oy + th, ox:ox + tw]
+        luma = region[..., :1] / 255.0
+        region[equal] = (np.array(EQUAL_COLOUR, np.float32) * (0.55 + 0.45 * luma))[equal]
+        region[inner & ~equal] = np.array(DIFFER_COLOUR, np.float32)
+    img = np.clip(canvas, 0, 255).astype(np.uint8)
+    h, w = img.shape[:2]
+    if max(w, h) > CHECK_EDGE:
+        f = CHECK_EDGE / max(w, h)
+        # nearest: a differing pixel stays visible as a pixel, not averaged away
+        img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_NEAREST)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return buf.tobytes() if ok else b""
+
+
+def _cutout_matte(config: Config, store: Store, job_id: int, input_size: tuple[int, int],
+                  ) -> np.ndarray | None:
+    """The input's matte from the job's cut-out output (an output with alpha at the input's size and scale 1)."""
+    for row in store.output_rows(job_id):
+        if (row.get("width"), row.get("height")) != input_size or (row.get("scale") or 1) != 1:
+            continue
+        try:
+            _, source = output_source(store, row["id"])
+            verify(config, source)
+            pixels = _decoded(config, source)
+        except AssetdError:
+            continue
+        if pixels.shape[2] == 4:
+            return to_dtype(pixels[..., 3], np.uint8).astype(np.float32) / 255.0
+    return None
+
+
+def aligned_input(input_pixels: np.ndarray, scale: float, origin: tuple[int, int],
+                  size: tuple[int, int]) -> np.ndarray:
+    """The input as the output frames it: resized by ``scale`` and placed at ``origin`` on a transparent canvas of
+    the output's ``size`` (width, height), so a before/after slider compares the same pixels in the same place."""
+    h, w = input_pixels.shape[:2]
+    px = to_dtype(input_pixels, np.uint8)
+    px = resize(px, (max(1, round(w * scale)), max(1, round(h * scale))))
+    if px.shape[2] == 3:
+        px = np.concatenate([px, np.full(px.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    canvas = np.zeros((size[1], size[0], 4), np.uint8)
+    x, y = origin
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + px.shape[1], size[0]), min(y + px.shape[0], size[1])
+    if x0 < x1 and y0 < y1:
+        canvas[y0:y1, x0:x1] = px[y0 - y:y1 - y, x0 - x:x1 - x]
+    return canvas
+
+
+def _check_files(config: Config, output_sha: str, input_sha: str) -> dict[str, Path]:
+    key = f"check-{input_sha[:16]}"
+    return {"overlay": _cache_path(config, output_sha, key + ".png"),
+            "before": _cache_path(config, output_sha, key + "-before.webp"),
+            "figures": _cache_path(config, output_sha, key + ".json")}  # written last: the check is complete
+
+
+def check(config: Config, store: Store, output_id: int) -> tuple[Path, CheckResult]:
+    """The cached subject check of an output against its job's input (made on the first request, with the input
+    as the output frames it, ``before``): the overlay PNG's path and the figures. NotServed when either file is
+    not the recorded one."""
+    row, out_source = output_source(store, output_id)
+    job, in_source = input_source(store, row["job_id"])
+    verify(config, out_source)
+    verify(config, in_source)
+    files = _check_files(config, out_source.sha256, in_source.sha256)
+    with _once(f"check-{out_source.sha256}-{in_source.sha256}"):
+        return files["overlay"], _checked(config, store, row, job, files, in_source, out_source)
+
+
+def _checked(config: Config, store: Store, row: dict[str, Any], job: Job, files: dict[str, Path],
+             in_source: Source, out_source: Source) -> CheckResult:
+    """The check's figures: read from the cache, else made (decoding both files) and cached."""
+    output_id = row["id"]
+    if files["figures"].exists():
+        result = CheckResult(**{**json.loads(files["figures"].read_text(encoding="utf-8")), "png": b""})
+        result.offset = tuple(result.offset) if result.offset else None  # type: ignore[assignment]
+        result.origin = tuple(result.origin) if result.origin else None  # type: ignore[assignment]
+        return result
+    try:
+        input_pixels = _decoded(config, in_source)
+        output_pixels = _decoded(config, out_source)
+    except AssetdError as exc:
+        raise NotServed(f"output {output_id}: {exc}") from None
+    channel = config.channels.get(row["channel"])
+    lossy = channel is not None and channel.format in LOSSY
+    scale = float(row.get("scale") or 1.0)
+    matte = _cutout_matte(config, store, job.id, (input_pixels.shape[1], input_pixels.shape[0]))
+    result = subject_check(input_pixels, output_pixels, scale, matte=matte,
+                           tolerance=TOLERANCE_LOSSY if lossy else TOLERANCE_LOSSLESS)
+    atomic_write(files["overlay"], result.png)
+    if result.origin is not None:
+        size = (output_pixels.shape[1], output_pixels.shape[0])
+        atomic_write(files["before"], _encode_view(aligned_input(input_pixels, scale, result.origin, size), PREVIEW))
+    atomic_write(files["figures"], json.dumps(result.figures()).encode())
+    return result
+
+
+def before(config: Config, store: Store, output_id: int) -> Path:
+    """The input as ``output_id`` frames it, at preview size (the slider's "before"); NotServed when the input
+    could not be found in the output."""
+    _, result = check(config, store, output_id)
+    row, out_source = output_source(store, output_id)
+    _, in_source = input_source(store, row["job_id"])
+    path = _check_files(config, out_source.sha256, in_source.sha256)["before"]
+    if result.origin is None or not path.exists():
+        raise NotServed(f"output {output_id}: the input could not be placed in it ({result.note or 'not found'})")
+    return path

@@ -1,0 +1,160 @@
+"""The job page (``/jobs/{id}``): a job's input and outputs side by side, a before/after slider, the subject
+check overlay, every ratio as a contact sheet with the channel's safe zones and copy space drawn, the manifest
+(steps and timings, scale factors, fallbacks, matte uncertainty, review reasons), a failed job's error and its
+class, and each output's approval state. Images come from ``files`` (by id); this module only reads the store,
+the config and the job's manifest."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..config import ChannelConfig, Config
+from ..store import Job, JobStatus
+from ..text import printable
+from .templating import render
+
+APPROVAL = {None: "published", "pending": "awaiting approval", "approved": "approved", "rejected": "rejected"}
+# Words in an error that say the input itself is bad (imageio's and intake's messages), as `assetd jobs` reads them.
+_BAD_INPUT = ("damaged", "not an image", "file is empty", "are not accepted", "too large", "blank", "symbolic link",
+              "no permission", "disappeared", "not a regular file", "pixels (limit")
+
+
+# TODO(lead): use failures.failure_class (helper "web") once merged: one list of classes for both pages.
+def error_class(job: Job) -> str | None:
+    """What kind of failure a failed job had, for a person deciding what to do: quarantined (assetd itself died
+    on it), bad input (the file: fix or replace it), or a stage problem (the rule or a backend on this image:
+    re-run with other options)."""
+    if job.status != JobStatus.FAILED:
+        return None
+    error = (job.error or "").lower()
+    if "quarantined" in error:
+        return "quarantined"
+    if any(word in error for word in _BAD_INPUT):
+        return "bad input"
+    return "stage problem"
+
+
+def local(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _for_ratio(value: Any, ratio: str | None) -> Any:
+    """A channel setting given once or per ratio (``safe_zone``, ``copy_space``), for one output's ratio."""
+    if isinstance(value, dict):
+        return value.get(ratio or "", value.get("default"))
+    return value
+
+
+def zones(channel: ChannelConfig | None, ratio: str | None) -> dict[str, Any]:
+    """The bands to draw over an output, as percentages: the channel's safe zone and its copy space."""
+    if channel is None:
+        return {}
+    drawn: dict[str, Any] = {}
+    zone = _for_ratio(channel.safe_zone, ratio)
+    if zone is not None and any((zone.top, zone.bottom, zone.left, zone.right)):
+        drawn["safe"] = {side: round(getattr(zone, side) * 100, 2) for side in ("top", "bottom", "left", "right")
+                         if getattr(zone, side)}
+    space = _for_ratio(channel.copy_space, ratio)
+    if space is not None and space.fraction:
+        drawn["copy"] = {"side": space.side, "percent": round(space.fraction * 100, 2)}
+    return drawn
+
+
+def manifest_of(state: Any, job: Job) -> tuple[dict[str, Any] | None, str | None]:
+    """The job's central manifest (its first), or None and why it cannot be read."""
+    records = state.store.manifests(job.id)
+    if not records:
+        return None, None
+    try:
+        return json.loads(Path(records[0].path).read_text(encoding="utf-8")), None
+    except (OSError, ValueError) as exc:
+        return None, f"manifest {printable(records[0].path)} cannot be read ({type(exc).__name__})"
+
+
+def highlights(steps: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a retoucher looks for in an output's step notes: backends, scale factors, fallbacks, the matte's
+    uncertainty, framing; one (step, text) each."""
+    lines: list[tuple[str, str]] = []
+    rb = steps.get("remove_background") or {}
+    if rb:
+        parts = [f"backend {rb.get('backend', '?')}"]
+        if rb.get("prior"):
+            parts.append(f"prior {rb['prior']}")
+        if rb.get("uncertain_outline") is not None:
+            parts.append(f"matte uncertain on {rb['uncertain_outline']:.1%} of the outline")
+        if rb.get("shadow"):
+            parts.append(f"shadow {rb['shadow']}")
+        lines.append(("remove_background", ", ".join(parts)))
+    ps = steps.get("place_in_scene") or {}
+    if ps:
+        lines.append(("place_in_scene", f"scene {ps.get('scene', '?')}, scene scaled {ps.get('scene_scale', 1):g}×"))
+    cr = steps.get("crops") or {}
+    if cr:
+        parts = [f"fill {cr.get('fill', '?')}", f"framing {cr.get('framing', '?')}"]
+        if cr.get("subject_fill") is not None:
+            parts.append(f"subject fills {cr['subject_fill']:.0%}")
+        if cr.get("fallback"):
+            fb = cr["fallback"]
+            parts.append(f"fallback {fb.get('to')}: {fb.get('why')}" if isinstance(fb, dict) else f"fallback {fb}")
+        if cr.get("cut_subject"):
+            parts.append("the subject is cut by the frame")
+        lines.append(("crops", ", ".join(parts)))
+    up = steps.get("upscale") or {}
+    if up:
+        lines.append(("upscale", f"{up.get('backend', '?')} ×{up.get('factor', 1):.3g}"
+                      + (f" ({up['from'][0]}×{up['from'][1]} → {up['to'][0]}×{up['to'][1]})"
+                         if up.get("from") and up.get("to") else "")))
+    return lines
+
+
+def job_page(request: Request) -> Response:
+    """``/jobs/{job_id}``"""
+    state = request.app.state
+    config: Config = state.config
+    job = state.store.get(request.path_params["job_id"])
+    if job is None:
+        return render(request, "job.html", status_code=404, job=None, job_id=request.path_params["job_id"])
+    manifest, manifest_problem = manifest_of(state, job)
+    notes = {o.get("path"): o.get("steps") or {} for o in (manifest or {}).get("outputs", [])}
+    outputs = []
+    for row in state.store.output_rows(job.id):
+        channel = config.channels.get(row["channel"])
+        steps = notes.get(row["path"], {})
+        outputs.append({
+            "id": row["id"], "channel": row["channel"], "ratio": row["ratio"], "step": row["step"],
+            "name": Path(row["path"]).name, "path": row["path"], "width": row["width"], "height": row["height"],
+            "scale": row["scale"], "bytes": row["bytes"], "replaced_by": row.get("replaced_by"),
+            "approval": APPROVAL.get(row.get("approval"), row.get("approval")),
+            "approval_key": row.get("approval") or "published", "staged_path": row.get("staged_path"),
+            "zones": zones(channel, row["ratio"]), "highlights": highlights(steps),
+            "notes": json.dumps(steps, indent=2, sort_keys=True) if steps else "",
+        })
+    moved = state.store.moved(job.id)
+    steps = [dict(s, when=local(s.get("finished_at"))[11:]) for s in state.store.steps(job.id)]
+    return render(
+        request, "job.html", job=job, job_id=job.id, outputs=outputs, steps=steps,
+        total_seconds=sum(s["seconds"] or 0 for s in steps), error_class=error_class(job),
+        input_name=Path(job.input_path).name, input_where=moved.dest if moved else job.input_path,
+        manifest_problem=manifest_problem, created=local(job.created_at), finished=local(job.finished_at),
+        ratios=sorted({o["ratio"] for o in outputs if o["ratio"]}, key=_ratio_key),
+        has_cutout=any(o["ratio"] is None for o in outputs),
+    )
+
+
+def _ratio_key(ratio: str) -> tuple[float, str]:
+    """Ratios from the tallest to the widest (4:5, 1:1, 16:9 → 9:16 first)."""
+    try:
+        w, h = (float(x) for x in ratio.split(":"))
+        return (w / h, ratio)
+    except ValueError:
+        return (0.0, ratio)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/jobs/{job_id:int}", job_page)]
