@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .outputs import FileSet, sha256
+from .outputs import FileSet, one_line, sha256
 from .store import APPROVED, PENDING, PENDING_APPROVAL, REJECTED, JobStatus, OutputRecord, Store
 from .text import plural, printable
 
@@ -238,13 +238,27 @@ def _publish(config: Config, store: Store, job_id: int, records: list[OutputReco
         if record.staged_path:
             with contextlib.suppress(OSError):
                 os.unlink(record.staged_path)
-    # TODO(lead): retire_replaced(config, store, job, channels): rerun.retire_replaced with this job and the
-    # channels of ``published`` (helper "rerun" writes it)
     folders = sorted({str(Path(r.path).parent) for r in published})
     decision.done += published
     decision.lines.append(f"job {job_id}{_input_of(store, job_id)}: {plural(len(published), 'output')} published to "
                           f"{', '.join(printable(f) for f in folders)}")
+    decision.add(_retire(config, store, job_id, {r.channel for r in published}))
     return decision
+
+
+def _retire(config: Config, store: Store, job_id: int, channels: set[str]) -> Decision:
+    """A re-run's outputs in ``channels`` are published now: the jobs it replaces lose theirs there that it did not
+    write again (``rerun.retire_replaced``). Its own are published whatever happens here."""
+    from .rerun import retire_replaced
+
+    job = store.get(job_id)
+    if job is None or job.rerun_of is None:
+        return Decision()
+    try:
+        return Decision(lines=[f"job {job_id}: {line}" for line in retire_replaced(config, store, job, channels)])
+    except Exception as exc:  # noqa: BLE001 - the outputs are published; what is left of the first job stays
+        return Decision(problems=[f"job {job_id}: published, but the outputs it replaces could not be removed: "
+                                  f"{one_line(str(exc)) or type(exc).__name__}"])
 
 
 def _strangers(store: Store, records: list[OutputRecord], ended: float | None) -> list[str]:

@@ -18,9 +18,10 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.health import Problems
 from pipeline.outputs import TEMP_SUFFIX, Publisher, remove_temp_files, write_temp
-from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, Store
+from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, JobStatus, Store
 
 from conftest import Workspace
+from daemons import run_until_idle
 
 # cutouts waits for approval; webshop publishes at once. One rule writes both, from the cut-out.
 TWO_CHANNELS = """\
@@ -268,6 +269,45 @@ def test_a_done_job_run_again_stages_anew_and_its_approval_replaces_its_own_earl
     assert result.exit_code == 0, result.output
     assert "job 1 (a.jpg): 1 output published" in result.output
     assert files_in(studio.out("cutouts")) == ["a.png"] and files_in(staging(studio)) == []
+
+
+SQUARES = """\
+name: squares
+match: {folder: "misc/**"}
+steps:
+  - remove_background: {}
+  - crops: {ratios: ["1:1", "4:5"], fill: pad}
+outputs:
+  - {channel: cutouts, from: crops}
+"""
+
+
+def test_a_rerun_under_another_rule_replaces_the_first_jobs_files_once_approved(studio):
+    """`assetd rerun --rule`: the re-run's staged outputs have other names; the first job's published files stay
+    until the re-run is approved, then go (the at-once channel's went when the re-run ended)."""
+    studio.add_rule("15-squares.yaml", SQUARES)
+    studio.shot("inbox/misc/a.jpg", "white", size=(320, 240), seed=2)
+    (first,) = run_until_idle(*studio.load(), 1)
+    assert first.rule == "squares" and first.status is JobStatus.DONE, first.error
+    assert invoke("approve", first.id, "--config", studio.config_path).exit_code == 0
+    assert files_in(studio.out("cutouts")) == ["a_1x1.png", "a_4x5.png"]
+    assert invoke("rerun", first.id, "--rule", "cutouts", "--config", studio.config_path).exit_code == 0
+
+    jobs = run_until_idle(*studio.load(), 2)
+    assert [(j.rule, j.status, j.rerun_of) for j in jobs] == [("squares", JobStatus.DONE, None),
+                                                              ("cutouts", JobStatus.DONE, first.id)]
+    assert files_in(studio.out("cutouts")) == ["a_1x1.png", "a_4x5.png"]  # the re-run's waits for approval
+    assert files_in(staging(studio)) == ["a.png"]
+    result = invoke("approve", jobs[1].id, "--config", studio.config_path)
+    assert result.exit_code == 0, result.output
+    assert f"job 2: removed {studio.out('cutouts').resolve() / 'a_1x1.png'}: job 1's output, replaced by re-run job 2" \
+        in result.output.splitlines()
+    assert files_in(studio.out("cutouts")) == ["a.png"]
+    store = open_store(studio)
+    try:
+        assert {o.replaced_by for o in store.outputs(first.id)} == {2}
+    finally:
+        store.close()
 
 
 def test_unknown_ids_and_outputs_published_at_once(studio):
