@@ -1047,16 +1047,16 @@ class Store:
         return [_output_record(r) for r in rows]
 
     def awaiting_counts(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
-        """How many outputs of each job (of ``job_ids``; None: every job) wait for approval; jobs with none are
-        left out."""
-        sql = ("SELECT job_id, COUNT(*) FROM outputs WHERE approval = ? AND replaced_by IS NULL"
-               " AND reserved IS NULL")
-        params: list[Any] = [PENDING_APPROVAL]
+        """How many outputs of each done job (of ``job_ids``; None: every job) wait for approval; jobs with none
+        are left out."""
+        sql = ("SELECT outputs.job_id, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
+               " outputs.approval = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
+        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
         if job_ids is not None:
             ids = list(job_ids)
-            sql += f" AND job_id IN ({_marks(ids)})"
+            sql += f" AND outputs.job_id IN ({_marks(ids)})"
             params += ids
-        return dict(self.db.conn.execute(sql + " GROUP BY job_id", params).fetchall())
+        return dict(self.db.conn.execute(sql + " GROUP BY outputs.job_id", params).fetchall())
 
     def awaiting_total(self) -> int:
         """How many outputs of done jobs wait for approval."""
