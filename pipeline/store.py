@@ -336,11 +336,6 @@ class OutputRecord:
         """Its fields as a job's manifest and its row record them (no row id or job id of the record read)."""
         return {k: v for k, v in self.__dict__.items() if k not in ("id", "job_id")}
 
-    @property
-    def published(self) -> bool:
-        """Its file is in the channel folder (or was, until a later job replaced it)."""
-        return self.approval in (None, APPROVED)
-
 
 def _output_record(row: dict[str, Any]) -> OutputRecord:
     return OutputRecord(**{k: row[k] for k in OutputRecord.__dataclass_fields__})
@@ -727,7 +722,7 @@ class Store:
                 staged = [o.staged_path for o in outputs if o.staged_path is not None]
                 db.conn.execute(
                     f"UPDATE outputs SET replaced_by = ? WHERE staged_path IN ({_marks(staged)})"
-                    f" AND job_id != ? AND replaced_by IS NULL AND approval IN (?, ?)",
+                    " AND job_id != ? AND replaced_by IS NULL AND approval IN (?, ?)",
                     [job_id, *staged, job_id, PENDING_APPROVAL, REJECTED])
             db.conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
