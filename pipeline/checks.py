@@ -82,6 +82,30 @@ def _review_problems(config: Config) -> list[str]:
     return [problem] if problem else []
 
 
+def _staging_problems(config: Config) -> list[str]:
+    """The staging folders of the channels publishing on approval: writable, and apart from every channel folder
+    (a file staged in one would be published at once) and from each other."""
+    problems = []
+    channel_folders = {Path(os.path.realpath(c.path)): n for n, c in config.channels.items() if c.path is not None}
+    staged: dict[Path, str] = {}
+    for name, channel in config.channels.items():
+        if channel.publish != "on_approval":
+            continue
+        folder = config.staging_folder(channel)
+        key = f"{config.source}: channels.{name}.staging"
+        real = Path(os.path.realpath(folder))
+        if not _writable(folder):
+            problems.append(f"{key}: {folder} is not writable: this channel's outputs cannot wait for approval there")
+        held = [n for p, n in channel_folders.items() if real.is_relative_to(p)]
+        if held:
+            problems.append(f"{key}: {folder} overlaps the folder of channel {held[0]}: staged outputs would be "
+                            "published before they are approved; give it a folder of its own")
+        if real in staged:
+            problems.append(f"{key}: {folder} is also the staging folder of channel {staged[real]}; give each its own")
+        staged.setdefault(real, name)
+    return problems
+
+
 def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     """Returns (problems, warnings, info lines)."""
     problems: list[str] = []
@@ -106,6 +130,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     for name, channel in config.channels.items():
         if not _writable(channel.path):
             problems.append(f"{config.source}: channels.{name}.path: {channel.path} is not writable")
+    problems.extend(_staging_problems(config))
     if not _writable(config.database.parent):
         problems.append(f"{config.source}: database: folder {config.database.parent} is not writable")
     if not _writable(config.manifest_folder):

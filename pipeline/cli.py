@@ -159,7 +159,8 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
             for reason in r["review"]:
                 click.echo(f"      ⚑ needs review: {reason}")
             for o in r["outputs"]:
-                click.echo(f"      {o['channel']:>10s} → {o['path']}  {o['width']}×{o['height']}")
+                waits = f"  (awaits approval; staged at {o['staged_path']})" if o.get("staged_path") else ""
+                click.echo(f"      {o['channel']:>10s} → {o['path']}  {o['width']}×{o['height']}{waits}")
     if any(r["status"] is ResultStatus.STOPPED for r in results):
         sys.exit(stopper.exit_code)
     sys.exit(1 if any(r["status"] is ResultStatus.FAILED for r in results) else 0)
@@ -266,7 +267,8 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     when the jobs come from more than one folder) is the folder the file was matched under (for
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
-    a re-run's (`assetd rerun`) starts with "re-run of N".
+    a re-run's (`assetd rerun`) starts with "re-run of N"; ◷ N awaits approval: outputs of a publish:
+    on_approval channel wait for `assetd approve` (the summary line counts them all).
     After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
@@ -280,13 +282,17 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     if as_json:
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
-    for line in listing.table(rows, config.base_dir, _terminal_width()):
+    for line in listing.table(rows, config.base_dir, _terminal_width(), store.awaiting_counts()):
         click.echo(line)
     counts = store.counts()
     to_review = store.review_count()
+    to_approve = store.awaiting_total()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
              for s, n in counts.items() if n or s != JobStatus.SUPERSEDED]  # a rare state: named when there are some
+    if to_approve:
+        parts.append(f"{to_approve} output{'s' if to_approve != 1 else ''} await{'s' if to_approve == 1 else ''} "
+                     f"approval (assetd approve)")
     click.echo(shown + ", ".join(parts))
     for line in _paused_lines(store, config):
         click.echo(line)
@@ -363,6 +369,70 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     for line in done.problems:
         click.echo(line, err=True)
     if not done.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--output", "output_ids", multiple=True, type=int, metavar="ID",
+              help="approve this output (an id from `assetd jobs --json`); repeatable; a rejected one is approved anew")
+@click.option("--all-pending", is_flag=True, help="approve every output awaiting approval")
+@_config_option
+def approve(job_ids: tuple[int, ...], output_ids: tuple[int, ...], all_pending: bool, config_path: str) -> None:
+    """Publish the outputs awaiting approval (channels with publish: on_approval).
+
+    Each job's outputs are checked against what the job wrote (a staged file changed or missing publishes
+    none of that job's) and moved into their channel folders together, atomically; the same file's earlier
+    output there is replaced. Something already approved is said and left as it is. Exit 1 when something
+    could not be done, one line each.
+
+    Example: assetd approve 12 14 --output 31 --config studio.yaml
+    """
+    from .approval import approve as approve_outputs
+    from .approval import approve_all_pending
+
+    if not job_ids and not output_ids and not all_pending:
+        raise click.UsageError("give JOB_ID..., --output ID or --all-pending")
+    config = _load_config(config_path)
+    store = _open_store(config)
+    decision = approve_outputs(config, store, job_ids=job_ids, output_ids=output_ids, by="cli")
+    if all_pending:
+        decision.add(approve_all_pending(config, store, by="cli"))
+    _decided(decision)
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--output", "output_ids", multiple=True, type=int, metavar="ID",
+              help="reject this output (an id from `assetd jobs --json`); repeatable")
+@click.option("--reason", required=True, help="why they are not to be published (recorded, shown on the review page)")
+@_config_option
+def reject(job_ids: tuple[int, ...], output_ids: tuple[int, ...], reason: str, config_path: str) -> None:
+    """Keep outputs awaiting approval from being published, and record why.
+
+    The staged files stay in the staging folder (a re-run replaces them; `assetd approve --output ID`
+    can still approve one). Exit 1 when something could not be done, one line each.
+
+    Example: assetd reject 12 --reason "shadow cut off on the left" --config studio.yaml
+    """
+    from .approval import reject as reject_outputs
+
+    if not job_ids and not output_ids:
+        raise click.UsageError("give JOB_ID... or --output ID")
+    if not reason.strip():
+        raise click.UsageError("--reason must say why (it is recorded)")
+    config = _load_config(config_path)
+    store = _open_store(config)
+    _decided(reject_outputs(config, store, job_ids=job_ids, output_ids=output_ids, reason=reason, by="cli"))
+
+
+def _decided(decision: Any) -> None:
+    """Print an approval's lines (stdout) and problems (stderr); exit 1 when there are problems."""
+    for line in decision.lines:
+        click.echo(line)
+    for line in decision.problems:
+        click.echo(line, err=True)
+    if decision.problems:
         sys.exit(1)
 
 

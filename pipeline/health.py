@@ -524,17 +524,22 @@ class Problems:
                     self._alert(problem)
 
     def volumes(self) -> list[Volume]:
-        """The volumes assetd writes to (channel folders, manifest folder, database folder), one per device."""
+        """The volumes assetd writes to (channel folders, the staging folders of channels publishing on approval,
+        manifest folder, database folder), one per device."""
         writers: dict[Path, set[str]] = {}
         for rule in self.rules:
             for spec in rule.outputs:
                 channel = self.config.channels.get(spec.channel)
                 if channel is not None and channel.path is not None:
                     writers.setdefault(channel.path, set()).add(rule.name)
+                if channel is not None and channel.publish == "on_approval":
+                    writers.setdefault(self.config.staging_folder(channel), set()).add(rule.name)
         folders: list[tuple[Path, bool, set[str]]] = [(self.config.database.parent, True, set()),
                                                      (self.config.manifest_folder, True, set())]
         folders += [(ch.path, False, writers.get(ch.path, set())) for ch in self.config.channels.values()
                     if ch.path is not None]
+        folders += [(self.config.staging_folder(ch), False, writers.get(self.config.staging_folder(ch), set()))
+                    for ch in self.config.channels.values() if ch.publish == "on_approval"]
         found: dict[Any, tuple[Path, list[Path], bool, set[str]]] = {}
         for folder, whole, rules in folders:
             try:

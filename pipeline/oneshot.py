@@ -38,9 +38,13 @@ class ResultStatus(StrEnum):
 
 
 def output_folders(config: Config) -> dict[Path, str]:
-    """The folders assetd writes (links resolved), each with what it is: every channel's folder and the
-    manifests folder. Their files are outputs, never inputs."""
+    """The folders assetd writes (links resolved), each with what it is: every channel's folder, the staging
+    folder of each channel publishing on approval, and the manifests folder. Their files are outputs, never
+    inputs."""
     folders = {Path(os.path.realpath(c.path)): f"channel {name!r}" for name, c in config.channels.items()}
+    for name, c in config.channels.items():
+        if c.publish == "on_approval":
+            folders.setdefault(Path(os.path.realpath(config.staging_folder(c))), f"channel {name!r}'s staging")
     folders.setdefault(Path(os.path.realpath(config.manifest_folder)), "the manifests")
     return folders
 
@@ -247,5 +251,10 @@ def _take_over(store: Store, job: Job) -> bool:
 
 
 def _output(o: Any) -> dict[str, Any]:
-    return {"channel": o.channel, "path": o.path, "step": o.step, "ratio": o.ratio, "width": o.width,
-            "height": o.height}
+    """An output in ``assetd process --json``; one of a ``publish: on_approval`` channel also has its approval
+    state and where it waits (``path`` is where it will be published)."""
+    doc = {"channel": o.channel, "path": o.path, "step": o.step, "ratio": o.ratio, "width": o.width,
+           "height": o.height}
+    if o.approval is not None:
+        doc.update(approval=o.approval, staged_path=o.staged_path)
+    return doc

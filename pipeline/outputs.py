@@ -8,6 +8,10 @@ A job's files are published together: all written to temporary files first, then
 last; a job whose outputs cannot all be written publishes none. Start-up removes the temporary files a dead
 assetd left (``remove_temp_files``), and the files a job failed for good had published are withdrawn
 (``Publisher.withdraw_failed``).
+
+A channel with ``publish: on_approval`` gets the same files in its staging folder (``Config.staging_folder``),
+under the names they will have in the channel folder; their rows claim the channel path meanwhile, and
+``pipeline.approval`` publishes them there once approved.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from .imageio import Decoded, encode
 from .pixels import flatten, resize
 from .sizes import fit_problem, output_size
 from .stages.base import Asset
-from .store import Job, ManifestRecord, OutputRecord, Store
+from .store import PENDING_APPROVAL, Job, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
 
 if TYPE_CHECKING:
@@ -278,9 +282,11 @@ def temp_owner_gone(name: str) -> bool:
 
 def remove_temp_files(config: Config) -> dict[Path, int]:
     """Remove the temporary files an assetd that died left in the folders it writes: every channel folder (outputs
-    land directly in it) and the manifests folder with its per-rule folders. Only names of assetd's own pattern
-    whose writer is gone; nothing else is touched. Returns the count removed per folder."""
+    land directly in it), every channel's staging folder, and the manifests folder with its per-rule folders.
+    Only names of assetd's own pattern whose writer is gone; nothing else is touched. Returns the count removed
+    per folder."""
     folders = {c.path for c in config.channels.values() if c.path is not None}
+    folders.update(config.staging_folder(c) for c in config.channels.values())
     folders.add(config.manifest_folder)
     with contextlib.suppress(OSError):
         folders.update(p for p in config.manifest_folder.iterdir() if p.is_dir() and not p.is_symlink())
@@ -317,8 +323,10 @@ class Publisher:
     """The one output entry point: select a rule's outputs from the chain's results → render for the channel
     (shrink, flatten) → encode → name (the channel's template; a clash gets the input's short hash) →
     reserve the path in the store → its temporary file; then every output renamed, the job's manifest last
-    (``FileSet``). ``copy_from`` writes a finished twin's outputs under another input's names the same way.
-    ``withdraw_failed`` removes what a job failed for good had published."""
+    (``FileSet``). An output of a ``publish: on_approval`` channel is written under the same name into the
+    channel's staging folder instead (its row: ``approval`` pending, ``staged_path``). ``copy_from`` writes a
+    finished twin's outputs under another input's names the same way. ``withdraw_failed`` removes what a job
+    failed for good had published (or staged)."""
 
     def __init__(self, name: str, config: Config, store: Store, pool: Executor):
         self.name = name  # the worker's, for log lines
@@ -331,16 +339,24 @@ class Publisher:
                            step=step, rule=rule.name, hash8=job.short_hash)
 
     def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
-               used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet) -> Path:
+               used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet
+               ) -> tuple[Path, Path | None]:
         """Stage one output: named from the channel's template, reserved in the store with its hash, written
-        to its temporary file (``files`` publishes it with the others)."""
+        to its temporary file (``files`` publishes it with the others). Returns its channel path and, for a
+        channel publishing on approval, the staged file it is written to instead (else None)."""
         name = self._output_name(job, rule, channel, step, ratio)
         target = self._free_path(channel.path, name, job, used)
-        self.store.reserve_output(job.id, str(target), channel.name, step, sha256(data), len(data))
-        files.add(target, data)
-        used.add(target)
-        placed.setdefault(channel.path, []).append((name, target))
-        return target
+        folder, staged = channel.path, None
+        if channel.publish == "on_approval":
+            folder = self.config.staging_folder(channel)
+            staged = inside(folder, target.name)
+        self.store.reserve_output(job.id, str(target), channel.name, step, sha256(data), len(data),
+                                  staged_path=str(staged) if staged else None)
+        written = staged or target
+        files.add(written, data)
+        used.update((target, written))
+        placed.setdefault(folder, []).append((name, written))
+        return target, staged
 
     def copy_from(self, job: Job, rule: Rule, twin: Job
                         ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int] | None:
@@ -349,8 +365,8 @@ class Publisher:
         sources = self.store.outputs(twin.id)
         found: list[tuple[OutputRecord, bytes]] = []
         for record in sources:
-            try:
-                data = Path(record.path).read_bytes() if record.replaced_by is None else b""
+            try:  # an output not published yet is read where it waits
+                data = Path(record.staged_path or record.path).read_bytes() if record.replaced_by is None else b""
             except FileNotFoundError:
                 data = b""
             if sha256(data) != record.sha256 or record.channel not in self.config.channels:
@@ -368,8 +384,10 @@ class Publisher:
         with FileSet() as files:  # the outputs, then the manifest: renamed in that order
             for record, data in found:
                 channel = self.config.channels[record.channel]
-                target = self._place(job, rule, channel, record.step, record.ratio, data, used, placed, files)
-                records.append(OutputRecord(**dict(record.as_dict(), path=str(target), replaced_by=None)))
+                target, staged = self._place(job, rule, channel, record.step, record.ratio, data, used, placed,
+                                             files)
+                records.append(OutputRecord(**dict(record.as_written(), path=str(target), replaced_by=None,
+                                                   **_approval_fields(staged))))
                 notes.append(twin_notes.get(record.path, {}))
             manifests = self._stage_manifests(job, rule, records, notes, twin.review, used, placed, files,
                                               copied_from=twin)
@@ -419,12 +437,13 @@ class Publisher:
             with FileSet() as files:  # the outputs, then the manifests: renamed in that order
                 for (spec, channel, asset), future in zip(work, futures):
                     pixels_shape, data = future.result()
-                    target = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed, files)
+                    target, staged = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed,
+                                                 files)
                     height, width = pixels_shape[:2]
                     records.append(OutputRecord(
                         channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
                         width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
-                        scale=round(asset.scale * width / asset.width, 4)))
+                        scale=round(asset.scale * width / asset.width, 4), **_approval_fields(staged)))
                     notes.append(asset.notes)
                 review = review_reasons(asset for _, _, asset in work)
                 manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files)
@@ -436,9 +455,10 @@ class Publisher:
         return records, manifests, review
 
     def withdraw_failed(self) -> int:
-        """Remove the files that jobs failed for good had published (a crash between the renames of a job's
-        outputs, or a failure after them): only a file whose content is still what that job wrote there and
-        that no later job has claimed. Each job's error says how many were removed. Returns that number."""
+        """Remove the files that jobs failed for good had published or staged for approval (a crash between the
+        renames of a job's outputs, or a failure after them): only a file whose content is still what that job
+        wrote there and that no later job has claimed. Each job's error says how many were removed. Returns that
+        number."""
         total = 0
         for job, written in self.store.to_withdraw():
             removed = []
@@ -465,12 +485,13 @@ class Publisher:
                          review: list[str], used: set[Path], placed: dict[Path, list[tuple[str, Path]]],
                          files: FileSet, copied_from: Job | None = None) -> list[ManifestRecord]:
         """The job's manifest in ``manifests.folder``/<rule>/, and with ``manifests.beside_outputs`` in each
-        channel folder it wrote to, named like the outputs there (a clash suffix included); staged in ``files``."""
+        channel folder it wrote to (a staging folder for outputs waiting for approval), named like the outputs
+        there (a clash suffix included); staged in ``files``. It lists each output's approval and staged path."""
         stem = safe_stem(Path(job.input_path).stem)
         manifest: dict[str, Any] = {
             "input": job.input_path, "input_sha256": job.input_hash, "rule": rule.name,
             "rule_version": rule.version, "job": job.id, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "outputs": [dict(r.as_dict(), steps=n) for r, n in zip(records, notes)],
+            "outputs": [dict(r.as_written(), steps=n) for r, n in zip(records, notes)],
             "review": review,
         }
         if copied_from is not None:
@@ -481,7 +502,8 @@ class Publisher:
         body = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
         names = [(self.config.manifest_folder / rule.name, stem)]
         if self.config.manifests.beside_outputs:
-            slug = {c.path for c in self.config.channels.values() if c.web_safe_names}
+            slug = {folder for c in self.config.channels.values() if c.web_safe_names
+                    for folder in (c.path, self.config.staging_folder(c))}
             names += [(folder, (web_safe(stem) or "image" if folder in slug else stem) + _clash_suffix(written))
                       for folder, written in sorted(placed.items())]
         manifests: list[ManifestRecord] = []
@@ -517,6 +539,12 @@ class Publisher:
                     return target
             n += 1
             target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
+
+
+def _approval_fields(staged: Path | None) -> dict[str, Any]:
+    """An output record's approval and staged path: waiting in ``staged``, or (None) published at once."""
+    return {"approval": PENDING_APPROVAL, "staged_path": str(staged)} if staged else {"approval": None,
+                                                                                      "staged_path": None}
 
 
 def _not_fitted(rule: Rule, step: str, asset: Asset, channel: Any, problem: str) -> str:

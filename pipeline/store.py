@@ -167,6 +167,27 @@ def m008_reserved_outputs(db: Database) -> None:
 
 
 @migrations()
+def m009_approvals(db: Database) -> None:
+    """``outputs.approval``: NULL for an output published when its job ended; 'pending' | 'approved' | 'rejected'
+    for one of a ``publish: on_approval`` channel; ``outputs.staged_path``: where it waits while not published
+    (NULL once published). ``decisions``: who approved or rejected which output, when, and why."""
+    columns = db["outputs"].columns_dict
+    if "approval" not in columns:
+        db["outputs"].add_column("approval", str)
+    if "staged_path" not in columns:
+        db["outputs"].add_column("staged_path", str)
+    db["outputs"].create_index(["approval"], if_not_exists=True)
+    db["outputs"].create_index(["staged_path"], if_not_exists=True)
+    if "decisions" not in db.table_names():
+        db["decisions"].create(
+            {"id": int, "output_id": int, "job_id": int, "verdict": str, "reason": str, "by": str, "at": float},
+            pk="id", not_null={"output_id", "job_id", "verdict", "at"},
+        )
+        db["decisions"].create_index(["output_id"])
+        db["decisions"].create_index(["job_id"])
+
+
+@migrations()
 def m010_reruns(db: Database) -> None:
     """``jobs.rerun_of``: the job this one re-runs (``assetd rerun``: another rule, or one-off step options in
     ``jobs.overrides``, a JSON {step: {option: value}}); ``jobs.rerun_seq``: 0 for the job the intake made, 1, 2...
@@ -225,6 +246,9 @@ class JobStatus(str, Enum):
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)  # will run, or runs now
 FINISHED = (JobStatus.DONE, JobStatus.FAILED)  # ran to an end; runs again only when requeued
 
+
+# ``outputs.approval`` of a ``publish: on_approval`` channel's output (NULL: published when its job ended)
+PENDING_APPROVAL, APPROVED, REJECTED = "pending", "approved", "rejected"
 
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
 AWAITING = "awaiting"  # not a state: a job with outputs waiting for approval (the night view's filter)
@@ -310,9 +334,23 @@ class OutputRecord:
     sha256: str
     scale: float = 1.0
     replaced_by: int | None = None  # a later job wrote this path again: this record's sha256 is history
+    # its row and job (``Store.outputs`` fills them; None before the job is recorded); not compared: two records
+    # are equal when they say the same about the same file
+    id: int | None = field(default=None, compare=False)
+    job_id: int | None = field(default=None, compare=False)
+    approval: str | None = None  # None: published at once; PENDING_APPROVAL | APPROVED | REJECTED (on_approval)
+    staged_path: str | None = None  # where the file waits while not published (``path``: where it will be)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def as_written(self) -> dict[str, Any]:
+        """Its fields as a job's manifest and its row record them (no row id or job id of the record read)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("id", "job_id")}
+
+
+def _output_record(row: dict[str, Any]) -> OutputRecord:
+    return OutputRecord(**{k: row[k] for k in OutputRecord.__dataclass_fields__})
 
 
 @dataclass
@@ -677,7 +715,8 @@ class Store:
                manifests: list[ManifestRecord] | None = None) -> None:
         """The job is done; ``review``: reasons a human should look at its outputs (none: NULL);
         ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same output paths
-        are marked replaced by this one."""
+        are marked replaced by this one; an output waiting for approval replaces only the earlier unpublished
+        ones staged at the same place (the published file is replaced when it is approved, ``approval_claim``)."""
         now = time.time()
         with self._immediate() as db:
             db.conn.execute("DELETE FROM manifests WHERE job_id = ?", [job_id])
@@ -686,12 +725,17 @@ class Store:
             db.conn.execute("DELETE FROM outputs WHERE job_id = ?", [job_id])
             if outputs:
                 db["outputs"].insert_all(
-                    [dict(o.as_dict(), job_id=job_id, created_at=now, replaced_by=None) for o in outputs]
+                    [dict(o.as_written(), job_id=job_id, created_at=now, replaced_by=None) for o in outputs]
                 )
-                paths = [o.path for o in outputs]
+                paths = [o.path for o in outputs if o.staged_path is None]
                 db.conn.execute(
                     f"UPDATE outputs SET replaced_by = ? WHERE path IN ({_marks(paths)})"
                     " AND job_id != ? AND replaced_by IS NULL", [job_id, *paths, job_id])
+                staged = [o.staged_path for o in outputs if o.staged_path is not None]
+                db.conn.execute(
+                    f"UPDATE outputs SET replaced_by = ? WHERE staged_path IN ({_marks(staged)})"
+                    " AND job_id != ? AND replaced_by IS NULL AND approval IN (?, ?)",
+                    [job_id, *staged, job_id, PENDING_APPROVAL, REJECTED])
             db.conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
                 " lease_expires = NULL, review = ?, copied_from = ? WHERE id = ?",
@@ -809,7 +853,7 @@ class Store:
     def outputs(self, job_id: int) -> list[OutputRecord]:
         """A job's outputs, in the order written."""
         rows = self.db.execute_returning_dicts("SELECT * FROM outputs WHERE job_id = ? ORDER BY id", [job_id])
-        return [OutputRecord(**{k: r[k] for k in OutputRecord.__dataclass_fields__}) for r in rows]
+        return [_output_record(r) for r in rows]
 
     def manifests(self, job_id: int) -> list[ManifestRecord]:
         """A job's manifest files (the central one first, then those beside its outputs)."""
@@ -817,22 +861,26 @@ class Store:
         return [ManifestRecord(path=r["path"], bytes=r["bytes"], sha256=r["sha256"]) for r in rows]
 
     def output_owner(self, path: str) -> dict[str, Any] | None:
-        """The job that wrote (or is writing) the output or manifest ``path`` last: its id, input hash and
-        input path."""
+        """The job that wrote (or is writing) the output or manifest ``path`` last (an output's channel path, or
+        where it waits for approval): its id, input hash and input path."""
         rows = self.db.execute_returning_dicts(
             "SELECT jobs.id AS job_id, jobs.input_hash, jobs.input_path, written.created_at FROM"
             " (SELECT job_id, created_at, id FROM outputs WHERE path = :p"
+            "  UNION ALL SELECT job_id, created_at, id FROM outputs WHERE staged_path = :p"
             "  UNION ALL SELECT job_id, created_at, id FROM manifests WHERE path = :p) AS written"
             " JOIN jobs ON jobs.id = written.job_id ORDER BY written.created_at DESC, written.id DESC LIMIT 1",
             {"p": path})
         return {k: rows[0][k] for k in ("job_id", "input_hash", "input_path")} if rows else None
 
     def reserve_output(self, job_id: int, path: str, channel: str, step: str, sha256: str | None = None,
-                       size: int | None = None) -> None:
+                       size: int | None = None, staged_path: str | None = None) -> None:
         """Claim an output path before writing it, so a redo after a crash recognises its own file; with the
-        hash of what is about to be written there, so a job failed for good can withdraw exactly that."""
+        hash of what is about to be written there, so a job failed for good can withdraw exactly that.
+        ``staged_path``: the file is written there to wait for approval (``path`` stays claimed meanwhile)."""
         self.db["outputs"].insert({"job_id": job_id, "path": path, "channel": channel, "step": step,
-                                   "sha256": sha256, "bytes": size, "reserved": 1, "created_at": time.time()})
+                                   "sha256": sha256, "bytes": size, "reserved": 1, "created_at": time.time(),
+                                   "staged_path": staged_path,
+                                   "approval": PENDING_APPROVAL if staged_path else None})
 
     def reserve_manifest(self, job_id: int, path: str, sha256: str | None = None, size: int | None = None) -> None:
         """Claim a manifest path before writing it (as ``reserve_output``)."""
@@ -841,9 +889,11 @@ class Store:
 
     def to_withdraw(self) -> list[tuple[Job, list[ManifestRecord]]]:
         """Jobs failed for good that may have published files before they failed (a crash between renames, a
-        failure after them): each with the paths and hashes its runs wrote (reserved rows)."""
+        failure after them): each with the paths and hashes its runs wrote (reserved rows; an output waiting for
+        approval: where it was staged)."""
         rows = self.db.execute_returning_dicts(
-            "SELECT written.* FROM (SELECT job_id, path, bytes, sha256 FROM outputs WHERE reserved = 1 UNION ALL"
+            "SELECT written.* FROM (SELECT job_id, COALESCE(staged_path, path) AS path, bytes, sha256 FROM outputs"
+            " WHERE reserved = 1 UNION ALL"
             " SELECT job_id, path, bytes, sha256 FROM manifests WHERE reserved = 1) AS written"
             " JOIN jobs ON jobs.id = written.job_id AND jobs.status = ? ORDER BY written.job_id", [JobStatus.FAILED])
         found: dict[int, list[ManifestRecord]] = {}
@@ -983,6 +1033,89 @@ class Store:
     def set_state(self, key: str, value: Any) -> None:
         self.db.conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", [key, json.dumps(value)])
 
+    # -- approvals (review page) -------------------------------------------------------------------
+    def outputs_by_id(self, output_ids: Collection[int]) -> list[OutputRecord]:
+        """These outputs (any job, any state), in id order; unknown ids are left out."""
+        ids = list(output_ids)
+        rows = self.db.execute_returning_dicts(
+            f"SELECT * FROM outputs WHERE id IN ({_marks(ids)}) AND reserved IS NULL ORDER BY id", ids)
+        return [_output_record(r) for r in rows]
+
+    def awaiting_approval(self, since: float | None = None) -> list[OutputRecord]:
+        """The outputs of done jobs waiting for approval (not replaced by a later job's), by job then id; with
+        ``since``: only those of jobs finished at or after it."""
+        sql = ("SELECT outputs.* FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval = ?"
+               " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
+        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
+        if since is not None:
+            sql += " AND jobs.finished_at >= ?"
+            params.append(since)
+        rows = self.db.execute_returning_dicts(sql + " ORDER BY outputs.job_id, outputs.id", params)
+        return [_output_record(r) for r in rows]
+
+    def awaiting_counts(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
+        """How many outputs of each done job (of ``job_ids``; None: every job) wait for approval; jobs with none
+        are left out."""
+        sql = ("SELECT outputs.job_id, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
+               " outputs.approval = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
+        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
+        if job_ids is not None:
+            ids = list(job_ids)
+            sql += f" AND outputs.job_id IN ({_marks(ids)})"
+            params += ids
+        return dict(self.db.conn.execute(sql + " GROUP BY outputs.job_id", params).fetchall())
+
+    def awaiting_total(self) -> int:
+        """How many outputs of done jobs wait for approval."""
+        return self.db.conn.execute(
+            "SELECT COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval = ?"
+            " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?",
+            [PENDING_APPROVAL, JobStatus.DONE]).fetchone()[0]
+
+    @contextlib.contextmanager
+    def approval_claim(self, output_ids: Collection[int], states: Collection[str]) -> Iterator[list[OutputRecord]]:
+        """A write transaction holding those of ``output_ids`` still in one of ``states`` (not replaced, their
+        job done): what the caller decides about them inside the ``with`` block (``record_decision``) is
+        committed with it, or nothing is. A second approval at the same moment waits, then finds them decided."""
+        ids, wanted = list(output_ids), list(states)
+        with self._immediate() as db:
+            rows = db.execute_returning_dicts(
+                f"SELECT outputs.* FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.id IN"
+                f" ({_marks(ids)}) AND outputs.approval IN ({_marks(wanted)}) AND outputs.replaced_by IS NULL"
+                " AND outputs.reserved IS NULL AND jobs.status = ? ORDER BY outputs.id",
+                [*ids, *wanted, JobStatus.DONE])
+            yield [_output_record(r) for r in rows]
+
+    def record_decision(self, records: list[OutputRecord], verdict: str, by: str, reason: str | None = None) -> None:
+        """Inside ``approval_claim``: ``records`` were approved (their files are now at their paths: the earlier
+        records of those paths, published or still waiting, are marked replaced by their job) or rejected; each
+        decision is recorded."""
+        now = time.time()
+        conn = self.db.conn
+        for record in records:
+            if verdict == APPROVED:
+                conn.execute("UPDATE outputs SET approval = ?, staged_path = NULL WHERE id = ?", [APPROVED, record.id])
+                conn.execute("UPDATE outputs SET replaced_by = ? WHERE path = ? AND id < ? AND job_id != ?"
+                             " AND replaced_by IS NULL", [record.job_id, record.path, record.id, record.job_id])
+            else:
+                conn.execute("UPDATE outputs SET approval = ? WHERE id = ?", [verdict, record.id])
+            conn.execute("INSERT INTO decisions (output_id, job_id, verdict, reason, by, at) VALUES (?, ?, ?, ?, ?, ?)",
+                         [record.id, record.job_id, verdict, reason, by, now])
+
+    def recorded_hashes(self, path: str) -> set[str]:
+        """The sha256 of every file the store has recorded at output ``path`` (any job, replaced or not)."""
+        return {row[0] for row in self.db.conn.execute("SELECT sha256 FROM outputs WHERE path = ? AND sha256 IS NOT"
+                                                       " NULL", [path])}
+
+    def decisions(self, job_id: int) -> list[dict[str, Any]]:
+        """Who approved or rejected which of a job's outputs, when and why, oldest first."""
+        return self.db.execute_returning_dicts("SELECT * FROM decisions WHERE job_id = ? ORDER BY at, id", [job_id])
+
+    def last_decision(self, output_id: int) -> dict[str, Any] | None:
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM decisions WHERE output_id = ? ORDER BY at DESC, id DESC LIMIT 1", [output_id])
+        return rows[0] if rows else None
+
     # -- re-runs (review page) ----------------------------------------------------------------------
     def add_rerun(self, source: Job, *, rule: str, rule_version: str, overrides: dict[str, dict[str, Any]],
                   max_attempts: int) -> Job:
@@ -1106,9 +1239,6 @@ class Store:
               " length(input_path) - length(rel_path) + 1) = rel_path THEN substr(input_path, 1, length(input_path)"
               " - length(rel_path) - 1) END")
 
-    def _has_column(self, table: str, column: str) -> bool:
-        return column in self.db[table].columns_dict
-
     def _night_where(self, since: float, *, status: str | None = None, rule: str | None = None,
                      inbox: str | None = None, flag: str | None = None) -> tuple[str, list[Any]]:
         where, params = ["(created_at >= ? OR finished_at >= ?)"], [since, since]
@@ -1125,22 +1255,22 @@ class Store:
             where.append("status = ? AND review IS NOT NULL")
             params.append(JobStatus.DONE)
         elif flag == AWAITING:
-            where.append(self._awaiting_sql())
+            where.append(self._AWAITING)
+            params += self._AWAITING_PARAMS
         return " AND ".join(where), params
 
-    def _awaiting_sql(self) -> str:
-        """A job with an output waiting for approval (``outputs.approval``, m009); none before that column exists."""
-        if not self._has_column("outputs", "approval"):
-            return "0"
-        return "EXISTS (SELECT 1 FROM outputs WHERE outputs.job_id = jobs.id AND outputs.approval = 'pending')"
+    # a done job with outputs waiting for approval (as ``awaiting_approval``: not replaced, not reserved)
+    _AWAITING = ("(status = ? AND EXISTS (SELECT 1 FROM outputs WHERE outputs.job_id = jobs.id AND outputs.approval = ?"
+                 " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL))")
+    _AWAITING_PARAMS = (JobStatus.DONE, PENDING_APPROVAL)
 
     def night_groups(self, since: float) -> list[dict[str, Any]]:
         """The jobs since ``since`` per (inbox, rule): a count per status, ``review`` (done, marked for review),
         ``awaiting`` (with outputs waiting for approval) and ``total``; by inbox, then rule."""
         rows = self.db.conn.execute(
             f"SELECT {self._INBOX} AS inbox, rule, status, COUNT(*), SUM(status = ? AND review IS NOT NULL),"
-            f" SUM({self._awaiting_sql()}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
-            " GROUP BY 1, 2, 3", [JobStatus.DONE, since, since]).fetchall()
+            f" SUM({self._AWAITING}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
+            " GROUP BY 1, 2, 3", [JobStatus.DONE, *self._AWAITING_PARAMS, since, since]).fetchall()
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for inbox, rule, status, n, review, awaiting in rows:
             g = groups.setdefault((inbox or "", rule), {"inbox": inbox, "rule": rule, "total": 0, REVIEW: 0,

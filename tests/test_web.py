@@ -517,3 +517,35 @@ def test_each_failure_is_classed_by_its_reason(error, label):
     job = Job(id=1, input_hash="h", rule="products", rule_version="v", input_path="/in/a.jpg", rel_path="a.jpg",
               status=JobStatus.FAILED, attempts=1, max_attempts=3, error=error.format(p="/in/a.jpg"))
     assert failure_class(job)[1] == label
+
+
+def test_outputs_awaiting_approval_are_counted_and_filtered(workspace):
+    from pipeline.store import PENDING_APPROVAL, OutputRecord
+
+    config_for(workspace)
+    text = workspace.config_path.read_text().replace(
+        "cutouts:   {path: out/cutouts,   format: png}", "cutouts:   {path: out/cutouts,   format: png, publish: on_approval}")
+    workspace.config_path.write_text(text)
+    config = load_config(workspace.config_path)
+    app = create_app(config)
+    store = app.state.store
+    waiting = add_job(store, workspace.inbox, "a.jpg", "cutouts")
+    store.finish(waiting.id, [OutputRecord("cutouts", str(workspace.out("cutouts") / "a.png"), "remove_background",
+                                           None, 10, 10, 100, "ab" * 32, approval=PENDING_APPROVAL,
+                                           staged_path=str(workspace.root / "state" / "staging" / "a.png"))], 1.0)
+    add_job(store, workspace.inbox, "b.jpg", "cutouts", "done")
+    client = TestClient(app)
+    html = client.get("/").text
+    assert group_rows_with_awaiting(html)[("inbox", "cutouts")]["awaiting"] == 1
+    assert client.get("/api/progress").json()["totals"]["awaiting"] == 1
+    assert set(shown_ids(client.get("/", params={"flag": "awaiting"}).text)) == {waiting.id}
+    store.close()
+
+
+def group_rows_with_awaiting(html: str) -> dict[tuple[str, str], dict[str, int]]:
+    keys = ["queued", "running", "done", "failed", "superseded", "review", "awaiting", "total"]
+    out = {}
+    for body in re.findall(r'<tr data-group="[^"]*">(.*?)</tr>', html, re.S):
+        text = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)]
+        out[(text[0], text[1])] = dict(zip(keys, map(int, text[2:])))
+    return out

@@ -126,7 +126,7 @@ def night(request: Request) -> Response:
         rows=[row(j, config.base_dir) for j in jobs], matching=store.night_count(q.since, **q.filters),
         rules=rules, inboxes=[(i, shown_folder(i, config.base_dir)) for i in inboxes],
         newest=store.newest_job_id(), page_size=size,
-        approvals=totals[AWAITING] > 0 or any(getattr(c, "publish", None) == "on_approval"
+        approvals=totals[AWAITING] > 0 or any(c.publish == "on_approval"
                                                for c in config.channels.values()),
         newer_link=q.link(after=jobs[0].id, before=None) if newer else None,
         older_link=q.link(before=jobs[-1].id, after=None) if older else None,
