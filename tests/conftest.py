@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+pytest_plugins = ["browser"]  # the `browser` fixture of the review page tests (tests/browser.py)
+
 
 def _threads_per_worker() -> int:
     """Under pytest-xdist, each worker's share of the cores (at least one thread); 0 when not under xdist."""

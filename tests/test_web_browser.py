@@ -3,9 +3,7 @@ change, the failures page's Retry works by clicking, and each page is saved as a
 test-artifacts/screens/ to look at. Skips without /usr/bin/chromium, except under CI=true, where it fails."""
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,28 +11,10 @@ from pipeline.config import load_config
 from pipeline.store import JobStatus
 from pipeline.web.app import create_app
 from pipeline.web.server import ReviewServer
+from browser import SCREENS, needs_browser
 from test_web import add_job, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screens"
-
-if not CHROMIUM.exists() and os.environ.get("CI") != "true":
-    pytest.skip(f"no {CHROMIUM} (install Debian's chromium; CI=true makes this a failure)", allow_module_level=True)
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), f"CI=true: the browser tests must run, and {CHROMIUM} is missing"
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+needs_browser()
 
 
 @pytest.fixture
