@@ -32,8 +32,12 @@ STEPS = [("remove_background", "studio", 1.2), ("place_in_scene", "composite", 0
 CHANNELS = ["webshop", "instagram", "banners", "print", "cutouts"]
 
 
-def fill(store: Store, n: int) -> None:
-    """``n`` jobs with their steps and outputs, written in bulk (the bench measures reading, not writing)."""
+def fill(store: Store, n: int, *, inboxes: tuple[str, ...] = ("/srv/inbox",), on_approval: str | None = None,
+         ) -> None:
+    """``n`` jobs with their steps and outputs, written in bulk (the bench measures reading, not writing).
+
+    ``inboxes``: the jobs' files are spread over these folders in turn. ``on_approval``: a channel whose outputs
+    wait for approval (staged; one job in four already approved), as ``publish: on_approval`` leaves them."""
     rng = random.Random(1)
     now = time.time()
     jobs, steps, outputs = [], [], []
@@ -42,7 +46,7 @@ def fill(store: Store, n: int) -> None:
         created = now - 8 * 3600 + i * 2.5
         wait = rng.uniform(0, 600)
         jobs.append({"id": i, "input_hash": f"{i:064x}", "rule": ("products", "cutouts", "banners")[i % 3],
-                     "rule_version": "v1", "input_path": f"/srv/inbox/shoot/IMG_{i:05d}.jpg",
+                     "rule_version": "v1", "input_path": f"{inboxes[i % len(inboxes)]}/shoot/IMG_{i:05d}.jpg",
                      "rel_path": f"shoot/IMG_{i:05d}.jpg", "status": status, "attempts": 1, "max_attempts": 3,
                      "created_at": created, "started_at": created + wait, "queue_wait": wait,
                      "finished_at": created + wait + 4 if status in ("done", "failed") else None,
@@ -59,6 +63,11 @@ def fill(store: Store, n: int) -> None:
             outputs += [{"job_id": i, "channel": c, "path": f"/srv/out/{c}/IMG_{i:05d}.jpg", "step": "upscale",
                          "ratio": "4:5", "width": 1080, "height": 1350, "bytes": 400_000, "sha256": "0" * 64,
                          "scale": 1.0, "created_at": created + wait + 4} for c in CHANNELS]
+            if on_approval is not None:
+                for o in outputs[-len(CHANNELS):]:
+                    if o["channel"] == on_approval:
+                        o["approval"] = "approved" if i % 4 == 0 else "pending"
+                        o["staged_path"] = None if i % 4 == 0 else f"/srv/staging/{o['channel']}/IMG_{i:05d}.jpg"
     with store.db.conn:
         store.db["jobs"].insert_all(jobs, batch_size=1000)
         store.db["steps"].insert_all(steps, batch_size=1000)
