@@ -282,14 +282,15 @@ def temp_owner_gone(name: str) -> bool:
 
 def remove_temp_files(config: Config) -> dict[Path, int]:
     """Remove the temporary files an assetd that died left in the folders it writes: every channel folder (outputs
-    land directly in it), every channel's staging folder, and the manifests folder with its per-rule folders.
-    Only names of assetd's own pattern whose writer is gone; nothing else is touched. Returns the count removed
-    per folder."""
+    land directly in it), every channel's staging folder, the manifests folder with its per-rule folders, and the
+    review page's previews cache with its folders. Only names of assetd's own pattern whose writer is gone
+    (an ``assetd serve`` at work keeps its own); nothing else is touched. Returns the count removed per folder."""
     folders = {c.path for c in config.channels.values() if c.path is not None}
     folders.update(config.staging_folder(c) for c in config.channels.values())
-    folders.add(config.manifest_folder)
-    with contextlib.suppress(OSError):
-        folders.update(p for p in config.manifest_folder.iterdir() if p.is_dir() and not p.is_symlink())
+    for parent in (config.manifest_folder, config.previews_folder):
+        folders.add(parent)
+        with contextlib.suppress(OSError):
+            folders.update(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())
     removed: dict[Path, int] = {}
     for folder in sorted(folders):
         try:
