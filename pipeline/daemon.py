@@ -26,6 +26,7 @@ from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
 from .outputs import remove_temp_files
+from .previews import PreviewMaker
 from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
@@ -58,6 +59,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.reloader: Reloader | None = None
         self.review: Any = None  # the review page's server (review.listen), a web.server.ReviewServer
+        self.previews: PreviewMaker | None = None  # makes finished jobs' thumbnails and previews (previews.wanted)
         self._applying = threading.Lock()  # apply() and stop() never change the watcher at the same time
         self.reload_seconds = reload_seconds
 
@@ -73,6 +75,7 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier.start()
         self._start_problems(store, self.notifier)
+        self._start_previews(store)
         for i in range(self.config.workers):
             self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
         self.watcher = self._start_watcher()
@@ -100,10 +103,20 @@ class Daemon:
             raise ConfigError(f"review.listen: {exc} (the address is taken, or not this machine's)") from None
         self.review = review
 
+    def _start_previews(self, store: Store) -> None:
+        """The thread making each finished job's review images (``previews.PreviewMaker``): with it, the morning's
+        first look at a job reads the cache instead of decoding every file. It makes them only while
+        ``previews.wanted`` says the page is in use (checked per job: a reload may change that)."""
+        maker = self.previews = PreviewMaker(self.config, store, self.stop_event)
+        thread = threading.Thread(target=maker.run, name="assetd-previews", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
     def _start_worker(self, models: Any = None) -> Worker:
         n = len(self.workers) + 1  # never reused: a retired worker may still be finishing its job
         worker = Worker(f"worker-{n}", self.config, self.store, self.rules, stop=self.stop_event,
-                        on_failed=self.notifier.job_failed, problems=self.problems, wait_for_arrival=True)
+                        on_failed=self.notifier.job_failed, problems=self.problems, wait_for_arrival=True,
+                        on_done=self.previews.offer if self.previews is not None else None)
         if models is not None:
             worker.ctx.models = models
         thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{n}", daemon=True)
@@ -215,6 +228,8 @@ class Daemon:
             self.problems.config, self.problems.rules = config, list(rules)
         if config.log_level != old.log_level:
             logging.getLogger().setLevel(config.log_level.upper())
+        if self.previews is not None:
+            self.previews.config = config
         if self.review is not None:  # the page shows the new channels and inboxes (review: is restart-only)
             self.review.app.state.config = config
         for _ in range(len(active), config.workers):

@@ -8,20 +8,28 @@ hold the recorded bytes: hashed once, then trusted while its size, mtime, ctime 
 hashed (a stamp beside the cache). A file that changed (edited, replaced by a later job, gone) is never shown as
 the record: ``NotServed`` says why.
 
+The daemon makes a finished job's images when the job ends (``PreviewMaker``: one low-priority thread beside
+the workers, so the morning's first view reads the cache) when the page is surely in use (``wanted``); a problem
+there is logged and the page makes the image at its first request, as it always can.
+
 The subject check (``subject_check``) is the visual proof of "edit, not regenerate": it finds where the input,
 resized by the output's recorded scale, lies in the output and marks the subject's pixels that equal the
 input's in one colour and those that differ in another.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import queue
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
@@ -35,6 +43,8 @@ from .text import printable
 if TYPE_CHECKING:
     from .config import Config
     from .store import Job, Store
+
+log = logging.getLogger("assetd.previews")
 
 THUMB = 240  # long edge of a thumbnail (the night view's rows, the contact sheet)
 PREVIEW = 1600  # long edge of a preview (the job page's side-by-side, the slider)
@@ -434,3 +444,92 @@ def before(config: Config, store: Store, output_id: int) -> Path:
     if result.origin is None or not path.exists():
         raise NotServed(f"output {output_id}: the input could not be placed in it ({result.note or 'not found'})")
     return path
+
+
+# -- made when a job ends (the daemon) ------------------------------------------------------------
+
+def wanted(config: Config) -> bool:
+    """Whether a finished job's images are made at once: the page is surely in use when the daemon serves it
+    (``review.listen``), when a channel waits for approval on it (``publish: on_approval``), or when the cache
+    exists (``assetd serve`` has shown images here before). Otherwise nothing is made until a page asks."""
+    return (bool(config.review.listen) or any(c.publish == "on_approval" for c in config.channels.values())
+            or config.previews_folder.is_dir())
+
+
+def make_for_job(config: Config, store: Store, job_id: int, stop: threading.Event | None = None, *,
+                 subject_check: bool = True) -> int:
+    """What the night view and the job page show of a finished job, made now: the thumbnail and preview of each
+    output (the first one is the night view's thumbnail) and of its input, then (``subject_check``) the subject
+    check with its "before" of the output the job page opens on (``make_check``). A file that cannot be shown
+    (gone, changed, undecodable) is skipped with a debug line: the page says why when asked. Returns how many
+    files were looked at; stops between files once ``stop`` is set."""
+    done = 0
+    rows = [r for r in store.output_rows(job_id) if not r.get("replaced_by")]
+    sources: list[Callable[[], Source]] = [lambda r=r: output_source(store, r["id"])[1] for r in rows]
+    sources.append(lambda: input_source(store, job_id)[1])
+    for source in sources:
+        if stop is not None and stop.is_set():
+            return done
+        try:
+            view(config, source(), "thumb")
+        except NotServed as exc:
+            log.debug("job %d: no preview: %s", job_id, exc)
+        done += 1
+    if subject_check and not (stop is not None and stop.is_set()):
+        make_check(config, store, job_id)
+    return done
+
+
+def make_check(config: Config, store: Store, job_id: int) -> None:
+    """The subject check (and the slider's "before") of the output a job's page opens on: its first output."""
+    rows = [r for r in store.output_rows(job_id) if not r.get("replaced_by")]
+    if rows:
+        try:
+            check(config, store, rows[0]["id"])
+        except NotServed as exc:
+            log.debug("job %d: no subject check: %s", job_id, exc)
+
+
+class PreviewMaker:
+    """The daemon's preview thread: the workers hand it each job they finish (``offer``, a queue put: the next
+    job starts at once) and it makes the job's thumbnails and previews (``make_for_job``) at a lower CPU priority
+    than the workers, one job at a time; the subject checks (``make_check``: several times the work, at full
+    size) come after, while no finished job waits for its thumbnails. It never fails a job: a problem is logged,
+    and the page makes the image later. What is still waiting at stop is left to the page."""
+
+    def __init__(self, config: Config, store: Store, stop: threading.Event):
+        self.config = config  # the daemon swaps it on a reload
+        self.store = store
+        self.stop = stop
+        self._queue: queue.Queue[int] = queue.Queue()
+        self._checks: collections.deque[int] = collections.deque()
+
+    def offer(self, job: Job) -> None:
+        """A job ended done (any worker's thread)."""
+        self._queue.put(job.id)
+
+    def run(self) -> None:
+        if sys.platform.startswith("linux"):  # on Linux a thread has its own nice value: yield to the workers
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            except OSError:
+                pass
+        while not self.stop.is_set():
+            try:
+                job_id, views = self._queue.get(timeout=0.5) if not self._checks else self._queue.get_nowait(), True
+            except queue.Empty:
+                if not self._checks:
+                    continue
+                job_id, views = self._checks.popleft(), False
+            config = self.config
+            if not wanted(config):
+                continue
+            try:
+                if views:
+                    make_for_job(config, self.store, job_id, self.stop, subject_check=False)
+                    self._checks.append(job_id)
+                else:
+                    make_check(config, self.store, job_id)
+            except Exception as exc:  # noqa: BLE001 - a preview never fails anything; the page makes it later
+                log.warning("job %d: its previews could not be made now (%s: %s); the review page makes them when "
+                            "it shows the job", job_id, type(exc).__name__, exc)

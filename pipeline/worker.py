@@ -227,8 +227,10 @@ class Worker:
 
     def __init__(self, name: str, config: Config, store: Store, rules: list[Rule], *,
                  stop: threading.Event | None = None, on_failed: Callable[[Job, str], None] | None = None,
-                 problems: Problems | None = None, wait_for_arrival: bool = False):
+                 problems: Problems | None = None, wait_for_arrival: bool = False,
+                 on_done: Callable[[Job], None] | None = None):
         """``problems``: the daemon's problem processes (None: nothing pauses; a PAUSE is a RETRY).
+        ``on_done``: told of each job that ended done (the daemon's preview thread); it must return at once.
         ``wait_for_arrival``: an input cut short that changed recently waits (the daemon, whose watcher queues
         the rest of the copy); without, it fails as damaged at once (``assetd process``)."""
         self.name = name
@@ -238,6 +240,7 @@ class Worker:
         self.rules = {r.name: r for r in rules}
         self.stop = stop or threading.Event()
         self.on_failed = on_failed
+        self.on_done = on_done
         self.problems = problems
         self.wait_for_arrival = wait_for_arrival
         self._model_rules = model_rules(rules) if problems is not None else set()
@@ -418,6 +421,11 @@ class Worker:
         result.status = JobStatus.DONE
         if job.rerun_of is not None:
             self._retire_replaced(job, result.outputs)
+        if self.on_done is not None:
+            try:
+                self.on_done(job)
+            except Exception:  # noqa: BLE001 - the job is done whatever its listener does
+                log.exception("%s: job %d: could not hand it to the preview thread", self.name, job.id)
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
                  plural(len(result.outputs), "output"))
