@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         "overhead": run("overhead", ["bench/overhead.py"] + (["--files", "1000"] if args.quick else [])),
         "seams": run("seams", ["bench/seams.py"] + (["--composite-size", "600x450"] if args.quick else [])),
         "framing": run("framing", ["bench/framing.py"] + (["--quick"] if args.quick else [])),
+        "metrics": run("metrics", ["bench/metrics.py"] + (["--jobs", "1000", "--scrapes", "5"] if args.quick else [])),
+        "review": run("review", ["bench/review.py"] + (["--quick"] if args.quick else [])),
     }
     if args.quick:
         print("quick run: BENCHMARKS.md left unchanged")
