@@ -60,6 +60,7 @@ class Daemon:
         self.reloader: Reloader | None = None
         self.review: Any = None  # the review page's server (review.listen), a web.server.ReviewServer
         self.previews: PreviewMaker | None = None  # makes finished jobs' thumbnails and previews (previews.wanted)
+        self._previews_thread: threading.Thread | None = None
         self._applying = threading.Lock()  # apply() and stop() never change the watcher at the same time
         self.reload_seconds = reload_seconds
 
@@ -75,7 +76,7 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier.start()
         self._start_problems(store, self.notifier)
-        self._start_previews(store)
+        self._start_previews()
         for i in range(self.config.workers):
             self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
         self.watcher = self._start_watcher()
@@ -103,13 +104,12 @@ class Daemon:
             raise ConfigError(f"review.listen: {exc} (the address is taken, or not this machine's)") from None
         self.review = review
 
-    def _start_previews(self, store: Store) -> None:
+    def _start_previews(self) -> None:
         """The thread making each finished job's review images (``previews.PreviewMaker``): with it, the morning's
         first look at a job reads the cache instead of decoding every file. It makes them only while
         ``previews.wanted`` says the page is in use (checked per job: a reload may change that)."""
-        maker = self.previews = PreviewMaker(self.config, store, self.stop_event)
-        thread = threading.Thread(target=maker.run, name="assetd-previews", daemon=True)
-        self._threads.append(thread)
+        maker = self.previews = PreviewMaker(self.config, self.stop_event)
+        thread = self._previews_thread = threading.Thread(target=maker.run, name="assetd-previews", daemon=True)
         thread.start()
 
     def _start_worker(self, models: Any = None) -> Worker:
@@ -313,6 +313,8 @@ class Daemon:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self._previews_thread is not None:  # it only reads, with its own connection: no need to wait long
+            self._previews_thread.join(min(2.0, max(0.1, deadline - time.monotonic())))
         if self.notifier is not None:
             self.notifier.stop()  # the delivery thread first, so the last attempt below is the only one
             self.notifier.maybe_digest()

@@ -495,11 +495,12 @@ class PreviewMaker:
     job starts at once) and it makes the job's thumbnails and previews (``make_for_job``) at a lower CPU priority
     than the workers, one job at a time; the subject checks (``make_check``: several times the work, at full
     size) come after, while no finished job waits for its thumbnails. It never fails a job: a problem is logged,
-    and the page makes the image later. What is still waiting at stop is left to the page."""
+    and the page makes the image later. What is still waiting at stop is left to the page. It reads the job store
+    through a connection of its own, so the daemon need not wait at stop for a subject check under way (seconds
+    for a large shot): the thread ends after it, and only reads."""
 
-    def __init__(self, config: Config, store: Store, stop: threading.Event):
+    def __init__(self, config: Config, stop: threading.Event):
         self.config = config  # the daemon swaps it on a reload
-        self.store = store
         self.stop = stop
         self._queue: queue.Queue[int] = queue.Queue()
         self._checks: collections.deque[int] = collections.deque()
@@ -514,6 +515,15 @@ class PreviewMaker:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
             except OSError:
                 pass
+        from .store import Store
+
+        store = Store(self.config.database)
+        try:
+            self._loop(store)
+        finally:
+            store.close()
+
+    def _loop(self, store: Store) -> None:
         while not self.stop.is_set():
             try:
                 job_id, views = self._queue.get(timeout=0.5) if not self._checks else self._queue.get_nowait(), True
@@ -526,10 +536,10 @@ class PreviewMaker:
                 continue
             try:
                 if views:
-                    make_for_job(config, self.store, job_id, self.stop, subject_check=False)
+                    make_for_job(config, store, job_id, self.stop, subject_check=False)
                     self._checks.append(job_id)
                 else:
-                    make_check(config, self.store, job_id)
+                    make_check(config, store, job_id)
             except Exception as exc:  # noqa: BLE001 - a preview never fails anything; the page makes it later
                 log.warning("job %d: its previews could not be made now (%s: %s); the review page makes them when "
                             "it shows the job", job_id, type(exc).__name__, exc)

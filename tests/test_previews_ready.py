@@ -25,9 +25,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cached(config, suffix: str) -> list:
+def cached(config, pattern: str) -> list:
     folder = config.previews_folder
-    return sorted(folder.glob(f"*/*{suffix}")) if folder.is_dir() else []
+    return sorted(folder.glob(f"*/{pattern}")) if folder.is_dir() else []
 
 
 def test_the_daemon_makes_a_finished_jobs_previews_before_anyone_asks(workspace, monkeypatch):
@@ -38,14 +38,14 @@ def test_the_daemon_makes_a_finished_jobs_previews_before_anyone_asks(workspace,
     daemon.start()
     try:  # no request reaches the page meanwhile
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (len(cached(config, "-240.webp")) == 2
-                                                  and cached(config, ".json")):
+        while time.monotonic() < deadline and not (len(cached(config, "*-1600.webp")) == 2
+                                                  and cached(config, "*-check-*.json")):  # the check: last
             time.sleep(0.1)
         job = daemon.store.jobs()[0]
     finally:
         daemon.stop()
     assert job.status.value == "done"
-    assert len(cached(config, "-240.webp")) == 2 and len(cached(config, "-1600.webp")) == 2  # the input, the output
+    assert len(cached(config, "*-240.webp")) == 2 and len(cached(config, "*-1600.webp")) == 2  # the input, the output
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded at a request: the previews were not made when the job ended")
