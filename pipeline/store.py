@@ -1357,3 +1357,19 @@ class Store:
             db.conn.execute(f"UPDATE jobs SET acknowledged_at = ? WHERE id IN ({_marks(done)})",
                             [time.time(), *done])
         return done
+
+    # -- review actions (review page) ------------------------------------------------------------
+    def next_awaiting(self, after: int | None = None, since: float | None = None) -> int | None:
+        """The job to look at next on the review page: the first done job with outputs waiting for approval
+        (as ``awaiting_approval``) above ``after`` (in the order they came in), else the first from the start;
+        with ``since``: only jobs finished at or after it. None when nothing waits."""
+        sql = f"SELECT MIN(id) FROM jobs WHERE {self._AWAITING}"
+        params: list[Any] = list(self._AWAITING_PARAMS)
+        if since is not None:
+            sql += " AND finished_at >= ?"
+            params.append(since)
+        if after is not None:
+            row = self.db.conn.execute(sql + " AND id > ?", [*params, after]).fetchone()
+            if row[0] is not None:
+                return row[0]
+        return self.db.conn.execute(sql, params).fetchone()[0]
