@@ -165,6 +165,6 @@ def test_rerun_with_an_override_queues_a_linked_job_and_a_bad_one_queues_nothing
     assert new.rerun_of == job.id and new.rule == "products" and new.status is JobStatus.QUEUED
     assert new.overrides == {"crops": {"anchor": "top"}, "place_in_scene": {"scale": 0.5}}
     assert f'href="/jobs/{new.id}" id="new-job"' in done.text  # a link to the new job
-    assert "crops.anchor: bottom → top" in done.text
+    assert "crops.anchor: bottom → top" in done.text and "place_in_scene.scale: 0.6 → 0.5" in done.text
     assert f'Re-run as <a href="/jobs/{new.id}">job {new.id}</a>' in done.text  # the first job links its re-runs
     assert f're-run of <a href="/jobs/{job.id}">job {job.id}</a>' in client.get(f"/jobs/{new.id}").text

@@ -21,15 +21,18 @@ from starlette.routing import BaseRoute, Route
 
 from ..approval import Decision, approve, approve_all_pending, reject
 from ..errors import ConfigError
-from ..rerun import RerunError, differences, parse_set, rerun
+from ..rerun import RerunError, as_written, differences, parse_set, rerun
 from ..rules import Rule, load_rules
 from ..stages.crops import CropsOptions
 from ..store import Job, Store
 from .job import APPROVAL
 from .night import SINCE_FORMAT
+from .templating import TEMPLATES
 
 BY = "review page"  # who decided, in the decisions table (the page has one access token, not one login a person)
 SCENE, ANCHOR = ("place_in_scene", "scene"), ("crops", "anchor")  # the re-run form's two ready-made options
+
+TEMPLATES.env.filters["as_written"] = as_written  # a re-run's options as a rule file writes them (true, not True)
 
 
 def decided(record: dict[str, Any] | None) -> str:

@@ -78,6 +78,10 @@
       box.querySelector(".decided").textContent = state.decided;
     });
     if (count) count.textContent = waiting;
+    ["approve-job", "reject-job"].forEach(function (id) {
+      var button = document.getElementById(id);
+      if (button) button.disabled = waiting === 0;
+    });
   }
 
   // every decision: POST the bar's form (CSRF, reason) with the button pressed, ask for JSON, update in place
@@ -164,6 +168,7 @@
     else if (key === "n") { if (next) window.location.href = next.href; }
     else return;
     event.preventDefault();
-    if (button) send(button);
+    if (button && button.disabled) say(["no output of this job awaits approval"], []);
+    else if (button) send(button);
   });
 })();
