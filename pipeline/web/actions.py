@@ -27,6 +27,7 @@ from ..stages.crops import CropsOptions
 from ..store import Job, Store
 from .job import APPROVAL
 from .night import SINCE_FORMAT
+from .security import safe_next
 from .templating import TEMPLATES
 
 BY = "review page"  # who decided, in the decisions table (the page has one access token, not one login a person)
@@ -45,18 +46,20 @@ def decided(record: dict[str, Any] | None) -> str:
     return f"{record['verdict']} by {record['by']} at {at}" + (f": {record['reason']}" if record.get("reason") else "")
 
 
-def output_states(store: Store, job_id: int) -> dict[int, dict[str, Any]]:
+def output_states(store: Store, job_id: int,
+                  history: list[dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
     """Each output of the job with what the page shows of its approval: the state, the last decision (who, when,
-    why), and whether it can still be approved / rejected."""
+    why), and whether it can still be approved / rejected. ``history``: the job's decisions, when already read."""
     last: dict[int, dict[str, Any]] = {}
-    for record in store.decisions(job_id):  # oldest first: the last one wins
+    for record in store.decisions(job_id) if history is None else history:  # oldest first: the last one wins
         last[record["output_id"]] = record
     states = {}
     for row in store.output_rows(job_id):
         key = row.get("approval")
         live = row.get("replaced_by") is None
         states[row["id"]] = {
-            "approval_key": key or "published", "approval": APPROVAL.get(key, key), "decided": decided(last.get(row["id"])),
+            "approval_key": key or "published", "approval": APPROVAL.get(key, key),
+            "decided": decided(last.get(row["id"])),
             "can_approve": live and key in ("pending", "rejected"), "can_reject": live and key == "pending",
         }
     return states
@@ -66,18 +69,18 @@ def job_context(request: Request, job: Job) -> dict[str, Any]:
     """What job.html's actions need: the outputs' decisions, the history, the re-runs, the next job awaiting
     approval, the re-run form's choices, and what the last action did (shown once)."""
     store: Store = request.app.state.store
-    states = output_states(store, job.id)
+    history = store.decisions(job.id)
+    states = output_states(store, job.id, history)
     rules, rules_problem = _rules(request)
     return {
         "states": states,
         "awaiting": sum(1 for s in states.values() if s["can_reject"]),
         "rejected": sum(1 for s in states.values() if s["approval_key"] == "rejected" and s["can_approve"]),
-        "history": [dict(d, text=decided(d)) for d in store.decisions(job.id)],
+        "history": [dict(d, text=decided(d)) for d in history],
         "reruns": [j for j in store.rerun_family(job.id) if j.rerun_of == job.id],
         "next_awaiting": store.next_awaiting(after=job.id),
         "rerun_rules": [r.name for r in rules], "rules_problem": rules_problem,
         "scenes": scenes(rules), "anchors": anchors(),
-        "has_step": {step: any(r.step(step) for r in rules if r.name == job.rule) for step in (SCENE[0], ANCHOR[0])},
         "flash": request.session.pop("flash", None),
     }
 
@@ -193,8 +196,7 @@ async def approve_all(request: Request) -> Response:
             decision = Decision(problems=[f"nothing approved: {since_text!r} is not a time like 2026-11-30T18:00"])
             return _answer(request, decision, None, "/")
     decision = await run_in_threadpool(lambda: approve_all_pending(config, store, since=since, by=BY))
-    back = str(form.get("back") or "/")
-    return _answer(request, decision, None, back if back.startswith("/") and not back.startswith("//") else "/")
+    return _answer(request, decision, None, safe_next(str(form.get("back") or "/")))
 
 
 def next_awaiting(request: Request) -> Response:

@@ -151,7 +151,8 @@
     var fig = figures[selected];
     var box = decideBox(fig);
     var button = null;
-    if (key === "arrowright" || key === "j") { select(selected + 1, true); }
+    if (!fig && (key === "p" || key === "x")) { say(["this job has no outputs to decide about"], []); }
+    else if (key === "arrowright" || key === "j") { select(selected + 1, true); }
     else if (key === "arrowleft" || key === "k") { select(selected - 1, true); }
     else if (key === "p" && event.shiftKey) { button = document.getElementById("approve-job"); }
     else if (key === "x" && event.shiftKey) { button = document.getElementById("reject-job"); }
