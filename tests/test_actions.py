@@ -106,9 +106,20 @@ def test_reject_never_publishes_and_records_the_reason(site):
     assert store.outputs_by_id([record.id])[0].approval == REJECTED
     assert store.last_decision(record.id)["reason"] == "label cut off at the top"
     assert not Path(record.path).exists() and Path(record.staged_path).exists()
+    # an output of another job is not decided about from this job's page
+    other = staged(store, jobs["c.jpg"].id)
+    wrong = client.post(f"/jobs/{job.id}/reject", data={"output": other.id, "csrf": token, "reason": "no"},
+                        headers={"Accept": "application/json"})
+    assert wrong.status_code == 409 and "is not an output of job" in wrong.json()["problems"][0]
+    assert staged(store, jobs["c.jpg"].id).approval == PENDING_APPROVAL
     # approve all does not publish a rejected one either
     client.post("/approve-all", data={"csrf": token})
     assert not Path(record.path).exists()
+    # its own Approve button approves it anew
+    anew = client.post(f"/jobs/{job.id}/approve", data={"output": record.id, "csrf": token},
+                       headers={"Accept": "application/json"}).json()
+    assert anew["problems"] == [] and anew["outputs"][str(record.id)]["approval_key"] == APPROVED
+    assert Path(record.path).exists()
 
 
 def test_approve_all_approves_only_what_is_in_scope(site):

@@ -104,6 +104,7 @@
         return r.text().then(function (t) { return {problems: [t.trim() || ("HTTP " + r.status)]}; });
       })
       .then(function (answer) {
+        if (answer.error) answer.problems = [answer.error];  // the login ended: log in again
         apply(answer.outputs);
         say(answer.lines, answer.problems);
         if (next && answer.next_awaiting !== undefined) next.classList.toggle("muted", answer.next_awaiting === null);
