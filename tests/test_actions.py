@@ -151,6 +151,11 @@ def test_a_post_without_the_csrf_token_changes_nothing(site):
         assert client.post(url, data=data).status_code == 403, url
     assert client.get(f"/jobs/{job.id}/approve").status_code == 405  # GET never decides
     assert staged(store, job.id).approval == PENDING_APPROVAL and not Path(record.path).exists()
+    # the page's script sends the token as a header
+    token = csrf_of(client, f"/jobs/{job.id}")
+    ok = client.post(f"/jobs/{job.id}/approve", data={"output": record.id},
+                     headers={"X-CSRF-Token": token, "Accept": "application/json"})
+    assert ok.status_code == 200 and Path(record.path).exists()
     assert len(store.jobs()) == 3
 
 

@@ -37,7 +37,7 @@ def wait_for(what: str, check, timeout: float = 30.0):
 
 def test_approve_reject_approve_all_and_rerun_in_a_browser(workspace, browser):
     workspace.add_rule("20-cutouts.yaml", RULE)
-    with ServedDaemon(workspace, channels_extra=CHANNEL) as served:
+    with ServedDaemon(workspace, channels_extra=CHANNEL, review_extra=", token: s3cret-token") as served:
         store = served.store
         for seed, name in enumerate(["a.jpg", "b.jpg", "c.jpg"], 1):
             workspace.shot(f"inbox/{name}", "white", size=(320, 240), seed=seed, subject="bottle")
@@ -49,6 +49,10 @@ def test_approve_reject_approve_all_and_rerun_in_a_browser(workspace, browser):
 
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(served.url + "/login")
+        page.fill("input[name=token]", "s3cret-token")
+        page.click("button.primary")
+        page.wait_for_url(served.url + "/")
 
         # P on a staged output: it is published into the channel folder, byte for byte the staged file
         a = by_name["a.jpg"]
