@@ -69,6 +69,7 @@ def test_approve_reject_approve_all_and_rerun_in_a_browser(workspace, browser):
         assert "approved by review page" in selected.text_content()
         assert page.locator("#awaiting-count").text_content() == "0"
         assert page.locator("#approve-job").is_disabled()
+        assert "N opens the next job awaiting approval" in page.locator("#action-status").text_content()
         screenshot(page, "actions-job-approved")
 
         # N: the next job awaiting approval; X there with a reason: rejected, never published

@@ -62,7 +62,8 @@
     return -1;
   }
 
-  function apply(outputs) {
+  function apply(outputs) {  // the job's outputs as the server says they are now; returns how many await
+    if (!outputs) return null;
     var waiting = 0;
     Object.keys(outputs || {}).forEach(function (id) {
       var state = outputs[id];
@@ -82,6 +83,7 @@
       var button = document.getElementById(id);
       if (button) button.disabled = waiting === 0;
     });
+    return waiting;
   }
 
   // every decision: POST the bar's form (CSRF, reason) with the button pressed, ask for JSON, update in place
@@ -105,8 +107,13 @@
       })
       .then(function (answer) {
         if (answer.error) answer.problems = [answer.error];  // the login ended: log in again
-        apply(answer.outputs);
-        say(answer.lines, answer.problems);
+        var waiting = apply(answer.outputs);
+        var lines = answer.lines || [];
+        if (waiting === 0 && answer.next_awaiting !== undefined && answer.next_awaiting !== null &&
+            String(answer.next_awaiting) !== decide.closest("[data-job]").dataset.job) {
+          lines = lines.concat(["nothing of this job awaits a decision now: N opens the next job awaiting approval"]);
+        }
+        say(lines, answer.problems);
         if (next && answer.next_awaiting !== undefined) next.classList.toggle("muted", answer.next_awaiting === null);
         // Lightroom's auto-advance: on to the next output still awaiting a decision
         if (selected >= 0 && !pending(figures[selected])) {
