@@ -1362,14 +1362,16 @@ class Store:
     def next_awaiting(self, after: int | None = None, since: float | None = None) -> int | None:
         """The job to look at next on the review page: the first done job with outputs waiting for approval
         (as ``awaiting_approval``) above ``after`` (in the order they came in), else the first from the start;
-        with ``since``: only jobs finished at or after it. None when nothing waits."""
-        sql = f"SELECT MIN(id) FROM jobs WHERE {self._AWAITING}"
-        params: list[Any] = list(self._AWAITING_PARAMS)
+        with ``since``: only jobs finished at or after it. None when nothing waits. Read from the outputs
+        waiting (indexed by approval), so it costs the same with 10,000 jobs."""
+        sql = ("SELECT MIN(outputs.job_id) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval"
+               " = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
+        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
         if since is not None:
-            sql += " AND finished_at >= ?"
+            sql += " AND jobs.finished_at >= ?"
             params.append(since)
         if after is not None:
-            row = self.db.conn.execute(sql + " AND id > ?", [*params, after]).fetchone()
+            row = self.db.conn.execute(sql + " AND outputs.job_id > ?", [*params, after]).fetchone()
             if row[0] is not None:
                 return row[0]
         return self.db.conn.execute(sql, params).fetchone()[0]
