@@ -63,6 +63,7 @@ def test_the_morning_review_in_a_browser(served, workspace, browser):
     expect(page.locator('[data-total="done"]').first).to_have_text("2", timeout=WAIT)
     expect(page.locator('[data-total="failed"]').first).to_have_text("2", timeout=WAIT)
     expect(page.locator("#fresh")).to_contain_text("4 new jobs since this page was loaded")
+    expect(page.locator("#jobs.empty")).to_be_hidden()  # no "No jobs" under "4 new jobs"
     screenshot(page, "review-night-arrived")
     page.click("#fresh a")  # reload: the rows
     expect(page.locator("table.jobs tbody tr")).to_have_count(4)
