@@ -158,6 +158,7 @@ def test_the_morning_review_in_a_browser(served, workspace, browser):
     body = page.text_content("body")
     assert re.search(r'^assetd_jobs_total\{outcome="done",rule="products"\} 3\.0$', body, re.M), body[:2000]
     assert re.search(r'^assetd_jobs_total\{outcome="failed",rule="products"\} 1\.0$', body, re.M)
+    screenshot(page, "review-metrics")
 
 
 def test_a_token_guards_every_page(workspace, browser):
