@@ -1222,15 +1222,15 @@ class Store:
         rows = self.db.execute_returning_dicts(sql, [*bounds, *(params or [])])
         return [row for row in rows if row["count"]]
 
-    def awaiting_by_channel(self) -> dict[str, int] | None:
-        """Outputs waiting for approval per channel (``publish: on_approval``); None on a database without
-        approvals (no ``outputs.approval`` column)."""
-        if "approval" not in self.db["outputs"].columns_dict:
-            return None
+    def awaiting_by_channel(self) -> dict[str, int]:
+        """Outputs of done jobs waiting for approval per channel (``publish: on_approval``), counted as
+        ``awaiting_total`` counts them."""
         rows = self.db.conn.execute(
-            "SELECT channel, COUNT(*) FROM outputs WHERE approval = ? AND reserved IS NULL"
-            " AND replaced_by IS NULL GROUP BY channel", ["pending"])
+            "SELECT outputs.channel, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
+            " outputs.approval = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?"
+            " GROUP BY outputs.channel", [PENDING_APPROVAL, JobStatus.DONE])
         return {channel: n for channel, n in rows}
+
     # -- the night view and failures (review page) ----------------------------------------------
     # The night view shows the jobs queued or ended since a time, newest first, a page at a time by keyset (the
     # id of the last row shown), so a page costs the same at 10,000 jobs as at 10. The inbox of a job is its
