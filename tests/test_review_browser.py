@@ -125,6 +125,11 @@ def test_the_morning_review_in_a_browser(served, workspace, browser):
     expect(page.locator("table.failures tbody tr")).to_have_count(2)
     expect(page.locator(f'tr[data-id="{damaged.id}"] .class')).to_have_text("bad input")
     screenshot(page, "review-failures")
+    job.click("header nav a:text('Failures')")
+    job.click(f'tr[data-id="{damaged.id}"] td.file a')  # what went wrong, before fixing it
+    expect(job.locator("#failure")).to_contain_text("image data is damaged")
+    expect(job.locator("#failure .state")).to_have_text("bad input")
+    screenshot(job, "review-job-failed")
     night = browser.new_page(viewport={"width": 1400, "height": 900})
     night.goto(url + "/")  # stays open: the retried job's row follows
     workspace.shot("inbox/error/products/damaged.jpg", "white", seed=5)  # a good copy from the card
