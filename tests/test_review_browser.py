@@ -154,7 +154,7 @@ def test_the_morning_review_in_a_browser(served, workspace, browser):
     expect(page.locator(".flash")).to_contain_text(f"acknowledged: {notes.id}")
     expect(page.locator("table.failures")).to_have_count(0)
     expect(page.locator(".empty")).to_contain_text("No failures to look at")
-    expect(page.locator('a[href="/failures?acknowledged=1"]')).to_have_text("1 acknowledged")
+    expect(page.locator('a[href="/failures?acknowledged=1"]')).to_have_text("1 acknowledged or resolved")
     screenshot(page, "review-failures-acknowledged")
 
     # -- /metrics: Prometheus' text, from the same store
