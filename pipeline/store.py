@@ -231,6 +231,7 @@ def m012_review(db: Database) -> None:
         db["jobs"].add_column("acknowledged_at", float)
     db["jobs"].create_index(["created_at"], if_not_exists=True)
     db["jobs"].create_index(["finished_at"], if_not_exists=True)
+    db["jobs"].create_index(["input_path"], if_not_exists=True)  # a failure resolved by a later job of the file
 
 
 class JobStatus(str, Enum):
@@ -1321,13 +1322,20 @@ class Store:
     def newest_job_id(self) -> int:
         return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
 
-    _UNACKNOWLEDGED = "status = ? AND (acknowledged_at IS NULL OR acknowledged_at < COALESCE(finished_at, 0))"
+    # On the failures list: failed, nobody acknowledged it since it last failed, and no later job of the same file
+    # under the same rule has ended done since (the file was fixed or replaced and ran again: nothing left to do).
+    _ON_LIST = ("status = ? AND (acknowledged_at IS NULL OR acknowledged_at < COALESCE(finished_at, 0))"
+                " AND NOT EXISTS (SELECT 1 FROM jobs AS later WHERE later.input_path = jobs.input_path"
+                " AND later.rule = jobs.rule AND later.id > jobs.id AND later.status = ?)")
+    _ON_LIST_PARAMS = (JobStatus.FAILED, JobStatus.DONE)
 
     def failures(self, limit: int, *, before: int | None = None, acknowledged: bool = False) -> list[Job]:
-        """Failed jobs newest first, a page at a time (``before``: below this id): those nobody acknowledged since
-        they last failed, or (``acknowledged``) those someone did."""
-        where = self._UNACKNOWLEDGED if not acknowledged else f"status = ? AND NOT ({self._UNACKNOWLEDGED})"
-        params: list[Any] = [JobStatus.FAILED] * (1 if not acknowledged else 2)
+        """Failed jobs newest first, a page at a time (``before``: below this id): those on the failures list, or
+        (``acknowledged``) the others: acknowledged since they last failed, or done since by a later job."""
+        if acknowledged:
+            where, params = f"status = ? AND NOT ({self._ON_LIST})", [JobStatus.FAILED, *self._ON_LIST_PARAMS]
+        else:
+            where, params = self._ON_LIST, list(self._ON_LIST_PARAMS)
         if before is not None:
             where += " AND id < ?"
             params.append(before)
@@ -1336,15 +1344,15 @@ class Store:
         return [Job.from_row(r) for r in rows]
 
     def failure_counts(self) -> tuple[int, int]:
-        """(failed jobs not acknowledged, acknowledged ones)."""
-        row = self.db.conn.execute(f"SELECT SUM({self._UNACKNOWLEDGED}), SUM(status = ?) FROM jobs",
-                                   [JobStatus.FAILED, JobStatus.FAILED]).fetchone()
+        """(failed jobs on the failures list, the other failed ones: acknowledged, or done since by a later job)."""
+        row = self.db.conn.execute(f"SELECT SUM({self._ON_LIST}), SUM(status = ?) FROM jobs",
+                                   [*self._ON_LIST_PARAMS, JobStatus.FAILED]).fetchone()
         return row[0] or 0, (row[1] or 0) - (row[0] or 0)
 
     def unacknowledged_failures(self) -> list[int]:
         """The ids of the failed jobs on the failures list (Retry all)."""
-        return [r[0] for r in self.db.conn.execute(f"SELECT id FROM jobs WHERE {self._UNACKNOWLEDGED} ORDER BY id",
-                                                   [JobStatus.FAILED])]
+        return [r[0] for r in self.db.conn.execute(f"SELECT id FROM jobs WHERE {self._ON_LIST} ORDER BY id",
+                                                   list(self._ON_LIST_PARAMS))]
 
     def acknowledge(self, job_ids: Collection[int]) -> list[int]:
         """Take these failed jobs off the failures list (until they fail again); returns those it did."""
