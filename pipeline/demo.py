@@ -198,6 +198,8 @@ def report(database: Path, echo: Callable[[str], None], elapsed: float | None) -
             echo(f"✓ {job.rel_path}  ({job.rule}, {job.seconds or 0:.1f}s)")
             for o in store.outputs(job.id):
                 echo(f"    {o.channel:>9s}  {o.ratio or '-':>5s}  {o.width:>5d}×{o.height:<5d} {o.path}")
+        echo(f"\nreview them in a browser: assetd serve --config {database.parent.parent / 'config.yaml'}  "
+             "(then open http://127.0.0.1:8765/)")
     finally:
         store.close()
     return 0

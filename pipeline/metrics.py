@@ -77,13 +77,11 @@ class JobsCollector:
                                 "claimed to be read ahead is not counted)", value=in_flight)
         yield _histogram("assetd_queue_wait_seconds", "Time from queued to the start of a job's first run", [],
                          self.store.queue_wait_histogram(QUEUE_BUCKETS), QUEUE_BUCKETS)
-        pending = self.store.awaiting_by_channel()
-        if pending is not None:  # a database with approvals (channels.NAME.publish: on_approval)
-            awaiting = GaugeMetricFamily("assetd_outputs_awaiting_approval", "Outputs waiting in staging for "
-                                         "approval, by channel", labels=["channel"])
-            for channel, n in sorted(pending.items()):
-                awaiting.add_metric([channel], n)
-            yield awaiting
+        awaiting = GaugeMetricFamily("assetd_outputs_awaiting_approval", "Outputs waiting in staging for "
+                                     "approval, by channel (channels.NAME.publish: on_approval)", labels=["channel"])
+        for channel, n in sorted(self.store.awaiting_by_channel().items()):
+            awaiting.add_metric([channel], n)
+        yield awaiting
 
 
 class StepTotals:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import Config
 from .store import Job, JobStatus, Store
-from .text import format_duration, printable
+from .text import format_duration, plural, printable
 
 log = logging.getLogger("assetd.notify")
 DIGEST_CUTOFF = "digest_cutoff"
@@ -56,8 +56,11 @@ def with_timeouts(url: str, seconds: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def digest_text(jobs: list[Job], max_listed: int = 50) -> tuple[str, str]:
-    """Title and body of a batch digest: counts, then the failures and the jobs to review (each list capped)."""
+def digest_text(jobs: list[Job], max_listed: int = 50, awaiting: int = 0,
+                review_url: str | None = None) -> tuple[str, str]:
+    """Title and body of a batch digest: counts, then the failures and the jobs to review (each list capped);
+    ``awaiting``: outputs waiting for approval (``publish: on_approval``); ``review_url``: the review page, where
+    the morning's review starts (``review.listen``)."""
     done = [j for j in jobs if j.status is JobStatus.DONE]
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
     review = [j for j in done if j.review]
@@ -70,7 +73,27 @@ def digest_text(jobs: list[Job], max_listed: int = 50) -> tuple[str, str]:
     lines += _listing("Failed:", [j.error or j.input_path for j in failed], max_listed, "failed")
     lines += _listing("Need review (outputs written):",
                       [f"{printable(j.input_path)}: {'; '.join(j.review)}" for j in review], max_listed, "review")
+    if awaiting:
+        title += f", {plural(awaiting, 'output')} to approve"
+        lines += ["", f"{plural(awaiting, 'output')} {'waits' if awaiting == 1 else 'wait'} for approval before "
+                      "publishing: " + (f"{review_url}?flag=awaiting" if review_url else "assetd approve")]
+    if review_url:
+        lines += ["", f"Review page: {review_url}"]
     return title, "\n".join(lines)
+
+
+def review_url(config: Config) -> str | None:
+    """The review page's address as a reader of the digest would open it (``review.listen``), or None."""
+    if not config.review.listen:
+        return None
+    from .web.server import parse_listen  # starlette is imported only by the page itself
+
+    host, port = parse_listen(config.review.listen)
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        host = socket.getfqdn()
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
 
 def _listing(heading: str, items: list[str], max_listed: int, status: str) -> list[str]:
@@ -177,7 +200,7 @@ class Notifier:
         last = max(j.finished_at or 0.0 for j in jobs)
         if now - last < self.notify.digest_after_idle_seconds:
             return False
-        title, body = digest_text(jobs)
+        title, body = digest_text(jobs, awaiting=self.store.awaiting_total(), review_url=review_url(self.config))
         log.info("digest: %s", title)
         if self.enabled:
             self._queue(f"digest-{digest_type(jobs)}", f"{self.notify.title}: {title}", body)

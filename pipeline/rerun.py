@@ -136,9 +136,16 @@ def differences(source: Job, rule: Rule, overrides: dict[str, dict[str, Any]] | 
     written = {next(iter(i)): (i[next(iter(i))] or {}) for i in items if isinstance(i, dict)}
     for step, values in (overrides or {}).items():
         for option, value in values.items():
-            before = written.get(step, {}).get(option, "default")
-            out.append(f"{step}.{option}: {before} → {value}")
+            before = written.get(step, {}).get(option)
+            out.append(f"{step}.{option}: {'default' if before is None else as_written(before)} → {as_written(value)}")
     return out
+
+
+def as_written(value: Any) -> str:
+    """An option's value as a rule file writes it: ``true``, ``null``, ``['1:1', '4:5']``, text as it is."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()
 
 
 def retire_replaced(config: Config, store: Store, job: Job, channels: set[str]) -> list[str]:

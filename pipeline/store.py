@@ -231,6 +231,7 @@ def m012_review(db: Database) -> None:
         db["jobs"].add_column("acknowledged_at", float)
     db["jobs"].create_index(["created_at"], if_not_exists=True)
     db["jobs"].create_index(["finished_at"], if_not_exists=True)
+    db["jobs"].create_index(["input_path"], if_not_exists=True)  # a failure resolved by a later job of the file
 
 
 class JobStatus(str, Enum):
@@ -1222,15 +1223,15 @@ class Store:
         rows = self.db.execute_returning_dicts(sql, [*bounds, *(params or [])])
         return [row for row in rows if row["count"]]
 
-    def awaiting_by_channel(self) -> dict[str, int] | None:
-        """Outputs waiting for approval per channel (``publish: on_approval``); None on a database without
-        approvals (no ``outputs.approval`` column)."""
-        if "approval" not in self.db["outputs"].columns_dict:
-            return None
+    def awaiting_by_channel(self) -> dict[str, int]:
+        """Outputs of done jobs waiting for approval per channel (``publish: on_approval``), counted as
+        ``awaiting_total`` counts them."""
         rows = self.db.conn.execute(
-            "SELECT channel, COUNT(*) FROM outputs WHERE approval = ? AND reserved IS NULL"
-            " AND replaced_by IS NULL GROUP BY channel", ["pending"])
+            "SELECT outputs.channel, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
+            " outputs.approval = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?"
+            " GROUP BY outputs.channel", [PENDING_APPROVAL, JobStatus.DONE])
         return {channel: n for channel, n in rows}
+
     # -- the night view and failures (review page) ----------------------------------------------
     # The night view shows the jobs queued or ended since a time, newest first, a page at a time by keyset (the
     # id of the last row shown), so a page costs the same at 10,000 jobs as at 10. The inbox of a job is its
@@ -1323,13 +1324,20 @@ class Store:
     def newest_job_id(self) -> int:
         return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
 
-    _UNACKNOWLEDGED = "status = ? AND (acknowledged_at IS NULL OR acknowledged_at < COALESCE(finished_at, 0))"
+    # On the failures list: failed, nobody acknowledged it since it last failed, and no later job of the same file
+    # under the same rule has ended done since (the file was fixed or replaced and ran again: nothing left to do).
+    _ON_LIST = ("status = ? AND (acknowledged_at IS NULL OR acknowledged_at < COALESCE(finished_at, 0))"
+                " AND NOT EXISTS (SELECT 1 FROM jobs AS later WHERE later.input_path = jobs.input_path"
+                " AND later.rule = jobs.rule AND later.id > jobs.id AND later.status = ?)")
+    _ON_LIST_PARAMS = (JobStatus.FAILED, JobStatus.DONE)
 
     def failures(self, limit: int, *, before: int | None = None, acknowledged: bool = False) -> list[Job]:
-        """Failed jobs newest first, a page at a time (``before``: below this id): those nobody acknowledged since
-        they last failed, or (``acknowledged``) those someone did."""
-        where = self._UNACKNOWLEDGED if not acknowledged else f"status = ? AND NOT ({self._UNACKNOWLEDGED})"
-        params: list[Any] = [JobStatus.FAILED] * (1 if not acknowledged else 2)
+        """Failed jobs newest first, a page at a time (``before``: below this id): those on the failures list, or
+        (``acknowledged``) the others: acknowledged since they last failed, or done since by a later job."""
+        if acknowledged:
+            where, params = f"status = ? AND NOT ({self._ON_LIST})", [JobStatus.FAILED, *self._ON_LIST_PARAMS]
+        else:
+            where, params = self._ON_LIST, list(self._ON_LIST_PARAMS)
         if before is not None:
             where += " AND id < ?"
             params.append(before)
@@ -1338,15 +1346,15 @@ class Store:
         return [Job.from_row(r) for r in rows]
 
     def failure_counts(self) -> tuple[int, int]:
-        """(failed jobs not acknowledged, acknowledged ones)."""
-        row = self.db.conn.execute(f"SELECT SUM({self._UNACKNOWLEDGED}), SUM(status = ?) FROM jobs",
-                                   [JobStatus.FAILED, JobStatus.FAILED]).fetchone()
+        """(failed jobs on the failures list, the other failed ones: acknowledged, or done since by a later job)."""
+        row = self.db.conn.execute(f"SELECT SUM({self._ON_LIST}), SUM(status = ?) FROM jobs",
+                                   [*self._ON_LIST_PARAMS, JobStatus.FAILED]).fetchone()
         return row[0] or 0, (row[1] or 0) - (row[0] or 0)
 
     def unacknowledged_failures(self) -> list[int]:
         """The ids of the failed jobs on the failures list (Retry all)."""
-        return [r[0] for r in self.db.conn.execute(f"SELECT id FROM jobs WHERE {self._UNACKNOWLEDGED} ORDER BY id",
-                                                   [JobStatus.FAILED])]
+        return [r[0] for r in self.db.conn.execute(f"SELECT id FROM jobs WHERE {self._ON_LIST} ORDER BY id",
+                                                   list(self._ON_LIST_PARAMS))]
 
     def acknowledge(self, job_ids: Collection[int]) -> list[int]:
         """Take these failed jobs off the failures list (until they fail again); returns those it did."""
@@ -1359,3 +1367,21 @@ class Store:
             db.conn.execute(f"UPDATE jobs SET acknowledged_at = ? WHERE id IN ({_marks(done)})",
                             [time.time(), *done])
         return done
+
+    # -- review actions (review page) ------------------------------------------------------------
+    def next_awaiting(self, after: int | None = None, since: float | None = None) -> int | None:
+        """The job to look at next on the review page: the first done job with outputs waiting for approval
+        (as ``awaiting_approval``) above ``after`` (in the order they came in), else the first from the start;
+        with ``since``: only jobs finished at or after it. None when nothing waits. Read from the outputs
+        waiting (indexed by approval), so it costs the same with 10,000 jobs."""
+        sql = ("SELECT MIN(outputs.job_id) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval"
+               " = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
+        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
+        if since is not None:
+            sql += " AND jobs.finished_at >= ?"
+            params.append(since)
+        if after is not None:
+            row = self.db.conn.execute(sql + " AND outputs.job_id > ?", [*params, after]).fetchone()
+            if row[0] is not None:
+                return row[0]
+        return self.db.conn.execute(sql, params).fetchone()[0]

@@ -137,3 +137,15 @@ def test_an_alert_the_full_database_cannot_take_is_sent_all_the_same(tmp_path, r
     assert notifier.deliver_due() == 1
     assert [m["title"] for m in receiver.messages] == ["assetd: paused: disk:/srv", "assetd: resumed: disk:/srv"]
     assert store.undelivered() == 0
+
+
+def test_the_digest_says_what_waits_for_approval_and_where_the_review_page_is():
+    from pipeline.store import Job
+    jobs = [Job(id=1, input_hash="a", rule="r", rule_version="1", input_path="/a", rel_path="a",
+                status=JobStatus.DONE, attempts=1, max_attempts=3, created_at=100.0, finished_at=190.0, seconds=80.0)]
+    title, body = digest_text(jobs, awaiting=3, review_url="http://studio-box:8765/")
+    assert title == "batch finished: 1 done, 0 failed, 3 outputs to approve"
+    assert "3 outputs wait for approval before publishing: http://studio-box:8765/?flag=awaiting" in body
+    assert body.endswith("Review page: http://studio-box:8765/")
+    title, body = digest_text(jobs, awaiting=1)  # no page: the command says how
+    assert "1 output waits for approval before publishing: assetd approve" in body and "Review page" not in body

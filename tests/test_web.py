@@ -254,6 +254,26 @@ def test_acknowledge_hides_a_failure_until_it_fails_again(night):
     assert f'data-id="{failed.id}"' in page and "stage bug" in page  # failed again: back on the list, classed
 
 
+def test_a_failure_leaves_the_list_once_a_later_job_of_its_file_is_done(night):
+    """The studio fixed or replaced the file and it ran again (a new job, done): nothing is left to do about the
+    failure, so it leaves the list (shown with the acknowledged ones); under another rule it stays."""
+    client, store, _ = night
+    folder = Path("/inbox4")
+    failed = add_job(store, folder, "fixed.jpg", "products", "failed")
+    other = add_job(store, folder, "fixed.jpg", "cutouts", "failed")
+    assert f'data-id="{failed.id}"' in client.get("/failures").text
+    open_before, _ = store.failure_counts()
+    store.enqueue(input_hash="fixed-content", rule="products", rule_version="v1", input_path=failed.input_path,
+                  rel_path="fixed.jpg", max_attempts=2)
+    later = store.jobs("queued")[-1]
+    store.finish(later.id, [], 1.0)
+    page = client.get("/failures").text
+    assert f'data-id="{failed.id}"' not in page and f'data-id="{other.id}"' in page
+    assert f'data-id="{failed.id}"' in client.get("/failures", params={"acknowledged": 1}).text
+    assert store.failure_counts()[0] == open_before - 1
+    assert failed.id not in store.unacknowledged_failures()  # Retry all leaves it alone
+
+
 def test_failures_show_reason_and_class(night):
     client, store, _ = night
     folder = Path("/inbox3")

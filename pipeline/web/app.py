@@ -21,7 +21,8 @@ from . import security
 from .templating import TEMPLATES
 
 # The modules that add pages, each with ``routes() -> list[BaseRoute]``: the one list to add a page to.
-PAGES: list[str] = ["pipeline.web.night", "pipeline.web.failures", "pipeline.web.job", "pipeline.web.files"]
+PAGES: list[str] = ["pipeline.web.night", "pipeline.web.failures", "pipeline.web.job", "pipeline.web.files",
+                   "pipeline.web.actions"]
 
 
 @pass_context

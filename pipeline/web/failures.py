@@ -28,7 +28,7 @@ CLASSES = [
      ("gave up after",)),
     ("rule", "rule changed", "its rule changed or went away before it ran",
      ("no longer exists", "changed before this job ran")),
-    ("input", "bad input", "the file itself could not be used: replace it, or retry once fixed",
+    ("input", "bad input", "the file itself could not be used: fix or replace it (a file changed in the inbox runs again by itself, and this line goes once it is done), or retry it once fixed",
      ("damaged", "not an image", "file is empty", "are not accepted", "too large", "blank", "symbolic link",
       "no permission", "disappeared", "not a regular file", "pixels (limit", "cannot decode", "truncated")),
 ]

@@ -17,27 +17,10 @@ from starlette.routing import BaseRoute, Route
 from ..config import ChannelConfig, Config
 from ..store import Job, JobStatus
 from ..text import printable
+from .failures import failure_class
 from .templating import render
 
 APPROVAL = {None: "published", "pending": "awaiting approval", "approved": "approved", "rejected": "rejected"}
-# Words in an error that say the input itself is bad (imageio's and intake's messages), as `assetd jobs` reads them.
-_BAD_INPUT = ("damaged", "not an image", "file is empty", "are not accepted", "too large", "blank", "symbolic link",
-              "no permission", "disappeared", "not a regular file", "pixels (limit")
-
-
-# TODO(lead): use failures.failure_class (helper "web") once merged: one list of classes for both pages.
-def error_class(job: Job) -> str | None:
-    """What kind of failure a failed job had, for a person deciding what to do: quarantined (assetd itself died
-    on it), bad input (the file: fix or replace it), or a stage problem (the rule or a backend on this image:
-    re-run with other options)."""
-    if job.status != JobStatus.FAILED:
-        return None
-    error = (job.error or "").lower()
-    if "quarantined" in error:
-        return "quarantined"
-    if any(word in error for word in _BAD_INPUT):
-        return "bad input"
-    return "stage problem"
 
 
 def local(t: float | None) -> str:
@@ -135,15 +118,21 @@ def job_page(request: Request) -> Response:
             "zones": zones(channel, row["ratio"]), "highlights": highlights(steps),
             "notes": json.dumps(steps, indent=2, sort_keys=True) if steps else "",
         })
+    from .actions import job_context  # actions reads this module's APPROVAL
+
+    actions = job_context(request, job)
+    for o in outputs:
+        o.update(actions["states"].get(o["id"], {}))
     moved = state.store.moved(job.id)
     steps = [dict(s, when=local(s.get("finished_at"))[11:]) for s in state.store.steps(job.id)]
     return render(
         request, "job.html", job=job, job_id=job.id, outputs=outputs, steps=steps,
-        total_seconds=sum(s["seconds"] or 0 for s in steps), error_class=error_class(job),
+        total_seconds=sum(s["seconds"] or 0 for s in steps),
+        error_class=failure_class(job) if job.status is JobStatus.FAILED else None,
         input_name=Path(job.input_path).name, input_where=moved.dest if moved else job.input_path,
         manifest_problem=manifest_problem, created=local(job.created_at), finished=local(job.finished_at),
         ratios=sorted({o["ratio"] for o in outputs if o["ratio"]}, key=_ratio_key),
-        has_cutout=any(o["ratio"] is None for o in outputs),
+        has_cutout=any(o["ratio"] is None for o in outputs), actions=actions,
     )
 
 

@@ -131,7 +131,8 @@ def night(request: Request) -> Response:
         newer_link=q.link(after=jobs[0].id, before=None) if newer else None,
         older_link=q.link(before=jobs[-1].id, after=None) if older else None,
         first_link=q.link(before=None, after=None) if newer else None,
-        since_human=datetime.fromtimestamp(q.since).strftime("%a %d %b %H:%M"))
+        since_human=datetime.fromtimestamp(q.since).strftime("%a %d %b %H:%M"),
+        flash=request.session.pop("flash", None))
 
 
 def progress(request: Request) -> Response:

@@ -54,6 +54,7 @@ function postJSON(url, body) {
     if (fresh && added > 0) {
       fresh.querySelector("span").textContent = added + (added === 1 ? " new job" : " new jobs") + " since this page was loaded.";
       fresh.hidden = false;
+      if (table.classList.contains("empty")) table.hidden = true;  // "No jobs" is no longer true: the note says so
     }
   }
 
