@@ -511,6 +511,9 @@ class PreviewMaker:
 
     def run(self) -> None:
         if sys.platform.startswith("linux"):  # on Linux a thread has its own nice value: yield to the workers
+            # A thread inherits its creator's nice value: OpenCV's worker pool, made by the first parallel call in
+            # the process, must not be made from here after the nice (the chain's resizes would run niced too).
+            cv2.resize(np.zeros((1024, 1024, 3), np.uint8), (512, 512), interpolation=cv2.INTER_AREA)
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
             except OSError:
