@@ -1042,12 +1042,16 @@ class Store:
             f"SELECT * FROM outputs WHERE id IN ({_marks(ids)}) AND reserved IS NULL ORDER BY id", ids)
         return [_output_record(r) for r in rows]
 
+    # An output awaiting approval: pending, not replaced by a later job's, of a job that ended done (a running
+    # job's rows are only reserved; a requeued job's wait for its new end).
+    _WAITING = ("FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval = ?"
+                 " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
+    _WAITING_PARAMS = (PENDING_APPROVAL, JobStatus.DONE)
+
     def awaiting_approval(self, since: float | None = None) -> list[OutputRecord]:
         """The outputs of done jobs waiting for approval (not replaced by a later job's), by job then id; with
         ``since``: only those of jobs finished at or after it."""
-        sql = ("SELECT outputs.* FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval = ?"
-               " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
-        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
+        sql, params = f"SELECT outputs.* {self._WAITING}", list(self._WAITING_PARAMS)
         if since is not None:
             sql += " AND jobs.finished_at >= ?"
             params.append(since)
@@ -1057,9 +1061,7 @@ class Store:
     def awaiting_counts(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
         """How many outputs of each done job (of ``job_ids``; None: every job) wait for approval; jobs with none
         are left out."""
-        sql = ("SELECT outputs.job_id, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
-               " outputs.approval = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
-        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
+        sql, params = f"SELECT outputs.job_id, COUNT(*) {self._WAITING}", list(self._WAITING_PARAMS)
         if job_ids is not None:
             ids = list(job_ids)
             sql += f" AND outputs.job_id IN ({_marks(ids)})"
@@ -1068,10 +1070,7 @@ class Store:
 
     def awaiting_total(self) -> int:
         """How many outputs of done jobs wait for approval."""
-        return self.db.conn.execute(
-            "SELECT COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval = ?"
-            " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?",
-            [PENDING_APPROVAL, JobStatus.DONE]).fetchone()[0]
+        return self.db.conn.execute(f"SELECT COUNT(*) {self._WAITING}", self._WAITING_PARAMS).fetchone()[0]
 
     @contextlib.contextmanager
     def approval_claim(self, output_ids: Collection[int], states: Collection[str]) -> Iterator[list[OutputRecord]]:
@@ -1226,10 +1225,8 @@ class Store:
     def awaiting_by_channel(self) -> dict[str, int]:
         """Outputs of done jobs waiting for approval per channel (``publish: on_approval``), counted as
         ``awaiting_total`` counts them."""
-        rows = self.db.conn.execute(
-            "SELECT outputs.channel, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
-            " outputs.approval = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?"
-            " GROUP BY outputs.channel", [PENDING_APPROVAL, JobStatus.DONE])
+        rows = self.db.conn.execute(f"SELECT outputs.channel, COUNT(*) {self._WAITING} GROUP BY outputs.channel",
+                                    self._WAITING_PARAMS)
         return {channel: n for channel, n in rows}
 
     # -- the night view and failures (review page) ----------------------------------------------
@@ -1374,9 +1371,7 @@ class Store:
         (as ``awaiting_approval``) above ``after`` (in the order they came in), else the first from the start;
         with ``since``: only jobs finished at or after it. None when nothing waits. Read from the outputs
         waiting (indexed by approval), so it costs the same with 10,000 jobs."""
-        sql = ("SELECT MIN(outputs.job_id) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval"
-               " = ? AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
-        params: list[Any] = [PENDING_APPROVAL, JobStatus.DONE]
+        sql, params = f"SELECT MIN(outputs.job_id) {self._WAITING}", list(self._WAITING_PARAMS)
         if since is not None:
             sql += " AND jobs.finished_at >= ?"
             params.append(since)
