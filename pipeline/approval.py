@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .outputs import FileSet, one_line, sha256
 from .store import APPROVED, PENDING, PENDING_APPROVAL, REJECTED, JobStatus, OutputRecord, Store
@@ -42,8 +42,9 @@ class Decision:
 
 def approve(config: Config, store: Store, *, job_ids: Iterable[int] = (), output_ids: Iterable[int] = (),
             by: str) -> Decision:
-    """Publish the outputs waiting for approval of ``job_ids`` (all of each job's) and ``output_ids`` (these;
-    a rejected one is approved anew) into their channel folders. Approving what is already published says so
+    """Publish the outputs waiting for approval of ``job_ids`` (all of each job's) or, when ``output_ids`` are
+    given, those outputs (a rejected one is approved anew; ``job_ids`` then only scope them: ``_select``) into
+    their channel folders. Approving what is already published says so
     and does nothing (not a problem)."""
     decision = Decision()
     chosen = _select(store, job_ids, output_ids, APPROVED, decision)
@@ -54,8 +55,8 @@ def approve(config: Config, store: Store, *, job_ids: Iterable[int] = (), output
 
 def reject(config: Config, store: Store, *, job_ids: Iterable[int] = (), output_ids: Iterable[int] = (),
            reason: str, by: str) -> Decision:
-    """Record that the outputs waiting for approval of ``job_ids`` and ``output_ids`` are not to be published, and
-    why (``reason``: one line). Their staged files stay where they are."""
+    """Record that the outputs waiting for approval of ``job_ids`` (or, given ``output_ids``, those outputs of
+    them: ``_select``) are not to be published, and why (``reason``: one line). Their staged files stay where they are."""
     decision = Decision()
     reason = " ".join(str(reason or "").split())
     if not reason:
@@ -88,7 +89,13 @@ def approve_all_pending(config: Config, store: Store, *, since: float | None = N
 # ---------------------------------------------------------------------------------------------- inside
 def _select(store: Store, job_ids: Iterable[int], output_ids: Iterable[int], verdict: str,
             decision: Decision) -> dict[int, list[OutputRecord]]:
-    """The outputs to decide about, by job (in the order asked); what cannot be decided goes to ``decision``."""
+    """The outputs to decide about, by job (in the order asked); what cannot be decided goes to ``decision``.
+
+    Jobs alone: every output of each awaiting a decision. Outputs (``output_ids``): those outputs; jobs named
+    beside them only scope them (``assetd approve 12 --output 31``: output 31, which must be job 12's), never
+    add their other outputs: an output of another job is refused with a line, and so is a named job none of
+    the outputs belongs to."""
+    job_ids, output_ids = list(dict.fromkeys(job_ids)), list(dict.fromkeys(output_ids))
     chosen: dict[int, dict[int, OutputRecord]] = {}
     jobs_ok: dict[int, bool] = {}
 
@@ -104,10 +111,16 @@ def _select(store: Store, job_ids: Iterable[int], output_ids: Iterable[int], ver
                 decision.problems.append(f"{subject} is {job.status.value}; {why}")
         return jobs_ok[job_id]
 
-    for job_id in dict.fromkeys(job_ids):
+    scope = []
+    for job_id in job_ids:
         if store.get(job_id) is None:
             decision.problems.append(f"job {job_id}: no such job")
-            continue
+        else:
+            scope.append(job_id)
+    if output_ids:
+        _select_outputs(store, output_ids, job_ids, scope, verdict, decision, job_ready, chosen)
+        return {job_id: list(records.values()) for job_id, records in chosen.items()}
+    for job_id in scope:
         if not job_ready(job_id, f"job {job_id}"):
             continue
         records = store.outputs(job_id)
@@ -117,14 +130,27 @@ def _select(store: Store, job_ids: Iterable[int], output_ids: Iterable[int], ver
             continue
         decision_line, problem = _nothing_waiting(job_id, records, verdict)
         (decision.problems if problem else decision.lines).append(decision_line)
-    known = {r.id: r for r in store.outputs_by_id(list(dict.fromkeys(output_ids)))}
-    for output_id in dict.fromkeys(output_ids):
+    return {job_id: list(records.values()) for job_id, records in chosen.items()}
+
+
+def _select_outputs(store: Store, output_ids: list[int], job_ids: list[int], scope: list[int], verdict: str,
+                    decision: Decision, job_ready: Callable[[int, str], bool], chosen: dict[int, dict[int, OutputRecord]]) -> None:
+    """``_select`` for outputs given by id, within the jobs named (``job_ids``; those that exist: ``scope``)."""
+    known = {r.id: r for r in store.outputs_by_id(output_ids)}
+    given: set[int] = set()  # the named jobs an output given belongs to
+    for output_id in output_ids:
         record = known.get(output_id)
         what = f"output {output_id}"
         if record is None:
             decision.problems.append(f"{what}: no such output")
             continue
         what += f" (job {record.job_id}, {printable(Path(record.path).name)})"
+        if job_ids and record.job_id not in job_ids:
+            named = " or ".join(f"job {i}" for i in job_ids)
+            decision.problems.append(f"{what}: not an output of {named}; nothing done to it (the jobs named "
+                                     "beside --output only say whose outputs they are)")
+            continue
+        given.add(record.job_id)
         if not job_ready(record.job_id, what):
             continue
         line, problem = _undecidable(store, what, record, verdict)
@@ -132,7 +158,12 @@ def _select(store: Store, job_ids: Iterable[int], output_ids: Iterable[int], ver
             (decision.problems if problem else decision.lines).append(line)
             continue
         chosen.setdefault(record.job_id, {})[record.id] = record
-    return {job_id: list(records.values()) for job_id, records in chosen.items()}
+    verb = "approve" if verdict == APPROVED else "reject"
+    for job_id in scope:
+        if job_id not in given:
+            decision.problems.append(f"job {job_id}: none of the --output ids is one of its outputs; nothing done to "
+                                     f"it (to {verb} every output of it awaiting approval, give the job without "
+                                     "--output)")
 
 
 def _nothing_waiting(job_id: int, records: list[OutputRecord], verdict: str) -> tuple[str, bool]:
@@ -146,10 +177,11 @@ def _nothing_waiting(job_id: int, records: list[OutputRecord], verdict: str) -> 
                 "file); decide about that one instead"), True
     rejected = [r for r in live if r.approval == REJECTED]
     if rejected:
-        ids = " ".join(str(r.id) for r in rejected)
         if verdict == APPROVED:
+            options = " ".join(f"--output {r.id}" for r in rejected)
             return (f"job {job_id}: no output awaits approval; {plural(len(rejected), 'output')} rejected "
-                    f"(to approve anew: --output {ids})"), True
+                    f"(to approve anew: {options})"), True
+        ids = " ".join(str(r.id) for r in rejected)
         return f"job {job_id}: already rejected ({plural(len(rejected), 'output')}: {ids})", False
     if all(r.approval is None for r in records):
         how = "nothing to approve" if verdict == APPROVED else "a published file is not taken back"

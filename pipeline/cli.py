@@ -375,18 +375,23 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
 @cli.command()
 @click.argument("job_ids", nargs=-1, type=int)
 @click.option("--output", "output_ids", multiple=True, type=int, metavar="ID",
-              help="approve this output (an id from `assetd jobs --json`); repeatable; a rejected one is approved anew")
+              help="approve this output only (an id from `assetd jobs --json` or the review page); repeat the option "
+                   "for more (--output 31 --output 32); a rejected one is approved anew")
 @click.option("--all-pending", is_flag=True, help="approve every output awaiting approval")
 @_config_option
 def approve(job_ids: tuple[int, ...], output_ids: tuple[int, ...], all_pending: bool, config_path: str) -> None:
     """Publish the outputs awaiting approval (channels with publish: on_approval).
 
-    Each job's outputs are checked against what the job wrote (a staged file changed or missing publishes
-    none of that job's) and moved into their channel folders together, atomically; the same file's earlier
-    output there is replaced. Something already approved is said and left as it is. Exit 1 when something
-    could not be done, one line each.
+    JOB_ID alone: every output of that job awaiting approval. --output ID: that output only (repeat the
+    option for more); a JOB_ID given beside --output only says whose outputs they are: an output of another
+    job is refused, and nothing else of the job is approved. Each job's outputs are checked against what the
+    job wrote (a staged file changed or missing publishes none of that job's) and moved into their channel
+    folders together, atomically; the same file's earlier output there is replaced. Something already approved
+    is said and left as it is. Exit 1 when something could not be done, one line each.
 
-    Example: assetd approve 12 14 --output 31 --config studio.yaml
+    Examples: `assetd approve 12 14 --config studio.yaml` publishes every output of jobs 12 and 14 awaiting
+    approval; `assetd approve --output 31 --output 32 --config studio.yaml` outputs 31 and 32 only; `assetd
+    approve 12 --output 31 --config studio.yaml` output 31 only (refused unless it is job 12's).
     """
     from .approval import approve as approve_outputs
     from .approval import approve_all_pending
@@ -404,16 +409,22 @@ def approve(job_ids: tuple[int, ...], output_ids: tuple[int, ...], all_pending: 
 @cli.command()
 @click.argument("job_ids", nargs=-1, type=int)
 @click.option("--output", "output_ids", multiple=True, type=int, metavar="ID",
-              help="reject this output (an id from `assetd jobs --json`); repeatable")
+              help="reject this output only (an id from `assetd jobs --json` or the review page); repeat the option "
+                   "for more")
 @click.option("--reason", required=True, help="why they are not to be published (recorded, shown on the review page)")
 @_config_option
 def reject(job_ids: tuple[int, ...], output_ids: tuple[int, ...], reason: str, config_path: str) -> None:
     """Keep outputs awaiting approval from being published, and record why.
 
-    The staged files stay in the staging folder (a re-run replaces them; `assetd approve --output ID`
-    can still approve one). Exit 1 when something could not be done, one line each.
+    JOB_ID alone: every output of that job awaiting approval. --output ID: that output only (repeat the
+    option for more); a JOB_ID given beside --output only says whose outputs they are, as for `assetd
+    approve`. The staged files stay in the staging folder (a re-run replaces them; `assetd approve --output
+    ID` can still approve one); `assetd jobs` marks the job (✗ N rejected). Exit 1 when something could not
+    be done, one line each.
 
-    Example: assetd reject 12 --reason "shadow cut off on the left" --config studio.yaml
+    Examples: `assetd reject 12 --reason "shadow cut off on the left" --config studio.yaml` rejects every
+    output of job 12 awaiting approval; `assetd reject --output 31 --reason "label cut off" --config
+    studio.yaml` output 31 only.
     """
     from .approval import reject as reject_outputs
 

@@ -405,3 +405,65 @@ def test_staging_folders_are_cleaned_measured_and_checked(studio, tmp_path):
     unwritable = invoke("check", "--config", studio.config_path)
     assert unwritable.exit_code == 1
     assert f"channels.cutouts.staging: {blocked}/x is not writable" in unwritable.output, unwritable.output
+
+
+@pytest.fixture
+def both_wait(studio: Workspace) -> Workspace:
+    """Both channels wait for approval: each job has two outputs awaiting a decision."""
+    text = studio.config_path.read_text().replace('background: "#ffffff"}', 'background: "#ffffff", publish: on_approval}')
+    studio.config_path.write_text(text)
+    return studio
+
+
+def output_ids(ws: Workspace, job_id: int) -> dict[str, int]:
+    store = open_store(ws)
+    try:
+        return {o.channel: o.id for o in store.outputs(job_id)}
+    finally:
+        store.close()
+
+
+def test_outputs_given_by_id_are_the_selection_and_the_jobs_beside_them_only_scope_them(both_wait):
+    """`assetd approve 1 --output ID` decides about that output alone, never the rest of job 1; an output of
+    another job is refused; and the hint for rejected outputs is a command that works as printed."""
+    process(both_wait, "a.jpg", seed=1)
+    process(both_wait, "b.jpg", seed=2)
+    a, b = output_ids(both_wait, 1), output_ids(both_wait, 2)
+
+    one = invoke("approve", "1", "--output", a["cutouts"], "--config", both_wait.config_path)
+    assert one.exit_code == 0, one.output
+    assert one.output.strip() == f"job 1 (a.jpg): 1 output published to {both_wait.out('cutouts').resolve()}"
+    assert files_in(both_wait.out("cutouts")) == ["a.png"] and files_in(both_wait.out("webshop")) == []
+
+    stranger = invoke("approve", "1", "--output", b["cutouts"], "--config", both_wait.config_path)
+    assert stranger.exit_code == 1
+    assert stranger.output.splitlines() == [
+        f"output {b['cutouts']} (job 2, b.png): not an output of job 1; nothing done to it (the jobs named beside "
+        "--output only say whose outputs they are)",
+        "job 1: none of the --output ids is one of its outputs; nothing done to it (to approve every output of it "
+        "awaiting approval, give the job without --output)"]
+    assert files_in(both_wait.out("cutouts")) == ["a.png"] and files_in(both_wait.out("webshop")) == []
+
+    rejected = invoke("reject", "2", "--output", b["webshop"], "--reason", "too dark", "--config",
+                      both_wait.config_path)
+    assert rejected.exit_code == 0, rejected.output
+    assert rejected.output.startswith("job 2 (b.jpg): 1 output rejected (too dark)")
+    assert invoke("reject", "2", "--reason", "label cut off", "--config", both_wait.config_path).exit_code == 0
+    store = open_store(both_wait)
+    try:
+        assert {o.channel: o.approval for o in store.outputs(2)} == {"cutouts": REJECTED, "webshop": REJECTED}
+        assert {o.channel: o.approval for o in store.outputs(1)} == {"cutouts": APPROVED, "webshop": PENDING_APPROVAL}
+    finally:
+        store.close()
+
+    hint = invoke("approve", "2", "--config", both_wait.config_path)
+    assert hint.exit_code == 1
+    ids = sorted(b.values())
+    options = f"--output {ids[0]} --output {ids[1]}"
+    assert hint.output.strip() == f"job 2: no output awaits approval; 2 outputs rejected (to approve anew: {options})"
+    typed = invoke("approve", "2", *options.split(), "--config", both_wait.config_path)  # as the hint says
+    assert typed.exit_code == 0, typed.output
+    assert sorted(typed.output.splitlines()) == [
+        f"job 2 (b.jpg): 2 outputs published to {both_wait.out('cutouts').resolve()}, "
+        f"{both_wait.out('webshop').resolve()}"]
+    assert files_in(both_wait.out("cutouts")) == ["a.png", "b.png"] and files_in(both_wait.out("webshop")) == ["b.jpg"]
