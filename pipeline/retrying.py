@@ -2,7 +2,9 @@
 
 A job still marked running whose owner is gone (a killed assetd on this host) is queued again at once; one
 whose owner is still at work is left alone. An input that its inbox's ``after: move`` put into done/ or error/
-is moved back first (``inboxflow.bring_back``): a worker must find the file in place.
+is moved back first (``inboxflow.bring_back``): a worker must find the file in place. A job whose file has
+since run to done as a later job of the same rule (a replaced file dropped again, a re-run) is not queued: it would
+only end superseded, or redo what the later job did; the line names that job.
 """
 from __future__ import annotations
 
@@ -34,7 +36,16 @@ def retry(config: Config, store: Store, job_ids: list[int] | tuple[int, ...] = (
     job_ids = list(job_ids)
     released = store.release_orphans(lambda owner: owner_state(owner, config.database) is OwnerState.GONE,
                                      only=None if failed else job_ids)
-    wanted = [j.id for j in store.jobs(JobStatus.FAILED.value)] if failed else job_ids
+    wanted = [j.id for j in store.jobs(JobStatus.FAILED.value)] if failed else list(job_ids)
+    ran = store.ran_again([i for i in wanted if i not in {j.id for j in released}])
+    if failed and len(ran) > 3:
+        out.lines.append(f"{len(ran)} failed jobs not queued: their files ran again to done since, as later jobs "
+                         f"({', '.join(f'{i} → {later.id}' for i, later in ran.items())})")
+    else:
+        out.lines += [f"job {i}: its file ran again as job {later.id} ({later.status.value}); not queued (to run it "
+                      f"once more: assetd retry {later.id})" for i, later in ran.items()]
+    wanted = [i for i in wanted if i not in ran]
+    job_ids = [i for i in job_ids if i not in ran]
     moved_back, blocked = bring_back(store, wanted)  # before requeueing: a worker must find the file in place
     out.lines += moved_back
     out.problems += blocked.values()

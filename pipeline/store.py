@@ -1328,6 +1328,18 @@ class Store:
                 " AND later.rule = jobs.rule AND later.id > jobs.id AND later.status = ?)")
     _ON_LIST_PARAMS = (JobStatus.FAILED, JobStatus.DONE)
 
+    def ran_again(self, job_ids: Collection[int]) -> dict[int, Job]:
+        """For each of ``job_ids`` that has ended and whose file ran again to done as a later job of the same rule
+        (what takes a failed job off the failures list), that later job (the newest)."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        rows = self.db.execute_returning_dicts(
+            f"SELECT jobs.id AS earlier, later.* FROM jobs JOIN jobs AS later ON later.input_path = jobs.input_path"
+            f" AND later.rule = jobs.rule AND later.id > jobs.id AND later.status = ? WHERE jobs.id IN ({_marks(ids)})"
+            f" AND jobs.status IN ({_marks(FINISHED)}) ORDER BY later.id", [JobStatus.DONE, *ids, *FINISHED])
+        return {row.pop("earlier"): Job.from_row(row) for row in rows}
+
     def failures(self, limit: int, *, before: int | None = None, acknowledged: bool = False) -> list[Job]:
         """Failed jobs newest first, a page at a time (``before``: below this id): those on the failures list, or
         (``acknowledged``) the others: acknowledged since they last failed, or done since by a later job."""

@@ -230,3 +230,26 @@ def test_jobs_says_which_running_jobs_belong_to_an_assetd_that_has_stopped(works
     assert f"assetd retry {job.id} --config" in result.output
     assert invoke("retry", job.id, "--config", workspace.config_path).exit_code == 0
     assert "marked running" not in invoke("jobs", "--config", workspace.config_path).output
+
+
+def test_retry_leaves_a_job_whose_file_ran_again_to_done_since(workspace):
+    """A failed shot replaced by a good one under the same name ran again as a later job and is done: retrying
+    the failed job would only end it superseded, so retry says which job did the file and queues nothing."""
+    folder = workspace.root / "batch"
+    (folder / "products").mkdir(parents=True)
+    shot = folder / "products" / "shot.png"
+    shot.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert invoke("process", folder, "--config", workspace.config_path).exit_code == 1
+    workspace.shot("batch/products/shot.png", "grey", seed=4, subject="box")  # the studio drops a good one
+    assert invoke("process", folder, "--config", workspace.config_path).exit_code == 0
+    jobs = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
+    assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]
+
+    result = invoke("retry", "1", "--config", workspace.config_path)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "job 1: its file ran again as job 2 (done); not queued (to run it once more: assetd retry 2)",
+        "queued again: none"]
+    assert "queued again: none" in invoke("retry", "--failed", "--config", workspace.config_path).output
+    jobs = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
+    assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]
