@@ -44,7 +44,7 @@ from .owners import owner_label
 from .rerun import retire_replaced
 from .rules import Rule
 from .stages.base import Asset, StageContext
-from .store import FINISHED, Job, JobStatus, ManifestRecord, OutputRecord, Store
+from .store import FINISHED, PENDING_APPROVAL, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
 
 log = logging.getLogger("assetd.worker")
@@ -428,7 +428,7 @@ class Worker:
                 log.exception("%s: job %d: could not hand it to the preview thread", self.name, job.id)
         how = f"copied from job {result.copied_from}" if result.copied_from else f"done in {result.seconds:.2f}s"
         log.info("%s: job %d %s: %s → %s", self.name, job.id, how, printable(job.input_path),
-                 plural(len(result.outputs), "output"))
+                 _outputs_said(result.outputs))
         if result.review:
             log.warning("%s: job %d needs review: %s: %s", self.name, job.id, printable(job.input_path),
                         "; ".join(result.review))
@@ -589,3 +589,10 @@ class Worker:
         return records, manifests, review, None
 
 
+def _outputs_said(outputs: list[OutputRecord]) -> str:
+    """"3 outputs", or with outputs of a publish: on_approval channel "1 output published, 2 staged for approval"
+    (those are not in their channel folders yet)."""
+    staged = sum(1 for o in outputs if o.approval == PENDING_APPROVAL)
+    if not staged:
+        return plural(len(outputs), "output")
+    return f"{plural(len(outputs) - staged, 'output')} published, {staged} staged for approval"

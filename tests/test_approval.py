@@ -354,6 +354,7 @@ def test_the_daemon_stages_and_approve_publishes_while_it_runs(studio):
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+    assert "b.jpg → 1 output published, 1 staged for approval" in out.decode(errors="replace")  # not "2 outputs"
 
 
 def test_a_job_failed_for_good_withdraws_its_staged_files(studio):
