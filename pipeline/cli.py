@@ -642,6 +642,9 @@ def models_check(config_path: str | None) -> None:
 def demo(directory: str, shots: int, setup_only: bool) -> None:
     """Make a demo workspace, run the daemon on it, drop shots in, wait, report outputs.
 
+    The shots wait in DIRECTORY/to-drop/ and are copied into DIRECTORY/inbox/products/ (with --setup-only: copy
+    them yourself once `assetd run` is started).
+
     Example: assetd demo ./demo
     """
     from .demo import run_demo

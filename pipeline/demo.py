@@ -73,30 +73,31 @@ outputs:
 
 
 def write_workspace(root: Path, shots: int = 6, size: tuple[int, int] = (1600, 1200)) -> list[Path]:
-    """Create the workspace; returns the staged shots (not yet in the inbox)."""
-    for sub in ("rules", "scenes", "inbox/products", "staging", "state"):
+    """Create the workspace; returns the shots waiting in ``to-drop/`` to be dropped into the inbox (a folder not
+    called staging/: that is where a publish: on_approval channel's outputs wait)."""
+    for sub in ("rules", "scenes", "inbox/products", "to-drop", "state"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(CONFIG)
     (root / "rules" / "10-products.yaml").write_text(example_rule("10-products.yaml"))
     (root / "rules" / "20-cutouts.yaml").write_text(CUTOUTS_RULE)
     Image.fromarray(scene_image((2400, 1600), seed=1)).save(root / "scenes" / "marble.jpg", quality=92)
-    staged: list[Path] = []
+    waiting: list[Path] = []
     for i in range(shots):
         backdrop = BACKDROPS[i % len(BACKDROPS)]
         subject = SUBJECTS[i % len(SUBJECTS)]
         shot = studio_shot(backdrop, size=size, seed=i, subject=subject)
-        path = root / "staging" / f"shot{i + 1:02d}_{subject}_{backdrop}.jpg"
+        path = root / "to-drop" / f"shot{i + 1:02d}_{subject}_{backdrop}.jpg"
         Image.fromarray(shot.rgb).save(path, quality=93)
-        staged.append(path)
+        waiting.append(path)
     # One damaged file, to show how a failure is reported while the rest finishes. It was cut short long ago (a
     # card's file, copied with its date kept): a file cut short a moment ago may still be arriving, and the daemon
     # gives it a minute before it calls it damaged.
-    broken = root / "staging" / "shot99_damaged.jpg"
-    broken.write_bytes(staged[0].read_bytes()[: staged[0].stat().st_size // 3])
+    broken = root / "to-drop" / "shot99_damaged.jpg"
+    broken.write_bytes(waiting[0].read_bytes()[: waiting[0].stat().st_size // 3])
     an_hour_ago = time.time() - 3600
     os.utime(broken, (an_hour_ago, an_hour_ago))
-    staged.append(broken)
-    return staged
+    waiting.append(broken)
+    return waiting
 
 
 def drop(files: list[Path], inbox: Path, chunk: int = 64 * 1024, pause: float = 0.02) -> None:
@@ -143,10 +144,11 @@ def run_demo(root: Path, shots: int = 6, setup_only: bool = False, echo: Callabl
         echo(f"{root} was already run as a demo: its shots are done, so nothing would be processed again. "
              f"Its results are below; remove the folder (rm -rf {root}) for a fresh run.")
         return report(database, echo, None)
-    staged = write_workspace(root, shots)
-    echo(f"workspace: {root}  ({len(staged)} files staged, config {root / 'config.yaml'})")
+    to_drop = write_workspace(root, shots)
+    echo(f"workspace: {root}  ({len(to_drop)} shots waiting in {root / 'to-drop'}, config {root / 'config.yaml'})")
     if setup_only:
-        echo(f"start it with: assetd run --config {root / 'config.yaml'}")
+        echo(f"start it with: assetd run --config {root / 'config.yaml'}; then copy the shots from {root / 'to-drop'} "
+             f"into {root / 'inbox' / 'products'}")
         return 0
     log_path = root / "daemon.log"
     with open(log_path, "ab") as log:
@@ -158,9 +160,9 @@ def run_demo(root: Path, shots: int = 6, setup_only: bool = False, echo: Callabl
             echo(f"the daemon exited at once; see {log_path}")
             return 1
         echo(f"daemon running (pid {proc.pid}, log {log_path}); dropping shots into {root / 'inbox/products'}")
-        drop(staged, root / "inbox" / "products")
+        drop(to_drop, root / "inbox" / "products")
         started = time.monotonic()
-        drained = wait_until_drained(root / "state" / "assetd.sqlite3", len(staged), timeout, proc)
+        drained = wait_until_drained(root / "state" / "assetd.sqlite3", len(to_drop), timeout, proc)
         elapsed = time.monotonic() - started
     finally:
         if proc.poll() is None:

@@ -133,7 +133,7 @@ def test_demo_setup_only_writes_a_valid_workspace(tmp_path):
     result = invoke("demo", tmp_path / "demo", "--setup-only", "--shots", "2")
     assert result.exit_code == 0, result.output
     assert invoke("check", "--config", tmp_path / "demo" / "config.yaml").exit_code == 0
-    assert len(list((tmp_path / "demo" / "staging").glob("*.jpg"))) == 3
+    assert len(list((tmp_path / "demo" / "to-drop").glob("*.jpg"))) == 3
 
 
 def test_run_refuses_to_start_when_a_configured_model_is_missing(workspace, tmp_path):
