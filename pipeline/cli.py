@@ -19,7 +19,7 @@ from . import __version__
 from .config import Config, load_config
 from .errors import AssetdError, ConfigError
 from .rules import Rule, load_rules
-from .store import REVIEW, JobStatus
+from .store import AWAITING, REJECTED, REVIEW, JobStatus
 
 CONFIG_HELP = "config file (YAML); relative paths in it resolve against its folder"
 
@@ -255,8 +255,9 @@ def explain(file: str, config_path: str) -> None:
 
 @cli.command()
 @_config_option
-@click.option("--status", type=click.Choice([*(s.value for s in JobStatus), REVIEW]),
-              help="only jobs in this state; review: done jobs marked for review")
+@click.option("--status", type=click.Choice([*(s.value for s in JobStatus), REVIEW, AWAITING, REJECTED]),
+              help="only jobs in this state; review: done jobs marked for review; awaiting: done jobs with outputs "
+                   "awaiting approval; rejected: done jobs with rejected outputs not replaced since")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the newest this many jobs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool) -> None:
@@ -268,7 +269,8 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
     a re-run's (`assetd rerun`) starts with "re-run of N"; ◷ N awaits approval: outputs of a publish:
-    on_approval channel wait for `assetd approve` (the summary line counts them all).
+    on_approval channel wait for `assetd approve`; ✗ N rejected: outputs rejected (`assetd reject`, the review
+    page) and not replaced since by a re-run's (the summary line counts both, over all jobs).
     After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
@@ -282,17 +284,20 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     if as_json:
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
-    for line in listing.table(rows, config.base_dir, _terminal_width(), store.awaiting_counts()):
+    for line in listing.table(rows, config.base_dir, _terminal_width(), store.awaiting_counts(),
+                              store.rejected_counts()):
         click.echo(line)
     counts = store.counts()
     to_review = store.review_count()
-    to_approve = store.awaiting_total()
+    to_approve, rejected = store.awaiting_total(), store.rejected_total()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
              for s, n in counts.items() if n or s != JobStatus.SUPERSEDED]  # a rare state: named when there are some
     if to_approve:
         parts.append(f"{to_approve} output{'s' if to_approve != 1 else ''} await{'s' if to_approve == 1 else ''} "
                      f"approval (assetd approve)")
+    if rejected:
+        parts.append(f"{rejected} output{'s' if rejected != 1 else ''} rejected (assetd jobs --status rejected)")
     click.echo(shown + ", ".join(parts))
     for line in _paused_lines(store, config):
         click.echo(line)

@@ -45,32 +45,42 @@ def _shown(folder: str, base: Path) -> str:
 
 
 APPROVAL_MARK = "◷"  # a job with outputs awaiting approval (publish: on_approval)
+REJECTED_MARK = "✗"  # a job with rejected outputs not replaced since
 
 
-def _note(job: Job, awaiting: int = 0) -> str:
+def marks(job: Job, awaiting: int = 0, rejected: int = 0) -> list[str]:
+    """What a job's note starts with, here and on the review page's night view: "re-run of N" for a re-run,
+    "◷ N await approval" (outputs of a publish: on_approval channel waiting) and "✗ N rejected" (rejected
+    outputs not replaced since)."""
+    return [m for m in (f"re-run of {job.rerun_of}" if job.rerun_of is not None else "",
+                        f"{APPROVAL_MARK} {awaiting} await{'s' if awaiting == 1 else ''} approval" if awaiting else "",
+                        f"{REJECTED_MARK} {rejected} rejected" if rejected else "") if m]
+
+
+def _note(job: Job, awaiting: int = 0, rejected: int = 0) -> str:
     """The error (without the input path the input column shows), or the review mark and first reason; after
-    "re-run of N" for a re-run and the approval mark and count when outputs of the job await approval."""
-    rerun = f"re-run of {job.rerun_of}" if job.rerun_of is not None else ""
+    the ``marks`` (re-run of N, outputs awaiting approval, rejected)."""
     error = job.error or ""
     for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
         error = error[len(prefix):] if error.startswith(prefix) else error
-    waiting = f"{APPROVAL_MARK} {awaiting} await{'s' if awaiting == 1 else ''} approval" if awaiting else ""
     if error or not job.review:
-        return "; ".join(filter(None, (rerun, waiting, error)))
+        return "; ".join(filter(None, (*marks(job, awaiting, rejected), error)))
     more = f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else ""
-    return "; ".join(filter(None, (rerun, waiting, f"⚑ {job.review[0]}{more}")))
+    return "; ".join(filter(None, (*marks(job, awaiting, rejected), f"⚑ {job.review[0]}{more}")))
 
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
-def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | None = None) -> list[str]:
+def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | None = None,
+          rejected: dict[int, int] | None = None) -> list[str]:
     """One line per job, at most ``width`` characters: short columns keep their width, the long ones (input,
     rule, inbox, then the note) end in "…" when the terminal is narrow. The inbox column shows only when the
     jobs come from more than one folder; the note is the error, or ⚑ and the first review reason, after
-    ◷ and how many of its outputs await approval (``awaiting``: by job id)."""
-    awaiting = awaiting or {}
+    ◷ and how many of its outputs await approval (``awaiting``: by job id) and ✗ and how many are rejected
+    (``rejected``: by job id)."""
+    awaiting, rejected = awaiting or {}, rejected or {}
     inboxes = {inbox_of(j) for j in jobs}
     columns: list[tuple[str, list[str], int]] = []  # (header, cells, the narrowest it may get)
 
@@ -86,7 +96,7 @@ def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | No
     add("rule", [j.rule for j in jobs], 6)
     add("input", [j.rel_path or j.input_path for j in jobs], 12)
     add("secs", [f"{j.seconds:.2f}" if j.seconds else "" for j in jobs])
-    add("note", [_note(j, awaiting.get(j.id, 0)) for j in jobs], 12)
+    add("note", [_note(j, awaiting.get(j.id, 0), rejected.get(j.id, 0)) for j in jobs], 12)
     widths = [max([len(h), *map(len, cells)]) for h, cells, _ in columns]
     widths[-1] = min(widths[-1], 120)
     excess = sum(widths) + 2 * (len(widths) - 1) - width

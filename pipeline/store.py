@@ -836,12 +836,16 @@ class Store:
     def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
         """Jobs in id order (oldest first); with ``limit``, only the newest ``limit`` of them.
 
-        ``status`` is a ``JobStatus`` value or ``"review"`` (done, marked for review)."""
+        ``status`` is a ``JobStatus`` value, ``"review"`` (done, marked for review), ``"awaiting"`` (done, with
+        outputs awaiting approval) or ``"rejected"`` (done, with rejected outputs not replaced since)."""
         sql = "SELECT * FROM jobs"
         params: list[Any] = []
         if status == REVIEW:
             sql += " WHERE status = ? AND review IS NOT NULL"
             params.append(JobStatus.DONE)
+        elif status in (AWAITING, REJECTED):
+            sql += f" WHERE {self._AWAITING}"
+            params += [JobStatus.DONE, PENDING_APPROVAL if status == AWAITING else REJECTED]
         elif status:
             sql += " WHERE status = ?"
             params.append(status)
@@ -1061,16 +1065,32 @@ class Store:
     def awaiting_counts(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
         """How many outputs of each done job (of ``job_ids``; None: every job) wait for approval; jobs with none
         are left out."""
-        sql, params = f"SELECT outputs.job_id, COUNT(*) {self._WAITING}", list(self._WAITING_PARAMS)
-        if job_ids is not None:
-            ids = list(job_ids)
-            sql += f" AND outputs.job_id IN ({_marks(ids)})"
-            params += ids
-        return dict(self.db.conn.execute(sql + " GROUP BY outputs.job_id", params).fetchall())
+        return self._approval_counts(self._WAITING_PARAMS, job_ids)
 
     def awaiting_total(self) -> int:
         """How many outputs of done jobs wait for approval."""
         return self.db.conn.execute(f"SELECT COUNT(*) {self._WAITING}", self._WAITING_PARAMS).fetchone()[0]
+
+    # A rejected output left: rejected, not replaced since by a later job's (an approved re-run), of a done job
+    # (one queued again stages anew). The same rows as ``_WAITING`` with the other verdict.
+    _REJECTED_PARAMS = (REJECTED, JobStatus.DONE)
+
+    def rejected_counts(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
+        """How many rejected outputs (not replaced since) each done job (of ``job_ids``; None: every job) has; jobs
+        with none are left out."""
+        return self._approval_counts(self._REJECTED_PARAMS, job_ids)
+
+    def rejected_total(self) -> int:
+        """How many outputs of done jobs are rejected and not replaced since."""
+        return self.db.conn.execute(f"SELECT COUNT(*) {self._WAITING}", self._REJECTED_PARAMS).fetchone()[0]
+
+    def _approval_counts(self, params: tuple[Any, ...], job_ids: Collection[int] | None) -> dict[int, int]:
+        sql, params_ = f"SELECT outputs.job_id, COUNT(*) {self._WAITING}", list(params)
+        if job_ids is not None:
+            ids = list(job_ids)
+            sql += f" AND outputs.job_id IN ({_marks(ids)})"
+            params_ += ids
+        return dict(self.db.conn.execute(sql + " GROUP BY outputs.job_id", params_).fetchall())
 
     @contextlib.contextmanager
     def approval_claim(self, output_ids: Collection[int], states: Collection[str]) -> Iterator[list[OutputRecord]]:
@@ -1255,6 +1275,9 @@ class Store:
         elif flag == AWAITING:
             where.append(self._AWAITING)
             params += self._AWAITING_PARAMS
+        elif flag == REJECTED:
+            where.append(self._AWAITING)
+            params += self._REJECTED_JOB_PARAMS
         return " AND ".join(where), params
 
     # a done job with outputs waiting for approval (as ``awaiting_approval``: not replaced, not reserved). The set
@@ -1263,23 +1286,39 @@ class Store:
     _AWAITING = ("(status = ? AND id IN (SELECT job_id FROM outputs WHERE approval = ?"
                  " AND replaced_by IS NULL AND reserved IS NULL))")
     _AWAITING_PARAMS = (JobStatus.DONE, PENDING_APPROVAL)
+    _REJECTED_JOB_PARAMS = (JobStatus.DONE, REJECTED)  # the same with rejected outputs left (``rejected_counts``)
 
     def night_groups(self, since: float) -> list[dict[str, Any]]:
         """The jobs since ``since`` per (inbox, rule): a count per status, ``review`` (done, marked for review),
-        ``awaiting`` (with outputs waiting for approval) and ``total``; by inbox, then rule."""
+        ``awaiting`` (with outputs waiting for approval), ``rejected`` (with rejected outputs not replaced since)
+        and ``total``; by inbox, then rule."""
         rows = self.db.conn.execute(
             f"SELECT {self._INBOX} AS inbox, rule, status, COUNT(*), SUM(status = ? AND review IS NOT NULL),"
-            f" SUM({self._AWAITING}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
-            " GROUP BY 1, 2, 3", [JobStatus.DONE, *self._AWAITING_PARAMS, since, since]).fetchall()
+            f" SUM({self._AWAITING}), SUM({self._AWAITING}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
+            " GROUP BY 1, 2, 3",
+            [JobStatus.DONE, *self._AWAITING_PARAMS, *self._REJECTED_JOB_PARAMS, since, since]).fetchall()
         groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for inbox, rule, status, n, review, awaiting in rows:
+        for inbox, rule, status, n, review, awaiting, rejected in rows:
             g = groups.setdefault((inbox or "", rule), {"inbox": inbox, "rule": rule, "total": 0, REVIEW: 0,
-                                                        AWAITING: 0, **{s.value: 0 for s in JobStatus}})
+                                                        AWAITING: 0, REJECTED: 0, **{s.value: 0 for s in JobStatus}})
             g[status] = n
             g["total"] += n
             g[REVIEW] += review or 0
             g[AWAITING] += awaiting or 0
+            g[REJECTED] += rejected or 0
         return [groups[k] for k in sorted(groups)]
+
+    def night_outputs(self, since: float) -> dict[str, int]:
+        """How many outputs of the jobs since ``since`` wait for approval (``awaiting``) and are rejected, not
+        replaced since (``rejected``): what ``assetd jobs`` counts, for these jobs (a done job's finished_at is
+        at or after its created_at: "since" is its end)."""
+        rows = self.db.conn.execute(
+            "SELECT outputs.approval, COUNT(*) FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE"
+            " outputs.approval IN (?, ?) AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL"
+            " AND jobs.status = ? AND jobs.finished_at >= ? GROUP BY 1",
+            [PENDING_APPROVAL, REJECTED, JobStatus.DONE, since]).fetchall()
+        found = dict(rows)
+        return {AWAITING: found.get(PENDING_APPROVAL, 0), REJECTED: found.get(REJECTED, 0)}
 
     def night_jobs(self, since: float, limit: int, *, before: int | None = None, after: int | None = None,
                    **filters: Any) -> list[Job]:
@@ -1311,12 +1350,12 @@ class Store:
                                    [*params, job_id]).fetchone()
         return row is not None
 
-    def job_states(self, job_ids: Collection[int]) -> dict[int, dict[str, Any]]:
-        """The status, error and review mark of these jobs (the night view's live rows)."""
+    def jobs_by_id(self, job_ids: Collection[int]) -> list[Job]:
+        """These jobs (the night view's live rows: at most 500), newest first; unknown ids are left out."""
         ids = list(job_ids)[:500]
-        rows = self.db.conn.execute(f"SELECT id, status, error, review IS NOT NULL FROM jobs WHERE id IN"
-                                    f" ({_marks(ids)})", ids).fetchall() if ids else []
-        return {r[0]: {"status": r[1], "error": r[2], "review": bool(r[3])} for r in rows}
+        rows = self.db.execute_returning_dicts(f"SELECT * FROM jobs WHERE id IN ({_marks(ids)}) ORDER BY id DESC",
+                                               ids) if ids else []
+        return [Job.from_row(r) for r in rows]
 
     def newest_job_id(self) -> int:
         return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]

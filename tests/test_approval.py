@@ -457,6 +457,13 @@ def test_outputs_given_by_id_are_the_selection_and_the_jobs_beside_them_only_sco
     finally:
         store.close()
 
+    listed = invoke("jobs", "--config", both_wait.config_path).output.splitlines()
+    assert "✗ 2 rejected" in listed[3] and "◷ 1 awaits approval" in listed[2], listed  # job 2's row, job 1's
+    assert listed[-1].endswith("1 output awaits approval (assetd approve), 2 outputs rejected (assetd jobs --status "
+                               "rejected)"), listed
+    only = invoke("jobs", "--status", "rejected", "--config", both_wait.config_path).output.splitlines()
+    assert [line.split()[0] for line in only[2:-1]] == ["2"], only
+
     hint = invoke("approve", "2", "--config", both_wait.config_path)
     assert hint.exit_code == 1
     ids = sorted(b.values())
@@ -468,3 +475,4 @@ def test_outputs_given_by_id_are_the_selection_and_the_jobs_beside_them_only_sco
         f"job 2 (b.jpg): 2 outputs published to {both_wait.out('cutouts').resolve()}, "
         f"{both_wait.out('webshop').resolve()}"]
     assert files_in(both_wait.out("cutouts")) == ["a.png", "b.png"] and files_in(both_wait.out("webshop")) == ["b.jpg"]
+    assert "rejected" not in invoke("jobs", "--config", both_wait.config_path).output

@@ -569,3 +569,81 @@ def group_rows_with_awaiting(html: str) -> dict[tuple[str, str], dict[str, int]]
         text = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)]
         out[(text[0], text[1])] = dict(zip(keys, map(int, text[2:])))
     return out
+
+
+def test_rows_note_approvals_rejections_and_reruns_and_the_pills_count_outputs(workspace):
+    """The night view notes each row as `assetd jobs` does (◷ N await approval, ✗ N rejected, re-run of N), its
+    pills count outputs as the command line does (and say how many jobs), the "rejected" flag lists the jobs
+    with rejected outputs, and the live poll carries the counts and notes."""
+    from pipeline import approval
+    from pipeline.store import PENDING_APPROVAL, OutputRecord
+
+    config_for(workspace)
+    text = workspace.config_path.read_text().replace(
+        "cutouts:   {path: out/cutouts,   format: png}", "cutouts:   {path: out/cutouts,   format: png, publish: on_approval}")
+    workspace.config_path.write_text(text)
+    config = load_config(workspace.config_path)
+    app = create_app(config)
+    store = app.state.store
+
+    def staged_outputs(name: str, n: int) -> list[OutputRecord]:
+        return [OutputRecord("cutouts", str(workspace.out("cutouts") / f"{name}_{i}.png"), "remove_background", None,
+                             10, 10, 100, "ab" * 32, approval=PENDING_APPROVAL,
+                             staged_path=str(workspace.root / "state" / "staging" / f"{name}_{i}.png"))
+                for i in range(n)]
+
+    waiting = add_job(store, workspace.inbox, "a.jpg", "cutouts")
+    store.finish(waiting.id, staged_outputs("a", 2), 1.0)
+    turned_down = add_job(store, workspace.inbox, "b.jpg", "cutouts")
+    store.finish(turned_down.id, staged_outputs("b", 1), 1.0)
+    assert approval.reject(config, store, job_ids=[turned_down.id], reason="too dark", by="cli").done
+    again = store.add_rerun(turned_down, rule="cutouts", rule_version="v1", overrides={}, max_attempts=2)
+    client = TestClient(app)
+
+    html = client.get("/").text
+    notes = dict(re.findall(r'<tr data-id="(\d+)".*?<td class="note"[^>]*>([^<]*)</td>', html, re.S))
+    assert notes == {str(waiting.id): "◷ 2 await approval", str(turned_down.id): "✗ 1 rejected",
+                     str(again.id): f"re-run of {turned_down.id}"}
+    pills = {m[0]: re.sub(r"<[^>]+>|\s+", " ", m[1]).split() for m in
+             re.findall(r'<a class="pill (awaiting|rejected)"[^>]*>(.*?)</a>', html, re.S)}
+    assert " ".join(pills["awaiting"]) == "◷ 2 outputs awaiting approval ( 1 job )"
+    assert " ".join(pills["rejected"]) == "✗ 1 output rejected ( 1 job )"
+    assert set(shown_ids(client.get("/", params={"flag": "rejected"}).text)) == {turned_down.id}
+
+    live = client.get("/api/progress", params={"ids": f"{waiting.id},{turned_down.id},{again.id}"}).json()
+    assert (live["totals"]["awaiting_outputs"], live["totals"]["awaiting"]) == (2, 1)
+    assert (live["totals"]["rejected_outputs"], live["totals"]["rejected"]) == (1, 1)
+    assert live["jobs"][str(turned_down.id)]["note"] == "✗ 1 rejected"
+
+    # approved anew: no longer rejected anywhere
+    rejected_id = store.outputs(turned_down.id)[0].id
+    store.db.conn.execute("UPDATE outputs SET approval = 'approved' WHERE id = ?", [rejected_id])
+    assert shown_ids(client.get("/", params={"flag": "rejected"}).text) == []
+    assert 'id="rejected-pill"' in (html := client.get("/").text) and re.search(r'id="rejected-pill"[^>]* hidden', html)
+    store.close()
+
+
+def test_the_live_poll_says_when_outputs_await_approval_that_did_not_at_load(workspace):
+    """A night view opened while nothing waited has no "Approve all remaining": it has the hidden note the poll
+    shows (reload to approve) and a hidden pill, and the poll's counts are what shows them."""
+    from pipeline.store import PENDING_APPROVAL, OutputRecord
+
+    config_for(workspace)
+    text = workspace.config_path.read_text().replace(
+        "cutouts:   {path: out/cutouts,   format: png}", "cutouts:   {path: out/cutouts,   format: png, publish: on_approval}")
+    workspace.config_path.write_text(text)
+    app = create_app(load_config(workspace.config_path))
+    store = app.state.store
+    client = TestClient(app)
+    add_job(store, workspace.inbox, "a.jpg", "cutouts", "done")
+    html = client.get("/").text
+    assert 'id="approve-all"' not in html
+    assert re.search(r'<p id="approvals-fresh" class="notice" hidden>', html) and "reload to approve" in html
+    assert re.search(r'id="awaiting-pill"[^>]* hidden', html)
+    job = add_job(store, workspace.inbox, "b.jpg", "cutouts")
+    store.finish(job.id, [OutputRecord("cutouts", str(workspace.out("cutouts") / "b.png"), "remove_background", None,
+                                       10, 10, 100, "ab" * 32, approval=PENDING_APPROVAL,
+                                       staged_path=str(workspace.root / "state" / "staging" / "b.png"))], 1.0)
+    assert client.get("/api/progress").json()["totals"]["awaiting_outputs"] == 1
+    assert 'id="approve-all"' in client.get("/").text  # a reload has the button
+    store.close()

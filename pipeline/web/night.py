@@ -14,15 +14,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..listing import inbox_of
-from ..store import AWAITING, REVIEW, Job, JobStatus
+from ..listing import inbox_of, marks
+from ..store import AWAITING, REJECTED, REVIEW, Job, JobStatus
 from ..text import printable
 from .templating import render
 
 DEFAULT_HOURS = 24
 SINCE_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
 STATUSES = [s.value for s in JobStatus]
-FLAGS = {REVIEW: "marked for review", AWAITING: "awaiting approval"}
+FLAGS = {REVIEW: "marked for review", AWAITING: "awaiting approval", REJECTED: "rejected outputs"}
+COUNTED = [*STATUSES, REVIEW, AWAITING, REJECTED, "total"]  # the job counts of the groups and their totals
 
 
 @dataclass
@@ -92,21 +93,39 @@ def when(stamp: float | None) -> str:
     return t.strftime("%H:%M") if t.date() == datetime.now().date() else t.strftime("%d %b %H:%M")
 
 
-def note(job: Job) -> str:
-    """The error without the input path (the row names the file), or the first review reason."""
+def note(job: Job, awaiting: int = 0, rejected: int = 0) -> str:
+    """As ``assetd jobs`` notes a job: its marks (re-run of N, ◷ outputs awaiting approval, ✗ rejected), then the
+    error without the input path (the row names the file), or the first review reason."""
     error = job.error or ""
     for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
         error = error.removeprefix(prefix)
     if job.status in (JobStatus.FAILED, JobStatus.SUPERSEDED) or not job.review:
-        return printable(error) if job.status is not JobStatus.DONE else ""
-    return printable(job.review[0]) + (f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else "")
+        text = printable(error) if job.status is not JobStatus.DONE else ""
+    else:
+        text = printable(job.review[0]) + (f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else "")
+    return "; ".join(filter(None, (*marks(job, awaiting, rejected), text)))
 
 
-def row(job: Job, base: Path) -> dict[str, Any]:
+def row(job: Job, base: Path, awaiting: int = 0, rejected: int = 0) -> dict[str, Any]:
     return {"id": job.id, "name": printable(job.rel_path or Path(job.input_path).name),
             "inbox": shown_folder(inbox_of(job), base), "rule": job.rule, "status": job.status.value,
             "review": bool(job.review), "time": when(job.finished_at or job.created_at),
-            "seconds": f"{job.seconds:.1f} s" if job.seconds else "", "note": note(job)}
+            "seconds": f"{job.seconds:.1f} s" if job.seconds else "", "note": note(job, awaiting, rejected)}
+
+
+def rows(store: Any, jobs: list[Job], base: Path) -> list[dict[str, Any]]:
+    """The table's rows, with how many outputs of each job await approval or are rejected."""
+    ids = [j.id for j in jobs]
+    awaiting, rejected = store.awaiting_counts(ids), store.rejected_counts(ids)
+    return [row(j, base, awaiting.get(j.id, 0), rejected.get(j.id, 0)) for j in jobs]
+
+
+def totals(store: Any, groups: list[dict[str, Any]], since: float) -> dict[str, int]:
+    """The jobs per status and flag since ``since`` (summed over the groups), and the outputs awaiting approval
+    and rejected (``awaiting_outputs``, ``rejected_outputs``: what ``assetd jobs`` counts, for these jobs)."""
+    found = {key: sum(g[key] for g in groups) for key in COUNTED}
+    outputs = store.night_outputs(since)
+    return {**found, "awaiting_outputs": outputs[AWAITING], "rejected_outputs": outputs[REJECTED]}
 
 
 def night(request: Request) -> Response:
@@ -115,18 +134,18 @@ def night(request: Request) -> Response:
     size = config.review.page_size
     jobs = store.night_jobs(q.since, size, before=q.before, after=q.after, **q.filters)
     groups = store.night_groups(q.since)
-    totals = {key: sum(g[key] for g in groups) for key in [*STATUSES, REVIEW, AWAITING, "total"]}
+    counted = totals(store, groups, q.since)
     for g in groups:
         g["shown_inbox"] = shown_folder(g["inbox"], config.base_dir)
     rules, inboxes = sorted({g["rule"] for g in groups}), sorted({g["inbox"] for g in groups if g["inbox"]})
     newer = bool(jobs) and store.night_more(q.since, jobs[0].id, True, **q.filters)
     older = bool(jobs) and store.night_more(q.since, jobs[-1].id, False, **q.filters)
     return render(
-        request, "night.html", q=q, groups=groups, totals=totals, statuses=STATUSES, flags=FLAGS,
-        rows=[row(j, config.base_dir) for j in jobs], matching=store.night_count(q.since, **q.filters),
+        request, "night.html", q=q, groups=groups, totals=counted, statuses=STATUSES, flags=FLAGS,
+        rows=rows(store, jobs, config.base_dir), matching=store.night_count(q.since, **q.filters),
         rules=rules, inboxes=[(i, shown_folder(i, config.base_dir)) for i in inboxes],
         newest=store.newest_job_id(), page_size=size,
-        approvals=totals[AWAITING] > 0 or any(c.publish == "on_approval"
+        approvals=counted[AWAITING] > 0 or counted[REJECTED] > 0 or any(c.publish == "on_approval"
                                                for c in config.channels.values()),
         newer_link=q.link(after=jobs[0].id, before=None) if newer else None,
         older_link=q.link(before=jobs[-1].id, after=None) if older else None,
@@ -136,15 +155,17 @@ def night(request: Request) -> Response:
 
 
 def progress(request: Request) -> Response:
-    """Counts since ``since`` (per group too), the state of the jobs ``ids`` on screen, and the newest job id."""
-    store = request.app.state.store
+    """Counts since ``since`` (per group too), the state and note of the jobs ``ids`` on screen, and the newest
+    job id."""
+    config, store = request.app.state.config, request.app.state.store
     q = NightQuery.parse(request)
-    ids = [int(i) for i in request.query_params.get("ids", "").split(",") if i.isdigit()]
+    ids = [int(i) for i in request.query_params.get("ids", "").split(",") if i.isdigit()][:500]
     groups = store.night_groups(q.since)
+    shown = {r["id"]: r for r in rows(store, store.jobs_by_id(ids), config.base_dir)} if ids else {}
     return JSONResponse({
-        "totals": {key: sum(g[key] for g in groups) for key in [*STATUSES, REVIEW, AWAITING, "total"]},
-        "groups": [{k: g[k] for k in ("inbox", "rule", "total", REVIEW, AWAITING, *STATUSES)} for g in groups],
-        "jobs": {str(k): {"status": v["status"], "review": v["review"]} for k, v in store.job_states(ids).items()},
+        "totals": totals(store, groups, q.since),
+        "groups": [{k: g[k] for k in ("inbox", "rule", *COUNTED)} for g in groups],
+        "jobs": {str(k): {"status": v["status"], "review": v["review"], "note": v["note"]} for k, v in shown.items()},
         "newest": store.newest_job_id(),
         "matching": store.night_count(q.since, **q.filters),
     }, headers={"Cache-Control": "no-store"})
