@@ -73,3 +73,41 @@ def test_the_pages_in_a_browser(served, browser):
     assert f"queued again: {failed[0].id}" in page.text_content(".flash")
     assert store.get(failed[0].id).status is JobStatus.QUEUED
     page.screenshot(path=str(SCREENS / "failures-after-retry.png"), full_page=True)
+
+
+def test_the_night_view_shows_outputs_awaiting_approval_that_came_after_it_loaded(workspace, browser):
+    """Opened while nothing waited: once a job ends with outputs awaiting approval, the poll shows the pill
+    (outputs, jobs) and the note to reload, and the row's note; a reload has Approve all remaining."""
+    from pipeline.store import PENDING_APPROVAL, OutputRecord
+
+    workspace.write_config()
+    text = workspace.config_path.read_text().replace(
+        "cutouts:   {path: out/cutouts,   format: png}", "cutouts:   {path: out/cutouts,   format: png, publish: on_approval}")
+    workspace.config_path.write_text(text)
+    app = create_app(load_config(workspace.config_path))
+    store = app.state.store
+    add_job(store, workspace.inbox, "a.jpg", "cutouts", "done")
+    job = add_job(store, workspace.inbox, "b.jpg", "cutouts", "running")
+    server = ReviewServer(app, f"127.0.0.1:{free_port()}")
+    server.start()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 700})
+        page.goto(server.url.rstrip("/") + "/")
+        assert not page.locator("#awaiting-pill").is_visible() and not page.locator("#approvals-fresh").is_visible()
+        store.finish(job.id, [OutputRecord("cutouts", str(workspace.out("cutouts") / f"b_{i}.png"), "remove_background",
+                                           None, 10, 10, 100, "ab" * 32, approval=PENDING_APPROVAL,
+                                           staged_path=str(workspace.root / "state" / "staging" / f"b_{i}.png"))
+                              for i in range(2)], 1.0)
+        page.locator("#approvals-fresh").wait_for(state="visible", timeout=10_000)
+        assert "2 outputs await approval since this page was loaded" in page.locator("#approvals-fresh").inner_text()
+        assert page.locator("#awaiting-pill").inner_text() == "◷ 2 outputs awaiting approval (1 job)"
+        row = page.locator(f'tr[data-id="{job.id}"]')
+        assert row.locator("[data-status]").inner_text() == "done"
+        assert row.locator("[data-note]").inner_text() == "◷ 2 await approval"
+        page.screenshot(path=str(SCREENS / "night-approvals-after-load.png"))
+        page.click("#approvals-fresh a >> nth=0")
+        page.locator("#approve-all").wait_for(state="visible", timeout=10_000)
+        assert not page.locator("#approvals-fresh").count()
+    finally:
+        server.stop()
+        store.close()
