@@ -56,7 +56,8 @@ def approve(config: Config, store: Store, *, job_ids: Iterable[int] = (), output
 def reject(config: Config, store: Store, *, job_ids: Iterable[int] = (), output_ids: Iterable[int] = (),
            reason: str, by: str) -> Decision:
     """Record that the outputs waiting for approval of ``job_ids`` (or, given ``output_ids``, those outputs of
-    them: ``_select``) are not to be published, and why (``reason``: one line). Their staged files stay where they are."""
+    them: ``_select``) are not to be published, and why (``reason``: one line). Their staged files stay where they
+    are."""
     decision = Decision()
     reason = " ".join(str(reason or "").split())
     if not reason:
@@ -134,7 +135,8 @@ def _select(store: Store, job_ids: Iterable[int], output_ids: Iterable[int], ver
 
 
 def _select_outputs(store: Store, output_ids: list[int], job_ids: list[int], scope: list[int], verdict: str,
-                    decision: Decision, job_ready: Callable[[int, str], bool], chosen: dict[int, dict[int, OutputRecord]]) -> None:
+                    decision: Decision, job_ready: Callable[[int, str], bool],
+                    chosen: dict[int, dict[int, OutputRecord]]) -> None:
     """``_select`` for outputs given by id, within the jobs named (``job_ids``; those that exist: ``scope``)."""
     known = {r.id: r for r in store.outputs_by_id(output_ids)}
     given: set[int] = set()  # the named jobs an output given belongs to

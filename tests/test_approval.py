@@ -411,7 +411,8 @@ def test_staging_folders_are_cleaned_measured_and_checked(studio, tmp_path):
 @pytest.fixture
 def both_wait(studio: Workspace) -> Workspace:
     """Both channels wait for approval: each job has two outputs awaiting a decision."""
-    text = studio.config_path.read_text().replace('background: "#ffffff"}', 'background: "#ffffff", publish: on_approval}')
+    text = studio.config_path.read_text().replace('background: "#ffffff"}',
+                                                  'background: "#ffffff", publish: on_approval}')
     studio.config_path.write_text(text)
     return studio
 
