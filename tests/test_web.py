@@ -563,7 +563,7 @@ def test_outputs_awaiting_approval_are_counted_and_filtered(workspace):
 
 
 def group_rows_with_awaiting(html: str) -> dict[tuple[str, str], dict[str, int]]:
-    keys = ["queued", "running", "done", "failed", "superseded", "review", "awaiting", "total"]
+    keys = ["queued", "running", "done", "failed", "superseded", "review", "awaiting", "rejected", "total"]
     out = {}
     for body in re.findall(r'<tr data-group="[^"]*">(.*?)</tr>', html, re.S):
         text = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)]

@@ -145,8 +145,8 @@ def night(request: Request) -> Response:
         rows=rows(store, jobs, config.base_dir), matching=store.night_count(q.since, **q.filters),
         rules=rules, inboxes=[(i, shown_folder(i, config.base_dir)) for i in inboxes],
         newest=store.newest_job_id(), page_size=size,
-        approvals=counted[AWAITING] > 0 or counted[REJECTED] > 0 or any(c.publish == "on_approval"
-                                               for c in config.channels.values()),
+        approvals=counted[AWAITING] > 0 or counted[REJECTED] > 0 or any(
+            c.publish == "on_approval" for c in config.channels.values()),
         newer_link=q.link(after=jobs[0].id, before=None) if newer else None,
         older_link=q.link(before=jobs[-1].id, after=None) if older else None,
         first_link=q.link(before=None, after=None) if newer else None,
