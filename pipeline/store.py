@@ -1051,6 +1051,8 @@ class Store:
     _WAITING = ("FROM outputs JOIN jobs ON jobs.id = outputs.job_id WHERE outputs.approval = ?"
                  " AND outputs.replaced_by IS NULL AND outputs.reserved IS NULL AND jobs.status = ?")
     _WAITING_PARAMS = (PENDING_APPROVAL, JobStatus.DONE)
+    _WAITING_OF_JOBS = _WAITING.replace("FROM outputs JOIN jobs",  # the same, for a few jobs: ``_approval_counts``
+                                        "FROM outputs INDEXED BY idx_outputs_job_id CROSS JOIN jobs")
 
     def awaiting_approval(self, since: float | None = None) -> list[OutputRecord]:
         """The outputs of done jobs waiting for approval (not replaced by a later job's), by job then id; with
@@ -1087,8 +1089,11 @@ class Store:
     def _approval_counts(self, params: tuple[Any, ...], job_ids: Collection[int] | None) -> dict[int, int]:
         sql, params_ = f"SELECT outputs.job_id, COUNT(*) {self._WAITING}", list(params)
         if job_ids is not None:
+            # a few jobs (a page of rows): their outputs by the job_id index, then each one's job, instead of every
+            # output of that verdict or every done job, which SQLite picks otherwise (4 ms, not 0.1, at 10,000 jobs)
             ids = list(job_ids)
-            sql += f" AND outputs.job_id IN ({_marks(ids)})"
+            sql = (f"SELECT outputs.job_id, COUNT(*) {self._WAITING_OF_JOBS}"
+                   f" AND outputs.job_id IN ({_marks(ids)})")
             params_ += ids
         return dict(self.db.conn.execute(sql + " GROUP BY outputs.job_id", params_).fetchall())
 
