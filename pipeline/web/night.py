@@ -124,7 +124,7 @@ def totals(store: Any, groups: list[dict[str, Any]], since: float) -> dict[str, 
     """The jobs per status and flag since ``since`` (summed over the groups), and the outputs awaiting approval
     and rejected (``awaiting_outputs``, ``rejected_outputs``: what ``assetd jobs`` counts, for these jobs)."""
     found = {key: sum(g[key] for g in groups) for key in COUNTED}
-    outputs = store.night_outputs(since)
+    outputs = store.night_outputs(since) if found[AWAITING] or found[REJECTED] else {AWAITING: 0, REJECTED: 0}
     return {**found, "awaiting_outputs": outputs[AWAITING], "rejected_outputs": outputs[REJECTED]}
 
 
