@@ -23,7 +23,10 @@ def site(workspace):
     text = workspace.config_path.read_text().replace(
         "instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 500}",
         "instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 500, "
-        "safe_zone: {top: 0.1, bottom: 0.15}}")
+        "safe_zone: {top: 0.1, bottom: 0.15}}").replace(
+        "banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 640}",
+        "banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 640, "
+        "copy_space: {side: left, fraction: 0.3}}")
     workspace.config_path.write_text(text)
     workspace.shot("inbox/products/bottle.jpg", "grey", seed=3, subject="bottle")
     good = workspace.inbox / "products" / "bottle.jpg"
@@ -51,9 +54,15 @@ def test_the_page_shows_every_output_with_its_ratio_channel_and_safe_zones(site)
         assert figure, row
         has_zone = 'class="zone safe' in figure.group(1)
         assert has_zone == (row["channel"] == "instagram"), row
+        copy = re.findall(r'<span class="zone copy[^>]*>', figure.group(1))  # only where a channel has copy space
+        assert copy == (['<span class="zone copy left" style="width: 30.0%" title="copy space left 30.0%">']
+                        if row["channel"] == "banners" else []), row
         image = client.get(f"/files/output/{row['id']}/thumb")
         assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
     assert "remove_background" in page.text and "upscale" in page.text  # the steps with their timings
+    # the contact sheet's rows in the same order on every page: the cut-out, then 1:1, 4:5, 9:16, 16:9
+    assert re.findall(r'<div class="ratio-label">([^<]+)</div>', page.text) == ["cut-out", "1:1", "4:5", "9:16",
+                                                                                 "16:9"]
     assert client.get(f"/files/input/{job.id}/preview").status_code == 200
     assert client.get(f"/files/job/{job.id}/thumb").status_code == 200
     check = client.get(f"/files/output/{rows[1]['id']}/check")

@@ -136,13 +136,22 @@ def job_page(request: Request) -> Response:
     )
 
 
-def _ratio_key(ratio: str) -> tuple[float, str]:
-    """Ratios from the tallest to the widest (4:5, 1:1, 16:9 → 9:16 first)."""
+RATIO_ORDER = ("1:1", "4:5", "9:16", "16:9")  # the contact sheet's rows after the cut-out: the usual ones first
+
+
+def _ratio_key(ratio: str) -> tuple[int, float, str]:
+    """The contact sheet's order, the same on every page: 1:1, 4:5, 9:16, 16:9, then any other from the tallest to
+    the widest (a ratio written 2:2 or 8:10 takes the place of its reduced form)."""
     try:
         w, h = (float(x) for x in ratio.split(":"))
-        return (w / h, ratio)
-    except ValueError:
-        return (0.0, ratio)
+        shape = w / h
+    except (ValueError, ZeroDivisionError):
+        return (len(RATIO_ORDER) + 1, 0.0, ratio)
+    for i, known in enumerate(RATIO_ORDER):
+        kw, kh = (float(x) for x in known.split(":"))
+        if abs(shape - kw / kh) < 1e-9:
+            return (i, shape, ratio)
+    return (len(RATIO_ORDER), shape, ratio)
 
 
 def routes() -> list[BaseRoute]:
