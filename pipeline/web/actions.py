@@ -57,8 +57,9 @@ def output_states(store: Store, job_id: int,
     for row in store.output_rows(job_id):
         key = row.get("approval")
         live = row.get("replaced_by") is None
+        shown = APPROVAL.get(key, key) if live else f"replaced by job {row['replaced_by']}"  # history: that says it
         states[row["id"]] = {
-            "approval_key": key or "published", "approval": APPROVAL.get(key, key),
+            "approval_key": (key or "published") if live else "replaced", "approval": shown,
             "decided": decided(last.get(row["id"])),
             "can_approve": live and key in ("pending", "rejected"), "can_reject": live and key == "pending",
         }
