@@ -156,7 +156,7 @@ def test_a_job_whose_outputs_a_rerun_replaced_shows_the_input_and_its_outputs_as
                 assert f'<img src="/files/output/{row["id"]}/thumb"' in figure
                 assert thumb.status_code == 200 and thumb.content == first_thumb_of(config, row)
             elif (row["channel"], row["ratio"]) == ("instagram", "4:5"):  # never looked at: a placeholder
-                assert "<img" not in figure and "no picture kept of this file" in figure, figure
+                assert "<img" not in figure and "no picture of this file was kept" in figure, figure
                 assert thumb.status_code == 404 and "written again by job" in thumb.text
 
         later = client.get(f"/jobs/{jobs[1].id}").text
