@@ -144,8 +144,9 @@
     event.preventDefault();
     var fig = figures[selected];
     if (fig && pending(fig)) send(decideBox(fig).querySelector("button.reject"));
-    else if (fig) say([], ["the selected output is " + fig.querySelector(".approval").textContent + ", nothing to reject: " +
-                           "choose one awaiting approval (← →), or press Reject job for every one awaiting"]);
+    else if (fig) say([], ["the selected output is " + fig.querySelector(".approval").textContent +
+                           ", nothing to reject: choose one awaiting approval (← →), or press Reject job for every one " +
+                           "awaiting"]);
     else say([], ["this job has no outputs to decide about"]);
   });
 
