@@ -162,10 +162,26 @@ def verify(config: Config, source: Source) -> None:
 
 # -- the cache ------------------------------------------------------------------------------------
 
+def _cache_file(config: Config, sha256: str, suffix: str) -> Path:
+    """Where the cache keeps ``suffix`` (a view, a check, a matte) of the file with ``sha256``: the one layout."""
+    return config.previews_folder / sha256[:2] / f"{sha256}-{suffix}"
+
+
 def _cache_path(config: Config, sha256: str, suffix: str) -> Path:
-    folder = config.previews_folder / sha256[:2]
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{sha256}-{suffix}"
+    """``_cache_file``, its folder made (to write it)."""
+    path = _cache_file(config, sha256, suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def kept_view(config: Config, sha256: str | None, kind: str) -> Path | None:
+    """The thumbnail or preview the cache still holds of the file recorded with ``sha256``, or None; nothing is
+    made. For an output a later job wrote again: its picture was made from the recorded bytes while they were
+    there, so it shows that history as it was."""
+    if not sha256 or kind not in SIZES:
+        return None
+    path = _cache_file(config, sha256, f"{SIZES[kind]}.webp")
+    return path if path.is_file() else None
 
 
 def _decoded(config: Config, source: Source) -> np.ndarray:

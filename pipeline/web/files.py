@@ -14,7 +14,6 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .. import previews
-from ..config import Config
 
 CACHE = "private, max-age=300"  # a record's image changes only when its file does (then it is a 404)
 
@@ -33,16 +32,6 @@ def _serving(make: Callable[[Request], tuple[Path, dict[str, str]]], media_type:
     return endpoint
 
 
-def kept_view(config: Config, sha256: str | None, kind: str) -> Path | None:
-    """The thumbnail or preview the cache still holds of the file recorded with ``sha256`` (the cache's layout:
-    ``previews._cache_path``), or None. For an output whose file a later job wrote again: its picture was made
-    from the recorded bytes while they were there, so it shows that history as it was; nothing is made anew."""
-    if not sha256 or kind not in previews.SIZES:
-        return None
-    path = config.previews_folder / sha256[:2] / f"{sha256}-{previews.SIZES[kind]}.webp"
-    return path if path.is_file() else None
-
-
 def output_image(request: Request) -> tuple[Path, dict[str, str]]:
     """``/files/output/{output_id}/{thumb|preview}``; an output replaced by a later job: the picture kept in the
     cache, if any (its file now holds the later job's output)."""
@@ -52,7 +41,7 @@ def output_image(request: Request) -> tuple[Path, dict[str, str]]:
         _, source = previews.output_source(state.store, output_id)
     except previews.NotServed:
         row = state.store.output_row(output_id)
-        kept = kept_view(state.config, row.get("sha256"), kind) if row and row.get("replaced_by") else None
+        kept = previews.kept_view(state.config, row.get("sha256"), kind) if row and row.get("replaced_by") else None
         if kept is None:
             raise
         return kept, {}

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from .. import previews
 from ..config import ChannelConfig, Config
 from ..store import Job, JobStatus
 from ..text import printable
 from .failures import failure_class
-from .files import kept_view
 from .templating import render
 
 APPROVAL = {None: "published", "pending": "awaiting approval", "approved": "approved", "rejected": "rejected"}
@@ -127,7 +127,7 @@ def job_page(request: Request) -> Response:
         o.update(actions["states"].get(o["id"], {}))
     for o in outputs:
         if o["replaced_by"]:  # history: its picture only while the cache still has it (never a broken image)
-            o["kept_thumb"] = kept_view(config, o["sha256"], "thumb") is not None
+            o["kept_thumb"] = previews.kept_view(config, o["sha256"], "thumb") is not None
     current = [o for o in outputs if not o["replaced_by"]]
     moved = state.store.moved(job.id)
     steps = [dict(s, when=local(s.get("finished_at"))[11:]) for s in state.store.steps(job.id)]
