@@ -9,11 +9,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from . import faults
 from .errors import AssetdError, StopRequested, TransientError
 from .models import gpu_peak_bytes, gpu_peak_start, step_device
 from .rules import Rule
-from .stages.base import Asset, Stage, StageContext, stage_class
+from .stages.base import STEPS, Asset, Stage, StageContext, stage_class
+from .stages.subject import paste_matte
 
 
 class StepError(AssetdError):
@@ -60,10 +63,12 @@ class Chain:
                     raise ModelLoadError(stage.step, stage.backend, exc) from exc
             self._prepared = True
 
-    def run(self, asset: Asset, on_step: Callable[[Stage, float, StepUse], None] | None = None
-            ) -> dict[str, list[Asset]]:
+    def run(self, asset: Asset, on_step: Callable[[Stage, float, StepUse], None] | None = None,
+            on_matte: Callable[[np.ndarray], None] | None = None) -> dict[str, list[Asset]]:
         """Run every stage; returns the assets of each step an output asks for ("input" too). ``on_step`` is told
-        each stage's seconds, device and GPU memory peak."""
+        each stage's seconds, device and GPU memory peak; ``on_matte`` the subject's matte as the step that cut it
+        out found it, in the input's coordinates (``input_matte``), once, when there is one (the review page's
+        subject check compares exactly the subject with it)."""
         self.prepare()
         kept: dict[str, list[Asset]] = {"input": [asset]} if "input" in self._needed else {}
         current = [asset]
@@ -74,6 +79,7 @@ class Chain:
             device = step_device(stage)
             gpu = gpu_peak_start(device)
             started = time.perf_counter()
+            given = current
             try:
                 current = [out for item in current for out in stage.run(item)]
             except AssetdError:
@@ -84,6 +90,26 @@ class Chain:
                 raise StepError(f"{stage.step} ({stage.backend}) failed: {type(exc).__name__}: {exc}") from exc
             if on_step is not None:
                 on_step(stage, time.perf_counter() - started, StepUse(device, gpu_peak_bytes(gpu, device)))
+            if on_matte is not None and "cutout" in STEPS[stage.step].gives:
+                matte = input_matte(stage.step, given, current, asset)
+                if matte is not None:
+                    on_matte(matte)
+                    on_matte = None
             if stage.step in self._needed:
                 kept[stage.step] = current
         return kept
+
+
+def input_matte(step: str, given: list[Asset], made: list[Asset], source: Asset) -> np.ndarray | None:
+    """The subject's matte that ``step`` (a cut-out) found, in the coordinates of the decoded input ``source``,
+    its trim undone (zero outside the trimmed box); None when it gave none, or did not run on the input as decoded
+    (a step before it resized it)."""
+    if len(given) != 1 or len(made) != 1 or made[0].matte is None:
+        return None
+    before, after = given[0], made[0]
+    if before.pixels.shape[:2] != source.pixels.shape[:2] or before.scale != 1.0:
+        return None
+    box = (after.notes.get(step) or {}).get("trim")
+    if box is not None:
+        return paste_matte(after.matte, (source.width, source.height), (box[0], box[1]))
+    return after.matte if after.matte.shape == source.pixels.shape[:2] else None

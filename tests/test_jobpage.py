@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 from starlette.testclient import TestClient
 
+from daemons import run_until_idle
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.store import JobStatus, Store
+from pipeline.synth import scene_image
 from pipeline.web.app import create_app
 
 
@@ -23,7 +26,10 @@ def site(workspace):
     text = workspace.config_path.read_text().replace(
         "instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 500}",
         "instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 500, "
-        "safe_zone: {top: 0.1, bottom: 0.15}}")
+        "safe_zone: {top: 0.1, bottom: 0.15}}").replace(
+        "banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 640}",
+        "banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 640, "
+        "copy_space: {side: left, fraction: 0.3}}")
     workspace.config_path.write_text(text)
     workspace.shot("inbox/products/bottle.jpg", "grey", seed=3, subject="bottle")
     good = workspace.inbox / "products" / "bottle.jpg"
@@ -51,9 +57,15 @@ def test_the_page_shows_every_output_with_its_ratio_channel_and_safe_zones(site)
         assert figure, row
         has_zone = 'class="zone safe' in figure.group(1)
         assert has_zone == (row["channel"] == "instagram"), row
+        copy = re.findall(r'<span class="zone copy[^>]*>', figure.group(1))  # only where a channel has copy space
+        assert copy == (['<span class="zone copy left" style="width: 30.0%" title="copy space left 30.0%">']
+                        if row["channel"] == "banners" else []), row
         image = client.get(f"/files/output/{row['id']}/thumb")
         assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
     assert "remove_background" in page.text and "upscale" in page.text  # the steps with their timings
+    # the contact sheet's rows in the same order on every page: the cut-out, then 1:1, 4:5, 9:16, 16:9
+    assert re.findall(r'<div class="ratio-label">([^<]+)</div>', page.text) == ["cut-out", "1:1", "4:5", "9:16",
+                                                                                 "16:9"]
     assert client.get(f"/files/input/{job.id}/preview").status_code == 200
     assert client.get(f"/files/job/{job.id}/thumb").status_code == 200
     check = client.get(f"/files/output/{rows[1]['id']}/check")
@@ -97,3 +109,67 @@ def test_no_path_from_a_request_reaches_the_file_system(site, tmp_path):
         response = client.get(url)
         assert response.status_code == 404, url
         assert "do not serve" not in response.text and "root:" not in response.text
+
+
+def test_a_job_whose_outputs_a_rerun_replaced_shows_the_input_and_its_outputs_as_history(workspace):
+    """A real re-run on another scene replaces every file of the first job: its page compares nothing (no current
+    output), says which job replaced them, and shows each replaced output once as such, with the picture the cache
+    kept or a placeholder saying none was kept, never a broken image; the re-run form offers every image of the
+    scenes folder, the job's own scene marked."""
+    workspace.shot("inbox/products/a.jpg", "white", seed=1)
+    (first,) = run_until_idle(*workspace.load(), 1)
+    assert first.status is JobStatus.DONE
+    Image.fromarray(scene_image((900, 600), seed=7)).save(workspace.root / "scenes" / "linen.jpg", quality=90)
+    (workspace.root / "scenes" / "notes.txt").write_text("not a scene")
+    config = load_config(workspace.config_path)
+    shutil.rmtree(config.previews_folder, ignore_errors=True)  # only what this test shows is cached
+    store = Store(config.database)
+    rows = {(r["channel"], r["ratio"]): r for r in store.output_rows(first.id)}
+    with TestClient(create_app(config, store)) as client:
+        page = client.get(f"/jobs/{first.id}").text
+        scene_menu = re.search(r'<select name="scene">(.*?)</select>', page, re.S).group(1)
+        assert re.findall(r"<option[^>]*>([^<]*)</option>", scene_menu) == [
+            "as the rule says", "scenes/linen.jpg", "scenes/marble.jpg (this job's)"]
+        seen = rows[("webshop", "1:1")]
+        assert client.get(f"/files/output/{seen['id']}/thumb").status_code == 200  # looked at: the cache has it
+
+        queued = CliRunner().invoke(cli, ["rerun", str(first.id), "--set", "place_in_scene.scene=scenes/linen.jpg",
+                                          "--config", str(workspace.config_path)], catch_exceptions=False)
+        assert queued.exit_code == 0, queued.output
+        jobs = run_until_idle(*workspace.load(), 2)
+        assert jobs[1].status is JobStatus.DONE and jobs[1].rerun_of == first.id
+        assert all(o.replaced_by == jobs[1].id for o in store.outputs(first.id))
+
+        page = client.get(f"/jobs/{first.id}").text
+        assert 'id="after-choice"' not in page and 'id="slider"' not in page  # nothing current to compare with
+        assert 'id="input-alone"' in page
+        note = re.search(r'<p class="replaced-note" id="replaced-note">(.*?)</p>', page, re.S).group(1)
+        assert f'Its outputs were replaced by <a href="/jobs/{jobs[1].id}">job {jobs[1].id}</a>' in note
+        assert "written again" not in page and "this record's file is history" not in page
+        for row in rows.values():
+            figure = re.search(rf'<figure class="out replaced" data-output="{row["id"]}"[^>]*>(.*?)</figure>',
+                               page, re.S).group(1)
+            assert figure.count(f"replaced by job {jobs[1].id}") == 1, figure  # one line says it, once
+            assert 'class="decide"' not in figure and 'class="small problem unavailable"' not in figure
+            thumb = client.get(f"/files/output/{row['id']}/thumb")
+            if row["id"] == seen["id"]:  # its picture as it was, from the cache
+                assert f'<img src="/files/output/{row["id"]}/thumb"' in figure
+                assert thumb.status_code == 200 and thumb.content == first_thumb_of(config, row)
+            elif (row["channel"], row["ratio"]) == ("instagram", "4:5"):  # never looked at: a placeholder
+                assert "<img" not in figure and "no picture of this file was kept" in figure, figure
+                assert thumb.status_code == 404 and "written again by job" in thumb.text
+
+        later = client.get(f"/jobs/{jobs[1].id}").text
+        assert 'id="after-choice"' in later and 'replaced-note' not in later
+        scene_menu = re.search(r'<select name="scene">(.*?)</select>', later, re.S).group(1)
+        assert re.findall(r"<option[^>]*>([^<]*)</option>", scene_menu) == [
+            "unchanged (this re-run&#39;s)", "scenes/linen.jpg (this job's)", "scenes/marble.jpg"]
+    store.close()
+
+
+def first_thumb_of(config, row) -> bytes:
+    """The cached thumbnail of an output's recorded bytes (what the page showed while it was current)."""
+    from pipeline.previews import SIZES
+
+    sha = row["sha256"]
+    return (config.previews_folder / sha[:2] / f"{sha}-{SIZES['thumb']}.webp").read_bytes()

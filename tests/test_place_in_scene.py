@@ -255,6 +255,26 @@ def test_a_scene_enlarged_past_the_limit_is_reported(workspace: Path, caplog: py
     assert "scene_enlarged" not in small.notes["place_in_scene"]
 
 
+def test_a_crop_whose_scene_grows_up_to_the_limit_is_not_reported(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Crops grow the scene up to max_scene_enlarge (1.25) and no further: one grown exactly that much is not "more
+    than max_scene_enlarge" (1.108 × (1.25 / 1.108) is 1.2500000000000002 in floating point), one that must grow
+    more to be covered at all still is, in the log and the manifest."""
+    rng = np.random.default_rng(5)
+    Image.fromarray(np.clip(rng.normal(150, 12, (160, 240, 3)), 0, 255).astype(np.uint8)).save(tmp_path / "scene.png")
+    composite = make_stage(tmp_path, scene="scene.png", scale=0.6, anchor="bottom", shadow="none").run(
+        Asset(cutout(184, 132)))[0]
+    assert "scene_enlarged" not in composite.notes["place_in_scene"]
+    with caplog.at_level("WARNING", logger="assetd.stage"):
+        outs = _crops(ratios=["1:1", "4:5", "9:16"], anchor="bottom", fill="outpaint").run(composite)
+    notes = {o.ratio: o.notes["crops"] for o in outs}
+    for ratio in ("1:1", "4:5"):  # grown to the limit itself
+        assert notes[ratio]["scene_scale"] == 1.25 and "scene_enlarged" not in notes[ratio], notes[ratio]
+        assert f"image {ratio}: the scene is enlarged" not in caplog.text
+    assert notes["9:16"]["scene_enlarged"] == notes["9:16"]["scene_scale"] > 1.5  # more than the limit: said
+    assert "image 9:16: the scene is enlarged 1.55× to cover this frame (more than max_scene_enlarge)" in caplog.text
+
+
 def test_a_scene_sidecar_says_where_the_subject_stands(workspace: Path) -> None:
     (workspace / "scene.yaml").write_text("floor: 0.8\narea: [0.5, 0.2, 1.0, 1.0]\nsubject_height: [0.4, 0.5]\n"
                                           "light: left\n")

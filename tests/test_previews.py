@@ -134,3 +134,95 @@ def test_the_subject_of_a_real_photo_equals_the_input_and_a_painted_one_shows(wo
     assert painted.equal < honest.equal
     marked = np.asarray(Image.open(io.BytesIO(painted.png)).convert("RGB"))[y - 2:y + 2, x - 2:x + 2]
     assert (marked == previews.DIFFER_COLOUR).all(axis=2).all()
+
+
+def differing(png: bytes) -> np.ndarray:
+    """Where an overlay marks the subject as differing from the input."""
+    return (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == previews.DIFFER_COLOUR).all(axis=2)
+
+
+@pytest.mark.skipif(not PHOTOS.exists(), reason=f"{PHOTOS} (real photos) is not here")
+def test_the_subject_check_compares_the_cut_out_product_not_its_photographed_shadow(workspace):
+    """A real subject photographed on a light sweep with its own contact shadow, run through the shipped products
+    rule without a cut-out channel (the trial's case): the check compares exactly what the chain cut out, so the
+    old shadow, replaced by the scene's, is no magenta band under the product; a painted product still shows."""
+    from pipeline.demo import example_rule
+    from pipeline.synth import composite_shot
+
+    workspace.add_rule("10-products.yaml", example_rule("10-products.yaml", options={"upscale": {"long_edge": 800}},
+                                                        without_channels=("print", "cutouts")))
+    (workspace.root / "state" / "previews").mkdir(parents=True)  # the review page is in use here
+    photo = np.asarray(Image.open(PHOTOS / "0003.jpg").convert("RGB"))
+    mask = np.asarray(Image.open(PHOTOS / "0003.mask.png").convert("L"))
+    composite = composite_shot(photo, mask, "white", size=(900, 675), seed=2, name="alpaca")
+    assert composite.shadow.max() > 0.2  # a contact shadow of its own under the product
+    shot = workspace.root / "alpaca.jpg"
+    Image.fromarray(composite.rgb).save(shot, quality=93)
+    config, store, job = processed(workspace, "alpaca.jpg", source=shot)
+    figures = subject_figures(config, store, job)
+    assert set(figures) == {("webshop", "1:1"), ("instagram", "4:5"), ("instagram", "9:16"), ("banners", "16:9")}
+    for key, result in figures.items():
+        assert result.mask == "chain matte", key
+        assert result.equal > 0.999, (key, result.equal)
+        path, _ = previews.check(config, store, next(r["id"] for r in store.output_rows(job.id)
+                                                     if (r["channel"], r["ratio"]) == key))
+        assert differing(path.read_bytes()).sum() <= 0.001 * result.subject_pixels, key
+
+    # a product pixel painted over in the 4:5 output shows as differing, exactly there
+    row = next(r for r in store.output_rows(job.id) if r["ratio"] == "4:5")
+    inp = decode(shot.read_bytes(), "in.jpg", config.input).pixels
+    out = decode(Path(row["path"] if not row["staged_path"] else row["staged_path"]).read_bytes(), "out.jpg",
+                 config.input).pixels.copy()
+    matte = previews.chain_matte(config, job, (inp.shape[1], inp.shape[0]))
+    honest = previews.subject_check(inp, out, row["scale"], matte=matte, matte_from="chain matte",
+                                    tolerance=previews.TOLERANCE_LOSSY)
+    overlay = np.asarray(Image.open(io.BytesIO(honest.png)).convert("RGB"))
+    ys, xs = np.nonzero((np.abs(overlay.astype(int) - previews.EQUAL_COLOUR).max(axis=2) < 60))
+    y, x = int(np.median(ys)), int(np.median(xs))
+    out[y - 3:y + 3, x - 3:x + 3, :3] = (255, 0, 0)
+    painted = previews.subject_check(inp, out, row["scale"], matte=matte, matte_from="chain matte",
+                                     tolerance=previews.TOLERANCE_LOSSY)
+    assert painted.offset == honest.offset and painted.equal < honest.equal
+    assert differing(painted.png)[y - 2:y + 2, x - 2:x + 2].all()
+
+    # without the kept matte (a job of an earlier assetd), the check falls back to what looks like no backdrop:
+    # the photographed shadow counts as subject there, which is why the chain's matte is kept
+    previews.matte_file(config, job).unlink()
+    fallback = previews.check(config, store, row["id"])[1]
+    assert fallback.mask == "not background-like" and fallback.equal < figures[("instagram", "4:5")].equal
+
+
+def test_the_matte_of_a_trimmed_cut_out_is_kept_in_the_inputs_place(workspace):
+    """A rule whose cut-out is trimmed to the subject before the scene: the chain's matte is kept at the input's
+    coordinates all the same (where the trim took it from), so the check finds and compares the whole product."""
+    workspace.add_rule("10-products.yaml", """\
+name: products
+match: {folder: "products/**"}
+steps:
+  - remove_background: {trim: true, trim_margin: 3}
+  - place_in_scene: {scene: scenes/marble.jpg, anchor: bottom, scale: 0.6}
+  - crops: {ratios: ["1:1"], fill: outpaint, anchor: bottom}
+outputs:
+  - {channel: webshop, from: crops}
+""")
+    (workspace.root / "state" / "previews").mkdir(parents=True)
+    config, store, job = processed(workspace)
+    (result,) = subject_figures(config, store, job).values()
+    assert result.mask == "chain matte" and result.subject_pixels > 2000
+    assert result.equal > 0.999, result
+
+
+def test_a_matte_that_cannot_be_kept_never_fails_the_job(workspace, monkeypatch, caplog):
+    (workspace.root / "state" / "previews").mkdir(parents=True)
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(previews, "keep_matte", broken)
+    caplog.set_level("WARNING", logger="assetd.worker")
+    config, store, job = processed(workspace)
+    assert job.status.value == "done"
+    assert (f"process: job {job.id}: its matte could not be kept for the review page's subject check (OSError: "
+            "[Errno 28] No space left on device); the check finds the subject without it") in caplog.text
+    # the check does without it: the job's cut-out output is the subject's matte
+    assert {r.mask for r in subject_figures(config, store, job).values()} == {"cut-out matte", "output alpha"}

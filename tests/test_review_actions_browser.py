@@ -122,3 +122,117 @@ def test_approve_reject_approve_all_and_rerun_in_a_browser(workspace, browser):
         assert "remove_background.trim=true" in page.locator(".where").text_content()
         wait_for("the re-run to end", lambda: store.get(new_id).status is JobStatus.DONE, timeout=60)
         page.close()
+
+
+# three outputs of one shot, each waiting for approval in its own channel
+THREE = """\
+name: cutouts
+steps:
+  - remove_background: {}
+outputs:
+  - {channel: catalogue, from: remove_background}
+  - {channel: archive, from: remove_background}
+  - {channel: proofs, from: remove_background}
+"""
+THREE_CHANNELS = ("  catalogue: {path: out/catalogue, format: png, publish: on_approval}\n"
+                  "  archive: {path: out/archive, format: png, publish: on_approval}\n"
+                  "  proofs: {path: out/proofs, format: png, publish: on_approval}\n")
+
+
+def test_a_reject_lets_go_of_the_reason_and_a_replaced_jobs_page_shows_history(workspace, browser):
+    """After a reject (the button, or Enter in the reason) the field is empty and has let go of the keys: the
+    arrows and P work at once, and an Enter in the empty field asks for a reason instead of rejecting the next
+    output. Then the job is re-run and the re-run approved: the first job's page has nothing current to compare,
+    says which job replaced its outputs, raises no script error and shows no broken image."""
+    workspace.add_rule("20-cutouts.yaml", THREE)
+    with ServedDaemon(workspace, channels_extra=THREE_CHANNELS) as served:
+        store = served.store
+        workspace.shot("inbox/a.jpg", "white", size=(320, 240), seed=1, subject="bottle")
+        (job,) = wait_for("the job done", lambda: (lambda js: js if len(js) == 1 and js[0].status is JobStatus.DONE
+                                                   else None)(store.jobs()), timeout=60)
+        first, second, third = (r.id for r in store.outputs(job.id))
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{served.url}/jobs/{job.id}")
+        selected = page.locator("#sheet figure.out.selected")
+
+        def rejected(output_id: int) -> None:
+            page.locator(f'#sheet figure.out[data-output="{output_id}"] .approval.rejected').wait_for()
+
+        def let_go() -> None:
+            assert page.input_value("#reason") == ""
+            assert page.evaluate("document.activeElement && document.activeElement.id") != "reason"
+
+        # the Reject button with a reason typed: rejected, the field empty and let go, on to the next one
+        assert selected.get_attribute("data-output") == str(first)
+        page.fill("#reason", "too dark")
+        selected.locator("button.reject").click()
+        rejected(first)
+        let_go()
+        assert selected.get_attribute("data-output") == str(second)
+
+        # Enter in the reason: the selected one rejected, the field empty and let go; the arrows work at once
+        page.click("#reason")
+        page.keyboard.type("label cut off")
+        page.keyboard.press("Enter")
+        rejected(second)
+        let_go()
+        assert selected.get_attribute("data-output") == str(third)
+        page.keyboard.press("ArrowLeft")
+        assert selected.get_attribute("data-output") == str(second)
+        page.keyboard.press("ArrowRight")
+        assert page.input_value("#reason") == ""  # the keys went to the page, not into the field
+
+        # an Enter in the empty field asks for a reason and rejects nothing
+        page.click("#reason")
+        page.keyboard.press("Enter")
+        assert "type why it is rejected" in page.locator("#action-status").text_content()
+        assert store.last_decision(third) is None
+        screenshot(page, "actions-reject-let-go")
+
+        # Escape, then P: the third one approved and published
+        page.keyboard.press("Escape")
+        page.keyboard.press("p")
+        page.locator(f'#sheet figure.out[data-output="{third}"] .approval.approved').wait_for()
+        assert wait_for("the approved file", lambda: (workspace.out("proofs") / "a.png").exists())
+        assert [store.last_decision(i)["reason"] for i in (first, second)] == ["too dark", "label cut off"]
+        assert not (workspace.out("catalogue") / "a.png").exists()
+
+        # re-run it, approve the re-run: every output of the first job is replaced
+        page.click("#rerun summary")
+        page.fill("textarea[name=set]", "remove_background.trim=true")
+        page.click("form.rerunform button.primary")
+        page.wait_for_selector("#new-job")
+        new_id = max(j.id for j in store.jobs())
+        wait_for("the re-run to end", lambda: store.get(new_id).status is JobStatus.DONE, timeout=60)
+        page.goto(f"{served.url}/jobs/{new_id}")
+        page.keyboard.press("Shift+P")
+        page.locator("#awaiting-count", has_text="0").wait_for()
+        wait_for("the first job's outputs replaced",
+                 lambda: all(o.replaced_by == new_id for o in store.outputs(job.id)))
+
+        # one picture no longer in the cache (a cleared previews folder): a placeholder says so
+        gone = next(r for r in store.output_rows(job.id) if r["id"] == first)["sha256"]
+        for cached in served.daemon.config.previews_folder.glob(f"*/{gone}-*"):
+            cached.unlink()
+        page.goto(f"{served.url}/jobs/{job.id}")
+        page.wait_for_load_state("networkidle")
+        assert page.locator("#after-choice").count() == 0 and page.locator("#input-alone").is_visible()
+        assert page.locator("#replaced-note a").text_content() == f"job {new_id}"
+        for output_id in (first, second, third):
+            figure = page.locator(f'#sheet figure.out.replaced[data-output="{output_id}"]')
+            assert figure.locator(".approval").text_content() == f"replaced by job {new_id}"
+            assert figure.text_content().count(f"job {new_id}") == 1  # the state, once
+        shown = page.evaluate("""() => Array.from(document.querySelectorAll('#sheet figure.out')).map(f => {
+            const img = f.querySelector('img'), ph = f.querySelector('.placeholder');
+            return {picture: !!img && !img.hidden && img.complete && img.naturalWidth > 0,
+                    broken: !!img && !img.hidden && img.complete && img.naturalWidth === 0,
+                    placeholder: !!ph && !ph.hidden};
+        })""")
+        assert not any(f["broken"] for f in shown), shown
+        assert all(f["picture"] != f["placeholder"] for f in shown), shown  # each shows one or the other
+        assert page.locator(f'#sheet figure.out[data-output="{first}"] .placeholder').is_visible()
+        screenshot(page, "job-outputs-replaced")
+        assert errors == []
+        page.close()

@@ -331,7 +331,28 @@ def test_bearer_token_for_scripts_and_wrong_ones_count_as_failed_logins(guarded)
     assert posted.status_code == 303  # no CSRF needed: a browser never sends this header on its own
     for _ in range(5):
         assert script.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert script.get("/", headers={"Authorization": "Bearer s3cret-token"}).status_code == 429
+    limited = script.get("/", headers={"Authorization": "Bearer s3cret-token"})
+    assert limited.status_code == 429 and limited.headers["content-type"].startswith("text/plain")
+    assert limited.text.startswith("too many failed logins from this address; try again in ")
+
+
+def test_a_person_at_the_login_form_after_too_many_failures_sees_the_form_and_the_wait(guarded):
+    """Failures counted from scripts' wrong bearer tokens (or the form's own): the form's 429 is the login page with
+    the message and the wait, not a bare text line."""
+    client = TestClient(guarded)
+    for _ in range(5):
+        assert client.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
+    shown = client.get("/login?next=/failures")
+    assert shown.status_code == 200 and "<form" in shown.text
+    assert re.search(r'id="login-problem">too many failed logins from this address; try again in \d+ s<',
+                     shown.text)
+    token = CSRF.search(shown.text).group(1)
+    answer = client.post("/login", data={"token": "s3cret-token", "csrf": token, "next": "/failures"})
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) > 0
+    assert answer.headers["content-type"].startswith("text/html")
+    assert '<form method="post" action="/login"' in answer.text and 'name="token"' in answer.text
+    assert 'name="next" value="/failures"' in answer.text
+    assert re.search(r"try again in (\d+) s", answer.text).group(1) == answer.headers["Retry-After"]
 
 
 @pytest.fixture

@@ -56,6 +56,13 @@ class PlaceOptions:
                                        "an output: it looks softer than the product in front of it")
 
 
+def enlarged_beyond(k: float, limit: float) -> bool:
+    """Whether a scene enlarged ``k`` times is enlarged more than ``max_scene_enlarge`` (``limit``), at the precision
+    the warning shows (two decimals): a scene grown up to the limit itself (1.25 × 0.54 / 0.54 is 1.2500000000000002
+    in floating point) is not over it, nor is 1.2549, shown as 1.25."""
+    return round(k, 2) > limit
+
+
 def _check_range(value: list[float]) -> str | None:
     if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
         return f"expected [low, high] with 0 < low <= high <= 1, got {value!r}"
@@ -234,7 +241,7 @@ class Backdrop:
             canvas = to_dtype(scene_cover(self.scene, total, origin, w, h), dtype)
             notes.update(fill="scene", scene_scale=round(total, 4), scene_grown=round(grow, 4),
                          scene_shift=[round(dx), round(dy)])
-            if total > self.max_enlarge:
+            if enlarged_beyond(total, self.max_enlarge):
                 notes["scene_enlarged"] = round(total, 4)
         elif self.colour is not None:
             canvas = np.empty((h, w, 3), dtype=dtype)
@@ -327,10 +334,10 @@ class CompositePlace(Stage):
             canvas = to_dtype(canvas, pixels.dtype)
             backdrop.scene, backdrop.scale, backdrop.crop = scene, k, origin
             notes.update(scene=as_written(o.scene, self.ctx.config.base_dir), scene_scale=round(k, 4))
-            if k > o.max_scene_enlarge:
+            if enlarged_beyond(k, o.max_scene_enlarge):
                 notes["scene_enlarged"] = round(k, 4)
                 self.ctx.log.warning("place_in_scene: %s: scene %s enlarged %.2f× to cover the output (more than "
-                                     "max_scene_enlarge %.2f): it looks softer than the product; use a larger scene "
+                                     "max_scene_enlarge %g): it looks softer than the product; use a larger scene "
                                      "image", asset.source or "image", o.scene.name, k, o.max_scene_enlarge)
         elif o.colour is not None:
             canvas = np.empty((place.out_h, place.out_w, 3), dtype=pixels.dtype)

@@ -10,8 +10,10 @@ place. This module reads the store and the rules; the SQL stays in the store, th
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +22,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..approval import Decision, approve, approve_all_pending, reject
+from ..config import Config
 from ..errors import ConfigError
+from ..formats import INPUT_EXTENSIONS
+from ..ignore import is_ignored_name
 from ..rerun import RerunError, as_written, differences, parse_set, rerun
 from ..rules import Rule, load_rules
 from ..stages.crops import CropsOptions
@@ -32,6 +37,7 @@ from .templating import TEMPLATES
 
 BY = "review page"  # who decided, in the decisions table (the page has one access token, not one login a person)
 SCENE, ANCHOR = ("place_in_scene", "scene"), ("crops", "anchor")  # the re-run form's two ready-made options
+MAX_SCENES = 500  # the re-run form's scene menu (a folder of thousands of images is not a menu)
 
 TEMPLATES.env.filters["as_written"] = as_written  # a re-run's options as a rule file writes them (true, not True)
 
@@ -57,8 +63,9 @@ def output_states(store: Store, job_id: int,
     for row in store.output_rows(job_id):
         key = row.get("approval")
         live = row.get("replaced_by") is None
+        shown = APPROVAL.get(key, key) if live else f"replaced by job {row['replaced_by']}"  # history: that says it
         states[row["id"]] = {
-            "approval_key": key or "published", "approval": APPROVAL.get(key, key),
+            "approval_key": (key or "published") if live else "replaced", "approval": shown,
             "decided": decided(last.get(row["id"])),
             "can_approve": live and key in ("pending", "rejected"), "can_reject": live and key == "pending",
         }
@@ -72,6 +79,7 @@ def job_context(request: Request, job: Job) -> dict[str, Any]:
     history = store.decisions(job.id)
     states = output_states(store, job.id, history)
     rules, rules_problem = _rules(request)
+    scene = job_scene(job, rules)
     return {
         "states": states,
         "awaiting": sum(1 for s in states.values() if s["can_reject"]),
@@ -80,7 +88,7 @@ def job_context(request: Request, job: Job) -> dict[str, Any]:
         "reruns": [j for j in store.rerun_family(job.id) if j.rerun_of == job.id],
         "next_awaiting": store.next_awaiting(after=job.id),
         "rerun_rules": [r.name for r in rules], "rules_problem": rules_problem,
-        "scenes": scenes(rules), "anchors": anchors(),
+        "scenes": scenes(request.app.state.config, rules, scene), "scene": scene, "anchors": anchors(),
         "flash": request.session.pop("flash", None),
     }
 
@@ -93,16 +101,40 @@ def _rules(request: Request) -> tuple[list[Rule], str | None]:
         return [], "the rules cannot be read, so nothing can be re-run: " + "; ".join(exc.problems)
 
 
-def scenes(rules: list[Rule]) -> list[str]:
-    """The scenes the rules use, as their files write them (relative to the config file's folder)."""
-    found = []
-    for rule in rules:
-        for item in (rule.written or {}).get("steps") or []:
-            if isinstance(item, dict) and isinstance(item.get(SCENE[0]), dict):
-                scene = item[SCENE[0]].get(SCENE[1])
-                if scene and str(scene) not in found:
-                    found.append(str(scene))
-    return sorted(found)
+def _written_scene(rule: Rule | None) -> str | None:
+    """The scene a rule file names for ``place_in_scene`` (as written), if any."""
+    for item in ((rule.written or {}).get("steps") or []) if rule is not None else []:
+        if isinstance(item, dict) and isinstance(item.get(SCENE[0]), dict):
+            scene = item[SCENE[0]].get(SCENE[1])
+            if scene:
+                return str(scene)
+    return None
+
+
+def job_scene(job: Job, rules: list[Rule]) -> str | None:
+    """The scene this job was placed on, as a rule file writes it: its own override, else its rule's."""
+    override = (job.overrides or {}).get(SCENE[0], {}).get(SCENE[1])
+    if override:
+        return str(override)
+    return _written_scene(next((r for r in rules if r.name == job.rule), None))
+
+
+def scenes(config: Config, rules: list[Rule], also: str | None = None) -> list[str]:
+    """The scenes a re-run may pick, as a rule file writes them (relative to the config file's folder): those the
+    rules use and every other image in their folders (a studio keeps its scenes together; the one it wants for this
+    shot is seldom the one a rule names), and ``also`` (the job's own). At most ``MAX_SCENES``, in name order."""
+    named = [s for s in (_written_scene(r) for r in rules) if s]
+    found = set(named) | ({also} if also else set())
+    for folder_written in dict.fromkeys(str(PurePath(s).parent) for s in named):
+        folder = config.resolve(folder_written)
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
+        except OSError:
+            continue  # the rule's own scene is still offered; the run will say what is wrong with the folder
+        for name in names:
+            if not is_ignored_name(name) and name.rsplit(".", 1)[-1].lower() in INPUT_EXTENSIONS:
+                found.add(name if folder_written == "." else str(PurePath(folder_written) / name))
+    return sorted(found)[:MAX_SCENES]
 
 
 def anchors() -> list[str]:

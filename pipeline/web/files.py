@@ -33,10 +33,19 @@ def _serving(make: Callable[[Request], tuple[Path, dict[str, str]]], media_type:
 
 
 def output_image(request: Request) -> tuple[Path, dict[str, str]]:
-    """``/files/output/{output_id}/{thumb|preview}``"""
+    """``/files/output/{output_id}/{thumb|preview}``; an output replaced by a later job: the picture kept in the
+    cache, if any (its file now holds the later job's output)."""
     state = request.app.state
-    _, source = previews.output_source(state.store, request.path_params["output_id"])
-    return previews.view(state.config, source, request.path_params["kind"]), {}
+    output_id, kind = request.path_params["output_id"], request.path_params["kind"]
+    try:
+        _, source = previews.output_source(state.store, output_id)
+    except previews.NotServed:
+        row = state.store.output_row(output_id)
+        kept = previews.kept_view(state.config, row.get("sha256"), kind) if row and row.get("replaced_by") else None
+        if kept is None:
+            raise
+        return kept, {}
+    return previews.view(state.config, source, kind), {}
 
 
 def input_image(request: Request) -> tuple[Path, dict[str, str]]:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from .. import previews
 from ..config import ChannelConfig, Config
 from ..store import Job, JobStatus
 from ..text import printable
@@ -113,6 +114,7 @@ def job_page(request: Request) -> Response:
             "id": row["id"], "channel": row["channel"], "ratio": row["ratio"], "step": row["step"],
             "name": Path(row["path"]).name, "path": row["path"], "width": row["width"], "height": row["height"],
             "scale": row["scale"], "bytes": row["bytes"], "replaced_by": row.get("replaced_by"),
+            "sha256": row.get("sha256"),
             "approval": APPROVAL.get(row.get("approval"), row.get("approval")),
             "approval_key": row.get("approval") or "published", "staged_path": row.get("staged_path"),
             "zones": zones(channel, row["ratio"]), "highlights": highlights(steps),
@@ -123,10 +125,15 @@ def job_page(request: Request) -> Response:
     actions = job_context(request, job)
     for o in outputs:
         o.update(actions["states"].get(o["id"], {}))
+    for o in outputs:
+        if o["replaced_by"]:  # history: its picture only while the cache still has it (never a broken image)
+            o["kept_thumb"] = previews.kept_view(config, o["sha256"], "thumb") is not None
+    current = [o for o in outputs if not o["replaced_by"]]
     moved = state.store.moved(job.id)
     steps = [dict(s, when=local(s.get("finished_at"))[11:]) for s in state.store.steps(job.id)]
     return render(
-        request, "job.html", job=job, job_id=job.id, outputs=outputs, steps=steps,
+        request, "job.html", job=job, job_id=job.id, outputs=outputs, current=current, steps=steps,
+        replaced_by=sorted({o["replaced_by"] for o in outputs if o["replaced_by"]}),
         total_seconds=sum(s["seconds"] or 0 for s in steps),
         error_class=failure_class(job) if job.status is JobStatus.FAILED else None,
         input_name=Path(job.input_path).name, input_where=moved.dest if moved else job.input_path,
@@ -136,13 +143,22 @@ def job_page(request: Request) -> Response:
     )
 
 
-def _ratio_key(ratio: str) -> tuple[float, str]:
-    """Ratios from the tallest to the widest (4:5, 1:1, 16:9 → 9:16 first)."""
+RATIO_ORDER = ("1:1", "4:5", "9:16", "16:9")  # the contact sheet's rows after the cut-out: the usual ones first
+
+
+def _ratio_key(ratio: str) -> tuple[int, float, str]:
+    """The contact sheet's order, the same on every page: 1:1, 4:5, 9:16, 16:9, then any other from the tallest to
+    the widest (a ratio written 2:2 or 8:10 takes the place of its reduced form)."""
     try:
         w, h = (float(x) for x in ratio.split(":"))
-        return (w / h, ratio)
-    except ValueError:
-        return (0.0, ratio)
+        shape = w / h
+    except (ValueError, ZeroDivisionError):
+        return (len(RATIO_ORDER) + 1, 0.0, ratio)
+    for i, known in enumerate(RATIO_ORDER):
+        kw, kh = (float(x) for x in known.split(":"))
+        if abs(shape - kw / kh) < 1e-9:
+            return (i, shape, ratio)
+    return (len(RATIO_ORDER), shape, ratio)
 
 
 def routes() -> list[BaseRoute]:

@@ -5,7 +5,8 @@
   ``Authorization: Bearer TOKEN`` (scripts, Prometheus). Without a token the page is open: ``assetd serve`` and
   ``assetd run`` refuse to listen on anything but loopback then (``exposure_problem``).
 - **Failed logins** (a wrong password or bearer token) are limited per client: ``LOGIN_ATTEMPTS`` a minute, then
-  429 with Retry-After.
+  429 with Retry-After: the login form again, saying how long to wait, for a person; one plain line for a script's
+  bearer token.
 - **DNS rebinding.** Without a token the page answers only requests addressed to this machine by a loopback name
   (``localhost``, 127.x, ``[::1]``, its own host name): another site whose name was made to point at 127.0.0.1
   would otherwise be same-origin with the page and could read it and post its forms.
@@ -144,10 +145,17 @@ def client_of(scope: Scope) -> str:
     return client[0] if client else "unknown"
 
 
+def _seconds(wait: float) -> int:
+    return max(1, int(wait + 0.999))
+
+
+def too_many_text(wait: float) -> str:
+    return f"too many failed logins from this address; try again in {_seconds(wait)} s"
+
+
 def too_many(wait: float) -> Response:
-    seconds = max(1, int(wait + 0.999))
-    return PlainTextResponse(f"too many failed logins from this address; try again in {seconds} s",
-                             status_code=429, headers={"Retry-After": str(seconds)})
+    """The 429 for a script (a bearer token): one plain line and Retry-After."""
+    return PlainTextResponse(too_many_text(wait), status_code=429, headers={"Retry-After": str(_seconds(wait))})
 
 
 class Guard:
@@ -257,18 +265,30 @@ def login_routes() -> list[Any]:
 
     from .templating import render
 
+    def limited(request: Request, target: str, wait: float, status_code: int) -> Response:
+        """The login form saying how long to wait (a person at the form, not a script: the page, not a bare line)."""
+        response = render(request, "login.html", status_code=status_code, next=target, error=too_many_text(wait),
+                          wait=_seconds(wait))
+        if status_code == 429:
+            response.headers["Retry-After"] = str(_seconds(wait))
+        return response
+
     async def login_form(request: Request) -> Response:
-        return render(request, "login.html", next=safe_next(request.query_params.get("next")), error=None)
+        target = safe_next(request.query_params.get("next"))
+        wait = request.app.state.limiter.wait(client_of(request.scope))
+        if wait and request.app.state.token is not None:
+            return limited(request, target, wait, 200)
+        return render(request, "login.html", next=target, error=None)
 
     async def login(request: Request) -> Response:
         app = request.app
         limiter: LoginLimiter = app.state.limiter
         client = client_of(request.scope)
-        wait = limiter.wait(client)
-        if wait:
-            return too_many(wait)
         form = await request.form()
         target = safe_next(str(form.get("next") or "/"))
+        wait = limiter.wait(client)
+        if wait:
+            return limited(request, target, wait, 429)
         if app.state.token is None:
             return RedirectResponse(target, status_code=303)
         if not check_token(app.state.token, str(form.get("token") or "")):

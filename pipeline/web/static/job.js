@@ -28,9 +28,9 @@
   }
 
   function chosen() {
-    if (!choice) return;
+    var option = choice && choice.options[choice.selectedIndex];
+    if (!option) return;  // no current output to compare with (the page then shows the input alone)
     var id = choice.value;
-    var option = choice.options[choice.selectedIndex];
     caption.textContent = "output " + option.textContent;
     // the input as this output frames it (same size and place), so the slider compares like with like;
     // the input as it is when it cannot be placed
@@ -81,13 +81,21 @@
     showReason(inputAlone, document.getElementById("input-unavailable"));
   });
 
-  // a click on a contact-sheet output compares it with the input
+  // a click on a contact-sheet output compares it with the input; an output replaced by a later job is history:
+  // its kept picture, or the placeholder saying none was kept, and nothing to compare
   document.querySelectorAll("#sheet figure.out").forEach(function (fig) {
     var img = fig.querySelector("img");
-    onBroken(img, function () {
+    var replaced = fig.classList.contains("replaced");
+    if (img) onBroken(img, function () {
+      if (replaced) {  // the cached picture went between the page and the image: the placeholder, not an icon
+        img.hidden = true;
+        fig.querySelector(".placeholder").hidden = false;
+        return;
+      }
       fig.classList.add("gone");
       showReason(img, fig.querySelector(".unavailable"));
     });
+    if (replaced) return;
     fig.querySelector(".frame").addEventListener("click", function () {
       if (!choice) return;
       choice.value = fig.dataset.output;

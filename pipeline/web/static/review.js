@@ -99,9 +99,11 @@
       return;
     }
     say(["…"], []);
+    var done = false;
     fetch(url, {method: "POST", credentials: "same-origin", body: data,
                 headers: {"Accept": "application/json", "X-CSRF-Token": csrfToken()}})
       .then(function (r) {
+        done = r.ok;
         if (r.headers.get("content-type") && r.headers.get("content-type").indexOf("json") >= 0) return r.json();
         return r.text().then(function (t) { return {problems: [t.trim() || ("HTTP " + r.status)]}; });
       })
@@ -114,6 +116,12 @@
           lines = lines.concat(["nothing of this job awaits a decision now: N opens the next job awaiting approval"]);
         }
         say(lines, answer.problems);
+        // a reject done: the reason was for that one, so the field empties and lets go of the keys (P, X, arrows
+        // work at once; another Enter there asks for a new reason instead of rejecting the next output with this one)
+        if (rejecting && done) {
+          reason.value = "";
+          if (document.activeElement === reason) reason.blur();
+        }
         if (next && answer.next_awaiting !== undefined) next.classList.toggle("muted", answer.next_awaiting === null);
         // Lightroom's auto-advance: on to the next output still awaiting a decision
         if (selected >= 0 && !pending(figures[selected])) {
@@ -129,14 +137,17 @@
     if (event.submitter) send(event.submitter);
   });
 
-  // Enter in the reason rejects the selected output (the whole job when it has none awaiting)
+  // Enter in the reason rejects the selected output, only that one and only while it awaits a decision (the whole
+  // job is the button or Shift+X: never an Enter meant for one output); in an empty field it asks for the reason
   if (reason) reason.addEventListener("keydown", function (event) {
     if (event.key !== "Enter") return;
     event.preventDefault();
     var fig = figures[selected];
-    var button = fig && pending(fig) ? decideBox(fig).querySelector("button.reject")
-                                     : document.getElementById("reject-job");
-    if (button) send(button);
+    if (fig && pending(fig)) send(decideBox(fig).querySelector("button.reject"));
+    else if (fig) say([], ["the selected output is " + fig.querySelector(".approval").textContent +
+                           ", nothing to reject: choose one awaiting approval (← →), or press Reject job for every one " +
+                           "awaiting"]);
+    else say([], ["this job has no outputs to decide about"]);
   });
 
   figures.forEach(function (fig, k) {
