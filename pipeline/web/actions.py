@@ -168,15 +168,6 @@ def _ids(values: list[Any]) -> list[int]:
     return [int(v) for v in values if str(v).strip().isdigit()]
 
 
-def _of_job(store: Store, job_id: int, output_ids: list[int], decision: Decision) -> list[int]:
-    """The ids that are outputs of ``job_id`` (a form of one job's page decides about that job only)."""
-    mine = {row["id"] for row in store.output_rows(job_id)}
-    for output_id in output_ids:
-        if output_id not in mine:
-            decision.problems.append(f"output {output_id} is not an output of job {job_id}; nothing done to it")
-    return [i for i in output_ids if i in mine]
-
-
 # ---------------------------------------------------------------------------------------------- routes
 async def approve_job(request: Request) -> Response:
     """POST /jobs/{id}/approve: the outputs ``output`` (one or more), or every one of the job awaiting approval."""
@@ -184,13 +175,8 @@ async def approve_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     form = await _form(request)
     decision = Decision()
-    wanted = _ids(form.getlist("output"))
-    if wanted:
-        outputs = _of_job(store, job_id, wanted, decision)
-        if outputs:
-            decision.add(await run_in_threadpool(lambda: approve(config, store, output_ids=outputs, by=BY)))
-    else:
-        decision.add(await run_in_threadpool(lambda: approve(config, store, job_ids=[job_id], by=BY)))
+    wanted = _ids(form.getlist("output"))  # none: every output of the job awaiting approval
+    decision.add(await run_in_threadpool(lambda: approve(config, store, job_ids=[job_id], output_ids=wanted, by=BY)))
     return _answer(request, decision, job_id, f"/jobs/{job_id}")
 
 
@@ -204,13 +190,9 @@ async def reject_job(request: Request) -> Response:
     wanted = _ids(form.getlist("output"))
     if not " ".join(reason.split()):
         decision.problems.append("nothing rejected: type the reason first (one line: what is wrong with it)")
-    elif wanted:
-        outputs = _of_job(store, job_id, wanted, decision)
-        if outputs:
-            decision.add(await run_in_threadpool(
-                lambda: reject(config, store, output_ids=outputs, reason=reason, by=BY)))
-    else:
-        decision.add(await run_in_threadpool(lambda: reject(config, store, job_ids=[job_id], reason=reason, by=BY)))
+    else:  # the job scopes the outputs given (approval refuses another job's); none given: all of it awaiting
+        decision.add(await run_in_threadpool(
+            lambda: reject(config, store, job_ids=[job_id], output_ids=wanted, reason=reason, by=BY)))
     return _answer(request, decision, job_id, f"/jobs/{job_id}")
 
 
