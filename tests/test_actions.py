@@ -16,18 +16,10 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, JobStatus, Store
 from pipeline.web.app import create_app
+from test_approval import TWO_CHANNELS  # cutouts waits for approval; webshop publishes at once
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
-# cutouts waits for approval; webshop publishes at once (as in test_approval)
-TWO_CHANNELS = """\
-name: cutouts
-steps:
-  - remove_background: {}
-outputs:
-  - {channel: cutouts, from: remove_background}
-  - {channel: webshop, from: remove_background}
-"""
 
 
 def process(ws, *names: str) -> None:
