@@ -10,6 +10,10 @@ from pathlib import Path, PurePath
 __all__ = ["is_ignored", "is_ignored_name"]
 
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+# Masks a retoucher puts beside a shot for its steps (``NAME.recolor.png``...: ``pipeline.stages.masks``): read by
+# the step, never taken as inputs of their own.
+SIDECAR_MASKS = ("recolor", "protect", "remove")
+_SIDECAR_SUFFIXES = tuple(f".{kind}.png" for kind in SIDECAR_MASKS)
 # Windows shell files, and NAS housekeeping folders (Synology thumbnails and recycle bins, Windows bins).
 _IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "@eadir", "#recycle", "$recycle.bin",
                             "system volume information"})
@@ -23,6 +27,7 @@ def is_ignored_name(name: str) -> bool:
         or lower.startswith("~$")  # Office owner files
         or lower.endswith("~")  # editor backups
         or lower.endswith(_IGNORED_SUFFIXES)  # downloads and copies in progress
+        or lower.endswith(_SIDECAR_SUFFIXES)  # a step's mask beside its shot (NAME.remove.png)
         or lower in _IGNORED_NAMES
     )
 
@@ -36,7 +41,8 @@ def is_ignored(path: Path, root: Path | None = None) -> bool:
     insensitively: names starting with '.' (dotfiles, dot-folders, ``.DS_Store``, ``._*``,
     ``.~lock*``), ``~$*``, names ending in '~', ``*.tmp``, ``*.part``, ``*.partial``,
     ``*.crdownload``, ``Thumbs.db``, ``desktop.ini`` and the NAS/Windows housekeeping folders
-    ``@eaDir``, ``#recycle``, ``$RECYCLE.BIN`` and ``System Volume Information``.
+    ``@eaDir``, ``#recycle``, ``$RECYCLE.BIN`` and ``System Volume Information``, and the masks a step reads
+    beside a shot (``*.recolor.png``, ``*.protect.png``, ``*.remove.png``).
     """
     path = PurePath(path)
     if root is None:

@@ -118,6 +118,8 @@ class Asset:
     review: list[str] = field(default_factory=list)
     backdrop: Any = None  # place_in_scene's Backdrop: how to compose a crop reaching past the composite anew
     source: str | None = None  # the input file, for log lines (None: not from a file)
+    variant: str | None = None  # which variant this is when a step made several (a colourway, a scene, a seed): the
+    # channels' ``{variant}``; None: the only one
 
     @property
     def height(self) -> int:
