@@ -81,6 +81,7 @@ def define_part(name: str, doc: str = "") -> None:
 # Modules that register backends, the one list to add a backend to; a model-backed one also holds its
 # ``ModelKind`` (how its model loads and is fetched) and imports its heavy libraries lazily.
 STAGE_MODULES = [
+    "pipeline.stages.retouch",
     "pipeline.stages.remove_background",
     "pipeline.stages.place_in_scene",
     "pipeline.stages.crops",

@@ -1,0 +1,415 @@
+"""Stage ``retouch``: remove dust on the backdrop and what a retoucher painted, and nothing else.
+
+What is removed is one mask: small blobs on the backdrop outside the subject (``backdrop_spots``: no larger than
+``max_spot``, at least ``min_contrast`` from the paper around them, none within ``subject_margin`` of the
+subject) and what ``NAME.remove.png`` beside the shot paints (``remove_mask: sidecar``: a clamp at the edge of the
+sweep, tape, a colour chart), minus what ``NAME.protect.png`` protects. Only the masked pixels are replaced
+(``classical``: OpenCV's Telea or Navier-Stokes inpainting; ``lama``: a LaMa network through spandrel); every
+other pixel stays the input's, bit for bit, and the subject is only touched where the painted mask covers it.
+
+It runs on the whole photo before ``remove_background`` and ``crops``: the backdrop it cleans is still there, a
+clamp removed here is neither cut out with the subject nor extended into new canvas by an outpainting crop.
+Each masked region is filled in a window around it, so a few specks on a 24 MP shot cost little.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import cv2
+import numpy as np
+
+from ..errors import ConfigError
+from ..models import ModelKind, gpu_errors, manager_for, require
+from ..pixels import max_value
+from ..schema import opt
+from .base import Asset, Stage, define_step, register
+from .framing import Box
+from .masks import read_sidecar, sidecar_path
+from .subject import SUBJECT_THRESHOLD, find_subject
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..models import ModelManager
+
+define_step("retouch", "classical", needs=("uncropped",),
+            doc="removes dust on the backdrop and what a retoucher painted (before remove_background)")
+
+ESTIMATE_SIZE = 512  # long edge at which ``find_subject`` estimates an uncut photo's subject: its pixel is coarse
+
+
+# --------------------------------------------------------------------------------------- the masks
+
+
+def subject_zone(matte: np.ndarray, margin: float) -> np.ndarray:
+    """Where no spot may be: the subject (matte above ``SUBJECT_THRESHOLD``) grown by ``margin`` pixels."""
+    subject = matte > SUBJECT_THRESHOLD
+    if margin <= 0 or not subject.any():
+        return subject
+    distance = cv2.distanceTransform((~subject).astype(np.uint8), cv2.DIST_L2, 3)
+    return distance <= margin
+
+
+def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_contrast: float,
+               grow: int = 2) -> tuple[np.ndarray, int, float]:
+    """Small blobs on the backdrop: H×W bool (each with its faint rim), how many, and the contrast threshold used.
+
+    A spot is darker or brighter than the paper around it (the luminance closed, then opened, with a square a
+    little larger than ``max_spot``: what both leave is paper) by at least ``min_contrast`` (8-bit levels; raised to five times the
+    paper's grain on noisy paper, so grain is never a spot), fits in a ``max_spot`` × ``max_spot`` box, and lies
+    wholly in ``allowed`` (the backdrop away from the subject): a blob that reaches toward the subject is left
+    whole rather than half removed. Its extent is grown by ``grow`` px, and by up to three times that where the
+    contrast still passes half the threshold (the soft rim of out-of-focus dust).
+    """
+    top = float(max_value(pixels))
+    gray = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
+    gray = cv2.GaussianBlur(gray, (3, 3), 0)  # single-pixel sensor noise is not dust
+    threshold = max(min_contrast * top / 255.0, 5.0 * grain(gray, allowed))
+    size = max_spot + 3
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))
+    # the paper continues past the frame (replicated): without it, the opening next to a dark speck near an edge
+    # has no paper to reach for, and the paper between them would look like a bright spot
+    padded = cv2.copyMakeBorder(gray, size, size, size, size, cv2.BORDER_REPLICATE)
+    inner = (slice(size, size + gray.shape[0]), slice(size, size + gray.shape[1]))
+    # the paper without its specks: the closing fills dark ones, the opening then removes bright ones (and the
+    # bright bridge a closing leaves between two bright specks close together)
+    paper = cv2.morphologyEx(cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel), cv2.MORPH_OPEN, kernel)
+    contrast = cv2.absdiff(padded, paper)[inner]
+    none = np.zeros(gray.shape, bool), 0, threshold * 255.0 / top
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((contrast >= threshold).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return none
+    outside = np.bincount(labels[~allowed], minlength=n) > 0
+    small = (stats[:, cv2.CC_STAT_WIDTH] <= max_spot) & (stats[:, cv2.CC_STAT_HEIGHT] <= max_spot)
+    keep = ~outside & small
+    keep[0] = False
+    if not keep.any():
+        return none
+    core = keep[labels].astype(np.uint8)
+    spots = cv2.dilate(core, disk(grow)) > 0 if grow > 0 else core > 0
+    if grow > 0:
+        spots |= (cv2.dilate(core, disk(3 * grow)) > 0) & (contrast >= threshold / 2)
+    spots &= allowed
+    count = cv2.connectedComponents(spots.astype(np.uint8), connectivity=8)[0] - 1  # a ring of dust is one spot
+    return spots, count, threshold * 255.0 / top
+
+
+def disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def grain(gray: np.ndarray, where: np.ndarray, samples: int = 200_000) -> float:
+    """The paper's grain: robust spread of ``gray`` around its local mean over (a sample of) ``where``."""
+    g = gray.astype(np.float32)
+    residual = np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.5))[where]
+    if residual.size < 64:
+        return 0.0
+    residual = residual[:: max(1, residual.size // samples)]
+    return float(1.4826 * np.median(residual) / 0.945)  # a 1.5 px blur keeps ~11 % of white noise's variance
+
+
+def fill_masked(pixels: np.ndarray, mask: np.ndarray, fill: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                context: int, share: float = 0.0) -> tuple[np.ndarray, int]:
+    """``pixels`` with only the ``mask`` pixels replaced, region by region; and how many regions.
+
+    ``fill(window, window_mask)`` returns the window (h×w×3, the input's dtype) inpainted; each region (masked
+    pixels closer than ``context`` joined into one) is filled in its box grown by ``context`` or by ``share`` of
+    its own size, whichever is more, and only its masked pixels are copied back: everything else stays the
+    input's, bit for bit.
+    """
+    out = pixels.copy()
+    h, w = mask.shape
+    joined = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (context, context)))
+    n, _labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    for i in range(1, n):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        pad = max(context, int(share * max(bw, bh)))
+        box = Box(x, y, x + bw, y + bh).expand(pad, pad, pad, pad).intersect(Box(0, 0, w, h))
+        if box is None:
+            continue
+        ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
+        window_mask = mask[ys, xs]
+        if not window_mask.any():
+            continue
+        filled = fill(np.ascontiguousarray(pixels[ys, xs, :3]), window_mask)
+        target = out[ys, xs]
+        target[..., :3][window_mask] = filled[window_mask]
+    return out, n - 1
+
+
+# ---------------------------------------------------------------------------------------- options
+
+
+@dataclass
+class RetouchOptions:
+    backdrop_spots: bool = opt(False, doc="remove small blobs (dust, marks) on the backdrop outside the subject")
+    max_spot: int = opt(32, min=2, max=1000, doc="backdrop_spots: the largest spot, in pixels of the shot "
+                                                   "(width and height of its box); larger marks need a painted mask")
+    min_contrast: float = opt(12.0, min=1.0, max=255.0,
+                              doc="backdrop_spots: how much darker or brighter than the paper around it a spot is "
+                                  "at least, in 8-bit levels (lower finds fainter dust, and paper grain)")
+    subject_margin: int = opt(16, min=0, max=1000, doc="backdrop_spots: spots closer than this many pixels to the "
+                                                       "subject are left alone")
+    remove_mask: str | None = opt(None, choices=("sidecar",),
+                                  doc="sidecar: also remove what NAME.remove.png beside the shot paints (white or "
+                                      "opaque; the subject too where it is painted); a shot without one is kept")
+    review_above: int = opt(200, min=1, max=1_000_000,
+                            doc="mark the job for review when backdrop_spots finds more spots than this (a "
+                                "textured backdrop, not dust)")
+
+
+@dataclass
+class ClassicalOptions(RetouchOptions):
+    method: str = opt("telea", choices=("telea", "ns"), doc="OpenCV inpainting: telea (fast marching) | ns "
+                                                             "(Navier-Stokes)")
+    radius: int = opt(5, min=1, max=50, doc="pixels around each removed pixel the fill draws from")
+    grain: bool = opt(True, doc="give the fill the grain measured on the paper around it (an inpainted area is "
+                               "smooth, and a smooth patch shows on noisy paper)")
+
+
+@dataclass
+class LamaOptions(RetouchOptions):
+    model: Path | None = opt(None, doc="LaMa inpainting weights (.pth/.safetensors, big-lama), loaded by spandrel; "
+                                      "required")
+    work_size: int = opt(1024, min=64, max=4096, doc="long edge at which a removed region and its surroundings are "
+                                                     "filled; larger regions are filled smaller and enlarged back")
+
+
+# -------------------------------------------------------------------------------------- the stage
+
+
+class Retouch(Stage):
+    """What both fills share: the mask (spots, the painted sidecar, the protect sidecar) and the bookkeeping."""
+
+    step = "retouch"
+    backend: str
+
+    @classmethod
+    def validate(cls, options: RetouchOptions, where: str, ctx_config: Any) -> list[str]:
+        if not options.backdrop_spots and options.remove_mask is None:
+            return [f"{where}: nothing to remove: set backdrop_spots: true, remove_mask: sidecar, or both"]
+        return []
+
+    context = 16  # pixels of surroundings a region is filled with, at least
+    context_share = 0.0  # ... or this share of the region's size, when more
+
+    def fill(self, window: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, asset: Asset) -> list[Asset]:
+        o: RetouchOptions = self.options
+        w, h = asset.width, asset.height
+        notes: dict[str, Any] = {"backend": self.backend}
+        review: list[str] = []
+        remove = np.zeros((h, w), bool)
+        painted = None
+        if o.remove_mask == "sidecar":
+            painted = read_sidecar(asset.source, "remove", (w, h))
+            if painted is None:
+                notes["remove_mask"] = "none beside the shot"
+            else:
+                painted = painted >= 128
+                remove |= painted
+                notes["remove_mask"] = {"file": sidecar_path(asset.source, "remove").name,
+                                        "pixels": int(painted.sum())}
+        subject = None
+        if o.backdrop_spots:
+            subject, spots = self._spots(asset, notes)
+            if spots is not None:
+                remove |= spots
+                if notes["backdrop_spots"]["spots"] > o.review_above:
+                    review.append(f"retouch: {notes['backdrop_spots']['spots']} spots removed from the backdrop "
+                                  f"(review_above {o.review_above}): a textured backdrop, not dust? Check it")
+        protect = read_sidecar(asset.source, "protect", (w, h))
+        if protect is not None:
+            protected = remove & (protect >= 128)
+            remove &= ~protected
+            notes["protected"] = {"file": sidecar_path(asset.source, "protect").name,
+                                  "pixels": int(protected.sum())}
+        notes["removed_pixels"] = int(remove.sum())
+        if not remove.any():
+            result = asset.derive(asset.pixels, asset.matte)
+        else:
+            with gpu_errors(f"retouch {self.backend}"):
+                pixels, regions = fill_masked(asset.pixels, remove, self.fill, self.context,
+                                               self.context_share)
+            notes["regions"] = regions
+            if asset.matte is not None or subject is not None:
+                on_subject = remove & ((asset.matte if asset.matte is not None else subject) > SUBJECT_THRESHOLD)
+                if on_subject.any():  # only a painted mask reaches the subject: spots keep their margin
+                    notes["subject_pixels"] = int(on_subject.sum())
+            result = asset.derive(pixels, asset.matte)
+        result.notes["retouch"] = notes
+        result.review.extend(review)
+        return [result]
+
+    def _spots(self, asset: Asset, notes: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The subject's matte (or None) and the spots found on the backdrop (None: not looked for); notes say how."""
+        o: RetouchOptions = self.options
+        _box, matte, where = find_subject(asset)
+        if matte is None:
+            notes["backdrop_spots"] = {"skipped": "no plain backdrop found, so no subject to keep clear of"}
+            return None, None
+        margin = float(o.subject_margin)
+        if where == "estimated":  # found at ESTIMATE_SIZE: its outline is that coarse
+            margin += 2.0 * max(asset.width, asset.height) / ESTIMATE_SIZE
+        allowed = ~subject_zone(matte, margin)
+        if asset.has_alpha:  # a cut-out: only opaque pixels are backdrop; transparent ones show nothing
+            allowed &= asset.pixels[..., 3] >= max_value(asset.pixels)
+        spots, count, threshold = find_spots(asset.pixels, allowed, max_spot=o.max_spot,
+                                             min_contrast=o.min_contrast)
+        notes["backdrop_spots"] = {"spots": count, "pixels": int(spots.sum()), "threshold": round(threshold, 1),
+                                   "subject": where, "margin": round(margin, 1)}
+        return matte, spots
+
+
+@register
+class ClassicalRetouch(Retouch):
+    """OpenCV inpainting (Telea's fast marching, or Navier-Stokes): no model, fine for dust and small marks."""
+
+    backend = "classical"
+    Options = ClassicalOptions
+
+    def __init__(self, options: Any, ctx: Any):
+        super().__init__(options, ctx)
+        self.context = max(16, 3 * options.radius)
+
+    def fill(self, window: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        flag = cv2.INPAINT_TELEA if self.options.method == "telea" else cv2.INPAINT_NS
+        m8 = mask.astype(np.uint8) * 255
+        if window.dtype == np.uint8:
+            filled = cv2.inpaint(window, m8, self.options.radius, flag)
+        else:  # OpenCV inpaints 16-bit images one channel at a time
+            filled = np.dstack([cv2.inpaint(np.ascontiguousarray(window[..., c]), m8, self.options.radius, flag)
+                                for c in range(window.shape[2])])
+        return add_grain(filled, window, mask) if self.options.grain else filled
+
+
+def add_grain(filled: np.ndarray, window: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``filled`` with noise as strong as the grain of ``window``'s unmasked pixels added inside ``mask``.
+
+    The grain is the robust spread (median absolute deviation) of each channel around its local mean; the noise is
+    seeded by the window, so the same shot gives the same pixels.
+    """
+    known = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    if known.sum() < 64:
+        return filled
+    w = window.astype(np.float32)
+    residual = np.abs(w - cv2.GaussianBlur(w, (0, 0), 1.5))[known]
+    sigma = 1.4826 * np.median(residual, axis=0) / 0.945  # a 1.5 px blur keeps ~11 % of white noise's variance
+    if not (sigma > 0).any():
+        return filled
+    seed = int(np.frombuffer(np.ascontiguousarray(window[known][:4096]).tobytes(), np.uint8).sum()) + mask.size
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((int(mask.sum()), window.shape[2]), dtype=np.float32) * sigma
+    out = filled.copy()
+    top = float(max_value(window))
+    out[mask] = np.clip(np.rint(filled[mask].astype(np.float32) + noise), 0, top).astype(filled.dtype)
+    return out
+
+
+# ------------------------------------------------------------------------------------ LaMa model
+
+
+class LamaModel(ModelKind):
+    """LaMa inpainting weights (big-lama) spandrel recognises; its name is the resolved path. Never downloaded."""
+
+    kind = "lama"
+
+    @classmethod
+    def name_for(cls, config: "Config", model: Path | None) -> str | None:
+        return str(model) if model else None
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> Any:
+        """A spandrel MaskedImageModelDescriptor in eval mode on the device, in float32 (LaMa's Fourier units)."""
+        file = Path(name)
+        if not file.is_file():
+            raise ConfigError(f"retouch model file {file} not found")
+        spandrel = require("spandrel", "retouch backend lama")
+        require("torch", "retouch backend lama")
+        try:
+            model = spandrel.ModelLoader(device="cpu").load_from_file(str(file))
+        except Exception as exc:
+            raise ConfigError(f"retouch model {file} cannot be loaded (not a model spandrel recognises, or a "
+                              f"broken file): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                              ) from exc
+        if not isinstance(model, spandrel.MaskedImageModelDescriptor) or model.input_channels != 3:
+            raise ConfigError(f"retouch model {file} is a {model.architecture.id} {type(model).__name__}, not an "
+                              f"inpainting model (LaMa)")
+        model.eval()
+        with gpu_errors(f"loading {file.name}"):
+            model.to(manager.device)
+        return model
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        """Only checks the file is there: LaMa weights are put in place by hand."""
+        file = Path(name)
+        if not file.is_file():
+            raise ConfigError(f"retouch model file {file} not found (LaMa weights are not downloaded by assetd: "
+                              f"put the .pth/.safetensors file there)")
+        return f"{name}: present"
+
+
+@register
+class LamaRetouch(Retouch):
+    """LaMa (big-lama) through spandrel: fills larger painted areas (a clamp, a colour chart) with the backdrop's
+    structure; each region is filled in a window of at most ``work_size`` pixels."""
+
+    backend = "lama"
+    Options = LamaOptions
+    needs_models = True
+    model_kind = LamaModel
+
+    @classmethod
+    def validate(cls, options: LamaOptions, where: str, ctx_config: Any) -> list[str]:
+        problems = super().validate(options, where, ctx_config)
+        if options.model is None:
+            problems.append(f"{where}.model: required: a LaMa .pth/.safetensors file (big-lama)")
+        elif not options.model.is_file():
+            problems.append(f"{where}.model: file {options.model} not found")
+        return problems
+
+    def _model(self) -> Any:
+        return manager_for(self.ctx).load(self.model_ref(self.options, self.ctx.config))
+
+    def prepare(self) -> None:
+        self._model()
+
+    context = 64
+    context_share = 0.5  # a network sees what surrounds a clamp or a chart: half its size on each side
+
+    def run(self, asset: Asset) -> list[Asset]:
+        result = super().run(asset)
+        if "regions" in result[0].notes["retouch"]:
+            model = self._model()
+            result[0].notes["retouch"]["model"] = str(self.options.model)
+            result[0].notes["retouch"]["architecture"] = model.architecture.id
+        return result
+
+    def fill(self, window: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        model = self._model()
+        top = float(max_value(window))
+        h, w = mask.shape
+        scale = min(1.0, self.options.work_size / max(h, w))
+        sw, sh = max(16, round(w * scale)), max(16, round(h * scale))
+        img = window.astype(np.float32) / top
+        m = mask.astype(np.float32)
+        if (sw, sh) != (w, h):
+            img = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+            m = (cv2.resize(m, (sw, sh), interpolation=cv2.INTER_LINEAR) > 0).astype(np.float32)
+        ph, pw = (-sh) % 8, (-sw) % 8  # LaMa wants sides that are multiples of 8
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(sh, sw) > 1 else "edge")
+        m = np.pad(m, ((0, ph), (0, pw)), mode="constant")
+        t_img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+        t_mask = torch.from_numpy(np.ascontiguousarray(m))[None, None]
+        with torch.inference_mode():
+            y = model(t_img.to(model.device, model.dtype), t_mask.to(model.device, model.dtype))
+            out = y[0].float().clamp_(0, 1).permute(1, 2, 0).cpu().numpy()[:sh, :sw]
+        if (sw, sh) != (w, h):
+            out = cv2.resize(out, (w, h), interpolation=cv2.INTER_CUBIC)
+        return np.clip(np.rint(out * top), 0, top).astype(window.dtype)

@@ -1,0 +1,290 @@
+"""The retouch step removes dust on the backdrop and what a retoucher painted, and changes no other pixel."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from pipeline.errors import ConfigError
+from pipeline.schema import build
+from pipeline.stages.base import Asset, StageContext, stage_class
+from pipeline.stages.retouch import ClassicalRetouch, LamaRetouch, find_spots, subject_zone
+from pipeline.synth import studio_shot
+from tinymodels import make_config, netguard, skip_without, tiny_esrgan_x4  # noqa: F401
+
+MIN_CONTRAST = 12.0
+MAX_SPOT = 32
+
+
+def stage(tmp_path: Path, backend: str = "classical", **options: object):
+    cls = stage_class("retouch", backend)
+    errors: list[str] = []
+    opts = build(cls.Options, options, "retouch", errors, base=tmp_path)
+    assert errors == []
+    return cls(opts, StageContext(config=make_config(tmp_path)))
+
+
+def plant_dust(rgb: np.ndarray, allowed: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """``rgb`` with ``n`` soft-edged specks (radius 1.5-6 px, 25-70 levels darker or, a fifth of them, 25-40
+    brighter where the paper leaves room: all well above the threshold) where ``allowed``; and where they are (x, y, radius)."""
+    rng = np.random.default_rng(seed)
+    h, w = rgb.shape[:2]
+    out = rgb.astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    spots: list[tuple[int, int, float]] = []
+    while len(spots) < n:
+        x, y = int(rng.integers(8, w - 8)), int(rng.integers(8, h - 8))
+        r = float(rng.uniform(1.5, 6.0))
+        if not allowed[y, x] or any(np.hypot(x - a, y - b) < 3 * (r + c) for a, b, c in spots):
+            continue
+        bright = rng.random() < 0.2 and int(rgb[y, x].max()) <= 255 - 40  # white paper leaves no room above it
+        level = -float(rng.uniform(25, 40)) if bright else float(rng.uniform(25, 70))
+        out -= level * np.clip(r + 1 - np.hypot(yy - y, xx - x), 0, 1)[..., None]
+        spots.append((x, y, r))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), spots
+
+
+def near(spots: list[tuple[int, int, float]], shape: tuple[int, int], extra: float) -> np.ndarray:
+    """Pixels within each spot's radius plus ``extra``."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    out = np.zeros(shape, bool)
+    for x, y, r in spots:
+        out |= np.hypot(yy - y, xx - x) <= r + extra
+    return out
+
+
+@pytest.fixture(scope="module")
+def dusty():
+    """A grey-paper studio shot with 25 specks planted on the backdrop well clear of the subject."""
+    shot = studio_shot("grey", size=(640, 480), seed=3, subject="bottle")
+    subject = (shot.alpha * 255).astype(np.uint8)
+    allowed = ~subject_zone(subject, 60) & (shot.shadow < 0.02)
+    rgb, spots = plant_dust(shot.rgb, allowed, 25, seed=5)
+    return shot, rgb, spots
+
+
+def test_planted_dust_is_gone_and_nothing_else_changed(tmp_path, dusty):
+    shot, rgb, spots = dusty
+    out = stage(tmp_path, backdrop_spots=True).run(Asset(rgb))[0]
+
+    note = out.notes["retouch"]
+    # specks close together may count as one
+    assert len(spots) - 3 <= note["backdrop_spots"]["spots"] <= len(spots)
+    assert note["backdrop_spots"]["subject"] == "estimated"
+    # no spot above the threshold is left, by the same measure that found them
+    backdrop = ~subject_zone((shot.alpha * 255).astype(np.uint8), 16)
+    left, count, _ = find_spots(out.pixels, backdrop, max_spot=MAX_SPOT, min_contrast=MIN_CONTRAST)
+    assert count == 0, np.argwhere(left)[:5]
+    # each speck is back to the paper the shot had there (within its grain)
+    for x, y, r in spots:
+        assert np.abs(out.pixels[y, x].astype(int) - shot.rgb[y, x].astype(int)).max() < MIN_CONTRAST
+    # the subject's pixels are the input's, and so is everything away from the specks
+    changed = (out.pixels != rgb).any(axis=2)
+    assert not (changed & (shot.alpha > 0)).any()
+    assert not (changed & ~near(spots, rgb.shape[:2], 4)).any()
+    assert out.pixels.dtype == np.uint8 and out.matte is None
+
+
+def test_a_speck_next_to_the_subject_is_left_alone(tmp_path, dusty):
+    shot, rgb, _ = dusty
+    subject = shot.alpha > 0.5
+    ring = subject_zone((shot.alpha * 255).astype(np.uint8), 6) & ~subject_zone((shot.alpha * 255).astype(np.uint8), 3)
+    close, spots = plant_dust(rgb, ring & (shot.shadow < 0.02), 3, seed=9)
+    out = stage(tmp_path, backdrop_spots=True, subject_margin=16).run(Asset(close))[0]
+    assert np.array_equal(out.pixels[near(spots, subject.shape, 1)], close[near(spots, subject.shape, 1)])
+
+
+def test_clean_paper_is_bit_identical(tmp_path):
+    shot = studio_shot("grey", size=(480, 360), seed=1, subject="box")
+    out = stage(tmp_path, backdrop_spots=True).run(Asset(shot.rgb))[0]
+    assert out.notes["retouch"]["removed_pixels"] == 0
+    assert np.array_equal(out.pixels, shot.rgb)
+
+
+def write_shot(folder: Path, rgb: np.ndarray, name: str = "shot.png") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(folder / name)
+    return folder / name
+
+
+def paint(path: Path, kind: str, boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> np.ndarray:
+    """``NAME.<kind>.png`` beside ``path`` painting ``boxes`` (x0, y0, x1, y1) white on black; the mask."""
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0:y1, x0:x1] = 255
+    Image.fromarray(mask).save(path.with_name(f"{path.stem}.{kind}.png"))
+    return mask > 0
+
+
+def with_clamp(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A dark clamp biting into the right edge of the sweep, and its box."""
+    h, w = rgb.shape[:2]
+    out = rgb.copy()
+    box = (w - 50, h // 4, w, h // 4 + 40)
+    out[box[1]:box[3], box[0]:box[2]] = (52, 54, 58)
+    return out, box
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+def test_the_painted_clamp_is_removed_and_only_it(tmp_path, method):
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
+    path = write_shot(tmp_path / "inbox", rgb)
+    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4)], (480, 360))
+
+    out = stage(tmp_path, remove_mask="sidecar", method=method).run(Asset(rgb, source=str(path)))[0]
+
+    assert np.array_equal(out.pixels[~painted], rgb[~painted])
+    paper = shot.rgb[painted].astype(np.float32).mean(axis=0)
+    assert np.abs(out.pixels[painted].astype(np.float32).mean(axis=0) - paper).max() < 6  # no dark clamp left
+    assert out.notes["retouch"]["remove_mask"] == {"file": "shot.remove.png", "pixels": int(painted.sum())}
+    assert "subject_pixels" not in out.notes["retouch"]
+
+
+def test_the_subject_changes_only_where_the_mask_paints_it(tmp_path):
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    path = write_shot(tmp_path / "inbox", shot.rgb)
+    ys, xs = np.nonzero(shot.alpha > 0.99)
+    cx, cy = int(xs.mean()), int(ys.mean())
+    painted = paint(path, "remove", [(cx - 10, cy - 10, cx + 10, cy + 10)], (480, 360))  # a logo on the mug
+
+    out = stage(tmp_path, remove_mask="sidecar", backdrop_spots=True).run(Asset(shot.rgb, source=str(path)))[0]
+
+    changed = (out.pixels != shot.rgb).any(axis=2)
+    assert changed[painted].any() and not changed[~painted].any()
+    assert out.notes["retouch"]["subject_pixels"] == int((painted & (shot.alpha * 255 > 25)).sum())
+
+
+def test_the_protect_mask_wins_over_the_remove_mask(tmp_path):
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
+    path = write_shot(tmp_path / "inbox", rgb)
+    painted = paint(path, "remove", [(x0, y0, x1, y1)], (480, 360))
+    protected = paint(path, "protect", [(x0, y0, x1, (y0 + y1) // 2)], (480, 360))
+
+    out = stage(tmp_path, remove_mask="sidecar").run(Asset(rgb, source=str(path)))[0]
+
+    changed = (out.pixels != rgb).any(axis=2)
+    assert not changed[protected].any() and changed[painted & ~protected].any()
+    assert out.notes["retouch"]["protected"]["pixels"] == int(protected.sum())
+
+
+def test_a_shot_without_a_mask_is_kept_and_a_mask_of_another_size_fails(tmp_path):
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    path = write_shot(tmp_path / "inbox", shot.rgb)
+    out = stage(tmp_path, remove_mask="sidecar").run(Asset(shot.rgb, source=str(path)))[0]
+    assert np.array_equal(out.pixels, shot.rgb) and out.notes["retouch"]["remove_mask"] == "none beside the shot"
+
+    paint(path, "remove", [(0, 0, 10, 10)], (240, 180))
+    with pytest.raises(Exception, match=r"shot\.remove\.png: the remove mask is 240×180, the shot 480×360"):
+        stage(tmp_path, remove_mask="sidecar").run(Asset(shot.rgb, source=str(path)))
+
+
+def test_sixteen_bit_stays_sixteen_bit(tmp_path):
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
+    rgb16 = rgb.astype(np.uint16) * 257
+    path = write_shot(tmp_path / "inbox", rgb)
+    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4)], (480, 360))
+    out = stage(tmp_path, remove_mask="sidecar").run(Asset(rgb16, source=str(path)))[0]
+    assert out.pixels.dtype == np.uint16
+    assert np.array_equal(out.pixels[~painted], rgb16[~painted])
+    assert out.pixels[painted].mean() > 200 * 257
+
+
+def test_rules_place_it_before_crops_and_need_something_to_remove(workspace):
+    workspace.write_config()
+    ok = ("name: clean\nsteps:\n  - retouch: {backdrop_spots: true, remove_mask: sidecar}\n"
+          "  - remove_background: {}\n  - crops: {ratios: ['1:1']}\noutputs:\n  - {channel: cutouts, from: retouch}\n")
+    workspace.add_rule("10-clean.yaml", ok)
+    workspace.load()
+    workspace.add_rule("10-clean.yaml", ok.replace("{backdrop_spots: true, remove_mask: sidecar}", "{}"))
+    with pytest.raises(ConfigError, match="nothing to remove"):
+        workspace.load()
+    late = ("name: clean\nsteps:\n  - crops: {ratios: ['1:1']}\n  - retouch: {backdrop_spots: true}\n"
+            "outputs:\n  - {channel: cutouts, from: retouch}\n")
+    workspace.add_rule("10-clean.yaml", late)
+    with pytest.raises(ConfigError, match="retouch"):
+        workspace.load()
+
+
+def test_process_finds_the_painted_mask_beside_the_shot(workspace):
+    """End to end: the inbox takes the shot, not its mask; the output lacks the clamp and keeps every other pixel."""
+    workspace.write_config()
+    workspace.add_rule("05-clean.yaml", "name: clean\nsteps:\n  - retouch: {remove_mask: sidecar}\n"
+                                        "outputs:\n  - {channel: cutouts, from: retouch}\n")
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
+    path = write_shot(workspace.inbox, rgb)
+    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4)], (480, 360))
+
+    result = CliRunner().invoke(cli, ["process", str(workspace.inbox), "--config", str(workspace.config_path),
+                                      "--json"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    (doc,) = json.loads(result.stdout)["results"]
+    assert doc["input"].endswith("shot.png") and doc["status"] == "done", doc
+    (png,) = workspace.out("cutouts").rglob("*.png")
+    out = np.asarray(Image.open(png).convert("RGB"))
+    assert np.array_equal(out[~painted], rgb[~painted]) and out[painted].mean() > 200
+
+
+# ------------------------------------------------------------------------------------------- LaMa
+
+
+def build_lama(out: Path) -> Path:
+    """A random LaMa that spandrel detects. spandrel's LaMa has big-lama's fixed size (51 M parameters): it
+    cannot be made tiny, so it is saved in float16 (102 MB) and built once per module (~1 s)."""
+    skip_without("torch", "spandrel", "safetensors")
+    from pipeline.torchcompat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.LaMa import LaMa
+
+    torch.manual_seed(0)
+    net = LaMa(in_nc=4, out_nc=3)
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()},
+              str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_lama(tmp_path_factory) -> Path:
+    return build_lama(tmp_path_factory.mktemp("lama") / "big-lama.safetensors")
+
+
+def test_lama_fills_only_the_painted_pixels(tmp_path, random_lama, netguard):
+    shot = studio_shot("white", size=(128, 96), seed=2, subject="mug")
+    path = write_shot(tmp_path / "inbox", shot.rgb)
+    painted = paint(path, "remove", [(100, 20, 128, 44)], (128, 96))
+    retouch = stage(tmp_path, "lama", remove_mask="sidecar", model=str(random_lama))
+    assert isinstance(retouch, LamaRetouch)
+
+    out = retouch.run(Asset(shot.rgb, source=str(path)))[0]
+
+    assert np.array_equal(out.pixels[~painted], shot.rgb[~painted])
+    assert out.notes["retouch"]["architecture"] == "LaMa"
+    assert netguard.attempts == []
+
+
+def test_lama_refuses_weights_that_are_not_an_inpainting_model(tmp_path):
+    weights = tiny_esrgan_x4()
+    retouch = stage(tmp_path, "lama", remove_mask="sidecar", model=str(weights))
+    with pytest.raises(ConfigError, match="not an inpainting model"):
+        retouch.prepare()
+
+
+def test_lama_needs_its_model_named(tmp_path):
+    errors = LamaRetouch.validate(build(LamaRetouch.Options, {"remove_mask": "sidecar"}, "r", []), "r",
+                                  make_config(tmp_path))
+    assert errors == ["r.model: required: a LaMa .pth/.safetensors file (big-lama)"]
+    assert ClassicalRetouch.validate(build(ClassicalRetouch.Options, {}, "r", []), "r", None) == [
+        "r: nothing to remove: set backdrop_spots: true, remove_mask: sidecar, or both"]
