@@ -148,7 +148,7 @@ class RetouchOptions:
                                                    "(width and height of its box); larger marks need a painted mask")
     min_contrast: float = opt(12.0, min=1.0, max=255.0,
                               doc="backdrop_spots: how much darker or brighter than the paper around it a spot is "
-                                  "at least, in 8-bit levels (lower finds fainter dust, and paper grain)")
+                                  "at least, in 8-bit levels (raised to 5× the paper's grain on noisy paper)")
     subject_margin: int = opt(16, min=0, max=1000, doc="backdrop_spots: spots closer than this many pixels to the "
                                                        "subject are left alone")
     remove_mask: str | None = opt(None, choices=("sidecar",),
@@ -355,8 +355,10 @@ class LamaModel(ModelKind):
 
 @register
 class LamaRetouch(Retouch):
-    """LaMa (big-lama) through spandrel: fills larger painted areas (a clamp, a colour chart) with the backdrop's
-    structure; each region is filled in a window of at most ``work_size`` pixels."""
+    """LaMa (big-lama) through spandrel: fills larger painted areas (a clamp, a chart) with the backdrop's structure.
+
+    Each region is filled in a window around it of at most ``work_size`` pixels (larger ones are filled smaller and
+    enlarged back). In float32 on any device: LaMa's Fourier units are not made for half precision."""
 
     backend = "lama"
     Options = LamaOptions
