@@ -186,16 +186,21 @@ def test_a_shot_without_a_mask_is_kept_and_a_mask_of_another_size_fails(tmp_path
         stage(tmp_path, remove_mask="sidecar").run(Asset(shot.rgb, source=str(path)))
 
 
-def test_sixteen_bit_stays_sixteen_bit(tmp_path):
-    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
-    rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
+def test_sixteen_bit_stays_sixteen_bit(tmp_path, dusty):
+    shot, rgb, spots = dusty
+    rgb, (x0, y0, x1, y1) = with_clamp(rgb)
     rgb16 = rgb.astype(np.uint16) * 257
     path = write_shot(tmp_path / "inbox", rgb)
-    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4)], (480, 360))
-    out = stage(tmp_path, remove_mask="sidecar").run(Asset(rgb16, source=str(path)))[0]
+    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4)], (640, 480))
+
+    out = stage(tmp_path, remove_mask="sidecar", backdrop_spots=True).run(Asset(rgb16, source=str(path)))[0]
+
     assert out.pixels.dtype == np.uint16
-    assert np.array_equal(out.pixels[~painted], rgb16[~painted])
-    assert out.pixels[painted].mean() > 200 * 257
+    kept = ~painted & ~near(spots, painted.shape, 4)
+    assert np.array_equal(out.pixels[kept], rgb16[kept])
+    assert out.pixels[painted].mean() > shot.rgb[painted].mean() * 257 - 6 * 257  # no dark clamp left
+    for x, y, _r in spots:
+        assert np.abs(out.pixels[y, x].astype(int) - shot.rgb[y, x].astype(int) * 257).max() < MIN_CONTRAST * 257
 
 
 def test_rules_place_it_before_crops_and_need_something_to_remove(workspace):
