@@ -10,7 +10,8 @@ one ref is what ``assetd models pull/check`` fetch and check and what the stage 
 
 What flows between stages is an ``Asset``: the pixels plus the subject's matte in the same
 coordinates. Stages never change the subject's opaque pixels except ``upscale`` (which records
-its factor in ``Asset.scale``): that is the product's promise, and the tests check it.
+its factor in ``Asset.scale``) and ``tone_match`` (a bounded change a rule asks for, recorded as
+``changes_subject``): that is the product's promise, and the tests check it.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ FACTS = {  # what may hold of the image between steps; a step's needs, gives and
     "cutout": "a cut-out (the subject on a transparent background)",
     "uncropped": "the whole image (not yet cropped to ratios)",
     "ratio": "one image per crop ratio",
+    "placed": "the subject placed on a scene, a colour or a gradient (what is around it is that scene)",
 }
 INPUT_FACTS = frozenset({"uncropped"})  # what every input is
 INPUT_MAY = frozenset({"cutout"})  # what an input may be (a PNG with transparency): not refused when rules load
@@ -66,8 +68,8 @@ def define_step(name: str, default_backend: str, needs: tuple[str, ...] = (), gi
     return step
 
 
-# The steps are declared in their modules (remove_background, place_in_scene, crops, upscale: the order of
-# STAGE_MODULES is the manual's order).
+# The steps are declared in their modules (remove_background, place_in_scene, tone_match, crops, upscale: the order
+# of STAGE_MODULES is the manual's order).
 
 
 PARTS: dict[str, str] = {}  # parts of a step whose ways are backends too (crops' ``fill``), by name
@@ -83,6 +85,7 @@ def define_part(name: str, doc: str = "") -> None:
 STAGE_MODULES = [
     "pipeline.stages.remove_background",
     "pipeline.stages.place_in_scene",
+    "pipeline.stages.tone_match",
     "pipeline.stages.crops",
     "pipeline.stages.upscale",
     "pipeline.stages.rembg_backend",

@@ -24,7 +24,7 @@ from .framing import Box, clamp, cover_transform, place_on_floor, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cut_edges, cutout_subject, margin_option,
                       matte_from_alpha, paste_matte, scale_option)
 
-define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
+define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), gives=("placed",), takes=("cutout",),
             doc="puts the cut-out on a scene, a colour or a gradient")
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
