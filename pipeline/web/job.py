@@ -78,6 +78,13 @@ def highlights(steps: dict[str, Any]) -> list[tuple[str, str]]:
     ps = steps.get("place_in_scene") or {}
     if ps:
         lines.append(("place_in_scene", f"scene {ps.get('scene', '?')}, scene scaled {ps.get('scene_scale', 1):g}×"))
+    tm = steps.get("tone_match") or {}
+    if tm.get("gains"):
+        lines.append(("tone_match", f"gains {', '.join(f'{g:g}' for g in tm['gains'])}, exposure "
+                                    f"{tm.get('exposure_stops', 0):+g} stops, largest ΔE {tm.get('delta_e_max', 0):g} "
+                                    f"(max_delta_e {tm.get('max_delta_e', '?')})"))
+    elif tm:
+        lines.append(("tone_match", tm.get("skipped", "no change")))
     cr = steps.get("crops") or {}
     if cr:
         parts = [f"fill {cr.get('fill', '?')}", f"framing {cr.get('framing', '?')}"]
@@ -95,6 +102,15 @@ def highlights(steps: dict[str, Any]) -> list[tuple[str, str]]:
                       + (f" ({up['from'][0]}×{up['from'][1]} → {up['to'][0]}×{up['to'][1]})"
                          if up.get("from") and up.get("to") else "")))
     return lines
+
+
+def on_purpose(steps: dict[str, Any]) -> str | None:
+    """Why the subject check shows the subject differing from the input on purpose (a step that changes it, as
+    its notes say), or None: then it should not differ."""
+    tm = steps.get("tone_match") or {}
+    if tm.get("changes_subject"):
+        return f"changed on purpose by tone_match (ΔE ≤ {tm.get('max_delta_e', '?')})"
+    return None
 
 
 def job_page(request: Request) -> Response:
@@ -117,7 +133,7 @@ def job_page(request: Request) -> Response:
             "sha256": row.get("sha256"),
             "approval": APPROVAL.get(row.get("approval"), row.get("approval")),
             "approval_key": row.get("approval") or "published", "staged_path": row.get("staged_path"),
-            "zones": zones(channel, row["ratio"]), "highlights": highlights(steps),
+            "zones": zones(channel, row["ratio"]), "highlights": highlights(steps), "on_purpose": on_purpose(steps),
             "notes": json.dumps(steps, indent=2, sort_keys=True) if steps else "",
         })
     from .actions import job_context  # actions reads this module's APPROVAL
