@@ -180,7 +180,7 @@ class GlobalToneMatch(Stage):
         colours = _Colours(rgb, weight, top)
         t, written, de = bounded_scale(colours, gains, o.max_delta_e)
         applied = np.exp(t * np.log(gains))
-        values = written[colours.inverse].astype(pixels.dtype)
+        values = written.astype(pixels.dtype)[colours.inverse]
         n = int(inside.sum())
         toned = pixels.copy()
         toned[..., :3][inside] = values[:n]
