@@ -207,8 +207,8 @@ def test_a_real_run_records_it_in_the_manifest_and_the_review_page_says_so(works
         page = client.get(f"/jobs/{job.id}").text
     flagged = {channel: purpose for purpose, channel in
                re.findall(r'<option value="\d+"(?: data-purpose="([^"]*)")?>(\w+)', page)}
-    assert flagged == {"cutouts": "", "webshop": "changed on purpose by tone_match (ΔE ≤ 4.0)",
-                       "instagram": "changed on purpose by tone_match (ΔE ≤ 4.0)"}
+    assert flagged == {"cutouts": "", "webshop": "changed on purpose by tone_match (ΔE ≤ 4)",
+                       "instagram": "changed on purpose by tone_match (ΔE ≤ 4)"}
     assert 'id="check-purpose" hidden' in page
     assert "tone_match:</span> gains" in page  # the output's notes say what it did
 
@@ -238,7 +238,7 @@ def test_the_review_page_says_which_outputs_it_changed_in_a_browser(workspace) -
             expect(page.locator("#check-figure")).to_contain_text("% of the subject equals the input",
                                                                   timeout=30_000)
             expect(page.locator("#check-purpose")).to_be_visible()
-            expect(page.locator("#check-legend")).to_contain_text("changed on purpose by tone_match (ΔE ≤ 4.0)")
+            expect(page.locator("#check-legend")).to_contain_text("changed on purpose by tone_match (ΔE ≤ 4)")
             screenshot(page, "review-job-tone-match")
             page.select_option("#after-choice", label=page.locator("#after-choice option", has_text="cutouts")
                                .text_content())

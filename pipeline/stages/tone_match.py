@@ -32,7 +32,7 @@ define_step("tone_match", "global", needs=("placed", "uncropped"),
 
 MIDDLE_GREY = 0.18  # linear luminance a scene of normal exposure averages (log-mean); the exposure's reference
 SHADES_OF_GREY_P = 6  # Minkowski norm of the illuminant estimate (Finlayson & Trezzi 2004: 6 does well)
-SCENE_SAMPLES = 250_000  # scene pixels sampled for its statistics (enough for a mean; bounded at 100 MP)
+SCENE_SAMPLES = 250_000  # scene pixels sampled for its statistics: plenty for a mean, quick at any size
 MIN_SCENE_SHARE = 0.02  # less of the image outside the subject than this: no scene to match, nothing changes
 _ROUNDS = 40  # scale-downs tried before giving up (no change at all then)
 
@@ -161,15 +161,11 @@ class GlobalToneMatch(Stage):
                 "too little scene shows around the subject to match"
             self.ctx.log.info("tone_match: %s: %s: the subject is left as it is", asset.source or "image",
                               notes["skipped"])
-            out = asset.derive(asset.pixels, matte, backdrop=asset.backdrop)
-            out.notes["tone_match"] = notes
-            return [out]
+            return [_unchanged(asset, notes)]
         gains, stops = tone_gains(light, o.strength, o.max_stops)
         notes["scene"] = {"cast": _rounded(light.cast), "key": round(light.key, 4)}
-        if np.allclose(gains, 1.0, rtol=0, atol=1e-6):
-            out = asset.derive(asset.pixels, matte, backdrop=asset.backdrop)
-            out.notes["tone_match"] = notes
-            return [out]
+        if np.allclose(gains, 1.0, rtol=0, atol=1e-6):  # strength 0, or a neutral scene of normal exposure
+            return [_unchanged(asset, notes)]
         pixels, top = asset.pixels, max_value(asset.pixels)
         inside = matte > 0
         rgb, weight = pixels[..., :3][inside], matte[inside]
@@ -216,6 +212,13 @@ class GlobalToneMatch(Stage):
             fg = rgb.astype(np.float32) * backdrop.gains
             rgb = np.rint(np.clip(fg, 0, max_value(cutout))).astype(dtype)
         return rgb, where
+
+
+def _unchanged(asset: Asset, notes: dict[str, Any]) -> Asset:
+    """The asset as it came, with the step's notes: its backdrop kept (crops composes frames anew on it)."""
+    out = asset.derive(asset.pixels, asset.matte, backdrop=asset.backdrop)
+    out.notes["tone_match"] = notes
+    return out
 
 
 def _rounded(values: np.ndarray) -> list[float]:

@@ -82,7 +82,7 @@ def highlights(steps: dict[str, Any]) -> list[tuple[str, str]]:
     if tm.get("gains"):
         lines.append(("tone_match", f"gains {', '.join(f'{g:g}' for g in tm['gains'])}, exposure "
                                     f"{tm.get('exposure_stops', 0):+g} stops, largest ΔE {tm.get('delta_e_max', 0):g} "
-                                    f"(max_delta_e {tm.get('max_delta_e', '?')})"))
+                                    f"(max_delta_e {_number(tm.get('max_delta_e'))})"))
     elif tm:
         lines.append(("tone_match", tm.get("skipped", "no change")))
     cr = steps.get("crops") or {}
@@ -104,12 +104,17 @@ def highlights(steps: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
+def _number(value: Any) -> str:
+    """A number from a manifest as written (``4``, ``2.5``); "?" for anything else (a manifest edited by hand)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else "?"
+
+
 def on_purpose(steps: dict[str, Any]) -> str | None:
     """Why the subject check shows the subject differing from the input on purpose (a step that changes it, as
     its notes say), or None: then it should not differ."""
     tm = steps.get("tone_match") or {}
     if tm.get("changes_subject"):
-        return f"changed on purpose by tone_match (ΔE ≤ {tm.get('max_delta_e', '?')})"
+        return f"changed on purpose by tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})"
     return None
 
 
