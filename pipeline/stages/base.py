@@ -178,6 +178,14 @@ class Stage:
         return options
 
     @classmethod
+    def variants(cls, options: Any) -> list[str]:
+        """The variants a step with these options makes of each asset, by name (each output of one is named with
+        its ``{variant}``; ``assetd check`` says how); [] when it makes one. By default the names of a ``variants``
+        option (a list of items with a ``name``, as ``recolor``'s colourways)."""
+        items = getattr(options, "variants", None) or []
+        return [str(item.get("name") if isinstance(item, dict) else getattr(item, "name", item)) for item in items]
+
+    @classmethod
     def runs_model(cls, options: Any) -> bool:
         """Whether a step with these options runs a model backend (needs the models extra and weights)."""
         return cls.needs_models
