@@ -4,6 +4,7 @@ one file per variant and ratio named by its ``{variant}``, the subject's pixels 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
+from pipeline.config import load_config
 from pipeline.oneshot import run_once
 from pipeline.store import Store
 from pipeline.synth import scene_image
+from pipeline.web.app import create_app
 from conftest import decode, ratio_of
 from tinymodels import netguard, skip_without, tiny_sd_inpaint  # noqa: F401
 
@@ -127,6 +130,45 @@ def test_two_scenes_give_one_file_per_scene_channel_and_ratio_named_by_variant(w
         background = np.ones(marble.shape[:2], bool)
         background[ys, xs] = False
         assert np.mean(np.any(marble[background] != linen[background], axis=-1)) > 0.95
+
+
+def test_a_renamed_copy_gets_its_twins_variants_under_its_own_names(workspace):
+    studio(workspace, SCENES_RULE.replace("  - {channel: instagram, from: crops, ratios: [\"4:5\"]}\n", ""))
+    cutout_png(workspace.root / "inbox" / "bag.png")
+    (workspace.root / "inbox" / "SKU-1.png").write_bytes((workspace.root / "inbox" / "bag.png").read_bytes())
+    config, rules = workspace.load()
+    results = run_once(config, rules, [workspace.root / "inbox" / "bag.png", workspace.root / "inbox" / "SKU-1.png"])
+    assert [r["status"] for r in results] == ["done", "done"], results
+    names = sorted(p.name for p in workspace.out("cutouts").iterdir())
+    assert names == sorted(f"{stem}_{r}_{v}.png" for stem in ("bag", "SKU-1") for r in ("1x1", "4x5")
+                           for v in ("linen", "marble"))
+    assert json.loads(workspace.manifest("scenes", "SKU-1").read_text())["copied_from"]  # not run again
+    copied = manifest_outputs(workspace, "scenes", "SKU-1")
+    assert all(o["variant"] in n for n, o in copied.items())
+    for name in names[:4]:  # the copy's files are the twin's bytes
+        assert (workspace.out("cutouts") / name).read_bytes() == (workspace.out("cutouts") /
+                                                                  name.replace("SKU-1", "bag")).read_bytes()
+
+
+def test_the_job_page_captions_each_output_with_its_variant(workspace):
+    from starlette.testclient import TestClient
+
+    studio(workspace, SCENES_RULE)
+    cutout_png(workspace.root / "inbox" / "bag.png")
+    config, rules = workspace.load()
+    assert run_once(config, rules, [workspace.root / "inbox" / "bag.png"])[0]["status"] == "done"
+    store = Store(config.database)
+    try:
+        (job,) = store.jobs()
+        with TestClient(create_app(load_config(workspace.config_path), store)) as client:
+            page = client.get(f"/jobs/{job.id}").text
+        for record in store.outputs(job.id):
+            figure = re.search(rf'<figure class="out" data-output="{record.id}"[^>]*>(.*?)</figure>', page, re.S)
+            caption = re.search(r"<figcaption>(.*?)</figcaption>", figure.group(1), re.S).group(1)
+            assert f'<span class="variant" title="variant">{record.variant}</span>' in caption, caption
+            assert f"{record.channel} {record.ratio} {record.variant} · " in page  # the compare menu's entry
+    finally:
+        store.close()
 
 
 def test_a_rule_without_variants_names_its_files_as_before(workspace):
