@@ -155,7 +155,7 @@ def output_name(channel: ChannelConfig, *, stem: str, rel_path: str | None, rati
     label = ratio_label(ratio)
     if channel.web_safe_names:
         stem, folder, label = web_safe(stem) or "image", web_safe(folder), web_safe(label or "")
-        variant = web_safe(variant) if variant else variant
+        variant = (web_safe(variant) or "variant") if variant else variant
     template = with_variant(channel.filename) if variant else channel.filename
     name = render_name(template, stem=stem, folder=folder, ratio=label, variant=variant, step=step, rule=rule,
                        channel=channel.name, ext=channel.extension, hash8=hash8)

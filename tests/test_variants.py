@@ -184,6 +184,23 @@ def test_a_rule_without_variants_names_its_files_as_before(workspace):
     assert {o["variant"] for o in manifest_outputs(workspace, "one", "bag").values()} == {None}
 
 
+@pytest.mark.parametrize("template, web_safe, ratio, variant, name", [
+    ("{stem}_{ratio}.{ext}", False, "4:5", "linen", "bag_4x5_linen.png"),
+    ("{stem}_{ratio}.{ext}", False, None, "linen", "bag_linen.png"),  # a cut-out: no ratio, still a variant
+    ("{stem}.{ext}", False, None, "green-linen", "bag_green-linen.png"),  # two steps' variants joined
+    ("{variant}_{stem}.{ext}", False, "4:5", "v2", "v2_bag.png"),
+    ("{stem}_{ratio}_{variant}.{ext}", False, "1:1", None, "bag_1x1.png"),  # the only one: {variant} vanishes
+    ("{stem}_{ratio}.{ext}", True, "4:5", "Linen Café", "bag_4x5_linen-cafe.png"),
+])
+def test_variant_names(template, web_safe, ratio, variant, name):
+    from pipeline.config import ChannelConfig
+    from pipeline.outputs import output_name
+
+    channel = ChannelConfig(name="c", path=Path("/out/c"), format="png", filename=template, web_safe_names=web_safe)
+    assert output_name(channel, stem="bag", rel_path="bag.png", ratio=ratio, step="crops", rule="r", hash8="0123abcd",
+                       variant=variant) == name
+
+
 def test_check_says_how_variants_are_named_where_the_template_has_no_variant(workspace):
     studio(workspace, SCENES_RULE)
     result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)], catch_exceptions=False)

@@ -25,7 +25,7 @@ from ..errors import ConfigError, PermanentError
 from ..models import ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt, options_of
-from .place_in_scene import with_variant  # (importing it declares the step this module adds a backend to)
+from .place_in_scene import variant_of  # (importing it declares the step this module adds a backend to)
 from .base import Asset, Stage, StageContext, register
 from .crops import CropsOptions, Fill, seed_of
 from .framing import Box, place_subject
@@ -271,7 +271,7 @@ class DiffusersScene(Stage):
                               steps=o.steps, guidance=o.guidance, strength=o.strength)
             scene = resize(to_dtype(gen, pixels.dtype), (w, h))
             composite(scene, pixels, ox, oy)
-            variant = with_variant(asset.variant, variation_name(i)) if o.variations > 1 else asset.variant
+            variant = variant_of(asset.variant, variation_name(i)) if o.variations > 1 else asset.variant
             result = asset.derive(scene, matte.copy(), variant=variant)
             result.notes["place_in_scene"] = {
                 "backend": "diffusers", "model": model_name, "pipeline": type(pipe).__name__, "seed": seed,

@@ -332,7 +332,7 @@ class CompositePlace(Stage):
         """The cut-out on the scene, colour or gradient; on each of ``scenes``, one asset per scene, each a
         variant named from its scene file (after the variant the asset already is: a colourway's)."""
         if self.options.scenes:
-            return [self.place(asset, scene, with_variant(asset.variant, scene_variant(scene)))
+            return [self.place(asset, scene, variant_of(asset.variant, scene_variant(scene)))
                     for scene in self.options.scenes]
         return [self.place(asset, self.options.scene, asset.variant)]
 
@@ -408,7 +408,7 @@ def scene_variant(scene: Path) -> str:
     return scene.stem
 
 
-def with_variant(before: str | None, name: str) -> str:
+def variant_of(before: str | None, name: str) -> str:
     """The variant an asset of variant ``before`` becomes when a step makes variant ``name`` of it: both, joined
     by ``-`` (a colourway on a scene: green-linen), or ``name`` when it was the only one."""
     return f"{before}-{name}" if before else name
