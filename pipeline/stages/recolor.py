@@ -7,8 +7,9 @@ only a* and b*, by one rotation and scaling of the a*b* plane per colourway: the
 the target, and the shading, grain and hue variation of the leather ride along.
 
 The region is a retoucher's ``NAME.recolor.png`` beside the shot, or else the subject's dominant colour cluster:
-the peak of its a*b* histogram, and every subject pixel within ``tolerance`` of it (lightness ignored, chroma
-weighted half, so the leather in shadow belongs). Taken out of it: ``NAME.protect.png``, and by default
+the peak of its a*b* histogram weighted by chroma (a white sail bigger than the blue hull is not the hull's
+colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference; lightness ignored, so the
+leather in shadow belongs). Taken out of it: ``NAME.protect.png``, and by default
 low-chroma pixels (white or black stitching, chrome hardware, whitish highlights, the backdrop's greys) and
 highlights brighter than the leather (polished metal, specular glints). Membership is soft in colour (it ramps
 to nothing between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is
@@ -184,8 +185,8 @@ class RecolorOptions:
                       doc="what is recoloured: sidecar: NAME.recolor.png beside the shot (required); cluster: the "
                           "subject's dominant colour; auto: the sidecar when there is one, else the cluster")
     tolerance: float = opt(20.0, min=1.0, max=100.0,
-                           doc="how far (a*b* distance, chroma weighted half, lightness ignored) a subject pixel's "
-                               "colour may be from the dominant colour and still be recoloured; fades out to 1.5×")
+                           doc="how far a subject pixel's colour may be from the dominant colour and still be recoloured "
+                               "(a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
     min_chroma: float = opt(8.0, min=0.0, max=50.0,
                             doc="keep pixels less colourful than this (C*): stitching, chrome, black, whitish "
                                 "highlights (0: recolour greys too)")
@@ -272,6 +273,11 @@ class LchRecolor(Stage):
         if options.original and not options.variants:
             problems.append(f"{where}.original: only with variants (the shot passed on beside its colourways)")
         return problems
+
+    @classmethod
+    def variants(cls, options: RecolorOptions) -> list[str]:
+        """The colourways' names, the untouched shot's first when ``original`` names it ([]: one edit, no name)."""
+        return ([options.original] if options.original else []) + [v.name for v in options.variants]
 
     # -- region --------------------------------------------------------------------------------
 
