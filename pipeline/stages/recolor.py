@@ -57,7 +57,7 @@ _EPS = (6 / 29) ** 3
 
 def _decode_table(dtype: np.dtype) -> np.ndarray:
     v = np.arange(max_value(np.empty(0, dtype)) + 1, dtype=np.float64) / max_value(np.empty(0, dtype))
-    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 _TABLES: dict[str, np.ndarray] = {}
@@ -72,24 +72,44 @@ def linear_table(dtype: np.dtype) -> np.ndarray:
 
 
 def _f(t: np.ndarray) -> np.ndarray:
-    return np.where(t > _EPS, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    f = np.cbrt(t)
+    small = t <= _EPS
+    if np.ndim(f) == 0:
+        return np.where(small, t / (3 * (6 / 29) ** 2) + 4 / 29, f)
+    if small.any():
+        f[small] = t[small] / (3 * (6 / 29) ** 2) + 4 / 29
+    return f
 
 
 def _f_inv(f: np.ndarray) -> np.ndarray:
-    return np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29))
+    t = f ** 3
+    small = f <= 6 / 29
+    if np.ndim(t) == 0:
+        return np.where(small, 3 * (6 / 29) ** 2 * (f - 4 / 29), t)
+    if small.any():
+        t[small] = 3 * (6 / 29) ** 2 * (f[small] - 4 / 29)
+    return t
+
+
+def _times(v: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` applied to each colour of ``v`` (…×3): OpenCV's transform on float32 (numpy's matmul on N×3 is
+    several times slower), numpy's for anything else."""
+    if v.dtype == np.float32 and v.ndim == 2:
+        return cv2.transform(v[:, None, :], matrix.astype(np.float32))[:, 0, :]
+    return v @ matrix.T
 
 
 def linear_to_lab(lin: np.ndarray) -> np.ndarray:
     """Linear sRGB (…×3) → CIELAB (D65)."""
-    f = _f((lin @ _M.T) / _WHITE)
+    f = _f(_times(lin, _M / _WHITE[:, None]))
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
 def lab_to_linear(lab: np.ndarray) -> np.ndarray:
     """CIELAB (D65, …×3) → linear sRGB, unclipped (outside 0..1: out of the sRGB gamut)."""
     fy = (lab[..., 0] + 16) / 116
-    xyz = np.stack([_f_inv(fy + lab[..., 1] / 500), _f_inv(fy), _f_inv(fy - lab[..., 2] / 200)], -1) * _WHITE
-    return xyz @ _M_INV.T
+    xyz = np.stack([_f_inv(fy + lab[..., 1] / 500), _f_inv(fy), _f_inv(fy - lab[..., 2] / 200)], -1)
+    return _times(xyz, _M_INV * _WHITE)
 
 
 def srgb_encode(lin: np.ndarray) -> np.ndarray:
@@ -365,7 +385,7 @@ class LchRecolor(Stage):
         weight = np.empty(base.shape, np.float32)
         for r0 in range(0, y1 - y0, _ROWS):
             r1 = min(y1 - y0, r0 + _ROWS)
-            w = base[r0:r1].astype(np.float64)
+            w = base[r0:r1].copy()
             todo = w > 0
             lab = _lab_rows(rgb[y0 + r0:y0 + r1, x0:x1][todo])
             part = w[todo]
@@ -413,7 +433,7 @@ class LchRecolor(Stage):
             src = block[..., :3][todo]
             lab = linear_to_lab(table[src])
             moved = lab[:, 1:] @ rot.T
-            lab[:, 1:] += w[todo][:, None].astype(np.float64) * (moved - lab[:, 1:])
+            lab[:, 1:] += w[todo][:, None] * (moved - lab[:, 1:])
             lin, n = _into_gamut(lab)
             limited += n
             new = _round_keeping_lightness(lin, lightness(lin @ _M[1]), table, top)
@@ -496,7 +516,7 @@ def _into_gamut(lab: np.ndarray) -> tuple[np.ndarray, int]:
     if n:
         sub = lab[out]
         lo, hi = np.zeros(n), np.ones(n)
-        for _ in range(14):
+        for _ in range(10):
             mid = (lo + hi) / 2
             trial = lab_to_linear(np.column_stack([sub[:, 0], sub[:, 1:] * mid[:, None]]))
             fits = np.all((trial >= -1e-9) & (trial <= 1 + 1e-9), axis=1)
