@@ -106,6 +106,21 @@ def test_two_colourways_move_only_the_leather_and_keep_its_lightness(dtype: type
         assert out.review == []
 
 
+def test_the_edge_between_leather_and_thread_blends() -> None:
+    """A ramp from tan leather to cream thread: the leather end moves in full, the thread end not at all, the
+    pixels between part of the way, in order (no hard seam in the colourway)."""
+    rgba = bag()["rgba"]
+    ramp = np.linspace(0.0, 1.0, 60, dtype=np.float32)[None, :, None]
+    row = np.array(TAN, np.float32) * (1 - ramp) + np.array((232, 226, 210), np.float32) * ramp
+    rgba[170:180, 60:120, :3] = np.rint(np.broadcast_to(row, (10, 60, 3))).astype(np.uint8)
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
+    moved = np.hypot(*np.moveaxis(lab8(out.pixels)[175, 60:120, 1:] - lab8(rgba)[175, 60:120, 1:], -1, 0))
+    assert moved[0] > 20 and moved[-1] == 0
+    partly = (moved > 1) & (moved < 0.9 * moved[0])
+    assert partly.sum() >= 3
+    assert np.all(np.diff(moved) <= 1.0)  # falls off along the ramp, never jumps back up
+
+
 def test_hue_shift_and_chroma_scale_without_names_edit_the_one_image() -> None:
     shot = bag()
     rgba = shot["rgba"]

@@ -8,8 +8,8 @@ the target, and the shading, grain and hue variation of the leather ride along.
 
 The region is a retoucher's ``NAME.recolor.png`` beside the shot, or else the subject's dominant colour cluster:
 the peak of its a*b* histogram weighted by chroma (a white sail bigger than the blue hull is not the hull's
-colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference; lightness ignored, so the
-leather in shadow belongs). Taken out of it: ``NAME.protect.png``, and by default
+colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference, this 1.5× when more colourful, so brass on tan leather
+falls out; lightness ignored, so the leather in shadow belongs). Taken out of it: ``NAME.protect.png``, and by default
 low-chroma pixels (white or black stitching, chrome hardware, whitish highlights, the backdrop's greys) and
 highlights brighter than the leather (polished metal, specular glints). Membership is soft in colour (it ramps
 to nothing between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is
@@ -257,13 +257,15 @@ def dominant_colour(lab: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def colour_distance(a: np.ndarray, b: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """How far each (a, b) is from ``centre`` for membership: hue difference ΔH in full, chroma difference half
-    (the same leather in shadow is less colourful)."""
+    """How far each (a, b) is from ``centre`` for membership: the hue difference ΔH and the chroma difference, that
+    1.5× when more colourful (a more colourful thing of a near hue is another material: brass on tan leather). Less
+    colourful counts in full: a whitish sail of the hull's hue is not the hull."""
     c = np.hypot(a, b)
     cc = float(np.hypot(*centre))
     dh = np.arctan2(b, a) - math.atan2(centre[1], centre[0])
     big_dh = 2 * np.sqrt(c * cc) * np.sin(dh / 2)
-    return np.hypot(c - cc, big_dh)
+    dc = c - cc
+    return np.hypot(np.where(dc < 0, 1.0, 1.5) * dc, big_dh)
 
 
 @register
