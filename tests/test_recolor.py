@@ -233,3 +233,38 @@ def test_a_real_photo_fur_changes_colour_nose_eyes_and_backdrop_do_not() -> None
         assert neutral.sum() > 1000 and np.array_equal(out.pixels[neutral], rgba[neutral])
         core = out.notes["recolor"]
         assert core["delta_e"] <= 3.0 and core["share"] > 0.5
+
+
+def test_each_colourway_is_cropped_like_the_shot(workspace) -> None:
+    """Downstream steps see each colourway as its own asset: crops frames each one per ratio, the variant kept."""
+    from pipeline.chain import Chain
+
+    workspace.add_rule("30-colourways.yaml",
+                       "name: colourways\nmatch: {folder: bags}\nsteps: [{recolor: {variants: "
+                       "[{name: green, colour: '#1f4d3a'}, {name: burgundy, colour: '#5a1a24'}]}}, "
+                       "{crops: {ratios: ['1:1', '4:5']}}]\noutputs: [{channel: cutouts}]\n")
+    config, rules = workspace.load()
+    rule = next(r for r in rules if r.name == "colourways")
+    kept = Chain(rule, StageContext(config)).run(Asset(bag()["rgba"]))
+    assert sorted((a.variant, a.ratio) for a in kept["crops"]) == [
+        ("burgundy", "1:1"), ("burgundy", "4:5"), ("green", "1:1"), ("green", "4:5")]
+
+
+def test_a_sidecar_follows_a_trimmed_cut_out_and_refuses_a_placed_one(tmp_path: Path) -> None:
+    shot = bag()
+    rgba = shot["rgba"]
+    source = tmp_path / "bag.png"
+    protect = np.zeros(rgba.shape[:2], np.uint8)
+    protect[150:200, 40:120] = 255
+    Image.fromarray(protect).save(tmp_path / "bag.protect.png")
+    x0, y0, x1, y1 = 20, 20, 300, 225  # remove_background's trim box, in the shot's pixels
+    trimmed = Asset(rgba[y0:y1, x0:x1].copy(), source=str(source),
+                    notes={"remove_background": {"trim": [x0, y0, x1, y1]}})
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(trimmed)
+    kept = protect[y0:y1, x0:x1] > 0
+    assert np.array_equal(out.pixels[kept], rgba[y0:y1, x0:x1][kept])
+    assert not np.array_equal(out.pixels, trimmed.pixels)
+    placed = Asset(rgba.copy(), source=str(source), notes={"place_in_scene": {}})
+    with pytest.raises(PermanentError, match=r"bag.protect.png: the protect mask is in the shot's pixels, but recolor "
+                                             r"runs after place_in_scene: put recolor before it in the rule"):
+        make_stage(variants=COLOURWAYS[:1]).run(placed)

@@ -8,12 +8,14 @@ the target, and the shading, grain and hue variation of the leather ride along.
 
 The region is a retoucher's ``NAME.recolor.png`` beside the shot, or else the subject's dominant colour cluster:
 the peak of its a*b* histogram weighted by chroma (a white sail bigger than the blue hull is not the hull's
-colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference, this 1.5× when more colourful, so brass on tan leather
-falls out; lightness ignored, so the leather in shadow belongs). Taken out of it: ``NAME.protect.png``, and by default
-low-chroma pixels (white or black stitching, chrome hardware, whitish highlights, the backdrop's greys) and
-highlights brighter than the leather (polished metal, specular glints). Membership is soft in colour (it ramps
-to nothing between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is
-the soft edge, and a pixel with no membership at all is bit-identical in every colourway.
+colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference, this 1.5× when more
+colourful, so brass on tan leather falls out; lightness ignored, so the leather in shadow belongs). Taken out of
+it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, whitish
+highlights, the backdrop's greys) and highlights brighter than the leather (polished metal, specular glints).
+Hardware of nearly the leather's colour (dark brass on tan) cannot be told from it by colour: a protect mask is
+the way. Membership is soft in colour (it ramps to nothing between ``tolerance`` and 1.5×), so an edge pixel half
+stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
+bit-identical in every colourway.
 
 Each colourway is its own ``Asset`` with ``variant`` set to its name; crops and channels carry it to the
 ``{variant}`` of the file names.
@@ -205,8 +207,8 @@ class RecolorOptions:
                       doc="what is recoloured: sidecar: NAME.recolor.png beside the shot (required); cluster: the "
                           "subject's dominant colour; auto: the sidecar when there is one, else the cluster")
     tolerance: float = opt(20.0, min=1.0, max=100.0,
-                           doc="how far a subject pixel's colour may be from the dominant colour and still be recoloured "
-                               "(a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
+                           doc="how far a subject pixel's colour may be from the dominant colour and still be "
+                               "recoloured (a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
     min_chroma: float = opt(8.0, min=0.0, max=50.0,
                             doc="keep pixels less colourful than this (C*): stitching, chrome, black, whitish "
                                 "highlights (0: recolour greys too)")
