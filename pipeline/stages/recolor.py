@@ -381,7 +381,7 @@ class LchRecolor(Stage):
             centre = dominant_colour(colourful, o.tolerance)
             member = _smooth_ramp(colour_distance(colourful[:, 1], colourful[:, 2], centre),
                                   1.5 * o.tolerance, o.tolerance) >= _CORE
-            cluster = colourful[member]
+            cluster = colourful[member] if member.any() else colourful
             notes["dominant"] = lab_to_hex(np.array([np.median(cluster[:, 0]), *centre]))
         else:
             centre, cluster = None, (colourful if len(colourful) else sample)
