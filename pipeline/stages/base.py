@@ -82,6 +82,7 @@ def define_part(name: str, doc: str = "") -> None:
 # ``ModelKind`` (how its model loads and is fetched) and imports its heavy libraries lazily.
 STAGE_MODULES = [
     "pipeline.stages.remove_background",
+    "pipeline.stages.recolor",
     "pipeline.stages.place_in_scene",
     "pipeline.stages.crops",
     "pipeline.stages.upscale",
