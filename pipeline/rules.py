@@ -444,7 +444,10 @@ def _set_values(obj: Any, base: Path) -> dict[str, Any]:
         if isinstance(default, Path):
             default = resolve_path(default, base)
         if value != default:
-            out[f.name] = as_written(value, base) if isinstance(value, Path) else str(value)
+            if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):  # scenes: [...]
+                out[f.name] = str([as_written(v, base) for v in value])
+            else:
+                out[f.name] = as_written(value, base) if isinstance(value, Path) else str(value)
     return out
 
 

@@ -84,6 +84,7 @@ def define_part(name: str, doc: str = "") -> None:
 # ``ModelKind`` (how its model loads and is fetched) and imports its heavy libraries lazily.
 STAGE_MODULES = [
     "pipeline.stages.remove_background",
+    "pipeline.stages.recolor",
     "pipeline.stages.place_in_scene",
     "pipeline.stages.tone_match",
     "pipeline.stages.crops",
@@ -179,6 +180,14 @@ class Stage:
         its version is computed. Returns the options; raises ConfigError (prefixed by ``where``) when a
         default cannot be resolved."""
         return options
+
+    @classmethod
+    def variants(cls, options: Any) -> list[str]:
+        """The variants a step with these options makes of each asset, by name (each output of one is named with
+        its ``{variant}``; ``assetd check`` says how); [] when it makes one. By default the names of a ``variants``
+        option (a list of items with a ``name``, as ``recolor``'s colourways)."""
+        items = getattr(options, "variants", None) or []
+        return [str(item.get("name") if isinstance(item, dict) else getattr(item, "name", item)) for item in items]
 
     @classmethod
     def runs_model(cls, options: Any) -> bool:
