@@ -130,13 +130,18 @@ class Rule:
                 continue
             i = names.index(step)
             written = items[i] if isinstance(items[i], dict) else {step: {}}
-            merged = dict(written[step] or {}, **values)
-            items[i] = {step: merged}
+            base = dict(written[step] or {})
             try:
-                cls = stage_class(step, merged.get("backend"))
+                cls = stage_class(step, values.get("backend", base.get("backend")))
             except KeyError as exc:
                 problems.append(f"{step}.backend: {exc.args[0]}")
                 continue
+            for group in cls.one_of:  # another scene for a rule with a colour: the colour goes
+                if group & values.keys():
+                    for key in group - values.keys():
+                        base.pop(key, None)
+            merged = dict(base, **values)
+            items[i] = {step: merged}
             step_problems: list[str] = []
             options = build(cls.Options, {k: v for k, v in merged.items() if k != "backend"}, step, step_problems,
                             base=config.base_dir)

@@ -163,6 +163,9 @@ class Stage:
     backend: ClassVar[str]
     Options: ClassVar[type]
     needs_models: ClassVar[bool] = False  # True: needs the models extra (torch...) and a model's weights
+    # Options of which a rule sets one (place_in_scene's scene, scenes, colour, gradient): a one-off override of one
+    # of them (``assetd rerun --set``) replaces whichever the rule set.
+    one_of: ClassVar[tuple[frozenset[str], ...]] = ()
     model_kind: ClassVar["type[ModelKind] | None"] = None  # the kind of model its ``model`` option names
 
     def __init__(self, options: Any, ctx: StageContext):

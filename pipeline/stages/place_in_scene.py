@@ -272,6 +272,7 @@ class CompositePlace(Stage):
     step = "place_in_scene"
     backend = "composite"
     Options = PlaceOptions
+    one_of = (frozenset({"scene", "scenes", "colour", "gradient"}),)
 
     def __init__(self, options: PlaceOptions, ctx: Any):
         super().__init__(options, ctx)
