@@ -245,3 +245,16 @@ def test_the_review_page_says_which_outputs_it_changed_in_a_browser(workspace) -
             expect(page.locator("#check-purpose")).to_be_hidden()
         finally:
             browser.close()
+
+
+def test_each_scene_variant_is_matched_to_its_own_scene(scenes: Path) -> None:
+    """place_in_scene with several scenes gives one variant per scene: each is toned toward its own light."""
+    ctx = StageContext(config=Config(source=scenes / "config.yaml"))
+    placed = CompositePlace(options(PlaceOptions, scenes, scenes=["warm.png", "cool.png"], scale=0.5),
+                            ctx).run(Asset(cutout()))
+    toned = {a.variant: tone(scenes, a, strength=0.5, max_delta_e=6) for a in placed}
+    assert set(toned) == {"warm", "cool"}
+    before = {a.variant: a for a in placed}
+    assert warmth(toned["warm"]) > warmth(before["warm"]) + 1.0
+    assert warmth(toned["cool"]) < warmth(before["cool"]) - 1.0
+    assert toned["warm"].notes["tone_match"]["gains"] != toned["cool"].notes["tone_match"]["gains"]
