@@ -39,6 +39,40 @@ def _size_warnings(rules: list, config: Config) -> list[str]:
     return lines
 
 
+def _variant_notes(rules: list, config: Config) -> list[str]:
+    """Channels fed the variants a rule's steps make (colourways, scenes, generated variations) whose filename has
+    no ``{variant}``: their files get ``_{variant}`` before the extension; say so, with a name as it will be."""
+    from .outputs import has_field, output_name
+
+    lines = []
+    for rule in rules:
+        names: list[str] = []  # the variants of one input after each step, by the steps' order
+        made: dict[str, list[str]] = {}
+        ratios: list[str | None] = [None]  # the ratios an output of each step has (after crops)
+        made_ratios: dict[str, list[str | None]] = {}
+        for spec in rule.steps:
+            new = stage_class(spec.step, spec.backend).variants(spec.options)
+            if new:
+                names = [f"{a}-{b}" for a in names for b in new] if names else list(new)
+            ratios = list(getattr(spec.options, "ratios", None) or ratios) if spec.step == "crops" else ratios
+            made[spec.step], made_ratios[spec.step] = list(names), ratios
+        told: set[str] = set()
+        for out in rule.outputs:
+            channel = config.channels[out.channel]
+            variants = made.get(out.source, [])
+            if not variants or has_field(channel.filename, "variant") or channel.name in told:
+                continue
+            told.add(channel.name)
+            ratio = out.ratios[0] if out.ratios else made_ratios[out.source][0]
+            example = output_name(channel, stem="shot", rel_path="shot.jpg", ratio=ratio, step=out.source,
+                                  rule=rule.name, hash8="0123abcd", variant=variants[0])
+            lines.append(f"{rule.path}: rule {rule.name} makes {len(variants)} variants of each input "
+                         f"({', '.join(variants[:4])}{', ...' if len(variants) > 4 else ''}); channel {channel.name}'s "
+                         f"filename {channel.filename!r} has no {{variant}}, so each gets _{{variant}} before the "
+                         f"extension: {example}")
+    return lines
+
+
 def _inbox_problems(inbox: InboxConfig) -> list[str]:
     """A missing inbox folder the daemon will not create, and done/error folders it cannot write (after: move)."""
     problems = []
@@ -118,6 +152,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         rules = []
     else:
         info.append(f"{len(rules)} rule(s): " + ", ".join(r.name for r in rules))
+        info.extend(_variant_notes(rules, config))
     warnings.extend(_size_warnings(rules, config))
     warnings.extend(_space_warnings(config, rules))
     if not config.inboxes:

@@ -140,7 +140,8 @@ class ChannelConfig:
         None, check=check_colour, doc="flatten transparency onto this colour; formats without alpha default to white"
     )
     filename: str = opt("{stem}_{ratio}.{ext}", check=check_filename,
-                        doc="file name template: {stem} {folder} {ratio} {step} {rule} {channel} {ext} {hash8}")
+                        doc="file name template: {stem} {folder} {ratio} {variant} {step} {rule} {channel} {ext} "
+                                "{hash8}")
     web_safe_names: bool = opt(False,
                                doc="make every name a lower-case ASCII slug (é → e; spaces, #, %, &, ? ... → -)")
     bits: int = opt(8, choices=(8, 16), doc="8 or 16 bits per channel (16 only for png and tiff)")

@@ -251,10 +251,12 @@ def _take_over(store: Store, job: Job) -> bool:
 
 
 def _output(o: Any) -> dict[str, Any]:
-    """An output in ``assetd process --json``; one of a ``publish: on_approval`` channel also has its approval
-    state and where it waits (``path`` is where it will be published)."""
+    """An output in ``assetd process --json``; one of a variant also has its ``variant``, one of a ``publish:
+    on_approval`` channel its approval state and where it waits (``path`` is where it will be published)."""
     doc = {"channel": o.channel, "path": o.path, "step": o.step, "ratio": o.ratio, "width": o.width,
            "height": o.height}
+    if o.variant is not None:
+        doc["variant"] = o.variant
     if o.approval is not None:
         doc.update(approval=o.approval, staged_path=o.staged_path)
     return doc

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("assetd.worker")  # its lines are the worker's: "worker-1: job 12 ..."
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
-FIELDS = ("stem", "folder", "ratio", "step", "rule", "channel", "ext", "hash8")
+FIELDS = ("stem", "folder", "ratio", "variant", "step", "rule", "channel", "ext", "hash8")
 MANIFEST_SUFFIX = ".assetd.json"
 _ASCII_EXTRA = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
                               "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "TH", "ı": "i"})
@@ -109,9 +109,10 @@ def template_problem(template: str) -> str | None:
 
 
 def render_name(template: str, **fields: Any) -> str:
-    """Fill a filename template. An empty ``{ratio}`` or ``{folder}`` vanishes with one separator beside it."""
+    """Fill a filename template. An empty ``{ratio}``, ``{folder}`` or ``{variant}`` vanishes with one separator
+    beside it."""
     filled = template
-    for key in ("ratio", "folder"):
+    for key in ("ratio", "folder", "variant"):
         if not fields.get(key):
             filled = _drop_empty(filled, key)
             fields.pop(key, None)
@@ -125,15 +126,38 @@ def render_name(template: str, **fields: Any) -> str:
     return name
 
 
+def has_field(template: str, field: str) -> bool:
+    """Whether a filename template uses ``{field}`` (a template ``template_problem`` refuses uses none)."""
+    try:
+        return any(f == field for _, f, _, _ in string.Formatter().parse(template))
+    except ValueError:
+        return False
+
+
+def with_variant(template: str) -> str:
+    """The template an output of a variant is named by: ``template`` itself when it has ``{variant}``, else with
+    ``_{variant}`` before its extension (``{stem}_{ratio}.{ext}`` → ``{stem}_{ratio}_{variant}.{ext}``), so the
+    variants of one input never share a name."""
+    if has_field(template, "variant"):
+        return template
+    base, dot, ext = template.rpartition(".")
+    if dot and base and "}" not in ext.replace("{ext}", ""):
+        return f"{base}_{{variant}}.{ext}"
+    return template + "_{variant}"
+
+
 def output_name(channel: ChannelConfig, *, stem: str, rel_path: str | None, ratio: str | None, step: str,
-                rule: str, hash8: str) -> str:
+                rule: str, hash8: str, variant: str | None = None) -> str:
     """The file name of one output in ``channel``: its template filled (``rel_path``, the input's path
-    relative to its inbox, gives ``{folder}``), then made an ASCII slug when ``web_safe_names`` is set."""
+    relative to its inbox, gives ``{folder}``; an output of a variant, ``variant``, is named by ``with_variant``),
+    then made an ASCII slug when ``web_safe_names`` is set."""
     folder = folder_label(rel_path)
     label = ratio_label(ratio)
     if channel.web_safe_names:
         stem, folder, label = web_safe(stem) or "image", web_safe(folder), web_safe(label or "")
-    name = render_name(channel.filename, stem=stem, folder=folder, ratio=label, step=step, rule=rule,
+        variant = (web_safe(variant) or "variant") if variant else variant
+    template = with_variant(channel.filename) if variant else channel.filename
+    name = render_name(template, stem=stem, folder=folder, ratio=label, variant=variant, step=step, rule=rule,
                        channel=channel.name, ext=channel.extension, hash8=hash8)
     if channel.web_safe_names:
         base, dot, ext = name.rpartition(".")
@@ -335,24 +359,25 @@ class Publisher:
         self.store = store
         self._pool = pool  # encodes run here, beside the chain of the next job
 
-    def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None) -> str:
+    def _output_name(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None,
+                     variant: str | None) -> str:
         return output_name(channel, stem=safe_stem(Path(job.input_path).stem), rel_path=job.rel_path, ratio=ratio,
-                           step=step, rule=rule.name, hash8=job.short_hash)
+                           step=step, rule=rule.name, hash8=job.short_hash, variant=variant)
 
-    def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, data: bytes,
-               used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet
+    def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, variant: str | None,
+               data: bytes, used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet
                ) -> tuple[Path, Path | None]:
         """Stage one output: named from the channel's template, reserved in the store with its hash, written
         to its temporary file (``files`` publishes it with the others). Returns its channel path and, for a
         channel publishing on approval, the staged file it is written to instead (else None)."""
-        name = self._output_name(job, rule, channel, step, ratio)
+        name = self._output_name(job, rule, channel, step, ratio, variant)
         target = self._free_path(channel.path, name, job, used)
         folder, staged = channel.path, None
         if channel.publish == "on_approval":
             folder = self.config.staging_folder(channel)
             staged = inside(folder, target.name)
         self.store.reserve_output(job.id, str(target), channel.name, step, sha256(data), len(data),
-                                  staged_path=str(staged) if staged else None)
+                                  staged_path=str(staged) if staged else None, variant=variant)
         written = staged or target
         files.add(written, data)
         used.update((target, written))
@@ -385,8 +410,8 @@ class Publisher:
         with FileSet() as files:  # the outputs, then the manifest: renamed in that order
             for record, data in found:
                 channel = self.config.channels[record.channel]
-                target, staged = self._place(job, rule, channel, record.step, record.ratio, data, used, placed,
-                                             files)
+                target, staged = self._place(job, rule, channel, record.step, record.ratio, record.variant, data,
+                                             used, placed, files)
                 records.append(OutputRecord(**dict(record.as_written(), path=str(target), replaced_by=None,
                                                    **_approval_fields(staged))))
                 notes.append(twin_notes.get(record.path, {}))
@@ -438,13 +463,14 @@ class Publisher:
             with FileSet() as files:  # the outputs, then the manifests: renamed in that order
                 for (spec, channel, asset), future in zip(work, futures):
                     pixels_shape, data = future.result()
-                    target, staged = self._place(job, rule, channel, spec.source, asset.ratio, data, used, placed,
-                                                 files)
+                    target, staged = self._place(job, rule, channel, spec.source, asset.ratio, asset.variant, data,
+                                                 used, placed, files)
                     height, width = pixels_shape[:2]
                     records.append(OutputRecord(
                         channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
                         width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
-                        scale=round(asset.scale * width / asset.width, 4), **_approval_fields(staged)))
+                        scale=round(asset.scale * width / asset.width, 4), variant=asset.variant,
+                        **_approval_fields(staged)))
                     notes.append(asset.notes)
                 review = review_reasons(asset for _, _, asset in work)
                 manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files)

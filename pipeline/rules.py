@@ -130,13 +130,18 @@ class Rule:
                 continue
             i = names.index(step)
             written = items[i] if isinstance(items[i], dict) else {step: {}}
-            merged = dict(written[step] or {}, **values)
-            items[i] = {step: merged}
+            base = dict(written[step] or {})
             try:
-                cls = stage_class(step, merged.get("backend"))
+                cls = stage_class(step, values.get("backend", base.get("backend")))
             except KeyError as exc:
                 problems.append(f"{step}.backend: {exc.args[0]}")
                 continue
+            for group in cls.one_of:  # another scene for a rule with a colour: the colour goes
+                if group & values.keys():
+                    for key in group - values.keys():
+                        base.pop(key, None)
+            merged = dict(base, **values)
+            items[i] = {step: merged}
             step_problems: list[str] = []
             options = build(cls.Options, {k: v for k, v in merged.items() if k != "backend"}, step, step_problems,
                             base=config.base_dir)
@@ -444,7 +449,10 @@ def _set_values(obj: Any, base: Path) -> dict[str, Any]:
         if isinstance(default, Path):
             default = resolve_path(default, base)
         if value != default:
-            out[f.name] = as_written(value, base) if isinstance(value, Path) else str(value)
+            if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):  # scenes: [...]
+                out[f.name] = str([as_written(v, base) for v in value])
+            else:
+                out[f.name] = as_written(value, base) if isinstance(value, Path) else str(value)
     return out
 
 

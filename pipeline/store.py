@@ -234,6 +234,16 @@ def m012_review(db: Database) -> None:
     db["jobs"].create_index(["input_path"], if_not_exists=True)  # a failure resolved by a later job of the file
 
 
+# -- variants ----------------------------------------------------------------------------------------
+@migrations()
+def m013_variants(db: Database) -> None:
+    """``outputs.variant``: which variant an output is when a step made several of one input (a colourway, a
+    scene of ``place_in_scene``'s ``scenes``, a seed of ``variations``), its channels' ``{variant}``; NULL: the
+    only one."""
+    if "variant" not in db["outputs"].columns_dict:
+        db["outputs"].add_column("variant", str)
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -341,6 +351,7 @@ class OutputRecord:
     job_id: int | None = field(default=None, compare=False)
     approval: str | None = None  # None: published at once; PENDING_APPROVAL | APPROVED | REJECTED (on_approval)
     staged_path: str | None = None  # where the file waits while not published (``path``: where it will be)
+    variant: str | None = None  # which variant of the input it is (``Asset.variant``); None: the only one
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -878,13 +889,13 @@ class Store:
         return {k: rows[0][k] for k in ("job_id", "input_hash", "input_path")} if rows else None
 
     def reserve_output(self, job_id: int, path: str, channel: str, step: str, sha256: str | None = None,
-                       size: int | None = None, staged_path: str | None = None) -> None:
+                       size: int | None = None, staged_path: str | None = None, variant: str | None = None) -> None:
         """Claim an output path before writing it, so a redo after a crash recognises its own file; with the
         hash of what is about to be written there, so a job failed for good can withdraw exactly that.
         ``staged_path``: the file is written there to wait for approval (``path`` stays claimed meanwhile)."""
         self.db["outputs"].insert({"job_id": job_id, "path": path, "channel": channel, "step": step,
                                    "sha256": sha256, "bytes": size, "reserved": 1, "created_at": time.time(),
-                                   "staged_path": staged_path,
+                                   "staged_path": staged_path, "variant": variant,
                                    "approval": PENDING_APPROVAL if staged_path else None})
 
     def reserve_manifest(self, job_id: int, path: str, sha256: str | None = None, size: int | None = None) -> None:

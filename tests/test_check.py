@@ -15,8 +15,8 @@ def test_check_refuses_an_unknown_filename_field(workspace):
     workspace.config_path.write_text(text)
     result = check(workspace)
     assert result.exit_code == 1
-    assert ("channels.cutouts.filename: unknown field {sku} (known: stem, folder, ratio, step, rule, channel, ext, "
-            "hash8)") in result.output
+    assert ("channels.cutouts.filename: unknown field {sku} (known: stem, folder, ratio, variant, step, rule, channel, "
+            "ext, hash8)") in result.output
     assert "Traceback" not in result.output
 
 

@@ -60,7 +60,7 @@ def test_empty_config_gives_the_documented_defaults(tmp_path):
     ("input: {colour_intent: saturation}", "input.colour_intent: expected one of 'perceptual', 'relative'"),
     ("inboxes: [{path: in}]\nchannels: {web: {path: in/out}}", "channels.web.path: "),
     ("channels: {web: {path: out, filename: '{sku}_{ratio}.{ext}'}}",
-     "channels.web.filename: unknown field {sku} (known: stem, folder, ratio, step, rule, channel, ext, hash8)"),
+     "channels.web.filename: unknown field {sku} (known: stem, folder, ratio, variant, step, rule, channel, ext, hash8)"),
     ("channels: {web: {path: out, filename: '{stem:d}.{ext}'}}", "channels.web.filename: Unknown format code 'd'"),
     ("channels: {web: {path: out, web_safe_names: maybe}}", "channels.web.web_safe_names: expected true or false"),
     ("inboxes: [{path: in}, {path: ./in}]", "inboxes[1].path: "),

@@ -113,7 +113,7 @@ def test_web_safe_names_are_lower_case_ascii_slugs():
 def test_template_problems_name_the_unknown_field_and_the_known_ones():
     assert template_problem("{stem}_{folder}_{ratio}_{step}_{rule}_{channel}_{hash8}.{ext}") is None
     assert template_problem("{sku}_{ratio}.{ext}") == (
-        "unknown field {sku} (known: stem, folder, ratio, step, rule, channel, ext, hash8)")
+        "unknown field {sku} (known: stem, folder, ratio, variant, step, rule, channel, ext, hash8)")
     assert "unknown field {stem.upper}" in template_problem("{stem.upper}.{ext}")
     assert "unknown field {}" in template_problem("{}.{ext}")
     assert "Unknown format code" in template_problem("{stem:d}.{ext}")

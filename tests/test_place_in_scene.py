@@ -154,7 +154,7 @@ def test_scene_is_decoded_once_with_exif_orientation(workspace: Path) -> None:
 
 @pytest.mark.parametrize("options, problem", [
     ({"scene": "missing.jpg"}, "place_in_scene.scene: file "),
-    ({}, "set exactly one of scene, colour or gradient, got none"),
+    ({}, "set exactly one of scene, scenes, colour or gradient, got none"),
     ({"colour": "#ffffff", "gradient": ["#000000", "#ffffff"]}, "got colour, gradient"),
 ])
 def test_validate_problems(workspace: Path, options: dict, problem: str) -> None:

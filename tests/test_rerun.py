@@ -184,3 +184,34 @@ def test_a_rerun_brings_back_an_input_moved_to_done(workspace):
     assert done.is_file() and not shot.exists()  # moved to done again when the re-run ended
     with Image.open(workspace.out("cutouts") / "a.png") as im:
         assert im.size != (480, 360)  # trimmed to the subject this time
+
+
+def test_another_scene_replaces_whichever_background_the_rule_set(workspace):
+    """A rule with a colour, or with several scenes, re-run with one scene: the override replaces the rule's own
+    choice (a rule sets one of scene, scenes, colour or gradient), instead of failing as 'set exactly one'."""
+    workspace.add_rule("30-colour.yaml", """\
+name: colour
+match: {folder: "colour/**"}
+steps:
+  - remove_background: {}
+  - place_in_scene: {colour: "#f0e8e0"}
+outputs:
+  - {channel: cutouts, from: place_in_scene}
+""")
+    workspace.add_rule("40-scenes.yaml", """\
+name: scenes
+match: {folder: "scenes/**"}
+steps:
+  - remove_background: {}
+  - place_in_scene: {scenes: [scenes/marble.jpg, scenes/linen.jpg]}
+outputs:
+  - {channel: cutouts, from: place_in_scene}
+""")
+    shutil.copy(workspace.root / "scenes" / "marble.jpg", workspace.root / "scenes" / "linen.jpg")
+    config, rules = workspace.load()
+    by_name = {r.name: r for r in rules}
+    for name in ("colour", "scenes"):
+        changed = by_name[name].with_overrides({"place_in_scene": {"scene": "scenes/marble.jpg"}}, config)
+        options = changed.step("place_in_scene").options
+        assert options.scene is not None and options.scenes is None and options.colour is None, name
+        assert changed.version != by_name[name].version

@@ -10,7 +10,8 @@ one ref is what ``assetd models pull/check`` fetch and check and what the stage 
 
 What flows between stages is an ``Asset``: the pixels plus the subject's matte in the same
 coordinates. Stages never change the subject's opaque pixels except ``upscale`` (which records
-its factor in ``Asset.scale``): that is the product's promise, and the tests check it.
+its factor in ``Asset.scale``) and the edits a rule asks for by name, each bounded and recorded (``recolor``'s
+region, ``tone_match``: ``changes_subject``): that is the product's promise, and the tests check it.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ FACTS = {  # what may hold of the image between steps; a step's needs, gives and
     "cutout": "a cut-out (the subject on a transparent background)",
     "uncropped": "the whole image (not yet cropped to ratios)",
     "ratio": "one image per crop ratio",
+    "placed": "the subject placed on a scene, a colour or a gradient (what is around it is that scene)",
 }
 INPUT_FACTS = frozenset({"uncropped"})  # what every input is
 INPUT_MAY = frozenset({"cutout"})  # what an input may be (a PNG with transparency): not refused when rules load
@@ -66,8 +68,8 @@ def define_step(name: str, default_backend: str, needs: tuple[str, ...] = (), gi
     return step
 
 
-# The steps are declared in their modules (remove_background, place_in_scene, crops, upscale: the order of
-# STAGE_MODULES is the manual's order).
+# The steps are declared in their modules (remove_background, place_in_scene, tone_match, crops, upscale: the order
+# of STAGE_MODULES is the manual's order).
 
 
 PARTS: dict[str, str] = {}  # parts of a step whose ways are backends too (crops' ``fill``), by name
@@ -83,7 +85,9 @@ def define_part(name: str, doc: str = "") -> None:
 STAGE_MODULES = [
     "pipeline.stages.retouch",
     "pipeline.stages.remove_background",
+    "pipeline.stages.recolor",
     "pipeline.stages.place_in_scene",
+    "pipeline.stages.tone_match",
     "pipeline.stages.crops",
     "pipeline.stages.upscale",
     "pipeline.stages.rembg_backend",
@@ -160,6 +164,9 @@ class Stage:
     backend: ClassVar[str]
     Options: ClassVar[type]
     needs_models: ClassVar[bool] = False  # True: needs the models extra (torch...) and a model's weights
+    # Options of which a rule sets one (place_in_scene's scene, scenes, colour, gradient): a one-off override of one
+    # of them (``assetd rerun --set``) replaces whichever the rule set.
+    one_of: ClassVar[tuple[frozenset[str], ...]] = ()
     model_kind: ClassVar["type[ModelKind] | None"] = None  # the kind of model its ``model`` option names
 
     def __init__(self, options: Any, ctx: StageContext):
@@ -177,6 +184,14 @@ class Stage:
         its version is computed. Returns the options; raises ConfigError (prefixed by ``where``) when a
         default cannot be resolved."""
         return options
+
+    @classmethod
+    def variants(cls, options: Any) -> list[str]:
+        """The variants a step with these options makes of each asset, by name (each output of one is named with
+        its ``{variant}``; ``assetd check`` says how); [] when it makes one. By default the names of a ``variants``
+        option (a list of items with a ``name``, as ``recolor``'s colourways)."""
+        items = getattr(options, "variants", None) or []
+        return [str(item.get("name") if isinstance(item, dict) else getattr(item, "name", item)) for item in items]
 
     @classmethod
     def runs_model(cls, options: Any) -> bool:

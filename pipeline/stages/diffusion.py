@@ -25,7 +25,7 @@ from ..errors import ConfigError, PermanentError
 from ..models import ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt, options_of
-from . import place_in_scene  # noqa: F401  (declares the step this module adds a backend to)
+from .place_in_scene import variant_of  # (importing it declares the step this module adds a backend to)
 from .base import Asset, Stage, StageContext, register
 from .crops import CropsOptions, Fill, seed_of
 from .framing import Box, place_subject
@@ -221,7 +221,8 @@ class DiffusersSceneOptions:
     steps: int = opt(30, min=1, max=200, doc="denoising steps")
     guidance: float | None = opt(None, min=0.0, max=100.0,
                                  doc="prompt guidance scale; null: the pipeline's default (7.5 SD, 30 FLUX Fill)")
-    variations: int = opt(1, min=1, max=4, doc="scenes generated per input (seeds seed, seed+1, ...)")
+    variations: int = opt(1, min=1, max=4, doc="scenes generated per input (seeds seed, seed+1, ...); more than "
+                                               "one: each a variant, v1 to v4, its seed in the manifest")
     strength: float = opt(1.0, min=0.01, max=1.0,
                           doc="1: a new background; lower keeps more of the input's original backdrop")
     anchor: str = anchor_option()
@@ -241,6 +242,11 @@ class DiffusersScene(Stage):
 
     def prepare(self) -> None:
         diffusion_pipeline(self.ctx, self.options.model)
+
+    @classmethod
+    def variants(cls, options: DiffusersSceneOptions) -> list[str]:
+        """One variant per generated scene when there are several (``variations``): v1, v2... in seed order."""
+        return [variation_name(i) for i in range(options.variations)] if options.variations > 1 else []
 
     def run(self, asset: Asset) -> list[Asset]:
         o = self.options
@@ -265,7 +271,8 @@ class DiffusersScene(Stage):
                               steps=o.steps, guidance=o.guidance, strength=o.strength)
             scene = resize(to_dtype(gen, pixels.dtype), (w, h))
             composite(scene, pixels, ox, oy)
-            result = asset.derive(scene, matte.copy())
+            variant = variant_of(asset.variant, variation_name(i)) if o.variations > 1 else asset.variant
+            result = asset.derive(scene, matte.copy(), variant=variant)
             result.notes["place_in_scene"] = {
                 "backend": "diffusers", "model": model_name, "pipeline": type(pipe).__name__, "seed": seed,
                 "variation": i + 1, "variations": o.variations, "steps": o.steps, "guidance": o.guidance,
@@ -273,8 +280,15 @@ class DiffusersScene(Stage):
                 "scale": round(place.scale, 4),
                 "subject_box": [place.x, place.y, place.x + subject.width, place.y + subject.height],
             }
+            if variant != asset.variant:
+                result.notes["place_in_scene"]["variant"] = variant
             results.append(result)
         return results
+
+
+def variation_name(index: int) -> str:
+    """The variant the ``index``-th (from 0) of several generated scenes is: v1, v2..."""
+    return f"v{index + 1}"
 
 
 def model_inputs(pixels: np.ndarray, size: tuple[int, int], offset: tuple[int, int],

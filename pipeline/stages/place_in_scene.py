@@ -24,7 +24,7 @@ from .framing import Box, clamp, cover_transform, place_on_floor, place_subject
 from .subject import (SUBJECT_ALPHA, anchor_option, composite, cut_edges, cutout_subject, margin_option,
                       matte_from_alpha, paste_matte, scale_option)
 
-define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), takes=("cutout",),
+define_step("place_in_scene", "composite", needs=("cutout", "uncropped"), gives=("placed",), takes=("cutout",),
             doc="puts the cut-out on a scene, a colour or a gradient")
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
@@ -40,6 +40,9 @@ def _check_gradient(value: list[str]) -> str | None:
 class PlaceOptions:
     scene: Path | None = opt(None, doc="background image (path relative to the config file); "
                                       "the output takes its aspect ratio")
+    scenes: list[Path] | None = opt(None, check=lambda v: None if v else "expected at least one scene",
+                                    doc="several background images instead of one: one variant per scene, each "
+                                        "named from its file (scenes/linen.jpg: {variant} linen)")
     colour: str | None = opt(None, check=check_colour, doc="solid background colour '#rrggbb' instead of a scene")
     gradient: list[str] | None = opt(None, check=_check_gradient,
                                      doc="two colours, top to bottom, for a vertical gradient background")
@@ -269,38 +272,73 @@ class CompositePlace(Stage):
     step = "place_in_scene"
     backend = "composite"
     Options = PlaceOptions
+    one_of = (frozenset({"scene", "scenes", "colour", "gradient"}),)
 
     def __init__(self, options: PlaceOptions, ctx: Any):
         super().__init__(options, ctx)
-        self._scene: np.ndarray | None = None
+        self._scene: dict[Path, np.ndarray] | None = None  # decoded scenes, by path
 
     @classmethod
     def validate(cls, options: PlaceOptions, where: str, ctx_config: Any) -> list[str]:
-        given = [k for k in ("scene", "colour", "gradient") if getattr(options, k) is not None]
+        given = [k for k in ("scene", "scenes", "colour", "gradient") if getattr(options, k) is not None]
         if len(given) != 1:
-            return [f"{where}: set exactly one of scene, colour or gradient, got "
+            return [f"{where}: set exactly one of scene, scenes, colour or gradient, got "
                     f"{', '.join(given) if given else 'none'}"]
         if options.scene is not None and not options.scene.is_file():
             return [f"{where}.scene: file {options.scene} does not exist"]
         if options.scene is not None:
             return [f"{where}.scene: {p}" for p in load_scene_spec(options.scene)[1]]
-        return []
+        problems: list[str] = []
+        named: dict[str, int] = {}
+        for i, scene in enumerate(options.scenes or []):
+            if not scene.is_file():
+                problems.append(f"{where}.scenes[{i}]: file {scene} does not exist")
+                continue
+            problems.extend(f"{where}.scenes[{i}]: {p}" for p in load_scene_spec(scene)[1])
+            first = named.setdefault(scene_variant(scene), i)
+            if first != i:
+                problems.append(f"{where}.scenes[{i}]: {scene.name} gives the same variant name "
+                                f"({scene_variant(scene)}) as scenes[{first}]: each scene's file name names its "
+                                "variant, rename one")
+        return problems
 
-    def scene_spec(self) -> SceneSpec | None:
-        """The scene's sidecar (checked when the rule loaded), read once per stage instance."""
-        if not hasattr(self, "_spec"):
-            self._spec, problems = load_scene_spec(self.options.scene)
+    @classmethod
+    def variants(cls, options: PlaceOptions) -> list[str]:
+        """One variant per scene of ``scenes``, named from its file; none for ``scene``, a colour or a gradient."""
+        return [scene_variant(s) for s in options.scenes or []]
+
+    def scene_spec(self, scene: Path | None = None) -> SceneSpec | None:
+        """A scene's sidecar (``scene``, default the ``scene`` option; checked when the rule loaded), read once per
+        stage instance."""
+        path = scene or self.options.scene
+        if not hasattr(self, "_specs"):
+            self._specs: dict[Path, SceneSpec | None] = {}
+        if path not in self._specs:
+            spec, problems = load_scene_spec(path)
             if problems:
                 raise PermanentError(f"place_in_scene: {problems[0]}")
-        return self._spec
+            self._specs[path] = spec
+        return self._specs[path]
 
-    def scene_pixels(self) -> np.ndarray:
-        """The decoded scene, read once per stage instance."""
+    def scene_pixels(self, scene: Path | None = None) -> np.ndarray:
+        """A decoded scene (``scene``, default the ``scene`` option), read once per stage instance."""
+        path = scene or self.options.scene
         if self._scene is None:
-            self._scene = load_scene(self.options.scene, self.ctx.config)
-        return self._scene
+            self._scene = {}
+        if path not in self._scene:
+            self._scene[path] = load_scene(path, self.ctx.config)
+        return self._scene[path]
 
     def run(self, asset: Asset) -> list[Asset]:
+        """The cut-out on the scene, colour or gradient; on each of ``scenes``, one asset per scene, each a
+        variant named from its scene file (after the variant the asset already is: a colourway's)."""
+        if self.options.scenes:
+            return [self.place(asset, scene, variant_of(asset.variant, scene_variant(scene)))
+                    for scene in self.options.scenes]
+        return [self.place(asset, self.options.scene, asset.variant)]
+
+    def place(self, asset: Asset, scene_path: Path | None, variant: str | None) -> Asset:
+        """The cut-out ``asset`` on ``scene_path`` (None: on the colour or gradient), as ``variant``."""
         o: PlaceOptions = self.options
         subject = cutout_subject(asset, "place_in_scene")
         pixels = asset.pixels
@@ -308,8 +346,8 @@ class CompositePlace(Stage):
         alpha = pixels[..., 3]
         cut = asset.notes.get("remove_background", {}).get("cut_edges")
         cut = cut_edges(matte_from_alpha(alpha)) if cut is None else cut
-        scene = self.scene_pixels() if o.scene is not None else None
-        spec = self.scene_spec() if scene is not None else None
+        scene = self.scene_pixels(scene_path) if scene_path is not None else None
+        spec = self.scene_spec(scene_path) if scene is not None else None
         if spec is not None:  # the scene says where things stand
             low, high = spec.subject_height
             place, _k = place_on_floor(subject.width, subject.height, scene.shape[1], scene.shape[0],
@@ -322,7 +360,7 @@ class CompositePlace(Stage):
         notes: dict[str, Any] = {"size": [place.out_w, place.out_h], "scale": round(place.scale, 4),
                                  "subject_box": [place.x, place.y, place.x + subject.width, place.y + subject.height]}
         if spec is not None:
-            notes["scene_sidecar"] = as_written(scene_spec_file(o.scene), self.ctx.config.base_dir)
+            notes["scene_sidecar"] = as_written(scene_spec_file(scene_path), self.ctx.config.base_dir)
         if cut:
             notes["cut_edges"] = list(cut)  # the subject enters from these edges, as in its photo
         ox, oy = place.x - subject.x0, place.y - subject.y0
@@ -333,12 +371,12 @@ class CompositePlace(Stage):
             canvas, k, origin = cover(scene, place.out_w, place.out_h)
             canvas = to_dtype(canvas, pixels.dtype)
             backdrop.scene, backdrop.scale, backdrop.crop = scene, k, origin
-            notes.update(scene=as_written(o.scene, self.ctx.config.base_dir), scene_scale=round(k, 4))
+            notes.update(scene=as_written(scene_path, self.ctx.config.base_dir), scene_scale=round(k, 4))
             if enlarged_beyond(k, o.max_scene_enlarge):
                 notes["scene_enlarged"] = round(k, 4)
                 self.ctx.log.warning("place_in_scene: %s: scene %s enlarged %.2f× to cover the output (more than "
                                      "max_scene_enlarge %g): it looks softer than the product; use a larger scene "
-                                     "image", asset.source or "image", o.scene.name, k, o.max_scene_enlarge)
+                                     "image", asset.source or "image", scene_path.name, k, o.max_scene_enlarge)
         elif o.colour is not None:
             canvas = np.empty((place.out_h, place.out_w, 3), dtype=pixels.dtype)
             canvas[...] = colour_tuple(o.colour[:7], pixels.dtype)
@@ -357,10 +395,24 @@ class CompositePlace(Stage):
         if gains is not None:
             backdrop.gains = gains
             notes["match_light"] = {"strength": o.match_light, "gains": [round(float(g), 4) for g in gains]}
+        if variant != asset.variant:
+            notes["variant"] = variant
         composite(canvas, pixels, ox, oy, gains)
-        out = asset.derive(canvas, paste_matte(alpha, (place.out_w, place.out_h), (ox, oy)), backdrop=backdrop)
+        out = asset.derive(canvas, paste_matte(alpha, (place.out_w, place.out_h), (ox, oy)), backdrop=backdrop,
+                           variant=variant)
         out.notes["place_in_scene"] = notes
-        return [out]
+        return out
+
+
+def scene_variant(scene: Path) -> str:
+    """The variant a scene of ``scenes`` makes: its file's name without the extension (scenes/linen.jpg: linen)."""
+    return scene.stem
+
+
+def variant_of(before: str | None, name: str) -> str:
+    """The variant an asset of variant ``before`` becomes when a step makes variant ``name`` of it: both, joined
+    by ``-`` (a colourway on a scene: green-linen), or ``name`` when it was the only one."""
+    return f"{before}-{name}" if before else name
 
 
 def base_span(alpha: np.ndarray, subject: Box, threshold: int) -> tuple[int, int]:

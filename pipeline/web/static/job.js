@@ -12,6 +12,7 @@
   var caption = document.getElementById("after-caption");
   var figure = document.getElementById("check-figure");
   var legend = document.getElementById("check-legend");
+  var purpose = document.getElementById("check-purpose");  // a step that changed the subject on purpose, per output
   var checkUrl = null;
 
   function slide() {
@@ -32,6 +33,8 @@
     if (!option) return;  // no current output to compare with (the page then shows the input alone)
     var id = choice.value;
     caption.textContent = "output " + option.textContent;
+    purpose.hidden = !option.dataset.purpose;
+    purpose.lastElementChild.textContent = option.dataset.purpose || "";
     // the input as this output frames it (same size and place), so the slider compares like with like;
     // the input as it is when it cannot be placed
     beforeImg.onerror = function () { beforeImg.onerror = null; beforeImg.src = beforeImg.dataset.input; };

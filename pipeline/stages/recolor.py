@@ -1,0 +1,549 @@
+"""Stage ``recolor``, backend ``lch``: colourways of one shot. Only the chroma and hue of one region move.
+
+The studio's job: one shot of a tan bag, sold in green and burgundy: same angle, light, shadows, stitching and
+hardware. So the edit works in CIE LCh (from CIELAB, D65 white, the sRGB working space's own white: no
+chromatic adaptation), keeps every pixel's L* (within 0.5, after rounding to the image's integers) and moves
+only a* and b*, by one rotation and scaling of the a*b* plane per colourway: the region's mean colour lands on
+the target, and the shading, grain and hue variation of the leather ride along.
+
+The region is a retoucher's ``NAME.recolor.png`` beside the shot, or else the subject's dominant colour cluster:
+the peak of its a*b* histogram weighted by chroma (a white sail bigger than the blue hull is not the hull's
+colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference, this 1.5× when more
+colourful, so brass on tan leather falls out; lightness ignored, so the leather in shadow belongs). Taken out of
+it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, whitish
+highlights, the backdrop's greys) and highlights brighter than the leather (polished metal, specular glints).
+Hardware of nearly the leather's colour (dark brass on tan) cannot be told from it by colour: a protect mask is
+the way. Membership is soft in colour (it ramps to nothing between ``tolerance`` and 1.5×), so an edge pixel half
+stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
+bit-identical in every colourway.
+
+Each colourway is its own ``Asset`` with ``variant`` set to its name; crops and channels carry it to the
+``{variant}`` of the file names.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..config import check_colour
+from ..errors import PermanentError
+from ..pixels import max_value
+from ..schema import opt
+from .base import Asset, Stage, define_step, register
+from .masks import MaskError, read_sidecar, sidecar_path
+from .subject import find_subject
+
+define_step("recolor", "lch", needs=("uncropped",),
+            doc="colourways: moves the hue and chroma of one region of the subject, keeps its lightness")
+
+_ROWS = 256  # rows converted at a time: float copies of a 24 MP shot add up
+_SAMPLE = 250_000  # subject pixels the dominant colour is found from
+_CORE = 0.99  # membership from which a pixel counts for the region's mean colour
+L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is the only cause)
+
+# --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
+
+_M = np.array([[0.4124564, 0.3575761, 0.1804375],
+               [0.2126729, 0.7151522, 0.0721750],
+               [0.0193339, 0.1191920, 0.9503041]])
+_M_INV = np.linalg.inv(_M)
+_WHITE = _M.sum(axis=1)  # D65: (0.95047, 1.0, 1.08883)
+_EPS = (6 / 29) ** 3
+
+
+def _decode_table(dtype: np.dtype) -> np.ndarray:
+    v = np.arange(max_value(np.empty(0, dtype)) + 1, dtype=np.float64) / max_value(np.empty(0, dtype))
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+_TABLES: dict[str, np.ndarray] = {}
+
+
+def linear_table(dtype: np.dtype) -> np.ndarray:
+    """Linear light of every code value of ``dtype`` (uint8: 256 values, uint16: 65536)."""
+    key = np.dtype(dtype).str
+    if key not in _TABLES:
+        _TABLES[key] = _decode_table(np.dtype(dtype))
+    return _TABLES[key]
+
+
+def _f(t: np.ndarray) -> np.ndarray:
+    f = np.cbrt(t)
+    small = t <= _EPS
+    if np.ndim(f) == 0:
+        return np.where(small, t / (3 * (6 / 29) ** 2) + 4 / 29, f)
+    if small.any():
+        f[small] = t[small] / (3 * (6 / 29) ** 2) + 4 / 29
+    return f
+
+
+def _f_inv(f: np.ndarray) -> np.ndarray:
+    t = f ** 3
+    small = f <= 6 / 29
+    if np.ndim(t) == 0:
+        return np.where(small, 3 * (6 / 29) ** 2 * (f - 4 / 29), t)
+    if small.any():
+        t[small] = 3 * (6 / 29) ** 2 * (f[small] - 4 / 29)
+    return t
+
+
+def _times(v: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` applied to each colour of ``v`` (…×3): OpenCV's transform on float32 (numpy's matmul on N×3 is
+    several times slower), numpy's for anything else."""
+    if v.dtype == np.float32 and v.ndim == 2:
+        return cv2.transform(v[:, None, :], matrix.astype(np.float32))[:, 0, :]
+    return v @ matrix.T
+
+
+def linear_to_lab(lin: np.ndarray) -> np.ndarray:
+    """Linear sRGB (…×3) → CIELAB (D65)."""
+    f = _f(_times(lin, _M / _WHITE[:, None]))
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def lab_to_linear(lab: np.ndarray) -> np.ndarray:
+    """CIELAB (D65, …×3) → linear sRGB, unclipped (outside 0..1: out of the sRGB gamut)."""
+    fy = (lab[..., 0] + 16) / 116
+    xyz = np.stack([_f_inv(fy + lab[..., 1] / 500), _f_inv(fy), _f_inv(fy - lab[..., 2] / 200)], -1)
+    return _times(xyz, _M_INV * _WHITE)
+
+
+def srgb_encode(lin: np.ndarray) -> np.ndarray:
+    lin = np.clip(lin, 0.0, 1.0)
+    return np.where(lin <= 0.0031308, lin * 12.92, 1.055 * np.power(lin, 1 / 2.4) - 0.055)
+
+
+def lightness(y: np.ndarray) -> np.ndarray:
+    """L* of relative luminance ``y`` (white 1)."""
+    return 116 * _f(y) - 16
+
+
+def hex_to_lab(colour: str) -> np.ndarray:
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+    return linear_to_lab(linear_table(np.dtype(np.uint8))[rgb])
+
+
+def lab_to_hex(lab: np.ndarray) -> str:
+    rgb = np.rint(srgb_encode(lab_to_linear(np.asarray(lab, dtype=np.float64))) * 255).astype(int)
+    return "#" + "".join(f"{v:02x}" for v in rgb)
+
+
+def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> float:
+    """CIEDE2000 between two CIELAB colours."""
+    l1, a1, b1 = (float(v) for v in lab1)
+    l2, a2, b2 = (float(v) for v in lab2)
+    cm = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - math.sqrt(cm ** 7 / (cm ** 7 + 25.0 ** 7)))
+    a1p, a2p = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = math.hypot(a1p, b1), math.hypot(a2p, b2)
+    h1 = math.degrees(math.atan2(b1, a1p)) % 360
+    h2 = math.degrees(math.atan2(b2, a2p)) % 360
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    big_dh = 2 * math.sqrt(c1 * c2) * math.sin(math.radians(dh / 2))
+    lm, cmp_ = (l1 + l2) / 2, (c1 + c2) / 2
+    if c1 * c2 == 0:
+        hm = h1 + h2
+    elif abs(h1 - h2) <= 180:
+        hm = (h1 + h2) / 2
+    else:
+        hm = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
+    t = (1 - 0.17 * math.cos(math.radians(hm - 30)) + 0.24 * math.cos(math.radians(2 * hm))
+         + 0.32 * math.cos(math.radians(3 * hm + 6)) - 0.20 * math.cos(math.radians(4 * hm - 63)))
+    rt = -math.sin(math.radians(60 * math.exp(-(((hm - 275) / 25) ** 2)))) * 2 * math.sqrt(
+        cmp_ ** 7 / (cmp_ ** 7 + 25.0 ** 7))
+    sl = 1 + 0.015 * (lm - 50) ** 2 / math.sqrt(20 + (lm - 50) ** 2)
+    sc, sh = 1 + 0.045 * cmp_, 1 + 0.015 * cmp_ * t
+    dl, dc = l2 - l1, c2 - c1
+    return math.sqrt((dl / sl) ** 2 + (dc / sc) ** 2 + (big_dh / sh) ** 2 + rt * (dc / sc) * (big_dh / sh))
+
+
+# --- options ---------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _check_name(value: str) -> str | None:
+    return None if _NAME.match(value) else (f"expected a name of lower-case letters, digits, - and _ (it goes into "
+                                            f"file names as {{variant}}), got {value!r}")
+
+
+def _check_rgb(value: str) -> str | None:
+    return check_colour(value) or (None if len(value) == 7 else f"expected a colour like '#1f4d3a', got {value!r}")
+
+
+@dataclass
+class Colourway:
+    """One colourway: a name (the outputs' ``{variant}``) and the colour the region's mean moves to, or a move."""
+
+    name: str = opt(doc="the colourway's name, in the outputs' {variant}: lower-case letters, digits, - and _",
+                    check=_check_name, required=True)
+    colour: str | None = opt(None, check=_check_rgb,
+                             doc="'#rrggbb' the region's mean hue and chroma move to (its lightness stays the shot's)")
+    hue_shift: float | None = opt(None, min=-180.0, max=180.0,
+                                  doc="instead of colour: turn the region's hue by this many degrees (LCh)")
+    chroma_scale: float | None = opt(None, min=0.0, max=4.0,
+                                     doc="instead of colour: multiply the region's chroma (0: grey, 1: as shot)")
+
+
+@dataclass
+class RecolorOptions:
+    variants: list[Colourway] = opt([], doc="the colourways, each its own output: [{name: green, colour: "
+                                            "'#1f4d3a'}, {name: burgundy, colour: '#5a1a24'}]")
+    hue_shift: float | None = opt(None, min=-180.0, max=180.0,
+                                  doc="without variants: one edit, no variant name: turn the region's hue by this "
+                                      "many degrees")
+    chroma_scale: float | None = opt(None, min=0.0, max=4.0,
+                                     doc="without variants: one edit, no variant name: multiply the region's chroma")
+    original: str | None = opt(None, check=_check_name,
+                               doc="also pass the shot on untouched as a variant of this name (the tan of the "
+                                   "colourways); null: only the colourways")
+    region: str = opt("auto", choices=("auto", "sidecar", "cluster"),
+                      doc="what is recoloured: sidecar: NAME.recolor.png beside the shot (required); cluster: the "
+                          "subject's dominant colour; auto: the sidecar when there is one, else the cluster")
+    tolerance: float = opt(20.0, min=1.0, max=100.0,
+                           doc="how far a subject pixel's colour may be from the dominant colour and still be "
+                               "recoloured (a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
+    min_chroma: float = opt(8.0, min=0.0, max=50.0,
+                            doc="keep pixels less colourful than this (C*): stitching, chrome, black, whitish "
+                                "highlights (0: recolour greys too)")
+    protect_highlights: bool = opt(True, doc="keep pixels brighter than the region's 99th percentile of L* "
+                                             "(specular glints, polished metal)")
+    review_delta_e: float = opt(3.0, min=0.0, max=100.0,
+                                doc="mark the job for review when a colourway's mean lands further than this "
+                                    "(ΔE2000, at the region's lightness) from its colour: a target the shot's "
+                                    "lightness cannot hold")
+
+
+# --- the region ------------------------------------------------------------------------------
+
+def _smooth_ramp(x: np.ndarray, zero: float, one: float) -> np.ndarray:
+    """0 at ``zero``, 1 at ``one`` (either order), smoothstep between."""
+    t = np.clip((x - zero) / (one - zero), 0.0, 1.0) if one != zero else (x >= one).astype(np.float64)
+    return t * t * (3 - 2 * t)
+
+
+@dataclass
+class Region:
+    """What is recoloured: per-pixel weights (0..1) inside ``box`` (x0, y0, x1, y1), and the region's mean colour."""
+
+    box: tuple[int, int, int, int]
+    weight: np.ndarray  # float32, box-sized
+    mean_lab: np.ndarray
+    notes: dict[str, Any]
+
+
+def _lab_rows(rgb: np.ndarray) -> np.ndarray:
+    return linear_to_lab(linear_table(rgb.dtype)[rgb])
+
+
+def dominant_colour(lab: np.ndarray, tolerance: float) -> np.ndarray:
+    """The a*b* peak of ``lab`` (N×3) after smoothing the histogram by the tolerance, refined to the mean of the
+    pixels within ``tolerance`` of it: the colour most of the subject is."""
+    bins = np.arange(-128, 130, 2.0)
+    hist, _, _ = np.histogram2d(lab[:, 1], lab[:, 2], bins=(bins, bins), weights=np.hypot(lab[:, 1], lab[:, 2]))
+    hist = cv2.GaussianBlur(hist.astype(np.float32), (0, 0), max(1.0, tolerance / 4 / 2.0))
+    i, j = np.unravel_index(int(np.argmax(hist)), hist.shape)
+    centre = np.array([bins[i] + 1.0, bins[j] + 1.0])
+    for _ in range(5):
+        near = np.hypot(lab[:, 1] - centre[0], lab[:, 2] - centre[1]) <= tolerance / 2
+        if not near.any():
+            break
+        centre = lab[near, 1:].mean(axis=0)
+    return centre
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """How far each (a, b) is from ``centre`` for membership: the hue difference ΔH and the chroma difference, that
+    1.5× when more colourful (a more colourful thing of a near hue is another material: brass on tan leather). Less
+    colourful counts in full: a whitish sail of the hull's hue is not the hull."""
+    c = np.hypot(a, b)
+    cc = float(np.hypot(*centre))
+    dh = np.arctan2(b, a) - math.atan2(centre[1], centre[0])
+    big_dh = 2 * np.sqrt(c * cc) * np.sin(dh / 2)
+    dc = c - cc
+    return np.hypot(np.where(dc < 0, 1.0, 1.5) * dc, big_dh)
+
+
+@register
+class LchRecolor(Stage):
+    """Rotates and scales the region's a*b* per colourway in CIELAB; L* stays the shot's."""
+
+    step = "recolor"
+    backend = "lch"
+    Options = RecolorOptions
+
+    @classmethod
+    def validate(cls, options: RecolorOptions, where: str, ctx_config: Any) -> list[str]:
+        problems = []
+        single = options.hue_shift is not None or options.chroma_scale is not None
+        if bool(options.variants) == single:
+            problems.append(f"{where}: set either variants (colourways, each its own output) or hue_shift/"
+                            f"chroma_scale (one edit), got {'both' if single else 'neither'}")
+        names = [v.name for v in options.variants] + ([options.original] if options.original else [])
+        for name in sorted({n for n in names if n and names.count(n) > 1}):
+            problems.append(f"{where}.variants: the name {name!r} is given twice: each colourway needs its own "
+                            "(it names the files)")
+        for i, v in enumerate(options.variants):
+            moves = v.hue_shift is not None or v.chroma_scale is not None
+            if (v.colour is not None) == moves:
+                problems.append(f"{where}.variants[{i}]: set either colour or hue_shift/chroma_scale, got "
+                                f"{'both' if moves else 'neither'}")
+        if options.original and not options.variants:
+            problems.append(f"{where}.original: only with variants (the shot passed on beside its colourways)")
+        return problems
+
+    @classmethod
+    def variants(cls, options: RecolorOptions) -> list[str]:
+        """The colourways' names, the untouched shot's first when ``original`` names it ([]: one edit, no name)."""
+        return ([options.original] if options.original else []) + [v.name for v in options.variants]
+
+    # -- region --------------------------------------------------------------------------------
+
+    def _sidecar(self, asset: Asset, kind: str) -> np.ndarray | None:
+        """``kind``'s mask beside the shot, in this asset's pixels: a cut-out trimmed by remove_background gets the
+        same window of it; after a step that resized or placed the shot, the mask's pixels no longer match."""
+        if asset.source is None or not sidecar_path(asset.source, kind).is_file():
+            return None
+        trim = (asset.notes.get("remove_background") or {}).get("trim")
+        moved = [s for s in ("place_in_scene", "upscale", "crops") if s in asset.notes] or (
+            ["a resize"] if asset.scale != 1.0 else [])
+        path = sidecar_path(asset.source, kind)
+        if moved:
+            raise MaskError(f"{path}: the {kind} mask is in the shot's pixels, but recolor runs after {moved[0]}: "
+                            "put recolor before it in the rule")
+        if trim is None:
+            return read_sidecar(asset.source, kind, (asset.width, asset.height))
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except OSError as exc:
+            raise MaskError(f"{path}: cannot read this {kind} mask ({exc})") from None
+        mask = read_sidecar(asset.source, kind, size)
+        x0, y0, x1, y1 = trim
+        if x1 > size[0] or y1 > size[1] or (x1 - x0, y1 - y0) != (asset.width, asset.height):
+            raise MaskError(f"{path}: the {kind} mask is {size[0]}×{size[1]}, smaller than the shot; make it at the "
+                            "shot's size")
+        return mask[y0:y1, x0:x1]
+
+    def _subject(self, asset: Asset) -> np.ndarray:
+        """Where the subject is (float 0..1): a cut-out's non-transparent pixels, else the matte (found if need be)."""
+        if asset.has_alpha:
+            return (asset.pixels[..., 3] > 0).astype(np.float32)
+        _box, matte, _where = find_subject(asset)
+        if matte is None:
+            raise PermanentError(f"recolor: {asset.source or 'image'}: cannot tell the subject from its backdrop: "
+                                 "put remove_background before recolor, or a NAME.recolor.png beside the shot")
+        return matte.astype(np.float32) / 255.0
+
+    def find_region(self, asset: Asset) -> Region:
+        o: RecolorOptions = self.options
+        rgb = asset.pixels[..., :3]
+        painted = None if o.region == "cluster" else self._sidecar(asset, "recolor")
+        if o.region == "sidecar" and painted is None:
+            where = sidecar_path(asset.source, "recolor") if asset.source else "NAME.recolor.png"
+            raise PermanentError(f"recolor: {where} is missing (region: sidecar): paint the region to recolour "
+                                 "or set region: auto")
+        protect = self._sidecar(asset, "protect")
+        notes: dict[str, Any] = {"region": "sidecar" if painted is not None else "cluster"}
+        if painted is not None:
+            base = painted.astype(np.float32) / 255.0
+            if asset.has_alpha:
+                base *= asset.pixels[..., 3] > 0  # a transparent pixel's colour is nobody's
+        else:
+            base = self._subject(asset)
+        if protect is not None:
+            base *= 1.0 - protect.astype(np.float32) / 255.0
+            notes["protect"] = "sidecar"
+        ys, xs = np.nonzero(base > 0)
+        if ys.size == 0:
+            raise PermanentError(f"recolor: {asset.source or 'image'}: nothing to recolour: the "
+                                 f"{'painted region' if painted is not None else 'subject'} is empty")
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        x0, y0, x1, y1 = box
+        base = base[y0:y1, x0:x1]
+        # the colour of the region: a sample of its sure pixels (colourful, not a highlight)
+        step = max(1, int(math.sqrt(ys.size / _SAMPLE)))
+        sure = base[::step, ::step] >= 0.99
+        sample = _lab_rows(rgb[y0:y1:step, x0:x1:step][sure]).reshape(-1, 3)
+        chroma = np.hypot(sample[:, 1], sample[:, 2])
+        colourful = sample[chroma >= o.min_chroma] if o.min_chroma > 0 else sample
+        if painted is None:
+            if len(colourful) < max(16, 0.01 * len(sample)):
+                raise PermanentError(f"recolor: {asset.source or 'image'}: the subject has no colour above "
+                                     f"min_chroma {o.min_chroma:g} (grey, black or white): paint NAME.recolor.png "
+                                     "or lower min_chroma")
+            centre = dominant_colour(colourful, o.tolerance)
+            member = _smooth_ramp(colour_distance(colourful[:, 1], colourful[:, 2], centre),
+                                  1.5 * o.tolerance, o.tolerance) >= _CORE
+            cluster = colourful[member] if member.any() else colourful
+            notes["dominant"] = lab_to_hex(np.array([np.median(cluster[:, 0]), *centre]))
+        else:
+            centre, cluster = None, (colourful if len(colourful) else sample)
+        bright = float(np.percentile(cluster[:, 0], 99)) if o.protect_highlights and len(cluster) else None
+        weight = np.empty(base.shape, np.float32)
+        for r0 in range(0, y1 - y0, _ROWS):
+            r1 = min(y1 - y0, r0 + _ROWS)
+            w = base[r0:r1].copy()
+            todo = w > 0
+            lab = _lab_rows(rgb[y0 + r0:y0 + r1, x0:x1][todo])
+            part = w[todo]
+            if centre is not None:
+                part *= _smooth_ramp(colour_distance(lab[:, 1], lab[:, 2], centre), 1.5 * o.tolerance, o.tolerance)
+            if o.min_chroma > 0:
+                part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), o.min_chroma, 1.5 * o.min_chroma)
+            if bright is not None:
+                part *= _smooth_ramp(lab[:, 0], bright + 6.0, bright + 2.0)
+            w[todo] = part
+            weight[r0:r1] = w
+        core = weight >= _CORE
+        if not core.any():
+            raise PermanentError(f"recolor: {asset.source or 'image'}: no pixel of the region is colourful enough to "
+                                 f"recolour (min_chroma {o.min_chroma:g}, tolerance {o.tolerance:g})")
+        ry, rx = np.nonzero(core)
+        pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
+        mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
+        subject_px = float((base > 0).sum())
+        notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
+                     mean=lab_to_hex(mean_lab), lch=_lch(mean_lab))
+        return Region(box, weight, mean_lab, notes)
+
+    # -- one colourway -------------------------------------------------------------------------
+
+    def apply(self, pixels: np.ndarray, region: Region, target_ab: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """``pixels`` with the region's a*b* moved by the rotation-and-scale taking its mean to ``target_ab``,
+        blended by the region's weight, L* kept; the rest bit-identical."""
+        mean_ab = region.mean_lab[1:]
+        k = float(np.hypot(*target_ab)) / max(1e-6, float(np.hypot(*mean_ab)))
+        turn = math.atan2(target_ab[1], target_ab[0]) - math.atan2(mean_ab[1], mean_ab[0])
+        rot = k * np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+        out = pixels.copy()
+        x0, y0, x1, y1 = region.box
+        top = max_value(pixels)
+        table = linear_table(pixels.dtype)
+        limited, worst = 0, 0.0
+        for r0 in range(0, y1 - y0, _ROWS):
+            r1 = min(y1 - y0, r0 + _ROWS)
+            w = region.weight[r0:r1]
+            todo = w > 0
+            if not todo.any():
+                continue
+            block = out[y0 + r0:y0 + r1, x0:x1]
+            src = block[..., :3][todo]
+            lab = linear_to_lab(table[src])
+            moved = lab[:, 1:] @ rot.T
+            lab[:, 1:] += w[todo][:, None] * (moved - lab[:, 1:])
+            lin, n = _into_gamut(lab)
+            limited += n
+            new = _round_keeping_lightness(lin, lightness(lin @ _M[1]), table, top)
+            worst = max(worst, float(np.abs(lightness(table[new] @ _M[1]) - lab[:, 0]).max()))
+            rgb = block[..., :3]
+            rgb[todo] = new.astype(pixels.dtype)
+            block[..., :3] = rgb
+        return out, {"gamut_limited": round(limited / max(1, int((region.weight > 0).sum())), 4),
+                     "max_lightness_change": round(worst, 3)}
+
+    def run(self, asset: Asset) -> list[Asset]:
+        o: RecolorOptions = self.options
+        region = self.find_region(asset)
+        mean = region.mean_lab
+        ways = o.variants or [Colourway(name="", hue_shift=o.hue_shift, chroma_scale=o.chroma_scale)]
+        outs = []
+        if o.original:
+            kept = asset.derive(asset.pixels, asset.matte, variant=_variant(asset.variant, o.original),
+                                backdrop=asset.backdrop)
+            kept.notes["recolor"] = {**region.notes, "variant": o.original, "untouched": True}
+            outs.append(kept)
+        for way in ways:
+            if way.colour is not None:
+                target = hex_to_lab(way.colour)[1:]
+            else:
+                c, h = _lch(mean)[1:]
+                c *= way.chroma_scale if way.chroma_scale is not None else 1.0
+                h += way.hue_shift or 0.0
+                target = np.array([c * math.cos(math.radians(h)), c * math.sin(math.radians(h))])
+            pixels, result = self.apply(asset.pixels, region, target)
+            landed = self._landed(pixels, region)
+            delta = delta_e_2000(np.array([landed[0], *target]), landed)
+            notes = {**region.notes, **result, "delta_e": round(delta, 2), "result": lab_to_hex(landed)}
+            if way.colour is not None:
+                notes["colour"] = way.colour
+                lighter = float(hex_to_lab(way.colour)[0]) - float(mean[0])
+                if abs(lighter) > 15:
+                    notes["lightness_differs"] = round(lighter, 1)  # kept: the shot's light, not the swatch's
+            else:
+                notes.update({k: v for k, v in (("hue_shift", way.hue_shift), ("chroma_scale", way.chroma_scale))
+                              if v is not None})
+            out = asset.derive(pixels, asset.matte, variant=_variant(asset.variant, way.name) if way.name
+                               else asset.variant)
+            if way.name:
+                notes["variant"] = way.name
+            out.notes["recolor"] = notes
+            if delta > o.review_delta_e:
+                which = f"recolor {way.name}" if way.name else "recolor"
+                out.review.append(f"{which}: the region's mean lands ΔE2000 {delta:.1f} from "
+                                  f"{way.colour or 'the asked move'} (review_delta_e {o.review_delta_e:g}): the shot's "
+                                  "lightness cannot hold that colour; check the colourway")
+            outs.append(out)
+        return outs
+
+    @staticmethod
+    def _landed(pixels: np.ndarray, region: Region) -> np.ndarray:
+        """The mean CIELAB colour of the region's sure pixels in ``pixels``."""
+        x0, y0, _x1, _y1 = region.box
+        ry, rx = np.nonzero(region.weight >= _CORE)
+        pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
+        return _lab_rows(pixels[y0 + ry[pick], x0 + rx[pick], :3]).mean(axis=0)
+
+
+def _variant(before: str | None, name: str) -> str:
+    """A colourway's variant name; after a step that already made variants (scenes), both: ``marble-green``."""
+    return f"{before}-{name}" if before else name
+
+
+def _lch(lab: np.ndarray) -> list[float]:
+    return [round(float(lab[0]), 2), round(float(np.hypot(lab[1], lab[2])), 2),
+            round(math.degrees(math.atan2(lab[2], lab[1])) % 360, 2)]
+
+
+def _into_gamut(lab: np.ndarray) -> tuple[np.ndarray, int]:
+    """Linear sRGB of ``lab`` (N×3); colours outside sRGB lose chroma (same L* and hue) until they fit. Returns
+    the linear values and how many had to."""
+    lin = lab_to_linear(lab)
+    out = np.any((lin < -1e-9) | (lin > 1 + 1e-9), axis=1)
+    n = int(out.sum())
+    if n:
+        sub = lab[out]
+        lo, hi = np.zeros(n), np.ones(n)
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            trial = lab_to_linear(np.column_stack([sub[:, 0], sub[:, 1:] * mid[:, None]]))
+            fits = np.all((trial >= -1e-9) & (trial <= 1 + 1e-9), axis=1)
+            lo, hi = np.where(fits, mid, lo), np.where(fits, hi, mid)
+        lin[out] = lab_to_linear(np.column_stack([sub[:, 0], sub[:, 1:] * lo[:, None]]))
+    return np.clip(lin, 0.0, 1.0), n
+
+
+def _round_keeping_lightness(lin: np.ndarray, wanted_l: np.ndarray, table: np.ndarray, top: int) -> np.ndarray:
+    """Integer code values for linear ``lin``: rounded, and where rounding moved L* by more than a quarter, the
+    floor/ceiling combination of the three channels whose L* is nearest ``wanted_l``."""
+    exact = srgb_encode(lin) * top
+    codes = np.clip(np.rint(exact), 0, top).astype(np.int64)
+    off = np.abs(lightness(table[codes] @ _M[1]) - wanted_l) > 0.25
+    if off.any():
+        lo = np.clip(np.floor(exact[off]), 0, top).astype(np.int64)
+        hi = np.clip(lo + 1, 0, top)
+        best, best_err = codes[off], np.abs(lightness(table[codes[off]] @ _M[1]) - wanted_l[off])
+        for mask in range(8):
+            pick = np.array([(mask >> c) & 1 for c in range(3)], dtype=bool)
+            trial = np.where(pick, hi, lo)
+            err = np.abs(lightness(table[trial] @ _M[1]) - wanted_l[off])
+            better = err < best_err - 1e-9
+            best, best_err = np.where(better[:, None], trial, best), np.where(better, err, best_err)
+        codes[off] = best
+    return codes

@@ -1,0 +1,270 @@
+"""Stage recolor (backend lch): colourways of one shot. Only the leather's hue and chroma move: its lightness per
+pixel, the stitching, the hardware, the highlights and everything outside the subject stay the shot's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixtures_images import delta_e2000, srgb_to_lab
+from pipeline.config import Config
+from pipeline.errors import ConfigError, PermanentError
+from pipeline.schema import build
+from pipeline.stages.base import Asset, StageContext, stage_class
+from pipeline.stages.recolor import LchRecolor, RecolorOptions
+
+SHARED = Path("/work/shared/data/u2net-dev")
+TAN = (150, 110, 75)
+COLOURWAYS = [{"name": "green", "colour": "#1f4d3a"}, {"name": "burgundy", "colour": "#5a1a24"}]
+
+
+def bag(dtype: type = np.uint8) -> dict[str, np.ndarray]:
+    """A tan leather bag as a cut-out: shaded, grainy leather; a cream stitching line; a chrome buckle; a
+    specular glint; transparency around it. Returns the RGBA and the masks of each part (bool)."""
+    h, w = 240, 320
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    shade = 0.65 + 0.45 * (1 - ((xx - 110) ** 2 + (yy - 80) ** 2) / 300 ** 2)  # light from the top left
+    grain = rng.normal(1.0, 0.04, (h, w)).astype(np.float32)
+    rgb = np.clip(np.array(TAN, np.float32) * (shade * grain)[..., None], 0, 255)
+    body = np.zeros((h, w), np.uint8)
+    cv2.rectangle(body, (30, 30), (290, 215), 255, -1)
+    stitch = np.zeros((h, w), np.uint8)
+    cv2.rectangle(stitch, (42, 42), (278, 203), 255, 2)
+    buckle = np.zeros((h, w), np.uint8)
+    cv2.rectangle(buckle, (140, 100), (180, 140), 255, -1)
+    glint = np.zeros((h, w), np.uint8)
+    cv2.circle(glint, (230, 70), 6, 255, -1)
+    rgb[stitch > 0] = (232, 226, 210)  # cream thread
+    metal = np.linspace(90, 235, 40, dtype=np.float32)[None, :, None]  # chrome: grey, strong gradient
+    rgb[100:141, 140:181] = np.broadcast_to(np.concatenate([metal, metal[:, :1]], axis=1), (41, 41, 3))
+    rgb[glint > 0] = (252, 250, 246)
+    alpha = cv2.GaussianBlur(body, (0, 0), 1.0)  # an anti-aliased outline
+    rgba = np.dstack([np.rint(rgb).astype(np.uint8), alpha])
+    rgba[alpha == 0, :3] = 0
+    if dtype == np.uint16:
+        rgba = rgba.astype(np.uint16) * 257 + rng.integers(0, 200, rgba.shape, dtype=np.uint16)
+        rgba[..., 3] = alpha.astype(np.uint16) * 257
+    leather = (body > 0) & (stitch == 0) & (buckle == 0) & (glint == 0)
+    leather = cv2.erode(leather.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0  # sure leather, off the seams
+    return {"rgba": rgba, "leather": leather, "stitch": stitch > 0, "buckle": buckle > 0, "glint": glint > 0,
+            "outside": alpha == 0}
+
+
+def make_stage(**options: object) -> LchRecolor:
+    errors: list[str] = []
+    opts = build(RecolorOptions, options, "recolor", errors)
+    assert errors == []
+    assert LchRecolor.validate(opts, "recolor", Config()) == []
+    return LchRecolor(opts, StageContext(config=Config()))
+
+
+def problems(**options: object) -> list[str]:
+    errors: list[str] = []
+    opts = build(RecolorOptions, options, "recolor", errors)
+    return errors + LchRecolor.validate(opts, "recolor", Config())
+
+
+def lab8(pixels: np.ndarray) -> np.ndarray:
+    rgb = pixels[..., :3]
+    return srgb_to_lab(rgb / 257.0 if rgb.dtype == np.uint16 else rgb)
+
+
+def hue_distance(out: np.ndarray, where: np.ndarray, colour: str) -> float:
+    """ΔE2000 between the mean colour of ``where`` and ``colour`` at that mean's own lightness: the hue and chroma
+    of the region against the target's (the lightness is the shot's on purpose)."""
+    mean = lab8(out)[where].mean(axis=0)
+    target = srgb_to_lab(np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], np.float64))
+    return float(delta_e2000(mean, np.array([mean[0], target[1], target[2]])))
+
+
+def test_registered_and_in_the_manual_order() -> None:
+    assert stage_class("recolor", None) is LchRecolor
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_two_colourways_move_only_the_leather_and_keep_its_lightness(dtype: type) -> None:
+    shot = bag(dtype)
+    rgba = shot["rgba"]
+    outs = make_stage(variants=COLOURWAYS).run(Asset(rgba.copy()))
+    assert [o.variant for o in outs] == ["green", "burgundy"]
+    before = lab8(rgba)
+    for out, way in zip(outs, COLOURWAYS):
+        px = out.pixels
+        assert px.dtype == rgba.dtype and px.shape == rgba.shape
+        assert np.abs(lab8(px)[..., 0] - before[..., 0])[~shot["outside"]].max() <= 0.5  # L* per pixel
+        assert hue_distance(px, shot["leather"], way["colour"]) <= 3.0
+        for part in ("stitch", "buckle", "glint", "outside"):  # bit-identical
+            assert np.array_equal(px[shot[part]], rgba[shot[part]]), part
+        assert np.array_equal(px[..., 3], rgba[..., 3])
+        notes = out.notes["recolor"]
+        assert notes["variant"] == way["name"] and notes["colour"] == way["colour"] and notes["delta_e"] <= 3.0
+        assert notes["region"] == "cluster" and 0.5 < notes["share"] <= 1.0
+        assert out.review == []
+
+
+def test_the_edge_between_leather_and_thread_blends() -> None:
+    """A ramp from tan leather to cream thread: the leather end moves in full, the thread end not at all, the
+    pixels between part of the way, in order (no hard seam in the colourway)."""
+    rgba = bag()["rgba"]
+    ramp = np.linspace(0.0, 1.0, 60, dtype=np.float32)[None, :, None]
+    row = np.array(TAN, np.float32) * (1 - ramp) + np.array((232, 226, 210), np.float32) * ramp
+    rgba[170:180, 60:120, :3] = np.rint(np.broadcast_to(row, (10, 60, 3))).astype(np.uint8)
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
+    moved = np.hypot(*np.moveaxis(lab8(out.pixels)[175, 60:120, 1:] - lab8(rgba)[175, 60:120, 1:], -1, 0))
+    assert moved[0] > 20 and moved[-1] == 0
+    partly = (moved > 1) & (moved < 0.9 * moved[0])
+    assert partly.sum() >= 3
+    assert np.all(np.diff(moved) <= 1.0)  # falls off along the ramp, never jumps back up
+
+
+def test_hue_shift_and_chroma_scale_without_names_edit_the_one_image() -> None:
+    shot = bag()
+    rgba = shot["rgba"]
+    (turned,) = make_stage(hue_shift=120.0).run(Asset(rgba.copy()))
+    assert turned.variant is None
+    before, after = lab8(rgba)[shot["leather"]].mean(axis=0), lab8(turned.pixels)[shot["leather"]].mean(axis=0)
+    turn = np.degrees(np.arctan2(after[2], after[1]) - np.arctan2(before[2], before[1])) % 360
+    assert abs(turn - 120) < 2
+    assert np.hypot(*after[1:]) == pytest.approx(np.hypot(*before[1:]), rel=0.05)
+    (grey,) = make_stage(chroma_scale=0.0).run(Asset(rgba.copy()))
+    assert np.hypot(*lab8(grey.pixels)[shot["leather"]].mean(axis=0)[1:]) < 1.5
+    assert np.array_equal(grey.pixels[shot["stitch"]], rgba[shot["stitch"]])
+
+
+def test_the_original_passes_on_as_a_variant_when_named() -> None:
+    rgba = bag()["rgba"]
+    outs = make_stage(variants=COLOURWAYS[:1], original="tan").run(Asset(rgba.copy(), variant="marble"))
+    assert [o.variant for o in outs] == ["marble-tan", "marble-green"]
+    assert np.array_equal(outs[0].pixels, rgba)
+
+
+def test_a_protect_mask_beside_the_shot_keeps_what_it_paints(tmp_path: Path) -> None:
+    shot = bag()
+    rgba = shot["rgba"]
+    source = tmp_path / "bag.png"
+    Image.fromarray(rgba).save(source)
+    protect = np.zeros(rgba.shape[:2], np.uint8)
+    protect[150:200, 40:120] = 255  # a logo patch of the leather the brand wants as shot
+    Image.fromarray(protect).save(tmp_path / "bag.protect.png")
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy(), source=str(source)))
+    assert np.array_equal(out.pixels[protect > 0], rgba[protect > 0])
+    rest = shot["leather"] & (protect == 0)
+    assert hue_distance(out.pixels, rest, "#1f4d3a") <= 3.0
+    assert out.notes["recolor"]["protect"] == "sidecar"
+
+
+def test_a_painted_region_is_recoloured_even_without_a_subject(tmp_path: Path) -> None:
+    """A plain RGB shot with NAME.recolor.png: what is painted moves (a cushion on a grey sofa), nothing else."""
+    rng = np.random.default_rng(2)
+    rgb = np.clip(rng.normal(128, 6, (120, 160, 3)), 0, 255).astype(np.uint8)  # grey sofa
+    rgb[30:90, 40:120] = np.clip(rng.normal(0, 4, (60, 80, 3)) + (60, 90, 160), 0, 255).astype(np.uint8)
+    painted = np.zeros((120, 160), np.uint8)
+    painted[30:90, 40:120] = 255
+    Image.fromarray(rgb).save(tmp_path / "sofa.jpg")
+    Image.fromarray(painted).save(tmp_path / "sofa.recolor.png")
+    (out,) = make_stage(region="sidecar", variants=[{"name": "ochre", "colour": "#c08a2a"}]).run(
+        Asset(rgb.copy(), source=str(tmp_path / "sofa.jpg")))
+    assert out.notes["recolor"]["region"] == "sidecar"
+    assert np.array_equal(out.pixels[painted == 0], rgb[painted == 0])
+    assert hue_distance(out.pixels, painted > 0, "#c08a2a") <= 3.0
+    assert np.abs(lab8(out.pixels)[..., 0] - lab8(rgb)[..., 0]).max() <= 0.5
+
+
+def test_a_missing_sidecar_or_a_colourless_subject_fails_naming_the_file(tmp_path: Path) -> None:
+    rgba = bag()["rgba"]
+    with pytest.raises(PermanentError, match=r"bag.recolor.png is missing \(region: sidecar\)"):
+        make_stage(region="sidecar", variants=COLOURWAYS).run(Asset(rgba, source=str(tmp_path / "bag.png")))
+    grey = rgba.copy()
+    grey[..., :3] = grey[..., :1]
+    with pytest.raises(PermanentError, match=r"grey.png: the subject has no colour above min_chroma 8"):
+        make_stage(variants=COLOURWAYS).run(Asset(grey, source=str(tmp_path / "grey.png")))
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, "recolor: set either variants (colourways, each its own output) or hue_shift/chroma_scale (one edit), got "
+         "neither"),
+    ({"variants": COLOURWAYS, "hue_shift": 30}, "got both"),
+    ({"variants": [{"name": "green", "colour": "#1f4d3a"}, {"name": "green", "colour": "#00ff00"}]},
+     "recolor.variants: the name 'green' is given twice"),
+    ({"variants": [{"name": "green", "colour": "green"}]}, "recolor.variants[0].colour: expected a colour like"),
+    ({"variants": [{"name": "Green Leather", "colour": "#1f4d3a"}]}, "recolor.variants[0].name: expected a name"),
+    ({"variants": [{"name": "x", "colour": "#1f4d3a", "hue_shift": 10}]},
+     "recolor.variants[0]: set either colour or hue_shift/chroma_scale, got both"),
+    ({"variants": [{"colour": "#1f4d3a"}]}, "recolor.variants[0].name: required"),
+    ({"hue_shift": 200}, "recolor.hue_shift: expected at most 180.0"),
+    ({"chroma_scale": 1.2, "tolerance": 0}, "recolor.tolerance: expected at least 1.0"),
+    ({"hue_shift": 10, "original": "tan"}, "recolor.original: only with variants"),
+])
+def test_options_are_checked_when_rules_load(options: dict, expected: str) -> None:
+    assert any(expected in p for p in problems(**options)), problems(**options)
+
+
+def test_a_rule_with_colourways_loads(workspace) -> None:
+    workspace.add_rule("30-colourways.yaml",
+                       "name: colourways\nmatch: {folder: bags}\nsteps: [remove_background, {recolor: {variants: "
+                       "[{name: green, colour: '#1f4d3a'}, {name: burgundy, colour: '#5a1a24'}]}}, crops]\n"
+                       "outputs: [{channel: webshop, ratios: ['1:1']}]\n")
+    _config, rules = workspace.load()
+    rule = next(r for r in rules if r.name == "colourways")
+    assert [s.step for s in rule.steps] == ["remove_background", "recolor", "crops"]
+    workspace.add_rule("31-bad.yaml", "name: bad\nsteps: [crops, {recolor: {hue_shift: 30}}]\n"
+                                      "outputs: [{channel: webshop, ratios: ['1:1']}]\n")
+    with pytest.raises(ConfigError, match="recolor: needs the whole image"):
+        workspace.load()
+
+
+@pytest.mark.skipif(not (SHARED / "0003.jpg").is_file(), reason="the shared real photos are not on this machine")
+def test_a_real_photo_fur_changes_colour_nose_eyes_and_backdrop_do_not() -> None:
+    """The alpaca of U-2-Net's test photos (tan fur, one dominant colour) cut out with its published mask."""
+    rgb = np.asarray(Image.open(SHARED / "0003.jpg").convert("RGB"))
+    mask = np.asarray(Image.open(SHARED / "0003.mask.png").convert("L"))
+    rgba = np.dstack([rgb, mask])
+    outs = make_stage(variants=COLOURWAYS).run(Asset(rgba.copy()))
+    before = lab8(rgba)
+    chroma = np.hypot(before[..., 1], before[..., 2])
+    for out, way in zip(outs, COLOURWAYS):
+        assert np.abs(lab8(out.pixels)[..., 0] - before[..., 0]).max() <= 0.5
+        assert np.array_equal(out.pixels[mask == 0], rgba[mask == 0])
+        neutral = (mask > 0) & (chroma < 8)  # the grey nose and muzzle, the dark eyes
+        assert neutral.sum() > 1000 and np.array_equal(out.pixels[neutral], rgba[neutral])
+        core = out.notes["recolor"]
+        assert core["delta_e"] <= 3.0 and core["share"] > 0.5
+
+
+def test_each_colourway_is_cropped_like_the_shot(workspace) -> None:
+    """Downstream steps see each colourway as its own asset: crops frames each one per ratio, the variant kept."""
+    from pipeline.chain import Chain
+
+    workspace.add_rule("30-colourways.yaml",
+                       "name: colourways\nmatch: {folder: bags}\nsteps: [{recolor: {variants: "
+                       "[{name: green, colour: '#1f4d3a'}, {name: burgundy, colour: '#5a1a24'}]}}, "
+                       "{crops: {ratios: ['1:1', '4:5']}}]\noutputs: [{channel: cutouts}]\n")
+    config, rules = workspace.load()
+    rule = next(r for r in rules if r.name == "colourways")
+    kept = Chain(rule, StageContext(config)).run(Asset(bag()["rgba"]))
+    assert sorted((a.variant, a.ratio) for a in kept["crops"]) == [
+        ("burgundy", "1:1"), ("burgundy", "4:5"), ("green", "1:1"), ("green", "4:5")]
+
+
+def test_a_sidecar_follows_a_trimmed_cut_out_and_refuses_a_placed_one(tmp_path: Path) -> None:
+    shot = bag()
+    rgba = shot["rgba"]
+    source = tmp_path / "bag.png"
+    protect = np.zeros(rgba.shape[:2], np.uint8)
+    protect[150:200, 40:120] = 255
+    Image.fromarray(protect).save(tmp_path / "bag.protect.png")
+    x0, y0, x1, y1 = 20, 20, 300, 225  # remove_background's trim box, in the shot's pixels
+    trimmed = Asset(rgba[y0:y1, x0:x1].copy(), source=str(source),
+                    notes={"remove_background": {"trim": [x0, y0, x1, y1]}})
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(trimmed)
+    kept = protect[y0:y1, x0:x1] > 0
+    assert np.array_equal(out.pixels[kept], rgba[y0:y1, x0:x1][kept])
+    assert not np.array_equal(out.pixels, trimmed.pixels)
+    placed = Asset(rgba.copy(), source=str(source), notes={"place_in_scene": {}})
+    with pytest.raises(PermanentError, match=r"bag.protect.png: the protect mask is in the shot's pixels, but recolor "
+                                             r"runs after place_in_scene: put recolor before it in the rule"):
+        make_stage(variants=COLOURWAYS[:1]).run(placed)
