@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from starlette.testclient import TestClient
 
 from pipeline.cli import cli
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
 from pipeline.stages.retouch import ClassicalRetouch, LamaRetouch, find_spots, subject_zone
+from pipeline.store import Store
 from pipeline.synth import studio_shot
+from pipeline.web.app import create_app
 from tinymodels import make_config, netguard, skip_without, tiny_esrgan_x4  # noqa: F401
 
 MIN_CONTRAST = 12.0
@@ -219,15 +223,18 @@ def test_rules_place_it_before_crops_and_need_something_to_remove(workspace):
         workspace.load()
 
 
-def test_process_finds_the_painted_mask_beside_the_shot(workspace):
-    """End to end: the inbox takes the shot, not its mask; the output lacks the clamp and keeps every other pixel."""
+def test_process_finds_the_painted_mask_beside_the_shot_and_the_review_page_says_so(workspace):
+    """End to end: the inbox takes the shot, not its mask; the output lacks the clamp and the painted part of the
+    mug's logo, keeps every other pixel, and the review page says the subject was changed on purpose."""
     workspace.write_config()
     workspace.add_rule("05-clean.yaml", "name: clean\nsteps:\n  - retouch: {remove_mask: sidecar}\n"
                                         "outputs:\n  - {channel: cutouts, from: retouch}\n")
     shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
     rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
     path = write_shot(workspace.inbox, rgb)
-    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4)], (480, 360))
+    ys, xs = np.nonzero(shot.alpha > 0.99)
+    cx, cy = int(xs.mean()), int(ys.mean())
+    painted = paint(path, "remove", [(x0 - 4, y0 - 4, x1, y1 + 4), (cx - 6, cy - 6, cx + 6, cy + 6)], (480, 360))
 
     result = CliRunner().invoke(cli, ["process", str(workspace.inbox), "--config", str(workspace.config_path),
                                       "--json"], catch_exceptions=False)
@@ -237,7 +244,16 @@ def test_process_finds_the_painted_mask_beside_the_shot(workspace):
     assert doc["input"].endswith("shot.png") and doc["status"] == "done", doc
     (png,) = workspace.out("cutouts").rglob("*.png")
     out = np.asarray(Image.open(png).convert("RGB"))
-    assert np.array_equal(out[~painted], rgb[~painted]) and out[painted].mean() > 200
+    assert np.array_equal(out[~painted], rgb[~painted]) and out[y0:y1, x0:x1].mean() > 200
+    config = load_config(workspace.config_path)
+    store = Store(config.database)
+    try:
+        [job] = store.jobs()
+        with TestClient(create_app(config, store)) as client:
+            page = client.get(f"/jobs/{job.id}").text
+    finally:
+        store.close()
+    assert 'data-purpose="changed on purpose by retouch removed 144 px of it, as painted in shot.remove.png"' in page
 
 
 # ------------------------------------------------------------------------------------------- LaMa

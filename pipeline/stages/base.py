@@ -11,7 +11,8 @@ one ref is what ``assetd models pull/check`` fetch and check and what the stage 
 What flows between stages is an ``Asset``: the pixels plus the subject's matte in the same
 coordinates. Stages never change the subject's opaque pixels except ``upscale`` (which records
 its factor in ``Asset.scale``) and the edits a rule asks for by name, each bounded and recorded (``recolor``'s
-region, ``tone_match``: ``changes_subject``): that is the product's promise, and the tests check it.
+region, ``tone_match``: ``changes_subject``, ``retouch`` where a painted remove mask covers it:
+``subject_pixels``): that is the product's promise, and the tests check it.
 """
 from __future__ import annotations
 

@@ -198,48 +198,58 @@ class Retouch(Stage):
         raise NotImplementedError
 
     def run(self, asset: Asset) -> list[Asset]:
+        """The painted mask first, then the spots on what is left: a clamp the mask removes is no subject for the
+        spots to keep clear of, nor for ``subject_pixels`` to count."""
         o: RetouchOptions = self.options
         w, h = asset.width, asset.height
         notes: dict[str, Any] = {"backend": self.backend}
         review: list[str] = []
-        remove = np.zeros((h, w), bool)
+        protect = read_sidecar(asset.source, "protect", (w, h))
+        protect = protect >= 128 if protect is not None else None
+        pixels, removed, regions, protected = asset.pixels, 0, 0, 0
         painted = None
+
+        def remove(mask: np.ndarray) -> None:
+            nonlocal pixels, removed, regions, protected
+            if protect is not None:
+                protected += int((mask & protect).sum())
+                mask = mask & ~protect
+            if mask.any():
+                with gpu_errors(f"retouch {self.backend}"):
+                    pixels, n = fill_masked(pixels, mask, self.fill, self.context, self.context_share)
+                removed, regions = removed + int(mask.sum()), regions + n
+
         if o.remove_mask == "sidecar":
             painted = read_sidecar(asset.source, "remove", (w, h))
             if painted is None:
                 notes["remove_mask"] = "none beside the shot"
             else:
                 painted = painted >= 128
-                remove |= painted
                 notes["remove_mask"] = {"file": sidecar_path(asset.source, "remove").name,
                                         "pixels": int(painted.sum())}
+                remove(painted)
+        cleaned = asset.derive(pixels, asset.matte)
         subject = None
         if o.backdrop_spots:
-            subject, spots = self._spots(asset, notes)
+            subject, spots = self._spots(cleaned, notes)
             if spots is not None:
-                remove |= spots
+                remove(spots)
                 if notes["backdrop_spots"]["spots"] > o.review_above:
                     review.append(f"retouch: {notes['backdrop_spots']['spots']} spots removed from the backdrop "
                                   f"(review_above {o.review_above}): a textured backdrop, not dust? Check it")
-        protect = read_sidecar(asset.source, "protect", (w, h))
         if protect is not None:
-            protected = remove & (protect >= 128)
-            remove &= ~protected
-            notes["protected"] = {"file": sidecar_path(asset.source, "protect").name,
-                                  "pixels": int(protected.sum())}
-        notes["removed_pixels"] = int(remove.sum())
-        if not remove.any():
-            result = asset.derive(asset.pixels, asset.matte)
-        else:
-            with gpu_errors(f"retouch {self.backend}"):
-                pixels, regions = fill_masked(asset.pixels, remove, self.fill, self.context,
-                                               self.context_share)
+            notes["protected"] = {"file": sidecar_path(asset.source, "protect").name, "pixels": protected}
+        notes["removed_pixels"] = removed
+        if regions:
             notes["regions"] = regions
-            if asset.matte is not None or subject is not None:
-                on_subject = remove & ((asset.matte if asset.matte is not None else subject) > SUBJECT_THRESHOLD)
-                if on_subject.any():  # only a painted mask reaches the subject: spots keep their margin
-                    notes["subject_pixels"] = int(on_subject.sum())
-            result = asset.derive(pixels, asset.matte)
+        if painted is not None and removed:  # only a painted mask reaches the subject (spots keep their margin)
+            matte = subject if subject is not None else find_subject(cleaned)[1]
+            reached = painted & (matte > SUBJECT_THRESHOLD) if matte is not None else None
+            if reached is not None and protect is not None:
+                reached &= ~protect
+            if reached is not None and reached.any():
+                notes["subject_pixels"] = int(reached.sum())
+        result = asset.derive(pixels, asset.matte)
         result.notes["retouch"] = notes
         result.review.extend(review)
         return [result]

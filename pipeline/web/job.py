@@ -116,10 +116,16 @@ def _number(value: Any) -> str:
 def on_purpose(steps: dict[str, Any]) -> str | None:
     """Why the subject check shows the subject differing from the input on purpose (a step that changes it, as
     its notes say), or None: then it should not differ."""
+    why = []
+    rt = steps.get("retouch") or {}
+    if rt.get("subject_pixels"):
+        painted = rt.get("remove_mask") if isinstance(rt.get("remove_mask"), dict) else {}
+        why.append(f"retouch removed {_number(rt['subject_pixels'])} px of it, as painted in "
+                   f"{painted.get('file', 'its remove mask')}")
     tm = steps.get("tone_match") or {}
     if tm.get("changes_subject"):
-        return f"changed on purpose by tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})"
-    return None
+        why.append(f"tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})")
+    return f"changed on purpose by {'; '.join(why)}" if why else None
 
 
 def job_page(request: Request) -> Response:
