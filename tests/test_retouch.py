@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -34,9 +33,11 @@ def stage(tmp_path: Path, backend: str = "classical", **options: object):
     return cls(opts, StageContext(config=make_config(tmp_path)))
 
 
-def plant_dust(rgb: np.ndarray, allowed: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+def plant_dust(rgb: np.ndarray, allowed: np.ndarray, n: int,
+               seed: int) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
     """``rgb`` with ``n`` soft-edged specks (radius 1.5-6 px, 25-70 levels darker or, a fifth of them, 25-40
-    brighter where the paper leaves room: all well above the threshold) where ``allowed``; and where they are (x, y, radius)."""
+    brighter where the paper leaves room: all well above the threshold) where ``allowed``; and where they are
+    (x, y, radius)."""
     rng = np.random.default_rng(seed)
     h, w = rgb.shape[:2]
     out = rgb.astype(np.float32)
