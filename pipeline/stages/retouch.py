@@ -59,8 +59,8 @@ def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_co
     little larger than ``max_spot``: what both leave is paper) by at least ``min_contrast`` (8-bit levels; raised
     to five times the paper's grain on noisy paper, so grain is never a spot), fits in a ``max_spot`` ×
     ``max_spot`` box, and lies wholly in ``allowed`` (the backdrop away from the subject): a blob that reaches
-    toward the subject is left whole rather than half removed. Its extent is grown by ``grow`` px, and by up to three times that where the
-    contrast still passes half the threshold (the soft rim of out-of-focus dust).
+    toward the subject is left whole rather than half removed. Its extent is grown by ``grow`` px, and by up to
+    three times that where the contrast still passes half the threshold (the soft rim of out-of-focus dust).
     """
     top = float(max_value(pixels))
     gray = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
