@@ -283,11 +283,12 @@ def random_lama(tmp_path_factory) -> Path:
     return build_lama(tmp_path_factory.mktemp("lama") / "big-lama.safetensors")
 
 
-def test_lama_fills_only_the_painted_pixels(tmp_path, random_lama, netguard):
+@pytest.mark.parametrize("work_size", [1024, 64])  # 64: the window is filled smaller and enlarged back
+def test_lama_fills_only_the_painted_pixels(tmp_path, random_lama, netguard, work_size):
     shot = studio_shot("white", size=(128, 96), seed=2, subject="mug")
     path = write_shot(tmp_path / "inbox", shot.rgb)
     painted = paint(path, "remove", [(100, 20, 128, 44)], (128, 96))
-    retouch = stage(tmp_path, "lama", remove_mask="sidecar", model=str(random_lama))
+    retouch = stage(tmp_path, "lama", remove_mask="sidecar", model=str(random_lama), work_size=work_size)
     assert isinstance(retouch, LamaRetouch)
 
     out = retouch.run(Asset(shot.rgb, source=str(path)))[0]
