@@ -116,10 +116,15 @@ def _number(value: Any) -> str:
 def on_purpose(steps: dict[str, Any]) -> str | None:
     """Why the subject check shows the subject differing from the input on purpose (a step that changes it, as
     its notes say), or None: then it should not differ."""
+    why = []
+    rc = steps.get("recolor") or {}
+    if rc and not rc.get("untouched"):
+        to = rc.get("colour") or rc.get("result")
+        why.append(f"recoloured on purpose by recolor{f' to {to}' if to else ''} (its region only, lightness kept)")
     tm = steps.get("tone_match") or {}
     if tm.get("changes_subject"):
-        return f"changed on purpose by tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})"
-    return None
+        why.append(f"changed on purpose by tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})")
+    return "; ".join(why) or None
 
 
 def job_page(request: Request) -> Response:
