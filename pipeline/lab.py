@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 # IEC 61966-2-1 sRGB primaries to CIE XYZ, D65 white (the rows give X, Y, Z)
-_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],
                         [0.0193339, 0.1191920, 0.9503041]])
-_D65 = _RGB_TO_XYZ.sum(axis=1)  # the white point: XYZ of linear (1, 1, 1)
-LUMA = _RGB_TO_XYZ[1]  # relative luminance Y of linear sRGB
+D65 = RGB_TO_XYZ.sum(axis=1)  # the white point: XYZ of linear (1, 1, 1): (0.95047, 1.0, 1.08883)
+LUMA = RGB_TO_XYZ[1]  # relative luminance Y of linear sRGB
 
 
 def srgb_decode(encoded: np.ndarray) -> np.ndarray:
@@ -30,7 +30,7 @@ def srgb_encode(linear: np.ndarray) -> np.ndarray:
 
 def srgb_to_lab(encoded: np.ndarray) -> np.ndarray:
     """sRGB-encoded (0..1) → CIELAB (L* 0..100), D65."""
-    t = (srgb_decode(encoded) @ _RGB_TO_XYZ.T) / _D65
+    t = (srgb_decode(encoded) @ RGB_TO_XYZ.T) / D65
     d = 6 / 29
     f = np.where(t > d ** 3, np.cbrt(t), t / (3 * d * d) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)

@@ -173,3 +173,13 @@ def first_thumb_of(config, row) -> bytes:
 
     sha = row["sha256"]
     return (config.previews_folder / sha[:2] / f"{sha}-{SIZES['thumb']}.webp").read_bytes()
+
+
+def test_the_steps_that_change_the_subject_on_purpose_say_so():
+    from pipeline.web.job import on_purpose
+
+    assert on_purpose({"crops": {}, "upscale": {}}) is None
+    assert on_purpose({"recolor": {"variant": "tan", "untouched": True}}) is None  # the original colourway
+    assert "recolor to #1f4d3a" in on_purpose({"recolor": {"colour": "#1f4d3a", "variant": "green"}})
+    both = on_purpose({"recolor": {"result": "#5a1a24"}, "tone_match": {"changes_subject": True, "max_delta_e": 3}})
+    assert "recolor" in both and "tone_match (ΔE ≤ 3)" in both

@@ -254,7 +254,7 @@ def test_process_finds_the_painted_mask_beside_the_shot_and_the_review_page_says
             page = client.get(f"/jobs/{job.id}").text
     finally:
         store.close()
-    assert 'data-purpose="changed on purpose by retouch removed 144 px of it, as painted in shot.remove.png"' in page
+    assert 'data-purpose="changed on purpose by retouch (144 px removed as painted in shot.remove.png)"' in page
 
 
 # ------------------------------------------------------------------------------------------- LaMa

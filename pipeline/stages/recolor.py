@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..config import check_colour
 from ..errors import PermanentError
+from ..lab import D65, RGB_TO_XYZ, delta_e2000
 from ..pixels import max_value
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
@@ -49,11 +50,9 @@ L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is th
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
 
-_M = np.array([[0.4124564, 0.3575761, 0.1804375],
-               [0.2126729, 0.7151522, 0.0721750],
-               [0.0193339, 0.1191920, 0.9503041]])
+_M = RGB_TO_XYZ  # sRGB primaries to XYZ, D65 (pipeline.lab)
 _M_INV = np.linalg.inv(_M)
-_WHITE = _M.sum(axis=1)  # D65: (0.95047, 1.0, 1.08883)
+_WHITE = D65
 _EPS = (6 / 29) ** 3
 
 
@@ -135,32 +134,8 @@ def lab_to_hex(lab: np.ndarray) -> str:
 
 
 def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> float:
-    """CIEDE2000 between two CIELAB colours."""
-    l1, a1, b1 = (float(v) for v in lab1)
-    l2, a2, b2 = (float(v) for v in lab2)
-    cm = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
-    g = 0.5 * (1 - math.sqrt(cm ** 7 / (cm ** 7 + 25.0 ** 7)))
-    a1p, a2p = (1 + g) * a1, (1 + g) * a2
-    c1, c2 = math.hypot(a1p, b1), math.hypot(a2p, b2)
-    h1 = math.degrees(math.atan2(b1, a1p)) % 360
-    h2 = math.degrees(math.atan2(b2, a2p)) % 360
-    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
-    big_dh = 2 * math.sqrt(c1 * c2) * math.sin(math.radians(dh / 2))
-    lm, cmp_ = (l1 + l2) / 2, (c1 + c2) / 2
-    if c1 * c2 == 0:
-        hm = h1 + h2
-    elif abs(h1 - h2) <= 180:
-        hm = (h1 + h2) / 2
-    else:
-        hm = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
-    t = (1 - 0.17 * math.cos(math.radians(hm - 30)) + 0.24 * math.cos(math.radians(2 * hm))
-         + 0.32 * math.cos(math.radians(3 * hm + 6)) - 0.20 * math.cos(math.radians(4 * hm - 63)))
-    rt = -math.sin(math.radians(60 * math.exp(-(((hm - 275) / 25) ** 2)))) * 2 * math.sqrt(
-        cmp_ ** 7 / (cmp_ ** 7 + 25.0 ** 7))
-    sl = 1 + 0.015 * (lm - 50) ** 2 / math.sqrt(20 + (lm - 50) ** 2)
-    sc, sh = 1 + 0.045 * cmp_, 1 + 0.015 * cmp_ * t
-    dl, dc = l2 - l1, c2 - c1
-    return math.sqrt((dl / sl) ** 2 + (dc / sc) ** 2 + (big_dh / sh) ** 2 + rt * (dc / sc) * (big_dh / sh))
+    """CIEDE2000 between two CIELAB colours (``pipeline.lab.delta_e2000``)."""
+    return float(delta_e2000(np.asarray(lab1, dtype=np.float64), np.asarray(lab2, dtype=np.float64)))
 
 
 # --- options ---------------------------------------------------------------------------------

@@ -117,15 +117,19 @@ def on_purpose(steps: dict[str, Any]) -> str | None:
     """Why the subject check shows the subject differing from the input on purpose (a step that changes it, as
     its notes say), or None: then it should not differ."""
     why = []
+    rc = steps.get("recolor") or {}
+    if rc and not rc.get("untouched"):
+        to = rc.get("colour") or rc.get("result")
+        why.append(f"recoloured on purpose by recolor{f' to {to}' if to else ''} (its region only, lightness kept)")
     rt = steps.get("retouch") or {}
     if rt.get("subject_pixels"):
         painted = rt.get("remove_mask") if isinstance(rt.get("remove_mask"), dict) else {}
-        why.append(f"retouch removed {_number(rt['subject_pixels'])} px of it, as painted in "
-                   f"{painted.get('file', 'its remove mask')}")
+        why.append(f"changed on purpose by retouch ({_number(rt['subject_pixels'])} px removed as painted in "
+                   f"{painted.get('file', 'its remove mask')})")
     tm = steps.get("tone_match") or {}
     if tm.get("changes_subject"):
-        why.append(f"tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})")
-    return f"changed on purpose by {'; '.join(why)}" if why else None
+        why.append(f"changed on purpose by tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})")
+    return "; ".join(why) or None
 
 
 def job_page(request: Request) -> Response:
