@@ -114,10 +114,12 @@ def edit_input(pixels: np.ndarray, size: tuple[int, int], offset: tuple[int, int
         gy1 = min(gh, max(gy0 + 1, int(round(inside.y1 * sy))))
         top = float(max_value(pixels))
         part = pixels[src.y0:src.y1, src.x0:src.x1]
-        a = part[..., 3].astype(np.float32) / top
-        premultiplied = part[..., :3].astype(np.float32) * (a / top)[..., None]
-        small_rgb = cv2.resize(premultiplied, (gx1 - gx0, gy1 - gy0), interpolation=cv2.INTER_AREA)
-        small_a = cv2.resize(a, (gx1 - gx0, gy1 - gy0), interpolation=cv2.INTER_AREA)
+        alpha = np.ascontiguousarray(part[..., 3])
+        # premultiplied in the image's own dtype: a 24 MP cut-out would need 380 MB as float32
+        premultiplied = cv2.multiply(np.ascontiguousarray(part[..., :3]), cv2.merge([alpha] * 3), scale=1.0 / top)
+        gsize_part = (gx1 - gx0, gy1 - gy0)
+        small_rgb = cv2.resize(premultiplied, gsize_part, interpolation=cv2.INTER_AREA).astype(np.float32) / top
+        small_a = cv2.resize(alpha, gsize_part, interpolation=cv2.INTER_AREA).astype(np.float32) / top
         rgb[gy0:gy1, gx0:gx1] = small_rgb + _WHITE * (1.0 - small_a)[..., None]
         coverage[gy0:gy1, gx0:gx1] = small_a
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8), coverage
