@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.stages.base import Asset, StageContext, stage_class
-from pipeline.stages.instruct import InstructScene, InstructSceneOptions, edit_input, feathered_seam, instruct_pipeline
+from pipeline.stages.instruct import (InstructScene, InstructSceneOptions, edit_input, feathered_seam,
+                                      instruct_pipeline, subject_difference)
 from tinymodels import make_config, netguard, tiny_flux_fill, tiny_flux_kontext  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")
@@ -62,6 +63,19 @@ def test_edit_regenerates_the_frame_and_keeps_subject_pixels_exactly(tmp_path):
     assert note["backend"] == "instruct" and note["pipeline"] == "FluxKontextPipeline"
     assert note["seed"] == 7 and note["prompt"] == "put it on the sand"
     assert note["model"] == str(tiny_flux_kontext()) and note["feather"] == 4
+    # a random model redraws the product beyond recognition: the review says so
+    assert note["subject_redrawn"] > 40 and any("redrew the product" in r for r in out.review)
+
+
+def test_subject_difference_measures_how_far_the_model_redrew_the_product():
+    image = np.full((16, 16, 3), 200, np.uint8)
+    coverage = np.zeros((16, 16), np.float32)
+    coverage[4:12, 4:12] = 1.0
+    assert subject_difference(image.astype(np.float32) / 255.0, image, coverage) < 1e-3
+    moved = image.astype(np.float32) / 255.0
+    moved[4:12, 4:8] = 1.0  # half the product gone, white sweep in its place
+    assert abs(subject_difference(moved, image, coverage) - 27.5) < 0.1
+    assert subject_difference(moved, image, np.zeros_like(coverage)) is None
 
 
 def test_same_seed_same_scene_other_seed_another(tmp_path):

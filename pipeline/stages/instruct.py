@@ -6,7 +6,9 @@ with it ("put the bottle on a marble table in soft morning light"). It regenerat
 can light the scene around the product and cast its shadows, but it also redraws the product, a little
 off. The product's own pixels are therefore pasted back exactly from the full-resolution cut-out; just
 outside the subject, where the model's version of its outline would show as a ghost edge next to the real
-one, a band of ``feather`` model pixels is blended into the scene beyond it (``feathered_seam``).
+one, a band of ``feather`` model pixels is blended into the scene beyond it (``feathered_seam``). How far the
+model strayed from the product it was shown is recorded, and a large change asks for a review
+(``subject_difference``, ``REDRAWN_LEVELS``): a moved product's shadow would not fit the pasted one.
 
 The pipeline loads like the other diffusers models (a local ``save_pretrained`` folder or a Hugging Face
 id already in the cache, never downloaded in a job); ``InstructModel`` refuses pipelines that are not an
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 
 _WHITE = 1.0  # what the subject stands on in the image the model edits: a studio's white sweep
 _SUBJECT = 0.02  # model-size coverage above this is (part of) the subject: the seam band starts outside it
+REDRAWN_LEVELS = 40.0  # the model's product differing from the real one by more than this (mean, 8-bit levels) asks for
+# a review: it has likely moved or reshaped it, so the shadow it cast may not fit the pasted product. A first guess,
+# not measured on real Kontext output.
 
 
 class InstructModel(DiffusersModel):
@@ -154,6 +159,15 @@ def feathered_seam(gen: np.ndarray, coverage: np.ndarray, width: int) -> np.ndar
     return out
 
 
+def subject_difference(gen: np.ndarray, image: np.ndarray, coverage: np.ndarray) -> float | None:
+    """How far the model redrew the product: the mean absolute difference (8-bit levels) between its image
+    (``gen``, float 0..1) and the one it was shown (uint8) over the solid subject; None: no solid subject."""
+    solid = coverage >= 0.98
+    if not solid.any():
+        return None
+    return float(np.abs(gen[solid] * 255.0 - image[solid].astype(np.float32)).mean())
+
+
 def edit(pipe: Any, image: np.ndarray, *, prompt: str, seed: int, steps: int, guidance: float | None) -> np.ndarray:
     """One edit call at the size of ``image`` (uint8 RGB). Returns float32 RGB 0..1 of the same size.
 
@@ -240,6 +254,7 @@ class InstructScene(Stage):
         seed = secrets.randbelow(2**31) if o.seed is None else o.seed
         with gpu_errors(f"place_in_scene {model_name}"):
             gen = edit(pipe, image, prompt=o.prompt, seed=seed, steps=o.steps, guidance=o.guidance)
+        redrawn = subject_difference(gen, image, coverage)
         gen = feathered_seam(gen, coverage, o.feather)
         scene = resize(to_dtype(gen, pixels.dtype), (w, h))
         composite(scene, pixels, ox, oy)
@@ -249,5 +264,10 @@ class InstructScene(Stage):
             "steps": o.steps, "guidance": o.guidance, "prompt": o.prompt, "feather": o.feather,
             "generated_at": [gw, gh], "size": [w, h], "scale": round(place.scale, 4),
             "subject_box": [place.x, place.y, place.x + subject.width, place.y + subject.height],
+            "subject_redrawn": None if redrawn is None else round(redrawn, 1),
         }
+        if redrawn is not None and redrawn > REDRAWN_LEVELS:
+            result.review.append(f"place_in_scene: {model_name} redrew the product {redrawn:.0f} levels off on "
+                                 f"average (over {REDRAWN_LEVELS:g}); its exact pixels are pasted back, check that "
+                                 "the scene's shadow and reflections fit them")
         return [result]
