@@ -138,6 +138,28 @@ def test_check_passes_with_the_adapter_on_disk_and_refuses_a_missing_reference(w
     assert f"place_in_scene.reference: file {workspace.root / 'scenes' / 'gone.jpg'} does not exist" in result.output
 
 
+def test_an_adapter_in_the_hugging_face_cache_loads_offline(workspace, adapter, monkeypatch):
+    """The default kind of name, owner/name/folder/file, found in the cache as assetd models pull leaves it."""
+    import shutil
+
+    repo = workspace.root / "model-cache" / "huggingface" / "models--acme--IP-Adapter"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(adapter.parent, repo / "snapshots" / commit / "sd15")
+    monkeypatch.setenv("HF_HOME", str(workspace.root / "hf-home"))
+    workspace.write_config(extra="device: cpu\nmodels: {cache_dir: model-cache}\n")
+    reference_rule(workspace, ip_adapter=f"acme/IP-Adapter/sd15/{adapter.name}")
+    result = check_cli(workspace, "models", "check")
+    assert result.exit_code == 0, result.output
+    assert f"+ acme/IP-Adapter/sd15/{adapter.name} loads offline" in result.output
+    shutil.rmtree(repo / "snapshots" / commit / "sd15" / "image_encoder")
+    result = check_cli(workspace, "models", "check")
+    assert result.exit_code == 1
+    assert f"IP-Adapter 'acme/IP-Adapter/sd15/{adapter.name}' is incomplete" in result.output
+    assert "with its image_encoder/ folder beside it" in result.output
+
+
 def test_a_pipeline_without_ip_adapter_support_is_named(tmp_path, adapter):
     config = make_config(tmp_path)
     spec = StepSpec("place_in_scene", "diffusers", DiffusersSceneOptions(
