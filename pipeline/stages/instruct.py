@@ -50,15 +50,16 @@ REDRAWN_LEVELS = 40.0  # the model's product differing from the real one by more
 class InstructModel(DiffusersModel):
     """An instruction-following edit pipeline (FLUX.1 Kontext): a Hugging Face id or a local folder.
 
-    Fetched like any diffusers pipeline (``DiffusersModel.pull``); loading differs only in what it accepts.
+    Fetched and placed on the device like any diffusers pipeline (``DiffusersModel.pull`` / ``placed``);
+    loading differs only in what it accepts.
     """
 
     kind = "instruct"
     setting = "instruct"
 
     @classmethod
-    def load(cls, manager: "ModelManager", name: str) -> Any:
-        """Load the edit pipeline (class read from model_index.json) on the manager's device, offline."""
+    def unplaced(cls, manager: "ModelManager", name: str) -> Any:
+        """The edit pipeline (class read from model_index.json), loaded offline on the CPU."""
         config = manager.config
         diffusers = require("diffusers", "place_in_scene backend instruct")
         folder = diffusers_folder(config, name)
@@ -75,11 +76,6 @@ class InstructModel(DiffusersModel):
             raise ConfigError(f"instruct model {name!r} is a {type(pipe).__name__}, not an instruction-edit "
                               f"pipeline (use FLUX.1 Kontext, e.g. black-forest-labs/FLUX.1-Kontext-dev)")
         pipe.set_progress_bar_config(disable=True)
-        with gpu_errors(f"loading {name}"):
-            if manager.is_gpu and config.models.cpu_offload:
-                pipe.enable_model_cpu_offload(device=manager.device)
-            else:
-                pipe.to(manager.device)
         return pipe
 
 
