@@ -88,7 +88,7 @@ def diffusers_folder(config: "Config", model: str) -> Path:
     return folder
 
 
-def _dtype_keyword() -> str:
+def dtype_keyword() -> str:
     """diffusers ≥ 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older versions only ``torch_dtype``."""
     try:
         from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
@@ -115,7 +115,7 @@ class DiffusersModel(ModelKind):
         diffusers = require("diffusers", "the diffusers backend")  # the extra first: without it, pulling is no help
         folder = diffusers_folder(config, name)
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {dtype_keyword(): manager.dtype, "local_files_only": True}
         if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)  # studio product shots, no NSFW filter
         try:

@@ -32,7 +32,7 @@ from ..models import ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt
 from .base import Asset, Stage, StageContext, register
-from .diffusion import DiffusersModel, _dtype_keyword, diffusers_folder, generation_size, native_geometry
+from .diffusion import DiffusersModel, dtype_keyword, diffusers_folder, generation_size, native_geometry
 from .framing import Box, place_subject
 from . import place_in_scene  # noqa: F401  (importing it declares the step this module adds a backend to)
 from .subject import anchor_option, composite, cutout_subject, margin_option, paste_matte, scale_option
@@ -63,7 +63,7 @@ class InstructModel(DiffusersModel):
         config = manager.config
         diffusers = require("diffusers", "place_in_scene backend instruct")
         folder = diffusers_folder(config, name)
-        kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {dtype_keyword(): manager.dtype, "local_files_only": True}
         try:
             pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, json.JSONDecodeError) as exc:
