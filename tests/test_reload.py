@@ -221,9 +221,11 @@ def test_workers_added_and_removed_while_running_take_and_finish_the_files(works
         workspace.config_path.write_text(workspace.config_path.read_text().replace("workers: 3", "workers: 1"))
         run.logged("config: workers changed")
         jobs += [run.drop("last.jpg", seed=4)]
-        stopped = wait_for(lambda: [t for t in run.daemon._threads if not t.is_alive()], "the retired workers")
+        # the two extra workers stop by themselves, before the daemon does (each when its job is done: wait for both)
+        stopped = wait_for(lambda: len([t for t in run.daemon._threads if not t.is_alive()]) == 2,
+                           "the two retired workers")
     assert [j.status for j in jobs] == [JobStatus.DONE] * 4
-    assert len(stopped) == 2  # the two extra workers stopped by themselves, before the daemon did
+    assert stopped
 
 
 def test_an_inbox_added_while_running_is_watched_and_one_that_disappeared_is_not_recreated(workspace, caplog,
