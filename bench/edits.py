@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{best['cpu']:.2f} s | {peak:.0f} MB | +{growth:.0f} MB | {best['outputs']} | {best['summary']} |")
         print(rows[-1], flush=True)
     lines = [
-        f"Input: one {w}×{h} synthetic shot ({w * h / 1e6:.0f} MP JPEG q92: a tan shoe on white paper, {SPECKS} specks "
-        "of dust planted, a clamp at the top of the sweep painted in `shot.remove.png`); scenes of the same size. "
+        f"Input: one {w}×{h} synthetic shot ({w * h / 1e6:.0f} MP JPEG q92: a tan shoe on white paper, "
+        f"{SPECKS} specks of dust planted, a clamp at the top of the sweep painted in `shot.remove.png`); scenes of the same size. "
         f"Each step in a fresh process, {runs} run{'s' if runs > 1 else ''} each: the best wall-clock time in bold, "
         "every run's in brackets; CPU seconds of the best run. The steps before it in a chain run first, untimed.",
         "",
