@@ -190,7 +190,7 @@ def summarise(step: str, notes: list[dict[str, Any]]) -> str:
     first = notes[0] if notes else {}
     if step == "retouch":
         spots = first.get("backdrop_spots", {})
-        return f"{spots.get('spots', '?')} spots, {first.get('removed_pixels', '?')} px removed"
+        return f"{spots.get('spots', '?')} spots found, {first.get('removed_pixels', '?')} px removed in all"
     if step == "recolor":
         return ", ".join(f"{n.get('variant')} lands ΔE2000 {n.get('delta_e', '?')} from its colour" for n in notes)
     if step == "tone_match":
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     lines = [
         f"Input: one {w}×{h} synthetic shot ({w * h / 1e6:.0f} MP JPEG q92: a tan shoe on white paper, "
-        f"{SPECKS} specks of dust planted, a clamp at the top of the sweep painted in `shot.remove.png`); scenes of the same size. "
+        f"{SPECKS} specks of dust planted, a clamp at the top of the sweep painted in `shot.remove.png`); "
+        "scenes of the same size. "
         f"Each step in a fresh process, {runs} run{'s' if runs > 1 else ''} each: the best wall-clock time in bold, "
         "every run's in brackets; CPU seconds of the best run. The steps before it in a chain run first, untimed.",
         "",
@@ -346,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         + "\"Above RSS before it\" is that peak minus the process's RSS just before the step: what the step itself "
         "holds at its worst, its outputs included. "
         f"1-minute load average on this {os.cpu_count()}-core machine during the runs: "
-        f"{min(loads):.1f} to {max(loads):.1f} (above 1: other work shared the CPUs, and times are longer than on an "
-        "idle machine).",
+        f"{min(loads):.1f} to {max(loads):.1f}"
+        + (" (more than its cores: other processes shared the CPUs, so these times are longer than on an idle machine)."
+           if max(loads) > (os.cpu_count() or 1) else "."),
     ]
     emit("\n".join(lines), args.markdown)
     return 0
