@@ -196,8 +196,8 @@ class InputConfig:
 
 @dataclass
 class ModelsConfig:
-    """Where models live and how they run. ``rembg``, ``diffusers`` and ``spandrel`` are their backends'
-    default models: a backend's ``ModelKind.setting`` names its key here (a backend without one needs none)."""
+    """Where models live and how they run. ``rembg``, ``diffusers``, ``instruct`` and ``spandrel`` are their
+    backends' default models: a backend's ``ModelKind.setting`` names its key here (a backend without one needs none)."""
 
     cache_dir: Path | None = opt(None, doc="where model weights live: <cache_dir>/assetd/u2netp.onnx (the studio "
                                  "subject prior), <cache_dir>/huggingface, <cache_dir>/rembg; default: "
@@ -205,6 +205,8 @@ class ModelsConfig:
     rembg: str = opt("birefnet-general", doc="default model of remove_background backend rembg")
     diffusers: str = opt("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                          doc="default pipeline of place_in_scene backend diffusers and fill: generate")
+    instruct: str = opt("black-forest-labs/FLUX.1-Kontext-dev",
+                        doc="default pipeline of place_in_scene backend instruct (an instruction-edit model)")
     spandrel: Path | None = opt(None, doc="default weights file of upscale backend spandrel")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = opt("auto", doc="auto: bf16/fp16 on GPU, fp32 on CPU")
     cpu_offload: bool = opt(False, doc="move diffusers sub-models to the GPU only while they run (small cards)")

@@ -202,7 +202,7 @@ def build_flux_fill(out: Path) -> Path:
     _shim()
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     # in_channels = 4·latent(2) packed noise + 4·latent(2) packed masked image + 4·(vae scale 1)² packed mask
@@ -212,19 +212,57 @@ def build_flux_fill(out: Path) -> Path:
     vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
                         latent_channels=2, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
                         shift_factor=0.0609, scaling_factor=1.5035)
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789.,"]
-    pieces += [("▁" + c, -4.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(9, -1, -1)]
-    t5_tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=10, model_max_length=512)
-    t5 = T5EncoderModel(T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0))
+    t5, t5_tokenizer = _tiny_t5()
     pipe = FluxFillPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
                             text_encoder=CLIPTextModel(_clip_text_config()),
                             tokenizer=_clip_tokenizer(out.parent / "clip-tokenizer"), text_encoder_2=t5,
                             tokenizer_2=t5_tokenizer, transformer=transformer)
     pipe.save_pretrained(str(out))
     return out
+
+
+def _tiny_t5():
+    """A two-layer T5 encoder and a Unigram T5 tokenizer built in memory (no sentencepiece file, no download)."""
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789.,"]
+    pieces += [("▁" + c, -4.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(9, -1, -1)]
+    tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=10, model_max_length=512)
+    encoder = T5EncoderModel(T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                      relative_attention_num_buckets=8, decoder_start_token_id=0))
+    return encoder, tokenizer
+
+
+def build_flux_kontext(out: Path) -> Path:
+    """A FluxKontextPipeline with a one-block transformer, a one-level VAE (native size 128²) and tiny text
+    encoders, saved. Kontext puts the image's latents beside the noise in the sequence, not in the channels:
+    in_channels is 4·latent(2) packed, as for plain FLUX."""
+    skip_without("torch", "diffusers", "transformers")
+    _shim()
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=2, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    t5, t5_tokenizer = _tiny_t5()
+    pipe = FluxKontextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                               text_encoder=CLIPTextModel(_clip_text_config()),
+                               tokenizer=_clip_tokenizer(out.parent / "clip-tokenizer"), text_encoder_2=t5,
+                               tokenizer_2=t5_tokenizer, transformer=transformer)
+    pipe.save_pretrained(str(out))
+    return out
+
+
+def tiny_flux_kontext() -> Path:
+    return _memo("tiny-flux-kontext", build_flux_kontext)
 
 
 def tiny_sd_inpaint() -> Path:

@@ -93,6 +93,7 @@ STAGE_MODULES = [
     "pipeline.stages.upscale",
     "pipeline.stages.rembg_backend",
     "pipeline.stages.diffusion",
+    "pipeline.stages.instruct",
     "pipeline.stages.spandrel_upscale",
 ]
 

@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, PermanentError
-from ..models import ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
+from ..models import MissingModelError, ModelKind, ModelRef, gpu_errors, manager_for, pull_hint, require
 from ..pixels import max_value, resize, to_dtype
 from ..schema import opt, options_of
-from .place_in_scene import variant_of  # (importing it declares the step this module adds a backend to)
+from .place_in_scene import load_scene, variant_of  # (importing it declares the step this module adds a backend to)
 from .base import Asset, Stage, StageContext, register
 from .crops import CropsOptions, Fill, seed_of
 from .framing import Box, place_subject
@@ -88,7 +88,7 @@ def diffusers_folder(config: "Config", model: str) -> Path:
     return folder
 
 
-def _dtype_keyword() -> str:
+def dtype_keyword() -> str:
     """diffusers ≥ 0.42 takes ``dtype`` (``torch_dtype`` is deprecated); older versions only ``torch_dtype``."""
     try:
         from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
@@ -106,11 +106,16 @@ class DiffusersModel(ModelKind):
     @classmethod
     def load(cls, manager: "ModelManager", name: str) -> Any:
         """Load an inpainting pipeline (class read from model_index.json) on the manager's device."""
+        return cls.placed(manager, name, cls.unplaced(manager, name))
+
+    @classmethod
+    def unplaced(cls, manager: "ModelManager", name: str) -> Any:
+        """The inpainting pipeline, loaded offline on the CPU (an adapter goes in before it is placed)."""
         config = manager.config
         diffusers = require("diffusers", "the diffusers backend")  # the extra first: without it, pulling is no help
         folder = diffusers_folder(config, name)
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        kwargs: dict[str, Any] = {_dtype_keyword(): manager.dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {dtype_keyword(): manager.dtype, "local_files_only": True}
         if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)  # studio product shots, no NSFW filter
         try:
@@ -125,8 +130,13 @@ class DiffusersModel(ModelKind):
             raise ConfigError(f"diffusers model {name!r} is a {type(pipe).__name__}, not an inpainting pipeline "
                               f"(use an SD/SDXL inpainting checkpoint or FLUX.1 Fill)")
         pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @classmethod
+    def placed(cls, manager: "ModelManager", name: str, pipe: Any) -> Any:
+        """``pipe`` on the manager's device (or offloaded to it, ``models.cpu_offload``)."""
         with gpu_errors(f"loading {name}"):
-            if manager.is_gpu and config.models.cpu_offload:
+            if manager.is_gpu and manager.config.models.cpu_offload:
                 pipe.enable_model_cpu_offload(device=manager.device)
             else:
                 pipe.to(manager.device)
@@ -154,6 +164,96 @@ def pipeline_ref(config: "Config", model: str | None) -> ModelRef:
     return ModelRef(DiffusersModel, DiffusersModel.name_for(config, model))
 
 
+# ------------------------------------------------------------------- reference image (IP-Adapter)
+
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"  # matches models.diffusers' SDXL
+_WITH = " + "  # between the pipeline and the adapter in a ReferencePipelineModel's name
+
+
+def ip_adapter_files(config: "Config", spec: str) -> tuple[Path, str]:
+    """(folder, weight file name) of an IP-Adapter: a local weight file, or ``owner/name/sub/file`` in a Hugging
+    Face repository (in the HF cache). Its image encoder is the ``image_encoder`` folder beside the weights.
+
+    Raises MissingModelError naming the adapter and the pull command when it is not there. Never downloads.
+    """
+    local = config.resolve(spec)
+    if local.is_file():
+        folder, weights = local.parent, local.name
+    elif local.parent.is_dir():  # a local folder: the file is missing, not a hub id
+        raise ConfigError(f"IP-Adapter {spec!r}: no such file ({local})")
+    else:
+        parts = spec.split("/")
+        if spec.startswith((".", "/", "~")) or len(parts) < 3:
+            raise ConfigError(f"IP-Adapter {spec!r}: no such file ({local}), and not a Hugging Face file like "
+                              f"'owner/name/folder/weights.safetensors'")
+        hub = require("huggingface_hub", "the diffusers backend's reference image")
+        try:
+            snapshot = hub.snapshot_download("/".join(parts[:2]), cache_dir=hf_cache_dir(config), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise MissingModelError(f"IP-Adapter {spec!r} is not in the local model cache", pull_hint(config)) from exc
+        folder, weights = Path(snapshot, *parts[2:-1]), parts[-1]
+    if not (folder / weights).is_file() or not (folder / "image_encoder" / "config.json").is_file():
+        raise MissingModelError(f"IP-Adapter {spec!r} is incomplete ({folder / weights} with its image_encoder/ "
+                                f"folder beside it)", pull_hint(config))
+    return folder, weights
+
+
+class ReferencePipelineModel(ModelKind):
+    """An inpainting pipeline with an IP-Adapter in it (``reference``), named ``PIPELINE + ADAPTER``.
+
+    Its own copy of the pipeline: the adapter changes the UNet's attention, which a rule without a
+    reference (or ``fill: generate``) must not get.
+    """
+
+    kind = "diffusers+ip_adapter"
+
+    @staticmethod
+    def name_of(pipeline: str, adapter: str) -> str:
+        return f"{pipeline}{_WITH}{adapter}"
+
+    @classmethod
+    def load(cls, manager: "ModelManager", name: str) -> Any:
+        """The pipeline (offline), the adapter and its image encoder loaded into it, then placed on the device."""
+        pipeline, _, adapter = name.partition(_WITH)
+        pipe = DiffusersModel.unplaced(manager, pipeline)
+        folder, weights = ip_adapter_files(manager.config, adapter)
+        if not hasattr(pipe, "load_ip_adapter") or not hasattr(pipe, "unet"):
+            raise ConfigError(f"diffusers model {pipeline!r} is a {type(pipe).__name__}, which takes no IP-Adapter: "
+                              f"reference needs an SD/SDXL inpainting pipeline")
+        try:
+            pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weights, image_encoder_folder="image_encoder",
+                                 local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"IP-Adapter {adapter!r} ({folder / weights}) cannot be loaded into {pipeline!r}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                              f"(an SD 1.5 adapter needs an SD 1.5 pipeline, an SDXL one an SDXL pipeline)") from exc
+        return DiffusersModel.placed(manager, name, pipe)
+
+    @classmethod
+    def pull(cls, config: "Config", name: str) -> str:
+        """Fetch the pipeline and the adapter's weights with its image encoder (local files are only checked)."""
+        pipeline, _, adapter = name.partition(_WITH)
+        lines = [DiffusersModel.pull(config, pipeline)]
+        if config.resolve(adapter).is_file():
+            ip_adapter_files(config, adapter)
+            return "; ".join(lines + [f"{adapter}: local file, nothing to fetch"])
+        parts = adapter.split("/")
+        if len(parts) < 3:
+            ip_adapter_files(config, adapter)  # raises the ConfigError that says why
+        hub = require("huggingface_hub", "assetd models pull")
+        sub = "/".join(parts[2:-1])
+        prefix = f"{sub}/" if sub else ""
+        folder = hub.snapshot_download("/".join(parts[:2]), cache_dir=hf_cache_dir(config),
+                                       allow_patterns=[f"{prefix}{parts[-1]}", f"{prefix}image_encoder/*"],
+                                       ignore_patterns=_PULL_IGNORE)
+        return "; ".join(lines + [f"{adapter}: {folder}"])
+
+
+def reference_ref(config: "Config", model: str | None, adapter: str) -> ModelRef:
+    """The pipeline a step names (else models.diffusers) with the IP-Adapter ``adapter`` loaded into it."""
+    return ModelRef(ReferencePipelineModel, ReferencePipelineModel.name_of(pipeline_ref(config, model).name, adapter))
+
+
 def native_geometry(pipe: Any) -> tuple[int, int]:
     """(native side in pixels, size multiple) of an SD/SDXL UNet or FLUX transformer pipeline."""
     vsf = int(getattr(pipe, "vae_scale_factor", 8))
@@ -166,8 +266,11 @@ def native_geometry(pipe: Any) -> tuple[int, int]:
 
 
 def inpaint(pipe: Any, image: np.ndarray, mask: np.ndarray, *, prompt: str, negative_prompt: str | None,
-            seed: int, steps: int, guidance: float | None, strength: float = 1.0) -> np.ndarray:
+            seed: int, steps: int, guidance: float | None, strength: float = 1.0,
+            reference: np.ndarray | None = None) -> np.ndarray:
     """One inpainting call at the size of ``image`` (uint8 RGB); mask 255 = generate. Returns float32 RGB 0..1.
+
+    ``reference`` (uint8 RGB) goes to the pipeline's IP-Adapter (``ReferencePipelineModel``).
 
     Parameters a pipeline does not take (FLUX Fill has no negative prompt) are left out. The noise
     comes from a CPU generator, so a seed gives the same image on every device.
@@ -193,6 +296,8 @@ def inpaint(pipe: Any, image: np.ndarray, mask: np.ndarray, *, prompt: str, nega
         kwargs["guidance_scale"] = guidance
     if "strength" in params:
         kwargs["strength"] = strength
+    if reference is not None:
+        kwargs["ip_adapter_image"] = Image.fromarray(np.ascontiguousarray(reference), "RGB")
     kwargs = {k: v for k, v in kwargs.items() if k in params}
     with torch.inference_mode():
         out = pipe(**kwargs).images
@@ -225,6 +330,15 @@ class DiffusersSceneOptions:
                                                "one: each a variant, v1 to v4, its seed in the manifest")
     strength: float = opt(1.0, min=0.01, max=1.0,
                           doc="1: a new background; lower keeps more of the input's original backdrop")
+    reference: Path | None = opt(None, doc="an image the scene should look like (path relative to the config "
+                                           "file), through an IP-Adapter (ip_adapter); SD/SDXL pipelines only")
+    reference_strength: float = opt(0.5, min=0.0, max=1.0,
+                                    doc="how much the reference steers the scene (the IP-Adapter scale): 0 the "
+                                        "prompt alone, 1 mostly the reference")
+    ip_adapter: str = opt(DEFAULT_IP_ADAPTER,
+                          doc="the IP-Adapter weights a reference uses: a local .safetensors/.bin file or a Hugging "
+                              "Face file 'owner/name/folder/file', its image_encoder/ folder beside it (SD 1.5: "
+                              "h94/IP-Adapter/models/ip-adapter_sd15.safetensors); fetched by assetd models pull")
     anchor: str = anchor_option()
     scale: float = scale_option()
     margin: float = margin_option()
@@ -241,7 +355,36 @@ class DiffusersScene(Stage):
     model_kind = DiffusersModel
 
     def prepare(self) -> None:
-        diffusion_pipeline(self.ctx, self.options.model)
+        self.pipeline()
+
+    @classmethod
+    def model_ref(cls, options: DiffusersSceneOptions, config: "Config") -> ModelRef:
+        """The inpainting pipeline, with the IP-Adapter in it when the step has a ``reference``."""
+        if options.reference is not None:
+            return reference_ref(config, options.model, options.ip_adapter)
+        return pipeline_ref(config, options.model)
+
+    @classmethod
+    def validate(cls, options: DiffusersSceneOptions, where: str, ctx_config: "Config") -> list[str]:
+        if options.reference is not None and not options.reference.is_file():
+            return [f"{where}.reference: file {options.reference} does not exist"]
+        return []
+
+    def pipeline(self) -> Any:
+        """The worker's resident pipeline for this step (its own copy with the adapter when it has a reference)."""
+        return manager_for(self.ctx).load(self.model_ref(self.options, self.ctx.config))
+
+    def reference_pixels(self) -> np.ndarray | None:
+        """The decoded reference image (RGB uint8), read once per stage instance; None without one."""
+        if self.options.reference is None:
+            return None
+        if getattr(self, "_reference", None) is None:
+            try:
+                self._reference = load_scene(self.options.reference, self.ctx.config)
+            except PermanentError as exc:
+                raise PermanentError(f"place_in_scene: cannot read reference {self.options.reference}: "
+                                     f"{exc.__cause__ or exc}") from exc
+        return self._reference
 
     @classmethod
     def variants(cls, options: DiffusersSceneOptions) -> list[str]:
@@ -257,18 +400,21 @@ class DiffusersScene(Stage):
         w, h = place.out_w, place.out_h
         ox, oy = place.x - subject.x0, place.y - subject.y0
 
-        pipe = diffusion_pipeline(self.ctx, o.model)
+        pipe = self.pipeline()
         native, multiple = native_geometry(pipe)
         gw, gh = generation_size(w, h, native, multiple)
         init, mask = model_inputs(pixels, (w, h), (ox, oy), (gw, gh))
         model_name = pipeline_ref(self.ctx.config, o.model).name
+        reference = self.reference_pixels()
+        if reference is not None:
+            pipe.set_ip_adapter_scale(o.reference_strength)  # the worker's steps with this adapter share it
         matte = paste_matte(alpha, (w, h), (ox, oy))
 
         results = []
         for i, seed in enumerate(_seeds(o.seed, o.variations)):
             with gpu_errors(f"place_in_scene {model_name}"):
                 gen = inpaint(pipe, init, mask, prompt=o.prompt, negative_prompt=o.negative_prompt, seed=seed,
-                              steps=o.steps, guidance=o.guidance, strength=o.strength)
+                              steps=o.steps, guidance=o.guidance, strength=o.strength, reference=reference)
             scene = resize(to_dtype(gen, pixels.dtype), (w, h))
             composite(scene, pixels, ox, oy)
             variant = variant_of(asset.variant, variation_name(i)) if o.variations > 1 else asset.variant
@@ -282,6 +428,9 @@ class DiffusersScene(Stage):
             }
             if variant != asset.variant:
                 result.notes["place_in_scene"]["variant"] = variant
+            if reference is not None:
+                result.notes["place_in_scene"].update(
+                    reference=str(o.reference), reference_strength=o.reference_strength, ip_adapter=o.ip_adapter)
             results.append(result)
         return results
 
