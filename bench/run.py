@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "matting": run("matting", ["bench/matting.py"] + (["--count", "1", "--size", "600x400"] if args.quick else [])),
         "cutout": run("cutout", ["bench/cutout.py"] + (["--size", "1200x800", "--runs", "1"] if args.quick else [])),
         "speed": run("speed", ["bench/speed.py"] + (["--size", "2400x1600", "--runs", "1"] if args.quick else [])),
+        "edits": run("edits", ["bench/edits.py"] + (["--quick"] if args.quick else [])),
         "overhead": run("overhead", ["bench/overhead.py"] + (["--files", "1000"] if args.quick else [])),
         "seams": run("seams", ["bench/seams.py"] + (["--composite-size", "600x450"] if args.quick else [])),
         "framing": run("framing", ["bench/framing.py"] + (["--quick"] if args.quick else [])),
