@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from .errors import ConfigError, TransientError
@@ -65,6 +66,29 @@ def require(module: str, what: str) -> Any:
     except ImportError as exc:
         hint = BASE_INSTALL_HINT if module in BASE_MODULES else INSTALL_HINT
         raise ConfigError(f"{what} needs the Python package {module!r} ({exc}); {hint}") from exc
+
+
+def weights_from_file(file: Path, what: str, needed_by: str) -> Any:
+    """The spandrel model descriptor of the weights ``file`` (architecture auto-detected), on the CPU. ``what``
+    names it in messages ("upscale model"); ConfigError when the file is missing or spandrel does not recognise it."""
+    if not file.is_file():
+        raise ConfigError(f"{what} file {file} not found")
+    spandrel = require("spandrel", needed_by)
+    try:
+        return spandrel.ModelLoader(device="cpu").load_from_file(str(file))
+    except Exception as exc:
+        raise ConfigError(f"{what} {file} cannot be loaded (not a model spandrel recognises, or a "
+                          f"broken file): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          ) from exc
+
+
+def weights_present(name: str, what: str, weights: str) -> str:
+    """``pull`` of a weights file put in place by hand: only checks it is there."""
+    file = Path(name)
+    if not file.is_file():
+        raise ConfigError(f"{what} file {file} not found ({weights} weights are not downloaded "
+                          f"by assetd: put the .pth/.safetensors file there)")
+    return f"{name}: present"
 
 
 # ----------------------------------------------------------------------------------------- devices

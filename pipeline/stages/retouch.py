@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from ..models import ModelKind, gpu_errors, manager_for, require
+from ..models import ModelKind, gpu_errors, manager_for, require, weights_from_file, weights_present
 from ..pixels import max_value
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
@@ -335,16 +335,9 @@ class LamaModel(ModelKind):
     def load(cls, manager: "ModelManager", name: str) -> Any:
         """A spandrel MaskedImageModelDescriptor in eval mode on the device, in float32 (LaMa's Fourier units)."""
         file = Path(name)
-        if not file.is_file():
-            raise ConfigError(f"retouch model file {file} not found")
-        spandrel = require("spandrel", "retouch backend lama")
+        model = weights_from_file(file, "retouch model", "retouch backend lama")
         require("torch", "retouch backend lama")
-        try:
-            model = spandrel.ModelLoader(device="cpu").load_from_file(str(file))
-        except Exception as exc:
-            raise ConfigError(f"retouch model {file} cannot be loaded (not a model spandrel recognises, or a "
-                              f"broken file): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              ) from exc
+        spandrel = require("spandrel", "retouch backend lama")
         if not isinstance(model, spandrel.MaskedImageModelDescriptor) or model.input_channels != 3:
             raise ConfigError(f"retouch model {file} is a {model.architecture.id} {type(model).__name__}, not an "
                               f"inpainting model (LaMa)")
@@ -356,11 +349,7 @@ class LamaModel(ModelKind):
     @classmethod
     def pull(cls, config: "Config", name: str) -> str:
         """Only checks the file is there: LaMa weights are put in place by hand."""
-        file = Path(name)
-        if not file.is_file():
-            raise ConfigError(f"retouch model file {file} not found (LaMa weights are not downloaded by assetd: "
-                              f"put the .pth/.safetensors file there)")
-        return f"{name}: present"
+        return weights_present(name, "retouch model", "LaMa")
 
 
 @register

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, TransientError
-from ..models import ModelKind, empty_cuda_cache, gpu_errors, is_cuda_oom, manager_for, require
+from ..models import (ModelKind, empty_cuda_cache, gpu_errors, is_cuda_oom, manager_for, require,
+                      weights_from_file, weights_present)
 from ..pixels import max_value, resize_mask
 from ..schema import opt
 from . import upscale  # noqa: F401  (declares the step this module adds a backend to)
@@ -140,16 +141,9 @@ class SpandrelModel(ModelKind):
         On a GPU it runs in bf16 or fp16 when the architecture supports it, else fp32.
         """
         file = Path(name)
-        if not file.is_file():
-            raise ConfigError(f"upscale model file {file} not found")
-        spandrel = require("spandrel", "the spandrel backend")
+        model = weights_from_file(file, "upscale model", "the spandrel backend")
         torch = require("torch", "the spandrel backend")
-        try:
-            model = spandrel.ModelLoader(device="cpu").load_from_file(str(file))
-        except Exception as exc:
-            raise ConfigError(f"upscale model {file} cannot be loaded (not a model spandrel recognises, or a "
-                              f"broken file): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              ) from exc
+        spandrel = require("spandrel", "the spandrel backend")
         if not isinstance(model, spandrel.ImageModelDescriptor) or model.input_channels != 3:
             raise ConfigError(f"upscale model {file} is a {type(model).__name__} with {model.input_channels} "
                               f"input channels; expected a single-image RGB model")
@@ -169,11 +163,7 @@ class SpandrelModel(ModelKind):
     @classmethod
     def pull(cls, config: "Config", name: str) -> str:
         """Only checks the file is there: spandrel weights are put in place by hand."""
-        file = Path(name)
-        if not file.is_file():
-            raise ConfigError(f"upscale model file {file} not found (spandrel weights are not downloaded "
-                              f"by assetd: put the .pth/.safetensors file there)")
-        return f"{name}: present"
+        return weights_present(name, "upscale model", "spandrel")
 
 
 # ------------------------------------------------------------------------------------ stage
