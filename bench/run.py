@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "framing": run("framing", ["bench/framing.py"] + (["--quick"] if args.quick else [])),
         "metrics": run("metrics", ["bench/metrics.py"] + (["--jobs", "1000", "--scrapes", "5"] if args.quick else [])),
         "review": run("review", ["bench/review.py"] + (["--quick"] if args.quick else [])),
+        "scaleout": run("scaleout", ["bench/scaleout.py"] + (["--quick"] if args.quick else [])),
     }
     if args.quick:
         print("quick run: BENCHMARKS.md left unchanged")
