@@ -5,8 +5,9 @@ registry made for that scrape: nothing is counted in memory, so ``assetd serve``
 ``assetd run`` reports the daemon's work, and a restart loses nothing. Each family is one GROUP BY in the store
 (``Store.job_tallies``, ``step_histogram``...), which keeps a scrape cheap with tens of thousands of jobs.
 
-Labels name rules, steps, backends, devices, channels and kinds of problem: never a file, a folder or a job id
-(one series per file would grow without end and leak names to whoever reads the metrics).
+Labels name rules, steps, backends, devices, channels, kinds of problem and runners (a worker or a Ray actor on
+its host): never a file, a folder or a job id (one series per file would grow without end and leak names to
+whoever reads the metrics).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def exposition(config: Config, store: Store, accept: str | None = None) -> tuple
 
 class JobsCollector:
     """Jobs by rule and outcome, queue depth by status, jobs in flight, review marks, last success, queue wait,
-    outputs awaiting approval."""
+    outputs awaiting approval, jobs done and their seconds by runner (where the chain ran)."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -82,6 +83,16 @@ class JobsCollector:
         for channel, n in sorted(self.store.awaiting_by_channel().items()):
             awaiting.add_metric([channel], n)
         yield awaiting
+        jobs = CounterMetricFamily("assetd_runner_jobs", "Jobs done, by where their chain ran (runner: \"actor-2 on "
+                                   "gpu-box-1\" under executor: ray, \"worker-1 on HOST\" locally): each actor's "
+                                   "throughput", labels=["runner"])
+        seconds = CounterMetricFamily("assetd_runner_job_seconds", "Seconds the jobs done took, by where their "
+                                      "chain ran", labels=["runner"])
+        for row in sorted(self.store.runner_tallies(), key=lambda r: r["runner"]):
+            jobs.add_metric([row["runner"]], row["jobs"])
+            seconds.add_metric([row["runner"]], row["seconds"])
+        yield jobs
+        yield seconds
 
 
 class StepTotals:

@@ -1273,6 +1273,13 @@ class Store:
             " SUM(chain_started_at IS NOT NULL) AS in_flight, MAX(finished_at) AS last_finished"
             " FROM jobs GROUP BY rule, status")
 
+    def runner_tallies(self) -> list[dict[str, Any]]:
+        """Per place a chain ran (``ran_on``: an actor on its node, a local worker on its host): how many jobs it
+        finished done and their seconds in all. Jobs done before ``ran_on`` was recorded are left out."""
+        return self.db.execute_returning_dicts(
+            "SELECT ran_on AS runner, COUNT(*) AS jobs, COALESCE(SUM(seconds), 0) AS seconds FROM jobs"
+            " WHERE status = ? AND ran_on IS NOT NULL GROUP BY ran_on", [JobStatus.DONE])
+
     def step_histogram(self, bounds: list[float], after: int = 0) -> list[dict[str, Any]]:
         """Per step, backend and device (``unknown`` on rows from before it was recorded): how many steps took at
         most each of ``bounds`` seconds (``le`` columns, cumulative), their count and total seconds, the highest

@@ -20,6 +20,7 @@ from pipeline.health import Problems
 from pipeline.intake import Intake
 from pipeline.metrics import QUEUE_BUCKETS, STAGE_BUCKETS, exposition
 from pipeline.models import manager_for
+from pipeline.owners import HOST
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import JobStatus, Store
@@ -330,6 +331,36 @@ def test_outputs_awaiting_approval_by_channel(workspace):
     worker.close()
     awaiting = scrape(config, store)["assetd_outputs_awaiting_approval"]
     assert {s.labels["channel"]: s.value for s in awaiting} == {"cutouts": 2}
+    store.close()
+
+
+def test_jobs_done_by_runner_show_each_workers_throughput(workspace):
+    """Two workers share a batch: the scrape counts each one's jobs done, and their seconds, under ``runner`` (the
+    worker and its host, as ``executor: ray`` names an actor and its node); a failed job counts for no runner."""
+    config, rules, store = setup(workspace, {"plain": PLAIN})
+    ids = submit(config, rules, store, workspace, ["a", "b", "c", "d", "e"], "plain")
+    damaged = workspace.root / "staging" / "plain" / "torn.jpg"
+    damaged.write_bytes(b"\xff\xd8\xff\xe0 this is not a photo")
+    Intake(config, rules, store).submit(damaged, rule_name="plain")
+    first, second = Worker("worker-1", config, store, rules), Worker("worker-2", config, store, rules)
+    for _ in range(2):
+        first.run_next()
+    run_all(second)
+    first.close()
+    second.close()
+    jobs = [store.get(j) for j in ids]
+    assert all(j.status is JobStatus.DONE for j in jobs)
+    by_runner: dict[str, list] = {}
+    for job in jobs:
+        by_runner.setdefault(job.ran_on, []).append(job)
+    assert set(by_runner) == {f"worker-1 on {HOST}", f"worker-2 on {HOST}"}
+
+    metrics = scrape(config, Store(config.database))
+    for runner, done in by_runner.items():
+        assert value(metrics["assetd_runner_jobs"], "assetd_runner_jobs_total", runner=runner) == len(done)
+        assert value(metrics["assetd_runner_job_seconds"], "assetd_runner_job_seconds_total",
+                     runner=runner) == pytest.approx(sum(j.seconds for j in done))
+    assert len(metrics["assetd_runner_jobs"]) == 2  # the damaged file's failure is no runner's throughput
     store.close()
 
 
