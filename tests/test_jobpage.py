@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from daemons import run_until_idle
 from pipeline.cli import cli
 from pipeline.config import load_config
+from pipeline.owners import HOST
 from pipeline.store import JobStatus, Store
 from pipeline.synth import scene_image
 from pipeline.web.app import create_app
@@ -42,6 +43,15 @@ def site(workspace):
     jobs = {j.input_path.rsplit("/", 1)[-1]: j for j in store.jobs()}
     with TestClient(create_app(config, store)) as client:
         yield client, store, jobs
+
+
+def test_the_page_says_where_the_chain_ran(site):
+    """``jobs.ran_on``: the worker and host (under ``executor: ray``, the actor and its node) that ran the job; a
+    job that failed at its decode has no such line."""
+    client, store, jobs = site
+    page = client.get(f"/jobs/{jobs['bottle.jpg'].id}")
+    assert re.search(rf'ran on <b class="ran-on">process on {re.escape(HOST)}</b>', page.text), page.text[:2000]
+    assert "ran on" not in client.get(f"/jobs/{jobs['damaged.jpg'].id}").text
 
 
 def test_the_page_shows_every_output_with_its_ratio_channel_and_safe_zones(site):
