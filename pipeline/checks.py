@@ -140,6 +140,71 @@ def _staging_problems(config: Config) -> list[str]:
     return problems
 
 
+def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why ``ray.address`` (``HOST:PORT`` or ``ray://HOST:PORT``) does not answer a TCP connection within
+    ``timeout``; None when it does, or for null and auto (Ray finds those at once or says so). Ray itself retries
+    an address that does not answer for minutes, which would hang the check."""
+    import socket
+
+    if address is None or address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """``executor: ray``: the cluster ``assetd run`` would use (nodes, CPUs, GPUs, the actors it would start), and
+    what would stop it there: Ray not installed, the address not answering, actors that no node can hold.
+    Returns (problems, warnings, info lines)."""
+    from .scaleout import INSTALL, describe_cluster, ray_installed
+
+    key = f"{config.source}: ray"
+    if not ray_installed():
+        return [f"{config.source}: executor: ray needs Ray, which is not installed here: {INSTALL}"], [], []
+    why = _unreachable(config.ray.address)
+    if why:
+        return [f"{key}.address: {config.ray.address} does not answer ({why}): start the head node there (`ray "
+                "start --head`, README \"Scaling out\") or correct the address; nothing can run until it answers"], [], []
+    try:
+        cluster = describe_cluster(config)
+    except ConfigError as exc:
+        return [f"{config.source}: {p}" for p in exc.problems], [], []
+    problems: list[str] = []
+    warnings: list[str] = []
+    nodes = "; ".join(f"{n['node']} ({n['cpus']:g} CPUs, {n['gpus']:g} GPUs)" for n in cluster.nodes)
+    info = [f"executor: ray: {cluster.address}: {len(cluster.nodes)} node(s) alive: {nodes}",
+            f"executor: ray: would start {cluster.actors} chain actor(s), {cluster.gpus_per_actor:g} GPU and "
+            f"{cluster.cpus_per_actor:g} CPU each (namespace {config.ray.namespace}); each loads the rules' models "
+            "from its own node's cache when it starts"]
+    if config.ray.actors == "per_gpu" and not cluster.gpus:
+        problems.append(f"{key}.actors: per_gpu, but no node of the cluster has a GPU: it would start one actor on "
+                        "a CPU; set ray.actors to a number for a CPU cluster, or join the GPU boxes")
+    most_gpus = max((n["gpus"] for n in cluster.nodes), default=0.0)
+    most_cpus = max((n["cpus"] for n in cluster.nodes), default=0.0)
+    if cluster.gpus_per_actor > most_gpus:
+        problems.append(f"{key}.gpus_per_actor: {cluster.gpus_per_actor:g}, but no node has more than "
+                        f"{most_gpus:g} GPU(s): no actor could start (Ray would wait for such a node forever)")
+    elif cluster.gpus_per_actor and cluster.actors * cluster.gpus_per_actor > cluster.gpus:
+        problems.append(f"{key}.actors: {cluster.actors} actors × {cluster.gpus_per_actor:g} GPU need "
+                        f"{cluster.actors * cluster.gpus_per_actor:g} GPUs, the cluster has {cluster.gpus:g}: "
+                        "the actors beyond them would never start")
+    if cluster.cpus_per_actor > most_cpus:
+        problems.append(f"{key}.cpus_per_actor: {cluster.cpus_per_actor:g}, but no node has more than "
+                        f"{most_cpus:g} CPU(s): no actor could start")
+    elif cluster.actors * cluster.cpus_per_actor > sum(n["cpus"] for n in cluster.nodes):
+        problems.append(f"{key}.actors: {cluster.actors} actors × {cluster.cpus_per_actor:g} CPU need more CPUs "
+                        f"than the cluster's {sum(n['cpus'] for n in cluster.nodes):g}: the actors beyond them "
+                        "would never start")
+    if config.workers != 1:
+        warnings.append(f"{config.source}: workers: {config.workers} is ignored under executor: ray (each actor "
+                        "runs one job at a time, with one read ahead); set ray.actors instead")
+    return problems, warnings, info
+
+
 def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
     """Returns (problems, warnings, info lines)."""
     problems: list[str] = []
@@ -178,7 +243,15 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
             if not apprise.Apprise().add(url):
                 problems.append(f"{config.source}: notify.urls[{i}]: apprise does not understand {url!r}")
     model_steps = [s for r in rules for s in r.steps if stage_class(s.step, s.backend).runs_model(s.options)]
-    from .models import check_models, model_refs, resolve_device
+    if config.executor == "ray":
+        for found, more in zip((problems, warnings, info), _cluster_report(config)):
+            found.extend(more)
+        models = _model_checks(config, rules, model_steps, device=None, clean=False)
+        warnings.extend(f"on this machine (the coordinator: it runs no chain under executor: ray, and each actor "
+                        f"checks its own node's models when it starts): {line}" for line in models[0] + models[1])
+        info.extend(models[2])
+        return problems, warnings, info
+    from .models import resolve_device
 
     device = resolve_device(config.device) if model_steps else "cpu"
     if model_steps and device == "cpu" and config.device.startswith("cuda"):
@@ -186,15 +259,28 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
                         "here (use auto to fall back to the CPU)")
     elif model_steps and device == "cpu":
         warnings.append(f"device {config.device!r} resolves to the CPU: model-backed steps will be slow")
-    if model_refs(config, rules):  # the model-backed steps' models and the studio backend's subject prior
-        checked = check_models(config, rules)
-        problems.extend(checked.problems)
-        warnings.extend(checked.warnings)
-        if model_steps and not problems:
-            info.append(f"{len(model_steps)} model-backed step(s) load offline on {device}")
-        for ref in checked.loaded:
-            if ref.kind == "prior":
-                from .prior import prior_file
-
-                info.append(f"{ref.used_by}: studio's subject prior {ref.name} loads ({prior_file(config)})")
+    models = _model_checks(config, rules, model_steps, device, clean=not problems)
+    for found, more in zip((problems, warnings, info), models):
+        found.extend(more)
     return problems, warnings, info
+
+
+def _model_checks(config: Config, rules: list, model_steps: list, device: str | None, clean: bool
+                  ) -> tuple[list[str], list[str], list[str]]:
+    """The rules' models (and the studio backend's subject prior) in this machine's cache: (problems, warnings,
+    info lines); ``device``: where the model-backed steps run here (None: not here, executor: ray); ``clean``: no
+    other problem was found (only then is "they load" said)."""
+    from .models import check_models, model_refs
+
+    if not model_refs(config, rules):
+        return [], [], []
+    checked = check_models(config, rules)
+    info = []
+    if model_steps and clean and not checked.problems and device is not None:
+        info.append(f"{len(model_steps)} model-backed step(s) load offline on {device}")
+    for ref in checked.loaded:
+        if ref.kind == "prior":
+            from .prior import prior_file
+
+            info.append(f"{ref.used_by}: studio's subject prior {ref.name} loads ({prior_file(config)})")
+    return list(checked.problems), list(checked.warnings), info
