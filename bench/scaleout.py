@@ -68,8 +68,8 @@ def rounded(n: float) -> str:
 
 
 def camera_like_jpeg(path: Path, size: tuple[int, int] = (6000, 4000)) -> Path:
-    """A JPEG (q92, 24 MP by default) the size a camera writes: a synthetic studio shot with sensor-like noise added (a clean
-    synthetic shot compresses to a third of a real one, which would flatter every read and hash)."""
+    """A JPEG (q92, 24 MP by default) the size a camera writes: a synthetic studio shot with sensor-like noise
+    added (a clean synthetic shot compresses to a third of a real one, which would flatter every read and hash)."""
     if path.exists():
         return path
     import numpy as np
@@ -419,7 +419,8 @@ def ray_measure(work: Path, quick: bool) -> tuple[list[str], float | None]:
         "|---|---|---|",
         f"| the call's own work inside the actor: decode, chain, encode (`ChainRunner.run`) | "
         f"{over['inside'] * 1000:.0f} ms | |",
-        f"| submit → result on the coordinator (`ray.get(actor.run.remote(...))`) | {over['total'] * 1000:.0f} ms | |",
+        f"| submit → result on the coordinator (`ray.get(actor.run.remote(...))`) | {over['total'] * 1000:.0f} ms "
+        "| |",
         f"| **overhead Ray adds per job** (the difference, per call) | **{over['overhead'] * 1000:.1f} ms** "
         f"(p95 {over['overhead_p95'] * 1000:.1f} ms) | ≤ 50 ms ({'met' if over['overhead'] <= 0.05 else 'missed'}) |",
         f"| of which the coordinator's CPU (pickling the call with its config and rule, the result back) | "

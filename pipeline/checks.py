@@ -168,7 +168,8 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
     why = _unreachable(config.ray.address)
     if why:
         return [f"{key}.address: {config.ray.address} does not answer ({why}): start the head node there (`ray "
-                "start --head`, README \"Scaling out\") or correct the address; nothing can run until it answers"], [], []
+                "start --head`, README \"Scaling out\") or correct the address; nothing can run until it "
+                "answers"], [], []
     try:
         cluster = describe_cluster(config)
     except ConfigError as exc:
