@@ -391,8 +391,11 @@ def ray_measure(work: Path, quick: bool) -> tuple[list[str], float | None]:
     init = time.perf_counter() - t0
     try:
         load = [os.getloadavg()[0]]
-        rates = [(name, batch_rate(work / "batch", shots, executor, workers, actors))
-                 for name, executor, workers, actors in MODES]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in MODES}
+        for _ in range(1 if quick else 2):  # the modes in turn, twice: a burst of other work hits them all alike
+            for name, executor, workers, actors in MODES:
+                runs[name].append(batch_rate(work / "batch", shots, executor, workers, actors))
+        rates = [(name, max(found, key=lambda r: r["per_min"])) for name, found in runs.items()]
         load.append(os.getloadavg()[0])
         over = call_overhead(work / "call", big, calls=5 if quick else 20)
         load.append(os.getloadavg()[0])
@@ -405,12 +408,13 @@ def ray_measure(work: Path, quick: bool) -> tuple[list[str], float | None]:
         "",
         f"**Throughput**: {n} synthetic 640×480 JPEGs through a real daemon (watcher, job store, the outputs written "
         "and fsynced here) with a cheap classical rule (the studio cut-out, two crops; a PNG and a JPEG output each), "
-        "from the first job's claim to the last job's end (the actors' start excluded).",
+        "from the first job's claim to the last job's end (the actors' start excluded); the four set-ups in turn, "
+        f"{len(next(iter(runs.values())))} time(s), the best run of each in bold.",
         "",
-        "| executor | jobs/min | vs local, 1 worker | ran on |",
+        "| executor | jobs/min (best; each run) | vs local, 1 worker | ran on |",
         "|---|---|---|---|",
-        *(f"| {name} | {r['per_min']:.0f} | {r['per_min'] / base:.2f}× | {', '.join(r['runners'])} |"
-          for name, r in rates),
+        *(f"| {name} | **{r['per_min']:.0f}** ({' / '.join(format(x['per_min'], '.0f') for x in runs[name])}) | "
+          f"{r['per_min'] / base:.2f}× | {', '.join(r['runners'])} |" for name, r in rates),
         "",
         f"**Per-job overhead of Ray** on a 2000×1500 JPEG ({over['in_bytes'] / 1e6:.2f} MB in, "
         f"{over['out_bytes'] / 1e6:.2f} MB of encoded outputs back), the same rule, medians of {over['calls']} calls:",
