@@ -110,7 +110,8 @@ class RemoteModelLoadError(ModelLoadError):
 def portable(exc: BaseException) -> BaseException:
     """``exc`` as it can travel through Ray and keep its class (``worker.classify`` goes by the class alone)."""
     if isinstance(exc, ModelLoadError) and not isinstance(exc, RemoteModelLoadError):
-        cause = portable(exc.__cause__) if exc.__cause__ is not None else None
+        cause = portable(exc.__cause__) if exc.__cause__ is not None else RemoteError(str(exc))  # never None:
+        # ``classify`` without problems goes by the cause
         return RemoteModelLoadError(exc.step, exc.backend, str(exc), cause)
     try:
         pickle.loads(pickle.dumps(exc))
@@ -313,7 +314,7 @@ class RemoteWorker(Worker):
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if exc.cause is not None else RemoteError(str(exc))
             raise cause from None
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:  # the actor died (RayActorError), or its node with the result
             self._lost = True
             raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
 

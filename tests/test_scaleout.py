@@ -120,6 +120,30 @@ def test_an_actor_killed_mid_job_charges_that_job_alone(workspace, ray_cluster, 
     assert len(files) == 5 * PER_SHOT  # every output once: no duplicate names (-hash suffixes), none missing
 
 
+def test_an_actor_ray_gave_up_on_is_replaced_by_a_fresh_one(workspace, ray_cluster, monkeypatch):
+    """max_restarts: 0 (or out of restarts): the job it ran is charged its crash, the worker starts a fresh actor
+    and the batch goes on."""
+    monkeypatch.setenv("ASSETD_FAULTS", "stage=sleep:1.5@name:slow*")
+    _studio(workspace, ["slow.jpg", "shot-1.jpg"], ray=True)
+    workspace.write_config(settle=0.1, extra=RAY.replace("actors: 2", "actors: 1").replace("max_restarts: 3",
+                                                                                             "max_restarts: 0"))
+    daemon = Daemon(*workspace.load())
+    daemon.start()
+    try:
+        store = daemon.store
+        _wait(lambda: any(j.chain_started_at for j in store.jobs(status="running")), what="a job to run")
+        (worker,) = daemon.workers
+        first = worker.actor
+        ray_cluster.kill(first, no_restart=True)
+        _wait(lambda: len(store.jobs()) == 2 and daemon.idle(), timeout=60, what="the batch to finish")
+        jobs = store.jobs()
+        assert worker.actor is not first
+    finally:
+        daemon.stop()
+    assert [j.status for j in jobs] == [JobStatus.DONE] * 2
+    assert sorted(j.crashes for j in jobs) == [0, 1]
+
+
 def test_stopping_and_restarting_mid_batch_finishes_every_job_once(workspace, ray_cluster):
     shots = [f"shot-{i}.jpg" for i in range(6)]
     _studio(workspace, shots, ray=True)
@@ -151,3 +175,42 @@ def test_a_model_missing_on_an_actor_fails_the_start_naming_its_node(workspace, 
     assert len(problems) == 2  # each actor says it
     assert all(p.startswith(f"actor-{i} on {socket.gethostname()}: ") and "u2net" in p
                for i, p in enumerate(problems, 1))
+
+
+def test_the_actor_body_uses_the_masks_sent_and_errors_keep_their_class(workspace):
+    """No Ray needed: ``ChainRunner`` is the actor's body. A sidecar mask travels as bytes (worker machines do not
+    see the share) and the stage finds it; a bad input fails with the class ``classify`` goes by."""
+    import io
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.errors import InputError
+    from pipeline.scaleout import ChainRunner, RemoteModelLoadError, portable
+    from pipeline.chain import ModelLoadError
+
+    workspace.add_rule("05-clean.yaml", "name: clean\nsteps:\n  - retouch: {remove_mask: sidecar}\n"
+                                        "outputs:\n  - {channel: cutouts, from: retouch}\n")
+    config, rules = workspace.load()
+    rule = next(r for r in rules if r.name == "clean")
+    shot = workspace.shot("elsewhere/shot.jpg", size=(160, 120))
+    mask = np.zeros((120, 160), np.uint8)
+    mask[10:30, 10:30] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, "PNG")
+    runner = ChainRunner(config, rules, "actor-1")
+    result = runner.run(config, rule, str(shot), shot.read_bytes(), {"remove": buf.getvalue()}, False)
+    (out,) = result.rendered
+    assert out.notes["retouch"]["remove_mask"]["file"] == "shot.remove.png"
+    assert not list(workspace.root.rglob("*.remove.png"))  # nothing written beside the input
+    without = runner.run(config, rule, str(shot), shot.read_bytes(), {}, False).rendered[0]
+    assert without.notes["retouch"]["remove_mask"] == "none beside the shot" and without.data != out.data
+
+    with pytest.raises(InputError):
+        runner.run(config, rule, str(shot), b"not an image", {}, False)
+    failed = ModelLoadError("upscale", "spandrel", OSError("gone"))
+    failed.__cause__ = OSError("gone")  # as Chain.prepare raises it
+    travelled = pickle.loads(pickle.dumps(portable(failed)))
+    assert isinstance(travelled, RemoteModelLoadError) and isinstance(travelled, ModelLoadError)
+    assert travelled.step == "upscale" and isinstance(travelled.__cause__, OSError)
