@@ -37,7 +37,7 @@ from typing import Any, Callable
 from . import faults, previews
 from .chain import Chain, ModelLoadError, StepUse
 from .config import Config
-from .errors import AssetdError, ConfigError, IncompleteInput, StopRequested
+from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
 from .ignore import SIDECAR_MASKS
 from .imageio import decode, read_input
 from .outputs import Rendered, atomic_write, render_outputs, sha256
@@ -51,6 +51,7 @@ log = logging.getLogger("assetd.scaleout")
 
 INSTALL = "pip install -e '.[scale]'"
 ACTOR_DIED = "a Ray actor"  # what stopped, in a job's crash note: "quarantined: it stopped a Ray actor 2 times"
+IDLE_CHECK_SECONDS = 5.0  # an actor idle this long is asked whether it is there before it gets a job
 STOP_GRACE_SECONDS = 30.0  # after a stop, how long a call may take to end at its next step before it is abandoned
 
 
@@ -243,6 +244,8 @@ class RemoteWorker(Worker):
         self.actor_name = actor_name
         self.make_actor = make_actor
         self._lost = False  # the last call's actor died: see it is back before the next call
+        self._last_call = time.monotonic()  # when the last call ended (start_pool saw it ready): an actor idle for
+        # long is asked whether it is there first
 
     def _load(self, job: Job) -> Input:  # type: ignore[override]
         """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
@@ -277,6 +280,8 @@ class RemoteWorker(Worker):
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
             raise
+        finally:
+            self._last_call = time.monotonic()
         self.ran_on = f"{self.actor_name} on {result.node}"
         for step, backend, seconds, device, peak in result.steps:
             self.store.record_step(job.id, job.attempts, step, backend, seconds, device, peak)
@@ -319,13 +324,16 @@ class RemoteWorker(Worker):
             raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
 
     def _await_actor(self) -> None:
-        """After its actor died under a job: wait until Ray has restarted it (its models loaded again), or, once Ray
-        gave up on it (``ActorDiedError``), start a fresh one. ``StopRequested`` when stopping meanwhile (the job
-        goes back to the queue uncharged); ``ActorGone`` when no actor can be had."""
-        if not self._lost:
+        """After its actor died under a job, or when it was idle for a while (its node may have gone meanwhile: a
+        call to a dead actor must not charge a job that never ran there): wait until Ray has restarted it (its
+        models loaded again), or, once Ray gave up on it (``ActorDiedError``), start a fresh one.
+        ``StopRequested`` when stopping meanwhile (the job goes back to the queue uncharged); ``ActorGone`` when no
+        actor can be had."""
+        if not self._lost and time.monotonic() - self._last_call < IDLE_CHECK_SECONDS:
             return
         ray = ray_module()
-        for tries in range(2):
+        fresh = False
+        for _ in range(20):  # an actor restarting answers "unavailable" for a while; a fresh one is started once
             ref = self.actor.ready.remote()
             while not ray.wait([ref], timeout=0.5)[0]:
                 if self.stop.is_set():
@@ -333,18 +341,20 @@ class RemoteWorker(Worker):
             try:
                 node, problems, _ = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
-                continue  # restarting: ask again
+                self.stop.wait(0.5)  # restarting: ask again
+                continue
             except ray.exceptions.RayActorError as exc:
-                if self.make_actor is None:
+                if self.make_actor is None or fresh:
                     raise ActorGone(f"{self.actor_name} is gone ({type(exc).__name__}) and cannot be replaced") \
                         from None
                 log.warning("%s: Ray gave up on %s (out of restarts); starting a fresh one", self.name,
                             self.actor_name)
-                self.actor = self.make_actor(self.actor_name)
+                self.actor, fresh = self.make_actor(self.actor_name), True
                 continue
             if problems:
                 raise ActorGone("; ".join(problems))
-            log.info("%s: %s is back on %s", self.name, self.actor_name, node)
+            if self._lost:
+                log.info("%s: %s is back on %s", self.name, self.actor_name, node)
             self._lost = False
             return
         raise ActorGone(f"{self.actor_name} did not come back")
@@ -367,6 +377,13 @@ class RemoteWorker(Worker):
         if isinstance(failure.exc, ActorGone):
             self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.exc}")
             log.error("%s: %s; this worker stops (its job is queued again, uncharged)", self.name, failure.exc)
+            if self.problems is not None:  # an alert (nothing to pause: the other actors go on); restart to clear
+                from .health import Scope
+
+                self.problems.start_problem(ProcessProblem(
+                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} stopped, the other actors go on "
+                    "(restart assetd to start it again)", Scope.nothing(),
+                    alert_after=self.config.problems.alert_after_seconds))
             self.retired = True
             result.status = JobStatus.QUEUED
             return result
