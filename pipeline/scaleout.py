@@ -43,6 +43,7 @@ from .imageio import decode, read_input
 from .outputs import Rendered, atomic_write, render_outputs, sha256
 from .rules import Rule
 from .stages.base import Asset, StageContext
+from .stages.masks import sidecar_path
 from .store import Job, JobStatus, ManifestRecord, OutputRecord
 from .text import printable
 from .worker import Failure, JobResult, Superseded, Worker
@@ -177,7 +178,7 @@ class ChainRunner:
                 folder = tempfile.mkdtemp(prefix="assetd-masks-")
                 where = str(Path(folder) / Path(source).name)
                 for kind, body in masks.items():
-                    (Path(folder) / f"{Path(source).stem}.{kind}.png").write_bytes(body)
+                    sidecar_path(where, kind).write_bytes(body)
             asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
                           source=where)
             steps: list[tuple[str, str, float, str, int | None]] = []
@@ -263,7 +264,7 @@ class RemoteWorker(Worker):
         masks = {}
         for kind in SIDECAR_MASKS:
             with contextlib.suppress(OSError):
-                masks[kind] = path.with_name(f"{path.stem}.{kind}.png").read_bytes()
+                masks[kind] = sidecar_path(path, kind).read_bytes()
         return Input(data, masks)
 
     def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
