@@ -185,8 +185,9 @@ class Intake:
             log.info("queued job %d: %s (rule %s)", result.job.id, printable(str(path)), result.rule.name if result.rule else "-")
         elif result.job is not None or result.earlier is not None:
             log.debug("not reprocessed: %s: %s", printable(str(path)), result.reason)
-            with self._lock:
-                self._seen_again.append((path, str(result.reason), result.earlier is not None))
+            with self._lock:  # a shot is offered twice at start when a mask lies beside it: counted once
+                if all(seen != path for seen, _, _ in self._seen_again[-8:]):
+                    self._seen_again.append((path, str(result.reason), result.earlier is not None))
                 self._seen_at = time.monotonic()
             ended = result.job if result.job is not None else result.earlier
             if inbox.after == "move" and ended is not None and ended.status in FINISHED:
