@@ -313,10 +313,17 @@ class InboxWatcher:
         self._settle.handed_over(path, signature)
 
     def _hand_over_shots(self, mask: Path, inbox: InboxConfig) -> None:
-        """A mask settled or was deleted: hand over its shot(s) in its place (never the mask itself)."""
+        """A mask settled or was deleted: hand over its shot(s) in its place (never the mask itself). A shot that
+        changed within its settle time is still arriving: it is handed over when it settles, with its masks."""
         for shot in shots_of(mask):
-            if not is_ignored(shot, Path(os.path.abspath(inbox.path))) and not self._sets_aside(shot):
-                self._on_settled(shot, inbox)
+            if is_ignored(shot, Path(os.path.abspath(inbox.path))) or self._sets_aside(shot):
+                continue
+            try:
+                if time.time() - os.lstat(shot).st_mtime < inbox.settle_seconds:
+                    continue
+            except OSError:
+                continue
+            self._on_settled(shot, inbox)
 
     def _hand_over_masks_gone(self) -> None:
         with self._lock:
