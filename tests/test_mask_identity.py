@@ -75,8 +75,9 @@ def test_an_edited_mask_is_a_new_job_and_an_unchanged_one_is_already_done(worksp
     assert first["status"] == "done", first
     before = output_pixels(first)
 
-    (again,) = process(workspace, shot)
-    assert again["status"] == "skipped" and again["error"].startswith("already done as job"), again
+    (again,) = process(workspace, mask)  # a mask named on the command line stands for its shot
+    assert again["input"] == str(shot) and again["status"] == "skipped", again
+    assert again["error"].startswith("already done as job"), again
 
     paint(shot, (250, 180, 300, 230))  # the retoucher fixes the mask: another area
     (second,) = process(workspace, shot)  # no --force needed
