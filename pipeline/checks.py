@@ -96,7 +96,7 @@ def _mask_warnings(config: Config, rules: list) -> list[str]:
                              and not inbox.sets_aside(Path(folder, d)))
             for name in sorted(files):
                 kind = mask_kind(name)
-                if kind is None:
+                if kind is None or name.startswith((".", "~$")):  # a hidden or an Office owner file: not a mask
                     continue
                 mask = Path(folder, name)
                 if mask in seen:  # an inbox inside another: walked twice
