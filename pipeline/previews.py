@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 
 from .imageio import decode, read_input
-from .lab import srgb_decode, srgb_encode, srgb_to_lab
 from .errors import AssetdError
+from .lab import srgb_decode, srgb_encode, srgb_to_lab
 from .outputs import atomic_write
 from .pixels import resize, to_dtype
 from .text import printable
