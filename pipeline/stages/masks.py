@@ -73,8 +73,8 @@ _READERS: dict[str, list[tuple[str, str, Callable[[Any], bool]]]] = {
 
 
 def readers(kind: str) -> list[str]:
-    """The steps that can read ``kind``'s mask, as a user reads it: ``["retouch (remove_mask: sidecar)"]``."""
-    return [f"{step} ({when})" if when != "always" else step for step, when, _ in _READERS[kind]]
+    """The steps that can read ``kind``'s mask, as a user reads it: ``["retouch: remove_mask: sidecar"]``."""
+    return [f"{step}: {when}" if when != "always" else step for step, when, _ in _READERS[kind]]
 
 
 def read_by(rule: Any, kind: str) -> list[str]:
