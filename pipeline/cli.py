@@ -91,8 +91,16 @@ def _config_option(f: Any) -> Any:
 def cli() -> None:
     """assetd: watched-folder asset pipeline for photo studios.
 
-    Drop shots into an inbox; each is matched against the YAML rules and run through
-    remove_background → place_in_scene → crops → upscale; outputs land in channel folders.
+    Drop shots into an inbox; each is matched against the YAML rules and run through its
+    rule's steps, in the rule's order, typically: retouch (backdrop spots, a painted
+    NAME.remove.png) → remove_background → recolor (colourways) → place_in_scene (a scene,
+    one variant per scene or per generated seed, a reference image, or an instruction edit
+    with the product pasted back) → tone_match → crops → upscale. Outputs land in channel
+    folders, one file per ratio and variant.
+
+    Each step changes only what it says: the subject's pixels stay the input's except
+    where recolor, tone_match or a painted mask change them on purpose (the manifest
+    and the review page say so). `assetd explain FILE` shows what happens to one file.
     """
 
 

@@ -105,3 +105,23 @@ def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) ->
         raise MaskError(f"{path}: the {kind} mask is {mask.shape[1]}×{mask.shape[0]}, the shot {size[0]}×{size[1]}; "
                         "make it at the shot's size")
     return mask.astype(np.uint8)
+
+
+def unused_masks(rule: Any, shot: str | Path) -> list[str]:
+    """The masks lying beside the shot at ``shot`` that no step of ``rule`` (a ``pipeline.rules.Rule``) reads as it
+    is configured, one line each naming the mask and what would read it: "shot.remove.png lies beside it but rule
+    'x' has no retouch step with remove_mask: sidecar". A retoucher's mask that changes nothing must not pass in
+    silence: the chain adds each line to the job's review reasons (``Chain.run``: "...; it was not used") and
+    ``assetd check`` warns of them in the inboxes."""
+    lines = []
+    for kind, path in masks_beside(shot).items():
+        if read_by(rule, kind):
+            continue
+        ways = _READERS[kind]
+        if all(when == "always" for _, when, _ in ways):
+            wanted = f"{' or '.join(step for step, _, _ in ways)} step"
+        else:
+            wanted = " or ".join(f"{step} step" + ("" if when == "always" else f" with {when}")
+                                 for step, when, _ in ways)
+        lines.append(f"{path.name} lies beside it but rule '{rule.name}' has no {wanted}")
+    return lines
