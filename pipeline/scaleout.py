@@ -38,12 +38,11 @@ from . import faults, previews
 from .chain import Chain, ModelLoadError, StepUse
 from .config import Config
 from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
-from .ignore import SIDECAR_MASKS
 from .imageio import decode, read_input
 from .outputs import Rendered, atomic_write, render_outputs, sha256
 from .rules import Rule
 from .stages.base import Asset, StageContext
-from .stages.masks import sidecar_path
+from .stages.masks import masks_beside, sidecar_path
 from .store import Job, JobStatus, ManifestRecord, OutputRecord
 from .text import printable
 from .worker import Failure, JobResult, Superseded, Worker
@@ -261,10 +260,12 @@ class RemoteWorker(Worker):
         if job.readable and sha256(data) != job.input_hash:
             raise Superseded(f"{printable(str(path))}: superseded: its content changed after it was queued (a copy "
                              "still arriving, or a new version dropped); the new version is queued as its own job")
+        if job.readable:
+            self._check_masks(job, path)  # the masks it was queued with, or Superseded
         masks = {}
-        for kind in SIDECAR_MASKS:
+        for kind, mask in masks_beside(path).items():
             with contextlib.suppress(OSError):
-                masks[kind] = sidecar_path(path, kind).read_bytes()
+                masks[kind] = mask.read_bytes()
         return Input(data, masks)
 
     def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
