@@ -51,7 +51,6 @@ log = logging.getLogger("assetd.scaleout")
 
 INSTALL = "pip install -e '.[scale]'"
 ACTOR_DIED = "a Ray actor"  # what stopped, in a job's crash note: "quarantined: it stopped a Ray actor 2 times"
-IDLE_CHECK_SECONDS = 5.0  # an actor idle this long is asked whether it is there before it gets a job
 STOP_GRACE_SECONDS = 30.0  # after a stop, how long a call may take to end at its next step before it is abandoned
 
 
@@ -225,7 +224,12 @@ def _unmask(exc: BaseException, folder: str, original: str) -> None:
 # -- the coordinator's side -------------------------------------------------------------------------------
 class ActorLost(Exception):
     """The actor running a job's chain died under it (``RayActorError``: its node lost, a kill, out of memory):
-    the job is charged one crash (``Store.charge_crash``), nothing else is."""
+    the job is charged one crash (``Store.charge_crash``), nothing else is. ``ran`` False: the actor was gone
+    before the call reached it (it died idle): the job goes back uncharged."""
+
+    def __init__(self, message: str, ran: bool = True):
+        super().__init__(message)
+        self.ran = ran
 
 
 class ActorGone(Exception):
@@ -244,8 +248,6 @@ class RemoteWorker(Worker):
         self.actor_name = actor_name
         self.make_actor = make_actor
         self._lost = False  # the last call's actor died: see it is back before the next call
-        self._last_call = time.monotonic()  # when the last call ended (start_pool saw it ready): an actor idle for
-        # long is asked whether it is there first
 
     def _load(self, job: Job) -> Input:  # type: ignore[override]
         """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
@@ -274,16 +276,17 @@ class RemoteWorker(Worker):
         self._await_actor()
         ray = ray_module()
         want_matte = previews.wanted(self.config)
+        # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
+        # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
+        probe = self.actor.ready.remote()
         ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
         del inp
         try:
-            result: ChainResult = self._wait(ray, ref)
+            result: ChainResult = self._wait(ray, ref, probe)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
             raise
-        finally:
-            self._last_call = time.monotonic()
         self.ran_on = f"{self.actor_name} on {result.node}"
         for step, backend, seconds, device, peak in result.steps:
             self.store.record_step(job.id, job.attempts, step, backend, seconds, device, peak)
@@ -298,7 +301,7 @@ class RemoteWorker(Worker):
             self._mattes.append(self._pool.submit(_keep_matte, config, job, matte, self.name))
         return records, manifests, review
 
-    def _wait(self, ray: Any, ref: Any) -> ChainResult:
+    def _wait(self, ray: Any, ref: Any, probe: Any) -> ChainResult:
         """The call's result, waiting while keeping an eye on ``stop``: on stop the actor is told to end the job
         at its next step (it comes back as ``StopRequested``), and a call still going after a grace is abandoned
         (the job goes back to the queue; the actor finishes it for nothing). An error raised on the actor is
@@ -323,15 +326,20 @@ class RemoteWorker(Worker):
             raise cause from None
         except ray.exceptions.RayError as exc:  # the actor died (RayActorError), or its node with the result
             self._lost = True
+            try:
+                ray.get(probe, timeout=5.0)
+            except ray.exceptions.RayActorError:
+                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({type(exc).__name__})",
+                                ran=False) from None
+            except Exception:  # noqa: BLE001 - no word from the probe: count it as the job's
+                pass
             raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
 
     def _await_actor(self) -> None:
-        """After its actor died under a job, or when it was idle for a while (its node may have gone meanwhile: a
-        call to a dead actor must not charge a job that never ran there): wait until Ray has restarted it (its
-        models loaded again), or, once Ray gave up on it (``ActorDiedError``), start a fresh one.
-        ``StopRequested`` when stopping meanwhile (the job goes back to the queue uncharged); ``ActorGone`` when no
-        actor can be had."""
-        if not self._lost and time.monotonic() - self._last_call < IDLE_CHECK_SECONDS:
+        """After its actor died: wait until Ray has restarted it (its models loaded again), or, once Ray gave up on
+        it (``ActorDiedError``), start a fresh one. ``StopRequested`` when stopping meanwhile (the job goes back to
+        the queue uncharged); ``ActorGone`` when no actor can be had."""
+        if not self._lost:
             return
         ray = ray_module()
         fresh = False
@@ -355,8 +363,7 @@ class RemoteWorker(Worker):
                 continue
             if problems:
                 raise ActorGone("; ".join(problems))
-            if self._lost:
-                log.info("%s: %s is back on %s", self.name, self.actor_name, node)
+            log.info("%s: %s is back on %s", self.name, self.actor_name, node)
             self._lost = False
             return
         raise ActorGone(f"{self.actor_name} did not come back")
@@ -364,6 +371,12 @@ class RemoteWorker(Worker):
     def _settle_failure(self, job: Job, failure: Failure, result: JobResult) -> JobResult:
         """An actor that died under the job charges it one crash (``Store.charge_crash``), the rest as a local
         worker's; an actor that cannot be had retires this worker (its job goes back, uncharged)."""
+        if isinstance(failure.exc, ActorLost) and not failure.exc.ran:
+            self.store.release(job.id, owner=self.owner)
+            log.warning("%s: job %d: %s; queued again, not charged: %s", self.name, job.id, failure.exc,
+                        printable(job.input_path))
+            result.status = JobStatus.QUEUED
+            return result
         if isinstance(failure.exc, ActorLost):
             status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED)
             stored = self.store.get(job.id)

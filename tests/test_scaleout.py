@@ -147,6 +147,29 @@ def test_an_actor_ray_gave_up_on_is_replaced_by_a_fresh_one(workspace, ray_clust
     assert sorted(j.crashes for j in jobs) == [0, 1]
 
 
+def test_an_actor_that_died_idle_charges_no_job(workspace, ray_cluster):
+    """A GPU box lost between jobs: the next job finds its actor gone before it is sent there, a fresh actor runs
+    it, and no job counts a crash."""
+    _studio(workspace, ["first.jpg"], ray=True)
+    workspace.write_config(settle=0.1, extra=RAY.replace("actors: 2", "actors: 1").replace("max_restarts: 3",
+                                                                                             "max_restarts: 0"))
+    daemon = Daemon(*workspace.load())
+    daemon.start()
+    try:
+        store = daemon.store
+        _wait(lambda: len(store.jobs(status="done")) == 1, what="the first job")
+        (worker,) = daemon.workers
+        first = worker.actor
+        ray_cluster.kill(first, no_restart=True)
+        workspace.shot(workspace.inbox / "second.jpg", size=(320, 240), seed=9)
+        _wait(lambda: len(store.jobs(status="done")) == 2, timeout=60, what="the second job")
+        jobs = store.jobs()
+        assert worker.actor is not first
+    finally:
+        daemon.stop()
+    assert [(j.crashes, j.attempts) for j in jobs] == [(0, 1), (0, 1)]
+
+
 def test_stopping_and_restarting_mid_batch_finishes_every_job_once(workspace, ray_cluster):
     shots = [f"shot-{i}.jpg" for i in range(6)]
     _studio(workspace, shots, ray=True)
