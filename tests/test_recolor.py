@@ -2,6 +2,7 @@
 pixel, the stitching, the hardware, the highlights and everything outside the subject stay the shot's."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -103,7 +104,9 @@ def test_two_colourways_move_only_the_leather_and_keep_its_lightness(dtype: type
         notes = out.notes["recolor"]
         assert notes["variant"] == way["name"] and notes["colour"] == way["colour"] and notes["delta_e"] <= 3.0
         assert notes["region"] == "cluster" and 0.5 < notes["share"] <= 1.0
-        assert out.review == []
+        # both swatches are much darker than the tan (L* 29 and 20 against 51): kept lightness is worth a look
+        assert len(out.review) == 1 and out.review[0].startswith(f"recolor {way['name']}: the swatch {way['colour']} "
+                                                                 "is L* "), out.review
 
 
 def test_the_edge_between_leather_and_thread_blends() -> None:
@@ -119,6 +122,55 @@ def test_the_edge_between_leather_and_thread_blends() -> None:
     partly = (moved > 1) & (moved < 0.9 * moved[0])
     assert partly.sum() >= 3
     assert np.all(np.diff(moved) <= 1.0)  # falls off along the ramp, never jumps back up
+
+
+def soft_disc(tan: tuple[int, int, int] = TAN, size: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """A tan disc with grainy shading on white paper, its outline anti-aliased over about 4 px: mixed with the
+    paper in linear light as a lens and a sensor mix them. Returns the RGB and the disc's coverage (0..1)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    coverage = np.clip(0.5 - (np.hypot(xx - size / 2, yy - size / 2) - 0.3 * size) / 4.0, 0.0, 1.0)
+    grain = np.random.default_rng(3).normal(1.0, 0.03, (size, size)) * (1.05 - 0.1 * yy / size)
+    leather = np.clip(np.array(tan, np.float64)[None, None] * grain[..., None], 0, 255) / 255
+    linear = lambda v: np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)  # noqa: E731
+    mixed = coverage[..., None] * linear(leather) + (1 - coverage[..., None]) * 1.0
+    encoded = np.where(mixed <= 0.0031308, mixed * 12.92, 1.055 * mixed ** (1 / 2.4) - 0.055)
+    return np.rint(encoded * 255).astype(np.uint8), coverage
+
+
+def hue_of(lab: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360
+
+
+def hue_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs((a - b + 180) % 360 - 180)
+
+
+def oklab_hue_of(rgb8: np.ndarray) -> float:
+    from pipeline.lab import oklab_hue, srgb_decode
+    return float(oklab_hue(srgb_decode(np.asarray(rgb8, np.float64) / 255.0)))
+
+
+def test_a_dark_swatch_keeps_its_hue_and_asks_for_review() -> None:
+    """Navy #1f2a44 (L* 17) on light tan leather (L* about 65): the lightness stays the leather's, so it is a
+    lighter blue, but a blue: the swatch's hue as seen (Oklab), not CIELAB's angle, which at L* 65 is lavender. The
+    job is marked for review, and the manifest says by how much it misses the swatch."""
+    rgb, coverage = soft_disc(tan=(196, 150, 108))
+    navy = "#1f2a44"
+    (out,) = make_stage(variants=[{"name": "navy", "colour": navy}]).run(Asset(rgb.copy()))
+    sure = coverage == 1
+    mean_rgb = out.pixels[sure].astype(np.float64).mean(axis=0)
+    swatch = np.array([0x1f, 0x2a, 0x44], np.float64)
+    assert hue_apart(oklab_hue_of(mean_rgb), oklab_hue_of(swatch)) <= 2.0
+    notes = out.notes["recolor"]
+    assert notes["swatch_lightness"] == pytest.approx(17.3, abs=0.2)
+    assert notes["region_lightness"] == pytest.approx(lab8(rgb)[sure][:, 0].mean(), abs=1.0)
+    assert notes["delta_e_swatch"] > 15 and notes["delta_e"] <= 3.0
+    (reason,) = out.review
+    assert re.match(rf"recolor navy: the swatch {navy} is L\* 17, the region L\* 6\d; lightness is kept, so it reads "
+                    r"lighter than the swatch \(ΔE2000 \d+\); a darker base shot may be needed", reason), reason
+    # a swatch of about the leather's lightness needs no look
+    (near,) = make_stage(variants=[{"name": "sage", "colour": "#8fa58a"}]).run(Asset(rgb.copy()))
+    assert near.review == [] and near.notes["recolor"]["delta_e_swatch"] < 5
 
 
 def test_hue_shift_and_chroma_scale_without_names_edit_the_one_image() -> None:

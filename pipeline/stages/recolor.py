@@ -17,6 +17,11 @@ the way. Membership is soft in colour (it ramps to nothing between ``tolerance``
 stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
 bit-identical in every colourway.
 
+A swatch gives the target's chroma and its hue as seen (the Oklab hue: CIELAB's hue angle bends toward purple in
+the blues as lightness changes, and navy kept at its CIELAB angle but at the leather's L* is a lavender); its
+lightness is not taken. A swatch far darker or lighter than the region (``review_lightness``) marks the job for
+review, and the manifest records the swatch's L*, the region's and the ΔE2000 between the result and the swatch.
+
 Each colourway is its own ``Asset`` with ``variant`` set to its name; crops and channels carry it to the
 ``{variant}`` of the file names.
 """
@@ -33,7 +38,7 @@ from PIL import Image
 
 from ..config import check_colour
 from ..errors import PermanentError
-from ..lab import D65, RGB_TO_XYZ, delta_e2000
+from ..lab import D65, RGB_TO_XYZ, delta_e2000, oklab_hue
 from ..pixels import max_value
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
@@ -138,6 +143,23 @@ def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> float:
     return float(delta_e2000(np.asarray(lab1, dtype=np.float64), np.asarray(lab2, dtype=np.float64)))
 
 
+def aim(swatch: np.ndarray, lightness: float) -> np.ndarray:
+    """The a*b* a swatch (CIELAB) becomes at another L*: its chroma, and the CIELAB hue angle whose Oklab hue is the
+    swatch's. CIELAB's hue angle bends with lightness in the blues: navy #1f2a44 kept at its angle but at L* 64
+    is a lavender (Oklab hue 7° toward purple); at the swatch's Oklab hue it is the swatch's blue, lighter."""
+    chroma = float(np.hypot(swatch[1], swatch[2]))
+    if chroma < 1e-6:
+        return np.zeros(2)
+    wanted = float(oklab_hue(lab_to_linear(np.asarray(swatch, dtype=np.float64))))
+    start = math.atan2(swatch[2], swatch[1])
+    turns = start + np.radians(np.arange(-45.0, 45.0, 0.05))
+    lab = np.column_stack([np.full(turns.size, lightness), chroma * np.cos(turns), chroma * np.sin(turns)])
+    off = np.abs((oklab_hue(lab_to_linear(lab)) - wanted + 180) % 360 - 180)
+    best = turns[int(np.argmin(off))]
+    return np.array([chroma * math.cos(best), chroma * math.sin(best)])
+
+
+
 # --- options ---------------------------------------------------------------------------------
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -193,6 +215,11 @@ class RecolorOptions:
                                 doc="mark the job for review when a colourway's mean lands further than this "
                                     "(ΔE2000, at the region's lightness) from its colour: a target the shot's "
                                     "lightness cannot hold")
+    review_lightness: float = opt(15.0, min=0.0, max=100.0,
+                                  doc="mark the job for review when a colourway's swatch is this much darker or "
+                                      "lighter (L*) than the region: lightness is kept, so navy on tan leather "
+                                      "comes out a light blue")
+
 
 
 # --- the region ------------------------------------------------------------------------------
@@ -435,8 +462,9 @@ class LchRecolor(Stage):
             kept.notes["recolor"] = {**region.notes, "variant": o.original, "untouched": True}
             outs.append(kept)
         for way in ways:
-            if way.colour is not None:
-                target = hex_to_lab(way.colour)[1:]
+            swatch = hex_to_lab(way.colour) if way.colour is not None else None
+            if swatch is not None:
+                target = aim(swatch, float(mean[0]))
             else:
                 c, h = _lch(mean)[1:]
                 c *= way.chroma_scale if way.chroma_scale is not None else 1.0
@@ -446,11 +474,24 @@ class LchRecolor(Stage):
             landed = self._landed(pixels, region)
             delta = delta_e_2000(np.array([landed[0], *target]), landed)
             notes = {**region.notes, **result, "delta_e": round(delta, 2), "result": lab_to_hex(landed)}
-            if way.colour is not None:
-                notes["colour"] = way.colour
-                lighter = float(hex_to_lab(way.colour)[0]) - float(mean[0])
-                if abs(lighter) > 15:
-                    notes["lightness_differs"] = round(lighter, 1)  # kept: the shot's light, not the swatch's
+            which = f"recolor {way.name}" if way.name else "recolor"
+            review = []
+            if delta > o.review_delta_e:
+                review.append(f"{which}: the region's mean lands ΔE2000 {delta:.1f} from "
+                              f"{way.colour or 'the asked move'} (review_delta_e {o.review_delta_e:g}): the shot's "
+                              "lightness cannot hold that colour; check the colourway")
+            if swatch is not None:
+                # lightness is the shot's on purpose: how far the result stays from the swatch itself
+                from_swatch = delta_e_2000(swatch, landed)
+                notes.update(colour=way.colour, swatch_lightness=round(float(swatch[0]), 1),
+                             region_lightness=round(float(mean[0]), 1), delta_e_swatch=round(from_swatch, 1))
+                gap = float(mean[0]) - float(swatch[0])
+                if abs(gap) > o.review_lightness:
+                    reads, base = ("lighter", "darker") if gap > 0 else ("darker", "lighter")
+                    review.append(f"{which}: the swatch {way.colour} is L* {swatch[0]:.0f}, the region L* "
+                                  f"{mean[0]:.0f}; lightness is kept, so it reads {reads} than the swatch (ΔE2000 "
+                                  f"{from_swatch:.0f}); a {base} base shot may be needed (review_lightness "
+                                  f"{o.review_lightness:g})")
             else:
                 notes.update({k: v for k, v in (("hue_shift", way.hue_shift), ("chroma_scale", way.chroma_scale))
                               if v is not None})
@@ -459,11 +500,7 @@ class LchRecolor(Stage):
             if way.name:
                 notes["variant"] = way.name
             out.notes["recolor"] = notes
-            if delta > o.review_delta_e:
-                which = f"recolor {way.name}" if way.name else "recolor"
-                out.review.append(f"{which}: the region's mean lands ΔE2000 {delta:.1f} from "
-                                  f"{way.colour or 'the asked move'} (review_delta_e {o.review_delta_e:g}): the shot's "
-                                  "lightness cannot hold that colour; check the colourway")
+            out.review.extend(review)
             outs.append(out)
         return outs
 
