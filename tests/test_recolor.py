@@ -15,7 +15,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError, PermanentError
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
-from pipeline.stages.recolor import LchRecolor, RecolorOptions
+from pipeline.stages.recolor import EDGE, LchRecolor, RecolorOptions
 
 SHARED = Path("/work/shared/data/u2net-dev")
 TAN = (150, 110, 75)
@@ -143,6 +143,52 @@ def hue_of(lab: np.ndarray) -> np.ndarray:
 
 def hue_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs((a - b + 180) % 360 - 180)
+
+
+@pytest.mark.parametrize("cut_out", [True, False], ids=["cut-out", "shot-on-white"])
+def test_no_rim_of_the_old_colour_along_a_soft_outline(cut_out: bool) -> None:
+    """The outline's pixels are tan mixed with white paper: they become green mixed with white, not a tan halo
+    (the cut-out's edge as it came from the shot, or the shot itself with the subject found on the paper)."""
+    rgb, coverage = soft_disc()
+    pixels = np.dstack([rgb, np.rint(coverage * 255).astype(np.uint8)]) if cut_out else rgb
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(pixels.copy()))
+    before, after = lab8(pixels), lab8(out.pixels)
+    tan, green = hue_of(srgb_to_lab(np.array(TAN, np.float64))), hue_of(lab8(np.array([[[0x1f, 0x4d, 0x3a]]]))[0, 0])
+    edge = (coverage > 0) & (coverage < 1)
+    coloured = edge & (np.hypot(after[..., 1], after[..., 2]) > 2.0)
+    assert coloured.sum() > 0.5 * edge.sum()  # most of the edge is colour, not paper
+    hues = hue_of(after)
+    old_rim = coloured & (hue_apart(hues, tan) <= hue_apart(hues, green))
+    assert old_rim.sum() == 0, f"{old_rim.sum()} of {coloured.sum()} edge pixels still read as the tan"
+    assert np.abs(after[..., 0] - before[..., 0]).max() <= 0.5  # L* per pixel, the edge's too
+    paper = coverage == 0
+    if not cut_out:  # the paper a few pixels off the disc was never the region's
+        paper = cv2.erode(paper.astype(np.uint8), np.ones((2 * EDGE + 1,) * 2, np.uint8)) > 0
+    assert np.array_equal(out.pixels[paper], pixels[paper])
+    # the leather inside moved in full, as before
+    assert hue_distance(out.pixels, coverage == 1, "#1f4d3a") <= 3.0
+
+
+def test_the_rim_along_protected_hardware_turns_with_the_leather(tmp_path: Path) -> None:
+    """A chrome plate painted in NAME.protect.png: the plate stays bit for bit; the leather's pixels mixed with it
+    along its anti-aliased edge (just outside the paint) turn green with the leather, no tan line around it."""
+    rgb, coverage = soft_disc()
+    plate = np.zeros(coverage.shape, np.float32)
+    cv2.rectangle(plate, (80, 85), (120, 115), 1.0, -1)
+    plate = cv2.GaussianBlur(plate, (0, 0), 1.2)  # its edge mixes over 3-4 px
+    chrome = np.array((228, 228, 230), np.float64)  # polished: brighter than any leather
+    rgb = np.rint(rgb * (1 - plate[..., None]) + chrome * plate[..., None]).astype(np.uint8)
+    protect = (plate > 0.95).astype(np.uint8) * 255  # the retoucher paints the plate, not its soft edge
+    Image.fromarray(rgb).save(tmp_path / "bag.png")
+    Image.fromarray(protect).save(tmp_path / "bag.protect.png")
+    pixels = np.dstack([rgb, np.rint(coverage * 255).astype(np.uint8)])
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(pixels.copy(), source=str(tmp_path / "bag.png")))
+    assert np.array_equal(out.pixels[protect > 0], pixels[protect > 0])
+    after = lab8(out.pixels)
+    tan, green = hue_of(srgb_to_lab(np.array(TAN, np.float64))), hue_of(lab8(np.array([[[0x1f, 0x4d, 0x3a]]]))[0, 0])
+    rim = (protect == 0) & (plate > 0.05) & (np.hypot(after[..., 1], after[..., 2]) > 2.0)
+    hues = hue_of(after)
+    assert rim.sum() > 50 and (hue_apart(hues, tan) <= hue_apart(hues, green))[rim].sum() == 0
 
 
 def oklab_hue_of(rgb8: np.ndarray) -> float:
@@ -281,7 +327,10 @@ def test_a_real_photo_fur_changes_colour_nose_eyes_and_backdrop_do_not() -> None
     for out, way in zip(outs, COLOURWAYS):
         assert np.abs(lab8(out.pixels)[..., 0] - before[..., 0]).max() <= 0.5
         assert np.array_equal(out.pixels[mask == 0], rgba[mask == 0])
-        neutral = (mask > 0) & (chroma < 8)  # the grey nose and muzzle, the dark eyes
+        # the grey nose and muzzle, the dark eyes; not the fur's outline, where grey is the fur mixed with the
+        # backdrop and turns with it
+        opaque = cv2.erode((mask >= 230).astype(np.uint8), np.ones((4 * EDGE + 3,) * 2, np.uint8)) > 0
+        neutral = opaque & (chroma < 8)
         assert neutral.sum() > 1000 and np.array_equal(out.pixels[neutral], rgba[neutral])
         core = out.notes["recolor"]
         assert core["delta_e"] <= 3.0 and core["share"] > 0.5

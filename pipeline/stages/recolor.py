@@ -15,7 +15,10 @@ highlights, the backdrop's greys) and highlights brighter than the leather (poli
 Hardware of nearly the leather's colour (dark brass on tan) cannot be told from it by colour: a protect mask is
 the way. Membership is soft in colour (it ramps to nothing between ``tolerance`` and 1.5×), so an edge pixel half
 stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
-bit-identical in every colourway.
+bit-identical in every colourway. The region's outline (against the backdrop, the transparency of a cut-out, or a
+protected part) is different: its pixels are the region's colour mixed with what lies beside, paler and less
+colourful, so weighed by their own colour they would keep the old colour as a rim; there only the region's share
+of each pixel turns (``LchRecolor._outline``), and the new colour meets the backdrop as the old one did.
 
 A swatch gives the target's chroma and its hue as seen (the Oklab hue: CIELAB's hue angle bends toward purple in
 the blues as lightness changes, and navy kept at its CIELAB angle but at the leather's L* is a lavender); its
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -43,7 +46,7 @@ from ..pixels import max_value
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
 from .masks import MaskError, read_sidecar, sidecar_path
-from .subject import find_subject
+from .subject import disk, find_subject
 
 define_step("recolor", "lch", needs=("uncropped",),
             doc="colourways: moves the hue and chroma of one region of the subject, keeps its lightness")
@@ -52,6 +55,8 @@ _ROWS = 256  # rows converted at a time: float copies of a 24 MP shot add up
 _SAMPLE = 250_000  # subject pixels the dominant colour is found from
 _CORE = 0.99  # membership from which a pixel counts for the region's mean colour
 L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is the only cause)
+EDGE = 4  # pixels: how far an outline's soft edge (the region mixed with what is beside it) reaches
+_UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
 
@@ -100,7 +105,7 @@ def _f_inv(f: np.ndarray) -> np.ndarray:
 def _times(v: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``matrix`` applied to each colour of ``v`` (…×3): OpenCV's transform on float32 (numpy's matmul on N×3 is
     several times slower), numpy's for anything else."""
-    if v.dtype == np.float32 and v.ndim == 2:
+    if v.dtype == np.float32 and v.ndim == 2 and len(v):
         return cv2.transform(v[:, None, :], matrix.astype(np.float32))[:, 0, :]
     return v @ matrix.T
 
@@ -157,7 +162,6 @@ def aim(swatch: np.ndarray, lightness: float) -> np.ndarray:
     off = np.abs((oklab_hue(lab_to_linear(lab)) - wanted + 180) % 360 - 180)
     best = turns[int(np.argmin(off))]
     return np.array([chroma * math.cos(best), chroma * math.sin(best)])
-
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -221,7 +225,6 @@ class RecolorOptions:
                                       "comes out a light blue")
 
 
-
 # --- the region ------------------------------------------------------------------------------
 
 def _smooth_ramp(x: np.ndarray, zero: float, one: float) -> np.ndarray:
@@ -238,6 +241,10 @@ class Region:
     weight: np.ndarray  # float32, box-sized
     mean_lab: np.ndarray
     notes: dict[str, Any]
+    # the outline's mixed pixels: flat indices into the box (sorted) and the a*b* of what they are mixed with,
+    # times its share (subtracted before the turn, added back after: only the region's part of them turns)
+    edge_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    edge_other: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
 
 
 def _lab_rows(rgb: np.ndarray) -> np.ndarray:
@@ -333,15 +340,17 @@ class LchRecolor(Stage):
                             "shot's size")
         return mask[y0:y1, x0:x1]
 
-    def _subject(self, asset: Asset) -> np.ndarray:
-        """Where the subject is (float 0..1): a cut-out's non-transparent pixels, else the matte (found if need be)."""
+    def _subject(self, asset: Asset) -> tuple[np.ndarray, bool]:
+        """Where the subject is (0 or 1, float): a cut-out's non-transparent pixels, else the matte (found if need
+        be), and whether that is only an estimate whose outline may lie a few pixels off the subject's. A matte's
+        soft edge is not a weight: those pixels are already the subject mixed with the backdrop."""
         if asset.has_alpha:
-            return (asset.pixels[..., 3] > 0).astype(np.float32)
-        _box, matte, _where = find_subject(asset)
+            return (asset.pixels[..., 3] > 0).astype(np.float32), False
+        _box, matte, where = find_subject(asset)
         if matte is None:
             raise PermanentError(f"recolor: {asset.source or 'image'}: cannot tell the subject from its backdrop: "
                                  "put remove_background before recolor, or a NAME.recolor.png beside the shot")
-        return matte.astype(np.float32) / 255.0
+        return (matte >= 128).astype(np.float32), where == "estimated"
 
     def find_region(self, asset: Asset) -> Region:
         o: RecolorOptions = self.options
@@ -357,8 +366,9 @@ class LchRecolor(Stage):
             base = painted.astype(np.float32) / 255.0
             if asset.has_alpha:
                 base *= asset.pixels[..., 3] > 0  # a transparent pixel's colour is nobody's
-        else:
-            base = self._subject(asset)
+        estimated = False
+        if painted is None:
+            base, estimated = self._subject(asset)
         if protect is not None:
             base *= 1.0 - protect.astype(np.float32) / 255.0
             notes["protect"] = "sidecar"
@@ -366,9 +376,13 @@ class LchRecolor(Stage):
         if ys.size == 0:
             raise PermanentError(f"recolor: {asset.source or 'image'}: nothing to recolour: the "
                                  f"{'painted region' if painted is not None else 'subject'} is empty")
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        grow = 3 * EDGE if estimated else 0  # an estimated outline may stop short of the subject's soft edge
+        box = (max(0, int(xs.min()) - grow), max(0, int(ys.min()) - grow),
+               min(asset.width, int(xs.max()) + 1 + grow), min(asset.height, int(ys.max()) + 1 + grow))
         x0, y0, x1, y1 = box
         base = base[y0:y1, x0:x1]
+        prot = None if protect is None else protect[y0:y1, x0:x1]
+        alpha = asset.pixels[y0:y1, x0:x1, 3] if asset.has_alpha else None
         # the colour of the region: a sample of its sure pixels (colourful, not a highlight)
         step = max(1, int(math.sqrt(ys.size / _SAMPLE)))
         sure = base[::step, ::step] >= 0.99
@@ -411,9 +425,97 @@ class LchRecolor(Stage):
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
         subject_px = float((base > 0).sum())
+        edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base, prot,
+                                            alpha, estimated, centre, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
-                     mean=lab_to_hex(mean_lab), lch=_lch(mean_lab))
-        return Region(box, weight, mean_lab, notes)
+                     mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
+        return Region(box, weight, mean_lab, notes, edge_at, edge_other)
+
+    def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
+                 base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, estimated: bool,
+                 centre: np.ndarray | None, region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The region's soft outline (against the backdrop, the transparency or a protected part), taken into
+        ``weight`` in place; returns the outline pixels' flat indices and the a*b* they are mixed with (times its
+        share).
+
+        An outline pixel is the region's colour mixed with what lies beside it: tan leather half over white paper
+        is a pale, less colourful, lighter tan. Weighed by its own colour (min_chroma, highlights, the tolerance)
+        it drops out and keeps the old colour: a rim of tan around a green bag. So a pixel within ``EDGE`` of the
+        region's sure pixels, and of its outline, belongs as much as its region part does: the colour left once
+        what is beside it (the local colour of the pixels beyond, its share found by projecting onto the line
+        between the two colours) is taken out. Only that part turns: over white the whole pixel turns (white has
+        no a*b*), next to a blue backdrop or brass hardware the blue or brass part stays.
+        """
+        o: RecolorOptions = self.options
+        core = (weight >= _CORE).astype(np.uint8)
+        near = cv2.dilate(core, disk(EDGE)) > 0
+        # a cut-out's partly transparent pixels are outline however wide (fur, hair): the subject mixed with the
+        # backdrop it was cut from, unless remove_background took that out
+        soft = np.zeros(base.shape, bool) if alpha is None else (alpha > 0) & (alpha <= 0.9 * max_value(alpha))
+        # what is not the region's in full, and past the box's sides (not the frame's: a subject cut by the frame
+        # has no outline there)
+        x0, y0, x1, y1 = box
+        sides = [int(v) * 2 * EDGE for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
+        apart = cv2.copyMakeBorder(((base < _CORE) | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
+        outline = cv2.dilate(apart, disk(2 * EDGE))[sides[0]:sides[0] + base.shape[0],
+                                                    sides[2]:sides[2] + base.shape[1]] > 0
+        reach = base > 0
+        if estimated:
+            reach = cv2.dilate(reach.astype(np.uint8), disk(EDGE)) > 0
+        band = (near | soft) & outline & reach & (core == 0)
+        del apart, outline, reach
+        if prot is not None:
+            band &= prot < 255
+        if not band.any():
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
+        # what lies beside: colours of the pixels beyond the sure region's reach (not the region, not transparent;
+        # in a cut-out the more transparent the more they count), averaged per cell of the band's width and its
+        # eight neighbours
+        beyond = (cv2.dilate((near | soft).astype(np.uint8), disk(2 * EDGE)) > 0) & ~near & (weight < 0.01)
+        if alpha is not None:
+            beyond &= alpha > 0
+        if prot is not None:
+            beyond |= near & (prot >= 128)
+        cell = 2 * EDGE + 1
+        gh, gw = -(-weight.shape[0] // cell), -(-weight.shape[1] // cell)
+        sums = np.zeros((3, gh * gw))
+        by, bx = np.nonzero(beyond)
+        if by.size:
+            ab = _lab_rows(rgb[by, bx])[:, 1:]
+            idx = (by // cell) * gw + bx // cell
+            count = None if alpha is None else 1.0 - alpha[by, bx] / max_value(alpha) + 1e-3
+            for c in range(2):
+                sums[c] = np.bincount(idx, ab[:, c] * (1.0 if count is None else count), gh * gw)
+            sums[2] = np.bincount(idx, count, gh * gw)
+        sums = np.stack([cv2.boxFilter(s.reshape(gh, gw).astype(np.float32), -1, (3, 3), normalize=False,
+                                       borderType=cv2.BORDER_CONSTANT) for s in sums])
+        ey, ex = np.nonzero(band)
+        lab = _lab_rows(rgb[ey, ex])
+        at = (ey // cell, ex // cell)
+        count = sums[2][at]
+        other = np.where((count > 0)[:, None], np.stack([sums[0][at], sums[1][at]], -1) / np.maximum(count, 1)[:, None],
+                         0.0)
+        # the region's share of each pixel: its a*b* projected on the line from the other colour to the region's
+        span = region_ab[None, :] - other
+        span2 = (span ** 2).sum(axis=1)
+        share = np.where(span2 > 16.0, ((lab[:, 1:] - other) * span).sum(axis=1) / np.maximum(span2, 1e-9), 1.0)
+        # averaged over the pixel's band neighbours: on a textured backdrop one pixel's share is mostly its grain
+        # (turned, the grain would show in the new colour's complement: pink specks around a green bag)
+        share = _neighbour_mean(ey, ex, np.clip(share, 0.0, 1.0), weight.shape)
+        other_part = (1.0 - share)[:, None] * other
+        own = lab[:, 1:] - other_part  # the region's part: its colour, diluted by the share
+        w = np.ones(ey.size) if estimated else base[ey, ex].astype(np.float64)  # a guessed outline is no weight
+        w *= _smooth_ramp(share, 0.03, 0.08)
+        if centre is not None:  # less colourful counts for nothing here: that is the dilution
+            c, cc = np.hypot(own[:, 0], own[:, 1]), float(np.hypot(*centre))
+            dh = np.arctan2(own[:, 1], own[:, 0]) - math.atan2(centre[1], centre[0])
+            dist = np.hypot(1.5 * np.maximum(c - cc, 0.0), 2 * np.sqrt(c * cc) * np.sin(dh / 2))
+            w *= _smooth_ramp(dist, 1.5 * o.tolerance, o.tolerance)
+        if prot is not None:
+            w *= 1.0 - prot[ey, ex] / 255.0
+        weight[ey, ex] = np.maximum(weight[ey, ex], w.astype(np.float32))
+        keep = w > 0
+        return (ey[keep] * weight.shape[1] + ex[keep]).astype(np.int64), other_part[keep].astype(np.float32)
 
     # -- one colourway -------------------------------------------------------------------------
 
@@ -426,6 +528,7 @@ class LchRecolor(Stage):
         rot = k * np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
         out = pixels.copy()
         x0, y0, x1, y1 = region.box
+        width = x1 - x0
         top = max_value(pixels)
         table = linear_table(pixels.dtype)
         limited, worst = 0, 0.0
@@ -438,11 +541,18 @@ class LchRecolor(Stage):
             block = out[y0 + r0:y0 + r1, x0:x1]
             src = block[..., :3][todo]
             lab = linear_to_lab(table[src])
-            moved = lab[:, 1:] @ rot.T
-            lab[:, 1:] += w[todo][:, None] * (moved - lab[:, 1:])
+            own = lab[:, 1:].copy()
+            lo, hi = np.searchsorted(region.edge_at, [r0 * width, r1 * width])
+            if hi > lo:  # outline pixels: only the region's part turns, what it is mixed with stays
+                flat = np.flatnonzero(todo)
+                own[np.searchsorted(flat, region.edge_at[lo:hi] - r0 * width)] -= region.edge_other[lo:hi]
+            change = w[todo][:, None] * (own @ rot.T - own)
+            still = np.hypot(change[:, 0], change[:, 1]) < _UNMOVED
+            lab[:, 1:] += change
             lin, n = _into_gamut(lab)
             limited += n
             new = _round_keeping_lightness(lin, lightness(lin @ _M[1]), table, top)
+            new[still] = src[still]
             worst = max(worst, float(np.abs(lightness(table[new] @ _M[1]) - lab[:, 0]).max()))
             rgb = block[..., :3]
             rgb[todo] = new.astype(pixels.dtype)
@@ -508,9 +618,32 @@ class LchRecolor(Stage):
     def _landed(pixels: np.ndarray, region: Region) -> np.ndarray:
         """The mean CIELAB colour of the region's sure pixels in ``pixels``."""
         x0, y0, _x1, _y1 = region.box
-        ry, rx = np.nonzero(region.weight >= _CORE)
+        sure = region.weight >= _CORE
+        sure.flat[region.edge_at] = False  # the outline's pixels are the region mixed with something else
+        ry, rx = np.nonzero(sure)
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         return _lab_rows(pixels[y0 + ry[pick], x0 + rx[pick], :3]).mean(axis=0)
+
+
+def _neighbour_mean(ys: np.ndarray, xs: np.ndarray, values: np.ndarray, shape: tuple[int, ...],
+                    size: int = 5) -> np.ndarray:
+    """The mean of ``values`` (at pixels ``ys``, ``xs``, row-major order) over each one's ``size``² neighbours among
+    them; in blocks of rows, so a 24 MP box costs a few MB."""
+    out = np.empty(values.shape, np.float64)
+    half = size // 2
+    for r0 in range(0, shape[0], _ROWS):
+        r1 = min(shape[0], r0 + _ROWS)
+        a, b = np.searchsorted(ys, [r0, r1])
+        if a == b:
+            continue
+        s0, s1 = max(0, r0 - half), min(shape[0], r1 + half)
+        lo, hi = np.searchsorted(ys, [s0, s1])
+        sums, counts = np.zeros((2, s1 - s0, shape[1]), np.float32)
+        sums[ys[lo:hi] - s0, xs[lo:hi]] = values[lo:hi]
+        counts[ys[lo:hi] - s0, xs[lo:hi]] = 1.0
+        at = (ys[a:b] - s0, xs[a:b])
+        out[a:b] = cv2.blur(sums, (size, size))[at] / np.maximum(cv2.blur(counts, (size, size))[at], 1e-6)
+    return out
 
 
 def _variant(before: str | None, name: str) -> str:
