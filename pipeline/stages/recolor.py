@@ -513,8 +513,9 @@ class LchRecolor(Stage):
             w *= _smooth_ramp(dist, 1.5 * o.tolerance, o.tolerance)
         if prot is not None:
             w *= 1.0 - prot[ey, ex] / 255.0
-        weight[ey, ex] = np.maximum(weight[ey, ex], w.astype(np.float32))
-        keep = w > 0
+        w = w.astype(np.float32)
+        weight[ey, ex] = np.maximum(weight[ey, ex], w)
+        keep = w > 0  # so every outline pixel kept is one ``apply`` changes (weight > 0)
         return (ey[keep] * weight.shape[1] + ex[keep]).astype(np.int64), other_part[keep].astype(np.float32)
 
     # -- one colourway -------------------------------------------------------------------------
