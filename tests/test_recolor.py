@@ -124,15 +124,16 @@ def test_the_edge_between_leather_and_thread_blends() -> None:
     assert np.all(np.diff(moved) <= 1.0)  # falls off along the ramp, never jumps back up
 
 
-def soft_disc(tan: tuple[int, int, int] = TAN, size: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """A tan disc with grainy shading on white paper, its outline anti-aliased over about 4 px: mixed with the
-    paper in linear light as a lens and a sensor mix them. Returns the RGB and the disc's coverage (0..1)."""
+def soft_disc(tan: tuple[int, int, int] = TAN, size: int = 200,
+              paper: tuple[int, int, int] = (255, 255, 255)) -> tuple[np.ndarray, np.ndarray]:
+    """A tan disc with grainy shading on paper (white unless told), its outline anti-aliased over about 4 px: mixed
+    with the paper in linear light as a lens and a sensor mix them. Returns the RGB and the disc's coverage."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     coverage = np.clip(0.5 - (np.hypot(xx - size / 2, yy - size / 2) - 0.3 * size) / 4.0, 0.0, 1.0)
     grain = np.random.default_rng(3).normal(1.0, 0.03, (size, size)) * (1.05 - 0.1 * yy / size)
     leather = np.clip(np.array(tan, np.float64)[None, None] * grain[..., None], 0, 255) / 255
     linear = lambda v: np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)  # noqa: E731
-    mixed = coverage[..., None] * linear(leather) + (1 - coverage[..., None]) * 1.0
+    mixed = coverage[..., None] * linear(leather) + (1 - coverage[..., None]) * linear(np.array(paper) / 255)
     encoded = np.where(mixed <= 0.0031308, mixed * 12.92, 1.055 * mixed ** (1 / 2.4) - 0.055)
     return np.rint(encoded * 255).astype(np.uint8), coverage
 
@@ -145,11 +146,13 @@ def hue_apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs((a - b + 180) % 360 - 180)
 
 
-@pytest.mark.parametrize("cut_out", [True, False], ids=["cut-out", "shot-on-white"])
-def test_no_rim_of_the_old_colour_along_a_soft_outline(cut_out: bool) -> None:
-    """The outline's pixels are tan mixed with white paper: they become green mixed with white, not a tan halo
-    (the cut-out's edge as it came from the shot, or the shot itself with the subject found on the paper)."""
-    rgb, coverage = soft_disc()
+@pytest.mark.parametrize("cut_out, paper", [(True, (255, 255, 255)), (False, (255, 255, 255)), (False, (70, 110, 180))],
+                         ids=["cut-out", "shot-on-white", "shot-on-blue"])
+def test_no_rim_of_the_old_colour_along_a_soft_outline(cut_out: bool, paper: tuple[int, int, int]) -> None:
+    """The outline's pixels are tan mixed with the paper: they become green mixed with the paper, not a tan halo
+    (the cut-out's edge as it came from the shot, or the shot itself with the subject found on the paper); on blue
+    paper the blue part of them stays blue (turned with the tan, it would be a pink line)."""
+    rgb, coverage = soft_disc(paper=paper)
     pixels = np.dstack([rgb, np.rint(coverage * 255).astype(np.uint8)]) if cut_out else rgb
     (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(pixels.copy()))
     before, after = lab8(pixels), lab8(out.pixels)

@@ -426,25 +426,25 @@ class LchRecolor(Stage):
         mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
         subject_px = float((base > 0).sum())
         edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base, prot,
-                                            alpha, estimated, centre, mean_lab[1:])
+                                            alpha, estimated, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
                      mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
         return Region(box, weight, mean_lab, notes, edge_at, edge_other)
 
     def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
                  base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, estimated: bool,
-                 centre: np.ndarray | None, region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The region's soft outline (against the backdrop, the transparency or a protected part), taken into
-        ``weight`` in place; returns the outline pixels' flat indices and the a*b* they are mixed with (times its
-        share).
+                 region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The region's soft outline (against the backdrop, a cut-out's partly transparent edge or a protected
+        part), taken into ``weight`` in place; returns the outline pixels' flat indices (in the box) and the part of
+        their a*b* that does not turn.
 
         An outline pixel is the region's colour mixed with what lies beside it: tan leather half over white paper
         is a pale, less colourful, lighter tan. Weighed by its own colour (min_chroma, highlights, the tolerance)
-        it drops out and keeps the old colour: a rim of tan around a green bag. So a pixel within ``EDGE`` of the
-        region's sure pixels, and of its outline, belongs as much as its region part does: the colour left once
-        what is beside it (the local colour of the pixels beyond, its share found by projecting onto the line
-        between the two colours) is taken out. Only that part turns: over white the whole pixel turns (white has
-        no a*b*), next to a blue backdrop or brass hardware the blue or brass part stays.
+        it drops out and keeps the old colour: a rim of tan around a green bag. So within ``EDGE`` of the region's
+        sure pixels and near its outline, a pixel's share of the region is found by projecting its a*b* on the line
+        from the colour beside it (the mean of the pixels beyond, per cell) to the region's mean colour, and that
+        share of the region's colour turns; what it is mixed with (white paper, blue paper, chrome) stays. A pixel
+        far off that line is another material (brass trim, a label) and keeps its colour.
         """
         o: RecolorOptions = self.options
         core = (weight >= _CORE).astype(np.uint8)
@@ -499,18 +499,18 @@ class LchRecolor(Stage):
         span = region_ab[None, :] - other
         span2 = (span ** 2).sum(axis=1)
         share = np.where(span2 > 16.0, ((lab[:, 1:] - other) * span).sum(axis=1) / np.maximum(span2, 1e-9), 1.0)
-        # averaged over the pixel's band neighbours: on a textured backdrop one pixel's share is mostly its grain
-        # (turned, the grain would show in the new colour's complement: pink specks around a green bag)
-        share = _neighbour_mean(ey, ex, np.clip(share, 0.0, 1.0), weight.shape)
-        other_part = (1.0 - share)[:, None] * other
-        own = lab[:, 1:] - other_part  # the region's part: its colour, diluted by the share
+        share = np.clip(share, 0.0, 1.0)
+        # a pixel off that line is another thing (brass trim, a blue label): it keeps its colour
+        off_line = np.hypot(*(lab[:, 1:] - other - share[:, None] * span).T)
+        # no more than the median among its neighbours (the sure region counting as all region's): on a textured
+        # backdrop one pixel's share is mostly its grain; and no more than its own: a grey fleck next to the
+        # region is not pushed to the new colour
+        share = np.minimum(share, _neighbour_median(ey, ex, share, core))
+        # only the region's part turns: its colour times the share (the rest, and the pixel's grain, stay)
+        own = share[:, None] * region_ab[None, :]
+        other_part = lab[:, 1:] - own
         w = np.ones(ey.size) if estimated else base[ey, ex].astype(np.float64)  # a guessed outline is no weight
-        w *= _smooth_ramp(share, 0.03, 0.08)
-        if centre is not None:  # less colourful counts for nothing here: that is the dilution
-            c, cc = np.hypot(own[:, 0], own[:, 1]), float(np.hypot(*centre))
-            dh = np.arctan2(own[:, 1], own[:, 0]) - math.atan2(centre[1], centre[0])
-            dist = np.hypot(1.5 * np.maximum(c - cc, 0.0), 2 * np.sqrt(c * cc) * np.sin(dh / 2))
-            w *= _smooth_ramp(dist, 1.5 * o.tolerance, o.tolerance)
+        w *= _smooth_ramp(share, 0.02, 0.06) * _smooth_ramp(off_line, o.tolerance, o.tolerance / 2)
         if prot is not None:
             w *= 1.0 - prot[ey, ex] / 255.0
         w = w.astype(np.float32)
@@ -626,24 +626,23 @@ class LchRecolor(Stage):
         return _lab_rows(pixels[y0 + ry[pick], x0 + rx[pick], :3]).mean(axis=0)
 
 
-def _neighbour_mean(ys: np.ndarray, xs: np.ndarray, values: np.ndarray, shape: tuple[int, ...],
-                    size: int = 5) -> np.ndarray:
-    """The mean of ``values`` (at pixels ``ys``, ``xs``, row-major order) over each one's ``size``² neighbours among
-    them; in blocks of rows, so a 24 MP box costs a few MB."""
+def _neighbour_median(ys: np.ndarray, xs: np.ndarray, values: np.ndarray, core: np.ndarray,
+                      size: int = 5) -> np.ndarray:
+    """The median of ``values`` (0..1, at pixels ``ys``, ``xs`` in row-major order) over each one's ``size``²
+    neighbours, the ``core`` pixels counting as 1 and all others as 0; in blocks of rows, so a 24 MP box costs a
+    few MB."""
     out = np.empty(values.shape, np.float64)
     half = size // 2
-    for r0 in range(0, shape[0], _ROWS):
-        r1 = min(shape[0], r0 + _ROWS)
+    for r0 in range(0, core.shape[0], _ROWS):
+        r1 = min(core.shape[0], r0 + _ROWS)
         a, b = np.searchsorted(ys, [r0, r1])
         if a == b:
             continue
-        s0, s1 = max(0, r0 - half), min(shape[0], r1 + half)
+        s0, s1 = max(0, r0 - half), min(core.shape[0], r1 + half)
         lo, hi = np.searchsorted(ys, [s0, s1])
-        sums, counts = np.zeros((2, s1 - s0, shape[1]), np.float32)
-        sums[ys[lo:hi] - s0, xs[lo:hi]] = values[lo:hi]
-        counts[ys[lo:hi] - s0, xs[lo:hi]] = 1.0
-        at = (ys[a:b] - s0, xs[a:b])
-        out[a:b] = cv2.blur(sums, (size, size))[at] / np.maximum(cv2.blur(counts, (size, size))[at], 1e-6)
+        plane = (core[s0:s1] > 0).astype(np.uint8) * 255
+        plane[ys[lo:hi] - s0, xs[lo:hi]] = np.rint(values[lo:hi] * 255).astype(np.uint8)
+        out[a:b] = cv2.medianBlur(plane, size)[ys[a:b] - s0, xs[a:b]] / 255.0
     return out
 
 
