@@ -56,6 +56,7 @@ _SAMPLE = 250_000  # subject pixels the dominant colour is found from
 _CORE = 0.99  # membership from which a pixel counts for the region's mean colour
 L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is the only cause)
 EDGE = 4  # pixels: how far an outline's soft edge (the region mixed with what is beside it) reaches
+_ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_matte finds an uncut shot's subject
 _UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
@@ -376,7 +377,9 @@ class LchRecolor(Stage):
         if ys.size == 0:
             raise PermanentError(f"recolor: {asset.source or 'image'}: nothing to recolour: the "
                                  f"{'painted region' if painted is not None else 'subject'} is empty")
-        grow = 3 * EDGE if estimated else 0  # an estimated outline may stop short of the subject's soft edge
+        # an estimated outline lies up to a working pixel or two off the subject's soft edge, either way
+        slack = EDGE + 2 * math.ceil(max(asset.width, asset.height) / _ESTIMATED_AT) if estimated else 0
+        grow = 3 * EDGE + slack if estimated else 0
         box = (max(0, int(xs.min()) - grow), max(0, int(ys.min()) - grow),
                min(asset.width, int(xs.max()) + 1 + grow), min(asset.height, int(ys.max()) + 1 + grow))
         x0, y0, x1, y1 = box
@@ -426,13 +429,13 @@ class LchRecolor(Stage):
         mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
         subject_px = float((base > 0).sum())
         edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base, prot,
-                                            alpha, estimated, mean_lab[1:])
+                                            alpha, slack, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
                      mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
         return Region(box, weight, mean_lab, notes, edge_at, edge_other)
 
     def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
-                 base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, estimated: bool,
+                 base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
                  region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The region's soft outline (against the backdrop, a cut-out's partly transparent edge or a protected
         part), taken into ``weight`` in place; returns the outline pixels' flat indices (in the box) and the part of
@@ -455,13 +458,14 @@ class LchRecolor(Stage):
         # what is not the region's in full, and past the box's sides (not the frame's: a subject cut by the frame
         # has no outline there)
         x0, y0, x1, y1 = box
-        sides = [int(v) * 2 * EDGE for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
+        wide = 2 * EDGE + slack  # ``slack``: how far an estimated outline may lie off the subject's
+        sides = [int(v) * wide for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
         apart = cv2.copyMakeBorder(((base < _CORE) | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
-        outline = cv2.dilate(apart, disk(2 * EDGE))[sides[0]:sides[0] + base.shape[0],
-                                                    sides[2]:sides[2] + base.shape[1]] > 0
+        outline = cv2.dilate(apart, _square(wide))[sides[0]:sides[0] + base.shape[0],
+                                                  sides[2]:sides[2] + base.shape[1]] > 0
         reach = base > 0
-        if estimated:
-            reach = cv2.dilate(reach.astype(np.uint8), disk(EDGE)) > 0
+        if slack:
+            reach = cv2.dilate(reach.astype(np.uint8), _square(slack)) > 0
         band = (near | soft) & outline & reach & (core == 0)
         del apart, outline, reach
         if prot is not None:
@@ -509,7 +513,7 @@ class LchRecolor(Stage):
         # only the region's part turns: its colour times the share (the rest, and the pixel's grain, stay)
         own = share[:, None] * region_ab[None, :]
         other_part = lab[:, 1:] - own
-        w = np.ones(ey.size) if estimated else base[ey, ex].astype(np.float64)  # a guessed outline is no weight
+        w = np.ones(ey.size) if slack else base[ey, ex].astype(np.float64)  # a guessed outline is no weight
         w *= _smooth_ramp(share, 0.02, 0.06) * _smooth_ramp(off_line, o.tolerance, o.tolerance / 2)
         if prot is not None:
             w *= 1.0 - prot[ey, ex] / 255.0
@@ -624,6 +628,11 @@ class LchRecolor(Stage):
         ry, rx = np.nonzero(sure)
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         return _lab_rows(pixels[y0 + ry[pick], x0 + rx[pick], :3]).mean(axis=0)
+
+
+def _square(radius: int) -> np.ndarray:
+    """A square structuring element: OpenCV dilates by it in two passes, fast at any radius."""
+    return np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
 
 
 def _neighbour_median(ys: np.ndarray, xs: np.ndarray, values: np.ndarray, core: np.ndarray,
