@@ -37,12 +37,12 @@ from typing import Any, Callable
 from . import faults, previews
 from .chain import Chain, ModelLoadError, StepUse
 from .config import Config
-from .errors import AssetdError, ConfigError, IncompleteInput, StopRequested
-from .ignore import SIDECAR_MASKS
+from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
 from .imageio import decode, read_input
 from .outputs import Rendered, atomic_write, render_outputs, sha256
 from .rules import Rule
 from .stages.base import Asset, StageContext
+from .stages.masks import masks_beside, sidecar_path
 from .store import Job, JobStatus, ManifestRecord, OutputRecord
 from .text import printable
 from .worker import Failure, JobResult, Superseded, Worker
@@ -110,7 +110,8 @@ class RemoteModelLoadError(ModelLoadError):
 def portable(exc: BaseException) -> BaseException:
     """``exc`` as it can travel through Ray and keep its class (``worker.classify`` goes by the class alone)."""
     if isinstance(exc, ModelLoadError) and not isinstance(exc, RemoteModelLoadError):
-        cause = portable(exc.__cause__) if exc.__cause__ is not None else None
+        cause = portable(exc.__cause__) if exc.__cause__ is not None else RemoteError(str(exc))  # never None:
+        # ``classify`` without problems goes by the cause
         return RemoteModelLoadError(exc.step, exc.backend, str(exc), cause)
     try:
         pickle.loads(pickle.dumps(exc))
@@ -175,7 +176,7 @@ class ChainRunner:
                 folder = tempfile.mkdtemp(prefix="assetd-masks-")
                 where = str(Path(folder) / Path(source).name)
                 for kind, body in masks.items():
-                    (Path(folder) / f"{Path(source).stem}.{kind}.png").write_bytes(body)
+                    sidecar_path(where, kind).write_bytes(body)
             asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
                           source=where)
             steps: list[tuple[str, str, float, str, int | None]] = []
@@ -223,7 +224,12 @@ def _unmask(exc: BaseException, folder: str, original: str) -> None:
 # -- the coordinator's side -------------------------------------------------------------------------------
 class ActorLost(Exception):
     """The actor running a job's chain died under it (``RayActorError``: its node lost, a kill, out of memory):
-    the job is charged one crash (``Store.charge_crash``), nothing else is."""
+    the job is charged one crash (``Store.charge_crash``), nothing else is. ``ran`` False: the actor was gone
+    before the call reached it (it died idle): the job goes back uncharged."""
+
+    def __init__(self, message: str, ran: bool = True):
+        super().__init__(message)
+        self.ran = ran
 
 
 class ActorGone(Exception):
@@ -256,10 +262,12 @@ class RemoteWorker(Worker):
         if job.readable and sha256(data) != job.input_hash:
             raise Superseded(f"{printable(str(path))}: superseded: its content changed after it was queued (a copy "
                              "still arriving, or a new version dropped); the new version is queued as its own job")
+        if job.readable:
+            self._check_masks(job, path)  # the masks it was queued with, or Superseded
         masks = {}
-        for kind in SIDECAR_MASKS:
+        for kind, mask in masks_beside(path).items():
             with contextlib.suppress(OSError):
-                masks[kind] = path.with_name(f"{path.stem}.{kind}.png").read_bytes()
+                masks[kind] = mask.read_bytes()
         return Input(data, masks)
 
     def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
@@ -268,10 +276,13 @@ class RemoteWorker(Worker):
         self._await_actor()
         ray = ray_module()
         want_matte = previews.wanted(self.config)
+        # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
+        # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
+        probe = self.actor.ready.remote()
         ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
         del inp
         try:
-            result: ChainResult = self._wait(ray, ref)
+            result: ChainResult = self._wait(ray, ref, probe)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
@@ -290,7 +301,7 @@ class RemoteWorker(Worker):
             self._mattes.append(self._pool.submit(_keep_matte, config, job, matte, self.name))
         return records, manifests, review
 
-    def _wait(self, ray: Any, ref: Any) -> ChainResult:
+    def _wait(self, ray: Any, ref: Any, probe: Any) -> ChainResult:
         """The call's result, waiting while keeping an eye on ``stop``: on stop the actor is told to end the job
         at its next step (it comes back as ``StopRequested``), and a call still going after a grace is abandoned
         (the job goes back to the queue; the actor finishes it for nothing). An error raised on the actor is
@@ -313,18 +324,26 @@ class RemoteWorker(Worker):
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if exc.cause is not None else RemoteError(str(exc))
             raise cause from None
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:  # the actor died (RayActorError), or its node with the result
             self._lost = True
+            try:
+                ray.get(probe, timeout=5.0)
+            except ray.exceptions.RayActorError:
+                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({type(exc).__name__})",
+                                ran=False) from None
+            except Exception:  # noqa: BLE001 - no word from the probe: count it as the job's
+                pass
             raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
 
     def _await_actor(self) -> None:
-        """After its actor died under a job: wait until Ray has restarted it (its models loaded again), or, once Ray
-        gave up on it (``ActorDiedError``), start a fresh one. ``StopRequested`` when stopping meanwhile (the job
-        goes back to the queue uncharged); ``ActorGone`` when no actor can be had."""
+        """After its actor died: wait until Ray has restarted it (its models loaded again), or, once Ray gave up on
+        it (``ActorDiedError``), start a fresh one. ``StopRequested`` when stopping meanwhile (the job goes back to
+        the queue uncharged); ``ActorGone`` when no actor can be had."""
         if not self._lost:
             return
         ray = ray_module()
-        for tries in range(2):
+        fresh = False
+        for _ in range(20):  # an actor restarting answers "unavailable" for a while; a fresh one is started once
             ref = self.actor.ready.remote()
             while not ray.wait([ref], timeout=0.5)[0]:
                 if self.stop.is_set():
@@ -332,14 +351,15 @@ class RemoteWorker(Worker):
             try:
                 node, problems, _ = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
-                continue  # restarting: ask again
+                self.stop.wait(0.5)  # restarting: ask again
+                continue
             except ray.exceptions.RayActorError as exc:
-                if self.make_actor is None:
+                if self.make_actor is None or fresh:
                     raise ActorGone(f"{self.actor_name} is gone ({type(exc).__name__}) and cannot be replaced") \
                         from None
                 log.warning("%s: Ray gave up on %s (out of restarts); starting a fresh one", self.name,
                             self.actor_name)
-                self.actor = self.make_actor(self.actor_name)
+                self.actor, fresh = self.make_actor(self.actor_name), True
                 continue
             if problems:
                 raise ActorGone("; ".join(problems))
@@ -351,6 +371,12 @@ class RemoteWorker(Worker):
     def _settle_failure(self, job: Job, failure: Failure, result: JobResult) -> JobResult:
         """An actor that died under the job charges it one crash (``Store.charge_crash``), the rest as a local
         worker's; an actor that cannot be had retires this worker (its job goes back, uncharged)."""
+        if isinstance(failure.exc, ActorLost) and not failure.exc.ran:
+            self.store.release(job.id, owner=self.owner)
+            log.warning("%s: job %d: %s; queued again, not charged: %s", self.name, job.id, failure.exc,
+                        printable(job.input_path))
+            result.status = JobStatus.QUEUED
+            return result
         if isinstance(failure.exc, ActorLost):
             status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED)
             stored = self.store.get(job.id)
@@ -366,6 +392,13 @@ class RemoteWorker(Worker):
         if isinstance(failure.exc, ActorGone):
             self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.exc}")
             log.error("%s: %s; this worker stops (its job is queued again, uncharged)", self.name, failure.exc)
+            if self.problems is not None:  # an alert (nothing to pause: the other actors go on); restart to clear
+                from .health import Scope
+
+                self.problems.start_problem(ProcessProblem(
+                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} stopped, the other actors go on "
+                    "(restart assetd to start it again)", Scope.nothing(),
+                    alert_after=self.config.problems.alert_after_seconds))
             self.retired = True
             result.status = JobStatus.QUEUED
             return result
