@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -84,8 +85,8 @@ def test_planted_dust_is_gone_and_nothing_else_changed(tmp_path, dusty):
     assert note["backdrop_spots"]["subject"] == "estimated"
     # no spot above the threshold is left, by the same measure that found them
     backdrop = ~subject_zone((shot.alpha * 255).astype(np.uint8), 16)
-    left, count, _ = find_spots(out.pixels, backdrop, max_spot=MAX_SPOT, min_contrast=MIN_CONTRAST)
-    assert count == 0, np.argwhere(left)[:5]
+    left = find_spots(out.pixels, backdrop, max_spot=MAX_SPOT, min_contrast=MIN_CONTRAST)
+    assert left.count == 0, np.argwhere(left.mask)[:5]
     # each speck is back to the paper the shot had there (within its grain)
     for x, y, r in spots:
         assert np.abs(out.pixels[y, x].astype(int) - shot.rgb[y, x].astype(int)).max() < MIN_CONTRAST
@@ -110,6 +111,49 @@ def test_clean_paper_is_bit_identical(tmp_path):
     out = stage(tmp_path, backdrop_spots=True).run(Asset(shot.rgb))[0]
     assert out.notes["retouch"]["removed_pixels"] == 0
     assert np.array_equal(out.pixels, shot.rgb)
+
+
+def jaw(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An A-clamp's jaw over the sweep's top edge, as a camera sees it: a dark, soft-edged body with a narrower tip
+    below it, a highlight and a rivet on its metal; and where it is."""
+    h, w = rgb.shape[:2]
+    s = min(w, h) / 400
+    x0 = int(0.7 * w)
+    body = np.zeros((h, w), np.uint8)
+    cv2.rectangle(body, (x0, 0), (x0 + int(30 * s), int(22 * s)), 255, -1)
+    cv2.rectangle(body, (x0 + int(11 * s), int(22 * s)), (x0 + int(18 * s), int(34 * s)), 255, -1)  # the tip
+    m = cv2.GaussianBlur(body, (0, 0), 0.8 * s).astype(np.float32)[..., None] / 255
+    metal = np.linspace(55, 95, w, dtype=np.float32)[None, :, None] * np.array([1, 0.98, 0.95], np.float32)
+    marks = np.zeros((h, w), np.float32)
+    cv2.line(marks, (x0 + int(5 * s), int(4 * s)), (x0 + int(5 * s), int(12 * s)), 120.0, max(1, int(1.5 * s)))
+    cv2.circle(marks, (x0 + int(22 * s), int(10 * s)), max(1, int(2 * s)), -70.0, -1)
+    out = rgb.astype(np.float32) * (1 - m) + (metal + marks[..., None]) * m
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), m[..., 0] > 0.01
+
+
+def test_a_clamp_entering_the_frame_is_no_spot_and_is_named(tmp_path, caplog):
+    """backdrop_spots leaves the whole clamp as it is (its tip, its rivet: no smear), still removes the dust, and
+    says what it left and why."""
+    shot = studio_shot("white", size=(1200, 800), seed=2, subject="shoe")  # at 1200×800 the tip and the rivet
+    subject = (shot.alpha * 255).astype(np.uint8)  # were taken for spots and smeared
+    rgb, clamp = jaw(shot.rgb)
+    allowed = ~subject_zone(subject, 60) & (shot.shadow < 0.02) & ~subject_zone(clamp.astype(np.uint8) * 255, 40)
+    rgb, spots = plant_dust(rgb, allowed, 6, seed=4)
+    caplog.set_level("INFO", logger="assetd.stage")
+
+    out = stage(tmp_path, backdrop_spots=True).run(Asset(rgb, source="shot.png"))[0]
+
+    near_clamp = subject_zone(clamp.astype(np.uint8) * 255, 12)
+    assert np.array_equal(out.pixels[near_clamp], rgb[near_clamp])
+    for x, y, _r in spots:
+        assert np.abs(out.pixels[y, x].astype(int) - shot.rgb[y, x].astype(int)).max() < MIN_CONTRAST
+    skipped = out.notes["retouch"]["backdrop_spots"]["skipped"]
+    assert skipped["why"] == "too large for a spot (use remove_mask: sidecar)" and skipped["marks"] == 1
+    x0, y0, x1, y1 = skipped["boxes"][0]
+    ys, xs = np.nonzero(clamp)
+    assert xs.min() - 2 <= x0 and x1 <= xs.max() + 3 and y1 <= ys.max() + 3  # within the clamp
+    assert "shot.png: a mark on the backdrop left as it is, too large for a spot (use remove_mask: sidecar)" in (
+        caplog.text)
 
 
 def write_shot(folder: Path, rgb: np.ndarray, name: str = "shot.png") -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 define_step("retouch", "classical", needs=("uncropped",),
             doc="removes dust on the backdrop and what a retoucher painted (before remove_background)")
 
+TOO_LARGE = "too large for a spot (use remove_mask: sidecar)"  # what backdrop_spots says of what it leaves
+SHOWN = 5  # the largest marks backdrop_spots left that the manifest and the log name by their box
 ESTIMATE_SIZE = 512  # long edge at which ``find_subject`` estimates an uncut photo's subject: its pixel is coarse
 
 
@@ -51,16 +53,30 @@ def subject_zone(matte: np.ndarray, margin: float) -> np.ndarray:
     return distance <= margin
 
 
+class Spots(NamedTuple):
+    """What ``find_spots`` found: the spots (H×W bool, each with its faint rim), how many, the contrast threshold
+    used (8-bit levels), and the boxes (x0, y0, x1, y1) of the marks it left because they are larger than
+    ``max_spot`` or enter from the frame's edge (their pieces joined), the largest first."""
+
+    mask: np.ndarray
+    count: int
+    threshold: float
+    skipped: list[tuple[int, int, int, int]]
+
+
 def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_contrast: float,
-               grow: int = 2) -> tuple[np.ndarray, int, float]:
-    """Small blobs on the backdrop: H×W bool (each with its faint rim), how many, and the contrast threshold used.
+               grow: int = 2) -> Spots:
+    """Small blobs on the backdrop, each wholly surrounded by paper.
 
     A spot is darker or brighter than the paper around it (the luminance closed, then opened, with a square a
     little larger than ``max_spot``: what both leave is paper) by at least ``min_contrast`` (8-bit levels; raised
     to five times the paper's grain on noisy paper, so grain is never a spot), fits in a ``max_spot`` ×
     ``max_spot`` box, and lies wholly in ``allowed`` (the backdrop away from the subject): a blob that reaches
-    toward the subject is left whole rather than half removed. Its extent is grown by ``grow`` px, and by up to
-    three times that where the contrast still passes half the threshold (the soft rim of out-of-focus dust).
+    toward the subject is left whole rather than half removed. It is never part of something larger: a blob
+    touching the frame's edge (a clamp or tape entering the frame) is none, nor is one whose surroundings are not
+    even paper (a clamp's jaw tip, a highlight on its metal: the closing sees only the part narrower than its
+    square). Its extent is grown by ``grow`` px, and by up to three times that where the contrast still passes half
+    the threshold (the soft rim of out-of-focus dust).
     """
     top = float(max_value(pixels))
     gray = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
@@ -76,23 +92,77 @@ def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_co
     # bright bridge a closing leaves between two bright specks close together)
     paper = cv2.morphologyEx(cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel), cv2.MORPH_OPEN, kernel)
     contrast = cv2.absdiff(padded, paper)[inner]
-    none = np.zeros(gray.shape, bool), 0, threshold * 255.0 / top
+    level = threshold * 255.0 / top
+    h, w = gray.shape
+    none = Spots(np.zeros(gray.shape, bool), 0, level, [])
     n, labels, stats, _ = cv2.connectedComponentsWithStats((contrast >= threshold).astype(np.uint8), connectivity=8)
     if n <= 1:
         return none
-    outside = np.bincount(labels[~allowed], minlength=n) > 0
-    small = (stats[:, cv2.CC_STAT_WIDTH] <= max_spot) & (stats[:, cv2.CC_STAT_HEIGHT] <= max_spot)
-    keep = ~outside & small
-    keep[0] = False
+    outside = np.bincount(labels[~allowed], minlength=n) > 0  # part of the subject, or too close to it
+    x, y, bw, bh = (stats[:, i] for i in range(4))
+    small = (bw <= max_spot) & (bh <= max_spot)
+    edge = (x == 0) | (y == 0) | (x + bw >= w) | (y + bh >= h)
+    keep = ~outside & small & ~edge
+    keep[0] = outside[0] = False
+    if keep.any():
+        keep &= surrounded_by_paper(gray, allowed, labels, stats, keep, threshold, reach=3 * grow + 1,
+                                    ring=max(4, max_spot // 4))
+    marks = ~outside & ~keep
+    marks[0] = False
+    skipped = [b for b in (mark_boxes(marks[labels], size) if marks.any() else [])  # what a retoucher would see
+               if b[2] - b[0] > max_spot or b[3] - b[1] > max_spot or b[0] == 0 or b[1] == 0 or b[2] == w or b[3] == h]
     if not keep.any():
-        return none
+        return none._replace(skipped=skipped)
     core = keep[labels].astype(np.uint8)
     spots = cv2.dilate(core, disk(grow)) > 0 if grow > 0 else core > 0
     if grow > 0:
         spots |= (cv2.dilate(core, disk(3 * grow)) > 0) & (contrast >= threshold / 2)
     spots &= allowed
     count = cv2.connectedComponents(spots.astype(np.uint8), connectivity=8)[0] - 1  # a ring of dust is one spot
-    return spots, count, threshold * 255.0 / top
+    return Spots(spots, count, level, skipped)
+
+
+def surrounded_by_paper(gray: np.ndarray, allowed: np.ndarray, labels: np.ndarray, stats: np.ndarray,
+                        keep: np.ndarray, threshold: float, reach: int, ring: int) -> np.ndarray:
+    """Which of the ``keep`` components have even paper all around them: in a ``ring`` px wide band starting
+    ``reach`` px out (past the other candidates' rims), at most 5 % of the pixels differ from the band's median
+    by ``threshold`` or more, and that median is a level the backdrop (``allowed``) commonly has (at least 1 % of
+    it lies within ``threshold`` of it). A clamp's tip has the clamp in its band; a rivet on a clamp has metal all
+    around it, a level no paper has."""
+    h, w = gray.shape
+    out = keep.copy()
+    grown = cv2.dilate(keep[labels].astype(np.uint8), disk(reach))
+    levels = np.bincount(gray[::4, ::4][allowed[::4, ::4]].ravel(), minlength=int(max_value(gray)) + 1)
+    near = np.concatenate([[0], np.cumsum(levels)])  # near[v]: how many samples are below level v
+    t = int(np.ceil(threshold))
+    far = reach + ring
+    for i in np.flatnonzero(keep):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        x0, y0, x1, y1 = max(0, x - far), max(0, y - far), min(w, x + bw + far), min(h, y + bh + far)
+        own = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
+        band = (cv2.dilate(own, disk(far)) > 0) & (grown[y0:y1, x0:x1] == 0)
+        values = gray[y0:y1, x0:x1][band].astype(np.float32)
+        if values.size < 8:
+            out[i] = False
+            continue
+        median = float(np.median(values))
+        even = np.mean(np.abs(values - median) >= threshold) <= 0.05
+        v = int(round(median))
+        common = near[min(len(levels), v + t + 1)] - near[max(0, v - t)] >= 0.01 * near[-1]
+        out[i] = even and common
+    return out
+
+
+def mark_boxes(marks: np.ndarray, join: int) -> list[tuple[int, int, int, int]]:
+    """The boxes (x0, y0, x1, y1) of ``marks``, pieces closer than ``join`` px taken as one, largest first."""
+    joined = cv2.dilate(marks.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (join, join)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    boxes = []
+    for i in sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA])):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        ys, xs = np.nonzero((labels[y:y + bh, x:x + bw] == i) & marks[y:y + bh, x:x + bw])
+        boxes.append((x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1))
+    return boxes
 
 
 def disk(radius: int) -> np.ndarray:
@@ -267,11 +337,19 @@ class Retouch(Stage):
         allowed = ~subject_zone(matte, margin)
         if asset.has_alpha:  # a cut-out: only opaque pixels are backdrop; transparent ones show nothing
             allowed &= asset.pixels[..., 3] >= max_value(asset.pixels)
-        spots, count, threshold = find_spots(asset.pixels, allowed, max_spot=o.max_spot,
-                                             min_contrast=o.min_contrast)
-        notes["backdrop_spots"] = {"spots": count, "pixels": int(spots.sum()), "threshold": round(threshold, 1),
-                                   "subject": where, "margin": round(margin, 1)}
-        return matte, spots
+        found = find_spots(asset.pixels, allowed, max_spot=o.max_spot, min_contrast=o.min_contrast)
+        notes["backdrop_spots"] = {"spots": found.count, "pixels": int(found.mask.sum()),
+                                   "threshold": round(found.threshold, 1), "subject": where, "margin": round(margin, 1)}
+        if found.skipped:
+            many = len(found.skipped)
+            notes["backdrop_spots"]["skipped"] = {"why": TOO_LARGE, "marks": many,
+                                                  "boxes": [list(b) for b in found.skipped[:SHOWN]]}
+            self.ctx.log.info("retouch: %s: %s on the backdrop left as %s, %s: %s%s", asset.source or "image",
+                              "a mark" if many == 1 else f"{many} marks", "it is" if many == 1 else "they are",
+                              TOO_LARGE, ", ".join("x %d-%d y %d-%d" % (b[0], b[2], b[1], b[3])
+                                                   for b in found.skipped[:SHOWN]),
+                              "" if many <= SHOWN else f" (the {SHOWN} largest)")
+        return matte, found.mask
 
 
 @register
