@@ -196,6 +196,32 @@ def test_the_painted_clamp_is_removed_and_only_it(tmp_path, method):
     assert "subject_pixels" not in out.notes["retouch"]
 
 
+def sweep(w: int, h: int) -> np.ndarray:
+    """Grey paper darkening toward the top (150 to 240 levels), with a little grain."""
+    g = 150 + 90 * np.mgrid[0:h, 0:w][0].astype(np.float32) / h
+    grain = np.random.default_rng(0).normal(0, 1.5, (h, w, 3))
+    return np.clip(np.rint(np.dstack([g, 0.98 * g, 0.96 * g]) + grain), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+@pytest.mark.parametrize("where", ["inside", "at the top edge"])
+def test_a_filled_area_is_as_light_as_the_paper_around_it(tmp_path, method, where):
+    """On a gradient the fill's mean is the paper's there (Telea came out 1.5-3 levels lighter): within one level
+    of the paper the shot had under the hole, and of the band around it when the band surrounds it."""
+    rgb = sweep(640, 480)
+    path = write_shot(tmp_path / "inbox", rgb)
+    box = (300, 150, 380, 220) if where == "inside" else (300, 0, 380, 70)
+    hole = paint(path, "remove", [box], (640, 480))
+
+    out = stage(tmp_path, remove_mask="sidecar", method=method).run(Asset(rgb, source=str(path)))[0].pixels
+
+    filled = out[hole].astype(np.float32).mean(axis=0)
+    assert np.abs(filled - rgb[hole].astype(np.float32).mean(axis=0)).max() <= 1.0
+    if where == "inside":
+        ring = subject_zone(hole.astype(np.uint8) * 255, 8) & ~hole
+        assert np.abs(filled - out[ring].astype(np.float32).mean(axis=0)).max() <= 1.0
+
+
 def test_the_subject_changes_only_where_the_mask_paints_it(tmp_path):
     shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
     path = write_shot(tmp_path / "inbox", shot.rgb)
