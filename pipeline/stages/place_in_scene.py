@@ -42,7 +42,8 @@ class PlaceOptions:
                                       "the output takes its aspect ratio")
     scenes: list[Path] | None = opt(None, check=lambda v: None if v else "expected at least one scene",
                                     doc="several background images instead of one: one variant per scene, each "
-                                        "named from its file (scenes/linen.jpg: {variant} linen)")
+                                        "named from its file as a slug (scenes/linen.jpg: {variant} linen; "
+                                        "Morning Kitchen.jpg: morning-kitchen)")
     colour: str | None = opt(None, check=check_colour, doc="solid background colour '#rrggbb' instead of a scene")
     gradient: list[str] | None = opt(None, check=_check_gradient,
                                      doc="two colours, top to bottom, for a vertical gradient background")
@@ -301,6 +302,7 @@ class CompositePlace(Stage):
     def __init__(self, options: PlaceOptions, ctx: Any):
         super().__init__(options, ctx)
         self._scene: dict[Path, np.ndarray] | None = None  # decoded scenes, by path
+        self._warned: tuple[str | None, set[Path]] = (None, set())  # the job last warned, and of which scenes
 
     @classmethod
     def validate(cls, options: PlaceOptions, where: str, ctx_config: Any) -> list[str]:
@@ -353,6 +355,21 @@ class CompositePlace(Stage):
             self._scene[path] = load_scene(path, self.ctx.config)
         return self._scene[path]
 
+    def _first_time(self, asset: Asset, scene: Path) -> bool:
+        """Whether the job of ``asset`` has not yet been warned about ``scene``: its colourways each come here.
+
+        The assets of one job all carry the one string object its input was given as ``source`` (``derive`` copies
+        the reference); the next job's is another object, even for the same file. Without a source, always."""
+        if asset.source is None:
+            return True
+        job, said = self._warned
+        if job is not asset.source:
+            self._warned = job, said = asset.source, set()
+        if scene in said:
+            return False
+        said.add(scene)
+        return True
+
     def run(self, asset: Asset) -> list[Asset]:
         """The cut-out on the scene, colour or gradient; on each of ``scenes``, one asset per scene, each a
         variant named from its scene file (after the variant the asset already is: a colourway's)."""
@@ -398,9 +415,11 @@ class CompositePlace(Stage):
             notes.update(scene=as_written(scene_path, self.ctx.config.base_dir), scene_scale=round(k, 4))
             if enlarged_beyond(k, o.max_scene_enlarge):
                 notes["scene_enlarged"] = round(k, 4)
-                self.ctx.log.warning("place_in_scene: %s: scene %s enlarged %.2f× to cover the output (more than "
-                                     "max_scene_enlarge %g): it looks softer than the product; use a larger scene "
-                                     "image", asset.source or "image", scene_path.name, k, o.max_scene_enlarge)
+                if self._first_time(asset, scene_path):  # once per job: each colourway is enlarged alike
+                    self.ctx.log.warning("place_in_scene: %s: scene %s enlarged %.2f× to cover the output (more "
+                                         "than max_scene_enlarge %g): it looks softer than the product; use a larger "
+                                         "scene image", asset.source or "image", scene_path.name, k,
+                                         o.max_scene_enlarge)
         elif o.colour is not None:
             canvas = np.empty((place.out_h, place.out_w, 3), dtype=pixels.dtype)
             canvas[...] = colour_tuple(o.colour[:7], pixels.dtype)
@@ -429,8 +448,12 @@ class CompositePlace(Stage):
 
 
 def scene_variant(scene: Path) -> str:
-    """The variant a scene of ``scenes`` makes: its file's name without the extension (scenes/linen.jpg: linen)."""
-    return scene.stem
+    """The variant a scene of ``scenes`` makes: its file's name without the extension, as a lower-case ASCII slug
+    (scenes/linen.jpg: linen; "Morning Kitchen.jpg": morning-kitchen), since it goes into output file names;
+    "scene" when nothing of the name is left."""
+    from ..outputs import web_safe  # outputs imports the stages
+
+    return web_safe(scene.stem) or "scene"
 
 
 def variant_of(before: str | None, name: str) -> str:
