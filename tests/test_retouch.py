@@ -147,7 +147,7 @@ def test_a_clamp_entering_the_frame_is_no_spot_and_is_named(tmp_path, caplog):
     assert np.array_equal(out.pixels[near_clamp], rgb[near_clamp])
     for x, y, _r in spots:
         assert np.abs(out.pixels[y, x].astype(int) - shot.rgb[y, x].astype(int)).max() < MIN_CONTRAST
-    skipped = out.notes["retouch"]["backdrop_spots"]["skipped"]
+    skipped = out.notes["retouch"]["backdrop_spots"]["too_large"]
     assert skipped["why"] == "too large for a spot (use remove_mask: sidecar)" and skipped["marks"] == 1
     x0, y0, x1, y1 = skipped["boxes"][0]
     ys, xs = np.nonzero(clamp)

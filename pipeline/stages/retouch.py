@@ -2,10 +2,12 @@
 
 What is removed is one mask: small blobs on the backdrop outside the subject (``backdrop_spots``: no larger than
 ``max_spot``, at least ``min_contrast`` from the paper around them, none within ``subject_margin`` of the
-subject) and what ``NAME.remove.png`` beside the shot paints (``remove_mask: sidecar``: a clamp at the edge of the
-sweep, tape, a colour chart), minus what ``NAME.protect.png`` protects. Only the masked pixels are replaced
-(``classical``: OpenCV's Telea or Navier-Stokes inpainting; ``lama``: a LaMa network through spandrel); every
-other pixel stays the input's, bit for bit, and the subject is only touched where the painted mask covers it.
+subject, each with even paper all around it: never part of a clamp entering the frame, which is named in the log
+and the manifest as too large for a spot) and what ``NAME.remove.png`` beside the shot paints (``remove_mask:
+sidecar``: a clamp at the edge of the sweep, tape, a colour chart), minus what ``NAME.protect.png`` protects. Only
+the masked pixels are replaced (``classical``: OpenCV's Telea or Navier-Stokes inpainting, drawn toward the paper
+around the hole; ``lama``: a LaMa network through spandrel); every other pixel stays the input's, bit for bit, and
+the subject is only touched where the painted mask covers it.
 
 It runs on the whole photo before ``remove_background`` and ``crops``: the backdrop it cleans is still there, a
 clamp removed here is neither cut out with the subject nor extended into new canvas by an outpainting crop.
@@ -342,8 +344,8 @@ class Retouch(Stage):
                                    "threshold": round(found.threshold, 1), "subject": where, "margin": round(margin, 1)}
         if found.skipped:
             many = len(found.skipped)
-            notes["backdrop_spots"]["skipped"] = {"why": TOO_LARGE, "marks": many,
-                                                  "boxes": [list(b) for b in found.skipped[:SHOWN]]}
+            notes["backdrop_spots"]["too_large"] = {"why": TOO_LARGE, "marks": many,
+                                                    "boxes": [list(b) for b in found.skipped[:SHOWN]]}
             self.ctx.log.info("retouch: %s: %s on the backdrop left as %s, %s: %s%s", asset.source or "image",
                               "a mark" if many == 1 else f"{many} marks", "it is" if many == 1 else "they are",
                               TOO_LARGE, ", ".join("x %d-%d y %d-%d" % (b[0], b[2], b[1], b[3])
