@@ -106,8 +106,13 @@ def test_a_speck_next_to_the_subject_is_left_alone(tmp_path, dusty):
     assert np.array_equal(out.pixels[near(spots, subject.shape, 1)], close[near(spots, subject.shape, 1)])
 
 
-def test_clean_paper_is_bit_identical(tmp_path):
-    shot = studio_shot("grey", size=(480, 360), seed=1, subject="box")
+@pytest.mark.parametrize("paper, subject, size", [
+    ("grey", "box", (480, 360)),
+    # the tail of the contact shadow was taken for a spot and cut off on these
+    ("white", "shoe", (1200, 800)), ("grey", "mug", (1200, 800)), ("white", "box", (1200, 800)),
+])
+def test_clean_paper_is_bit_identical(tmp_path, paper, subject, size):
+    shot = studio_shot(paper, size=size, seed=2 if size[0] > 480 else 1, subject=subject)
     out = stage(tmp_path, backdrop_spots=True).run(Asset(shot.rgb))[0]
     assert out.notes["retouch"]["removed_pixels"] == 0
     assert np.array_equal(out.pixels, shot.rgb)

@@ -106,7 +106,7 @@ def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_co
     keep = ~outside & small & ~edge
     keep[0] = outside[0] = False
     if keep.any():
-        keep &= surrounded_by_paper(gray, allowed, labels, stats, keep, threshold, reach=3 * grow + 1,
+        keep &= surrounded_by_paper(gray, contrast, allowed, labels, stats, keep, threshold, reach=3 * grow + 1,
                                     ring=max(4, max_spot // 4))
     marks = ~outside & ~keep
     marks[0] = False
@@ -123,13 +123,14 @@ def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_co
     return Spots(spots, count, level, skipped)
 
 
-def surrounded_by_paper(gray: np.ndarray, allowed: np.ndarray, labels: np.ndarray, stats: np.ndarray,
-                        keep: np.ndarray, threshold: float, reach: int, ring: int) -> np.ndarray:
+def surrounded_by_paper(gray: np.ndarray, contrast: np.ndarray, allowed: np.ndarray, labels: np.ndarray,
+                        stats: np.ndarray, keep: np.ndarray, threshold: float, reach: int, ring: int) -> np.ndarray:
     """Which of the ``keep`` components have even paper all around them: in a ``ring`` px wide band starting
     ``reach`` px out (past the other candidates' rims), at most 5 % of the pixels differ from the band's median
-    by ``threshold`` or more, and that median is a level the backdrop (``allowed``) commonly has (at least 1 % of
-    it lies within ``threshold`` of it). A clamp's tip has the clamp in its band; a rivet on a clamp has metal all
-    around it, a level no paper has."""
+    by ``threshold`` or more, or from the paper (``contrast``) by half of it, and that median is a level the
+    backdrop (``allowed``) commonly has (at least 1 % of it lies within ``threshold`` of it). A clamp's tip has the
+    clamp in its band; a rivet on a clamp has metal all around it, a level no paper has; the tail of a subject's
+    soft contact shadow goes on fainter past its band's edge (it was taken for a spot and cut off)."""
     h, w = gray.shape
     out = keep.copy()
     grown = cv2.dilate(keep[labels].astype(np.uint8), disk(reach))
@@ -143,7 +144,8 @@ def surrounded_by_paper(gray: np.ndarray, allowed: np.ndarray, labels: np.ndarra
         own = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
         band = (cv2.dilate(own, disk(far)) > 0) & (grown[y0:y1, x0:x1] == 0)
         values = gray[y0:y1, x0:x1][band].astype(np.float32)
-        if values.size < 8:
+        faint = np.mean(contrast[y0:y1, x0:x1][band] >= threshold / 2) > 0.05  # a soft shadow's tail goes on
+        if values.size < 8 or faint:
             out[i] = False
             continue
         median = float(np.median(values))
