@@ -16,6 +16,7 @@ from .errors import AssetdError, StopRequested, TransientError
 from .models import gpu_peak_bytes, gpu_peak_start, step_device
 from .rules import Rule
 from .stages.base import STEPS, Asset, Stage, StageContext, stage_class
+from .stages.masks import unused_masks
 from .stages.subject import paste_matte
 
 
@@ -68,8 +69,11 @@ class Chain:
         """Run every stage; returns the assets of each step an output asks for ("input" too). ``on_step`` is told
         each stage's seconds, device and GPU memory peak; ``on_matte`` the subject's matte as the step that cut it
         out found it, in the input's coordinates (``input_matte``), once, when there is one (the review page's
-        subject check compares exactly the subject with it)."""
+        subject check compares exactly the subject with it). A mask beside the input (``asset.source``) that no
+        step of the rule reads is a review reason of every output (``stages.masks.unused_masks``)."""
         self.prepare()
+        if asset.source is not None:  # a retoucher's mask no step reads changed nothing: a person should know
+            asset.review.extend(f"{line}; it was not used" for line in unused_masks(self.rule, asset.source))
         kept: dict[str, list[Asset]] = {"input": [asset]} if "input" in self._needed else {}
         current = [asset]
         for stage in self.stages:

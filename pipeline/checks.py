@@ -73,6 +73,53 @@ def _variant_notes(rules: list, config: Config) -> list[str]:
     return lines
 
 
+MASK_WARNINGS_SHOWN = 10  # masks no rule reads, listed one a line; more are counted
+
+
+def _mask_warnings(config: Config, rules: list) -> list[str]:
+    """Masks a retoucher put in an inbox (``NAME.remove.png``...) that nothing will read: no shot of that name
+    beside them, or the rule taking their shot has no step that reads them (``stages.masks.unused_masks``). The
+    job would only say so in its review reasons, after the night's run."""
+    from .ignore import is_ignored_name
+    from .intake import relative_path
+    from .rules import match_rule
+    from .stages.masks import mask_kind, shots_of, unused_masks
+
+    lines: list[str] = []
+    seen: set[Path] = set()
+    for inbox in config.inboxes:
+        root = Path(os.path.abspath(inbox.path))
+        if not root.is_dir():
+            continue
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if inbox.recursive and not is_ignored_name(d)
+                             and not inbox.sets_aside(Path(folder, d)))
+            for name in sorted(files):
+                kind = mask_kind(name)
+                if kind is None or name.startswith((".", "~$")):  # a hidden or an Office owner file: not a mask
+                    continue
+                mask = Path(folder, name)
+                if mask in seen:  # an inbox inside another: walked twice
+                    continue
+                seen.add(mask)
+                shots = shots_of(mask)
+                if not shots:
+                    lines.append(f"{mask}: a {kind} mask with no shot of its name beside it "
+                                 f"({name[:-len(f'.{kind}.png')]}.jpg, .tif...); nothing reads it")
+                for shot in shots:
+                    if shot in seen:
+                        continue
+                    seen.add(shot)
+                    rule = match_rule(rules, relative_path(config, shot, root))
+                    if rule is not None:
+                        lines.extend(f"{shot}: {line}; it will not be used" for line in unused_masks(rule, shot))
+    if len(lines) > MASK_WARNINGS_SHOWN:
+        more = len(lines) - MASK_WARNINGS_SHOWN
+        lines = lines[:MASK_WARNINGS_SHOWN] + [f"... and {more} more mask(s) nothing reads "
+                                               "(`assetd explain NAME.KIND.png` says why for one)"]
+    return lines
+
+
 def _inbox_problems(inbox: InboxConfig) -> list[str]:
     """A missing inbox folder the daemon will not create, and done/error folders it cannot write (after: move)."""
     problems = []
@@ -155,6 +202,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         info.extend(_variant_notes(rules, config))
     warnings.extend(_size_warnings(rules, config))
     warnings.extend(_space_warnings(config, rules))
+    warnings.extend(_mask_warnings(config, rules))
     if not config.inboxes:
         warnings.append(f"{config.source}: inboxes: none configured; only `assetd process` will do anything")
     for i, inbox in enumerate(config.inboxes):

@@ -91,8 +91,16 @@ def _config_option(f: Any) -> Any:
 def cli() -> None:
     """assetd: watched-folder asset pipeline for photo studios.
 
-    Drop shots into an inbox; each is matched against the YAML rules and run through
-    remove_background → place_in_scene → crops → upscale; outputs land in channel folders.
+    Drop shots into an inbox; each is matched against the YAML rules and run through its
+    rule's steps, in the rule's order, typically: retouch (backdrop spots, a painted
+    NAME.remove.png) → remove_background → recolor (colourways) → place_in_scene (a scene,
+    one variant per scene or per generated seed, a reference image, or an instruction edit
+    with the product pasted back) → tone_match → crops → upscale. Outputs land in channel
+    folders, one file per ratio and variant.
+
+    Each step changes only what it says: the subject's pixels stay the input's except
+    where recolor, tone_match or a painted mask change them on purpose (the manifest
+    and the review page say so). `assetd explain FILE` shows what happens to one file.
     """
 
 
@@ -204,9 +212,11 @@ def explain(file: str, config_path: str) -> None:
 
     Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
     """
+    from .ignore import is_sidecar_mask
     from .intake import inbox_of, relative_path
     from .oneshot import output_folder_holding, output_folders
     from .rules import match_rule
+    from .stages.masks import mask_kind
     from .watcher import is_ignored
 
     config, rules = _load(config_path)
@@ -220,6 +230,9 @@ def explain(file: str, config_path: str) -> None:
     if aside is not None and aside.sets_aside(path):
         click.echo(f"{path}: in the done or error folder of inbox {aside.path} (after: move): neither the daemon "
                    "nor `assetd process` takes it; `assetd retry JOB_ID` moves it back")
+        sys.exit(1)
+    if mask_kind(path) is not None and is_sidecar_mask(path, Path(os.path.abspath(aside.path)) if aside else None):
+        _explain_mask(config, rules, path)
         sys.exit(1)
     rel = relative_path(config, path, None)
     chosen = match_rule(rules, rel)
@@ -251,6 +264,34 @@ def explain(file: str, config_path: str) -> None:
     click.echo(f"→ {chosen.name}: {steps}; outputs to {', '.join(sorted({o.channel for o in chosen.outputs}))}")
     if missing:
         sys.exit(1)
+
+
+def _explain_mask(config: Config, rules: list[Rule], path: Path) -> None:
+    """``assetd explain shot.remove.png``: whose mask it is, which steps read such a mask, and whether the rule that
+    takes its shot has one (a mask is never an input; it is part of its shot's job)."""
+    from .intake import relative_path
+    from .rules import match_rule
+    from .stages.masks import mask_kind, read_by, readers, shots_of
+
+    kind = mask_kind(path)
+    assert kind is not None
+    shots = shots_of(path)
+    stem = path.name[:-len(f".{kind}.png")]
+    whose = " and ".join(s.name for s in shots) or f"{stem}.<image> (none lies beside it now)"
+    click.echo(f"{path}: a {kind} mask for {whose} (read by {' and by '.join(readers(kind))}); never taken as an "
+               "input")
+    for shot in shots:
+        rule = match_rule(rules, relative_path(config, shot, None))
+        if rule is None:
+            click.echo(f"  {shot.name}: no rule takes it, so nothing reads this mask")
+            continue
+        steps = read_by(rule, kind)
+        if steps:
+            click.echo(f"  {shot.name}: rule {rule.name!r} reads it ({', '.join(steps)}); a change to it queues "
+                       f"{shot.name} again as a new job")
+        else:
+            click.echo(f"  {shot.name}: rule {rule.name!r} has no step that reads it (needs "
+                       f"{' or '.join(readers(kind))}); it is not used")
 
 
 @cli.command()
@@ -538,7 +579,9 @@ def rerun(job_id: int, config_path: str, rule_name: str | None, settings: tuple[
     linked to the first ("re-run of N" in `assetd jobs`); when it has published its outputs they
     replace the first job's: same names are written again, and the first job's other outputs in
     those channels are removed (unless changed since). An input moved to done/ or error/ (after:
-    move) is moved back first. A running daemon (or the next `assetd run`) does the work.
+    move) is moved back first. The re-run uses the masks beside the shot (NAME.remove.png...) as
+    they are now, and says so when they changed since. A running daemon (or the next `assetd run`)
+    does the work.
 
     Example: assetd rerun 42 --set place_in_scene.scene=scenes/linen.jpg --config studio.yaml
     """

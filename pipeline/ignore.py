@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePath
 
-__all__ = ["is_ignored", "is_ignored_name"]
+__all__ = ["is_ignored", "is_ignored_name", "is_sidecar_mask"]
 
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 # Masks a retoucher puts beside a shot for its steps (``NAME.recolor.png``...: ``pipeline.stages.masks``): read by
@@ -30,6 +30,16 @@ def is_ignored_name(name: str) -> bool:
         or lower.endswith(_SIDECAR_SUFFIXES)  # a step's mask beside its shot (NAME.remove.png)
         or lower in _IGNORED_NAMES
     )
+
+
+def is_sidecar_mask(path: Path, root: Path | None = None) -> bool:
+    """True for a step's mask beside a shot (``shot.remove.png``) in a folder that is not ignored: never taken as an
+    input, but watched: when it changes, its shot is offered to the intake again (the masks are part of what the
+    shot's job is; ``pipeline.stages.masks.shots_of``)."""
+    path = PurePath(path)
+    parts = path.relative_to(root).parts if root is not None else (path.name,)
+    name = parts[-1].lower() if parts else ""
+    return name.endswith(_SIDECAR_SUFFIXES) and not name.startswith(".") and not any(map(is_ignored_name, parts[:-1]))
 
 
 def is_ignored(path: Path, root: Path | None = None) -> bool:

@@ -9,11 +9,14 @@ the inbox is what has not been dealt with yet. ``after: move`` does that per inb
   reason and the job id;
 - the input keeps its sub-folder relative to the inbox (``products/shoe.jpg`` → ``done/products/shoe.jpg``);
 - nothing is overwritten: a name already taken there gets a suffix (``shoe-2.jpg``);
+- the masks a retoucher put beside the shot (``shoe.remove.png``..., part of what the job was) go with it, named
+  after where it went (``shoe-2.remove.png``), unless another shot of that name still lies in the inbox and reads
+  them too;
 - each move is recorded (``moves``), so ``assetd retry`` puts the file back where it was before the
-  job runs again (``bring_back``).
+  job runs again (``bring_back``), its masks with it.
 
-An input stays where it is when another unfinished job reads the same path, or when the file there is
-no longer the content its job took (a new version was dropped meanwhile: its own job moves it).
+An input stays where it is when another unfinished job reads the same path, or when the file there (or a mask
+beside it) is no longer the content its job took (a new version was dropped meanwhile: its own job moves it).
 ``after: keep`` (the default) never touches an input. The watcher and the intake never take a file
 from a done or error folder (``InboxConfig.sets_aside``).
 """
@@ -28,7 +31,8 @@ import threading
 from pathlib import Path
 
 from .config import Config
-from .intake import content_hash, file_hash, inbox_of, unreadable_token
+from .intake import content_hash, file_hash, inbox_of, mask_digest, mask_hashes, unreadable_token
+from .stages.masks import masks_beside, shots_of, sidecar_path
 from .outputs import atomic_write
 from .store import Job, JobStatus, Store
 from .text import printable
@@ -56,9 +60,11 @@ def after_job(config: Config, store: Store, job: Job, status: JobStatus, error: 
         if not _still_the_input(store, job, source):
             return None
         target = folder / source.relative_to(os.path.abspath(inbox.path))
-        dest = _move(source, target, reserve_sidecar=status is JobStatus.FAILED)
+        masks = masks_beside(source)
+        dest = _move(source, target, reserve_sidecar=status is JobStatus.FAILED, masks=tuple(masks))
         sidecar = _write_reason(dest, job, error or "failed", config) if status is JobStatus.FAILED else None
         store.record_move(job.id, str(source), str(dest), status.value, str(sidecar) if sidecar else None)
+        _move_masks(job, masks, dest)
     except Exception as exc:  # noqa: BLE001 - the job is recorded already; the file just stays
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         log.error("job %d: could not move %s to %s (%s); it stays in the inbox", job.id, printable(str(source)),
@@ -87,6 +93,7 @@ def bring_back(store: Store, job_ids: list[int]) -> tuple[list[str], dict[int, s
                                    f"{shown_dest} and the job is not queued again (move one of them away first)")
                 continue
             store.move_returned(move.id)
+            _masks_back(dest, source)
             lines.append(f"job {job_id}: {shown_source} is back in place already"
                          + (f" (the copy in {shown_dest} is left)" if os.path.lexists(dest) else ""))
             continue
@@ -107,7 +114,9 @@ def bring_back(store: Store, job_ids: list[int]) -> tuple[list[str], dict[int, s
         if move.sidecar:
             Path(move.sidecar).unlink(missing_ok=True)
         store.move_returned(move.id)
-        lines.append(f"job {job_id}: moved {shown_dest} back to {shown_source}")
+        back = _masks_back(dest, source)
+        lines.append(f"job {job_id}: moved {shown_dest} back to {shown_source}"
+                     + (f" with {', '.join(back)}" if back else ""))
     return lines, blocked
 
 
@@ -126,16 +135,58 @@ def _still_the_input(store: Store, job: Job, source: Path) -> bool:
         log.info("job %d: %s changed since the job took it; it stays in the inbox (the new version has a job "
                  "of its own)", job.id, printable(str(source)))
         return False
+    if job.readable and mask_digest(mask_hashes(store, source)) != job.masks:
+        log.info("job %d: the masks beside %s changed since the job took it; it stays in the inbox (the shot with "
+                 "its new masks has a job of its own)", job.id, printable(str(source)))
+        return False
     return True
 
 
-def _move(source: Path, target: Path, *, reserve_sidecar: bool) -> Path:
+def _move_masks(job: Job, masks: dict[str, Path], dest: Path) -> None:
+    """Move the masks that lay beside the input to beside ``dest`` (their names reserved by ``_move``), unless
+    another shot of the same name still lies in the inbox (it reads them too): logged, never raised."""
+    for kind, mask in masks.items():
+        if shots_of(mask):
+            log.info("job %d: %s stays in the inbox: %s reads it too", job.id, printable(str(mask)),
+                     printable(str(shots_of(mask)[0])))
+            continue
+        try:
+            with _lock:
+                if os.path.lexists(sidecar_path(dest, kind)):
+                    raise FileExistsError(errno.EEXIST, "taken meanwhile", str(sidecar_path(dest, kind)))
+                _rename(mask, sidecar_path(dest, kind))
+        except OSError as exc:
+            log.error("job %d: could not move %s beside %s (%s); it stays in the inbox", job.id,
+                      printable(str(mask)), printable(str(dest)), exc.strerror or exc)
+
+
+def _masks_back(dest: Path, source: Path) -> list[str]:
+    """``assetd retry``: the masks that went with a moved input (beside ``dest``) back beside ``source``; returns
+    their names. A mask whose place in the inbox is taken (a new one was painted meanwhile) stays where it is."""
+    back = []
+    for kind, mask in masks_beside(dest).items():
+        home = sidecar_path(source, kind)
+        try:
+            with _lock:
+                if os.path.lexists(home):
+                    continue
+                _rename(mask, home)
+        except OSError as exc:
+            log.error("could not move %s back to %s (%s)", printable(str(mask)), printable(str(home)),
+                      exc.strerror or exc)
+            continue
+        back.append(printable(home.name))
+    return back
+
+
+def _move(source: Path, target: Path, *, reserve_sidecar: bool, masks: tuple[str, ...] = ()) -> Path:
     """Move ``source`` to ``target``, or to ``target`` with a suffix when that name (or, for a failed input,
-    its ``.error.txt``) is taken. Returns where it went."""
+    its ``.error.txt``, or the name of one of its ``masks``' kinds) is taken. Returns where it went."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with _lock:
         dest, n = target, 1
-        while os.path.lexists(dest) or (reserve_sidecar and os.path.lexists(_sidecar(dest))):
+        while (os.path.lexists(dest) or (reserve_sidecar and os.path.lexists(_sidecar(dest)))
+               or any(os.path.lexists(sidecar_path(dest, kind)) for kind in masks)):
             n += 1
             dest = target.with_name(f"{target.stem}-{n}{target.suffix}")
         _rename(source, dest)

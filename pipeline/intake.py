@@ -1,4 +1,5 @@
-"""Turning a settled file into a job: match a rule, hash the content, enqueue once.
+"""Turning a settled file into a job: match a rule, hash the content (the image's, and the digest of the masks a
+retoucher put beside it: both are what the job is), enqueue once.
 
 Called by the watcher's settle loop (daemon), by ``assetd process`` and ``assetd reprocess``.
 Nothing here decodes an image; the worker does that. A file no rule takes is remembered and logged,
@@ -19,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from .config import Config, InboxConfig
 from .formats import INPUT_EXTENSIONS
 from .rules import Rule, match_rule
+from .stages.masks import masks_beside
 from .store import FINISHED, UNREADABLE, Job, Store
 from .text import printable
 
@@ -62,6 +64,27 @@ def content_hash(store: Store, path: Path, st: os.stat_result) -> str:
         store.remember_file(str(path), st.st_size, st.st_mtime_ns, digest)
         return digest
     return unreadable_token(path, st)
+
+
+def mask_hashes(store: Store, source: Path) -> dict[str, str]:
+    """{kind: sha256} of the masks beside the shot at ``source`` now (``NAME.remove.png``...), read through the same
+    remembered-hash cache as inputs, so an unchanged mask is not read again at every rescan. A mask that cannot be
+    read counts by a token (it fails the job when a step reads it); one that vanished meanwhile is not there."""
+    found = {}
+    for kind, path in masks_beside(source).items():
+        try:
+            found[kind] = content_hash(store, path, os.lstat(path))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def mask_digest(hashes: dict[str, str]) -> str:
+    """``jobs.masks``: sha256 over ``kind:sha256`` lines of the masks present, sorted by kind; '' when there are none
+    (a shot without masks keeps the identity it had before masks were part of it)."""
+    if not hashes:
+        return ""
+    return hashlib.sha256("\n".join(f"{kind}:{hashes[kind]}" for kind in sorted(hashes)).encode()).hexdigest()
 
 
 def unreadable_token(path: Path, st: os.stat_result) -> str:
@@ -133,8 +156,9 @@ class Intake:
             digest = content_hash(self.store, path, st)
         except FileNotFoundError:
             return Submitted(path=path, rule=rule, reason=f"{printable(str(path))}: file disappeared before it was queued")
+        masks = mask_digest(mask_hashes(self.store, path)) if not digest.startswith(UNREADABLE) else ""
         if not reprocess and self.config.on_rule_change == "new_files":
-            earlier = self.store.earlier_version_job(digest, rule.name, rule.version, str(path))
+            earlier = self.store.earlier_version_job(digest, rule.name, rule.version, str(path), masks)
             if earlier is not None:
                 reason = (f"rule {rule.name!r} took it under an earlier version (job {earlier.id}, "
                           f"{earlier.status.value}); a changed rule applies to new files "
@@ -142,7 +166,7 @@ class Intake:
                 return Submitted(path=path, rule=rule, reason=reason, earlier=earlier)
         job, created = self.store.enqueue(
             input_hash=digest, rule=rule.name, rule_version=rule.version, input_path=str(path),
-            rel_path=str(rel), max_attempts=self.config.max_attempts,
+            rel_path=str(rel), max_attempts=self.config.max_attempts, masks=masks,
         )
         reason = None if created else f"already {job.status.value} as job {job.id}"
         return Submitted(path=path, rule=rule, job=job, created=created, reason=reason)
@@ -161,8 +185,9 @@ class Intake:
             log.info("queued job %d: %s (rule %s)", result.job.id, printable(str(path)), result.rule.name if result.rule else "-")
         elif result.job is not None or result.earlier is not None:
             log.debug("not reprocessed: %s: %s", printable(str(path)), result.reason)
-            with self._lock:
-                self._seen_again.append((path, str(result.reason), result.earlier is not None))
+            with self._lock:  # a shot is offered twice at start when a mask lies beside it: counted once
+                if all(seen != path for seen, _, _ in self._seen_again[-8:]):
+                    self._seen_again.append((path, str(result.reason), result.earlier is not None))
                 self._seen_at = time.monotonic()
             ended = result.job if result.job is not None else result.earlier
             if inbox.after == "move" and ended is not None and ended.status in FINISHED:

@@ -63,3 +63,26 @@ def delta_e2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     r_t = -np.sin(np.radians(60 * np.exp(-(((h_mean - 275) / 25) ** 2)))) * 2 * np.sqrt(
         cp_mean ** 7 / (cp_mean ** 7 + 25.0 ** 7))
     return np.sqrt((d_l / s_l) ** 2 + (d_c / s_c) ** 2 + (d_h / s_h) ** 2 + r_t * (d_c / s_c) * (d_h / s_h))
+
+
+# Oklab (Björn Ottosson, 2020): linear sRGB → cone-like responses → opponent axes. Its hue angle stays the hue
+# one sees where CIELAB's bends: a navy and a pale blue of one CIELAB hue angle look purple-shifted apart (the blue
+# region of CIELAB), of one Oklab hue they look one blue. ``recolor`` keeps CIELAB's L* and moves a*b*, but aims at
+# the swatch's Oklab hue.
+_OK_LMS = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
+                    [0.2119034982, 0.6806995451, 0.1073969566],
+                    [0.0883024619, 0.2817188376, 0.6299787005]])
+_OK_LAB = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
+                    [1.9779984951, -2.4285922050, 0.4505937099],
+                    [0.0259040371, 0.7827717662, -0.8086757660]])
+
+
+def linear_to_oklab(linear: np.ndarray) -> np.ndarray:
+    """Linear sRGB (… × 3) → Oklab (L 0..1, a, b)."""
+    return np.cbrt(np.asarray(linear, dtype=np.float64) @ _OK_LMS.T) @ _OK_LAB.T
+
+
+def oklab_hue(linear: np.ndarray) -> np.ndarray:
+    """The Oklab hue angle (degrees, 0..360) of linear sRGB colours (… × 3)."""
+    ok = linear_to_oklab(linear)
+    return np.degrees(np.arctan2(ok[..., 2], ok[..., 1])) % 360

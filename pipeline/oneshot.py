@@ -22,6 +22,7 @@ from .outputs import remove_temp_files
 from .owners import OwnerState, describe, owner_state
 from .rules import Rule
 from .store import FINISHED, Job, JobStatus, Store
+from .stages.masks import mask_kind, shots_of
 from .watcher import is_ignored
 from .worker import Worker
 from .text import printable
@@ -63,7 +64,8 @@ def expand(paths: list[Path], written: dict[Path, str] | None = None,
     """Files to process with the folder they were found under (for rule matching); no links followed.
 
     The folders assetd writes (``written``, see ``output_folders``) are left out, each with a note; so are
-    the folders ``aside`` names (an inbox's done and error folders) found while walking a folder."""
+    the folders ``aside`` names (an inbox's done and error folders) found while walking a folder. A mask named on
+    the command line (``shot.remove.png``) stands for its shot(s): the masks are part of the shot's job."""
     written = written or {}
     for path in paths:
         path = Path(os.path.abspath(path))
@@ -80,6 +82,12 @@ def expand(paths: list[Path], written: dict[Path, str] | None = None,
                     file = Path(dirpath, name)
                     if not is_ignored(file):
                         yield file, path
+        elif mask_kind(path) is not None:
+            shots = shots_of(path)
+            log.warning("%s: a mask, never an input; %s", path,
+                        f"processing its shot {', '.join(s.name for s in shots)}" if shots else "no shot lies beside it")
+            for shot in shots:
+                yield shot, None
         else:
             yield path, None
 

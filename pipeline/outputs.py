@@ -38,6 +38,7 @@ from .imageio import Decoded, encode
 from .pixels import flatten, resize
 from .sizes import fit_problem, output_size
 from .stages.base import Asset
+from .stages.masks import sidecar_path
 from .store import PENDING_APPROVAL, Job, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
 
@@ -521,6 +522,8 @@ class Publisher:
             "outputs": [dict(r.as_written(), steps=n) for r, n in zip(records, notes)],
             "review": review,
         }
+        if job.masks:  # the masks beside the shot are part of what the job was
+            manifest["input_masks"] = _masks_used(self.store, job)
         if copied_from is not None:
             manifest["copied_from"] = {"job": copied_from.id, "input": copied_from.input_path}
         if job.rerun_of is not None:  # assetd rerun: which job it redoes, and its one-off step options
@@ -586,6 +589,16 @@ def _not_fitted(rule: Rule, step: str, asset: Asset, channel: Any, problem: str)
         why = f"after {step}"
     ratio = f" {asset.ratio}" if asset.ratio else ""
     return f"channel {channel.name}{ratio}: {problem} ({why})"
+
+
+def _masks_used(store: Store, job: Job) -> list[dict[str, str]]:
+    """The manifest's ``input_masks``: kind, file name and sha256 of each mask beside ``job``'s input that it ran
+    with (``jobs.masks`` is their digest; the worker checked it before the chain ran)."""
+    from .intake import mask_hashes  # intake imports rules, which import this module
+
+    source = Path(job.input_path)
+    return [{"kind": kind, "file": sidecar_path(source, kind).name, "sha256": digest}
+            for kind, digest in mask_hashes(store, source).items()]
 
 
 def _clash_suffix(written: list[tuple[str, Path]]) -> str:

@@ -39,6 +39,7 @@ import numpy as np
 
 from .imageio import decode, read_input
 from .errors import AssetdError
+from .lab import srgb_decode, srgb_encode, srgb_to_lab
 from .outputs import atomic_write
 from .pixels import resize, to_dtype
 from .text import printable
@@ -64,7 +65,11 @@ TOLERANCE_LOSSY = 12
 # subject differs far more than that, except exactly on its sharpest edges.
 RESAMPLE_SLACK = 0.5
 EQUAL_COLOUR = (40, 200, 90)  # subject pixels equal to the input's
-DIFFER_COLOUR = (235, 30, 160)  # subject pixels that differ
+DIFFER_COLOUR = (235, 30, 160)  # subject pixels that differ, and no recorded step says they may
+PURPOSE_COLOUR = (245, 170, 20)  # subject pixels a step changed on purpose, as its manifest notes say it did
+# A recolour keeps each pixel's L* within 0.5; measured on 8-bit values one level moves L* by at most about 0.5.
+LIGHTNESS_KEPT = 0.5
+LIGHTNESS_PER_LEVEL = 0.5
 
 
 # Cache entries being made: the page asks for several images of one file at once. A fixed set of locks (an
@@ -90,6 +95,77 @@ class Source:
 
 
 @dataclass
+class Expected:
+    """What an output's manifest notes say changed its subject on purpose, as the subject check can verify it:
+    one set of gains for every subject pixel (``tone_match`` in linear light, after ``place_in_scene``'s
+    ``match_light`` on the values), hue and chroma moved with the lightness kept (``recolor``), and the pixels
+    a painted remove mask covers (``retouch``). ``names`` say which, for the share line and the legend."""
+    names: list[str]
+    value_gains: np.ndarray | None = None  # match_light: rgb × gains, on the 0..255 values
+    linear_gains: np.ndarray | None = None  # tone_match: in linear light
+    max_delta_e: float = 0.0  # tone_match's bound: the lightness check's slack on a recoloured pixel toned after
+    lightness_kept: bool = False  # recolor
+    painted: np.ndarray | None = None  # retouch: the remove mask (the input's pixels, bool), where it reached
+
+    def target(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb`` (8-bit values, int16) as the recorded gains change it (one lookup table per channel)."""
+        levels = np.arange(256, dtype=np.float64)
+        out = np.empty_like(rgb)
+        for c in range(3):
+            lut = levels
+            if self.value_gains is not None:
+                lut = np.clip(np.rint(lut * self.value_gains[c]), 0, 255)
+            if self.linear_gains is not None:
+                lut = np.rint(srgb_encode(np.clip(srgb_decode(lut / 255) * self.linear_gains[c], 0, 1)) * 255)
+            out[..., c] = lut.astype(np.int16)[rgb[..., c]]
+        return out
+
+
+def expected_change(steps: dict[str, Any], input_path: Path | None = None,
+                    input_size: tuple[int, int] | None = None) -> Expected | None:
+    """What ``steps`` (an output's notes in its manifest) record as changing the subject on purpose, or None.
+    The remove mask is read beside ``input_path`` (the input where it is now); a mask that is gone or of another
+    size leaves the painted pixels to show as differing."""
+    names: list[str] = []
+    found = Expected(names)
+    ps = steps.get("place_in_scene") or {}
+    light = (ps.get("match_light") or {}).get("gains") if isinstance(ps.get("match_light"), dict) else None
+    if _gains(light) is not None:
+        found.value_gains = _gains(light)
+        names.append("light match")
+    tm = steps.get("tone_match") or {}
+    if tm.get("changes_subject") and _gains(tm.get("gains")) is not None:
+        found.linear_gains = _gains(tm["gains"])
+        found.max_delta_e = float(tm.get("max_delta_e") or 0.0)
+        names.append("tone match")
+    rc = steps.get("recolor") or {}
+    if rc and not rc.get("untouched"):
+        found.lightness_kept = True
+        names.append("recolor")
+    rt = steps.get("retouch") or {}
+    if rt.get("subject_pixels") and input_path is not None and input_size is not None:
+        from .stages.masks import MaskError, read_sidecar
+
+        try:
+            mask = read_sidecar(input_path, "remove", input_size)
+        except MaskError:
+            mask = None
+        if mask is not None:
+            found.painted = mask > 0
+            names.append("painted removal")
+    return found if names else None
+
+
+def _gains(value: Any) -> np.ndarray | None:
+    """Three positive gains from a manifest, or None (absent, or a manifest edited by hand)."""
+    try:
+        gains = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return gains if gains.shape == (3,) and np.isfinite(gains).all() and (gains > 0).all() else None
+
+
+@dataclass
 class CheckResult:
     """The subject check of one output against its input."""
     equal: float | None  # the fraction of the subject's pixels equal to the input's (None: no subject found)
@@ -100,6 +176,19 @@ class CheckResult:
     note: str = ""  # why there is no figure, when there is none
     origin: tuple[int, int] | None = None  # where the resized input's top-left corner lies in the output (x, y)
     png: bytes = b""  # the overlay: the output dimmed, the subject's equal / differing pixels coloured
+    on_purpose: float | None = None  # the fraction changed as a recorded step says (None: no such step)
+    purpose: str = ""  # those steps: "tone match", "recolor, tone match"
+
+    def share_line(self) -> str:
+        """The figure the page shows beside the check, in words: never "100 % equal" for a subject a recorded
+        step changed on purpose. ASCII (an HTTP header carries it)."""
+        if self.equal is None:
+            return self.note or "no subject found to compare"
+        if not self.purpose:
+            return f"{100 * self.equal:.2f}% of the subject equals the input"
+        changed = self.on_purpose or 0.0
+        return (f"{100 * (self.equal + changed):.2f}% of the subject equals the input except the recorded "
+                f"{self.purpose} ({100 * changed:.2f}% changed as recorded)")
 
     def figures(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "png"}
@@ -290,13 +379,19 @@ def _locate(template: np.ndarray, weight: np.ndarray, image: np.ndarray) -> tupl
 
 def subject_check(input_pixels: np.ndarray, output_pixels: np.ndarray, scale: float, *,
                   matte: np.ndarray | None = None, tolerance: int = TOLERANCE_LOSSLESS,
-                  matte_from: str = "cut-out matte") -> CheckResult:
+                  matte_from: str = "cut-out matte", expected: Expected | None = None) -> CheckResult:
     """Where the output's subject pixels equal the input's, resized by ``scale`` (the output's recorded factor).
 
     The subject: the output's alpha when it has one, else ``matte`` (the input's, 0..1: the chain's own matte,
     ``matte_from`` "chain matte", or the alpha of the job's cut-out), else where the input is not
     background-like. Compared: its opaque interior (the outline's soft pixels are blended with a new background
-    by design). Returns the fraction equal within ``tolerance`` and the overlay PNG (at most ``CHECK_EDGE`` px)."""
+    by design). Returns the fraction equal within ``tolerance`` and the overlay PNG (at most ``CHECK_EDGE`` px).
+
+    ``expected``: what the output's manifest records as changing the subject on purpose. Its pixels are then
+    compared with the change it records, not with the input alone (a codec's tolerance would take a bounded tone
+    match for "equal"): those equal to the input with the recorded gains applied, a recoloured pixel whose
+    lightness is kept, a pixel the painted remove mask covers, count as changed on purpose (amber); the rest
+    equal to the input are equal (green), and only what neither explains differs (magenta)."""
     src, src_alpha = _rgb8(input_pixels)
     out, out_alpha = _rgb8(output_pixels)
     if matte is not None:
@@ -333,26 +428,63 @@ def subject_check(input_pixels: np.ndarray, output_pixels: np.ndarray, scale: fl
             if out_alpha is not None:
                 inner &= out_alpha[oy:oy + th, ox:ox + tw] >= 0.99
                 result.mask = "output alpha"
-            diff = np.abs(out[oy:oy + th, ox:ox + tw] - template)
+            shown = out[oy:oy + th, ox:ox + tw]
+            diff = np.abs(shown - template)
             allowed = np.full(template.shape, tolerance, np.float32)
             if (w, h) != (iw, ih):
                 t8, k = template.astype(np.uint8), np.ones((3, 3), np.uint8)
                 allowed += RESAMPLE_SLACK * (cv2.dilate(t8, k).astype(np.float32) - cv2.erode(t8, k))
-            equal = inner & (diff <= allowed).all(axis=2)
+            purposeful = np.zeros_like(inner)
+            if expected is not None:
+                painted = None
+                if expected.painted is not None:
+                    painted = cv2.resize(expected.painted.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+                    painted = cv2.dilate(painted, np.ones((5, 5), np.uint8))[y0:y1, x0:x1] > 0
+                purposeful = inner & _changed_as_recorded(expected, template, shown, allowed, painted)
+            equal = inner & ~purposeful & (diff <= allowed).all(axis=2)
             result.subject_pixels = int(inner.sum())
             result.equal = float(equal.sum() / inner.sum()) if inner.any() else None
+            if expected is not None:
+                result.purpose = ", ".join(expected.names)
+                result.on_purpose = float(purposeful.sum() / inner.sum()) if inner.any() else None
             if not inner.any():
                 result.note = "no opaque subject pixels to compare"
-            overlay = _overlay(out, out_alpha, (ox, oy), inner, equal)
+            overlay = _overlay(out, out_alpha, (ox, oy), inner, equal, purposeful)
             result.png = overlay
     if not result.png:
         result.png = _overlay(out, out_alpha, None, None, None)
     return result
 
 
+def _changed_as_recorded(expected: Expected, template: np.ndarray, shown: np.ndarray, allowed: np.ndarray,
+                         painted: np.ndarray | None) -> np.ndarray:
+    """Where ``shown`` (the output's pixels over the subject's box) is ``template`` (the input's) changed as
+    ``expected`` records: equal within ``allowed`` to the template with the recorded gains applied (even where
+    that is within ``allowed`` of the input too: the change is recorded); and of the pixels equal to neither, a
+    recoloured one whose L* is within ``LIGHTNESS_KEPT`` of that (plus the codec's and the resampling's share,
+    plus a tone match's bound when one ran after it), or one under the painted remove mask."""
+    target = template
+    if expected.value_gains is not None or expected.linear_gains is not None:
+        target = expected.target(template)
+        changed = (np.abs(shown - target) <= allowed).all(axis=2)
+    else:
+        changed = np.zeros(template.shape[:2], bool)
+    unexplained = ~changed & ~(np.abs(shown - template) <= allowed).all(axis=2)  # not the input's either
+    if expected.lightness_kept:
+        left = unexplained
+        slack = LIGHTNESS_KEPT + LIGHTNESS_PER_LEVEL * allowed[left].max(axis=1) + 2 * expected.max_delta_e
+        l_out = srgb_to_lab(shown[left].astype(np.float64) / 255)[:, 0]
+        l_in = srgb_to_lab(target[left].astype(np.float64) / 255)[:, 0]
+        changed[left] = np.abs(l_out - l_in) <= slack
+    if painted is not None:
+        changed |= painted & unexplained
+    return changed
+
+
 def _overlay(out: np.ndarray, out_alpha: np.ndarray | None, at: tuple[int, int] | None,
-             inner: np.ndarray | None, equal: np.ndarray | None) -> bytes:
-    """The output in dimmed grey, the subject's equal pixels green and differing ones magenta, as PNG."""
+             inner: np.ndarray | None, equal: np.ndarray | None, purposeful: np.ndarray | None = None) -> bytes:
+    """The output in dimmed grey, the subject's equal pixels green, those changed on purpose as recorded amber,
+    and differing ones magenta, as PNG."""
     grey = out.astype(np.float32).mean(axis=2)
     if out_alpha is not None:
         grey = grey * out_alpha + 255.0 * (1 - out_alpha)
@@ -363,7 +495,11 @@ def _overlay(out: np.ndarray, out_alpha: np.ndarray | None, at: tuple[int, int] 
         region = canvas[oy:oy + th, ox:ox + tw]
         luma = region[..., :1] / 255.0
         region[equal] = (np.array(EQUAL_COLOUR, np.float32) * (0.55 + 0.45 * luma))[equal]
-        region[inner & ~equal] = np.array(DIFFER_COLOUR, np.float32)
+        if purposeful is not None:
+            region[purposeful] = (np.array(PURPOSE_COLOUR, np.float32) * (0.55 + 0.45 * luma))[purposeful]
+            region[inner & ~equal & ~purposeful] = np.array(DIFFER_COLOUR, np.float32)
+        else:
+            region[inner & ~equal] = np.array(DIFFER_COLOUR, np.float32)
     img = np.clip(canvas, 0, 255).astype(np.uint8)
     h, w = img.shape[:2]
     if max(w, h) > CHECK_EDGE:
@@ -445,7 +581,8 @@ def aligned_input(input_pixels: np.ndarray, scale: float, origin: tuple[int, int
 def _check_files(config: Config, output_sha: str, input_sha: str, matte: Path | None = None) -> dict[str, Path]:
     """The cached check of an output against an input; one made with the chain's matte (``matte``, when kept) is
     another entry than one made without (before the worker's matte had landed, or by an earlier assetd)."""
-    key = f"check-{input_sha[:16]}" + (f"-{matte.stem.rpartition('-')[2]}" if matte is not None else "")
+    # check2: made knowing what the output's manifest records as changed on purpose (``expected_change``)
+    key = f"check2-{input_sha[:16]}" + (f"-{matte.stem.rpartition('-')[2]}" if matte is not None else "")
     return {"overlay": _cache_path(config, output_sha, key + ".png"),
             "before": _cache_path(config, output_sha, key + "-before.webp"),
             "figures": _cache_path(config, output_sha, key + ".json")}  # written last: the check is complete
@@ -470,6 +607,20 @@ def _check(config: Config, store: Store, output_id: int) -> tuple[dict[str, Path
         return files, _checked(config, store, row, job, files, in_source, out_source)
 
 
+def output_steps(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    """The step notes its job's manifest records for the output ``row`` ({} when no manifest can be read): what
+    the subject check may expect to have changed."""
+    for record in store.manifests(row["job_id"]):
+        try:
+            doc = json.loads(Path(record.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for out in doc.get("outputs", []) if isinstance(doc, dict) else []:
+            if isinstance(out, dict) and out.get("path") == row["path"]:
+                return out.get("steps") or {}
+    return {}
+
+
 def _checked(config: Config, store: Store, row: dict[str, Any], job: Job, files: dict[str, Path],
              in_source: Source, out_source: Source) -> CheckResult:
     """The check's figures: read from the cache, else made (decoding both files) and cached."""
@@ -491,8 +642,9 @@ def _checked(config: Config, store: Store, row: dict[str, Any], job: Job, files:
     matte, matte_from = chain_matte(config, job, input_size), "chain matte"
     if matte is None:
         matte, matte_from = _cutout_matte(config, store, job.id, input_size), "cut-out matte"
+    expected = expected_change(output_steps(store, row), in_source.path, input_size)
     result = subject_check(input_pixels, output_pixels, scale, matte=matte, matte_from=matte_from,
-                           tolerance=TOLERANCE_LOSSY if lossy else TOLERANCE_LOSSLESS)
+                           tolerance=TOLERANCE_LOSSY if lossy else TOLERANCE_LOSSLESS, expected=expected)
     atomic_write(files["overlay"], result.png)
     if result.origin is not None:
         size = (output_pixels.shape[1], output_pixels.shape[0])

@@ -5,7 +5,9 @@ that one file again with another option (``--set place_in_scene.scene=scenes/lin
 without editing a rule file for everyone. The new job is linked to the first (``jobs.rerun_of``), carries its
 options (``jobs.overrides``, validated exactly as a rule file's: ``Rule.with_overrides``) and takes the next
 ``jobs.rerun_seq`` of that file, so the intake's duplicate detection (one job per content, rule version and path)
-is untouched: a file dropped again is still "already done".
+is untouched: a file dropped again is still "already done". The re-run reads the masks beside the shot
+(``NAME.remove.png``...) as they are when it is queued, and its job records them (a re-run after a retoucher fixed a
+mask is a typical use); the command says so when they changed since the first job.
 
 Replacement waits for the new job's outputs to be published: for an at-once channel when the re-run finishes (the
 worker calls ``retire_replaced``), for an ``on_approval`` channel when they are approved. An output of the same
@@ -25,7 +27,8 @@ import yaml
 from .config import Config
 from .errors import ConfigError
 from .inboxflow import bring_back
-from .intake import content_hash
+from .intake import content_hash, mask_digest, mask_hashes
+from .stages.masks import masks_beside
 from .outputs import sha256
 from .rules import Rule
 from .store import FINISHED, Job, JobStatus, Store
@@ -109,8 +112,13 @@ def rerun(config: Config, rules: list[Rule], store: Store, job_id: int, *, rule:
     if current != source.input_hash:
         raise RerunError(f"job {job_id}: {shown} has changed since the job took it (the new version has a job of its "
                          "own: re-run that one); nothing queued")
+    masks = mask_digest(mask_hashes(store, path)) if source.readable else source.masks
+    if masks != source.masks and lines is not None:
+        beside = [printable(p.name) for p in masks_beside(path).values()]
+        lines.append(f"job {job_id}: the masks beside {shown} changed since it ran (now: "
+                     f"{', '.join(beside) or 'none'}); the re-run uses them as they are now, recorded in its job")
     new = store.add_rerun(source, rule=target.name, rule_version=target.version, overrides=overrides or {},
-                          max_attempts=config.max_attempts)
+                          max_attempts=config.max_attempts, masks=masks)
     log.info("queued job %d: re-run of job %d: %s (rule %s%s)", new.id, job_id, shown, target.name,
              "; " + ", ".join(differences(source, target, overrides)) if overrides else "")
     return new

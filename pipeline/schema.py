@@ -63,8 +63,29 @@ def as_written(path: Path, base: Path) -> str:
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
+# The words YAML 1.1 reads as booleans when unquoted (PyYAML): ``remove_mask: yes`` arrives as True.
+_YAML_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n", "true", "false"})
+
+
+def _boolean_hint(value: bool, choices: tuple[Any, ...] | None) -> str:
+    """Why a true or false came where a word was expected, and what to write: quotes, when a word of that kind is
+    a valid value (any string, or ``prior: 'off'``); else nothing more (the message says what is expected)."""
+    said = f" (YAML reads an unquoted on, off, yes or no as {str(value).lower()}"
+    if choices is None or _YAML_BOOLEANS & {str(c).lower() for c in choices}:
+        return said + ": put the word in quotes)"
+    return said + ")"
+
+
+def choices_text(choices: tuple[Any, ...], optional: bool) -> str:
+    """What a field with ``choices`` expects, as a message says it: "one of 'soft', 'none'" ("'sidecar' or
+    nothing")."""
+    words = ", ".join(map(repr, choices))
+    text = f"one of {words}" if len(choices) > 1 else words
+    return text + (" or nothing" if optional else "")
+
+
 def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | None = None,
-             expected: str | None = None) -> Any:
+             expected: str | None = None, choices: tuple[Any, ...] | None = None) -> Any:
     origin = get_origin(tp)
     bad = f"{where}: expected {expected or describe(tp)}, got {value!r}"
     if tp is Any:
@@ -80,6 +101,8 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | No
             out = _convert(arg, value, where, trial, base)
             if not trial:
                 return out
+        if isinstance(value, bool) and str in args:  # a word YAML took for a boolean
+            bad += _boolean_hint(value, choices)
         errors.append(bad)
         return None
     if origin is Literal:
@@ -106,7 +129,7 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str], base: Path | No
         if isinstance(value, str):
             return value
         if isinstance(value, bool):  # YAML 1.1: an unquoted on/off/yes/no is a boolean
-            bad += f" (YAML reads an unquoted on, off, yes or no as {str(value).lower()}: put the word in quotes)"
+            bad += _boolean_hint(value, choices)
         errors.append(bad)
         return None
     if tp is Path:
@@ -154,11 +177,16 @@ def build(cls: type, data: Any, where: str, errors: list[str], *, base: Path | N
             errors.append(f"{_join(where, key)}: unknown key (known keys: {', '.join(fields)})")
     kwargs: dict[str, Any] = dict(extra)
     for key, field in fields.items():
-        name, expected = field.name, field.metadata.get("expected")
+        name, expected, choices = field.name, field.metadata.get("expected"), field.metadata.get("choices")
         key_where = _join(where, key)
         if key in data:
             before = len(errors)
-            value = _convert(hints[name], data[key], key_where, errors, base, expected)
+            if expected is None and choices and isinstance(data[key], bool) and bool not in get_args(hints[name]) \
+                    and hints[name] is not bool and not _YAML_BOOLEANS & {str(c).lower() for c in choices}:
+                # a true or false where only some words are valid, none of which YAML reads as a boolean
+                # (``shadow: no``): say which words, not "a string" (quoting the word would not make it valid)
+                expected = choices_text(choices, type(None) in get_args(hints[name]))
+            value = _convert(hints[name], data[key], key_where, errors, base, expected, choices)
             if len(errors) == before:
                 problem = _check_meta(field, value)
                 if problem:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import InboxConfig
-from .ignore import is_ignored
+from .ignore import is_ignored, is_sidecar_mask
 
 __all__ = ["Settled", "SettleTracker", "Signature"]
 
@@ -129,7 +129,7 @@ class SettleTracker:
         now = self.clock()
         root = Path(os.path.abspath(cand.inbox.path))
         try:
-            ignored = is_ignored(path, root)
+            ignored = is_ignored(path, root) and not is_sidecar_mask(path, root)  # a mask settles for its shot
         except ValueError:  # not under its inbox
             ignored = True
         try:

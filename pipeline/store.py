@@ -1,8 +1,8 @@
 """The job store: SQLite through sqlite-utils, WAL, numbered migrations. The only module with SQL.
 
-A job is one (input content hash, rule name, rule version, input path). The same bytes dropped
-again under the same name are not reprocessed; under another name they get a job of their own,
-which copies the finished twin's outputs under its own names instead of running the chain again
+A job is one (input content hash, its sidecar masks' digest, rule name, rule version, input path). The same
+bytes (and masks) dropped again under the same name are not reprocessed; under another name they get a job of
+their own, which copies the finished twin's outputs under its own names instead of running the chain again
 (``jobs.copied_from``). A changed rule is a new version; whether it redoes old files is the
 intake's decision (``on_rule_change``). Workers claim jobs atomically
 (``BEGIN IMMEDIATE``) under a lease; a job left ``running`` by a crash is taken back when its
@@ -244,6 +244,19 @@ def m013_variants(db: Database) -> None:
         db["outputs"].add_column("variant", str)
 
 
+@migrations()
+def m014_job_masks(db: Database) -> None:
+    """``jobs.masks``: a digest of the masks a retoucher put beside the shot (``NAME.remove.png``...,
+    ``pipeline.stages.masks``) when it was queued; '' when there were none (every job from before). The masks change
+    the outputs, so they are part of what the job is: the unique key includes them, and a changed, added or removed
+    mask is a job of its own."""
+    if "masks" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("masks", str, not_null_default="")
+    db.execute("DROP INDEX IF EXISTS idx_jobs_content_rule_version_path_rerun")
+    db["jobs"].create_index(["input_hash", "masks", "rule", "rule_version", "input_path", "rerun_seq"], unique=True,
+                            index_name="idx_jobs_content_masks_rule_version_path_rerun", if_not_exists=True)
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -313,6 +326,7 @@ class Job:
     overrides: dict = field(default_factory=dict)  # a re-run's one-off step options: {step: {option: value}}
     rerun_seq: int = 0  # 0: the intake's job for the file; 1, 2...: its re-runs under the same rule version
     acknowledged_at: float | None = None  # a failure someone acknowledged on the review page (off the list)
+    masks: str = ""  # digest of the shot's sidecar masks when it was queued ('' : none); part of its identity
 
     @property
     def readable(self) -> bool:
@@ -500,30 +514,31 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------
     def enqueue(self, *, input_hash: str, rule: str, rule_version: str, input_path: str, rel_path: str,
-                max_attempts: int) -> tuple[Job, bool]:
-        """Create the job for this content, rule version and path unless it exists. Returns (job, created).
+                max_attempts: int, masks: str = "") -> tuple[Job, bool]:
+        """Create the job for this content (the image's and its masks', ``masks``), rule version and path unless it
+        exists. Returns (job, created).
 
         A superseded job for it (that content was replaced before it ran) is queued again as if new: the content
         is back."""
+        key = [input_hash, masks, rule, rule_version, input_path]
         with self._immediate() as db:
             cur = db.conn.execute(
-                "INSERT OR IGNORE INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status,"
-                " attempts, max_attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?)",
-                [input_hash, rule, rule_version, input_path, rel_path, JobStatus.QUEUED, max_attempts,
-                 time.time()],
+                "INSERT OR IGNORE INTO jobs (input_hash, masks, rule, rule_version, input_path, rel_path, status,"
+                " attempts, max_attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, 0, ?)",
+                [*key, rel_path, JobStatus.QUEUED, max_attempts, time.time()],
             )
             created = cur.rowcount == 1
             if not created:
                 created = db.conn.execute(
                     "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
                     " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, worker = NULL"
-                    " WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ? AND rerun_seq = 0"
-                    " AND status = ?",
-                    [JobStatus.QUEUED, input_hash, rule, rule_version, input_path, JobStatus.SUPERSEDED],
+                    " WHERE input_hash = ? AND masks = ? AND rule = ? AND rule_version = ? AND input_path = ?"
+                    " AND rerun_seq = 0 AND status = ?",
+                    [JobStatus.QUEUED, *key, JobStatus.SUPERSEDED],
                 ).rowcount == 1
             row = db.execute_returning_dicts(
-                "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?"
-                " AND rerun_seq = 0", [input_hash, rule, rule_version, input_path],
+                "SELECT * FROM jobs WHERE input_hash = ? AND masks = ? AND rule = ? AND rule_version = ?"
+                " AND input_path = ? AND rerun_seq = 0", key,
             )[0]
         return Job.from_row(row), created
 
@@ -603,19 +618,21 @@ class Store:
             return cur.rowcount == 1
 
     def job_for(self, job: Job, version: str) -> Job | None:
-        """The job for ``job``'s content and path under another ``version`` of its rule, if there is one (for a
-        re-run: the re-run of the same rank)."""
+        """The job for ``job``'s content (image and masks) and path under another ``version`` of its rule, if there
+        is one (for a re-run: the re-run of the same rank)."""
         rows = self.db.execute_returning_dicts(
-            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND rule_version = ? AND input_path = ?"
-            " AND rerun_seq = ?", [job.input_hash, job.rule, version, job.input_path, job.rerun_seq])
+            "SELECT * FROM jobs WHERE input_hash = ? AND masks = ? AND rule = ? AND rule_version = ? AND input_path = ?"
+            " AND rerun_seq = ?", [job.input_hash, job.masks, job.rule, version, job.input_path, job.rerun_seq])
         return Job.from_row(rows[0]) if rows else None
 
-    def earlier_version_job(self, input_hash: str, rule: str, version: str, input_path: str) -> Job | None:
-        """The latest finished job of ``rule`` for this content at this path under another version."""
+    def earlier_version_job(self, input_hash: str, rule: str, version: str, input_path: str,
+                            masks: str = "") -> Job | None:
+        """The latest finished job of ``rule`` for this content (image and ``masks``) at this path under another
+        version."""
         rows = self.db.execute_returning_dicts(
-            "SELECT * FROM jobs WHERE input_hash = ? AND rule = ? AND input_path = ? AND rule_version != ?"
+            "SELECT * FROM jobs WHERE input_hash = ? AND masks = ? AND rule = ? AND input_path = ? AND rule_version != ?"
             f" AND status IN ({_marks(FINISHED)}) ORDER BY id DESC LIMIT 1",
-            [input_hash, rule, input_path, version, *FINISHED])
+            [input_hash, masks, rule, input_path, version, *FINISHED])
         return Job.from_row(rows[0]) if rows else None
 
     def rule_inputs(self, rule: str, since: float | None = None) -> list[Job]:
@@ -635,16 +652,16 @@ class Store:
         return {rule: version for rule, version in rows}
 
     def twin(self, job: Job) -> Job | None:
-        """Another job with the same content and rule version: the latest done one, else an earlier one
-        still queued or running (its outputs will come), else None. A re-run has none (it runs on purpose),
+        """Another job with the same content (image and masks) and rule version: the latest done one, else an
+        earlier one still queued or running (its outputs will come), else None. A re-run has none (it runs on purpose),
         and a re-run with one-off options is nobody's twin (its outputs are not the rule's)."""
         if job.rerun_of is not None:
             return None
         rows = self.db.execute_returning_dicts(
-            "SELECT * FROM jobs WHERE input_hash = :hash AND rule = :rule AND rule_version = :version AND id != :id"
-            " AND overrides IS NULL AND (status = :done OR (status IN (:queued, :running) AND id < :id))"
+            "SELECT * FROM jobs WHERE input_hash = :hash AND masks = :masks AND rule = :rule"
+            " AND rule_version = :version AND id != :id AND overrides IS NULL AND (status = :done OR (status IN (:queued, :running) AND id < :id))"
             " ORDER BY status = :done DESC, id DESC LIMIT 1",
-            {"hash": job.input_hash, "rule": job.rule, "version": job.rule_version, "id": job.id,
+            {"hash": job.input_hash, "masks": job.masks, "rule": job.rule, "version": job.rule_version, "id": job.id,
              "done": JobStatus.DONE, "queued": JobStatus.QUEUED, "running": JobStatus.RUNNING})
         return Job.from_row(rows[0]) if rows and job.readable else None
 
@@ -1154,10 +1171,11 @@ class Store:
 
     # -- re-runs (review page) ----------------------------------------------------------------------
     def add_rerun(self, source: Job, *, rule: str, rule_version: str, overrides: dict[str, dict[str, Any]],
-                  max_attempts: int) -> Job:
+                  max_attempts: int, masks: str | None = None) -> Job:
         """Queue a re-run of ``source`` (``assetd rerun``): its content and path under ``rule`` at ``rule_version``,
-        with one-off step options ``overrides``, linked by ``rerun_of``. It takes the next ``rerun_seq`` of that
-        file under that rule version, so it never meets the intake's job for the file (``enqueue`` looks at
+        with one-off step options ``overrides``, linked by ``rerun_of``; ``masks``: the digest of the masks beside
+        the shot now (a re-run uses the current ones; default: ``source``'s). It takes the next ``rerun_seq`` of
+        that file under that rule version, so it never meets the intake's job for the file (``enqueue`` looks at
         ``rerun_seq`` 0 only): a file dropped again is still "already done", not a new job."""
         with self._immediate() as db:
             key = [source.input_hash, rule, rule_version, source.input_path]
@@ -1166,10 +1184,11 @@ class Store:
                 " AND rule_version = ? AND input_path = ?", key).fetchone()[0]
             job_id = db.conn.execute(
                 "INSERT INTO jobs (input_hash, rule, rule_version, input_path, rel_path, status, attempts,"
-                " max_attempts, next_attempt_at, created_at, rerun_of, overrides, rerun_seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?, ?, ?)",
+                " max_attempts, next_attempt_at, created_at, rerun_of, overrides, rerun_seq, masks)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?, ?, ?, ?)",
                 [*key, source.rel_path, JobStatus.QUEUED, max_attempts, time.time(), source.id,
-                 json.dumps(overrides, sort_keys=True) if overrides else None, seq]).lastrowid
+                 json.dumps(overrides, sort_keys=True) if overrides else None, seq,
+                 source.masks if masks is None else masks]).lastrowid
             row = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [job_id])[0]
         return Job.from_row(row)
 

@@ -19,6 +19,9 @@ This module only *finds* files; it never processes them. The flow:
    mount point that would make a local folder under it. ``on_unreachable(root, reason)`` is called
    once when an inbox folder cannot be watched, ``on_reachable(root)`` once when it is watched again.
 5. An inbox's done and error folders (``after: move``) are never watched or taken.
+6. A mask a retoucher puts beside a shot (``shot.remove.png``, ``pipeline.stages.masks``) is never taken, but it is
+   part of what the shot's job is: once a new or changed mask settles, or one is deleted, its shot(s) are handed
+   over in its place (the intake queues the shot with its new masks as a job of its own).
 
 A zero-byte file is handed over like any other once it has stayed zero bytes for
 ``settle_seconds``: a copy that is still at zero bytes after that long is not going to grow, and the
@@ -56,8 +59,9 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import InboxConfig
-from .ignore import is_ignored, is_ignored_name
+from .ignore import is_ignored, is_ignored_name, is_sidecar_mask
 from .settle import Settled, SettleTracker
+from .stages.masks import shots_of
 
 __all__ = ["InboxWatcher", "is_ignored"]
 
@@ -103,10 +107,10 @@ class _InboxEventHandler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent):
             # write-then-rename: the destination is the new file; the source is gone
-            self._record(event.src_path)
+            self._record(event.src_path, gone=True)
             self._record(event.dest_path)
         elif isinstance(event, self._FILE_EVENTS):
-            self._record(event.src_path)
+            self._record(event.src_path, gone=isinstance(event, FileDeletedEvent))
         elif isinstance(event, (DirCreatedEvent, DirMovedEvent)) and self._watch.inbox.recursive:
             # a folder moved or copied in: its files may predate the new folder watch
             target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
@@ -126,9 +130,16 @@ class _InboxEventHandler(FileSystemEventHandler):
             return None
         return self._watch.root / rel
 
-    def _record(self, raw: bytes | str) -> None:
+    def _record(self, raw: bytes | str, gone: bool = False) -> None:
         path = self._map(raw)
-        if path is not None and not is_ignored(path, self._watch.root) and not self._watcher._sets_aside(path):
+        if path is None or self._watcher._sets_aside(path):
+            return
+        if is_sidecar_mask(path, self._watch.root):
+            if gone:  # a deleted mask never settles: its shots are handed over on the settle thread
+                self._watcher._mask_gone(path, self._watch)
+            else:
+                self._watcher._settle.add(path, self._watch.inbox)
+        elif not is_ignored(path, self._watch.root):
             self._watcher._settle.add(path, self._watch.inbox)
 
 
@@ -167,6 +178,7 @@ class InboxWatcher:
         self._settle = SettleTracker(clock=clock, logger=self._log)
         self._lock = threading.Lock()  # guards the scan requests
         self._scan_requests: dict[Path, _Watch] = {}
+        self._masks_gone: dict[Path, _Watch] = {}  # masks deleted (events): their shots are handed over again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -200,7 +212,7 @@ class InboxWatcher:
     def pending(self) -> int:
         """How many candidates are still waiting to settle (0: the inboxes are quiet)."""
         with self._lock:  # requests first: a request becomes candidates, never the other way
-            requests = len(self._scan_requests)
+            requests = len(self._scan_requests) + len(self._masks_gone)
         return requests + self._settle.pending()
 
     def rescan(self) -> None:
@@ -215,6 +227,10 @@ class InboxWatcher:
     def _request_scan(self, watch: _Watch, folder: Path) -> None:
         with self._lock:
             self._scan_requests[folder] = watch
+
+    def _mask_gone(self, mask: Path, watch: _Watch) -> None:
+        with self._lock:
+            self._masks_gone[mask] = watch
 
     def _sets_aside(self, path: Path) -> bool:
         """True for a path in an inbox's done or error folder (``after: move``): never a candidate."""
@@ -238,7 +254,7 @@ class InboxWatcher:
                 continue
             for entry in found:
                 path = Path(entry.path)
-                if is_ignored_name(entry.name) or self._sets_aside(path):
+                if self._sets_aside(path) or (is_ignored_name(entry.name) and not is_sidecar_mask(path, watch.root)):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -267,6 +283,7 @@ class InboxWatcher:
                     self.rescan()
                     next_rescan = time.monotonic() + self._rescan_seconds
                 self._run_scan_requests()
+                self._hand_over_masks_gone()
                 self._settle_pass()
             except Exception:  # the watcher must outlive any single bug or I/O surprise
                 self._log.exception("inbox watcher: unexpected error; carrying on")
@@ -285,12 +302,40 @@ class InboxWatcher:
     def _hand_over(self, settled: Settled) -> None:
         path, inbox, signature = settled
         try:
-            self._on_settled(path, inbox)
+            if is_sidecar_mask(path, Path(os.path.abspath(inbox.path))):
+                self._hand_over_shots(path, inbox)
+            else:
+                self._on_settled(path, inbox)
         except Exception:
             self._log.exception("inbox %s: handing over %s failed; it is offered again at the next rescan",
                                 inbox.path, path)
             return
         self._settle.handed_over(path, signature)
+
+    def _hand_over_shots(self, mask: Path, inbox: InboxConfig) -> None:
+        """A mask settled or was deleted: hand over its shot(s) in its place (never the mask itself). A shot that
+        changed within its settle time is still arriving: it is handed over when it settles, with its masks."""
+        for shot in shots_of(mask):
+            if is_ignored(shot, Path(os.path.abspath(inbox.path))) or self._sets_aside(shot):
+                continue
+            try:
+                if time.time() - os.lstat(shot).st_mtime < inbox.settle_seconds:
+                    continue
+            except OSError:
+                continue
+            self._on_settled(shot, inbox)
+
+    def _hand_over_masks_gone(self) -> None:
+        with self._lock:
+            gone = list(self._masks_gone.items())
+            self._masks_gone.clear()
+        for mask, watch in gone:
+            if os.path.lexists(mask):
+                continue  # written again meanwhile (a save by rename): it settles as a candidate
+            try:
+                self._hand_over_shots(mask, watch.inbox)
+            except Exception:
+                self._log.exception("inbox %s: handing over the shot of %s (deleted) failed", watch.root, mask)
 
     # -- supervision --------------------------------------------------------------------------
 

@@ -40,12 +40,13 @@ from .errors import (AssetdError, ConfigError, IncompleteInput, PermanentError, 
 from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
 from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
-from .intake import inbox_of
+from .intake import inbox_of, mask_digest, mask_hashes
 from .outputs import Publisher, one_line, sha256
 from .owners import owner_label
 from .rerun import retire_replaced
 from .rules import Rule
 from .stages.base import Asset, StageContext
+from .stages.masks import masks_beside
 from .store import FINISHED, PENDING_APPROVAL, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
 
@@ -518,12 +519,30 @@ class Worker:
         if job.readable and sha256(data) != job.input_hash:
             raise Superseded(f"{printable(str(path))}: superseded: its content changed after it was queued (a copy "
                              "still arriving, or a new version dropped); the new version is queued as its own job")
+        if job.readable:
+            self._check_masks(job, path)
         try:
             return decode(data, str(path), self.config.input)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(path, exc)
             raise
+
+    def _check_masks(self, job: Job, path: Path) -> None:
+        """Raise Superseded when the masks beside the shot (``NAME.remove.png``...) are no longer those it was queued
+        with: they change the outputs, so the shot with its new masks is a job of its own (the watcher queues it),
+        exactly like a changed image. Names the masks written since the job was queued."""
+        hashes = mask_hashes(self.store, path)
+        if mask_digest(hashes) == job.masks:
+            return
+        changed = []
+        for mask in masks_beside(path).values():
+            with contextlib.suppress(OSError):
+                if os.stat(mask).st_mtime >= (job.created_at or 0):
+                    changed.append(printable(mask.name))
+        what = f"{', '.join(changed)} changed" if changed else "a mask beside it was removed"
+        what += " after it was queued"
+        raise Superseded(f"{printable(str(path))}: superseded: {what}; the new version is queued as its own job")
 
     def _check_arriving(self, path: Path, exc: IncompleteInput) -> None:
         """Raise StillArriving when ``path`` (in an inbox), whose data stops before its image does, changed within

@@ -68,3 +68,18 @@ def test_check_warns_of_a_volume_already_below_min_free(workspace):
     result = check(workspace)
     assert result.exit_code == 0, result.output  # a warning: space may be freed before the night
     assert "below problems.min_free 100%" in result.output and "pauses the rules writing there" in result.output
+
+
+def test_check_says_what_a_yes_or_no_in_an_edit_step_was_read_as(workspace):
+    """YAML reads an unquoted yes/no/on/off as true/false: the message says so, and what to write instead where
+    quoting the word would not help (``remove_mask: yes`` wants 'sidecar')."""
+    workspace.add_rule("05-clean.yaml", "name: clean\nsteps:\n  - retouch: {remove_mask: yes}\n"
+                                        "  - remove_background: {}\n  - place_in_scene: {scene: marble.jpg, shadow: no}\n"
+                                        "outputs:\n  - {channel: cutouts, from: retouch}\n")
+    result = check(workspace)
+    assert result.exit_code == 1, result.output
+    assert ("05-clean.yaml: steps[0].retouch.remove_mask: expected 'sidecar' (the mask beside the shot, "
+            "NAME.remove.png) or nothing, got True (YAML reads an unquoted on, off, yes or no as true)"
+            in result.output)
+    assert ("05-clean.yaml: steps[2].place_in_scene.shadow: expected one of 'soft', 'none', got False (YAML reads an "
+            "unquoted on, off, yes or no as false)" in result.output)

@@ -1,15 +1,20 @@
 """Masks a retoucher puts beside a shot for a step: ``NAME.recolor.png`` (the region to recolour),
 ``NAME.protect.png`` (what no edit may touch), ``NAME.remove.png`` (what retouch removes). White (or opaque) is
-"yes"; the mask has the shot's pixel size. The inbox never takes them as inputs (``pipeline.ignore``)."""
+"yes"; the mask has the shot's pixel size. The inbox never takes them as inputs (``pipeline.ignore``), but they are part
+of what a job is: the digest of the masks beside a shot is in its job's identity (``pipeline.intake.mask_digest``),
+and a mask that changes hands its shot(s) to the intake again (``shots_of``, used by the watcher)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from ..errors import PermanentError
-from ..ignore import SIDECAR_MASKS
+from ..formats import INPUT_EXTENSIONS
+from ..ignore import SIDECAR_MASKS, is_ignored_name
 
 
 class MaskError(PermanentError):
@@ -22,6 +27,60 @@ def sidecar_path(source: str | Path, kind: str) -> Path:
         raise ValueError(f"unknown mask kind {kind!r} (known: {', '.join(SIDECAR_MASKS)})")
     source = Path(source)
     return source.with_name(f"{source.stem}.{kind}.png")
+
+
+def mask_kind(path: str | Path) -> str | None:
+    """The kind of the mask at ``path`` (``shot.remove.png`` → ``remove``), or None when it is no mask name. Exactly the
+    names ``sidecar_path`` gives (the steps read those, not another case)."""
+    name = Path(path).name
+    return next((kind for kind in SIDECAR_MASKS if name.endswith(f".{kind}.png") and len(name) > len(kind) + 5),
+                None)
+
+
+def masks_beside(source: str | Path) -> dict[str, Path]:
+    """The masks lying beside the shot at ``source`` now, {kind: path}, in kind order (regular files only)."""
+    found = {}
+    for kind in sorted(SIDECAR_MASKS):
+        path = sidecar_path(source, kind)
+        if path.is_file() and not path.is_symlink():
+            found[kind] = path
+    return found
+
+
+def shots_of(mask: str | Path) -> list[Path]:
+    """The shots the mask at ``mask`` belongs to: ``NAME.<an input extension>`` in its folder (``shot.remove.png`` →
+    ``shot.jpg``, and ``shot.tif`` when both lie there); [] when it is no mask or its folder cannot be listed."""
+    mask = Path(mask)
+    kind = mask_kind(mask)
+    if kind is None:
+        return []
+    stem = mask.name[:-len(f".{kind}.png")]
+    try:
+        names = os.listdir(mask.parent)
+    except OSError:
+        return []
+    return sorted(mask.parent / name for name in names
+                  if Path(name).stem == stem and Path(name).suffix.lower().lstrip(".") in INPUT_EXTENSIONS
+                  and not is_ignored_name(name))
+
+
+# Which steps read which mask, and when: (step, the option that makes it read the mask, a test on its options).
+_READERS: dict[str, list[tuple[str, str, Callable[[Any], bool]]]] = {
+    "recolor": [("recolor", "region: auto or sidecar", lambda o: getattr(o, "region", "auto") != "cluster")],
+    "protect": [("recolor", "always", lambda o: True), ("retouch", "always", lambda o: True)],
+    "remove": [("retouch", "remove_mask: sidecar", lambda o: getattr(o, "remove_mask", None) == "sidecar")],
+}
+
+
+def readers(kind: str) -> list[str]:
+    """The steps that can read ``kind``'s mask, as a user reads it: ``["retouch: remove_mask: sidecar"]``."""
+    return [f"{step}: {when}" if when != "always" else step for step, when, _ in _READERS[kind]]
+
+
+def read_by(rule: Any, kind: str) -> list[str]:
+    """The steps of ``rule`` (a ``pipeline.rules.Rule``) that read ``kind``'s mask as it is configured."""
+    return [spec.step for spec in rule.steps for step, _, reads in _READERS[kind]
+            if spec.step == step and reads(spec.options)]
 
 
 def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) -> np.ndarray | None:
@@ -46,3 +105,23 @@ def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) ->
         raise MaskError(f"{path}: the {kind} mask is {mask.shape[1]}×{mask.shape[0]}, the shot {size[0]}×{size[1]}; "
                         "make it at the shot's size")
     return mask.astype(np.uint8)
+
+
+def unused_masks(rule: Any, shot: str | Path) -> list[str]:
+    """The masks lying beside the shot at ``shot`` that no step of ``rule`` (a ``pipeline.rules.Rule``) reads as it
+    is configured, one line each naming the mask and what would read it: "shot.remove.png lies beside it but rule
+    'x' has no retouch step with remove_mask: sidecar". A retoucher's mask that changes nothing must not pass in
+    silence: the chain adds each line to the job's review reasons (``Chain.run``: "...; it was not used") and
+    ``assetd check`` warns of them in the inboxes."""
+    lines = []
+    for kind, path in masks_beside(shot).items():
+        if read_by(rule, kind):
+            continue
+        ways = _READERS[kind]
+        if all(when == "always" for _, when, _ in ways):
+            wanted = f"{' or '.join(step for step, _, _ in ways)} step"
+        else:
+            wanted = " or ".join(f"{step} step" + ("" if when == "always" else f" with {when}")
+                                 for step, when, _ in ways)
+        lines.append(f"{path.name} lies beside it but rule '{rule.name}' has no {wanted}")
+    return lines

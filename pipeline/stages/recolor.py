@@ -15,7 +15,15 @@ highlights, the backdrop's greys) and highlights brighter than the leather (poli
 Hardware of nearly the leather's colour (dark brass on tan) cannot be told from it by colour: a protect mask is
 the way. Membership is soft in colour (it ramps to nothing between ``tolerance`` and 1.5×), so an edge pixel half
 stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
-bit-identical in every colourway.
+bit-identical in every colourway. The region's outline (against the backdrop, the transparency of a cut-out, or a
+protected part) is different: its pixels are the region's colour mixed with what lies beside, paler and less
+colourful, so weighed by their own colour they would keep the old colour as a rim; there only the region's share
+of each pixel turns (``LchRecolor._outline``), and the new colour meets the backdrop as the old one did.
+
+A swatch gives the target's chroma and its hue as seen (the Oklab hue: CIELAB's hue angle bends toward purple in
+the blues as lightness changes, and navy kept at its CIELAB angle but at the leather's L* is a lavender); its
+lightness is not taken. A swatch far darker or lighter than the region (``review_lightness``) marks the job for
+review, and the manifest records the swatch's L*, the region's and the ΔE2000 between the result and the swatch.
 
 Each colourway is its own ``Asset`` with ``variant`` set to its name; crops and channels carry it to the
 ``{variant}`` of the file names.
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -33,12 +41,12 @@ from PIL import Image
 
 from ..config import check_colour
 from ..errors import PermanentError
-from ..lab import D65, RGB_TO_XYZ, delta_e2000
+from ..lab import D65, RGB_TO_XYZ, delta_e2000, oklab_hue
 from ..pixels import max_value
 from ..schema import opt
 from .base import Asset, Stage, define_step, register
 from .masks import MaskError, read_sidecar, sidecar_path
-from .subject import find_subject
+from .subject import disk, find_subject
 
 define_step("recolor", "lch", needs=("uncropped",),
             doc="colourways: moves the hue and chroma of one region of the subject, keeps its lightness")
@@ -47,6 +55,9 @@ _ROWS = 256  # rows converted at a time: float copies of a 24 MP shot add up
 _SAMPLE = 250_000  # subject pixels the dominant colour is found from
 _CORE = 0.99  # membership from which a pixel counts for the region's mean colour
 L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is the only cause)
+EDGE = 4  # pixels: how far an outline's soft edge (the region mixed with what is beside it) reaches
+_ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_matte finds an uncut shot's subject
+_UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
 
@@ -95,7 +106,7 @@ def _f_inv(f: np.ndarray) -> np.ndarray:
 def _times(v: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``matrix`` applied to each colour of ``v`` (…×3): OpenCV's transform on float32 (numpy's matmul on N×3 is
     several times slower), numpy's for anything else."""
-    if v.dtype == np.float32 and v.ndim == 2:
+    if v.dtype == np.float32 and v.ndim == 2 and len(v):
         return cv2.transform(v[:, None, :], matrix.astype(np.float32))[:, 0, :]
     return v @ matrix.T
 
@@ -136,6 +147,22 @@ def lab_to_hex(lab: np.ndarray) -> str:
 def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> float:
     """CIEDE2000 between two CIELAB colours (``pipeline.lab.delta_e2000``)."""
     return float(delta_e2000(np.asarray(lab1, dtype=np.float64), np.asarray(lab2, dtype=np.float64)))
+
+
+def aim(swatch: np.ndarray, lightness: float) -> np.ndarray:
+    """The a*b* a swatch (CIELAB) becomes at another L*: its chroma, and the CIELAB hue angle whose Oklab hue is the
+    swatch's. CIELAB's hue angle bends with lightness in the blues: navy #1f2a44 kept at its angle but at L* 64
+    is a lavender (Oklab hue 7° toward purple); at the swatch's Oklab hue it is the swatch's blue, lighter."""
+    chroma = float(np.hypot(swatch[1], swatch[2]))
+    if chroma < 1e-6:
+        return np.zeros(2)
+    wanted = float(oklab_hue(lab_to_linear(np.asarray(swatch, dtype=np.float64))))
+    start = math.atan2(swatch[2], swatch[1])
+    turns = start + np.radians(np.arange(-45.0, 45.0, 0.05))
+    lab = np.column_stack([np.full(turns.size, lightness), chroma * np.cos(turns), chroma * np.sin(turns)])
+    off = np.abs((oklab_hue(lab_to_linear(lab)) - wanted + 180) % 360 - 180)
+    best = turns[int(np.argmin(off))]
+    return np.array([chroma * math.cos(best), chroma * math.sin(best)])
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -193,6 +220,10 @@ class RecolorOptions:
                                 doc="mark the job for review when a colourway's mean lands further than this "
                                     "(ΔE2000, at the region's lightness) from its colour: a target the shot's "
                                     "lightness cannot hold")
+    review_lightness: float = opt(15.0, min=0.0, max=100.0,
+                                  doc="mark the job for review when a colourway's swatch is this much darker or "
+                                      "lighter (L*) than the region: lightness is kept, so navy on tan leather "
+                                      "comes out a light blue")
 
 
 # --- the region ------------------------------------------------------------------------------
@@ -211,6 +242,10 @@ class Region:
     weight: np.ndarray  # float32, box-sized
     mean_lab: np.ndarray
     notes: dict[str, Any]
+    # the outline's mixed pixels: flat indices into the box (sorted) and the a*b* of what they are mixed with,
+    # times its share (subtracted before the turn, added back after: only the region's part of them turns)
+    edge_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    edge_other: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
 
 
 def _lab_rows(rgb: np.ndarray) -> np.ndarray:
@@ -306,15 +341,17 @@ class LchRecolor(Stage):
                             "shot's size")
         return mask[y0:y1, x0:x1]
 
-    def _subject(self, asset: Asset) -> np.ndarray:
-        """Where the subject is (float 0..1): a cut-out's non-transparent pixels, else the matte (found if need be)."""
+    def _subject(self, asset: Asset) -> tuple[np.ndarray, bool]:
+        """Where the subject is (0 or 1, float): a cut-out's non-transparent pixels, else the matte (found if need
+        be), and whether that is only an estimate whose outline may lie a few pixels off the subject's. A matte's
+        soft edge is not a weight: those pixels are already the subject mixed with the backdrop."""
         if asset.has_alpha:
-            return (asset.pixels[..., 3] > 0).astype(np.float32)
-        _box, matte, _where = find_subject(asset)
+            return (asset.pixels[..., 3] > 0).astype(np.float32), False
+        _box, matte, where = find_subject(asset)
         if matte is None:
             raise PermanentError(f"recolor: {asset.source or 'image'}: cannot tell the subject from its backdrop: "
                                  "put remove_background before recolor, or a NAME.recolor.png beside the shot")
-        return matte.astype(np.float32) / 255.0
+        return (matte >= 128).astype(np.float32), where == "estimated"
 
     def find_region(self, asset: Asset) -> Region:
         o: RecolorOptions = self.options
@@ -330,8 +367,9 @@ class LchRecolor(Stage):
             base = painted.astype(np.float32) / 255.0
             if asset.has_alpha:
                 base *= asset.pixels[..., 3] > 0  # a transparent pixel's colour is nobody's
-        else:
-            base = self._subject(asset)
+        estimated = False
+        if painted is None:
+            base, estimated = self._subject(asset)
         if protect is not None:
             base *= 1.0 - protect.astype(np.float32) / 255.0
             notes["protect"] = "sidecar"
@@ -339,9 +377,15 @@ class LchRecolor(Stage):
         if ys.size == 0:
             raise PermanentError(f"recolor: {asset.source or 'image'}: nothing to recolour: the "
                                  f"{'painted region' if painted is not None else 'subject'} is empty")
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        # an estimated outline lies up to a working pixel or two off the subject's soft edge, either way
+        slack = EDGE + 2 * math.ceil(max(asset.width, asset.height) / _ESTIMATED_AT) if estimated else 0
+        grow = 3 * EDGE + slack if estimated else 0
+        box = (max(0, int(xs.min()) - grow), max(0, int(ys.min()) - grow),
+               min(asset.width, int(xs.max()) + 1 + grow), min(asset.height, int(ys.max()) + 1 + grow))
         x0, y0, x1, y1 = box
         base = base[y0:y1, x0:x1]
+        prot = None if protect is None else protect[y0:y1, x0:x1]
+        alpha = asset.pixels[y0:y1, x0:x1, 3] if asset.has_alpha else None
         # the colour of the region: a sample of its sure pixels (colourful, not a highlight)
         step = max(1, int(math.sqrt(ys.size / _SAMPLE)))
         sure = base[::step, ::step] >= 0.99
@@ -384,9 +428,99 @@ class LchRecolor(Stage):
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
         subject_px = float((base > 0).sum())
+        edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base, prot,
+                                            alpha, slack, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
-                     mean=lab_to_hex(mean_lab), lch=_lch(mean_lab))
-        return Region(box, weight, mean_lab, notes)
+                     mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
+        return Region(box, weight, mean_lab, notes, edge_at, edge_other)
+
+    def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
+                 base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
+                 region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The region's soft outline (against the backdrop, a cut-out's partly transparent edge or a protected
+        part), taken into ``weight`` in place; returns the outline pixels' flat indices (in the box) and the part of
+        their a*b* that does not turn.
+
+        An outline pixel is the region's colour mixed with what lies beside it: tan leather half over white paper
+        is a pale, less colourful, lighter tan. Weighed by its own colour (min_chroma, highlights, the tolerance)
+        it drops out and keeps the old colour: a rim of tan around a green bag. So within ``EDGE`` of the region's
+        sure pixels and near its outline, a pixel's share of the region is found by projecting its a*b* on the line
+        from the colour beside it (the mean of the pixels beyond, per cell) to the region's mean colour, and that
+        share of the region's colour turns; what it is mixed with (white paper, blue paper, chrome) stays. A pixel
+        far off that line is another material (brass trim, a label) and keeps its colour.
+        """
+        o: RecolorOptions = self.options
+        core = (weight >= _CORE).astype(np.uint8)
+        near = cv2.dilate(core, disk(EDGE)) > 0
+        # a cut-out's partly transparent pixels are outline however wide (fur, hair): the subject mixed with the
+        # backdrop it was cut from, unless remove_background took that out
+        soft = np.zeros(base.shape, bool) if alpha is None else (alpha > 0) & (alpha <= 0.9 * max_value(alpha))
+        # what is not the region's in full, and past the box's sides (not the frame's: a subject cut by the frame
+        # has no outline there)
+        x0, y0, x1, y1 = box
+        wide = 2 * EDGE + slack  # ``slack``: how far an estimated outline may lie off the subject's
+        sides = [int(v) * wide for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
+        apart = cv2.copyMakeBorder(((base < _CORE) | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
+        outline = cv2.dilate(apart, _square(wide))[sides[0]:sides[0] + base.shape[0],
+                                                  sides[2]:sides[2] + base.shape[1]] > 0
+        reach = base > 0
+        if slack:
+            reach = cv2.dilate(reach.astype(np.uint8), _square(slack)) > 0
+        band = (near | soft) & outline & reach & (core == 0)
+        del apart, outline, reach
+        if prot is not None:
+            band &= prot < 255
+        if not band.any():
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
+        # what lies beside: colours of the pixels beyond the sure region's reach (not the region, not transparent;
+        # in a cut-out the more transparent the more they count), averaged per cell of the band's width and its
+        # eight neighbours
+        beyond = (cv2.dilate((near | soft).astype(np.uint8), disk(2 * EDGE)) > 0) & ~near & (weight < 0.01)
+        if alpha is not None:
+            beyond &= alpha > 0
+        if prot is not None:
+            beyond |= near & (prot >= 128)
+        cell = 2 * EDGE + 1
+        gh, gw = -(-weight.shape[0] // cell), -(-weight.shape[1] // cell)
+        sums = np.zeros((3, gh * gw))
+        by, bx = np.nonzero(beyond)
+        if by.size:
+            ab = _lab_rows(rgb[by, bx])[:, 1:]
+            idx = (by // cell) * gw + bx // cell
+            count = None if alpha is None else 1.0 - alpha[by, bx] / max_value(alpha) + 1e-3
+            for c in range(2):
+                sums[c] = np.bincount(idx, ab[:, c] * (1.0 if count is None else count), gh * gw)
+            sums[2] = np.bincount(idx, count, gh * gw)
+        sums = np.stack([cv2.boxFilter(s.reshape(gh, gw).astype(np.float32), -1, (3, 3), normalize=False,
+                                       borderType=cv2.BORDER_CONSTANT) for s in sums])
+        ey, ex = np.nonzero(band)
+        lab = _lab_rows(rgb[ey, ex])
+        at = (ey // cell, ex // cell)
+        count = sums[2][at]
+        other = np.where((count > 0)[:, None], np.stack([sums[0][at], sums[1][at]], -1) / np.maximum(count, 1)[:, None],
+                         0.0)
+        # the region's share of each pixel: its a*b* projected on the line from the other colour to the region's
+        span = region_ab[None, :] - other
+        span2 = (span ** 2).sum(axis=1)
+        share = np.where(span2 > 16.0, ((lab[:, 1:] - other) * span).sum(axis=1) / np.maximum(span2, 1e-9), 1.0)
+        share = np.clip(share, 0.0, 1.0)
+        # a pixel off that line is another thing (brass trim, a blue label): it keeps its colour
+        off_line = np.hypot(*(lab[:, 1:] - other - share[:, None] * span).T)
+        # no more than the median among its neighbours (the sure region counting as all region's): on a textured
+        # backdrop one pixel's share is mostly its grain; and no more than its own: a grey fleck next to the
+        # region is not pushed to the new colour
+        share = np.minimum(share, _neighbour_median(ey, ex, share, core))
+        # only the region's part turns: its colour times the share (the rest, and the pixel's grain, stay)
+        own = share[:, None] * region_ab[None, :]
+        other_part = lab[:, 1:] - own
+        w = np.ones(ey.size) if slack else base[ey, ex].astype(np.float64)  # a guessed outline is no weight
+        w *= _smooth_ramp(share, 0.02, 0.06) * _smooth_ramp(off_line, o.tolerance, o.tolerance / 2)
+        if prot is not None:
+            w *= 1.0 - prot[ey, ex] / 255.0
+        w = w.astype(np.float32)
+        weight[ey, ex] = np.maximum(weight[ey, ex], w)
+        keep = w > 0  # so every outline pixel kept is one ``apply`` changes (weight > 0)
+        return (ey[keep] * weight.shape[1] + ex[keep]).astype(np.int64), other_part[keep].astype(np.float32)
 
     # -- one colourway -------------------------------------------------------------------------
 
@@ -399,6 +533,7 @@ class LchRecolor(Stage):
         rot = k * np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
         out = pixels.copy()
         x0, y0, x1, y1 = region.box
+        width = x1 - x0
         top = max_value(pixels)
         table = linear_table(pixels.dtype)
         limited, worst = 0, 0.0
@@ -411,11 +546,18 @@ class LchRecolor(Stage):
             block = out[y0 + r0:y0 + r1, x0:x1]
             src = block[..., :3][todo]
             lab = linear_to_lab(table[src])
-            moved = lab[:, 1:] @ rot.T
-            lab[:, 1:] += w[todo][:, None] * (moved - lab[:, 1:])
+            own = lab[:, 1:].copy()
+            lo, hi = np.searchsorted(region.edge_at, [r0 * width, r1 * width])
+            if hi > lo:  # outline pixels: only the region's part turns, what it is mixed with stays
+                flat = np.flatnonzero(todo)
+                own[np.searchsorted(flat, region.edge_at[lo:hi] - r0 * width)] -= region.edge_other[lo:hi]
+            change = w[todo][:, None] * (own @ rot.T - own)
+            still = np.hypot(change[:, 0], change[:, 1]) < _UNMOVED
+            lab[:, 1:] += change
             lin, n = _into_gamut(lab)
             limited += n
             new = _round_keeping_lightness(lin, lightness(lin @ _M[1]), table, top)
+            new[still] = src[still]
             worst = max(worst, float(np.abs(lightness(table[new] @ _M[1]) - lab[:, 0]).max()))
             rgb = block[..., :3]
             rgb[todo] = new.astype(pixels.dtype)
@@ -435,8 +577,9 @@ class LchRecolor(Stage):
             kept.notes["recolor"] = {**region.notes, "variant": o.original, "untouched": True}
             outs.append(kept)
         for way in ways:
-            if way.colour is not None:
-                target = hex_to_lab(way.colour)[1:]
+            swatch = hex_to_lab(way.colour) if way.colour is not None else None
+            if swatch is not None:
+                target = aim(swatch, float(mean[0]))
             else:
                 c, h = _lch(mean)[1:]
                 c *= way.chroma_scale if way.chroma_scale is not None else 1.0
@@ -446,11 +589,24 @@ class LchRecolor(Stage):
             landed = self._landed(pixels, region)
             delta = delta_e_2000(np.array([landed[0], *target]), landed)
             notes = {**region.notes, **result, "delta_e": round(delta, 2), "result": lab_to_hex(landed)}
-            if way.colour is not None:
-                notes["colour"] = way.colour
-                lighter = float(hex_to_lab(way.colour)[0]) - float(mean[0])
-                if abs(lighter) > 15:
-                    notes["lightness_differs"] = round(lighter, 1)  # kept: the shot's light, not the swatch's
+            which = f"recolor {way.name}" if way.name else "recolor"
+            review = []
+            if delta > o.review_delta_e:
+                review.append(f"{which}: the region's mean lands ΔE2000 {delta:.1f} from "
+                              f"{way.colour or 'the asked move'} (review_delta_e {o.review_delta_e:g}): the shot's "
+                              "lightness cannot hold that colour; check the colourway")
+            if swatch is not None:
+                # lightness is the shot's on purpose: how far the result stays from the swatch itself
+                from_swatch = delta_e_2000(swatch, landed)
+                notes.update(colour=way.colour, swatch_lightness=round(float(swatch[0]), 1),
+                             region_lightness=round(float(mean[0]), 1), delta_e_swatch=round(from_swatch, 1))
+                gap = float(mean[0]) - float(swatch[0])
+                if abs(gap) > o.review_lightness:
+                    reads, base = ("lighter", "darker") if gap > 0 else ("darker", "lighter")
+                    review.append(f"{which}: the swatch {way.colour} is L* {swatch[0]:.0f}, the region L* "
+                                  f"{mean[0]:.0f}; lightness is kept, so it reads {reads} than the swatch (ΔE2000 "
+                                  f"{from_swatch:.0f}); a {base} base shot may be needed (review_lightness "
+                                  f"{o.review_lightness:g})")
             else:
                 notes.update({k: v for k, v in (("hue_shift", way.hue_shift), ("chroma_scale", way.chroma_scale))
                               if v is not None})
@@ -459,11 +615,7 @@ class LchRecolor(Stage):
             if way.name:
                 notes["variant"] = way.name
             out.notes["recolor"] = notes
-            if delta > o.review_delta_e:
-                which = f"recolor {way.name}" if way.name else "recolor"
-                out.review.append(f"{which}: the region's mean lands ΔE2000 {delta:.1f} from "
-                                  f"{way.colour or 'the asked move'} (review_delta_e {o.review_delta_e:g}): the shot's "
-                                  "lightness cannot hold that colour; check the colourway")
+            out.review.extend(review)
             outs.append(out)
         return outs
 
@@ -471,9 +623,36 @@ class LchRecolor(Stage):
     def _landed(pixels: np.ndarray, region: Region) -> np.ndarray:
         """The mean CIELAB colour of the region's sure pixels in ``pixels``."""
         x0, y0, _x1, _y1 = region.box
-        ry, rx = np.nonzero(region.weight >= _CORE)
+        sure = region.weight >= _CORE
+        sure.flat[region.edge_at] = False  # the outline's pixels are the region mixed with something else
+        ry, rx = np.nonzero(sure)
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         return _lab_rows(pixels[y0 + ry[pick], x0 + rx[pick], :3]).mean(axis=0)
+
+
+def _square(radius: int) -> np.ndarray:
+    """A square structuring element: OpenCV dilates by it in two passes, fast at any radius."""
+    return np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+
+
+def _neighbour_median(ys: np.ndarray, xs: np.ndarray, values: np.ndarray, core: np.ndarray,
+                      size: int = 5) -> np.ndarray:
+    """The median of ``values`` (0..1, at pixels ``ys``, ``xs`` in row-major order) over each one's ``size``²
+    neighbours, the ``core`` pixels counting as 1 and all others as 0; in blocks of rows, so a 24 MP box costs a
+    few MB."""
+    out = np.empty(values.shape, np.float64)
+    half = size // 2
+    for r0 in range(0, core.shape[0], _ROWS):
+        r1 = min(core.shape[0], r0 + _ROWS)
+        a, b = np.searchsorted(ys, [r0, r1])
+        if a == b:
+            continue
+        s0, s1 = max(0, r0 - half), min(core.shape[0], r1 + half)
+        lo, hi = np.searchsorted(ys, [s0, s1])
+        plane = (core[s0:s1] > 0).astype(np.uint8) * 255
+        plane[ys[lo:hi] - s0, xs[lo:hi]] = np.rint(values[lo:hi] * 255).astype(np.uint8)
+        out[a:b] = cv2.medianBlur(plane, size)[ys[a:b] - s0, xs[a:b]] / 255.0
+    return out
 
 
 def _variant(before: str | None, name: str) -> str:

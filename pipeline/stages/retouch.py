@@ -225,6 +225,7 @@ class RetouchOptions:
     subject_margin: int = opt(16, min=0, max=1000, doc="backdrop_spots: spots closer than this many pixels to the "
                                                        "subject are left alone")
     remove_mask: str | None = opt(None, choices=("sidecar",),
+                                  expected="'sidecar' (the mask beside the shot, NAME.remove.png) or nothing",
                                   doc="sidecar: also remove what NAME.remove.png beside the shot paints (white or "
                                       "opaque; the subject too where it is painted); a shot without one is kept")
     review_above: int = opt(200, min=1, max=1_000_000,

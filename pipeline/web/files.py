@@ -62,10 +62,16 @@ def job_thumb(request: Request) -> tuple[Path, dict[str, str]]:
 
 
 def output_check(request: Request) -> tuple[Path, dict[str, str]]:
-    """``/files/output/{output_id}/check``: the subject check overlay; the share equal in ``X-Subject-Equal``."""
+    """``/files/output/{output_id}/check``: the subject check overlay; the share equal in ``X-Subject-Equal``, the
+    share changed on purpose as recorded in ``X-Subject-On-Purpose``, the page's line in ``X-Subject-Share``."""
     state = request.app.state
     path, result = previews.check(state.config, state.store, request.path_params["output_id"])
-    return path, ({"X-Subject-Equal": f"{result.equal:.6f}"} if result.equal is not None else {})
+    headers = {"X-Subject-Share": result.share_line().encode("ascii", "replace").decode()}  # a header is latin-1
+    if result.equal is not None:
+        headers["X-Subject-Equal"] = f"{result.equal:.6f}"
+    if result.on_purpose is not None:
+        headers["X-Subject-On-Purpose"] = f"{result.on_purpose:.6f}"
+    return path, headers
 
 
 def output_before(request: Request) -> tuple[Path, dict[str, str]]:

@@ -126,6 +126,9 @@ def on_purpose(steps: dict[str, Any]) -> str | None:
         painted = rt.get("remove_mask") if isinstance(rt.get("remove_mask"), dict) else {}
         why.append(f"changed on purpose by retouch ({_number(rt['subject_pixels'])} px removed as painted in "
                    f"{painted.get('file', 'its remove mask')})")
+    ml = (steps.get("place_in_scene") or {}).get("match_light")
+    if isinstance(ml, dict):
+        why.append(f"changed on purpose by place_in_scene's match_light (strength {_number(ml.get('strength'))})")
     tm = steps.get("tone_match") or {}
     if tm.get("changes_subject"):
         why.append(f"changed on purpose by tone_match (ΔE ≤ {_number(tm.get('max_delta_e'))})")
@@ -147,7 +150,7 @@ def job_page(request: Request) -> Response:
         steps = notes.get(row["path"], {})
         outputs.append({
             "id": row["id"], "channel": row["channel"], "ratio": row["ratio"], "step": row["step"],
-            "variant": row.get("variant"),
+            "variant": row.get("variant"), "group": row["ratio"] or step_label(row["step"]),
             "name": Path(row["path"]).name, "path": row["path"], "width": row["width"], "height": row["height"],
             "scale": row["scale"], "bytes": row["bytes"], "replaced_by": row.get("replaced_by"),
             "sha256": row.get("sha256"),
@@ -174,12 +177,19 @@ def job_page(request: Request) -> Response:
         error_class=failure_class(job) if job.status is JobStatus.FAILED else None,
         input_name=Path(job.input_path).name, input_where=moved.dest if moved else job.input_path,
         manifest_problem=manifest_problem, created=local(job.created_at), finished=local(job.finished_at),
-        ratios=sorted({o["ratio"] for o in outputs if o["ratio"]}, key=_ratio_key),
-        has_cutout=any(o["ratio"] is None for o in outputs), actions=actions,
+        groups=list(dict.fromkeys(o["group"] for o in outputs if not o["ratio"]))
+        + sorted({o["ratio"] for o in outputs if o["ratio"]}, key=_ratio_key),
+        actions=actions,
     )
 
 
-RATIO_ORDER = ("1:1", "4:5", "9:16", "16:9")  # the contact sheet's rows after the cut-out: the usual ones first
+def step_label(step: str | None) -> str:
+    """What the contact sheet calls a row of outputs without a ratio: the step that made them, as a retoucher
+    says it (remove_background's are the cut-out; a retouched or recoloured full frame is its step's)."""
+    return "cut-out" if step == "remove_background" else (step or "output")
+
+
+RATIO_ORDER = ("1:1", "4:5", "9:16", "16:9")  # the contact sheet's rows after the full frames: the usual ones first
 
 
 def _ratio_key(ratio: str) -> tuple[int, float, str]:
