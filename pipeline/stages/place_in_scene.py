@@ -302,7 +302,6 @@ class CompositePlace(Stage):
     def __init__(self, options: PlaceOptions, ctx: Any):
         super().__init__(options, ctx)
         self._scene: dict[Path, np.ndarray] | None = None  # decoded scenes, by path
-        self._warned: tuple[str | None, set[Path]] = (None, set())  # the job last warned, and of which scenes
 
     @classmethod
     def validate(cls, options: PlaceOptions, where: str, ctx_config: Any) -> list[str]:
@@ -355,21 +354,6 @@ class CompositePlace(Stage):
             self._scene[path] = load_scene(path, self.ctx.config)
         return self._scene[path]
 
-    def _first_time(self, asset: Asset, scene: Path) -> bool:
-        """Whether the job of ``asset`` has not yet been warned about ``scene``: its colourways each come here.
-
-        The assets of one job all carry the one string object its input was given as ``source`` (``derive`` copies
-        the reference); the next job's is another object, even for the same file. Without a source, always."""
-        if asset.source is None:
-            return True
-        job, said = self._warned
-        if job is not asset.source:
-            self._warned = job, said = asset.source, set()
-        if scene in said:
-            return False
-        said.add(scene)
-        return True
-
     def run(self, asset: Asset) -> list[Asset]:
         """The cut-out on the scene, colour or gradient; on each of ``scenes``, one asset per scene, each a
         variant named from its scene file (after the variant the asset already is: a colourway's)."""
@@ -415,7 +399,7 @@ class CompositePlace(Stage):
             notes.update(scene=as_written(scene_path, self.ctx.config.base_dir), scene_scale=round(k, 4))
             if enlarged_beyond(k, o.max_scene_enlarge):
                 notes["scene_enlarged"] = round(k, 4)
-                if self._first_time(asset, scene_path):  # once per job: each colourway is enlarged alike
+                if self.ctx.once(("scene enlarged", scene_path)):  # once per job: each colourway is enlarged alike
                     self.ctx.log.warning("place_in_scene: %s: scene %s enlarged %.2f× to cover the output (more "
                                          "than max_scene_enlarge %g): it looks softer than the product; use a larger "
                                          "scene image", asset.source or "image", scene_path.name, k,
