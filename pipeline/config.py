@@ -280,12 +280,47 @@ class ReviewConfig:
     page_size: int = opt(50, min=10, max=500, doc="jobs per page on the night view")
 
 
+def check_address(value: str | None) -> str | None:
+    if value is None or value == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9_.:\[\]-]+:\d+", value):
+        return None
+    return f"expected null, auto, ray://HOST:PORT or HOST:PORT, got {value!r}"
+
+
+def check_actors(value: int | str) -> str | None:
+    if value == "per_gpu" or (isinstance(value, int) and 1 <= value <= 256):
+        return None
+    return f"expected a number of actors (1-256) or per_gpu, got {value!r}"
+
+
+@dataclass
+class RayConfig:
+    """The Ray cluster the chain runs on (``executor: ray``): one actor per GPU, models resident, while this
+    process stays the coordinator (watcher, store, writing of outputs)."""
+
+    address: str | None = opt(None, check=check_address,
+                              doc="null: start a Ray instance on this machine (several GPUs, one box); auto: the "
+                                  "cluster this machine joined with `ray start`; ray://HOST:10001: a remote head "
+                                  "through Ray Client")
+    actors: int | str = opt(1, check=check_actors, expected="a number of actors or per_gpu",
+                            doc="chain actors to start, each running one job at a time with one read ahead; per_gpu: "
+                                "one per GPU of the cluster (at least 1)")
+    gpus_per_actor: float | None = opt(None, min=0.0, doc="GPUs each actor reserves (0: CPU only; a fraction shares "
+                                                          "a GPU); null: 1 when the cluster has GPUs, else 0")
+    cpus_per_actor: float = opt(1.0, min=0.0, doc="CPUs each actor reserves on its node")
+    max_restarts: int = opt(3, min=0, doc="Ray restarts a dead actor (its node lost, a kill) this often before "
+                                          "assetd starts a fresh one; the job it was running is charged one crash")
+    namespace: str = opt("assetd", doc="Ray namespace of the actors (two daemons on one cluster use two)")
+
+
 @dataclass
 class Config:
     source: Path = field(default=Path("config.yaml"), metadata={"internal": True})
     database: Path = opt(Path("state/assetd.sqlite3"), doc="SQLite job store")
     device: str = opt("auto", check=check_device, doc="auto | cpu | cuda | cuda:N")
-    workers: int = opt(1, min=1, max=64, doc="jobs run at the same time")
+    workers: int = opt(1, min=1, max=64, doc="jobs run at the same time (executor: local; ignored under ray)")
+    executor: str = opt("local", choices=("local", "ray"),
+                        doc="local: the chain runs in worker threads of this process; ray: on the actors of a Ray "
+                            "cluster (see ray), while this process keeps the store and writes the outputs")
     rules_dir: Path = opt(Path("rules"), doc="folder of rule files (*.yaml), tried in file-name order")
     max_attempts: int = opt(3, min=1, doc="a job failing transiently this often is failed for good")
     retry_delay_seconds: float = opt(30.0, min=0.0, doc="first retry delay; doubles on each attempt")
@@ -304,6 +339,7 @@ class Config:
     manifests: ManifestsConfig = opt(ManifestsConfig(), doc="job manifests")
     problems: ProblemsConfig = opt(ProblemsConfig(), doc="problem processes: disk space, GPU, models (pause + alert)")
     review: ReviewConfig = opt(ReviewConfig(), doc="the review page and /metrics (`assetd serve`)")
+    ray: RayConfig = opt(RayConfig(), doc="the Ray cluster of executor: ray (`pip install -e '.[scale]'`)")
     on_rule_change: str = opt("new_files", choices=("new_files", "reprocess"),
                               doc="new_files: an edited rule applies to files that arrive after the change "
                                   "(`assetd reprocess` redoes earlier ones); reprocess: once assetd has the changed "

@@ -63,10 +63,18 @@ class Daemon:
         self._previews_thread: threading.Thread | None = None
         self._applying = threading.Lock()  # apply() and stop() never change the watcher at the same time
         self.reload_seconds = reload_seconds
+        self.pool: Any = None  # executor: ray: the chain actors (scaleout.Pool)
 
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
-        checked_models = self._check_models()
+        checked_models = self._check_models() if self.config.executor == "local" else None
+        if self.config.executor == "ray":  # each actor loads (and checks) the models on its own node
+            from .scaleout import start_pool
+
+            if self.config.workers != 1:
+                log.warning("workers: %d is ignored under executor: ray (one job at a time per actor, ray.actors)",
+                            self.config.workers)
+            self.pool = start_pool(self.config, self.rules)
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
         self._start_review(store)
         self.notifier = Notifier(self.config, store)  # alerts queue in the outbox; delivery starts below
@@ -77,12 +85,17 @@ class Daemon:
         self.notifier.start()
         self._start_problems(store, self.notifier)
         self._start_previews()
-        for i in range(self.config.workers):
-            self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
+        if self.pool is not None:
+            for actor, name in zip(self.pool.actors, self.pool.names):
+                self._start_worker(actor=(actor, name))
+        else:
+            for i in range(self.config.workers):
+                self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
         self.watcher = self._start_watcher()
         self._start_reloader()
-        log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s), database %s",
-                 len(self.config.inboxes), len(self.rules), self.config.workers, self.config.database)
+        log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s)%s, database %s",
+                 len(self.config.inboxes), len(self.rules), len(self.workers),
+                 " (Ray actors)" if self.pool is not None else "", self.config.database)
 
     def _start_review(self, store: Store) -> None:
         """With ``review.listen``: the review page in a thread over the daemon's store. Refused (ConfigError, exit 2)
@@ -112,11 +125,20 @@ class Daemon:
         thread = self._previews_thread = threading.Thread(target=maker.run, name="assetd-previews", daemon=True)
         thread.start()
 
-    def _start_worker(self, models: Any = None) -> Worker:
+    def _start_worker(self, models: Any = None, actor: tuple[Any, str] | None = None) -> Worker:
+        """A worker thread; with ``actor`` (executor: ray: its handle and name) a ``scaleout.RemoteWorker`` whose
+        chain runs there."""
         n = len(self.workers) + 1  # never reused: a retired worker may still be finishing its job
-        worker = Worker(f"worker-{n}", self.config, self.store, self.rules, stop=self.stop_event,
-                        on_failed=self.notifier.job_failed, problems=self.problems, wait_for_arrival=True,
-                        on_done=self.previews.offer if self.previews is not None else None)
+        kwargs: dict[str, Any] = dict(stop=self.stop_event, on_failed=self.notifier.job_failed, problems=self.problems,
+                                      wait_for_arrival=True,
+                                      on_done=self.previews.offer if self.previews is not None else None)
+        if actor is not None:
+            from .scaleout import RemoteWorker
+
+            worker: Worker = RemoteWorker(f"worker-{n}", self.config, self.store, self.rules, actor[0], actor[1],
+                                          make_actor=self.pool.make_actor, **kwargs)
+        else:
+            worker = Worker(f"worker-{n}", self.config, self.store, self.rules, **kwargs)
         if models is not None:
             worker.ctx.models = models
         thread = threading.Thread(target=worker.run_forever, name=f"assetd-worker-{n}", daemon=True)
@@ -201,6 +223,17 @@ class Daemon:
 
         loaded = {ref.key for ref in model_refs(self.config, self.rules)}
         new_models = [r for r in rules if any(ref.key not in loaded for ref in model_refs(config, [r]))]
+        if self.pool is not None:  # the actors load new models at first use, on their nodes (a problem pauses)
+            if config.executor != self.config.executor or config.ray != self.config.ray:
+                log.warning("%s: executor and ray: take effect at the next start (restart assetd); the actors "
+                            "started with it go on", config.source)
+            if new_models:
+                log.info("rules %s use models the Ray actors have not loaded; each actor loads them at first use",
+                         ", ".join(repr(r.name) for r in new_models))
+            new_models = []
+        elif config.executor != self.config.executor:
+            log.warning("%s: executor: %s takes effect at the next start (restart assetd)", config.source,
+                        config.executor)
         if new_models:
             checked = self._check_models(config, new_models)  # ConfigError: refused, the running set stays
             if checked is not None:
@@ -232,10 +265,11 @@ class Daemon:
             self.previews.config = config
         if self.review is not None:  # the page shows the new channels and inboxes (review: is restart-only)
             self.review.app.state.config = config
-        for _ in range(len(active), config.workers):
-            self._start_worker()
-        for worker in active[config.workers:]:
-            worker.offer(config, rules, retire=True)
+        if self.pool is None:  # under ray: one worker per actor, whatever ``workers`` says
+            for _ in range(len(active), config.workers):
+                self._start_worker()
+            for worker in active[config.workers:]:
+                worker.offer(config, rules, retire=True)
         changed = {r.name: r.version for r in rules}.items() - {r.name: r.version for r in old_rules}.items()
         if (config.inboxes != old.inboxes or config.rescan_seconds != old.rescan_seconds
                 or (config.on_rule_change == "reprocess" and changed)):
@@ -322,6 +356,12 @@ class Daemon:
         if self.store is not None:
             self._hand_back_claims()  # a worker still in a step after the timeout
             self.store.close()
+        if self.pool is not None:  # after the claims went back: a call still running is abandoned
+            try:
+                self.pool.close()
+            except Exception:  # noqa: BLE001 - exiting anyway; a local Ray instance dies with this process
+                log.exception("could not stop the Ray actors")
+            self.pool = None
         self.lock.release()
         log.info("assetd stopped")
 

@@ -159,14 +159,28 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
 
     With ``stopper`` (entered by the caller), a signal stops the run as ``Stopper`` says; the files not
     processed get the status ``stopped``. Raises ConfigError, before any file is taken, when a model the
-    rules need does not load offline."""
-    models = load_for_start(config, rules, lambda warning: log.warning("%s", warning))
+    rules need does not load offline (under ``executor: ray``: on an actor's node).
+
+    Under ``executor: ray`` the files run one after the other through the first actor (``ray.actors`` is for the
+    daemon)."""
+    pool = None
+    if config.executor == "ray":
+        from .scaleout import RemoteWorker, start_pool
+
+        pool = start_pool(config, rules)
+        models = None
+    else:
+        models = load_for_start(config, rules, lambda warning: log.warning("%s", warning))
     store = Store(config.database, config.quarantine_after_crashes)
     for folder, n in remove_temp_files(config).items():
         log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
     intake = Intake(config, rules, store)
-    worker = Worker("process", config, store, rules)
-    worker.ctx.models = models  # already loaded by the check
+    if pool is not None:
+        worker: Worker = RemoteWorker("process", config, store, rules, pool.actors[0], pool.names[0],
+                                      make_actor=pool.make_actor)
+    else:
+        worker = Worker("process", config, store, rules)
+        worker.ctx.models = models  # already loaded by the check
     set_aside = [i for i in config.inboxes if i.after == "move"]  # their done and error folders are not inputs
     files = list(expand(paths, output_folders(config), lambda folder: any(i.sets_aside(folder) for i in set_aside)))
     results: list[dict[str, Any]] = []
@@ -196,6 +210,8 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
             bar.stop()
         worker.close()
         store.close()
+        if pool is not None:
+            pool.close()
     why = f"not processed: assetd process was stopped by {stopper.name}"
     results += [_stopped(file, why) for file, _ in files[len(results):]]
     return results

@@ -27,6 +27,7 @@ import tempfile
 import time
 import unicodedata
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -345,6 +346,63 @@ def review_reasons(assets: Iterable[Asset]) -> list[str]:
     reasons = (one_line(r) for asset in assets for r in asset.review)
     return list(dict.fromkeys(r for r in reasons if r))
 
+@dataclass
+class Rendered:
+    """One output encoded for its channel, before it has a name or a place (``render_outputs``): plain data, so
+    that it can come back from a Ray actor (``pipeline.scaleout``) to the process that writes the outputs."""
+
+    channel: str
+    step: str  # the rule output's source step
+    ratio: str | None
+    variant: str | None
+    width: int
+    height: int
+    scale: float  # resampling of the input's pixels, the channel's shrink included
+    data: bytes  # the encoded file
+    notes: dict[str, Any]  # the asset's step notes, for the manifest
+    review: list[str]  # the asset's review reasons, one line each
+
+
+def render_outputs(config: Config, rule: Rule, results: dict[str, list[Asset]], decoded: Decoded,
+                   pool: Executor | None = None) -> list[Rendered]:
+    """A rule's outputs from the chain's results, rendered for their channels (shrink, flatten) and encoded, in
+    the rule's order; touches no store and no folder. Raises ``OutputsNotWritten`` naming every output smaller
+    than its channel needs (then nothing is encoded). ``pool``: encode there, in parallel."""
+    work = []
+    too_small: list[str] = []  # outputs smaller than their channel needs, and why
+    for spec in rule.outputs:
+        channel = config.channels[spec.channel]
+        for asset in results.get(spec.source, []):
+            if spec.ratios is not None and asset.ratio not in spec.ratios:
+                continue
+            problem = fit_problem(asset.width, asset.height, channel, asset.ratio)
+            if problem:
+                too_small.append(_not_fitted(rule, spec.source, asset, channel, problem))
+                continue
+            work.append((spec, channel, asset))
+    if too_small:
+        total = len(too_small) + len(work)
+        raise OutputsNotWritten(f"{'; '.join(too_small)}; none of its {plural(total, 'output')} "
+                                f"{'was' if total == 1 else 'were'} published")
+
+    def render(spec: Any, channel: ChannelConfig, asset: Asset) -> Rendered:
+        pixels = render_for_channel(asset, channel)
+        height, width = pixels.shape[:2]
+        return Rendered(channel=channel.name, step=spec.source, ratio=asset.ratio, variant=asset.variant,
+                        width=int(width), height=int(height), scale=round(asset.scale * width / asset.width, 4),
+                        data=encode(pixels, channel, decoded), notes=asset.notes,
+                        review=[r for r in (one_line(r) for r in asset.review) if r])
+
+    if pool is None:
+        return [render(*item) for item in work]
+    futures = [pool.submit(render, *item) for item in work]
+    try:
+        return [future.result() for future in futures]
+    finally:
+        for future in futures:
+            future.cancel()
+
+
 class Publisher:
     """The one output entry point: select a rule's outputs from the chain's results → render for the channel
     (shrink, flatten) → encode → name (the channel's template; a clash gets the input's short hash) →
@@ -435,51 +493,40 @@ class Publisher:
                 decoded: Any) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
         """Write the job's outputs and manifests together; returns (outputs, manifests, review reasons).
 
-        Every output is encoded and written to its temporary file first, then all are renamed, the manifests
-        last: a job fails with nothing published when any output cannot be written (``OutputsNotWritten``
-        naming those smaller than their channel needs, or the error of an encode or a write)."""
+        Every output is encoded first (``render_outputs``, on the codec pool), then written to its temporary file,
+        then all are renamed, the manifests last: a job fails with nothing published when any output cannot be
+        written (``OutputsNotWritten`` naming those smaller than their channel needs, or the error of an encode
+        or a write)."""
+        started = time.perf_counter()
+        rendered = render_outputs(self.config, rule, results, decoded, self._pool)
+        return self.write(job, rule, rendered, time.perf_counter() - started)
+
+    def write(self, job: Job, rule: Rule, rendered: list[Rendered], encode_seconds: float = 0.0
+              ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
+        """Place encoded outputs (``render_outputs``, here or on a Ray actor) and the job's manifests: named,
+        reserved in the store, written to temporary files, then all renamed (``FileSet``); returns (outputs,
+        manifests, review reasons). ``encode_seconds``: the time their encoding took, recorded with the writing
+        as the job's "outputs" step."""
         records: list[OutputRecord] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
         started = time.perf_counter()
-        work = []
         notes: list[dict[str, Any]] = []
-        too_small: list[str] = []  # outputs smaller than their channel needs, and why
-        for spec in rule.outputs:
-            channel = self.config.channels[spec.channel]
-            for asset in results.get(spec.source, []):
-                if spec.ratios is not None and asset.ratio not in spec.ratios:
-                    continue
-                problem = fit_problem(asset.width, asset.height, channel, asset.ratio)
-                if problem:
-                    too_small.append(_not_fitted(rule, spec.source, asset, channel, problem))
-                    continue
-                work.append((spec, channel, asset))
-        if too_small:
-            total = len(too_small) + len(work)
-            raise OutputsNotWritten(f"{'; '.join(too_small)}; none of its {plural(total, 'output')} "
-                                    f"{'was' if total == 1 else 'were'} published")
-        futures = [self._pool.submit(self._render, asset, channel, decoded) for _, channel, asset in work]
-        try:
-            with FileSet() as files:  # the outputs, then the manifests: renamed in that order
-                for (spec, channel, asset), future in zip(work, futures):
-                    pixels_shape, data = future.result()
-                    target, staged = self._place(job, rule, channel, spec.source, asset.ratio, asset.variant, data,
-                                                 used, placed, files)
-                    height, width = pixels_shape[:2]
-                    records.append(OutputRecord(
-                        channel=channel.name, path=str(target), step=spec.source, ratio=asset.ratio,
-                        width=int(width), height=int(height), bytes=len(data), sha256=sha256(data),
-                        scale=round(asset.scale * width / asset.width, 4), variant=asset.variant,
-                        **_approval_fields(staged)))
-                    notes.append(asset.notes)
-                review = review_reasons(asset for _, _, asset in work)
-                manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files)
-                files.publish()
-        finally:
-            for future in futures:
-                future.cancel()
-        self.store.record_step(job.id, job.attempts, "outputs", "encode", time.perf_counter() - started)
+        with FileSet() as files:  # the outputs, then the manifests: renamed in that order
+            for out in rendered:
+                channel = self.config.channels[out.channel]
+                target, staged = self._place(job, rule, channel, out.step, out.ratio, out.variant, out.data,
+                                             used, placed, files)
+                records.append(OutputRecord(
+                    channel=channel.name, path=str(target), step=out.step, ratio=out.ratio, width=out.width,
+                    height=out.height, bytes=len(out.data), sha256=sha256(out.data), scale=out.scale,
+                    variant=out.variant, **_approval_fields(staged)))
+                notes.append(out.notes)
+            review = list(dict.fromkeys(r for out in rendered for r in out.review))
+            manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files)
+            files.publish()
+        self.store.record_step(job.id, job.attempts, "outputs", "encode",
+                               encode_seconds + time.perf_counter() - started)
         return records, manifests, review
 
     def withdraw_failed(self) -> int:
@@ -544,11 +591,6 @@ class Publisher:
             used.add(target)
             manifests.append(ManifestRecord(path=str(target), bytes=len(body), sha256=sha256(body)))
         return manifests
-
-    @staticmethod
-    def _render(asset: Asset, channel: Any, decoded: Decoded) -> tuple[tuple[int, ...], bytes]:
-        pixels = render_for_channel(asset, channel)
-        return pixels.shape, encode(pixels, channel, decoded)
 
     def _free_path(self, folder: Path, name: str, job: Job, used: set[Path]) -> Path:
         """The output path. A file from another input, or one assetd did not write, is never overwritten:

@@ -257,6 +257,15 @@ def m014_job_masks(db: Database) -> None:
                             index_name="idx_jobs_content_masks_rule_version_path_rerun", if_not_exists=True)
 
 
+# -- where a run ran (executor: ray) ------------------------------------------------------------------
+@migrations()
+def m015_ran_on(db: Database) -> None:
+    """``jobs.ran_on``: where the job's chain last ran to its end ("actor-2 on gpu-box-1" under ``executor: ray``,
+    "worker-1 on studio-1" in a local worker), for per-actor throughput (``/metrics``) and the review page."""
+    if "ran_on" not in db["jobs"].columns_dict:
+        db["jobs"].add_column("ran_on", str)
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -327,6 +336,7 @@ class Job:
     rerun_seq: int = 0  # 0: the intake's job for the file; 1, 2...: its re-runs under the same rule version
     acknowledged_at: float | None = None  # a failure someone acknowledged on the review page (off the list)
     masks: str = ""  # digest of the shot's sidecar masks when it was queued ('' : none); part of its identity
+    ran_on: str | None = None  # where its chain last ran to its end: "actor-2 on gpu-box-1", "worker-1 on studio-1"
 
     @property
     def readable(self) -> bool:
@@ -602,6 +612,40 @@ class Store:
         """``recover``, returning the ids of every job it took back."""
         return self.recover(keep).ids
 
+    def charge_crash(self, job_id: int, owner: str, why: str) -> JobStatus | None:
+        """The process running ``job_id``'s chain for ``owner`` died under it (a Ray actor, its node lost), while
+        this one lives on: the job counts a crash as if assetd had died (``_reap_expired``'s rule: quarantined at
+        ``quarantine_after_crashes``, failed once out of attempts, else queued again at once); ``why`` names
+        what stopped ("a Ray actor"). Returns the job's new status, or None when ``owner`` no longer holds it."""
+        now = time.time()
+        with self._immediate() as db:
+            row = db.conn.execute("SELECT input_path, attempts, max_attempts, crashes, chain_started_at FROM jobs"
+                                  " WHERE id = ? AND status = ? AND worker = ?",
+                                  [job_id, JobStatus.RUNNING, owner]).fetchone()
+            if row is None:
+                return None
+            input_path, attempts, max_attempts, crashes, started = row
+            if started is None:  # only claimed ahead: nothing of it ran there
+                db.conn.execute("UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL WHERE id = ?",
+                                [JobStatus.QUEUED, job_id])
+                return JobStatus.QUEUED
+            crashes, shown = crashes + 1, printable(input_path)
+            if attempts >= max_attempts:
+                error = (f"{shown}: {why} stopped while processing it {crashes} time(s); gave up after "
+                         f"max_attempts ({attempts} attempts)")
+            elif crashes >= self.quarantine_after_crashes:
+                error = f"{shown}: quarantined: it stopped {why} {crashes} times; its other jobs went on"
+            else:
+                db.conn.execute(
+                    "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
+                    " chain_started_at = NULL, error = ? WHERE id = ?",
+                    [JobStatus.QUEUED, crashes, f"interrupted ({why} stopped while running it); redoing", job_id])
+                return JobStatus.QUEUED
+            db.conn.execute("UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
+                            " chain_started_at = NULL, error = ? WHERE id = ?",
+                            [JobStatus.FAILED, now, crashes, error, job_id])
+            return JobStatus.FAILED
+
     def stale_queued(self, current_versions: dict[str, str]) -> list[Job]:
         """Queued jobs whose rule is gone or has another version now."""
         return [j for j in self.jobs(JobStatus.QUEUED.value) if current_versions.get(j.rule) != j.rule_version]
@@ -741,9 +785,9 @@ class Store:
 
     def finish(self, job_id: int, outputs: list[OutputRecord], seconds: float,
                review: list[str] | None = None, copied_from: int | None = None,
-               manifests: list[ManifestRecord] | None = None) -> None:
+               manifests: list[ManifestRecord] | None = None, ran_on: str | None = None) -> None:
         """The job is done; ``review``: reasons a human should look at its outputs (none: NULL);
-        ``copied_from``: the twin whose outputs it copied. Earlier jobs' records of the same output paths
+        ``copied_from``: the twin whose outputs it copied; ``ran_on``: where its chain ran (``jobs.ran_on``). Earlier jobs' records of the same output paths
         are marked replaced by this one; an output waiting for approval replaces only the earlier unpublished
         ones staged at the same place (the published file is replaced when it is approved, ``approval_claim``)."""
         now = time.time()
@@ -767,8 +811,9 @@ class Store:
                     [job_id, *staged, job_id, PENDING_APPROVAL, REJECTED])
             db.conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
-                " lease_expires = NULL, review = ?, copied_from = ? WHERE id = ?",
-                [JobStatus.DONE, now, seconds, json.dumps(review) if review else None, copied_from, job_id],
+                " lease_expires = NULL, review = ?, copied_from = ?, ran_on = ? WHERE id = ?",
+                [JobStatus.DONE, now, seconds, json.dumps(review) if review else None, copied_from, ran_on,
+                 job_id],
             )
             faults.point("db-commit", lambda: self.get(job_id).input_path)
 

@@ -42,7 +42,7 @@ from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
 from .intake import inbox_of, mask_digest, mask_hashes
 from .outputs import Publisher, one_line, sha256
-from .owners import owner_label
+from .owners import HOST, owner_label
 from .rerun import retire_replaced
 from .rules import Rule
 from .stages.base import Asset, StageContext
@@ -238,6 +238,8 @@ class Worker:
         the rest of the copy); without, it fails as damaged at once (``assetd process``)."""
         self.name = name
         self.owner = owner_label(name)  # what its claims record: "worker-1 pid 1234 on host"
+        self.label = f"{name} on {HOST}"  # where its chain runs (``jobs.ran_on``)
+        self.ran_on: str | None = None  # where the job's chain ran (set by ``_run_chain``)
         self.config = config
         self.store = store
         self.rules = {r.name: r for r in rules}
@@ -415,7 +417,8 @@ class Worker:
             with self._lease.kept(job.id, self.config.lease_seconds):
                 result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
             result.seconds = time.perf_counter() - started
-            self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests)
+            self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests,
+                              ran_on=None if result.copied_from else self.ran_on)
         except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and reported below
             result = self._settle_failure(job, classify(exc, job, self.config, self.problems), result)
             if result.status is JobStatus.FAILED:  # for good: what an earlier try published goes
@@ -594,6 +597,14 @@ class Worker:
             copied = self.outputs.copy_from(job, rule, twin)
             if copied is not None:
                 return copied
+        return (*self._run_chain(job, rule, loaded), None)
+
+    def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
+                   ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
+        """The middle of a job's run, once its attempt is charged: decode, the chain, its outputs written;
+        returns (outputs, manifests, review reasons). The seam of ``executor: ray``: ``scaleout.RemoteWorker``
+        runs decode, chain and encode on a Ray actor instead and writes the outputs here the same way."""
+        self.ran_on = self.label
         decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
         asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
@@ -612,7 +623,7 @@ class Worker:
         records, manifests, review = self.outputs.publish(job, rule, results, decoded)
         if mattes:
             self._keep_matte(job, mattes[0])
-        return records, manifests, review, None
+        return records, manifests, review
 
     def _keep_matte(self, job: Job, matte: np.ndarray) -> None:
         """Keep the subject's matte the chain found (``previews.keep_matte``) so that the review page's subject

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-pytest_plugins = ["browser"]  # the `browser` fixture of the review page tests (tests/browser.py)
+pytest_plugins = ["browser", "raycluster"]  # the review page tests' `browser` (tests/browser.py); the Ray tests' `ray_cluster`
 
 
 def _threads_per_worker() -> int:

@@ -1,0 +1,532 @@
+"""``executor: ray``: the chain runs on the actors of a Ray cluster; this process stays the coordinator.
+
+One idea: a remote worker is a ``Worker`` whose chain runs elsewhere. Everything that makes the local worker safe
+stays in ``pipeline/worker.py`` and is used unchanged: claims and the read-ahead of one (so at most one job's input
+is in Ray's object store per actor, plus the one read ahead here), leases kept alive while the call runs, the
+attempt charged when the run starts, crash attribution, problems and pauses, twins, re-runs, failure
+classification. Only the middle of a job differs (``RemoteWorker._run_chain``): the input's bytes (and its sidecar
+masks) travel to an actor, which decodes them, runs the same ``Chain`` a local worker runs and encodes the outputs
+(``outputs.render_outputs``); the encoded outputs come back and are written here (``Publisher.write``: names,
+staging, manifests, the store), so channel folders keep one writer and the worker machines need no access to the
+studio's share.
+
+Ray's queue is not durable (an actor call runs at most once, ``max_task_retries=0``, and the driver's death loses
+what is in flight): the job store stays the only record of work. An actor that dies under a job (its node lost, a
+kill, the OOM killer) charges that job one crash (``Store.charge_crash``: quarantined at
+``quarantine_after_crashes``, like a job that kills the local process) and nothing else; Ray restarts the actor
+(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up.
+
+This is the only module that imports ray, and only when ``executor: ray`` is used (the ``scale`` extra).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import faults, previews
+from .chain import Chain, ModelLoadError, StepUse
+from .config import Config
+from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
+from .imageio import decode, read_input
+from .outputs import Rendered, atomic_write, render_outputs, sha256
+from .rules import Rule
+from .stages.base import Asset, StageContext
+from .stages.masks import masks_beside, sidecar_path
+from .store import Job, JobStatus, ManifestRecord, OutputRecord
+from .text import printable
+from .worker import Failure, JobResult, Superseded, Worker
+
+log = logging.getLogger("assetd.scaleout")
+
+INSTALL = "pip install -e '.[scale]'"
+ACTOR_DIED = "a Ray actor"  # what stopped, in a job's crash note: "quarantined: it stopped a Ray actor 2 times"
+STOP_GRACE_SECONDS = 30.0  # after a stop, how long a call may take to end at its next step before it is abandoned
+
+
+def ray_module() -> Any:
+    """Ray, imported on first use; ConfigError with the install command when the ``scale`` extra is missing."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"executor: ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def ray_installed() -> bool:
+    """Whether Ray can be imported here (``assetd check``'s problem when ``executor: ray`` and it cannot)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+# -- what travels ---------------------------------------------------------------------------------------
+@dataclass
+class Input:
+    """A job's input as read here (``RemoteWorker._load``): its bytes and those of its sidecar masks by kind."""
+
+    data: bytes
+    masks: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class ChainResult:
+    """What an actor's call gives back: plain data, pickled through Ray's object store."""
+
+    rendered: list[Rendered]
+    steps: list[tuple[str, str, float, str, int | None]]  # (step, backend, seconds, device, GPU peak bytes)
+    loads: list[tuple[str, str, str, float, float]]  # the models it loaded: (backend, model, device, seconds, at)
+    encode_seconds: float
+    matte: bytes | None  # the subject's matte as PNG, when the review page wants it (``previews.wanted``)
+    node: str  # the host name of the actor's node
+
+
+class RemoteError(AssetdError):
+    """An error of an actor's call that could not travel back as itself (its class does not pickle)."""
+
+
+class RemoteModelLoadError(ModelLoadError):
+    """A ``ModelLoadError`` on an actor, made to travel: its step, backend and message, its cause kept."""
+
+    def __init__(self, step: str, backend: str, message: str, cause: BaseException | None = None):
+        AssetdError.__init__(self, message)
+        self.step, self.backend = step, backend
+        self.__cause__ = cause
+
+    def __reduce__(self) -> Any:
+        return RemoteModelLoadError, (self.step, self.backend, str(self), self.__cause__)
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc`` as it can travel through Ray and keep its class (``worker.classify`` goes by the class alone)."""
+    if isinstance(exc, ModelLoadError) and not isinstance(exc, RemoteModelLoadError):
+        cause = portable(exc.__cause__) if exc.__cause__ is not None else RemoteError(str(exc))  # never None:
+        # ``classify`` without problems goes by the cause
+        return RemoteModelLoadError(exc.step, exc.backend, str(exc), cause)
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any class that does not survive the trip
+        return RemoteError(f"{type(exc).__name__}: {exc}")
+
+
+# -- the actor -------------------------------------------------------------------------------------------
+class ChainRunner:
+    """The body of a chain actor (``ray.remote(ChainRunner)``; a plain class, so it also runs here in tests).
+    Loads every model the rules use once, at start; then runs one job's decode, chain and encode per call.
+    ``problems`` lists what kept it from loading them, each naming this node (``start_pool`` reports them)."""
+
+    def __init__(self, config: Config, rules: list[Rule], name: str):
+        from .models import load_for_start
+
+        self.config = config
+        self.name = name
+        self.node = socket.gethostname()
+        self.stop = threading.Event()
+        self.ctx = StageContext(config=config, stop=self.stop)
+        self._chains: dict[tuple[str, bool], Chain] = {}
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        try:
+            self.ctx.models = load_for_start(config, rules, self.warnings.append)
+        except ConfigError as exc:
+            self.problems = [f"{name} on {self.node}: {p}" for p in exc.problems]
+
+    def ready(self) -> tuple[str, list[str], list[str]]:
+        """(node, problems, warnings): what the start found on this actor's node."""
+        return self.node, self.problems, self.warnings
+
+    def halt(self) -> None:
+        """The coordinator stops: the call running ends at its next step (``StopRequested``)."""
+        self.stop.set()
+
+    def chain_for(self, rule: Rule) -> Chain:
+        """The rule's chain, built once per rule (``Worker.chain_for``'s rule: one with one-off options apart)."""
+        key = (rule.name, bool(rule.overrides))
+        chain = self._chains.get(key)
+        if chain is None or chain.rule.version != rule.version or chain.rule.overrides != rule.overrides:
+            chain = self._chains[key] = Chain(rule, self.ctx)
+        return chain
+
+    def run(self, config: Config, rule: Rule, source: str, data: bytes, masks: dict[str, bytes],
+            want_matte: bool) -> ChainResult:
+        """Decode ``data`` (the input at ``source`` on the coordinator), run the rule's chain, encode its outputs,
+        under the coordinator's ``config`` (a reload's channels travel with each call; models loaded at start stay,
+        new ones load at first use). Sidecar masks are put beside a copy of the name in a folder of their own,
+        where the stages look. Any error is raised as its own class (``portable``)."""
+        self.stop.clear()
+        self.config = self.ctx.config = config
+        folder = None
+        try:
+            if self.problems:
+                raise ConfigError(self.problems)
+            decoded = decode(data, source, self.config.input)
+            where = source
+            if masks:
+                folder = tempfile.mkdtemp(prefix="assetd-masks-")
+                where = str(Path(folder) / Path(source).name)
+                for kind, body in masks.items():
+                    sidecar_path(where, kind).write_bytes(body)
+            asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
+                          source=where)
+            steps: list[tuple[str, str, float, str, int | None]] = []
+            mattes: list[Any] = []
+
+            def on_step(stage: Any, seconds: float, use: StepUse) -> None:
+                steps.append((stage.step, stage.backend, seconds, use.device, use.gpu_peak_bytes))
+
+            results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
+            if self.stop.is_set():
+                raise StopRequested("stopping before encoding outputs")
+            started = time.perf_counter()
+            rendered = render_outputs(self.config, rule, results, decoded)
+            encode_seconds = time.perf_counter() - started
+            matte = _png(mattes[0]) if want_matte and mattes else None
+            take = getattr(self.ctx.models, "take_loads", None)
+            loads = [(x.backend, x.model, x.device, x.seconds, x.at) for x in (take() if take else ())]
+            return ChainResult(rendered, steps, loads, encode_seconds, matte, self.node)
+        except BaseException as exc:
+            if folder is not None:
+                _unmask(exc, folder, str(Path(source).parent))
+            raise portable(exc) from None
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _png(matte: Any) -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(matte, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ValueError("the matte could not be encoded as PNG")
+    return buf.tobytes()
+
+
+def _unmask(exc: BaseException, folder: str, original: str) -> None:
+    """A message naming the masks' temporary folder names the input's folder instead (a mask's error)."""
+    exc.args = tuple(a.replace(folder, original) if isinstance(a, str) else a for a in exc.args)
+    if isinstance(exc, ConfigError):
+        exc.problems = [p.replace(folder, original) for p in exc.problems]
+
+
+# -- the coordinator's side -------------------------------------------------------------------------------
+class ActorLost(Exception):
+    """The actor running a job's chain died under it (``RayActorError``: its node lost, a kill, out of memory):
+    the job is charged one crash (``Store.charge_crash``), nothing else is. ``ran`` False: the actor was gone
+    before the call reached it (it died idle): the job goes back uncharged."""
+
+    def __init__(self, message: str, ran: bool = True):
+        super().__init__(message)
+        self.ran = ran
+
+
+class ActorGone(Exception):
+    """Ray gave up on an actor (out of restarts) and a fresh one could not be started."""
+
+
+class RemoteWorker(Worker):
+    """A ``Worker`` whose chain runs on one Ray actor (``ChainRunner``). ``make_actor(name)`` starts a fresh actor
+    when Ray has given up on this one. Its claims are a daemon worker's (``worker-N pid P on HOST``); where its
+    chains ran is ``actor-N on NODE`` (``jobs.ran_on``)."""
+
+    def __init__(self, name: str, config: Config, store: Any, rules: list[Rule], actor: Any, actor_name: str,
+                 make_actor: Callable[[str], Any] | None = None, **kwargs: Any):
+        super().__init__(name, config, store, rules, **kwargs)
+        self.actor = actor
+        self.actor_name = actor_name
+        self.make_actor = make_actor
+        self._lost = False  # the last call's actor died: see it is back before the next call
+
+    def _load(self, job: Job) -> Input:  # type: ignore[override]
+        """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
+        that was queued; runs on the codec pool for the job read ahead."""
+        path = Path(job.input_path)
+        faults.point("decode", path)
+        try:
+            data = read_input(path)
+        except (AssetdError, OSError):
+            self._check_inbox(job)
+            raise
+        if job.readable and sha256(data) != job.input_hash:
+            raise Superseded(f"{printable(str(path))}: superseded: its content changed after it was queued (a copy "
+                             "still arriving, or a new version dropped); the new version is queued as its own job")
+        if job.readable:
+            self._check_masks(job, path)  # the masks it was queued with, or Superseded
+        masks = {}
+        for kind, mask in masks_beside(path).items():
+            with contextlib.suppress(OSError):
+                masks[kind] = mask.read_bytes()
+        return Input(data, masks)
+
+    def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
+                   ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
+        inp = loaded.result() if loaded is not None else self._load(job)
+        self._await_actor()
+        ray = ray_module()
+        want_matte = previews.wanted(self.config)
+        # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
+        # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
+        probe = self.actor.ready.remote()
+        ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
+        del inp
+        try:
+            result: ChainResult = self._wait(ray, ref, probe)
+        except IncompleteInput as exc:
+            if self.wait_for_arrival:
+                self._check_arriving(Path(job.input_path), exc)
+            raise
+        self.ran_on = f"{self.actor_name} on {result.node}"
+        for step, backend, seconds, device, peak in result.steps:
+            self.store.record_step(job.id, job.attempts, step, backend, seconds, device, peak)
+        for load in result.loads:
+            self.store.record_model_load(*load)
+        self.store.heartbeat(job.id, self.config.lease_seconds)
+        if self.stop.is_set():
+            raise StopRequested("stopping before writing outputs")
+        records, manifests, review = self.outputs.write(job, rule, result.rendered, result.encode_seconds)
+        if result.matte is not None:
+            matte, config = result.matte, self.config
+            self._mattes.append(self._pool.submit(_keep_matte, config, job, matte, self.name))
+        return records, manifests, review
+
+    def _wait(self, ray: Any, ref: Any, probe: Any) -> ChainResult:
+        """The call's result, waiting while keeping an eye on ``stop``: on stop the actor is told to end the job
+        at its next step (it comes back as ``StopRequested``), and a call still going after a grace is abandoned
+        (the job goes back to the queue; the actor finishes it for nothing). An error raised on the actor is
+        raised here as its own class; the actor's death is ``ActorLost``."""
+        halted_at = None
+        while True:
+            ready, _ = ray.wait([ref], timeout=0.5)
+            if ready:
+                break
+            if self.stop.is_set():
+                if halted_at is None:
+                    halted_at = time.monotonic()
+                    with contextlib.suppress(Exception):
+                        self.actor.halt.remote()
+                elif time.monotonic() - halted_at > STOP_GRACE_SECONDS:
+                    raise StopRequested(f"stopping: {self.actor_name} did not end the job within "
+                                        f"{STOP_GRACE_SECONDS:.0f}s; abandoned")
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if exc.cause is not None else RemoteError(str(exc))
+            raise cause from None
+        except ray.exceptions.RayError as exc:  # the actor died (RayActorError), or its node with the result
+            self._lost = True
+            try:
+                ray.get(probe, timeout=5.0)
+            except ray.exceptions.RayActorError:
+                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({type(exc).__name__})",
+                                ran=False) from None
+            except Exception:  # noqa: BLE001 - no word from the probe: count it as the job's
+                pass
+            raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
+
+    def _await_actor(self) -> None:
+        """After its actor died: wait until Ray has restarted it (its models loaded again), or, once Ray gave up on
+        it (``ActorDiedError``), start a fresh one. ``StopRequested`` when stopping meanwhile (the job goes back to
+        the queue uncharged); ``ActorGone`` when no actor can be had."""
+        if not self._lost:
+            return
+        ray = ray_module()
+        fresh = False
+        for _ in range(20):  # an actor restarting answers "unavailable" for a while; a fresh one is started once
+            ref = self.actor.ready.remote()
+            while not ray.wait([ref], timeout=0.5)[0]:
+                if self.stop.is_set():
+                    raise StopRequested(f"stopping while {self.actor_name} restarts")
+            try:
+                node, problems, _ = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                self.stop.wait(0.5)  # restarting: ask again
+                continue
+            except ray.exceptions.RayActorError as exc:
+                if self.make_actor is None or fresh:
+                    raise ActorGone(f"{self.actor_name} is gone ({type(exc).__name__}) and cannot be replaced") \
+                        from None
+                log.warning("%s: Ray gave up on %s (out of restarts); starting a fresh one", self.name,
+                            self.actor_name)
+                self.actor, fresh = self.make_actor(self.actor_name), True
+                continue
+            if problems:
+                raise ActorGone("; ".join(problems))
+            log.info("%s: %s is back on %s", self.name, self.actor_name, node)
+            self._lost = False
+            return
+        raise ActorGone(f"{self.actor_name} did not come back")
+
+    def _settle_failure(self, job: Job, failure: Failure, result: JobResult) -> JobResult:
+        """An actor that died under the job charges it one crash (``Store.charge_crash``), the rest as a local
+        worker's; an actor that cannot be had retires this worker (its job goes back, uncharged)."""
+        if isinstance(failure.exc, ActorLost) and not failure.exc.ran:
+            self.store.release(job.id, owner=self.owner)
+            log.warning("%s: job %d: %s; queued again, not charged: %s", self.name, job.id, failure.exc,
+                        printable(job.input_path))
+            result.status = JobStatus.QUEUED
+            return result
+        if isinstance(failure.exc, ActorLost):
+            status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED)
+            stored = self.store.get(job.id)
+            if status is JobStatus.FAILED and stored is not None:
+                result.status, result.error = JobStatus.FAILED, stored.error
+                self._report_failure(job, stored.error or str(failure.exc))
+            else:
+                log.warning("%s: job %d: %s; a crash is charged to it (%d so far) and it is queued again: %s",
+                            self.name, job.id, failure.exc, stored.crashes if stored else 0,
+                            printable(job.input_path))
+                result.status = JobStatus.QUEUED
+            return result
+        if isinstance(failure.exc, ActorGone):
+            self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.exc}")
+            log.error("%s: %s; this worker stops (its job is queued again, uncharged)", self.name, failure.exc)
+            if self.problems is not None:  # an alert (nothing to pause: the other actors go on); restart to clear
+                from .health import Scope
+
+                self.problems.start_problem(ProcessProblem(
+                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} stopped, the other actors go on "
+                    "(restart assetd to start it again)", Scope.nothing(),
+                    alert_after=self.config.problems.alert_after_seconds))
+            self.retired = True
+            result.status = JobStatus.QUEUED
+            return result
+        return super()._settle_failure(job, failure, result)
+
+
+def _keep_matte(config: Config, job: Job, png: bytes, name: str) -> None:
+    """Keep the matte an actor found for the review page's subject check (``Worker._keep_matte``'s, already PNG)."""
+    try:
+        atomic_write(previews.matte_file(config, job), png)
+    except Exception as exc:  # noqa: BLE001 - the job is done; the page does without the matte
+        log.warning("%s: job %d: its matte could not be kept for the review page's subject check (%s)", name, job.id,
+                    exc)
+
+
+# -- the pool --------------------------------------------------------------------------------------------
+@dataclass
+class Pool:
+    """The chain actors ``start_pool`` started, and how to start one more (``RemoteWorker.make_actor``)."""
+
+    actors: list[Any]
+    names: list[str]
+    make_actor: Callable[[str], Any]
+    started_ray: bool  # this process started the Ray instance (``ray.address: null``): ``close`` shuts it down
+    nodes: dict[str, str] = field(default_factory=dict)  # actor name -> node
+
+    def close(self) -> None:
+        """Stop the actors (a call still running is abandoned: its job was handed back) and a Ray we started."""
+        ray = ray_module()
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        if self.started_ray:
+            ray.shutdown()
+
+
+@dataclass
+class ClusterInfo:
+    """The Ray cluster ``executor: ray`` would use (``assetd check``)."""
+
+    address: str  # as configured ("a local instance" for null)
+    nodes: list[dict[str, Any]]  # alive nodes: {"node": host or IP, "cpus": float, "gpus": float}
+    actors: int  # chain actors it would start
+    gpus_per_actor: float
+    cpus_per_actor: float
+
+    @property
+    def gpus(self) -> float:
+        return sum(n["gpus"] for n in self.nodes)
+
+
+def _connect(config: Config) -> bool:
+    """Join the configured Ray (or start a local instance); True when this call started or joined it (so the
+    caller shuts it down), False when this process was connected already (a test's shared instance)."""
+    ray = ray_module()
+    if ray.is_initialized():
+        return False
+    address = config.ray.address
+    try:
+        ray.init(address=address, namespace=config.ray.namespace, include_dashboard=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise ConfigError(f"ray.address: cannot reach the Ray cluster at {address}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Ray raises several kinds for an address that does not answer
+        raise ConfigError(f"ray.address: cannot start or join Ray ({address or 'a local instance'}): "
+                          f"{type(exc).__name__}: {exc}") from None
+    return True
+
+
+def _plan(config: Config, gpus: float) -> tuple[int, float]:
+    """(actors to start, GPUs each reserves) on a cluster with ``gpus`` GPUs in all."""
+    per_actor = config.ray.gpus_per_actor if config.ray.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if config.ray.actors == "per_gpu":
+        return max(1, int(gpus)), per_actor
+    return int(config.ray.actors), per_actor
+
+
+def describe_cluster(config: Config) -> ClusterInfo:
+    """The nodes alive, their CPUs and GPUs, and the actors ``start_pool`` would start (``assetd check``).
+    ConfigError when Ray is missing or the address does not answer."""
+    ray = ray_module()
+    ours = _connect(config)
+    try:
+        nodes = [{"node": n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
+                  "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
+                  "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in ray.nodes() if n.get("Alive")]
+    finally:
+        if ours:
+            ray.shutdown()
+    actors, per_actor = _plan(config, sum(n["gpus"] for n in nodes))
+    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor,
+                       config.ray.cpus_per_actor)
+
+
+def start_pool(config: Config, rules: list[Rule]) -> Pool:
+    """Start the chain actors (``ray.actors``) and wait for each to have loaded its models: ConfigError (exit 2
+    at start) listing every actor's problem with its node, e.g. a model missing from that box's cache."""
+    ray = ray_module()
+    started = _connect(config)
+    try:
+        actors, per_actor = _plan(config, float(ray.cluster_resources().get("GPU", 0.0)))
+        env = {k: v for k, v in os.environ.items() if k.startswith("ASSETD_")}  # failpoints (tests), as here
+        remote = ray.remote(ChainRunner).options(
+            num_gpus=per_actor, num_cpus=config.ray.cpus_per_actor, max_restarts=config.ray.max_restarts,
+            max_task_retries=0, max_concurrency=2, runtime_env={"env_vars": env} if env else None)
+
+        def make_actor(name: str) -> Any:
+            return remote.remote(config, rules, name)
+
+        names = [f"actor-{i + 1}" for i in range(actors)]
+        handles = [make_actor(name) for name in names]
+        pool = Pool(handles, names, make_actor, started)
+        problems: list[str] = []
+        try:
+            for name, (node, found, warnings) in zip(names, ray.get([h.ready.remote() for h in handles])):
+                pool.nodes[name] = node
+                problems += found
+                for warning in warnings:
+                    log.warning("%s on %s: %s", name, node, warning)
+        except ray.exceptions.RayError as exc:
+            problems.append(f"a chain actor could not start: {type(exc).__name__}: {exc}")
+        if problems:
+            pool.close()
+            started = False
+            raise ConfigError(problems)
+        log.info("executor ray: %d actor(s) (%s), %g GPU and %g CPU each", actors,
+                 ", ".join(f"{n} on {pool.nodes[n]}" for n in names), per_actor, config.ray.cpus_per_actor)
+        return pool
+    except BaseException:
+        if started and ray.is_initialized():
+            ray.shutdown()
+        raise
