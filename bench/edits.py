@@ -53,9 +53,9 @@ STEPS: dict[str, dict[str, Any]] = {
 
 
 def plant_dust(rgb: np.ndarray, allowed: np.ndarray, n: int, seed: int, radius: tuple[float, float] = (1.5, 3.0),
-               ) -> np.ndarray:
+               ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """``rgb`` with ``n`` soft-edged dark specks where ``allowed`` (each drawn in its own small window: quick at
-    any size)."""
+    any size); and where they are (x, y)."""
     rng = np.random.default_rng(seed)
     h, w = rgb.shape[:2]
     out = rgb.copy()
@@ -70,7 +70,7 @@ def plant_dust(rgb: np.ndarray, allowed: np.ndarray, n: int, seed: int, radius: 
         window = out[y - 8:y + 9, x - 8:x + 9].astype(np.float32)
         out[y - 8:y + 9, x - 8:x + 9] = np.clip(np.rint(window - level * cover), 0, 255).astype(np.uint8)
         placed.append((x, y))
-    return out
+    return out, placed
 
 
 def add_clamp(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,12 +104,13 @@ def prepare(work: Path, size: tuple[int, int]) -> Path:
     work = work / f"{size[0]}x{size[1]}"
     work.mkdir(parents=True, exist_ok=True)
     shot = work / "shot.jpg"
-    if shot.exists() and (work / "wood.jpg").exists():
+    if shot.exists() and (work / "wood.jpg").exists() and (work / "specks.json").exists():
         return shot
     synth = studio_shot("white", size=size, seed=2, subject="shoe")  # a tan shoe on white paper
     clear = cv2.dilate((synth.alpha > 0).astype(np.uint8), np.ones((61, 61), np.uint8)) == 0
-    rgb = plant_dust(synth.rgb, clear & (synth.shadow < 0.02), SPECKS, seed=5)
+    rgb, specks = plant_dust(synth.rgb, clear & (synth.shadow < 0.02), SPECKS, seed=5)
     rgb, painted = add_clamp(rgb)
+    (work / "specks.json").write_text(json.dumps(specks))  # where they are: how many retouch removed
     Image.fromarray(rgb).save(shot, quality=92)
     Image.fromarray(painted).save(shot.with_suffix(".remove.png"))
     Image.fromarray(scene_image(size, seed=1, kind="marble")).save(work / "marble.jpg", quality=90)
@@ -180,6 +181,10 @@ def child(step: str, shot: Path) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     after = memory()
     notes = [o.notes.get(step, {}) for o in outputs]
+    if step == "retouch":  # the planted specks whose centre the step changed (under the painted clamp or found)
+        specks = json.loads((work / "specks.json").read_text())
+        notes[0]["specks_removed"] = sum(bool((outputs[0].pixels[y, x] != assets[0].pixels[y, x]).any())
+                                         for x, y in specks)
     return {"seconds": seconds, "cpu": cpu, "rss_before": before, "peak": after["peak"], "reset": reset,
             "outputs": len(outputs), "input": f"{assets[0].width}×{assets[0].height}",
             "summary": summarise(step, notes)}
@@ -190,7 +195,8 @@ def summarise(step: str, notes: list[dict[str, Any]]) -> str:
     first = notes[0] if notes else {}
     if step == "retouch":
         spots = first.get("backdrop_spots", {})
-        return f"{spots.get('spots', '?')} spots found, {first.get('removed_pixels', '?')} px removed in all"
+        return (f"{first.get('specks_removed', '?')} of {SPECKS} planted specks removed ({spots.get('spots', '?')} "
+                f"spots found), {first.get('removed_pixels', '?')} px in all")
     if step == "recolor":
         return ", ".join(f"{n.get('variant')} lands ΔE2000 {n.get('delta_e', '?')} from its colour" for n in notes)
     if step == "tone_match":
@@ -261,7 +267,7 @@ def write_pictures(folder: Path) -> list[Path]:
         (f"recolor: {w.variant} {way['colour']}", w.pixels) for w, way in zip(ways, COLOURWAYS)], 300))
 
     clear = __import__("cv2").dilate((synth.alpha > 0).astype(np.uint8), np.ones((61, 61), np.uint8)) == 0
-    dusty = plant_dust(synth.rgb, clear & (synth.shadow < 0.02), 25, seed=5, radius=(2.0, 3.2))
+    dusty, _ = plant_dust(synth.rgb, clear & (synth.shadow < 0.02), 25, seed=5, radius=(2.0, 3.2))
     dusty, painted = add_clamp(dusty)
     shot = work / "dusty.png"
     Image.fromarray(dusty).save(shot)

@@ -72,6 +72,7 @@ class Chain:
         subject check compares exactly the subject with it). A mask beside the input (``asset.source``) that no
         step of the rule reads is a review reason of every output (``stages.masks.unused_masks``)."""
         self.prepare()
+        self.ctx.said.clear()  # a new job: its warnings are logged once each (``StageContext.once``)
         if asset.source is not None:  # a retoucher's mask no step reads changed nothing: a person should know
             asset.review.extend(f"{line}; it was not used" for line in unused_masks(self.rule, asset.source))
         kept: dict[str, list[Asset]] = {"input": [asset]} if "input" in self._needed else {}

@@ -34,18 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import faults, previews
+from . import previews
 from .chain import Chain, ModelLoadError, StepUse
 from .config import Config
 from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
-from .imageio import decode, read_input
-from .outputs import Rendered, atomic_write, render_outputs, sha256
+from .imageio import decode
+from .outputs import Rendered, atomic_write, render_outputs
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .stages.masks import masks_beside, sidecar_path
 from .store import Job, JobStatus, ManifestRecord, OutputRecord
 from .text import printable
-from .worker import Failure, JobResult, Superseded, Worker
+from .worker import Failure, JobResult, Worker
 
 log = logging.getLogger("assetd.scaleout")
 
@@ -253,17 +253,7 @@ class RemoteWorker(Worker):
         """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
         that was queued; runs on the codec pool for the job read ahead."""
         path = Path(job.input_path)
-        faults.point("decode", path)
-        try:
-            data = read_input(path)
-        except (AssetdError, OSError):
-            self._check_inbox(job)
-            raise
-        if job.readable and sha256(data) != job.input_hash:
-            raise Superseded(f"{printable(str(path))}: superseded: its content changed after it was queued (a copy "
-                             "still arriving, or a new version dropped); the new version is queued as its own job")
-        if job.readable:
-            self._check_masks(job, path)  # the masks it was queued with, or Superseded
+        data = self._read(job)
         masks = {}
         for kind, mask in masks_beside(path).items():
             with contextlib.suppress(OSError):

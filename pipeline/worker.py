@@ -513,6 +513,18 @@ class Worker:
     def _load(self, job: Job) -> Decoded:
         """Read and decode a job's input, checking it is still the content that was queued."""
         path = Path(job.input_path)
+        data = self._read(job)
+        try:
+            return decode(data, str(path), self.config.input)
+        except IncompleteInput as exc:
+            if self.wait_for_arrival:
+                self._check_arriving(path, exc)
+            raise
+
+    def _read(self, job: Job) -> bytes:
+        """A job's input bytes, checked to be the content (image and sidecar masks) that was queued: Superseded
+        when either changed since."""
+        path = Path(job.input_path)
         faults.point("decode", path)
         try:
             data = read_input(path)
@@ -524,12 +536,7 @@ class Worker:
                              "still arriving, or a new version dropped); the new version is queued as its own job")
         if job.readable:
             self._check_masks(job, path)
-        try:
-            return decode(data, str(path), self.config.input)
-        except IncompleteInput as exc:
-            if self.wait_for_arrival:
-                self._check_arriving(path, exc)
-            raise
+        return data
 
     def _check_masks(self, job: Job, path: Path) -> None:
         """Raise Superseded when the masks beside the shot (``NAME.remove.png``...) are no longer those it was queued

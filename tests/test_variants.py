@@ -256,3 +256,74 @@ def test_generated_variations_are_variants_and_the_same_seed_gives_the_same_pixe
     x0, y0 = outputs["a_v1.png"]["steps"]["place_in_scene"]["subject_box"][:2]
     for out in (first, second):  # the subject exactly, on both
         assert np.array_equal(out[ys - ys.min() + y0, xs - xs.min() + x0, :3], rgba[ys, xs, :3])
+
+
+@pytest.mark.parametrize("light", ["front", "left"])
+def test_a_wide_contact_shadow_is_the_full_size_blur_within_two_levels(monkeypatch, light):
+    """The shadow under a wide product is blurred at a reduced scale (a 24 MP one took 18 s at full size): on
+    white paper it darkens every pixel as the full-size blur does, within two levels, the frame's edge included."""
+    from pipeline.stages import place_in_scene
+
+    def shadow() -> np.ndarray:
+        canvas = np.full((700, 1700, 3), 255, np.uint8)  # with the light from the left, it reaches past the right
+        place_in_scene.contact_shadow(canvas, 300, 1500, 600, 0.35, light)  # edge
+        return canvas.astype(int)
+
+    reduced = shadow()
+    monkeypatch.setattr(place_in_scene, "SOFT_SIGMA", 1e9)  # never reduced: the blur at full size
+    full = shadow()
+    assert full.min() < 255 - 60
+    assert np.abs(reduced - full).max() <= 2
+
+
+def tan_cutout(path: Path, size: tuple[int, int] = (300, 380)) -> np.ndarray:
+    """A tan leather bag already cut out (PNG with transparency): one colour with a little grain."""
+    rgba = cutout_png(path, size)
+    body = rgba[..., 3] == 255
+    grain = np.random.default_rng(2).normal(0, 4, body.shape + (1,))
+    rgba[..., :3] = np.where(body[..., None], np.clip(np.array([176, 128, 80]) + grain, 0, 255), 0).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return rgba
+
+
+COLOURWAYS_ON_SCENES = """\
+name: ways
+steps:
+  - recolor: {variants: [{name: green, colour: "#1f4d3a"}, {name: burgundy, colour: "#5a1a24"}]}
+  - place_in_scene: {scenes: ["scenes/Morning Kitchen.jpg", scenes/marble.jpg], scale: 0.6}
+outputs:
+  - {channel: cutouts, from: place_in_scene}
+"""
+
+
+def test_scene_variants_are_slugs_and_an_enlarged_scene_is_said_once_per_job(workspace, caplog):
+    """A scene file's name becomes a slug in the file names ("Morning Kitchen.jpg": morning-kitchen); a scene
+    enlarged for every colourway is one warning per job and scene in the log, and stays in each output's
+    manifest."""
+    studio(workspace, COLOURWAYS_ON_SCENES, extra_channels="")
+    small = scene_image((160, 120), seed=4)  # far smaller than the outputs: enlarged for each colourway
+    Image.fromarray(small).save(workspace.root / "scenes" / "Morning Kitchen.jpg", quality=92)
+    tan_cutout(workspace.root / "inbox" / "bag.png")
+    tan_cutout(workspace.root / "inbox" / "tote.png", (310, 380))  # another job, on the same worker
+    config, rules = workspace.load()
+    caplog.set_level("WARNING", logger="assetd.stage")
+
+    results = run_once(config, rules, [workspace.root / "inbox" / "bag.png", workspace.root / "inbox" / "tote.png"])
+
+    assert [r["status"] for r in results] == ["done", "done"], results
+    assert sorted(p.name for p in workspace.out("cutouts").iterdir() if p.name.startswith("bag")) == [
+        "bag_burgundy-marble.png", "bag_burgundy-morning-kitchen.png", "bag_green-marble.png",
+        "bag_green-morning-kitchen.png"]
+    outputs = manifest_outputs(workspace, "ways", "bag")
+    kitchen = [o for n, o in outputs.items() if "kitchen" in n]
+    assert len(kitchen) == 2 and all(o["steps"]["place_in_scene"]["scene_enlarged"] > 1.25 for o in kitchen)
+    said = [r.getMessage() for r in caplog.records if "Morning Kitchen.jpg enlarged" in r.getMessage()]
+    assert len(said) == 2 and "bag.png" in said[0] and "tote.png" in said[1], said
+
+
+def test_scene_files_named_alike_as_slugs_are_refused(workspace):
+    studio(workspace, SCENES_RULE.replace("scenes/linen.jpg", '"scenes/Marble .jpg"'))
+    (workspace.root / "scenes" / "Marble .jpg").write_bytes((workspace.root / "scenes" / "marble.jpg").read_bytes())
+    result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "place_in_scene.scenes[1]: Marble .jpg gives the same variant name (marble) as scenes[0]" in result.output

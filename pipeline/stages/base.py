@@ -157,6 +157,15 @@ class StageContext:
     models: Any = None  # pipeline.models.ModelManager (per worker), created lazily by model-backed stages
     stop: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("assetd.stage"))
+    said: set[Any] = field(default_factory=set)  # what was logged once for the job running (``Chain.run`` clears it)
+
+    def once(self, key: Any) -> bool:
+        """True the first time ``key`` is asked about during the job running: a warning that every variant or ratio
+        of one job would repeat (a scene enlarged for each colourway) is logged once per job."""
+        if key in self.said:
+            return False
+        self.said.add(key)
+        return True
 
 
 class Stage:

@@ -997,7 +997,7 @@ class GeometryCrops(Stage):
                 self.ctx.log.info("crops: %s %s: %s", asset.source or "image", text, frame.why)
             if composed is not None:
                 notes.update(composed)
-                if "scene_enlarged" in composed:
+                if "scene_enlarged" in composed and self.ctx.once(("crops scene enlarged", text)):
                     self.ctx.log.warning("crops: %s %s: the scene is enlarged %.2f× to cover this frame (more "
                                          "than max_scene_enlarge): it looks softer than the product",
                                          asset.source or "image", text, composed["scene_enlarged"])

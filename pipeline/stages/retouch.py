@@ -2,10 +2,12 @@
 
 What is removed is one mask: small blobs on the backdrop outside the subject (``backdrop_spots``: no larger than
 ``max_spot``, at least ``min_contrast`` from the paper around them, none within ``subject_margin`` of the
-subject) and what ``NAME.remove.png`` beside the shot paints (``remove_mask: sidecar``: a clamp at the edge of the
-sweep, tape, a colour chart), minus what ``NAME.protect.png`` protects. Only the masked pixels are replaced
-(``classical``: OpenCV's Telea or Navier-Stokes inpainting; ``lama``: a LaMa network through spandrel); every
-other pixel stays the input's, bit for bit, and the subject is only touched where the painted mask covers it.
+subject, each with even paper all around it: never part of a clamp entering the frame, which is named in the log
+and the manifest as too large for a spot) and what ``NAME.remove.png`` beside the shot paints (``remove_mask:
+sidecar``: a clamp at the edge of the sweep, tape, a colour chart), minus what ``NAME.protect.png`` protects. Only
+the masked pixels are replaced (``classical``: OpenCV's Telea or Navier-Stokes inpainting, drawn toward the paper
+around the hole; ``lama``: a LaMa network through spandrel); every other pixel stays the input's, bit for bit, and
+the subject is only touched where the painted mask covers it.
 
 It runs on the whole photo before ``remove_background`` and ``crops``: the backdrop it cleans is still there, a
 clamp removed here is neither cut out with the subject nor extended into new canvas by an outpainting crop.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
 define_step("retouch", "classical", needs=("uncropped",),
             doc="removes dust on the backdrop and what a retoucher painted (before remove_background)")
 
-ESTIMATE_SIZE = 512  # long edge at which ``find_subject`` estimates an uncut photo's subject: its pixel is coarse
+TOO_LARGE = "too large for a spot (use remove_mask: sidecar)"  # what backdrop_spots says of what it leaves
+SHOWN = 5  # the largest marks backdrop_spots left that the manifest and the log name by their box
 
 
 # --------------------------------------------------------------------------------------- the masks
@@ -51,16 +54,30 @@ def subject_zone(matte: np.ndarray, margin: float) -> np.ndarray:
     return distance <= margin
 
 
+class Spots(NamedTuple):
+    """What ``find_spots`` found: the spots (H×W bool, each with its faint rim), how many, the contrast threshold
+    used (8-bit levels), and the boxes (x0, y0, x1, y1) of the marks it left because they are larger than
+    ``max_spot`` or enter from the frame's edge (their pieces joined), the largest first."""
+
+    mask: np.ndarray
+    count: int
+    threshold: float
+    skipped: list[tuple[int, int, int, int]]
+
+
 def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_contrast: float,
-               grow: int = 2) -> tuple[np.ndarray, int, float]:
-    """Small blobs on the backdrop: H×W bool (each with its faint rim), how many, and the contrast threshold used.
+               grow: int = 2) -> Spots:
+    """Small blobs on the backdrop, each wholly surrounded by paper.
 
     A spot is darker or brighter than the paper around it (the luminance closed, then opened, with a square a
     little larger than ``max_spot``: what both leave is paper) by at least ``min_contrast`` (8-bit levels; raised
     to five times the paper's grain on noisy paper, so grain is never a spot), fits in a ``max_spot`` ×
     ``max_spot`` box, and lies wholly in ``allowed`` (the backdrop away from the subject): a blob that reaches
-    toward the subject is left whole rather than half removed. Its extent is grown by ``grow`` px, and by up to
-    three times that where the contrast still passes half the threshold (the soft rim of out-of-focus dust).
+    toward the subject is left whole rather than half removed. It is never part of something larger: a blob
+    touching the frame's edge (a clamp or tape entering the frame) is none, nor is one whose surroundings are not
+    even paper (a clamp's jaw tip, a highlight on its metal: the closing sees only the part narrower than its
+    square). Its extent is grown by ``grow`` px, and by up to three times that where the contrast still passes half
+    the threshold (the soft rim of out-of-focus dust).
     """
     top = float(max_value(pixels))
     gray = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
@@ -76,23 +93,79 @@ def find_spots(pixels: np.ndarray, allowed: np.ndarray, *, max_spot: int, min_co
     # bright bridge a closing leaves between two bright specks close together)
     paper = cv2.morphologyEx(cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel), cv2.MORPH_OPEN, kernel)
     contrast = cv2.absdiff(padded, paper)[inner]
-    none = np.zeros(gray.shape, bool), 0, threshold * 255.0 / top
+    level = threshold * 255.0 / top
+    h, w = gray.shape
+    none = Spots(np.zeros(gray.shape, bool), 0, level, [])
     n, labels, stats, _ = cv2.connectedComponentsWithStats((contrast >= threshold).astype(np.uint8), connectivity=8)
     if n <= 1:
         return none
-    outside = np.bincount(labels[~allowed], minlength=n) > 0
-    small = (stats[:, cv2.CC_STAT_WIDTH] <= max_spot) & (stats[:, cv2.CC_STAT_HEIGHT] <= max_spot)
-    keep = ~outside & small
-    keep[0] = False
+    outside = np.bincount(labels[~allowed], minlength=n) > 0  # part of the subject, or too close to it
+    x, y, bw, bh = (stats[:, i] for i in range(4))
+    small = (bw <= max_spot) & (bh <= max_spot)
+    edge = (x == 0) | (y == 0) | (x + bw >= w) | (y + bh >= h)
+    keep = ~outside & small & ~edge
+    keep[0] = outside[0] = False
+    if keep.any():
+        keep &= surrounded_by_paper(gray, contrast, allowed, labels, stats, keep, threshold, reach=3 * grow + 1,
+                                    ring=max(4, max_spot // 4))
+    marks = ~outside & ~keep
+    marks[0] = False
+    skipped = [b for b in (mark_boxes(marks[labels], size) if marks.any() else [])  # what a retoucher would see
+               if b[2] - b[0] > max_spot or b[3] - b[1] > max_spot or b[0] == 0 or b[1] == 0 or b[2] == w or b[3] == h]
     if not keep.any():
-        return none
+        return none._replace(skipped=skipped)
     core = keep[labels].astype(np.uint8)
     spots = cv2.dilate(core, disk(grow)) > 0 if grow > 0 else core > 0
     if grow > 0:
         spots |= (cv2.dilate(core, disk(3 * grow)) > 0) & (contrast >= threshold / 2)
     spots &= allowed
     count = cv2.connectedComponents(spots.astype(np.uint8), connectivity=8)[0] - 1  # a ring of dust is one spot
-    return spots, count, threshold * 255.0 / top
+    return Spots(spots, count, level, skipped)
+
+
+def surrounded_by_paper(gray: np.ndarray, contrast: np.ndarray, allowed: np.ndarray, labels: np.ndarray,
+                        stats: np.ndarray, keep: np.ndarray, threshold: float, reach: int, ring: int) -> np.ndarray:
+    """Which of the ``keep`` components have even paper all around them: in a ``ring`` px wide band starting
+    ``reach`` px out (past the other candidates' rims), at most 5 % of the pixels differ from the band's median
+    by ``threshold`` or more, or from the paper (``contrast``) by half of it, and that median is a level the
+    backdrop (``allowed``) commonly has (at least 1 % of it lies within ``threshold`` of it). A clamp's tip has the
+    clamp in its band; a rivet on a clamp has metal all around it, a level no paper has; the tail of a subject's
+    soft contact shadow goes on fainter past its band's edge (it was taken for a spot and cut off)."""
+    h, w = gray.shape
+    out = keep.copy()
+    grown = cv2.dilate(keep[labels].astype(np.uint8), disk(reach))
+    levels = np.bincount(gray[::4, ::4][allowed[::4, ::4]].ravel(), minlength=int(max_value(gray)) + 1)
+    near = np.concatenate([[0], np.cumsum(levels)])  # near[v]: how many samples are below level v
+    t = int(np.ceil(threshold))
+    far = reach + ring
+    for i in np.flatnonzero(keep):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        x0, y0, x1, y1 = max(0, x - far), max(0, y - far), min(w, x + bw + far), min(h, y + bh + far)
+        own = (labels[y0:y1, x0:x1] == i).astype(np.uint8)
+        band = (cv2.dilate(own, disk(far)) > 0) & (grown[y0:y1, x0:x1] == 0)
+        values = gray[y0:y1, x0:x1][band].astype(np.float32)
+        faint = np.mean(contrast[y0:y1, x0:x1][band] >= threshold / 2) > 0.05  # a soft shadow's tail goes on
+        if values.size < 8 or faint:
+            out[i] = False
+            continue
+        median = float(np.median(values))
+        even = np.mean(np.abs(values - median) >= threshold) <= 0.05
+        v = int(round(median))
+        common = near[min(len(levels), v + t + 1)] - near[max(0, v - t)] >= 0.01 * near[-1]
+        out[i] = even and common
+    return out
+
+
+def mark_boxes(marks: np.ndarray, join: int) -> list[tuple[int, int, int, int]]:
+    """The boxes (x0, y0, x1, y1) of ``marks``, pieces closer than ``join`` px taken as one, largest first."""
+    joined = cv2.dilate(marks.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (join, join)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    boxes = []
+    for i in sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA])):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        ys, xs = np.nonzero((labels[y:y + bh, x:x + bw] == i) & marks[y:y + bh, x:x + bw])
+        boxes.append((x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1))
+    return boxes
 
 
 def disk(radius: int) -> np.ndarray:
@@ -262,17 +335,26 @@ class Retouch(Stage):
         if matte is None:
             notes["backdrop_spots"] = {"skipped": "no plain backdrop found, so no subject to keep clear of"}
             return None, None
+        # no more for an estimated subject, found at 512 px: its soft outline (above SUBJECT_THRESHOLD) lies about
+        # 1.5 of its pixels outside the subject already (never inside, on the synthetic shots), 18 px of a 24 MP
+        # shot; two more of them (23 px) hid the specks 40 px from a shoe at 24 MP
         margin = float(o.subject_margin)
-        if where == "estimated":  # found at ESTIMATE_SIZE: its outline is that coarse
-            margin += 2.0 * max(asset.width, asset.height) / ESTIMATE_SIZE
         allowed = ~subject_zone(matte, margin)
         if asset.has_alpha:  # a cut-out: only opaque pixels are backdrop; transparent ones show nothing
             allowed &= asset.pixels[..., 3] >= max_value(asset.pixels)
-        spots, count, threshold = find_spots(asset.pixels, allowed, max_spot=o.max_spot,
-                                             min_contrast=o.min_contrast)
-        notes["backdrop_spots"] = {"spots": count, "pixels": int(spots.sum()), "threshold": round(threshold, 1),
-                                   "subject": where, "margin": round(margin, 1)}
-        return matte, spots
+        found = find_spots(asset.pixels, allowed, max_spot=o.max_spot, min_contrast=o.min_contrast)
+        notes["backdrop_spots"] = {"spots": found.count, "pixels": int(found.mask.sum()),
+                                   "threshold": round(found.threshold, 1), "subject": where, "margin": round(margin, 1)}
+        if found.skipped:
+            many = len(found.skipped)
+            notes["backdrop_spots"]["too_large"] = {"why": TOO_LARGE, "marks": many,
+                                                    "boxes": [list(b) for b in found.skipped[:SHOWN]]}
+            self.ctx.log.info("retouch: %s: %s on the backdrop left as %s, %s: %s%s", asset.source or "image",
+                              "a mark" if many == 1 else f"{many} marks", "it is" if many == 1 else "they are",
+                              TOO_LARGE, ", ".join("x %d-%d y %d-%d" % (b[0], b[2], b[1], b[3])
+                                                   for b in found.skipped[:SHOWN]),
+                              "" if many <= SHOWN else f" (the {SHOWN} largest)")
+        return matte, found.mask
 
 
 @register
@@ -294,7 +376,48 @@ class ClassicalRetouch(Retouch):
         else:  # OpenCV inpaints 16-bit images one channel at a time
             filled = np.dstack([cv2.inpaint(np.ascontiguousarray(window[..., c]), m8, self.options.radius, flag)
                                 for c in range(window.shape[2])])
+        filled = match_surround(filled, window, mask, ring=max(8, 2 * self.options.radius))
         return add_grain(filled, window, mask) if self.options.grain else filled
+
+
+def match_surround(filled: np.ndarray, window: np.ndarray, mask: np.ndarray, ring: int) -> np.ndarray:
+    """``filled`` with its ``mask`` pixels drawn toward what the paper around the hole says is there: a plane
+    fitted (robustly) to a ``ring`` px band around the hole. The pull grows from nothing at the hole's edge (where
+    the fill already meets its surroundings) to all of it ``ring`` px inside.
+
+    Telea's fill is a tent of the values on the hole's edge: on a sweep's gradient its lower half comes out lighter
+    and its mean 1.5-3 levels lighter, a patch a retoucher sees. A plane follows the gradient across the hole,
+    also where the hole reaches the frame's edge and the band is on one side only. A band that is no plane (the
+    hole lies across two surfaces, or on a pattern) leaves the fill as it is.
+    """
+    m8 = mask.astype(np.uint8)
+    band = (cv2.dilate(m8, disk(ring)) > 0) & (cv2.dilate(m8, disk(1)) == 0)  # its first pixel may be the rim
+    if band.sum() < 32:
+        return filled
+    h, w = mask.shape
+    top = float(max_value(window))
+
+    def terms(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return np.stack([np.ones(len(ys)), xs / max(1, w - 1), ys / max(1, h - 1)], axis=1)
+
+    ys, xs = np.nonzero(band)
+    a = terms(ys, xs)
+    values = window[band].astype(np.float64)
+    keep = np.ones(len(ys), bool)
+    for _ in range(3):  # refit without the outliers (dust left in the band, the grain's tails)
+        coef = np.linalg.lstsq(a[keep], values[keep], rcond=None)[0]
+        residual = np.abs(a @ coef - values).max(axis=1)
+        sigma = max(1.4826 * float(np.median(residual[keep])), top / 255.0)
+        keep = residual <= 3.0 * sigma
+    if keep.mean() < 0.7 or sigma > 8.0 * top / 255.0:
+        return filled
+    hy, hx = np.nonzero(mask)
+    inside = cv2.distanceTransform(m8, cv2.DIST_L2, 3)[hy, hx]  # from the hole's edge (the frame's is no edge)
+    pull = np.clip(inside / ring, 0.0, 1.0)[:, None]
+    given = filled[hy, hx].astype(np.float64)
+    out = filled.copy()
+    out[hy, hx] = np.clip(np.rint(given + pull * (terms(hy, hx) @ coef - given)), 0, top).astype(filled.dtype)
+    return out
 
 
 def add_grain(filled: np.ndarray, window: np.ndarray, mask: np.ndarray) -> np.ndarray:
