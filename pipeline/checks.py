@@ -187,32 +187,16 @@ def _staging_problems(config: Config) -> list[str]:
     return problems
 
 
-def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
-    """Why ``ray.address`` (``HOST:PORT`` or ``ray://HOST:PORT``) does not answer a TCP connection within
-    ``timeout``; None when it does, or for null and auto (Ray finds those at once or says so). Ray itself retries
-    an address that does not answer for minutes, which would hang the check."""
-    import socket
-
-    if address is None or address == "auto":
-        return None
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
     """``executor: ray``: the cluster ``assetd run`` would use (nodes, CPUs, GPUs, the actors it would start), and
     what would stop it there: Ray not installed, the address not answering, actors that no node can hold.
     Returns (problems, warnings, info lines)."""
-    from .scaleout import INSTALL, describe_cluster, ray_installed
+    from .scaleout import INSTALL, describe_cluster, ray_installed, unreachable
 
     key = f"{config.source}: ray"
     if not ray_installed():
         return [f"{config.source}: executor: ray needs Ray, which is not installed here: {INSTALL}"], [], []
-    why = _unreachable(config.ray.address)
+    why = unreachable(config.ray.address)
     if why:
         return [f"{key}.address: {config.ray.address} does not answer ({why}): start the head node there (`ray "
                 "start --head`, README \"Scaling out\") or correct the address; nothing can run until it "
@@ -228,25 +212,7 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
             f"executor: ray: would start {cluster.actors} chain actor(s), {cluster.gpus_per_actor:g} GPU and "
             f"{cluster.cpus_per_actor:g} CPU each (namespace {config.ray.namespace}); each loads the rules' models "
             "from its own node's cache when it starts"]
-    if config.ray.actors == "per_gpu" and not cluster.gpus:
-        problems.append(f"{key}.actors: per_gpu, but no node of the cluster has a GPU: it would start one actor on "
-                        "a CPU; set ray.actors to a number for a CPU cluster, or join the GPU boxes")
-    most_gpus = max((n["gpus"] for n in cluster.nodes), default=0.0)
-    most_cpus = max((n["cpus"] for n in cluster.nodes), default=0.0)
-    if cluster.gpus_per_actor > most_gpus:
-        problems.append(f"{key}.gpus_per_actor: {cluster.gpus_per_actor:g}, but no node has more than "
-                        f"{most_gpus:g} GPU(s): no actor could start (Ray would wait for such a node forever)")
-    elif cluster.gpus_per_actor and cluster.actors * cluster.gpus_per_actor > cluster.gpus:
-        problems.append(f"{key}.actors: {cluster.actors} actors × {cluster.gpus_per_actor:g} GPU need "
-                        f"{cluster.actors * cluster.gpus_per_actor:g} GPUs, the cluster has {cluster.gpus:g}: "
-                        "the actors beyond them would never start")
-    if cluster.cpus_per_actor > most_cpus:
-        problems.append(f"{key}.cpus_per_actor: {cluster.cpus_per_actor:g}, but no node has more than "
-                        f"{most_cpus:g} CPU(s): no actor could start")
-    elif cluster.actors * cluster.cpus_per_actor > sum(n["cpus"] for n in cluster.nodes):
-        problems.append(f"{key}.actors: {cluster.actors} actors × {cluster.cpus_per_actor:g} CPU need more CPUs "
-                        f"than the cluster's {sum(n['cpus'] for n in cluster.nodes):g}: the actors beyond them "
-                        "would never start")
+    problems += [f"{key}.{p}" for p in cluster.placement_problems(config)]
     if config.workers != 1:
         warnings.append(f"{config.source}: workers: {config.workers} is ignored under executor: ray (each actor "
                         "runs one job at a time, with one read ahead); set ray.actors instead")

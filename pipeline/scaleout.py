@@ -439,14 +439,57 @@ class ClusterInfo:
     def gpus(self) -> float:
         return sum(n["gpus"] for n in self.nodes)
 
+    def placement_problems(self, config: Config) -> list[str]:
+        """Why some of the actors could never be placed on these nodes (Ray would wait for such a node forever),
+        each starting with the ``ray`` key to change: ``assetd check`` and ``start_pool`` refuse them."""
+        problems: list[str] = []
+        if config.ray.actors == "per_gpu" and not self.gpus:
+            problems.append("actors: per_gpu, but no node of the cluster has a GPU: it would start one actor on a CPU; "
+                            "set ray.actors to a number for a CPU cluster, or join the GPU boxes")
+        most_gpus = max((n["gpus"] for n in self.nodes), default=0.0)
+        most_cpus = max((n["cpus"] for n in self.nodes), default=0.0)
+        cpus = sum(n["cpus"] for n in self.nodes)
+        if self.gpus_per_actor > most_gpus:
+            problems.append(f"gpus_per_actor: {self.gpus_per_actor:g}, but no node has more than {most_gpus:g} GPU(s): "
+                            "no actor could start (Ray would wait for such a node forever)")
+        elif self.gpus_per_actor and self.actors * self.gpus_per_actor > self.gpus:
+            problems.append(f"actors: {self.actors} actors × {self.gpus_per_actor:g} GPU need "
+                            f"{self.actors * self.gpus_per_actor:g} GPUs, the cluster has {self.gpus:g}: the actors "
+                            "beyond them would never start")
+        if self.cpus_per_actor > most_cpus:
+            problems.append(f"cpus_per_actor: {self.cpus_per_actor:g}, but no node has more than {most_cpus:g} "
+                            "CPU(s): no actor could start")
+        elif self.actors * self.cpus_per_actor > cpus:
+            problems.append(f"actors: {self.actors} actors × {self.cpus_per_actor:g} CPU need more CPUs than the "
+                            f"cluster's {cpus:g}: the actors beyond them would never start")
+        return problems
+
+
+def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why ``ray.address`` (``HOST:PORT`` or ``ray://HOST:PORT``) does not answer a TCP connection within
+    ``timeout``; None when it does, or for null and auto (Ray finds those at once or says so). Ray itself retries
+    an address that does not answer for minutes, which would hang ``assetd run`` and ``assetd check``."""
+    if address is None or address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
 
 def _connect(config: Config) -> bool:
     """Join the configured Ray (or start a local instance); True when this call started or joined it (so the
     caller shuts it down), False when this process was connected already (a test's shared instance)."""
     ray = ray_module()
+    address = config.ray.address
+    why = unreachable(address)
+    if why:
+        raise ConfigError(f"ray.address: {address} does not answer ({why}): start the head node there (`ray start "
+                          "--head`, README \"Scaling out\") or correct the address")
     if ray.is_initialized():
         return False
-    address = config.ray.address
     try:
         ray.init(address=address, namespace=config.ray.namespace, include_dashboard=False, configure_logging=False)
     except ConnectionError as exc:
@@ -471,15 +514,35 @@ def describe_cluster(config: Config) -> ClusterInfo:
     ray = ray_module()
     ours = _connect(config)
     try:
-        nodes = [{"node": n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
-                  "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
-                  "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in ray.nodes() if n.get("Alive")]
+        return _cluster(config, ray)
     finally:
         if ours:
             ray.shutdown()
+
+
+def _cluster(config: Config, ray: Any) -> ClusterInfo:
+    """What the connected Ray has (its nodes alive) and the actors ``config`` asks of it."""
+    nodes = [{"node": n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
+              "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
+              "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in ray.nodes() if n.get("Alive")]
     actors, per_actor = _plan(config, sum(n["gpus"] for n in nodes))
-    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor,
-                       config.ray.cpus_per_actor)
+    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor, config.ray.cpus_per_actor)
+
+
+def _when_ready(ray: Any, handles: list[Any], names: list[str], every: float = 30.0) -> list[Any]:
+    """Each actor's ``ready()``, waiting as long as its models take to load (minutes for a large one on a cold
+    box), and saying every ``every`` seconds which actors are still not ready, so a start that waits is explained."""
+    refs = [h.ready.remote() for h in handles]
+    waiting = dict(zip(refs, names))
+    started = time.monotonic()
+    while waiting:
+        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=every)
+        for ref in done:
+            waiting.pop(ref, None)
+        if waiting:
+            log.info("executor ray: after %.0fs still waiting for %s (loading models, or waiting for a node with "
+                     "the GPUs and CPUs it asks for)", time.monotonic() - started, ", ".join(waiting.values()))
+    return ray.get(refs)
 
 
 def start_pool(config: Config, rules: list[Rule]) -> Pool:
@@ -488,7 +551,11 @@ def start_pool(config: Config, rules: list[Rule]) -> Pool:
     ray = ray_module()
     started = _connect(config)
     try:
-        actors, per_actor = _plan(config, float(ray.cluster_resources().get("GPU", 0.0)))
+        cluster = _cluster(config, ray)
+        placement = cluster.placement_problems(config)
+        if placement:
+            raise ConfigError([f"ray.{p}" for p in placement])
+        actors, per_actor = cluster.actors, cluster.gpus_per_actor
         env = {k: v for k, v in os.environ.items() if k.startswith("ASSETD_")}  # failpoints (tests), as here
         remote = ray.remote(ChainRunner).options(
             num_gpus=per_actor, num_cpus=config.ray.cpus_per_actor, max_restarts=config.ray.max_restarts,
@@ -502,7 +569,7 @@ def start_pool(config: Config, rules: list[Rule]) -> Pool:
         pool = Pool(handles, names, make_actor, started)
         problems: list[str] = []
         try:
-            for name, (node, found, warnings) in zip(names, ray.get([h.ready.remote() for h in handles])):
+            for name, (node, found, warnings) in zip(names, _when_ready(ray, handles, names)):
                 pool.nodes[name] = node
                 problems += found
                 for warning in warnings:

@@ -109,3 +109,30 @@ def test_metrics_count_each_actors_jobs(workspace, ray_cluster):
     assert sorted(lines) == sorted(f'assetd_runner_jobs_total{{runner="{runner}"}} {float(n)}'
                                    for runner, n in by_runner.items())
     store.close()
+
+
+def test_assetd_run_refuses_an_address_that_does_not_answer_instead_of_hanging(workspace):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _studio(workspace, f"address: 127.0.0.1:{port}\ngpus_per_actor: 0")
+    result = CliRunner().invoke(cli, ["run", "--config", str(workspace.config_path)], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"ray.address: 127.0.0.1:{port} does not answer (ConnectionRefusedError" in text
+    assert "Traceback" not in result.output
+
+
+def test_assetd_run_refuses_actors_no_node_can_hold_instead_of_waiting_forever(workspace, ray_cluster):
+    from pipeline.errors import ConfigError
+    from pipeline.scaleout import start_pool
+
+    _studio(workspace, "actors: 1\ngpus_per_actor: 1")  # the test cluster has no GPU
+    config, rules = workspace.load()
+    try:
+        start_pool(config, rules)
+    except ConfigError as exc:
+        said = " ".join(exc.problems)
+    else:
+        raise AssertionError("an actor asking for a GPU on a cluster without one was started")
+    assert "ray.gpus_per_actor: 1, but no node has more than 0 GPU(s): no actor could start" in said
