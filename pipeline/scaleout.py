@@ -491,7 +491,9 @@ def _connect(config: Config) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, namespace=config.ray.namespace, include_dashboard=False, configure_logging=False)
+        # null: a new local instance, even when a cluster runs on this machine (``ray.init()`` would join that one)
+        ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
+                 configure_logging=False)
     except ConnectionError as exc:
         raise ConfigError(f"ray.address: cannot reach the Ray cluster at {address}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises several kinds for an address that does not answer

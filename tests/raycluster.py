@@ -26,7 +26,7 @@ def ray_cluster():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, namespace="assetd-tests", configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="assetd-tests", configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         yield ray
