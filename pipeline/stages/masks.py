@@ -1,6 +1,6 @@
 """Masks a retoucher puts beside a shot for a step: ``NAME.recolor.png`` (the region to recolour),
-``NAME.protect.png`` (what no edit may touch), ``NAME.remove.png`` (what retouch removes). White (or opaque) is
-"yes"; the mask has the shot's pixel size. The inbox never takes them as inputs (``pipeline.ignore``), but they are part
+``NAME.protect.png`` (what no edit may touch), ``NAME.remove.png`` (what retouch removes). White (or, on a
+transparent layer, painted) is "yes"; the mask has the shot's pixel size. The inbox never takes them as inputs (``pipeline.ignore``), but they are part
 of what a job is: the digest of the masks beside a shot is in its job's identity (``pipeline.intake.mask_digest``),
 and a mask that changes hands its shot(s) to the intake again (``shots_of``, used by the watcher)."""
 from __future__ import annotations
@@ -83,10 +83,16 @@ def read_by(rule: Any, kind: str) -> list[str]:
             if spec.step == step and reads(spec.options)]
 
 
+NEARLY_ALL = 0.95  # a mask marking this share of the frame or more is refused: an inverted or blank-white mask
+_VERB = {"remove": "remove", "recolor": "recolour", "protect": "protect"}
+
+
 def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) -> np.ndarray | None:
     """The mask beside ``source`` as H×W uint8 (255 = yes), or None when there is none. ``size`` is the shot's
     (width, height): a mask of another size fails the job naming both sizes (a mask made for another crop or
-    resolution would mark the wrong pixels)."""
+    resolution would mark the wrong pixels). So does a mask that marks (nearly) the whole frame: that is an
+    inverted mask or a white layer saved over the paint, never a retoucher's intent, and filling the whole frame
+    from nothing would change nothing while the manifest said it removed everything."""
     if source is None:
         return None
     path = sidecar_path(source, kind)
@@ -95,16 +101,33 @@ def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) ->
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                mask = np.asarray(im.convert("RGBA"))[..., 3]
-            else:
-                mask = np.asarray(im.convert("L"))
+            mask = paint_of(im)
     except (OSError, ValueError) as exc:
         raise MaskError(f"{path}: cannot read this {kind} mask ({exc})") from None
     if (mask.shape[1], mask.shape[0]) != tuple(size):
         raise MaskError(f"{path}: the {kind} mask is {mask.shape[1]}×{mask.shape[0]}, the shot {size[0]}×{size[1]}; "
                         "make it at the shot's size")
-    return mask.astype(np.uint8)
+    share = float(np.count_nonzero(mask >= 128)) / max(1, mask.size)
+    if share >= NEARLY_ALL:
+        raise MaskError(f"{path}: the {kind} mask marks {int(share * 100)}% of the frame: paint only what to "
+                        f"{_VERB.get(kind, kind)} (white) on black or transparent")
+    return mask
+
+
+def paint_of(im: Image.Image) -> np.ndarray:
+    """Where a mask image paints, H×W uint8 (255 = yes). Its alpha is the paint when it carries any (white or any
+    colour on a transparent layer): alpha that is one value everywhere (an opaque RGBA or LA export, a fully
+    transparent one) says nothing, and the paint is in the colour, white or bright meaning yes, as in a greyscale
+    mask. A 16-bit greyscale mask is scaled to 8 bits (Pillow would clip it: any grey above 255 of 65535 white)."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if alpha.min() != alpha.max():
+            return np.ascontiguousarray(alpha)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        wide = np.asarray(im).astype(np.float64)
+        scale = 257.0 if wide.max() > 255 else 1.0  # a 32-bit "I" image may hold 8-bit levels
+        return np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+    return np.asarray(im.convert("L"))
 
 
 def unused_masks(rule: Any, shot: str | Path) -> list[str]:
