@@ -16,6 +16,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
+from pipeline.stages.masks import MaskError
 from pipeline.stages.retouch import ClassicalRetouch, LamaRetouch, find_spots, subject_zone
 from pipeline.store import Store
 from pipeline.synth import studio_shot
@@ -238,7 +239,75 @@ def test_the_subject_changes_only_where_the_mask_paints_it(tmp_path):
 
     changed = (out.pixels != shot.rgb).any(axis=2)
     assert changed[painted].any() and not changed[~painted].any()
-    assert out.notes["retouch"]["subject_pixels"] == int((painted & (shot.alpha * 255 > 25)).sum())
+    covered = int((painted & (shot.alpha * 255 > 25)).sum())
+    assert out.notes["retouch"]["subject_pixels"] == covered
+    assert out.review == [f"retouch: the painted removal covers {covered:,} px of the subject; a fill there is a "
+                          "guess: look at it, or use backend: lama"]
+
+
+def mask_image(paint: np.ndarray, form: str) -> Image.Image:
+    """``paint`` (H×W bool) saved as a retoucher's tools save a mask: ``form`` names the mode and where the paint is."""
+    white = np.where(paint, 255, 0).astype(np.uint8)
+    full = np.full(paint.shape, 255, np.uint8)
+    if form == "L":
+        return Image.fromarray(white)
+    if form == "1":
+        return Image.fromarray(white).convert("1")
+    if form == "I;16":
+        return Image.fromarray(white.astype(np.uint16) * 257)
+    if form == "RGBA opaque":  # Image.open("x.remove.png").convert("RGBA").save(...): alpha 255 everywhere
+        return Image.fromarray(np.dstack([white, white, white, full]))
+    if form == "RGBA layer":  # white paint on a transparent layer, the colour white everywhere
+        return Image.fromarray(np.dstack([full, full, full, white]))
+    if form == "LA opaque":
+        return Image.fromarray(np.dstack([white, full]), "LA")
+    if form == "LA layer":
+        return Image.fromarray(np.dstack([np.zeros_like(white), white]), "LA")  # black paint on transparency
+    if form == "P":
+        return Image.fromarray(white).convert("P")
+    if form == "P transparent":  # red paint, the rest the palette's transparent entry
+        im = Image.fromarray(np.where(paint, 1, 0).astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+        im.info["transparency"] = 0
+        return im
+    raise ValueError(form)
+
+
+@pytest.mark.parametrize("form", ["L", "1", "I;16", "RGBA opaque", "RGBA layer", "LA opaque", "LA layer", "P",
+                                  "P transparent"])
+def test_a_mask_paints_the_same_pixels_whatever_mode_it_is_saved_in(tmp_path, form):
+    """Alpha is the paint when it carries any; opaque (or fully transparent) alpha says nothing, and the paint is
+    in the colour. The trial's opaque RGBA mask was read as "remove the whole frame"."""
+    from pipeline.stages.masks import read_sidecar
+
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    rgb, (x0, y0, x1, y1) = with_clamp(shot.rgb)
+    path = write_shot(tmp_path / "inbox", rgb)
+    painted = np.zeros((360, 480), bool)
+    painted[y0 - 4:y1 + 4, x0 - 4:x1] = True
+    mask_image(painted, form).save(path.with_name("shot.remove.png"))
+
+    assert np.array_equal(read_sidecar(path, "remove", (480, 360)) >= 128, painted)
+    out = stage(tmp_path, remove_mask="sidecar").run(Asset(rgb, source=str(path)))[0]
+    changed = (out.pixels != rgb).any(axis=2)
+    assert not changed[~painted].any() and changed[painted].mean() > 0.9
+    assert out.notes["retouch"]["removed_pixels"] == int(painted.sum()) and out.review == []
+
+
+@pytest.mark.parametrize("form, share", [("L", 100), ("RGBA opaque", 100), ("inverted", 98)])
+def test_a_mask_marking_nearly_the_whole_frame_is_refused(tmp_path, form, share):
+    """A white layer saved over the paint, or an inverted mask, is refused naming the file: filling the whole frame
+    from nothing changed nothing, while the manifest said it removed 6,000,000 px."""
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    path = write_shot(tmp_path / "inbox", shot.rgb)
+    everything = np.ones((360, 480), bool)
+    if form == "inverted":
+        everything[100:120, 200:250] = everything[300:320, 10:60] = False
+        form = "L"
+    mask_image(everything, form).save(path.with_name("shot.remove.png"))
+    with pytest.raises(MaskError, match=rf"shot\.remove\.png: the remove mask marks {share}% of the frame: paint only "
+                                        r"what to remove \(white\) on black or transparent"):
+        stage(tmp_path, remove_mask="sidecar").run(Asset(shot.rgb, source=str(path)))
 
 
 def test_the_protect_mask_wins_over_the_remove_mask(tmp_path):

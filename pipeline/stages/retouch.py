@@ -183,16 +183,19 @@ def grain(gray: np.ndarray, where: np.ndarray, samples: int = 200_000) -> float:
 
 
 def fill_masked(pixels: np.ndarray, mask: np.ndarray, fill: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                context: int, share: float = 0.0) -> tuple[np.ndarray, int]:
-    """``pixels`` with only the ``mask`` pixels replaced, region by region; and how many regions.
+                context: int, share: float = 0.0) -> tuple[np.ndarray, int, int]:
+    """``pixels`` with only the ``mask`` pixels replaced, region by region; how many regions, and how many pixels
+    were filled.
 
     ``fill(window, window_mask)`` returns the window (h×w×3, the input's dtype) inpainted; each region (masked
     pixels closer than ``context`` joined into one) is filled in its box grown by ``context`` or by ``share`` of
     its own size, whichever is more, and only its masked pixels are copied back: everything else stays the
-    input's, bit for bit.
+    input's, bit for bit. A region whose window is masked all over has nothing to be filled from (OpenCV returns
+    it unchanged): it is left as it is and not counted, so the figures say what was done.
     """
     out = pixels.copy()
     h, w = mask.shape
+    regions, done = 0, np.zeros(mask.shape, bool)
     joined = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (context, context)))
     n, _labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     for i in range(1, n):
@@ -203,12 +206,14 @@ def fill_masked(pixels: np.ndarray, mask: np.ndarray, fill: Callable[[np.ndarray
             continue
         ys, xs = slice(box.y0, box.y1), slice(box.x0, box.x1)
         window_mask = mask[ys, xs]
-        if not window_mask.any():
+        if not window_mask.any() or window_mask.all():
             continue
         filled = fill(np.ascontiguousarray(pixels[ys, xs, :3]), window_mask)
         target = out[ys, xs]
         target[..., :3][window_mask] = filled[window_mask]
-    return out, n - 1
+        regions += 1
+        done[ys, xs] |= window_mask
+    return out, regions, int(done.sum())
 
 
 # ---------------------------------------------------------------------------------------- options
@@ -290,8 +295,8 @@ class Retouch(Stage):
                 mask = mask & ~protect
             if mask.any():
                 with gpu_errors(f"retouch {self.backend}"):
-                    pixels, n = fill_masked(pixels, mask, self.fill, self.context, self.context_share)
-                removed, regions = removed + int(mask.sum()), regions + n
+                    pixels, n, filled = fill_masked(pixels, mask, self.fill, self.context, self.context_share)
+                removed, regions = removed + filled, regions + n
 
         if o.remove_mask == "sidecar":
             painted = read_sidecar(asset.source, "remove", (w, h))
@@ -323,6 +328,9 @@ class Retouch(Stage):
                 reached &= ~protect
             if reached is not None and reached.any():
                 notes["subject_pixels"] = int(reached.sum())
+                review.append(f"retouch: the painted removal covers {notes['subject_pixels']:,} px of the subject; a "
+                              "fill there is a guess: look at it"
+                              + (", or use backend: lama" if self.backend != "lama" else ""))
         result = asset.derive(pixels, asset.matte)
         result.notes["retouch"] = notes
         result.review.extend(review)
