@@ -151,7 +151,8 @@ class Daemon:
         watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled,
                                rescan_seconds=self.config.rescan_seconds, logger=logging.getLogger("assetd.watcher"),
                                on_unreachable=self._inbox_unreachable,
-                               on_reachable=lambda root: self._inbox_unreachable(root, None))
+                               on_reachable=lambda root: self._inbox_unreachable(root, None),
+                               on_mask_alone=self.intake.on_mask_alone)
         watcher.start()
         return watcher
 

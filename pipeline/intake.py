@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from .config import Config, InboxConfig
 from .formats import INPUT_EXTENSIONS
 from .rules import Rule, match_rule
-from .stages.masks import masks_beside
+from .stages.masks import mask_kind, masks_beside
 from .store import FINISHED, UNREADABLE, Job, Store
 from .text import printable
 
@@ -85,6 +85,24 @@ def mask_digest(hashes: dict[str, str]) -> str:
     if not hashes:
         return ""
     return hashlib.sha256("\n".join(f"{kind}:{hashes[kind]}" for kind in sorted(hashes)).encode()).hexdigest()
+
+
+def where_its_shot_went(store: Store, mask: Path) -> str | None:
+    """For a mask with no shot beside it: where its shot went, as one line naming the command that redoes the shot
+    with the mask ("Late.jpg was moved to hot/done/Late.jpg when job 18 ended (done); to redo it with this mask:
+    assetd retry 18 ..."), or None when no shot of its name was moved out of that folder (``after: move``). A mask
+    painted after its shot was done and moved would otherwise lie there unread, with no job and no word."""
+    kind = mask_kind(mask)
+    if kind is None:
+        return None
+    stem = mask.name[:-len(f".{kind}.png")]
+    for move in store.moved_from(str(mask.parent / stem) + "."):
+        source = Path(move.source)
+        if source.stem == stem and source.suffix.lower().lstrip(".") in INPUT_EXTENSIONS:
+            return (f"{printable(source.name)} was moved to {printable(move.dest)} when job {move.job_id} ended "
+                    f"({move.kind}); to redo it with this mask: assetd retry {move.job_id} (it moves the shot back "
+                    "beside the mask)")
+    return None
 
 
 def unreadable_token(path: Path, st: os.stat_result) -> str:
@@ -196,6 +214,19 @@ class Intake:
                 after_job(self.config, self.store, ended, ended.status, ended.error)
         else:
             log.info("%s", result.reason)
+
+    def on_mask_alone(self, mask: Path, inbox: InboxConfig) -> None:
+        """The watcher's callback for a mask that settled with no shot beside it: one line, naming where its shot
+        went and the command that redoes it with the mask when ``after: move`` moved it (a warning: the
+        retoucher's work is unread until then), else that the mask waits for its shot."""
+        kind = mask_kind(mask)
+        where = where_its_shot_went(self.store, mask)
+        if where is not None:
+            log.warning("%s: no shot lies beside this %s mask: %s", printable(str(mask)), kind, where)
+        else:
+            stem = mask.name[:-len(f".{kind}.png")] if kind else mask.stem
+            log.info("%s: no shot lies beside this %s mask (%s.<image>); it is read when its shot arrives",
+                     printable(str(mask)), kind, printable(stem))
 
     def flush_summary(self, quiet_seconds: float = 2.0) -> None:
         """Log the files seen again since the last summary, once no new one came for ``quiet_seconds``:

@@ -1045,6 +1045,15 @@ class Store:
             "SELECT * FROM moves WHERE job_id = ? AND returned_at IS NULL ORDER BY id DESC LIMIT 1", [job_id])
         return Move(**rows[0]) if rows else None
 
+    def moved_from(self, prefix: str) -> list[Move]:
+        """The moves not returned whose input was at a path starting with ``prefix`` (``/inbox/shot.``: the shots
+        named ``shot`` in that folder, any extension), newest first: where a mask's shot went (a mask that arrives
+        after its shot was moved to done/)."""
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM moves WHERE returned_at IS NULL AND substr(source, 1, ?) = ? ORDER BY id DESC",
+            [len(prefix), prefix])
+        return [Move(**row) for row in rows]
+
     def move_returned(self, move_id: int) -> None:
         """``assetd retry`` put the input back where it was (or found it there)."""
         self.db.conn.execute("UPDATE moves SET returned_at = ? WHERE id = ?", [time.time(), move_id])

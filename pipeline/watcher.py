@@ -153,6 +153,7 @@ class InboxWatcher:
 
     ``on_unreachable(root, reason)`` / ``on_reachable(root)``: once per outage each, on the settle
     thread (keep them quick). Without ``on_unreachable`` the watcher logs the outage itself.
+    ``on_mask_alone(mask, inbox)``: a mask settled (new or changed) with no shot beside it to hand over.
     """
 
     def __init__(
@@ -166,8 +167,10 @@ class InboxWatcher:
         clock: Callable[[], float] = time.monotonic,
         on_unreachable: Callable[[Path, str], None] | None = None,
         on_reachable: Callable[[Path], None] | None = None,
+        on_mask_alone: Callable[[Path, InboxConfig], None] | None = None,
     ):
         self._on_settled = on_settled
+        self._on_mask_alone = on_mask_alone
         self._on_unreachable = on_unreachable
         self._on_reachable = on_reachable
         self._moving = [inbox for inbox in inboxes if inbox.after == "move"]  # inboxes with folders set aside
@@ -303,7 +306,8 @@ class InboxWatcher:
         path, inbox, signature = settled
         try:
             if is_sidecar_mask(path, Path(os.path.abspath(inbox.path))):
-                self._hand_over_shots(path, inbox)
+                if not self._hand_over_shots(path, inbox) and self._on_mask_alone is not None:
+                    self._on_mask_alone(path, inbox)
             else:
                 self._on_settled(path, inbox)
         except Exception:
@@ -312,18 +316,20 @@ class InboxWatcher:
             return
         self._settle.handed_over(path, signature)
 
-    def _hand_over_shots(self, mask: Path, inbox: InboxConfig) -> None:
+    def _hand_over_shots(self, mask: Path, inbox: InboxConfig) -> bool:
         """A mask settled or was deleted: hand over its shot(s) in its place (never the mask itself). A shot that
-        changed within its settle time is still arriving: it is handed over when it settles, with its masks."""
-        for shot in shots_of(mask):
-            if is_ignored(shot, Path(os.path.abspath(inbox.path))) or self._sets_aside(shot):
-                continue
+        changed within its settle time is still arriving: it is handed over when it settles, with its masks.
+        Returns whether a shot lies beside the mask (False: the mask is alone)."""
+        shots = [shot for shot in shots_of(mask)
+                 if not is_ignored(shot, Path(os.path.abspath(inbox.path))) and not self._sets_aside(shot)]
+        for shot in shots:
             try:
                 if time.time() - os.lstat(shot).st_mtime < inbox.settle_seconds:
                     continue
             except OSError:
                 continue
             self._on_settled(shot, inbox)
+        return bool(shots)
 
     def _hand_over_masks_gone(self) -> None:
         with self._lock:
