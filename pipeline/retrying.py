@@ -4,17 +4,23 @@ A job still marked running whose owner is gone (a killed assetd on this host) is
 whose owner is still at work is left alone. An input that its inbox's ``after: move`` put into done/ or error/
 is moved back first (``inboxflow.bring_back``): a worker must find the file in place. A job whose file has
 since run to done as a later job of the same rule (a replaced file dropped again, a re-run) is not queued: it would
-only end superseded, or redo what the later job did; the line names that job.
+only end superseded, or redo what the later job did; the line names that job. A job whose shot has other masks
+beside it now (a mask painted after the shot was done and moved) runs with them, the line says so: retrying it is
+how a retoucher's late mask gets used.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import Config
 from .inboxflow import bring_back
+from .intake import mask_digest, mask_hashes
 from .owners import OwnerState, describe, owner_state
-from .store import JobStatus, Store
+from .stages.masks import masks_beside
+from .store import FINISHED, JobStatus, Store
+from .text import printable
 
 
 @dataclass
@@ -49,7 +55,11 @@ def retry(config: Config, store: Store, job_ids: list[int] | tuple[int, ...] = (
     moved_back, blocked = bring_back(store, wanted)  # before requeueing: a worker must find the file in place
     out.lines += moved_back
     out.problems += blocked.values()
-    ids = store.requeue([i for i in wanted if i not in blocked])
+    wanted = [i for i in wanted if i not in blocked]
+    held = _with_current_masks(store, wanted, out.lines)
+    wanted = [i for i in wanted if i not in held]
+    job_ids = [i for i in job_ids if i not in held]
+    ids = store.requeue(wanted)
     out.queued = sorted(set(ids) | {j.id for j in released})
     out.lines.append(f"queued again: {', '.join(map(str, out.queued)) or 'none'}")
     for job in released:
@@ -69,3 +79,32 @@ def retry(config: Config, store: Store, job_ids: list[int] | tuple[int, ...] = (
     if unknown:
         out.problems.append(f"not failed or done (or unknown): {', '.join(map(str, unknown))}")
     return out
+
+
+def _with_current_masks(store: Store, job_ids: list[int], lines: list[str]) -> set[int]:
+    """Make each ended job run with the masks beside its shot now (``NAME.remove.png``... painted, changed or
+    removed since it ran): they become part of the job (``jobs.masks``), else the worker would find them changed
+    and end it superseded. Returns the jobs not to queue: another job already is that shot with those masks (the
+    line names it)."""
+    held = set()
+    for job_id in job_ids:
+        job = store.get(job_id)
+        if job is None or job.status not in FINISHED or not job.readable:
+            continue
+        shot = Path(job.input_path)
+        if not shot.is_file():
+            continue
+        masks = mask_digest(mask_hashes(store, shot))
+        if masks == job.masks:
+            continue
+        beside = ", ".join(printable(p.name) for p in masks_beside(shot).values()) or "none"
+        other = store.change_masks(job_id, masks)
+        if other is None:
+            lines.append(f"job {job_id}: the masks beside {printable(str(shot))} changed since it ran (now: {beside});"
+                         " it runs with them, recorded in its job")
+        else:
+            held.add(job_id)
+            lines.append(f"job {job_id}: the masks beside {printable(str(shot))} changed since it ran (now: {beside});"
+                         f" job {other.id} is this shot with them ({other.status.value}); not queued (to run that "
+                         f"once more: assetd retry {other.id})")
+    return held

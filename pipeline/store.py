@@ -906,6 +906,22 @@ class Store:
                 )
         return ids
 
+    def change_masks(self, job_id: int, masks: str) -> Job | None:
+        """``assetd retry`` of a job whose shot has other masks beside it now (one painted after the job ran): the
+        job runs with them, so they become part of what it is (``masks``). Returns the job that already is that
+        content, rule version and path with these masks (nothing changed), or None when the job now has them."""
+        with self._immediate() as db:
+            try:
+                db.conn.execute("UPDATE jobs SET masks = ? WHERE id = ?", [masks, job_id])
+            except sqlite3.IntegrityError:
+                row = db.execute_returning_dicts(
+                    "SELECT other.* FROM jobs AS this JOIN jobs AS other ON other.input_hash = this.input_hash"
+                    " AND other.rule = this.rule AND other.rule_version = this.rule_version"
+                    " AND other.input_path = this.input_path AND other.rerun_seq = this.rerun_seq"
+                    " AND other.masks = ? WHERE this.id = ?", [masks, job_id])
+                return Job.from_row(row[0]) if row else None
+        return None
+
     def jobs(self, status: str | None = None, limit: int | None = None) -> list[Job]:
         """Jobs in id order (oldest first); with ``limit``, only the newest ``limit`` of them.
 
