@@ -208,7 +208,9 @@ def explain(file: str, config_path: str) -> None:
 
     FILE is matched exactly as the daemon matches it: by its path relative to the innermost inbox
     holding it (a file outside every inbox: by its name alone, as `process` does). Exit 1 when no
-    rule takes it, or when FILE does not exist (the rules are still shown for its name).
+    rule takes it, or when FILE does not exist (the rules are still shown for its name). For a mask
+    (NAME.remove.png...): whose it is and whether its shot's rule reads it; exit 1 when it is unused
+    or no shot lies beside it (then where its shot went, when after: move moved it).
 
     Example: assetd explain inbox/products/shoe.jpg --config studio.yaml
     """
@@ -232,8 +234,7 @@ def explain(file: str, config_path: str) -> None:
                    "nor `assetd process` takes it; `assetd retry JOB_ID` moves it back")
         sys.exit(1)
     if mask_kind(path) is not None and is_sidecar_mask(path, Path(os.path.abspath(aside.path)) if aside else None):
-        _explain_mask(config, rules, path)
-        sys.exit(1)
+        sys.exit(0 if _explain_mask(config, rules, path) else 1)
     rel = relative_path(config, path, None)
     chosen = match_rule(rules, rel)
     click.echo(f"{path}  (matched as {str(rel)!r})")
@@ -266,10 +267,12 @@ def explain(file: str, config_path: str) -> None:
         sys.exit(1)
 
 
-def _explain_mask(config: Config, rules: list[Rule], path: Path) -> None:
+def _explain_mask(config: Config, rules: list[Rule], path: Path) -> bool:
     """``assetd explain shot.remove.png``: whose mask it is, which steps read such a mask, and whether the rule that
-    takes its shot has one (a mask is never an input; it is part of its shot's job)."""
-    from .intake import relative_path
+    takes its shot has one (a mask is never an input; it is part of its shot's job). With no shot beside it: where
+    its shot went when ``after: move`` moved it (the store knows), and the command that redoes it with the mask.
+    Returns whether a shot's rule reads it (the mask is fine)."""
+    from .intake import relative_path, where_its_shot_went
     from .rules import match_rule
     from .stages.masks import mask_kind, read_by, readers, shots_of
 
@@ -280,6 +283,11 @@ def _explain_mask(config: Config, rules: list[Rule], path: Path) -> None:
     whose = " and ".join(s.name for s in shots) or f"{stem}.<image> (none lies beside it now)"
     click.echo(f"{path}: a {kind} mask for {whose} (read by {' and by '.join(readers(kind))}); never taken as an "
                "input")
+    if not shots and Path(config.database).is_file():  # never create a database to explain a file
+        where = where_its_shot_went(_open_store(config), path)
+        if where is not None:
+            click.echo(f"  {where}")
+    used = False
     for shot in shots:
         rule = match_rule(rules, relative_path(config, shot, None))
         if rule is None:
@@ -287,11 +295,13 @@ def _explain_mask(config: Config, rules: list[Rule], path: Path) -> None:
             continue
         steps = read_by(rule, kind)
         if steps:
+            used = True
             click.echo(f"  {shot.name}: rule {rule.name!r} reads it ({', '.join(steps)}); a change to it queues "
                        f"{shot.name} again as a new job")
         else:
             click.echo(f"  {shot.name}: rule {rule.name!r} has no step that reads it (needs "
                        f"{' or '.join(readers(kind))}); it is not used")
+    return used
 
 
 @cli.command()

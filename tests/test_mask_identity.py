@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -206,12 +207,65 @@ def test_explain_says_whose_mask_it_is_and_whether_its_rule_reads_it(workspace):
     unused = paint(other, (10, 10, 40, 40))
 
     result = CliRunner().invoke(cli, ["explain", str(mask), "--config", str(workspace.config_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 0  # read by its shot's rule: fine
     assert result.output.splitlines()[0] == (f"{mask}: a remove mask for shot.png (read by retouch: remove_mask: "
                                              "sidecar); never taken as an input")
     assert "shot.png: rule 'clean' reads it (retouch)" in result.output
     assert "✓" not in result.output and "ignores" not in result.output  # no rule "takes" it
 
     result = CliRunner().invoke(cli, ["explain", str(unused), "--config", str(workspace.config_path)])
+    assert result.exit_code == 1
     assert "bag.jpg: rule 'cutouts' has no step that reads it (needs retouch: remove_mask: sidecar); it is not " \
            "used" in result.output
+
+    orphan = paint(shot, (10, 10, 40, 40), name="gone.remove.png")
+    result = CliRunner().invoke(cli, ["explain", str(orphan), "--config", str(workspace.config_path)])
+    assert result.exit_code == 1 and "gone.<image> (none lies beside it now)" in result.output
+
+
+def test_a_mask_painted_after_its_shot_was_moved_says_where_it_went_and_retry_runs_with_it(workspace, caplog,
+                                                                                            no_leaked_threads):
+    """after: move took the done shot to done/; its mask arrives later. One line names where the shot went and the
+    command; `assetd retry` moves the shot back beside the mask and the same job runs with it (not superseded, not
+    "already done"); `assetd explain` on the mask says the same."""
+    caplog.set_level(logging.INFO)
+    shot = setup(workspace)
+    text = workspace.config_path.read_text().replace("  - path: inbox\n", "  - path: inbox\n    after: move\n")
+    workspace.config_path.write_text(text)
+    config, rules = workspace.load()
+    done_shot = workspace.inbox / "done" / "shot.png"
+    daemon = Daemon(config, rules)
+    daemon.start()
+
+    def until(what, check) -> None:
+        deadline = time.monotonic() + 30
+        while not (check() and daemon.idle()):
+            assert time.monotonic() < deadline, (what, [(j.id, j.status, j.error) for j in daemon.store.jobs()])
+            time.sleep(0.05)
+
+    try:
+        until("the shot done and moved", done_shot.exists)
+        (job,) = daemon.store.jobs()
+        before = np.asarray(Image.open(workspace.root / "out" / "cutouts" / "shot.png").convert("RGB"))
+        mask = paint(shot, (250, 180, 300, 230))  # the shot is no longer beside it
+        line = (f"{mask}: no shot lies beside this remove mask: shot.png was moved to {done_shot} when job {job.id} "
+                f"ended (done); to redo it with this mask: assetd retry {job.id} (it moves the shot back beside the "
+                "mask)")
+        until("the line", lambda: line in caplog.text)
+
+        result = CliRunner().invoke(cli, ["explain", str(mask), "--config", str(workspace.config_path)])
+        assert result.exit_code == 1 and f"shot.png was moved to {done_shot}" in result.output, result.output
+
+        result = CliRunner().invoke(cli, ["retry", str(job.id), "--config", str(workspace.config_path)])
+        assert result.exit_code == 0, result.output
+        assert (f"job {job.id}: the masks beside {shot} changed since it ran (now: shot.remove.png); it runs with "
+                "them, recorded in its job") in result.output
+        until("the job done again", lambda: daemon.store.get(job.id).status is JobStatus.DONE and done_shot.exists())
+        assert [(j.id, j.status) for j in daemon.store.jobs()] == [(job.id, JobStatus.DONE)]  # no other job
+        assert daemon.store.get(job.id).masks != ""
+        after = np.asarray(Image.open(workspace.root / "out" / "cutouts" / "shot.png").convert("RGB"))
+        changed = (after != before).any(axis=2)
+        assert changed[180:230, 250:300].any() and not changed[:170, :].any()  # the mask was used, only there
+        assert (workspace.inbox / "done" / "shot.remove.png").exists()  # and went with the shot
+    finally:
+        daemon.stop()
