@@ -54,6 +54,20 @@ def subject_zone(matte: np.ndarray, margin: float) -> np.ndarray:
     return distance <= margin
 
 
+def subject_before(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The subject as it was before a painted removal (H×W bool): the parts of the subject found on the shot
+    (``before``, a matte) that are still the subject found after the removal (``after``). An ear painted over is
+    counted whatever the fill made of it (a fill smeared outward, or one that made it paper: the subject there was
+    replaced all the same); a clamp the finder took for part of the subject and the mask removed is not."""
+    was = (before > SUBJECT_THRESHOLD).astype(np.uint8)
+    n, labels = cv2.connectedComponents(was, connectivity=8)
+    if n <= 1:
+        return was > 0
+    keep = np.bincount(labels[after > SUBJECT_THRESHOLD], minlength=n) > 0
+    keep[0] = False
+    return keep[labels]
+
+
 class Spots(NamedTuple):
     """What ``find_spots`` found: the spots (H×W bool, each with its faint rim), how many, the contrast threshold
     used (8-bit levels), and the boxes (x0, y0, x1, y1) of the marks it left because they are larger than
@@ -322,8 +336,9 @@ class Retouch(Stage):
         if regions:
             notes["regions"] = regions
         if painted is not None and removed:  # only a painted mask reaches the subject (spots keep their margin)
-            matte = subject if subject is not None else find_subject(cleaned)[1]
-            reached = painted & (matte > SUBJECT_THRESHOLD) if matte is not None else None
+            after = subject if subject is not None else find_subject(cleaned)[1]
+            before = find_subject(asset)[1] if after is not None else None
+            reached = painted & subject_before(before, after) if before is not None else None
             if reached is not None and protect is not None:
                 reached &= ~protect
             if reached is not None and reached.any():
