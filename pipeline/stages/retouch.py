@@ -245,8 +245,9 @@ class RetouchOptions:
                                                        "subject are left alone")
     remove_mask: str | None = opt(None, choices=("sidecar",),
                                   expected="'sidecar' (the mask beside the shot, NAME.remove.png) or nothing",
-                                  doc="sidecar: also remove what NAME.remove.png beside the shot paints (white or "
-                                      "opaque; the subject too where it is painted); a shot without one is kept")
+                                  doc="sidecar: also remove what NAME.remove.png beside the shot paints (white on "
+                                      "black, or paint on a transparent layer; the subject too where it is painted, "
+                                      "which marks the job for review); a shot without one is kept")
     review_above: int = opt(200, min=1, max=1_000_000,
                             doc="mark the job for review when backdrop_spots finds more spots than this (a "
                                 "textured backdrop, not dust)")
