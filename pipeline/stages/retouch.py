@@ -54,18 +54,21 @@ def subject_zone(matte: np.ndarray, margin: float) -> np.ndarray:
     return distance <= margin
 
 
-def subject_before(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """The subject as it was before a painted removal (H×W bool): the parts of the subject found on the shot
-    (``before``, a matte) that are still the subject found after the removal (``after``). An ear painted over is
-    counted whatever the fill made of it (a fill smeared outward, or one that made it paper: the subject there was
-    replaced all the same); a clamp the finder took for part of the subject and the mask removed is not."""
-    was = (before > SUBJECT_THRESHOLD).astype(np.uint8)
+def subject_painted(matte: np.ndarray, painted: np.ndarray, removed_share: float = 0.8) -> np.ndarray:
+    """The painted pixels that were the subject's in the shot (H×W bool): the subject found on the shot (``matte``)
+    under the paint, but none of its parts the paint covers (nearly) whole, ``removed_share`` of it or more: that
+    is a thing removed (a clamp the finder took for subject, a coin on the paper), not the subject touched. An ear
+    painted over is counted whatever the fill makes of it: counted on the filled image instead, Telea's smear
+    made the trial's 5,946 px 6,155 and NS's 6,521."""
+    was = (matte > SUBJECT_THRESHOLD).astype(np.uint8)
     n, labels = cv2.connectedComponents(was, connectivity=8)
     if n <= 1:
-        return was > 0
-    keep = np.bincount(labels[after > SUBJECT_THRESHOLD], minlength=n) > 0
-    keep[0] = False
-    return keep[labels]
+        return np.zeros(painted.shape, bool)
+    size = np.bincount(labels.ravel(), minlength=n)
+    under = np.bincount(labels[painted], minlength=n)
+    touched = (under > 0) & (under < removed_share * size)
+    touched[0] = False
+    return touched[labels] & painted
 
 
 class Spots(NamedTuple):
@@ -293,7 +296,7 @@ class Retouch(Stage):
 
     def run(self, asset: Asset) -> list[Asset]:
         """The painted mask first, then the spots on what is left: a clamp the mask removes is no subject for the
-        spots to keep clear of, nor for ``subject_pixels`` to count."""
+        spots to keep clear of. ``subject_pixels`` counts the subject under the paint in the shot (``subject_painted``)."""
         o: RetouchOptions = self.options
         w, h = asset.width, asset.height
         notes: dict[str, Any] = {"backend": self.backend}
@@ -337,9 +340,8 @@ class Retouch(Stage):
         if regions:
             notes["regions"] = regions
         if painted is not None and removed:  # only a painted mask reaches the subject (spots keep their margin)
-            after = subject if subject is not None else find_subject(cleaned)[1]
-            before = find_subject(asset)[1] if after is not None else None
-            reached = painted & subject_before(before, after) if before is not None else None
+            matte = find_subject(asset)[1]
+            reached = subject_painted(matte, painted) if matte is not None else None
             if reached is not None and protect is not None:
                 reached &= ~protect
             if reached is not None and reached.any():
