@@ -54,21 +54,30 @@ def subject_zone(matte: np.ndarray, margin: float) -> np.ndarray:
     return distance <= margin
 
 
-def subject_painted(matte: np.ndarray, painted: np.ndarray, removed_share: float = 0.8) -> np.ndarray:
-    """The painted pixels that were the subject's in the shot (H×W bool): the subject found on the shot (``matte``)
-    under the paint, but none of its parts the paint covers (nearly) whole, ``removed_share`` of it or more: that
-    is a thing removed (a clamp the finder took for subject, a coin on the paper), not the subject touched. An ear
-    painted over is counted whatever the fill makes of it: counted on the filled image instead, Telea's smear
-    made the trial's 5,946 px 6,155 and NS's 6,521."""
+def painted_parts(matte: np.ndarray, painted: np.ndarray,
+                  removed_share: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """What the paint did to the subject found on the shot (``matte``), two H×W bool masks: the subject's pixels it
+    covered (``subject_pixels``), and the parts it covered (nearly) whole, ``removed_share`` of them or more, which
+    are things removed (a clamp the finder took for subject, a coin on the paper), not the subject touched. Counted
+    on the shot, not on the filled image: an ear painted over is counted whatever the fill makes of it (counted
+    after the fill, Telea's smear made the trial's 5,946 px 6,155 and NS's 6,521)."""
     was = (matte > SUBJECT_THRESHOLD).astype(np.uint8)
-    n, labels = cv2.connectedComponents(was, connectivity=8)
+    try:  # 16-bit labels: half the memory of 32-bit ones on a 24 MP shot (OpenCV raises when they overflow)
+        n, labels = cv2.connectedComponents(was, connectivity=8, ltype=cv2.CV_16U)
+    except cv2.error:
+        n, labels = cv2.connectedComponents(was, connectivity=8)
+    del was
+    none = np.zeros(painted.shape, bool)
     if n <= 1:
-        return np.zeros(painted.shape, bool)
+        return none, none
     size = np.bincount(labels.ravel(), minlength=n)
     under = np.bincount(labels[painted], minlength=n)
-    touched = (under > 0) & (under < removed_share * size)
-    touched[0] = False
-    return touched[labels] & painted
+    gone = under >= removed_share * size
+    touched = (under > 0) & ~gone
+    gone[0] = touched[0] = False
+    reached = touched[labels]
+    reached &= painted
+    return reached, gone[labels]
 
 
 class Spots(NamedTuple):
@@ -326,9 +335,20 @@ class Retouch(Stage):
                                         "pixels": int(painted.sum())}
                 remove(painted)
         cleaned = asset.derive(pixels, asset.matte)
-        subject = None
+        reached, shot_subject = 0, None
+        if painted is not None and removed:  # only a painted mask reaches the subject (spots keep their margin)
+            box, matte, where = find_subject(asset)
+            if matte is not None:
+                touched, gone = painted_parts(matte, painted)
+                if protect is not None:
+                    touched &= ~protect
+                reached = int(touched.sum())
+                matte = matte.copy() if matte is asset.matte or where == "alpha" else matte
+                matte[gone] = 0  # what the paint removed is no subject for the spots to keep clear of
+                shot_subject = (box, matte, where)
+                del touched, gone
         if o.backdrop_spots:
-            subject, spots = self._spots(cleaned, notes)
+            spots = self._spots(cleaned, notes, shot_subject)
             if spots is not None:
                 remove(spots)
                 if notes["backdrop_spots"]["spots"] > o.review_above:
@@ -339,28 +359,24 @@ class Retouch(Stage):
         notes["removed_pixels"] = removed
         if regions:
             notes["regions"] = regions
-        if painted is not None and removed:  # only a painted mask reaches the subject (spots keep their margin)
-            matte = find_subject(asset)[1]
-            reached = subject_painted(matte, painted) if matte is not None else None
-            if reached is not None and protect is not None:
-                reached &= ~protect
-            if reached is not None and reached.any():
-                notes["subject_pixels"] = int(reached.sum())
-                review.append(f"retouch: the painted removal covers {notes['subject_pixels']:,} px of the subject; a "
-                              "fill there is a guess: look at it"
-                              + (", or use backend: lama" if self.backend != "lama" else ""))
+        if reached:
+            notes["subject_pixels"] = reached
+            review.append(f"retouch: the painted removal covers {reached:,} px of the subject; a fill there is a "
+                          "guess: look at it" + (", or use backend: lama" if self.backend != "lama" else ""))
         result = asset.derive(pixels, asset.matte)
         result.notes["retouch"] = notes
         result.review.extend(review)
         return [result]
 
-    def _spots(self, asset: Asset, notes: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The subject's matte (or None) and the spots found on the backdrop (None: not looked for); notes say how."""
+    def _spots(self, asset: Asset, notes: dict[str, Any],
+               found: tuple[Any, np.ndarray, str] | None = None) -> np.ndarray | None:
+        """The spots found on the backdrop (None: not looked for); notes say how. ``found``: the subject already
+        found on the shot, less what the paint removed (one search, not two, for a shot with a painted mask)."""
         o: RetouchOptions = self.options
-        _box, matte, where = find_subject(asset)
+        _box, matte, where = found if found is not None else find_subject(asset)
         if matte is None:
             notes["backdrop_spots"] = {"skipped": "no plain backdrop found, so no subject to keep clear of"}
-            return None, None
+            return None
         # no more for an estimated subject, found at 512 px: its soft outline (above SUBJECT_THRESHOLD) lies about
         # 1.5 of its pixels outside the subject already (never inside, on the synthetic shots), 18 px of a 24 MP
         # shot; two more of them (23 px) hid the specks 40 px from a shoe at 24 MP
@@ -368,19 +384,19 @@ class Retouch(Stage):
         allowed = ~subject_zone(matte, margin)
         if asset.has_alpha:  # a cut-out: only opaque pixels are backdrop; transparent ones show nothing
             allowed &= asset.pixels[..., 3] >= max_value(asset.pixels)
-        found = find_spots(asset.pixels, allowed, max_spot=o.max_spot, min_contrast=o.min_contrast)
-        notes["backdrop_spots"] = {"spots": found.count, "pixels": int(found.mask.sum()),
-                                   "threshold": round(found.threshold, 1), "subject": where, "margin": round(margin, 1)}
-        if found.skipped:
-            many = len(found.skipped)
+        spots = find_spots(asset.pixels, allowed, max_spot=o.max_spot, min_contrast=o.min_contrast)
+        notes["backdrop_spots"] = {"spots": spots.count, "pixels": int(spots.mask.sum()),
+                                   "threshold": round(spots.threshold, 1), "subject": where, "margin": round(margin, 1)}
+        if spots.skipped:
+            many = len(spots.skipped)
             notes["backdrop_spots"]["too_large"] = {"why": TOO_LARGE, "marks": many,
-                                                    "boxes": [list(b) for b in found.skipped[:SHOWN]]}
+                                                    "boxes": [list(b) for b in spots.skipped[:SHOWN]]}
             self.ctx.log.info("retouch: %s: %s on the backdrop left as %s, %s: %s%s", asset.source or "image",
                               "a mark" if many == 1 else f"{many} marks", "it is" if many == 1 else "they are",
                               TOO_LARGE, ", ".join("x %d-%d y %d-%d" % (b[0], b[2], b[1], b[3])
-                                                   for b in found.skipped[:SHOWN]),
+                                                   for b in spots.skipped[:SHOWN]),
                               "" if many <= SHOWN else f" (the {SHOWN} largest)")
-        return matte, found.mask
+        return spots.mask
 
 
 @register
