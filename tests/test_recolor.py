@@ -236,6 +236,17 @@ def test_hue_shift_and_chroma_scale_without_names_edit_the_one_image() -> None:
     assert np.array_equal(grey.pixels[shot["stitch"]], rgba[shot["stitch"]])
 
 
+def test_a_colourway_named_in_words_gets_its_slug_in_file_names() -> None:
+    """A name as the studio writes it ("Coral Red", "Bleu Nuit") is accepted; its outputs' {variant} is the slug,
+    as a scene's file name gives one."""
+    outs = make_stage(variants=[{"name": "Coral Red", "colour": "#e0533d"}], original="Tan (as shot)").run(
+        Asset(bag()["rgba"]))
+    assert [o.variant for o in outs] == ["tan-as-shot", "coral-red"]
+    assert outs[1].notes["recolor"]["variant"] == "coral-red"
+    opts = build(RecolorOptions, {"variants": [{"name": "Bleu Nuit", "colour": "#1f2a44"}]}, "recolor", [])
+    assert LchRecolor.variants(opts) == ["bleu-nuit"]  # what assetd check sees of the rule's file names
+
+
 def test_the_original_passes_on_as_a_variant_when_named() -> None:
     rgba = bag()["rgba"]
     outs = make_stage(variants=COLOURWAYS[:1], original="tan").run(Asset(rgba.copy(), variant="marble"))
@@ -292,7 +303,9 @@ def test_a_missing_sidecar_or_a_colourless_subject_fails_naming_the_file(tmp_pat
     ({"variants": [{"name": "green", "colour": "#1f4d3a"}, {"name": "green", "colour": "#00ff00"}]},
      "recolor.variants: the name 'green' is given twice"),
     ({"variants": [{"name": "green", "colour": "green"}]}, "recolor.variants[0].colour: expected a colour like"),
-    ({"variants": [{"name": "Green Leather", "colour": "#1f4d3a"}]}, "recolor.variants[0].name: expected a name"),
+    ({"variants": [{"name": "???", "colour": "#1f4d3a"}]}, "recolor.variants[0].name: expected a name with a letter"),
+    ({"variants": [{"name": "Coral Red", "colour": "#e0533d"}, {"name": "coral-red", "colour": "#1f4d3a"}]},
+     "recolor.variants: 'Coral Red' and 'coral-red' give the same variant name (coral-red)"),
     ({"variants": [{"name": "x", "colour": "#1f4d3a", "hue_shift": 10}]},
      "recolor.variants[0]: set either colour or hue_shift/chroma_scale, got both"),
     ({"variants": [{"colour": "#1f4d3a"}]}, "recolor.variants[0].name: required"),

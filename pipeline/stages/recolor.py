@@ -31,7 +31,6 @@ Each colourway is its own ``Asset`` with ``variant`` set to its name; crops and 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,12 +166,17 @@ def aim(swatch: np.ndarray, lightness: float) -> np.ndarray:
 
 # --- options ---------------------------------------------------------------------------------
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+def variant_name(name: str) -> str:
+    """The ``{variant}`` a colourway's name gives: a lower-case ASCII slug, as a scene's file name gives one ("Coral
+    Red": coral-red), since it goes into output file names; "" when nothing of the name is left."""
+    from ..outputs import web_safe  # outputs imports the stages
+
+    return web_safe(name)
 
 
 def _check_name(value: str) -> str | None:
-    return None if _NAME.match(value) else (f"expected a name of lower-case letters, digits, - and _ (it goes into "
-                                            f"file names as {{variant}}), got {value!r}")
+    return None if variant_name(value) else (f"expected a name with a letter or digit (it goes into file names as "
+                                             f"{{variant}}, as a slug), got {value!r}")
 
 
 def _check_rgb(value: str) -> str | None:
@@ -183,7 +187,7 @@ def _check_rgb(value: str) -> str | None:
 class Colourway:
     """One colourway: a name (the outputs' ``{variant}``) and the colour the region's mean moves to, or a move."""
 
-    name: str = opt(doc="the colourway's name, in the outputs' {variant}: lower-case letters, digits, - and _",
+    name: str = opt(doc="the colourway's name; the outputs' {variant} is its slug (Coral Red: coral-red)",
                     check=_check_name, required=True)
     colour: str | None = opt(None, check=_check_rgb,
                              doc="'#rrggbb' the region's mean hue and chroma move to (its lightness stays the shot's)")
@@ -204,7 +208,7 @@ class RecolorOptions:
                                      doc="without variants: one edit, no variant name: multiply the region's chroma")
     original: str | None = opt(None, check=_check_name,
                                doc="also pass the shot on untouched as a variant of this name (the tan of the "
-                                   "colourways); null: only the colourways")
+                                   "colourways; its slug, as a colourway's); null: only the colourways")
     region: str = opt("auto", choices=("auto", "sidecar", "cluster"),
                       doc="what is recoloured: sidecar: NAME.recolor.png beside the shot (required); cluster: the "
                           "subject's dominant colour; auto: the sidecar when there is one, else the cluster")
@@ -295,10 +299,15 @@ class LchRecolor(Stage):
         if bool(options.variants) == single:
             problems.append(f"{where}: set either variants (colourways, each its own output) or hue_shift/"
                             f"chroma_scale (one edit), got {'both' if single else 'neither'}")
-        names = [v.name for v in options.variants] + ([options.original] if options.original else [])
-        for name in sorted({n for n in names if n and names.count(n) > 1}):
-            problems.append(f"{where}.variants: the name {name!r} is given twice: each colourway needs its own "
-                            "(it names the files)")
+        names = ([options.original] if options.original else []) + [v.name for v in options.variants]
+        slugs = [variant_name(n) for n in names]
+        for i, slug in enumerate(slugs):
+            first = slugs.index(slug)
+            if not slug or first == i or slug in slugs[:i][first + 1:]:  # "" is refused by the name's own check
+                continue
+            clash = (f"the name {names[i]!r} is given twice" if names[first] == names[i] else
+                     f"{names[first]!r} and {names[i]!r} give the same variant name ({slug})")
+            problems.append(f"{where}.variants: {clash}: each colourway needs its own (it names the files)")
         for i, v in enumerate(options.variants):
             moves = v.hue_shift is not None or v.chroma_scale is not None
             if (v.colour is not None) == moves:
@@ -311,7 +320,8 @@ class LchRecolor(Stage):
     @classmethod
     def variants(cls, options: RecolorOptions) -> list[str]:
         """The colourways' names, the untouched shot's first when ``original`` names it ([]: one edit, no name)."""
-        return ([options.original] if options.original else []) + [v.name for v in options.variants]
+        return [variant_name(n) for n in ([options.original] if options.original else []) +
+                [v.name for v in options.variants]]
 
     # -- region --------------------------------------------------------------------------------
 
@@ -572,9 +582,9 @@ class LchRecolor(Stage):
         ways = o.variants or [Colourway(name="", hue_shift=o.hue_shift, chroma_scale=o.chroma_scale)]
         outs = []
         if o.original:
-            kept = asset.derive(asset.pixels, asset.matte, variant=_variant(asset.variant, o.original),
+            kept = asset.derive(asset.pixels, asset.matte, variant=_variant(asset.variant, variant_name(o.original)),
                                 backdrop=asset.backdrop)
-            kept.notes["recolor"] = {**region.notes, "variant": o.original, "untouched": True}
+            kept.notes["recolor"] = {**region.notes, "variant": variant_name(o.original), "untouched": True}
             outs.append(kept)
         for way in ways:
             swatch = hex_to_lab(way.colour) if way.colour is not None else None
@@ -610,10 +620,11 @@ class LchRecolor(Stage):
             else:
                 notes.update({k: v for k, v in (("hue_shift", way.hue_shift), ("chroma_scale", way.chroma_scale))
                               if v is not None})
-            out = asset.derive(pixels, asset.matte, variant=_variant(asset.variant, way.name) if way.name
+            slug = variant_name(way.name)
+            out = asset.derive(pixels, asset.matte, variant=_variant(asset.variant, slug) if way.name
                                else asset.variant)
             if way.name:
-                notes["variant"] = way.name
+                notes["variant"] = slug
             out.notes["recolor"] = notes
             out.review.extend(review)
             outs.append(out)
