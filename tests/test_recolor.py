@@ -124,6 +124,48 @@ def test_the_edge_between_leather_and_thread_blends() -> None:
     assert np.all(np.diff(moved) <= 1.0)  # falls off along the ramp, never jumps back up
 
 
+def test_a_deeper_shade_turns_with_the_material_brass_does_not() -> None:
+    """Real fur and leather have deeper patches: darker and about twice as colourful, of nearly the same hue (the
+    ginger in tan fur). They are the material and turn with it: no blotch of the old colour. Brass beside the leather
+    is more colourful too, but lighter and yellower: another material, kept bit for bit."""
+    shot = bag()
+    rgba = shot["rgba"]
+    rng = np.random.default_rng(5)
+    ginger = np.zeros(rgba.shape[:2], bool)
+    ginger[150:190, 60:120] = True  # a deep patch, its grain the leather's
+    rgba[ginger, :3] = np.clip(rng.normal(1.0, 0.04, (int(ginger.sum()), 1)) * (130, 72, 25), 0, 255).astype(np.uint8)
+    brass = np.zeros(rgba.shape[:2], bool)
+    brass[60:80, 200:260] = True
+    rgba[brass, :3] = (190, 150, 45)
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
+    assert np.array_equal(out.pixels[brass], rgba[brass])
+    inner = cv2.erode(ginger.astype(np.uint8), np.ones((2 * EDGE + 1,) * 2, np.uint8)) > 0
+    before, after = lab8(rgba)[inner], lab8(out.pixels)[inner]
+    green = hue_of(lab8(np.array([[[0x1f, 0x4d, 0x3a]]]))[0, 0])
+    assert (hue_apart(hue_of(after), green) < hue_apart(hue_of(before), green) - 60).all()  # every pixel turned
+    assert np.abs(after[:, 0] - before[:, 0]).max() <= 0.5
+
+
+def test_pale_shades_fade_instead_of_a_hard_edge() -> None:
+    """A ramp from the leather to a pale shade of it (its hue, chroma falling to a grey): the turn fades with the
+    chroma, never jumps, and the grey end is kept bit for bit (pale fur left peach beside green fur is a hard
+    edge)."""
+    rgba = bag()["rgba"]
+    lab = srgb_to_lab(np.array(TAN, np.float64))
+    ramp = np.linspace(1.0, 0.0, 80)  # the chroma's share
+    row = np.array([[lab[0], lab[1] * k, lab[2] * k] for k in ramp])
+    from pipeline.stages.recolor import lab_to_linear, srgb_encode
+    rgb = np.rint(srgb_encode(lab_to_linear(row)) * 255).astype(np.uint8)
+    rgba[160:170, 60:140, :3] = rgb[None]
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
+    moved = np.hypot(*np.moveaxis(lab8(out.pixels)[165, 60:140, 1:] - lab8(rgba)[165, 60:140, 1:], -1, 0))
+    chroma = np.hypot(*np.moveaxis(lab8(rgba)[165, 60:140, 1:], -1, 0))
+    assert moved[0] > 20 and moved[-1] == 0
+    pale = (chroma > 4) & (chroma < 8)  # below min_chroma (8): moved, the less the paler
+    assert pale.sum() >= 5 and (moved[pale] > 0.5).all()
+    assert np.all(np.abs(np.diff(moved)) <= 2.5)  # no step between neighbours
+
+
 def soft_disc(tan: tuple[int, int, int] = TAN, size: int = 200,
               paper: tuple[int, int, int] = (255, 255, 255)) -> tuple[np.ndarray, np.ndarray]:
     """A tan disc with grainy shading on paper (white unless told), its outline anti-aliased over about 4 px: mixed
@@ -343,11 +385,20 @@ def test_a_real_photo_fur_changes_colour_nose_eyes_and_backdrop_do_not() -> None
     for out, way in zip(outs, COLOURWAYS):
         assert np.abs(lab8(out.pixels)[..., 0] - before[..., 0]).max() <= 0.5
         assert np.array_equal(out.pixels[mask == 0], rgba[mask == 0])
-        # the grey nose and muzzle, the dark eyes; not the fur's outline, where grey is the fur mixed with the
-        # backdrop and turns with it
+        # the grey nose and the dark eyes; not the fur's outline, where grey is the fur mixed with the backdrop and
+        # turns with it. The palest fur (C* 2 to min_chroma) fades in: a warm grey moves a little, a grey not at all
         opaque = cv2.erode((mask >= 230).astype(np.uint8), np.ones((4 * EDGE + 3,) * 2, np.uint8)) > 0
-        neutral = opaque & (chroma < 8)
+        neutral = opaque & (chroma < 2)
         assert neutral.sum() > 1000 and np.array_equal(out.pixels[neutral], rgba[neutral])
+        after = lab8(out.pixels)
+        moved = np.hypot(*np.moveaxis(after[..., 1:] - before[..., 1:], -1, 0))
+        assert moved[opaque & (chroma < 4)].max() <= 2.5
+        # no blotch of the old colour: the fur's deeper ginger (C* up to twice the mean) turns with the rest
+        tan = out.notes["recolor"]["lch"][2]
+        if way["name"] == "green":  # far enough from tan that a pixel left tan shows
+            colourful = np.hypot(after[..., 1], after[..., 2]) > 8
+            still_tan = (mask >= 230) & (hue_apart(hue_of(after), tan) < 25) & colourful
+            assert still_tan.sum() <= 20, still_tan.sum()  # 864 before the ginger counted as the fur
         core = out.notes["recolor"]
         assert core["delta_e"] <= 3.0 and core["share"] > 0.5
 

@@ -57,6 +57,10 @@ L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is th
 EDGE = 4  # pixels: how far an outline's soft edge (the region mixed with what is beside it) reaches
 _ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_matte finds an uncut shot's subject
 _UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
+_LIGHTER = 15.0  # L*: a pixel more colourful than the region counts as another material once this much lighter
+_PALEST = 0.25  # of min_chroma: the chroma below which a pixel of the region's hue is not moved at all
+_HUE_APART = 90.0  # degrees: a hue this far from the region's is another colour (fading in from 2/3 of it)
+_BRIGHTER = 10.0  # L*: a pixel this much brighter than the region's 99th percentile is a highlight (from +2: fades)
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
 
@@ -209,9 +213,11 @@ class RecolorOptions:
     original: str | None = opt(None, check=_check_name,
                                doc="also pass the shot on untouched as a variant of this name (the tan of the "
                                    "colourways; its slug, as a colourway's); null: only the colourways")
-    region: str = opt("auto", choices=("auto", "sidecar", "cluster"),
-                      doc="what is recoloured: sidecar: NAME.recolor.png beside the shot (required); cluster: the "
-                          "subject's dominant colour; auto: the sidecar when there is one, else the cluster")
+    region: str = opt("auto", choices=("auto", "sidecar", "mask", "cluster"),
+                      doc="what is recoloured: sidecar: within NAME.recolor.png beside the shot (required), the "
+                          "dominant colour of what is painted (a brush's overshoot onto another colour stays); "
+                          "mask: every painted pixel, as painted (the paint is exact); cluster: the subject's "
+                          "dominant colour; auto: sidecar when there is a NAME.recolor.png, else cluster")
     tolerance: float = opt(20.0, min=1.0, max=100.0,
                            doc="how far a subject pixel's colour may be from the dominant colour and still be "
                                "recoloured (a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
@@ -272,16 +278,46 @@ def dominant_colour(lab: np.ndarray, tolerance: float) -> np.ndarray:
     return centre
 
 
-def colour_distance(a: np.ndarray, b: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """How far each (a, b) is from ``centre`` for membership: the hue difference ΔH and the chroma difference, that
-    1.5× when more colourful (a more colourful thing of a near hue is another material: brass on tan leather). Less
-    colourful counts in full: a whitish sail of the hull's hue is not the hull."""
+def colour_distance(lab: np.ndarray, centre: np.ndarray, lightness_of: float) -> np.ndarray:
+    """How far each CIELAB colour of ``lab`` (N×3) is from the material of a*b* ``centre`` and median L*
+    ``lightness_of``, for membership: the hue difference ΔH, and the chroma difference where it means another
+    material. Less colourful counts in full (a whitish sail of the hull's hue is not the hull; the palest shades
+    fade by ``min_chroma`` instead). More colourful counts only where the pixel is also lighter than the material,
+    then 1.5×: a deeper shade of a material is darker and more colourful (the ginger of tan fur, C* twice the
+    fur's), a more colourful thing of a near hue that is lighter is another material (brass on tan leather)."""
+    a, b = lab[:, 1], lab[:, 2]
     c = np.hypot(a, b)
     cc = float(np.hypot(*centre))
     dh = np.arctan2(b, a) - math.atan2(centre[1], centre[0])
     big_dh = 2 * np.sqrt(c * cc) * np.sin(dh / 2)
     dc = c - cc
-    return np.hypot(np.where(dc < 0, 1.0, 1.5) * dc, big_dh)
+    lighter = _smooth_ramp(lab[:, 0] - lightness_of, 0.0, _LIGHTER)
+    return np.hypot(np.where(dc < 0, 1.0, 1.5 * lighter) * dc, big_dh)
+
+
+def hue_apart(lab: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The hue angle (degrees, 0..180) between each colour of ``lab`` (N×3) and a*b* ``centre``."""
+    turn = np.arctan2(lab[:, 2], lab[:, 1]) - math.atan2(centre[1], centre[0])
+    return np.degrees(np.abs(np.arctan2(np.sin(turn), np.cos(turn))))
+
+
+def membership(lab: np.ndarray, centre: np.ndarray | None, lightness_of: float, bright: float | None,
+               tolerance: float, min_chroma: float) -> np.ndarray:
+    """How much each colour of ``lab`` (N×3) belongs to the region (0..1). With a material (a*b* ``centre``, L*
+    ``lightness_of``): its colour distance (full within ``tolerance``, none past 1.5×), and none for a hue
+    ``_HUE_APART`` or more away whatever the chroma (the lavender spots of a muzzle beside tan fur; ``centre`` None:
+    every colour, a region taken as painted). Then faded by chroma below ``min_chroma`` (a pale shade of the
+    material moves the less the paler it is, down to none for a grey: no hard edge between a moved and a kept patch
+    of pale fur), and by lightness above ``bright`` (brighter than the material: a glint, polished metal)."""
+    part = np.ones(len(lab))
+    if centre is not None:
+        part *= _smooth_ramp(colour_distance(lab, centre, lightness_of), 1.5 * tolerance, tolerance)
+        part *= _smooth_ramp(hue_apart(lab, centre), _HUE_APART, 2 / 3 * _HUE_APART)
+    if min_chroma > 0:
+        part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), _PALEST * min_chroma, min_chroma)
+    if bright is not None:
+        part *= _smooth_ramp(lab[:, 0], bright + _BRIGHTER, bright + 2.0)
+    return part
 
 
 @register
@@ -367,9 +403,9 @@ class LchRecolor(Stage):
         o: RecolorOptions = self.options
         rgb = asset.pixels[..., :3]
         painted = None if o.region == "cluster" else self._sidecar(asset, "recolor")
-        if o.region == "sidecar" and painted is None:
+        if o.region in ("sidecar", "mask") and painted is None:
             where = sidecar_path(asset.source, "recolor") if asset.source else "NAME.recolor.png"
-            raise PermanentError(f"recolor: {where} is missing (region: sidecar): paint the region to recolour "
+            raise PermanentError(f"recolor: {where} is missing (region: {o.region}): paint the region to recolour "
                                  "or set region: auto")
         protect = self._sidecar(asset, "protect")
         notes: dict[str, Any] = {"region": "sidecar" if painted is not None else "cluster"}
@@ -402,18 +438,24 @@ class LchRecolor(Stage):
         sample = _lab_rows(rgb[y0:y1:step, x0:x1:step][sure]).reshape(-1, 3)
         chroma = np.hypot(sample[:, 1], sample[:, 2])
         colourful = sample[chroma >= o.min_chroma] if o.min_chroma > 0 else sample
-        if painted is None:
-            if len(colourful) < max(16, 0.01 * len(sample)):
-                raise PermanentError(f"recolor: {asset.source or 'image'}: the subject has no colour above "
-                                     f"min_chroma {o.min_chroma:g} (grey, black or white): paint NAME.recolor.png "
-                                     "or lower min_chroma")
-            centre = dominant_colour(colourful, o.tolerance)
-            member = _smooth_ramp(colour_distance(colourful[:, 1], colourful[:, 2], centre),
-                                  1.5 * o.tolerance, o.tolerance) >= _CORE
-            cluster = colourful[member] if member.any() else colourful
-            notes["dominant"] = lab_to_hex(np.array([np.median(cluster[:, 0]), *centre]))
+        enough = len(colourful) >= max(16, 0.01 * len(sample))
+        if painted is None and not enough:
+            raise PermanentError(f"recolor: {asset.source or 'image'}: the subject has no colour above "
+                                 f"min_chroma {o.min_chroma:g} (grey, black or white): paint NAME.recolor.png "
+                                 "or lower min_chroma")
+        if o.region == "mask" or not enough:
+            # every painted colour turns (fading only below min_chroma and above the highlights)
+            centre, lightness_of, cluster = None, 0.0, (colourful if len(colourful) else sample)
         else:
-            centre, cluster = None, (colourful if len(colourful) else sample)
+            # the subject's dominant colour, or the painted pixels': a brush that overshoots onto the sail or the
+            # mast beside the band does not turn them
+            centre = dominant_colour(colourful, o.tolerance)
+            near = np.hypot(colourful[:, 1] - centre[0], colourful[:, 2] - centre[1]) <= o.tolerance
+            lightness_of = float(np.median(colourful[near, 0] if near.any() else colourful[:, 0]))
+            member = membership(colourful, centre, lightness_of, None, o.tolerance, 0.0) >= _CORE
+            cluster = colourful[member] if member.any() else colourful
+            lightness_of = float(np.median(cluster[:, 0]))
+            notes["dominant"] = lab_to_hex(np.array([lightness_of, *centre]))
         bright = float(np.percentile(cluster[:, 0], 99)) if o.protect_highlights and len(cluster) else None
         weight = np.empty(base.shape, np.float32)
         for r0 in range(0, y1 - y0, _ROWS):
@@ -421,13 +463,7 @@ class LchRecolor(Stage):
             w = base[r0:r1].copy()
             todo = w > 0
             lab = _lab_rows(rgb[y0 + r0:y0 + r1, x0:x1][todo])
-            part = w[todo]
-            if centre is not None:
-                part *= _smooth_ramp(colour_distance(lab[:, 1], lab[:, 2], centre), 1.5 * o.tolerance, o.tolerance)
-            if o.min_chroma > 0:
-                part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), o.min_chroma, 1.5 * o.min_chroma)
-            if bright is not None:
-                part *= _smooth_ramp(lab[:, 0], bright + 6.0, bright + 2.0)
+            part = w[todo] * membership(lab, centre, lightness_of, bright, o.tolerance, o.min_chroma)
             w[todo] = part
             weight[r0:r1] = w
         core = weight >= _CORE
