@@ -328,10 +328,58 @@ def test_a_painted_region_is_recoloured_even_without_a_subject(tmp_path: Path) -
     assert np.abs(lab8(out.pixels)[..., 0] - lab8(rgb)[..., 0]).max() <= 0.5
 
 
+def sail(tmp_path: Path) -> tuple[np.ndarray, Path, dict[str, np.ndarray]]:
+    """A sail: a yellow-green band on bluish-white cloth, a blue mast and a blue eyelet in the band, all grainy;
+    painted roughly as a retoucher does: the brush overshoots onto the cloth and the mast, the eyelet inside it."""
+    rng = np.random.default_rng(4)
+    h, w = 160, 240
+    rgb = np.empty((h, w, 3), np.float64)
+    rgb[:] = (200, 205, 222)  # bluish-white cloth
+    rgb[90:140] = (150, 160, 40)  # the band
+    rgb[:, 200:215] = (30, 60, 150)  # the mast
+    cv2.circle(rgb, (170, 115), 8, (40, 70, 160), -1)  # an eyelet in the band
+    rgb = np.clip(rgb * rng.normal(1.0, 0.03, (h, w, 1)), 0, 255).astype(np.uint8)
+    painted = np.zeros((h, w), np.uint8)
+    painted[78:150, 10:225] = 255  # over the band, 12 px of cloth above it, 10 below, and the mast
+    Image.fromarray(rgb).save(tmp_path / "sail.jpg")
+    Image.fromarray(painted).save(tmp_path / "sail.recolor.png")
+    band = np.zeros((h, w), bool)
+    band[93:137, 13:197] = True
+    cv2.circle(band.view(np.uint8), (170, 115), 12, 0, -1)
+    eyelet = np.zeros((h, w), np.uint8)
+    cv2.circle(eyelet, (170, 115), 6, 1, -1)
+    cloth = np.zeros((h, w), bool)
+    cloth[78:87, 10:195] = cloth[143:150, 10:195] = True
+    mast = np.zeros((h, w), bool)
+    mast[78:150, 203:212] = True
+    return rgb, tmp_path / "sail.jpg", {"band": band, "eyelet": eyelet > 0, "cloth": cloth, "mast": mast,
+                                        "painted": painted > 0}
+
+
+def test_a_rough_painted_region_turns_only_its_colour(tmp_path: Path) -> None:
+    """Inside NAME.recolor.png only the painted pixels' dominant colour turns: the cloth the brush went over, the
+    blue mast and the eyelet inside the paint stay bit for bit (turned, they came out cyan and maroon)."""
+    rgb, source, part = sail(tmp_path)
+    for way in ({"name": "coral", "colour": "#e0533d"}, {"name": "teal", "colour": "#1e8a8a"}):
+        (out,) = make_stage(variants=[way]).run(Asset(rgb.copy(), source=str(source)))
+        assert out.notes["recolor"]["region"] == "sidecar"
+        for kept in ("eyelet", "cloth", "mast"):
+            assert np.array_equal(out.pixels[part[kept]], rgb[part[kept]]), (way["name"], kept)
+        assert np.array_equal(out.pixels[~part["painted"]], rgb[~part["painted"]])
+        assert hue_distance(out.pixels, part["band"], way["colour"]) <= 3.0
+    # region: mask: the paint is exact, all of it turns (the cloth too, as painted)
+    (out,) = make_stage(region="mask", variants=[{"name": "teal", "colour": "#1e8a8a"}]).run(
+        Asset(rgb.copy(), source=str(source)))
+    assert not np.array_equal(out.pixels[part["mast"]], rgb[part["mast"]])
+    assert np.array_equal(out.pixels[~part["painted"]], rgb[~part["painted"]])
+
+
 def test_a_missing_sidecar_or_a_colourless_subject_fails_naming_the_file(tmp_path: Path) -> None:
     rgba = bag()["rgba"]
     with pytest.raises(PermanentError, match=r"bag.recolor.png is missing \(region: sidecar\)"):
         make_stage(region="sidecar", variants=COLOURWAYS).run(Asset(rgba, source=str(tmp_path / "bag.png")))
+    with pytest.raises(PermanentError, match=r"bag.recolor.png is missing \(region: mask\)"):
+        make_stage(region="mask", variants=COLOURWAYS).run(Asset(rgba, source=str(tmp_path / "bag.png")))
     grey = rgba.copy()
     grey[..., :3] = grey[..., :1]
     with pytest.raises(PermanentError, match=r"grey.png: the subject has no colour above min_chroma 8"):

@@ -6,19 +6,25 @@ chromatic adaptation), keeps every pixel's L* (within 0.5, after rounding to the
 only a* and b*, by one rotation and scaling of the a*b* plane per colourway: the region's mean colour lands on
 the target, and the shading, grain and hue variation of the leather ride along.
 
-The region is a retoucher's ``NAME.recolor.png`` beside the shot, or else the subject's dominant colour cluster:
-the peak of its a*b* histogram weighted by chroma (a white sail bigger than the blue hull is not the hull's
-colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference, this 1.5× when more
-colourful, so brass on tan leather falls out; lightness ignored, so the leather in shadow belongs). Taken out of
-it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, whitish
-highlights, the backdrop's greys) and highlights brighter than the leather (polished metal, specular glints).
-Hardware of nearly the leather's colour (dark brass on tan) cannot be told from it by colour: a protect mask is
-the way. Membership is soft in colour (it ramps to nothing between ``tolerance`` and 1.5×), so an edge pixel half
-stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
-bit-identical in every colourway. The region's outline (against the backdrop, the transparency of a cut-out, or a
-protected part) is different: its pixels are the region's colour mixed with what lies beside, paler and less
-colourful, so weighed by their own colour they would keep the old colour as a rim; there only the region's share
-of each pixel turns (``LchRecolor._outline``), and the new colour meets the backdrop as the old one did.
+The region is the subject's dominant colour cluster: the peak of its a*b* histogram weighted by chroma (a white
+sail bigger than the blue hull is not the hull's colour), and every subject pixel of that material: within
+``tolerance`` of it in hue and chroma, lightness ignored (the leather in shadow belongs). A deeper shade of the
+material, darker and more colourful (the ginger in tan fur, twice its chroma), belongs; more colourful and lighter
+is another material (brass on tan leather); a hue 60° to 90° away is another colour whatever its chroma (blue
+stitching). A retoucher's ``NAME.recolor.png`` beside the shot bounds the region: within it, the dominant colour
+of what is painted turns the same way, so a brush that overshoots onto the white sail or the blue mast beside a
+band leaves them as they are (``region: mask`` turns every painted pixel instead, for an exact mask). Taken out of
+it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, the
+backdrop's greys: a pale shade of the material fades out below ``min_chroma`` rather than being cut, so pale fur
+has no hard edge between kept and moved patches) and highlights brighter than the leather (polished metal,
+specular glints, fading out over 8 L*). Hardware of nearly the leather's colour and lightness (dark brass on tan)
+cannot be told from it by colour: a protect mask is the way. Membership is soft in colour (it ramps to nothing
+between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is the soft
+edge, and a pixel with no membership at all is bit-identical in every colourway. The region's outline (against
+the backdrop, the transparency of a cut-out, or a protected part) is different: its pixels are the region's colour
+mixed with what lies beside, paler and less colourful, so weighed by their own colour they would keep the old
+colour as a rim; there only the region's share of each pixel turns (``LchRecolor._outline``), and the new colour
+meets the backdrop as the old one did.
 
 A swatch gives the target's chroma and its hue as seen (the Oklab hue: CIELAB's hue angle bends toward purple in
 the blues as lightness changes, and navy kept at its CIELAB angle but at the leather's L* is a lavender); its
@@ -219,13 +225,14 @@ class RecolorOptions:
                           "mask: every painted pixel, as painted (the paint is exact); cluster: the subject's "
                           "dominant colour; auto: sidecar when there is a NAME.recolor.png, else cluster")
     tolerance: float = opt(20.0, min=1.0, max=100.0,
-                           doc="how far a subject pixel's colour may be from the dominant colour and still be "
-                               "recoloured (a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
+                           doc="how far a pixel's colour may be from the dominant colour and still be recoloured "
+                               "(a*b* distance: hue and chroma; more colourful counts only when also lighter: a "
+                               "deeper shade of the material turns, brass does not); fades out to 1.5×")
     min_chroma: float = opt(8.0, min=0.0, max=50.0,
-                            doc="keep pixels less colourful than this (C*): stitching, chrome, black, whitish "
-                                "highlights (0: recolour greys too)")
+                            doc="pixels less colourful than this (C*) move the less the paler they are, none below "
+                                "a quarter of it: stitching, chrome, black, greys stay (0: recolour greys too)")
     protect_highlights: bool = opt(True, doc="keep pixels brighter than the region's 99th percentile of L* "
-                                             "(specular glints, polished metal)")
+                                             "(specular glints, polished metal), fading out from 2 to 10 L* above")
     review_delta_e: float = opt(3.0, min=0.0, max=100.0,
                                 doc="mark the job for review when a colourway's mean lands further than this "
                                     "(ΔE2000, at the region's lightness) from its colour: a target the shot's "
