@@ -10,7 +10,7 @@ The region is the subject's dominant colour cluster: the peak of its a*b* histog
 sail bigger than the blue hull is not the hull's colour), and every subject pixel of that material: within
 ``tolerance`` of it in hue and chroma, lightness ignored (the leather in shadow belongs). A deeper shade of the
 material, darker and more colourful (the ginger in tan fur, twice its chroma), belongs; more colourful and lighter
-is another material (brass on tan leather); a hue 60° to 90° away is another colour whatever its chroma (blue
+is another material (brass on tan leather); a hue 45° to 75° away is another colour whatever its chroma (blue
 stitching). A retoucher's ``NAME.recolor.png`` beside the shot bounds the region: within it, the dominant colour
 of what is painted turns the same way, so a brush that overshoots onto the white sail or the blue mast beside a
 band leaves them as they are (``region: mask`` turns every painted pixel instead, for an exact mask). Taken out of
@@ -65,7 +65,7 @@ _ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_mat
 _UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
 _LIGHTER = 15.0  # L*: a pixel more colourful than the region counts as another material once this much lighter
 _PALEST = 0.25  # of min_chroma: the chroma below which a pixel of the region's hue is not moved at all
-_HUE_APART = 90.0  # degrees: a hue this far from the region's is another colour (fading in from 2/3 of it)
+_HUE_NEAR, _HUE_APART = 45.0, 75.0  # degrees: a hue this far from the region's is another colour (from the first: fading)
 _BRIGHTER = 10.0  # L*: a pixel this much brighter than the region's 99th percentile is a highlight (from +2: fades)
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
@@ -319,7 +319,7 @@ def membership(lab: np.ndarray, centre: np.ndarray | None, lightness_of: float, 
     part = np.ones(len(lab))
     if centre is not None:
         part *= _smooth_ramp(colour_distance(lab, centre, lightness_of), 1.5 * tolerance, tolerance)
-        part *= _smooth_ramp(hue_apart(lab, centre), _HUE_APART, 2 / 3 * _HUE_APART)
+        part *= _smooth_ramp(hue_apart(lab, centre), _HUE_APART, _HUE_NEAR)
     if min_chroma > 0:
         part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), _PALEST * min_chroma, min_chroma)
     if bright is not None:
