@@ -21,10 +21,10 @@ specular glints, fading out over 8 L*). Hardware of nearly the leather's colour 
 cannot be told from it by colour: a protect mask is the way. Membership is soft in colour (it ramps to nothing
 between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is the soft
 edge, and a pixel with no membership at all is bit-identical in every colourway. The region's outline (against
-the backdrop, the transparency of a cut-out, or a protected part) is different: its pixels are the region's colour
-mixed with what lies beside, paler and less colourful, so weighed by their own colour they would keep the old
-colour as a rim; there only the region's share of each pixel turns (``LchRecolor._outline``), and the new colour
-meets the backdrop as the old one did.
+the backdrop, the transparency of a cut-out, a protected part, or another colour inside the paint) is different:
+its pixels are the region's colour mixed with what lies beside, paler and less colourful, so weighed by their own
+colour they would keep the old colour as a rim; there only the region's share of each pixel turns
+(``LchRecolor._outline``), and the new colour meets the backdrop as the old one did.
 
 A swatch gives the target's chroma and its hue as seen (the Oklab hue: CIELAB's hue angle bends toward purple in
 the blues as lightness changes, and navy kept at its CIELAB angle but at the leather's L* is a lavender); its
@@ -65,7 +65,7 @@ _ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_mat
 _UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
 _LIGHTER = 15.0  # L*: a pixel more colourful than the region counts as another material once this much lighter
 _PALEST = 0.25  # of min_chroma: the chroma below which a pixel of the region's hue is not moved at all
-_HUE_NEAR, _HUE_APART = 45.0, 75.0  # degrees: a hue this far from the region's is another colour (from the first: fading)
+_HUE_NEAR, _HUE_APART = 45.0, 75.0  # degrees: a hue this far from the region's is another colour (fading between)
 _BRIGHTER = 10.0  # L*: a pixel this much brighter than the region's 99th percentile is a highlight (from +2: fades)
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
@@ -481,17 +481,22 @@ class LchRecolor(Stage):
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
         subject_px = float((base > 0).sum())
-        edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base, prot,
-                                            alpha, slack, mean_lab[1:])
+        # inside a painted region, what is another colour (the sail beside the band) is beyond the region's outline
+        outside = base < _CORE
+        if painted is not None and centre is not None:
+            outside |= weight < 0.01
+        edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base,
+                                            outside, prot, alpha, slack, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
                      mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
         return Region(box, weight, mean_lab, notes, edge_at, edge_other)
 
     def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
-                 base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
+                 base: np.ndarray, outside: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
                  region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The region's soft outline (against the backdrop, a cut-out's partly transparent edge or a protected
-        part), taken into ``weight`` in place; returns the outline pixels' flat indices (in the box) and the part of
+        """The region's soft outline (against the backdrop, a cut-out's partly transparent edge, a protected part, or
+        ``outside``: what is not the region, such as another colour inside a painted region), taken into ``weight``
+        in place; returns the outline pixels' flat indices (in the box) and the part of
         their a*b* that does not turn.
 
         An outline pixel is the region's colour mixed with what lies beside it: tan leather half over white paper
@@ -513,7 +518,7 @@ class LchRecolor(Stage):
         x0, y0, x1, y1 = box
         wide = 2 * EDGE + slack  # ``slack``: how far an estimated outline may lie off the subject's
         sides = [int(v) * wide for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
-        apart = cv2.copyMakeBorder(((base < _CORE) | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
+        apart = cv2.copyMakeBorder((outside | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
         outline = cv2.dilate(apart, _square(wide))[sides[0]:sides[0] + base.shape[0],
                                                   sides[2]:sides[2] + base.shape[1]] > 0
         reach = base > 0
