@@ -127,23 +127,28 @@ def test_the_edge_between_leather_and_thread_blends() -> None:
 def test_a_deeper_shade_turns_with_the_material_brass_does_not() -> None:
     """Real fur and leather have deeper patches: darker and about twice as colourful, of nearly the same hue (the
     ginger in tan fur). They are the material and turn with it: no blotch of the old colour. Brass beside the leather
-    is more colourful too, but lighter and yellower: another material, kept bit for bit."""
+    is more colourful too, but lighter and yellower: another material, kept bit for bit; the leather in a brighter
+    light is lighter and more colourful in proportion, and turns."""
     shot = bag()
     rgba = shot["rgba"]
     rng = np.random.default_rng(5)
     ginger = np.zeros(rgba.shape[:2], bool)
     ginger[150:190, 60:120] = True  # a deep patch, its grain the leather's
     rgba[ginger, :3] = np.clip(rng.normal(1.0, 0.04, (int(ginger.sum()), 1)) * (130, 72, 25), 0, 255).astype(np.uint8)
+    sunlit = np.zeros(rgba.shape[:2], bool)
+    sunlit[150:190, 200:260] = True  # in a brighter light: lighter and more colourful in proportion
+    rgba[sunlit, :3] = np.clip(rng.normal(1.0, 0.04, (int(sunlit.sum()), 1)) * (184, 135, 92), 0, 255).astype(np.uint8)
     brass = np.zeros(rgba.shape[:2], bool)
     brass[60:80, 200:260] = True
     rgba[brass, :3] = (190, 150, 45)
     (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
     assert np.array_equal(out.pixels[brass], rgba[brass])
-    inner = cv2.erode(ginger.astype(np.uint8), np.ones((2 * EDGE + 1,) * 2, np.uint8)) > 0
-    before, after = lab8(rgba)[inner], lab8(out.pixels)[inner]
     green = hue_of(lab8(np.array([[[0x1f, 0x4d, 0x3a]]]))[0, 0])
-    assert (hue_apart(hue_of(after), green) < hue_apart(hue_of(before), green) - 60).all()  # every pixel turned
-    assert np.abs(after[:, 0] - before[:, 0]).max() <= 0.5
+    for patch in (ginger, sunlit):
+        inner = cv2.erode(patch.astype(np.uint8), np.ones((2 * EDGE + 1,) * 2, np.uint8)) > 0
+        before, after = lab8(rgba)[inner], lab8(out.pixels)[inner]
+        assert (hue_apart(hue_of(after), green) < hue_apart(hue_of(before), green) - 60).all()  # every pixel turned
+        assert np.abs(after[:, 0] - before[:, 0]).max() <= 0.5
 
 
 def test_pale_shades_fade_instead_of_a_hard_edge() -> None:
@@ -336,6 +341,7 @@ def sail(tmp_path: Path) -> tuple[np.ndarray, Path, dict[str, np.ndarray]]:
     rgb = np.empty((h, w, 3), np.float64)
     rgb[:] = (200, 205, 222)  # bluish-white cloth
     rgb[90:140] = (150, 160, 40)  # the band
+    rgb[90:140, 140:200] = (190, 203, 51)  # its sunlit end: lighter and more colourful in proportion
     rgb[:, 200:215] = (30, 60, 150)  # the mast
     cv2.circle(rgb, (170, 115), 8, (40, 70, 160), -1)  # an eyelet in the band
     rgb = np.clip(rgb * rng.normal(1.0, 0.03, (h, w, 1)), 0, 255).astype(np.uint8)
@@ -372,6 +378,8 @@ def test_a_rough_painted_region_turns_only_its_colour(tmp_path: Path) -> None:
         before, after = lab8(rgb), lab8(out.pixels)
         old, new = hue_of(before[100, 50]), hue_of(srgb_to_lab(np.array([int(way["colour"][i:i + 2], 16)
                                                                           for i in (1, 3, 5)], np.float64)))
+        sunlit = part["band"] & (np.arange(rgb.shape[1]) >= 140)[None, :]
+        assert (hue_apart(hue_of(after[sunlit]), new) < 15).all()
         edge = (part["painted"] & ~part["band"] & ~part["cloth"])[:, 20:190]
         hues, coloured = hue_of(after[:, 20:190]), np.hypot(after[:, 20:190, 1], after[:, 20:190, 2]) > 6
         assert (edge & coloured & (hue_apart(hues, old) < hue_apart(hues, new))).sum() == 0

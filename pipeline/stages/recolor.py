@@ -290,16 +290,20 @@ def colour_distance(lab: np.ndarray, centre: np.ndarray, lightness_of: float) ->
     ``lightness_of``, for membership: the hue difference ΔH, and the chroma difference where it means another
     material. Less colourful counts in full (a whitish sail of the hull's hue is not the hull; the palest shades
     fade by ``min_chroma`` instead). More colourful counts only where the pixel is also lighter than the material,
+    and only beyond the chroma that more light gives it (sunlit cloth is lighter and more colourful in proportion),
     then 1.5×: a deeper shade of a material is darker and more colourful (the ginger of tan fur, C* twice the
-    fur's), a more colourful thing of a near hue that is lighter is another material (brass on tan leather)."""
+    fur's), a more colourful thing of a near hue that is lighter still is another material (brass on tan
+    leather)."""
     a, b = lab[:, 1], lab[:, 2]
     c = np.hypot(a, b)
     cc = float(np.hypot(*centre))
     dh = np.arctan2(b, a) - math.atan2(centre[1], centre[0])
     big_dh = 2 * np.sqrt(c * cc) * np.sin(dh / 2)
     dc = c - cc
+    # more light makes the material lighter and more colourful alike: the chroma it has at this lightness
+    lit = cc * np.maximum(1.0, lab[:, 0] / max(1.0, lightness_of))
     lighter = _smooth_ramp(lab[:, 0] - lightness_of, 0.0, _LIGHTER)
-    return np.hypot(np.where(dc < 0, 1.0, 1.5 * lighter) * dc, big_dh)
+    return np.hypot(np.where(dc < 0, dc, 1.5 * lighter * np.maximum(0.0, c - lit)), big_dh)
 
 
 def hue_apart(lab: np.ndarray, centre: np.ndarray) -> np.ndarray:
