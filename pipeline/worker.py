@@ -638,11 +638,11 @@ class Worker:
 
     def _keep_matte(self, job: Job, matte: np.ndarray) -> None:
         """Keep the subject's matte the chain found (``previews.keep_matte``) so that the review page's subject
-        check compares exactly the subject (not the photo's own contact shadow), when the page is in use
-        (``previews.wanted``). Encoded on the codec pool while the next job runs (about 0.2 s at 24 Mpx); a
+        check compares exactly the subject (not the photo's own contact shadow), whenever the page's cache can be
+        written (``previews.keeps_mattes``: a job run before the page was first opened needs it too). Encoded on the codec pool while the next job runs (about 0.2 s at 24 Mpx); a
         problem is logged and the check falls back to what it finds without it: it never fails the job."""
         config = self.config
-        if not previews.wanted(config):
+        if not previews.keeps_mattes(config):
             return
 
         def keep() -> None:
