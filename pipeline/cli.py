@@ -127,7 +127,8 @@ def run(config_path: str) -> None:
 @_config_option
 @click.option("--rule", "rule_name", help="use this rule for every file instead of matching")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document with every result to stdout")
-@click.option("--force", is_flag=True, help="process again even when this content was already done")
+@click.option("--force", is_flag=True, help="process again even when this content was already done, running the chain "
+              "(never copying a renamed twin's outputs)")
 def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_json: bool, force: bool) -> None:
     """Process files and folders once, with the daemon's rules, chain and channels.
 

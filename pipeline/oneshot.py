@@ -252,7 +252,7 @@ def _one(store: Store, intake: Intake, worker: Worker, file: Path, root: Path | 
             doc.update(status=ResultStatus.FAILED, error=f"job {job.id} is waiting to be retried later by the daemon")
         return doc
     try:
-        result = worker.process(claimed)
+        result = worker.process(claimed, own_chain=force)
     except BaseException:  # stopped at once (or a bug): hand the job back, whatever happens next
         store.release(claimed.id, owner=worker.owner)
         raise

@@ -330,6 +330,7 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
     if not isinstance(raw, list) or not raw:
         errors.append(f"{path}: steps: expected a list of steps ({', '.join(known_steps())})")
         return []
+    before = len(errors)
     steps: list[StepSpec] = []
     places: list[int] = []  # each parsed step's index in the YAML list
     for i, item in enumerate(raw):
@@ -365,7 +366,40 @@ def _parse_steps(raw: Any, path: Path, config: Config, errors: list[str]) -> lis
         errors.append(f"{path}: steps: each step may appear once, got {names}")
     else:
         errors.extend(f"{path}: {p}" for p in order_problems(names, places))
+    if len(errors) == before:  # every step and its options valid: the variants they make can be named
+        errors.extend(f"{path}: {p}" for p in variant_clashes(steps))
     return steps
+
+
+def variant_clashes(steps: list[StepSpec]) -> list[str]:
+    """Two combinations of the steps' variants that make the same name (a colourway ``green`` on the scene
+    ``Morning Kitchen.jpg`` and a colourway ``green-morning`` on ``Kitchen.jpg`` are both ``green-morning-kitchen``):
+    their outputs would have the same file names, and the second would get a hash suffix nobody asked for.
+    Refused when the rule loads, naming both combinations."""
+    made: dict[str, str] = {}  # variant name → how it was made, by the steps' order
+    for spec in steps:
+        new = stage_class(spec.step, spec.backend).variants(spec.options)
+        if not new:
+            continue
+        scenes = getattr(spec.options, "scenes", None) or []
+        labels = [f"{spec.step} {as_named(scenes[i]) if len(scenes) == len(new) else name}"
+                  for i, name in enumerate(new)]
+        combined: dict[str, str] = {}
+        for name, label in zip(new, labels):
+            for before, how in (made.items() if made else [("", "")]):
+                variant, what = (f"{before}-{name}", f"{how} × {label}") if before else (name, label)
+                if variant in combined:
+                    return [f"steps: {combined[variant]} and {what} both make the variant {variant}: their outputs "
+                            "would have the same names; rename one of them"]
+                combined[variant] = what
+        made = combined
+    return []
+
+
+def as_named(scene: Any) -> str:
+    """A scene file for a message: its name, in quotes when it has spaces."""
+    name = Path(str(scene)).name
+    return repr(name) if " " in name else name
 
 
 def order_problems(names: list[str], places: list[int] | None = None) -> list[str]:

@@ -265,7 +265,7 @@ class RemoteWorker(Worker):
         inp = loaded.result() if loaded is not None else self._load(job)
         self._await_actor()
         ray = ray_module()
-        want_matte = previews.wanted(self.config)
+        want_matte = previews.keeps_mattes(self.config)
         # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
         # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
         probe = self.actor.ready.remote()

@@ -698,12 +698,15 @@ class Store:
     def twin(self, job: Job) -> Job | None:
         """Another job with the same content (image and masks) and rule version: the latest done one, else an
         earlier one still queued or running (its outputs will come), else None. A re-run has none (it runs on purpose),
-        and a re-run with one-off options is nobody's twin (its outputs are not the rule's)."""
+        and a re-run with one-off options is nobody's twin (its outputs are not the rule's). A done job that copied
+        its own outputs from a twin is nobody's twin either: copies come only from outputs a chain made, so two
+        twins never copy from each other in a loop (job 5 from job 7 while job 7 says it came from job 5)."""
         if job.rerun_of is not None:
             return None
         rows = self.db.execute_returning_dicts(
             "SELECT * FROM jobs WHERE input_hash = :hash AND masks = :masks AND rule = :rule"
-            " AND rule_version = :version AND id != :id AND overrides IS NULL AND (status = :done OR (status IN (:queued, :running) AND id < :id))"
+            " AND rule_version = :version AND id != :id AND overrides IS NULL"
+            " AND ((status = :done AND copied_from IS NULL) OR (status IN (:queued, :running) AND id < :id))"
             " ORDER BY status = :done DESC, id DESC LIMIT 1",
             {"hash": job.input_hash, "masks": job.masks, "rule": job.rule, "version": job.rule_version, "id": job.id,
              "done": JobStatus.DONE, "queued": JobStatus.QUEUED, "running": JobStatus.RUNNING})

@@ -392,13 +392,16 @@ class Worker:
             chain = self._chains[key] = Chain(rule, self.ctx)
         return chain
 
-    def process(self, job: Job, loaded: Future | None = None) -> JobResult:
+    def process(self, job: Job, loaded: Future | None = None, *, own_chain: bool = False) -> JobResult:
         """Run a claimed job (``_run_job``); one that ended for good (done, or failed for good) then hands its
         input to its inbox's ``after`` option (``inboxflow.after_job``: kept, or moved to done/ or error/).
 
+        ``own_chain`` (``assetd process --force``): run the chain even when a twin's outputs could be copied; the
+        user asked for the work to be done again, not for a copy of an earlier result.
+
         A superseded job hands the input to the job of its new version when that one has ended already (it left
         the file in the inbox while this job still read it); else that job moves it when it ends."""
-        result = self._run_job(job, loaded)
+        result = self._run_job(job, loaded, own_chain=own_chain)
         if result.status in FINISHED:
             after_job(self.config, self.store, job, result.status, result.error)
         elif result.status is JobStatus.SUPERSEDED:
@@ -407,7 +410,7 @@ class Worker:
                 after_job(self.config, self.store, owner, owner.status, owner.error)
         return result
 
-    def _run_job(self, job: Job, loaded: Future | None = None) -> JobResult:
+    def _run_job(self, job: Job, loaded: Future | None = None, *, own_chain: bool = False) -> JobResult:
         """Run a claimed job to its end state and record it; never raises for a job's own failure.
 
         ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""
@@ -415,7 +418,7 @@ class Worker:
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
             with self._lease.kept(job.id, self.config.lease_seconds):
-                result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded)
+                result.outputs, manifests, result.review, result.copied_from = self._execute(job, loaded, own_chain)
             result.seconds = time.perf_counter() - started
             self.store.finish(job.id, result.outputs, result.seconds, result.review, result.copied_from, manifests,
                               ran_on=None if result.copied_from else self.ran_on)
@@ -581,9 +584,10 @@ class Worker:
             raise self.problems.inbox_problem(Path(os.path.abspath(inbox.path)),  # type: ignore[union-attr]
                                               "the folder cannot be reached") from None
 
-    def _execute(self, job: Job, loaded: Future | None
+    def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False
                  ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:
-        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None)."""
+        """Run the job; returns (outputs, manifests, review reasons of the outputs, the twin copied or None).
+        ``own_chain``: no twin is waited for or copied (``process``)."""
         paused = self.problems.covering(job.rule, job.input_path) if self.problems is not None else None
         if paused is not None:  # claimed ahead before the problem started: back to the queue uncharged
             raise ProcessProblem(paused.key, paused.message, paused.scope, probe=paused.probe,
@@ -594,7 +598,7 @@ class Worker:
         if rule.version != job.rule_version:
             self._adopt(job, rule)
         rule = rule.with_overrides(job.overrides, self.config)  # a re-run's one-off options (ConfigError: failed)
-        twin = self.store.twin(job)
+        twin = None if own_chain else self.store.twin(job)
         if twin is not None and twin.status is not JobStatus.DONE:
             raise WaitForTwin(twin)
         # From here on the job runs (a job read ahead was only claimed): its attempt counts, and if assetd dies
@@ -634,11 +638,11 @@ class Worker:
 
     def _keep_matte(self, job: Job, matte: np.ndarray) -> None:
         """Keep the subject's matte the chain found (``previews.keep_matte``) so that the review page's subject
-        check compares exactly the subject (not the photo's own contact shadow), when the page is in use
-        (``previews.wanted``). Encoded on the codec pool while the next job runs (about 0.2 s at 24 Mpx); a
+        check compares exactly the subject (not the photo's own contact shadow), whenever the page's cache can be
+        written (``previews.keeps_mattes``: a job run before the page was first opened needs it too). Encoded on the codec pool while the next job runs (about 0.2 s at 24 Mpx); a
         problem is logged and the check falls back to what it finds without it: it never fails the job."""
         config = self.config
-        if not previews.wanted(config):
+        if not previews.keeps_mattes(config):
             return
 
         def keep() -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+from click.testing import CliRunner
+
+from pipeline.cli import cli
 from pipeline.intake import Intake
 from pipeline.store import JobStatus, Store
 from pipeline.worker import Worker
@@ -77,6 +81,37 @@ def test_a_copy_queued_with_its_twin_waits_for_it_and_a_missing_output_runs_the_
     assert [s["step"] for s in store.steps(second.id)][0] == "crops"  # ran the chain itself
     assert (workspace.out("webshop") / "b_1x1.jpg").exists()
     store.close()
+
+
+def test_process_force_runs_the_chain_and_twins_never_copy_from_each_other(workspace):
+    """The trial's loop: the original forced after its renamed copy was done must run its chain, not take the
+    copy's outputs (which were its own); the copy still names the original as where its outputs came from."""
+    setup(workspace)
+    shot = workspace.shot("staging/Sailboat.jpg", "white", seed=1)
+    copy = workspace.root / "staging" / "Sailboat-C.jpg"
+    shutil.copyfile(shot, copy)
+
+    def process(*args: str) -> dict:
+        result = CliRunner().invoke(cli, ["process", *args, "--config", str(workspace.config_path), "--json"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return {Path(d["input"]).name: d for d in json.loads(result.stdout)["results"]}
+
+    assert {d["status"] for d in process(str(shot), str(copy)).values()} == {"done"}
+    (workspace.out("webshop") / "Sailboat_1x1.jpg").unlink()  # what --force is for: the deliverable again
+    assert process(str(shot), "--force")["Sailboat.jpg"]["status"] == "done"
+    config, _ = workspace.load()
+    store = Store(config.database)
+    try:
+        by_name = {Path(j.input_path).name: j for j in store.jobs()}
+        original, twin = by_name["Sailboat.jpg"], by_name["Sailboat-C.jpg"]
+        assert original.copied_from is None and twin.copied_from == original.id
+        assert "crops" in [s["step"] for s in store.steps(original.id)]  # its chain ran
+    finally:
+        store.close()
+    assert (workspace.out("webshop") / "Sailboat_1x1.jpg").exists()
+    manifest = json.loads(workspace.manifest("shop", "Sailboat").read_text())
+    assert "copied_from" not in manifest
 
 
 def test_channel_folders_hold_deliverables_only_unless_asked(workspace):

@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -193,3 +194,43 @@ def test_the_steps_that_change_the_subject_on_purpose_say_so():
     assert "recolor to #1f4d3a" in on_purpose({"recolor": {"colour": "#1f4d3a", "variant": "green"}})
     both = on_purpose({"recolor": {"result": "#5a1a24"}, "tone_match": {"changes_subject": True, "max_delta_e": 3}})
     assert "recolor" in both and "tone_match (ΔE ≤ 3)" in both
+
+
+PAINTED = """\
+name: painted
+steps:
+  - retouch: {remove_mask: sidecar}
+  - remove_background: {}
+  - recolor: {variants: [{name: green, colour: "#1f4d3a"}]}
+outputs:
+  - {channel: cutouts, from: recolor}
+"""
+
+
+def test_each_outputs_summary_names_every_step_it_went_through_with_its_figures(workspace):
+    """The trial's page left out retouch and recolor: a removal painted over the subject showed only in the raw
+    JSON. Every step of the output is in the summary, in the chain's order, with its key figures."""
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("05-painted.yaml", PAINTED)
+    shot = workspace.shot("inbox/mug.jpg", "white", seed=2, subject="mug")
+    mask = np.zeros((360, 480), np.uint8)
+    mask[150:200, 200:260] = 255  # over the middle of the mug
+    Image.fromarray(mask).save(shot.with_name("mug.remove.png"))
+    result = CliRunner().invoke(cli, ["process", str(shot), "--config", str(workspace.config_path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = load_config(workspace.config_path)
+    store = Store(config.database)
+    try:
+        [job] = store.jobs()
+        with TestClient(create_app(config, store)) as client:
+            page = client.get(f"/jobs/{job.id}").text
+    finally:
+        store.close()
+    summary = re.search(r'<details class="notes">.*?<ul>(.*?)</ul>', page, re.S).group(1)
+    said = re.findall(r'<li><span class="muted">(\w+):</span> ([^<]*)</li>', summary)
+    assert [step for step, _ in said] == ["retouch", "remove_background", "recolor"], said
+    retouch, recolor = said[0][1], said[2][1]
+    assert "painted in mug.remove.png: 3,000 px" in retouch and "of the subject" in retouch, retouch
+    assert recolor.startswith("green: #") and "(swatch #1f4d3a)" in recolor and "% of the subject" in recolor, recolor

@@ -270,9 +270,38 @@ def test_a_crop_whose_scene_grows_up_to_the_limit_is_not_reported(tmp_path: Path
     notes = {o.ratio: o.notes["crops"] for o in outs}
     for ratio in ("1:1", "4:5"):  # grown to the limit itself
         assert notes[ratio]["scene_scale"] == 1.25 and "scene_enlarged" not in notes[ratio], notes[ratio]
-        assert f"image {ratio}: the scene is enlarged" not in caplog.text
+        assert f"image {ratio}: the scene scene.png is enlarged" not in caplog.text
     assert notes["9:16"]["scene_enlarged"] == notes["9:16"]["scene_scale"] > 1.5  # more than the limit: said
-    assert "image 9:16: the scene is enlarged 1.55× to cover this frame (more than max_scene_enlarge)" in caplog.text
+    assert ("image 9:16: the scene scene.png is enlarged 1.55× to cover this frame (more than max_scene_enlarge)"
+            in caplog.text)
+
+
+def test_each_enlarged_scene_is_named_once_per_ratio_in_the_crops_warning(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The trial's rule: two colourways on two scenes, one scene much smaller. The crops warning said only the first
+    scene's factor per ratio (1.34×) and hid the worse one (3.56×); each scene is named with its own factor, once
+    per job, ratio and scene (not once per colourway)."""
+    from pipeline.stages.crops import CropsOptions, GeometryCrops
+
+    rng = np.random.default_rng(5)
+    for name, size in (("Morning Kitchen.png", (160, 240)), ("small wood.png", (120, 160))):
+        Image.fromarray(np.clip(rng.normal(150, 12, (*size, 3)), 0, 255).astype(np.uint8)).save(tmp_path / name)
+    errors: list[str] = []
+    place = build(PlaceOptions, {"scenes": ["Morning Kitchen.png", "small wood.png"], "scale": 0.6,
+                                 "anchor": "bottom", "shadow": "none"}, "place_in_scene", errors, base=tmp_path)
+    crops = build(CropsOptions, {"ratios": ["1:1", "9:16"], "anchor": "bottom", "fill": "outpaint"}, "crops", errors)
+    assert errors == []
+    ctx = StageContext(config=Config(source=tmp_path / "config.yaml"))
+    placing, cropping = CompositePlace(place, ctx), GeometryCrops(crops, ctx)
+    with caplog.at_level("WARNING", logger="assetd.stage"):
+        for colourway in ("green", "navy"):
+            for composite in placing.run(Asset(cutout(184, 132), variant=colourway)):
+                cropping.run(composite)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("crops:")]
+    for scene in ("Morning Kitchen.png", "small wood.png"):
+        lines = [line for line in said if f"9:16: the scene {scene} is enlarged" in line]
+        assert len(lines) == 1, said  # named, and once for both colourways
+    assert len(said) == len(set(said)), said
 
 
 def test_a_scene_sidecar_says_where_the_subject_stands(workspace: Path) -> None:

@@ -61,12 +61,17 @@ def test_the_daemon_makes_a_finished_jobs_previews_before_anyone_asks(workspace,
     app.state.store.close()
 
 
-def test_without_the_page_in_use_nothing_is_made(workspace):
+def test_without_the_page_in_use_nothing_is_made_but_the_matte_for_a_later_check(workspace):
+    """No thumbnail or preview is made; the chain's matte is kept all the same (a job run before the page was
+    first opened gets an exact subject check), and that alone does not count as the page being in use."""
     workspace.shot("inbox/a.jpg", "grey", seed=3, subject="bottle")
+    workspace.shot("inbox/b.jpg", "grey", seed=4, subject="mug")
     config, rules = workspace.load()
-    jobs = run_until_idle(config, rules, 1)
-    assert [j.status.value for j in jobs] == ["done"]
-    assert not config.previews_folder.exists()
+    jobs = run_until_idle(config, rules, 2)
+    assert [j.status.value for j in jobs] == ["done", "done"]
+    kept = sorted(p.name.rpartition("-")[0].rpartition("-")[2] for p in config.previews_folder.rglob("*.png"))
+    assert kept == ["matte", "matte"], sorted(config.previews_folder.rglob("*"))
+    assert not list(config.previews_folder.rglob("*.webp")) and not previews.wanted(config)
 
 
 def test_a_preview_that_cannot_be_made_never_fails_the_job(workspace, monkeypatch, caplog):

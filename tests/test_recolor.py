@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from fixtures_images import delta_e2000, srgb_to_lab
 from pipeline.config import Config
@@ -124,6 +124,53 @@ def test_the_edge_between_leather_and_thread_blends() -> None:
     assert np.all(np.diff(moved) <= 1.0)  # falls off along the ramp, never jumps back up
 
 
+def test_a_deeper_shade_turns_with_the_material_brass_does_not() -> None:
+    """Real fur and leather have deeper patches: darker and about twice as colourful, of nearly the same hue (the
+    ginger in tan fur). They are the material and turn with it: no blotch of the old colour. Brass beside the leather
+    is more colourful too, but lighter and yellower: another material, kept bit for bit; the leather in a brighter
+    light is lighter and more colourful in proportion, and turns."""
+    shot = bag()
+    rgba = shot["rgba"]
+    rng = np.random.default_rng(5)
+    ginger = np.zeros(rgba.shape[:2], bool)
+    ginger[150:190, 60:120] = True  # a deep patch, its grain the leather's
+    rgba[ginger, :3] = np.clip(rng.normal(1.0, 0.04, (int(ginger.sum()), 1)) * (130, 72, 25), 0, 255).astype(np.uint8)
+    sunlit = np.zeros(rgba.shape[:2], bool)
+    sunlit[150:190, 200:260] = True  # in a brighter light: lighter and more colourful in proportion
+    rgba[sunlit, :3] = np.clip(rng.normal(1.0, 0.04, (int(sunlit.sum()), 1)) * (184, 135, 92), 0, 255).astype(np.uint8)
+    brass = np.zeros(rgba.shape[:2], bool)
+    brass[60:80, 200:260] = True
+    rgba[brass, :3] = (190, 150, 45)
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
+    assert np.array_equal(out.pixels[brass], rgba[brass])
+    green = hue_of(lab8(np.array([[[0x1f, 0x4d, 0x3a]]]))[0, 0])
+    for patch in (ginger, sunlit):
+        inner = cv2.erode(patch.astype(np.uint8), np.ones((2 * EDGE + 1,) * 2, np.uint8)) > 0
+        before, after = lab8(rgba)[inner], lab8(out.pixels)[inner]
+        assert (hue_apart(hue_of(after), green) < hue_apart(hue_of(before), green) - 60).all()  # every pixel turned
+        assert np.abs(after[:, 0] - before[:, 0]).max() <= 0.5
+
+
+def test_pale_shades_fade_instead_of_a_hard_edge() -> None:
+    """A ramp from the leather to a pale shade of it (its hue, chroma falling to a grey): the turn fades with the
+    chroma, never jumps, and the grey end is kept bit for bit (pale fur left peach beside green fur is a hard
+    edge)."""
+    rgba = bag()["rgba"]
+    lab = srgb_to_lab(np.array(TAN, np.float64))
+    ramp = np.linspace(1.0, 0.0, 80)  # the chroma's share
+    row = np.array([[lab[0], lab[1] * k, lab[2] * k] for k in ramp])
+    from pipeline.stages.recolor import lab_to_linear, srgb_encode
+    rgb = np.rint(srgb_encode(lab_to_linear(row)) * 255).astype(np.uint8)
+    rgba[160:170, 60:140, :3] = rgb[None]
+    (out,) = make_stage(variants=COLOURWAYS[:1]).run(Asset(rgba.copy()))
+    moved = np.hypot(*np.moveaxis(lab8(out.pixels)[165, 60:140, 1:] - lab8(rgba)[165, 60:140, 1:], -1, 0))
+    chroma = np.hypot(*np.moveaxis(lab8(rgba)[165, 60:140, 1:], -1, 0))
+    assert moved[0] > 20 and moved[-1] == 0
+    pale = (chroma > 4) & (chroma < 8)  # below min_chroma (8): moved, the less the paler
+    assert pale.sum() >= 5 and (moved[pale] > 0.5).all()
+    assert np.all(np.abs(np.diff(moved)) <= 2.5)  # no step between neighbours
+
+
 def soft_disc(tan: tuple[int, int, int] = TAN, size: int = 200,
               paper: tuple[int, int, int] = (255, 255, 255)) -> tuple[np.ndarray, np.ndarray]:
     """A tan disc with grainy shading on paper (white unless told), its outline anti-aliased over about 4 px: mixed
@@ -236,6 +283,17 @@ def test_hue_shift_and_chroma_scale_without_names_edit_the_one_image() -> None:
     assert np.array_equal(grey.pixels[shot["stitch"]], rgba[shot["stitch"]])
 
 
+def test_a_colourway_named_in_words_gets_its_slug_in_file_names() -> None:
+    """A name as the studio writes it ("Coral Red", "Bleu Nuit") is accepted; its outputs' {variant} is the slug,
+    as a scene's file name gives one."""
+    outs = make_stage(variants=[{"name": "Coral Red", "colour": "#e0533d"}], original="Tan (as shot)").run(
+        Asset(bag()["rgba"]))
+    assert [o.variant for o in outs] == ["tan-as-shot", "coral-red"]
+    assert outs[1].notes["recolor"]["variant"] == "coral-red"
+    opts = build(RecolorOptions, {"variants": [{"name": "Bleu Nuit", "colour": "#1f2a44"}]}, "recolor", [])
+    assert LchRecolor.variants(opts) == ["bleu-nuit"]  # what assetd check sees of the rule's file names
+
+
 def test_the_original_passes_on_as_a_variant_when_named() -> None:
     rgba = bag()["rgba"]
     outs = make_stage(variants=COLOURWAYS[:1], original="tan").run(Asset(rgba.copy(), variant="marble"))
@@ -275,10 +333,69 @@ def test_a_painted_region_is_recoloured_even_without_a_subject(tmp_path: Path) -
     assert np.abs(lab8(out.pixels)[..., 0] - lab8(rgb)[..., 0]).max() <= 0.5
 
 
+def sail(tmp_path: Path) -> tuple[np.ndarray, Path, dict[str, np.ndarray]]:
+    """A sail: a yellow-green band on bluish-white cloth, a blue mast and a blue eyelet in the band, all grainy;
+    painted roughly as a retoucher does: the brush overshoots onto the cloth and the mast, the eyelet inside it."""
+    rng = np.random.default_rng(4)
+    h, w = 160, 240
+    rgb = np.empty((h, w, 3), np.float64)
+    rgb[:] = (200, 205, 222)  # bluish-white cloth
+    rgb[90:140] = (150, 160, 40)  # the band
+    rgb[90:140, 140:200] = (190, 203, 51)  # its sunlit end: lighter and more colourful in proportion
+    rgb[:, 200:215] = (30, 60, 150)  # the mast
+    cv2.circle(rgb, (170, 115), 8, (40, 70, 160), -1)  # an eyelet in the band
+    rgb = np.clip(rgb * rng.normal(1.0, 0.03, (h, w, 1)), 0, 255).astype(np.uint8)
+    painted = np.zeros((h, w), np.uint8)
+    painted[78:150, 10:225] = 255  # over the band, 12 px of cloth above it, 10 below, and the mast
+    rgb = np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(0.8)))  # a lens's soft edges
+    Image.fromarray(rgb).save(tmp_path / "sail.jpg")
+    Image.fromarray(painted).save(tmp_path / "sail.recolor.png")
+    band = np.zeros((h, w), bool)
+    band[93:137, 13:197] = True
+    cv2.circle(band.view(np.uint8), (170, 115), 12, 0, -1)
+    eyelet = np.zeros((h, w), np.uint8)
+    cv2.circle(eyelet, (170, 115), 6, 1, -1)
+    cloth = np.zeros((h, w), bool)  # off the band's outline, where cloth and band mix (a few pixels)
+    cloth[78:90 - 2 * EDGE, 10:195] = cloth[140 + 2 * EDGE:150, 10:195] = True
+    mast = np.zeros((h, w), bool)
+    mast[78:150, 203:212] = True
+    return rgb, tmp_path / "sail.jpg", {"band": band, "eyelet": eyelet > 0, "cloth": cloth, "mast": mast,
+                                        "painted": painted > 0}
+
+
+def test_a_rough_painted_region_turns_only_its_colour(tmp_path: Path) -> None:
+    """Inside NAME.recolor.png only the painted pixels' dominant colour turns: the cloth the brush went over, the
+    blue mast and the eyelet inside the paint stay bit for bit (turned, they came out cyan and maroon). Where band
+    and cloth mix along the band's edge, the band's share turns: no line of the old colour along it."""
+    rgb, source, part = sail(tmp_path)
+    for way in ({"name": "coral", "colour": "#e0533d"}, {"name": "teal", "colour": "#1e8a8a"}):
+        (out,) = make_stage(variants=[way]).run(Asset(rgb.copy(), source=str(source)))
+        assert out.notes["recolor"]["region"] == "sidecar"
+        for kept in ("eyelet", "cloth", "mast"):
+            assert np.array_equal(out.pixels[part[kept]], rgb[part[kept]]), (way["name"], kept)
+        assert np.array_equal(out.pixels[~part["painted"]], rgb[~part["painted"]])
+        assert hue_distance(out.pixels, part["band"], way["colour"]) <= 3.0
+        before, after = lab8(rgb), lab8(out.pixels)
+        old, new = hue_of(before[100, 50]), hue_of(srgb_to_lab(np.array([int(way["colour"][i:i + 2], 16)
+                                                                          for i in (1, 3, 5)], np.float64)))
+        sunlit = part["band"] & (np.arange(rgb.shape[1]) >= 140)[None, :]
+        assert (hue_apart(hue_of(after[sunlit]), new) < 15).all()
+        edge = (part["painted"] & ~part["band"] & ~part["cloth"])[:, 20:190]
+        hues, coloured = hue_of(after[:, 20:190]), np.hypot(after[:, 20:190, 1], after[:, 20:190, 2]) > 6
+        assert (edge & coloured & (hue_apart(hues, old) < hue_apart(hues, new))).sum() == 0
+    # region: mask: the paint is exact, all of it turns (the cloth too, as painted)
+    (out,) = make_stage(region="mask", variants=[{"name": "teal", "colour": "#1e8a8a"}]).run(
+        Asset(rgb.copy(), source=str(source)))
+    assert not np.array_equal(out.pixels[part["mast"]], rgb[part["mast"]])
+    assert np.array_equal(out.pixels[~part["painted"]], rgb[~part["painted"]])
+
+
 def test_a_missing_sidecar_or_a_colourless_subject_fails_naming_the_file(tmp_path: Path) -> None:
     rgba = bag()["rgba"]
     with pytest.raises(PermanentError, match=r"bag.recolor.png is missing \(region: sidecar\)"):
         make_stage(region="sidecar", variants=COLOURWAYS).run(Asset(rgba, source=str(tmp_path / "bag.png")))
+    with pytest.raises(PermanentError, match=r"bag.recolor.png is missing \(region: mask\)"):
+        make_stage(region="mask", variants=COLOURWAYS).run(Asset(rgba, source=str(tmp_path / "bag.png")))
     grey = rgba.copy()
     grey[..., :3] = grey[..., :1]
     with pytest.raises(PermanentError, match=r"grey.png: the subject has no colour above min_chroma 8"):
@@ -292,7 +409,9 @@ def test_a_missing_sidecar_or_a_colourless_subject_fails_naming_the_file(tmp_pat
     ({"variants": [{"name": "green", "colour": "#1f4d3a"}, {"name": "green", "colour": "#00ff00"}]},
      "recolor.variants: the name 'green' is given twice"),
     ({"variants": [{"name": "green", "colour": "green"}]}, "recolor.variants[0].colour: expected a colour like"),
-    ({"variants": [{"name": "Green Leather", "colour": "#1f4d3a"}]}, "recolor.variants[0].name: expected a name"),
+    ({"variants": [{"name": "???", "colour": "#1f4d3a"}]}, "recolor.variants[0].name: expected a name with a letter"),
+    ({"variants": [{"name": "Coral Red", "colour": "#e0533d"}, {"name": "coral-red", "colour": "#1f4d3a"}]},
+     "recolor.variants: 'Coral Red' and 'coral-red' give the same variant name (coral-red)"),
     ({"variants": [{"name": "x", "colour": "#1f4d3a", "hue_shift": 10}]},
      "recolor.variants[0]: set either colour or hue_shift/chroma_scale, got both"),
     ({"variants": [{"colour": "#1f4d3a"}]}, "recolor.variants[0].name: required"),
@@ -330,11 +449,20 @@ def test_a_real_photo_fur_changes_colour_nose_eyes_and_backdrop_do_not() -> None
     for out, way in zip(outs, COLOURWAYS):
         assert np.abs(lab8(out.pixels)[..., 0] - before[..., 0]).max() <= 0.5
         assert np.array_equal(out.pixels[mask == 0], rgba[mask == 0])
-        # the grey nose and muzzle, the dark eyes; not the fur's outline, where grey is the fur mixed with the
-        # backdrop and turns with it
+        # the grey nose and the dark eyes; not the fur's outline, where grey is the fur mixed with the backdrop and
+        # turns with it. The palest fur (C* 2 to min_chroma) fades in: a warm grey moves a little, a grey not at all
         opaque = cv2.erode((mask >= 230).astype(np.uint8), np.ones((4 * EDGE + 3,) * 2, np.uint8)) > 0
-        neutral = opaque & (chroma < 8)
+        neutral = opaque & (chroma < 2)
         assert neutral.sum() > 1000 and np.array_equal(out.pixels[neutral], rgba[neutral])
+        after = lab8(out.pixels)
+        moved = np.hypot(*np.moveaxis(after[..., 1:] - before[..., 1:], -1, 0))
+        assert moved[opaque & (chroma < 4)].max() <= 2.5
+        # no blotch of the old colour: the fur's deeper ginger (C* up to twice the mean) turns with the rest
+        tan = out.notes["recolor"]["lch"][2]
+        if way["name"] == "green":  # far enough from tan that a pixel left tan shows
+            colourful = np.hypot(after[..., 1], after[..., 2]) > 8
+            still_tan = (mask >= 230) & (hue_apart(hue_of(after), tan) < 25) & colourful
+            assert still_tan.sum() <= 20, still_tan.sum()  # 864 before the ginger counted as the fur
         core = out.notes["recolor"]
         assert core["delta_e"] <= 3.0 and core["share"] > 0.5
 

@@ -51,6 +51,19 @@ def test_a_twin_is_the_done_job_of_the_same_content_else_an_earlier_unfinished_o
     assert store.twin(enqueue(store, version="v2", path="/in/copy.jpg")[0]) is None
 
 
+def test_a_job_that_copied_its_outputs_is_nobodys_twin(store):
+    first, _ = enqueue(store)
+    second, _ = enqueue(store, path="/in/copy.jpg")
+    store.claim_next("w", 60, only=[first.id])
+    store.finish(first.id, [], 1.0)
+    store.claim_next("w", 60, only=[second.id])
+    store.finish(second.id, [], 0.1, copied_from=first.id)
+    third, _ = enqueue(store, path="/in/third.jpg")
+    assert store.twin(third).id == first.id  # not the later copy: copies come from a chain's outputs
+    store.requeue([first.id])
+    assert store.twin(store.get(first.id)) is None  # never from its own copy (a loop)
+
+
 def test_a_later_job_writing_the_same_path_marks_the_earlier_record_replaced(store):
     out = OutputRecord(channel="web", path="/out/a_1x1.jpg", step="crops", ratio="1:1", width=10, height=10,
                        bytes=3, sha256="old")

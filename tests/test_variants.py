@@ -327,3 +327,22 @@ def test_scene_files_named_alike_as_slugs_are_refused(workspace):
     result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)], catch_exceptions=False)
     assert result.exit_code == 1
     assert "place_in_scene.scenes[1]: Marble .jpg gives the same variant name (marble) as scenes[0]" in result.output
+
+
+def test_colourways_and_scenes_whose_combinations_give_one_name_are_refused(workspace):
+    """The trial's rule: green and green-morning on Morning Kitchen.jpg and Kitchen.jpg are both
+    green-morning-kitchen; both combinations are named and the rule is refused (not a hash-suffixed second file)."""
+    rule = SCENES_RULE.replace(
+        "  - place_in_scene: {scenes: [scenes/marble.jpg, scenes/linen.jpg]",
+        "  - recolor: {variants: [{name: green, colour: '#1f4d3a'}, {name: green-morning, colour: '#2f5d4a'}]}\n"
+        "  - place_in_scene: {scenes: ['scenes/Morning Kitchen.jpg', scenes/Kitchen.jpg]")
+    studio(workspace, rule)
+    for name in ("Morning Kitchen.jpg", "Kitchen.jpg"):
+        (workspace.root / "scenes" / name).write_bytes((workspace.root / "scenes" / "marble.jpg").read_bytes())
+    result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert ("steps: recolor green × place_in_scene 'Morning Kitchen.jpg' and recolor green-morning × "
+            "place_in_scene Kitchen.jpg both make the variant green-morning-kitchen" in result.output), result.output
+    workspace.add_rule("10-rule.yaml", rule.replace("name: green-morning,", "name: green-dawn,"))
+    result = CliRunner().invoke(cli, ["check", "--config", str(workspace.config_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output

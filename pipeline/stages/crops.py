@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -997,10 +998,11 @@ class GeometryCrops(Stage):
                 self.ctx.log.info("crops: %s %s: %s", asset.source or "image", text, frame.why)
             if composed is not None:
                 notes.update(composed)
-                if "scene_enlarged" in composed and self.ctx.once(("crops scene enlarged", text)):
-                    self.ctx.log.warning("crops: %s %s: the scene is enlarged %.2f× to cover this frame (more "
+                scene = _scene_named(asset)  # each scene of ``scenes`` is enlarged by its own factor: named
+                if "scene_enlarged" in composed and self.ctx.once(("crops scene enlarged", text, scene)):
+                    self.ctx.log.warning("crops: %s %s: the scene %s is enlarged %.2f× to cover this frame (more "
                                          "than max_scene_enlarge): it looks softer than the product",
-                                         asset.source or "image", text, composed["scene_enlarged"])
+                                         asset.source or "image", text, scene, composed["scene_enlarged"])
             elif frame.extended and o.fill == "outpaint" and asset.has_alpha:
                 notes["fill"] = "outpaint (transparent)"
             elif cut_blind:
@@ -1096,3 +1098,12 @@ class GeometryCrops(Stage):
                            f"colour continues; check it, or use fallback: generate")
         need = dict(zip(SIDES, holding.outside))
         return holding, {side: min(r.depth, need[side]) for side, r in short.items()}, notes
+
+
+def _scene_named(asset: Asset) -> str:
+    """The scene under ``asset`` for a log line: its file's name as ``place_in_scene`` noted it, else the variant
+    (a generated scene's), else "of the composite"."""
+    scene = (asset.notes.get("place_in_scene") or {}).get("scene")
+    if scene:
+        return Path(str(scene)).name
+    return f"of variant {asset.variant}" if asset.variant else "of the composite"

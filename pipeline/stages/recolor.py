@@ -6,19 +6,25 @@ chromatic adaptation), keeps every pixel's L* (within 0.5, after rounding to the
 only a* and b*, by one rotation and scaling of the a*b* plane per colourway: the region's mean colour lands on
 the target, and the shading, grain and hue variation of the leather ride along.
 
-The region is a retoucher's ``NAME.recolor.png`` beside the shot, or else the subject's dominant colour cluster:
-the peak of its a*b* histogram weighted by chroma (a white sail bigger than the blue hull is not the hull's
-colour), and every subject pixel within ``tolerance`` of it (hue and chroma difference, this 1.5× when more
-colourful, so brass on tan leather falls out; lightness ignored, so the leather in shadow belongs). Taken out of
-it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, whitish
-highlights, the backdrop's greys) and highlights brighter than the leather (polished metal, specular glints).
-Hardware of nearly the leather's colour (dark brass on tan) cannot be told from it by colour: a protect mask is
-the way. Membership is soft in colour (it ramps to nothing between ``tolerance`` and 1.5×), so an edge pixel half
-stitching, half leather moves halfway: that is the soft edge, and a pixel with no membership at all is
-bit-identical in every colourway. The region's outline (against the backdrop, the transparency of a cut-out, or a
-protected part) is different: its pixels are the region's colour mixed with what lies beside, paler and less
-colourful, so weighed by their own colour they would keep the old colour as a rim; there only the region's share
-of each pixel turns (``LchRecolor._outline``), and the new colour meets the backdrop as the old one did.
+The region is the subject's dominant colour cluster: the peak of its a*b* histogram weighted by chroma (a white
+sail bigger than the blue hull is not the hull's colour), and every subject pixel of that material: within
+``tolerance`` of it in hue and chroma, lightness ignored (the leather in shadow belongs). A deeper shade of the
+material, darker and more colourful (the ginger in tan fur, twice its chroma), belongs; more colourful and lighter
+is another material (brass on tan leather); a hue 45° to 75° away is another colour whatever its chroma (blue
+stitching). A retoucher's ``NAME.recolor.png`` beside the shot bounds the region: within it, the dominant colour
+of what is painted turns the same way, so a brush that overshoots onto the white sail or the blue mast beside a
+band leaves them as they are (``region: mask`` turns every painted pixel instead, for an exact mask). Taken out of
+it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, the
+backdrop's greys: a pale shade of the material fades out below ``min_chroma`` rather than being cut, so pale fur
+has no hard edge between kept and moved patches) and highlights brighter than the leather (polished metal,
+specular glints, fading out over 8 L*). Hardware of nearly the leather's colour and lightness (dark brass on tan)
+cannot be told from it by colour: a protect mask is the way. Membership is soft in colour (it ramps to nothing
+between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is the soft
+edge, and a pixel with no membership at all is bit-identical in every colourway. The region's outline (against
+the backdrop, the transparency of a cut-out, a protected part, or another colour inside the paint) is different:
+its pixels are the region's colour mixed with what lies beside, paler and less colourful, so weighed by their own
+colour they would keep the old colour as a rim; there only the region's share of each pixel turns
+(``LchRecolor._outline``), and the new colour meets the backdrop as the old one did.
 
 A swatch gives the target's chroma and its hue as seen (the Oklab hue: CIELAB's hue angle bends toward purple in
 the blues as lightness changes, and navy kept at its CIELAB angle but at the leather's L* is a lavender); its
@@ -31,7 +37,6 @@ Each colourway is its own ``Asset`` with ``variant`` set to its name; crops and 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +63,10 @@ L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is th
 EDGE = 4  # pixels: how far an outline's soft edge (the region mixed with what is beside it) reaches
 _ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_matte finds an uncut shot's subject
 _UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
+_LIGHTER = 15.0  # L*: a pixel more colourful than the region counts as another material once this much lighter
+_PALEST = 0.25  # of min_chroma: the chroma below which a pixel of the region's hue is not moved at all
+_HUE_NEAR, _HUE_APART = 45.0, 75.0  # degrees: a hue this far from the region's is another colour (fading between)
+_BRIGHTER = 10.0  # L*: a pixel this much brighter than the region's 99th percentile is a highlight (from +2: fades)
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
 
@@ -167,12 +176,17 @@ def aim(swatch: np.ndarray, lightness: float) -> np.ndarray:
 
 # --- options ---------------------------------------------------------------------------------
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+def variant_name(name: str) -> str:
+    """The ``{variant}`` a colourway's name gives: a lower-case ASCII slug, as a scene's file name gives one ("Coral
+    Red": coral-red), since it goes into output file names; "" when nothing of the name is left."""
+    from ..outputs import web_safe  # outputs imports the stages
+
+    return web_safe(name)
 
 
 def _check_name(value: str) -> str | None:
-    return None if _NAME.match(value) else (f"expected a name of lower-case letters, digits, - and _ (it goes into "
-                                            f"file names as {{variant}}), got {value!r}")
+    return None if variant_name(value) else (f"expected a name with a letter or digit (it goes into file names as "
+                                             f"{{variant}}, as a slug), got {value!r}")
 
 
 def _check_rgb(value: str) -> str | None:
@@ -183,7 +197,7 @@ def _check_rgb(value: str) -> str | None:
 class Colourway:
     """One colourway: a name (the outputs' ``{variant}``) and the colour the region's mean moves to, or a move."""
 
-    name: str = opt(doc="the colourway's name, in the outputs' {variant}: lower-case letters, digits, - and _",
+    name: str = opt(doc="the colourway's name; the outputs' {variant} is its slug (Coral Red: coral-red)",
                     check=_check_name, required=True)
     colour: str | None = opt(None, check=_check_rgb,
                              doc="'#rrggbb' the region's mean hue and chroma move to (its lightness stays the shot's)")
@@ -204,18 +218,21 @@ class RecolorOptions:
                                      doc="without variants: one edit, no variant name: multiply the region's chroma")
     original: str | None = opt(None, check=_check_name,
                                doc="also pass the shot on untouched as a variant of this name (the tan of the "
-                                   "colourways); null: only the colourways")
-    region: str = opt("auto", choices=("auto", "sidecar", "cluster"),
-                      doc="what is recoloured: sidecar: NAME.recolor.png beside the shot (required); cluster: the "
-                          "subject's dominant colour; auto: the sidecar when there is one, else the cluster")
+                                   "colourways; its slug, as a colourway's); null: only the colourways")
+    region: str = opt("auto", choices=("auto", "sidecar", "mask", "cluster"),
+                      doc="what is recoloured: sidecar: within NAME.recolor.png beside the shot (required), the "
+                          "dominant colour of what is painted (a brush's overshoot onto another colour stays); "
+                          "mask: every painted pixel, as painted (the paint is exact); cluster: the subject's "
+                          "dominant colour; auto: sidecar when there is a NAME.recolor.png, else cluster")
     tolerance: float = opt(20.0, min=1.0, max=100.0,
-                           doc="how far a subject pixel's colour may be from the dominant colour and still be "
-                               "recoloured (a*b* distance: hue and chroma, lightness ignored); fades out to 1.5×")
+                           doc="how far a pixel's colour may be from the dominant colour and still be recoloured "
+                               "(a*b* distance: hue and chroma; more colourful counts only when also lighter: a "
+                               "deeper shade of the material turns, brass does not); fades out to 1.5×")
     min_chroma: float = opt(8.0, min=0.0, max=50.0,
-                            doc="keep pixels less colourful than this (C*): stitching, chrome, black, whitish "
-                                "highlights (0: recolour greys too)")
+                            doc="pixels less colourful than this (C*) move the less the paler they are, none below "
+                                "a quarter of it: stitching, chrome, black, greys stay (0: recolour greys too)")
     protect_highlights: bool = opt(True, doc="keep pixels brighter than the region's 99th percentile of L* "
-                                             "(specular glints, polished metal)")
+                                             "(specular glints, polished metal), fading out from 2 to 10 L* above")
     review_delta_e: float = opt(3.0, min=0.0, max=100.0,
                                 doc="mark the job for review when a colourway's mean lands further than this "
                                     "(ΔE2000, at the region's lightness) from its colour: a target the shot's "
@@ -268,16 +285,50 @@ def dominant_colour(lab: np.ndarray, tolerance: float) -> np.ndarray:
     return centre
 
 
-def colour_distance(a: np.ndarray, b: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """How far each (a, b) is from ``centre`` for membership: the hue difference ΔH and the chroma difference, that
-    1.5× when more colourful (a more colourful thing of a near hue is another material: brass on tan leather). Less
-    colourful counts in full: a whitish sail of the hull's hue is not the hull."""
+def colour_distance(lab: np.ndarray, centre: np.ndarray, lightness_of: float) -> np.ndarray:
+    """How far each CIELAB colour of ``lab`` (N×3) is from the material of a*b* ``centre`` and median L*
+    ``lightness_of``, for membership: the hue difference ΔH, and the chroma difference where it means another
+    material. Less colourful counts in full (a whitish sail of the hull's hue is not the hull; the palest shades
+    fade by ``min_chroma`` instead). More colourful counts only where the pixel is also lighter than the material,
+    and only beyond the chroma that more light gives it (sunlit cloth is lighter and more colourful in proportion),
+    then 1.5×: a deeper shade of a material is darker and more colourful (the ginger of tan fur, C* twice the
+    fur's), a more colourful thing of a near hue that is lighter still is another material (brass on tan
+    leather)."""
+    a, b = lab[:, 1], lab[:, 2]
     c = np.hypot(a, b)
     cc = float(np.hypot(*centre))
     dh = np.arctan2(b, a) - math.atan2(centre[1], centre[0])
     big_dh = 2 * np.sqrt(c * cc) * np.sin(dh / 2)
     dc = c - cc
-    return np.hypot(np.where(dc < 0, 1.0, 1.5) * dc, big_dh)
+    # more light makes the material lighter and more colourful alike: the chroma it has at this lightness
+    lit = cc * np.maximum(1.0, lab[:, 0] / max(1.0, lightness_of))
+    lighter = _smooth_ramp(lab[:, 0] - lightness_of, 0.0, _LIGHTER)
+    return np.hypot(np.where(dc < 0, dc, 1.5 * lighter * np.maximum(0.0, c - lit)), big_dh)
+
+
+def hue_apart(lab: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The hue angle (degrees, 0..180) between each colour of ``lab`` (N×3) and a*b* ``centre``."""
+    turn = np.arctan2(lab[:, 2], lab[:, 1]) - math.atan2(centre[1], centre[0])
+    return np.degrees(np.abs(np.arctan2(np.sin(turn), np.cos(turn))))
+
+
+def membership(lab: np.ndarray, centre: np.ndarray | None, lightness_of: float, bright: float | None,
+               tolerance: float, min_chroma: float) -> np.ndarray:
+    """How much each colour of ``lab`` (N×3) belongs to the region (0..1). With a material (a*b* ``centre``, L*
+    ``lightness_of``): its colour distance (full within ``tolerance``, none past 1.5×), and none for a hue
+    ``_HUE_APART`` or more away whatever the chroma (the lavender spots of a muzzle beside tan fur; ``centre`` None:
+    every colour, a region taken as painted). Then faded by chroma below ``min_chroma`` (a pale shade of the
+    material moves the less the paler it is, down to none for a grey: no hard edge between a moved and a kept patch
+    of pale fur), and by lightness above ``bright`` (brighter than the material: a glint, polished metal)."""
+    part = np.ones(len(lab))
+    if centre is not None:
+        part *= _smooth_ramp(colour_distance(lab, centre, lightness_of), 1.5 * tolerance, tolerance)
+        part *= _smooth_ramp(hue_apart(lab, centre), _HUE_APART, _HUE_NEAR)
+    if min_chroma > 0:
+        part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), _PALEST * min_chroma, min_chroma)
+    if bright is not None:
+        part *= _smooth_ramp(lab[:, 0], bright + _BRIGHTER, bright + 2.0)
+    return part
 
 
 @register
@@ -295,10 +346,15 @@ class LchRecolor(Stage):
         if bool(options.variants) == single:
             problems.append(f"{where}: set either variants (colourways, each its own output) or hue_shift/"
                             f"chroma_scale (one edit), got {'both' if single else 'neither'}")
-        names = [v.name for v in options.variants] + ([options.original] if options.original else [])
-        for name in sorted({n for n in names if n and names.count(n) > 1}):
-            problems.append(f"{where}.variants: the name {name!r} is given twice: each colourway needs its own "
-                            "(it names the files)")
+        names = ([options.original] if options.original else []) + [v.name for v in options.variants]
+        slugs = [variant_name(n) for n in names]
+        for i, slug in enumerate(slugs):
+            first = slugs.index(slug)
+            if not slug or first == i or slug in slugs[:i][first + 1:]:  # "" is refused by the name's own check
+                continue
+            clash = (f"the name {names[i]!r} is given twice" if names[first] == names[i] else
+                     f"{names[first]!r} and {names[i]!r} give the same variant name ({slug})")
+            problems.append(f"{where}.variants: {clash}: each colourway needs its own (it names the files)")
         for i, v in enumerate(options.variants):
             moves = v.hue_shift is not None or v.chroma_scale is not None
             if (v.colour is not None) == moves:
@@ -311,7 +367,8 @@ class LchRecolor(Stage):
     @classmethod
     def variants(cls, options: RecolorOptions) -> list[str]:
         """The colourways' names, the untouched shot's first when ``original`` names it ([]: one edit, no name)."""
-        return ([options.original] if options.original else []) + [v.name for v in options.variants]
+        return [variant_name(n) for n in ([options.original] if options.original else []) +
+                [v.name for v in options.variants]]
 
     # -- region --------------------------------------------------------------------------------
 
@@ -357,9 +414,9 @@ class LchRecolor(Stage):
         o: RecolorOptions = self.options
         rgb = asset.pixels[..., :3]
         painted = None if o.region == "cluster" else self._sidecar(asset, "recolor")
-        if o.region == "sidecar" and painted is None:
+        if o.region in ("sidecar", "mask") and painted is None:
             where = sidecar_path(asset.source, "recolor") if asset.source else "NAME.recolor.png"
-            raise PermanentError(f"recolor: {where} is missing (region: sidecar): paint the region to recolour "
+            raise PermanentError(f"recolor: {where} is missing (region: {o.region}): paint the region to recolour "
                                  "or set region: auto")
         protect = self._sidecar(asset, "protect")
         notes: dict[str, Any] = {"region": "sidecar" if painted is not None else "cluster"}
@@ -392,18 +449,24 @@ class LchRecolor(Stage):
         sample = _lab_rows(rgb[y0:y1:step, x0:x1:step][sure]).reshape(-1, 3)
         chroma = np.hypot(sample[:, 1], sample[:, 2])
         colourful = sample[chroma >= o.min_chroma] if o.min_chroma > 0 else sample
-        if painted is None:
-            if len(colourful) < max(16, 0.01 * len(sample)):
-                raise PermanentError(f"recolor: {asset.source or 'image'}: the subject has no colour above "
-                                     f"min_chroma {o.min_chroma:g} (grey, black or white): paint NAME.recolor.png "
-                                     "or lower min_chroma")
-            centre = dominant_colour(colourful, o.tolerance)
-            member = _smooth_ramp(colour_distance(colourful[:, 1], colourful[:, 2], centre),
-                                  1.5 * o.tolerance, o.tolerance) >= _CORE
-            cluster = colourful[member] if member.any() else colourful
-            notes["dominant"] = lab_to_hex(np.array([np.median(cluster[:, 0]), *centre]))
+        enough = len(colourful) >= max(16, 0.01 * len(sample))
+        if painted is None and not enough:
+            raise PermanentError(f"recolor: {asset.source or 'image'}: the subject has no colour above "
+                                 f"min_chroma {o.min_chroma:g} (grey, black or white): paint NAME.recolor.png "
+                                 "or lower min_chroma")
+        if o.region == "mask" or not enough:
+            # every painted colour turns (fading only below min_chroma and above the highlights)
+            centre, lightness_of, cluster = None, 0.0, (colourful if len(colourful) else sample)
         else:
-            centre, cluster = None, (colourful if len(colourful) else sample)
+            # the subject's dominant colour, or the painted pixels': a brush that overshoots onto the sail or the
+            # mast beside the band does not turn them
+            centre = dominant_colour(colourful, o.tolerance)
+            near = np.hypot(colourful[:, 1] - centre[0], colourful[:, 2] - centre[1]) <= o.tolerance
+            lightness_of = float(np.median(colourful[near, 0] if near.any() else colourful[:, 0]))
+            member = membership(colourful, centre, lightness_of, None, o.tolerance, 0.0) >= _CORE
+            cluster = colourful[member] if member.any() else colourful
+            lightness_of = float(np.median(cluster[:, 0]))
+            notes["dominant"] = lab_to_hex(np.array([lightness_of, *centre]))
         bright = float(np.percentile(cluster[:, 0], 99)) if o.protect_highlights and len(cluster) else None
         weight = np.empty(base.shape, np.float32)
         for r0 in range(0, y1 - y0, _ROWS):
@@ -411,13 +474,7 @@ class LchRecolor(Stage):
             w = base[r0:r1].copy()
             todo = w > 0
             lab = _lab_rows(rgb[y0 + r0:y0 + r1, x0:x1][todo])
-            part = w[todo]
-            if centre is not None:
-                part *= _smooth_ramp(colour_distance(lab[:, 1], lab[:, 2], centre), 1.5 * o.tolerance, o.tolerance)
-            if o.min_chroma > 0:
-                part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), o.min_chroma, 1.5 * o.min_chroma)
-            if bright is not None:
-                part *= _smooth_ramp(lab[:, 0], bright + 6.0, bright + 2.0)
+            part = w[todo] * membership(lab, centre, lightness_of, bright, o.tolerance, o.min_chroma)
             w[todo] = part
             weight[r0:r1] = w
         core = weight >= _CORE
@@ -428,17 +485,22 @@ class LchRecolor(Stage):
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         mean_lab = _lab_rows(rgb[y0 + ry[pick], x0 + rx[pick]]).mean(axis=0)
         subject_px = float((base > 0).sum())
-        edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base, prot,
-                                            alpha, slack, mean_lab[1:])
+        # inside a painted region, what is another colour (the sail beside the band) is beyond the region's outline
+        outside = base < _CORE
+        if painted is not None and centre is not None:
+            outside |= weight < 0.01
+        edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base,
+                                            outside, prot, alpha, slack, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
                      mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
         return Region(box, weight, mean_lab, notes, edge_at, edge_other)
 
     def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
-                 base: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
+                 base: np.ndarray, outside: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
                  region_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The region's soft outline (against the backdrop, a cut-out's partly transparent edge or a protected
-        part), taken into ``weight`` in place; returns the outline pixels' flat indices (in the box) and the part of
+        """The region's soft outline (against the backdrop, a cut-out's partly transparent edge, a protected part, or
+        ``outside``: what is not the region, such as another colour inside a painted region), taken into ``weight``
+        in place; returns the outline pixels' flat indices (in the box) and the part of
         their a*b* that does not turn.
 
         An outline pixel is the region's colour mixed with what lies beside it: tan leather half over white paper
@@ -460,7 +522,7 @@ class LchRecolor(Stage):
         x0, y0, x1, y1 = box
         wide = 2 * EDGE + slack  # ``slack``: how far an estimated outline may lie off the subject's
         sides = [int(v) * wide for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
-        apart = cv2.copyMakeBorder(((base < _CORE) | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
+        apart = cv2.copyMakeBorder((outside | soft).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=1)
         outline = cv2.dilate(apart, _square(wide))[sides[0]:sides[0] + base.shape[0],
                                                   sides[2]:sides[2] + base.shape[1]] > 0
         reach = base > 0
@@ -572,9 +634,9 @@ class LchRecolor(Stage):
         ways = o.variants or [Colourway(name="", hue_shift=o.hue_shift, chroma_scale=o.chroma_scale)]
         outs = []
         if o.original:
-            kept = asset.derive(asset.pixels, asset.matte, variant=_variant(asset.variant, o.original),
+            kept = asset.derive(asset.pixels, asset.matte, variant=_variant(asset.variant, variant_name(o.original)),
                                 backdrop=asset.backdrop)
-            kept.notes["recolor"] = {**region.notes, "variant": o.original, "untouched": True}
+            kept.notes["recolor"] = {**region.notes, "variant": variant_name(o.original), "untouched": True}
             outs.append(kept)
         for way in ways:
             swatch = hex_to_lab(way.colour) if way.colour is not None else None
@@ -610,10 +672,11 @@ class LchRecolor(Stage):
             else:
                 notes.update({k: v for k, v in (("hue_shift", way.hue_shift), ("chroma_scale", way.chroma_scale))
                               if v is not None})
-            out = asset.derive(pixels, asset.matte, variant=_variant(asset.variant, way.name) if way.name
+            slug = variant_name(way.name)
+            out = asset.derive(pixels, asset.matte, variant=_variant(asset.variant, slug) if way.name
                                else asset.variant)
             if way.name:
-                notes["variant"] = way.name
+                notes["variant"] = slug
             out.notes["recolor"] = notes
             out.review.extend(review)
             outs.append(out)
