@@ -83,16 +83,16 @@ def read_by(rule: Any, kind: str) -> list[str]:
             if spec.step == step and reads(spec.options)]
 
 
-NEARLY_ALL = 0.95  # a mask marking this share of the frame or more is refused: an inverted or blank-white mask
-_VERB = {"remove": "remove", "recolor": "recolour", "protect": "protect"}
+NEARLY_ALL = 0.95  # a remove mask marking this share of the frame or more is refused: an inverted or blank-white mask
 
 
 def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) -> np.ndarray | None:
     """The mask beside ``source`` as H×W uint8 (255 = yes), or None when there is none. ``size`` is the shot's
     (width, height): a mask of another size fails the job naming both sizes (a mask made for another crop or
-    resolution would mark the wrong pixels). So does a mask that marks (nearly) the whole frame: that is an
+    resolution would mark the wrong pixels). So does a remove mask that marks (nearly) the whole frame: that is an
     inverted mask or a white layer saved over the paint, never a retoucher's intent, and filling the whole frame
-    from nothing would change nothing while the manifest said it removed everything."""
+    from nothing would change nothing while the manifest said it removed everything. (Protecting or recolouring
+    nearly everything may be meant: "all but the label".)"""
     if source is None:
         return None
     path = sidecar_path(source, kind)
@@ -108,9 +108,9 @@ def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) ->
         raise MaskError(f"{path}: the {kind} mask is {mask.shape[1]}×{mask.shape[0]}, the shot {size[0]}×{size[1]}; "
                         "make it at the shot's size")
     share = float(np.count_nonzero(mask >= 128)) / max(1, mask.size)
-    if share >= NEARLY_ALL:
-        raise MaskError(f"{path}: the {kind} mask marks {int(share * 100)}% of the frame: paint only what to "
-                        f"{_VERB.get(kind, kind)} (white) on black or transparent")
+    if kind == "remove" and share >= NEARLY_ALL:
+        raise MaskError(f"{path}: the remove mask marks {int(share * 100)}% of the frame: paint only what to remove "
+                        "(white) on black or transparent")
     return mask
 
 
