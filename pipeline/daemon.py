@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, InboxConfig
-from .errors import ConfigError
+from .errors import ConfigError, StopRequested
 from .health import Problems
 from .inboxflow import after_job
 from .intake import Intake
@@ -74,7 +74,7 @@ class Daemon:
             if self.config.workers != 1:
                 log.warning("workers: %d is ignored under executor: ray (one job at a time per actor, ray.actors)",
                             self.config.workers)
-            self.pool = start_pool(self.config, self.rules)
+            self.pool = start_pool(self.config, self.rules, stop=self.stop_event)
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
         self._start_review(store)
         self.notifier = Notifier(self.config, store)  # alerts queue in the outbox; delivery starts below
@@ -385,7 +385,8 @@ class Daemon:
                 and self.store is not None and not self.store.busy())
 
     def run(self) -> int:
-        """Run until SIGINT/SIGTERM. Returns the exit code."""
+        """Run until SIGINT/SIGTERM. Returns the exit code: 0 for a stop by signal, also one while starting (the
+        Ray actors loading: they are stopped at once)."""
         def on_signal(signum: int, frame: Any) -> None:
             if self.stop_event.is_set():
                 log.error("second signal: exiting now")
@@ -394,14 +395,29 @@ class Daemon:
             log.info("received %s: stopping after the current step", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def install() -> None:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, on_signal)
+
         # The handlers stay until the process exits: a second signal that lands while (or just after) the
         # first one's clean stop completes still exits at once with 130, instead of killing the process
         # with the default action after the handlers were put back.
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, on_signal)
+        install()
+        # executor: ray: Ray puts its own SIGTERM handlers in place at each ``ray.init`` (exit 15, a stack trace);
+        # one in the main thread keeps ours (``scaleout._own_signal_handlers``), one in another thread (a reconnect)
+        # cannot, so the loop puts ours back every second
+        ray = self.config.executor == "ray"
         try:
-            self.start()
+            try:
+                self.start()
+            except StopRequested as exc:
+                if not self.stop_event.is_set():
+                    raise
+                log.info("assetd stopped while starting: %s", exc)
+                return 0
             while not self.stop_event.wait(1.0):
+                if ray:
+                    install()
                 if self.intake is not None:
                     self.intake.flush_summary()
         finally:

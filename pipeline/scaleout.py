@@ -25,10 +25,12 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,6 +436,8 @@ class ClusterInfo:
     actors: int  # chain actors it would start
     gpus_per_actor: float
     cpus_per_actor: float
+    free: list[dict[str, Any]] = field(default_factory=list)  # what is free on each node now, as ``nodes``
+    # (one entry for the whole cluster where Ray does not say it per node: Ray Client)
 
     @property
     def gpus(self) -> float:
@@ -464,6 +468,46 @@ class ClusterInfo:
                             f"cluster's {cpus:g}: the actors beyond them would never start")
         return problems
 
+    def fits_free(self, actors: int | None = None) -> bool:
+        """Whether what is free now (``free``) holds ``actors`` actors (all of them by default), node by node."""
+        wanted = self.actors if actors is None else actors
+        room = 0.0
+        for node in self.free:
+            fits = [node[kind] / each + 1e-6 for kind, each in (("cpus", self.cpus_per_actor),
+                                                                 ("gpus", self.gpus_per_actor)) if each]
+            if not fits:  # an actor asking for nothing fits anywhere
+                return True
+            room += int(min(fits))
+        return room >= wanted
+
+    def free_summary(self) -> str:
+        """What is free now, e.g. "0 of the cluster's 2 CPUs and 0 of its 0 GPUs are free (vm: 0 CPUs, 0 GPUs)"."""
+        cpus, gpus = (sum(n[kind] for n in self.free) for kind in ("cpus", "gpus"))
+        by_node = "; ".join(f"{n['node']}: {n['cpus']:g} CPUs, {n['gpus']:g} GPUs" for n in self.free)
+        return (f"{cpus:g} of the cluster's {sum(n['cpus'] for n in self.nodes):g} CPUs and {gpus:g} of its "
+                f"{self.gpus:g} GPUs are free now ({by_node})")
+
+    def free_problem(self, actors: int | None = None) -> str | None:
+        """Why the free resources cannot hold the actors now (another assetd, or another Ray job, holds the rest:
+        Ray would queue them until it lets go, and the start would wait for it), or None when they can."""
+        if self.fits_free(actors):
+            return None
+        wanted = self.actors if actors is None else actors
+        asked = " and ".join(f"{each:g} {kind}" for kind, each in (("CPU", self.cpus_per_actor),
+                                                                   ("GPU", self.gpus_per_actor)) if each)
+        return (f"actors: {wanted} actor(s) asking {asked} each cannot be placed now: {self.free_summary()}; "
+                "another assetd (or another Ray job) holds the rest: stop it first, or lower ray.actors / "
+                "ray.cpus_per_actor / ray.gpus_per_actor")
+
+
+class ClusterUnreachable(ConfigError):
+    """The configured Ray cluster is not there (nothing answers at the address, no cluster runs on this machine for
+    ``auto``, no Ray Client server replies): a problem of the cluster, not of the config, which may clear by itself
+    (a head machine rebooting)."""
+
+
+HEAD_ADVICE = "start the head node there (`ray start --head`, README \"Scaling out\") or correct the address"
+
 
 def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     """Why ``ray.address`` (``HOST:PORT`` or ``ray://HOST:PORT``) does not answer a TCP connection within
@@ -481,25 +525,52 @@ def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
 
 def _connect(config: Config) -> bool:
     """Join the configured Ray (or start a local instance); True when this call started or joined it (so the
-    caller shuts it down), False when this process was connected already (a test's shared instance)."""
+    caller shuts it down), False when this process was connected already (a test's shared instance).
+    ``ClusterUnreachable`` (a ConfigError) when the cluster is not there, with what to do about it."""
     ray = ray_module()
     address = config.ray.address
     why = unreachable(address)
     if why:
-        raise ConfigError(f"ray.address: {address} does not answer ({why}): start the head node there (`ray start "
-                          "--head`, README \"Scaling out\") or correct the address")
+        raise ClusterUnreachable(f"ray.address: {address} does not answer ({why}): {HEAD_ADVICE}")
     if ray.is_initialized():
         return False
     try:
         # null: a new local instance, even when a cluster runs on this machine (``ray.init()`` would join that one)
-        ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
-                 configure_logging=False)
+        with _own_signal_handlers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Ray Client's timeout, said below in our words
+            ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
+                     configure_logging=False)
     except ConnectionError as exc:
-        raise ConfigError(f"ray.address: cannot reach the Ray cluster at {address}: {exc}") from None
+        if address == "auto":
+            raise ClusterUnreachable(
+                "ray.address: auto, but no Ray cluster runs on this machine (start its head node here: `ray start "
+                "--head`, README \"Scaling out\"; or set the head's address, HOST:6379)") from None
+        if address is not None and address.startswith("ray://"):
+            raise ClusterUnreachable(
+                f"ray.address: {address} answers, but no Ray Client server replied ({exc}): {HEAD_ADVICE} (ray:// "
+                "takes the head's Ray Client port, 10001 by default, not its GCS port 6379)") from None
+        raise ClusterUnreachable(f"ray.address: cannot reach the Ray cluster at {address} ({exc}): "
+                                 f"{HEAD_ADVICE}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises several kinds for an address that does not answer
         raise ConfigError(f"ray.address: cannot start or join Ray ({address or 'a local instance'}): "
                           f"{type(exc).__name__}: {exc}") from None
     return True
+
+
+@contextlib.contextmanager
+def _own_signal_handlers() -> Any:
+    """Keep this process's SIGINT/SIGTERM handlers across ``ray.init``: Ray puts its own in place in the driver (a
+    SIGTERM handler calling ``sys.exit(15)``, and a C++ one printing a stack trace), which would make a SIGTERM to
+    ``assetd run`` exit 15 with Ray's lines instead of the daemon's clean stop. Only the main thread can set them
+    (elsewhere the caller puts them back: ``Daemon.run``)."""
+    main = threading.current_thread() is threading.main_thread()
+    kept = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def _plan(config: Config, gpus: float) -> tuple[int, float]:
@@ -523,41 +594,96 @@ def describe_cluster(config: Config) -> ClusterInfo:
 
 
 def _cluster(config: Config, ray: Any) -> ClusterInfo:
-    """What the connected Ray has (its nodes alive) and the actors ``config`` asks of it."""
-    nodes = [{"node": n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
-              "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
-              "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in ray.nodes() if n.get("Alive")]
+    """What the connected Ray has (its nodes alive, and what is free on each now) and the actors ``config`` asks of
+    it."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    names = {n.get("NodeID"): n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?") for n in alive}
+    nodes = [{"node": names[n.get("NodeID")], "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
+              "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in alive]
     actors, per_actor = _plan(config, sum(n["gpus"] for n in nodes))
-    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor, config.ray.cpus_per_actor)
+    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor, config.ray.cpus_per_actor,
+                       free=_free(ray, names))
 
 
-def _when_ready(ray: Any, handles: list[Any], names: list[str], every: float = 30.0) -> list[Any]:
+def _free(ray: Any, names: dict[str, str]) -> list[dict[str, Any]]:
+    """What is free now on each node alive (``names``: node id -> host), as ``ClusterInfo.nodes``; through Ray Client,
+    where Ray tells only the cluster's sum, one entry "the cluster"."""
+    try:
+        from ray._private.state import available_resources_per_node
+
+        per_node = available_resources_per_node()
+    except Exception:  # noqa: BLE001 - Ray Client, or a Ray that moved it: the sum alone
+        free = ray.available_resources()
+        return [{"node": "the cluster", "cpus": float(free.get("CPU", 0.0)), "gpus": float(free.get("GPU", 0.0))}]
+    return [{"node": names[node], "cpus": float(res.get("CPU", 0.0)), "gpus": float(res.get("GPU", 0.0))}
+            for node, res in per_node.items() if node in names]
+
+
+FREED_SECONDS = 5.0  # how long the resources of actors just stopped (an assetd that just exited) may take to be free
+
+
+def _wait_free(config: Config, ray: Any, cluster: ClusterInfo, actors: int) -> ClusterInfo:
+    """``cluster`` once what is free holds ``actors`` actors; after ``FREED_SECONDS`` without, ConfigError saying
+    what is free and what is asked (Ray would queue the actors until another assetd lets go: a start that waits
+    for that, or hangs, is worse than a refusal that says why)."""
+    deadline = time.monotonic() + FREED_SECONDS
+    while not cluster.fits_free(actors):
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"ray.{cluster.free_problem(actors)}")
+        time.sleep(0.25)
+        cluster = _cluster(config, ray)
+    return cluster
+
+
+def _when_ready(ray: Any, handles: list[Any], names: list[str], every: float = 30.0,
+                stop: threading.Event | Callable[[], bool] | None = None) -> list[Any]:
     """Each actor's ``ready()``, waiting as long as its models take to load (minutes for a large one on a cold
-    box), and saying every ``every`` seconds which actors are still not ready, so a start that waits is explained."""
+    box), and saying every ``every`` seconds which actors are still not ready, so a start that waits is explained.
+    ``StopRequested`` as soon as ``stop`` is set (a signal: the command stops at once, not after the wait)."""
+    stopping = (stop.is_set if isinstance(stop, threading.Event) else stop) or (lambda: False)
     refs = [h.ready.remote() for h in handles]
     waiting = dict(zip(refs, names))
-    started = time.monotonic()
+    started = said = time.monotonic()
     while waiting:
-        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=every)
+        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.25)
         for ref in done:
             waiting.pop(ref, None)
-        if waiting:
+        if waiting and stopping():
+            raise StopRequested(f"stopped while waiting for {', '.join(waiting.values())} to start")
+        if waiting and time.monotonic() - said >= every:
+            said = time.monotonic()
+            try:
+                free = f"; {_cluster_free(ray)}"
+            except Exception:  # noqa: BLE001 - the line without the figures
+                free = ""
             log.info("executor ray: after %.0fs still waiting for %s (loading models, or waiting for a node with "
-                     "the GPUs and CPUs it asks for)", time.monotonic() - started, ", ".join(waiting.values()))
+                     "the GPUs and CPUs it asks for%s)", said - started, ", ".join(waiting.values()), free)
     return ray.get(refs)
 
 
-def start_pool(config: Config, rules: list[Rule]) -> Pool:
-    """Start the chain actors (``ray.actors``) and wait for each to have loaded its models: ConfigError (exit 2
-    at start) listing every actor's problem with its node, e.g. a model missing from that box's cache."""
+def _cluster_free(ray: Any) -> str:
+    free = ray.available_resources()
+    return f"free now: {free.get('CPU', 0.0):g} CPUs, {free.get('GPU', 0.0):g} GPUs"
+
+
+def start_pool(config: Config, rules: list[Rule], *, actors: int | None = None,
+               stop: threading.Event | Callable[[], bool] | None = None) -> Pool:
+    """Start the chain actors (``ray.actors``, or at most ``actors``: ``assetd process`` uses one) and wait for each
+    to have loaded its models: ConfigError (exit 2 at start) listing every actor's problem with its node, e.g. a
+    model missing from that box's cache; also when the cluster's free CPUs/GPUs cannot hold them now (another
+    assetd holds them: Ray would queue them until it lets go). ``StopRequested`` when ``stop`` is set while
+    waiting (a signal): the actors started so far are stopped."""
     ray = ray_module()
     started = _connect(config)
+    pool = None
     try:
         cluster = _cluster(config, ray)
         placement = cluster.placement_problems(config)
         if placement:
             raise ConfigError([f"ray.{p}" for p in placement])
-        actors, per_actor = cluster.actors, cluster.gpus_per_actor
+        count = cluster.actors if actors is None else min(actors, cluster.actors)
+        cluster = _wait_free(config, ray, cluster, count)
+        per_actor = cluster.gpus_per_actor
         env = {k: v for k, v in os.environ.items() if k.startswith("ASSETD_")}  # failpoints (tests), as here
         remote = ray.remote(ChainRunner).options(
             num_gpus=per_actor, num_cpus=config.ray.cpus_per_actor, max_restarts=config.ray.max_restarts,
@@ -566,26 +692,26 @@ def start_pool(config: Config, rules: list[Rule]) -> Pool:
         def make_actor(name: str) -> Any:
             return remote.remote(config, rules, name)
 
-        names = [f"actor-{i + 1}" for i in range(actors)]
+        names = [f"actor-{i + 1}" for i in range(count)]
         handles = [make_actor(name) for name in names]
         pool = Pool(handles, names, make_actor, started)
         problems: list[str] = []
         try:
-            for name, (node, found, warnings) in zip(names, _when_ready(ray, handles, names)):
+            for name, (node, found, warnings_) in zip(names, _when_ready(ray, handles, names, stop=stop)):
                 pool.nodes[name] = node
                 problems += found
-                for warning in warnings:
+                for warning in warnings_:
                     log.warning("%s on %s: %s", name, node, warning)
         except ray.exceptions.RayError as exc:
             problems.append(f"a chain actor could not start: {type(exc).__name__}: {exc}")
         if problems:
-            pool.close()
-            started = False
             raise ConfigError(problems)
-        log.info("executor ray: %d actor(s) (%s), %g GPU and %g CPU each", actors,
+        log.info("executor ray: %d actor(s) (%s), %g GPU and %g CPU each", count,
                  ", ".join(f"{n} on {pool.nodes[n]}" for n in names), per_actor, config.ray.cpus_per_actor)
         return pool
     except BaseException:
-        if started and ray.is_initialized():
+        if pool is not None:
+            pool.close()  # shuts down a Ray it started
+        elif started and ray.is_initialized():
             ray.shutdown()
         raise
