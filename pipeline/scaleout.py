@@ -129,8 +129,10 @@ class ChainRunner:
     ``problems`` lists what kept it from loading them, each naming this node (``start_pool`` reports them)."""
 
     def __init__(self, config: Config, rules: list[Rule], name: str):
+        from . import faults
         from .models import load_for_start
 
+        faults.point("actor-start", name)
         self.config = config
         self.name = name
         self.node = socket.gethostname()
