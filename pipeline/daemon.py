@@ -413,7 +413,7 @@ class Daemon:
             except StopRequested as exc:
                 if not self.stop_event.is_set():
                     raise
-                log.info("assetd stopped while starting: %s", exc)
+                log.info("%s", exc)
                 return 0
             while not self.stop_event.wait(1.0):
                 if ray:

@@ -177,7 +177,7 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
         try:
             pool = start_pool(config, rules, actors=1, stop=lambda: stopper.signum is not None)
         except StopRequested as exc:
-            log.warning("assetd process stopped before it took any file: %s", exc)
+            log.warning("assetd process took no file: %s", exc)
             return [_stopped(file, f"not processed: assetd process was stopped by {stopper.name} while its Ray "
                                    "actor started") for file, _ in files]
         models = None

@@ -497,9 +497,10 @@ class ClusterInfo:
         wanted = self.actors if actors is None else actors
         asked = " and ".join(f"{each:g} {kind}" for kind, each in (("CPU", self.cpus_per_actor),
                                                                    ("GPU", self.gpus_per_actor)) if each)
+        keys = (["ray.actors"] if wanted > 1 else []) + [f"ray.{kind}_per_actor" for kind, each in (
+            ("cpus", self.cpus_per_actor), ("gpus", self.gpus_per_actor)) if each]
         return (f"actors: {wanted} actor(s) asking {asked} each cannot be placed now: {self.free_summary()}; "
-                "another assetd (or another Ray job) holds the rest: stop it first, or lower ray.actors / "
-                "ray.cpus_per_actor / ray.gpus_per_actor")
+                f"another assetd (or another Ray job) holds the rest: stop it first, or lower {' / '.join(keys)}")
 
 
 class ClusterUnreachable(ConfigError):
@@ -551,8 +552,13 @@ def _connect(config: Config) -> bool:
             raise ClusterUnreachable(
                 f"ray.address: {address} answers, but no Ray Client server replied ({exc}): {HEAD_ADVICE} (ray:// "
                 "takes the head's Ray Client port, 10001 by default, not its GCS port 6379)") from None
-        raise ClusterUnreachable(f"ray.address: cannot reach the Ray cluster at {address} ({exc}): "
-                                 f"{HEAD_ADVICE}") from None
+        token = ("is the token here the cluster's (~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)?"
+                 if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                 "when its head has token authentication on (Ray turns it on where a token exists), this process "
+                 "needs RAY_AUTH_MODE=token and the cluster's token")
+        # it answers: most likely a token missing here, which waiting does not mend (not ClusterUnreachable)
+        raise ConfigError(f"ray.address: {address} answers, but Ray could not join a cluster there ({exc}): "
+                          f"{token} (README \"Scaling out\"); otherwise {HEAD_ADVICE}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises several kinds for an address that does not answer
         raise ConfigError(f"ray.address: cannot start or join Ray ({address or 'a local instance'}): "
                           f"{type(exc).__name__}: {exc}") from None
