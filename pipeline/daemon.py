@@ -406,7 +406,7 @@ class Daemon:
         # executor: ray: Ray puts its own SIGTERM handlers in place at each ``ray.init`` (exit 15, a stack trace);
         # one in the main thread keeps ours (``scaleout._own_signal_handlers``), one in another thread (a reconnect)
         # cannot, so the loop puts ours back every second
-        ray = self.config.executor == "ray"
+        under_ray = self.config.executor == "ray"
         try:
             try:
                 self.start()
@@ -416,7 +416,7 @@ class Daemon:
                 log.info("%s", exc)
                 return 0
             while not self.stop_event.wait(1.0):
-                if ray:
+                if under_ray:
                     install()
                 if self.intake is not None:
                     self.intake.flush_summary()

@@ -483,7 +483,7 @@ class ClusterInfo:
         return room >= wanted
 
     def free_summary(self) -> str:
-        """What is free now, e.g. "0 of the cluster's 2 CPUs and 0 of its 0 GPUs are free (vm: 0 CPUs, 0 GPUs)"."""
+        """What is free, e.g. "0 of the cluster's 2 CPUs and 0 of its 0 GPUs are free now (vm: 0 CPUs, 0 GPUs)"."""
         cpus, gpus = (sum(n[kind] for n in self.free) for kind in ("cpus", "gpus"))
         by_node = "; ".join(f"{n['node']}: {n['cpus']:g} CPUs, {n['gpus']:g} GPUs" for n in self.free)
         return (f"{cpus:g} of the cluster's {sum(n['cpus'] for n in self.nodes):g} CPUs and {gpus:g} of its "
