@@ -52,6 +52,7 @@ log = logging.getLogger("assetd.worker")  # its lines are the worker's: "worker-
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 FIELDS = ("stem", "folder", "ratio", "variant", "step", "rule", "channel", "ext", "hash8")
 MANIFEST_SUFFIX = ".assetd.json"
+NAME_TAKEN = "outputs: "  # how a review reason saying an output's name was another input's file begins
 _ASCII_EXTRA = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
                               "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "TH", "ı": "i"})
 
@@ -424,13 +425,14 @@ class Publisher:
                            step=step, rule=rule.name, hash8=job.short_hash, variant=variant)
 
     def _place(self, job: Job, rule: Rule, channel: Any, step: str, ratio: str | None, variant: str | None,
-               data: bytes, used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet
-               ) -> tuple[Path, Path | None]:
+               data: bytes, used: set[Path], placed: dict[Path, list[tuple[str, Path]]], files: FileSet,
+               review: list[str]) -> tuple[Path, Path | None]:
         """Stage one output: named from the channel's template, reserved in the store with its hash, written
         to its temporary file (``files`` publishes it with the others). Returns its channel path and, for a
-        channel publishing on approval, the staged file it is written to instead (else None)."""
+        channel publishing on approval, the staged file it is written to instead (else None). A name taken by
+        another input's file adds a line to ``review`` naming both (``_free_path``)."""
         name = self._output_name(job, rule, channel, step, ratio, variant)
-        target = self._free_path(channel.path, name, job, used)
+        target = self._free_path(channel.path, name, job, used, review, channel.name)
         folder, staged = channel.path, None
         if channel.publish == "on_approval":
             folder = self.config.staging_folder(channel)
@@ -466,18 +468,19 @@ class Publisher:
         notes: list[dict[str, Any]] = []
         used: set[Path] = set()
         placed: dict[Path, list[tuple[str, Path]]] = {}
+        review = [r for r in twin.review if not r.startswith(NAME_TAKEN)]  # the twin's names are not this job's
         with FileSet() as files:  # the outputs, then the manifest: renamed in that order
             for record, data in found:
                 channel = self.config.channels[record.channel]
                 target, staged = self._place(job, rule, channel, record.step, record.ratio, record.variant, data,
-                                             used, placed, files)
+                                             used, placed, files, review)
                 records.append(OutputRecord(**dict(record.as_written(), path=str(target), replaced_by=None,
                                                    **_approval_fields(staged))))
                 notes.append(twin_notes.get(record.path, {}))
-            manifests = self._stage_manifests(job, rule, records, notes, twin.review, used, placed, files,
+            manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files,
                                               copied_from=twin)
             files.publish()
-        return records, manifests, list(twin.review), twin.id
+        return records, manifests, review, twin.id
 
     def _manifest_notes(self, job: Job) -> dict[str, dict[str, Any]]:
         """Each output's step notes from a job's manifest (by output path); empty when it cannot be read."""
@@ -512,17 +515,17 @@ class Publisher:
         placed: dict[Path, list[tuple[str, Path]]] = {}
         started = time.perf_counter()
         notes: list[dict[str, Any]] = []
+        review = list(dict.fromkeys(r for out in rendered for r in out.review))
         with FileSet() as files:  # the outputs, then the manifests: renamed in that order
             for out in rendered:
                 channel = self.config.channels[out.channel]
                 target, staged = self._place(job, rule, channel, out.step, out.ratio, out.variant, out.data,
-                                             used, placed, files)
+                                             used, placed, files, review)
                 records.append(OutputRecord(
                     channel=channel.name, path=str(target), step=out.step, ratio=out.ratio, width=out.width,
                     height=out.height, bytes=len(out.data), sha256=sha256(out.data), scale=out.scale,
                     variant=out.variant, **_approval_fields(staged)))
                 notes.append(out.notes)
-            review = list(dict.fromkeys(r for out in rendered for r in out.review))
             manifests = self._stage_manifests(job, rule, records, notes, review, used, placed, files)
             files.publish()
         self.store.record_step(job.id, job.attempts, "outputs", "encode",
@@ -592,9 +595,13 @@ class Publisher:
             manifests.append(ManifestRecord(path=str(target), bytes=len(body), sha256=sha256(body)))
         return manifests
 
-    def _free_path(self, folder: Path, name: str, job: Job, used: set[Path]) -> Path:
-        """The output path. A file from another input, or one assetd did not write, is never overwritten:
-        the name gets the input's short hash instead. The same input's earlier outputs are replaced."""
+    def _free_path(self, folder: Path, name: str, job: Job, used: set[Path], review: list[str] | None = None,
+                   channel: str = "") -> Path:
+        """The output path. The same file's earlier outputs are replaced (its path in the inbox: a re-run, under
+        a new rule version or another rule, the file dropped there again). A file of another input path (under
+        any rule, even one with the same content: its masks or rule may differ), or one assetd did not write,
+        is never overwritten: the name gets the input's short hash instead, and for an output (``review`` given)
+        a review reason names the file kept and the name taken instead."""
         target = inside(folder, name)
         if name.endswith(MANIFEST_SUFFIX):
             stem, dot, ext = name[: -len(MANIFEST_SUFFIX)], ".", MANIFEST_SUFFIX[1:]
@@ -602,15 +609,35 @@ class Publisher:
             stem, dot, ext = name.rpartition(".")
         short = job.short_hash
         n = 1
+        kept: dict[str, Any] | None = None  # who holds the wanted name: its owner, or {} for a stranger's file
         while True:
             if target not in used:
                 owner = self.store.output_owner(str(target))
-                ours = owner is not None and (owner["input_hash"] == job.input_hash
-                                              or owner["input_path"] == job.input_path)
-                if ours or (owner is None and not target.exists()):
-                    return target
+                if owner is not None and owner["input_path"] == job.input_path:
+                    break
+                if owner is None and not target.exists():
+                    break
+                if n == 1:
+                    kept = owner or {}
             n += 1
             target = inside(folder, f"{stem}-{short}{dot}{ext}" if n == 2 else f"{stem}-{short}-{n - 1}{dot}{ext}")
+        if kept is not None and review is not None:
+            self._name_taken(channel, inside(folder, name), kept, target, review)
+        return target
+
+    @staticmethod
+    def _name_taken(channel: str, wanted: Path, kept: dict[str, Any], target: Path, review: list[str]) -> None:
+        """Say that an output went to ``target`` because ``wanted`` holds another input's file (``kept``: its
+        owner, ``output_owner``; empty: a file assetd did not write): a review reason on the job naming both (the
+        worker logs it as a warning with the job's input). The studio finds two files where the template makes
+        one name, and decides which is meant."""
+        if kept:
+            whose = (f"job {kept['job_id']}'s output ({printable(kept['rel_path'] or kept['input_path'])}, "
+                     f"rule {kept['rule']})")
+        else:
+            whose = "a file assetd did not write"
+        review.append(f"{NAME_TAKEN}channel {channel}: {printable(wanted.name)} is {whose}, left as it is; this "
+                      f"job's is {printable(target.name)}")
 
 
 def _approval_fields(staged: Path | None) -> dict[str, Any]:

@@ -959,15 +959,17 @@ class Store:
 
     def output_owner(self, path: str) -> dict[str, Any] | None:
         """The job that wrote (or is writing) the output or manifest ``path`` last (an output's channel path, or
-        where it waits for approval): its id, input hash and input path."""
+        where it waits for approval): its id, input hash, input path, path in its inbox and rule (a job that finds
+        the name taken says whose it is)."""
         rows = self.db.execute_returning_dicts(
-            "SELECT jobs.id AS job_id, jobs.input_hash, jobs.input_path, written.created_at FROM"
+            "SELECT jobs.id AS job_id, jobs.input_hash, jobs.input_path, jobs.rel_path, jobs.rule, written.created_at"
+            " FROM"
             " (SELECT job_id, created_at, id FROM outputs WHERE path = :p"
             "  UNION ALL SELECT job_id, created_at, id FROM outputs WHERE staged_path = :p"
             "  UNION ALL SELECT job_id, created_at, id FROM manifests WHERE path = :p) AS written"
             " JOIN jobs ON jobs.id = written.job_id ORDER BY written.created_at DESC, written.id DESC LIMIT 1",
             {"p": path})
-        return {k: rows[0][k] for k in ("job_id", "input_hash", "input_path")} if rows else None
+        return {k: rows[0][k] for k in ("job_id", "input_hash", "input_path", "rel_path", "rule")} if rows else None
 
     def reserve_output(self, job_id: int, path: str, channel: str, step: str, sha256: str | None = None,
                        size: int | None = None, staged_path: str | None = None, variant: str | None = None) -> None:
