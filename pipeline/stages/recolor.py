@@ -13,12 +13,13 @@ material, darker and more colourful (the ginger in tan fur, twice its chroma), b
 is another material (brass on tan leather); a hue 45° to 75° away is another colour whatever its chroma (blue
 stitching). A retoucher's ``NAME.recolor.png`` beside the shot bounds the region: within it, the dominant colour
 of what is painted turns the same way, so a brush that overshoots onto the white sail or the blue mast beside a
-band leaves them as they are (``region: mask`` turns every painted pixel instead, for an exact mask). Taken out of
-it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, the
-backdrop's greys: a pale shade of the material fades out below ``min_chroma`` rather than being cut, so pale fur
-has no hard edge between kept and moved patches) and highlights brighter than the leather (polished metal,
-specular glints, fading out over 8 L*). Hardware of nearly the leather's colour and lightness (dark brass on tan)
-cannot be told from it by colour: a protect mask is the way. Membership is soft in colour (it ramps to nothing
+band leaves them as they are (``region: mask`` gives every painted pixel the target's hue instead, for an exact
+mask). Taken out of it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome
+hardware, the backdrop's greys: a pale shade of the material fades out below ``min_chroma`` rather than being cut,
+so pale fur has no hard edge between kept and moved patches) and highlights brighter and paler than the leather
+(polished metal, specular glints, fading out over 8 L*; a lighter seam of the leather's own colour turns).
+Hardware of nearly the leather's colour and lightness (dark brass on tan) cannot be told from it by colour: a
+protect mask is the way. Membership is soft in colour (it ramps to nothing
 between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is the soft
 edge, and a pixel with no membership at all is bit-identical in every colourway. The region's outline (against
 the backdrop, the transparency of a cut-out, a protected part, or another colour inside the paint) is different:
