@@ -24,11 +24,13 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import shutil
 import socket
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from .chain import Chain, ModelLoadError, StepUse
 from .config import Config
 from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
 from .imageio import decode
-from .outputs import Rendered, atomic_write, render_outputs
+from .outputs import Rendered, atomic_write, one_line, render_outputs
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .stages.masks import masks_beside, sidecar_path
@@ -54,13 +56,45 @@ ACTOR_DIED = "a Ray actor"  # what stopped, in a job's crash note: "quarantined:
 STOP_GRACE_SECONDS = 30.0  # after a stop, how long a call may take to end at its next step before it is abandoned
 
 
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"  # "Token authentication is enabled…"
+
+
 def ray_module() -> Any:
-    """Ray, imported on first use; ConfigError with the install command when the ``scale`` extra is missing."""
+    """Ray, imported on first use; ConfigError with the install command when the ``scale`` extra is missing.
+    Ray's own warning that token authentication is on (or off), which every command printed, is quieted:
+    ``assetd check`` says it instead (``token_auth``)."""
     try:
         import ray
     except ImportError:
         raise ConfigError(f"executor: ray needs Ray, which is not installed: {INSTALL}") from None
+    logging.getLogger(TOKEN_LOGGER).setLevel(logging.ERROR)
     return ray
+
+
+def token_auth() -> str:
+    """Whether the Ray this process is connected to asks for a token (``RAY_AUTH_MODE``, README "Scaling out"),
+    in words for ``assetd check``."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "token":
+        return "on (each box needs the cluster's token)"
+    if mode == "disabled":
+        return "off (RAY_AUTH_MODE=disabled: anyone who reaches the cluster's ports can run code on it)"
+    return f"as the cluster is set up (RAY_AUTH_MODE {mode or 'unset'})"
+
+
+def in_words(exc: BaseException) -> str:
+    """What happened to an actor, said in words for the log and a job's note instead of Ray's class names
+    (``ActorUnavailableError``, ``ActorDiedError``)."""
+    ray = ray_module()
+    text = str(exc)
+    if isinstance(exc, ray.exceptions.ActorUnavailableError):
+        return "it stopped answering: it is restarting, or its node cannot be reached"
+    if isinstance(exc, ray.exceptions.RayActorError):
+        why = re.search(r"The actor is dead because (.+?)(?:\.\s|\.?$)", text, re.S)
+        return f"it died: {one_line(why.group(1))}" if why else "it died"
+    if isinstance(exc, ray.exceptions.ObjectLostError):
+        return "its result was lost: its node left the cluster"
+    return one_line(text) or type(exc).__name__
 
 
 def ray_installed() -> bool:
@@ -89,6 +123,7 @@ class ChainResult:
     encode_seconds: float
     matte: bytes | None  # the subject's matte as PNG, when the review page wants it (``previews.wanted``)
     node: str  # the host name of the actor's node
+    logs: list[tuple[int, str, str]] = field(default_factory=list)  # what assetd's loggers said during the call
 
 
 class RemoteError(AssetdError):
@@ -103,8 +138,8 @@ class RemoteModelLoadError(ModelLoadError):
         self.step, self.backend = step, backend
         self.__cause__ = cause
 
-    def __reduce__(self) -> Any:
-        return RemoteModelLoadError, (self.step, self.backend, str(self), self.__cause__)
+    def __reduce__(self) -> Any:  # the state: what the actor attached (``ChainRunner.run``: its logs, its node)
+        return RemoteModelLoadError, (self.step, self.backend, str(self), self.__cause__), self.__dict__
 
 
 def portable(exc: BaseException) -> BaseException:
@@ -121,6 +156,42 @@ def portable(exc: BaseException) -> BaseException:
 
 
 # -- the actor -------------------------------------------------------------------------------------------
+class Captured(logging.Handler):
+    """What assetd's loggers say in an actor during one call (a stage's warning, a model loaded): kept as
+    (level, logger, message) to travel back with the call's result or error, so that the coordinator logs it with
+    the job and the actor (``RemoteWorker._relog``) instead of Ray printing the actor's stderr raw (no time, no
+    level, no job, ANSI colours, "[repeated 5x across cluster]", sometimes after the job ended)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        except Exception:  # noqa: BLE001 - a record that does not format is said as it was written
+            message = str(record.msg)
+        self.records.append((record.levelno, record.name, message))
+
+    def __enter__(self) -> "Captured":
+        logging.getLogger("assetd").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("assetd").removeHandler(self)
+
+
+def _actor_log_level(config: Config) -> None:
+    """In an actor's own process (logging not set up there), let assetd's records at ``log_level`` reach
+    ``Captured``; a process whose logging is set up (the coordinator, a test running the body here) is left as
+    it is."""
+    ours = logging.getLogger("assetd")
+    if ours.level == logging.NOTSET and not logging.getLogger().handlers:
+        ours.setLevel(config.log_level.upper())
+
+
 class ChainRunner:
     """The body of a chain actor (``ray.remote(ChainRunner)``; a plain class, so it also runs here in tests).
     Loads every model the rules use once, at start; then runs one job's decode, chain and encode per call.
@@ -132,6 +203,7 @@ class ChainRunner:
         self.config = config
         self.name = name
         self.node = socket.gethostname()
+        _actor_log_level(config)
         self.stop = threading.Event()
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[tuple[str, bool], Chain] = {}
@@ -163,45 +235,55 @@ class ChainRunner:
         """Decode ``data`` (the input at ``source`` on the coordinator), run the rule's chain, encode its outputs,
         under the coordinator's ``config`` (a reload's channels travel with each call; models loaded at start stay,
         new ones load at first use). Sidecar masks are put beside a copy of the name in a folder of their own,
-        where the stages look. Any error is raised as its own class (``portable``)."""
+        where the stages look. What assetd's loggers say meanwhile comes back with the result (``logs``) or the
+        error. Any error is raised as its own class (``portable``), carrying those records (``actor_logs``) and
+        this node (``actor_node``); an unexpected one (not an ``AssetdError``) carries its traceback here as a
+        note, which the coordinator's log of the crash prints."""
         self.stop.clear()
         self.config = self.ctx.config = config
         folder = None
-        try:
-            if self.problems:
-                raise ConfigError(self.problems)
-            decoded = decode(data, source, self.config.input)
-            where = source
-            if masks:
-                folder = tempfile.mkdtemp(prefix="assetd-masks-")
-                where = str(Path(folder) / Path(source).name)
-                for kind, body in masks.items():
-                    sidecar_path(where, kind).write_bytes(body)
-            asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
-                          source=where)
-            steps: list[tuple[str, str, float, str, int | None]] = []
-            mattes: list[Any] = []
+        with Captured() as captured:
+            try:
+                if self.problems:
+                    raise ConfigError(self.problems)
+                decoded = decode(data, source, self.config.input)
+                where = source
+                if masks:
+                    folder = tempfile.mkdtemp(prefix="assetd-masks-")
+                    where = str(Path(folder) / Path(source).name)
+                    for kind, body in masks.items():
+                        sidecar_path(where, kind).write_bytes(body)
+                asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
+                              source=where)
+                steps: list[tuple[str, str, float, str, int | None]] = []
+                mattes: list[Any] = []
 
-            def on_step(stage: Any, seconds: float, use: StepUse) -> None:
-                steps.append((stage.step, stage.backend, seconds, use.device, use.gpu_peak_bytes))
+                def on_step(stage: Any, seconds: float, use: StepUse) -> None:
+                    steps.append((stage.step, stage.backend, seconds, use.device, use.gpu_peak_bytes))
 
-            results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
-            if self.stop.is_set():
-                raise StopRequested("stopping before encoding outputs")
-            started = time.perf_counter()
-            rendered = render_outputs(self.config, rule, results, decoded)
-            encode_seconds = time.perf_counter() - started
-            matte = _png(mattes[0]) if want_matte and mattes else None
-            take = getattr(self.ctx.models, "take_loads", None)
-            loads = [(x.backend, x.model, x.device, x.seconds, x.at) for x in (take() if take else ())]
-            return ChainResult(rendered, steps, loads, encode_seconds, matte, self.node)
-        except BaseException as exc:
-            if folder is not None:
-                _unmask(exc, folder, str(Path(source).parent))
-            raise portable(exc) from None
-        finally:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
+                if self.stop.is_set():
+                    raise StopRequested("stopping before encoding outputs")
+                started = time.perf_counter()
+                rendered = render_outputs(self.config, rule, results, decoded)
+                encode_seconds = time.perf_counter() - started
+                matte = _png(mattes[0]) if want_matte and mattes else None
+                take = getattr(self.ctx.models, "take_loads", None)
+                loads = [(x.backend, x.model, x.device, x.seconds, x.at) for x in (take() if take else ())]
+                return ChainResult(rendered, steps, loads, encode_seconds, matte, self.node, captured.records)
+            except BaseException as exc:
+                if folder is not None:
+                    _unmask(exc, folder, str(Path(source).parent))
+                raised = portable(exc)
+                with contextlib.suppress(Exception):  # an exception that takes no attributes travels without them
+                    raised.actor_logs, raised.actor_node = captured.records, self.node  # type: ignore[attr-defined]
+                    if not isinstance(exc, AssetdError):
+                        raised.add_note(f"(raised on {self.name} on {self.node}) "
+                                        + "".join(traceback.format_exception(exc)).rstrip())
+                raise raised from None
+            finally:
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _png(matte: Any) -> bytes:
@@ -246,6 +328,7 @@ class RemoteWorker(Worker):
         super().__init__(name, config, store, rules, **kwargs)
         self.actor = actor
         self.actor_name = actor_name
+        self.node: str | None = None  # the node its actor answered from last (``ready``, before each job)
         self.make_actor = make_actor
         self._lost = False  # the last call's actor died: see it is back before the next call
 
@@ -272,12 +355,14 @@ class RemoteWorker(Worker):
         ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
         del inp
         try:
-            result: ChainResult = self._wait(ray, ref, probe)
+            result: ChainResult = self._wait(ray, ref, probe, job)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
             raise
+        self.node = result.node
         self.ran_on = f"{self.actor_name} on {result.node}"
+        self._relog(job, result.logs)
         for step, backend, seconds, device, peak in result.steps:
             self.store.record_step(job.id, job.attempts, step, backend, seconds, device, peak)
         for load in result.loads:
@@ -291,11 +376,12 @@ class RemoteWorker(Worker):
             self._mattes.append(self._pool.submit(_keep_matte, config, job, matte, self.name))
         return records, manifests, review
 
-    def _wait(self, ray: Any, ref: Any, probe: Any) -> ChainResult:
+    def _wait(self, ray: Any, ref: Any, probe: Any, job: Job) -> ChainResult:
         """The call's result, waiting while keeping an eye on ``stop``: on stop the actor is told to end the job
         at its next step (it comes back as ``StopRequested``), and a call still going after a grace is abandoned
         (the job goes back to the queue; the actor finishes it for nothing). An error raised on the actor is
-        raised here as its own class; the actor's death is ``ActorLost``."""
+        raised here as its own class, after what the actor logged meanwhile; the actor's death is ``ActorLost``.
+        Either way ``ran_on`` names the actor and its node once the job reached it (a failed job says where)."""
         halted_at = None
         while True:
             ready, _ = ray.wait([ref], timeout=0.5)
@@ -312,18 +398,29 @@ class RemoteWorker(Worker):
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else RemoteError(str(exc))
+            cause = exc.cause if exc.cause is not None else RemoteError(one_line(str(exc)))
+            self.node = getattr(cause, "actor_node", None) or self.node
+            self.ran_on = f"{self.actor_name} on {self.node}" if self.node else self.actor_name
+            self._relog(job, getattr(cause, "actor_logs", ()))
             raise cause from None
         except ray.exceptions.RayError as exc:  # the actor died (RayActorError), or its node with the result
             self._lost = True
             try:
-                ray.get(probe, timeout=5.0)
+                self.node = ray.get(probe, timeout=5.0)[0]
             except ray.exceptions.RayActorError:
-                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({type(exc).__name__})",
+                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({in_words(exc)})",
                                 ran=False) from None
             except Exception:  # noqa: BLE001 - no word from the probe: count it as the job's
                 pass
-            raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
+            self.ran_on = f"{self.actor_name} on {self.node}" if self.node else self.actor_name
+            raise ActorLost(f"{self.ran_on} stopped while running it ({in_words(exc)})") from None
+
+    def _relog(self, job: Job, records: Any) -> None:
+        """Log what assetd's loggers said on the actor during the job's call (``Captured``) through the same
+        loggers here, with the job and where it ran, before the job's own end is logged."""
+        where = self.ran_on or self.actor_name
+        for level, name, message in records or ():
+            logging.getLogger(name).log(level, "%s: job %d: %s", where, job.id, message)
 
     def _await_actor(self) -> None:
         """After its actor died: wait until Ray has restarted it (its models loaded again), or, once Ray gave up on
@@ -368,7 +465,7 @@ class RemoteWorker(Worker):
             result.status = JobStatus.QUEUED
             return result
         if isinstance(failure.exc, ActorLost):
-            status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED)
+            status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED, ran_on=self.ran_on)
             stored = self.store.get(job.id)
             if status is JobStatus.FAILED and stored is not None:
                 result.status, result.error = JobStatus.FAILED, stored.error
