@@ -68,7 +68,34 @@ def ray_module() -> Any:
     except ImportError:
         raise ConfigError(f"executor: ray needs Ray, which is not installed: {INSTALL}") from None
     logging.getLogger(TOKEN_LOGGER).setLevel(logging.ERROR)
+    _raylet_notes_to_log()
     return ray
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _raylet_notes_to_log() -> None:
+    """The raylet's notes to the driver ("A worker died or was killed while executing a task…", "memory on the
+    node was low…") are printed by Ray to stdout raw, with ANSI colours and no time or level, whatever
+    ``log_to_driver`` says: they go through this module's logger instead, one warning each. A Ray without the hook
+    (``ray._private.worker.print_to_stdstream``, private) prints them as before."""
+    try:
+        import ray._private.worker as driver
+    except ImportError:
+        return
+    original = getattr(driver, "print_to_stdstream", None)
+    if original is None or getattr(original, "assetd", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", ()):
+            log.warning("ray: %s", one_line(ANSI.sub("", str(line))))
+
+    to_log.assetd = True  # type: ignore[attr-defined]
+    driver.print_to_stdstream = to_log
 
 
 def token_auth() -> str:
@@ -590,7 +617,7 @@ def _connect(config: Config) -> bool:
     try:
         # null: a new local instance, even when a cluster runs on this machine (``ray.init()`` would join that one)
         ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
-                 configure_logging=False)
+                 configure_logging=False, log_to_driver=False)  # the actors' records come back with each job
     except ConnectionError as exc:
         raise ConfigError(f"ray.address: cannot reach the Ray cluster at {address}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises several kinds for an address that does not answer
