@@ -5,7 +5,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .store import Job, Store
+from .store import READ_AHEAD, Job, JobStatus, Store
 from .text import printable
 
 
@@ -36,6 +36,14 @@ def as_documents(store: Store, jobs: list[Job]) -> list[dict[str, Any]]:
         d["moved_to"] = moved.dest if moved else None
         docs.append(d)
     return docs
+
+
+def status_word(job: Job) -> str:
+    """A job's state as listed: "next" (``READ_AHEAD``) for a running job only claimed to be read ahead (its input
+    is read while the job before it runs; nothing of it ran yet), else its status."""
+    if job.status is JobStatus.RUNNING and job.chain_started_at is None:
+        return READ_AHEAD
+    return job.status.value
 
 
 def _shown(folder: str, base: Path) -> str:
@@ -88,7 +96,7 @@ def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | No
         columns.append((header, cells, len(header) if least is None else least))
 
     add("id", [str(j.id) for j in jobs])
-    add("status", [j.status.value for j in jobs])
+    add("status", [status_word(j) for j in jobs])
     add("try", [str(j.attempts) for j in jobs])
     add("time", [f"{local_time(j):%Y-%m-%d %H:%M}" for j in jobs])
     if len(inboxes) > 1:

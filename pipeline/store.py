@@ -286,6 +286,7 @@ PENDING_APPROVAL, APPROVED, REJECTED = "pending", "approved", "rejected"
 
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
 AWAITING = "awaiting"  # not a state: a job with outputs waiting for approval (the night view's filter)
+READ_AHEAD = "next"  # not a state: a running job only claimed to be read ahead, its run not started (counted apart)
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
 
 
@@ -1033,6 +1034,11 @@ class Store:
             out[status] = n
         return out
 
+    def read_ahead_count(self) -> int:
+        """How many running jobs are only claimed to be read ahead (their run has not started: ``READ_AHEAD``)."""
+        return self.db.conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND chain_started_at IS NULL",
+                                    [JobStatus.RUNNING]).fetchone()[0]
+
     def review_count(self) -> int:
         """How many done jobs are marked for review."""
         return self.db.conn.execute(
@@ -1415,18 +1421,22 @@ class Store:
 
     def night_groups(self, since: float) -> list[dict[str, Any]]:
         """The jobs since ``since`` per (inbox, rule): a count per status, ``review`` (done, marked for review),
-        ``awaiting`` (with outputs waiting for approval), ``rejected`` (with rejected outputs not replaced since)
-        and ``total``; by inbox, then rule."""
+        ``awaiting`` (with outputs waiting for approval), ``rejected`` (with rejected outputs not replaced since),
+        ``next`` (``READ_AHEAD``: claimed to be read ahead, not counted as running) and ``total``; by inbox, then
+        rule."""
         rows = self.db.conn.execute(
             f"SELECT {self._INBOX} AS inbox, rule, status, COUNT(*), SUM(status = ? AND review IS NOT NULL),"
-            f" SUM({self._AWAITING}), SUM({self._AWAITING}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
-            " GROUP BY 1, 2, 3",
-            [JobStatus.DONE, *self._AWAITING_PARAMS, *self._REJECTED_JOB_PARAMS, since, since]).fetchall()
+            f" SUM({self._AWAITING}), SUM({self._AWAITING}), SUM(status = ? AND chain_started_at IS NULL) FROM jobs"
+            " WHERE (created_at >= ? OR finished_at >= ?) GROUP BY 1, 2, 3",
+            [JobStatus.DONE, *self._AWAITING_PARAMS, *self._REJECTED_JOB_PARAMS, JobStatus.RUNNING, since,
+             since]).fetchall()
         groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for inbox, rule, status, n, review, awaiting, rejected in rows:
+        for inbox, rule, status, n, review, awaiting, rejected, ahead in rows:
             g = groups.setdefault((inbox or "", rule), {"inbox": inbox, "rule": rule, "total": 0, REVIEW: 0,
-                                                        AWAITING: 0, REJECTED: 0, **{s.value: 0 for s in JobStatus}})
-            g[status] = n
+                                                        AWAITING: 0, REJECTED: 0, READ_AHEAD: 0,
+                                                        **{s.value: 0 for s in JobStatus}})
+            g[status] = n - (ahead or 0)
+            g[READ_AHEAD] += ahead or 0
             g["total"] += n
             g[REVIEW] += review or 0
             g[AWAITING] += awaiting or 0
