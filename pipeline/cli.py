@@ -377,16 +377,9 @@ def _orphaned(store: Any, config: Any) -> list[int]:
 def _paused_lines(store: Any, config: Any) -> list[str]:
     """One line per problem process pausing the running daemon's work (none when no daemon runs: its
     successor measures again)."""
-    import time
+    from .listing import problem_lines
 
-    from .health import NOTHING_PAUSED
-    from .owners import InstanceLock
-
-    if InstanceLock(config.database).holder() is None:
-        return []
-    return [f"{'problem' if p['scope'] == NOTHING_PAUSED else 'paused'} since "
-            f"{time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
-            for p in store.active_problems()]
+    return problem_lines(store, config.database)
 
 
 def _open_store(config: Any) -> Any:

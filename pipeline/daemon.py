@@ -356,6 +356,7 @@ class Daemon:
             self.notifier.deliver_due(budget_seconds=self.config.notify.timeout_seconds)  # the rest stays queued
         if self.store is not None:
             self._hand_back_claims()  # a worker still in a step after the timeout
+            self._end_problems()
             self.store.close()
         if self.pool is not None:  # after the claims went back: a call still running is abandoned
             try:
@@ -365,6 +366,14 @@ class Daemon:
             self.pool = None
         self.lock.release()
         log.info("assetd stopped")
+
+    def _end_problems(self) -> None:
+        """A clean stop ends the problem processes this run raised (they were about it: the next start measures
+        again), so that ``/metrics`` and the review page of an ``assetd serve`` left running do not report them."""
+        try:
+            self.store.end_problems(time.time(), "assetd stopped")  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - exiting anyway; the next start ends them
+            log.exception("could not close the problems of this run")
 
     def _hand_back_claims(self) -> None:
         """Queue again, uncharged, the jobs our workers still hold (we are exiting)."""

@@ -1,12 +1,37 @@
 """``assetd jobs``: the jobs as one line each (a plain-text table that fits the terminal) or as JSON."""
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .store import READ_AHEAD, Job, JobStatus, Store
 from .text import printable
+
+
+def live_problems(store: Store, database: Path) -> list[dict[str, Any]]:
+    """The problem processes of the daemon running on ``database`` now (``Store.active_problems``); none while no
+    daemon runs: they were about its run (a clean stop ends them, and a daemon killed leaves them open only until
+    the next start, which measures again). ``assetd jobs``, ``/metrics`` and the review page's banner say these."""
+    from .owners import InstanceLock
+
+    try:
+        if InstanceLock(database).holder() is None:
+            return []
+    except OSError:  # the lock file cannot be read from here: no daemon we can tell of
+        return []
+    return store.active_problems()
+
+
+def problem_lines(store: Store, database: Path) -> list[str]:
+    """One line per problem of the running daemon (``live_problems``): "paused since HH:MM: …" for one that holds
+    jobs back, "problem since HH:MM: …" for one that only alerts (a broken config file)."""
+    from .health import NOTHING_PAUSED
+
+    return [f"{'problem' if p['scope'] == NOTHING_PAUSED else 'paused'} since "
+            f"{time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
+            for p in live_problems(store, database)]
 
 
 def inbox_of(job: Job) -> str | None:
