@@ -191,7 +191,7 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
     """``executor: ray``: the cluster ``assetd run`` would use (nodes, CPUs, GPUs, the actors it would start), and
     what would stop it there: Ray not installed, the address not answering, actors that no node can hold.
     Returns (problems, warnings, info lines)."""
-    from .scaleout import INSTALL, describe_cluster, ray_installed, unreachable
+    from .scaleout import INSTALL, describe_cluster, ray_installed, token_auth, unreachable
 
     key = f"{config.source}: ray"
     if not ray_installed():
@@ -211,7 +211,8 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
     info = [f"executor: ray: {cluster.address}: {len(cluster.nodes)} node(s) alive: {nodes}",
             f"executor: ray: would start {cluster.actors} chain actor(s), {cluster.gpus_per_actor:g} GPU and "
             f"{cluster.cpus_per_actor:g} CPU each (namespace {config.ray.namespace}); each loads the rules' models "
-            "from its own node's cache when it starts"]
+            "from its own node's cache when it starts",
+            f"executor: ray: token authentication: {token_auth()}"]
     problems += [f"{key}.{p}" for p in cluster.placement_problems(config)]
     if config.workers != 1:
         warnings.append(f"{config.source}: workers: {config.workers} is ignored under executor: ray (each actor "

@@ -99,14 +99,14 @@ def _raylet_notes_to_log() -> None:
 
 
 def token_auth() -> str:
-    """Whether the Ray this process is connected to asks for a token (``RAY_AUTH_MODE``, README "Scaling out"),
-    in words for ``assetd check``."""
+    """Whether the Ray this process connected to asks for a token, in words for ``assetd check`` (instead of Ray's
+    warning on every command). Ray sets ``RAY_AUTH_MODE=token`` in the process when it starts a local instance or
+    finds a token here (``RAY_AUTH_TOKEN``, ``~/.ray/auth_token``); connected without one, the cluster asks none."""
     mode = os.environ.get("RAY_AUTH_MODE", "").lower()
     if mode == "token":
-        return "on (each box needs the cluster's token)"
-    if mode == "disabled":
-        return "off (RAY_AUTH_MODE=disabled: anyone who reaches the cluster's ports can run code on it)"
-    return f"as the cluster is set up (RAY_AUTH_MODE {mode or 'unset'})"
+        return "on (every box and every assetd command needs the cluster's token)"
+    return ("off (anyone who reaches the cluster's ports can run code on it: README \"Scaling out\" sets a token "
+            "up)" + (" by RAY_AUTH_MODE=disabled" if mode == "disabled" else ""))
 
 
 def in_words(exc: BaseException) -> str:

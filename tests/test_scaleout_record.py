@@ -106,3 +106,22 @@ def test_a_quarantined_job_names_the_actor_and_node_it_stopped(workspace, ray_cl
     assert job.ran_on == f"actor-1 on {HOST}"
     assert "quarantined: it stopped a Ray actor 2 times" in job.error
     assert f"(last: actor-1 on {HOST})" in job.error and f"assetd retry {job.id}" in job.error
+
+
+def test_check_says_whether_token_auth_is_on_instead_of_rays_warning(workspace):
+    """`assetd check` with its own local instance (address: null): one line says token authentication is on;
+    Ray's own "Token authentication is enabled… Set RAY_AUTH_MODE=disabled to opt out" is not printed."""
+    import os
+    import subprocess
+    import sys
+
+    _studio(workspace, RAY + "  address: null\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
+                                                    env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "check", "--config", str(workspace.config_path)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0, said
+    assert "executor: ray: token authentication: on" in said
+    assert "Token authentication is enabled for this Ray cluster" not in said
