@@ -125,3 +125,33 @@ def test_check_says_whether_token_auth_is_on_instead_of_rays_warning(workspace):
     assert done.returncode == 0, said
     assert "executor: ray: token authentication: on" in said
     assert "Token authentication is enabled for this Ray cluster" not in said
+
+
+def test_an_actors_unexpected_error_carries_its_traceback_and_what_was_said_before(workspace, monkeypatch):
+    """No Ray needed (``ChainRunner`` is the actor's body): an unexpected error keeps its class, carries the actor's
+    traceback as a note (the coordinator's log of the crash prints it; the actor's stderr is not shown there) and
+    what assetd's loggers said before it, which the coordinator logs with the job."""
+    import pickle
+    import traceback
+
+    import pytest
+
+    from pipeline.chain import Chain
+    from pipeline.scaleout import ChainRunner
+
+    def broken(self, asset, **kwargs):
+        logging.getLogger("assetd.stage").warning("crops: about to divide")
+        return 1 / 0
+
+    monkeypatch.setattr(Chain, "run", broken)
+    _studio(workspace, extra="")
+    config, rules = workspace.load()
+    shot = workspace.shot("elsewhere/shot.jpg", size=(160, 120))
+    runner = ChainRunner(config, rules, "actor-1")
+    with pytest.raises(ZeroDivisionError) as raised:
+        runner.run(config, rules[0], str(shot), shot.read_bytes(), {}, False)
+    travelled = pickle.loads(pickle.dumps(raised.value))
+    assert travelled.actor_node == HOST
+    assert (logging.WARNING, "assetd.stage", "crops: about to divide") in travelled.actor_logs
+    shown = "".join(traceback.format_exception(travelled))
+    assert f"(raised on actor-1 on {HOST})" in shown and "in broken" in shown and "1 / 0" in shown
