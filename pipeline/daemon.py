@@ -209,8 +209,8 @@ class Daemon:
         assert self.problems is not None and self.watch is not None
         self.outage = True
         self.problems.start_problem(self.watch.problem())
-        log.error("ray: the cluster at %s went away (%s does not answer); assetd hands its jobs back uncharged and "
-                  "restarts itself to wait for it", self.config.ray.address or "a local instance", self.watch.address)
+        log.error("ray: the cluster went away (its head %s does not answer); assetd hands its jobs back uncharged "
+                  "and restarts itself to wait for it", self.watch.address)
         self.stop_event.set()
 
     def _restart(self) -> None:

@@ -632,8 +632,8 @@ class ClusterWatch:
         from .health import Scope
 
         jobs = f"{waiting} job(s)" if waiting is not None else "all jobs"
-        return ProcessProblem(RAY_PROBLEM, f"ray: the cluster at {self.config.ray.address or 'a local instance'} "
-                                           f"cannot be reached; {jobs} wait; assetd retries every "
+        where = f"the cluster at {self.config.ray.address}" if self.config.ray.address else "the local Ray instance"
+        return ProcessProblem(RAY_PROBLEM, f"ray: {where} cannot be reached; {jobs} wait; assetd retries every "
                                            f"{self.config.problems.check_seconds:g}s", Scope.ALL,
                               alert_after=self.config.problems.alert_after_seconds)
 
