@@ -83,8 +83,9 @@ class Daemon:
             # notices in seconds (``ClusterWatch``) and hands everything back first, which may take longer
             os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_SECONDS))
             away = cluster_away(self.config)
-            if away is None:
-                self.pool = start_pool(self.config, self.rules)
+            if away is None or not self.config.database.exists():  # never ran: more likely a wrong address,
+                self.pool = start_pool(self.config, self.rules)       # refused at once (exit 2) as before
+                away = None
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
         self._start_review(store)
         self.notifier = Notifier(self.config, store)  # alerts queue in the outbox; delivery starts below
@@ -164,9 +165,11 @@ class Daemon:
 
     # -- executor: ray: the cluster away ----------------------------------------------------------
     def _await_cluster(self, away: str) -> Any:
-        """The cluster does not answer at start (``ray stop``, the head rebooting): rather than exit (a service
-        manager would give up on a config error), wait for it with the ``ray`` problem active (logged, one alert
-        once it lasts ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Returns
+        """The cluster does not answer at start (``ray stop``, the head rebooting, assetd restarting itself after
+        the cluster went away): rather than exit 2 (the service manager would give up on it as on a config error),
+        wait for it with the ``ray`` problem active (logged, one alert once it lasts
+        ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Only a first start (no
+        database yet) is refused at once: there a wrong address is the likely cause. Returns
         the started pool, or None when stopped meanwhile. A cluster that answers but cannot hold the actors is
         a config error as at any start (ConfigError)."""
         from .scaleout import RAY_PROBLEM, ClusterWatch, cluster_away, start_pool
@@ -175,7 +178,9 @@ class Daemon:
         waiting = sum(n for state, n in self.store.counts().items() if state in ("queued", "running"))
         problem = ClusterWatch(self.config, None).problem(waiting)
         self.problems.start_problem(problem)
-        log.warning("ray: %s; assetd waits for it (Ctrl-C or SIGTERM to stop)", away)
+        log.warning("ray.address: %s does not answer (%s); assetd waits for it, looking again every %gs (start the "
+                    "head node there: `ray start --head`, README \"Scaling out\"; Ctrl-C or SIGTERM stops assetd)",
+                    self.config.ray.address, away, self.config.problems.check_seconds)
         while not self.stop_event.wait(self.config.problems.check_seconds):
             away = cluster_away(self.config)
             if away is not None:

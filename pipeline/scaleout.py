@@ -591,7 +591,9 @@ def cluster_away(config: Config, timeout: float = 5.0) -> str | None:
     if address == "auto":
         try:
             from ray._private.services import canonicalize_bootstrap_address_or_die
-
+        except ImportError:  # another Ray: ``ray.init`` finds it, or says so
+            return None
+        try:
             address = canonicalize_bootstrap_address_or_die("auto")
         except Exception as exc:  # noqa: BLE001 - ConnectionError: no running instance found here
             return " ".join(str(exc).split())[:200] or type(exc).__name__

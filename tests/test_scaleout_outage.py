@@ -14,7 +14,7 @@ needs_ray()
 
 from pipeline import scaleout  # noqa: E402
 from pipeline.daemon import Daemon  # noqa: E402
-from pipeline.store import JobStatus  # noqa: E402
+from pipeline.store import JobStatus, Store  # noqa: E402
 
 SHOP = """\
 name: shop
@@ -88,8 +88,6 @@ def test_the_cluster_going_away_charges_no_job_and_assetd_restarts_to_wait(works
 
 
 def store_jobs(workspace):
-    from pipeline.store import Store
-
     config, _ = workspace.load()
     store = Store(config.database, config.quarantine_after_crashes)
     try:
@@ -99,9 +97,12 @@ def store_jobs(workspace):
 
 
 def test_a_start_while_the_cluster_is_away_waits_for_it(workspace, ray_cluster, monkeypatch):
-    """``assetd run`` with the cluster away neither exits nor takes jobs: the ``ray`` problem is active until the
-    cluster answers, then the actors start and the waiting files are processed."""
+    """``assetd run`` with the cluster away (a daemon that ran before: the head reboots, or assetd restarted itself
+    after the cluster went away) neither exits nor takes jobs: the ``ray`` problem is active until the cluster
+    answers, then the actors start and the waiting files are processed."""
     _studio(workspace, ["a.jpg"])
+    config, _ = workspace.load()
+    Store(config.database).close()  # it ran before (a first start with the cluster away is refused at once)
     away = threading.Event()
     away.set()
     monkeypatch.setattr(scaleout, "cluster_away", lambda config, timeout=5.0: "refused" if away.is_set() else None)
