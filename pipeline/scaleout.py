@@ -14,7 +14,13 @@ Ray's queue is not durable (an actor call runs at most once, ``max_task_retries=
 what is in flight): the job store stays the only record of work. An actor that dies under a job (its node lost, a
 kill, the OOM killer) charges that job one crash (``Store.charge_crash``: quarantined at
 ``quarantine_after_crashes``, like a job that kills the local process) and nothing else; Ray restarts the actor
-(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up.
+(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up. A worker whose
+actor cannot be had (its node left the cluster) claims nothing until it, or a fresh one, answers again.
+
+The whole cluster away (``ray stop``, the head rebooting) is nobody's crash: ``ClusterWatch`` notices that the head
+no longer answers, the ``ray`` problem pauses every job (the running ones go back uncharged) and the daemon restarts
+itself to wait for the cluster: a Ray driver whose node on this machine is gone cannot leave the cluster and join
+it again in the same process (``ray.shutdown()`` then ends the process, Ray's "local Raylet is dead").
 
 This is the only module that imports ray, and only when ``executor: ray`` is used (the ``scale`` extra).
 """
