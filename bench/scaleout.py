@@ -34,20 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import emit  # noqa: E402
 
-from pipeline.demo import example_rule  # noqa: E402
+# The shipped products rule (classical backends) in bench/speed.py's workspace: the 24 MP coordinator workload.
+from speed import CONFIG as PRODUCTS_CONFIG, RULE as PRODUCTS_RULE  # noqa: E402
 
-# The shipped products rule (classical backends), the 24 MP coordinator workload's outputs.
-PRODUCTS_CONFIG = """\
-database: state/assetd.sqlite3
-rules_dir: rules
-channels:
-  cutouts:   {path: out/cutouts,   format: png}
-  webshop:   {path: out/webshop,   format: jpeg, quality: 90, long_edge: 2000, background: "#ffffff"}
-  instagram: {path: out/instagram, format: jpeg, quality: 88, long_edge: 1350}
-  banners:   {path: out/banners,   format: webp, quality: 85, long_edge: 1920}
-"""
-PRODUCTS_RULE = example_rule("10-products.yaml", options={"place_in_scene": {"scene": "scene.jpg"}},
-                             without_channels=("print",))
 
 # Published GPU anchors (different card, real weights; BENCHMARKS.md "Model-backed stages" and bench/gpu.py).
 ANCHOR_SEGMENT = 0.069  # BiRefNet 1024² fp16, A100, seconds per image
