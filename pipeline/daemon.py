@@ -213,7 +213,9 @@ class Daemon:
         (``ray.shutdown()`` then ends the process)."""
         assert self.problems is not None and self.watch is not None
         self.outage = True
-        self.problems.start_problem(self.watch.problem())
+        problem = self.watch.problem()
+        problem.alert_after = float("inf")  # the restarted process carries the problem and its alerts (one each way)
+        self.problems.start_problem(problem)
         log.error("ray: the cluster went away (its head %s does not answer); assetd hands its jobs back uncharged "
                   "and restarts itself to wait for it", self.watch.address)
         self.stop_event.set()
@@ -224,7 +226,11 @@ class Daemon:
         log.warning("restarting: %s", " ".join(argv))
         for handler in logging.getLogger().handlers:
             handler.flush()
-        os.execv(sys.executable, argv)
+        try:
+            os.execv(sys.executable, argv)
+        except OSError as exc:  # exit 1: a service manager (Restart=on-failure) starts it again
+            log.error("could not restart assetd (%s); exiting 1 for the service manager to start it again", exc)
+            raise SystemExit(1) from None
 
     def _start_watcher(self, inboxes: list[InboxConfig] | None = None) -> InboxWatcher:
         watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled,
