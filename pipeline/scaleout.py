@@ -14,7 +14,13 @@ Ray's queue is not durable (an actor call runs at most once, ``max_task_retries=
 what is in flight): the job store stays the only record of work. An actor that dies under a job (its node lost, a
 kill, the OOM killer) charges that job one crash (``Store.charge_crash``: quarantined at
 ``quarantine_after_crashes``, like a job that kills the local process) and nothing else; Ray restarts the actor
-(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up.
+(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up. A worker whose
+actor cannot be had (its node left the cluster) claims nothing until it, or a fresh one, answers again.
+
+The whole cluster away (``ray stop``, the head rebooting) is nobody's crash: ``ClusterWatch`` notices that the head
+no longer answers, the ``ray`` problem pauses every job (the running ones go back uncharged) and the daemon restarts
+itself to wait for the cluster: a Ray driver whose node on this machine is gone cannot leave the cluster and join
+it again in the same process (``ray.shutdown()`` then ends the process, Ray's "local Raylet is dead").
 
 This is the only module that imports ray, and only when ``executor: ray`` is used (the ``scale`` extra).
 """
@@ -237,21 +243,90 @@ class ActorLost(Exception):
 
 
 class ActorGone(Exception):
-    """Ray gave up on an actor (out of restarts) and a fresh one could not be started."""
+    """An actor cannot be had now: Ray does not restart it and a fresh one does not answer either (its node left
+    the cluster), or it does not load its models. Its worker waits for it (``RemoteWorker.run_forever``)."""
 
 
 class RemoteWorker(Worker):
     """A ``Worker`` whose chain runs on one Ray actor (``ChainRunner``). ``make_actor(name)`` starts a fresh actor
     when Ray has given up on this one. Its claims are a daemon worker's (``worker-N pid P on HOST``); where its
-    chains ran is ``actor-N on NODE`` (``jobs.ran_on``)."""
+    chains ran is ``actor-N on NODE`` (``jobs.ran_on``). ``watch``: the daemon's ``ClusterWatch``; a call that
+    fails while the whole cluster is away is the ``ray`` problem (every job waits, none is charged)."""
 
     def __init__(self, name: str, config: Config, store: Any, rules: list[Rule], actor: Any, actor_name: str,
-                 make_actor: Callable[[str], Any] | None = None, **kwargs: Any):
+                 make_actor: Callable[[str], Any] | None = None, watch: ClusterWatch | None = None, **kwargs: Any):
         super().__init__(name, config, store, rules, **kwargs)
         self.actor = actor
         self.actor_name = actor_name
         self.make_actor = make_actor
+        self.watch = watch
         self._lost = False  # the last call's actor died: see it is back before the next call
+        self.away: str | None = None  # why its actor cannot be had now (``ActorGone``): it claims nothing
+        self._asking: Any = None  # the ``ready()`` call a worker whose actor is away waits on
+
+    def run_forever(self, idle_max: float = 1.0) -> None:
+        """``Worker.run_forever``, left while its actor cannot be had (``away``: the job read ahead goes back
+        untouched) and entered again once it, or a fresh one, answers: a GPU box that rejoins the cluster is
+        used again, and a worker never holds a job it cannot run meanwhile."""
+        while True:
+            super().run_forever(idle_max)
+            if self.away is None or self.stop.is_set() or self.retired:
+                if self.away is not None:
+                    super().close()
+                return
+            while not self.stop.is_set() and not self._revive():
+                pass
+
+    def take_update(self) -> bool:
+        return super().take_update() or self.away is not None
+
+    def close(self) -> None:
+        if self.away is None or self.stop.is_set() or self.retired:  # away: the loop is entered again
+            super().close()
+
+    def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False) -> Any:
+        if self.away is not None:  # claimed ahead before its actor was found gone: back, uncharged
+            raise ActorGone(self.away)
+        return super()._execute(job, loaded, own_chain)
+
+    def _revive(self) -> bool:
+        """One look (up to ``ACTOR_RETRY_SECONDS``) at whether the actor answers again: restarted by Ray on a node
+        that came back, or a fresh one (started when Ray does not restart it) placed at last. True when it does:
+        its problem clears and the worker claims again."""
+        ray = ray_module()
+        deadline = time.monotonic() + ACTOR_RETRY_SECONDS
+        try:
+            if self._asking is None:
+                self._asking = self.actor.ready.remote()
+            while not ray.wait([self._asking], timeout=0.5)[0]:
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return False
+            ref, self._asking = self._asking, None
+            node, problems, _ = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:  # restarting: ask again
+            self._asking = None
+            self.stop.wait(min(ACTOR_RETRY_SECONDS, 5.0))
+            return False
+        except ray.exceptions.RayActorError:  # Ray does not restart it: a fresh one, placed when a node can hold it
+            self._asking = None
+            if self.make_actor is not None:
+                self.actor = self.make_actor(self.actor_name)
+            else:
+                self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        except Exception:  # noqa: BLE001 - the cluster away (the daemon restarts itself), or anything else: not yet
+            log.debug("%s: %s does not answer yet", self.name, self.actor_name, exc_info=True)
+            self._asking = None
+            self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        if problems:
+            self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        self.away, self._lost = None, False
+        message = f"ray: {self.actor_name} answers again on {node}; {self.name} takes jobs again"
+        if self.problems is None or not self.problems.clear(f"ray:{self.actor_name}", message):
+            log.info("%s", message)
+        return True
 
     def _load(self, job: Job) -> Input:  # type: ignore[override]
         """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
@@ -267,20 +342,31 @@ class RemoteWorker(Worker):
     def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
                    ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
         inp = loaded.result() if loaded is not None else self._load(job)
-        self._await_actor()
+        try:
+            self._await_actor()
+        except (ActorGone, ray_module().exceptions.RayError):
+            if self.watch is not None and self.watch.lost():
+                raise self.watch.problem() from None
+            raise
         ray = ray_module()
         want_matte = previews.keeps_mattes(self.config)
-        # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
-        # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
-        probe = self.actor.ready.remote()
-        ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
-        del inp
         try:
+            # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job
+            # reached it (it died idle, its node lost between jobs) and the job is not charged a crash it had no
+            # part in
+            probe = self.actor.ready.remote()
+            ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks,
+                                        want_matte)
+            del inp
             result: ChainResult = self._wait(ray, ref, probe)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
             raise
+        except (ActorLost, ActorGone, ray.exceptions.RayError) as exc:
+            if self.watch is not None and self.watch.lost():  # the whole cluster went away: nobody's crash
+                raise self.watch.problem() from None
+            raise exc from None
         self.ran_on = f"{self.actor_name} on {result.node}"
         for step, backend, seconds, device, peak in result.steps:
             self.store.record_step(job.id, job.attempts, step, backend, seconds, device, peak)
@@ -337,11 +423,15 @@ class RemoteWorker(Worker):
             return
         ray = ray_module()
         fresh = False
+        deadline = time.monotonic() + AWAIT_SECONDS
         for _ in range(20):  # an actor restarting answers "unavailable" for a while; a fresh one is started once
             ref = self.actor.ready.remote()
             while not ray.wait([ref], timeout=0.5)[0]:
                 if self.stop.is_set():
                     raise StopRequested(f"stopping while {self.actor_name} restarts")
+                if time.monotonic() > deadline:  # Ray waits for a node that can hold it: its node left the cluster
+                    raise ActorGone(f"{self.actor_name} cannot be placed: no answer within {AWAIT_SECONDS:.0f}s "
+                                    "(its node left the cluster, or no node has the GPUs and CPUs it asks for)")
             try:
                 node, problems, _ = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
@@ -349,10 +439,10 @@ class RemoteWorker(Worker):
                 continue
             except ray.exceptions.RayActorError as exc:
                 if self.make_actor is None or fresh:
-                    raise ActorGone(f"{self.actor_name} is gone ({type(exc).__name__}) and cannot be replaced") \
-                        from None
-                log.warning("%s: Ray gave up on %s (out of restarts); starting a fresh one", self.name,
-                            self.actor_name)
+                    raise ActorGone(f"{self.actor_name} died and Ray does not restart it; a fresh one could not "
+                                    "start either (its node left the cluster?)") from None
+                log.warning("%s: %s died and Ray does not restart it (%s); starting a fresh one", self.name,
+                            self.actor_name, _first_line(exc))
                 self.actor, fresh = self.make_actor(self.actor_name), True
                 continue
             if problems:
@@ -360,7 +450,7 @@ class RemoteWorker(Worker):
             log.info("%s: %s is back on %s", self.name, self.actor_name, node)
             self._lost = False
             return
-        raise ActorGone(f"{self.actor_name} did not come back")
+        raise ActorGone(f"{self.actor_name} cannot be placed: it stays unavailable (its node left the cluster)")
 
     def _settle_failure(self, job: Job, failure: Failure, result: JobResult) -> JobResult:
         """An actor that died under the job charges it one crash (``Store.charge_crash``), the rest as a local
@@ -385,18 +475,29 @@ class RemoteWorker(Worker):
             return result
         if isinstance(failure.exc, ActorGone):
             self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.exc}")
-            log.error("%s: %s; this worker stops (its job is queued again, uncharged)", self.name, failure.exc)
-            if self.problems is not None:  # an alert (nothing to pause: the other actors go on); restart to clear
+            first = self.away is None
+            self.away = str(failure.exc)
+            if not first:  # the job read ahead, handed back the same way
+                log.info("%s: job %d is queued again, uncharged (%s is away)", self.name, job.id, self.actor_name)
+            elif self.problems is not None:  # an alert (nothing to pause: the other actors go on), cleared by _revive
                 from .health import Scope
 
+                log.info("%s: job %d is queued again, uncharged", self.name, job.id)
                 self.problems.start_problem(ProcessProblem(
-                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} stopped, the other actors go on "
-                    "(restart assetd to start it again)", Scope.nothing(),
+                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} takes no job until it answers again "
+                    f"(checked every {ACTOR_RETRY_SECONDS:.0f}s); the other actors go on", Scope.nothing(),
                     alert_after=self.config.problems.alert_after_seconds))
-            self.retired = True
+            else:
+                log.error("%s: %s; its job is queued again, uncharged; it takes no job until the actor answers "
+                          "again", self.name, failure.exc)
             result.status = JobStatus.QUEUED
             return result
         return super()._settle_failure(job, failure, result)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _keep_matte(config: Config, job: Job, png: bytes, name: str) -> None:
@@ -524,6 +625,81 @@ def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
             return None
     except (OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+RAY_PROBLEM = "ray"  # the problem key of the whole cluster away (``ClusterWatch``)
+WATCH_SECONDS = 2.0  # how often a running daemon checks that the cluster's head answers
+ACTOR_RETRY_SECONDS = 30.0
+AWAIT_SECONDS = 120.0  # how long a job waits for its dead actor to answer again before its worker waits alone  # how often a worker whose actor is gone asks whether it (or a fresh one) answers
+
+
+def cluster_away(config: Config, timeout: float = 5.0) -> str | None:
+    """Why the configured cluster does not answer now (its head's GCS port refuses or does not answer within
+    ``timeout``), without joining it; None when it answers, and for null (a local instance is started). For
+    ``auto`` the running cluster is found as Ray finds it (the address file a ``ray start`` on this machine
+    leaves); none found means none runs here."""
+    address = config.ray.address
+    if address is None:
+        return None
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+        except ImportError:  # another Ray: ``ray.init`` finds it, or says so
+            return None
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except Exception as exc:  # noqa: BLE001 - ConnectionError: no running instance found here
+            return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return unreachable(address, timeout)
+
+
+def head_address(config: Config) -> str | None:
+    """The GCS address the driver joined (``HOST:PORT``), to watch while it runs; the configured one for a Ray
+    client (``ray://``), which has no GCS address of its own."""
+    with contextlib.suppress(Exception):
+        return str(ray_module().get_runtime_context().gcs_address)
+    address = config.ray.address
+    return address if address not in (None, "auto") else None
+
+
+class ClusterWatch:
+    """Notices that the whole cluster went away (its head's GCS port refuses connections: ``ray stop``, the head
+    rebooting): a dead actor's call then says nothing about its job. ``answers()`` is the check (a seam for tests);
+    ``run`` (a thread) checks every ``WATCH_SECONDS`` and calls ``on_gone`` once, after two failed checks in a row,
+    so an idle daemon notices too, long before Ray's own timeout would end the process."""
+
+    def __init__(self, config: Config, address: str | None):
+        self.config = config
+        self.address = address  # HOST:PORT (or ray://HOST:PORT) of the head; None: nothing to watch
+        self.gone = threading.Event()
+
+    def answers(self) -> bool:
+        return self.address is None or unreachable(self.address, timeout=2.0) is None
+
+    def lost(self) -> bool:
+        """Whether the cluster is away (known, or found now): a failed call is then nobody's crash."""
+        if not self.gone.is_set() and not self.answers():
+            self.gone.set()
+        return self.gone.is_set()
+
+    def problem(self, waiting: int | None = None) -> ProcessProblem:
+        """The ``ray`` problem: every job waits (none is charged) until the cluster answers again."""
+        from .health import Scope
+
+        jobs = f"{waiting} job(s)" if waiting is not None else "all jobs"
+        where = f"the cluster at {self.config.ray.address}" if self.config.ray.address else "the local Ray instance"
+        return ProcessProblem(RAY_PROBLEM, f"ray: {where} cannot be reached; {jobs} wait; assetd retries every "
+                                           f"{self.config.problems.check_seconds:g}s", Scope.ALL,
+                              alert_after=self.config.problems.alert_after_seconds)
+
+    def run(self, stop: threading.Event, on_gone: Callable[[], None]) -> None:
+        failed = 0
+        while not stop.wait(WATCH_SECONDS) and not self.gone.is_set():
+            failed = 0 if self.answers() else failed + 1
+            if failed >= 2:
+                self.gone.set()
+        if self.gone.is_set() and not stop.is_set():
+            on_gone()
 
 
 def _connect(config: Config) -> bool:
