@@ -9,10 +9,10 @@ Three parts, each on this machine:
   the real code (``intake.file_hash``, ``imageio.read_input``, ``outputs.FileSet``, ``Store``) with a 24 MP
   camera-like JPEG and the outputs the shipped products rule makes of it; their sum per job bounds the jobs per
   hour one coordinator can take, whatever the GPUs behind it.
-- **Ray**: jobs per minute through ``assetd process`` with the local executor, 1 actor and 2 actors (a local
-  Ray instance, CPU only) on small JPEGs and a cheap classical rule; and the per-job overhead Ray adds: the
-  actor call's submit → result time minus the time the same work takes in the calling process, on a
-  2000×1500 JPEG (target ≤ 50 ms).
+- **Ray**: jobs per minute through a real daemon (``assetd run``'s watcher, store and workers) with the local
+  executor (1 and 2 workers), 1 actor and 2 actors (a local Ray instance, CPU only) on small JPEGs and a cheap
+  classical rule; and the per-job overhead Ray adds: the actor call's submit → result time minus the time the
+  same work took inside the actor, on a 2000×1500 JPEG (target ≤ 50 ms).
 - **On paper**: shots per hour for 1, 4 and 16 GPUs from the published per-stage GPU anchors (BENCHMARKS.md,
   "Model-backed stages"; no GPU measured here), set against the coordinator's cap.
 """

@@ -188,8 +188,9 @@ def _staging_problems(config: Config) -> list[str]:
 
 
 def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
-    """``executor: ray``: the cluster ``assetd run`` would use (nodes, CPUs, GPUs, the actors it would start), and
-    what would stop it there: Ray not installed, the address not answering, actors that no node can hold.
+    """``executor: ray``: the cluster ``assetd run`` would use (nodes, CPUs, GPUs, what is free of them now, the
+    actors it would start), and what would stop it there: Ray not installed, the address not answering, actors that
+    no node can hold (problems), or that what is free now cannot hold (a warning: another assetd holds the rest).
     Returns (problems, warnings, info lines)."""
     from .scaleout import INSTALL, describe_cluster, ray_installed, token_auth, unreachable
 
@@ -211,9 +212,15 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
     info = [f"executor: ray: {cluster.address}: {len(cluster.nodes)} node(s) alive: {nodes}",
             f"executor: ray: would start {cluster.actors} chain actor(s), {cluster.gpus_per_actor:g} GPU and "
             f"{cluster.cpus_per_actor:g} CPU each (namespace {config.ray.namespace}); each loads the rules' models "
-            "from its own node's cache when it starts",
-            f"executor: ray: token authentication: {token_auth()}"]
-    problems += [f"{key}.{p}" for p in cluster.placement_problems(config)]
+            "from its own node's cache when it starts"]
+    info.append(f"executor: ray: {cluster.free_summary()}")
+    info.append(f"executor: ray: token authentication: {token_auth()}")
+    placement = cluster.placement_problems(config)
+    problems += [f"{key}.{p}" for p in placement]
+    busy = cluster.free_problem()
+    if busy and not placement:
+        warnings.append(f"{key}.{busy}; `assetd run` refuses to start until they are free (`assetd process` "
+                        f"needs room for one actor{'' if cluster.fits_free(1) else ', and has none either'})")
     if config.workers != 1:
         warnings.append(f"{config.source}: workers: {config.workers} is ignored under executor: ray (each actor "
                         "runs one job at a time, with one read ahead); set ray.actors instead")

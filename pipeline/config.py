@@ -302,8 +302,8 @@ class RayConfig:
                                   "cluster this machine joined with `ray start`; ray://HOST:10001: a remote head "
                                   "through Ray Client")
     actors: int | str = opt(1, check=check_actors, expected="a number of actors or per_gpu",
-                            doc="chain actors to start, each running one job at a time with one read ahead; per_gpu: "
-                                "one per GPU of the cluster (at least 1)")
+                            doc="chain actors `assetd run` starts (`assetd process` starts one), each running one "
+                                "job at a time with one read ahead; per_gpu: one per GPU of the cluster (at least 1)")
     gpus_per_actor: float | None = opt(None, min=0.0, doc="GPUs each actor reserves (0: CPU only; a fraction shares "
                                                           "a GPU); null: 1 when the cluster has GPUs, else 0")
     cpus_per_actor: float = opt(1.0, min=0.0, doc="CPUs each actor reserves on its node")

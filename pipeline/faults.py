@@ -22,7 +22,9 @@ Points (the subject in brackets): ``decode`` (the input, before it is read: ``Wo
 (the input, before each stage runs: ``Chain.run``), ``output-write`` (the output or manifest, its temporary
 file written and fsynced, before its rename: ``outputs.FileSet.publish``, so the Nth hit may fall between
 two renames of one job's set), ``db-commit`` (the input, inside ``Store.finish``'s transaction, before
-COMMIT). A subject may be a callable, called only when failpoints are on.
+COMMIT), ``actor-start`` (the actor's name, on the actor before it loads the models: ``scaleout.ChainRunner``; a
+slow start, or a box that never gets its actors ready). A subject may be a callable, called only when failpoints
+are on.
 
 Before acting, a failpoint writes one line to stderr (``assetd fault: kill at output-write #3 (a.png)``), so
 a test can tell where the process died.
@@ -42,7 +44,7 @@ from pathlib import PurePath
 
 ENV = "ASSETD_FAULTS"
 SEED_ENV = "ASSETD_FAULTS_SEED"
-POINTS = ("decode", "stage", "output-write", "db-commit")
+POINTS = ("decode", "stage", "output-write", "db-commit", "actor-start")
 
 
 class FaultSpecError(ValueError):

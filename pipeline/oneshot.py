@@ -143,7 +143,10 @@ class Stopper:
         name = signal.Signals(signum).name
         if self.signum is None:
             self.signum = signum
-            log.warning("received %s: stopping after the current file (send it again to stop at once)", name)
+            if self.busy:
+                log.warning("received %s: stopping after the current file (send it again to stop at once)", name)
+            else:
+                log.warning("received %s: stopping", name)
             return
         if self.busy and not self._interrupted:
             self._interrupted = True
@@ -161,13 +164,22 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
     processed get the status ``stopped``. Raises ConfigError, before any file is taken, when a model the
     rules need does not load offline (under ``executor: ray``: on an actor's node).
 
-    Under ``executor: ray`` the files run one after the other through the first actor (``ray.actors`` is for the
-    daemon)."""
+    Under ``executor: ray`` the files run one after the other through one actor, the only one started
+    (``ray.actors`` is for the daemon); a signal while it starts stops the run at once."""
+    stopper = stopper or Stopper()  # not entered: no signal handling
+    set_aside = [i for i in config.inboxes if i.after == "move"]  # their done and error folders are not inputs
+    files = list(expand(paths, output_folders(config), lambda folder: any(i.sets_aside(folder) for i in set_aside)))
     pool = None
     if config.executor == "ray":
+        from .errors import StopRequested
         from .scaleout import RemoteWorker, start_pool
 
-        pool = start_pool(config, rules)
+        try:
+            pool = start_pool(config, rules, actors=1, stop=lambda: stopper.signum is not None)
+        except StopRequested as exc:
+            log.warning("assetd process took no file: %s", exc)
+            return [_stopped(file, f"not processed: assetd process was stopped by {stopper.name} while its Ray "
+                                   "actor started") for file, _ in files]
         models = None
     else:
         models = load_for_start(config, rules, lambda warning: log.warning("%s", warning))
@@ -181,8 +193,6 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
     else:
         worker = Worker("process", config, store, rules)
         worker.ctx.models = models  # already loaded by the check
-    set_aside = [i for i in config.inboxes if i.after == "move"]  # their done and error folders are not inputs
-    files = list(expand(paths, output_folders(config), lambda folder: any(i.sets_aside(folder) for i in set_aside)))
     results: list[dict[str, Any]] = []
     bar = None
     if progress:
@@ -191,7 +201,6 @@ def run_once(config: Config, rules: list[Rule], paths: list[Path], *, rule_name:
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("processing", total=len(files))
-    stopper = stopper or Stopper()  # not entered: no signal handling
     try:
         for file, root in files:
             if stopper.signum is not None:

@@ -14,7 +14,13 @@ Ray's queue is not durable (an actor call runs at most once, ``max_task_retries=
 what is in flight): the job store stays the only record of work. An actor that dies under a job (its node lost, a
 kill, the OOM killer) charges that job one crash (``Store.charge_crash``: quarantined at
 ``quarantine_after_crashes``, like a job that kills the local process) and nothing else; Ray restarts the actor
-(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up.
+(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up. A worker whose
+actor cannot be had (its node left the cluster) claims nothing until it, or a fresh one, answers again.
+
+The whole cluster away (``ray stop``, the head rebooting) is nobody's crash: ``ClusterWatch`` notices that the head
+no longer answers, the ``ray`` problem pauses every job (the running ones go back uncharged) and the daemon restarts
+itself to wait for the cluster: a Ray driver whose node on this machine is gone cannot leave the cluster and join
+it again in the same process (``ray.shutdown()`` then ends the process, Ray's "local Raylet is dead").
 
 This is the only module that imports ray, and only when ``executor: ray`` is used (the ``scale`` extra).
 """
@@ -26,11 +32,13 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
 import traceback
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,8 +233,10 @@ class ChainRunner:
     ``problems`` lists what kept it from loading them, each naming this node (``start_pool`` reports them)."""
 
     def __init__(self, config: Config, rules: list[Rule], name: str):
+        from . import faults
         from .models import load_for_start
 
+        faults.point("actor-start", name)
         self.config = config
         self.name = name
         self.node = socket.gethostname()
@@ -342,22 +352,91 @@ class ActorLost(Exception):
 
 
 class ActorGone(Exception):
-    """Ray gave up on an actor (out of restarts) and a fresh one could not be started."""
+    """An actor cannot be had now: Ray does not restart it and a fresh one does not answer either (its node left
+    the cluster), or it does not load its models. Its worker waits for it (``RemoteWorker.run_forever``)."""
 
 
 class RemoteWorker(Worker):
     """A ``Worker`` whose chain runs on one Ray actor (``ChainRunner``). ``make_actor(name)`` starts a fresh actor
     when Ray has given up on this one. Its claims are a daemon worker's (``worker-N pid P on HOST``); where its
-    chains ran is ``actor-N on NODE`` (``jobs.ran_on``)."""
+    chains ran is ``actor-N on NODE`` (``jobs.ran_on``). ``watch``: the daemon's ``ClusterWatch``; a call that
+    fails while the whole cluster is away is the ``ray`` problem (every job waits, none is charged)."""
 
     def __init__(self, name: str, config: Config, store: Any, rules: list[Rule], actor: Any, actor_name: str,
-                 make_actor: Callable[[str], Any] | None = None, **kwargs: Any):
+                 make_actor: Callable[[str], Any] | None = None, watch: ClusterWatch | None = None, **kwargs: Any):
         super().__init__(name, config, store, rules, **kwargs)
         self.actor = actor
         self.actor_name = actor_name
         self.node: str | None = None  # the node its actor answered from last (``ready``, before each job)
         self.make_actor = make_actor
+        self.watch = watch
         self._lost = False  # the last call's actor died: see it is back before the next call
+        self.away: str | None = None  # why its actor cannot be had now (``ActorGone``): it claims nothing
+        self._asking: Any = None  # the ``ready()`` call a worker whose actor is away waits on
+
+    def run_forever(self, idle_max: float = 1.0) -> None:
+        """``Worker.run_forever``, left while its actor cannot be had (``away``: the job read ahead goes back
+        untouched) and entered again once it, or a fresh one, answers: a GPU box that rejoins the cluster is
+        used again, and a worker never holds a job it cannot run meanwhile."""
+        while True:
+            super().run_forever(idle_max)
+            if self.away is None or self.stop.is_set() or self.retired:
+                if self.away is not None:
+                    super().close()
+                return
+            while not self.stop.is_set() and not self._revive():
+                pass
+
+    def take_update(self) -> bool:
+        return super().take_update() or self.away is not None
+
+    def close(self) -> None:
+        if self.away is None or self.stop.is_set() or self.retired:  # away: the loop is entered again
+            super().close()
+
+    def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False) -> Any:
+        if self.away is not None:  # claimed ahead before its actor was found gone: back, uncharged
+            raise ActorGone(self.away)
+        return super()._execute(job, loaded, own_chain)
+
+    def _revive(self) -> bool:
+        """One look (up to ``ACTOR_RETRY_SECONDS``) at whether the actor answers again: restarted by Ray on a node
+        that came back, or a fresh one (started when Ray does not restart it) placed at last. True when it does:
+        its problem clears and the worker claims again."""
+        ray = ray_module()
+        deadline = time.monotonic() + ACTOR_RETRY_SECONDS
+        try:
+            if self._asking is None:
+                self._asking = self.actor.ready.remote()
+            while not ray.wait([self._asking], timeout=0.5)[0]:
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return False
+            ref, self._asking = self._asking, None
+            node, problems, _ = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:  # restarting: ask again
+            self._asking = None
+            self.stop.wait(min(ACTOR_RETRY_SECONDS, 5.0))
+            return False
+        except ray.exceptions.RayActorError:  # Ray does not restart it: a fresh one, placed when a node can hold it
+            self._asking = None
+            if self.make_actor is not None:
+                self.actor = self.make_actor(self.actor_name)
+            else:
+                self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        except Exception:  # noqa: BLE001 - the cluster away (the daemon restarts itself), or anything else: not yet
+            log.debug("%s: %s does not answer yet", self.name, self.actor_name, exc_info=True)
+            self._asking = None
+            self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        if problems:
+            self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        self.away, self._lost = None, False
+        message = f"ray: {self.actor_name} answers again on {node}; {self.name} takes jobs again"
+        if self.problems is None or not self.problems.clear(f"ray:{self.actor_name}", message):
+            log.info("%s", message)
+        return True
 
     def _load(self, job: Job) -> Input:  # type: ignore[override]
         """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
@@ -373,20 +452,31 @@ class RemoteWorker(Worker):
     def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
                    ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
         inp = loaded.result() if loaded is not None else self._load(job)
-        self._await_actor()
+        try:
+            self._await_actor()
+        except (ActorGone, ray_module().exceptions.RayError):
+            if self.watch is not None and self.watch.lost():
+                raise self.watch.problem() from None
+            raise
         ray = ray_module()
         want_matte = previews.keeps_mattes(self.config)
-        # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
-        # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
-        probe = self.actor.ready.remote()
-        ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
-        del inp
         try:
+            # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job
+            # reached it (it died idle, its node lost between jobs) and the job is not charged a crash it had no
+            # part in
+            probe = self.actor.ready.remote()
+            ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks,
+                                        want_matte)
+            del inp
             result: ChainResult = self._wait(ray, ref, probe, job)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
             raise
+        except (ActorLost, ActorGone, ray.exceptions.RayError) as exc:
+            if self.watch is not None and self.watch.lost():  # the whole cluster went away: nobody's crash
+                raise self.watch.problem() from None
+            raise exc from None
         self.node = result.node
         self.ran_on = f"{self.actor_name} on {result.node}"
         self._relog(job, result.logs)
@@ -457,11 +547,15 @@ class RemoteWorker(Worker):
             return
         ray = ray_module()
         fresh = False
+        deadline = time.monotonic() + AWAIT_SECONDS
         for _ in range(20):  # an actor restarting answers "unavailable" for a while; a fresh one is started once
             ref = self.actor.ready.remote()
             while not ray.wait([ref], timeout=0.5)[0]:
                 if self.stop.is_set():
                     raise StopRequested(f"stopping while {self.actor_name} restarts")
+                if time.monotonic() > deadline:  # Ray waits for a node that can hold it: its node left the cluster
+                    raise ActorGone(f"{self.actor_name} cannot be placed: no answer within {AWAIT_SECONDS:.0f}s "
+                                    "(its node left the cluster, or no node has the GPUs and CPUs it asks for)")
             try:
                 node, problems, _ = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
@@ -469,10 +563,10 @@ class RemoteWorker(Worker):
                 continue
             except ray.exceptions.RayActorError as exc:
                 if self.make_actor is None or fresh:
-                    raise ActorGone(f"{self.actor_name} is gone ({type(exc).__name__}) and cannot be replaced") \
-                        from None
-                log.warning("%s: Ray gave up on %s (out of restarts); starting a fresh one", self.name,
-                            self.actor_name)
+                    raise ActorGone(f"{self.actor_name} died and Ray does not restart it; a fresh one could not "
+                                    "start either (its node left the cluster?)") from None
+                log.warning("%s: %s died and Ray does not restart it (%s); starting a fresh one", self.name,
+                            self.actor_name, _first_line(exc))
                 self.actor, fresh = self.make_actor(self.actor_name), True
                 continue
             if problems:
@@ -480,7 +574,7 @@ class RemoteWorker(Worker):
             log.info("%s: %s is back on %s", self.name, self.actor_name, node)
             self._lost = False
             return
-        raise ActorGone(f"{self.actor_name} did not come back")
+        raise ActorGone(f"{self.actor_name} cannot be placed: it stays unavailable (its node left the cluster)")
 
     def _settle_failure(self, job: Job, failure: Failure, result: JobResult) -> JobResult:
         """An actor that died under the job charges it one crash (``Store.charge_crash``), the rest as a local
@@ -505,18 +599,29 @@ class RemoteWorker(Worker):
             return result
         if isinstance(failure.exc, ActorGone):
             self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.exc}")
-            log.error("%s: %s; this worker stops (its job is queued again, uncharged)", self.name, failure.exc)
-            if self.problems is not None:  # an alert (nothing to pause: the other actors go on); restart to clear
+            first = self.away is None
+            self.away = str(failure.exc)
+            if not first:  # the job read ahead, handed back the same way
+                log.info("%s: job %d is queued again, uncharged (%s is away)", self.name, job.id, self.actor_name)
+            elif self.problems is not None:  # an alert (nothing to pause: the other actors go on), cleared by _revive
                 from .health import Scope
 
+                log.info("%s: job %d is queued again, uncharged", self.name, job.id)
                 self.problems.start_problem(ProcessProblem(
-                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} stopped, the other actors go on "
-                    "(restart assetd to start it again)", Scope.nothing(),
+                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} takes no job until it answers again "
+                    f"(checked every {ACTOR_RETRY_SECONDS:.0f}s); the other actors go on", Scope.nothing(),
                     alert_after=self.config.problems.alert_after_seconds))
-            self.retired = True
+            else:
+                log.error("%s: %s; its job is queued again, uncharged; it takes no job until the actor answers "
+                          "again", self.name, failure.exc)
             result.status = JobStatus.QUEUED
             return result
         return super()._settle_failure(job, failure, result)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _keep_matte(config: Config, job: Job, png: bytes, name: str) -> None:
@@ -558,6 +663,8 @@ class ClusterInfo:
     actors: int  # chain actors it would start
     gpus_per_actor: float
     cpus_per_actor: float
+    free: list[dict[str, Any]] = field(default_factory=list)  # what is free on each node now, as ``nodes``
+    # (one entry for the whole cluster where Ray does not say it per node: Ray Client)
 
     @property
     def gpus(self) -> float:
@@ -588,6 +695,47 @@ class ClusterInfo:
                             f"cluster's {cpus:g}: the actors beyond them would never start")
         return problems
 
+    def fits_free(self, actors: int | None = None) -> bool:
+        """Whether what is free now (``free``) holds ``actors`` actors (all of them by default), node by node."""
+        wanted = self.actors if actors is None else actors
+        room = 0.0
+        for node in self.free:
+            fits = [node[kind] / each + 1e-6 for kind, each in (("cpus", self.cpus_per_actor),
+                                                                 ("gpus", self.gpus_per_actor)) if each]
+            if not fits:  # an actor asking for nothing fits anywhere
+                return True
+            room += int(min(fits))
+        return room >= wanted
+
+    def free_summary(self) -> str:
+        """What is free, e.g. "0 of the cluster's 2 CPUs and 0 of its 0 GPUs are free now (vm: 0 CPUs, 0 GPUs)"."""
+        cpus, gpus = (sum(n[kind] for n in self.free) for kind in ("cpus", "gpus"))
+        by_node = "; ".join(f"{n['node']}: {n['cpus']:g} CPUs, {n['gpus']:g} GPUs" for n in self.free)
+        return (f"{cpus:g} of the cluster's {sum(n['cpus'] for n in self.nodes):g} CPUs and {gpus:g} of its "
+                f"{self.gpus:g} GPUs are free now ({by_node})")
+
+    def free_problem(self, actors: int | None = None) -> str | None:
+        """Why the free resources cannot hold the actors now (another assetd, or another Ray job, holds the rest:
+        Ray would queue them until it lets go, and the start would wait for it), or None when they can."""
+        if self.fits_free(actors):
+            return None
+        wanted = self.actors if actors is None else actors
+        asked = " and ".join(f"{each:g} {kind}" for kind, each in (("CPU", self.cpus_per_actor),
+                                                                   ("GPU", self.gpus_per_actor)) if each)
+        keys = (["ray.actors"] if wanted > 1 else []) + [f"ray.{kind}_per_actor" for kind, each in (
+            ("cpus", self.cpus_per_actor), ("gpus", self.gpus_per_actor)) if each]
+        return (f"actors: {wanted} actor(s) asking {asked} each cannot be placed now: {self.free_summary()}; "
+                f"another assetd (or another Ray job) holds the rest: stop it first, or lower {' / '.join(keys)}")
+
+
+class ClusterUnreachable(ConfigError):
+    """The configured Ray cluster is not there (nothing answers at the address, no cluster runs on this machine for
+    ``auto``, no Ray Client server replies): a problem of the cluster, not of the config, which may clear by itself
+    (a head machine rebooting)."""
+
+
+HEAD_ADVICE = "start the head node there (`ray start --head`, README \"Scaling out\") or correct the address"
+
 
 def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
     """Why ``ray.address`` (``HOST:PORT`` or ``ray://HOST:PORT``) does not answer a TCP connection within
@@ -603,27 +751,134 @@ def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+RAY_PROBLEM = "ray"  # the problem key of the whole cluster away (``ClusterWatch``)
+WATCH_SECONDS = 2.0  # how often a running daemon checks that the cluster's head answers
+ACTOR_RETRY_SECONDS = 30.0
+AWAIT_SECONDS = 120.0  # how long a job waits for its dead actor to answer again before its worker waits alone  # how often a worker whose actor is gone asks whether it (or a fresh one) answers
+
+
+def cluster_away(config: Config, timeout: float = 5.0) -> str | None:
+    """Why the configured cluster does not answer now (its head's GCS port refuses or does not answer within
+    ``timeout``), without joining it; None when it answers, and for null (a local instance is started). For
+    ``auto`` the running cluster is found as Ray finds it (the address file a ``ray start`` on this machine
+    leaves); none found means none runs here."""
+    address = config.ray.address
+    if address is None:
+        return None
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+        except ImportError:  # another Ray: ``ray.init`` finds it, or says so
+            return None
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except Exception as exc:  # noqa: BLE001 - ConnectionError: no running instance found here
+            return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return unreachable(address, timeout)
+
+
+def head_address(config: Config) -> str | None:
+    """The GCS address the driver joined (``HOST:PORT``), to watch while it runs; the configured one for a Ray
+    client (``ray://``), which has no GCS address of its own."""
+    with contextlib.suppress(Exception):
+        return str(ray_module().get_runtime_context().gcs_address)
+    address = config.ray.address
+    return address if address not in (None, "auto") else None
+
+
+class ClusterWatch:
+    """Notices that the whole cluster went away (its head's GCS port refuses connections: ``ray stop``, the head
+    rebooting): a dead actor's call then says nothing about its job. ``answers()`` is the check (a seam for tests);
+    ``run`` (a thread) checks every ``WATCH_SECONDS`` and calls ``on_gone`` once, after two failed checks in a row,
+    so an idle daemon notices too, long before Ray's own timeout would end the process."""
+
+    def __init__(self, config: Config, address: str | None):
+        self.config = config
+        self.address = address  # HOST:PORT (or ray://HOST:PORT) of the head; None: nothing to watch
+        self.gone = threading.Event()
+
+    def answers(self) -> bool:
+        return self.address is None or unreachable(self.address, timeout=2.0) is None
+
+    def lost(self) -> bool:
+        """Whether the cluster is away (known, or found now): a failed call is then nobody's crash."""
+        if not self.gone.is_set() and not self.answers():
+            self.gone.set()
+        return self.gone.is_set()
+
+    def problem(self, waiting: int | None = None) -> ProcessProblem:
+        """The ``ray`` problem: every job waits (none is charged) until the cluster answers again."""
+        from .health import Scope
+
+        jobs = f"{waiting} job(s)" if waiting is not None else "all jobs"
+        where = f"the cluster at {self.config.ray.address}" if self.config.ray.address else "the local Ray instance"
+        return ProcessProblem(RAY_PROBLEM, f"ray: {where} cannot be reached; {jobs} wait; assetd retries every "
+                                           f"{self.config.problems.check_seconds:g}s", Scope.ALL,
+                              alert_after=self.config.problems.alert_after_seconds)
+
+    def run(self, stop: threading.Event, on_gone: Callable[[], None]) -> None:
+        failed = 0
+        while not stop.wait(WATCH_SECONDS) and not self.gone.is_set():
+            failed = 0 if self.answers() else failed + 1
+            if failed >= 2:
+                self.gone.set()
+        if self.gone.is_set() and not stop.is_set():
+            on_gone()
+
+
 def _connect(config: Config) -> bool:
     """Join the configured Ray (or start a local instance); True when this call started or joined it (so the
-    caller shuts it down), False when this process was connected already (a test's shared instance)."""
+    caller shuts it down), False when this process was connected already (a test's shared instance).
+    ``ClusterUnreachable`` (a ConfigError) when the cluster is not there, with what to do about it."""
     ray = ray_module()
     address = config.ray.address
     why = unreachable(address)
     if why:
-        raise ConfigError(f"ray.address: {address} does not answer ({why}): start the head node there (`ray start "
-                          "--head`, README \"Scaling out\") or correct the address")
+        raise ClusterUnreachable(f"ray.address: {address} does not answer ({why}): {HEAD_ADVICE}")
     if ray.is_initialized():
         return False
     try:
         # null: a new local instance, even when a cluster runs on this machine (``ray.init()`` would join that one)
-        ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)  # the actors' records come back with each job
+        with _own_signal_handlers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Ray Client's timeout, said below in our words
+            ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
+                     configure_logging=False, log_to_driver=False)  # the actors' records come back with each job
     except ConnectionError as exc:
-        raise ConfigError(f"ray.address: cannot reach the Ray cluster at {address}: {exc}") from None
+        if address == "auto":
+            raise ClusterUnreachable(
+                "ray.address: auto, but no Ray cluster runs on this machine (start its head node here: `ray start "
+                "--head`, README \"Scaling out\"; or set the head's address, HOST:6379)") from None
+        if address is not None and address.startswith("ray://"):
+            raise ClusterUnreachable(
+                f"ray.address: {address} answers, but no Ray Client server replied ({exc}): {HEAD_ADVICE} (ray:// "
+                "takes the head's Ray Client port, 10001 by default, not its GCS port 6379)") from None
+        token = ("is the token here the cluster's (~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)?"
+                 if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                 "when its head has token authentication on (Ray turns it on where a token exists), this process "
+                 "needs RAY_AUTH_MODE=token and the cluster's token")
+        # it answers: most likely a token missing here, which waiting does not mend (not ClusterUnreachable)
+        raise ConfigError(f"ray.address: {address} answers, but Ray could not join a cluster there ({exc}): "
+                          f"{token} (README \"Scaling out\"); otherwise {HEAD_ADVICE}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises several kinds for an address that does not answer
         raise ConfigError(f"ray.address: cannot start or join Ray ({address or 'a local instance'}): "
                           f"{type(exc).__name__}: {exc}") from None
     return True
+
+
+@contextlib.contextmanager
+def _own_signal_handlers() -> Any:
+    """Keep this process's SIGINT/SIGTERM handlers across ``ray.init``: Ray puts its own in place in the driver (a
+    SIGTERM handler calling ``sys.exit(15)``, and a C++ one printing a stack trace), which would make a SIGTERM to
+    ``assetd run`` exit 15 with Ray's lines instead of the daemon's clean stop. Only the main thread can set them
+    (elsewhere the caller puts them back: ``Daemon.run``)."""
+    main = threading.current_thread() is threading.main_thread()
+    kept = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def _plan(config: Config, gpus: float) -> tuple[int, float]:
@@ -647,41 +902,96 @@ def describe_cluster(config: Config) -> ClusterInfo:
 
 
 def _cluster(config: Config, ray: Any) -> ClusterInfo:
-    """What the connected Ray has (its nodes alive) and the actors ``config`` asks of it."""
-    nodes = [{"node": n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
-              "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
-              "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in ray.nodes() if n.get("Alive")]
+    """What the connected Ray has (its nodes alive, and what is free on each now) and the actors ``config`` asks of
+    it."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    names = {n.get("NodeID"): n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?") for n in alive}
+    nodes = [{"node": names[n.get("NodeID")], "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
+              "gpus": float(n.get("Resources", {}).get("GPU", 0.0))} for n in alive]
     actors, per_actor = _plan(config, sum(n["gpus"] for n in nodes))
-    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor, config.ray.cpus_per_actor)
+    return ClusterInfo(config.ray.address or "a local instance", nodes, actors, per_actor, config.ray.cpus_per_actor,
+                       free=_free(ray, names))
 
 
-def _when_ready(ray: Any, handles: list[Any], names: list[str], every: float = 30.0) -> list[Any]:
+def _free(ray: Any, names: dict[str, str]) -> list[dict[str, Any]]:
+    """What is free now on each node alive (``names``: node id -> host), as ``ClusterInfo.nodes``; through Ray Client,
+    where Ray tells only the cluster's sum, one entry "the cluster"."""
+    try:
+        from ray._private.state import available_resources_per_node
+
+        per_node = available_resources_per_node()
+    except Exception:  # noqa: BLE001 - Ray Client, or a Ray that moved it: the sum alone
+        free = ray.available_resources()
+        return [{"node": "the cluster", "cpus": float(free.get("CPU", 0.0)), "gpus": float(free.get("GPU", 0.0))}]
+    return [{"node": names[node], "cpus": float(res.get("CPU", 0.0)), "gpus": float(res.get("GPU", 0.0))}
+            for node, res in per_node.items() if node in names]
+
+
+FREED_SECONDS = 5.0  # how long the resources of actors just stopped (an assetd that just exited) may take to be free
+
+
+def _wait_free(config: Config, ray: Any, cluster: ClusterInfo, actors: int) -> ClusterInfo:
+    """``cluster`` once what is free holds ``actors`` actors; after ``FREED_SECONDS`` without, ConfigError saying
+    what is free and what is asked (Ray would queue the actors until another assetd lets go: a start that waits
+    for that, or hangs, is worse than a refusal that says why)."""
+    deadline = time.monotonic() + FREED_SECONDS
+    while not cluster.fits_free(actors):
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"ray.{cluster.free_problem(actors)}")
+        time.sleep(0.25)
+        cluster = _cluster(config, ray)
+    return cluster
+
+
+def _when_ready(ray: Any, handles: list[Any], names: list[str], every: float = 30.0,
+                stop: threading.Event | Callable[[], bool] | None = None) -> list[Any]:
     """Each actor's ``ready()``, waiting as long as its models take to load (minutes for a large one on a cold
-    box), and saying every ``every`` seconds which actors are still not ready, so a start that waits is explained."""
+    box), and saying every ``every`` seconds which actors are still not ready, so a start that waits is explained.
+    ``StopRequested`` as soon as ``stop`` is set (a signal: the command stops at once, not after the wait)."""
+    stopping = (stop.is_set if isinstance(stop, threading.Event) else stop) or (lambda: False)
     refs = [h.ready.remote() for h in handles]
     waiting = dict(zip(refs, names))
-    started = time.monotonic()
+    started = said = time.monotonic()
     while waiting:
-        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=every)
+        done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.25)
         for ref in done:
             waiting.pop(ref, None)
-        if waiting:
+        if waiting and stopping():
+            raise StopRequested(f"stopped while waiting for {', '.join(waiting.values())} to start")
+        if waiting and time.monotonic() - said >= every:
+            said = time.monotonic()
+            try:
+                free = f"; {_cluster_free(ray)}"
+            except Exception:  # noqa: BLE001 - the line without the figures
+                free = ""
             log.info("executor ray: after %.0fs still waiting for %s (loading models, or waiting for a node with "
-                     "the GPUs and CPUs it asks for)", time.monotonic() - started, ", ".join(waiting.values()))
+                     "the GPUs and CPUs it asks for%s)", said - started, ", ".join(waiting.values()), free)
     return ray.get(refs)
 
 
-def start_pool(config: Config, rules: list[Rule]) -> Pool:
-    """Start the chain actors (``ray.actors``) and wait for each to have loaded its models: ConfigError (exit 2
-    at start) listing every actor's problem with its node, e.g. a model missing from that box's cache."""
+def _cluster_free(ray: Any) -> str:
+    free = ray.available_resources()
+    return f"free now: {free.get('CPU', 0.0):g} CPUs, {free.get('GPU', 0.0):g} GPUs"
+
+
+def start_pool(config: Config, rules: list[Rule], *, actors: int | None = None,
+               stop: threading.Event | Callable[[], bool] | None = None) -> Pool:
+    """Start the chain actors (``ray.actors``, or at most ``actors``: ``assetd process`` uses one) and wait for each
+    to have loaded its models: ConfigError (exit 2 at start) listing every actor's problem with its node, e.g. a
+    model missing from that box's cache; also when the cluster's free CPUs/GPUs cannot hold them now (another
+    assetd holds them: Ray would queue them until it lets go). ``StopRequested`` when ``stop`` is set while
+    waiting (a signal): the actors started so far are stopped."""
     ray = ray_module()
     started = _connect(config)
+    pool = None
     try:
         cluster = _cluster(config, ray)
         placement = cluster.placement_problems(config)
         if placement:
             raise ConfigError([f"ray.{p}" for p in placement])
-        actors, per_actor = cluster.actors, cluster.gpus_per_actor
+        count = cluster.actors if actors is None else min(actors, cluster.actors)
+        cluster = _wait_free(config, ray, cluster, count)
+        per_actor = cluster.gpus_per_actor
         env = {k: v for k, v in os.environ.items() if k.startswith("ASSETD_")}  # failpoints (tests), as here
         remote = ray.remote(ChainRunner).options(
             num_gpus=per_actor, num_cpus=config.ray.cpus_per_actor, max_restarts=config.ray.max_restarts,
@@ -690,26 +1000,26 @@ def start_pool(config: Config, rules: list[Rule]) -> Pool:
         def make_actor(name: str) -> Any:
             return remote.remote(config, rules, name)
 
-        names = [f"actor-{i + 1}" for i in range(actors)]
+        names = [f"actor-{i + 1}" for i in range(count)]
         handles = [make_actor(name) for name in names]
         pool = Pool(handles, names, make_actor, started)
         problems: list[str] = []
         try:
-            for name, (node, found, warnings) in zip(names, _when_ready(ray, handles, names)):
+            for name, (node, found, warnings_) in zip(names, _when_ready(ray, handles, names, stop=stop)):
                 pool.nodes[name] = node
                 problems += found
-                for warning in warnings:
+                for warning in warnings_:
                     log.warning("%s on %s: %s", name, node, warning)
         except ray.exceptions.RayError as exc:
             problems.append(f"a chain actor could not start: {type(exc).__name__}: {exc}")
         if problems:
-            pool.close()
-            started = False
             raise ConfigError(problems)
-        log.info("executor ray: %d actor(s) (%s), %g GPU and %g CPU each", actors,
+        log.info("executor ray: %d actor(s) (%s), %g GPU and %g CPU each", count,
                  ", ".join(f"{n} on {pool.nodes[n]}" for n in names), per_actor, config.ray.cpus_per_actor)
         return pool
     except BaseException:
-        if started and ray.is_initialized():
+        if pool is not None:
+            pool.close()  # shuts down a Ray it started
+        elif started and ray.is_initialized():
             ray.shutdown()
         raise
