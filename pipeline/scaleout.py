@@ -565,8 +565,8 @@ class RemoteWorker(Worker):
                 if self.make_actor is None or fresh:
                     raise ActorGone(f"{self.actor_name} died and Ray does not restart it; a fresh one could not "
                                     "start either (its node left the cluster?)") from None
-                log.warning("%s: %s died and Ray does not restart it (%s); starting a fresh one", self.name,
-                            self.actor_name, _first_line(exc))
+                log.warning("%s: %s: %s, and Ray does not restart it; starting a fresh one", self.name,
+                            self.actor_name, in_words(exc))
                 self.actor, fresh = self.make_actor(self.actor_name), True
                 continue
             if problems:
@@ -617,11 +617,6 @@ class RemoteWorker(Worker):
             result.status = JobStatus.QUEUED
             return result
         return super()._settle_failure(job, failure, result)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _keep_matte(config: Config, job: Job, png: bytes, name: str) -> None:
