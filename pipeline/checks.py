@@ -192,7 +192,7 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
     actors it would start), and what would stop it there: Ray not installed, the address not answering, actors that
     no node can hold (problems), or that what is free now cannot hold (a warning: another assetd holds the rest).
     Returns (problems, warnings, info lines)."""
-    from .scaleout import INSTALL, describe_cluster, ray_installed, unreachable
+    from .scaleout import INSTALL, describe_cluster, ray_installed, token_auth, unreachable
 
     key = f"{config.source}: ray"
     if not ray_installed():
@@ -214,6 +214,7 @@ def _cluster_report(config: Config) -> tuple[list[str], list[str], list[str]]:
             f"{cluster.cpus_per_actor:g} CPU each (namespace {config.ray.namespace}); each loads the rules' models "
             "from its own node's cache when it starts"]
     info.append(f"executor: ray: {cluster.free_summary()}")
+    info.append(f"executor: ray: token authentication: {token_auth()}")
     placement = cluster.placement_problems(config)
     problems += [f"{key}.{p}" for p in placement]
     busy = cluster.free_problem()

@@ -315,7 +315,9 @@ def _explain_mask(config: Config, rules: list[Rule], path: Path) -> bool:
 def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs, oldest first, with their state, attempts, inbox, time, errors and review reasons.
 
-    One line per job, fitted to the terminal (long cells end in …; --json has everything). Time is
+    One line per job, fitted to the terminal (long cells end in …; --json has everything). State
+    "next": a running job only claimed to be read ahead while the one before it runs (nothing of it ran
+    yet; the summary counts it apart from running). Time is
     when the job finished (queued and running jobs: when it was queued), in local time. Inbox (shown
     when the jobs come from more than one folder) is the folder the file was matched under (for
     `assetd process` outside the inboxes: the folder given). Note is the error, or for a done job
@@ -340,11 +342,15 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
                               store.rejected_counts()):
         click.echo(line)
     counts = store.counts()
+    ahead = store.read_ahead_count()  # "running" but only read ahead: said apart, as the table's "next"
+    counts[JobStatus.RUNNING.value] -= ahead
     to_review = store.review_count()
     to_approve, rejected = store.awaiting_total(), store.rejected_total()
     shown = f"showing the newest {limit}; all jobs: " if limit and len(rows) == limit else ""
     parts = [f"{n} {s}" + (f" ({to_review} need review)" if s == JobStatus.DONE and to_review else "")
              for s, n in counts.items() if n or s != JobStatus.SUPERSEDED]  # a rare state: named when there are some
+    if ahead:
+        parts.insert(list(counts).index(JobStatus.RUNNING.value) + 1, f"{ahead} next (read ahead, not started)")
     if to_approve:
         parts.append(f"{to_approve} output{'s' if to_approve != 1 else ''} await{'s' if to_approve == 1 else ''} "
                      f"approval (assetd approve)")
@@ -371,16 +377,9 @@ def _orphaned(store: Any, config: Any) -> list[int]:
 def _paused_lines(store: Any, config: Any) -> list[str]:
     """One line per problem process pausing the running daemon's work (none when no daemon runs: its
     successor measures again)."""
-    import time
+    from .listing import problem_lines
 
-    from .health import NOTHING_PAUSED
-    from .owners import InstanceLock
-
-    if InstanceLock(config.database).holder() is None:
-        return []
-    return [f"{'problem' if p['scope'] == NOTHING_PAUSED else 'paused'} since "
-            f"{time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
-            for p in store.active_problems()]
+    return problem_lines(store, config.database)
 
 
 def _open_store(config: Any) -> Any:

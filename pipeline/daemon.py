@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from .watcher import InboxWatcher
 from .worker import Worker
 
 log = logging.getLogger("assetd.daemon")
+GCS_RECONNECT_SECONDS = 300  # RAY_gcs_rpc_server_reconnect_timeout_s: see Daemon.start
 
 
 def _process_at_work(owner: str | None, database: Path) -> bool:
@@ -64,17 +66,26 @@ class Daemon:
         self._applying = threading.Lock()  # apply() and stop() never change the watcher at the same time
         self.reload_seconds = reload_seconds
         self.pool: Any = None  # executor: ray: the chain actors (scaleout.Pool)
+        self.watch: Any = None  # executor: ray: the scaleout.ClusterWatch telling the cluster away
+        self.outage = False  # the Ray cluster went away: ``stop`` hands everything back, then restarts assetd
 
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         checked_models = self._check_models() if self.config.executor == "local" else None
+        away = None  # executor: ray: why the cluster does not answer at start (it is waited for, below)
         if self.config.executor == "ray":  # each actor loads (and checks) the models on its own node
-            from .scaleout import start_pool
+            from .scaleout import cluster_away, start_pool
 
             if self.config.workers != 1:
                 log.warning("workers: %d is ignored under executor: ray (one job at a time per actor, ray.actors)",
                             self.config.workers)
-            self.pool = start_pool(self.config, self.rules, stop=self.stop_event)
+            # Ray ends a driver whose cluster's head has been away for this long (60 s by default); assetd
+            # notices in seconds (``ClusterWatch``) and hands everything back first, which may take longer
+            os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_SECONDS))
+            away = cluster_away(self.config)
+            if away is None or not self.config.database.exists():  # never ran: more likely a wrong address,
+                self.pool = start_pool(self.config, self.rules, stop=self.stop_event)  # refused at once (exit 2)
+                away = None
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
         self._start_review(store)
         self.notifier = Notifier(self.config, store)  # alerts queue in the outbox; delivery starts below
@@ -85,7 +96,12 @@ class Daemon:
         self.notifier.start()
         self._start_problems(store, self.notifier)
         self._start_previews()
+        if away is not None:
+            self.pool = self._await_cluster(away)
+            if self.pool is None:  # stopped while waiting
+                return
         if self.pool is not None:
+            self._watch_cluster()
             for actor, name in zip(self.pool.actors, self.pool.names):
                 self._start_worker(actor=(actor, name))
         else:
@@ -136,7 +152,7 @@ class Daemon:
             from .scaleout import RemoteWorker
 
             worker: Worker = RemoteWorker(f"worker-{n}", self.config, self.store, self.rules, actor[0], actor[1],
-                                          make_actor=self.pool.make_actor, **kwargs)
+                                          make_actor=self.pool.make_actor, watch=self.watch, **kwargs)
         else:
             worker = Worker(f"worker-{n}", self.config, self.store, self.rules, **kwargs)
         if models is not None:
@@ -146,6 +162,75 @@ class Daemon:
         self._threads.append(thread)
         thread.start()
         return worker
+
+    # -- executor: ray: the cluster away ----------------------------------------------------------
+    def _await_cluster(self, away: str) -> Any:
+        """The cluster does not answer at start (``ray stop``, the head rebooting, assetd restarting itself after
+        the cluster went away): rather than exit 2 (the service manager would give up on it as on a config error),
+        wait for it with the ``ray`` problem active (logged, one alert once it lasts
+        ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Only a first start (no
+        database yet) is refused at once: there a wrong address is the likely cause. Returns
+        the started pool, or None when stopped meanwhile. A cluster that answers but cannot hold the actors is
+        a config error as at any start (ConfigError)."""
+        from .scaleout import RAY_PROBLEM, ClusterWatch, cluster_away, start_pool
+
+        assert self.problems is not None and self.store is not None
+        waiting = sum(n for state, n in self.store.counts().items() if state in ("queued", "running"))
+        problem = ClusterWatch(self.config, None).problem(waiting)
+        self.problems.start_problem(problem)
+        log.warning("ray.address: %s does not answer (%s); assetd waits for it, looking again every %gs (start the "
+                    "head node there: `ray start --head`, README \"Scaling out\"; Ctrl-C or SIGTERM stops assetd)",
+                    self.config.ray.address, away, self.config.problems.check_seconds)
+        while not self.stop_event.wait(self.config.problems.check_seconds):
+            away = cluster_away(self.config)
+            if away is not None:
+                log.debug("ray: still away: %s", away)
+                continue
+            try:
+                pool = start_pool(self.config, self.rules, stop=self.stop_event)
+            except ConfigError:
+                if cluster_away(self.config) is not None:  # gone again while joining it
+                    continue
+                raise
+            self.problems.clear(RAY_PROBLEM, f"ray: the cluster at {self.config.ray.address} answers again; "
+                                             f"{len(pool.names)} actor(s) started; jobs go on")
+            return pool
+        return None
+
+    def _watch_cluster(self) -> None:
+        """A thread telling the cluster away (``scaleout.ClusterWatch``), idle daemon or not."""
+        from .scaleout import ClusterWatch, head_address
+
+        watch = self.watch = ClusterWatch(self.config, head_address(self.config))
+        thread = threading.Thread(target=watch.run, args=(self.stop_event, self._cluster_gone),
+                                  name="assetd-ray-watch", daemon=True)
+        thread.start()
+
+    def _cluster_gone(self) -> None:
+        """The whole cluster went away: the ``ray`` problem pauses every job (the calls that fail now charge no
+        job, the workers hand their jobs back), and assetd restarts itself to wait for it, since a Ray driver
+        cannot leave a cluster whose node on this machine is gone and join again in the same process
+        (``ray.shutdown()`` then ends the process)."""
+        assert self.problems is not None and self.watch is not None
+        self.outage = True
+        problem = self.watch.problem()
+        problem.alert_after = float("inf")  # the restarted process carries the problem and its alerts (one each way)
+        self.problems.start_problem(problem)
+        log.error("ray: the cluster went away (its head %s does not answer); assetd hands its jobs back uncharged "
+                  "and restarts itself to wait for it", self.watch.address)
+        self.stop_event.set()
+
+    def _restart(self) -> None:
+        """Start this command again in this process (``exec``): it waits for the cluster (``_await_cluster``)."""
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.warning("restarting: %s", " ".join(argv))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            os.execv(sys.executable, argv)
+        except OSError as exc:  # exit 1: a service manager (Restart=on-failure) starts it again
+            log.error("could not restart assetd (%s); exiting 1 for the service manager to start it again", exc)
+            raise SystemExit(1) from None
 
     def _start_watcher(self, inboxes: list[InboxConfig] | None = None) -> InboxWatcher:
         watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled,
@@ -356,15 +441,27 @@ class Daemon:
             self.notifier.deliver_due(budget_seconds=self.config.notify.timeout_seconds)  # the rest stays queued
         if self.store is not None:
             self._hand_back_claims()  # a worker still in a step after the timeout
+            self._end_problems()
             self.store.close()
-        if self.pool is not None:  # after the claims went back: a call still running is abandoned
+        if self.pool is not None and not self.outage:  # after the claims went back: a call still running is
+            # abandoned (with the cluster away Ray would end this process at the first call to its own node)
             try:
                 self.pool.close()
             except Exception:  # noqa: BLE001 - exiting anyway; a local Ray instance dies with this process
                 log.exception("could not stop the Ray actors")
             self.pool = None
         self.lock.release()
+        if self.outage:
+            self._restart()
         log.info("assetd stopped")
+
+    def _end_problems(self) -> None:
+        """A clean stop ends the problem processes this run raised (they were about it: the next start measures
+        again), so that ``/metrics`` and the review page of an ``assetd serve`` left running do not report them."""
+        try:
+            self.store.end_problems(time.time(), "assetd stopped")  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - exiting anyway; the next start ends them
+            log.exception("could not close the problems of this run")
 
     def _hand_back_claims(self) -> None:
         """Queue again, uncharged, the jobs our workers still hold (we are exiting)."""

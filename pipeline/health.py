@@ -19,7 +19,10 @@ Who starts problems (``Problems.start``, idempotent per key):
   CUDA out of memory on ``gpu_oom_limit`` jobs in a row, or a lost GPU → ``gpu`` (the model-backed rules);
   a stage's ``prepare()`` (its model load) failing → ``model:<step>/<backend>`` (the rules using it);
 - the daemon, for the watcher's unreachable inboxes (``inbox:<root>``, ``Scope.inbox``) and a broken config
-  file on reload (``config``, ``Scope.nothing()``: alert only, the last good set keeps running).
+  file on reload (``config``, ``Scope.nothing()``: alert only, the last good set keeps running);
+- executor: ray (``pipeline/scaleout.py``): the whole cluster away (``ray``, every job waits; the daemon restarts
+  itself and waits for it) and one actor that cannot be had (``ray:actor-N``, ``Scope.nothing()``: the other
+  actors go on; its worker clears it when the actor answers again).
 
 How a problem clears: ``clear(key)`` by whoever knows, or its ``probe`` returning True when the monitor calls
 it (every check_seconds). Some causes cannot be checked from outside a job (CUDA out of memory: a small

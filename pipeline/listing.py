@@ -1,12 +1,37 @@
 """``assetd jobs``: the jobs as one line each (a plain-text table that fits the terminal) or as JSON."""
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .store import Job, Store
+from .store import READ_AHEAD, Job, JobStatus, Store
 from .text import printable
+
+
+def live_problems(store: Store, database: Path) -> list[dict[str, Any]]:
+    """The problem processes of the daemon running on ``database`` now (``Store.active_problems``); none while no
+    daemon runs: they were about its run (a clean stop ends them, and a daemon killed leaves them open only until
+    the next start, which measures again). ``assetd jobs``, ``/metrics`` and the review page's banner say these."""
+    from .owners import InstanceLock
+
+    try:
+        if InstanceLock(database).holder() is None:
+            return []
+    except OSError:  # the lock file cannot be read from here: no daemon we can tell of
+        return []
+    return store.active_problems()
+
+
+def problem_lines(store: Store, database: Path) -> list[str]:
+    """One line per problem of the running daemon (``live_problems``): "paused since HH:MM: …" for one that holds
+    jobs back, "problem since HH:MM: …" for one that only alerts (a broken config file)."""
+    from .health import NOTHING_PAUSED
+
+    return [f"{'problem' if p['scope'] == NOTHING_PAUSED else 'paused'} since "
+            f"{time.strftime('%H:%M', time.localtime(p['started_at']))}: {p['message']}"
+            for p in live_problems(store, database)]
 
 
 def inbox_of(job: Job) -> str | None:
@@ -36,6 +61,14 @@ def as_documents(store: Store, jobs: list[Job]) -> list[dict[str, Any]]:
         d["moved_to"] = moved.dest if moved else None
         docs.append(d)
     return docs
+
+
+def status_word(job: Job) -> str:
+    """A job's state as listed: "next" (``READ_AHEAD``) for a running job only claimed to be read ahead (its input
+    is read while the job before it runs; nothing of it ran yet), else its status."""
+    if job.status is JobStatus.RUNNING and job.chain_started_at is None:
+        return READ_AHEAD
+    return job.status.value
 
 
 def _shown(folder: str, base: Path) -> str:
@@ -88,7 +121,7 @@ def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | No
         columns.append((header, cells, len(header) if least is None else least))
 
     add("id", [str(j.id) for j in jobs])
-    add("status", [j.status.value for j in jobs])
+    add("status", [status_word(j) for j in jobs])
     add("try", [str(j.attempts) for j in jobs])
     add("time", [f"{local_time(j):%Y-%m-%d %H:%M}" for j in jobs])
     if len(inboxes) > 1:

@@ -23,6 +23,7 @@ from prometheus_client.exposition import choose_encoder
 
 from .config import Config
 from .health import NOTHING_PAUSED
+from .listing import live_problems
 from .store import FINISHED, PENDING, JobStatus, Store
 
 # 0.1 s to 10 min: a classical crop takes a fraction of a second, a diffusion outpaint on the CPU minutes.
@@ -36,7 +37,7 @@ def exposition(config: Config, store: Store, accept: str | None = None) -> tuple
     """The metrics now, encoded for ``accept`` (the scraper's Accept header): (body, content type)."""
     registry = CollectorRegistry(auto_describe=False)
     for collector in (JobsCollector(store), StepsCollector(store), ModelsCollector(store),
-                      ProblemsCollector(store), VolumesCollector(config)):
+                      ProblemsCollector(store, config.database), VolumesCollector(config)):
         registry.register(collector)
     encode, content_type = choose_encoder(accept or "")
     return encode(registry), content_type
@@ -159,10 +160,13 @@ class ModelsCollector:
 
 class ProblemsCollector:
     """Problem processes going on now (a disk below its watermark, the GPU, a model, an inbox, a config file),
-    by kind: the part of the problem's key before ``:`` (``disk:/srv/out`` is a ``disk`` problem)."""
+    by kind: the part of the problem's key before ``:`` (``disk:/srv/out`` is a ``disk`` problem). Only while a
+    daemon runs on the database (``listing.live_problems``): ``assetd serve`` after the daemon stopped reports
+    none, not the last ones it had."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, database: Path):
         self.store = store
+        self.database = database
 
     def collect(self) -> Iterator[Metric]:
         active = GaugeMetricFamily("assetd_problems_active", "Problem processes going on now, by kind; pausing=\"true\""
@@ -172,7 +176,7 @@ class ProblemsCollector:
                                   "still going on started (Unix time)", labels=["kind"])
         counts: dict[tuple[str, str], int] = {}
         oldest: dict[str, float] = {}
-        for problem in self.store.active_problems():
+        for problem in live_problems(self.store, self.database):
             kind = problem["key"].split(":", 1)[0]
             pausing = "false" if problem["scope"] == NOTHING_PAUSED else "true"
             counts[(kind, pausing)] = counts.get((kind, pausing), 0) + 1

@@ -14,7 +14,13 @@ Ray's queue is not durable (an actor call runs at most once, ``max_task_retries=
 what is in flight): the job store stays the only record of work. An actor that dies under a job (its node lost, a
 kill, the OOM killer) charges that job one crash (``Store.charge_crash``: quarantined at
 ``quarantine_after_crashes``, like a job that kills the local process) and nothing else; Ray restarts the actor
-(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up.
+(``ray.max_restarts``) and its worker waits for it, or starts a fresh one once Ray has given up. A worker whose
+actor cannot be had (its node left the cluster) claims nothing until it, or a fresh one, answers again.
+
+The whole cluster away (``ray stop``, the head rebooting) is nobody's crash: ``ClusterWatch`` notices that the head
+no longer answers, the ``ray`` problem pauses every job (the running ones go back uncharged) and the daemon restarts
+itself to wait for the cluster: a Ray driver whose node on this machine is gone cannot leave the cluster and join
+it again in the same process (``ray.shutdown()`` then ends the process, Ray's "local Raylet is dead").
 
 This is the only module that imports ray, and only when ``executor: ray`` is used (the ``scale`` extra).
 """
@@ -24,12 +30,14 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -41,7 +49,7 @@ from .chain import Chain, ModelLoadError, StepUse
 from .config import Config
 from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
 from .imageio import decode
-from .outputs import Rendered, atomic_write, render_outputs
+from .outputs import Rendered, atomic_write, one_line, render_outputs
 from .rules import Rule
 from .stages.base import Asset, StageContext
 from .stages.masks import masks_beside, sidecar_path
@@ -56,13 +64,72 @@ ACTOR_DIED = "a Ray actor"  # what stopped, in a job's crash note: "quarantined:
 STOP_GRACE_SECONDS = 30.0  # after a stop, how long a call may take to end at its next step before it is abandoned
 
 
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"  # "Token authentication is enabled…"
+
+
 def ray_module() -> Any:
-    """Ray, imported on first use; ConfigError with the install command when the ``scale`` extra is missing."""
+    """Ray, imported on first use; ConfigError with the install command when the ``scale`` extra is missing.
+    Ray's own warning that token authentication is on (or off), which every command printed, is quieted:
+    ``assetd check`` says it instead (``token_auth``)."""
     try:
         import ray
     except ImportError:
         raise ConfigError(f"executor: ray needs Ray, which is not installed: {INSTALL}") from None
+    logging.getLogger(TOKEN_LOGGER).setLevel(logging.ERROR)
+    _raylet_notes_to_log()
     return ray
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _raylet_notes_to_log() -> None:
+    """The raylet's notes to the driver ("A worker died or was killed while executing a task…", "memory on the
+    node was low…") are printed by Ray to stdout raw, with ANSI colours and no time or level, whatever
+    ``log_to_driver`` says: they go through this module's logger instead, one warning each. A Ray without the hook
+    (``ray._private.worker.print_to_stdstream``, private) prints them as before."""
+    try:
+        import ray._private.worker as driver
+    except ImportError:
+        return
+    original = getattr(driver, "print_to_stdstream", None)
+    if original is None or getattr(original, "assetd", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", ()):
+            log.warning("ray: %s", one_line(ANSI.sub("", str(line))))
+
+    to_log.assetd = True  # type: ignore[attr-defined]
+    driver.print_to_stdstream = to_log
+
+
+def token_auth() -> str:
+    """Whether the Ray this process connected to asks for a token, in words for ``assetd check`` (instead of Ray's
+    warning on every command). Ray sets ``RAY_AUTH_MODE=token`` in the process when it starts a local instance or
+    finds a token here (``RAY_AUTH_TOKEN``, ``~/.ray/auth_token``); connected without one, the cluster asks none."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "token":
+        return "on (every box and every assetd command needs the cluster's token)"
+    return ("off (anyone who reaches the cluster's ports can run code on it: README \"Scaling out\" sets a token "
+            "up)" + (" by RAY_AUTH_MODE=disabled" if mode == "disabled" else ""))
+
+
+def in_words(exc: BaseException) -> str:
+    """What happened to an actor, said in words for the log and a job's note instead of Ray's class names
+    (``ActorUnavailableError``, ``ActorDiedError``)."""
+    ray = ray_module()
+    text = str(exc)
+    if isinstance(exc, ray.exceptions.ActorUnavailableError):
+        return "it stopped answering: it is restarting, or its node cannot be reached"
+    if isinstance(exc, ray.exceptions.RayActorError):
+        why = re.search(r"The actor is dead because (.+?)(?:\.\s|\.?$)", text, re.S)
+        return f"it died: {one_line(why.group(1))}" if why else "it died"
+    if isinstance(exc, ray.exceptions.ObjectLostError):
+        return "its result was lost: its node left the cluster"
+    return one_line(text) or type(exc).__name__
 
 
 def ray_installed() -> bool:
@@ -91,6 +158,7 @@ class ChainResult:
     encode_seconds: float
     matte: bytes | None  # the subject's matte as PNG, when the review page wants it (``previews.wanted``)
     node: str  # the host name of the actor's node
+    logs: list[tuple[int, str, str]] = field(default_factory=list)  # what assetd's loggers said during the call
 
 
 class RemoteError(AssetdError):
@@ -105,8 +173,8 @@ class RemoteModelLoadError(ModelLoadError):
         self.step, self.backend = step, backend
         self.__cause__ = cause
 
-    def __reduce__(self) -> Any:
-        return RemoteModelLoadError, (self.step, self.backend, str(self), self.__cause__)
+    def __reduce__(self) -> Any:  # the state: what the actor attached (``ChainRunner.run``: its logs, its node)
+        return RemoteModelLoadError, (self.step, self.backend, str(self), self.__cause__), self.__dict__
 
 
 def portable(exc: BaseException) -> BaseException:
@@ -123,6 +191,42 @@ def portable(exc: BaseException) -> BaseException:
 
 
 # -- the actor -------------------------------------------------------------------------------------------
+class Captured(logging.Handler):
+    """What assetd's loggers say in an actor during one call (a stage's warning, a model loaded): kept as
+    (level, logger, message) to travel back with the call's result or error, so that the coordinator logs it with
+    the job and the actor (``RemoteWorker._relog``) instead of Ray printing the actor's stderr raw (no time, no
+    level, no job, ANSI colours, "[repeated 5x across cluster]", sometimes after the job ended)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        except Exception:  # noqa: BLE001 - a record that does not format is said as it was written
+            message = str(record.msg)
+        self.records.append((record.levelno, record.name, message))
+
+    def __enter__(self) -> "Captured":
+        logging.getLogger("assetd").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("assetd").removeHandler(self)
+
+
+def _actor_log_level(config: Config) -> None:
+    """In an actor's own process (logging not set up there), let assetd's records at ``log_level`` reach
+    ``Captured``; a process whose logging is set up (the coordinator, a test running the body here) is left as
+    it is."""
+    ours = logging.getLogger("assetd")
+    if ours.level == logging.NOTSET and not logging.getLogger().handlers:
+        ours.setLevel(config.log_level.upper())
+
+
 class ChainRunner:
     """The body of a chain actor (``ray.remote(ChainRunner)``; a plain class, so it also runs here in tests).
     Loads every model the rules use once, at start; then runs one job's decode, chain and encode per call.
@@ -136,6 +240,7 @@ class ChainRunner:
         self.config = config
         self.name = name
         self.node = socket.gethostname()
+        _actor_log_level(config)
         self.stop = threading.Event()
         self.ctx = StageContext(config=config, stop=self.stop)
         self._chains: dict[tuple[str, bool], Chain] = {}
@@ -167,45 +272,55 @@ class ChainRunner:
         """Decode ``data`` (the input at ``source`` on the coordinator), run the rule's chain, encode its outputs,
         under the coordinator's ``config`` (a reload's channels travel with each call; models loaded at start stay,
         new ones load at first use). Sidecar masks are put beside a copy of the name in a folder of their own,
-        where the stages look. Any error is raised as its own class (``portable``)."""
+        where the stages look. What assetd's loggers say meanwhile comes back with the result (``logs``) or the
+        error. Any error is raised as its own class (``portable``), carrying those records (``actor_logs``) and
+        this node (``actor_node``); an unexpected one (not an ``AssetdError``) carries its traceback here as a
+        note, which the coordinator's log of the crash prints."""
         self.stop.clear()
         self.config = self.ctx.config = config
         folder = None
-        try:
-            if self.problems:
-                raise ConfigError(self.problems)
-            decoded = decode(data, source, self.config.input)
-            where = source
-            if masks:
-                folder = tempfile.mkdtemp(prefix="assetd-masks-")
-                where = str(Path(folder) / Path(source).name)
-                for kind, body in masks.items():
-                    sidecar_path(where, kind).write_bytes(body)
-            asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
-                          source=where)
-            steps: list[tuple[str, str, float, str, int | None]] = []
-            mattes: list[Any] = []
+        with Captured() as captured:
+            try:
+                if self.problems:
+                    raise ConfigError(self.problems)
+                decoded = decode(data, source, self.config.input)
+                where = source
+                if masks:
+                    folder = tempfile.mkdtemp(prefix="assetd-masks-")
+                    where = str(Path(folder) / Path(source).name)
+                    for kind, body in masks.items():
+                        sidecar_path(where, kind).write_bytes(body)
+                asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
+                              source=where)
+                steps: list[tuple[str, str, float, str, int | None]] = []
+                mattes: list[Any] = []
 
-            def on_step(stage: Any, seconds: float, use: StepUse) -> None:
-                steps.append((stage.step, stage.backend, seconds, use.device, use.gpu_peak_bytes))
+                def on_step(stage: Any, seconds: float, use: StepUse) -> None:
+                    steps.append((stage.step, stage.backend, seconds, use.device, use.gpu_peak_bytes))
 
-            results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
-            if self.stop.is_set():
-                raise StopRequested("stopping before encoding outputs")
-            started = time.perf_counter()
-            rendered = render_outputs(self.config, rule, results, decoded)
-            encode_seconds = time.perf_counter() - started
-            matte = _png(mattes[0]) if want_matte and mattes else None
-            take = getattr(self.ctx.models, "take_loads", None)
-            loads = [(x.backend, x.model, x.device, x.seconds, x.at) for x in (take() if take else ())]
-            return ChainResult(rendered, steps, loads, encode_seconds, matte, self.node)
-        except BaseException as exc:
-            if folder is not None:
-                _unmask(exc, folder, str(Path(source).parent))
-            raise portable(exc) from None
-        finally:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
+                if self.stop.is_set():
+                    raise StopRequested("stopping before encoding outputs")
+                started = time.perf_counter()
+                rendered = render_outputs(self.config, rule, results, decoded)
+                encode_seconds = time.perf_counter() - started
+                matte = _png(mattes[0]) if want_matte and mattes else None
+                take = getattr(self.ctx.models, "take_loads", None)
+                loads = [(x.backend, x.model, x.device, x.seconds, x.at) for x in (take() if take else ())]
+                return ChainResult(rendered, steps, loads, encode_seconds, matte, self.node, captured.records)
+            except BaseException as exc:
+                if folder is not None:
+                    _unmask(exc, folder, str(Path(source).parent))
+                raised = portable(exc)
+                with contextlib.suppress(Exception):  # an exception that takes no attributes travels without them
+                    raised.actor_logs, raised.actor_node = captured.records, self.node  # type: ignore[attr-defined]
+                    if not isinstance(exc, AssetdError):
+                        raised.add_note(f"(raised on {self.name} on {self.node}) "
+                                        + "".join(traceback.format_exception(exc)).rstrip())
+                raise raised from None
+            finally:
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _png(matte: Any) -> bytes:
@@ -237,21 +352,91 @@ class ActorLost(Exception):
 
 
 class ActorGone(Exception):
-    """Ray gave up on an actor (out of restarts) and a fresh one could not be started."""
+    """An actor cannot be had now: Ray does not restart it and a fresh one does not answer either (its node left
+    the cluster), or it does not load its models. Its worker waits for it (``RemoteWorker.run_forever``)."""
 
 
 class RemoteWorker(Worker):
     """A ``Worker`` whose chain runs on one Ray actor (``ChainRunner``). ``make_actor(name)`` starts a fresh actor
     when Ray has given up on this one. Its claims are a daemon worker's (``worker-N pid P on HOST``); where its
-    chains ran is ``actor-N on NODE`` (``jobs.ran_on``)."""
+    chains ran is ``actor-N on NODE`` (``jobs.ran_on``). ``watch``: the daemon's ``ClusterWatch``; a call that
+    fails while the whole cluster is away is the ``ray`` problem (every job waits, none is charged)."""
 
     def __init__(self, name: str, config: Config, store: Any, rules: list[Rule], actor: Any, actor_name: str,
-                 make_actor: Callable[[str], Any] | None = None, **kwargs: Any):
+                 make_actor: Callable[[str], Any] | None = None, watch: ClusterWatch | None = None, **kwargs: Any):
         super().__init__(name, config, store, rules, **kwargs)
         self.actor = actor
         self.actor_name = actor_name
+        self.node: str | None = None  # the node its actor answered from last (``ready``, before each job)
         self.make_actor = make_actor
+        self.watch = watch
         self._lost = False  # the last call's actor died: see it is back before the next call
+        self.away: str | None = None  # why its actor cannot be had now (``ActorGone``): it claims nothing
+        self._asking: Any = None  # the ``ready()`` call a worker whose actor is away waits on
+
+    def run_forever(self, idle_max: float = 1.0) -> None:
+        """``Worker.run_forever``, left while its actor cannot be had (``away``: the job read ahead goes back
+        untouched) and entered again once it, or a fresh one, answers: a GPU box that rejoins the cluster is
+        used again, and a worker never holds a job it cannot run meanwhile."""
+        while True:
+            super().run_forever(idle_max)
+            if self.away is None or self.stop.is_set() or self.retired:
+                if self.away is not None:
+                    super().close()
+                return
+            while not self.stop.is_set() and not self._revive():
+                pass
+
+    def take_update(self) -> bool:
+        return super().take_update() or self.away is not None
+
+    def close(self) -> None:
+        if self.away is None or self.stop.is_set() or self.retired:  # away: the loop is entered again
+            super().close()
+
+    def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False) -> Any:
+        if self.away is not None:  # claimed ahead before its actor was found gone: back, uncharged
+            raise ActorGone(self.away)
+        return super()._execute(job, loaded, own_chain)
+
+    def _revive(self) -> bool:
+        """One look (up to ``ACTOR_RETRY_SECONDS``) at whether the actor answers again: restarted by Ray on a node
+        that came back, or a fresh one (started when Ray does not restart it) placed at last. True when it does:
+        its problem clears and the worker claims again."""
+        ray = ray_module()
+        deadline = time.monotonic() + ACTOR_RETRY_SECONDS
+        try:
+            if self._asking is None:
+                self._asking = self.actor.ready.remote()
+            while not ray.wait([self._asking], timeout=0.5)[0]:
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return False
+            ref, self._asking = self._asking, None
+            node, problems, _ = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:  # restarting: ask again
+            self._asking = None
+            self.stop.wait(min(ACTOR_RETRY_SECONDS, 5.0))
+            return False
+        except ray.exceptions.RayActorError:  # Ray does not restart it: a fresh one, placed when a node can hold it
+            self._asking = None
+            if self.make_actor is not None:
+                self.actor = self.make_actor(self.actor_name)
+            else:
+                self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        except Exception:  # noqa: BLE001 - the cluster away (the daemon restarts itself), or anything else: not yet
+            log.debug("%s: %s does not answer yet", self.name, self.actor_name, exc_info=True)
+            self._asking = None
+            self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        if problems:
+            self.stop.wait(ACTOR_RETRY_SECONDS)
+            return False
+        self.away, self._lost = None, False
+        message = f"ray: {self.actor_name} answers again on {node}; {self.name} takes jobs again"
+        if self.problems is None or not self.problems.clear(f"ray:{self.actor_name}", message):
+            log.info("%s", message)
+        return True
 
     def _load(self, job: Job) -> Input:  # type: ignore[override]
         """Read (not decode: the actor does) a job's input and its sidecar masks, checking it is still the content
@@ -267,21 +452,34 @@ class RemoteWorker(Worker):
     def _run_chain(self, job: Job, rule: Rule, loaded: Future | None
                    ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str]]:
         inp = loaded.result() if loaded is not None else self._load(job)
-        self._await_actor()
+        try:
+            self._await_actor()
+        except (ActorGone, ray_module().exceptions.RayError):
+            if self.watch is not None and self.watch.lost():
+                raise self.watch.problem() from None
+            raise
         ray = ray_module()
         want_matte = previews.keeps_mattes(self.config)
-        # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job reached
-        # it (it died idle, its node lost between jobs) and the job is not charged a crash it had no part in
-        probe = self.actor.ready.remote()
-        ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks, want_matte)
-        del inp
         try:
-            result: ChainResult = self._wait(ray, ref, probe)
+            # ``ready`` just before the job, in the same queue: when both fail, the actor was gone before the job
+            # reached it (it died idle, its node lost between jobs) and the job is not charged a crash it had no
+            # part in
+            probe = self.actor.ready.remote()
+            ref = self.actor.run.remote(self.config, rule, printable(job.input_path), inp.data, inp.masks,
+                                        want_matte)
+            del inp
+            result: ChainResult = self._wait(ray, ref, probe, job)
         except IncompleteInput as exc:
             if self.wait_for_arrival:
                 self._check_arriving(Path(job.input_path), exc)
             raise
+        except (ActorLost, ActorGone, ray.exceptions.RayError) as exc:
+            if self.watch is not None and self.watch.lost():  # the whole cluster went away: nobody's crash
+                raise self.watch.problem() from None
+            raise exc from None
+        self.node = result.node
         self.ran_on = f"{self.actor_name} on {result.node}"
+        self._relog(job, result.logs)
         for step, backend, seconds, device, peak in result.steps:
             self.store.record_step(job.id, job.attempts, step, backend, seconds, device, peak)
         for load in result.loads:
@@ -295,11 +493,12 @@ class RemoteWorker(Worker):
             self._mattes.append(self._pool.submit(_keep_matte, config, job, matte, self.name))
         return records, manifests, review
 
-    def _wait(self, ray: Any, ref: Any, probe: Any) -> ChainResult:
+    def _wait(self, ray: Any, ref: Any, probe: Any, job: Job) -> ChainResult:
         """The call's result, waiting while keeping an eye on ``stop``: on stop the actor is told to end the job
         at its next step (it comes back as ``StopRequested``), and a call still going after a grace is abandoned
         (the job goes back to the queue; the actor finishes it for nothing). An error raised on the actor is
-        raised here as its own class; the actor's death is ``ActorLost``."""
+        raised here as its own class, after what the actor logged meanwhile; the actor's death is ``ActorLost``.
+        Either way ``ran_on`` names the actor and its node once the job reached it (a failed job says where)."""
         halted_at = None
         while True:
             ready, _ = ray.wait([ref], timeout=0.5)
@@ -316,18 +515,29 @@ class RemoteWorker(Worker):
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else RemoteError(str(exc))
+            cause = exc.cause if exc.cause is not None else RemoteError(one_line(str(exc)))
+            self.node = getattr(cause, "actor_node", None) or self.node
+            self.ran_on = f"{self.actor_name} on {self.node}" if self.node else self.actor_name
+            self._relog(job, getattr(cause, "actor_logs", ()))
             raise cause from None
         except ray.exceptions.RayError as exc:  # the actor died (RayActorError), or its node with the result
             self._lost = True
             try:
-                ray.get(probe, timeout=5.0)
+                self.node = ray.get(probe, timeout=5.0)[0]
             except ray.exceptions.RayActorError:
-                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({type(exc).__name__})",
+                raise ActorLost(f"{self.actor_name} was gone before the job reached it ({in_words(exc)})",
                                 ran=False) from None
             except Exception:  # noqa: BLE001 - no word from the probe: count it as the job's
                 pass
-            raise ActorLost(f"{self.actor_name} died while running it ({type(exc).__name__})") from None
+            self.ran_on = f"{self.actor_name} on {self.node}" if self.node else self.actor_name
+            raise ActorLost(f"{self.ran_on} stopped while running it ({in_words(exc)})") from None
+
+    def _relog(self, job: Job, records: Any) -> None:
+        """Log what assetd's loggers said on the actor during the job's call (``Captured``) through the same
+        loggers here, with the job and where it ran, before the job's own end is logged."""
+        where = self.ran_on or self.actor_name
+        for level, name, message in records or ():
+            logging.getLogger(name).log(level, "%s: job %d: %s", where, job.id, message)
 
     def _await_actor(self) -> None:
         """After its actor died: wait until Ray has restarted it (its models loaded again), or, once Ray gave up on
@@ -337,11 +547,15 @@ class RemoteWorker(Worker):
             return
         ray = ray_module()
         fresh = False
+        deadline = time.monotonic() + AWAIT_SECONDS
         for _ in range(20):  # an actor restarting answers "unavailable" for a while; a fresh one is started once
             ref = self.actor.ready.remote()
             while not ray.wait([ref], timeout=0.5)[0]:
                 if self.stop.is_set():
                     raise StopRequested(f"stopping while {self.actor_name} restarts")
+                if time.monotonic() > deadline:  # Ray waits for a node that can hold it: its node left the cluster
+                    raise ActorGone(f"{self.actor_name} cannot be placed: no answer within {AWAIT_SECONDS:.0f}s "
+                                    "(its node left the cluster, or no node has the GPUs and CPUs it asks for)")
             try:
                 node, problems, _ = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
@@ -349,10 +563,10 @@ class RemoteWorker(Worker):
                 continue
             except ray.exceptions.RayActorError as exc:
                 if self.make_actor is None or fresh:
-                    raise ActorGone(f"{self.actor_name} is gone ({type(exc).__name__}) and cannot be replaced") \
-                        from None
-                log.warning("%s: Ray gave up on %s (out of restarts); starting a fresh one", self.name,
-                            self.actor_name)
+                    raise ActorGone(f"{self.actor_name} died and Ray does not restart it; a fresh one could not "
+                                    "start either (its node left the cluster?)") from None
+                log.warning("%s: %s: %s, and Ray does not restart it; starting a fresh one", self.name,
+                            self.actor_name, in_words(exc))
                 self.actor, fresh = self.make_actor(self.actor_name), True
                 continue
             if problems:
@@ -360,7 +574,7 @@ class RemoteWorker(Worker):
             log.info("%s: %s is back on %s", self.name, self.actor_name, node)
             self._lost = False
             return
-        raise ActorGone(f"{self.actor_name} did not come back")
+        raise ActorGone(f"{self.actor_name} cannot be placed: it stays unavailable (its node left the cluster)")
 
     def _settle_failure(self, job: Job, failure: Failure, result: JobResult) -> JobResult:
         """An actor that died under the job charges it one crash (``Store.charge_crash``), the rest as a local
@@ -372,7 +586,7 @@ class RemoteWorker(Worker):
             result.status = JobStatus.QUEUED
             return result
         if isinstance(failure.exc, ActorLost):
-            status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED)
+            status = self.store.charge_crash(job.id, self.owner, ACTOR_DIED, ran_on=self.ran_on)
             stored = self.store.get(job.id)
             if status is JobStatus.FAILED and stored is not None:
                 result.status, result.error = JobStatus.FAILED, stored.error
@@ -385,15 +599,21 @@ class RemoteWorker(Worker):
             return result
         if isinstance(failure.exc, ActorGone):
             self.store.release(job.id, owner=self.owner, note=f"waiting: {failure.exc}")
-            log.error("%s: %s; this worker stops (its job is queued again, uncharged)", self.name, failure.exc)
-            if self.problems is not None:  # an alert (nothing to pause: the other actors go on); restart to clear
+            first = self.away is None
+            self.away = str(failure.exc)
+            if not first:  # the job read ahead, handed back the same way
+                log.info("%s: job %d is queued again, uncharged (%s is away)", self.name, job.id, self.actor_name)
+            elif self.problems is not None:  # an alert (nothing to pause: the other actors go on), cleared by _revive
                 from .health import Scope
 
+                log.info("%s: job %d is queued again, uncharged", self.name, job.id)
                 self.problems.start_problem(ProcessProblem(
-                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} stopped, the other actors go on "
-                    "(restart assetd to start it again)", Scope.nothing(),
+                    f"ray:{self.actor_name}", f"ray: {failure.exc}; {self.name} takes no job until it answers again "
+                    f"(checked every {ACTOR_RETRY_SECONDS:.0f}s); the other actors go on", Scope.nothing(),
                     alert_after=self.config.problems.alert_after_seconds))
-            self.retired = True
+            else:
+                log.error("%s: %s; its job is queued again, uncharged; it takes no job until the actor answers "
+                          "again", self.name, failure.exc)
             result.status = JobStatus.QUEUED
             return result
         return super()._settle_failure(job, failure, result)
@@ -526,6 +746,81 @@ def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+RAY_PROBLEM = "ray"  # the problem key of the whole cluster away (``ClusterWatch``)
+WATCH_SECONDS = 2.0  # how often a running daemon checks that the cluster's head answers
+ACTOR_RETRY_SECONDS = 30.0
+AWAIT_SECONDS = 120.0  # how long a job waits for its dead actor to answer again before its worker waits alone  # how often a worker whose actor is gone asks whether it (or a fresh one) answers
+
+
+def cluster_away(config: Config, timeout: float = 5.0) -> str | None:
+    """Why the configured cluster does not answer now (its head's GCS port refuses or does not answer within
+    ``timeout``), without joining it; None when it answers, and for null (a local instance is started). For
+    ``auto`` the running cluster is found as Ray finds it (the address file a ``ray start`` on this machine
+    leaves); none found means none runs here."""
+    address = config.ray.address
+    if address is None:
+        return None
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+        except ImportError:  # another Ray: ``ray.init`` finds it, or says so
+            return None
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except Exception as exc:  # noqa: BLE001 - ConnectionError: no running instance found here
+            return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return unreachable(address, timeout)
+
+
+def head_address(config: Config) -> str | None:
+    """The GCS address the driver joined (``HOST:PORT``), to watch while it runs; the configured one for a Ray
+    client (``ray://``), which has no GCS address of its own."""
+    with contextlib.suppress(Exception):
+        return str(ray_module().get_runtime_context().gcs_address)
+    address = config.ray.address
+    return address if address not in (None, "auto") else None
+
+
+class ClusterWatch:
+    """Notices that the whole cluster went away (its head's GCS port refuses connections: ``ray stop``, the head
+    rebooting): a dead actor's call then says nothing about its job. ``answers()`` is the check (a seam for tests);
+    ``run`` (a thread) checks every ``WATCH_SECONDS`` and calls ``on_gone`` once, after two failed checks in a row,
+    so an idle daemon notices too, long before Ray's own timeout would end the process."""
+
+    def __init__(self, config: Config, address: str | None):
+        self.config = config
+        self.address = address  # HOST:PORT (or ray://HOST:PORT) of the head; None: nothing to watch
+        self.gone = threading.Event()
+
+    def answers(self) -> bool:
+        return self.address is None or unreachable(self.address, timeout=2.0) is None
+
+    def lost(self) -> bool:
+        """Whether the cluster is away (known, or found now): a failed call is then nobody's crash."""
+        if not self.gone.is_set() and not self.answers():
+            self.gone.set()
+        return self.gone.is_set()
+
+    def problem(self, waiting: int | None = None) -> ProcessProblem:
+        """The ``ray`` problem: every job waits (none is charged) until the cluster answers again."""
+        from .health import Scope
+
+        jobs = f"{waiting} job(s)" if waiting is not None else "all jobs"
+        where = f"the cluster at {self.config.ray.address}" if self.config.ray.address else "the local Ray instance"
+        return ProcessProblem(RAY_PROBLEM, f"ray: {where} cannot be reached; {jobs} wait; assetd retries every "
+                                           f"{self.config.problems.check_seconds:g}s", Scope.ALL,
+                              alert_after=self.config.problems.alert_after_seconds)
+
+    def run(self, stop: threading.Event, on_gone: Callable[[], None]) -> None:
+        failed = 0
+        while not stop.wait(WATCH_SECONDS) and not self.gone.is_set():
+            failed = 0 if self.answers() else failed + 1
+            if failed >= 2:
+                self.gone.set()
+        if self.gone.is_set() and not stop.is_set():
+            on_gone()
+
+
 def _connect(config: Config) -> bool:
     """Join the configured Ray (or start a local instance); True when this call started or joined it (so the
     caller shuts it down), False when this process was connected already (a test's shared instance).
@@ -542,7 +837,7 @@ def _connect(config: Config) -> bool:
         with _own_signal_handlers(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Ray Client's timeout, said below in our words
             ray.init(address=address or "local", namespace=config.ray.namespace, include_dashboard=False,
-                     configure_logging=False)
+                     configure_logging=False, log_to_driver=False)  # the actors' records come back with each job
     except ConnectionError as exc:
         if address == "auto":
             raise ClusterUnreachable(

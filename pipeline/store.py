@@ -260,8 +260,9 @@ def m014_job_masks(db: Database) -> None:
 # -- where a run ran (executor: ray) ------------------------------------------------------------------
 @migrations()
 def m015_ran_on(db: Database) -> None:
-    """``jobs.ran_on``: where the job's chain last ran to its end ("actor-2 on gpu-box-1" under ``executor: ray``,
-    "worker-1 on studio-1" in a local worker), for per-actor throughput (``/metrics``) and the review page."""
+    """``jobs.ran_on``: where the job's chain last ran ("actor-2 on gpu-box-1" under ``executor: ray``, "worker-1 on
+    studio-1" in a local worker), to its end or to its failure (a damaged file, an actor it stopped), for per-actor
+    throughput (``/metrics``) and the review page."""
     if "ran_on" not in db["jobs"].columns_dict:
         db["jobs"].add_column("ran_on", str)
 
@@ -285,6 +286,7 @@ PENDING_APPROVAL, APPROVED, REJECTED = "pending", "approved", "rejected"
 
 REVIEW = "review"  # not a state: ``jobs(status=REVIEW)`` means done jobs with review reasons
 AWAITING = "awaiting"  # not a state: a job with outputs waiting for approval (the night view's filter)
+READ_AHEAD = "next"  # not a state: a running job only claimed to be read ahead, its run not started (counted apart)
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
 
 
@@ -612,11 +614,13 @@ class Store:
         """``recover``, returning the ids of every job it took back."""
         return self.recover(keep).ids
 
-    def charge_crash(self, job_id: int, owner: str, why: str) -> JobStatus | None:
+    def charge_crash(self, job_id: int, owner: str, why: str, ran_on: str | None = None) -> JobStatus | None:
         """The process running ``job_id``'s chain for ``owner`` died under it (a Ray actor, its node lost), while
         this one lives on: the job counts a crash as if assetd had died (``_reap_expired``'s rule: quarantined at
         ``quarantine_after_crashes``, failed once out of attempts, else queued again at once); ``why`` names
-        what stopped ("a Ray actor"). Returns the job's new status, or None when ``owner`` no longer holds it."""
+        what stopped ("a Ray actor"), ``ran_on`` where ("actor-2 on gpu-box-1": kept in ``jobs.ran_on`` and named
+        in the note, so the technician knows which box the file stopped). Returns the job's new status, or None
+        when ``owner`` no longer holds it."""
         now = time.time()
         with self._immediate() as db:
             row = db.conn.execute("SELECT input_path, attempts, max_attempts, crashes, chain_started_at FROM jobs"
@@ -630,20 +634,23 @@ class Store:
                                 [JobStatus.QUEUED, job_id])
                 return JobStatus.QUEUED
             crashes, shown = crashes + 1, printable(input_path)
+            last = f" (last: {ran_on})" if ran_on else ""
             if attempts >= max_attempts:
-                error = (f"{shown}: {why} stopped while processing it {crashes} time(s); gave up after "
+                error = (f"{shown}: {why} stopped while processing it {crashes} time(s){last}; gave up after "
                          f"max_attempts ({attempts} attempts)")
             elif crashes >= self.quarantine_after_crashes:
-                error = f"{shown}: quarantined: it stopped {why} {crashes} times; its other jobs went on"
+                error = (f"{shown}: quarantined: it stopped {why} {crashes} times{last}; the other jobs went on; look "
+                         f"at the file, then `assetd retry {job_id}`")
             else:
                 db.conn.execute(
                     "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
-                    " chain_started_at = NULL, error = ? WHERE id = ?",
-                    [JobStatus.QUEUED, crashes, f"interrupted ({why} stopped while running it); redoing", job_id])
+                    " chain_started_at = NULL, error = ?, ran_on = COALESCE(?, ran_on) WHERE id = ?",
+                    [JobStatus.QUEUED, crashes, f"interrupted ({why} stopped while running it{last}); redoing",
+                     ran_on, job_id])
                 return JobStatus.QUEUED
             db.conn.execute("UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
-                            " chain_started_at = NULL, error = ? WHERE id = ?",
-                            [JobStatus.FAILED, now, crashes, error, job_id])
+                            " chain_started_at = NULL, error = ?, ran_on = COALESCE(?, ran_on) WHERE id = ?",
+                            [JobStatus.FAILED, now, crashes, error, ran_on, job_id])
             return JobStatus.FAILED
 
     def stale_queued(self, current_versions: dict[str, str]) -> list[Job]:
@@ -820,34 +827,38 @@ class Store:
             )
             faults.point("db-commit", lambda: self.get(job_id).input_path)
 
-    def fail(self, job_id: int, error: str) -> None:
-        self._end(job_id, JobStatus.FAILED, error)
+    def fail(self, job_id: int, error: str, ran_on: str | None = None) -> None:
+        """The job failed for good; ``ran_on``: where its chain ran when it failed there (``jobs.ran_on``; None: it
+        failed before its chain ran, and the place of an earlier run stays)."""
+        self._end(job_id, JobStatus.FAILED, error, ran_on)
 
     def supersede(self, job_id: int, reason: str) -> None:
         """End a job whose input was replaced by a newer version (queued as its own job): not a failure."""
         self._end(job_id, JobStatus.SUPERSEDED, reason)
 
-    def _end(self, job_id: int, status: JobStatus, why: str) -> None:
+    def _end(self, job_id: int, status: JobStatus, why: str, ran_on: str | None = None) -> None:
         self.db.conn.execute(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL WHERE id = ?",
-            [status, why, time.time(), job_id],
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL,"
+            " ran_on = COALESCE(?, ran_on) WHERE id = ?",
+            [status, why, time.time(), ran_on, job_id],
         )
 
-    def retry_later(self, job_id: int, error: str, delay: float) -> JobStatus:
-        """A transient failure: queue again after ``delay``, or fail when attempts are used up."""
+    def retry_later(self, job_id: int, error: str, delay: float, ran_on: str | None = None) -> JobStatus:
+        """A transient failure: queue again after ``delay``, or fail when attempts are used up; ``ran_on``: where
+        its chain ran when it failed there (``fail``)."""
         with self._immediate() as db:
             row = db.conn.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", [job_id]).fetchone()
             if row and row[0] >= row[1]:
                 db.conn.execute(
-                    "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL"
-                    " WHERE id = ?",
-                    [JobStatus.FAILED, f"{error} (gave up after {row[0]} attempts)", time.time(), job_id],
+                    "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL,"
+                    " ran_on = COALESCE(?, ran_on) WHERE id = ?",
+                    [JobStatus.FAILED, f"{error} (gave up after {row[0]} attempts)", time.time(), ran_on, job_id],
                 )
                 return JobStatus.FAILED
             db.conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, next_attempt_at = ?, lease_expires = NULL,"
-                " worker = NULL, chain_started_at = NULL WHERE id = ?",
-                [JobStatus.QUEUED, error, time.time() + delay, job_id],
+                " worker = NULL, chain_started_at = NULL, ran_on = COALESCE(?, ran_on) WHERE id = ?",
+                [JobStatus.QUEUED, error, time.time() + delay, ran_on, job_id],
             )
             return JobStatus.QUEUED
 
@@ -1024,6 +1035,11 @@ class Store:
         for status, n in self.db.conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
             out[status] = n
         return out
+
+    def read_ahead_count(self) -> int:
+        """How many running jobs are only claimed to be read ahead (their run has not started: ``READ_AHEAD``)."""
+        return self.db.conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND chain_started_at IS NULL",
+                                    [JobStatus.RUNNING]).fetchone()[0]
 
     def review_count(self) -> int:
         """How many done jobs are marked for review."""
@@ -1407,18 +1423,22 @@ class Store:
 
     def night_groups(self, since: float) -> list[dict[str, Any]]:
         """The jobs since ``since`` per (inbox, rule): a count per status, ``review`` (done, marked for review),
-        ``awaiting`` (with outputs waiting for approval), ``rejected`` (with rejected outputs not replaced since)
-        and ``total``; by inbox, then rule."""
+        ``awaiting`` (with outputs waiting for approval), ``rejected`` (with rejected outputs not replaced since),
+        ``next`` (``READ_AHEAD``: claimed to be read ahead, not counted as running) and ``total``; by inbox, then
+        rule."""
         rows = self.db.conn.execute(
             f"SELECT {self._INBOX} AS inbox, rule, status, COUNT(*), SUM(status = ? AND review IS NOT NULL),"
-            f" SUM({self._AWAITING}), SUM({self._AWAITING}) FROM jobs WHERE (created_at >= ? OR finished_at >= ?)"
-            " GROUP BY 1, 2, 3",
-            [JobStatus.DONE, *self._AWAITING_PARAMS, *self._REJECTED_JOB_PARAMS, since, since]).fetchall()
+            f" SUM({self._AWAITING}), SUM({self._AWAITING}), SUM(status = ? AND chain_started_at IS NULL) FROM jobs"
+            " WHERE (created_at >= ? OR finished_at >= ?) GROUP BY 1, 2, 3",
+            [JobStatus.DONE, *self._AWAITING_PARAMS, *self._REJECTED_JOB_PARAMS, JobStatus.RUNNING, since,
+             since]).fetchall()
         groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for inbox, rule, status, n, review, awaiting, rejected in rows:
+        for inbox, rule, status, n, review, awaiting, rejected, ahead in rows:
             g = groups.setdefault((inbox or "", rule), {"inbox": inbox, "rule": rule, "total": 0, REVIEW: 0,
-                                                        AWAITING: 0, REJECTED: 0, **{s.value: 0 for s in JobStatus}})
-            g[status] = n
+                                                        AWAITING: 0, REJECTED: 0, READ_AHEAD: 0,
+                                                        **{s.value: 0 for s in JobStatus}})
+            g[status] = n - (ahead or 0)
+            g[READ_AHEAD] += ahead or 0
             g["total"] += n
             g[REVIEW] += review or 0
             g[AWAITING] += awaiting or 0

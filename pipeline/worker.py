@@ -239,7 +239,7 @@ class Worker:
         self.name = name
         self.owner = owner_label(name)  # what its claims record: "worker-1 pid 1234 on host"
         self.label = f"{name} on {HOST}"  # where its chain runs (``jobs.ran_on``)
-        self.ran_on: str | None = None  # where the job's chain ran (set by ``_run_chain``)
+        self.ran_on: str | None = None  # where the job's chain ran (set by ``_run_chain``; kept on failure too)
         self.config = config
         self.store = store
         self.rules = {r.name: r for r in rules}
@@ -415,6 +415,7 @@ class Worker:
 
         ``loaded`` is the job's input already being read and decoded (see ``run_forever``)."""
         started = time.perf_counter()
+        self.ran_on = None  # set once this job's chain runs: a failure before that names no place
         result = JobResult(job_id=job.id, input=job.input_path, rule=job.rule, status=JobStatus.RUNNING)
         try:
             with self._lease.kept(job.id, self.config.lease_seconds):
@@ -494,7 +495,8 @@ class Worker:
             log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.RETRY:
-            result.status, result.error = self.store.retry_later(job.id, failure.message, failure.delay), failure.message
+            result.status = self.store.retry_later(job.id, failure.message, failure.delay, ran_on=self.ran_on)
+            result.error = failure.message
             if result.status is JobStatus.QUEUED:
                 log.warning("%s: job %d will retry in %.0fs: %s", self.name, job.id, failure.delay, failure.message)
             else:  # out of attempts: the store's record says so ("gave up after N attempts")
@@ -503,7 +505,7 @@ class Worker:
         else:
             if failure.outcome is Outcome.BUG:
                 log.error("%s: job %d crashed", self.name, job.id, exc_info=failure.exc)
-            self.store.fail(job.id, failure.message)
+            self.store.fail(job.id, failure.message, ran_on=self.ran_on)
             result.status, result.error = JobStatus.FAILED, failure.message
             self._report_failure(job, failure.message)
         return result

@@ -253,3 +253,33 @@ def test_retry_leaves_a_job_whose_file_ran_again_to_done_since(workspace):
     assert "queued again: none" in invoke("retry", "--failed", "--config", workspace.config_path).output
     jobs = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
     assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]
+
+
+def test_jobs_lists_a_job_only_read_ahead_as_next_not_running(workspace):
+    """A worker claims the job after the one it runs, to read it ahead: `assetd jobs` lists it as "next" and counts
+    it apart, so 2 actors never read as "4 running"."""
+    from pipeline.config import load_config
+    from pipeline.store import Store
+
+    config = load_config(workspace.config_path)
+    store = Store(config.database)
+    for name in ("a.jpg", "b.jpg"):
+        store.enqueue(input_hash=name, rule="products", rule_version="v", input_path=str(workspace.inbox / name),
+                      rel_path=name, max_attempts=3)
+    running = store.claim_next("worker-1 pid 1 on elsewhere", 3600)
+    ahead = store.claim_next("worker-1 pid 1 on elsewhere", 3600, ahead=True)
+    store.close()
+    lines = invoke("jobs", "--config", workspace.config_path).output.splitlines()
+    status = {line.split()[0]: line.split()[1] for line in lines if line.split()[:1] in ([str(running.id)],
+                                                                                       [str(ahead.id)])}
+    assert status == {str(running.id): "running", str(ahead.id): "next"}
+    assert "0 queued, 1 running, 1 next (read ahead, not started), 0 done, 0 failed" in lines[-1]
+
+
+def test_a_job_that_fails_on_its_input_says_where_it_ran(workspace, batch):
+    """ran_on is recorded for a failed run too (the job page's "ran on"; `assetd jobs --json`)."""
+    from pipeline.owners import HOST
+
+    invoke("process", batch / "products" / "broken.png", "--config", workspace.config_path)
+    (doc,) = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
+    assert doc["status"] == "failed" and doc["ran_on"] == f"process on {HOST}"

@@ -20,7 +20,7 @@ from pipeline.health import Problems
 from pipeline.intake import Intake
 from pipeline.metrics import QUEUE_BUCKETS, STAGE_BUCKETS, exposition
 from pipeline.models import manager_for
-from pipeline.owners import HOST
+from pipeline.owners import HOST, InstanceLock
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import JobStatus, Store
@@ -151,6 +151,8 @@ def test_a_paused_problem_shows_until_it_clears(workspace):
         return Usage(100 * GB, 100 * GB - free[0], free[0]) if Path(path).is_relative_to(low) else Usage(
             100 * GB, 10 * GB, 90 * GB)
 
+    lock = InstanceLock(config.database)  # a daemon runs on the database: its problems are counted
+    lock.acquire()
     problems = Problems(store, None, config, rules=rules, disk_usage=disk_usage,
                         device=lambda path: "low" if Path(path).is_relative_to(low) else os.stat(path).st_dev)
     problems.check()
@@ -164,6 +166,32 @@ def test_a_paused_problem_shows_until_it_clears(workspace):
     problems._next_disk_check = 0.0
     problems.check()
     assert problems.active() == []
+    assert scrape(config, store)["assetd_problems_active"] == []
+    lock.release()
+    store.close()
+
+
+def test_a_stopped_daemons_problems_are_not_reported(workspace):
+    """`assetd serve` left running after the daemon stopped reports no problem: a clean stop ends those it raised,
+    and one left open by a daemon killed is not counted while no daemon runs (the next start measures again)."""
+    from pipeline.daemon import Daemon
+    from pipeline.health import Scope
+
+    config, rules, store = setup(workspace, {"plain": PLAIN})
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        daemon.problems.start("ray:actor-2", "ray: actor-2 cannot be placed", Scope.nothing())
+        assert value(scrape(config, store)["assetd_problems_active"], "assetd_problems_active", kind="ray",
+                     pausing="false") == 1
+    finally:
+        daemon.stop()
+    assert scrape(config, store)["assetd_problems_active"] == []
+    assert store.active_problems() == []  # ended by the clean stop
+
+    killed = Problems(store, None, config, rules=rules)  # a daemon's problem left open: no daemon holds the lock
+    killed.start("ray:actor-1", "ray: actor-1 cannot be placed", Scope.nothing())
+    assert len(store.active_problems()) == 1
     assert scrape(config, store)["assetd_problems_active"] == []
     store.close()
 

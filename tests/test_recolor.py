@@ -388,6 +388,43 @@ def test_a_rough_painted_region_turns_only_its_colour(tmp_path: Path) -> None:
         Asset(rgb.copy(), source=str(source)))
     assert not np.array_equal(out.pixels[part["mast"]], rgb[part["mast"]])
     assert np.array_equal(out.pixels[~part["painted"]], rgb[~part["painted"]])
+    # every painted colour lands on the target's hue (the blue mast teal, not turned by the band's turn to maroon)
+    after, teal = lab8(out.pixels), hue_of(srgb_to_lab(np.array([0x1e, 0x8a, 0x8a], np.float64)))
+    for where in ("mast", "band"):
+        assert (hue_apart(hue_of(after[part[where]]), teal) < 10).all(), where
+    assert np.abs(after[..., 0] - lab8(rgb)[..., 0]).max() <= 0.5
+
+
+def test_a_lighter_seam_of_the_material_turns_and_the_paint_edge_leaves_no_line(tmp_path: Path) -> None:
+    """A seam of the sail's own yellow, a little lighter and as colourful, is the sail, not a highlight: it turns
+    (kept, it was a thin yellow line across the coral); a white glint stays. Where the paint fades out across the
+    same yellow, the colour goes over smoothly from the new to the old: no line of a third hue along it."""
+    rng = np.random.default_rng(5)
+    h, w = 120, 160
+    rgb = np.empty((h, w, 3), np.float64)
+    rgb[:] = (205, 180, 40)  # yellow sail
+    rgb[55:] = (160, 158, 55)  # in its shade, greener: the paint fades out there
+    rgb[:, 70:73] = (235, 212, 70)  # a seam: lighter, as colourful
+    cv2.circle(rgb, (120, 30), 4, (252, 251, 246), -1)  # a glint
+    rgb = np.clip(rgb * rng.normal(1.0, 0.02, (h, w, 1)), 0, 255).astype(np.uint8)
+    painted = np.zeros((h, w), np.float32)
+    painted[:70] = 255
+    painted[70:115] = 255 * np.exp(-(np.arange(45) / 18.0) ** 2)[:, None]  # a soft brush's fall-off, over yellow
+    Image.fromarray(rgb).save(tmp_path / "sail.jpg")
+    Image.fromarray(np.rint(painted).astype(np.uint8)).save(tmp_path / "sail.recolor.png")
+    (out,) = make_stage(region="sidecar", variants=[{"name": "coral", "colour": "#e0533d"}]).run(
+        Asset(rgb.copy(), source=str(tmp_path / "sail.jpg")))
+    before, after = lab8(rgb), lab8(out.pixels)
+    coral = hue_of(srgb_to_lab(np.array([0xe0, 0x53, 0x3d], np.float64)))
+    assert (hue_apart(hue_of(after[5:60, 70:73]), coral) < 15).all()  # the seam turned
+    glint = np.zeros((h, w), np.uint8)
+    cv2.circle(glint, (120, 30), 2, 1, -1)
+    assert (np.hypot(after[glint > 0, 1], after[glint > 0, 2]) < 6).all()  # still white
+    # down the paint's fall-off, the hue goes from coral to yellow without a dip or a bump: per row, the median
+    # hue only rises
+    rows = np.median(hue_of(after[60:105, 10:60]), axis=1)
+    assert (np.diff(rows) > -1.0).all(), np.round(rows, 1)
+    assert np.abs(after[..., 0] - before[..., 0]).max() <= 0.5
 
 
 def test_a_missing_sidecar_or_a_colourless_subject_fails_naming_the_file(tmp_path: Path) -> None:

@@ -277,3 +277,23 @@ def test_statuses_enter_sql_only_as_parameters():
 
     literals = re.findall(r"'(?:%s)'" % "|".join(s.value for s in JobStatus), inspect.getsource(store))
     assert literals == []
+
+
+def test_a_job_that_stops_an_actor_says_where_it_ran_each_time(tmp_path):
+    """A job whose run stops a Ray actor twice is quarantined; its note names the last actor and node and says what
+    to do, and ``ran_on`` keeps where it ran (the job page's "ran on"), as a job failing there for good does."""
+    store = Store(tmp_path / "q.sqlite3", quarantine_after_crashes=2)
+    job, _ = enqueue(store, attempts=5)
+    for where in ("actor-1 on gpu-box-2", "actor-2 on gpu-box-1"):
+        assert store.claim_next("worker-1 pid 1 on coord", 60)
+        status = store.charge_crash(job.id, "worker-1 pid 1 on coord", "a Ray actor", ran_on=where)
+    assert status is JobStatus.FAILED
+    failed = store.get(job.id)
+    assert failed.ran_on == "actor-2 on gpu-box-1"
+    assert failed.error == (f"/in/a.jpg: quarantined: it stopped a Ray actor 2 times (last: actor-2 on gpu-box-1); "
+                            f"the other jobs went on; look at the file, then `assetd retry {job.id}`")
+    other, _ = enqueue(store, h="h2", path="/in/b.jpg")
+    assert store.claim_next("worker-1 pid 1 on coord", 60)
+    store.fail(other.id, "/in/b.jpg: not an image", ran_on="actor-1 on gpu-box-2")
+    assert store.get(other.id).ran_on == "actor-1 on gpu-box-2"
+    store.close()

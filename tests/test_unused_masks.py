@@ -44,17 +44,17 @@ def test_each_mask_no_step_reads_is_named_with_what_would_read_it(workspace):
         mask_beside(shot, kind)
 
     assert unused_masks(rule_named(workspace, "spots"), shot) == [
-        "shot.recolor.png lies beside it but rule 'spots' has no recolor step with region: auto or sidecar",
+        "shot.recolor.png lies beside it but rule 'spots' has no recolor step with region: auto, sidecar or mask",
         "shot.remove.png lies beside it but rule 'spots' has no retouch step with remove_mask: sidecar",
     ]  # retouch reads the protect mask
     assert unused_masks(rule_named(workspace, "painted"), shot) == [
-        "shot.recolor.png lies beside it but rule 'painted' has no recolor step with region: auto or sidecar"]
+        "shot.recolor.png lies beside it but rule 'painted' has no recolor step with region: auto, sidecar or mask"]
     assert unused_masks(rule_named(workspace, "colours"), shot) == [  # region: cluster does not read it
-        "shot.recolor.png lies beside it but rule 'colours' has no recolor step with region: auto or sidecar",
+        "shot.recolor.png lies beside it but rule 'colours' has no recolor step with region: auto, sidecar or mask",
         "shot.remove.png lies beside it but rule 'colours' has no retouch step with remove_mask: sidecar"]
     assert unused_masks(rule_named(workspace, "cutouts"), shot) == [
         "shot.protect.png lies beside it but rule 'cutouts' has no recolor or retouch step",
-        "shot.recolor.png lies beside it but rule 'cutouts' has no recolor step with region: auto or sidecar",
+        "shot.recolor.png lies beside it but rule 'cutouts' has no recolor step with region: auto, sidecar or mask",
         "shot.remove.png lies beside it but rule 'cutouts' has no retouch step with remove_mask: sidecar"]
 
 

@@ -668,3 +668,48 @@ def test_the_live_poll_says_when_outputs_await_approval_that_did_not_at_load(wor
     assert client.get("/api/progress").json()["totals"]["awaiting_outputs"] == 1
     assert 'id="approve-all"' in client.get("/").text  # a reload has the button
     store.close()
+
+
+def test_every_page_shows_the_running_daemons_problems_as_a_banner(workspace):
+    """While a daemon runs, its problem processes show on top of every page, as `assetd jobs` lists them; once it
+    has stopped, none (they were about its run)."""
+    from pipeline.health import Problems, Scope
+    from pipeline.owners import InstanceLock
+
+    config = config_for(workspace)
+    app = create_app(config)
+    store = app.state.store
+    lock = InstanceLock(config.database)
+    lock.acquire()
+    Problems(store, None, config).start("ray:actor-2", "ray: actor-2 cannot be placed: its node left the cluster; "
+                                        "the other actors go on", Scope.nothing())
+    with TestClient(app) as client:
+        for page in ("/", "/failures"):
+            html = client.get(page).text
+            banner = re.search(r'<div class="problems-banner"[^>]*>(.*?)</div>', html, re.S)
+            assert banner and "problem since " in banner.group(1), page
+            assert "ray: actor-2 cannot be placed: its node left the cluster" in banner.group(1)
+        lock.release()
+        assert "problems-banner" not in client.get("/").text
+    store.close()
+
+
+def test_the_night_counts_a_job_only_read_ahead_as_next(workspace):
+    """A worker's read-ahead claim is not a job running: the totals count it apart ("1 read ahead") and its row
+    says "next"; the progress poll says the same."""
+    config = config_for(workspace)
+    app = create_app(config)
+    store = app.state.store
+    first = add_job(store, workspace.inbox, "a.jpg", "products", "running")
+    later = add_job(store, workspace.inbox, "b.jpg", "products")
+    assert store.claim_next("worker-1 pid 1 on test", 60, only=[later.id], ahead=True)
+    with TestClient(app) as client:
+        html = client.get("/").text
+        assert re.search(r'<span data-total="next">1</span> read ahead', html)
+        assert re.search(r'<span data-total="running">1</span> running', html)
+        statuses = dict(re.findall(r'<tr data-id="(\d+)" class="(\w+)"', html))
+        assert statuses == {str(first.id): "running", str(later.id): "next"}
+        progress = client.get("/api/progress?ids=" + ",".join(statuses)).json()
+        assert progress["totals"]["next"] == 1 and progress["totals"]["running"] == 1
+        assert progress["jobs"][str(later.id)]["status"] == "next"
+    store.close()

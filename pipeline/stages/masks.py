@@ -66,7 +66,7 @@ def shots_of(mask: str | Path) -> list[Path]:
 
 # Which steps read which mask, and when: (step, the option that makes it read the mask, a test on its options).
 _READERS: dict[str, list[tuple[str, str, Callable[[Any], bool]]]] = {
-    "recolor": [("recolor", "region: auto or sidecar", lambda o: getattr(o, "region", "auto") != "cluster")],
+    "recolor": [("recolor", "region: auto, sidecar or mask", lambda o: getattr(o, "region", "auto") != "cluster")],
     "protect": [("recolor", "always", lambda o: True), ("retouch", "always", lambda o: True)],
     "remove": [("retouch", "remove_mask: sidecar", lambda o: getattr(o, "remove_mask", None) == "sidecar")],
 }

@@ -13,12 +13,13 @@ material, darker and more colourful (the ginger in tan fur, twice its chroma), b
 is another material (brass on tan leather); a hue 45° to 75° away is another colour whatever its chroma (blue
 stitching). A retoucher's ``NAME.recolor.png`` beside the shot bounds the region: within it, the dominant colour
 of what is painted turns the same way, so a brush that overshoots onto the white sail or the blue mast beside a
-band leaves them as they are (``region: mask`` turns every painted pixel instead, for an exact mask). Taken out of
-it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome hardware, the
-backdrop's greys: a pale shade of the material fades out below ``min_chroma`` rather than being cut, so pale fur
-has no hard edge between kept and moved patches) and highlights brighter than the leather (polished metal,
-specular glints, fading out over 8 L*). Hardware of nearly the leather's colour and lightness (dark brass on tan)
-cannot be told from it by colour: a protect mask is the way. Membership is soft in colour (it ramps to nothing
+band leaves them as they are (``region: mask`` gives every painted pixel the target's hue instead, for an exact
+mask). Taken out of it: ``NAME.protect.png``, and by default low-chroma pixels (white or black stitching, chrome
+hardware, the backdrop's greys: a pale shade of the material fades out below ``min_chroma`` rather than being cut,
+so pale fur has no hard edge between kept and moved patches) and highlights brighter and paler than the leather
+(polished metal, specular glints, fading out over 8 L*; a lighter seam of the leather's own colour turns).
+Hardware of nearly the leather's colour and lightness (dark brass on tan) cannot be told from it by colour: a
+protect mask is the way. Membership is soft in colour (it ramps to nothing
 between ``tolerance`` and 1.5×), so an edge pixel half stitching, half leather moves halfway: that is the soft
 edge, and a pixel with no membership at all is bit-identical in every colourway. The region's outline (against
 the backdrop, the transparency of a cut-out, a protected part, or another colour inside the paint) is different:
@@ -61,12 +62,14 @@ _SAMPLE = 250_000  # subject pixels the dominant colour is found from
 _CORE = 0.99  # membership from which a pixel counts for the region's mean colour
 L_KEPT = 0.5  # L* moves at most this much per pixel (rounding to integers is the only cause)
 EDGE = 4  # pixels: how far an outline's soft edge (the region mixed with what is beside it) reaches
+RIM = 2 * EDGE  # pixels: how far in from the outline a colour off the region's hue is taken as a mix
 _ESTIMATED_AT = 512  # long edge at which remove_background.estimate_subject_matte finds an uncut shot's subject
 _UNMOVED = 0.2  # a*b*: a pixel whose colour would move less than this keeps its code values exactly
 _LIGHTER = 15.0  # L*: a pixel more colourful than the region counts as another material once this much lighter
 _PALEST = 0.25  # of min_chroma: the chroma below which a pixel of the region's hue is not moved at all
 _HUE_NEAR, _HUE_APART = 45.0, 75.0  # degrees: a hue this far from the region's is another colour (fading between)
 _BRIGHTER = 10.0  # L*: a pixel this much brighter than the region's 99th percentile is a highlight (from +2: fades)
+_PALE = (0.75, 0.4)  # of the region's median C*: a highlight is paler than the material (from the first: fades)
 
 # --- colour: sRGB (IEC 61966-2-1) <-> CIELAB, D65 ------------------------------------------
 
@@ -231,8 +234,10 @@ class RecolorOptions:
     min_chroma: float = opt(8.0, min=0.0, max=50.0,
                             doc="pixels less colourful than this (C*) move the less the paler they are, none below "
                                 "a quarter of it: stitching, chrome, black, greys stay (0: recolour greys too)")
-    protect_highlights: bool = opt(True, doc="keep pixels brighter than the region's 99th percentile of L* "
-                                             "(specular glints, polished metal), fading out from 2 to 10 L* above")
+    protect_highlights: bool = opt(True, doc="keep highlights: pixels brighter than the region's 99th percentile "
+                                             "of L* (fading out from 2 to 10 L* above) and paler than it (C* under "
+                                             "3/4 of the region's, in full under 2/5): specular glints, polished "
+                                             "metal; a lighter seam of the material's own colour turns")
     review_delta_e: float = opt(3.0, min=0.0, max=100.0,
                                 doc="mark the job for review when a colourway's mean lands further than this "
                                     "(ΔE2000, at the region's lightness) from its colour: a target the shot's "
@@ -263,6 +268,13 @@ class Region:
     # times its share (subtracted before the turn, added back after: only the region's part of them turns)
     edge_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     edge_other: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    # region: mask: every painted colour takes the target's hue (its chroma scaled), rather than turning by the
+    # mean's turn (which takes a blue patch painted beside the yellow band to maroon, not to the target)
+    set_hue: bool = False
+    # 0..255 per box pixel: how near the region's outline it lies (255 on it, 0 from ``RIM`` pixels in); there a
+    # colour off the region's hue is the region mixed with what is beside (fur over grass: olive), and only its part
+    # along the region's hue turns (turned whole, an olive tan becomes a yellow beside coral: a third hue)
+    rim: np.ndarray | None = None
 
 
 def _lab_rows(rgb: np.ndarray) -> np.ndarray:
@@ -313,13 +325,15 @@ def hue_apart(lab: np.ndarray, centre: np.ndarray) -> np.ndarray:
 
 
 def membership(lab: np.ndarray, centre: np.ndarray | None, lightness_of: float, bright: float | None,
-               tolerance: float, min_chroma: float) -> np.ndarray:
+               tolerance: float, min_chroma: float, chroma_of: float = 0.0) -> np.ndarray:
     """How much each colour of ``lab`` (N×3) belongs to the region (0..1). With a material (a*b* ``centre``, L*
     ``lightness_of``): its colour distance (full within ``tolerance``, none past 1.5×), and none for a hue
     ``_HUE_APART`` or more away whatever the chroma (the lavender spots of a muzzle beside tan fur; ``centre`` None:
     every colour, a region taken as painted). Then faded by chroma below ``min_chroma`` (a pale shade of the
     material moves the less the paler it is, down to none for a grey: no hard edge between a moved and a kept patch
-    of pale fur), and by lightness above ``bright`` (brighter than the material: a glint, polished metal)."""
+    of pale fur), and by highlights: lighter than ``bright`` and paler than the material's C* ``chroma_of`` (a glint,
+    polished metal: near white). A seam of the sail's own yellow, a little lighter but as colourful, is the material
+    and turns with it: kept, it is a thin line of the old colour across the new."""
     part = np.ones(len(lab))
     if centre is not None:
         part *= _smooth_ramp(colour_distance(lab, centre, lightness_of), 1.5 * tolerance, tolerance)
@@ -327,7 +341,8 @@ def membership(lab: np.ndarray, centre: np.ndarray | None, lightness_of: float, 
     if min_chroma > 0:
         part *= _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), _PALEST * min_chroma, min_chroma)
     if bright is not None:
-        part *= _smooth_ramp(lab[:, 0], bright + _BRIGHTER, bright + 2.0)
+        pale = _smooth_ramp(np.hypot(lab[:, 1], lab[:, 2]), _PALE[0] * chroma_of, _PALE[1] * chroma_of)
+        part *= 1.0 - _smooth_ramp(lab[:, 0], bright + 2.0, bright + _BRIGHTER) * pale
     return part
 
 
@@ -468,13 +483,14 @@ class LchRecolor(Stage):
             lightness_of = float(np.median(cluster[:, 0]))
             notes["dominant"] = lab_to_hex(np.array([lightness_of, *centre]))
         bright = float(np.percentile(cluster[:, 0], 99)) if o.protect_highlights and len(cluster) else None
+        chroma_of = float(np.median(np.hypot(cluster[:, 1], cluster[:, 2]))) if len(cluster) else 0.0
         weight = np.empty(base.shape, np.float32)
         for r0 in range(0, y1 - y0, _ROWS):
             r1 = min(y1 - y0, r0 + _ROWS)
             w = base[r0:r1].copy()
             todo = w > 0
             lab = _lab_rows(rgb[y0 + r0:y0 + r1, x0:x1][todo])
-            part = w[todo] * membership(lab, centre, lightness_of, bright, o.tolerance, o.min_chroma)
+            part = w[todo] * membership(lab, centre, lightness_of, bright, o.tolerance, o.min_chroma, chroma_of)
             w[todo] = part
             weight[r0:r1] = w
         core = weight >= _CORE
@@ -489,11 +505,14 @@ class LchRecolor(Stage):
         outside = base < _CORE
         if painted is not None and centre is not None:
             outside |= weight < 0.01
+        rim = None if centre is None else _rim(outside if alpha is None else
+                                               outside | (alpha <= 0.9 * max_value(alpha)), box,
+                                               (asset.width, asset.height))
         edge_at, edge_other = self._outline(rgb[y0:y1, x0:x1], box, (asset.width, asset.height), weight, base,
                                             outside, prot, alpha, slack, mean_lab[1:])
         notes.update(pixels=int((weight > 0).sum()), share=round(float(weight.sum()) / max(1.0, subject_px), 4),
                      mean=lab_to_hex(mean_lab), lch=_lch(mean_lab), edge_pixels=int(edge_at.size))
-        return Region(box, weight, mean_lab, notes, edge_at, edge_other)
+        return Region(box, weight, mean_lab, notes, edge_at, edge_other, set_hue=centre is None, rim=rim)
 
     def _outline(self, rgb: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], weight: np.ndarray,
                  base: np.ndarray, outside: np.ndarray, prot: np.ndarray | None, alpha: np.ndarray | None, slack: int,
@@ -556,9 +575,16 @@ class LchRecolor(Stage):
         sums = np.stack([cv2.boxFilter(s.reshape(gh, gw).astype(np.float32), -1, (3, 3), normalize=False,
                                        borderType=cv2.BORDER_CONSTANT) for s in sums])
         ey, ex = np.nonzero(band)
-        lab = _lab_rows(rgb[ey, ex])
         at = (ey // cell, ex // cell)
         count = sums[2][at]
+        # a painted region's soft edge with nothing else beside it (the paint fading out across the same material):
+        # not a mix, its own colour turns by its membership like its neighbours' (taken as a mix with nothing, it
+        # turned only in part: a line of a third hue along the paint's edge)
+        mixed = (count > 0) | (base[ey, ex] >= _CORE)
+        ey, ex, at, count = ey[mixed], ex[mixed], (at[0][mixed], at[1][mixed]), count[mixed]
+        if not ey.size:
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
+        lab = _lab_rows(rgb[ey, ex])
         other = np.where((count > 0)[:, None], np.stack([sums[0][at], sums[1][at]], -1) / np.maximum(count, 1)[:, None],
                          0.0)
         # the region's share of each pixel: its a*b* projected on the line from the other colour to the region's
@@ -593,6 +619,8 @@ class LchRecolor(Stage):
         k = float(np.hypot(*target_ab)) / max(1e-6, float(np.hypot(*mean_ab)))
         turn = math.atan2(target_ab[1], target_ab[0]) - math.atan2(mean_ab[1], mean_ab[0])
         rot = k * np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+        unit = np.asarray(target_ab, np.float64) / max(1e-6, float(np.hypot(*target_ab)))
+        m_unit = np.asarray(mean_ab, np.float64) / max(1e-6, float(np.hypot(*mean_ab)))
         out = pixels.copy()
         x0, y0, x1, y1 = region.box
         width = x1 - x0
@@ -613,7 +641,16 @@ class LchRecolor(Stage):
             if hi > lo:  # outline pixels: only the region's part turns, what it is mixed with stays
                 flat = np.flatnonzero(todo)
                 own[np.searchsorted(flat, region.edge_at[lo:hi] - r0 * width)] -= region.edge_other[lo:hi]
-            change = w[todo][:, None] * (own @ rot.T - own)
+            if region.set_hue:  # the target's hue, each colour's chroma scaled as the mean's
+                turned = np.hypot(own[:, 0], own[:, 1])[:, None] * (k * unit)[None, :]
+            else:
+                turned = own @ rot.T
+                if region.rim is not None:  # near the outline: the part along the region's hue turns, the rest stays
+                    r = region.rim[r0:r1][todo].astype(np.float64)[:, None] / 255.0
+                    if r.any():
+                        along = np.maximum(0.0, own @ m_unit)[:, None]
+                        turned = (1.0 - r) * turned + r * (own + along * (k * unit - m_unit)[None, :])
+            change = w[todo][:, None] * (turned - own)
             still = np.hypot(change[:, 0], change[:, 1]) < _UNMOVED
             lab[:, 1:] += change
             lin, n = _into_gamut(lab)
@@ -691,6 +728,19 @@ class LchRecolor(Stage):
         ry, rx = np.nonzero(sure)
         pick = slice(None, None, max(1, int(ry.size / _SAMPLE)))
         return _lab_rows(pixels[y0 + ry[pick], x0 + rx[pick], :3]).mean(axis=0)
+
+
+def _rim(outside: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """How near each pixel of the box lies to ``outside`` (uint8: 255 on it, 0 from ``RIM`` pixels in); past the
+    box's sides counts as outside, the frame's does not (a subject cut by the frame has no outline there)."""
+    x0, y0, x1, y1 = box
+    sides = [int(v) * (RIM + 1) for v in (y0 > 0, y1 < size[1], x0 > 0, x1 < size[0])]
+    inside = cv2.copyMakeBorder((~outside).astype(np.uint8), *sides, cv2.BORDER_CONSTANT, value=0)
+    if inside.all():
+        return np.zeros(outside.shape, np.uint8)
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)[sides[0]:sides[0] + outside.shape[0],
+                                                         sides[2]:sides[2] + outside.shape[1]]
+    return np.rint(255 * _smooth_ramp(dist, RIM, 0.0)).astype(np.uint8)
 
 
 def _square(radius: int) -> np.ndarray:

@@ -34,6 +34,19 @@ def _csrf_token(context: Any, request: Request | None = None) -> str:
 TEMPLATES.env.globals["csrf_token"] = _csrf_token
 
 
+@pass_context
+def _problems_now(context: Any) -> list[str]:
+    """``{{ problems_now() }}``: the running daemon's problem processes, one line each, for the banner on every
+    page (``listing.problem_lines``, as ``assetd jobs`` says them; none while no daemon runs)."""
+    from ..listing import problem_lines
+
+    state = context["request"].app.state
+    return problem_lines(state.store, state.config.database)
+
+
+TEMPLATES.env.globals["problems_now"] = _problems_now
+
+
 def metrics(request: Request) -> Response:
     """Prometheus' scrape: built from the store per request (``pipeline.metrics``)."""
     from ..metrics import exposition

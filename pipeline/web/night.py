@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..listing import inbox_of, marks
-from ..store import AWAITING, REJECTED, REVIEW, Job, JobStatus
+from ..listing import inbox_of, marks, status_word
+from ..store import AWAITING, READ_AHEAD, REJECTED, REVIEW, Job, JobStatus
 from ..text import printable
 from .templating import render
 
@@ -23,7 +23,7 @@ DEFAULT_HOURS = 24
 SINCE_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
 STATUSES = [s.value for s in JobStatus]
 FLAGS = {REVIEW: "marked for review", AWAITING: "awaiting approval", REJECTED: "rejected outputs"}
-COUNTED = [*STATUSES, REVIEW, AWAITING, REJECTED, "total"]  # the job counts of the groups and their totals
+COUNTED = [*STATUSES, REVIEW, AWAITING, REJECTED, READ_AHEAD, "total"]  # the job counts of the groups and totals
 
 
 @dataclass
@@ -108,7 +108,7 @@ def note(job: Job, awaiting: int = 0, rejected: int = 0) -> str:
 
 def row(job: Job, base: Path, awaiting: int = 0, rejected: int = 0) -> dict[str, Any]:
     return {"id": job.id, "name": printable(job.rel_path or Path(job.input_path).name),
-            "inbox": shown_folder(inbox_of(job), base), "rule": job.rule, "status": job.status.value,
+            "inbox": shown_folder(inbox_of(job), base), "rule": job.rule, "status": status_word(job),
             "review": bool(job.review), "time": when(job.finished_at or job.created_at),
             "seconds": f"{job.seconds:.1f} s" if job.seconds else "", "note": note(job, awaiting, rejected)}
 

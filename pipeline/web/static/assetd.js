@@ -46,6 +46,8 @@ function postJSON(url, body) {
       const n = p.totals[el.dataset.plural];
       if (n !== undefined) el.textContent = n === 1 ? el.dataset.one : el.dataset.many;
     });
+    const ahead = document.getElementById("next-pill");
+    if (ahead) ahead.hidden = !p.totals.next;
     approvals(p.totals);
     for (const [id, job] of Object.entries(p.jobs)) {
       const tr = table.querySelector('tr[data-id="' + id + '"]');
