@@ -30,7 +30,9 @@ import json
 import logging
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -544,12 +546,25 @@ def keep_matte(config: Config, job: Job, matte: np.ndarray) -> Path:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(matte, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
         raise ValueError("the matte could not be encoded as PNG")
-    fresh = not config.previews_folder.exists()
+    if not config.previews_folder.exists():
+        _make_mattes_only(config.previews_folder)
     target = matte_file(config, job)
     atomic_write(target, buf.tobytes())
-    if fresh:  # the cache made for mattes alone says nothing of the page being in use (``wanted``)
-        (config.previews_folder / MATTES_ONLY).touch()
     return target
+
+
+def _make_mattes_only(folder: Path) -> None:
+    """Create the cache folder with its ``MATTES_ONLY`` marker already in it: a cache made for mattes alone says
+    nothing of the page being in use (``wanted``), and no thread may see the folder without the marker (the
+    preview thread would take it for a page in use). Made beside it and renamed into place; one made meanwhile by
+    another thread (or by ``assetd serve``) is left as it is."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    making = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    (making / MATTES_ONLY).touch()
+    try:
+        os.rename(making, folder)
+    except OSError:  # made meanwhile
+        shutil.rmtree(making, ignore_errors=True)
 
 
 def chain_matte(config: Config, job: Job, input_size: tuple[int, int]) -> np.ndarray | None:
