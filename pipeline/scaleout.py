@@ -100,7 +100,11 @@ def _raylet_notes_to_log() -> None:
         if data.get("pid") != "raylet":
             return original(data, ignore_prefix)
         for line in data.get("lines", ()):
-            log.warning("ray: %s", one_line(ANSI.sub("", str(line))))
+            text = one_line(ANSI.sub("", str(line)))
+            first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]  # Ray appends pages of raylet log to some
+            log.warning("ray: %s", first if len(first) <= 240 else first[:240] + "…")
+            if first != text:
+                log.debug("ray: %s", text)
 
     to_log.assetd = True  # type: ignore[attr-defined]
     driver.print_to_stdstream = to_log
@@ -474,8 +478,8 @@ class RemoteWorker(Worker):
                 self._check_arriving(Path(job.input_path), exc)
             raise
         except (ActorLost, ActorGone, ray.exceptions.RayError) as exc:
-            if self.watch is not None and self.watch.lost():  # the whole cluster went away: nobody's crash
-                raise self.watch.problem() from None
+            if self.watch is not None and self.watch.lost(within=LOSS_GRACE_SECONDS):  # the whole cluster went
+                raise self.watch.problem() from None                                   # away: nobody's crash
             raise exc from None
         self.node = result.node
         self.ran_on = f"{self.actor_name} on {result.node}"
@@ -747,6 +751,7 @@ def unreachable(address: str | None, timeout: float = 5.0) -> str | None:
 
 
 RAY_PROBLEM = "ray"  # the problem key of the whole cluster away (``ClusterWatch``)
+LOSS_GRACE_SECONDS = 6.0  # an actor's death is charged once the cluster's head has answered this long after it
 WATCH_SECONDS = 2.0  # how often a running daemon checks that the cluster's head answers
 ACTOR_RETRY_SECONDS = 30.0
 AWAIT_SECONDS = 120.0  # how long a job waits for its dead actor to answer again before its worker waits alone  # how often a worker whose actor is gone asks whether it (or a fresh one) answers
@@ -767,8 +772,8 @@ def cluster_away(config: Config, timeout: float = 5.0) -> str | None:
             return None
         try:
             address = canonicalize_bootstrap_address_or_die("auto")
-        except Exception as exc:  # noqa: BLE001 - ConnectionError: no running instance found here
-            return " ".join(str(exc).split())[:200] or type(exc).__name__
+        except Exception:  # noqa: BLE001 - ConnectionError: no running instance found here
+            return "no Ray cluster runs on this machine (`ray start --head` starts its head node)"
     return unreachable(address, timeout)
 
 
@@ -795,10 +800,18 @@ class ClusterWatch:
     def answers(self) -> bool:
         return self.address is None or unreachable(self.address, timeout=2.0) is None
 
-    def lost(self) -> bool:
-        """Whether the cluster is away (known, or found now): a failed call is then nobody's crash."""
-        if not self.gone.is_set() and not self.answers():
-            self.gone.set()
+    def lost(self, within: float = 0.0) -> bool:
+        """Whether the cluster is away (known, or found now, looking again for ``within`` seconds): a failed call is
+        then nobody's crash. ``ray stop`` ends the nodes' raylets (and so the actors) a few seconds before the
+        head's GCS port closes: an actor's death is only charged once the head has kept answering that long."""
+        deadline = time.monotonic() + within
+        while not self.gone.is_set():
+            if not self.answers():
+                self.gone.set()
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         return self.gone.is_set()
 
     def problem(self, waiting: int | None = None) -> ProcessProblem:
