@@ -642,11 +642,13 @@ class Pool:
     make_actor: Callable[[str], Any]
     started_ray: bool  # this process started the Ray instance (``ray.address: null``): ``close`` shuts it down
     nodes: dict[str, str] = field(default_factory=dict)  # actor name -> node
+    every: list[Any] = field(default_factory=list)  # every actor started, fresh ones (``make_actor``) included
 
     def close(self) -> None:
-        """Stop the actors (a call still running is abandoned: its job was handed back) and a Ray we started."""
+        """Stop the actors (a call still running is abandoned: its job was handed back), fresh ones a worker
+        started in place of one Ray gave up on included, and a Ray we started."""
         ray = ray_module()
-        for actor in self.actors:
+        for actor in self.every or self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
         if self.started_ray:
@@ -1005,12 +1007,15 @@ def start_pool(config: Config, rules: list[Rule], *, actors: int | None = None,
             num_gpus=per_actor, num_cpus=config.ray.cpus_per_actor, max_restarts=config.ray.max_restarts,
             max_task_retries=0, max_concurrency=2, runtime_env={"env_vars": env} if env else None)
 
-        def make_actor(name: str) -> Any:
-            return remote.remote(config, rules, name)
-
         names = [f"actor-{i + 1}" for i in range(count)]
-        handles = [make_actor(name) for name in names]
-        pool = Pool(handles, names, make_actor, started)
+        handles = [remote.remote(config, rules, name) for name in names]
+        every = list(handles)  # and the fresh ones workers start later: ``close`` stops them all
+
+        def make_actor(name: str) -> Any:
+            every.append(remote.remote(config, rules, name))
+            return every[-1]
+
+        pool = Pool(handles, names, make_actor, started, every=every)
         problems: list[str] = []
         try:
             for name, (node, found, warnings_) in zip(names, _when_ready(ray, handles, names, stop=stop)):
