@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from .rules import Rule
 from .stages.base import STEPS, Asset, Stage, StageContext, stage_class
 from .stages.masks import unused_masks
 from .stages.subject import paste_matte
+
+if TYPE_CHECKING:
+    from .imageio import Decoded
 
 
 class StepError(AssetdError):
@@ -103,6 +106,28 @@ class Chain:
             if stage.step in self._needed:
                 kept[stage.step] = current
         return kept
+
+
+class Chains:
+    """Each rule's chain, built once per worker (a local worker's, or a Ray actor's) and reused: its models load
+    once. A re-run's rule with one-off options (``Rule.with_overrides``) has its own (one per rule: the last options
+    asked for), never the plain rule's; a new version of a rule gets a new chain."""
+
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self._built: dict[tuple[str, bool], Chain] = {}  # (rule, with one-off options) -> its chain
+
+    def of(self, rule: Rule) -> Chain:
+        key = (rule.name, bool(rule.overrides))
+        chain = self._built.get(key)
+        if chain is None or chain.rule.version != rule.version or chain.rule.overrides != rule.overrides:
+            chain = self._built[key] = Chain(rule, self.ctx)
+        return chain
+
+
+def input_asset(decoded: "Decoded", source: str) -> Asset:
+    """The asset a chain starts from: the decoded input, its decoding's notes kept for the manifest."""
+    return Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)}, source=source)
 
 
 def input_matte(step: str, given: list[Asset], made: list[Asset], source: Asset) -> np.ndarray | None:

@@ -539,17 +539,24 @@ def matte_file(config: Config, job: Job) -> Path:
     return _cache_path(config, job.input_hash, f"matte-{hashlib.sha256(made_by.encode()).hexdigest()[:12]}.png")
 
 
-def keep_matte(config: Config, job: Job, matte: np.ndarray) -> Path:
-    """Keep the subject's matte the chain found for ``job`` (uint8, the decoded input's size: ``chain.input_matte``)
-    for the subject check, as a PNG (a mask compresses well: about 150 KB at 24 Mpx, 0.15 s to encode). The worker
-    calls it on its codec pool after publishing, off the job's path."""
+def matte_png(matte: np.ndarray) -> bytes:
+    """A chain's matte (uint8) as the PNG ``keep_matte`` keeps (a mask compresses well: about 150 KB at 24 Mpx, 0.15 s
+    to encode); a Ray actor encodes it there, so only the PNG travels."""
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(matte, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
         raise ValueError("the matte could not be encoded as PNG")
+    return buf.tobytes()
+
+
+def keep_matte(config: Config, job: Job, matte: np.ndarray | bytes) -> Path:
+    """Keep the subject's matte the chain found for ``job`` (uint8, the decoded input's size: ``chain.input_matte``;
+    or already ``matte_png``'s PNG) for the subject check. The worker calls it on its codec pool after publishing,
+    off the job's path."""
+    data = matte if isinstance(matte, bytes) else matte_png(matte)
     if not config.previews_folder.exists():
         _make_mattes_only(config.previews_folder)
     target = matte_file(config, job)
-    atomic_write(target, buf.tobytes())
+    atomic_write(target, data)
     return target
 
 

@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import previews
-from .chain import Chain, ModelLoadError, StepUse
+from .chain import Chains, ModelLoadError, StepUse, input_asset
 from .config import Config
 from .errors import AssetdError, ConfigError, IncompleteInput, ProcessProblem, StopRequested
 from .imageio import decode
-from .outputs import Rendered, atomic_write, one_line, render_outputs
+from .outputs import Rendered, one_line, render_outputs
 from .rules import Rule
-from .stages.base import Asset, StageContext
+from .stages.base import StageContext
 from .stages.masks import masks_beside, sidecar_path
 from .store import Job, JobStatus, ManifestRecord, OutputRecord
 from .text import printable
@@ -247,7 +247,7 @@ class ChainRunner:
         _actor_log_level(config)
         self.stop = threading.Event()
         self.ctx = StageContext(config=config, stop=self.stop)
-        self._chains: dict[tuple[str, bool], Chain] = {}
+        self.chains = Chains(self.ctx)
         self.problems: list[str] = []
         self.warnings: list[str] = []
         try:
@@ -262,14 +262,6 @@ class ChainRunner:
     def halt(self) -> None:
         """The coordinator stops: the call running ends at its next step (``StopRequested``)."""
         self.stop.set()
-
-    def chain_for(self, rule: Rule) -> Chain:
-        """The rule's chain, built once per rule (``Worker.chain_for``'s rule: one with one-off options apart)."""
-        key = (rule.name, bool(rule.overrides))
-        chain = self._chains.get(key)
-        if chain is None or chain.rule.version != rule.version or chain.rule.overrides != rule.overrides:
-            chain = self._chains[key] = Chain(rule, self.ctx)
-        return chain
 
     def run(self, config: Config, rule: Rule, source: str, data: bytes, masks: dict[str, bytes],
             want_matte: bool) -> ChainResult:
@@ -294,21 +286,20 @@ class ChainRunner:
                     where = str(Path(folder) / Path(source).name)
                     for kind, body in masks.items():
                         sidecar_path(where, kind).write_bytes(body)
-                asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
-                              source=where)
+                asset = input_asset(decoded, where)
                 steps: list[tuple[str, str, float, str, int | None]] = []
                 mattes: list[Any] = []
 
                 def on_step(stage: Any, seconds: float, use: StepUse) -> None:
                     steps.append((stage.step, stage.backend, seconds, use.device, use.gpu_peak_bytes))
 
-                results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
+                results = self.chains.of(rule).run(asset, on_step=on_step, on_matte=mattes.append)
                 if self.stop.is_set():
                     raise StopRequested("stopping before encoding outputs")
                 started = time.perf_counter()
                 rendered = render_outputs(self.config, rule, results, decoded)
                 encode_seconds = time.perf_counter() - started
-                matte = _png(mattes[0]) if want_matte and mattes else None
+                matte = previews.matte_png(mattes[0]) if want_matte and mattes else None
                 take = getattr(self.ctx.models, "take_loads", None)
                 loads = [(x.backend, x.model, x.device, x.seconds, x.at) for x in (take() if take else ())]
                 return ChainResult(rendered, steps, loads, encode_seconds, matte, self.node, captured.records)
@@ -325,16 +316,6 @@ class ChainRunner:
             finally:
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _png(matte: Any) -> bytes:
-    import cv2
-    import numpy as np
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(matte, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise ValueError("the matte could not be encoded as PNG")
-    return buf.tobytes()
 
 
 def _unmask(exc: BaseException, folder: str, original: str) -> None:
@@ -493,8 +474,7 @@ class RemoteWorker(Worker):
             raise StopRequested("stopping before writing outputs")
         records, manifests, review = self.outputs.write(job, rule, result.rendered, result.encode_seconds)
         if result.matte is not None:
-            matte, config = result.matte, self.config
-            self._mattes.append(self._pool.submit(_keep_matte, config, job, matte, self.name))
+            self._keep_matte(job, result.matte)
         return records, manifests, review
 
     def _wait(self, ray: Any, ref: Any, probe: Any, job: Job) -> ChainResult:
@@ -621,15 +601,6 @@ class RemoteWorker(Worker):
             result.status = JobStatus.QUEUED
             return result
         return super()._settle_failure(job, failure, result)
-
-
-def _keep_matte(config: Config, job: Job, png: bytes, name: str) -> None:
-    """Keep the matte an actor found for the review page's subject check (``Worker._keep_matte``'s, already PNG)."""
-    try:
-        atomic_write(previews.matte_file(config, job), png)
-    except Exception as exc:  # noqa: BLE001 - the job is done; the page does without the matte
-        log.warning("%s: job %d: its matte could not be kept for the review page's subject check (%s)", name, job.id,
-                    exc)
 
 
 # -- the pool --------------------------------------------------------------------------------------------

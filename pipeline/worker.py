@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import faults, previews
-from .chain import Chain, ModelLoadError, StepError, StepUse
+from .chain import Chains, ModelLoadError, StepError, StepUse, input_asset
 from .config import Config
 from .errors import (AssetdError, ConfigError, IncompleteInput, PermanentError, ProcessProblem, StopRequested,
                      TransientError)
@@ -45,7 +45,7 @@ from .outputs import Publisher, one_line, sha256
 from .owners import HOST, owner_label
 from .rerun import retire_replaced
 from .rules import Rule
-from .stages.base import Asset, StageContext
+from .stages.base import StageContext
 from .stages.masks import masks_beside
 from .store import FINISHED, PENDING_APPROVAL, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
@@ -250,7 +250,7 @@ class Worker:
         self.wait_for_arrival = wait_for_arrival
         self._model_rules = model_rules(rules) if problems is not None else set()
         self.ctx = StageContext(config=config, stop=self.stop)
-        self._chains: dict[tuple[str, bool], Chain] = {}  # (rule, with one-off options) -> its chain
+        self.chains = Chains(self.ctx)
         self._update: tuple[Config, list[Rule]] | None = None
         self._update_lock = threading.Lock()
         self.retired = False  # a reload lowered ``workers``: this one stops after its current job
@@ -383,15 +383,6 @@ class Worker:
             models.release_idle()
 
     # -- one job ------------------------------------------------------------------------------
-    def chain_for(self, rule: Rule) -> Chain:
-        """The rule's chain, built once; a re-run's rule with one-off options (``Rule.with_overrides``) has its own
-        (one per rule: the last options asked for), never the plain rule's."""
-        key = (rule.name, bool(rule.overrides))
-        chain = self._chains.get(key)
-        if chain is None or chain.rule.version != rule.version or chain.rule.overrides != rule.overrides:
-            chain = self._chains[key] = Chain(rule, self.ctx)
-        return chain
-
     def process(self, job: Job, loaded: Future | None = None, *, own_chain: bool = False) -> JobResult:
         """Run a claimed job (``_run_job``); one that ended for good (done, or failed for good) then hands its
         input to its inbox's ``after`` option (``inboxflow.after_job``: kept, or moved to done/ or error/).
@@ -620,8 +611,7 @@ class Worker:
         self.ran_on = self.label
         decoded = loaded.result() if loaded is not None else self._load(job)
         self.store.heartbeat(job.id, self.config.lease_seconds)
-        asset = Asset(pixels=decoded.pixels, notes={"input": dict(decoded.notes, format=decoded.format)},
-                      source=printable(job.input_path))
+        asset = input_asset(decoded, printable(job.input_path))
 
         def on_step(stage: Any, seconds: float, use: StepUse) -> None:
             self.store.record_step(job.id, job.attempts, stage.step, stage.backend, seconds, use.device,
@@ -630,7 +620,7 @@ class Worker:
             self.store.heartbeat(job.id, self.config.lease_seconds)
 
         mattes: list[np.ndarray] = []
-        results = self.chain_for(rule).run(asset, on_step=on_step, on_matte=mattes.append)
+        results = self.chains.of(rule).run(asset, on_step=on_step, on_matte=mattes.append)
         if self.stop.is_set():
             raise StopRequested("stopping before writing outputs")
         records, manifests, review = self.outputs.publish(job, rule, results, decoded)
@@ -638,11 +628,12 @@ class Worker:
             self._keep_matte(job, mattes[0])
         return records, manifests, review
 
-    def _keep_matte(self, job: Job, matte: np.ndarray) -> None:
-        """Keep the subject's matte the chain found (``previews.keep_matte``) so that the review page's subject
-        check compares exactly the subject (not the photo's own contact shadow), whenever the page's cache can be
-        written (``previews.keeps_mattes``: a job run before the page was first opened needs it too). Encoded on the codec pool while the next job runs (about 0.2 s at 24 Mpx); a
-        problem is logged and the check falls back to what it finds without it: it never fails the job."""
+    def _keep_matte(self, job: Job, matte: np.ndarray | bytes) -> None:
+        """Keep the subject's matte the chain found (``previews.keep_matte``; an actor's comes as PNG) so that the
+        review page's subject check compares exactly the subject (not the photo's own contact shadow), whenever the
+        page's cache can be written (``previews.keeps_mattes``: a job run before the page was first opened needs it
+        too). Encoded and written on the codec pool while the next job runs (about 0.2 s at 24 Mpx); a problem is
+        logged and the check falls back to what it finds without it: it never fails the job."""
         config = self.config
         if not previews.keeps_mattes(config):
             return

@@ -74,6 +74,26 @@ def test_without_the_page_in_use_nothing_is_made_but_the_matte_for_a_later_check
     assert not list(config.previews_folder.rglob("*.webp")) and not previews.wanted(config)
 
 
+
+def test_a_matte_an_actor_sent_as_png_is_kept_the_same_way(workspace):
+    """Under ``executor: ray`` the matte comes back from the actor already encoded: it is kept where the page looks
+    for it, and a cache made for it alone still does not count as the page being in use."""
+    import numpy as np
+
+    workspace.shot("inbox/a.jpg", "grey", seed=3, subject="bottle")
+    config, rules = workspace.load()
+    [job] = run_until_idle(config, rules, 1)
+    matte = np.zeros((60, 80), np.uint8)
+    matte[10:50, 20:60] = 255
+    for folder in sorted(config.previews_folder.rglob("*"), reverse=True):  # as if none was kept yet
+        folder.unlink() if folder.is_file() else folder.rmdir()
+    config.previews_folder.rmdir()
+
+    kept = previews.keep_matte(config, job, previews.matte_png(matte))
+
+    assert kept == previews.matte_file(config, job) and kept.read_bytes() == previews.matte_png(matte)
+    assert not previews.wanted(config)
+
 def test_a_preview_that_cannot_be_made_never_fails_the_job(workspace, monkeypatch, caplog):
     config, rules = workspace.load()
     config.previews_folder.mkdir(parents=True)  # `assetd serve` has shown images here: the page is in use
