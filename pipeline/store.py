@@ -10,10 +10,13 @@ lease expires, and fails for good once it has used ``max_attempts``.
 
 Crash attribution: a worker claims the next job *ahead* (``claim_next(..., ahead=True)``) while the current
 one runs; such a claim charges nothing. ``begin`` charges the attempt when the job's own run starts and
-records it (``chain_started_at``). When assetd dies, a job whose run never started goes back untouched; one
-whose run started counts a crash (``crashes``) and is failed for good as *quarantined* once it has
-``quarantine_after_crashes`` of them. A job with a crash runs alone in its process on its next try (no job
-claimed beside it), so a second crash is its own.
+records it (``chain_started_at``). While the job claimed ahead is read and decoded, ``reading_since`` says so
+(a codec can kill the process too). When assetd dies, each dead process is judged on its own: a job whose run
+started counts a crash (``crashes``), and so does one whose decode ahead was going when no run was; one only
+claimed ahead goes back untouched. A run and a decode ahead both going: the death is either's, so neither is
+charged and both run alone next (``alone``), where the next death is the culprit's. A job with a crash (or
+``alone``) runs alone in its process on its next try (no job claimed beside it), so a second crash is its own;
+one with ``quarantine_after_crashes`` crashes is failed for good as *quarantined*.
 
 A done job may be *marked for review*: ``jobs.review`` holds the reasons its stages gave (a JSON
 list of one-line strings), NULL when there are none. Its outputs are written like any other's;
@@ -267,6 +270,20 @@ def m015_ran_on(db: Database) -> None:
         db["jobs"].add_column("ran_on", str)
 
 
+# -- the decode ahead, and the jobs that run alone (crash attribution) -------------------------------
+@migrations()
+def m016_read_ahead(db: Database) -> None:
+    """``jobs.reading_since``: when the decode of a job claimed ahead began (NULL: none going; cleared when it
+    ends, when the job's run begins and when the job goes back). ``jobs.alone``: 1 when the job was in flight
+    beside another of its process when that process died (a run and a decode ahead: the death was either's); it
+    runs alone until its next run ends, so a next death is attributed exactly."""
+    columns = db["jobs"].columns_dict
+    if "reading_since" not in columns:
+        db["jobs"].add_column("reading_since", float)
+    if "alone" not in columns:
+        db["jobs"].add_column("alone", int, not_null_default=0)
+
+
 class JobStatus(str, Enum):
     """A job's state (``jobs.status``). A str Enum: a member binds as its value, so every statement here
     takes a status as a parameter (``status = ?``, ``status IN (...)`` with ``_marks``), never as a literal."""
@@ -290,8 +307,12 @@ READ_AHEAD = "next"  # not a state: a running job only claimed to be read ahead,
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
 
 
-# A job handed back uncharged: the attempt its run was charged (if it started) does not count.
-_UNCHARGE = "attempts = MAX(attempts - (chain_started_at IS NOT NULL), 0), chain_started_at = NULL"
+# A job handed back uncharged: the attempt its run was charged (if it started) does not count, and its decode
+# ahead (if one was going) is over.
+_UNCHARGE = ("attempts = MAX(attempts - (chain_started_at IS NOT NULL), 0), chain_started_at = NULL,"
+             " reading_since = NULL")
+# What a job's end (done, failed, retried later) clears: it ran, so it need not run alone any more.
+_RAN = "alone = 0, reading_since = NULL"
 
 
 def _same_process(owner: str) -> tuple[str, list[Any]]:
@@ -303,6 +324,19 @@ def _same_process(owner: str) -> tuple[str, list[Any]]:
         return "worker = ?", [owner]
     kind, process = owner[:at].rstrip("0123456789"), owner[at:]
     return "substr(worker, 1, ?) = ? AND substr(worker, ?) = ?", [len(kind), kind, -len(process), process]
+
+
+def _process_of(owner: str | None) -> str | None:
+    """The process a claim's owner stands for, as ``_same_process`` matches it: ``"worker- pid 1234 on host"``
+    for any ``"worker-N pid 1234 on host"``; an owner label without a pid is its own process."""
+    at = (owner or "").find(" pid ")
+    return owner if owner is None or at < 0 else owner[:at].rstrip("0123456789") + owner[at:]
+
+
+def _jobs_said(rows: list[dict[str, Any]]) -> str:
+    """``"job 3"``, ``"job 3 and job 5"``, ``"job 3, job 5 and job 7"``: the jobs of these rows, in words."""
+    said = [f"job {row['id']}" for row in rows]
+    return said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
 
 
 def _marks(values: Collection[Any]) -> str:
@@ -333,6 +367,8 @@ class Job:
     copied_from: int | None = None  # the done job (same content, another name) whose outputs it copied
     chain_started_at: float | None = None  # when this claim's own run started; None: claimed ahead, not started
     crashes: int = 0  # how often assetd died while this job's run was going
+    reading_since: float | None = None  # its decode ahead began then and is still going (None: none going)
+    alone: int = 0  # 1: in flight beside another job when its process died; runs alone until its next run ends
     rerun_of: int | None = None  # the job this one re-runs (assetd rerun)
     overrides: dict = field(default_factory=dict)  # a re-run's one-off step options: {step: {option: value}}
     rerun_seq: int = 0  # 0: the intake's job for the file; 1, 2...: its re-runs under the same rule version
@@ -401,15 +437,20 @@ class ManifestRecord:
 
 @dataclass
 class Recovery:
-    """What ``recover`` found running when assetd started: jobs whose run had started (a crash counted),
-    jobs only claimed ahead (back untouched), and those of the first kind now failed for good."""
+    """What ``recover`` found running when assetd started: jobs charged a crash (their run had started, or their
+    decode ahead was going with no run beside it), jobs only claimed ahead (back untouched), those of the first
+    kind now failed for good, and per dead process the jobs in flight together (a run and a decode ahead: the
+    death was either's, none charged, each runs alone next). ``reading``: the jobs of ``started`` and ``shared``
+    whose decode ahead was going."""
     started: list[int] = field(default_factory=list)
     ahead: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    shared: list[list[int]] = field(default_factory=list)
+    reading: list[int] = field(default_factory=list)
 
     @property
     def ids(self) -> list[int]:
-        return sorted(self.started + self.ahead)
+        return sorted(self.started + self.ahead + [job_id for together in self.shared for job_id in together])
 
 
 @dataclass
@@ -542,7 +583,7 @@ class Store:
             created = cur.rowcount == 1
             if not created:
                 created = db.conn.execute(
-                    "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
+                    f"UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL, {_RAN},"
                     " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, worker = NULL"
                     " WHERE input_hash = ? AND masks = ? AND rule = ? AND rule_version = ? AND input_path = ?"
                     " AND rerun_seq = 0 AND status = ?",
@@ -561,44 +602,98 @@ class Store:
     def _reap_expired(self, db: Database, now: float, only: list[int] | None = None) -> Recovery:
         """Jobs whose lease ran out (their worker died) go back to the queue, or fail for good.
 
-        A job only claimed ahead (its run never started) goes back untouched. One whose run started counts a
-        crash: quarantined once it has ``quarantine_after_crashes`` of them, failed once out of attempts, else
-        queued again. ``only``: just these running jobs, whatever their lease (their owner is known to be gone)."""
+        Each dead process is judged by what was in flight in it (``_process_of`` its claims' owner). A run
+        (``chain_started_at``) and a decode ahead (``reading_since``) both going: the death was either's, so
+        neither is charged (the run's attempt is handed back) and each runs alone next (``alone``), where a next
+        death is the culprit's. Otherwise a job whose run started, or whose decode ahead was going, counts a crash
+        (``_charge``); one only claimed ahead goes back untouched. A decode ahead whose lease ran out while another
+        job of its process still holds its own is not judged: it goes back untouched (its process may live on, and
+        if not, a crash is charged once that job's lease runs out). ``only``: just these running jobs, whatever
+        their lease (their owner is known to be gone)."""
         which, params = "lease_expires < ?", [now]
         if only is not None:
             which, params = f"id IN ({_marks(only)})", list(only)
         rows = db.execute_returning_dicts(
-            f"SELECT id, input_path, attempts, max_attempts, crashes, chain_started_at FROM jobs WHERE status = ?"
-            f" AND {which} ORDER BY id", [JobStatus.RUNNING, *params])
-        found = Recovery()
+            "SELECT id, input_path, attempts, max_attempts, crashes, chain_started_at, reading_since, worker"
+            f" FROM jobs WHERE status = ? AND {which} ORDER BY id", [JobStatus.RUNNING, *params])
+        processes: dict[str | None, list[dict[str, Any]]] = {}
         for row in rows:
-            if row["chain_started_at"] is None:
-                db.conn.execute("UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL WHERE id = ?",
-                                [JobStatus.QUEUED, row["id"]])
-                found.ahead.append(row["id"])
+            processes.setdefault(_process_of(row["worker"]), []).append(row)
+        found = Recovery()
+        for in_it in processes.values():
+            started = [r for r in in_it if r["chain_started_at"] is not None]
+            reading = [r for r in in_it if r["chain_started_at"] is None and r["reading_since"] is not None]
+            if reading and only is None and self._others_held(db, in_it):
+                reading = []
+            if started and reading:
+                self._not_charged(db, started, reading, found)
                 continue
-            found.started.append(row["id"])
-            crashes, shown = row["crashes"] + 1, printable(row["input_path"])
-            if row["attempts"] >= row["max_attempts"]:
-                error = (f"{shown}: the worker stopped while processing it {crashes} time(s) (crash or kill); gave "
-                         f"up after max_attempts ({row['attempts']} attempts)")
-            elif crashes >= self.quarantine_after_crashes:
-                error = (f"{shown}: quarantined: assetd stopped {crashes} times while running this job (crash or "
-                         "kill); its other jobs went on")
-            else:
-                error = None
-            if error is not None:
-                found.failed.append(row["id"])
-                db.conn.execute(
-                    "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
-                    " chain_started_at = NULL, error = ? WHERE id = ?",
-                    [JobStatus.FAILED, now, crashes, error, row["id"]])
-            else:
-                db.conn.execute(
-                    "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
-                    " chain_started_at = NULL, error = 'interrupted (assetd stopped while running it); redoing'"
-                    " WHERE id = ?", [JobStatus.QUEUED, crashes, row["id"]])
+            for row in in_it:
+                if row["chain_started_at"] is not None or row in reading:
+                    self._charge(db, row, now, found, reading=row in reading)
+                else:
+                    db.conn.execute(f"UPDATE jobs SET status = ?, {_UNCHARGE}, lease_expires = NULL, worker = NULL"
+                                    " WHERE id = ?", [JobStatus.QUEUED, row["id"]])
+                    found.ahead.append(row["id"])
         return found
+
+    @staticmethod
+    def _others_held(db: Database, rows: list[dict[str, Any]]) -> bool:
+        """Another job of these rows' process is running under a lease not run out (not among ``rows``)."""
+        owner = rows[0]["worker"]
+        if owner is None:
+            return False
+        mine, of_mine = _same_process(owner)
+        ids = [r["id"] for r in rows]
+        return db.conn.execute(f"SELECT 1 FROM jobs WHERE status = ? AND {mine} AND id NOT IN ({_marks(ids)}) LIMIT 1",
+                               [JobStatus.RUNNING, *of_mine, *ids]).fetchone() is not None
+
+    @staticmethod
+    def _not_charged(db: Database, started: list[dict[str, Any]], reading: list[dict[str, Any]],
+                     found: Recovery) -> None:
+        """A process died with runs (``started``) and decodes ahead (``reading``) in flight: the death was any
+        of theirs. None is charged (a run's attempt is handed back); each goes back queued to run alone."""
+        runs, decodes = _jobs_said(started), _jobs_said(reading)
+        for row in started + reading:
+            if row in started:
+                note = (f"interrupted (assetd stopped while it ran and {decodes} was decoded ahead: either could have "
+                        "caused it, neither is charged); runs alone next")
+            else:
+                note = (f"interrupted (assetd stopped while it was decoded ahead during the run of {runs}: either "
+                        "could have caused it, neither is charged); runs alone next")
+            db.conn.execute(f"UPDATE jobs SET status = ?, {_UNCHARGE}, alone = 1, lease_expires = NULL, worker = NULL,"
+                            " error = ? WHERE id = ?", [JobStatus.QUEUED, note, row["id"]])
+        found.shared.append(sorted(r["id"] for r in started + reading))
+        found.reading += [r["id"] for r in reading]
+
+    def _charge(self, db: Database, row: dict[str, Any], now: float, found: Recovery, *, reading: bool) -> None:
+        """The process died with this job's run (or, ``reading``, its decode ahead) going: it counts a crash, is
+        quarantined once it has ``quarantine_after_crashes`` of them, failed once out of attempts, else queued
+        again."""
+        found.started.append(row["id"])
+        if reading:
+            found.reading.append(row["id"])
+        crashes, shown = row["crashes"] + 1, printable(row["input_path"])
+        if row["attempts"] >= row["max_attempts"]:
+            error = (f"{shown}: the worker stopped while processing it {crashes} time(s) (crash or kill); gave "
+                     f"up after max_attempts ({row['attempts']} attempts)")
+        elif crashes >= self.quarantine_after_crashes:
+            error = (f"{shown}: quarantined: assetd stopped {crashes} times while running this job (crash or "
+                     "kill); its other jobs went on")
+        else:
+            error = None
+        if error is not None:
+            found.failed.append(row["id"])
+            db.conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
+                " chain_started_at = NULL, reading_since = NULL, error = ? WHERE id = ?",
+                [JobStatus.FAILED, now, crashes, error, row["id"]])
+        else:
+            doing = "decoding it ahead" if reading else "running it"
+            db.conn.execute(
+                "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
+                " chain_started_at = NULL, reading_since = NULL, error = ? WHERE id = ?",
+                [JobStatus.QUEUED, crashes, f"interrupted (assetd stopped while {doing}); redoing", row["id"]])
 
     def recover(self, keep: Callable[[str | None], bool] = lambda owner: False) -> Recovery:
         """At daemon start (single instance): jobs still marked running were cut off; queue them again (a job
@@ -630,7 +725,8 @@ class Store:
                 return None
             input_path, attempts, max_attempts, crashes, started = row
             if started is None:  # only claimed ahead: nothing of it ran there
-                db.conn.execute("UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL WHERE id = ?",
+                db.conn.execute(f"UPDATE jobs SET status = ?, {_UNCHARGE}, lease_expires = NULL, worker = NULL"
+                                " WHERE id = ?",
                                 [JobStatus.QUEUED, job_id])
                 return JobStatus.QUEUED
             crashes, shown = crashes + 1, printable(input_path)
@@ -725,7 +821,8 @@ class Store:
         """Atomically take the oldest due job (optionally among ``only``) and mark it running for ``worker``.
 
         ``ahead``: claimed to be read ahead of its run, which ``begin`` starts later; nothing is charged until
-        then. Otherwise the run starts now (``begin`` at once). A job with a crash runs alone in its process:
+        then; its decode is taken to start at once (``reading_since``, until ``read_ahead_done``). Otherwise the
+        run starts now (``begin`` at once). A job with a crash, or one marked ``alone``, runs alone in its process:
         while one runs, this process claims nothing else, and it is claimed only when nothing else of this
         process runs (its turn waits for them).
 
@@ -735,10 +832,10 @@ class Store:
         with self._immediate() as db:
             self._reap_expired(db, now)
             mine, of_mine = _same_process(worker)
-            if db.conn.execute(f"SELECT 1 FROM jobs WHERE status = ? AND crashes > 0 AND {mine} LIMIT 1",
+            if db.conn.execute(f"SELECT 1 FROM jobs WHERE status = ? AND (crashes > 0 OR alone) AND {mine} LIMIT 1",
                                [JobStatus.RUNNING, *of_mine]).fetchone():
                 return None
-            sql = "SELECT id, crashes FROM jobs WHERE status = ? AND next_attempt_at <= ?"
+            sql = "SELECT id, crashes > 0 OR alone FROM jobs WHERE status = ? AND next_attempt_at <= ?"
             params: list[Any] = [JobStatus.QUEUED, now]
             if only is not None:
                 if not only:
@@ -759,8 +856,9 @@ class Store:
                                           [JobStatus.RUNNING, *of_mine]).fetchone():
                 return None
             db.conn.execute(
-                "UPDATE jobs SET status = ?, lease_expires = ?, worker = ?, started_at = ?, chain_started_at = NULL"
-                " WHERE id = ?", [JobStatus.RUNNING, now + lease_seconds, worker, now, row[0]])
+                "UPDATE jobs SET status = ?, lease_expires = ?, worker = ?, started_at = ?, chain_started_at = NULL,"
+                " reading_since = ? WHERE id = ?",
+                [JobStatus.RUNNING, now + lease_seconds, worker, now, now if ahead else None, row[0]])
             if not ahead:
                 self._begin(db, row[0], worker, now)
             out = db.execute_returning_dicts("SELECT * FROM jobs WHERE id = ?", [row[0]])[0]
@@ -776,9 +874,15 @@ class Store:
                                   [job_id, JobStatus.RUNNING, owner]).fetchone()
         return row[0] if row else None
 
+    def read_ahead_done(self, job_id: int, owner: str) -> None:
+        """The decode of ``job_id``, claimed ahead by ``owner``, ended (decoded, failed or cancelled): a death of the
+        process from now on is not its decoder's doing (``_reap_expired``)."""
+        self.db.conn.execute("UPDATE jobs SET reading_since = NULL WHERE id = ? AND status = ? AND worker = ?"
+                             " AND reading_since IS NOT NULL", [job_id, JobStatus.RUNNING, owner])
+
     @staticmethod
     def _begin(db: Database, job_id: int, owner: str, now: float) -> None:
-        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ?,"
+        db.conn.execute("UPDATE jobs SET attempts = attempts + 1, chain_started_at = ?, reading_since = NULL,"
                         " queue_wait = COALESCE(queue_wait, MAX(? - created_at, 0)) WHERE id = ? AND status = ?"
                         " AND worker = ? AND chain_started_at IS NULL", [now, now, job_id, JobStatus.RUNNING, owner])
 
@@ -820,7 +924,7 @@ class Store:
                     " AND job_id != ? AND replaced_by IS NULL AND approval IN (?, ?)",
                     [job_id, *staged, job_id, PENDING_APPROVAL, REJECTED])
             db.conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL,"
+                f"UPDATE jobs SET status = ?, finished_at = ?, seconds = ?, error = NULL, {_RAN},"
                 " lease_expires = NULL, review = ?, copied_from = ?, ran_on = ? WHERE id = ?",
                 [JobStatus.DONE, now, seconds, json.dumps(review) if review else None, copied_from, ran_on,
                  job_id],
@@ -838,7 +942,7 @@ class Store:
 
     def _end(self, job_id: int, status: JobStatus, why: str, ran_on: str | None = None) -> None:
         self.db.conn.execute(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL,"
+            f"UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL, {_RAN},"
             " ran_on = COALESCE(?, ran_on) WHERE id = ?",
             [status, why, time.time(), ran_on, job_id],
         )
@@ -850,14 +954,14 @@ class Store:
             row = db.conn.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", [job_id]).fetchone()
             if row and row[0] >= row[1]:
                 db.conn.execute(
-                    "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL,"
+                    f"UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_expires = NULL, {_RAN},"
                     " ran_on = COALESCE(?, ran_on) WHERE id = ?",
                     [JobStatus.FAILED, f"{error} (gave up after {row[0]} attempts)", time.time(), ran_on, job_id],
                 )
                 return JobStatus.FAILED
             db.conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, next_attempt_at = ?, lease_expires = NULL,"
-                " worker = NULL, chain_started_at = NULL, ran_on = COALESCE(?, ran_on) WHERE id = ?",
+                f" worker = NULL, chain_started_at = NULL, {_RAN}, ran_on = COALESCE(?, ran_on) WHERE id = ?",
                 [JobStatus.QUEUED, error, time.time() + delay, ran_on, job_id],
             )
             return JobStatus.QUEUED
@@ -914,7 +1018,7 @@ class Store:
                     f" AND status IN ({_marks(FINISHED)})", [*(job_ids or []), *FINISHED])]
             for job_id in ids:
                 db.conn.execute(
-                    "UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL,"
+                    f"UPDATE jobs SET status = ?, attempts = 0, crashes = 0, chain_started_at = NULL, {_RAN},"
                     " next_attempt_at = 0, error = NULL, finished_at = NULL, lease_expires = NULL, review = NULL"
                     " WHERE id = ?", [JobStatus.QUEUED, job_id],
                 )

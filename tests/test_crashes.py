@@ -70,6 +70,8 @@ def test_a_crash_counts_for_the_running_job_only_and_quarantines_it_the_second_t
         ahead = store.claim_next(owner, 3600, ahead=True)
         assert running.id == poison.id
         assert ahead is None if crash == 2 else ahead.id == neighbour.id  # a job with a crash runs alone
+        if ahead is not None:
+            store.read_ahead_done(ahead.id, owner)  # its decode ended before the crash
         store.begin(poison.id, owner)
         found = store.recover()  # assetd started again
         assert found.started == [poison.id] and found.ahead == ([neighbour.id] if crash == 1 else [])
@@ -97,13 +99,14 @@ def test_a_job_with_a_crash_waits_until_nothing_else_of_its_process_runs(store):
 # --- real processes: `assetd run` killed mid-chain ---------------------------------------------
 
 def killer_studio(workspace: Workspace, names: list[str], times: int) -> tuple[Path, list[int]]:
-    """A workspace whose rule kills assetd on inputs named *poison* (``times`` in all, 0: always), with a job
-    already queued for each of ``names`` (in this order)."""
+    """A workspace whose rule kills assetd on inputs named *poison* (``times`` in all, 0: always; once no decode
+    ahead is going, so the death is that stage's), with a job already queued for each of ``names`` (in this
+    order)."""
     text = workspace.config_path.read_text().replace("max_attempts: 2", "max_attempts: 3")
     workspace.config_path.write_text(text)
     for f in (workspace.root / "rules").iterdir():
         f.unlink()
-    killer = f"backend: killer, kill_if: poison, times: {times}, tally: {workspace.root / 'kills'}"
+    killer = f"backend: killer, kill_if: poison, times: {times}, tally: {workspace.root / 'kills'}, quiet: true"
     workspace.add_rule("killer.yaml", "name: killer\nsteps: [{upscale: {" + killer + "}}]\n"
                                       "outputs: [{channel: cutouts, from: upscale}]\n")
     with registered(KillerUpscale):
