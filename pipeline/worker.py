@@ -269,8 +269,9 @@ class Worker:
         While one job runs its chain, the next one is already claimed and read + decoded on a
         background thread, so the GPU (or the CPU stages) never wait for the codec. That one is claimed
         *ahead*: its attempt is charged (``Store.begin``) only when it becomes the one running, so when
-        assetd dies, the job read ahead goes back to the queue untouched. A job claimed with nothing in
-        hand runs at once (its own decode included).
+        assetd dies, the job read ahead goes back to the queue untouched, unless its decode was going then
+        (``_read_ahead``: a codec can kill the process too, and recovery judges that case). A job claimed with
+        nothing in hand runs at once (its own decode included).
         """
         idle = 0.05
         ahead: tuple[Job, Future] | None = None
@@ -301,7 +302,7 @@ class Worker:
                 following = self.store.claim_next(self.owner, self.config.lease_seconds, ahead=True,
                                                   **claim_filters(self.problems))
                 if following is not None:
-                    ahead = (following, self._pool.submit(self._load, following))
+                    ahead = (following, self._read_ahead(following))
                 self.process(job, loaded)
             except Exception:  # the loop must survive anything (a broken database file, a bug)
                 log.exception("%s: unexpected error in the worker loop", self.name)
@@ -310,6 +311,20 @@ class Worker:
             ahead[1].cancel()
             self.store.release(ahead[0].id, owner=self.owner)
         self.close()
+
+    def _read_ahead(self, job: Job) -> Future:
+        """Read and decode ``job``, claimed ahead, on the codec pool. The claim marked its decode as going
+        (``jobs.reading_since``); once it ends (decoded, failed or cancelled) the store hears of it, so a death of
+        the process after that is not put down to this file's decoder (``Store._reap_expired``)."""
+        loaded = self._pool.submit(self._load, job)
+        loaded.add_done_callback(lambda _: self._read_ahead_done(job.id))
+        return loaded
+
+    def _read_ahead_done(self, job_id: int) -> None:
+        try:
+            self.store.read_ahead_done(job_id, self.owner)
+        except Exception as exc:  # noqa: BLE001 - a full or locked database: begin, release or recovery clears it
+            log.debug("%s: job %d: could not record that its decode ahead ended: %s", self.name, job_id, exc)
 
     # -- hot reload (pipeline/reload.py) ---------------------------------------------------------
     def offer(self, config: Config, rules: list[Rule], *, retire: bool = False) -> None:
