@@ -242,14 +242,23 @@ class Daemon:
         return watcher
 
     def _recover(self, store: Store) -> None:
-        """What an assetd that died left: jobs it was running (only a job whose run had started counts the crash;
-        one it had only claimed ahead goes back untouched) and its temporary files in the output folders."""
+        """What an assetd that died left: jobs it was running (a job whose run had started, or whose decode ahead
+        was going with no run beside it, counts the crash; a run and a decode ahead both going charge neither,
+        and each runs alone next; one only claimed ahead goes back untouched) and its temporary files in the
+        output folders."""
         found = store.recover(keep=lambda owner: _process_at_work(owner, self.config.database))
+        for together in found.shared:
+            said = [f"job {i}" + (" (read ahead, decoding)" if i in found.reading else "") for i in together]
+            log.warning("%s were %s in flight when assetd last stopped; %s charged, each runs alone next",
+                        ", ".join(said[:-1]) + " and " + said[-1], "both" if len(said) == 2 else "all",
+                        "neither is" if len(said) == 2 else "none is")
         if found.started:
             fates = [f"{len(found.started) - len(found.failed)} queued again"] + (
                 [f"{len(found.failed)} failed for good"] if found.failed else [])
-            log.warning("%d job(s) were running when assetd last stopped (a crash counted for each): %s%s",
-                        len(found.started), ", ".join(fates),
+            decoding = sum(i in found.reading for i in found.started)
+            log.warning("%d job(s) were running when assetd last stopped (a crash counted for each%s): %s%s",
+                        len(found.started), f"; {decoding} of them while decoded ahead" if decoding else "",
+                        ", ".join(fates),
                         f"; {len(found.ahead)} claimed ahead went back to the queue untouched" if found.ahead else "")
         elif found.ahead:
             log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
