@@ -83,6 +83,66 @@ def test_a_crash_counts_for_the_running_job_only_and_quarantines_it_the_second_t
     assert n.status is JobStatus.QUEUED and n.attempts == 0 and n.crashes == 0
 
 
+def test_a_run_and_a_decode_ahead_in_flight_together_are_neither_charged_and_each_runs_alone(store):
+    running, reading, queued = (enqueue(store, h, f"/in/{h}.jpg") for h in ("h1", "h2", "h3"))
+    owner = "worker-1 pid 1 on h"
+    store.claim_next(owner, 3600)  # its run begins at once
+    assert store.claim_next(owner, 3600, ahead=True).reading_since is not None  # its decode goes on a pool thread
+    found = store.recover()  # assetd died: the decoder of h2 or the run of h1, either
+    assert found.shared == [[running.id, reading.id]] and found.reading == [reading.id]
+    assert found.started == [] and found.failed == [] and found.ids == [running.id, reading.id]
+    for job in map(store.get, (running.id, reading.id)):
+        assert job.status is JobStatus.QUEUED and (job.attempts, job.crashes, job.alone) == (0, 0, 1)
+        assert job.reading_since is None and job.chain_started_at is None
+    assert "neither is charged" in store.get(running.id).error and "decoded ahead" in store.get(reading.id).error
+
+    owner = "worker-1 pid 2 on h"
+    assert store.claim_next(owner, 3600, only=[queued.id]).id == queued.id
+    assert store.claim_next(owner, 3600, ahead=True) is None  # those that run alone are not read ahead beside it
+    assert store.claim_next("worker-2 pid 2 on h", 3600) is None  # nor run beside it by another worker
+    store.finish(queued.id, [], 1.0)
+    assert store.claim_next(owner, 3600).id == running.id
+    assert store.claim_next(owner, 3600, ahead=True) is None  # it runs by itself
+    store.finish(running.id, [], 1.0)
+    assert store.claim_next(owner, 3600).id == reading.id
+    assert store.claim_next(owner, 3600, ahead=True) is None
+    store.fail(reading.id, "damaged")
+    assert [(j.attempts, j.crashes, j.alone) for j in map(store.get, (running.id, reading.id))] == [(1, 0, 0)] * 2
+
+
+def test_a_decode_ahead_in_flight_with_no_run_beside_it_is_charged(store):
+    before, killer, after = (enqueue(store, h, f"/in/{h}.jpg") for h in ("h1", "h2", "h3"))
+    owner = "worker-1 pid 1 on h"
+    store.claim_next(owner, 3600)
+    store.claim_next(owner, 3600, ahead=True)
+    store.finish(before.id, [], 1.0)  # the run before it ended; its own has not begun
+    found = store.recover()
+    assert found.started == [killer.id] and found.reading == [killer.id] and found.shared == []
+    job = store.get(killer.id)
+    assert job.status is JobStatus.QUEUED and (job.attempts, job.crashes, job.alone) == (0, 1, 0)
+    assert job.error == "interrupted (assetd stopped while decoding it ahead); redoing"
+
+    owner = "worker-1 pid 2 on h"
+    assert store.claim_next(owner, 3600).id == killer.id
+    assert store.claim_next(owner, 3600, ahead=True) is None  # a job with a crash runs alone
+    store.recover()
+    job = store.get(killer.id)
+    assert job.status is JobStatus.FAILED and job.crashes == 2 and "quarantined" in job.error
+    assert store.get(after.id).crashes == 0
+
+
+def test_a_decode_ahead_whose_lease_ran_out_beside_a_held_run_is_not_charged(store):
+    running, reading = enqueue(store, "h1", "/in/a.jpg"), enqueue(store, "h2", "/in/b.jpg")
+    owner = "worker-1 pid 1 on h"
+    store.claim_next(owner, 3600)
+    store.claim_next(owner, 0.01, ahead=True)  # a decode longer than its lease, while its neighbour runs
+    time.sleep(0.05)
+    assert store.claim_next("process pid 9 on h", 3600).id == reading.id  # taken back untouched, and taken
+    job = store.get(reading.id)
+    assert (job.attempts, job.crashes, job.alone, job.reading_since) == (1, 0, 0, None)
+    assert store.get(running.id).status is JobStatus.RUNNING
+
+
 def test_a_job_with_a_crash_waits_until_nothing_else_of_its_process_runs(store):
     suspect, other = enqueue(store, "h1", "/in/a.jpg"), enqueue(store, "h2", "/in/b.jpg")
     store.claim_next("worker-1 pid 1 on h", 3600)
@@ -119,8 +179,9 @@ def killer_studio(workspace: Workspace, names: list[str], times: int) -> tuple[P
     return config.database, ids
 
 
-def start(workspace: Workspace) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
+def start(workspace: Workspace, faults: str = "") -> subprocess.Popen:
+    """``assetd run`` in its own process; ``faults``: its ``ASSETD_FAULTS`` (failpoints)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]), ASSETD_FAULTS=faults)
     return subprocess.Popen([sys.executable, str(TESTS / "crashing.py"), "run", "--config", str(workspace.config_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
@@ -190,6 +251,31 @@ def test_a_job_that_kills_assetd_again_is_quarantined_and_its_neighbours_finish(
     assert "1 job(s) were running when assetd last stopped (a crash counted for each): 0 queued again, " \
            "1 failed for good" in outs[2]
     assert "quarantined" in outs[2]  # its own line, and the alert
+
+
+def test_a_file_that_kills_assetd_in_its_decoder_while_read_ahead_is_quarantined_and_no_neighbour_is_charged(
+        workspace):
+    db, (first, killer, *rest) = killer_studio(workspace, ["a", "killer", "c", "d"], times=0)  # no stage kills
+    outs = []
+    for _ in range(6):
+        code, out = run_until(start(workspace, faults="decode=kill@name:killer*"), db, all_finished)
+        outs.append(out)
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL, out[-2000:]
+    assert code == 0, "\n---\n".join(o[-1500:] for o in outs)
+    # killed while read ahead beside job 1's run: neither charged; then twice while it ran alone: quarantined
+    assert (f"job {first} and job {killer} (read ahead, decoding) were both in flight when assetd last stopped; "
+            "neither is charged, each runs alone next") in outs[1]
+    jobs = jobs_in(db)
+    assert jobs[killer].status is JobStatus.FAILED and jobs[killer].crashes == 2
+    assert jobs[killer].error == (f"{workspace.inbox / 'killer.jpg'}: quarantined: assetd stopped 2 times while "
+                                  "running this job (crash or kill); its other jobs went on")
+    for job_id in (first, *rest):
+        job = jobs[job_id]
+        assert job.status is JobStatus.DONE and (job.attempts, job.crashes, job.alone) == (1, 0, 0), job
+        assert (workspace.out("cutouts") / f"{Path(job.input_path).stem}.png").is_file()
+    assert not (workspace.out("cutouts") / "killer.png").exists()
 
 
 # --- temporary files ---------------------------------------------------------------------------
