@@ -635,8 +635,8 @@ HITS_PER_JOB = {"decode": 1, "stage": 2, "output-write": 4, "db-commit": 1}  # o
 def kill_phases(root: Path, size: str) -> dict[str, Any]:
     """SIGKILL aimed at each phase (failpoints) of a different job each time, in one batch; restart after each
     kill. The figures count the crashes charged to a job no kill was aimed at: a kill while the next file is
-    read ahead (decode) is charged to the job whose run was going (a charge, not a failure: that job runs alone
-    on its next try, so the file read ahead cannot make it fail)."""
+    decoded ahead (decode) charges neither it nor the job whose run was going (the death is either's); both run
+    alone next, so a next death is charged to the culprit."""
     s = SIZES[size]
     studio = Studio(root)
     rng = random.Random(12)
