@@ -607,8 +607,8 @@ class Store:
         neither is charged (the run's attempt is handed back) and each runs alone next (``alone``), where a next
         death is the culprit's. Otherwise a job whose run started, or whose decode ahead was going, counts a crash
         (``_charge``); one only claimed ahead goes back untouched. A decode ahead whose lease ran out while another
-        job of its process still holds its own is not judged: it goes back untouched (its process may live on, and
-        if not, a crash is charged once that job's lease runs out). ``only``: just these running jobs, whatever
+        job of its process still holds its own is not judged: it goes back untouched (its process may live on; if
+        not, that job is charged when its own lease runs out, as before). ``only``: just these running jobs, whatever
         their lease (their owner is known to be gone)."""
         which, params = "lease_expires < ?", [now]
         if only is not None:
@@ -616,9 +616,9 @@ class Store:
         rows = db.execute_returning_dicts(
             "SELECT id, input_path, attempts, max_attempts, crashes, chain_started_at, reading_since, worker"
             f" FROM jobs WHERE status = ? AND {which} ORDER BY id", [JobStatus.RUNNING, *params])
-        processes: dict[str | None, list[dict[str, Any]]] = {}
-        for row in rows:
-            processes.setdefault(_process_of(row["worker"]), []).append(row)
+        processes: dict[str | int, list[dict[str, Any]]] = {}
+        for row in rows:  # a claim with no owner recorded stands alone
+            processes.setdefault(_process_of(row["worker"]) or row["id"], []).append(row)
         found = Recovery()
         for in_it in processes.values():
             started = [r for r in in_it if r["chain_started_at"] is not None]
