@@ -71,7 +71,10 @@ class Daemon:
 
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
-        checked_models = self._check_models() if self.config.executor == "local" else None
+        # a model that does not load stops a first start (exit 2: a setup error, most likely); one that ran before
+        # pauses the rules using it instead (``_pause_unloaded``)
+        unloaded: list[Any] | None = [] if self.config.database.exists() else None
+        checked_models = self._check_models(unloaded=unloaded) if self.config.executor == "local" else None
         away = None  # executor: ray: why the cluster does not answer at start (it is waited for, below)
         if self.config.executor == "ray":  # each actor loads (and checks) the models on its own node
             from .scaleout import cluster_away, start_pool
@@ -95,6 +98,7 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier.start()
         self._start_problems(store, self.notifier)
+        self._pause_unloaded(unloaded or [])  # before any worker claims a job of those rules
         self._start_previews()
         if away is not None:
             self.pool = self._await_cluster(away)
@@ -367,9 +371,11 @@ class Daemon:
             self.watcher = self._start_watcher([dataclasses.replace(inbox, create=False) if inbox.path in before
                                                 else inbox for inbox in config.inboxes])
 
-    def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None) -> Any:
+    def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None,
+                      unloaded: list[Any] | None = None) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file (and
-        refuses a reloaded change, ``apply``, whose new steps need one).
+        refuses a reloaded change, ``apply``, whose new steps need one); with ``unloaded`` (a start on a
+        database that ran before) it is added there instead, for ``_pause_unloaded``.
 
         An optional one (the studio backend's subject prior, ``prior: auto``) that is not in the cache
         is logged as a warning; the daemon starts and that step runs without it.
@@ -380,7 +386,32 @@ class Daemon:
         config, rules = config or self.config, self.rules if rules is None else rules
         if any(stage_class(s.step, s.backend).runs_model(s.options) for r in rules for s in r.steps):
             log.info("model-backed steps will run on %s", resolve_device(config.device))
-        return load_for_start(config, rules, lambda warning: log.warning("%s", warning))
+        return load_for_start(config, rules, lambda warning: log.warning("%s", warning), unloaded)
+
+    def _pause_unloaded(self, unloaded: list[Any]) -> None:
+        """The models that did not load at a start on a database that ran before (a model cache on a share
+        mounted late at boot, one model of one rule): rather than exit 2, after which the service manager keeps
+        the whole daemon down, each pauses the rules using it under its ``model:<step>/<backend>`` problem, as a
+        model that stops loading while assetd runs does (``health``): the other rules run; after
+        ``problems.check_seconds`` the next job of its rules loads it again, and one that finishes clears it
+        (one alert each way). A first start still exits 2: there a setup error is the likely cause."""
+        from .models import pull_hint, steps_using
+
+        assert self.problems is not None
+        found: dict[tuple[str, str], tuple[set[str], list[str]]] = {}
+        for ref, lines in unloaded:
+            for rule, step, backend in steps_using(self.config, self.rules, ref):
+                names, why = found.setdefault((step, backend), (set(), []))
+                names.add(rule)
+                why.extend(line for line in lines if line not in why)
+        for (step, backend), (names, why) in found.items():
+            what = "; ".join(why)
+            cache = self.config.models.cache_dir
+            todo = ("check that the folder holding it is mounted"
+                    + (f" (models.cache_dir: {cache})" if cache else ""))
+            todo += "" if "assetd models pull" in what else f", or {pull_hint(self.config)}"
+            self.problems.start_problem(self.problems.unloaded_model_problem(step, backend, names,
+                                                                             f"{what}; {todo}"))
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
         """Queued jobs made under an older version of a rule run under the current one (nothing of them
