@@ -74,6 +74,25 @@ def _load_config(config_path: str) -> Config:
         raise CommandError(exc.problems) from None
 
 
+def _config_to_list(config_path: str) -> Config:
+    """The config for ``assetd jobs``. A config file that does not load (saved broken while the daemon runs on its
+    last good version) still names its database: the jobs are listed from there after one warning naming the
+    file and its first problem (``config.database_only``); with no database there, the problems as usual."""
+    from .config import database_only
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        config = database_only(config_path)
+        if config is None or not config.database.is_file():  # never create a database to list nothing
+            raise CommandError(exc.problems) from None
+        first = exc.problems[0].removeprefix(f"{config.source}: ")
+        more = f" and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
+        click.echo(f"assetd: warning: {config.source} is broken ({first}{more}; assetd check --config "
+                   f"{config_path} lists them); showing the jobs in {config.database}", err=True)
+        return config
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -327,12 +346,14 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     page) and not replaced since by a re-run's (the summary line counts both, over all jobs).
     After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
+    A config file that does not load (saved broken while the daemon runs) still lists the jobs of
+    the database it names, or of the default one beside it, after a warning naming its first problem.
 
     Example: assetd jobs --config studio.yaml --status failed --limit 20
     """
     from . import listing
 
-    config = _load_config(config_path)
+    config = _config_to_list(config_path)
     store = _open_store(config)
     rows = store.jobs(status, limit)
     if as_json:
