@@ -87,9 +87,10 @@ def _config_to_list(config_path: str) -> Config:
         if config is None or not config.database.is_file():  # never create a database to list nothing
             raise CommandError(exc.problems) from None
         first = exc.problems[0].removeprefix(f"{config.source}: ")
-        more = f" and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
-        click.echo(f"assetd: warning: {config.source} is broken ({first}{more}; assetd check --config "
-                   f"{config_path} lists them); showing the jobs in {config.database}", err=True)
+        more = (f"; {len(exc.problems) - 1} more: assetd check --config {config_path}"
+                if len(exc.problems) > 1 else "")
+        click.echo(f"assetd: warning: {config.source} is broken ({first}{more}); showing the jobs in "
+                   f"{config.database}", err=True)
         return config
 
 

@@ -58,9 +58,12 @@ def test_jobs_with_a_broken_config_lists_the_jobs_of_the_database_it_names(works
     out = assetd("jobs", "--config", config, "--json")
     assert out.returncode == 0, out.stderr
     assert [j["input_path"] for j in json.loads(out.stdout)["jobs"]] == [str(workspace.inbox / "shoe.jpg")]
-    assert out.stderr == (f"assetd: warning: {config} is broken (workers: expected an integer, got 'none'; assetd "
-                          f"check --config {config} lists them); showing the jobs in "
-                          f"{workspace.root / 'state' / 'assetd.sqlite3'}\n")
+    assert out.stderr == (f"assetd: warning: {config} is broken (workers: expected an integer, got 'none'); "
+                          f"showing the jobs in {workspace.root / 'state' / 'assetd.sqlite3'}\n")
+    config.write_text(good.replace("workers: 1", "workers: x\nlog_level: loud"))
+    result = invoke("jobs", "--config", config)
+    assert result.exit_code == 0 and "shoe.jpg" in result.output
+    assert f"got 'x'; 1 more: assetd check --config {config}); showing the jobs in" in result.output
     config.write_text(good + "channels: [oops\n")  # not YAML at all: the default database beside it
     result = invoke("jobs", "--config", config)
     assert result.exit_code == 0 and "shoe.jpg" in result.output and "not valid YAML at line" in result.output
