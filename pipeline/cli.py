@@ -409,7 +409,8 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     A job still marked running whose owner is gone (a killed assetd on this host) is queued again at
     once; one whose owner is still at work is left alone. An input that its inbox's `after: move` put
     into done/ or error/ is moved back to where it was first (its .error.txt removed); when that place
-    is taken by another file, the job is left as it is and the command says so (exit 1). A job whose
+    is taken by another file, the job is left as it is and the command says so (exit 1), as for a job
+    named whose file has since run again as a later job (the line names it; --failed skips those). A job whose
     shot has other masks beside it now (a NAME.remove.png painted after it was done and moved) runs
     with them, and the command says so: that is how a late mask gets used.
 
