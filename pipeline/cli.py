@@ -324,8 +324,9 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
     a re-run's (`assetd rerun`) starts with "re-run of N"; ◷ N awaits approval: outputs of a publish:
     on_approval channel wait for `assetd approve`; ✗ N rejected: outputs rejected (`assetd reject`, the review
-    page) and not replaced since by a re-run's (the summary line counts both, over all jobs).
-    After the table, one line per problem process pausing the running daemon (a disk below
+    page) and not replaced since by a re-run's (the summary line counts both, over all jobs); "outputs
+    replaced by job N": a later job (a re-run, the file dropped again) wrote them again, and the channel
+    folders hold that job's. After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
 
     Example: assetd jobs --config studio.yaml --status failed --limit 20
@@ -339,7 +340,7 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
     for line in listing.table(rows, config.base_dir, _terminal_width(), store.awaiting_counts(),
-                              store.rejected_counts()):
+                              store.rejected_counts(), store.replaced_by()):
         click.echo(line)
     counts = store.counts()
     ahead = store.read_ahead_count()  # "running" but only read ahead: said apart, as the table's "next"
