@@ -344,8 +344,9 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
     a re-run's (`assetd rerun`) starts with "re-run of N"; ◷ N awaits approval: outputs of a publish:
     on_approval channel wait for `assetd approve`; ✗ N rejected: outputs rejected (`assetd reject`, the review
-    page) and not replaced since by a re-run's (the summary line counts both, over all jobs).
-    After the table, one line per problem process pausing the running daemon (a disk below
+    page) and not replaced since by a re-run's (the summary line counts both, over all jobs); "outputs
+    replaced by job N": a later job (a re-run, the file dropped again) wrote them again, and the channel
+    folders hold that job's. After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
     A config file that does not load (saved broken while the daemon runs) still lists the jobs of
     the database it names, or of the default one beside it, after a warning naming its first problem.
@@ -361,7 +362,7 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
     for line in listing.table(rows, config.base_dir, _terminal_width(), store.awaiting_counts(),
-                              store.rejected_counts()):
+                              store.rejected_counts(), store.replaced_by()):
         click.echo(line)
     counts = store.counts()
     ahead = store.read_ahead_count()  # "running" but only read ahead: said apart, as the table's "next"
@@ -431,7 +432,8 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     A job still marked running whose owner is gone (a killed assetd on this host) is queued again at
     once; one whose owner is still at work is left alone. An input that its inbox's `after: move` put
     into done/ or error/ is moved back to where it was first (its .error.txt removed); when that place
-    is taken by another file, the job is left as it is and the command says so (exit 1). A job whose
+    is taken by another file, the job is left as it is and the command says so (exit 1), as for a job
+    named whose file has since run again as a later job (the line names it; --failed skips those). A job whose
     shot has other masks beside it now (a NAME.remove.png painted after it was done and moved) runs
     with them, and the command says so: that is how a late mask gets used.
 

@@ -1205,6 +1205,15 @@ class Store:
         """How many outputs of done jobs are rejected and not replaced since."""
         return self.db.conn.execute(f"SELECT COUNT(*) {self._WAITING}", self._REJECTED_PARAMS).fetchone()[0]
 
+    def replaced_by(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
+        """The latest job that wrote again the outputs of each job (of ``job_ids``; None: every job) whose outputs
+        were written again since (a re-run, the same file dropped again); jobs with none are left out."""
+        sql, params = "SELECT job_id, MAX(replaced_by) FROM outputs WHERE replaced_by IS NOT NULL", []
+        if job_ids is not None:
+            params = list(job_ids)
+            sql += f" AND job_id IN ({_marks(params)})"
+        return dict(self.db.conn.execute(sql + " GROUP BY job_id", params).fetchall())
+
     def _approval_counts(self, params: tuple[Any, ...], job_ids: Collection[int] | None) -> dict[int, int]:
         sql, params_ = f"SELECT outputs.job_id, COUNT(*) {self._WAITING}", list(params)
         if job_ids is not None:

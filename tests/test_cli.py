@@ -246,10 +246,10 @@ def test_retry_leaves_a_job_whose_file_ran_again_to_done_since(workspace):
     assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]
 
     result = invoke("retry", "1", "--config", workspace.config_path)
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
-        "job 1: its file ran again as job 2 (done); not queued (to run it once more: assetd retry 2)",
-        "queued again: none"]
+    assert result.exit_code == 1, result.output  # the job named was not queued: a script must see it
+    assert result.stdout.splitlines() == ["queued again: none"]
+    assert result.stderr.splitlines() == [
+        "job 1: its file ran again as job 2 (done); not queued (to run it once more: assetd retry 2)"]
     assert "queued again: none" in invoke("retry", "--failed", "--config", workspace.config_path).output
     jobs = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
     assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]
