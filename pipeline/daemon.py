@@ -32,7 +32,7 @@ from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
-from .store import JobStatus, Store
+from .store import DAEMON_STARTED, JobStatus, Store, daemon_ran_before
 from .watcher import InboxWatcher
 from .worker import Worker
 
@@ -73,7 +73,8 @@ class Daemon:
         self.lock.acquire()  # first: a refused second daemon loads nothing
         # a model that does not load stops a first start (exit 2: a setup error, most likely); one that ran before
         # pauses the rules using it instead (``_pause_unloaded``)
-        unloaded: list[Any] | None = [] if self.config.database.exists() else None
+        ran_before = daemon_ran_before(self.config.database)
+        unloaded: list[Any] | None = [] if ran_before else None
         checked_models = self._check_models(unloaded=unloaded) if self.config.executor == "local" else None
         away = None  # executor: ray: why the cluster does not answer at start (it is waited for, below)
         if self.config.executor == "ray":  # each actor loads (and checks) the models on its own node
@@ -86,7 +87,7 @@ class Daemon:
             # notices in seconds (``ClusterWatch``) and hands everything back first, which may take longer
             os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_SECONDS))
             away = cluster_away(self.config)
-            if away is None or not self.config.database.exists():  # never ran: more likely a wrong address,
+            if away is None or not ran_before:  # never ran: more likely a wrong address,
                 self.pool = start_pool(self.config, self.rules, stop=self.stop_event)  # refused at once (exit 2)
                 away = None
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
@@ -113,6 +114,7 @@ class Daemon:
                 self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
         self.watcher = self._start_watcher()
         self._start_reloader()
+        store.set_state(DAEMON_STARTED, time.time())  # from now on a start is a restart (``daemon_ran_before``)
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s)%s, database %s",
                  len(self.config.inboxes), len(self.rules), len(self.workers),
                  " (Ray actors)" if self.pool is not None else "", self.config.database)
@@ -172,8 +174,8 @@ class Daemon:
         """The cluster does not answer at start (``ray stop``, the head rebooting, assetd restarting itself after
         the cluster went away): rather than exit 2 (the service manager would give up on it as on a config error),
         wait for it with the ``ray`` problem active (logged, one alert once it lasts
-        ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Only a first start (no
-        database yet) is refused at once: there a wrong address is the likely cause. Returns
+        ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Only a first start (no daemon
+        has run on the database, ``store.daemon_ran_before``) is refused at once: there a wrong address is the likely cause. Returns
         the started pool, or None when stopped meanwhile. A cluster that answers but cannot hold the actors is
         a config error as at any start (ConfigError)."""
         from .scaleout import RAY_PROBLEM, ClusterWatch, cluster_away, start_pool

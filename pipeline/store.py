@@ -305,6 +305,32 @@ def _same_process(owner: str) -> tuple[str, list[Any]]:
     return "substr(worker, 1, ?) = ? AND substr(worker, ?) = ?", [len(kind), kind, -len(process), process]
 
 
+DAEMON_STARTED = "daemon_started"  # state key: when an assetd daemon last finished starting on this database
+
+
+def daemon_ran_before(path: Path) -> bool:
+    """Whether an assetd daemon has run on the database at ``path``: it finished starting there once
+    (``DAEMON_STARTED``), or the database holds jobs (one from before that key). Read without creating or migrating
+    it: ``assetd jobs`` on a new config creates an empty database, and that is no earlier run. A first start is
+    refused on what is most likely a setup error (a model not in the cache, a wrong cluster address) where a
+    restart waits for it to heal."""
+    if not path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "state" in tables and conn.execute("SELECT 1 FROM state WHERE key = ?", [DAEMON_STARTED]).fetchone():
+            return True
+        return "jobs" in tables and conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 def _marks(values: Collection[Any]) -> str:
     """One ``?`` per value, for ``IN (...)`` (ids, paths, statuses): ``_marks(FINISHED)`` is ``"?, ?"``."""
     return ", ".join("?" * len(values))

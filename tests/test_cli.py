@@ -147,6 +147,12 @@ def test_run_refuses_to_start_when_a_configured_model_is_missing(workspace, tmp_
     assert out.returncode == 2
     assert "u2net" in out.stderr and "assetd models pull --config" in out.stderr
     assert not (workspace.root / "state" / "assetd.sqlite3").exists()
+    # `assetd jobs` makes an empty database: still no earlier run, so still refused at once (not paused and waiting)
+    assert invoke("jobs", "--config", workspace.config_path).exit_code == 0
+    assert (workspace.root / "state" / "assetd.sqlite3").exists()
+    again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(workspace.config_path)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 2 and "assetd models pull --config" in again.stderr
 
 
 @needs("rembg")

@@ -31,7 +31,7 @@ from pipeline.health import Amount, Problems, Scope, parse_amount
 from pipeline.intake import Intake
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
-from pipeline.store import JobStatus, Store
+from pipeline.store import DAEMON_STARTED, JobStatus, Store
 from pipeline.worker import Worker, classify
 from tinymodels import skip_without, tiny_dark_subject_onnx
 from webhooks import Receiver
@@ -529,7 +529,8 @@ def test_a_model_missing_when_assetd_restarts_pauses_its_rule_until_the_model_is
                                "model: u2net}}]\noutputs: [{channel: cutouts}]\n",
                         "plain": rule("plain", PLAIN, "webshop", "plain/**")},
             problems="check_seconds: 0.2", urls=[receiver.url], extra=f"models: {{cache_dir: {cache}}}\n")
-        store.close()  # the database an earlier run left
+        store.set_state(DAEMON_STARTED, time.time())  # the database an earlier run left
+        store.close()
         workspace.shot("inbox/plain/a.jpg", size=(160, 120), seed=1)
         workspace.shot("inbox/cut/b.jpg", size=(160, 120), seed=2)
         log = (tmp_path / "assetd.log").open("w+")
