@@ -74,6 +74,26 @@ def _load_config(config_path: str) -> Config:
         raise CommandError(exc.problems) from None
 
 
+def _config_to_list(config_path: str) -> Config:
+    """The config for ``assetd jobs``. A config file that does not load (saved broken while the daemon runs on its
+    last good version) still names its database: the jobs are listed from there after one warning naming the
+    file and its first problem (``config.database_only``); with no database there, the problems as usual."""
+    from .config import database_only
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        config = database_only(config_path)
+        if config is None or not config.database.is_file():  # never create a database to list nothing
+            raise CommandError(exc.problems) from None
+        first = exc.problems[0].removeprefix(f"{config.source}: ")
+        more = (f"; {len(exc.problems) - 1} more: assetd check --config {config_path}"
+                if len(exc.problems) > 1 else "")
+        click.echo(f"assetd: warning: {config.source} is broken ({first}{more}); showing the jobs in "
+                   f"{config.database}", err=True)
+        return config
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -324,22 +344,25 @@ def jobs(config_path: str, status: str | None, limit: int | None, as_json: bool)
     marked for review (a stage doubted its result; the outputs were written) ⚑ and its first reason;
     a re-run's (`assetd rerun`) starts with "re-run of N"; ◷ N awaits approval: outputs of a publish:
     on_approval channel wait for `assetd approve`; ✗ N rejected: outputs rejected (`assetd reject`, the review
-    page) and not replaced since by a re-run's (the summary line counts both, over all jobs).
-    After the table, one line per problem process pausing the running daemon (a disk below
+    page) and not replaced since by a re-run's (the summary line counts both, over all jobs); "outputs
+    replaced by job N": a later job (a re-run, the file dropped again) wrote them again, and the channel
+    folders hold that job's. After the table, one line per problem process pausing the running daemon (a disk below
     problems.min_free, the GPU, a model, an unreachable inbox): "paused since HH:MM: ...".
+    A config file that does not load (saved broken while the daemon runs) still lists the jobs of
+    the database it names, or of the default one beside it, after a warning naming its first problem.
 
     Example: assetd jobs --config studio.yaml --status failed --limit 20
     """
     from . import listing
 
-    config = _load_config(config_path)
+    config = _config_to_list(config_path)
     store = _open_store(config)
     rows = store.jobs(status, limit)
     if as_json:
         click.echo(json.dumps({"jobs": listing.as_documents(store, rows)}, indent=2))
         return
     for line in listing.table(rows, config.base_dir, _terminal_width(), store.awaiting_counts(),
-                              store.rejected_counts()):
+                              store.rejected_counts(), store.replaced_by()):
         click.echo(line)
     counts = store.counts()
     ahead = store.read_ahead_count()  # "running" but only read ahead: said apart, as the table's "next"
@@ -409,7 +432,8 @@ def retry(job_ids: tuple[int, ...], config_path: str, failed: bool) -> None:
     A job still marked running whose owner is gone (a killed assetd on this host) is queued again at
     once; one whose owner is still at work is left alone. An input that its inbox's `after: move` put
     into done/ or error/ is moved back to where it was first (its .error.txt removed); when that place
-    is taken by another file, the job is left as it is and the command says so (exit 1). A job whose
+    is taken by another file, the job is left as it is and the command says so (exit 1), as for a job
+    named whose file has since run again as a later job (the line names it; --failed skips those). A job whose
     shot has other masks beside it now (a NAME.remove.png painted after it was done and moved) runs
     with them, and the command says so: that is how a late mask gets used.
 

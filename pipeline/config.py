@@ -377,6 +377,25 @@ def load_config(path: Path | str) -> Config:
     return config_from_dict(data, path)
 
 
+def database_only(path: Path | str) -> Config | None:
+    """For the commands that only read the job store (``assetd jobs``) when the config file does not load: a
+    Config with the defaults and the ``database`` the file names, read from its raw YAML and resolved as
+    ``load_config`` resolves it (the default one beside the file when the YAML itself cannot be parsed). None
+    when the file cannot be read or its ``database`` key is itself wrong."""
+    path = Path(path).absolute()
+    if not path.is_file():
+        return None
+    try:
+        data = read_yaml(path, "config file")
+    except ValueError:  # not YAML at all (the default database then)
+        data = None
+    given = {"database": data["database"]} if isinstance(data, dict) and "database" in data else {}
+    try:
+        return config_from_dict(given, path)
+    except ConfigError:
+        return None
+
+
 def _inboxes_twice(inboxes: list[InboxConfig]) -> list[str]:
     """The same folder configured as two inboxes (nested ones are fine: the innermost owns a file)."""
     errors, seen = [], {}

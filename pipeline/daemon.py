@@ -32,7 +32,7 @@ from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
-from .store import JobStatus, Store
+from .store import DAEMON_STARTED, JobStatus, Store, daemon_ran_before
 from .watcher import InboxWatcher
 from .worker import Worker
 
@@ -71,7 +71,11 @@ class Daemon:
 
     def start(self) -> None:
         self.lock.acquire()  # first: a refused second daemon loads nothing
-        checked_models = self._check_models() if self.config.executor == "local" else None
+        # a model that does not load stops a first start (exit 2: a setup error, most likely); one that ran before
+        # pauses the rules using it instead (``_pause_unloaded``)
+        ran_before = daemon_ran_before(self.config.database)
+        unloaded: list[Any] | None = [] if ran_before else None
+        checked_models = self._check_models(unloaded=unloaded) if self.config.executor == "local" else None
         away = None  # executor: ray: why the cluster does not answer at start (it is waited for, below)
         if self.config.executor == "ray":  # each actor loads (and checks) the models on its own node
             from .scaleout import cluster_away, start_pool
@@ -83,7 +87,7 @@ class Daemon:
             # notices in seconds (``ClusterWatch``) and hands everything back first, which may take longer
             os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_SECONDS))
             away = cluster_away(self.config)
-            if away is None or not self.config.database.exists():  # never ran: more likely a wrong address,
+            if away is None or not ran_before:  # never ran: more likely a wrong address,
                 self.pool = start_pool(self.config, self.rules, stop=self.stop_event)  # refused at once (exit 2)
                 away = None
         store = self.store = Store(self.config.database, self.config.quarantine_after_crashes)
@@ -95,6 +99,7 @@ class Daemon:
         self._log_rule_changes(store)
         self.notifier.start()
         self._start_problems(store, self.notifier)
+        self._pause_unloaded(unloaded or [])  # before any worker claims a job of those rules
         self._start_previews()
         if away is not None:
             self.pool = self._await_cluster(away)
@@ -109,6 +114,7 @@ class Daemon:
                 self._start_worker(models=checked_models if i == 0 else None)  # the first keeps the checked models
         self.watcher = self._start_watcher()
         self._start_reloader()
+        store.set_state(DAEMON_STARTED, time.time())  # from now on a start is a restart (``daemon_ran_before``)
         log.info("assetd running: %d inbox(es), %d rule(s), %d worker(s)%s, database %s",
                  len(self.config.inboxes), len(self.rules), len(self.workers),
                  " (Ray actors)" if self.pool is not None else "", self.config.database)
@@ -168,8 +174,8 @@ class Daemon:
         """The cluster does not answer at start (``ray stop``, the head rebooting, assetd restarting itself after
         the cluster went away): rather than exit 2 (the service manager would give up on it as on a config error),
         wait for it with the ``ray`` problem active (logged, one alert once it lasts
-        ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Only a first start (no
-        database yet) is refused at once: there a wrong address is the likely cause. Returns
+        ``problems.alert_after_seconds``), looking again every ``problems.check_seconds``. Only a first start (no daemon
+        has run on the database, ``store.daemon_ran_before``) is refused at once: there a wrong address is the likely cause. Returns
         the started pool, or None when stopped meanwhile. A cluster that answers but cannot hold the actors is
         a config error as at any start (ConfigError)."""
         from .scaleout import RAY_PROBLEM, ClusterWatch, cluster_away, start_pool
@@ -376,9 +382,11 @@ class Daemon:
             self.watcher = self._start_watcher([dataclasses.replace(inbox, create=False) if inbox.path in before
                                                 else inbox for inbox in config.inboxes])
 
-    def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None) -> Any:
+    def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None,
+                      unloaded: list[Any] | None = None) -> Any:
         """A configured model that does not load offline stops the daemon before it takes any file (and
-        refuses a reloaded change, ``apply``, whose new steps need one).
+        refuses a reloaded change, ``apply``, whose new steps need one); with ``unloaded`` (a start on a
+        database that ran before) it is added there instead, for ``_pause_unloaded``.
 
         An optional one (the studio backend's subject prior, ``prior: auto``) that is not in the cache
         is logged as a warning; the daemon starts and that step runs without it.
@@ -389,7 +397,32 @@ class Daemon:
         config, rules = config or self.config, self.rules if rules is None else rules
         if any(stage_class(s.step, s.backend).runs_model(s.options) for r in rules for s in r.steps):
             log.info("model-backed steps will run on %s", resolve_device(config.device))
-        return load_for_start(config, rules, lambda warning: log.warning("%s", warning))
+        return load_for_start(config, rules, lambda warning: log.warning("%s", warning), unloaded)
+
+    def _pause_unloaded(self, unloaded: list[Any]) -> None:
+        """The models that did not load at a start on a database that ran before (a model cache on a share
+        mounted late at boot, one model of one rule): rather than exit 2, after which the service manager keeps
+        the whole daemon down, each pauses the rules using it under its ``model:<step>/<backend>`` problem, as a
+        model that stops loading while assetd runs does (``health``): the other rules run; after
+        ``problems.check_seconds`` the next job of its rules loads it again, and one that finishes clears it
+        (one alert each way). A first start still exits 2: there a setup error is the likely cause."""
+        from .models import pull_hint, steps_using
+
+        assert self.problems is not None
+        found: dict[tuple[str, str], tuple[set[str], list[str]]] = {}
+        for ref, lines in unloaded:
+            for rule, step, backend in steps_using(self.config, self.rules, ref):
+                names, why = found.setdefault((step, backend), (set(), []))
+                names.add(rule)
+                why.extend(line for line in lines if line not in why)
+        for (step, backend), (names, why) in found.items():
+            what = "; ".join(why)
+            cache = self.config.models.cache_dir
+            todo = ("check that the folder holding it is mounted"
+                    + (f" (models.cache_dir: {cache})" if cache else ""))
+            todo += "" if "assetd models pull" in what else f", or {pull_hint(self.config)}"
+            self.problems.start_problem(self.problems.unloaded_model_problem(step, backend, names,
+                                                                             f"{what}; {todo}"))
 
     def _requeue_changed_rules(self, store: Store, intake: Intake) -> None:
         """Queued jobs made under an older version of a rule run under the current one (nothing of them

@@ -18,6 +18,8 @@ Who starts problems (``Problems.start``, idempotent per key):
   volume's ``disk:`` problem, cleared when a probe write there succeeds (and the watermark holds again);
   CUDA out of memory on ``gpu_oom_limit`` jobs in a row, or a lost GPU → ``gpu`` (the model-backed rules);
   a stage's ``prepare()`` (its model load) failing → ``model:<step>/<backend>`` (the rules using it);
+- the daemon's start check, on a database that ran before, for a model that does not load
+  (``model:<step>/<backend>`` as above: the other rules run; a first start exits 2 instead);
 - the daemon, for the watcher's unreachable inboxes (``inbox:<root>``, ``Scope.inbox``) and a broken config
   file on reload (``config``, ``Scope.nothing()``: alert only, the last good set keeps running);
 - executor: ray (``pipeline/scaleout.py``): the whole cluster away (``ray``, every job waits; the daemon restarts
@@ -439,10 +441,21 @@ class Problems:
     def model_problem(self, job: "Job", step: str, backend: str, exc: BaseException) -> ProcessProblem:
         """``model:<step>/<backend>``: the stage's ``prepare()`` (its model load) failed; tried again after
         ``check_seconds`` by the next job of its rules (a trial: see the module)."""
-        scope = Scope.rules(rules_using(self.rules, step, backend) | {job.rule})
         cause = exc.__cause__ or exc
+        return self._model_problem(step, backend, rules_using(self.rules, step, backend) | {job.rule},
+                                   f"{type(cause).__name__}: {cause}")
+
+    def unloaded_model_problem(self, step: str, backend: str, rule_names: Iterable[str], why: str) -> ProcessProblem:
+        """``model:<step>/<backend>`` found before any job: the daemon's start check could not load the model
+        (``Daemon._pause_unloaded``; ``why``: what the check said, with what to do). The same problem as
+        ``model_problem``: after ``check_seconds`` the next job of ``rule_names`` loads it again (a trial), and
+        one that finishes clears it."""
+        return self._model_problem(step, backend, set(rule_names), why)
+
+    def _model_problem(self, step: str, backend: str, rule_names: set[str], why: str) -> ProcessProblem:
+        scope = Scope.rules(rule_names)
         key = f"model:{step}/{backend}"
-        message = (f"{key}: the model does not load ({type(cause).__name__}: {' '.join(str(cause).split())}); "
+        message = (f"{key}: the model does not load ({' '.join(why.split())}); "
                    f"{scope.describe()} wait; loading is tried again in {self.settings.check_seconds:g}s")
         return ProcessProblem(key, message, scope, probe=lambda: True,
                               alert_after=self.settings.alert_after_seconds, trial=True)

@@ -81,25 +81,27 @@ APPROVAL_MARK = "◷"  # a job with outputs awaiting approval (publish: on_appro
 REJECTED_MARK = "✗"  # a job with rejected outputs not replaced since
 
 
-def marks(job: Job, awaiting: int = 0, rejected: int = 0) -> list[str]:
+def marks(job: Job, awaiting: int = 0, rejected: int = 0, replaced: int | None = None) -> list[str]:
     """What a job's note starts with, here and on the review page's night view: "re-run of N" for a re-run,
-    "◷ N await approval" (outputs of a publish: on_approval channel waiting) and "✗ N rejected" (rejected
-    outputs not replaced since)."""
+    "◷ N await approval" (outputs of a publish: on_approval channel waiting), "✗ N rejected" (rejected
+    outputs not replaced since) and "outputs replaced by job N" (a later job wrote them again: what the channel
+    folders hold now is that job's)."""
     return [m for m in (f"re-run of {job.rerun_of}" if job.rerun_of is not None else "",
                         f"{APPROVAL_MARK} {awaiting} await{'s' if awaiting == 1 else ''} approval" if awaiting else "",
-                        f"{REJECTED_MARK} {rejected} rejected" if rejected else "") if m]
+                        f"{REJECTED_MARK} {rejected} rejected" if rejected else "",
+                        f"outputs replaced by job {replaced}" if replaced is not None else "") if m]
 
 
-def _note(job: Job, awaiting: int = 0, rejected: int = 0) -> str:
+def _note(job: Job, awaiting: int = 0, rejected: int = 0, replaced: int | None = None) -> str:
     """The error (without the input path the input column shows), or the review mark and first reason; after
-    the ``marks`` (re-run of N, outputs awaiting approval, rejected)."""
+    the ``marks`` (re-run of N, outputs awaiting approval, rejected, replaced by a later job)."""
     error = job.error or ""
     for prefix in (f"{job.input_path}: ", f"{printable(job.input_path)}: "):
         error = error[len(prefix):] if error.startswith(prefix) else error
     if error or not job.review:
-        return "; ".join(filter(None, (*marks(job, awaiting, rejected), error)))
+        return "; ".join(filter(None, (*marks(job, awaiting, rejected, replaced), error)))
     more = f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else ""
-    return "; ".join(filter(None, (*marks(job, awaiting, rejected), f"⚑ {job.review[0]}{more}")))
+    return "; ".join(filter(None, (*marks(job, awaiting, rejected, replaced), f"⚑ {job.review[0]}{more}")))
 
 
 def _cut(text: str, width: int) -> str:
@@ -107,13 +109,13 @@ def _cut(text: str, width: int) -> str:
 
 
 def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | None = None,
-          rejected: dict[int, int] | None = None) -> list[str]:
+          rejected: dict[int, int] | None = None, replaced: dict[int, int] | None = None) -> list[str]:
     """One line per job, at most ``width`` characters: short columns keep their width, the long ones (input,
     rule, inbox, then the note) end in "…" when the terminal is narrow. The inbox column shows only when the
     jobs come from more than one folder; the note is the error, or ⚑ and the first review reason, after
     ◷ and how many of its outputs await approval (``awaiting``: by job id) and ✗ and how many are rejected
-    (``rejected``: by job id)."""
-    awaiting, rejected = awaiting or {}, rejected or {}
+    (``rejected``: by job id), and the later job that wrote its outputs again (``replaced``: by job id)."""
+    awaiting, rejected, replaced = awaiting or {}, rejected or {}, replaced or {}
     inboxes = {inbox_of(j) for j in jobs}
     columns: list[tuple[str, list[str], int]] = []  # (header, cells, the narrowest it may get)
 
@@ -129,7 +131,8 @@ def table(jobs: list[Job], base: Path, width: int, awaiting: dict[int, int] | No
     add("rule", [j.rule for j in jobs], 6)
     add("input", [j.rel_path or j.input_path for j in jobs], 12)
     add("secs", [f"{j.seconds:.2f}" if j.seconds else "" for j in jobs])
-    add("note", [_note(j, awaiting.get(j.id, 0), rejected.get(j.id, 0)) for j in jobs], 12)
+    add("note", [_note(j, awaiting.get(j.id, 0), rejected.get(j.id, 0), replaced.get(j.id))
+                  for j in jobs], 12)
     widths = [max([len(h), *map(len, cells)]) for h, cells, _ in columns]
     widths[-1] = min(widths[-1], 120)
     excess = sum(widths) + 2 * (len(widths) - 1) - width

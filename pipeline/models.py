@@ -462,12 +462,14 @@ def pull_models(config: "Config", rules: list["Rule"], echo: Callable[[str], Non
 
 @dataclass
 class ModelCheck:
-    """What ``check_models`` found: problems stop the daemon; warnings (an optional model missing)
-    do not; ``loaded`` are the refs that loaded."""
+    """What ``check_models`` found: problems stop the daemon (or, on a daemon that ran before, pause the rules
+    using the model); warnings (an optional model missing) do not; ``loaded`` are the refs that loaded;
+    ``failed`` the refs that did not, each with its problem lines."""
 
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     loaded: list[ModelRef] = field(default_factory=list)
+    failed: list[tuple[ModelRef, list[str]]] = field(default_factory=list)
 
 
 def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | None = None) -> ModelCheck:
@@ -481,33 +483,57 @@ def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | 
     result = ModelCheck()
     for ref in model_refs(config, rules):
         manager = keep_in or ModelManager(config)
+        lines: list[str] = []
         try:
             manager.load(ref)
             result.loaded.append(ref)
         except MissingModelError as exc:
-            into = result.warnings if ref.optional else result.problems
-            into.append(f"{ref.used_by}: {ref.source.missing(exc, ref.optional)}")
+            line = f"{ref.used_by}: {ref.source.missing(exc, ref.optional)}"
+            (result.warnings if ref.optional else lines).append(line)
         except ConfigError as exc:
-            result.problems.extend(f"{ref.used_by}: {p}" for p in exc.problems)
+            lines.extend(f"{ref.used_by}: {p}" for p in exc.problems)
         except TransientError as exc:
-            result.problems.append(f"{ref.used_by}: {ref.kind} model {ref.name!r}: {exc}")
+            lines.append(f"{ref.used_by}: {ref.kind} model {ref.name!r}: {exc}")
         finally:
             if keep_in is None:
                 manager.close()
+        if lines:
+            result.problems.extend(lines)
+            result.failed.append((ref, lines))
     return result
 
 
-def load_for_start(config: "Config", rules: list["Rule"], warn: Callable[[str], None]) -> ModelManager | None:
+def steps_using(config: "Config", rules: list["Rule"], ref: ModelRef) -> list[tuple[str, str, str]]:
+    """(rule name, step, backend) of each step that loads ``ref`` (its ``model_ref`` has the same key): what a
+    model that does not load at start pauses (``Daemon._pause_unloaded``)."""
+    from .stages.base import stage_class
+
+    found = []
+    for rule in rules:
+        for spec in rule.steps:
+            cls = stage_class(spec.step, spec.backend)
+            used = cls.model_ref(spec.options, config)
+            if used is not None and used.key == ref.key:
+                found.append((rule.name, spec.step, cls.backend))
+    return found
+
+
+def load_for_start(config: "Config", rules: list["Rule"], warn: Callable[[str], None],
+                   unloaded: list[tuple[ModelRef, list[str]]] | None = None) -> ModelManager | None:
     """Before any file is taken (``assetd run``, ``assetd process``): load every model the rules use,
     offline, into one manager that the first worker keeps. An optional model that is missing is passed to
-    ``warn`` (its step runs without it); any problem raises ConfigError. None when no rule uses a model."""
+    ``warn`` (its step runs without it); any problem raises ConfigError, unless ``unloaded`` is given (a daemon
+    that ran before: its rules using that model pause instead), which then receives each model that does not
+    load with its problem lines. None when no rule uses a model."""
     if not model_refs(config, rules):
         return None
     manager = ModelManager(config)
     checked = check_models(config, rules, keep_in=manager)
     for warning in checked.warnings:
         warn(warning)
-    if checked.problems:
+    if checked.problems and unloaded is None:
         manager.close()
         raise ConfigError(checked.problems)
+    if unloaded is not None:
+        unloaded.extend(checked.failed)
     return manager

@@ -155,7 +155,7 @@ def expected_change(steps: dict[str, Any], input_path: Path | None = None,
         except MaskError:
             mask = None
         if mask is not None:
-            found.painted = mask > 0
+            found.painted = mask >= 128  # what retouch removes (a soft edge's faint fringe is not)
             names.append("painted removal")
     return found if names else None
 

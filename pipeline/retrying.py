@@ -47,9 +47,10 @@ def retry(config: Config, store: Store, job_ids: list[int] | tuple[int, ...] = (
     if failed and len(ran) > 3:
         out.lines.append(f"{len(ran)} failed jobs not queued: their files ran again to done since, as later jobs "
                          f"({', '.join(f'{i} → {later.id}' for i, later in ran.items())})")
-    else:
-        out.lines += [f"job {i}: its file ran again as job {later.id} ({later.status.value}); not queued (to run it "
-                      f"once more: assetd retry {later.id})" for i, later in ran.items()]
+    else:  # a job named on the command line and not queued is a refusal (exit 1); --failed only skips them
+        (out.lines if failed else out.problems).extend(
+            f"job {i}: its file ran again as job {later.id} ({later.status.value}); not queued (to run it once more: "
+            f"assetd retry {later.id})" for i, later in ran.items())
     wanted = [i for i in wanted if i not in ran]
     job_ids = [i for i in job_ids if i not in ran]
     moved_back, blocked = bring_back(store, wanted)  # before requeueing: a worker must find the file in place

@@ -339,6 +339,32 @@ def _jobs_said(rows: list[dict[str, Any]]) -> str:
     return said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
 
 
+DAEMON_STARTED = "daemon_started"  # state key: when an assetd daemon last finished starting on this database
+
+
+def daemon_ran_before(path: Path) -> bool:
+    """Whether an assetd daemon has run on the database at ``path``: it finished starting there once
+    (``DAEMON_STARTED``), or the database holds jobs (one from before that key). Read without creating or migrating
+    it: ``assetd jobs`` on a new config creates an empty database, and that is no earlier run. A first start is
+    refused on what is most likely a setup error (a model not in the cache, a wrong cluster address) where a
+    restart waits for it to heal."""
+    if not path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "state" in tables and conn.execute("SELECT 1 FROM state WHERE key = ?", [DAEMON_STARTED]).fetchone():
+            return True
+        return "jobs" in tables and conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
 def _marks(values: Collection[Any]) -> str:
     """One ``?`` per value, for ``IN (...)`` (ids, paths, statuses): ``_marks(FINISHED)`` is ``"?, ?"``."""
     return ", ".join("?" * len(values))
@@ -1308,6 +1334,15 @@ class Store:
     def rejected_total(self) -> int:
         """How many outputs of done jobs are rejected and not replaced since."""
         return self.db.conn.execute(f"SELECT COUNT(*) {self._WAITING}", self._REJECTED_PARAMS).fetchone()[0]
+
+    def replaced_by(self, job_ids: Collection[int] | None = None) -> dict[int, int]:
+        """The latest job that wrote again the outputs of each job (of ``job_ids``; None: every job) whose outputs
+        were written again since (a re-run, the same file dropped again); jobs with none are left out."""
+        sql, params = "SELECT job_id, MAX(replaced_by) FROM outputs WHERE replaced_by IS NOT NULL", []
+        if job_ids is not None:
+            params = list(job_ids)
+            sql += f" AND job_id IN ({_marks(params)})"
+        return dict(self.db.conn.execute(sql + " GROUP BY job_id", params).fetchall())
 
     def _approval_counts(self, params: tuple[Any, ...], job_ids: Collection[int] | None) -> dict[int, int]:
         sql, params_ = f"SELECT outputs.job_id, COUNT(*) {self._WAITING}", list(params)

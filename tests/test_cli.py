@@ -147,6 +147,12 @@ def test_run_refuses_to_start_when_a_configured_model_is_missing(workspace, tmp_
     assert out.returncode == 2
     assert "u2net" in out.stderr and "assetd models pull --config" in out.stderr
     assert not (workspace.root / "state" / "assetd.sqlite3").exists()
+    # `assetd jobs` makes an empty database: still no earlier run, so still refused at once (not paused and waiting)
+    assert invoke("jobs", "--config", workspace.config_path).exit_code == 0
+    assert (workspace.root / "state" / "assetd.sqlite3").exists()
+    again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(workspace.config_path)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 2 and "assetd models pull --config" in again.stderr
 
 
 @needs("rembg")
@@ -246,10 +252,10 @@ def test_retry_leaves_a_job_whose_file_ran_again_to_done_since(workspace):
     assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]
 
     result = invoke("retry", "1", "--config", workspace.config_path)
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
-        "job 1: its file ran again as job 2 (done); not queued (to run it once more: assetd retry 2)",
-        "queued again: none"]
+    assert result.exit_code == 1, result.output  # the job named was not queued: a script must see it
+    assert result.stdout.splitlines() == ["queued again: none"]
+    assert result.stderr.splitlines() == [
+        "job 1: its file ran again as job 2 (done); not queued (to run it once more: assetd retry 2)"]
     assert "queued again: none" in invoke("retry", "--failed", "--config", workspace.config_path).output
     jobs = json.loads(invoke("jobs", "--config", workspace.config_path, "--json").stdout)["jobs"]
     assert [(j["id"], j["status"]) for j in jobs] == [(1, "failed"), (2, "done")]

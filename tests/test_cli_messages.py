@@ -45,6 +45,35 @@ def test_a_broken_config_is_an_error_not_a_usage_message(workspace, tmp_path):
         assert_config_error(result.output, "workers: expected an integer")
 
 
+def test_jobs_with_a_broken_config_lists_the_jobs_of_the_database_it_names(workspace, tmp_path):
+    """config.yaml saved broken while the daemon runs on its last good version: `assetd jobs` still shows the
+    night's jobs, after one warning; with no database to read, the problems as before."""
+    good = workspace.config_path.read_text()
+    store = Store(workspace.load()[0].database)
+    store.enqueue(input_hash="h1", rule="cutouts", rule_version="v1", input_path=str(workspace.inbox / "shoe.jpg"),
+                  rel_path="shoe.jpg", max_attempts=2)
+    store.close()
+    config = workspace.config_path
+    config.write_text(good.replace("workers: 1", "workers: none"))
+    out = assetd("jobs", "--config", config, "--json")
+    assert out.returncode == 0, out.stderr
+    assert [j["input_path"] for j in json.loads(out.stdout)["jobs"]] == [str(workspace.inbox / "shoe.jpg")]
+    assert out.stderr == (f"assetd: warning: {config} is broken (workers: expected an integer, got 'none'); "
+                          f"showing the jobs in {workspace.root / 'state' / 'assetd.sqlite3'}\n")
+    config.write_text(good.replace("workers: 1", "workers: x\nlog_level: loud"))
+    result = invoke("jobs", "--config", config)
+    assert result.exit_code == 0 and "shoe.jpg" in result.output
+    assert f"got 'x'; 1 more: assetd check --config {config}); showing the jobs in" in result.output
+    config.write_text(good + "channels: [oops\n")  # not YAML at all: the default database beside it
+    result = invoke("jobs", "--config", config)
+    assert result.exit_code == 0 and "shoe.jpg" in result.output and "not valid YAML at line" in result.output
+    config.write_text(good.replace("database: state/", "database: elsewhere/").replace("workers: 1", "workers: x"))
+    result = invoke("jobs", "--config", config)  # the database it names is not there: nothing to list
+    assert result.exit_code == 2
+    assert_config_error(result.output, "workers: expected an integer")
+    assert not (workspace.root / "elsewhere").exists()
+
+
 def test_a_broken_rule_and_an_unknown_rule_name_are_configuration_errors(workspace):
     workspace.add_rule("30-bad.yaml", "name: bad\nsteps: [{upscale: {factor: -1}}]\n")
     result = invoke("process", workspace.inbox, "--config", workspace.config_path)  # jobs/retry read the config only

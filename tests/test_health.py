@@ -7,7 +7,11 @@ import errno
 import functools
 import logging
 import os
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import namedtuple
@@ -27,8 +31,9 @@ from pipeline.health import Amount, Problems, Scope, parse_amount
 from pipeline.intake import Intake
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
-from pipeline.store import JobStatus, Store
+from pipeline.store import DAEMON_STARTED, JobStatus, Store
 from pipeline.worker import Worker, classify
+from tinymodels import skip_without, tiny_dark_subject_onnx
 from webhooks import Receiver
 
 Usage = namedtuple("Usage", "total used free")
@@ -94,8 +99,9 @@ def rule(name: str, backend: str, channel: str, folder: str = "**") -> str:
 PLAIN = "lanczos, factor: 1.0"  # a step that keeps the image as it is (a rule needs one)
 
 
-def setup(workspace, rules: dict[str, str], problems: str = "", urls=None):
-    """The workspace with only ``rules``, and a ``problems:`` section with quick checks and immediate alerts."""
+def setup(workspace, rules: dict[str, str], problems: str = "", urls=None, extra: str = ""):
+    """The workspace with only ``rules``, and a ``problems:`` section with quick checks and immediate alerts
+    (``extra``: more of the config)."""
     for f in (workspace.root / "rules").iterdir():
         f.unlink()
     for name, text in rules.items():
@@ -103,7 +109,7 @@ def setup(workspace, rules: dict[str, str], problems: str = "", urls=None):
     settings = {"check_seconds": "0.1", "alert_after_seconds": "0", "min_free": "0"}
     settings.update(item.split(": ", 1) for item in problems.split(", ") if item)  # a key given once (YAML)
     workspace.write_config(urls=urls, extra="problems: {" + ", ".join(f"{k}: {v}" for k, v in settings.items())
-                                            + "}\n")
+                                            + "}\n" + extra)
     config, loaded = workspace.load()
     return config, loaded, Store(config.database)
 
@@ -506,6 +512,60 @@ def test_the_daemon_pauses_a_full_channel_volume_alerts_once_each_way_and_finish
     assert [(m["title"], m["type"]) for m in receiver.messages] == [(f"assetd: paused: {key}", "failure"),
                                                                      (f"assetd: resumed: {key}", "success")]
     assert sorted(p.name for p in workspace.out("cutouts").iterdir()) == ["c0.png", "c1.png"]
+
+
+def test_a_model_missing_when_assetd_restarts_pauses_its_rule_until_the_model_is_there(workspace, tmp_path):
+    """A real `assetd run` on a database an earlier run left, whose model cache is not there yet (a share mounted
+    late at boot): the daemon keeps running instead of exiting 2, the other rule's file is done, the model rule's
+    file waits uncharged, `assetd jobs` says why, one alert each way; the model appears and the file is done.
+    (A first start still exits 2: test_cli.test_run_refuses_to_start_when_a_configured_model_is_missing.)"""
+    onnx = tiny_dark_subject_onnx()  # skips without torch/onnx
+    skip_without("rembg")
+    cache = tmp_path / "share" / "models"
+    receiver = Receiver()
+    try:
+        config, rules, store = setup(
+            workspace, {"cut": "name: cut\nmatch: {folder: 'cut/**'}\nsteps: [{remove_background: {backend: rembg, "
+                               "model: u2net}}]\noutputs: [{channel: cutouts}]\n",
+                        "plain": rule("plain", PLAIN, "webshop", "plain/**")},
+            problems="check_seconds: 0.2", urls=[receiver.url], extra=f"models: {{cache_dir: {cache}}}\n")
+        store.set_state(DAEMON_STARTED, time.time())  # the database an earlier run left
+        store.close()
+        workspace.shot("inbox/plain/a.jpg", size=(160, 120), seed=1)
+        workspace.shot("inbox/cut/b.jpg", size=(160, 120), seed=2)
+        log = (tmp_path / "assetd.log").open("w+")
+        daemon = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(workspace.config_path)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        store = Store(config.database)
+        try:
+            def job(name: str):
+                return next((j for j in store.jobs() if Path(j.input_path).name == name), None)
+
+            wait_for(lambda: daemon.poll() is None and getattr(job("a.jpg"), "status", None) is JobStatus.DONE
+                     and job("b.jpg") is not None and len(receiver.messages) == 1, 60)
+            assert job("b.jpg").status is JobStatus.QUEUED and job("b.jpg").attempts == 0
+            listing = CliRunner().invoke(cli, ["jobs", "--config", str(workspace.config_path)]).output
+            (paused,) = [line for line in listing.splitlines() if line.startswith("paused since ")]
+            assert "model:remove_background/rembg: the model does not load" in paused
+            assert "rembg model 'u2net' is not downloaded" in paused and "jobs of rule cut wait" in paused
+            (cache / "rembg").mkdir(parents=True)  # the share is mounted
+            shutil.copy(onnx, cache / "rembg" / "u2net.onnx")
+            wait_for(lambda: job("b.jpg").status is JobStatus.DONE and len(receiver.messages) == 2, 60)
+        finally:
+            store.close()
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0
+    finally:
+        receiver.close()
+    key = "model:remove_background/rembg"
+    assert [(m["title"], m["type"]) for m in receiver.messages] == [(f"assetd: paused: {key}", "failure"),
+                                                                     (f"assetd: resumed: {key}", "success")]
+    assert (workspace.out("cutouts") / "b.png").is_file() and (workspace.out("webshop") / "a.jpg").is_file()
+    log.seek(0)
+    said = log.read()
+    log.close()
+    assert f"ERROR   assetd.health: paused: {key}: the model does not load" in said
+    assert "assetd models pull --config" in said and f"models.cache_dir: {cache}" in said
 
 
 def test_torch_out_of_memory_is_known_by_its_class_through_the_wrappers():

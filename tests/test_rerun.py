@@ -73,6 +73,13 @@ def test_a_rerun_with_another_scene_replaces_the_first_jobs_files_when_it_finish
     store.close()
     listing = assetd(workspace, "jobs")
     assert "re-run of 1" in listing.output.splitlines()[3], listing.output
+    assert "outputs replaced by job 2" in listing.output.splitlines()[2], listing.output  # job 1's row says so
+    from pipeline.web.night import rows as night_rows
+
+    store = store_of(workspace)
+    notes = {r["id"]: r["note"] for r in night_rows(store, store.jobs(), workspace.root)}
+    store.close()
+    assert notes[first.id].startswith("outputs replaced by job 2; ") and "replaced" not in notes[2]
 
     # re-running the re-run keeps its scene and adds another option
     again = assetd(workspace, "rerun", "2", "--set", "place_in_scene.anchor=top")

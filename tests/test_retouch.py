@@ -361,6 +361,20 @@ def test_a_shot_without_a_mask_is_kept_and_a_mask_of_another_size_fails(tmp_path
         stage(tmp_path, remove_mask="sidecar").run(Asset(shot.rgb, source=str(path)))
 
 
+def test_a_symlinked_mask_is_refused_naming_it(tmp_path):
+    """A symbolic link is never followed, for masks as for inputs (it is not part of the job's identity either): the
+    job fails saying so instead of using a mask whose changes would go unnoticed."""
+    shot = studio_shot("white", size=(480, 360), seed=2, subject="mug")
+    path = write_shot(tmp_path / "inbox", shot.rgb)
+    elsewhere = tmp_path / "masks" / "shot.remove.png"
+    elsewhere.parent.mkdir()
+    mask_image(np.zeros((360, 480), bool), "L").save(elsewhere)
+    path.with_name("shot.remove.png").symlink_to(elsewhere)
+    with pytest.raises(MaskError, match=r"shot\.remove\.png: the remove mask is a symbolic link, which assetd never "
+                                        "follows; put the mask file itself beside the shot"):
+        stage(tmp_path, remove_mask="sidecar").run(Asset(shot.rgb, source=str(path)))
+
+
 def test_sixteen_bit_stays_sixteen_bit(tmp_path, dusty):
     shot, rgb, spots = dusty
     rgb, (x0, y0, x1, y1) = with_clamp(rgb)

@@ -73,6 +73,8 @@ def test_the_morning_review_in_a_browser(served, workspace, browser):
     expect(page.locator(f'tr[data-id="{damaged.id}"] td.note')).to_contain_text("image data is damaged")
     expect(page.locator(f'tr[data-id="{bottle.id}"] td.thumb img')).to_have_js_property("complete", True)
     assert page.eval_on_selector(f'tr[data-id="{bottle.id}"] td.thumb img', "i => i.naturalWidth") > 0
+    expect(page.locator(f'tr[data-id="{bottle.id}"] td.thumb .nothumb')).to_be_hidden()
+    expect(page.locator(f'tr[data-id="{damaged.id}"] td.thumb .nothumb')).to_have_text("no picture")  # not blank
     screenshot(page, "review-night")
 
     # -- a job: the slider, the subject check, the contact sheet with instagram's safe zones

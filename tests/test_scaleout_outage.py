@@ -14,7 +14,7 @@ needs_ray()
 
 from pipeline import scaleout  # noqa: E402
 from pipeline.daemon import Daemon  # noqa: E402
-from pipeline.store import JobStatus, Store  # noqa: E402
+from pipeline.store import DAEMON_STARTED, JobStatus, Store  # noqa: E402
 
 SHOP = """\
 name: shop
@@ -102,7 +102,9 @@ def test_a_start_while_the_cluster_is_away_waits_for_it(workspace, ray_cluster, 
     answers, then the actors start and the waiting files are processed."""
     _studio(workspace, ["a.jpg"])
     config, _ = workspace.load()
-    Store(config.database).close()  # it ran before (a first start with the cluster away is refused at once)
+    earlier = Store(config.database)  # it ran before (a first start with the cluster away is refused at once)
+    earlier.set_state(DAEMON_STARTED, time.time())
+    earlier.close()
     away = threading.Event()
     away.set()
     monkeypatch.setattr(scaleout, "cluster_away", lambda config, timeout=5.0: "refused" if away.is_set() else None)

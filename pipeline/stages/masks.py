@@ -38,7 +38,8 @@ def mask_kind(path: str | Path) -> str | None:
 
 
 def masks_beside(source: str | Path) -> dict[str, Path]:
-    """The masks lying beside the shot at ``source`` now, {kind: path}, in kind order (regular files only)."""
+    """The masks lying beside the shot at ``source`` now, {kind: path}, in kind order (regular files only: a symbolic
+    link is never followed, as for inputs, and ``read_sidecar`` refuses one)."""
     found = {}
     for kind in sorted(SIDECAR_MASKS):
         path = sidecar_path(source, kind)
@@ -96,6 +97,9 @@ def read_sidecar(source: str | Path | None, kind: str, size: tuple[int, int]) ->
     if source is None:
         return None
     path = sidecar_path(source, kind)
+    if path.is_symlink():  # never followed (inputs neither): it is not part of the job's identity (masks_beside)
+        raise MaskError(f"{path}: the {kind} mask is a symbolic link, which assetd never follows; put the mask file "
+                        "itself beside the shot")
     if not path.is_file():
         return None
     try:

@@ -93,7 +93,7 @@ def when(stamp: float | None) -> str:
     return t.strftime("%H:%M") if t.date() == datetime.now().date() else t.strftime("%d %b %H:%M")
 
 
-def note(job: Job, awaiting: int = 0, rejected: int = 0) -> str:
+def note(job: Job, awaiting: int = 0, rejected: int = 0, replaced: int | None = None) -> str:
     """As ``assetd jobs`` notes a job: its marks (re-run of N, ◷ outputs awaiting approval, ✗ rejected), then the
     error without the input path (the row names the file), or the first review reason."""
     error = job.error or ""
@@ -103,21 +103,21 @@ def note(job: Job, awaiting: int = 0, rejected: int = 0) -> str:
         text = printable(error) if job.status is not JobStatus.DONE else ""
     else:
         text = printable(job.review[0]) + (f" (+{len(job.review) - 1} more)" if len(job.review) > 1 else "")
-    return "; ".join(filter(None, (*marks(job, awaiting, rejected), text)))
+    return "; ".join(filter(None, (*marks(job, awaiting, rejected, replaced), text)))
 
 
-def row(job: Job, base: Path, awaiting: int = 0, rejected: int = 0) -> dict[str, Any]:
+def row(job: Job, base: Path, awaiting: int = 0, rejected: int = 0, replaced: int | None = None) -> dict[str, Any]:
     return {"id": job.id, "name": printable(job.rel_path or Path(job.input_path).name),
             "inbox": shown_folder(inbox_of(job), base), "rule": job.rule, "status": status_word(job),
             "review": bool(job.review), "time": when(job.finished_at or job.created_at),
-            "seconds": f"{job.seconds:.1f} s" if job.seconds else "", "note": note(job, awaiting, rejected)}
+            "seconds": f"{job.seconds:.1f} s" if job.seconds else "", "note": note(job, awaiting, rejected, replaced)}
 
 
 def rows(store: Any, jobs: list[Job], base: Path) -> list[dict[str, Any]]:
     """The table's rows, with how many outputs of each job await approval or are rejected."""
     ids = [j.id for j in jobs]
-    awaiting, rejected = store.awaiting_counts(ids), store.rejected_counts(ids)
-    return [row(j, base, awaiting.get(j.id, 0), rejected.get(j.id, 0)) for j in jobs]
+    awaiting, rejected, replaced = store.awaiting_counts(ids), store.rejected_counts(ids), store.replaced_by(ids)
+    return [row(j, base, awaiting.get(j.id, 0), rejected.get(j.id, 0), replaced.get(j.id)) for j in jobs]
 
 
 def totals(store: Any, groups: list[dict[str, Any]], since: float) -> dict[str, int]:
