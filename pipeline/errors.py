@@ -45,6 +45,11 @@ class StopRequested(AssetdError):
     """Raised between steps when the daemon is stopping; the job goes back to the queue untouched."""
 
 
+class NotHeld(StopRequested):
+    """The job is no longer this worker's (its claim was taken back before its run started): it is left untouched to
+    whoever holds it now."""
+
+
 class ProcessProblem(AssetdError):
     """The process, not the job, has a problem (a disk full, the GPU lost, a model that no longer loads):
     the job goes back to the queue uncharged and ``scope`` (a ``pipeline.health.Scope``) pauses until the

@@ -912,9 +912,15 @@ class Store:
                         " queue_wait = COALESCE(queue_wait, MAX(? - created_at, 0)) WHERE id = ? AND status = ?"
                         " AND worker = ? AND chain_started_at IS NULL", [now, now, job_id, JobStatus.RUNNING, owner])
 
-    def heartbeat(self, job_id: int, lease_seconds: float) -> None:
-        self.db.conn.execute("UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = ?",
-                             [time.time() + lease_seconds, job_id, JobStatus.RUNNING])
+    def heartbeat(self, job_id: int, lease_seconds: float, owner: str | None = None) -> None:
+        """Renew the lease of a running job; with ``owner``, of every job that owner holds too: the job it claimed
+        ahead waits as long as the one running takes, and must not be taken back as a dead worker's meanwhile."""
+        sql, params = "UPDATE jobs SET lease_expires = ? WHERE status = ? AND (id = ?", [
+            time.time() + lease_seconds, JobStatus.RUNNING, job_id]
+        if owner is not None:
+            sql += " OR worker = ?"
+            params.append(owner)
+        self.db.conn.execute(sql + ")", params)
 
     def record_step(self, job_id: int, attempt: int, step: str, backend: str, seconds: float, device: str = "cpu",
                     gpu_peak_bytes: int | None = None) -> None:

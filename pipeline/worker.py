@@ -35,8 +35,8 @@ import numpy as np
 from . import faults, previews
 from .chain import Chains, ModelLoadError, StepError, StepUse, input_asset
 from .config import Config
-from .errors import (AssetdError, ConfigError, IncompleteInput, PermanentError, ProcessProblem, StopRequested,
-                     TransientError)
+from .errors import (AssetdError, ConfigError, IncompleteInput, NotHeld, PermanentError, ProcessProblem,
+                     StopRequested, TransientError)
 from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
 from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
@@ -142,7 +142,7 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
     if isinstance(exc, Superseded):
         return Failure(Outcome.SUPERSEDED, one_line(exc))
     if isinstance(exc, StopRequested):
-        return Failure(Outcome.RELEASE, one_line(exc))
+        return Failure(Outcome.RELEASE, one_line(exc), exc=exc)
     if isinstance(exc, ProcessProblem):
         return Failure(Outcome.PAUSE, one_line(exc.message), problem=exc)
     if isinstance(exc, ModelLoadError):
@@ -175,12 +175,14 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
 class LeaseKeeper:
     """Keeps the lease of the job a worker runs alive, from its own thread, however long one step takes (a model
     on the CPU, a huge RAW): a lease that ran out would let another worker take the job back and run it a second
-    time. Leases still expire for a worker that died, which is what they are for. One thread per worker, started
+    time. The job claimed ahead is renewed with it (``owner``'s claims): it waits as long as the running one takes.
+    Leases still expire for a worker that died, which is what they are for. One thread per worker, started
     with its first job (one connection to the store, not one per job)."""
 
-    def __init__(self, store: Store, name: str):
+    def __init__(self, store: Store, name: str, owner: str | None = None):
         self.store = store
         self.name = name
+        self.owner = owner
         self._job: tuple[int, float] | None = None  # (job id, lease seconds) while a job runs
         self._changed = threading.Condition()
         self._stopped = False
@@ -220,7 +222,7 @@ class LeaseKeeper:
                 if self._stopped or self._job != (job_id, lease):
                     continue
             try:
-                self.store.heartbeat(job_id, lease)
+                self.store.heartbeat(job_id, lease, self.owner)
             except Exception as exc:  # noqa: BLE001 - a full or locked database: the next beat tries again
                 log.debug("%s: could not renew the lease of job %d: %s", self.name, job_id, exc)
 
@@ -260,7 +262,7 @@ class Worker:
         self.outputs = Publisher(name, config, store, self._pool)
         self._unreleased: dict[int, str] = {}  # jobs to put back in the queue once the database takes writes again
         self._mattes: list[Future] = []  # mattes being kept for the review page (``_keep_matte``)
-        self._lease = LeaseKeeper(store, f"assetd-{name}-lease")
+        self._lease = LeaseKeeper(store, f"assetd-{name}-lease", self.owner)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self, idle_max: float = 1.0) -> None:
@@ -497,8 +499,11 @@ class Worker:
             log.info("%s: job %d %s", self.name, job.id, failure.message)
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.RELEASE:
-            self.store.release(job.id, owner=self.owner)
-            log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
+            if isinstance(failure.exc, NotHeld):
+                log.warning("%s: %s", self.name, failure.message)
+            else:
+                self.store.release(job.id, owner=self.owner)
+                log.info("%s: job %d interrupted by stop; it will be redone", self.name, job.id)
             result.status = JobStatus.QUEUED
         elif failure.outcome is Outcome.RETRY:
             result.status = self.store.retry_later(job.id, failure.message, failure.delay, ran_on=self.ran_on)
@@ -611,7 +616,11 @@ class Worker:
             raise WaitForTwin(twin)
         # From here on the job runs (a job read ahead was only claimed): its attempt counts, and if assetd dies
         # now the crash is this job's.
-        job.attempts = self.store.begin(job.id, self.owner) or job.attempts
+        attempts = self.store.begin(job.id, self.owner)
+        if attempts is None:  # taken back meanwhile (a lease that ran out): whoever holds it now runs it, not us
+            raise NotHeld(f"job {job.id} is no longer this worker's (its claim was taken back before it ran); "
+                          "left to its new claim")
+        job.attempts = attempts
         if twin is not None:
             copied = self.outputs.copy_from(job, rule, twin)
             if copied is not None:

@@ -151,3 +151,25 @@ def test_a_step_longer_than_the_lease_is_not_taken_back_and_run_twice(workspace)
     store = Store(config.database)
     assert [s["step"] for s in store.steps(job.id)].count("upscale") == 1  # its chain ran once
     store.close()
+
+
+def test_the_job_read_ahead_during_a_step_longer_than_the_lease_is_run_once(workspace):
+    """One worker, a 1 s lease, 2.5 s steps: the job claimed ahead waits as long as the running one, and its lease is
+    kept with it. It was not: the worker's next claim took it back as a dead worker's, claimed it ahead again, and
+    ran it twice (and a job taken back by another worker was still run by the first)."""
+    from daemons import run_until_idle
+
+    for f in (workspace.root / "rules").iterdir():
+        f.unlink()
+    workspace.add_rule("slow.yaml", "name: slow\nsteps: [{upscale: {backend: slow_test, seconds: 2.5}}]\n"
+                                    "outputs: [{channel: cutouts, from: upscale}]\n")
+    workspace.write_config(workers=1, extra="lease_seconds: 1\n")
+    for i in range(3):
+        workspace.shot(f"inbox/{'abc'[i]}.jpg", size=(160, 120), seed=i)
+    with registered(SlowUpscale):
+        config, rules = workspace.load()
+        jobs = run_until_idle(config, rules, expected_jobs=3, timeout=60)
+    assert [(j.status, j.attempts, j.crashes) for j in jobs] == [(JobStatus.DONE, 1, 0)] * 3, [j.error for j in jobs]
+    store = Store(config.database)
+    assert [[s["step"] for s in store.steps(j.id)].count("upscale") for j in jobs] == [1, 1, 1]  # each chain ran once
+    store.close()
