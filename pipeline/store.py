@@ -721,6 +721,13 @@ class Store:
                 " chain_started_at = NULL, reading_since = NULL, error = ? WHERE id = ?",
                 [JobStatus.QUEUED, crashes, f"interrupted (assetd stopped while {doing}); redoing", row["id"]])
 
+    def reap_expired(self) -> Recovery:
+        """While assetd runs: the running jobs whose lease ran out (the process holding them died: an ``assetd
+        process`` killed beside the daemon) go back to the queue or fail for good, as at start (``recover``);
+        the caller reports those failed (the daemon's workers, every few seconds: ``Worker._reap``)."""
+        with self._immediate() as db:
+            return self._reap_expired(db, time.time())
+
     def recover(self, keep: Callable[[str | None], bool] = lambda owner: False) -> Recovery:
         """At daemon start (single instance): jobs still marked running were cut off; queue them again (a job
         whose run had started counts a crash, see ``_reap_expired``).
@@ -856,7 +863,6 @@ class Store:
         these folders, queued (a problem process pauses them: ``health.Problems.blocked``)."""
         now = time.time()
         with self._immediate() as db:
-            self._reap_expired(db, now)
             mine, of_mine = _same_process(worker)
             if db.conn.execute(f"SELECT 1 FROM jobs WHERE status = ? AND (crashes > 0 OR alone) AND {mine} LIMIT 1",
                                [JobStatus.RUNNING, *of_mine]).fetchone():

@@ -172,6 +172,9 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
     return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
+REAP_SECONDS = 5.0  # how often a daemon's worker takes back the jobs of a process that died (``Worker._reap``)
+
+
 class LeaseKeeper:
     """Keeps the lease of the job a worker runs alive, from its own thread, however long one step takes (a model
     on the CPU, a huge RAW): a lease that ran out would let another worker take the job back and run it a second
@@ -263,6 +266,7 @@ class Worker:
         self._unreleased: dict[int, str] = {}  # jobs to put back in the queue once the database takes writes again
         self._mattes: list[Future] = []  # mattes being kept for the review page (``_keep_matte``)
         self._lease = LeaseKeeper(store, f"assetd-{name}-lease", self.owner)
+        self._reaped_at = -REAP_SECONDS  # the first claim reaps (``_reap``)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_forever(self, idle_max: float = 1.0) -> None:
@@ -288,6 +292,7 @@ class Worker:
                 if self._unreleased and not self._put_back():  # the database is still full: claim nothing
                     self.stop.wait(idle_max)
                     continue
+                self._reap()
                 if ahead is None:
                     job = self.store.claim_next(self.owner, self.config.lease_seconds, **claim_filters(self.problems))
                     loaded = self._pool.submit(self._load, job) if job is not None else None
@@ -327,6 +332,24 @@ class Worker:
             self.store.read_ahead_done(job_id, self.owner)
         except Exception as exc:  # noqa: BLE001 - a full or locked database: begin, release or recovery clears it
             log.debug("%s: job %d: could not record that its decode ahead ended: %s", self.name, job_id, exc)
+
+    def _reap(self) -> None:
+        """Every ``REAP_SECONDS``: jobs whose lease ran out (their process died while this daemon runs) go back to
+        the queue, and one failed for good by it (quarantined, out of attempts) is logged, alerted, handed to its
+        inbox's ``after`` and has what it published withdrawn, as at a start."""
+        now = time.monotonic()
+        if now - self._reaped_at < REAP_SECONDS:
+            return
+        self._reaped_at = now
+        found = self.store.reap_expired()
+        if found.started or found.shared:
+            log.warning("%s: job(s) %s were held by an assetd that stopped (their lease ran out); queued again or "
+                        "failed as at a start", self.name, ", ".join(map(str, found.ids)))
+        for job in filter(None, map(self.store.get, found.failed)):
+            self._report_failure(job, job.error or "")
+            after_job(self.config, self.store, job, JobStatus.FAILED, job.error)
+        if found.failed:
+            self.outputs.withdraw_failed()
 
     # -- hot reload (pipeline/reload.py) ---------------------------------------------------------
     def offer(self, config: Config, rules: list[Rule], *, retire: bool = False) -> None:
@@ -375,6 +398,7 @@ class Worker:
         return True
 
     def run_next(self, only: list[int] | None = None) -> JobResult | None:
+        self._reap()
         job = self.store.claim_next(self.owner, self.config.lease_seconds, only=only, **claim_filters(self.problems))
         if job is None:
             return None

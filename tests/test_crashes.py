@@ -137,7 +137,8 @@ def test_a_decode_ahead_whose_lease_ran_out_beside_a_held_run_is_not_charged(sto
     store.claim_next(owner, 3600)
     store.claim_next(owner, 0.01, ahead=True)  # a decode longer than its lease, while its neighbour runs
     time.sleep(0.05)
-    assert store.claim_next("process pid 9 on h", 3600).id == reading.id  # taken back untouched, and taken
+    assert store.reap_expired().ahead == [reading.id]  # taken back untouched
+    assert store.claim_next("process pid 9 on h", 3600).id == reading.id
     job = store.get(reading.id)
     assert (job.attempts, job.crashes, job.alone, job.reading_since) == (1, 0, 0, None)
     assert store.get(running.id).status is JobStatus.RUNNING
@@ -369,3 +370,41 @@ def test_a_job_failed_for_good_withdraws_only_the_files_it_published(workspace, 
     assert sorted(p.name for p in out.iterdir()) == ["edited.png", "taken.png"]
     assert store.get(job.id).error == "/in/a.jpg: damaged; removed the 1 file it had published"
     assert publisher.withdraw_failed() == 0  # recorded: not done twice
+
+
+def test_a_job_of_a_process_that_dies_while_the_daemon_runs_is_failed_and_alerted(workspace, caplog):
+    """An `assetd process` beside the running daemon is killed while it holds a job on its last attempt: the daemon
+    takes the job back once its lease runs out and fails it for good as at a start, with the log line and the
+    alert. Before, ``claim_next`` took it back silently: failed, with no alert and nothing said."""
+    from pipeline.owners import HOST
+    from webhooks import Receiver
+
+    receiver = Receiver()
+    workspace.write_config(urls=[receiver.url])
+    config, rules = workspace.load()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the `assetd process`
+    store = Store(config.database)
+    job, _ = store.enqueue(input_hash="h", rule="products", rule_version=rules[0].version,
+                           input_path=str(workspace.inbox / "products" / "a.jpg"), rel_path="products/a.jpg",
+                           max_attempts=1)
+    assert store.claim_next(f"process pid {holder.pid} on {HOST}", 1.0).id == job.id  # its run started
+    store.close()
+    caplog.set_level(logging.INFO)
+    daemon = Daemon(config, rules)
+    try:
+        daemon.start()  # the holder is alive: its job stays its own
+        assert daemon.store.get(job.id).status is JobStatus.RUNNING
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 20
+        while not receiver.messages and time.monotonic() < deadline:
+            time.sleep(0.1)
+        failed = daemon.store.get(job.id)
+    finally:
+        daemon.stop()
+        holder.kill()
+        receiver.close()
+    assert failed.status is JobStatus.FAILED and "gave up after max_attempts (1 attempts)" in failed.error
+    assert [m["type"] for m in receiver.messages] == ["failure"], receiver.messages
+    assert "a.jpg" in receiver.messages[0]["title"] and "gave up after max_attempts" in receiver.messages[0]["message"]
+    assert f"job {job.id} failed: " in caplog.text and "held by an assetd that stopped" in caplog.text

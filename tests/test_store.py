@@ -114,8 +114,10 @@ def test_concurrent_claims_take_each_job_exactly_once(store):
 def test_expired_lease_requeues_then_fails_after_max_attempts(store):
     job, _ = enqueue(store, attempts=2)
     assert store.claim_next("w", lease_seconds=-1).id == job.id  # lease already expired: a crashed worker
+    assert store.reap_expired().started == [job.id]
     again = store.claim_next("w", lease_seconds=-1)
     assert again.id == job.id and again.attempts == 2
+    assert store.reap_expired().failed == [job.id]
     assert store.claim_next("w", lease_seconds=60) is None
     failed = store.get(job.id)
     assert failed.status is JobStatus.FAILED and "worker stopped while processing it 2 time(s)" in failed.error
