@@ -56,7 +56,7 @@ class Chain:
 
     def prepare(self) -> None:
         """Load each stage's heavy resources once; a failure is a ``ModelLoadError`` naming the stage, and the
-        next job tries again."""
+        next job tries again. A load during a stage's run is one too (``run``)."""
         if not self._prepared:
             for stage in self.stages:
                 try:
@@ -73,7 +73,11 @@ class Chain:
         each stage's seconds, device and GPU memory peak; ``on_matte`` the subject's matte as the step that cut it
         out found it, in the input's coordinates (``input_matte``), once, when there is one (the review page's
         subject check compares exactly the subject with it). A mask beside the input (``asset.source``) that no
-        step of the rule reads is a review reason of every output (``stages.masks.unused_masks``)."""
+        step of the rule reads is a review reason of every output (``stages.masks.unused_masks``).
+
+        A model a stage loads while it runs (again after ``models.unload_after_seconds`` freed it, or an optional
+        one that appeared in the cache) and that does not load raises ``ModelLoadError``, as in ``prepare``: the
+        process has the problem (a file cut short, a share gone), so the daemon pauses the rules using it."""
         self.prepare()
         self.ctx.said.clear()  # a new job: its warnings are logged once each (``StageContext.once``)
         if asset.source is not None:  # a retoucher's mask no step reads changed nothing: a person should know
@@ -88,13 +92,17 @@ class Chain:
             gpu = gpu_peak_start(device)
             started = time.perf_counter()
             given = current
+            if hasattr(self.ctx.models, "failed_load"):
+                self.ctx.models.failed_load = None  # type: ignore[union-attr]
             try:
                 current = [out for item in current for out in stage.run(item)]
-            except AssetdError:
-                raise
-            except MemoryError:
-                raise TransientError(f"{stage.step}: out of memory") from None
             except Exception as exc:
+                if failed_load(exc, self.ctx.models):
+                    raise ModelLoadError(stage.step, stage.backend, exc) from exc
+                if isinstance(exc, AssetdError):
+                    raise
+                if isinstance(exc, MemoryError):
+                    raise TransientError(f"{stage.step}: out of memory") from None
                 raise StepError(f"{stage.step} ({stage.backend}) failed: {type(exc).__name__}: {exc}") from exc
             if on_step is not None:
                 on_step(stage, time.perf_counter() - started, StepUse(device, gpu_peak_bytes(gpu, device)))
@@ -123,6 +131,19 @@ class Chains:
         if chain is None or chain.rule.version != rule.version or chain.rule.overrides != rule.overrides:
             chain = self._built[key] = Chain(rule, self.ctx)
         return chain
+
+
+def failed_load(exc: BaseException, models: object) -> bool:
+    """Whether ``exc`` is (or was raised from) the failed load the worker's model manager saw last."""
+    failed = getattr(models, "failed_load", None)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while failed is not None and cause is not None and id(cause) not in seen:
+        if cause is failed:
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def input_asset(decoded: "Decoded", source: str) -> Asset:

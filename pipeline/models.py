@@ -247,6 +247,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._dtype: Any = None
         self._loads: list[ModelLoad] = []  # loaded since the worker last took them (``take_loads``)
+        self.failed_load: BaseException | None = None  # what the last load that failed raised (``Chain.run``)
 
     @property
     def device(self) -> str:
@@ -276,7 +277,11 @@ class ModelManager:
             entry = self._entries.get(key)
             if entry is None:
                 started = time.perf_counter()
-                value = loader()
+                try:
+                    value = loader()
+                except BaseException as exc:
+                    self.failed_load = exc
+                    raise
                 entry = _Entry(value, self.clock(), time.perf_counter() - started)
                 self._entries[key] = entry
                 log.info("loaded model %s on %s in %.1f s", _key_name(key), self._device or "cpu", entry.loaded_in)
@@ -320,7 +325,7 @@ class ModelManager:
             idle = [k for k, e in self._entries.items() if now - e.last_used >= limit]
         for key in idle:
             self.release(key)
-            log.info("unloaded model %s (unused for %.0f s)", _key_name(key), limit)
+            log.info("unloaded model %s (unused for %g s)", _key_name(key), limit)
         return idle
 
     def close(self) -> None:

@@ -29,11 +29,12 @@ from pipeline.daemon import Daemon
 from pipeline.errors import ConfigError
 from pipeline.health import Amount, Problems, Scope, parse_amount
 from pipeline.intake import Intake
+from pipeline.models import ModelManager
 from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import DAEMON_STARTED, JobStatus, Store
 from pipeline.worker import Worker, classify
-from tinymodels import skip_without, tiny_dark_subject_onnx
+from tinymodels import skip_without, tiny_dark_subject_onnx, tiny_esrgan_x4
 from webhooks import Receiver
 
 Usage = namedtuple("Usage", "total used free")
@@ -470,6 +471,113 @@ def test_a_model_that_does_not_load_pauses_its_rules_and_is_loaded_again_later(w
     problems.check()
     assert worker.run_next().status is JobStatus.DONE
     assert problems.active() == [] and store.get(model_job).attempts == 1
+    worker.close()
+    store.close()
+
+
+def test_a_subject_prior_cut_short_while_unloaded_pauses_its_rule_until_it_loads_again(workspace, tmp_path, caplog):
+    """Issue 11 trial: the studio backend's optional prior (``prior: auto``) is in the cache, loaded, then unloaded
+    for being idle (``unload_after_seconds``); the file is cut short and two shots arrive. They wait uncharged
+    behind ``model:remove_background/studio`` (one alert), instead of failing for good; the file is put back and
+    they are done (one alert off)."""
+    skip_without("onnxruntime")
+    onnx = tiny_dark_subject_onnx()  # skips without torch/onnx
+    cache = tmp_path / "models"
+    (cache / "assetd").mkdir(parents=True)
+    model = cache / "assetd" / "u2netp.onnx"
+    shutil.copyfile(onnx, model)
+    receiver = Receiver()
+    caplog.set_level(logging.INFO, "assetd.models")
+    try:
+        config, rules, store = setup(
+            workspace, {"cut": "name: cut\nmatch: {folder: '**'}\nsteps: [{remove_background: {backend: studio}}]\n"
+                               "outputs: [{channel: cutouts}]\n"},
+            urls=[receiver.url], extra=f"models: {{cache_dir: {cache}, unload_after_seconds: 0.2}}\n")
+        store.close()
+        daemon = Daemon(config, rules)
+        daemon.start()
+        try:
+            workspace.shot("inbox/e00.jpg", size=(160, 120), seed=0)
+            wait_for(lambda: daemon.store.counts()["done"] == 1, 30)
+            wait_for(lambda: any(r.getMessage().startswith("unloaded model prior:u2netp") for r in caplog.records))
+            model.write_bytes(onnx.read_bytes()[:onnx.stat().st_size // 2])  # head -c: cut short
+            for i in (1, 2):
+                workspace.shot(f"inbox/e0{i}.jpg", size=(160, 120), seed=i)
+
+            def waiting() -> bool:  # between two trials (check_seconds apart, then twice as long each time)
+                jobs = daemon.store.jobs()[1:]
+                return len(jobs) == 2 and all(j.status is JobStatus.QUEUED and j.attempts == 0 for j in jobs)
+
+            wait_for(lambda: len(receiver.messages) == 1 and waiting(), 30)
+            assert daemon.store.counts().get("failed", 0) == 0
+            (problem,) = daemon.problems.active()
+            assert "subject prior" in problem.message and str(model) in problem.message
+            shutil.copyfile(onnx, model)  # the file loads again
+            wait_for(lambda: daemon.store.counts()["done"] == 3 and len(receiver.messages) == 2, 30)
+            assert daemon.store.counts().get("failed", 0) == 0
+        finally:
+            daemon.stop()
+    finally:
+        receiver.close()
+    key = "model:remove_background/studio"
+    assert [(m["title"], m["type"]) for m in receiver.messages] == [(f"assetd: paused: {key}", "failure"),
+                                                                     (f"assetd: resumed: {key}", "success")]
+    assert sorted(p.name for p in workspace.out("cutouts").iterdir()) == ["e00.png", "e01.png", "e02.png"]
+
+
+def test_an_upscale_model_cut_short_after_its_idle_unload_pauses_its_rule_on_the_next_job(workspace, tmp_path):
+    """The same for spandrel weights, through a Worker whose model manager ages its models by a fake clock: the
+    reload the next job needs fails, and that is the rule's model problem, not the job's failure."""
+    weights = tiny_esrgan_x4()  # skips without torch/spandrel
+    model = tmp_path / "x4.safetensors"
+    shutil.copyfile(weights, model)
+    config, rules, store = setup(workspace, {"up": rule("up", "spandrel", "webshop")},
+                                 extra=f"models: {{spandrel: {model}, unload_after_seconds: 60}}\n")
+    first, second = submit(config, rules, store, ["a", "b"], workspace, rule_name="up")
+    problems = Problems(store, None, config, rules=rules)
+    worker = Worker("w1", config, store, rules, problems=problems)
+    now = [0.0]
+    worker.ctx.models = ModelManager(config, clock=lambda: now[0])
+    assert worker.run_next().status is JobStatus.DONE
+    now[0] += 61
+    assert worker.ctx.models.release_idle()  # what the worker does between jobs
+    model.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    worker.run_next()
+    assert store.get(second).status is JobStatus.QUEUED and store.get(second).attempts == 0
+    (problem,) = problems.active()
+    assert problem.key == "model:upscale/spandrel" and str(model) in problem.message
+    shutil.copyfile(weights, model)
+    time.sleep(0.1)  # check_seconds
+    problems.check()
+    assert worker.run_next().status is JobStatus.DONE and problems.active() == []
+    assert store.get(first).attempts == store.get(second).attempts == 1
+    worker.close()
+    store.close()
+
+
+def test_a_broken_subject_prior_that_appears_while_assetd_runs_pauses_instead_of_failing(workspace, tmp_path):
+    """``prior: auto`` without the file runs without it; a broken copy put in the cache later (a download cut
+    short) is meant to be used, so the next job waits uncharged behind the model problem; a good copy is used."""
+    skip_without("onnxruntime")
+    onnx = tiny_dark_subject_onnx()  # skips without torch/onnx
+    model = tmp_path / "models" / "assetd" / "u2netp.onnx"
+    config, rules, store = setup(
+        workspace, {"cut": "name: cut\nmatch: {folder: '**'}\nsteps: [{remove_background: {backend: studio}}]\n"
+                           "outputs: [{channel: cutouts}]\n"}, extra=f"models: {{cache_dir: {tmp_path / 'models'}}}\n")
+    first, second = submit(config, rules, store, ["a", "b"], workspace)
+    problems = Problems(store, None, config, rules=rules)
+    worker = Worker("w1", config, store, rules, problems=problems)
+    assert worker.run_next().status is JobStatus.DONE  # without the prior
+    model.parent.mkdir(parents=True)
+    model.write_bytes(onnx.read_bytes()[:onnx.stat().st_size // 2])
+    worker.run_next()
+    assert store.get(second).status is JobStatus.QUEUED and store.get(second).attempts == 0
+    (problem,) = problems.active()
+    assert problem.key == "model:remove_background/studio" and "InvalidProtobuf" in problem.message
+    shutil.copyfile(onnx, model)
+    time.sleep(0.1)  # check_seconds
+    problems.check()
+    assert worker.run_next().status is JobStatus.DONE and problems.active() == []
     worker.close()
     store.close()
 
