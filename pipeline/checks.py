@@ -136,6 +136,14 @@ def _inbox_problems(inbox: InboxConfig) -> list[str]:
     return problems
 
 
+def _space_problems(config: Config, rules: list) -> list[str]:
+    """``problems.min_free``/``resume_free`` that cannot work on the volumes assetd writes to: more than a volume
+    holds, or resume_free below min_free there (``Problems.setting_problems``); `assetd run` refuses them too."""
+    from .health import Problems
+
+    return [f"{config.source}: {line}" for line in Problems(None, None, config, rules=rules).setting_problems()]
+
+
 def _space_warnings(config: Config, rules: list) -> list[str]:
     """Volumes assetd writes to that are below ``problems.min_free`` now: the daemon would pause their rules."""
     from .health import Problems, format_bytes, parse_amount
@@ -143,7 +151,7 @@ def _space_warnings(config: Config, rules: list) -> list[str]:
     lines = []
     low = parse_amount(config.problems.min_free)
     for volume, usage in Problems(None, None, config, rules=rules).measure():
-        if usage.free < low.of(usage.total):
+        if usage.free < low.of(usage.total) <= usage.total:  # more than the volume holds: a problem (above)
             lines.append(f"{volume.key}: {format_bytes(usage.free)} free, below problems.min_free {low} "
                          f"({', '.join(map(str, volume.folders))}): the daemon pauses the rules writing there "
                          "until there is room")
@@ -241,6 +249,7 @@ def run_checks(config: Config) -> tuple[list[str], list[str], list[str]]:
         info.append(f"{len(rules)} rule(s): " + ", ".join(r.name for r in rules))
         info.extend(_variant_notes(rules, config))
     warnings.extend(_size_warnings(rules, config))
+    problems.extend(_space_problems(config, rules))
     warnings.extend(_space_warnings(config, rules))
     warnings.extend(_mask_warnings(config, rules))
     if not config.inboxes:

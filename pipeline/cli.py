@@ -200,6 +200,8 @@ def process(paths: tuple[str, ...], config_path: str, rule_name: str | None, as_
 def check(config_path: str) -> None:
     """Validate the config and the rules (and that configured models load offline).
 
+    Also measures the volumes assetd writes to: a problems.min_free or resume_free larger than a volume, or a
+    resume_free below min_free there, is a problem (`assetd run` refuses to start with it too).
     Prints every problem found; exits 1 when there are any.
 
     Example: assetd check --config studio.yaml

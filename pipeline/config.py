@@ -240,11 +240,13 @@ class ProblemsConfig:
                               "percentage (2%)",
                               doc="free space an output or database volume keeps: bytes (500MB, 2GB, a plain integer) "
                                   "or a percentage of the volume (2%); below it the rules writing there pause (0: only "
-                                  "a full disk pauses)")
+                                  "a full disk pauses); more than a volume holds is refused (check, run)")
     resume_free: str | int | None = opt(None, check=lambda v: None if v is None else check_free(v),
                                         expected="bytes (750MB, 3GB, a plain integer) or a percentage (3%), or null",
-                                        doc="work resumes once the volume has this much free again; null: min_free "
-                                            "and half of it again (hysteresis), at most halfway to a free volume")
+                                        doc="work resumes once the volume has this much free again, at least "
+                                            "min_free (lower is refused: it would pause and resume over and over); "
+                                            "null: min_free and half of it again (hysteresis), at most halfway to a "
+                                            "free volume")
     check_seconds: float = opt(10.0, min=0.1, doc="how often volumes are measured and paused problems looked at again")
     alert_after_seconds: float = opt(60.0, min=0.0,
                                      doc="a problem lasting this long sends its alert (and then one when it clears); "
@@ -449,9 +451,32 @@ def config_from_dict(data: object, source: Path) -> Config:
         elif watched(cfg.manifest_folder / "rule" / "x.assetd.json"):
             errors.append(f"manifests.folder: {cfg.manifest_folder} lies inside inboxes[{i}] ({inbox.path})")
     errors.extend(_set_aside_problems(cfg))
+    errors.extend(_free_space_problems(cfg.problems))
     if errors:
         raise ConfigError([f"{source}: {e}" for e in errors])
     return cfg
+
+
+def _free_space_problems(problems: ProblemsConfig) -> list[str]:
+    """``resume_free`` below ``min_free`` in the same units: a volume between the two would pause and resume over
+    and over. A percentage against bytes depends on the volume: ``Problems.setting_problems`` (check, run)."""
+    from .health import parse_amount
+
+    if problems.resume_free is None:
+        return []
+    try:
+        low, high = parse_amount(problems.min_free), parse_amount(problems.resume_free)
+    except ValueError:
+        return []  # said by the keys' own checks
+    if (low.percent is None) != (high.percent is None):
+        return []
+    below = high.percent < low.percent if high.percent is not None and low.percent is not None \
+        else high.bytes < low.bytes
+    if not below:
+        return []
+    return [f"problems.resume_free: {high} is below problems.min_free {low}; a volume between the two would pause "
+            "and resume over and over: set resume_free at or above min_free, or leave it out (min_free and half of "
+            "it again)"]
 
 
 def _set_aside_problems(cfg: Config) -> list[str]:

@@ -75,6 +75,7 @@ class Daemon:
         # pauses the rules using it instead (``_pause_unloaded``)
         ran_before = daemon_ran_before(self.config.database)
         unloaded: list[Any] | None = [] if ran_before else None
+        self._check_free_space(ran_before)
         checked_models = self._check_models(unloaded=unloaded) if self.config.executor == "local" else None
         away = None  # executor: ray: why the cluster does not answer at start (it is waited for, below)
         if self.config.executor == "ray":  # each actor loads (and checks) the models on its own node
@@ -381,6 +382,18 @@ class Daemon:
             before = {inbox.path for inbox in old.inboxes}
             self.watcher = self._start_watcher([dataclasses.replace(inbox, create=False) if inbox.path in before
                                                 else inbox for inbox in config.inboxes])
+
+    def _check_free_space(self, ran_before: bool) -> None:
+        """``problems.min_free``/``resume_free`` that cannot work on the volumes measured now (more than a volume
+        holds, resume_free below min_free there: ``Problems.setting_problems``) stop a first start (exit 2).
+        A restart logs them and goes on, as for a model (``_pause_unloaded``): a share mounted late at boot is
+        another volume for a while, and the disk monitor pauses the rules writing there until it is back."""
+        refused = [f"{self.config.source}: {line}"
+                   for line in Problems(None, None, self.config, rules=self.rules).setting_problems()]
+        if refused and not ran_before:
+            raise ConfigError(refused)
+        for line in refused:
+            log.error("%s", line)
 
     def _check_models(self, config: Config | None = None, rules: list[Rule] | None = None,
                       unloaded: list[Any] | None = None) -> Any:

@@ -604,6 +604,30 @@ class Problems:
                 self.clear(volume.key, f"{volume.key}: {format_bytes(usage.free)} free again; "
                                        f"{problem.scope.describe()} go on")
 
+    def setting_problems(self) -> list[str]:
+        """What ``min_free`` and ``resume_free`` cannot mean on the volumes assetd writes to, measured now: more
+        than a volume holds in all (its rules would stay paused for good), or ``resume_free`` below ``min_free``
+        there (a percentage against bytes is known per volume only; the same units are refused when the config
+        loads), which would pause and resume its rules over and over. ``assetd check`` and ``assetd run`` refuse
+        them."""
+        low = parse_amount(self.settings.min_free)
+        high = parse_amount(self.settings.resume_free) if self.settings.resume_free is not None else None
+        lines = []
+        for volume, usage in self.measure():
+            total = int(usage.total)
+            where = f"the volume at {printable(str(volume.mount))} ({self._folders(volume)})"
+            too_big = [(key, amount) for key, amount in (("min_free", low), ("resume_free", high))
+                       if amount is not None and amount.of(total) > total]
+            for key, amount in too_big:
+                lines.append(f"problems.{key}: {amount} is more than {where} holds in all ({format_bytes(total)}); "
+                             "the rules writing there would stay paused for good")
+            if high is not None and not too_big and high.of(total) < low.of(total):
+                lines.append(f"problems.resume_free: {high} ({format_bytes(high.of(total))} there) is below "
+                             f"problems.min_free {low} ({format_bytes(low.of(total))}) on {where} "
+                             f"({format_bytes(total)}); work there would pause and resume over and over: set "
+                             "resume_free at or above min_free, or leave it out")
+        return lines
+
     # -- inside -----------------------------------------------------------------------------------
     def _resume_amount(self) -> Amount:
         if self.settings.resume_free is not None:
@@ -614,10 +638,10 @@ class Problems:
         """The free bytes a paused volume needs to resume. The default (min_free and half of it again) never asks
         for more than min_free plus half the rest of the volume, so a high min_free (70%) can still be reached."""
         resume = high.of(total)
+        floor = parse_amount(self.settings.min_free).of(total)
         if self.settings.resume_free is None:
-            floor = parse_amount(self.settings.min_free).of(total)
             resume = min(resume, floor + max(total - floor, 0) // 2)
-        return resume
+        return max(resume, floor)  # never below min_free (a volume other than at start): no flapping at the line
 
     def _room_again(self, volume: Volume) -> bool:
         """After a write refused for space: the volume is above ``resume_free`` and a probe write succeeds."""

@@ -1,9 +1,17 @@
 """`assetd check` refuses what would fail every job: template fields, unresolvable defaults, colliding names."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.config import config_from_dict
+from pipeline.errors import ConfigError
+from pipeline.health import format_bytes
 
 
 def check(workspace):
@@ -68,6 +76,41 @@ def test_check_warns_of_a_volume_already_below_min_free(workspace):
     result = check(workspace)
     assert result.exit_code == 0, result.output  # a warning: space may be freed before the night
     assert "below problems.min_free 100%" in result.output and "pauses the rules writing there" in result.output
+
+
+def run_daemon(workspace) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(workspace.config_path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_min_free_larger_than_its_volume_is_refused_by_check_and_run(workspace):
+    """A watermark the volume can never reach (500GB on a 252 GB disk): the daemon would stay paused for good."""
+    total = shutil.disk_usage(workspace.root).total
+    workspace.config_path.write_text(workspace.config_path.read_text() + f"problems: {{min_free: {total * 2}}}\n")
+    result = check(workspace)
+    assert result.exit_code == 1, result.output
+    line = next(ln for ln in result.output.splitlines() if "problems.min_free" in ln)
+    assert "is more than the volume at" in line and format_bytes(total) in line and "paused for good" in line
+    started = run_daemon(workspace)
+    assert started.returncode == 2 and "problems.min_free" in started.stderr and "paused for good" in started.stderr
+
+
+def test_a_resume_free_below_min_free_is_refused(workspace, tmp_path):
+    """resume_free under min_free would pause and resume every check: refused at load in the same units, by
+    check and run against the volume when a percentage meets bytes."""
+    with pytest.raises(ConfigError) as same_units:
+        config_from_dict({"problems": {"min_free": "3MB", "resume_free": "1MB"}}, tmp_path / "c.yaml")
+    assert "problems.resume_free: 1.0 MB is below problems.min_free 3.0 MB" in str(same_units.value)
+    with pytest.raises(ConfigError, match="problems.resume_free: 2% is below problems.min_free 3%"):
+        config_from_dict({"problems": {"min_free": "3%", "resume_free": "2%"}}, tmp_path / "c.yaml")
+    config_from_dict({"problems": {"min_free": "3MB", "resume_free": "3MB"}}, tmp_path / "c.yaml")  # equal: fine
+    workspace.config_path.write_text(workspace.config_path.read_text()
+                                     + "problems: {min_free: 50%, resume_free: 1MB}\n")
+    result = check(workspace)
+    assert result.exit_code == 1, result.output
+    assert "problems.resume_free: 1.0 MB (1.0 MB there) is below problems.min_free 50%" in result.output
+    started = run_daemon(workspace)
+    assert started.returncode == 2 and "problems.resume_free: 1.0 MB" in started.stderr
 
 
 def test_check_says_what_a_yes_or_no_in_an_edit_step_was_read_as(workspace):

@@ -214,6 +214,55 @@ def test_a_channel_volume_below_min_free_pauses_the_rules_writing_there_until_re
     store.close()
 
 
+def test_a_resume_free_in_bytes_below_a_percentage_min_free_does_not_flap(workspace):
+    """min_free 5% of a 100 GB volume against resume_free 1MB (a restart on another volume gets past the start
+    check): a volume at 1 GB free stays paused, instead of resuming and pausing at every check."""
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")},
+                                 problems="min_free: 5%, resume_free: 1MB")
+    volumes = FakeVolumes(config.database.parent, free=1 * GB)
+    problems = Problems(store, None, config, rules=rules, disk_usage=volumes.disk_usage, device=volumes.device)
+    assert any("problems.resume_free: 1.0 MB (1.0 MB there) is below problems.min_free 5% (5.0 GB)" in line
+               for line in problems.setting_problems())
+    for _ in range(3):  # the monitor's rounds
+        problems.check_disks()
+        assert [p.key for p in problems.active()] == [f"disk:{config.database.parent}"]
+    volumes.free = 6 * GB
+    problems.check_disks()
+    assert problems.active() == []
+    store.close()
+
+
+def test_a_min_free_larger_than_its_volume_stops_a_first_start_and_pauses_a_restart(workspace, monkeypatch, caplog):
+    """A first start exits 2 (``assetd run``: test_check); a restart (a share mounted late at boot is another, smaller
+    volume for a while) logs it and runs, the rules writing there paused by the disk monitor."""
+    config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")}, problems="min_free: 500GB")
+    volumes = FakeVolumes(workspace.out("cutouts"), free=90 * GB)  # of 100 GB
+
+    def disk_usage(path: Path) -> Usage:  # the other volume is a large one
+        return volumes.disk_usage(path) if Path(path).is_relative_to(volumes.low_root) else Usage(1000 * GB, 0, 1000 * GB)
+
+    monkeypatch.setattr(daemon_module, "Problems",
+                        functools.partial(Problems, disk_usage=disk_usage, device=volumes.device))
+    workspace.out("cutouts").mkdir(parents=True)
+    key = f"disk:{workspace.out('cutouts')}"
+    first = Daemon(config, rules)
+    with pytest.raises(ConfigError) as refused:
+        first.start()
+    first.stop()  # as Daemon.run does
+    assert refused.value.problems == [
+        f"{config.source}: problems.min_free: 500 GB is more than the volume at {workspace.out('cutouts')} "
+        f"({workspace.out('cutouts')}) holds in all (100 GB); the rules writing there would stay paused for good"]
+    store.set_state(DAEMON_STARTED, time.time())
+    store.close()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        assert [p.key for p in daemon.problems.active()] == [key]
+    finally:
+        daemon.stop()
+    assert any("problems.min_free: 500 GB is more than" in line for line in lines(caplog, logging.ERROR, str(config.source)))
+
+
 def test_the_database_volume_below_min_free_pauses_every_rule(workspace):
     config, rules, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")}, problems="min_free: 5%")
     (job,) = submit(config, rules, store, ["a"], workspace)
