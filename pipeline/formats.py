@@ -45,15 +45,16 @@ FORMATS: tuple[Format, ...] = (
         ".orf", ".pef", ".raf", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
     ), LIBRAW),
     # Recognised only to be refused with a precise reason: no EPS/PS/PDF/SVG, GIF, BMP or other exotic parsers.
-    Format("PDF", "PDF", "PDF", magic=(b"%PDF",)),
-    Format("PostScript", "PostScript", "PostScript", magic=(b"%!PS",)),
-    Format("EPS", "EPS", "EPS", magic=(b"\xc5\xd0\xd3\xc6",)),
-    Format("GIF", "GIF", "GIF", magic=(b"GIF8",)),
-    Format("BMP", "BMP", "BMP", magic=(b"BM",)),
-    Format("Photoshop PSD", "Photoshop PSD", "Photoshop PSD", magic=(b"8BPS",)),
-    Format("ICO", "ICO", "ICO", magic=(b"\x00\x00\x01\x00",)),
-    Format("ZIP", "ZIP", "ZIP", magic=(b"PK\x03\x04",)),
-    Format("SVG/XML", "SVG/XML", "SVG/XML", magic=(b"<svg", b"<?xml", b"<!DOCTYPE svg"), text=True),
+    # Their extensions are there for rules: a rule's match.extensions naming one is refused when it loads.
+    Format("PDF", "PDF", "PDF", (".pdf",), magic=(b"%PDF",)),
+    Format("PostScript", "PostScript", "PostScript", (".ps",), magic=(b"%!PS",)),
+    Format("EPS", "EPS", "EPS", (".eps", ".epsf"), magic=(b"\xc5\xd0\xd3\xc6",)),
+    Format("GIF", "GIF", "GIF", (".gif",), magic=(b"GIF8",)),
+    Format("BMP", "BMP", "BMP", (".bmp", ".dib"), magic=(b"BM",)),
+    Format("Photoshop PSD", "Photoshop PSD", "Photoshop PSD", (".psd", ".psb"), magic=(b"8BPS",)),
+    Format("ICO", "ICO", "ICO", (".ico",), magic=(b"\x00\x00\x01\x00",)),
+    Format("ZIP", "ZIP", "ZIP", (".zip",), magic=(b"PK\x03\x04",)),
+    Format("SVG/XML", "SVG/XML", "SVG/XML", (".svg", ".xml"), magic=(b"<svg", b"<?xml", b"<!DOCTYPE svg"), text=True),
 )
 
 ACCEPTED = tuple(f for f in FORMATS if f.decoder)
@@ -63,6 +64,8 @@ EXTENSION_FORMATS = {ext: f.kind for f in ACCEPTED if f.decoder == PILLOW for ex
 RAW_EXTENSIONS = frozenset(ext for f in ACCEPTED if f.decoder == LIBRAW for ext in f.extensions)
 # Every extension the decoder reads, without the dot: the one list rules take by default (rules.DEFAULT_EXTENSIONS).
 INPUT_EXTENSIONS = tuple(ext.lstrip(".") for f in ACCEPTED for ext in f.extensions)
+# The refused format of each extension a refused format's files carry (a rule may not match them).
+REFUSED_EXTENSIONS = {ext.lstrip("."): f for f in REFUSED for ext in f.extensions}
 # The formats Pillow may open (its ``formats=`` allow-list); MPO comes through the JPEG opener.
 PILLOW_FORMATS = tuple(dict.fromkeys(f.kind for f in ACCEPTED if f.decoder == PILLOW))
 # "JPEG, PNG, ... and camera RAW": for the message that refuses anything else (MPO is told as JPEG).

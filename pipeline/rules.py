@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError
-from .formats import INPUT_EXTENSIONS
+from .formats import ACCEPTED_SHOWN, INPUT_EXTENSIONS, REFUSED_EXTENSIONS
 from .outputs import OutputPathError, output_name
 from .schema import as_written, build, opt, read_yaml, resolve_path
 from .sizes import least_long_edge, need_text, needs_pixels, size_for, size_ratio_problem, sized_ratios
@@ -209,6 +209,14 @@ def load_rules(config: Config, only: str | None = None) -> list[Rule]:
     return rules
 
 
+def refused_extensions(match: MatchSpec) -> list[str]:
+    """Extensions of a format the decoder refuses (``formats.REFUSED``): every file the rule took by one would
+    fail its job at run time, so the rule is refused when it loads instead."""
+    return [f"match.extensions: {ext}: {REFUSED_EXTENSIONS[ext].shown} files are not accepted (only "
+            f"{ACCEPTED_SHOWN}); every such file would fail its job: remove {ext} from the list"
+            for ext in match.extensions if ext in REFUSED_EXTENSIONS]
+
+
 def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule | None:
     before = len(errors)
     if not isinstance(data, dict):
@@ -218,6 +226,8 @@ def parse_rule(data: Any, path: Path, config: Config, errors: list[str]) -> Rule
     written: RuleFile = build(RuleFile, data, "", file_errors)
     if data.get("name") is None:  # missing or null (the check sees only values)
         file_errors.insert(0, f"name: {_check_name(None)}")
+    if isinstance(written.match, MatchSpec):
+        file_errors.extend(refused_extensions(written.match))
     errors.extend(f"{path}: {e}" for e in file_errors)
     name = written.name if isinstance(written.name, str) else path.stem
     steps = _parse_steps(written.steps, path, config, errors)

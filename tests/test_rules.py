@@ -88,6 +88,9 @@ def _problems(workspace, text: str) -> list[str]:
      "outputs[0].ratios: expected a list of ratios like ['1:1'], got [61]"),
     ("steps: [remove_background]\noutputs: [{channel: cutouts}]\nstep: [crops]",
      "step: unknown key (known keys: name,"),
+    ("steps: [remove_background]\noutputs: [{channel: cutouts}]\nmatch: {extensions: [jpg, .GIF]}",
+     "match.extensions: gif: GIF files are not accepted (only JPEG, PNG, TIFF, WebP, HEIF/HEIC, AVIF and camera RAW); "
+     "every such file would fail its job: remove gif from the list"),
 ])
 def test_rule_problems_name_the_file_and_key(workspace, body, expected):
     found = _problems(workspace, "name: bad\n" + body + "\n")
