@@ -574,14 +574,24 @@ def test_a_subject_prior_cut_short_while_unloaded_pauses_its_rule_until_it_loads
     assert sorted(p.name for p in workspace.out("cutouts").iterdir()) == ["e00.png", "e01.png", "e02.png"]
 
 
-def test_an_upscale_model_cut_short_after_its_idle_unload_pauses_its_rule_on_the_next_job(workspace, tmp_path):
-    """The same for spandrel weights, through a Worker whose model manager ages its models by a fake clock: the
-    reload the next job needs fails, and that is the rule's model problem, not the job's failure."""
-    weights = tiny_esrgan_x4()  # skips without torch/spandrel
-    model = tmp_path / "x4.safetensors"
+@pytest.mark.parametrize("backend", ["spandrel", "rembg"])
+def test_a_model_cut_short_after_its_idle_unload_pauses_its_rule_on_the_next_job(workspace, tmp_path, backend):
+    """The same for spandrel weights and a rembg ONNX, through a Worker whose model manager ages its models by a
+    fake clock: the reload the next job needs fails, and that is the rule's model problem, not the job's failure."""
+    if backend == "spandrel":
+        weights = tiny_esrgan_x4()  # skips without torch/spandrel
+        model = tmp_path / "x4.safetensors"
+        text, step, extra = rule("up", "spandrel", "webshop"), "upscale", f"spandrel: {model}, "
+    else:
+        skip_without("rembg")
+        weights = tiny_dark_subject_onnx()  # skips without torch/onnx
+        model = tmp_path / "cut.onnx"
+        text = (f"name: up\nsteps: [{{remove_background: {{backend: rembg, model: {model}}}}}]\n"
+                "outputs: [{channel: cutouts}]\n")
+        step, extra = "remove_background", ""
     shutil.copyfile(weights, model)
-    config, rules, store = setup(workspace, {"up": rule("up", "spandrel", "webshop")},
-                                 extra=f"models: {{spandrel: {model}, unload_after_seconds: 60}}\n")
+    config, rules, store = setup(workspace, {"up": text},
+                                 extra=f"models: {{{extra}unload_after_seconds: 60}}\n")
     first, second = submit(config, rules, store, ["a", "b"], workspace, rule_name="up")
     problems = Problems(store, None, config, rules=rules)
     worker = Worker("w1", config, store, rules, problems=problems)
@@ -594,7 +604,7 @@ def test_an_upscale_model_cut_short_after_its_idle_unload_pauses_its_rule_on_the
     worker.run_next()
     assert store.get(second).status is JobStatus.QUEUED and store.get(second).attempts == 0
     (problem,) = problems.active()
-    assert problem.key == "model:upscale/spandrel" and str(model) in problem.message
+    assert problem.key == f"model:{step}/{backend}" and str(model) in problem.message
     shutil.copyfile(weights, model)
     time.sleep(0.1)  # check_seconds
     problems.check()
