@@ -68,7 +68,7 @@ from .ignore import is_ignored, is_ignored_name, is_sidecar_mask
 from .settle import Settled, SettleTracker
 from .stages.masks import shots_of
 
-__all__ = ["InboxWatcher", "is_ignored"]
+__all__ = ["UNMOUNTED", "InboxWatcher", "is_ignored", "is_mount"]
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ class InboxWatcher:
             return "the folder disappeared", True
         except OSError as exc:
             return f"the folder cannot be reached ({exc.strerror or exc})", True
-        if watch.mount and not os.path.ismount(watch.root):
+        if watch.mount and not is_mount(watch.root):
             return UNMOUNTED, True
         if (st.st_dev, st.st_ino) != watch.identity:
             return "the folder was replaced", False
@@ -531,7 +531,7 @@ class InboxWatcher:
             st = os.stat(watch.root)
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder")
-            mount = os.path.ismount(watch.root)
+            mount = is_mount(watch.root)
             if watch.mount and not mount:
                 raise _Unmounted()
             watched = Path(os.path.realpath(watch.root))
@@ -589,6 +589,11 @@ class InboxWatcher:
             _stop_observer(observer, timeout)
             if observer.is_alive():
                 self._log.warning("inbox %s: observer did not stop within %.1f s", watch.root, timeout)
+
+
+def is_mount(folder: Path) -> bool:
+    """Whether ``folder`` (symlinks resolved: an inbox path may link to the share) is a mount point."""
+    return os.path.ismount(os.path.realpath(folder))
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:

@@ -49,7 +49,7 @@ from .stages.base import StageContext
 from .stages.masks import masks_beside
 from .store import FINISHED, PENDING_APPROVAL, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
-from .watcher import UNMOUNTED
+from .watcher import UNMOUNTED, is_mount
 
 log = logging.getLogger("assetd.worker")
 
@@ -629,9 +629,9 @@ class Worker:
             mounted = self.store.inbox_watched(root)
         except sqlite3.Error:
             return
-        if mounted and not os.path.ismount(root):
+        if mounted and not is_mount(root):
             problem = self.problems.inbox_problem(root, UNMOUNTED)  # type: ignore[union-attr]
-            problem.probe = lambda: os.path.ismount(root)
+            problem.probe = lambda: is_mount(root)  # the folder is there all along: back once mounted
             raise problem from None
 
     def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False
