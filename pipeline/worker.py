@@ -436,7 +436,9 @@ class Worker:
         the file in the inbox while this job still read it); else that job moves it when it ends."""
         result = self._run_job(job, loaded, own_chain=own_chain)
         if result.status in FINISHED:
-            after_job(self.config, self.store, job, result.status, result.error)
+            stored = self.store.get(job.id) if result.status is JobStatus.FAILED else None
+            # the error as recorded: withdrawing what it published adds to it ("removed the 1 file ...")
+            after_job(self.config, self.store, job, result.status, stored.error if stored else result.error)
         elif result.status is JobStatus.SUPERSEDED:
             owner = self.store.last_ended(job.input_path)
             if owner is not None:
