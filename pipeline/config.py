@@ -46,8 +46,9 @@ def check_device(value: str) -> str | None:
 @dataclass
 class InboxConfig:
     path: Path = opt(None, required=True, doc="folder to watch")
-    create: bool = opt(False, doc="create the folder when it is missing as assetd starts; never later: a folder that "
-                                  "disappears while running (a share unmounted) is waited for, not recreated")
+    create: bool = opt(False, doc="create the folder when it is missing as assetd starts and was never watched on this "
+                                  "database; never later: one watched before that is missing (a share unmounted, a "
+                                  "folder renamed away, while running or down) is waited for, not recreated")
     recursive: bool = opt(True, doc="watch sub-folders too")
     polling: bool = opt(False, doc="poll instead of OS events: use for SMB/NFS shares where inotify never fires")
     poll_interval_seconds: float = opt(5.0, min=0.1, doc="how often the polling observer looks (polling: true)")

@@ -10,7 +10,6 @@ handed to ``apply``, which runs it for the jobs that start from then on.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -240,11 +239,17 @@ class Daemon:
             raise SystemExit(1) from None
 
     def _start_watcher(self, inboxes: list[InboxConfig] | None = None) -> InboxWatcher:
+        """The inbox watcher, at the start and after a reload that changed the inboxes. One rule for both: the
+        store remembers each inbox folder watched on this database (``Store.inbox_watched``), and ``create: true``
+        creates only one never watched; one watched before and missing now (renamed away while assetd was down, a
+        share not mounted yet) is an inbox away (``_inbox_unreachable``), as when it goes while assetd runs."""
+        assert self.store is not None
         watcher = InboxWatcher(self.config.inboxes if inboxes is None else inboxes, self.intake.on_settled,
                                rescan_seconds=self.config.rescan_seconds, logger=logging.getLogger("assetd.watcher"),
                                on_unreachable=self._inbox_unreachable,
                                on_reachable=lambda root: self._inbox_unreachable(root, None),
-                               on_mask_alone=self.intake.on_mask_alone)
+                               on_mask_alone=self.intake.on_mask_alone,
+                               watched_before=self.store.inbox_watched, on_watching=self.store.record_inbox_watched)
         watcher.start()
         return watcher
 
@@ -377,11 +382,9 @@ class Daemon:
                 or (config.on_rule_change == "reprocess" and changed)):
             if self.watcher is not None:
                 self.watcher.stop()
-            # its first scan takes what the new inboxes (or rules) hold; ``create: true`` creates an inbox that is
-            # new in this config, never one that was watched before and has disappeared since
-            before = {inbox.path for inbox in old.inboxes}
-            self.watcher = self._start_watcher([dataclasses.replace(inbox, create=False) if inbox.path in before
-                                                else inbox for inbox in config.inboxes])
+            # its first scan takes what the new inboxes (or rules) hold; ``create: true`` creates an inbox never
+            # watched on this database, never one that was and has disappeared since (``_start_watcher``)
+            self.watcher = self._start_watcher(config.inboxes)
 
     def _check_free_space(self, ran_before: bool) -> None:
         """``problems.min_free``/``resume_free`` that cannot work on the volumes measured now (more than a volume

@@ -12,7 +12,9 @@ production), ``point`` returns at once: the variable is read once, when this mod
 Each entry is ``POINT=ACTION`` followed by at most one trigger and at most one filter:
 
 - actions: ``kill`` (SIGKILL to this process: no handler, no clean-up, as a power cut or the OOM killer),
-  ``raise-enospc`` (``OSError(ENOSPC)``, as a full disk), ``sleep:SECONDS`` (a hung share or step);
+  ``raise-enospc`` (``OSError(ENOSPC)`` naming the subject, as a full disk; at ``db-commit`` what SQLite raises
+  when the database's volume is full, ``sqlite3.OperationalError("database or disk is full")``), ``sleep:SECONDS``
+  (a hung share or step);
 - triggers: ``@N`` fires at the Nth hit of the point (counted in this process, among hits that pass the
   filter) and never again; ``%P`` fires at each hit with probability P; none: at every hit;
 - filter: ``@name:GLOB`` counts only hits whose subject (the input or output file) has a file name or stem
@@ -36,6 +38,7 @@ import fnmatch
 import os
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -157,6 +160,8 @@ def _fire(name: str, subject: object) -> None:
         if fault.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(10)  # the signal is delivered before this returns
+        elif fault.action == "raise-enospc" and name == "db-commit":
+            raise sqlite3.OperationalError("database or disk is full")  # what SQLite says on a full volume
         elif fault.action == "raise-enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), shown)
         else:

@@ -295,6 +295,9 @@ class Problem:
     restarts: int = 0  # times it came back on trial (the probe interval doubles each time)
 
 
+INHERIT_SECONDS = 30.0  # how long a restarted daemon looks for the outages its predecessor left open (``Problems``)
+
+
 class Volume(NamedTuple):
     key: str  # disk:<mount point>
     mount: Path
@@ -324,7 +327,11 @@ class Problems:
         self._active: dict[str, Problem] = {}
         self._oom_streak = 0
         self._next_disk_check = 0.0
-        self._record(lambda s: s.end_problems(clock(), "assetd restarted"))
+        # the outages the previous daemon left open: one found again soon is the same outage (its alert is not sent
+        # twice, its "resumed" goes out when it ends); the others end once the first checks are done (``check``)
+        self._inherited: dict[str, dict[str, Any]] = {
+            row["key"]: row for row in (self._record(lambda s: s.active_problems()) or [])}
+        self._inherited_until = clock() + max(INHERIT_SECONDS, 3 * self.settings.check_seconds)
 
     @property
     def settings(self) -> Any:
@@ -357,9 +364,19 @@ class Problems:
                 return False
             problem = self._active[key] = Problem(key, message, scope, now, probe, alert_after, trial,
                                                   next_probe=now + self.settings.check_seconds)
-            log.error("%s: %s", scope.words()[0], message)
-            problem.row = self._record(lambda s: s.problem_started(key, message, scope.describe(), now))
-            if alert_after <= 0:
+            before = self._inherited.pop(key, None)
+            if before is not None:  # the outage a previous daemon recorded, still going
+                problem.started_at, problem.row, problem.alerted = before["started_at"], before["id"], bool(
+                    before["alerted"])
+                log.error("%s (since %s, before assetd restarted): %s", scope.words()[0],
+                          time.strftime("%H:%M", time.localtime(problem.started_at)), message)
+                if before["message"] != message:
+                    row = problem.row
+                    self._record(lambda s: s.problem_changed(row, message))
+            else:
+                log.error("%s: %s", scope.words()[0], message)
+                problem.row = self._record(lambda s: s.problem_started(key, message, scope.describe(), now))
+            if not problem.alerted and now - problem.started_at >= alert_after:
                 self._alert(problem)
         return True
 
@@ -538,6 +555,23 @@ class Problems:
             for problem in self._active.values():
                 if not problem.alerted and not problem.on_trial and now - problem.started_at >= problem.alert_after:
                     self._alert(problem)
+        if self._inherited and now >= self._inherited_until:
+            self._end_inherited(now)
+
+    def _end_inherited(self, now: float) -> None:
+        """The outages the previous daemon left open that this one has not found again by now are over: each is
+        closed, with its "resumed" alert when its "paused" one went out (a problem does not end in silence
+        because assetd restarted meanwhile)."""
+        with self._lock:
+            ended, self._inherited = list(self._inherited.values()), {}
+        for row in ended:
+            text = (f"{row['message']} (not found again after assetd restarted; lasted at least "
+                    f"{format_duration(now - row['started_at'])})")
+            word = "cleared" if row["scope"] in (None, NOTHING_PAUSED) else "resumed"
+            log.warning("%s: %s", word, text)
+            self._record(lambda s, row=row, text=text: s.problem_cleared(row["id"], now, text))
+            if row["alerted"] and self.notifier is not None:
+                self._notify(False, f"{word}: {row['key']}", text)
 
     def volumes(self) -> list[Volume]:
         """The volumes assetd writes to (channel folders, the staging folders of channels publishing on approval,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -340,6 +341,7 @@ def _jobs_said(rows: list[dict[str, Any]]) -> str:
 
 
 DAEMON_STARTED = "daemon_started"  # state key: when an assetd daemon last finished starting on this database
+INBOX_WATCHED = "inbox_watched:"  # state key prefix, + an inbox folder: it was watched on this database ({"mount": ..})
 
 
 def daemon_ran_before(path: Path) -> bool:
@@ -1290,6 +1292,29 @@ class Store:
         """The outages not cleared yet, oldest first (``assetd jobs``)."""
         return self.db.execute_returning_dicts(
             "SELECT * FROM problems WHERE cleared_at IS NULL ORDER BY started_at, id")
+
+    # -- inbox folders watched ---------------------------------------------------------------------
+    def inbox_watched(self, root: Path | str) -> bool | None:
+        """Whether the inbox folder ``root`` was a mount point when a watcher last watched it on this database; None
+        when none ever did. A folder watched before and missing now is an inbox away (a share not mounted, a folder
+        renamed away), never one to create (``create: true``), and one that was a mount point and is not one now is
+        the empty folder under an unmounted share. A database from before this record (no folder recorded at all):
+        a folder holding a job's input counts as watched (not a mount point)."""
+        root = os.path.abspath(root)
+        row = self.db.conn.execute("SELECT value FROM state WHERE key = ?", [INBOX_WATCHED + root]).fetchone()
+        if row is not None:
+            return bool(json.loads(row[0]).get("mount"))
+        if self.db.conn.execute("SELECT 1 FROM state WHERE substr(key, 1, ?) = ? LIMIT 1",
+                                [len(INBOX_WATCHED), INBOX_WATCHED]).fetchone() is not None:
+            return None
+        prefix = root.rstrip(os.sep) + os.sep
+        found = self.db.conn.execute("SELECT 1 FROM jobs WHERE substr(input_path, 1, ?) = ? LIMIT 1",
+                                     [len(prefix), prefix]).fetchone()
+        return False if found is not None else None
+
+    def record_inbox_watched(self, root: Path | str, mount: bool) -> None:
+        """A watcher watches the inbox folder ``root`` now; ``mount``: it is a mount point (``inbox_watched``)."""
+        self.set_state(INBOX_WATCHED + os.path.abspath(root), {"mount": bool(mount)})
 
     # -- small key/value state -----------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:

@@ -14,10 +14,13 @@ This module only *finds* files; it never processes them. The flow:
    missed (files that arrived while the daemon was down, events the OS dropped).
 4. The settle thread also supervises the observers: an observer whose thread ended, or whose inbox
    folder vanished or was replaced, is restarted with a capped back-off and the inbox is rescanned.
-   A folder is created only at the first start and only with ``create: true``: one that is missing
-   later (a share unmounted, a folder renamed away) is waited for, never recreated, because on a
-   mount point that would make a local folder under it. ``on_unreachable(root, reason)`` is called
-   once when an inbox folder cannot be watched, ``on_reachable(root)`` once when it is watched again.
+   A folder is created only with ``create: true``, at the start, and only when it was never watched on this
+   database (``watched_before``, the store's record): one that is missing later, or at a restart (a share
+   unmounted, a folder renamed away), is waited for, never recreated, because on a mount point that would make a
+   local folder under it. A folder that was a mount point when it was watched and is not one now (the empty
+   folder under an unmounted share) is away too, not "replaced": watching it would take nothing while the share's
+   files wait. ``on_unreachable(root, reason)`` is called once when an inbox folder cannot be watched,
+   ``on_reachable(root)`` once when it is watched again.
 5. An inbox's done and error folders (``after: move``) are never watched or taken.
 6. A mask a retoucher puts beside a shot (``shot.remove.png``, ``pipeline.stages.masks``) is never taken, but it is
    part of what the shot's job is: once a new or changed mask settles, or one is deleted, its shot(s) are handed
@@ -28,7 +31,8 @@ A zero-byte file is handed over like any other once it has stayed zero bytes for
 daemon reports it as a bad file rather than letting it sit in the inbox unexplained.
 
 ``on_settled`` runs on the settle thread, so it must be quick (record a job, no image work).
-If it raises, the error is logged and the file is offered again at the next rescan.
+If it raises (the database full or locked), the error is logged once and the hand-over is tried again with a
+short back-off (``HANDOVER_RETRY_FIRST`` doubling to ``HANDOVER_RETRY_MAX``) for as long as the file is unchanged.
 """
 from __future__ import annotations
 
@@ -59,11 +63,12 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import InboxConfig
+from .health import is_disk_full
 from .ignore import is_ignored, is_ignored_name, is_sidecar_mask
 from .settle import Settled, SettleTracker
 from .stages.masks import shots_of
 
-__all__ = ["InboxWatcher", "is_ignored"]
+__all__ = ["UNMOUNTED", "InboxWatcher", "is_ignored", "is_mount"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,14 @@ RESTART_BACKOFF_FIRST = 0.5
 RESTART_BACKOFF_MAX = 60.0
 #: How often the settle thread checks that every observer is still alive.
 SUPERVISE_SECONDS = 1.0
+
+#: First delay before a hand-over that failed (the database full or locked) is tried again; doubles per failure.
+HANDOVER_RETRY_FIRST = 1.0
+#: Longest delay between tries of a failed hand-over: a database that takes writes again gets the file this soon.
+HANDOVER_RETRY_MAX = 8.0
+
+#: Why an inbox that was a mount point when watched, and is not one now, cannot be watched.
+UNMOUNTED = "the share mounted there is gone (the folder is no longer a mount point)"
 
 # Errors that mean "inotify ran out of watches or descriptors": polling still works then.
 _INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
@@ -92,6 +105,21 @@ class _Watch:
     use_polling: bool = False  # inotify ran out of watches: this inbox falls back to polling
     watched_once: bool = False  # an observer has watched the folder (it is not the first start any more)
     outage: str | None = None  # why the folder cannot be watched, once on_unreachable was called for it
+    known: bool = False  # watched before on this database (``watched_before``): never created, even at the start
+    mount: bool = False  # the folder was a mount point when last watched: not being one now is an outage
+
+
+@dataclass
+class _Retry:
+    """A settled file whose hand-over failed, and when it is tried again."""
+
+    settled: Settled
+    due: float
+    delay: float
+
+
+class _Unmounted(Exception):
+    """The inbox folder was a mount point when watched and is not one now."""
 
 
 class _InboxEventHandler(FileSystemEventHandler):
@@ -154,6 +182,9 @@ class InboxWatcher:
     ``on_unreachable(root, reason)`` / ``on_reachable(root)``: once per outage each, on the settle
     thread (keep them quick). Without ``on_unreachable`` the watcher logs the outage itself.
     ``on_mask_alone(mask, inbox)``: a mask settled (new or changed) with no shot beside it to hand over.
+    ``watched_before(root)``: None when the folder was never watched on this database, else whether it was a mount
+    point then (``Store.inbox_watched``); ``on_watching(root, mount)`` records a watch that started
+    (``Store.record_inbox_watched``). Without them every ``create: true`` folder missing at the start is created.
     """
 
     def __init__(
@@ -168,7 +199,11 @@ class InboxWatcher:
         on_unreachable: Callable[[Path, str], None] | None = None,
         on_reachable: Callable[[Path], None] | None = None,
         on_mask_alone: Callable[[Path, InboxConfig], None] | None = None,
+        watched_before: Callable[[Path], bool | None] | None = None,
+        on_watching: Callable[[Path, bool], None] | None = None,
     ):
+        self._watched_before = watched_before
+        self._on_watching = on_watching
         self._on_settled = on_settled
         self._on_mask_alone = on_mask_alone
         self._on_unreachable = on_unreachable
@@ -182,6 +217,7 @@ class InboxWatcher:
         self._lock = threading.Lock()  # guards the scan requests
         self._scan_requests: dict[Path, _Watch] = {}
         self._masks_gone: dict[Path, _Watch] = {}  # masks deleted (events): their shots are handed over again
+        self._retries: dict[Path, _Retry] = {}  # failed hand-overs (settle thread only)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -194,6 +230,7 @@ class InboxWatcher:
             raise RuntimeError("InboxWatcher.start() called twice")
         now = time.monotonic()
         for watch in self._watches:
+            self._recall(watch)
             self._start_watch(watch, now, first=True)
         self.rescan()
         self._thread = threading.Thread(target=self._run, name="assetd-watcher-settle", daemon=True)
@@ -213,10 +250,10 @@ class InboxWatcher:
             self._discard_observer(watch, timeout)
 
     def pending(self) -> int:
-        """How many candidates are still waiting to settle (0: the inboxes are quiet)."""
+        """How many candidates are still waiting to settle or to be handed over again (0: the inboxes are quiet)."""
         with self._lock:  # requests first: a request becomes candidates, never the other way
             requests = len(self._scan_requests) + len(self._masks_gone)
-        return requests + self._settle.pending()
+        return requests + len(self._retries) + self._settle.pending()
 
     def rescan(self) -> None:
         """Walk every inbox now: files that are new or changed since they were handed over become
@@ -288,6 +325,7 @@ class InboxWatcher:
                 self._run_scan_requests()
                 self._hand_over_masks_gone()
                 self._settle_pass()
+                self._retry_hand_overs(now)
             except Exception:  # the watcher must outlive any single bug or I/O surprise
                 self._log.exception("inbox watcher: unexpected error; carrying on")
 
@@ -310,11 +348,46 @@ class InboxWatcher:
                     self._on_mask_alone(path, inbox)
             else:
                 self._on_settled(path, inbox)
-        except Exception:
-            self._log.exception("inbox %s: handing over %s failed; it is offered again at the next rescan",
-                                inbox.path, path)
+        except Exception as exc:
+            self._hand_over_failed(settled, exc)
             return
+        self._retries.pop(path, None)
         self._settle.handed_over(path, signature)
+
+    def _hand_over_failed(self, settled: Settled, exc: Exception) -> None:
+        """Try the hand-over of ``settled`` again with back-off; say so once per file (a full database is no bug:
+        no traceback then)."""
+        path, inbox, _ = settled
+        previous = self._retries.get(path)
+        delay = HANDOVER_RETRY_FIRST if previous is None else min(previous.delay * 2, HANDOVER_RETRY_MAX)
+        self._retries[path] = _Retry(settled, time.monotonic() + delay, delay)
+        if previous is not None:
+            self._log.debug("inbox %s: handing over %s failed again (%s); next try in %.0f s", inbox.path, path,
+                            exc, delay)
+        elif is_disk_full(exc):
+            self._log.warning("inbox %s: the database is full; %s is queued once it takes writes again",
+                              inbox.path, path.name)
+        else:
+            self._log.exception("inbox %s: handing over %s failed; it is tried again in a few seconds",
+                                inbox.path, path)
+
+    def _retry_hand_overs(self, now: float) -> None:
+        """Hand over again the files whose hand-over failed and is due, while they are what settled (a file
+        changed or gone since is left to its events and the rescan)."""
+        for path, retry in list(self._retries.items()):
+            if now < retry.due or self._stop.is_set():
+                continue
+            try:
+                st = os.lstat(path)
+                same = stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == tuple(retry.settled.signature)
+            except OSError:
+                same = False
+            if not same:
+                del self._retries[path]
+                continue
+            self._hand_over(retry.settled)
+            if path not in self._retries:
+                self._log.info("inbox %s: %s handed over after all", retry.settled.inbox.path, path.name)
 
     def _hand_over_shots(self, mask: Path, inbox: InboxConfig) -> bool:
         """A mask settled or was deleted: hand over its shot(s) in its place (never the mask itself). A shot that
@@ -382,6 +455,8 @@ class InboxWatcher:
             return "the folder disappeared", True
         except OSError as exc:
             return f"the folder cannot be reached ({exc.strerror or exc})", True
+        if watch.mount and not is_mount(watch.root):
+            return UNMOUNTED, True
         if (st.st_dev, st.st_ino) != watch.identity:
             return "the folder was replaced", False
         if not observer.is_alive():
@@ -419,15 +494,46 @@ class InboxWatcher:
             except Exception:
                 self._log.exception("inbox %s: on_reachable failed", watch.root)
 
+    def _recall(self, watch: _Watch) -> None:
+        """Whether ``watch``'s folder was watched before on this database, and was a mount point then."""
+        if self._watched_before is None:
+            return
+        try:
+            mount = self._watched_before(watch.root)
+        except Exception:  # the database cannot tell: never create the folder, rather than make one under a share
+            self._log.warning("inbox %s: cannot tell whether it was watched before; not creating it if missing",
+                              watch.root, exc_info=True)
+            watch.known = True
+            return
+        watch.known, watch.mount = mount is not None, bool(mount)
+
+    def _remember(self, watch: _Watch, mount: bool) -> None:
+        """Record that ``watch``'s folder is watched now (and whether it is a mount point) for later starts."""
+        if watch.known and watch.mount == mount:
+            return
+        watch.known, watch.mount = True, mount
+        if self._on_watching is None:
+            return
+        try:
+            self._on_watching(watch.root, mount)
+        except Exception as exc:  # the database full: this process still knows; the next watch start records it
+            watch.known = False
+            self._log.warning("inbox %s: cannot record that it is watched (%s); recorded at its next watch start",
+                              watch.root, "the database is full" if is_disk_full(exc) else exc)
+
     def _start_watch(self, watch: _Watch, now: float, first: bool = False) -> bool:
         """Start an observer on the inbox folder (at the ``first`` start, create it if missing when the inbox
-        says ``create: true``); on failure report the outage once and schedule a retry with back-off."""
+        says ``create: true`` and it was never watched on this database); on failure report the outage once and
+        schedule a retry with back-off. A folder that was a mount point and is not one now is not watched."""
         try:
-            if first and watch.inbox.create:
+            if first and watch.inbox.create and not watch.known:
                 watch.root.mkdir(parents=True, exist_ok=True)
             st = os.stat(watch.root)
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+            mount = is_mount(watch.root)
+            if watch.mount and not mount:
+                raise _Unmounted()
             watched = Path(os.path.realpath(watch.root))
             try:
                 observer = self._observe(watch, watched)
@@ -440,7 +546,10 @@ class InboxWatcher:
                 watch.use_polling = True
                 observer = self._observe(watch, watched)
         except FileNotFoundError:
-            reason = "the folder does not exist" + (" (create: false)" if first and not watch.inbox.create else "")
+            reason = "the folder does not exist" + (" (create: false)" if first and not watch.inbox.create else
+                                                    " (it was watched before)" if first and watch.known else "")
+        except _Unmounted:
+            reason = UNMOUNTED
         except OSError as exc:
             reason = f"cannot watch the folder ({exc.strerror or exc})"
         else:
@@ -449,6 +558,7 @@ class InboxWatcher:
                 watch.identity = (st.st_dev, st.st_ino)
                 watch.started_at = now
                 watch.watched_once = True
+                self._remember(watch, mount)
                 self._reachable(watch)
                 return True
             _stop_observer(observer, timeout=2.0)  # swapped while the observer started: it watches the wrong one
@@ -479,6 +589,11 @@ class InboxWatcher:
             _stop_observer(observer, timeout)
             if observer.is_alive():
                 self._log.warning("inbox %s: observer did not stop within %.1f s", watch.root, timeout)
+
+
+def is_mount(folder: Path) -> bool:
+    """Whether ``folder`` (symlinks resolved: an inbox path may link to the share) is a mount point."""
+    return os.path.ismount(os.path.realpath(folder))
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:

@@ -49,6 +49,7 @@ from .stages.base import StageContext
 from .stages.masks import masks_beside
 from .store import FINISHED, PENDING_APPROVAL, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
+from .watcher import UNMOUNTED, is_mount
 
 log = logging.getLogger("assetd.worker")
 
@@ -435,7 +436,9 @@ class Worker:
         the file in the inbox while this job still read it); else that job moves it when it ends."""
         result = self._run_job(job, loaded, own_chain=own_chain)
         if result.status in FINISHED:
-            after_job(self.config, self.store, job, result.status, result.error)
+            stored = self.store.get(job.id) if result.status is JobStatus.FAILED else None
+            # the error as recorded: withdrawing what it published adds to it ("removed the 1 file ...")
+            after_job(self.config, self.store, job, result.status, stored.error if stored else result.error)
         elif result.status is JobStatus.SUPERSEDED:
             owner = self.store.last_ended(job.input_path)
             if owner is not None:
@@ -615,11 +618,23 @@ class Worker:
 
     def _check_inbox(self, job: Job) -> None:
         """An input that cannot be read because its whole inbox folder is gone (a share unmounted) is a
-        problem of the process (``inbox:<root>``), not of the file: raises ProcessProblem then."""
+        problem of the process (``inbox:<root>``), not of the file: raises ProcessProblem then. So is one whose
+        inbox was a mount point when watched (``Store.inbox_watched``) and is not one now: the folder is there, but
+        it is the empty folder under the unmounted share; the problem clears once the share is mounted again."""
         inbox = inbox_of(self.config, Path(job.input_path)) if self.problems is not None else None
-        if inbox is not None and not os.path.isdir(inbox.path):
-            raise self.problems.inbox_problem(Path(os.path.abspath(inbox.path)),  # type: ignore[union-attr]
-                                              "the folder cannot be reached") from None
+        if inbox is None:
+            return
+        root = Path(os.path.abspath(inbox.path))
+        if not os.path.isdir(root):
+            raise self.problems.inbox_problem(root, "the folder cannot be reached") from None  # type: ignore[union-attr]
+        try:
+            mounted = self.store.inbox_watched(root)
+        except sqlite3.Error:
+            return
+        if mounted and not is_mount(root):
+            problem = self.problems.inbox_problem(root, UNMOUNTED)  # type: ignore[union-attr]
+            problem.probe = lambda: is_mount(root)  # the folder is there all along: back once mounted
+            raise problem from None
 
     def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False
                  ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:

@@ -303,6 +303,39 @@ def test_a_problem_shorter_than_alert_after_is_logged_but_never_alerted(tmp_path
     assert lines(caplog, logging.WARNING, "resumed:")[-1] == "resumed: inbox /srv/share is back (paused 1m 01s)"
 
 
+def test_an_outage_that_outlives_a_restart_is_alerted_once_each_way(tmp_path, caplog):
+    """assetd restarts (systemd, a crash, a deploy) while the share is away: the new daemon finds the same outage
+    again, so no second "paused" alert goes out, and its "resumed" does when it ends. An outage the new daemon does
+    not find again ends with its "resumed" after its first checks. Before, the restart closed every outage in
+    silence: "paused" twice, one "resumed"; or a "paused" never followed by its "resumed"."""
+    config = config_from_dict({"problems": {"alert_after_seconds": 0, "check_seconds": 1}}, tmp_path / "c.yaml")
+    store = Store(tmp_path / "state.sqlite3")
+    now, alerts = [1000.0], Alerts()
+    share, usb = Scope.inbox(Path("/srv/share")), Scope.inbox(Path("/srv/usb"))
+    first = Problems(store, alerts, config, clock=lambda: now[0])
+    first.start("inbox:/srv/share", "inbox /srv/share unreachable", share)
+    first.start("inbox:/srv/usb", "inbox /srv/usb unreachable", usb)
+    assert alerts.sent == [(True, "paused: inbox:/srv/share"), (True, "paused: inbox:/srv/usb")]
+
+    now[0] += 120  # assetd restarted: the share is still away, the USB disk came back meanwhile
+    second = Problems(store, alerts, config, clock=lambda: now[0])
+    assert second.start("inbox:/srv/share", "inbox /srv/share unreachable", share)
+    assert len(alerts.sent) == 2  # the same outage: not alerted again
+    assert "paused (since " in caplog.text and "before assetd restarted): inbox /srv/share unreachable" in caplog.text
+    now[0] += 10
+    second.check()
+    assert len(alerts.sent) == 2  # still looking for the others
+    now[0] += 30
+    second.check()
+    assert alerts.sent[2] == (False, "resumed: inbox:/srv/usb")
+    assert "not found again after assetd restarted" in caplog.text
+    second.clear("inbox:/srv/share", "inbox /srv/share is back")
+    assert alerts.sent[3:] == [(False, "resumed: inbox:/srv/share")]
+    assert lines(caplog, logging.WARNING, "resumed: inbox /srv/share is back")[-1].endswith("(paused 2m 40s)")
+    assert store.active_problems() == []
+    store.close()
+
+
 def test_an_alert_only_problem_pauses_nothing(tmp_path):
     config = config_from_dict({}, tmp_path / "c.yaml")
     problems = Problems(None, None, config)

@@ -205,3 +205,35 @@ def test_reprocess_moves_the_files_after_move_put_away_back_and_redoes_them(work
     daemon = run_daemon_until(workspace, lambda d: d.store.counts()["done"] >= 2)
     daemon.stop()
     assert (workspace.inbox / "done" / "misc" / "a.jpg").is_file()  # done again, under the new version
+
+
+def test_the_error_txt_of_a_job_failed_after_publishing_says_what_was_removed(workspace):
+    """A try that published a file before assetd died, then a redo failed for good: the .error.txt beside the moved
+    input says what the job's record says, the published file removed included (it left that part out)."""
+    import hashlib
+
+    from pipeline.intake import Intake
+    from pipeline.worker import Worker
+
+    moving(workspace)
+    config, rules = workspace.load()
+    bad = workspace.inbox / "products" / "bad.jpg"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    store = Store(config.database)
+    worker = Worker("w1", config, store, rules)
+    try:
+        job = Intake(config, rules, store).submit(bad).job
+        earlier = workspace.out("cutouts") / "bad.png"  # what an earlier try published before assetd died
+        earlier.parent.mkdir(parents=True, exist_ok=True)
+        earlier.write_bytes(b"half a set")
+        store.reserve_output(job.id, str(earlier), "cutouts", "remove_background",
+                             hashlib.sha256(b"half a set").hexdigest(), 10)
+        assert worker.run_next().status is JobStatus.FAILED
+        error = store.get(job.id).error
+    finally:
+        worker.close()
+        store.close()
+    assert not earlier.exists() and error.endswith("; removed the 1 file it had published")
+    reason = (workspace.inbox / "error" / "products" / "bad.jpg.error.txt").read_text()
+    assert "removed the 1 file it had published" in reason

@@ -63,6 +63,16 @@ def test_a_failpoint_fires_at_the_nth_hit_of_the_file_it_names(failpoints):
     faults.point("decode", "/inbox/bad.jpg")  # @N fires once
 
 
+def test_a_full_disk_at_the_database_commit_is_what_sqlite_raises(failpoints):
+    """A full database volume names no input file: SQLite says "database or disk is full", and the problem that
+    pauses work is the database's volume, not the input's (the trial's pause read "disk:/ ... writing a.jpg")."""
+    import sqlite3
+
+    failpoints("db-commit=raise-enospc@1")
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        faults.point("db-commit", "/inbox/a.jpg")
+
+
 def test_probability_draws_repeat_with_the_same_seed(failpoints):
     def fired(seed: int) -> list[int]:
         failpoints("stage=raise-enospc%0.3", seed=seed)

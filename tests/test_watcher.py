@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from mounts import Tmpfs
 from pipeline.config import InboxConfig
-from pipeline.watcher import InboxWatcher
+from pipeline.store import Store
+from pipeline.watcher import UNMOUNTED, InboxWatcher
 from recorders import Recorder
 
 SETTLE = 0.4
@@ -102,17 +105,45 @@ def test_polling_observer_hands_over_files(tmp_path: Path, make_watcher) -> None
 
 # -- robustness -------------------------------------------------------------------------------
 
-def test_a_raising_callback_does_not_stop_the_watcher(tmp_path: Path, make_watcher, caplog) -> None:
+def test_a_raising_callback_does_not_stop_the_watcher_and_the_file_is_tried_again_soon(tmp_path: Path, make_watcher,
+                                                                                       caplog) -> None:
     caplog.set_level(logging.ERROR, logger="pipeline.watcher")
-    watcher, rec = make_watcher(inbox_at(tmp_path), recorder=Recorder(fail_first=1))
+    watcher, rec = make_watcher(inbox_at(tmp_path), recorder=Recorder(fail_first=1))  # rescan_seconds: 300
     (tmp_path / "first.jpg").write_bytes(b"1")
     assert wait_for(lambda: "first.jpg" in caplog.text)
-    assert "job store unavailable" in caplog.text
+    assert "job store unavailable" in caplog.text and "tried again in a few seconds" in caplog.text
     (tmp_path / "second.jpg").write_bytes(b"2")
     assert wait_for(lambda: rec.count("second.jpg") == 1)
-    assert rec.count("first.jpg") == 0
-    watcher.rescan()  # the failed file is offered again
-    assert wait_for(lambda: rec.count("first.jpg") == 1)
+    assert wait_for(lambda: rec.count("first.jpg") == 1)  # tried again without waiting for the rescan
+    wait_quiet(watcher)
+    assert rec.names() == ["first.jpg", "second.jpg"]
+
+
+def test_a_full_database_is_one_line_and_the_file_is_queued_once_it_takes_writes(tmp_path: Path, make_watcher,
+                                                                                 caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="pipeline.watcher")
+    full = {"left": 2}
+    rec = Recorder()
+
+    def on_settled(path: Path, inbox: InboxConfig) -> None:  # what the intake meets on a full database volume
+        if full["left"]:
+            full["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        rec(path, inbox)
+
+    watcher = InboxWatcher([inbox_at(tmp_path)], on_settled, tick_seconds=TICK)  # rescan_seconds: 300
+    watcher.start()
+    try:
+        (tmp_path / "d03.jpg").write_bytes(b"d03")
+        assert wait_for(lambda: rec.count("d03.jpg") == 1)
+        assert watcher.pending() == 0
+    finally:
+        watcher.stop()
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in said] == [
+        f"inbox {tmp_path}: the database is full; d03.jpg is queued once it takes writes again"]
+    assert said[0].exc_info is None  # no traceback: nothing is broken
+    assert "d03.jpg handed over after all" in caplog.text
 
 
 def test_missing_inbox_is_created_at_start_with_create_true(tmp_path: Path, make_watcher) -> None:
@@ -167,6 +198,67 @@ class Outages:
 
     def kinds(self) -> list[str]:
         return [kind for kind, _, _ in self.events]
+
+
+def test_an_inbox_watched_before_is_not_created_again_at_a_restart(tmp_path: Path, make_watcher) -> None:
+    store = Store(tmp_path / "assetd.db")
+    remembered = dict(watched_before=store.inbox_watched, on_watching=store.record_inbox_watched)
+    inbox = tmp_path / "inbox"
+    first, _ = make_watcher(inbox_at(inbox, create=True), **remembered)
+    assert inbox.is_dir()  # never watched on this database: created
+    first.stop()
+    inbox.rename(tmp_path / "inbox.x")  # renamed away while assetd is down
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(inbox, create=True), on_unreachable=outages.unreachable,
+                                on_reachable=outages.reachable, **remembered)
+    assert outages.kinds() == ["unreachable"]
+    assert outages.events[0][1] == inbox and "does not exist (it was watched before)" in str(outages.events[0][2])
+    time.sleep(1.2)  # restart attempts
+    assert not inbox.exists(), "create: true recreated an inbox that was watched before"
+    (tmp_path / "inbox.x" / "waited.jpg").write_bytes(b"waited")
+    (tmp_path / "inbox.x").rename(inbox)  # back
+    assert wait_for(lambda: rec.count("waited.jpg") == 1)
+    assert wait_for(lambda: outages.kinds() == ["unreachable", "reachable"])
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Tmpfs]:
+    mounts = Tmpfs()
+    yield mounts
+    mounts.close()
+
+
+def test_an_inbox_that_is_a_mount_point_is_away_while_unmounted(tmp_path: Path, make_watcher, tmpfs: Tmpfs,
+                                                                 caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pipeline.watcher")
+    share = tmp_path / "share"
+    share.mkdir()
+    tmpfs.mount(share)
+    store = Store(tmp_path / "assetd.db")
+    remembered = dict(watched_before=store.inbox_watched, on_watching=store.record_inbox_watched)
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(share, create=True), on_unreachable=outages.unreachable,
+                                on_reachable=outages.reachable, **remembered)
+    (share / "a.jpg").write_bytes(b"a")
+    assert wait_for(lambda: rec.count("a.jpg") == 1)
+    tmpfs.unmount(share)  # mid-batch: the empty folder under the mount shows
+    assert wait_for(lambda: outages.kinds() == ["unreachable"])
+    assert outages.events[0] == ("unreachable", share, UNMOUNTED)
+    assert "replaced" not in caplog.text
+    (share / "under.jpg").write_bytes(b"written under the unmounted share")
+    time.sleep(1.2)  # restart attempts: the empty folder is not watched
+    assert rec.count("under.jpg") == 0 and outages.kinds() == ["unreachable"]
+    watcher.stop()
+
+    again = Outages()  # a restart while the share is still away: it is remembered as a mount point
+    watcher, rec = make_watcher(inbox_at(share, create=True), on_unreachable=again.unreachable,
+                                on_reachable=again.reachable, **remembered)
+    assert again.events == [("unreachable", share, UNMOUNTED)]
+    tmpfs.mount(share)  # back
+    (share / "b.jpg").write_bytes(b"b")
+    assert wait_for(lambda: rec.count("b.jpg") == 1)
+    assert wait_for(lambda: again.kinds() == ["unreachable", "reachable"])
+    assert rec.count("under.jpg") == 0
 
 
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
