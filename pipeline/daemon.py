@@ -499,8 +499,7 @@ class Daemon:
             self.notifier.deliver_due(budget_seconds=self.config.notify.timeout_seconds)  # the rest stays queued
         if self.store is not None:
             self._hand_back_claims()  # a worker still in a step after the timeout
-            self._end_problems()
-            self.store.close()
+            self.store.close()  # the problems still open stay so: the next start takes over those it finds again
         if self.pool is not None and not self.outage:  # after the claims went back: a call still running is
             # abandoned (with the cluster away Ray would end this process at the first call to its own node)
             try:
@@ -512,14 +511,6 @@ class Daemon:
         if self.outage:
             self._restart()
         log.info("assetd stopped")
-
-    def _end_problems(self) -> None:
-        """A clean stop ends the problem processes this run raised (they were about it: the next start measures
-        again), so that ``/metrics`` and the review page of an ``assetd serve`` left running do not report them."""
-        try:
-            self.store.end_problems(time.time(), "assetd stopped")  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - exiting anyway; the next start ends them
-            log.exception("could not close the problems of this run")
 
     def _hand_back_claims(self) -> None:
         """Queue again, uncharged, the jobs our workers still hold (we are exiting)."""

@@ -565,8 +565,8 @@ class Problems:
         with self._lock:
             ended, self._inherited = list(self._inherited.values()), {}
         for row in ended:
-            text = (f"{row['message']} (not found again after assetd restarted; lasted at least "
-                    f"{format_duration(now - row['started_at'])})")
+            text = (f"{row['key']}: not found again after assetd restarted (it was: {row['message']}); lasted at "
+                    f"least {format_duration(now - row['started_at'])}")
             word = "cleared" if row["scope"] in (None, NOTHING_PAUSED) else "resumed"
             log.warning("%s: %s", word, text)
             self._record(lambda s, row=row, text=text: s.problem_cleared(row["id"], now, text))

@@ -12,8 +12,9 @@ from .text import printable
 
 def live_problems(store: Store, database: Path) -> list[dict[str, Any]]:
     """The problem processes of the daemon running on ``database`` now (``Store.active_problems``); none while no
-    daemon runs: they were about its run (a clean stop ends them, and a daemon killed leaves them open only until
-    the next start, which measures again). ``assetd jobs``, ``/metrics`` and the review page's banner say these."""
+    daemon runs: they were about its run (a daemon stopped or killed leaves them open for the next start, which
+    takes over those it finds again and ends the others, ``health.Problems``). ``assetd jobs``, ``/metrics`` and the
+    review page's banner say these."""
     from .owners import InstanceLock
 
     try:

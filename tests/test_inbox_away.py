@@ -133,3 +133,37 @@ def test_a_file_that_settles_while_the_database_is_full_is_queued_once_it_takes_
     assert [r.getMessage() for r in said] == [
         f"inbox {workspace.inbox}: the database is full; d03.jpg is queued once it takes writes again"]
     assert said[0].exc_info is None
+
+
+def test_an_outage_across_a_clean_restart_is_alerted_once_each_way(workspace):
+    """The share goes away, its alert goes out, then assetd is stopped and started again (SIGTERM, a deploy) while
+    it is still away: the new daemon takes over the open outage, so there is no second "paused" alert, and one
+    "resumed" once the folder is back. A clean stop closed the outage before, and the restart alerted it again."""
+    from webhooks import Receiver
+
+    receiver = Receiver()
+    try:
+        _, _, store = setup(workspace, {"cut": rule("cut", PLAIN, "cutouts")}, urls=[receiver.url])
+        store.close()
+        config, rules = workspace.load()
+        first = Daemon(config, rules)
+        first.start()
+        try:
+            away = workspace.root / "inbox.x"
+            workspace.inbox.rename(away)
+            wait_for(lambda: [m["type"] for m in receiver.messages] == ["failure"], 30)
+        finally:
+            first.stop()
+        second = Daemon(config, rules)
+        second.start()
+        try:
+            wait_for(lambda: second.problems.active(), 20)  # the same outage, taken over
+            away.rename(workspace.inbox)
+            wait_for(lambda: len(receiver.messages) >= 2, 30)
+        finally:
+            second.stop()
+    finally:
+        receiver.close()
+    key = f"inbox:{workspace.inbox}"
+    assert [(m["type"], m["title"]) for m in receiver.messages] == [
+        ("failure", f"assetd: paused: {key}"), ("success", f"assetd: resumed: {key}")], receiver.messages
