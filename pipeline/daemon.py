@@ -25,7 +25,7 @@ from .health import Problems
 from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
-from .outputs import remove_temp_files
+from .outputs import Publisher, remove_temp_files
 from .previews import PreviewMaker
 from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
@@ -276,6 +276,8 @@ class Daemon:
             log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
                      len(found.ahead))
         assert self.notifier is not None
+        if found.failed:  # what they had published goes first: the record, the alert and .error.txt then say so
+            Publisher("recovery", self.config, store, None).withdraw_failed()
         for job in filter(None, map(store.get, found.failed)):
             log.error("job %d failed: %s", job.id, job.error)
             self.notifier.job_failed(job, job.error or "")

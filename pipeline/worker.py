@@ -346,11 +346,11 @@ class Worker:
         if found.started or found.shared:
             log.warning("%s: job(s) %s were held by an assetd that stopped (their lease ran out); queued again or "
                         "failed as at a start", self.name, ", ".join(map(str, found.ids)))
+        if found.failed:  # what they had published goes first: the record, the alert and .error.txt then say so
+            self.outputs.withdraw_failed()
         for job in filter(None, map(self.store.get, found.failed)):
             self._report_failure(job, job.error or "")
             after_job(self.config, self.store, job, JobStatus.FAILED, job.error)
-        if found.failed:
-            self.outputs.withdraw_failed()
 
     # -- hot reload (pipeline/reload.py) ---------------------------------------------------------
     def offer(self, config: Config, rules: list[Rule], *, retire: bool = False) -> None:

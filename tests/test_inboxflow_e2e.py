@@ -237,3 +237,40 @@ def test_the_error_txt_of_a_job_failed_after_publishing_says_what_was_removed(wo
     assert not earlier.exists() and error.endswith("; removed the 1 file it had published")
     reason = (workspace.inbox / "error" / "products" / "bad.jpg.error.txt").read_text()
     assert "removed the 1 file it had published" in reason
+
+
+def test_a_job_failed_at_start_after_publishing_says_so_in_its_error_txt(workspace):
+    """assetd was killed on a job's last attempt after it had published one file: the next start fails it for good,
+    withdraws that file, and only then moves the input to error/, so the .error.txt says what was removed."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from pipeline.intake import Intake
+    from pipeline.owners import HOST
+
+    moving(workspace)
+    config, rules = workspace.load()
+    shot = workspace.shot("inbox/products/a.jpg", seed=3)
+    store = Store(config.database)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    job = Intake(config, rules, store).submit(shot).job
+    store.db.conn.execute("UPDATE jobs SET max_attempts = 1 WHERE id = ?", [job.id])
+    assert store.claim_next(f"worker-1 pid {dead} on {HOST}", 3600).id == job.id  # its last attempt, started
+    published = workspace.out("cutouts") / "a.png"
+    published.parent.mkdir(parents=True, exist_ok=True)
+    published.write_bytes(b"one of its files")
+    store.reserve_output(job.id, str(published), "cutouts", "remove_background",
+                         hashlib.sha256(b"one of its files").hexdigest(), 16)
+    store.close()
+    daemon = Daemon(config, rules)
+    daemon.start()
+    try:
+        failed = daemon.store.get(job.id)
+    finally:
+        daemon.stop()
+    assert failed.status is JobStatus.FAILED and failed.error.endswith("; removed the 1 file it had published")
+    assert not published.exists()
+    reason = (workspace.inbox / "error" / "products" / "a.jpg.error.txt").read_text()
+    assert "removed the 1 file it had published" in reason
