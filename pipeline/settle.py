@@ -114,6 +114,14 @@ class SettleTracker:
         with self._lock:
             self._announced[path] = signature
 
+    def forget_under(self, root: Path) -> None:
+        """Forget which files under ``root`` were handed over: an inbox back after an outage offers them all again
+        (the intake knows those done; a file whose job ended while its share was away is then moved by ``after``)."""
+        prefix = str(root).rstrip("/") + "/"
+        with self._lock:
+            for path in [p for p in self._announced if str(p).startswith(prefix)]:
+                self._announced.pop(path, None)
+
     def forget_gone(self) -> None:
         """Drop the memory of handed-over files that are no longer regular files."""
         with self._lock:

@@ -488,6 +488,7 @@ class InboxWatcher:
         if watch.outage is None:
             return
         watch.outage = None
+        self._settle.forget_under(watch.root)  # its files are offered again by the scan that follows
         if self._on_reachable is not None:
             try:
                 self._on_reachable(watch.root)

@@ -23,6 +23,13 @@ class Tmpfs:
             pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip() or done.returncode}")
         self.mounted.append(folder)
 
+    def bind(self, source: Path, folder: Path) -> None:
+        """``mount --bind``: ``source``'s files seen at ``folder`` (a share that keeps its files while unmounted)."""
+        done = subprocess.run(["mount", "--bind", str(source), str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here (needs root): {done.stderr.strip() or done.returncode}")
+        self.mounted.append(folder)
+
     def unmount(self, folder: Path) -> None:
         """``umount -l``, as an admin (or a dropped network) takes a share away under a process using it."""
         subprocess.run(["umount", "-l", str(folder)], check=True, capture_output=True)

@@ -261,6 +261,30 @@ def test_an_inbox_that_is_a_mount_point_is_away_while_unmounted(tmp_path: Path, 
     assert rec.count("under.jpg") == 0
 
 
+def test_files_of_a_share_that_comes_back_are_offered_again(tmp_path: Path, make_watcher, tmpfs: Tmpfs) -> None:
+    """A file handed over just before its share went away (its job may have ended while the share was away, so
+    ``after: move`` could not move it) is offered again when the share is back: the intake knows it is done, and
+    hands it to ``after``. It stayed in the inbox until the next start."""
+    server, share = tmp_path / "server", tmp_path / "share"
+    server.mkdir()
+    share.mkdir()
+    tmpfs.mount(server)  # the file server's volume
+    tmpfs.bind(server, share)
+    store = Store(tmp_path / "assetd.db")
+    outages = Outages()
+    watcher, rec = make_watcher(inbox_at(share), on_unreachable=outages.unreachable, on_reachable=outages.reachable,
+                                watched_before=store.inbox_watched, on_watching=store.record_inbox_watched)
+    (share / "a.jpg").write_bytes(b"a")
+    assert wait_for(lambda: rec.count("a.jpg") == 1)
+    tmpfs.unmount(share)
+    assert wait_for(lambda: outages.kinds() == ["unreachable"])
+    tmpfs.bind(server, share)  # back, with the same file
+    assert wait_for(lambda: outages.kinds() == ["unreachable", "reachable"])
+    assert wait_for(lambda: rec.count("a.jpg") == 2)
+    watcher.stop()
+    store.close()
+
+
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_inbox_renamed_away_is_waited_for_and_watched_again(tmp_path: Path, make_watcher, caplog,
                                                             polling: bool) -> None:
