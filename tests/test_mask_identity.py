@@ -127,7 +127,8 @@ def test_a_job_whose_mask_changed_before_it_ran_is_superseded_naming_the_mask(wo
         queued = Intake(config, rules, store).submit(shot).job
         time.sleep(0.01)
         paint(shot, (250, 180, 300, 230))
-        result = Worker("test", config, store, rules).process(store.claim_next("test", 60.0))
+        worker = Worker("test", config, store, rules)
+        result = worker.process(store.claim_next(worker.owner, 60.0))  # claimed by the worker that runs it
         assert result.status is JobStatus.SUPERSEDED
         assert "shot.remove.png changed after it was queued; the new version is queued as its own job" in result.error
         assert store.get(queued.id).status is JobStatus.SUPERSEDED
