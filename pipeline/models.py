@@ -499,6 +499,9 @@ def check_models(config: "Config", rules: list["Rule"], keep_in: ModelManager | 
             lines.extend(f"{ref.used_by}: {p}" for p in exc.problems)
         except TransientError as exc:
             lines.append(f"{ref.used_by}: {ref.kind} model {ref.name!r}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a loader's own error (a file cut short, a library's): a problem
+            lines.append(f"{ref.used_by}: {ref.kind} model {ref.name!r} does not load: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}")
         finally:
             if keep_in is None:
                 manager.close()

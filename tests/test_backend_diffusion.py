@@ -165,3 +165,27 @@ def test_crops_generate_fallback_fills_beyond_the_seamless_outpaint(tmp_path):
     assert left > 40 and x0 == -left
     np.testing.assert_array_equal(out.pixels[:, left:left + 128], img[y0:y1])
     assert out.pixels[:, :left - 20].std() > 0  # the model's part is not a pad
+
+
+def test_a_broken_weights_file_under_a_path_with_local_in_it_is_not_called_missing(tmp_path):
+    """diffusers' "no file named ..." is a pipeline missing files (pull it); a weights file that does not load is
+    broken, whatever the folder is called. A folder under /usr/local/... was reported as "missing files"."""
+    import shutil
+
+    from pipeline.errors import ConfigError
+    from pipeline.models import ModelManager
+    from pipeline.stages.diffusion import DiffusersModel
+
+    missing, broken = tmp_path / "usr" / "local" / "sd-missing", tmp_path / "usr" / "local" / "sd-broken"
+    for folder in (missing, broken):
+        shutil.copytree(tiny_sd_inpaint(), folder)
+    for weights in (missing / "unet").glob("*.safetensors"):
+        weights.unlink()
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    manager = ModelManager(make_config(tmp_path))
+    with pytest.raises(ConfigError, match=r"diffusers model '.*sd-missing' is missing files; "):
+        DiffusersModel.unplaced(manager, str(missing))
+    with pytest.raises(ConfigError, match=r"diffusers model '.*sd-broken' \(.*\) cannot be loaded: OSError: Unable to "
+                                          r"load weights"):
+        DiffusersModel.unplaced(manager, str(broken))

@@ -374,3 +374,18 @@ def test_real_prior_finds_the_product_on_a_studio_shot(tmp_path, monkeypatch):
         assert time.perf_counter() - started < 10  # about 0.5 s on two cores; this only catches a hang
     finally:
         manager.close()
+
+
+def test_check_models_reports_a_loader_error_it_did_not_expect(tmp_path, monkeypatch):
+    """A loader that raises something of its own (a library's error) is one problem naming the model, not a crash
+    of `assetd check` or of the start-up check."""
+    config = make_config(tmp_path, cache_dir=str(tmp_path / "cache"))
+    install_tiny_prior(config)
+
+    def broken(manager):
+        raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed")
+
+    monkeypatch.setattr(prior, "build_prior", broken)
+    checked = models.check_models(config, [studio_rule(prior="on")])
+    assert checked.problems == ["rule shop, step remove_background: prior model 'u2netp' does not load: RuntimeError: "
+                                "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model failed"]

@@ -97,6 +97,12 @@ def dtype_keyword() -> str:
     return "dtype"
 
 
+# what diffusers / huggingface_hub say of a pipeline folder that lacks files (offline), as opposed to a file there
+# that does not load; a path of the model's own (/usr/local/...) must not match
+_MISSING_FILES = ("no file named", "local_files_only", "cannot find the requested files",
+                  "does not appear to have a file named")
+
+
 class DiffusersModel(ModelKind):
     """An inpainting pipeline (SD/SDXL inpainting, FLUX.1 Fill): a Hugging Face id or a local folder."""
 
@@ -121,7 +127,7 @@ class DiffusersModel(ModelKind):
         try:
             pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-            if isinstance(exc, OSError) and "local" in str(exc).lower():
+            if isinstance(exc, OSError) and any(said in str(exc).lower() for said in _MISSING_FILES):
                 raise ConfigError(f"diffusers model {name!r} is missing files; {pull_hint(config)}") from exc
             raise ConfigError(f"diffusers model {name!r} ({folder}) cannot be loaded: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
