@@ -62,14 +62,21 @@ def after_job(config: Config, store: Store, job: Job, status: JobStatus, error: 
         target = folder / source.relative_to(os.path.abspath(inbox.path))
         masks = masks_beside(source)
         dest = _move(source, target, reserve_sidecar=status is JobStatus.FAILED, masks=tuple(masks))
-        sidecar = _write_reason(dest, job, error or "failed", config) if status is JobStatus.FAILED else None
+        sidecar = _sidecar(dest) if status is JobStatus.FAILED else None
+        # recorded at once: whatever fails next, `assetd retry` finds the file and moves it back
         store.record_move(job.id, str(source), str(dest), status.value, str(sidecar) if sidecar else None)
-        _move_masks(job, masks, dest)
     except Exception as exc:  # noqa: BLE001 - the job is recorded already; the file just stays
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         log.error("job %d: could not move %s to %s (%s); it stays in the inbox", job.id, printable(str(source)),
                   folder, reason, exc_info=not isinstance(exc, OSError))
         return None
+    if sidecar is not None:
+        try:
+            _write_reason(dest, job, error or "failed", config)
+        except OSError as exc:
+            log.error("job %d: %s moved to %s, but its reason could not be written beside it (%s); `assetd jobs` has "
+                      "it", job.id, printable(str(source)), printable(str(dest)), exc.strerror or exc)
+    _move_masks(job, masks, dest)
     log.info("job %d: %s moved to %s", job.id, printable(str(source)), printable(str(dest)))
     return dest
 

@@ -310,7 +310,8 @@ def temp_owner_gone(name: str) -> bool:
 def remove_temp_files(config: Config) -> dict[Path, int]:
     """Remove the temporary files an assetd that died left in the folders it writes: every channel folder (outputs
     land directly in it), every channel's staging folder, the manifests folder with its per-rule folders, and the
-    review page's previews cache with its folders. Only names of assetd's own pattern whose writer is gone
+    review page's previews cache with its folders, and (``after: move``) every inbox's error folder with its
+    sub-folders, where a failed input's ``.error.txt`` is written. Only names of assetd's own pattern whose writer is gone
     (an ``assetd serve`` at work keeps its own); nothing else is touched. Returns the count removed per folder."""
     folders = {c.path for c in config.channels.values() if c.path is not None}
     folders.update(config.staging_folder(c) for c in config.channels.values())
@@ -318,6 +319,10 @@ def remove_temp_files(config: Config) -> dict[Path, int]:
         folders.add(parent)
         with contextlib.suppress(OSError):
             folders.update(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())
+    for inbox in config.inboxes:  # the error folders, where a failed input's .error.txt is written
+        if inbox.after == "move":
+            for top, _, _ in os.walk(inbox.error):  # not following symlinks; small: failed inputs only
+                folders.add(Path(top))
     removed: dict[Path, int] = {}
     for folder in sorted(folders):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -274,3 +275,50 @@ def test_a_job_failed_at_start_after_publishing_says_so_in_its_error_txt(workspa
     assert not published.exists()
     reason = (workspace.inbox / "error" / "products" / "a.jpg.error.txt").read_text()
     assert "removed the 1 file it had published" in reason
+
+
+def test_a_reason_that_cannot_be_written_leaves_the_move_recorded_and_retry_brings_the_file_back(workspace,
+                                                                                                  monkeypatch, caplog):
+    """The .error.txt cannot be written (its volume full, assetd killed while writing it): the input is in error/
+    all the same, so its move is recorded first and `assetd retry` brings it back. It was recorded after the
+    reason, so the file sat in error/ unrecorded, retry "queued" it and it failed "file disappeared"; and the log
+    said the file stayed in the inbox. A temporary .error.txt a killed assetd left there is removed at start."""
+    import errno
+    import subprocess
+    import sys
+
+    from pipeline import inboxflow
+    from pipeline.outputs import TEMP_SUFFIX, remove_temp_files, write_temp
+
+    moving(workspace)
+    bad = workspace.inbox / "products" / "bad.jpg"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(inboxflow, "_write_reason", full)
+    caplog.set_level(logging.INFO)
+    daemon = run_daemon_until(workspace, lambda d: [j.status for j in d.store.jobs()] == [JobStatus.FAILED])
+    try:
+        (job,) = daemon.store.jobs()
+        move = daemon.store.moved(job.id)
+    finally:
+        daemon.stop()
+    moved = workspace.inbox / "error" / "products" / "bad.jpg"
+    assert moved.is_file() and not bad.exists() and move is not None and move.dest == str(moved)
+    assert "moved to" in caplog.text and "but its reason could not be written beside it (No space left on device)" \
+        in caplog.text and "it stays in the inbox" not in caplog.text
+    monkeypatch.undo()
+    retried = CliRunner().invoke(cli, ["retry", str(job.id), "--config", str(workspace.config_path)])
+    assert retried.exit_code == 0, retried.output
+    assert bad.is_file() and not moved.exists()
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # a writer that is gone
+    proc.wait()
+    left = write_temp(moved.with_name("bad.jpg.error.txt"), b"half a reason")
+    stale = left.with_name(left.name.replace(f"-{os.getpid()}{TEMP_SUFFIX}", f"-{proc.pid}{TEMP_SUFFIX}"))
+    left.rename(stale)
+    config, _ = workspace.load()
+    assert remove_temp_files(config) == {stale.parent: 1} and not stale.exists()
