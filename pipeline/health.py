@@ -473,7 +473,8 @@ class Problems:
         scope = Scope.rules(rule_names)
         key = f"model:{step}/{backend}"
         message = (f"{key}: the model does not load ({' '.join(why.split())}); "
-                   f"{scope.describe()} wait; loading is tried again in {self.settings.check_seconds:g}s")
+                   f"{scope.describe()} wait; loading is tried again in {self.settings.check_seconds:g}s, then less "
+                   "often while it keeps failing")
         return ProcessProblem(key, message, scope, probe=lambda: True,
                               alert_after=self.settings.alert_after_seconds, trial=True)
 
@@ -565,8 +566,9 @@ class Problems:
         with self._lock:
             ended, self._inherited = list(self._inherited.values()), {}
         for row in ended:
-            text = (f"{row['key']}: not found again after assetd restarted (it was: {row['message']}); lasted at "
-                    f"least {format_duration(now - row['started_at'])}")
+            began = time.strftime("%H:%M", time.localtime(row["started_at"]))
+            what = row["message"].split("; ")[0]  # what it was, without what it made wait (that is over)
+            text = f"{row['key']}: ended while assetd was stopped or restarting (it began at {began}: {what})"
             word = "cleared" if row["scope"] in (None, NOTHING_PAUSED) else "resumed"
             log.warning("%s: %s", word, text)
             self._record(lambda s, row=row, text=text: s.problem_cleared(row["id"], now, text))

@@ -328,7 +328,9 @@ def test_an_outage_that_outlives_a_restart_is_alerted_once_each_way(tmp_path, ca
     now[0] += 30
     second.check()
     assert alerts.sent[2] == (False, "resumed: inbox:/srv/usb")
-    assert "not found again after assetd restarted" in caplog.text
+    began = time.strftime("%H:%M", time.localtime(1000.0))
+    assert (f"resumed: inbox:/srv/usb: ended while assetd was stopped or restarting (it began at {began}: inbox "
+            "/srv/usb unreachable)") in caplog.text
     second.clear("inbox:/srv/share", "inbox /srv/share is back")
     assert alerts.sent[3:] == [(False, "resumed: inbox:/srv/share")]
     assert lines(caplog, logging.WARNING, "resumed: inbox /srv/share is back")[-1].endswith("(paused 2m 40s)")
