@@ -658,8 +658,11 @@ class Problems:
                 lines.append(f"problems.{key}: {amount} is more than {where} holds in all ({format_bytes(total)}); "
                              "the rules writing there would stay paused for good")
             if high is not None and not too_big and high.of(total) < low.of(total):
-                lines.append(f"problems.resume_free: {high} ({format_bytes(high.of(total))} there) is below "
-                             f"problems.min_free {low} ({format_bytes(low.of(total))}) on {where} "
+                def there(amount: Amount) -> str:  # a percentage in bytes on this volume
+                    return f" ({format_bytes(amount.of(total))} there)" if amount.percent is not None else ""
+
+                lines.append(f"problems.resume_free: {high}{there(high)} is below problems.min_free {low}{there(low)} "
+                             f"on {where} "
                              f"({format_bytes(total)}); work there would pause and resume over and over: set "
                              "resume_free at or above min_free, or leave it out")
         return lines

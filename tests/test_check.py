@@ -108,7 +108,7 @@ def test_a_resume_free_below_min_free_is_refused(workspace, tmp_path):
                                      + "problems: {min_free: 50%, resume_free: 1MB}\n")
     result = check(workspace)
     assert result.exit_code == 1, result.output
-    assert "problems.resume_free: 1.0 MB (1.0 MB there) is below problems.min_free 50%" in result.output
+    assert "problems.resume_free: 1.0 MB is below problems.min_free 50% (" in result.output
     started = run_daemon(workspace)
     assert started.returncode == 2 and "problems.resume_free: 1.0 MB" in started.stderr
 
