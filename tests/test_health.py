@@ -34,6 +34,7 @@ from pipeline.schema import opt
 from pipeline.stages.base import Asset, Stage, registered
 from pipeline.store import DAEMON_STARTED, JobStatus, Store
 from pipeline.worker import Worker, classify
+from problemcases import PLAIN, rule, setup, wait_for
 from tinymodels import skip_without, tiny_dark_subject_onnx, tiny_esrgan_x4
 from webhooks import Receiver
 
@@ -92,29 +93,6 @@ def test_backends():
     LOAD_FAILS.clear()
 
 
-def rule(name: str, backend: str, channel: str, folder: str = "**") -> str:
-    return (f"name: {name}\nmatch: {{folder: '{folder}'}}\nsteps: [{{upscale: {{backend: {backend}}}}}]\n"
-            f"outputs: [{{channel: {channel}, from: upscale}}]\n")
-
-
-PLAIN = "lanczos, factor: 1.0"  # a step that keeps the image as it is (a rule needs one)
-
-
-def setup(workspace, rules: dict[str, str], problems: str = "", urls=None, extra: str = ""):
-    """The workspace with only ``rules``, and a ``problems:`` section with quick checks and immediate alerts
-    (``extra``: more of the config)."""
-    for f in (workspace.root / "rules").iterdir():
-        f.unlink()
-    for name, text in rules.items():
-        workspace.add_rule(f"{name}.yaml", text)
-    settings = {"check_seconds": "0.1", "alert_after_seconds": "0", "min_free": "0"}
-    settings.update(item.split(": ", 1) for item in problems.split(", ") if item)  # a key given once (YAML)
-    workspace.write_config(urls=urls, extra="problems: {" + ", ".join(f"{k}: {v}" for k, v in settings.items())
-                                            + "}\n" + extra)
-    config, loaded = workspace.load()
-    return config, loaded, Store(config.database)
-
-
 class Alerts:
     """Stands in for the Notifier: records the problem alerts."""
 
@@ -133,13 +111,6 @@ def submit(config, rules, store, names: list[str], workspace, rule_name: str | N
 
 def lines(caplog, level: int, prefix: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level and r.getMessage().startswith(prefix)]
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # -------------------------------------------------------------------------------------------- amounts

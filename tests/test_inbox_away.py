@@ -21,7 +21,7 @@ from pipeline.intake import Intake
 from pipeline.store import JobStatus
 from pipeline.watcher import UNMOUNTED
 from pipeline.worker import Worker
-from test_health import PLAIN, rule, setup, wait_for
+from problemcases import PLAIN, rule, setup, wait_for
 
 
 @pytest.fixture
