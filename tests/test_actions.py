@@ -16,7 +16,7 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, JobStatus, Store
 from pipeline.web.app import create_app
-from test_approval import TWO_CHANNELS  # cutouts waits for approval; webshop publishes at once
+from approvalcases import TWO_CHANNELS  # cutouts waits for approval; webshop publishes at once
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

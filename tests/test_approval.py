@@ -21,18 +21,8 @@ from pipeline.outputs import TEMP_SUFFIX, Publisher, remove_temp_files, write_te
 from pipeline.store import APPROVED, PENDING_APPROVAL, REJECTED, JobStatus, Store
 
 from conftest import Workspace
+from approvalcases import TWO_CHANNELS
 from daemons import run_until_idle
-
-# cutouts waits for approval; webshop publishes at once. One rule writes both, from the cut-out.
-TWO_CHANNELS = """\
-name: cutouts
-steps:
-  - remove_background: {}
-outputs:
-  - {channel: cutouts, from: remove_background}
-  - {channel: webshop, from: remove_background}
-"""
-
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

@@ -12,7 +12,7 @@ from pipeline.daemon import Daemon
 from pipeline.store import JobStatus
 
 from conftest import Workspace
-from test_inboxflow_e2e import files_under, moving
+from inboxcases import files_under, moving
 
 OLD = time.time() - 3600  # an mtime well past the arrival window
 

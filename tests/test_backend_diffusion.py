@@ -10,21 +10,10 @@ from pipeline.stages.crops import fill_class
 from pipeline.stages.diffusion import (DiffusersScene, DiffusersSceneOptions, GenerateFill, generate_fill, generation_size,
                                        seam_corrected)
 from pipeline.stages.framing import place_subject
+from scenecases import cutout, placed
 from tinymodels import make_config, netguard, tiny_flux_fill, tiny_sd_inpaint  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")
-
-
-def cutout(h: int = 96, w: int = 80, dtype: type = np.uint8) -> np.ndarray:
-    """A dark product with a soft edge on a transparent canvas (the backdrop RGB kept under alpha 0)."""
-    img = np.zeros((h, w, 4), np.uint8)
-    img[..., :3] = 240
-    yy, xx = np.mgrid[0:h, 0:w]
-    img[30:62, 20:52, :3] = np.stack([(xx * 3) % 90, (yy * 5) % 70, (xx + yy) % 50], -1)[30:62, 20:52]
-    img[30:62, 20:52, 3] = 255
-    img[29, 20:52, 3] = 128  # a soft edge row
-    img[29, 20:52, :3] = 60
-    return img.astype(np.uint16) * 257 if dtype == np.uint16 else img
 
 
 def scene_stage(tmp_path, model, **opts) -> DiffusersScene:
@@ -38,15 +27,6 @@ def test_generation_size_keeps_aspect_at_native_area():
     assert generation_size(1000, 1000, 512, 64) == (512, 512)
     w, h = generation_size(1080, 1920, 1024, 16)
     assert w % 16 == 0 and h % 16 == 0 and abs(w / h - 1080 / 1920) < 0.03
-
-
-def placed(out: Asset, src: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The output's subject box, the cut-out's pixels in its own subject box, and their opaque mask."""
-    x0, y0, x1, y1 = out.notes["place_in_scene"]["subject_box"]
-    top = 65535 if src.dtype == np.uint16 else 255
-    ys, xs = np.nonzero(src[..., 3] > 0.1 * top)
-    box = src[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    return out.pixels[y0:y1, x0:x1], box[..., :3], box[..., 3] == top
 
 
 def test_scene_keeps_subject_pixels_exactly(tmp_path):

@@ -15,11 +15,7 @@ from pipeline.daemon import Daemon
 from pipeline.store import JobStatus, Store
 
 from conftest import CUTOUTS, Workspace
-
-
-def moving(workspace: Workspace) -> None:
-    text = workspace.config_path.read_text().replace("  - path: inbox\n", "  - path: inbox\n    after: move\n")
-    workspace.config_path.write_text(text)
+from inboxcases import files_under, moving
 
 
 def run_daemon_until(workspace: Workspace, done, timeout: float = 60.0) -> Daemon:
@@ -32,10 +28,6 @@ def run_daemon_until(workspace: Workspace, done, timeout: float = 60.0) -> Daemo
         assert time.monotonic() < deadline, f"timed out: jobs {[(j.id, j.status) for j in daemon.store.jobs()]}"
         time.sleep(0.1)
     return daemon
-
-
-def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def test_after_move_empties_the_inbox_into_done_and_error_and_retry_brings_a_file_back(workspace, no_leaked_threads):

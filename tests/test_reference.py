@@ -14,7 +14,7 @@ from pipeline.cli import cli
 from pipeline.rules import MatchSpec, Rule, StepSpec
 from pipeline.stages.base import Asset, StageContext
 from pipeline.stages.diffusion import DiffusersScene, DiffusersSceneOptions
-from test_backend_diffusion import cutout, placed
+from scenecases import cutout, placed
 from tinymodels import make_config, netguard, skip_without, tiny_flux_fill, tiny_sd_inpaint  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")

@@ -24,6 +24,8 @@ from pipeline.listing import inbox_of
 from pipeline.rules import load_rules
 from pipeline.store import Job, JobStatus, Store
 from pipeline.web.app import create_app
+from browser import free_port
+from webcases import add_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -32,22 +34,6 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 def config_for(workspace, extra: str = ""):
     workspace.write_config(extra=extra)
     return load_config(workspace.config_path)
-
-
-def add_job(store: Store, folder: Path, name: str, rule: str, status: str = "queued", *, error: str | None = None,
-            review: list[str] | None = None) -> Job:
-    """A real job row, brought to ``status`` the way the worker does."""
-    job, _ = store.enqueue(input_hash=f"{name}-{rule}-{folder}", rule=rule, rule_version="v1",
-                           input_path=str(folder / name), rel_path=name, max_attempts=2)
-    if status == "done":
-        store.finish(job.id, [], 1.5, review=review)
-    elif status == "failed":
-        store.fail(job.id, error or f"{folder / name}: not an image (cannot decode)")
-    elif status == "running":
-        assert store.claim_next("worker-1 pid 1 on test", 60, only=[job.id])
-    elif status == "superseded":
-        store.supersede(job.id, "a newer version was dropped")
-    return store.get(job.id)
 
 
 @pytest.fixture
@@ -383,12 +369,6 @@ def test_metrics_is_open_on_loopback_without_a_token(night, fake_metrics):
 
 
 # -- real processes -------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def assetd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", *map(str, args)]
 

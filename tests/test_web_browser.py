@@ -11,8 +11,8 @@ from pipeline.config import load_config
 from pipeline.store import JobStatus
 from pipeline.web.app import create_app
 from pipeline.web.server import ReviewServer
-from browser import SCREENS, needs_browser
-from test_web import add_job, free_port
+from browser import SCREENS, free_port, needs_browser
+from webcases import add_job
 
 needs_browser()
 
