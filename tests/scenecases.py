@@ -1,5 +1,5 @@
 """Test helper: a cut-out to place in a scene, and where it landed (tests/test_backend_diffusion.py,
-tests/test_reference.py)."""
+tests/test_reference.py, tests/test_instruct.py)."""
 from __future__ import annotations
 
 import numpy as np

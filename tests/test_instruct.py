@@ -8,6 +8,7 @@ import pytest
 from pipeline.stages.base import Asset, StageContext, stage_class
 from pipeline.stages.instruct import (InstructScene, InstructSceneOptions, edit_input, feathered_seam,
                                       instruct_pipeline, subject_difference)
+from scenecases import placed
 from tinymodels import make_config, netguard, tiny_flux_fill, tiny_flux_kontext  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("netguard")
@@ -33,15 +34,6 @@ def stage(tmp_path, **opts) -> InstructScene:
     # 2 × 4096 tokens. Working at 64² keeps each call under a second; the geometry code is the same.
     instruct_pipeline(s.ctx, None).default_sample_size = 64
     return s
-
-
-def placed(out: Asset, src: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The output's subject box, the cut-out's pixels in its own subject box, and their opaque mask."""
-    x0, y0, x1, y1 = out.notes["place_in_scene"]["subject_box"]
-    top = 65535 if src.dtype == np.uint16 else 255
-    ys, xs = np.nonzero(src[..., 3] > 0.1 * top)
-    box = src[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    return out.pixels[y0:y1, x0:x1], box[..., :3], box[..., 3] == top
 
 
 def test_the_backend_is_registered_for_place_in_scene():
