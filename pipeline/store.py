@@ -308,6 +308,8 @@ READ_AHEAD = "next"  # not a state: a running job only claimed to be read ahead,
 UNREADABLE = "unreadable:"  # prefix of a job's input_hash when the file could not be read (a token, not content)
 
 
+OUT_OF_ATTEMPTS, QUARANTINED = "out of attempts", "quarantined"  # a crash's verdicts (``Store._crash_verdict``)
+
 # A job handed back uncharged: the attempt its run was charged (if it started) does not count, and its decode
 # ahead (if one was going) is over.
 _UNCHARGE = ("attempts = MAX(attempts - (chain_started_at IS NOT NULL), 0), chain_started_at = NULL,"
@@ -702,26 +704,40 @@ class Store:
         if reading:
             found.reading.append(row["id"])
         crashes, shown = row["crashes"] + 1, printable(row["input_path"])
-        if row["attempts"] >= row["max_attempts"]:
+        verdict = self._crash_verdict(row["attempts"], row["max_attempts"], crashes)
+        if verdict == OUT_OF_ATTEMPTS:
             error = (f"{shown}: the worker stopped while processing it {crashes} time(s) (crash or kill); gave "
                      f"up after max_attempts ({row['attempts']} attempts)")
-        elif crashes >= self.quarantine_after_crashes:
+        elif verdict == QUARANTINED:
             error = (f"{shown}: quarantined: assetd stopped {crashes} times while running this job (crash or "
                      "kill); its other jobs went on")
         else:
-            error = None
-        if error is not None:
-            found.failed.append(row["id"])
-            db.conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
-                " chain_started_at = NULL, reading_since = NULL, error = ? WHERE id = ?",
-                [JobStatus.FAILED, now, crashes, error, row["id"]])
-        else:
             doing = "decoding it ahead" if reading else "running it"
-            db.conn.execute(
-                "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
-                " chain_started_at = NULL, reading_since = NULL, error = ? WHERE id = ?",
-                [JobStatus.QUEUED, crashes, f"interrupted (assetd stopped while {doing}); redoing", row["id"]])
+            error = f"interrupted (assetd stopped while {doing}); redoing"
+        if verdict is not None:
+            found.failed.append(row["id"])
+        self._record_crash(db, row["id"], now, crashes, error, failed=verdict is not None)
+
+    def _crash_verdict(self, attempts: int, max_attempts: int, crashes: int) -> str | None:
+        """What a crash (its count ``crashes`` included) makes of a job whose run had started: failed for good
+        (``OUT_OF_ATTEMPTS``, ``QUARANTINED``), or None: queued again. One rule for assetd dying (``_charge``) and
+        a Ray actor dying under the job (``charge_crash``)."""
+        if attempts >= max_attempts:
+            return OUT_OF_ATTEMPTS
+        return QUARANTINED if crashes >= self.quarantine_after_crashes else None
+
+    @staticmethod
+    def _record_crash(db: Database, job_id: int, now: float, crashes: int, error: str, *, failed: bool,
+                      ran_on: str | None = None) -> None:
+        """A crash charged: the job failed for good (``failed``) or queued again, ``error`` its reason or note."""
+        if failed:
+            db.conn.execute("UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
+                            " chain_started_at = NULL, reading_since = NULL, error = ?, ran_on = COALESCE(?, ran_on)"
+                            " WHERE id = ?", [JobStatus.FAILED, now, crashes, error, ran_on, job_id])
+        else:
+            db.conn.execute("UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
+                            " chain_started_at = NULL, reading_since = NULL, error = ?, ran_on = COALESCE(?, ran_on)"
+                            " WHERE id = ?", [JobStatus.QUEUED, crashes, error, ran_on, job_id])
 
     def reap_expired(self) -> Recovery:
         """While assetd runs: the running jobs whose lease ran out (the process holding them died: an ``assetd
@@ -766,23 +782,17 @@ class Store:
                 return JobStatus.QUEUED
             crashes, shown = crashes + 1, printable(input_path)
             last = f" (last: {ran_on})" if ran_on else ""
-            if attempts >= max_attempts:
+            verdict = self._crash_verdict(attempts, max_attempts, crashes)
+            if verdict == OUT_OF_ATTEMPTS:
                 error = (f"{shown}: {why} stopped while processing it {crashes} time(s){last}; gave up after "
                          f"max_attempts ({attempts} attempts)")
-            elif crashes >= self.quarantine_after_crashes:
+            elif verdict == QUARANTINED:
                 error = (f"{shown}: quarantined: it stopped {why} {crashes} times{last}; the other jobs went on; look "
                          f"at the file, then `assetd retry {job_id}`")
             else:
-                db.conn.execute(
-                    "UPDATE jobs SET status = ?, lease_expires = NULL, worker = NULL, crashes = ?,"
-                    " chain_started_at = NULL, error = ?, ran_on = COALESCE(?, ran_on) WHERE id = ?",
-                    [JobStatus.QUEUED, crashes, f"interrupted ({why} stopped while running it{last}); redoing",
-                     ran_on, job_id])
-                return JobStatus.QUEUED
-            db.conn.execute("UPDATE jobs SET status = ?, finished_at = ?, lease_expires = NULL, crashes = ?,"
-                            " chain_started_at = NULL, error = ?, ran_on = COALESCE(?, ran_on) WHERE id = ?",
-                            [JobStatus.FAILED, now, crashes, error, ran_on, job_id])
-            return JobStatus.FAILED
+                error = f"interrupted ({why} stopped while running it{last}); redoing"
+            self._record_crash(db, job_id, now, crashes, error, failed=verdict is not None, ran_on=ran_on)
+            return JobStatus.QUEUED if verdict is None else JobStatus.FAILED
 
     def stale_queued(self, current_versions: dict[str, str]) -> list[Job]:
         """Queued jobs whose rule is gone or has another version now."""
@@ -1301,9 +1311,9 @@ class Store:
         the empty folder under an unmounted share. A database from before this record (no folder recorded at all):
         a folder holding a job's input counts as watched (not a mount point)."""
         root = os.path.abspath(root)
-        row = self.db.conn.execute("SELECT value FROM state WHERE key = ?", [INBOX_WATCHED + root]).fetchone()
-        if row is not None:
-            return bool(json.loads(row[0]).get("mount"))
+        seen = self.get_state(INBOX_WATCHED + root)
+        if seen is not None:
+            return bool(seen.get("mount"))
         if self.db.conn.execute("SELECT 1 FROM state WHERE substr(key, 1, ?) = ? LIMIT 1",
                                 [len(INBOX_WATCHED), INBOX_WATCHED]).fetchone() is not None:
             return None
