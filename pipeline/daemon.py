@@ -22,7 +22,6 @@ from typing import Any
 from .config import Config, InboxConfig
 from .errors import ConfigError, StopRequested
 from .health import Problems
-from .inboxflow import after_job
 from .intake import Intake
 from .notify import Notifier
 from .outputs import Publisher, remove_temp_files
@@ -31,9 +30,9 @@ from .reload import CHECK_SECONDS as RELOAD_SECONDS, Reloader
 from .reprocess import plan
 from .owners import InstanceLock, Owner, OwnerState, owner_state
 from .rules import Rule
-from .store import DAEMON_STARTED, JobStatus, Store, daemon_ran_before
+from .store import DAEMON_STARTED, Job, Store, daemon_ran_before
 from .watcher import InboxWatcher
-from .worker import Worker
+from .worker import Worker, end_failed
 
 log = logging.getLogger("assetd.daemon")
 GCS_RECONNECT_SECONDS = 300  # RAY_gcs_rpc_server_reconnect_timeout_s: see Daemon.start
@@ -276,12 +275,13 @@ class Daemon:
             log.info("%d job(s) claimed ahead when assetd last stopped went back to the queue untouched",
                      len(found.ahead))
         assert self.notifier is not None
-        if found.failed:  # what they had published goes first: the record, the alert and .error.txt then say so
-            Publisher("recovery", self.config, store, None).withdraw_failed()
-        for job in filter(None, map(store.get, found.failed)):
-            log.error("job %d failed: %s", job.id, job.error)
-            self.notifier.job_failed(job, job.error or "")
-            after_job(self.config, store, job, JobStatus.FAILED, job.error)  # to error/ with after: move
+        notifier = self.notifier
+
+        def report(job: Job, error: str) -> None:
+            log.error("job %d failed: %s", job.id, error)
+            notifier.job_failed(job, error)
+
+        end_failed(self.config, store, Publisher("recovery", self.config, store, None), found.failed, report)
         for folder, n in remove_temp_files(self.config).items():
             log.warning("%s: removed %d temporary file(s) left by an assetd that stopped while writing", folder, n)
 

@@ -173,6 +173,20 @@ def classify(exc: BaseException, job: Job, config: Config, problems: Problems | 
     return Failure(Outcome.BUG, one_line(f"{shown}: internal error: {type(exc).__name__}: {exc}"), exc=exc)
 
 
+def end_failed(config: Config, store: Store, outputs: Publisher, job_ids: list[int],
+               report: Callable[[Job, str], None]) -> None:
+    """Jobs that recovery failed for good (assetd, or the process holding them, died on their last attempt or at
+    their last allowed crash: ``Store.recover``, ``Store.reap_expired``): what they had published is withdrawn
+    first, so their record, the ``report`` (log and alert) and the ``.error.txt`` say so; then each goes to its
+    inbox's ``after``."""
+    if not job_ids:
+        return
+    outputs.withdraw_failed()
+    for job in filter(None, map(store.get, job_ids)):
+        report(job, job.error or "")
+        after_job(config, store, job, JobStatus.FAILED, job.error)
+
+
 REAP_SECONDS = 5.0  # how often a daemon's worker takes back the jobs of a process that died (``Worker._reap``)
 
 
@@ -346,11 +360,7 @@ class Worker:
         if found.started or found.shared:
             log.warning("%s: job(s) %s were held by an assetd that stopped (their lease ran out); queued again or "
                         "failed as at a start", self.name, ", ".join(map(str, found.ids)))
-        if found.failed:  # what they had published goes first: the record, the alert and .error.txt then say so
-            self.outputs.withdraw_failed()
-        for job in filter(None, map(self.store.get, found.failed)):
-            self._report_failure(job, job.error or "")
-            after_job(self.config, self.store, job, JobStatus.FAILED, job.error)
+        end_failed(self.config, self.store, self.outputs, found.failed, self._report_failure)
 
     # -- hot reload (pipeline/reload.py) ---------------------------------------------------------
     def offer(self, config: Config, rules: list[Rule], *, retire: bool = False) -> None:
