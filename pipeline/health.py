@@ -186,6 +186,16 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # unreachable
 
 
+# ------------------------------------------------------------------------------------------ inboxes
+#: Why an inbox that was a mount point when watched, and is not one now, cannot be reached.
+UNMOUNTED = "the share mounted there is gone (the folder is no longer a mount point)"
+
+
+def is_mount(folder: Path) -> bool:
+    """Whether ``folder`` (symlinks resolved: an inbox path may link to the share) is a mount point."""
+    return os.path.ismount(os.path.realpath(folder))
+
+
 # ------------------------------------------------------------------------------------------ errors
 def is_disk_full(exc: BaseException) -> bool:
     """A write refused for want of space or quota: ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
@@ -509,6 +519,13 @@ class Problems:
                               probe=(lambda: root.is_dir()) if probe else None,
                               alert_after=self.settings.alert_after_seconds)
 
+    def unmounted_inbox_problem(self, root: Path) -> ProcessProblem:
+        """``inbox:<root>`` for an inbox that was a share's mount point and is not one now: the folder is there all
+        along (the empty one under the share), so it is back once it is a mount point again."""
+        problem = self.inbox_problem(root, UNMOUNTED)
+        problem.probe = lambda: is_mount(Path(root))
+        return problem
+
     def start_problem(self, problem: ProcessProblem) -> bool:
         """``start`` with a ProcessProblem's key, message, scope, probe, alert_after and trial."""
         return self.start(problem.key, problem.message, problem.scope,  # type: ignore[arg-type]
@@ -768,5 +785,6 @@ def claim_filters(problems: "Problems | None") -> dict[str, Collection[Any]]:
     return {"skip_rules": rules, "skip_under": roots}
 
 
-__all__ = ["ALL_INPUTS", "Amount", "Problem", "Problems", "Scope", "Volume", "claim_filters", "format_bytes",
-           "gpu_probe", "gpu_trouble", "is_disk_full", "model_rules", "parse_amount", "probe_write", "rules_using"]
+__all__ = ["ALL_INPUTS", "UNMOUNTED", "Amount", "Problem", "Problems", "Scope", "Volume", "claim_filters",
+           "format_bytes", "gpu_probe", "gpu_trouble", "is_disk_full", "is_mount", "model_rules", "parse_amount",
+           "probe_write", "rules_using"]

@@ -63,12 +63,12 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from .config import InboxConfig
-from .health import is_disk_full
+from .health import UNMOUNTED, is_disk_full, is_mount
 from .ignore import is_ignored, is_ignored_name, is_sidecar_mask
 from .settle import Settled, SettleTracker
 from .stages.masks import shots_of
 
-__all__ = ["UNMOUNTED", "InboxWatcher", "is_ignored", "is_mount"]
+__all__ = ["InboxWatcher", "is_ignored"]
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,6 @@ SUPERVISE_SECONDS = 1.0
 HANDOVER_RETRY_FIRST = 1.0
 #: Longest delay between tries of a failed hand-over: a database that takes writes again gets the file this soon.
 HANDOVER_RETRY_MAX = 8.0
-
-#: Why an inbox that was a mount point when watched, and is not one now, cannot be watched.
-UNMOUNTED = "the share mounted there is gone (the folder is no longer a mount point)"
 
 # Errors that mean "inotify ran out of watches or descriptors": polling still works then.
 _INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
@@ -590,11 +587,6 @@ class InboxWatcher:
             _stop_observer(observer, timeout)
             if observer.is_alive():
                 self._log.warning("inbox %s: observer did not stop within %.1f s", watch.root, timeout)
-
-
-def is_mount(folder: Path) -> bool:
-    """Whether ``folder`` (symlinks resolved: an inbox path may link to the share) is a mount point."""
-    return os.path.ismount(os.path.realpath(folder))
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:

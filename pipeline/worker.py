@@ -37,7 +37,7 @@ from .chain import Chains, ModelLoadError, StepError, StepUse, input_asset
 from .config import Config
 from .errors import (AssetdError, ConfigError, IncompleteInput, NotHeld, PermanentError, ProcessProblem,
                      StopRequested, TransientError)
-from .health import Problems, claim_filters, gpu_trouble, is_disk_full, model_rules
+from .health import Problems, claim_filters, gpu_trouble, is_disk_full, is_mount, model_rules
 from .imageio import Decoded, decode, read_input
 from .inboxflow import after_job
 from .intake import inbox_of, mask_digest, mask_hashes
@@ -49,7 +49,6 @@ from .stages.base import StageContext
 from .stages.masks import masks_beside
 from .store import FINISHED, PENDING_APPROVAL, Job, JobStatus, ManifestRecord, OutputRecord, Store
 from .text import plural, printable
-from .watcher import UNMOUNTED, is_mount
 
 log = logging.getLogger("assetd.worker")
 
@@ -642,9 +641,7 @@ class Worker:
         except sqlite3.Error:
             return
         if mounted and not is_mount(root):
-            problem = self.problems.inbox_problem(root, UNMOUNTED)  # type: ignore[union-attr]
-            problem.probe = lambda: is_mount(root)  # the folder is there all along: back once mounted
-            raise problem from None
+            raise self.problems.unmounted_inbox_problem(root) from None  # type: ignore[union-attr]
 
     def _execute(self, job: Job, loaded: Future | None, own_chain: bool = False
                  ) -> tuple[list[OutputRecord], list[ManifestRecord], list[str], int | None]:

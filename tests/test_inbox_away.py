@@ -19,7 +19,7 @@ from pipeline.daemon import Daemon
 from pipeline.health import Problems
 from pipeline.intake import Intake
 from pipeline.store import JobStatus
-from pipeline.watcher import UNMOUNTED
+from pipeline.health import UNMOUNTED
 from pipeline.worker import Worker
 from problemcases import PLAIN, rule, setup, wait_for
 

@@ -20,8 +20,9 @@ import pytest
 
 from mounts import Tmpfs
 from pipeline.config import InboxConfig
+from pipeline.health import UNMOUNTED
 from pipeline.store import Store
-from pipeline.watcher import UNMOUNTED, InboxWatcher
+from pipeline.watcher import InboxWatcher
 from recorders import Recorder
 
 SETTLE = 0.4
