@@ -20,6 +20,7 @@ from pipeline.owners import HOST
 from pipeline.store import JobStatus, Store
 from pipeline.synth import scene_image
 from pipeline.web.app import create_app
+from webcases import only_job_page
 
 
 @pytest.fixture
@@ -220,14 +221,7 @@ def test_each_outputs_summary_names_every_step_it_went_through_with_its_figures(
     result = CliRunner().invoke(cli, ["process", str(shot), "--config", str(workspace.config_path)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    config = load_config(workspace.config_path)
-    store = Store(config.database)
-    try:
-        [job] = store.jobs()
-        with TestClient(create_app(config, store)) as client:
-            page = client.get(f"/jobs/{job.id}").text
-    finally:
-        store.close()
+    page = only_job_page(workspace.config_path)
     summary = re.search(r'<details class="notes">.*?<ul>(.*?)</ul>', page, re.S).group(1)
     said = re.findall(r'<li><span class="muted">(\w+):</span> ([^<]*)</li>', summary)
     assert [step for step, _ in said] == ["retouch", "remove_background", "recolor"], said

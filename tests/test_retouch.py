@@ -9,19 +9,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from starlette.testclient import TestClient
 
 from pipeline.cli import cli
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
 from pipeline.stages.masks import MaskError
 from pipeline.stages.retouch import ClassicalRetouch, LamaRetouch, find_spots, subject_zone
-from pipeline.store import Store
 from pipeline.synth import studio_shot
-from pipeline.web.app import create_app
 from tinymodels import make_config, netguard, skip_without, tiny_esrgan_x4  # noqa: F401
+from webcases import only_job_page
 
 MIN_CONTRAST = 12.0
 MAX_SPOT = 32
@@ -430,14 +427,7 @@ def test_process_finds_the_painted_mask_beside_the_shot_and_the_review_page_says
     (png,) = workspace.out("cutouts").rglob("*.png")
     out = np.asarray(Image.open(png).convert("RGB"))
     assert np.array_equal(out[~painted], rgb[~painted]) and out[y0:y1, x0:x1].mean() > 200
-    config = load_config(workspace.config_path)
-    store = Store(config.database)
-    try:
-        [job] = store.jobs()
-        with TestClient(create_app(config, store)) as client:
-            page = client.get(f"/jobs/{job.id}").text
-    finally:
-        store.close()
+    page = only_job_page(workspace.config_path)
     assert 'data-purpose="changed on purpose by retouch (144 px removed as painted in shot.remove.png)"' in page
 
 

@@ -20,6 +20,7 @@ from pipeline.stages.base import Asset, StageContext, stage_class
 from pipeline.store import Store
 from pipeline.synth import scene_image
 from pipeline.web.app import create_app
+from webcases import only_job_page
 
 TONE = {"tone_match": {"changes_subject": True, "gains": [1.08, 1.0, 0.9], "max_delta_e": 5}}
 
@@ -179,13 +180,6 @@ def test_the_contact_sheet_files_full_frames_under_the_step_that_made_them(works
     result = CliRunner().invoke(cli, ["process", str(workspace.inbox), "--config", str(workspace.config_path)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    config = load_config(workspace.config_path)
-    store = Store(config.database)
-    try:
-        [job] = store.jobs()
-        with TestClient(create_app(config, store)) as client:
-            page = client.get(f"/jobs/{job.id}").text
-    finally:
-        store.close()
+    page = only_job_page(workspace.config_path)
     assert re.findall(r'<div class="ratio-label">([^<]+)</div>', page) == ["retouch", "cut-out"]
     assert re.findall(r"<summary><b>(\w+)</b> ([\w-]+)", page) == [("webshop", "retouch"), ("cutouts", "cut-out")]

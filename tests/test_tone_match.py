@@ -13,20 +13,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from starlette.testclient import TestClient
 
 from browser import ARGS, CHROMIUM, ServedDaemon, needs_browser, screenshot
 from fixtures_images import delta_e2000, srgb_to_lab
 from pipeline.cli import cli
-from pipeline.config import Config, load_config
+from pipeline.config import Config
 from pipeline.schema import build
 from pipeline.stages.base import Asset, StageContext, stage_class
 from pipeline.stages.crops import CropsOptions
 from pipeline.stages.place_in_scene import CompositePlace, PlaceOptions
 from pipeline.stages.tone_match import GlobalToneMatch, ToneOptions
-from pipeline.store import JobStatus, Store
+from pipeline.store import JobStatus
 from pipeline.synth import scene_image, studio_shot
-from pipeline.web.app import create_app
+from webcases import only_job_page
 
 LAB_SLACK = 0.02  # the tests' Lab (primaries → matrix) and the step's (the IEC matrix) differ by about 0.01
 
@@ -200,11 +199,7 @@ def test_a_real_run_records_it_in_the_manifest_and_the_review_page_says_so(works
         notes = by_channel[channel]["tone_match"]
         assert notes["changes_subject"] is True and 0 < notes["delta_e_max"] <= 4 and notes["max_delta_e"] == 4
         assert len(notes["gains"]) == 3 and notes["gains"][0] > notes["gains"][2]  # the wood warms it
-    config = load_config(workspace.config_path)
-    store = Store(config.database)
-    [job] = store.jobs()
-    with TestClient(create_app(config, store)) as client:
-        page = client.get(f"/jobs/{job.id}").text
+    page = only_job_page(workspace.config_path)
     flagged = {channel: purpose for purpose, channel in
                re.findall(r'<option value="\d+"(?: data-purpose="([^"]*)")?>(\w+)', page)}
     assert flagged == {"cutouts": "", "webshop": "changed on purpose by tone_match (ΔE ≤ 4)",
