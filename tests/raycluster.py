@@ -11,6 +11,23 @@ import os
 import pytest
 
 
+# the cut-out, then a square crop, into the webshop: cheap and deterministic
+SHOP = """\
+name: shop
+steps:
+  - remove_background: {}
+  - crops: {ratios: ["1:1"]}
+outputs:
+  - {channel: webshop, from: crops}
+"""
+
+
+def ray_settings(max_restarts: int, actors: int = 1) -> str:
+    """The config's ``executor: ray`` section for the shared instance: ``actors`` of half a CPU each, no GPU."""
+    return (f"executor: ray\nray:\n  actors: {actors}\n  gpus_per_actor: 0\n  cpus_per_actor: 0.5\n"
+            f"  max_restarts: {max_restarts}\n")
+
+
 def needs_ray() -> None:
     if importlib.util.find_spec("ray") is None and os.environ.get("CI") != "true":
         pytest.skip("Ray is not installed (pip install -e '.[scale]'; under CI=true this is a failure)",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.raycluster import needs_ray
+from tests.raycluster import needs_ray, ray_settings
 
 needs_ray()
 
@@ -31,14 +31,7 @@ outputs:
 """
 PER_SHOT = 3  # one cut-out, two crops
 
-RAY = """\
-executor: ray
-ray:
-  actors: 2
-  gpus_per_actor: 0
-  cpus_per_actor: 0.5
-  max_restarts: 3
-"""
+RAY = ray_settings(max_restarts=3, actors=2)
 
 
 def _studio(workspace, shots: list[str], *, ray: bool) -> None:

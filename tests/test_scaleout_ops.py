@@ -14,7 +14,7 @@ import time
 
 from click.testing import CliRunner
 
-from tests.raycluster import needs_ray
+from tests.raycluster import SHOP, needs_ray
 
 needs_ray()
 
@@ -22,15 +22,6 @@ from pipeline.cli import cli  # noqa: E402
 from pipeline.metrics import exposition  # noqa: E402
 from pipeline.oneshot import run_once  # noqa: E402
 from pipeline.store import JobStatus, Store  # noqa: E402
-
-SHOP = """\
-name: shop
-steps:
-  - remove_background: {}
-  - crops: {ratios: ["1:1"]}
-outputs:
-  - {channel: webshop, from: crops}
-"""
 
 
 def _studio(workspace, ray: str) -> None:

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.raycluster import needs_ray
+from tests.raycluster import SHOP, needs_ray, ray_settings
 
 needs_ray()
 
@@ -16,25 +16,7 @@ from pipeline import scaleout  # noqa: E402
 from pipeline.daemon import Daemon  # noqa: E402
 from pipeline.store import DAEMON_STARTED, JobStatus, Store  # noqa: E402
 
-SHOP = """\
-name: shop
-steps:
-  - remove_background: {}
-  - crops: {ratios: ["1:1"]}
-outputs:
-  - {channel: webshop, from: crops}
-"""
-
-RAY = """\
-executor: ray
-ray:
-  actors: 1
-  gpus_per_actor: 0
-  cpus_per_actor: 0.5
-  max_restarts: 0
-problems:
-  check_seconds: 0.2
-"""
+RAY = ray_settings(max_restarts=0) + "problems:\n  check_seconds: 0.2\n"
 
 
 def _studio(workspace, shots: list[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.raycluster import needs_ray
+from tests.raycluster import needs_ray, ray_settings
 
 needs_ray()
 
@@ -26,14 +26,7 @@ outputs:
   - {channel: webshop, from: crops}
 """
 
-RAY = """\
-executor: ray
-ray:
-  actors: 1
-  gpus_per_actor: 0
-  cpus_per_actor: 0.5
-  max_restarts: 3
-"""
+RAY = ray_settings(max_restarts=3)
 
 HOST = socket.gethostname()
 
